@@ -1,0 +1,39 @@
+# Two commands on a fresh machine:  `make run` (set up + serve)  and  `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml scripts/setup-system.sh | md5sum | cut -c1-12)
+ONLY ?=
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup run test test-unit lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup-system.sh
+	sh scripts/setup-system.sh
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[server,client,cli,dev]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+run: setup
+	$(BIN)/agentcell serve
+
+test: setup lint
+	$(BIN)/pytest -p no:cacheprovider tests
+
+test-unit: setup
+	$(BIN)/pytest -p no:cacheprovider tests/unit
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: setup
+	$(BIN)/python -m bench $(ONLY)
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,1 @@
+"""Wire models shared by the server, the SDK and the CLI: pydantic, no I/O."""

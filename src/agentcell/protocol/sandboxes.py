@@ -1,0 +1,53 @@
+"""Sandbox lifecycle: create, describe, renew."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints
+
+from agentcell.protocol.common import ReplyModel, WireModel
+
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)]
+MetaKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$")]
+MetaValue = Annotated[str, StringConstraints(max_length=512)]
+TemplateName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+
+MAX_TIMEOUT_S = 7 * 24 * 3600
+
+
+class SandboxCreate(WireModel):
+    template: TemplateName = "base"
+    env: dict[EnvName, Annotated[str, StringConstraints(max_length=32768)]] = Field(
+        default_factory=dict, max_length=256
+    )
+    metadata: dict[MetaKey, MetaValue] = Field(default_factory=dict, max_length=64)
+    cpu: float = Field(default=1.0, gt=0, le=64, description="CPU cores (a quota, fractions allowed)")
+    memory_mb: int = Field(default=512, ge=32, le=262144)
+    disk_mb: int = Field(default=1024, ge=16, le=1048576, description="workspace + writable layer size")
+    timeout_s: int = Field(default=300, ge=1, le=MAX_TIMEOUT_S, description="seconds until the sandbox ends")
+
+
+class SandboxTimeout(WireModel):
+    timeout_s: int = Field(ge=1, le=MAX_TIMEOUT_S)
+
+
+SandboxState = Literal["running", "stopping", "ended"]
+
+
+class SandboxInfo(ReplyModel):
+    id: str
+    template: str
+    state: SandboxState
+    env_keys: list[str]
+    metadata: dict[str, str]
+    cpu: float
+    memory_mb: int
+    disk_mb: int
+    created_at: datetime
+    expires_at: datetime
+
+
+class SandboxList(ReplyModel):
+    sandboxes: list[SandboxInfo]

@@ -1,0 +1,3 @@
+from agentcell.server.main import serve
+
+serve()

@@ -1,0 +1,57 @@
+"""/v1/sandboxes/{id}/commands and /processes: run, stream, list, stdin, signal."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from agentcell.protocol.commands import CommandRequest, ProcessInfo, ProcessList, SignalRequest, StdinWrite
+from agentcell.server.api.deps import Sandboxes
+from agentcell.server.scheduler.processes import Event
+
+router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["commands"])
+NDJSON = "application/x-ndjson"
+
+
+async def ndjson(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+    async for event in events:
+        yield event.model_dump_json().encode() + b"\n"
+
+
+@router.post(
+    "/commands",
+    response_model=None,
+    responses={200: {"content": {NDJSON: {}}, "description": "CommandEvent lines"}, 201: {"model": ProcessInfo}},
+)
+async def run_command(sandbox_id: str, body: CommandRequest, sandboxes: Sandboxes) -> Response:
+    process = await sandboxes.start_process(sandbox_id, body)
+    if body.background:
+        return JSONResponse(process.info().model_dump(mode="json"), status_code=201)
+    events = sandboxes.run_foreground(process, sandbox_id)
+    return StreamingResponse(ndjson(events), media_type=NDJSON, headers={"cache-control": "no-store"})
+
+
+@router.get("/processes")
+async def list_processes(sandbox_id: str, sandboxes: Sandboxes) -> ProcessList:
+    return ProcessList(processes=[p.info() for p in sandboxes.processes(sandbox_id)])
+
+
+@router.get("/processes/{process_id}/events", response_class=StreamingResponse)
+async def follow_process(sandbox_id: str, process_id: str, sandboxes: Sandboxes) -> StreamingResponse:
+    process = sandboxes.process(sandbox_id, process_id)
+    return StreamingResponse(ndjson(process.events()), media_type=NDJSON)
+
+
+@router.post("/processes/{process_id}/stdin", status_code=204)
+async def write_stdin(sandbox_id: str, process_id: str, body: StdinWrite, sandboxes: Sandboxes) -> Response:
+    await sandboxes.process(sandbox_id, process_id).write_stdin(body.data.encode(), body.close)
+    return Response(status_code=204)
+
+
+@router.post("/processes/{process_id}/signal", status_code=204)
+async def signal_process(sandbox_id: str, process_id: str, body: SignalRequest, sandboxes: Sandboxes) -> Response:
+    sandboxes.process(sandbox_id, process_id).send_signal(signal.Signals[body.signal].value)
+    return Response(status_code=204)

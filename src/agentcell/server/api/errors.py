@@ -1,0 +1,119 @@
+"""The single table from domain errors to HTTP, and the envelope every error answer uses."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import secrets
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentcell import errors
+from agentcell.protocol.common import REQUEST_ID_HEADER, ErrorEnvelope
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_CODE: dict[str, int] = {
+    errors.InvalidArgument.code: 400,
+    errors.Unauthenticated.code: 401,
+    errors.PermissionDenied.code: 403,
+    errors.NotFound.code: 404,
+    errors.Conflict.code: 409,
+    errors.NotRunning.code: 409,
+    errors.PayloadTooLarge.code: 413,
+    errors.QuotaExceeded.code: 429,
+    errors.Internal.code: 500,
+    errors.Unavailable.code: 503,
+    errors.Timeout.code: 504,
+}
+CODE_BY_STATUS = {404: "not_found", 405: "invalid_argument", 413: "payload_too_large", 415: "invalid_argument"}
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+def error_response(code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    envelope = ErrorEnvelope(code=code, message=message, request_id=request_id_var.get())
+    return JSONResponse(envelope.model_dump(), status_code=STATUS_BY_CODE.get(code, 400), headers=headers)
+
+
+def describe_validation(exc: RequestValidationError | ValidationError) -> str:
+    """One line per problem, naming the field and what it must be."""
+    parts = []
+    for err in exc.errors()[:8]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        given = err.get("input")
+        shown = "" if err.get("type") == "missing" or isinstance(given, dict) else f" (got {str(given)[:60]!r})"
+        parts.append(f"{loc or 'body'}: {msg}{shown}")
+    return "; ".join(parts)
+
+
+async def _on_domain_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.AgentcellError)
+    if isinstance(exc, errors.Internal):
+        log.error("internal error: %s", exc.message)
+    retry = getattr(exc, "retry_after_s", None)
+    headers = {"retry-after": str(max(1, round(retry)))} if retry else None
+    return error_response(exc.code, exc.message, headers)
+
+
+async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response("invalid_argument", describe_validation(exc))
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = CODE_BY_STATUS.get(exc.status_code, "invalid_argument")
+    if exc.status_code == 404:
+        message = f"no route {request.method} {request.url.path}; see /openapi.json"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}; see /openapi.json"
+    else:
+        message = str(exc.detail)
+    response = error_response(code, message)
+    response.status_code = exc.status_code
+    return response
+
+
+async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error", exc_info=exc)
+    return error_response("internal", "the server failed to handle this request; see its log")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(errors.AgentcellError, _on_domain_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (the client's, if it sent a sane one) and echoes it back."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        request_id = given if given.isascii() and 0 < len(given) <= 64 and given.isprintable() else ""
+        request_id = request_id or "req_" + secrets.token_hex(8)
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)

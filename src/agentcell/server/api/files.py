@@ -1,0 +1,114 @@
+"""/v1/sandboxes/{id}/files: streamed read and write, upload, archive, stat, list, mkdir, rename, remove."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.datastructures import UploadFile
+
+from agentcell.errors import InvalidArgument
+from agentcell.protocol.files import FileEntry, FileList, MakeDir, Rename
+from agentcell.server.api.archive import tar_stream
+from agentcell.server.api.deps import Sandboxes
+from agentcell.server.sandbox.driver import FileStat
+
+router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
+PathQuery = Annotated[str, Query(min_length=1, max_length=4096, description="absolute, or relative to /home/user")]
+UPLOAD_CHUNK_BYTES = 1 << 20
+MAX_UPLOAD_FILES = 10000
+
+
+def entry(stat: FileStat) -> FileEntry:
+    return FileEntry(
+        path=stat.path, name=stat.name, type=stat.type, size=stat.size, mode=stat.mode,
+        mtime=stat.mtime, symlink_target=stat.symlink_target,
+    )
+
+
+async def _primed(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Start the stream now so that a missing file is an error envelope, not a broken 200."""
+    first = await anext(chunks, b"")
+
+    async def rest() -> AsyncIterator[bytes]:
+        yield first
+        async for chunk in chunks:
+            yield chunk
+
+    return rest()
+
+
+@router.get("", response_class=StreamingResponse, responses={200: {"content": {"application/octet-stream": {}}}})
+async def read_file(sandbox_id: str, path: PathQuery, sandboxes: Sandboxes) -> StreamingResponse:
+    stream = await _primed(sandboxes.files(sandbox_id).read(path))
+    return StreamingResponse(stream, media_type="application/octet-stream")
+
+
+@router.put("", openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})
+async def write_file(sandbox_id: str, path: PathQuery, request: Request, sandboxes: Sandboxes) -> FileEntry:
+    return entry(await sandboxes.files(sandbox_id).write(path, request.stream()))
+
+
+async def _upload_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(UPLOAD_CHUNK_BYTES):
+        yield chunk
+
+
+@router.post("/upload", openapi_extra={"requestBody": {"content": {"multipart/form-data": {}}, "required": True}})
+async def upload_files(
+    sandbox_id: str, request: Request, sandboxes: Sandboxes,
+    dir: Annotated[str, Query(min_length=1, max_length=4096)] = "/home/user",
+) -> FileList:
+    files = sandboxes.files(sandbox_id)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidArgument("upload needs a multipart/form-data body with one part per file")
+    written: list[FileEntry] = []
+    async with request.form(max_files=MAX_UPLOAD_FILES, max_fields=100) as form:
+        for _, part in form.multi_items():
+            if not isinstance(part, UploadFile) or not part.filename:
+                raise InvalidArgument("every upload part must be a file with a filename (its destination path)")
+            target = posixpath.join(dir, part.filename)
+            written.append(entry(await files.write(target, _upload_chunks(part))))
+    return FileList(entries=written)
+
+
+@router.get("/archive", response_class=StreamingResponse, responses={200: {"content": {"application/x-tar": {}}}})
+async def download_archive(sandbox_id: str, path: PathQuery, sandboxes: Sandboxes) -> StreamingResponse:
+    files = sandboxes.files(sandbox_id)
+    root = await files.stat(path)
+    name = posixpath.basename(root.path.rstrip("/")) or "root"
+    return StreamingResponse(
+        tar_stream(files, root), media_type="application/x-tar",
+        headers={"content-disposition": f'attachment; filename="{name}.tar"'},
+    )
+
+
+@router.get("/stat")
+async def stat_file(sandbox_id: str, path: PathQuery, sandboxes: Sandboxes) -> FileEntry:
+    return entry(await sandboxes.files(sandbox_id).stat(path))
+
+
+@router.get("/list")
+async def list_files(
+    sandbox_id: str, path: PathQuery, sandboxes: Sandboxes, depth: Annotated[int, Query(ge=1, le=16)] = 1
+) -> FileList:
+    return FileList(entries=[entry(s) for s in await sandboxes.files(sandbox_id).list(path, depth)])
+
+
+@router.post("/mkdir")
+async def make_dir(sandbox_id: str, body: MakeDir, sandboxes: Sandboxes) -> FileEntry:
+    return entry(await sandboxes.files(sandbox_id).make_dir(body.path))
+
+
+@router.post("/rename")
+async def rename(sandbox_id: str, body: Rename, sandboxes: Sandboxes) -> FileEntry:
+    return entry(await sandboxes.files(sandbox_id).rename(body.src, body.dst))
+
+
+@router.delete("", status_code=204)
+async def remove(sandbox_id: str, path: PathQuery, sandboxes: Sandboxes) -> Response:
+    await sandboxes.files(sandbox_id).remove(path)
+    return Response(status_code=204)

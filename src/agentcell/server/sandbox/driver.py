@@ -1,0 +1,158 @@
+"""The SandboxDriver protocol: how the node starts, enters, inspects and stops isolated instances.
+
+The scheduler is the only caller. A driver owns the OS resources of its instances (namespaces,
+cgroups, mounts, processes) and must leave none behind after `stop` or `reap_orphans`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+
+SANDBOX_USER = "user"
+SANDBOX_UID = 1000
+SANDBOX_HOME = "/home/user"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    """What an instance is started with. Sizes in bytes, cpu in millicores (1000 = one core)."""
+
+    sandbox_id: str
+    template: str = "base"
+    cpu_millis: int = 1000
+    memory_bytes: int = 512 << 20
+    disk_bytes: int = 1 << 30
+    pids_max: int = 512
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecSpec:
+    """One process to start inside a running instance, confined like its init."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = SANDBOX_HOME
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """`code` follows the shell: 128 + signal number when the process was killed by a signal."""
+
+    code: int
+    signal: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceUsage:
+    cpu_ns: int
+    memory_bytes: int
+    memory_peak_bytes: int
+    pids: int
+
+
+class SandboxProcess(Protocol):
+    """A process started by `SandboxDriver.exec`. Whoever receives it must `wait()` for it."""
+
+    pid: int
+    """pid as seen inside the sandbox"""
+    host_pid: int
+    stdout: asyncio.StreamReader
+    stderr: asyncio.StreamReader
+
+    async def write_stdin(self, data: bytes) -> None: ...
+
+    async def close_stdin(self) -> None: ...
+
+    def send_signal(self, signum: int) -> None:
+        """Signal the process inside the sandbox (no-op once it has exited)."""
+        ...
+
+    async def wait(self) -> ExitStatus: ...
+
+
+FileType = Literal["file", "dir", "symlink", "other"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    path: str
+    """absolute path inside the sandbox"""
+    name: str
+    type: FileType
+    size: int
+    mode: int
+    mtime: datetime
+    symlink_target: str | None = None
+
+
+class SandboxFiles(Protocol):
+    """File access confined to one sandbox's root, performed as the sandbox user.
+
+    Paths are absolute or relative to /home/user. A path with a `..` component is refused
+    (InvalidArgument); symlinks resolve inside the sandbox root, never outside it. Missing paths
+    raise NotFound; wrong kinds (a dir where a file is needed) raise InvalidArgument; writes the
+    sandbox user may not make raise PermissionDenied; a full workspace raises QuotaExceeded.
+    """
+
+    async def stat(self, path: str) -> FileStat: ...
+
+    async def list(self, path: str, depth: int = 1) -> list[FileStat]: ...
+
+    def read(self, path: str, chunk_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
+        """Stream a regular file. Raises before the first chunk if it cannot be opened."""
+        ...
+
+    async def write(self, path: str, chunks: AsyncIterable[bytes]) -> FileStat:
+        """Create or replace a file (parents made as needed), atomically: readers never see half."""
+        ...
+
+    async def make_dir(self, path: str) -> FileStat:
+        """mkdir -p"""
+        ...
+
+    async def remove(self, path: str) -> None:
+        """Remove a file, symlink or a directory tree."""
+        ...
+
+    async def rename(self, src: str, dst: str) -> FileStat: ...
+
+
+class SandboxDriver(Protocol):
+    """Starts and stops instances on this node. All ids are the scheduler's sandbox ids."""
+
+    async def start(self, spec: SandboxSpec) -> None:
+        """Start an instance and return when it can run commands. On failure nothing is left behind."""
+        ...
+
+    async def exec(self, sandbox_id: str, spec: ExecSpec) -> SandboxProcess:
+        """Start one process in a running instance. Raises NotFound / NotRunning."""
+        ...
+
+    def files(self, sandbox_id: str) -> SandboxFiles:
+        """File access for a running instance. Raises NotFound."""
+        ...
+
+    async def usage(self, sandbox_id: str) -> ResourceUsage: ...
+
+    async def wait_exited(self, sandbox_id: str) -> None:
+        """Return when the instance's init has died, for whatever reason (kill, OOM of init, crash)."""
+        ...
+
+    async def stop(self, sandbox_id: str, grace_s: float = 2.0) -> None:
+        """SIGTERM everything, wait up to grace_s, SIGKILL the cgroup, then remove every mount,
+        cgroup and directory of the instance. Idempotent: stopping a gone instance is a no-op."""
+        ...
+
+    async def reap_orphans(self) -> list[str]:
+        """Stop instances this node left running (e.g. before a server restart) that this driver
+        object did not start. Returns their ids. Called once at server start."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop every instance this driver started."""
+        ...

@@ -1,0 +1,113 @@
+"""FakeDriver: runs "sandboxes" as plain directories and subprocesses, with no isolation at all.
+
+For unit tests of scheduler and API logic only; every isolation property is tested on LinuxDriver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+from agentcell.errors import NotFound
+from agentcell.server.sandbox.driver import ExecSpec, ExitStatus, ResourceUsage, SandboxFiles, SandboxSpec
+
+
+class FakeProcess:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+        self.pid = proc.pid
+        self.host_pid = proc.pid
+        assert proc.stdout is not None and proc.stderr is not None
+        self.stdout: asyncio.StreamReader = proc.stdout
+        self.stderr: asyncio.StreamReader = proc.stderr
+
+    async def write_stdin(self, data: bytes) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(data)
+        await self._proc.stdin.drain()
+
+    async def close_stdin(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+
+    def send_signal(self, signum: int) -> None:
+        if self._proc.returncode is None:
+            self._proc.send_signal(signum)
+
+    async def wait(self) -> ExitStatus:
+        code = await self._proc.wait()
+        return ExitStatus(128 - code, -code) if code < 0 else ExitStatus(code)
+
+
+class FakeDriver:
+    def __init__(self, root: Path | None = None) -> None:
+        self._root = root or Path(tempfile.mkdtemp(prefix="agentcell-fake-"))
+        self._owns_root = root is None
+        self._running: dict[str, asyncio.Event] = {}
+        self._procs: dict[str, list[FakeProcess]] = {}
+        self.started: list[SandboxSpec] = []
+
+    async def start(self, spec: SandboxSpec) -> None:
+        (self._root / spec.sandbox_id / "home" / "user").mkdir(parents=True)
+        self._running[spec.sandbox_id] = asyncio.Event()
+        self._procs[spec.sandbox_id] = []
+        self.started.append(spec)
+
+    def _require(self, sandbox_id: str) -> asyncio.Event:
+        try:
+            return self._running[sandbox_id]
+        except KeyError:
+            raise NotFound(f"no instance {sandbox_id}") from None
+
+    async def exec(self, sandbox_id: str, spec: ExecSpec) -> FakeProcess:
+        self._require(sandbox_id)
+        home = self._root / sandbox_id / "home" / "user"
+        cwd = home if spec.cwd in ("/home/user", "~") else Path(spec.cwd)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), **spec.env}
+        proc = await asyncio.create_subprocess_exec(
+            *spec.argv, cwd=cwd, env=env, start_new_session=True,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        fake = FakeProcess(proc)
+        self._procs[sandbox_id].append(fake)
+        return fake
+
+    def files(self, sandbox_id: str) -> SandboxFiles:
+        from agentcell.server.sandbox.linux.files import RootedFiles
+
+        self._require(sandbox_id)
+        return RootedFiles(str(self._root / sandbox_id), uid=None, gid=None)
+
+    async def usage(self, sandbox_id: str) -> ResourceUsage:
+        self._require(sandbox_id)
+        return ResourceUsage(cpu_ns=0, memory_bytes=0, memory_peak_bytes=0, pids=len(self._procs[sandbox_id]))
+
+    async def wait_exited(self, sandbox_id: str) -> None:
+        await self._require(sandbox_id).wait()
+
+    def crash(self, sandbox_id: str) -> None:
+        """Test hook: the instance dies on its own."""
+        self._require(sandbox_id).set()
+
+    async def stop(self, sandbox_id: str, grace_s: float = 2.0) -> None:
+        exited = self._running.pop(sandbox_id, None)
+        if exited is None:
+            return
+        for proc in self._procs.pop(sandbox_id, []):
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        shutil.rmtree(self._root / sandbox_id, ignore_errors=True)
+        exited.set()
+
+    async def reap_orphans(self) -> list[str]:
+        return []
+
+    async def aclose(self) -> None:
+        for sandbox_id in list(self._running):
+            await self.stop(sandbox_id)
+        if self._owns_root:
+            shutil.rmtree(self._root, ignore_errors=True)

@@ -1,0 +1,202 @@
+"""Processes started in a sandbox: typed event streams, timeouts, and the background registry.
+
+A `ManagedProcess` turns a driver process into `start`, `stdout`/`stderr` and exactly one `end`
+event. Output is kept in a bounded buffer so that a later `events()` call (a client reconnecting to
+a background process) sees what it missed, then follows live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import logging
+import secrets
+import signal
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from agentcell.errors import NotFound, NotRunning
+from agentcell.protocol.commands import EndEvent, OutputEvent, ProcessInfo, StartEvent
+from agentcell.server.sandbox.driver import ExitStatus, SandboxProcess
+
+log = logging.getLogger(__name__)
+
+Event = StartEvent | OutputEvent | EndEvent
+READ_CHUNK_BYTES = 64 * 1024
+BUFFER_LIMIT_BYTES = 1 << 20
+OUTPUT_DRAIN_S = 0.25
+
+
+def new_process_id() -> str:
+    return "proc_" + secrets.token_hex(6)
+
+
+@dataclass(slots=True)
+class EventLog:
+    """Events so far (output trimmed to a byte budget, oldest first) and a wake-up for followers."""
+
+    events: deque[Event] = field(default_factory=deque)
+    output_bytes: int = 0
+    first_index: int = 0
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def append(self, event: Event) -> None:
+        self.events.append(event)
+        if isinstance(event, OutputEvent):
+            self.output_bytes += len(event.data)
+            self._trim()
+        async with self.changed:
+            self.changed.notify_all()
+
+    def _trim(self) -> None:
+        while self.output_bytes > BUFFER_LIMIT_BYTES and len(self.events) > 1:
+            oldest = self.events[1] if isinstance(self.events[0], StartEvent) else self.events[0]
+            if not isinstance(oldest, OutputEvent):
+                break
+            self.events.remove(oldest)
+            self.output_bytes -= len(oldest.data)
+            self.first_index += 1
+
+
+class ManagedProcess:
+    """Owns one driver process: pumps its output into an EventLog and enforces its timeout."""
+
+    def __init__(self, process: SandboxProcess, argv: list[str], cwd: str, timeout_s: float | None) -> None:
+        self.process_id = new_process_id()
+        self.argv = argv
+        self.cwd = cwd
+        self._process = process
+        self._timeout_s = timeout_s
+        self._log = EventLog()
+        self._log.events.append(StartEvent(process_id=self.process_id, pid=process.pid))
+        self.exit: EndEvent | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def start(self) -> None:
+        """Begin pumping; the caller (ProcessTable) keeps the task and awaits it at close."""
+        self._task = asyncio.create_task(self._run(), name=f"process {self.process_id}")
+
+    async def _run(self) -> None:
+        pumps = [
+            asyncio.create_task(self._pump(self._process.stdout, "stdout")),
+            asyncio.create_task(self._pump(self._process.stderr, "stderr")),
+        ]
+        try:
+            status, timed_out = await self._wait_with_timeout()
+            # Output still in the pipes belongs to this process; a background child that keeps
+            # the pipe open must not hold the command open, so the drain is bounded.
+            await asyncio.wait(pumps, timeout=OUTPUT_DRAIN_S)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+        await self._finish(status, timed_out)
+
+    async def _wait_with_timeout(self) -> tuple[ExitStatus, bool]:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await self._process.wait(), False
+        except TimeoutError:
+            self._process.send_signal(signal.SIGKILL)
+            return await self._process.wait(), True
+        except asyncio.CancelledError:
+            self._process.send_signal(signal.SIGKILL)
+            raise
+
+    async def _finish(self, status: ExitStatus, timed_out: bool) -> None:
+        error = f"timed out after {self._timeout_s:g} s" if timed_out else None
+        self.exit = EndEvent(exit_code=status.code, signal=status.signal, timed_out=timed_out, error=error)
+        await self._log.append(self.exit)
+
+    async def _pump(self, stream: asyncio.StreamReader, kind: str) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while chunk := await stream.read(READ_CHUNK_BYTES):
+            if text := decoder.decode(chunk):
+                await self._log.append(OutputEvent(type=kind, data=text))  # type: ignore[arg-type]
+        if tail := decoder.decode(b"", final=True):
+            await self._log.append(OutputEvent(type=kind, data=tail))  # type: ignore[arg-type]
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Everything still buffered, then live events, ending with the `end` event."""
+        index = self._log.first_index
+        while True:
+            async with self._log.changed:
+                index = max(index, self._log.first_index)
+                pending = list(self._log.events)[index - self._log.first_index :]
+                if not pending:
+                    await self._log.changed.wait()
+                    continue
+            for event in pending:
+                yield event
+                if isinstance(event, EndEvent):
+                    return
+            index += len(pending)
+
+    async def write_stdin(self, data: bytes, close: bool) -> None:
+        try:
+            if data:
+                await self._process.write_stdin(data)
+            if close:
+                await self._process.close_stdin()
+        except (BrokenPipeError, ConnectionResetError, AssertionError):
+            raise NotRunning(f"process {self.process_id} no longer reads its stdin (exited or closed)") from None
+
+    def send_signal(self, signum: int) -> None:
+        if self.exit is None:
+            self._process.send_signal(signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> EndEvent:
+        assert self._task is not None
+        await asyncio.shield(self._task)
+        assert self.exit is not None
+        return self.exit
+
+    def info(self) -> ProcessInfo:
+        return ProcessInfo(
+            process_id=self.process_id, pid=self.pid, argv=self.argv, cwd=self.cwd,
+            running=self.exit is None, exit_code=None if self.exit is None else self.exit.exit_code,
+        )
+
+    async def aclose(self) -> None:
+        self.kill()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class ProcessTable:
+    """The processes of one sandbox, found by process id or in-sandbox pid."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, ManagedProcess] = {}
+
+    def add(self, process: ManagedProcess) -> None:
+        self._by_id[process.process_id] = process
+
+    def discard(self, process: ManagedProcess) -> None:
+        self._by_id.pop(process.process_id, None)
+
+    def get(self, key: str) -> ManagedProcess:
+        found = self._by_id.get(key) or next(
+            (p for p in self._by_id.values() if str(p.pid) == key and p.exit is None), None
+        )
+        if found is None:
+            raise NotFound(f"no process {key!r} in this sandbox; list them with GET .../processes")
+        return found
+
+    def all(self) -> list[ManagedProcess]:
+        return list(self._by_id.values())
+
+    async def aclose(self) -> None:
+        for process in self.all():
+            await process.aclose()
+        self._by_id.clear()

@@ -1,0 +1,150 @@
+"""SandboxService logic on the FakeDriver and a FakeClock: lifecycle, expiry, processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agentcell.errors import InvalidArgument, NotFound, NotRunning, QuotaExceeded
+from agentcell.protocol.commands import CommandRequest, EndEvent, OutputEvent, StartEvent
+from agentcell.protocol.sandboxes import SandboxCreate
+from agentcell.server.clock import FakeClock
+from agentcell.server.sandbox.fake import FakeDriver
+from agentcell.server.scheduler.sandboxes import SandboxService
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[tuple[SandboxService, FakeDriver, FakeClock]]:
+    driver, clock = FakeDriver(), FakeClock()
+    service = SandboxService(driver, clock, max_sandboxes=3, pids_max=64, stop_grace_s=0.1)
+    started = asyncio.Event()
+    task = asyncio.create_task(service.run(3600, started))
+    await started.wait()
+    yield service, driver, clock
+    await service.aclose()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await driver.aclose()
+
+
+async def test_create_passes_resources_to_the_driver(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:
+    service, driver, _ = env
+    sandbox = await service.create(SandboxCreate(cpu=0.5, memory_mb=256, disk_mb=64, env={"A": "1"}))
+    spec = driver.started[-1]
+    assert (spec.sandbox_id, spec.cpu_millis, spec.memory_bytes, spec.disk_bytes) == (
+        sandbox.id, 500, 256 << 20, 64 << 20
+    )
+    assert spec.env == {"A": "1"} and sandbox.info().env_keys == ["A"]
+
+
+async def test_unknown_template_is_refused_with_the_list(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:
+    service, driver, _ = env
+    with pytest.raises(InvalidArgument, match="available: base"):
+        await service.create(SandboxCreate(template="nope"))
+    assert driver.started == []
+
+
+async def test_node_capacity_is_enforced(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:
+    service, _, _ = env
+    for _ in range(3):
+        await service.create(SandboxCreate())
+    with pytest.raises(QuotaExceeded) as caught:
+        await service.create(SandboxCreate())
+    assert caught.value.retry_after_s
+
+
+async def test_expiry_ends_exactly_at_the_deadline_and_renewal_moves_it(
+    env: tuple[SandboxService, FakeDriver, FakeClock],
+) -> None:
+    service, _, clock = env
+    sandbox = await service.create(SandboxCreate(timeout_s=10))
+    clock.advance(9.9)
+    assert await service.expire_once(clock.now()) == []
+    service.set_timeout(sandbox.id, 30)
+    clock.advance(29.9)
+    assert await service.expire_once(clock.now()) == []
+    clock.advance(0.1)
+    assert await service.expire_once(clock.now()) == [sandbox.id]
+    with pytest.raises(NotFound):
+        service.get(sandbox.id)
+
+
+async def test_list_filters_by_metadata(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:
+    service, _, _ = env
+    a = await service.create(SandboxCreate(metadata={"team": "a", "k": "1"}))
+    await service.create(SandboxCreate(metadata={"team": "b"}))
+    assert [s.id for s in service.list({"team": "a"})] == [a.id]
+    assert len(service.list({})) == 2
+    assert service.list({"team": "a", "k": "2"}) == []
+
+
+async def test_instance_death_ends_the_sandbox(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:
+    service, driver, _ = env
+    sandbox = await service.create(SandboxCreate())
+    driver.crash(sandbox.id)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if sandbox.state == "ended":
+            break
+    assert sandbox.state == "ended"
+    with pytest.raises(NotFound):
+        service.running(sandbox.id)
+
+
+async def collect(service: SandboxService, sandbox_id: str, request: CommandRequest) -> list[object]:
+    process = await service.start_process(sandbox_id, request)
+    return [event async for event in service.run_foreground(process, sandbox_id)]
+
+
+async def test_command_stream_is_typed_and_ends_once(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:
+    service, _, _ = env
+    sandbox = await service.create(SandboxCreate())
+    events = await collect(service, sandbox.id, CommandRequest(cmd="echo out; echo err >&2; exit 3"))
+    assert isinstance(events[0], StartEvent)
+    assert isinstance(events[-1], EndEvent) and events[-1].exit_code == 3
+    assert sum(isinstance(e, EndEvent) for e in events) == 1
+    text = {k: "".join(e.data for e in events if isinstance(e, OutputEvent) and e.type == k) for k in ("stdout", "stderr")}
+    assert text == {"stdout": "out\n", "stderr": "err\n"}
+
+
+async def test_timeout_kills_and_says_so(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:
+    service, _, _ = env
+    sandbox = await service.create(SandboxCreate())
+    events = await collect(service, sandbox.id, CommandRequest(argv=["sleep", "30"], timeout_s=0.2))
+    end = events[-1]
+    assert isinstance(end, EndEvent) and end.timed_out and end.exit_code == 137 and end.signal == 9
+
+
+async def test_background_process_replays_output_and_takes_stdin(
+    env: tuple[SandboxService, FakeDriver, FakeClock],
+) -> None:
+    service, _, _ = env
+    sandbox = await service.create(SandboxCreate())
+    process = await service.start_process(sandbox.id, CommandRequest(argv=["cat"], background=True))
+    await process.write_stdin(b"hello\n", close=False)
+    await process.write_stdin(b"", close=True)
+    events = [e async for e in service.process(sandbox.id, process.process_id).events()]
+    assert "".join(e.data for e in events if isinstance(e, OutputEvent)) == "hello\n"
+    assert isinstance(events[-1], EndEvent) and events[-1].exit_code == 0
+    assert service.process(sandbox.id, process.process_id).info().running is False
+
+
+async def test_a_killed_sandbox_refuses_commands(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:
+    service, _, _ = env
+    sandbox = await service.create(SandboxCreate())
+    await service.kill(sandbox.id)
+    with pytest.raises(NotFound):
+        await service.start_process(sandbox.id, CommandRequest(cmd="true"))
+
+
+async def test_stdin_to_an_exited_process_is_a_conflict(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:
+    service, _, _ = env
+    sandbox = await service.create(SandboxCreate())
+    process = await service.start_process(sandbox.id, CommandRequest(argv=["true"], background=True))
+    await process.wait()
+    with pytest.raises(NotRunning):
+        await process.write_stdin(b"late", close=False)
