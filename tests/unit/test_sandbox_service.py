@@ -77,9 +77,9 @@ async def test_list_filters_by_metadata(env: tuple[SandboxService, FakeDriver, F
     service, _, _ = env
     a = await service.create(SandboxCreate(metadata={"team": "a", "k": "1"}))
     await service.create(SandboxCreate(metadata={"team": "b"}))
-    assert [s.id for s in service.list({"team": "a"})] == [a.id]
-    assert len(service.list({})) == 2
-    assert service.list({"team": "a", "k": "2"}) == []
+    assert [s.id for s in service.find({"team": "a"})] == [a.id]
+    assert len(service.find({})) == 2
+    assert service.find({"team": "a", "k": "2"}) == []
 
 
 async def test_instance_death_ends_the_sandbox(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from agentcell.server.scheduler.sandboxes import SandboxService
+from agentcell.server.scheduler.scheduler import Scheduler as FunctionScheduler
 
 
 def _sandboxes(request: Request) -> SandboxService:
@@ -15,3 +16,11 @@ def _sandboxes(request: Request) -> SandboxService:
 
 
 Sandboxes = Annotated[SandboxService, Depends(_sandboxes)]
+
+
+def _scheduler(request: Request) -> FunctionScheduler:
+    scheduler: FunctionScheduler = request.app.state.scheduler
+    return scheduler
+
+
+Scheduler = Annotated[FunctionScheduler, Depends(_scheduler)]

@@ -35,7 +35,7 @@ async def list_sandboxes(
     metadata: Annotated[list[str], Query(max_length=64, description="key=value; all must match")] = [],  # noqa: B006
     state: SandboxState | None = None,
 ) -> SandboxList:
-    found = sandboxes.list(parse_metadata_filter(metadata), state)
+    found = sandboxes.find(parse_metadata_filter(metadata), state)
     return SandboxList(sandboxes=[s.info() for s in found])
 
 

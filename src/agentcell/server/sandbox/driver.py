@@ -7,6 +7,7 @@ cgroups, mounts, processes) and must leave none behind after `stop` or `reap_orp
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,6 +16,15 @@ from typing import Literal, Protocol
 SANDBOX_USER = "user"
 SANDBOX_UID = 1000
 SANDBOX_HOME = "/home/user"
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A host directory bound into the instance (function code: read-only at /code)."""
+
+    host_path: str
+    target: str
+    read_only: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +38,7 @@ class SandboxSpec:
     disk_bytes: int = 1 << 30
     pids_max: int = 512
     env: dict[str, str] = field(default_factory=dict)
+    mounts: tuple[Mount, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +149,17 @@ class SandboxDriver(Protocol):
         ...
 
     async def usage(self, sandbox_id: str) -> ResourceUsage: ...
+
+    async def connect(self, sandbox_id: str, port: int) -> socket.socket:
+        """A connected, non-blocking TCP socket to 127.0.0.1:port inside the instance's network
+        namespace (the instance has no other network: this is how ingress reaches it).
+        Raises ConnectionRefusedError when nothing listens there, NotFound for an unknown id."""
+        ...
+
+    async def adopt(self, sandbox_id: str) -> bool:
+        """Take over an instance an earlier server process on this node started (after a restart).
+        True if it is alive and now managed by this driver; False if it is gone."""
+        ...
 
     async def wait_exited(self, sandbox_id: str) -> None:
         """Return when the instance's init has died, for whatever reason (kill, OOM of init, crash)."""

@@ -1,6 +1,8 @@
 """FakeDriver: runs "sandboxes" as plain directories and subprocesses, with no isolation at all.
 
 For unit tests of scheduler and API logic only; every isolation property is tested on LinuxDriver.
+Each fake sandbox gets its own free host port: a process started with env PORT gets that port
+instead, and `connect(id, port)` reaches it, so several fake instances can "listen on $PORT".
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from pathlib import Path
 
@@ -49,12 +52,17 @@ class FakeDriver:
         self._owns_root = root is None
         self._running: dict[str, asyncio.Event] = {}
         self._procs: dict[str, list[FakeProcess]] = {}
+        self._ports: dict[str, int] = {}
+        self._specs: dict[str, SandboxSpec] = {}
         self.started: list[SandboxSpec] = []
+        self.adoptable: set[str] = set()
 
     async def start(self, spec: SandboxSpec) -> None:
         (self._root / spec.sandbox_id / "home" / "user").mkdir(parents=True)
         self._running[spec.sandbox_id] = asyncio.Event()
         self._procs[spec.sandbox_id] = []
+        self._ports[spec.sandbox_id] = _free_port()
+        self._specs[spec.sandbox_id] = spec
         self.started.append(spec)
 
     def _require(self, sandbox_id: str) -> asyncio.Event:
@@ -66,8 +74,12 @@ class FakeDriver:
     async def exec(self, sandbox_id: str, spec: ExecSpec) -> FakeProcess:
         self._require(sandbox_id)
         home = self._root / sandbox_id / "home" / "user"
-        cwd = home if spec.cwd in ("/home/user", "~") else Path(spec.cwd)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), **spec.env}
+        mounts = {m.target: m.host_path for m in self._specs[sandbox_id].mounts}
+        cwd = mounts.get(spec.cwd) or (home if spec.cwd in ("/home/user", "~") else spec.cwd)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(home.parent),
+               **self._specs[sandbox_id].env, **spec.env}
+        if "PORT" in env:
+            env["PORT"] = str(self._ports[sandbox_id])
         proc = await asyncio.create_subprocess_exec(
             *spec.argv, cwd=cwd, env=env, start_new_session=True,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -86,6 +98,21 @@ class FakeDriver:
         self._require(sandbox_id)
         return ResourceUsage(cpu_ns=0, memory_bytes=0, memory_peak_bytes=0, pids=len(self._procs[sandbox_id]))
 
+    async def connect(self, sandbox_id: str, port: int) -> socket.socket:
+        self._require(sandbox_id)
+        sock = socket.socket()
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self._ports[sandbox_id]))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def adopt(self, sandbox_id: str) -> bool:
+        """Fake restarts reuse the driver object: an adoptable instance is simply still running."""
+        return sandbox_id in self.adoptable and sandbox_id in self._running
+
     async def wait_exited(self, sandbox_id: str) -> None:
         await self._require(sandbox_id).wait()
 
@@ -100,6 +127,8 @@ class FakeDriver:
         for proc in self._procs.pop(sandbox_id, []):
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
+        self._ports.pop(sandbox_id, None)
+        self._specs.pop(sandbox_id, None)
         shutil.rmtree(self._root / sandbox_id, ignore_errors=True)
         exited.set()
 
@@ -111,3 +140,10 @@ class FakeDriver:
             await self.stop(sandbox_id)
         if self._owns_root:
             shutil.rmtree(self._root, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -118,9 +118,9 @@ class ManagedProcess:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while chunk := await stream.read(READ_CHUNK_BYTES):
             if text := decoder.decode(chunk):
-                await self._log.append(OutputEvent(type=kind, data=text))  # type: ignore[arg-type]
+                await self._log.append(OutputEvent(type=kind, data=text))
         if tail := decoder.decode(b"", final=True):
-            await self._log.append(OutputEvent(type=kind, data=tail))  # type: ignore[arg-type]
+            await self._log.append(OutputEvent(type=kind, data=tail))
 
     async def events(self) -> AsyncIterator[Event]:
         """Everything still buffered, then live events, ending with the `end` event."""

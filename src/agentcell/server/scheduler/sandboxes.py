@@ -144,7 +144,7 @@ class SandboxService:
             raise NotRunning(f"sandbox {sandbox_id} is {sandbox.state}")
         return sandbox
 
-    def list(self, metadata: dict[str, str], state: SandboxState | None = None) -> list[Sandbox]:
+    def find(self, metadata: dict[str, str], state: SandboxState | None = None) -> list[Sandbox]:
         found = [s for s in self._sandboxes.values() if s.matches(metadata, state)]
         return sorted(found, key=lambda s: s.created_at)
 

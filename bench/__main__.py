@@ -1,0 +1,23 @@
+"""Run every benchmark, or the one named: `python -m bench [name]`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+ALL = ["cold_start", "exec_rtt", "idle_memory", "create_throughput", "gateway_overhead"]
+
+
+def main(argv: list[str]) -> int:
+    names = argv or ALL
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; choose from {ALL}", file=sys.stderr)
+        return 2
+    for name in names:
+        importlib.import_module(f"bench.{name}").main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

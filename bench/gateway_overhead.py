@@ -1,0 +1,328 @@
+"""gateway_overhead: what the gateway's proxy costs, against a direct connection and nginx.
+
+One uvicorn upstream (httptools + uvloop, a trivial ASGI app), and in front of it, each in its
+own process: our `GatewayServer` (with a router doing the warm path's dict lookup) and Debian's
+nginx as a plain reverse proxy with upstream keep-alive (one worker). wrk drives 50 keep-alive
+connections against each target in turn, for several interleaved rounds; the medians are
+reported. Then one large streamed response (512 MiB) through each path, in MiB/s.
+
+    python -m bench.gateway_overhead [--rounds 3] [--duration-s 5] [--stream-mib 512]
+
+Installs `wrk` and `nginx-light` with apt-get when they are missing. Every process it starts is
+stopped by pid before it returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.report import emit, median, progress
+
+BENCH = "gateway_overhead"
+REPO = Path(__file__).resolve().parent.parent
+SMALL_BODY = b"hello, world\n"
+CHUNK = b"x" * (1024 * 1024)
+SESSION_HEADER = b"x-agentcell-session-id"
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+# --- the upstream: a trivial ASGI app under uvicorn -------------------------------------------
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    """`/` answers a small body; `/stream?mib=N` streams N MiB in 1 MiB chunks."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/stream":
+        mib = int(scope["query_string"].decode().partition("=")[2] or 512)
+        length = str(mib * len(CHUNK)).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]})
+        for _ in range(mib):
+            await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(SMALL_BODY))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": SMALL_BODY})
+
+
+# --- the gateway process ----------------------------------------------------------------------
+
+
+class _WarmRouter:
+    """The integrator's warm path in miniature: a header lookup in an in-memory index."""
+
+    def __init__(self, upstream_port: int) -> None:
+        from agentcell.server.gateway.http1 import TcpUpstream
+
+        self._sessions = {b"bench": TcpUpstream("127.0.0.1", upstream_port)}
+        self.completed = 0
+
+    async def route(self, head: Any) -> Any:
+        from agentcell.server.gateway.http1 import Forward, Respond
+
+        upstream = self._sessions.get(head.header(SESSION_HEADER) or b"bench")
+        if upstream is None:
+            return Respond(404, body=b"unknown session")
+        return Forward(upstream, on_complete=self._on_complete, context={"session": "bench"})
+
+    def _on_complete(self, status: int, bytes_in: int, bytes_out: int, duration_s: float) -> None:
+        self.completed += 1
+
+
+def serve_gateway(port: int, upstream_port: int) -> None:
+    """Entry point of the gateway subprocess: serve until SIGTERM."""
+    import uvloop
+
+    from agentcell.server.gateway.http1 import GatewayServer
+
+    async def run() -> None:
+        server = GatewayServer(_WarmRouter(upstream_port))
+        await server.start("127.0.0.1", port)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.aclose(drain_timeout_s=1)
+
+    uvloop.run(run())
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def ensure_tools() -> None:
+    missing = [pkg for tool, pkg in (("wrk", "wrk"), ("nginx", "nginx-light")) if not _which(tool)]
+    if not missing:
+        return
+    progress(f"installing {' '.join(missing)} with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, stdout=sys.stderr, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+        check=True,
+        stdout=sys.stderr,
+        env=env,
+    )
+
+
+def _which(tool: str) -> str | None:
+    return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/bin")
+
+
+@contextlib.contextmanager
+def running(name: str, argv: list[str], ready_url: str, log_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a process, wait until `ready_url` answers 200, stop it by pid on exit."""
+    log = (log_dir / f"{name}.log").open("wb")
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(name, proc, ready_url, log_dir)
+        yield proc
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _wait_ready(name: str, proc: subprocess.Popen[bytes], url: str, log_dir: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited: {(log_dir / f'{name}.log').read_text()[-2000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} did not become ready at {url}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+master_process on;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_max_temp_file_size 0;
+    }}
+  }}
+}}
+"""
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def run_wrk(url: str, duration_s: float, connections: int = 50) -> WrkResult:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency", url]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    if errors:
+        progress(f"  wrk reported: {errors.group(0)}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return WrkResult(rps, _latency_ms(out, "50%"), _latency_ms(out, "99%"))
+
+
+def _latency_ms(out: str, pct: str) -> float:
+    match = re.search(rf"^\s+{re.escape(pct)}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+    assert match, f"no {pct} latency in wrk output:\n{out}"
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def stream_mib_s(port: int, mib: int) -> float:
+    """Read one `mib` MiB response as fast as a socket can; MiB/s over the whole response."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        buf = bytearray(1024 * 1024)
+        view = memoryview(buf)
+        start = time.perf_counter()
+        sock.sendall(b"GET /stream?mib=%d HTTP/1.1\r\nHost: bench\r\n\r\n" % mib)
+        got = sock.recv_into(view)
+        head_end = bytes(buf[:got]).find(b"\r\n\r\n")
+        assert head_end > 0 and b" 200 " in bytes(buf[:head_end]), bytes(buf[:got])[:200]
+        remaining = mib * 1024 * 1024 - (got - head_end - 4)
+        while remaining > 0:
+            n = sock.recv_into(view)
+            if n == 0:
+                raise RuntimeError(f"stream ended {remaining} bytes early")
+            remaining -= n
+        return mib / (time.perf_counter() - start)
+
+
+def measure(targets: dict[str, int], rounds: int, duration_s: float, stream_mib: int) -> None:
+    for name, port in targets.items():  # warm up pools, caches and JITs of nobody
+        run_wrk(f"http://127.0.0.1:{port}/", 1)
+        progress(f"warmed up {name}")
+    results: dict[str, list[WrkResult]] = {name: [] for name in targets}
+    for round_no in range(1, rounds + 1):
+        for name, port in targets.items():
+            result = run_wrk(f"http://127.0.0.1:{port}/", duration_s)
+            results[name].append(result)
+            progress(f"round {round_no} {name}: {result.rps:.0f} req/s p50 {result.p50_ms:.3f} ms")
+    streams: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(2):
+        for name, port in targets.items():
+            streams[name].append(stream_mib_s(port, stream_mib))
+            progress(f"stream {name}: {streams[name][-1]:.0f} MiB/s")
+    report(results, streams)
+
+
+def report(results: dict[str, list[WrkResult]], streams: dict[str, list[float]]) -> None:
+    rps = {name: median([r.rps for r in rs]) for name, rs in results.items()}
+    p50 = {name: median([r.p50_ms for r in rs]) for name, rs in results.items()}
+    p99 = {name: median([r.p99_ms for r in rs]) for name, rs in results.items()}
+    stream = {name: max(values) for name, values in streams.items()}
+    emit(BENCH, "rps_direct", rps["direct"], "per_s")
+    emit(BENCH, "rps_gateway", rps["gateway"], "per_s", rps["direct"])
+    emit(BENCH, "rps_nginx", rps["nginx"], "per_s", rps["direct"])
+    emit(BENCH, "rps_gateway_vs_nginx", rps["gateway"], "per_s", rps["nginx"])
+    for name in ("direct", "gateway", "nginx"):
+        emit(BENCH, f"p50_{name}_ms", p50[name], "ms", None if name == "direct" else p50["direct"])
+        emit(BENCH, f"p99_{name}_ms", p99[name], "ms", None if name == "direct" else p99["direct"])
+    emit(BENCH, "p50_added_ms", p50["gateway"] - p50["direct"], "ms")
+    emit(BENCH, "p50_added_nginx_ms", p50["nginx"] - p50["direct"], "ms")
+    emit(BENCH, "stream_direct_mib_s", stream["direct"], "MB/s")
+    emit(BENCH, "stream_nginx_mib_s", stream["nginx"], "MB/s", stream["direct"])
+    emit(BENCH, "stream_mib_s", stream["gateway"], "MB/s", stream["nginx"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.gateway_overhead")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration-s", type=float, default=5.0)
+    parser.add_argument("--stream-mib", type=int, default=512)
+    args = parser.parse_args(argv or [])
+    ensure_tools()
+    python = sys.executable
+    upstream_port, gateway_port, nginx_port = free_port(), free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-gw-") as tmp_name, contextlib.ExitStack() as stack:
+        tmp = Path(tmp_name)
+        upstream = [python, "-m", "uvicorn", "bench.gateway_overhead:app", "--host", "127.0.0.1"]
+        upstream += ["--port", str(upstream_port), "--loop", "uvloop", "--http", "httptools"]
+        upstream += ["--lifespan", "off", "--no-access-log", "--log-level", "warning"]
+        stack.enter_context(running("upstream", upstream, f"http://127.0.0.1:{upstream_port}/", tmp))
+        gateway = [python, "-m", "bench.gateway_overhead", "--serve-gateway", str(gateway_port)]
+        gateway += ["--upstream-port", str(upstream_port)]
+        stack.enter_context(running("gateway", gateway, f"http://127.0.0.1:{gateway_port}/", tmp))
+        conf = tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port, upstream_port=upstream_port))
+        nginx = [_which("nginx") or "nginx", "-c", str(conf), "-p", str(tmp), "-e", str(tmp / "nginx-error.log")]
+        stack.enter_context(running("nginx", nginx, f"http://127.0.0.1:{nginx_port}/", tmp))
+        targets = {"direct": upstream_port, "gateway": gateway_port, "nginx": nginx_port}
+        measure(targets, args.rounds, args.duration_s, args.stream_mib)
+
+
+def _cli() -> None:
+    if "--serve-gateway" in sys.argv:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--serve-gateway", type=int, required=True)
+        parser.add_argument("--upstream-port", type=int, required=True)
+        args = parser.parse_args()
+        serve_gateway(args.serve_gateway, args.upstream_port)
+    else:
+        main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    _cli()

@@ -1,0 +1,103 @@
+"""/v1/functions: deploy (a new version), get, list, delete."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Request, Response
+from pydantic import TypeAdapter, ValidationError
+from starlette.datastructures import UploadFile
+
+from agentcell.errors import InvalidArgument, PayloadTooLarge
+from agentcell.protocol.functions import FunctionConfig, FunctionInfo, FunctionList, FunctionName
+from agentcell.server.api.deps import Scheduler
+from agentcell.server.api.errors import describe_validation
+
+router = APIRouter(prefix="/v1/functions", tags=["functions"])
+MAX_ARCHIVE_BYTES = 512 << 20
+CHUNK_BYTES = 1 << 20
+DEPLOY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["config", "code"],
+            "properties": {
+                "config": {"type": "string", "description": "FunctionConfig as JSON"},
+                "code": {"type": "string", "format": "binary", "description": "tar / tar.gz of the code"},
+            },
+        }}},
+    }
+}
+
+
+def parse_config(raw: object) -> FunctionConfig:
+    if not isinstance(raw, str):
+        raise InvalidArgument("the 'config' part must be a FunctionConfig JSON text field")
+    try:
+        return FunctionConfig.model_validate(json.loads(raw))
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"config is not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        raise InvalidArgument(f"config: {describe_validation(exc)}") from None
+
+
+async def save_upload(upload: UploadFile, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, delete=False, suffix=".tar") as out:
+        size = 0
+        while chunk := await upload.read(CHUNK_BYTES):
+            size += len(chunk)
+            if size > MAX_ARCHIVE_BYTES:
+                out.close()
+                Path(out.name).unlink()
+                raise PayloadTooLarge(f"code archive is larger than {MAX_ARCHIVE_BYTES >> 20} MiB")
+            out.write(chunk)
+    return Path(out.name)
+
+
+FUNCTION_NAME: TypeAdapter[str] = TypeAdapter(FunctionName)
+
+
+def _validated_name(name: str) -> str:
+    try:
+        return FUNCTION_NAME.validate_python(name)
+    except ValidationError:
+        raise InvalidArgument(
+            f"function name must be 1-63 lowercase letters, digits or '-', starting with a letter; got {name!r}"
+        ) from None
+
+
+@router.put("/{name}", openapi_extra=DEPLOY_BODY)
+async def deploy_function(name: str, request: Request, scheduler: Scheduler) -> FunctionInfo:
+    name = _validated_name(name)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidArgument("deploy needs multipart/form-data with a 'config' JSON field and a 'code' tar file")
+    uploads = Path(request.app.state.settings.state_dir) / "uploads"
+    async with request.form(max_files=1, max_fields=4) as form:
+        config = parse_config(form.get("config"))
+        code = form.get("code")
+        if not isinstance(code, UploadFile):
+            raise InvalidArgument("the 'code' part must be a file: a tar or tar.gz of the function's directory")
+        archive = await save_upload(code, uploads)
+    try:
+        return (await scheduler.deploy(name, config, archive)).info()
+    finally:
+        archive.unlink(missing_ok=True)
+
+
+@router.get("")
+async def list_functions(scheduler: Scheduler) -> FunctionList:
+    return FunctionList(functions=[f.info() for f in scheduler.functions()])
+
+
+@router.get("/{name}")
+async def get_function(name: str, scheduler: Scheduler) -> FunctionInfo:
+    return scheduler.function(name).info()
+
+
+@router.delete("/{name}", status_code=204)
+async def delete_function(name: str, scheduler: Scheduler) -> Response:
+    await scheduler.delete_function(name)
+    return Response(status_code=204)

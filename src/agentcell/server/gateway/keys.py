@@ -1,0 +1,75 @@
+"""Pure routing-key extraction: which function a request is for, and which session it belongs to.
+
+No I/O and no scheduler: a request head in, names and keys out. A malformed session key raises
+InvalidArgument, so it is refused before it can be used to reach an instance.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from agentcell.errors import InvalidArgument
+from agentcell.protocol.functions import Affinity
+
+FN_PREFIX = b"/fn/"
+FUNCTION_NAME = re.compile(rb"^[a-z][a-z0-9-]{0,62}$")
+SESSION_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+MCP_SESSION_HEADER = b"mcp-session-id"
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionTarget:
+    name: str
+    path: bytes
+    """the path the instance sees (the `/fn/{name}` prefix removed)"""
+    mount: bytes
+    """the prefix the client used (`/fn/{name}`), empty for host-based routing"""
+
+
+def function_target(raw_path: bytes, host: bytes | None, domain: bytes | None) -> FunctionTarget | None:
+    """`/fn/{name}/rest` or `Host: {name}.{domain}`; None when the request is not for a function."""
+    if raw_path.startswith(FN_PREFIX):
+        name, slash, rest = raw_path[len(FN_PREFIX):].partition(b"/")
+        if FUNCTION_NAME.match(name):
+            return FunctionTarget(name.decode(), slash + rest or b"/", FN_PREFIX + name)
+        return None
+    if domain and host:
+        hostname = host.rpartition(b":")[0] if host.count(b":") == 1 else host
+        label, dot, rest = hostname.lower().partition(b".")
+        if dot and rest == domain and FUNCTION_NAME.match(label):
+            return FunctionTarget(label.decode(), raw_path or b"/", b"")
+    return None
+
+
+def _checked(key: str, where: str) -> str:
+    if not SESSION_KEY.match(key):
+        raise InvalidArgument(
+            f"session key in {where} must be 1-128 characters of letters, digits and . _ : @ / -, "
+            "starting with a letter or digit"
+        )
+    return key
+
+
+def cookie_value(cookie_header: bytes, name: str) -> str | None:
+    for part in cookie_header.decode("latin-1").split(";"):
+        key, eq, value = part.strip().partition("=")
+        if eq and key == name:
+            return value.strip().strip('"')
+    return None
+
+
+def session_key(affinity: Affinity, header_value: bytes | None, cookie_header: bytes | None) -> str | None:
+    """The request's session key under `affinity`, None when it carries none.
+
+    `header_value` is the value of the affinity's header (for `header`) or `Mcp-Session-Id` (for
+    `mcp`); `cookie_header` is the request's Cookie header (for `cookie`).
+    """
+    if affinity.kind in ("header", "mcp"):
+        if header_value is None:
+            return None
+        return _checked(header_value.decode("latin-1").strip(), f"header {affinity.header}")
+    if affinity.kind == "cookie" and cookie_header is not None:
+        value = cookie_value(cookie_header, affinity.cookie)
+        return None if value is None else _checked(value, f"cookie {affinity.cookie}")
+    return None

@@ -1,0 +1,54 @@
+"""Instance: one isolated sandbox running a function version's server, and its bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+from typing import Literal
+
+InstanceState = Literal["starting", "ready", "stopping", "gone"]
+
+
+def new_instance_id() -> str:
+    return "ins_" + secrets.token_hex(8)
+
+
+@dataclass(slots=True, eq=False)
+class Instance:
+    id: str
+    function: str
+    version: int
+    port: int
+    created_at: float
+    state: InstanceState = "starting"
+    sessions: set[str] = field(default_factory=set)
+    in_flight: int = 0
+    last_used_at: float = 0.0
+    ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    @property
+    def is_ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def is_live(self) -> bool:
+        return self.state in ("starting", "ready")
+
+    def has_room(self, sessions_per_instance: int) -> bool:
+        return self.is_live and len(self.sessions) < sessions_per_instance
+
+    def mark_ready(self) -> None:
+        self.state = "ready"
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def mark_failed(self, reason: str) -> None:
+        self.state = "gone"
+        if not self.ready.done():
+            self.ready.set_exception(InstanceFailed(f"instance {self.id} failed: {reason}"))
+            self.ready.exception()  # retrieved: nobody may be waiting
+
+
+class InstanceFailed(Exception):
+    pass

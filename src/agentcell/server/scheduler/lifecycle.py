@@ -1,0 +1,144 @@
+"""InstanceManager: boots a function instance (sandbox → server process → listening → initialize
+hook), runs hooks with deadlines, and stops instances. Knows nothing about sessions or routing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+
+from agentcell.errors import NotFound
+from agentcell.server.clock import Clock
+from agentcell.server.sandbox.driver import ExecSpec, Mount, SandboxDriver, SandboxProcess, SandboxSpec
+from agentcell.server.scheduler.functions import FunctionVersion
+from agentcell.server.scheduler.instances import Instance, InstanceFailed
+
+log = logging.getLogger(__name__)
+
+CODE_DIR = "/code"
+SERVER_LOG = "${TMPDIR:-/tmp}/agentcell-server.log"
+# The user's command travels in the environment, never spliced into a shell string.
+SERVER_ARGV = ["/bin/bash", "-c", f'exec >>"{SERVER_LOG}" 2>&1; exec /bin/bash -c "$AGENTCELL_CMD"']
+HOOK_ARGV = ["/bin/bash", "-c", 'exec /bin/bash -c "$AGENTCELL_HOOK"']
+PORT_POLL_MIN_S = 0.001
+PORT_POLL_MAX_S = 0.02
+
+
+class InstanceManager:
+    def __init__(self, driver: SandboxDriver, clock: Clock, *, pids_max: int, stop_grace_s: float) -> None:
+        self._driver = driver
+        self._clock = clock
+        self._pids_max = pids_max
+        self._grace_s = stop_grace_s
+        self._servers: dict[str, SandboxProcess] = {}
+
+    def _spec(self, instance: Instance, version: FunctionVersion) -> SandboxSpec:
+        config = version.config
+        return SandboxSpec(
+            sandbox_id=instance.id, cpu_millis=max(10, int(config.cpu * 1000)),
+            memory_bytes=config.memory_mb << 20, disk_bytes=config.disk_mb << 20, pids_max=self._pids_max,
+            env=self._env(instance, version), mounts=(Mount(version.code_dir, CODE_DIR, read_only=True),),
+        )
+
+    @staticmethod
+    def _env(instance: Instance, version: FunctionVersion) -> dict[str, str]:
+        return {
+            **version.config.env, "PORT": str(version.config.port), "AGENTCELL_FUNCTION": version.name,
+            "AGENTCELL_FUNCTION_VERSION": str(version.version), "AGENTCELL_INSTANCE_ID": instance.id,
+        }
+
+    async def boot(self, instance: Instance, version: FunctionVersion) -> None:
+        """Start the instance and return when its server listens and its initialize hook passed.
+        On failure the sandbox is gone and the instance is marked failed."""
+        config = version.config
+        try:
+            await self._driver.start(self._spec(instance, version))
+            server = await self._driver.exec(instance.id, ExecSpec(
+                argv=SERVER_ARGV, env={"AGENTCELL_CMD": config.cmd}, cwd=CODE_DIR,
+            ))
+            self._servers[instance.id] = server
+            await server.close_stdin()
+            await self._wait_listening(instance, server, config.ready_timeout_s)
+            if config.initialize is not None:
+                await self.run_hook(instance, config.initialize.cmd, config.initialize.timeout_s, {}, "initialize")
+        except BaseException as exc:
+            instance.mark_failed(str(exc) or type(exc).__name__)
+            await self.stop(instance)
+            raise
+        instance.mark_ready()
+
+    async def _wait_listening(self, instance: Instance, server: SandboxProcess, timeout_s: float) -> None:
+        exited = asyncio.ensure_future(server.wait())
+        delay = PORT_POLL_MIN_S
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not await self._accepts(instance):
+                    if exited.done():
+                        status = exited.result()
+                        raise InstanceFailed(f"the server command exited with code {status.code} before listening "
+                                             f"on $PORT={instance.port}; its output is in {SERVER_LOG}")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, PORT_POLL_MAX_S)
+        except TimeoutError:
+            raise InstanceFailed(f"nothing listened on $PORT={instance.port} within {timeout_s:g} s") from None
+        finally:
+            exited.cancel()
+
+    async def _accepts(self, instance: Instance) -> bool:
+        try:
+            sock = await self._driver.connect(instance.id, instance.port)
+        except (ConnectionRefusedError, ConnectionResetError):
+            return False
+        sock.close()
+        return True
+
+    async def connect(self, instance: Instance) -> socket.socket:
+        return await self._driver.connect(instance.id, instance.port)
+
+    async def server_exited(self, instance: Instance) -> None:
+        """Return when the instance's server process or the instance itself is gone."""
+        waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._driver.wait_exited(instance.id))]
+        if (server := self._servers.get(instance.id)) is not None:
+            waits.append(asyncio.ensure_future(server.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    async def run_hook(self, instance: Instance, cmd: str, timeout_s: float, env: dict[str, str], name: str) -> None:
+        """Run a hook command in the instance; raise InstanceFailed if it fails or passes its deadline."""
+        process = await self._driver.exec(instance.id, ExecSpec(
+            argv=HOOK_ARGV, env={**env, "AGENTCELL_HOOK": cmd, "AGENTCELL_HOOK_NAME": name}, cwd=CODE_DIR,
+        ))
+        await process.close_stdin()
+        drain = [asyncio.ensure_future(s.read()) for s in (process.stdout, process.stderr)]
+        try:
+            async with asyncio.timeout(timeout_s):
+                status = await process.wait()
+        except TimeoutError:
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+            raise InstanceFailed(f"{name} hook passed its {timeout_s:g} s deadline") from None
+        finally:
+            for task in drain:
+                task.cancel()
+        if status.code != 0:
+            raise InstanceFailed(f"{name} hook exited with code {status.code}")
+
+    async def adopt(self, instance: Instance) -> bool:
+        alive = await self._driver.adopt(instance.id)
+        if alive:
+            instance.mark_ready()
+        return alive
+
+    async def stop(self, instance: Instance) -> None:
+        instance.state = "gone" if instance.state == "gone" else "stopping"
+        server = self._servers.pop(instance.id, None)
+        with contextlib.suppress(NotFound):
+            await self._driver.stop(instance.id, self._grace_s)
+        if server is not None:
+            await server.wait()
+        instance.state = "gone"

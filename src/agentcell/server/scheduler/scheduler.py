@@ -1,0 +1,536 @@
+"""Scheduler: functions, sessions and instances on this node — placement, warm pools, scale from
+zero and out, reaping, restart recovery.
+
+The warm path (`route` for a bound session) is dictionary lookups and counters: no database, no
+thread pool, no await. Everything slow (booting instances, hooks, persistence) runs as tasks in
+the one TaskGroup that `run()` owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentcell.errors import Conflict, InvalidArgument, NotFound, QuotaExceeded, Unavailable
+from agentcell.protocol.functions import FunctionConfig
+from agentcell.protocol.sessions import EndReason, SessionCreate, SessionInfo, SessionState, SessionUpdate
+from agentcell.server.clock import Clock
+from agentcell.server.meta.records import InstanceRecord, SessionRecord
+from agentcell.server.meta.store import MetaStore
+from agentcell.server.sandbox.driver import SandboxDriver
+from agentcell.server.scheduler.code import unpack_code
+from agentcell.server.scheduler.functions import FunctionState, FunctionVersion
+from agentcell.server.scheduler.instances import Instance, InstanceFailed, new_instance_id
+from agentcell.server.scheduler.lifecycle import InstanceManager
+from agentcell.server.scheduler.sessions import Session, SessionEnded, new_session_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerLimits:
+    pids_max: int = 512
+    stop_grace_s: float = 2.0
+    max_waiting: int = 64
+    wait_timeout_s: float = 10.0
+    start_concurrency: int = 8
+
+
+@dataclass(slots=True, eq=False)
+class Lease:
+    """One request's hold on an instance (and its session); `Scheduler.release` gives it back."""
+
+    function: FunctionState
+    instance: Instance
+    session: Session | None
+    issued_key: str | None = None
+
+
+class Scheduler:
+    def __init__(
+        self, driver: SandboxDriver, store: MetaStore, clock: Clock, code_root: Path, limits: SchedulerLimits
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._code_root = code_root
+        self._limits = limits
+        self._manager = InstanceManager(driver, clock, pids_max=limits.pids_max, stop_grace_s=limits.stop_grace_s)
+        self._functions: dict[str, FunctionState] = {}
+        self._sessions: dict[str, Session] = {}
+        self._start_slots = asyncio.Semaphore(limits.start_concurrency)
+        self._tasks: asyncio.TaskGroup | None = None
+        self._accepting = False
+        self._warm_wanted = asyncio.Event()
+
+    # -- background --------------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        if self._tasks is None:
+            work.close()
+            raise Unavailable("the server is starting or shutting down; retry in a moment", retry_after_s=1)
+        return self._tasks.create_task(self._logged(work, name), name=name)
+
+    @staticmethod
+    async def _logged(work: Coroutine[Any, Any, None], name: str) -> None:
+        try:
+            await work
+        except Exception:
+            log.exception("%s failed", name)
+
+    async def run(self, tick_s: float, started: asyncio.Event | None = None) -> None:
+        """Restore state, then reap, fill warm pools and flush session activity until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            await self.restore()
+            self._accepting = True
+            if started is not None:
+                started.set()
+            tasks.create_task(self._fill_loop(), name="warm pools")
+            while True:
+                await asyncio.sleep(tick_s)
+                await self.reap_once(self._clock.now())
+                await self.flush_once()
+
+    async def _fill_loop(self) -> None:
+        while True:
+            await self._warm_wanted.wait()
+            self._warm_wanted.clear()
+            self.fill_once()
+
+    # -- functions ---------------------------------------------------------------------------------
+
+    async def deploy(self, name: str, config: FunctionConfig, archive: Path) -> FunctionState:
+        current = self._functions.get(name)
+        number = current.latest.version + 1 if current else 1
+        now = self._clock.now()
+        code_dir = self._code_root / name / f"v{number}"
+        if code_dir.exists():
+            shutil.rmtree(code_dir)
+        await asyncio.to_thread(unpack_code, archive, code_dir)
+        version = FunctionVersion(name, number, config, str(code_dir), now)
+        await self._store.put_function(version.record(now))
+        if current is None:
+            current = FunctionState(latest=version, created_at=now, versions={number: version})
+            self._functions[name] = current
+        else:
+            current.add_version(version)
+            self._retire_old_warm(current)
+        self._warm_wanted.set()
+        log.info("function %s: version %d deployed", name, number)
+        return current
+
+    def _retire_old_warm(self, fn: FunctionState) -> None:
+        for instance in [i for i in fn.warm if i.version != fn.latest.version]:
+            fn.warm.remove(instance)
+            self._spawn(self._stop_instance(fn, instance), f"retire {instance.id}")
+
+    def function(self, name: str) -> FunctionState:
+        fn = self._functions.get(name)
+        if fn is None:
+            raise NotFound(f"function {name!r} not found; deploy it first")
+        return fn
+
+    def functions(self) -> list[FunctionState]:
+        return sorted(self._functions.values(), key=lambda f: f.name)
+
+    async def delete_function(self, name: str) -> None:
+        fn = self.function(name)
+        fn.deleted = True
+        del self._functions[name]
+        ends = [self._end_session(s, "function_deleted") for s in list(fn.sessions.values())]
+        await asyncio.gather(*ends)
+        await asyncio.gather(*(self._stop_instance(fn, i) for i in list(fn.instances.values())))
+        await self._store.delete_function(name)
+        await asyncio.to_thread(shutil.rmtree, self._code_root / name, True)
+
+    # -- the request path ----------------------------------------------------------------------------
+
+    async def route(self, name: str, key: str | None) -> Lease:
+        """Find (or make) the instance for one request. `key` is the request's session key."""
+        fn = self.function(name)
+        self._require_accepting()
+        if fn.config.affinity.kind == "none":
+            return await self._route_stateless(fn)
+        issued = None
+        session = fn.sessions.get(key) if key is not None else None
+        if session is None:
+            if key is None:
+                key = issued = new_session_id()
+            session = await self._open_session(fn, key, SessionCreate(), session_id=issued)
+        elif not session.bound.done():
+            await self._wait_bound(session)
+        instance = fn.instances.get(session.instance_id or "")
+        if instance is None or not instance.is_ready:
+            raise Unavailable(f"session {session.key}'s instance is not available; retry", retry_after_s=1)
+        session.acquire()
+        instance.in_flight += 1
+        return Lease(fn, instance, session, issued)
+
+    def release(self, lease: Lease) -> None:
+        now = self._clock.now()
+        lease.instance.in_flight -= 1
+        lease.instance.last_used_at = now
+        if lease.session is not None and lease.session.state != "ended":
+            lease.session.release(now)
+        if lease.function.waiting:
+            lease.function.notify_capacity()
+
+    async def connect(self, lease: Lease) -> Any:
+        """A connected socket to the lease's instance (its server, on $PORT)."""
+        return await self._manager.connect(lease.instance)
+
+    def instance_unreachable(self, lease: Lease, reason: str) -> None:
+        """The gateway could not reach an instance that should be serving: treat it as failed."""
+        instance = lease.instance
+        if instance.is_live:
+            log.warning("instance %s unreachable (%s): failing it", instance.id, reason)
+            self._spawn(self._fail_instance(lease.function, instance, reason), f"fail {instance.id}")
+
+    def _require_accepting(self) -> None:
+        if not self._accepting:
+            raise Unavailable("the server is not accepting requests (starting or shutting down)", retry_after_s=1)
+
+    @staticmethod
+    async def _wait_bound(session: Session) -> None:
+        try:
+            await asyncio.shield(session.bound)
+        except SessionEnded:
+            raise Unavailable(f"session {session.key} ended ({session.end_reason}) while starting; retry",
+                              retry_after_s=1) from None
+
+    async def _route_stateless(self, fn: FunctionState) -> Lease:
+        limit = fn.config.concurrency_per_instance
+        while True:
+            ready = [i for i in fn.instances.values()
+                     if i.is_ready and i.version == fn.latest.version and i.in_flight < limit]
+            if ready:
+                instance = min(ready, key=lambda i: i.in_flight)
+                instance.in_flight += 1
+                return Lease(fn, instance, None)
+            live = fn.live_instances()
+            if not any(i.state == "starting" for i in live) and len(live) < fn.config.max_instances:
+                self._launch(fn, fn.latest)
+            await self._wait_capacity(fn)
+
+    # -- sessions ------------------------------------------------------------------------------------
+
+    async def create_session(self, name: str, request: SessionCreate) -> Session:
+        """Pre-warm: bind an instance now, before the session's first request."""
+        fn = self.function(name)
+        self._require_accepting()
+        if fn.config.affinity.kind == "none":
+            raise InvalidArgument(f"function {name} has affinity 'none': it has no sessions")
+        session_id = new_session_id()
+        key = request.key or session_id
+        if key in fn.sessions:
+            raise Conflict(f"session key {key!r} is already live on {name}; renew it or pick another key")
+        return await self._open_session(fn, key, request, session_id=session_id)
+
+    async def _open_session(
+        self, fn: FunctionState, key: str, request: SessionCreate, session_id: str | None
+    ) -> Session:
+        config = fn.config
+        if config.disable_session_id_reuse and key in fn.ended_keys:
+            raise Conflict(f"session {key!r} has ended and function {fn.name} does not reuse session ids; "
+                           "start a new session without a key")
+        now = self._clock.now()
+        session = Session(
+            id=session_id or new_session_id(), function=fn.name, key=key, version=fn.latest.version,
+            created_at=now, last_active_at=now, ttl_s=request.ttl_s or config.session_ttl_s,
+            idle_timeout_s=request.idle_timeout_s or config.idle_timeout_s, metadata=dict(request.metadata),
+        )
+        fn.sessions[key] = session
+        self._sessions[session.id] = session
+        try:
+            instance = await self._place(fn, session)
+            await asyncio.shield(instance.ready)
+        except (InstanceFailed, asyncio.CancelledError, QuotaExceeded, Unavailable) as exc:
+            await self._end_session(session, "instance_failed")
+            if isinstance(exc, InstanceFailed):
+                raise Unavailable(f"could not start an instance of {fn.name}: {exc}", retry_after_s=1) from None
+            raise
+        session.move("idle")
+        session.bound.set_result(None)
+        await self._store.put_session(session.record())
+        session.dirty = False
+        return session
+
+    async def _place(self, fn: FunctionState, session: Session) -> Instance:
+        """Reserve a slot for `session` on an instance with room, a warm one, or a new one."""
+        while True:
+            instance = self._find_room(fn)
+            if instance is None and len(fn.live_instances()) < fn.config.max_instances:
+                instance = self._launch(fn, fn.latest)
+            if instance is not None:
+                instance.sessions.add(session.id)
+                session.instance_id = instance.id
+                self._warm_wanted.set()
+                return instance
+            await self._wait_capacity(fn)
+
+    def _find_room(self, fn: FunctionState) -> Instance | None:
+        per_instance = fn.config.sessions_per_instance
+        if per_instance > 1:
+            shared = [i for i in fn.instances.values()
+                      if i.version == fn.latest.version and i.sessions and i.has_room(per_instance)]
+            if shared:
+                return min(shared, key=lambda i: (not i.is_ready, len(i.sessions)))
+        while fn.warm:
+            instance = fn.warm.pop(0)
+            if instance.is_live and not instance.sessions and instance.version == fn.latest.version:
+                return instance
+        return None
+
+    async def _wait_capacity(self, fn: FunctionState) -> None:
+        if fn.waiting >= self._limits.max_waiting:
+            raise QuotaExceeded(f"function {fn.name} is at max_instances ({fn.config.max_instances}) and "
+                                f"{fn.waiting} requests already wait; retry later", retry_after_s=1)
+        fn.waiting += 1
+        try:
+            async with asyncio.timeout(self._limits.wait_timeout_s):
+                await fn.capacity_changed.wait()
+        except TimeoutError:
+            raise Unavailable(f"no instance of {fn.name} became free within {self._limits.wait_timeout_s:g} s",
+                              retry_after_s=2) from None
+        finally:
+            fn.waiting -= 1
+
+    def session(self, session_id: str) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise NotFound(f"session {session_id!r} not found or ended")
+        return session
+
+    async def session_info(self, session_id: str) -> SessionInfo:
+        """Live sessions from memory; ended ones from the store (with their end reason)."""
+        if (live := self._sessions.get(session_id)) is not None:
+            return live.info()
+        record = await self._store.get_session(session_id)
+        if record is None:
+            raise NotFound(f"session {session_id!r} not found")
+        return _ended_info(record)
+
+    def sessions(self, name: str | None, state: SessionState | None, metadata: dict[str, str]) -> list[Session]:
+        if name is not None:
+            self.function(name)
+        found = [
+            s for s in self._sessions.values()
+            if (name is None or s.function == name) and (state is None or s.state == state)
+            and all(s.metadata.get(k) == v for k, v in metadata.items())
+        ]
+        return sorted(found, key=lambda s: s.created_at)
+
+    async def update_session(self, session_id: str, update: SessionUpdate) -> Session:
+        session = self.session(session_id)
+        session.renew(self._clock.now(), update.ttl_s, update.idle_timeout_s)
+        await self._store.put_session(session.record())
+        session.dirty = False
+        return session
+
+    async def delete_session(self, session_id: str) -> None:
+        """Pre-stop hook, then release the instance (destroyed if it was exclusive)."""
+        await self._end_session(self.session(session_id), "deleted")
+
+    async def _end_session(self, session: Session, reason: EndReason) -> None:
+        if session.state == "ended":
+            return
+        fn = self._functions.get(session.function)
+        session.end(reason)
+        self._sessions.pop(session.id, None)
+        instance = None
+        if fn is not None:
+            if fn.sessions.get(session.key) is session:
+                del fn.sessions[session.key]
+            if fn.config.disable_session_id_reuse:
+                fn.ended_keys.add(session.key)
+            instance = fn.instances.get(session.instance_id or "")
+        log.info("session %s (%s) ended: %s", session.id, session.key, reason)
+        await self._store.put_session(session.record())
+        if fn is not None and instance is not None:
+            await self._release_instance(fn, instance, session, reason)
+
+    async def _release_instance(self, fn: FunctionState, instance: Instance, session: Session, reason: str) -> None:
+        version = fn.versions.get(instance.version, fn.latest)
+        hook = version.config.pre_stop
+        if hook is not None and instance.is_ready and reason != "instance_failed":
+            env = {"AGENTCELL_SESSION_ID": session.id, "AGENTCELL_SESSION_KEY": session.key,
+                   "AGENTCELL_END_REASON": reason}
+            try:
+                await self._manager.run_hook(instance, hook.cmd, hook.timeout_s, env, "pre_stop")
+            except Exception as exc:
+                log.warning("session %s: pre_stop hook failed: %s", session.id, exc)
+        instance.sessions.discard(session.id)
+        if version.config.sessions_per_instance == 1:
+            await self._stop_instance(fn, instance)  # exclusive: never serves another session
+        fn.notify_capacity()
+
+    # -- instances -----------------------------------------------------------------------------------
+
+    def _launch(self, fn: FunctionState, version: FunctionVersion) -> Instance:
+        instance = Instance(new_instance_id(), fn.name, version.version, version.config.port, self._clock.now())
+        instance.last_used_at = instance.created_at
+        fn.instances[instance.id] = instance
+        self._spawn(self._boot(fn, version, instance), f"boot {instance.id}")
+        return instance
+
+    async def _boot(self, fn: FunctionState, version: FunctionVersion, instance: Instance) -> None:
+        try:
+            async with self._start_slots:
+                if instance.state != "starting":
+                    return
+                await self._manager.boot(instance, version)
+        except Exception as exc:
+            log.warning("instance %s of %s failed to start: %s", instance.id, fn.name, exc)
+            await self._forget_instance(fn, instance, "instance_failed")
+            return
+        await self._store.put_instance(
+            InstanceRecord(instance.id, fn.name, instance.version, instance.state, instance.created_at)
+        )
+        fn.notify_capacity()
+        self._spawn(self._watch(fn, instance), f"watch {instance.id}")
+
+    async def _watch(self, fn: FunctionState, instance: Instance) -> None:
+        await self._manager.server_exited(instance)
+        if instance.is_live:
+            await self._fail_instance(fn, instance, "its server exited")
+
+    async def _fail_instance(self, fn: FunctionState, instance: Instance, reason: str) -> None:
+        log.warning("instance %s of %s failed: %s", instance.id, fn.name, reason)
+        instance.mark_failed(reason)
+        await self._forget_instance(fn, instance, "instance_failed")
+        await self._manager.stop(instance)
+
+    async def _forget_instance(self, fn: FunctionState, instance: Instance, reason: EndReason) -> None:
+        if instance in fn.warm:
+            fn.warm.remove(instance)
+        for session in [s for s in self._sessions.values() if s.id in instance.sessions]:
+            await self._end_session(session, reason)
+        fn.instances.pop(instance.id, None)
+        await self._store.delete_instance(instance.id)
+        fn.notify_capacity()
+        self._warm_wanted.set()
+
+    async def _stop_instance(self, fn: FunctionState, instance: Instance) -> None:
+        if instance in fn.warm:
+            fn.warm.remove(instance)
+        if instance.state == "stopping":
+            return
+        await self._manager.stop(instance)
+        fn.instances.pop(instance.id, None)
+        await self._store.delete_instance(instance.id)
+        fn.notify_capacity()
+
+    # -- periodic work -------------------------------------------------------------------------------
+
+    def fill_once(self) -> int:
+        """Start instances until every function has min_warm spare ones. Returns how many started."""
+        started = 0
+        for fn in list(self._functions.values()):
+            spare = [i for i in fn.warm if i.is_live] if fn.config.affinity.kind != "none" else fn.live_instances()
+            room = fn.config.max_instances - len(fn.live_instances())
+            for _ in range(max(0, min(fn.config.min_warm - len(spare), room))):
+                instance = self._launch(fn, fn.latest)
+                if fn.config.affinity.kind != "none":
+                    fn.warm.append(instance)
+                started += 1
+        return started
+
+    async def reap_once(self, now: float) -> list[tuple[str, str]]:
+        """End expired sessions and stop idle spare instances. Returns (id, reason) pairs."""
+        reaped: list[tuple[str, str]] = []
+        for session in list(self._sessions.values()):
+            reason = session.expiry_reason(now)
+            if reason is not None:
+                reaped.append((session.id, reason))
+                await self._end_session(session, reason)
+        for fn in list(self._functions.values()):
+            for instance in self._idle_instances(fn, now):
+                reaped.append((instance.id, "idle"))
+                await self._stop_instance(fn, instance)
+        if reaped:
+            self._warm_wanted.set()
+        return reaped
+
+    def _idle_instances(self, fn: FunctionState, now: float) -> list[Instance]:
+        spare = [i for i in fn.instances.values() if i.is_ready and not i.sessions and i.in_flight == 0]
+        keep = fn.config.min_warm
+        idle: list[Instance] = []
+        for instance in sorted(spare, key=lambda i: -i.last_used_at):
+            if instance.version == fn.latest.version and keep > 0:
+                keep -= 1
+            elif instance.version != fn.latest.version or now - instance.last_used_at >= fn.config.idle_timeout_s:
+                idle.append(instance)
+        return idle
+
+    async def flush_once(self) -> int:
+        """Persist sessions whose activity changed since the last flush (for restart recovery)."""
+        dirty = [s for s in self._sessions.values() if s.dirty and s.state != "pending"]
+        if dirty:
+            await self._store.put_sessions([s.record() for s in dirty])
+            for session in dirty:
+                session.dirty = False
+        return len(dirty)
+
+    # -- restart and shutdown ------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Reload functions; re-adopt instances a crashed server left running, with their sessions.
+        Sessions whose instance is gone end with `instance_failed`."""
+        for latest in await self._store.latest_functions():
+            versions = [FunctionVersion.from_record(r) for r in await self._store.function_versions(latest.name)]
+            fn = FunctionState(latest=versions[-1], created_at=versions[0].created_at,
+                               versions={v.version: v for v in versions})
+            fn.ended_keys = await self._store.ended_session_keys(fn.name) if fn.config.disable_session_id_reuse else set()
+            self._functions[fn.name] = fn
+        for instance_record in await self._store.instances():
+            await self._adopt(instance_record)
+        for session_record in await self._store.live_sessions():
+            self._restore_session(session_record)
+        for fn in self._functions.values():
+            fn.warm = [i for i in fn.instances.values() if not i.sessions and i.version == fn.latest.version]
+        self._warm_wanted.set()
+
+    async def _adopt(self, record: InstanceRecord) -> None:
+        fn = self._functions.get(record.function)
+        version = fn.versions.get(record.version) if fn else None
+        if fn is None or version is None:
+            await self._store.delete_instance(record.id)
+            return
+        instance = Instance(record.id, fn.name, record.version, version.config.port, record.created_at)
+        instance.last_used_at = self._clock.now()
+        if await self._manager.adopt(instance):
+            fn.instances[instance.id] = instance
+            self._spawn(self._watch(fn, instance), f"watch {instance.id}")
+            log.info("instance %s of %s re-adopted", instance.id, fn.name)
+        else:
+            await self._store.delete_instance(record.id)
+
+    def _restore_session(self, record: SessionRecord) -> None:
+        fn = self._functions.get(record.function)
+        instance = fn.instances.get(record.instance_id or "") if fn else None
+        if fn is None or instance is None:
+            record.state, record.end_reason = "ended", "instance_failed"
+            self._spawn(self._store.put_session(record), f"end {record.id}")
+            return
+        session = Session.from_record(record)
+        instance.sessions.add(session.id)
+        fn.sessions[session.key] = session
+        self._sessions[session.id] = session
+
+    async def aclose(self) -> None:
+        """Graceful shutdown after the gateway drained: pre-stop every session, stop every instance."""
+        self._accepting = False
+        await asyncio.gather(*(self._end_session(s, "shutdown") for s in list(self._sessions.values())))
+        for fn in list(self._functions.values()):
+            await asyncio.gather(*(self._stop_instance(fn, i) for i in list(fn.instances.values())))
+        await self.flush_once()
+
+
+def _ended_info(record: SessionRecord) -> SessionInfo:
+    info = Session.from_record(record).info()
+    return info.model_copy(update={"state": record.state, "end_reason": record.end_reason})

@@ -1,0 +1,134 @@
+"""Bad input on every sandbox endpoint: a 4xx envelope that says what to change, nothing half-made."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+
+@pytest.fixture
+def api(server_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def sandbox_id(api: httpx.Client) -> Iterator[str]:
+    reply = api.post("/v1/sandboxes", json={"timeout_s": 120, "metadata": {"suite": "input"}})
+    assert reply.status_code == 201, reply.text
+    sid: str = reply.json()["id"]
+    yield sid
+    api.delete(f"/v1/sandboxes/{sid}")
+
+
+def assert_envelope(reply: httpx.Response, status: int, code: str, *needles: str) -> None:
+    assert reply.status_code == status, reply.text
+    body = reply.json()
+    assert set(body) == {"code", "message", "request_id"}
+    assert body["code"] == code
+    assert body["request_id"] == reply.headers["x-request-id"]
+    for needle in needles:
+        assert needle in body["message"], body["message"]
+
+
+def count_sandboxes(api: httpx.Client) -> int:
+    return len(api.get("/v1/sandboxes").json()["sandboxes"])
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"memory_mb": 0}, "memory_mb"),
+        ({"memory_mb": -5}, "memory_mb"),
+        ({"memory_mb": 10**12}, "memory_mb"),
+        ({"cpu": "lots"}, "cpu"),
+        ({"disk_mb": 1}, "disk_mb"),
+        ({"timeout_s": 0}, "timeout_s"),
+        ({"timeout_s": 10**9}, "timeout_s"),
+        ({"template": "../etc"}, "template"),
+        ({"env": {"1BAD": "x"}}, "env"),
+        ({"metadata": "not-a-dict"}, "metadata"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_create_refuses_bad_fields_and_makes_nothing(api: httpx.Client, body: dict[str, object], needle: str) -> None:
+    before = count_sandboxes(api)
+    assert_envelope(api.post("/v1/sandboxes", json=body), 400, "invalid_argument", needle)
+    assert count_sandboxes(api) == before
+
+
+def test_unknown_template_names_the_choices(api: httpx.Client) -> None:
+    assert_envelope(api.post("/v1/sandboxes", json={"template": "nope"}), 400, "invalid_argument", "base")
+
+
+def test_malformed_json_and_wrong_body_type(api: httpx.Client) -> None:
+    reply = api.post("/v1/sandboxes", content=b"{not json", headers={"content-type": "application/json"})
+    assert_envelope(reply, 400, "invalid_argument")
+    assert_envelope(api.post("/v1/sandboxes", json=[1, 2]), 400, "invalid_argument")
+
+
+def test_oversized_json_body_is_413(api: httpx.Client) -> None:
+    huge = json.dumps({"metadata": {"k": "x" * (40 << 20)}})
+    reply = api.post("/v1/sandboxes", content=huge, headers={"content-type": "application/json"})
+    assert_envelope(reply, 413, "payload_too_large", "files API")
+
+
+def test_unknown_ids_answer_404_everywhere(api: httpx.Client) -> None:
+    missing = "sbx_0000000000000000"
+    for method, path, kwargs in [
+        ("GET", f"/v1/sandboxes/{missing}", {}),
+        ("DELETE", f"/v1/sandboxes/{missing}", {}),
+        ("POST", f"/v1/sandboxes/{missing}/timeout", {"json": {"timeout_s": 5}}),
+        ("POST", f"/v1/sandboxes/{missing}/commands", {"json": {"cmd": "true"}}),
+        ("GET", f"/v1/sandboxes/{missing}/processes", {}),
+        ("GET", f"/v1/sandboxes/{missing}/files", {"params": {"path": "a"}}),
+        ("GET", f"/v1/sandboxes/{missing}/files/list", {"params": {"path": "/"}}),
+    ]:
+        assert_envelope(api.request(method, path, **kwargs), 404, "not_found", "not found")
+
+
+def test_unknown_route_and_method(api: httpx.Client) -> None:
+    assert_envelope(api.get("/v1/nothing-here"), 404, "not_found", "/openapi.json")
+    assert_envelope(api.put("/v1/sandboxes"), 405, "invalid_argument", "PUT")
+
+
+def test_command_input_is_checked(api: httpx.Client, sandbox_id: str) -> None:
+    url = f"/v1/sandboxes/{sandbox_id}/commands"
+    assert_envelope(api.post(url, json={}), 400, "invalid_argument", "exactly one")
+    assert_envelope(api.post(url, json={"cmd": "x", "argv": ["x"]}), 400, "invalid_argument", "exactly one")
+    assert_envelope(api.post(url, json={"cmd": "x", "timeout_s": -1}), 400, "invalid_argument", "timeout_s")
+    assert_envelope(api.post(url, json={"cmd": "x", "user": "root"}), 400, "invalid_argument", "user")
+    assert_envelope(api.post(url, json={"argv": "ls"}), 400, "invalid_argument", "argv")
+    assert_envelope(api.get(f"/v1/sandboxes/{sandbox_id}/processes/proc_nope/events"), 404, "not_found")
+    signal_url = f"/v1/sandboxes/{sandbox_id}/processes/proc_nope/signal"
+    assert_envelope(api.post(signal_url, json={"signal": "SIGBOGUS"}), 400, "invalid_argument", "signal")
+
+
+def test_file_paths_are_checked(api: httpx.Client, sandbox_id: str) -> None:
+    base = f"/v1/sandboxes/{sandbox_id}/files"
+    assert_envelope(api.get(base, params={"path": "../../etc/passwd"}), 400, "invalid_argument", "..")
+    assert_envelope(api.put(base, params={"path": "/home/user/../../x"}, content=b"x"), 400, "invalid_argument")
+    assert_envelope(api.get(base, params={"path": "/home/user/missing"}), 404, "not_found")
+    assert_envelope(api.get(base), 400, "invalid_argument", "path")
+    assert_envelope(api.get(base + "/list", params={"path": "/", "depth": 0}), 400, "invalid_argument", "depth")
+    assert_envelope(api.get(base + "/list", params={"path": "/", "depth": "x"}), 400, "invalid_argument", "depth")
+    assert_envelope(api.post(base + "/upload", content=b"x"), 400, "invalid_argument", "multipart")
+    assert_envelope(api.post(base + "/rename", json={"src": "a"}), 400, "invalid_argument", "dst")
+
+
+def test_renew_and_list_filter(api: httpx.Client, sandbox_id: str) -> None:
+    reply = api.post(f"/v1/sandboxes/{sandbox_id}/timeout", json={"timeout_s": 600})
+    assert reply.status_code == 200
+    assert_envelope(api.post(f"/v1/sandboxes/{sandbox_id}/timeout", json={"timeout_s": 0}), 400, "invalid_argument")
+    ids = [s["id"] for s in api.get("/v1/sandboxes", params={"metadata": "suite=input"}).json()["sandboxes"]]
+    assert sandbox_id in ids
+    assert api.get("/v1/sandboxes", params={"metadata": "suite=other"}).json()["sandboxes"] == []
+    assert_envelope(api.get("/v1/sandboxes", params={"metadata": "novalue"}), 400, "invalid_argument", "key=value")
+
+
+def test_openapi_document_lists_the_routes(api: httpx.Client) -> None:
+    paths = api.get("/openapi.json").json()["paths"]
+    assert {"/v1/sandboxes", "/v1/sandboxes/{sandbox_id}/commands", "/v1/sandboxes/{sandbox_id}/files"} <= set(paths)

@@ -1,0 +1,60 @@
+"""Routing-key extraction: which function, which session, and refusal of malformed keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentcell.errors import InvalidArgument
+from agentcell.protocol.functions import Affinity
+from agentcell.server.gateway.keys import function_target, session_key
+
+
+@pytest.mark.parametrize(
+    ("path", "host", "expected"),
+    [
+        (b"/fn/chat/ask", None, ("chat", b"/ask", b"/fn/chat")),
+        (b"/fn/chat", None, ("chat", b"/", b"/fn/chat")),
+        (b"/fn/chat/", None, ("chat", b"/", b"/fn/chat")),
+        (b"/ask", b"chat.fn.local", ("chat", b"/ask", b"")),
+        (b"/ask", b"chat.fn.local:8700", ("chat", b"/ask", b"")),
+        (b"/ask", b"CHAT.FN.LOCAL", ("chat", b"/ask", b"")),
+    ],
+)
+def test_function_target_by_path_and_host(path: bytes, host: bytes | None, expected: tuple[str, bytes, bytes]) -> None:
+    target = function_target(path, host, b"fn.local")
+    assert target is not None
+    assert (target.name, target.path, target.mount) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "host"),
+    [(b"/v1/sandboxes", None), (b"/fn/Bad_Name/x", None), (b"/fn//x", None), (b"/x", b"chat.other.domain"),
+     (b"/x", b"a.b.fn.local"), (b"/x", b"fn.local")],
+)
+def test_not_a_function_request(path: bytes, host: bytes | None) -> None:
+    assert function_target(path, host, b"fn.local") is None
+
+
+def test_header_key_and_absent_key() -> None:
+    affinity = Affinity(kind="header", header="X-Session")
+    assert affinity.header == "x-session"
+    assert session_key(affinity, b"alice-1", None) == "alice-1"
+    assert session_key(affinity, None, None) is None
+
+
+@pytest.mark.parametrize("bad", [b"", b"a" * 129, b"-starts-with-dash", b"has space", b"semi;colon", b"\xff\xfe", b"../x"])
+def test_malformed_keys_are_refused(bad: bytes) -> None:
+    with pytest.raises(InvalidArgument, match="session key"):
+        session_key(Affinity(kind="header"), bad, None)
+
+
+def test_cookie_key() -> None:
+    affinity = Affinity(kind="cookie", cookie="sid")
+    assert session_key(affinity, None, b"theme=dark; sid=bob-7; x=1") == "bob-7"
+    assert session_key(affinity, None, b"theme=dark") is None
+    with pytest.raises(InvalidArgument):
+        session_key(affinity, None, b"sid=bad value")
+
+
+def test_none_affinity_ignores_keys() -> None:
+    assert session_key(Affinity(kind="none"), b"alice", b"agentcell_session=x") is None
