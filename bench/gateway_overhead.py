@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentcell.server.gateway.http1 import Forward, GatewayServer, RequestHead, Respond, Route, TcpUpstream
 from bench.report import emit, median, progress
 
 BENCH = "gateway_overhead"
@@ -72,14 +73,16 @@ class _WarmRouter:
     """The integrator's warm path in miniature: a header lookup in an in-memory index."""
 
     def __init__(self, upstream_port: int) -> None:
-        from agentcell.server.gateway.http1 import TcpUpstream
-
         self._sessions = {b"bench": TcpUpstream("127.0.0.1", upstream_port)}
         self.completed = 0
 
-    async def route(self, head: Any) -> Any:
-        from agentcell.server.gateway.http1 import Forward, Respond
+    def route_nowait(self, head: RequestHead) -> Route | None:
+        return self._route(head)
 
+    async def route(self, head: RequestHead) -> Route:
+        return self._route(head)
+
+    def _route(self, head: RequestHead) -> Route:
         upstream = self._sessions.get(head.header(SESSION_HEADER) or b"bench")
         if upstream is None:
             return Respond(404, body=b"unknown session")
@@ -92,8 +95,6 @@ class _WarmRouter:
 def serve_gateway(port: int, upstream_port: int) -> None:
     """Entry point of the gateway subprocess: serve until SIGTERM."""
     import uvloop
-
-    from agentcell.server.gateway.http1 import GatewayServer
 
     async def run() -> None:
         server = GatewayServer(_WarmRouter(upstream_port))
@@ -153,10 +154,9 @@ def _wait_ready(name: str, proc: subprocess.Popen[bytes], url: str, log_dir: Pat
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited: {(log_dir / f'{name}.log').read_text()[-2000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as reply:
-                if reply.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as reply:
+            if reply.status == 200:
+                return
         time.sleep(0.05)
     raise RuntimeError(f"{name} did not become ready at {url}")
 
@@ -307,7 +307,15 @@ def main(argv: list[str] | None = None) -> None:
         stack.enter_context(running("gateway", gateway, f"http://127.0.0.1:{gateway_port}/", tmp))
         conf = tmp / "nginx.conf"
         conf.write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port, upstream_port=upstream_port))
-        nginx = [_which("nginx") or "nginx", "-c", str(conf), "-p", str(tmp), "-e", str(tmp / "nginx-error.log")]
+        nginx = [
+            _which("nginx") or "nginx",
+            "-c",
+            str(conf),
+            "-p",
+            str(tmp),
+            "-e",
+            str(tmp / "nginx-error.log"),
+        ]
         stack.enter_context(running("nginx", nginx, f"http://127.0.0.1:{nginx_port}/", tmp))
         targets = {"direct": upstream_port, "gateway": gateway_port, "nginx": nginx_port}
         measure(targets, args.rounds, args.duration_s, args.stream_mib)

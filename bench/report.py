@@ -9,8 +9,14 @@ import sys
 
 def emit(bench: str, metric: str, value: float, unit: str, baseline: float | None = None) -> None:
     ratio = round(value / baseline, 4) if baseline else None
-    line = {"bench": bench, "metric": metric, "value": round(value, 4), "unit": unit,
-            "baseline": None if baseline is None else round(baseline, 4), "ratio": ratio}
+    line = {
+        "bench": bench,
+        "metric": metric,
+        "value": round(value, 4),
+        "unit": unit,
+        "baseline": None if baseline is None else round(baseline, 4),
+        "ratio": ratio,
+    }
     print(json.dumps(line), flush=True)
 
 

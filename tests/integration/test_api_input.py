@@ -54,7 +54,9 @@ def count_sandboxes(api: httpx.Client) -> int:
         ({"colour": "blue"}, "colour"),
     ],
 )
-def test_create_refuses_bad_fields_and_makes_nothing(api: httpx.Client, body: dict[str, object], needle: str) -> None:
+def test_create_refuses_bad_fields_and_makes_nothing(
+    api: httpx.Client, body: dict[str, object], needle: str
+) -> None:
     before = count_sandboxes(api)
     assert_envelope(api.post("/v1/sandboxes", json=body), 400, "invalid_argument", needle)
     assert count_sandboxes(api) == before
@@ -110,11 +112,17 @@ def test_command_input_is_checked(api: httpx.Client, sandbox_id: str) -> None:
 def test_file_paths_are_checked(api: httpx.Client, sandbox_id: str) -> None:
     base = f"/v1/sandboxes/{sandbox_id}/files"
     assert_envelope(api.get(base, params={"path": "../../etc/passwd"}), 400, "invalid_argument", "..")
-    assert_envelope(api.put(base, params={"path": "/home/user/../../x"}, content=b"x"), 400, "invalid_argument")
+    assert_envelope(
+        api.put(base, params={"path": "/home/user/../../x"}, content=b"x"), 400, "invalid_argument"
+    )
     assert_envelope(api.get(base, params={"path": "/home/user/missing"}), 404, "not_found")
     assert_envelope(api.get(base), 400, "invalid_argument", "path")
-    assert_envelope(api.get(base + "/list", params={"path": "/", "depth": 0}), 400, "invalid_argument", "depth")
-    assert_envelope(api.get(base + "/list", params={"path": "/", "depth": "x"}), 400, "invalid_argument", "depth")
+    assert_envelope(
+        api.get(base + "/list", params={"path": "/", "depth": 0}), 400, "invalid_argument", "depth"
+    )
+    assert_envelope(
+        api.get(base + "/list", params={"path": "/", "depth": "x"}), 400, "invalid_argument", "depth"
+    )
     assert_envelope(api.post(base + "/upload", content=b"x"), 400, "invalid_argument", "multipart")
     assert_envelope(api.post(base + "/rename", json={"src": "a"}), 400, "invalid_argument", "dst")
 
@@ -122,13 +130,21 @@ def test_file_paths_are_checked(api: httpx.Client, sandbox_id: str) -> None:
 def test_renew_and_list_filter(api: httpx.Client, sandbox_id: str) -> None:
     reply = api.post(f"/v1/sandboxes/{sandbox_id}/timeout", json={"timeout_s": 600})
     assert reply.status_code == 200
-    assert_envelope(api.post(f"/v1/sandboxes/{sandbox_id}/timeout", json={"timeout_s": 0}), 400, "invalid_argument")
+    assert_envelope(
+        api.post(f"/v1/sandboxes/{sandbox_id}/timeout", json={"timeout_s": 0}), 400, "invalid_argument"
+    )
     ids = [s["id"] for s in api.get("/v1/sandboxes", params={"metadata": "suite=input"}).json()["sandboxes"]]
     assert sandbox_id in ids
     assert api.get("/v1/sandboxes", params={"metadata": "suite=other"}).json()["sandboxes"] == []
-    assert_envelope(api.get("/v1/sandboxes", params={"metadata": "novalue"}), 400, "invalid_argument", "key=value")
+    assert_envelope(
+        api.get("/v1/sandboxes", params={"metadata": "novalue"}), 400, "invalid_argument", "key=value"
+    )
 
 
 def test_openapi_document_lists_the_routes(api: httpx.Client) -> None:
     paths = api.get("/openapi.json").json()["paths"]
-    assert {"/v1/sandboxes", "/v1/sandboxes/{sandbox_id}/commands", "/v1/sandboxes/{sandbox_id}/files"} <= set(paths)
+    assert {
+        "/v1/sandboxes",
+        "/v1/sandboxes/{sandbox_id}/commands",
+        "/v1/sandboxes/{sandbox_id}/files",
+    } <= set(paths)

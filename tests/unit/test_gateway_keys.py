@@ -20,7 +20,9 @@ from agentcell.server.gateway.keys import function_target, session_key
         (b"/ask", b"CHAT.FN.LOCAL", ("chat", b"/ask", b"")),
     ],
 )
-def test_function_target_by_path_and_host(path: bytes, host: bytes | None, expected: tuple[str, bytes, bytes]) -> None:
+def test_function_target_by_path_and_host(
+    path: bytes, host: bytes | None, expected: tuple[str, bytes, bytes]
+) -> None:
     target = function_target(path, host, b"fn.local")
     assert target is not None
     assert (target.name, target.path, target.mount) == expected
@@ -28,8 +30,14 @@ def test_function_target_by_path_and_host(path: bytes, host: bytes | None, expec
 
 @pytest.mark.parametrize(
     ("path", "host"),
-    [(b"/v1/sandboxes", None), (b"/fn/Bad_Name/x", None), (b"/fn//x", None), (b"/x", b"chat.other.domain"),
-     (b"/x", b"a.b.fn.local"), (b"/x", b"fn.local")],
+    [
+        (b"/v1/sandboxes", None),
+        (b"/fn/Bad_Name/x", None),
+        (b"/fn//x", None),
+        (b"/x", b"chat.other.domain"),
+        (b"/x", b"a.b.fn.local"),
+        (b"/x", b"fn.local"),
+    ],
 )
 def test_not_a_function_request(path: bytes, host: bytes | None) -> None:
     assert function_target(path, host, b"fn.local") is None
@@ -42,7 +50,9 @@ def test_header_key_and_absent_key() -> None:
     assert session_key(affinity, None, None) is None
 
 
-@pytest.mark.parametrize("bad", [b"", b"a" * 129, b"-starts-with-dash", b"has space", b"semi;colon", b"\xff\xfe", b"../x"])
+@pytest.mark.parametrize(
+    "bad", [b"", b"a" * 129, b"-starts-with-dash", b"has space", b"semi;colon", b"\xff\xfe", b"../x"]
+)
 def test_malformed_keys_are_refused(bad: bytes) -> None:
     with pytest.raises(InvalidArgument, match="session key"):
         session_key(Affinity(kind="header"), bad, None)

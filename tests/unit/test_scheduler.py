@@ -36,9 +36,17 @@ class Harness:
         self.driver = driver or FakeDriver(tmp_path / "sandboxes")
         self.store = SqliteMetaStore(tmp_path / "meta.db")
         self.clock = FakeClock()
-        self.scheduler = Scheduler(self.driver, self.store, self.clock, tmp_path / "code", SchedulerLimits(
-            stop_grace_s=0.1, max_waiting=4, wait_timeout_s=2,
-        ))
+        self.scheduler = Scheduler(
+            self.driver,
+            self.store,
+            self.clock,
+            tmp_path / "code",
+            SchedulerLimits(
+                stop_grace_s=0.1,
+                max_waiting=4,
+                wait_timeout_s=2,
+            ),
+        )
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -91,7 +99,9 @@ async def test_a_request_without_key_gets_a_generated_one(harness: Harness, arch
     assert (await route_instance(harness, issued))[0] == instance
 
 
-async def test_exclusive_instances_never_serve_two_sessions_under_a_pool_race(harness: Harness, archive: Path) -> None:
+async def test_exclusive_instances_never_serve_two_sessions_under_a_pool_race(
+    harness: Harness, archive: Path
+) -> None:
     await harness.deploy(archive, min_warm=2, max_instances=20)
     harness.scheduler.fill_once()
     leases = await asyncio.gather(*(harness.scheduler.route("echo", f"k{i}") for i in range(12)))
@@ -152,14 +162,16 @@ async def test_ttl_ends_even_an_active_session_and_exclusive_instance_is_destroy
 
 async def test_expired_key_is_refused_when_reuse_is_disabled(harness: Harness, archive: Path) -> None:
     await harness.deploy(archive, disable_session_id_reuse=True)
-    first, _ = await route_instance(harness, "once")
+    await route_instance(harness, "once")
     session = harness.scheduler.sessions("echo", None, {})[0]
     await harness.scheduler.delete_session(session.id)
     with pytest.raises(Conflict, match="does not reuse"):
         await harness.scheduler.route("echo", "once")
 
 
-async def test_expired_key_starts_a_new_session_when_reuse_is_allowed(harness: Harness, archive: Path) -> None:
+async def test_expired_key_starts_a_new_session_when_reuse_is_allowed(
+    harness: Harness, archive: Path
+) -> None:
     await harness.deploy(archive)
     first, _ = await route_instance(harness, "again")
     await harness.scheduler.delete_session(harness.scheduler.sessions("echo", None, {})[0].id)
@@ -210,8 +222,10 @@ async def test_max_instances_queue_then_refuse(harness: Harness, archive: Path) 
 
     with pytest.raises(Unavailable):  # waits wait_timeout_s (2 s) for a free instance
         await harness.scheduler.create_session("echo", SessionCreate(key="second"))
-    waiters = [asyncio.create_task(harness.scheduler.create_session("echo", SessionCreate(key=f"w{i}")))
-               for i in range(4)]
+    waiters = [
+        asyncio.create_task(harness.scheduler.create_session("echo", SessionCreate(key=f"w{i}")))
+        for i in range(4)
+    ]
     await asyncio.sleep(0.05)
     with pytest.raises(QuotaExceeded, match="already wait"):
         await harness.scheduler.create_session("echo", SessionCreate(key="overflow"))

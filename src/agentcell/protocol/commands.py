@@ -23,7 +23,9 @@ class CommandRequest(WireModel):
         default_factory=dict, max_length=256
     )
     cwd: SandboxPath = "/home/user"
-    user: Literal["user"] = Field(default="user", description="root inside a sandbox comes with user namespaces")
+    user: Literal["user"] = Field(
+        default="user", description="root inside a sandbox comes with user namespaces"
+    )
     stdin: str | None = Field(default=None, max_length=16 * 1024 * 1024, description="written, then closed")
     timeout_s: float | None = Field(default=60, gt=0, le=86400, description="null: no limit")
     background: bool = Field(default=False, description="return at once; the process keeps running")
@@ -82,4 +84,6 @@ class StdinWrite(WireModel):
 
 
 class SignalRequest(WireModel):
-    signal: Literal["SIGTERM", "SIGKILL", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGSTOP", "SIGCONT"]
+    signal: Literal[
+        "SIGTERM", "SIGKILL", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGSTOP", "SIGCONT"
+    ]

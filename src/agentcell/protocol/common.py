@@ -24,3 +24,18 @@ class ErrorEnvelope(ReplyModel):
 
 
 REQUEST_ID_HEADER = "x-request-id"
+
+# The one table from error codes (agentcell.errors) to HTTP statuses; the SDK reads it backwards.
+STATUS_BY_CODE: dict[str, int] = {
+    "invalid_argument": 400,
+    "unauthenticated": 401,
+    "permission_denied": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "not_running": 409,
+    "payload_too_large": 413,
+    "quota_exceeded": 429,
+    "internal": 500,
+    "unavailable": 503,
+    "timeout": 504,
+}

@@ -37,7 +37,9 @@ class FunctionConfig(WireModel):
         description="serves HTTP on $PORT inside the instance; run by bash -c in /code"
     )
     port: int = Field(default=8080, ge=1, le=65535, description="the value of $PORT")
-    env: dict[EnvName, Annotated[str, StringConstraints(max_length=32768)]] = Field(default_factory=dict, max_length=256)
+    env: dict[EnvName, Annotated[str, StringConstraints(max_length=32768)]] = Field(
+        default_factory=dict, max_length=256
+    )
     cpu: float = Field(default=1.0, gt=0, le=64)
     memory_mb: int = Field(default=512, ge=32, le=262144)
     disk_mb: int = Field(default=1024, ge=16, le=1048576)
@@ -49,7 +51,9 @@ class FunctionConfig(WireModel):
     min_warm: int = Field(default=0, ge=0, le=1000)
     max_instances: int = Field(default=100, ge=1, le=10000)
     concurrency_per_instance: int = Field(default=100, ge=1, le=10000)
-    ready_timeout_s: float = Field(default=30, gt=0, le=600, description="how long the server may take to listen")
+    ready_timeout_s: float = Field(
+        default=30, gt=0, le=600, description="how long the server may take to listen"
+    )
     request_timeout_s: float = Field(default=300, gt=0, le=86400)
     initialize: Hook | None = None
     pre_stop: Hook | None = None
@@ -58,7 +62,9 @@ class FunctionConfig(WireModel):
     @model_validator(mode="after")
     def _warm_fits(self) -> FunctionConfig:
         if self.min_warm > self.max_instances:
-            raise ValueError(f"min_warm ({self.min_warm}) must not exceed max_instances ({self.max_instances})")
+            raise ValueError(
+                f"min_warm ({self.min_warm}) must not exceed max_instances ({self.max_instances})"
+            )
         return self
 
 

@@ -17,8 +17,12 @@ EndReason = Literal["ttl", "idle", "deleted", "instance_failed", "function_delet
 
 
 class SessionCreate(WireModel):
-    key: SessionKey | None = Field(default=None, description="the routing key clients will send; generated if absent")
-    ttl_s: int | None = Field(default=None, ge=1, le=30 * DAY_S, description="default: the function's session_ttl_s")
+    key: SessionKey | None = Field(
+        default=None, description="the routing key clients will send; generated if absent"
+    )
+    ttl_s: int | None = Field(
+        default=None, ge=1, le=30 * DAY_S, description="default: the function's session_ttl_s"
+    )
     idle_timeout_s: int | None = Field(default=None, ge=1, le=30 * DAY_S)
     metadata: dict[MetaKey, MetaValue] = Field(default_factory=dict, max_length=64)
 

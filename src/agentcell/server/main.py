@@ -1,15 +1,34 @@
-"""The server's entry point: read settings once, configure logging, run uvicorn."""
+"""The server's entry point: read settings once, then run the gateway on the public port in front of
+the control-plane app (uvicorn on a private Unix socket). The gateway owns signals and the order of
+shutdown: stop accepting and drain, then the app's lifespan stops sessions and instances."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+import uvloop
 
 from agentcell.server.app import create_app
+from agentcell.server.gateway.route import AccessRecord, UnixUpstream
+from agentcell.server.gateway.router import GatewayRouter
+from agentcell.server.gateway.server import GatewayServer
 from agentcell.server.settings import Settings
+
+log = logging.getLogger("agentcell")
+access_log = logging.getLogger("agentcell.access")
+
+
+class ControlServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # signals belong to the gateway, which shuts the control plane down last
 
 
 def parse_overrides(argv: list[str] | None) -> dict[str, object]:
@@ -22,14 +41,70 @@ def parse_overrides(argv: list[str] | None) -> dict[str, object]:
     return {k: v for k, v in vars(args).items() if v is not None}
 
 
+def log_access(record: AccessRecord) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    ctx = record.context or {}
+    access_log.info(
+        '%s "%s %s" %d %.1fms in=%d out=%d fn=%s session=%s instance=%s',
+        record.head.request_id,
+        record.head.method.decode(),
+        record.head.raw_path.decode("latin-1")[:200],
+        record.status,
+        record.duration_s * 1000,
+        record.bytes_in,
+        record.bytes_out,
+        ctx.get("function", "-"),
+        ctx.get("session", "-"),
+        ctx.get("instance", "-"),
+    )
+
+
+async def run(settings: Settings) -> None:
+    app = create_app(settings)
+    run_dir = settings.state_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    control_path = run_dir / "control.sock"
+    control_path.unlink(missing_ok=True)
+    control = ControlServer(
+        uvicorn.Config(
+            app,
+            uds=str(control_path),
+            http="httptools",
+            lifespan="on",
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    )
+    control_task = asyncio.create_task(control.serve(), name="control plane")
+    while not control.started:
+        if control_task.done():
+            control_task.result()
+            raise SystemExit("agentcell: the control plane failed to start; see the log above")
+        await asyncio.sleep(0.01)
+
+    router = GatewayRouter(app.state.scheduler, UnixUpstream(str(control_path)), settings.fn_domain)
+    gateway = GatewayServer(router, request_timeout_s=settings.request_timeout_s, access_log=log_access)
+    await gateway.start(settings.host, settings.port)
+    log.info("agentcell listening on %s", gateway.addresses)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await asyncio.wait([control_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    log.info("agentcell shutting down: draining requests")
+    await gateway.aclose(drain_timeout_s=settings.drain_timeout_s)
+    control.should_exit = True
+    await control_task
+    control_path.unlink(missing_ok=True)
+
+
 def serve(argv: list[str] | None = None) -> None:
     settings = Settings(**parse_overrides(argv))  # type: ignore[arg-type]
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    app = create_app(settings)
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-        log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=10,
-    )
+    uvloop.run(run(settings))

@@ -24,7 +24,10 @@ async def ndjson(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
 @router.post(
     "/commands",
     response_model=None,
-    responses={200: {"content": {NDJSON: {}}, "description": "CommandEvent lines"}, 201: {"model": ProcessInfo}},
+    responses={
+        200: {"content": {NDJSON: {}}, "description": "CommandEvent lines"},
+        201: {"model": ProcessInfo},
+    },
 )
 async def run_command(sandbox_id: str, body: CommandRequest, sandboxes: Sandboxes) -> Response:
     process = await sandboxes.start_process(sandbox_id, body)
@@ -52,6 +55,8 @@ async def write_stdin(sandbox_id: str, process_id: str, body: StdinWrite, sandbo
 
 
 @router.post("/processes/{process_id}/signal", status_code=204)
-async def signal_process(sandbox_id: str, process_id: str, body: SignalRequest, sandboxes: Sandboxes) -> Response:
+async def signal_process(
+    sandbox_id: str, process_id: str, body: SignalRequest, sandboxes: Sandboxes
+) -> Response:
     sandboxes.process(sandbox_id, process_id).send_signal(signal.Signals[body.signal].value)
     return Response(status_code=204)

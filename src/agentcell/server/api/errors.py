@@ -14,24 +14,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentcell import errors
-from agentcell.protocol.common import REQUEST_ID_HEADER, ErrorEnvelope
+from agentcell.protocol.common import REQUEST_ID_HEADER, STATUS_BY_CODE, ErrorEnvelope
 
 log = logging.getLogger(__name__)
 
-STATUS_BY_CODE: dict[str, int] = {
-    errors.InvalidArgument.code: 400,
-    errors.Unauthenticated.code: 401,
-    errors.PermissionDenied.code: 403,
-    errors.NotFound.code: 404,
-    errors.Conflict.code: 409,
-    errors.NotRunning.code: 409,
-    errors.PayloadTooLarge.code: 413,
-    errors.QuotaExceeded.code: 429,
-    errors.Internal.code: 500,
-    errors.Unavailable.code: 503,
-    errors.Timeout.code: 504,
+CODE_BY_STATUS = {
+    404: "not_found",
+    405: "invalid_argument",
+    413: "payload_too_large",
+    415: "invalid_argument",
 }
-CODE_BY_STATUS = {404: "not_found", 405: "invalid_argument", 413: "payload_too_large", 415: "invalid_argument"}
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -48,7 +40,9 @@ def describe_validation(exc: RequestValidationError | ValidationError) -> str:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         given = err.get("input")
-        shown = "" if err.get("type") == "missing" or isinstance(given, dict) else f" (got {str(given)[:60]!r})"
+        shown = (
+            "" if err.get("type") == "missing" or isinstance(given, dict) else f" (got {str(given)[:60]!r})"
+        )
         parts.append(f"{loc or 'body'}: {msg}{shown}")
     return "; ".join(parts)
 

@@ -17,15 +17,22 @@ from agentcell.server.api.deps import Sandboxes
 from agentcell.server.sandbox.driver import FileStat
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
-PathQuery = Annotated[str, Query(min_length=1, max_length=4096, description="absolute, or relative to /home/user")]
+PathQuery = Annotated[
+    str, Query(min_length=1, max_length=4096, description="absolute, or relative to /home/user")
+]
 UPLOAD_CHUNK_BYTES = 1 << 20
 MAX_UPLOAD_FILES = 10000
 
 
 def entry(stat: FileStat) -> FileEntry:
     return FileEntry(
-        path=stat.path, name=stat.name, type=stat.type, size=stat.size, mode=stat.mode,
-        mtime=stat.mtime, symlink_target=stat.symlink_target,
+        path=stat.path,
+        name=stat.name,
+        type=stat.type,
+        size=stat.size,
+        mode=stat.mode,
+        mtime=stat.mtime,
+        symlink_target=stat.symlink_target,
     )
 
 
@@ -41,13 +48,17 @@ async def _primed(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     return rest()
 
 
-@router.get("", response_class=StreamingResponse, responses={200: {"content": {"application/octet-stream": {}}}})
+@router.get(
+    "", response_class=StreamingResponse, responses={200: {"content": {"application/octet-stream": {}}}}
+)
 async def read_file(sandbox_id: str, path: PathQuery, sandboxes: Sandboxes) -> StreamingResponse:
     stream = await _primed(sandboxes.files(sandbox_id).read(path))
     return StreamingResponse(stream, media_type="application/octet-stream")
 
 
-@router.put("", openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})
+@router.put(
+    "", openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}}
+)
 async def write_file(sandbox_id: str, path: PathQuery, request: Request, sandboxes: Sandboxes) -> FileEntry:
     return entry(await sandboxes.files(sandbox_id).write(path, request.stream()))
 
@@ -57,9 +68,13 @@ async def _upload_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
         yield chunk
 
 
-@router.post("/upload", openapi_extra={"requestBody": {"content": {"multipart/form-data": {}}, "required": True}})
+@router.post(
+    "/upload", openapi_extra={"requestBody": {"content": {"multipart/form-data": {}}, "required": True}}
+)
 async def upload_files(
-    sandbox_id: str, request: Request, sandboxes: Sandboxes,
+    sandbox_id: str,
+    request: Request,
+    sandboxes: Sandboxes,
     dir: Annotated[str, Query(min_length=1, max_length=4096)] = "/home/user",
 ) -> FileList:
     files = sandboxes.files(sandbox_id)
@@ -69,19 +84,24 @@ async def upload_files(
     async with request.form(max_files=MAX_UPLOAD_FILES, max_fields=100) as form:
         for _, part in form.multi_items():
             if not isinstance(part, UploadFile) or not part.filename:
-                raise InvalidArgument("every upload part must be a file with a filename (its destination path)")
+                raise InvalidArgument(
+                    "every upload part must be a file with a filename (its destination path)"
+                )
             target = posixpath.join(dir, part.filename)
             written.append(entry(await files.write(target, _upload_chunks(part))))
     return FileList(entries=written)
 
 
-@router.get("/archive", response_class=StreamingResponse, responses={200: {"content": {"application/x-tar": {}}}})
+@router.get(
+    "/archive", response_class=StreamingResponse, responses={200: {"content": {"application/x-tar": {}}}}
+)
 async def download_archive(sandbox_id: str, path: PathQuery, sandboxes: Sandboxes) -> StreamingResponse:
     files = sandboxes.files(sandbox_id)
     root = await files.stat(path)
     name = posixpath.basename(root.path.rstrip("/")) or "root"
     return StreamingResponse(
-        tar_stream(files, root), media_type="application/x-tar",
+        tar_stream(files, root),
+        media_type="application/x-tar",
         headers={"content-disposition": f'attachment; filename="{name}.tar"'},
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -21,13 +22,22 @@ CHUNK_BYTES = 1 << 20
 DEPLOY_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["config", "code"],
-            "properties": {
-                "config": {"type": "string", "description": "FunctionConfig as JSON"},
-                "code": {"type": "string", "format": "binary", "description": "tar / tar.gz of the code"},
-            },
-        }}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["config", "code"],
+                    "properties": {
+                        "config": {"type": "string", "description": "FunctionConfig as JSON"},
+                        "code": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "tar / tar.gz of the code",
+                        },
+                    },
+                }
+            }
+        },
     }
 }
 
@@ -44,17 +54,19 @@ def parse_config(raw: object) -> FunctionConfig:
 
 
 async def save_upload(upload: UploadFile, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, delete=False, suffix=".tar") as out:
-        size = 0
+    """Copy the uploaded archive to a file of ours (bounded in size) for unpacking."""
+    fd, name = tempfile.mkstemp(dir=directory, suffix=".tar")
+    size = 0
+    with os.fdopen(fd, "wb") as out:
         while chunk := await upload.read(CHUNK_BYTES):
             size += len(chunk)
             if size > MAX_ARCHIVE_BYTES:
-                out.close()
-                Path(out.name).unlink()
-                raise PayloadTooLarge(f"code archive is larger than {MAX_ARCHIVE_BYTES >> 20} MiB")
+                break
             out.write(chunk)
-    return Path(out.name)
+    if size > MAX_ARCHIVE_BYTES:
+        os.unlink(name)
+        raise PayloadTooLarge(f"code archive is larger than {MAX_ARCHIVE_BYTES >> 20} MiB")
+    return Path(name)
 
 
 FUNCTION_NAME: TypeAdapter[str] = TypeAdapter(FunctionName)
@@ -65,7 +77,8 @@ def _validated_name(name: str) -> str:
         return FUNCTION_NAME.validate_python(name)
     except ValidationError:
         raise InvalidArgument(
-            f"function name must be 1-63 lowercase letters, digits or '-', starting with a letter; got {name!r}"
+            "function name must be 1-63 lowercase letters, digits or '-', starting with a letter; "
+            f"got {name!r}"
         ) from None
 
 
@@ -73,13 +86,18 @@ def _validated_name(name: str) -> str:
 async def deploy_function(name: str, request: Request, scheduler: Scheduler) -> FunctionInfo:
     name = _validated_name(name)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise InvalidArgument("deploy needs multipart/form-data with a 'config' JSON field and a 'code' tar file")
+        raise InvalidArgument(
+            "deploy needs multipart/form-data with a 'config' JSON field and a 'code' tar file"
+        )
     uploads = Path(request.app.state.settings.state_dir) / "uploads"
+    os.makedirs(uploads, exist_ok=True)
     async with request.form(max_files=1, max_fields=4) as form:
         config = parse_config(form.get("config"))
         code = form.get("code")
         if not isinstance(code, UploadFile):
-            raise InvalidArgument("the 'code' part must be a file: a tar or tar.gz of the function's directory")
+            raise InvalidArgument(
+                "the 'code' part must be a file: a tar or tar.gz of the function's directory"
+            )
         archive = await save_upload(code, uploads)
     try:
         return (await scheduler.deploy(name, config, archive)).info()

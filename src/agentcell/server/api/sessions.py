@@ -20,7 +20,9 @@ async def create_session(name: str, body: SessionCreate, scheduler: Scheduler) -
 
 @router.get("/v1/functions/{name}/sessions")
 async def list_function_sessions(
-    name: str, scheduler: Scheduler, state: SessionState | None = None,
+    name: str,
+    scheduler: Scheduler,
+    state: SessionState | None = None,
     metadata: Annotated[list[str], Query(max_length=64, description="key=value; all must match")] = [],  # noqa: B006
 ) -> SessionList:
     found = scheduler.sessions(name, state, parse_metadata_filter(metadata))
@@ -29,7 +31,9 @@ async def list_function_sessions(
 
 @router.get("/v1/sessions")
 async def list_sessions(
-    scheduler: Scheduler, function: str | None = None, state: SessionState | None = None,
+    scheduler: Scheduler,
+    function: str | None = None,
+    state: SessionState | None = None,
     metadata: Annotated[list[str], Query(max_length=64)] = [],  # noqa: B006
 ) -> SessionList:
     found = scheduler.sessions(function, state, parse_metadata_filter(metadata))

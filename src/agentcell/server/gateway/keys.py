@@ -30,7 +30,7 @@ class FunctionTarget:
 def function_target(raw_path: bytes, host: bytes | None, domain: bytes | None) -> FunctionTarget | None:
     """`/fn/{name}/rest` or `Host: {name}.{domain}`; None when the request is not for a function."""
     if raw_path.startswith(FN_PREFIX):
-        name, slash, rest = raw_path[len(FN_PREFIX):].partition(b"/")
+        name, slash, rest = raw_path[len(FN_PREFIX) :].partition(b"/")
         if FUNCTION_NAME.match(name):
             return FunctionTarget(name.decode(), slash + rest or b"/", FN_PREFIX + name)
         return None

@@ -1,0 +1,76 @@
+"""A real agentcell server in a subprocess for benchmarks: own state dir, free port, stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class BenchServer:
+    def __init__(self, **env: str) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="agentcell-bench-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._env = {**os.environ, "AGENTCELL_LOG_LEVEL": "warning", **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> BenchServer:
+        log = (self.tmp / "server.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agentcell.server",
+                "--port",
+                str(self.port),
+                "--state-dir",
+                str(self.tmp / "state"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self._env,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1):
+                    return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        self.__exit__(None, None, None)
+        raise RuntimeError("bench server did not start: " + (self.tmp / "server.log").read_text()[-2000:])
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)

@@ -1,0 +1,175 @@
+"""Functions behind the gateway on the real server and Linux driver: affinity, session lifecycle,
+streaming, failures, and bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.integration.conftest import deploy
+
+ECHO = {"cmd": "python3 app.py", "idle_timeout_s": 600}
+
+
+@pytest.fixture
+def fn(api: httpx.Client) -> Iterator[str]:
+    name = "echo-" + uuid.uuid4().hex[:8]
+    reply = deploy(api, name, ECHO)
+    assert reply.status_code == 200, reply.text
+    yield name
+    api.delete(f"/v1/functions/{name}")
+
+
+def whoami(
+    api: httpx.Client, fn: str, key: str | None, header: str = "x-agentcell-session-id"
+) -> httpx.Response:
+    headers = {header: key} if key else {}
+    return api.get(f"/fn/{fn}/whoami", headers=headers)
+
+
+def test_same_session_same_instance_with_memory_other_session_elsewhere(api: httpx.Client, fn: str) -> None:
+    first = whoami(api, fn, "alice-1").json()
+    again = whoami(api, fn, "alice-1").json()
+    bob = whoami(api, fn, "bob-7").json()
+    assert first["instance"] == again["instance"] and again["count"] == first["count"] + 1
+    assert bob["instance"] != first["instance"]
+    assert first["forwarded_for"] == "127.0.0.1"
+    assert first["path"] == "/whoami"
+
+
+def test_a_request_without_a_key_gets_one_back(api: httpx.Client, fn: str) -> None:
+    reply = whoami(api, fn, None)
+    key = reply.headers["x-agentcell-session-id"]
+    assert reply.status_code == 200 and key.startswith("ses_")
+    assert whoami(api, fn, key).json()["instance"] == reply.json()["instance"]
+
+
+def test_cookie_affinity_sets_and_follows_the_cookie(api: httpx.Client) -> None:
+    name = "cookie-" + uuid.uuid4().hex[:8]
+    assert deploy(api, name, {**ECHO, "affinity": {"kind": "cookie", "cookie": "sid"}}).status_code == 200
+    try:
+        first = api.get(f"/fn/{name}/whoami")
+        assert "sid=" in first.headers["set-cookie"] and f"Path=/fn/{name}" in first.headers["set-cookie"]
+        second = api.get(f"/fn/{name}/whoami", cookies={"sid": first.cookies["sid"]})
+        assert second.json()["instance"] == first.json()["instance"]
+    finally:
+        api.delete(f"/v1/functions/{name}")
+
+
+def test_session_resource_lifecycle(api: httpx.Client, fn: str) -> None:
+    created = api.post(
+        f"/v1/functions/{fn}/sessions", json={"key": "pre-1", "ttl_s": 3600, "metadata": {"u": "a"}}
+    )
+    assert created.status_code == 201, created.text
+    session = created.json()
+    assert session["state"] == "idle" and session["instance_id"]
+    assert whoami(api, fn, "pre-1").json()["instance"] == session["instance_id"]
+    listed = api.get(f"/v1/functions/{fn}/sessions", params={"metadata": "u=a"}).json()["sessions"]
+    assert [s["id"] for s in listed] == [session["id"]]
+    renewed = api.patch(f"/v1/sessions/{session['id']}", json={"idle_timeout_s": 7200}).json()
+    assert renewed["idle_timeout_s"] == 7200 and renewed["instance_id"] == session["instance_id"]
+    assert api.delete(f"/v1/sessions/{session['id']}").status_code == 204
+    ended = api.get(f"/v1/sessions/{session['id']}").json()
+    assert (ended["state"], ended["end_reason"]) == ("ended", "deleted")
+    assert api.post(f"/v1/functions/{fn}/sessions", json={"key": "pre-1"}).status_code == 201
+
+
+def test_sse_events_arrive_before_the_response_ends(api: httpx.Client, fn: str) -> None:
+    started = time.monotonic()
+    with api.stream("GET", f"/fn/{fn}/sse", headers={"x-agentcell-session-id": "sse"}) as reply:
+        first = next(reply.iter_raw())
+        first_at = time.monotonic() - started
+        rest = b"".join(reply.iter_raw())
+    assert first.startswith(b"data: event 0")
+    assert b"event 2" in first + rest
+    assert first_at < 0.5 * (time.monotonic() - started) + 0.3  # the first event did not wait for the last
+
+
+def test_large_bodies_stream_both_ways(api: httpx.Client, fn: str) -> None:
+    size = 64 << 20
+    reply = api.post(
+        f"/fn/{fn}/echo", content=os.urandom(1 << 20) * 64, headers={"x-agentcell-session-id": "big"}
+    )
+    assert reply.status_code == 200 and len(reply.content) == size
+    with api.stream(
+        "GET", f"/fn/{fn}/big", params={"mb": 128}, headers={"x-agentcell-session-id": "big"}
+    ) as down:
+        assert sum(len(c) for c in down.iter_bytes()) == 128 << 20
+
+
+def test_killing_an_instance_ends_its_session_only(api: httpx.Client, fn: str) -> None:
+    victim = api.post(f"/v1/functions/{fn}/sessions", json={"key": "victim"}).json()
+    other = api.post(f"/v1/functions/{fn}/sessions", json={"key": "other"}).json()
+    pid = whoami(api, fn, "victim").json()["pid"]
+    assert pid > 0
+    assert api.get(f"/fn/{fn}/crash", headers={"x-agentcell-session-id": "victim"}).status_code in (200, 502)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = api.get(f"/v1/sessions/{victim['id']}").json()
+        if state["state"] == "ended":
+            break
+        time.sleep(0.05)
+    assert (state["state"], state["end_reason"]) == ("ended", "instance_failed")
+    assert api.get(f"/v1/sessions/{other['id']}").json()["state"] in ("idle", "active")
+    assert whoami(api, fn, "other").json()["instance"] == other["instance_id"]
+    fresh = whoami(api, fn, "victim").json()
+    assert fresh["instance"] != victim["instance_id"]
+
+
+def test_bad_input_gets_envelopes(api: httpx.Client, fn: str) -> None:
+    assert api.get("/fn/nope-missing/x").json()["code"] == "not_found"
+    bad_key = whoami(api, fn, "bad key with spaces")
+    assert bad_key.status_code == 400 and "session key" in bad_key.json()["message"]
+    long_key = whoami(api, fn, "k" * 300)
+    assert long_key.status_code == 400
+    for config, needle in [
+        ({"cmd": "x", "sessions_per_instance": 0}, "sessions_per_instance"),
+        ({"cmd": "x", "sessions_per_instance": 201}, "sessions_per_instance"),
+        ({"cmd": "x", "idle_timeout_s": -1}, "idle_timeout_s"),
+        ({"cmd": "x", "min_warm": 5, "max_instances": 2}, "min_warm"),
+        ({"cmd": "x", "affinity": {"kind": "sticky"}}, "affinity"),
+        ({}, "cmd"),
+    ]:
+        reply = deploy(api, "bad-config", config)
+        assert reply.status_code == 400 and needle in reply.json()["message"], reply.text
+    assert deploy(api, "Bad_Name", ECHO).status_code == 400
+    assert api.put("/v1/functions/ok-name", content=b"x").status_code == 400
+    garbage = api.put(
+        "/v1/functions/ok-name", files={"config": (None, '{"cmd": "x"}'), "code": ("c.tgz", b"nope")}
+    )
+    assert garbage.status_code == 400 and "tar" in garbage.json()["message"]
+    assert api.get("/v1/functions/ok-name").status_code == 404
+    assert api.post(f"/v1/functions/{fn}/sessions", json={"ttl_s": 0}).status_code == 400
+    assert api.post(f"/v1/functions/{fn}/sessions", json={"key": "has space"}).status_code == 400
+    assert api.patch("/v1/sessions/ses_missing", json={"ttl_s": 5}).status_code == 404
+
+
+def test_a_server_that_never_listens_fails_cleanly(api: httpx.Client) -> None:
+    name = "deaf-" + uuid.uuid4().hex[:8]
+    assert deploy(api, name, {"cmd": "sleep 30", "ready_timeout_s": 1}).status_code == 200
+    try:
+        reply = api.get(f"/fn/{name}/x", headers={"x-agentcell-session-id": "a"})
+        assert reply.status_code == 503 and "listen" in reply.json()["message"]
+    finally:
+        api.delete(f"/v1/functions/{name}")
+
+
+def test_restart_readopts_instances_with_their_memory(server_factory: type, tmp_path: object) -> None:
+    server = server_factory()
+    with httpx.Client(base_url=server.url, timeout=60) as api:
+        assert deploy(api, "keep", ECHO).status_code == 200
+        before = whoami(api, "keep", "k1").json()
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait()
+    again = server_factory(state_dir=server.state_dir)
+    with httpx.Client(base_url=again.url, timeout=60) as api:
+        after = whoami(api, "keep", "k1").json()
+        assert after["instance"] == before["instance"] and after["count"] == before["count"] + 1
+        assert api.get("/v1/functions/keep").json()["version"] == 1
+        api.delete("/v1/functions/keep")

@@ -1,0 +1,234 @@
+"""The Python SDK against a real server (`server_url`, from conftest.py) and real sandboxes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agentcell.client import (
+    AgentcellConnectionError,
+    AsyncSandbox,
+    CommandExitError,
+    InvalidArgumentError,
+    NotFoundError,
+    Sandbox,
+)
+
+MIB = 1 << 20
+RUN = {"suite": "test_sdk", "run": uuid.uuid4().hex[:12]}
+
+
+@pytest.fixture
+async def sbx(server_url: str) -> AsyncIterator[AsyncSandbox]:
+    async with AsyncSandbox.create(api_url=server_url, metadata=RUN, env={"FROM_CREATE": "yes"}) as sandbox:
+        yield sandbox
+
+
+async def is_gone(server_url: str, sandbox_id: str) -> bool:
+    try:
+        async with AsyncSandbox.connect(sandbox_id, api_url=server_url) as found:
+            return found.info.state != "running"
+    except NotFoundError:
+        return True
+
+
+async def test_run_returns_output_and_exit_code(sbx: AsyncSandbox) -> None:
+    """`echo $((6*7))` gives "42\\n" and exit code 0; the shell line runs under bash."""
+    result = await sbx.commands.run("echo $((6*7))")
+    assert (result.stdout, result.stderr, result.exit_code, result.ok) == ("42\n", "", 0, True)
+    assert result.pid and result.process_id
+
+
+async def test_non_zero_exit_and_stderr(sbx: AsyncSandbox) -> None:
+    """check=False (the default) returns the failed result; check=True raises it."""
+    result = await sbx.commands.run("echo out; echo oops >&2; exit 3")
+    assert (result.stdout, result.stderr, result.exit_code) == ("out\n", "oops\n", 3)
+    with pytest.raises(CommandExitError) as info:
+        await sbx.commands.run("exit 5", check=True)
+    assert info.value.result.exit_code == 5
+
+
+async def test_env_cwd_argv_and_stdin(sbx: AsyncSandbox) -> None:
+    result = await sbx.commands.run("echo $FOO $FROM_CREATE; pwd", env={"FOO": "bar"}, cwd="/tmp")
+    assert result.stdout == "bar yes\n/tmp\n"
+    assert (await sbx.commands.run(["printf", "%s|", "a b", "c"])).stdout == "a b|c|"
+    assert (await sbx.commands.run("cat", stdin="piped in")).stdout == "piped in"
+    assert (await sbx.commands.run("pwd")).stdout == "/home/user\n"
+
+
+async def test_timeout_kills_and_reports_timed_out(sbx: AsyncSandbox) -> None:
+    started = time.monotonic()
+    result = await sbx.commands.run("sleep 30", timeout_s=1)
+    assert result.timed_out and not result.ok
+    assert time.monotonic() - started < 15
+
+
+async def test_output_streams_to_callbacks_as_it_comes(sbx: AsyncSandbox) -> None:
+    """The first chunk arrives while the command still runs, not at its end."""
+    arrivals: list[tuple[float, str]] = []
+    started = time.monotonic()
+    result = await sbx.commands.run(
+        "echo first; sleep 2; echo second >&2", on_stderr=lambda d: arrivals.append((time.monotonic(), d)),
+        on_stdout=lambda d: arrivals.append((time.monotonic(), d)),
+    )  # fmt: skip
+    assert result.exit_code == 0 and [d for _, d in arrivals] == ["first\n", "second\n"]
+    assert arrivals[0][0] - started < 1.5 <= arrivals[1][0] - started
+
+
+async def test_background_process_list_stdin_and_wait(sbx: AsyncSandbox) -> None:
+    handle = await sbx.commands.run("cat; echo done", background=True)
+    listed = {p.process_id: p for p in await sbx.commands.list()}
+    assert listed[handle.process_id].running and listed[handle.process_id].pid == handle.pid
+    await handle.send_stdin("hello\n")
+    await handle.send_stdin("world\n", close=True)
+    result = await handle.wait()
+    assert (result.stdout, result.exit_code) == ("hello\nworld\ndone\n", 0)
+    assert not {p.process_id: p for p in await sbx.commands.list()}[handle.process_id].running
+
+
+async def test_background_process_killed_by_pid_or_signalled(sbx: AsyncSandbox) -> None:
+    """Kill by pid gives 128+9; SIGTERM through the handle gives 128+15."""
+    sleeper = await sbx.commands.run("sleep 100", background=True)
+    await sbx.commands.kill(sleeper.pid)
+    assert (await sleeper.wait()).exit_code == 137
+    trapped = await sbx.commands.run(["sleep", "100"], background=True)
+    await trapped.signal("SIGTERM")
+    result = await trapped.wait()
+    assert result.exit_code == 143 and result.signal == 15
+
+
+async def test_background_output_can_be_followed_later(sbx: AsyncSandbox) -> None:
+    handle = await sbx.commands.run("echo early; sleep 0.5; echo late", background=True)
+    reattached = await sbx.commands.connect(handle.process_id)
+    events = [event async for event in reattached.events()]
+    assert events[-1].type == "end"
+    assert "".join(e.data for e in events if e.type == "stdout") == "early\nlate\n"
+
+
+async def test_file_operations(sbx: AsyncSandbox) -> None:
+    entry = await sbx.files.write("/home/user/dir/a.txt", "héllo")
+    assert (entry.path, entry.type, entry.size) == ("/home/user/dir/a.txt", "file", len("héllo".encode()))
+    assert await sbx.files.read("dir/a.txt") == "héllo".encode()
+    assert await sbx.files.read_text("/home/user/dir/a.txt") == "héllo"
+    assert (await sbx.files.stat("dir")).type == "dir"
+    await sbx.files.make_dir("dir/x/y")
+    names = {e.path for e in await sbx.files.list("/home/user/dir", depth=2)}
+    assert {"/home/user/dir/a.txt", "/home/user/dir/x", "/home/user/dir/x/y"} <= names
+    moved = await sbx.files.rename("dir/a.txt", "dir/b.txt")
+    assert moved.name == "b.txt" and not await sbx.files.exists("dir/a.txt")
+    assert (await sbx.commands.run("cat dir/b.txt")).stdout == "héllo"
+    await sbx.files.remove("dir")
+    assert not await sbx.files.exists("dir")
+
+
+async def test_twenty_mib_round_trip(sbx: AsyncSandbox, tmp_path: Path) -> None:
+    """20 MiB goes up from a file object and comes back byte for byte, streamed both ways."""
+    data = os.urandom(20 * MIB)
+    local = tmp_path / "big.bin"
+    local.write_bytes(data)
+    with local.open("rb") as file:
+        entry = await sbx.files.write("big.bin", file)
+    assert entry.size == len(data)
+    remote_sum = (await sbx.commands.run("sha256sum big.bin")).stdout.split()[0]
+    assert remote_sum == hashlib.sha256(data).hexdigest()
+    assert await sbx.files.read("big.bin") == data
+    streamed = hashlib.sha256()
+    async for chunk in sbx.files.read_stream("big.bin"):
+        streamed.update(chunk)
+    assert streamed.hexdigest() == remote_sum
+    await sbx.files.download("big.bin", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == data
+
+
+async def test_upload_and_archive_round_trip(sbx: AsyncSandbox, tmp_path: Path) -> None:
+    tree = tmp_path / "proj"
+    (tree / "src" / "pkg").mkdir(parents=True)
+    (tree / "empty").mkdir()
+    (tree / "README").write_text("readme\n")
+    (tree / "src" / "pkg" / "mod.py").write_text("print(6*7)\n")
+    (tmp_path / "loose.txt").write_text("loose")
+    written = await sbx.files.upload([tree, tmp_path / "loose.txt"], "/home/user/up")
+    assert {e.path for e in written} == {
+        "/home/user/up/proj/README", "/home/user/up/proj/src/pkg/mod.py", "/home/user/up/loose.txt",
+    }  # fmt: skip
+    assert (await sbx.files.stat("up/proj/empty")).type == "dir"
+    archive = b"".join([chunk async for chunk in sbx.files.download_archive("up/proj")])
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        assert {"proj", "proj/README", "proj/src/pkg/mod.py", "proj/empty"} <= set(tar.getnames())
+    await sbx.files.download("up/proj", tmp_path / "back")
+    assert (tmp_path / "back" / "src" / "pkg" / "mod.py").read_text() == "print(6*7)\n"
+    assert (tmp_path / "back" / "README").read_text() == "readme\n"
+    assert (tmp_path / "back" / "empty").is_dir()
+
+
+async def test_errors_are_typed(sbx: AsyncSandbox, server_url: str) -> None:
+    with pytest.raises(NotFoundError) as info:
+        await AsyncSandbox.connect("sbx_doesnotexist", api_url=server_url)
+    assert info.value.status == 404 and info.value.request_id
+    with pytest.raises(NotFoundError):
+        await sbx.files.read("/home/user/no-such-file")
+    with pytest.raises(InvalidArgumentError) as bad:
+        await sbx.files.read("/home/user/../../etc/passwd")  # refused by the server, not the SDK
+    assert bad.value.status == 400
+    with pytest.raises(InvalidArgumentError):
+        await sbx.commands.run("true", timeout_s=-1)  # refused by the wire model before sending
+
+
+async def test_info_timeout_and_list(sbx: AsyncSandbox, server_url: str) -> None:
+    info = await sbx.get_info()
+    assert info.state == "running" and info.metadata == RUN and "FROM_CREATE" in info.env_keys
+    renewed = await sbx.set_timeout(3600)
+    assert renewed.expires_at > info.expires_at
+    found = await AsyncSandbox.list(metadata=RUN, api_url=server_url)
+    assert sbx.id in {s.id for s in found}
+    assert await AsyncSandbox.list(metadata={"run": "nobody"}, api_url=server_url) == []
+
+
+async def test_async_with_create_kills_on_exit(server_url: str) -> None:
+    """Both `async with AsyncSandbox.create()` and `async with await …` kill the sandbox."""
+    async with AsyncSandbox.create(api_url=server_url, metadata=RUN) as first:
+        assert (await first.commands.run("true")).ok
+    async with await AsyncSandbox.create(api_url=server_url, metadata=RUN) as second:
+        pass
+    assert await is_gone(server_url, first.id) and await is_gone(server_url, second.id)
+
+
+async def test_unreachable_server_raises_connection_error() -> None:
+    with pytest.raises(AgentcellConnectionError, match=r"127\.0\.0\.1:1"):
+        await AsyncSandbox.create(api_url="http://127.0.0.1:1")
+
+
+def test_sync_twin_essentials(server_url: str, tmp_path: Path) -> None:
+    """The sync Sandbox runs commands, moves files, drives background processes, and kills on exit."""
+    with Sandbox.create(api_url=server_url, metadata=RUN) as sandbox:
+        assert sandbox.commands.run("echo $((6*7))").stdout == "42\n"
+        assert sandbox.commands.run("exit 3").exit_code == 3
+        chunks: list[str] = []
+        sandbox.commands.run("echo a; echo b", on_stdout=chunks.append)
+        assert "".join(chunks) == "a\nb\n"
+        sandbox.files.write("s.txt", b"sync")
+        assert sandbox.files.read("s.txt") == b"sync"
+        assert b"".join(sandbox.files.read_stream("s.txt")) == b"sync"
+        handle = sandbox.commands.run("sleep 100", background=True)
+        assert handle.pid in {p.pid for p in sandbox.commands.list() if p.running}
+        handle.kill()
+        assert handle.wait().exit_code == 137
+        (tmp_path / "d").mkdir()
+        (tmp_path / "d" / "f").write_text("f")
+        sandbox.files.upload(tmp_path / "d", "/home/user")
+        sandbox.files.download("/home/user/d", tmp_path / "d2")
+        assert (tmp_path / "d2" / "f").read_text() == "f"
+        with pytest.raises(NotFoundError):
+            sandbox.files.stat("nope")
+        sandbox_id = sandbox.id
+    with pytest.raises(NotFoundError):
+        Sandbox.connect("sbx_doesnotexist", api_url=server_url)
+    assert all(s.id != sandbox_id for s in Sandbox.list(metadata=RUN, state="running", api_url=server_url))
