@@ -76,13 +76,23 @@ class FakeDriver:
         home = self._root / sandbox_id / "home" / "user"
         mounts = {m.target: m.host_path for m in self._specs[sandbox_id].mounts}
         cwd = mounts.get(spec.cwd) or (home if spec.cwd in ("/home/user", "~") else spec.cwd)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(home.parent),
-               **self._specs[sandbox_id].env, **spec.env}
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "TMPDIR": str(home.parent),
+            **self._specs[sandbox_id].env,
+            **spec.env,
+        }
         if "PORT" in env:
             env["PORT"] = str(self._ports[sandbox_id])
         proc = await asyncio.create_subprocess_exec(
-            *spec.argv, cwd=cwd, env=env, start_new_session=True,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            *spec.argv,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         fake = FakeProcess(proc)
         self._procs[sandbox_id].append(fake)

@@ -1,0 +1,312 @@
+"""The cgroups of one node's sandboxes: limits, membership, accounting and teardown.
+
+Every instance gets `<hierarchy>/agentcell-<node id>/<sandbox id>` in each hierarchy it needs.
+cgroup v2 is used when the unified hierarchy at /sys/fs/cgroup offers memory, pids and cpu;
+otherwise the v1 hierarchies (memory, cpu, cpuacct, pids and, if mounted, freezer). The driver
+joins processes by writing to the `cgroup.procs` files `create()` returns (the helper does it,
+before it forks). All methods here are quick, non-blocking file operations: waiting is the
+caller's job, so that an event loop never sleeps in here.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from agentcell.errors import Conflict, Unavailable
+from agentcell.server.sandbox.driver import ResourceUsage
+
+V2_ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
+V1_OPTIONAL = ("freezer",)
+CPU_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupLimits:
+    memory_bytes: int
+    cpu_millis: int
+    """1000 = one full core"""
+    pids_max: int
+
+    @property
+    def cpu_quota_us(self) -> int:
+        # The kernel refuses quotas under 1 ms per period.
+        return max(1000, self.cpu_millis * CPU_PERIOD_US // 1000)
+
+
+class Cgroups(Protocol):
+    """The cgroup tree of one node. Ids are sandbox ids (already validated as path-safe)."""
+
+    def create(self, sandbox_id: str, limits: CgroupLimits) -> list[str]:
+        """Make the instance's cgroups with its limits; return the cgroup.procs files to join.
+        Raises Conflict if they exist already."""
+        ...
+
+    def procs_files(self, sandbox_id: str) -> list[str]: ...
+
+    def exists(self, sandbox_id: str) -> bool: ...
+
+    def pids(self, sandbox_id: str) -> list[int]:
+        """Host pids of every live process in the instance (empty once it is gone)."""
+        ...
+
+    def usage(self, sandbox_id: str) -> ResourceUsage: ...
+
+    def freeze(self, sandbox_id: str) -> None: ...
+
+    def thaw(self, sandbox_id: str) -> None: ...
+
+    def kill_all(self, sandbox_id: str) -> int:
+        """SIGKILL every process once; returns how many there were. Call until it returns 0."""
+        ...
+
+    def remove(self, sandbox_id: str) -> bool:
+        """rmdir the instance's cgroups; False while processes are still leaving them."""
+        ...
+
+    def list_ids(self) -> list[str]:
+        """Every instance with a cgroup under this node's root (to find orphans)."""
+        ...
+
+    def remove_root(self) -> None:
+        """Remove `agentcell-<node id>` where it is empty (at driver close)."""
+        ...
+
+
+def open_cgroups(node_id: str) -> Cgroups:
+    """Probe the host and return the backend that can enforce limits here."""
+    if _v2_controllers() >= {"memory", "pids", "cpu"}:
+        return CgroupsV2(V2_ROOT / f"agentcell-{node_id}")
+    mounts = _v1_mounts()
+    missing = [c for c in V1_CONTROLLERS if c not in mounts]
+    if missing:
+        raise Unavailable(
+            "the process-tier driver needs cgroup controllers memory, cpu and pids (v2 at "
+            f"/sys/fs/cgroup, or v1 hierarchies); this host lacks v1 {', '.join(missing)}"
+        )
+    roots = {c: mounts[c] / f"agentcell-{node_id}" for c in (*V1_CONTROLLERS, *V1_OPTIONAL) if c in mounts}
+    return CgroupsV1(roots)
+
+
+def _v2_controllers() -> set[str]:
+    try:
+        return set((V2_ROOT / "cgroup.controllers").read_text().split())
+    except OSError:
+        return set()
+
+
+def _v1_mounts() -> dict[str, Path]:
+    """controller → mount point of its v1 hierarchy, from /proc/self/mountinfo."""
+    found: dict[str, Path] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields, extra = left.split(), right.split()
+        if len(fields) < 5 or len(extra) < 3 or extra[0] != "cgroup":
+            continue
+        for option in extra[2].split(","):
+            found.setdefault(option, Path(fields[4]))
+    return found
+
+
+def _read_int(path: Path, default: int = 0) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def _read_pids(files: Iterable[Path]) -> list[int]:
+    pids: set[int] = set()
+    for f in files:
+        try:
+            pids.update(int(p) for p in f.read_text().split())
+        except FileNotFoundError:
+            continue
+    return sorted(pids)
+
+
+def _kill(pids: Iterable[int]) -> int:
+    count = 0
+    for pid in pids:
+        count += 1
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    return count
+
+
+class _Tree:
+    """What both versions share: one directory per instance under each root."""
+
+    def __init__(self, roots: list[Path]) -> None:
+        self._roots = list(dict.fromkeys(roots))  # co-mounted controllers share a root
+
+    def _dirs(self, sandbox_id: str) -> list[Path]:
+        return [root / sandbox_id for root in self._roots]
+
+    def _make_dirs(self, sandbox_id: str) -> list[Path]:
+        made: list[Path] = []
+        try:
+            for d in self._dirs(sandbox_id):
+                d.parent.mkdir(exist_ok=True)
+                d.mkdir()
+                made.append(d)
+        except FileExistsError:
+            for d in made:
+                d.rmdir()
+            raise Conflict(f"sandbox {sandbox_id} already has cgroups on this node") from None
+        return made
+
+    def procs_files(self, sandbox_id: str) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self._dirs(sandbox_id)]
+
+    def exists(self, sandbox_id: str) -> bool:
+        return any(d.is_dir() for d in self._dirs(sandbox_id))
+
+    def pids(self, sandbox_id: str) -> list[int]:
+        return _read_pids(d / "cgroup.procs" for d in self._dirs(sandbox_id))
+
+    def kill_all(self, sandbox_id: str) -> int:
+        return _kill(self.pids(sandbox_id))
+
+    def remove(self, sandbox_id: str) -> bool:
+        gone = True
+        for d in self._dirs(sandbox_id):
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                    raise
+                gone = False
+        return gone
+
+    def list_ids(self) -> list[str]:
+        ids: set[str] = set()
+        for root in self._roots:
+            try:
+                ids.update(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
+            except FileNotFoundError:
+                continue
+        return sorted(ids)
+
+    def remove_root(self) -> None:
+        for root in self._roots:
+            try:
+                root.rmdir()
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY):
+                    raise
+
+
+class CgroupsV1(_Tree):
+    """Legacy hierarchies, one per controller (cpu and cpuacct may be separate mounts)."""
+
+    def __init__(self, roots: dict[str, Path]) -> None:
+        super().__init__(list(roots.values()))
+        self._by_controller = roots
+
+    def _dir(self, controller: str, sandbox_id: str) -> Path:
+        return self._by_controller[controller] / sandbox_id
+
+    def create(self, sandbox_id: str, limits: CgroupLimits) -> list[str]:
+        self._make_dirs(sandbox_id)
+        memory = self._dir("memory", sandbox_id)
+        (memory / "memory.limit_in_bytes").write_text(str(limits.memory_bytes))
+        memsw = memory / "memory.memsw.limit_in_bytes"
+        if memsw.exists():  # only with swap accounting; keeps the limit from spilling to swap
+            memsw.write_text(str(limits.memory_bytes))
+        cpu = self._dir("cpu", sandbox_id)
+        (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        (cpu / "cpu.cfs_quota_us").write_text(str(limits.cpu_quota_us))
+        (self._dir("pids", sandbox_id) / "pids.max").write_text(str(limits.pids_max))
+        return self.procs_files(sandbox_id)
+
+    def usage(self, sandbox_id: str) -> ResourceUsage:
+        memory = self._dir("memory", sandbox_id)
+        return ResourceUsage(
+            cpu_ns=_read_int(self._dir("cpuacct", sandbox_id) / "cpuacct.usage"),
+            memory_bytes=_read_int(memory / "memory.usage_in_bytes"),
+            memory_peak_bytes=_read_int(memory / "memory.max_usage_in_bytes"),
+            pids=_read_int(self._dir("pids", sandbox_id) / "pids.current"),
+        )
+
+    def _freezer_state(self, sandbox_id: str, state: str) -> None:
+        if "freezer" not in self._by_controller:
+            raise Unavailable("this host has no v1 freezer hierarchy mounted")
+        (self._dir("freezer", sandbox_id) / "freezer.state").write_text(state)
+
+    def freeze(self, sandbox_id: str) -> None:
+        self._freezer_state(sandbox_id, "FROZEN")
+
+    def thaw(self, sandbox_id: str) -> None:
+        self._freezer_state(sandbox_id, "THAWED")
+
+
+class CgroupsV2(_Tree):
+    """The unified hierarchy. Untested on the development machines (their v2 has only hugetlb)."""
+
+    CONTROLLERS = "+memory +pids +cpu"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__([root])
+        self._root = root
+
+    def _enable_controllers(self) -> None:
+        # A child cgroup gets a controller only if every ancestor delegates it.
+        for parent in (self._root.parent, self._root):
+            wanted = {c.lstrip("+") for c in self.CONTROLLERS.split()}
+            enabled = set((parent / "cgroup.subtree_control").read_text().split())
+            if not wanted <= enabled:
+                (parent / "cgroup.subtree_control").write_text(self.CONTROLLERS)
+
+    def create(self, sandbox_id: str, limits: CgroupLimits) -> list[str]:
+        self._root.mkdir(exist_ok=True)
+        self._enable_controllers()
+        (d,) = self._make_dirs(sandbox_id)
+        (d / "memory.max").write_text(str(limits.memory_bytes))
+        if (d / "memory.swap.max").exists():
+            (d / "memory.swap.max").write_text("0")
+        (d / "cpu.max").write_text(f"{limits.cpu_quota_us} {CPU_PERIOD_US}")
+        (d / "pids.max").write_text(str(limits.pids_max))
+        return self.procs_files(sandbox_id)
+
+    def usage(self, sandbox_id: str) -> ResourceUsage:
+        d = self._root / sandbox_id
+        usage_us = 0
+        try:
+            for line in (d / "cpu.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "usage_usec":
+                    usage_us = int(value)
+        except OSError:
+            pass
+        current = _read_int(d / "memory.current")
+        return ResourceUsage(
+            cpu_ns=usage_us * 1000,
+            memory_bytes=current,
+            memory_peak_bytes=_read_int(d / "memory.peak", default=current),
+            pids=_read_int(d / "pids.current"),
+        )
+
+    def freeze(self, sandbox_id: str) -> None:
+        (self._root / sandbox_id / "cgroup.freeze").write_text("1")
+
+    def thaw(self, sandbox_id: str) -> None:
+        (self._root / sandbox_id / "cgroup.freeze").write_text("0")
+
+    def kill_all(self, sandbox_id: str) -> int:
+        pids = self.pids(sandbox_id)
+        kill_file = self._root / sandbox_id / "cgroup.kill"
+        if pids and kill_file.exists():  # Linux 5.14+: one write, no fork races
+            kill_file.write_text("1")
+            return len(pids)
+        return _kill(pids)

@@ -1,0 +1,590 @@
+"""LinuxDriver: the process-tier `SandboxDriver` (namespaces, cgroups, seccomp, overlay rootfs).
+
+An instance is one `acell-helper` init, PID 1 of its own pid, mount, net, ipc, uts and cgroup
+namespaces, inside its own cgroups; commands enter through `acell-helper exec` (process.py). Per
+instance the node holds the init's pidfd (liveness, signals that cannot hit a recycled pid) and a
+state file `<state dir>/instances/<id>.json`, so that a restarted server finds what it left.
+
+The server must call `become_subreaper()` once at start: an init is orphaned as soon as its
+spawn helper exits, and must be re-parented to the server (not the host's PID 1) so that `stop`
+can reap it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import re
+import select
+import signal
+import socket
+import subprocess
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentcell.errors import Conflict, Internal, InvalidArgument, NotFound, NotRunning, Unavailable
+from agentcell.server.sandbox.driver import (
+    SANDBOX_HOME,
+    SANDBOX_UID,
+    SANDBOX_USER,
+    ExecSpec,
+    Mount,
+    ResourceUsage,
+    SandboxFiles,
+    SandboxSpec,
+)
+from agentcell.server.sandbox.linux.build import helper_path
+from agentcell.server.sandbox.linux.cgroups import CgroupLimits, Cgroups, open_cgroups
+from agentcell.server.sandbox.linux.netns import NetnsSockets
+from agentcell.server.sandbox.linux.process import (
+    HelperChild,
+    LinuxProcess,
+    Target,
+    reap_if_child,
+    start_process,
+    wait_readable,
+)
+from agentcell.server.sandbox.linux.rootfs import RootfsPaths, prepare_rootfs, remove_stale_skeletons
+
+log = logging.getLogger(__name__)
+
+SANDBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": SANDBOX_HOME,
+    "USER": SANDBOX_USER,
+    "LOGNAME": SANDBOX_USER,
+    "SHELL": "/bin/bash",
+    "LANG": "C.UTF-8",
+}
+MIN_MEMORY_BYTES = 16 << 20
+MIN_DISK_BYTES = 1 << 20
+MIN_PIDS = 8  # init, the exec helper and a shell pipeline
+POLL_S = 0.005
+SETTLE_S = 1.0
+"""how long killed processes and helpers get to leave the cgroup before SIGKILL rounds"""
+KILL_TIMEOUT_S = 10.0
+SPAWN_TIMEOUT_S = 30.0
+RESERVED_MOUNT_TARGETS = (
+    "/usr",
+    "/etc",
+    "/proc",
+    "/dev",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+)
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Make this process the reaper of orphaned descendants (call once at server start)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise Unavailable(f"prctl(PR_SET_CHILD_SUBREAPER) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def node_id_for(state_dir: Path) -> str:
+    """Two servers on one host need two state dirs, and so never reap each other's instances."""
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class _Host:
+    helper: Path
+    rootfs: RootfsPaths
+    cgroups: Cgroups
+    pidns_inode: int
+    """the server's own pid namespace: processes outside it belong to a sandbox"""
+
+
+@dataclass(slots=True)
+class _Instance:
+    sandbox_id: str
+    pidfd: int
+    target: Target
+    hostname: str
+    env: dict[str, str]
+    processes: weakref.WeakSet[LinuxProcess] = field(default_factory=weakref.WeakSet)
+    exited: asyncio.Future[None] | None = None
+    files: SandboxFiles | None = None
+
+    @property
+    def init_pid(self) -> int:
+        return self.target.init_pid
+
+    def helper_pids(self) -> set[int]:
+        return {p.helper_pid for p in self.processes if p.helper_running}
+
+    def is_alive(self) -> bool:
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return not poller.poll(0)
+
+
+class LinuxDriver:
+    """Starts, enters and stops process-tier instances on this host; needs root."""
+
+    def __init__(self, state_dir: Path, *, close_grace_s: float = 2.0) -> None:
+        self._state_dir = Path(os.path.abspath(state_dir))
+        self.node_id = node_id_for(self._state_dir)
+        self._close_grace_s = close_grace_s
+        self._host: _Host | None = None
+        self._setup_lock = asyncio.Lock()
+        self._instances: dict[str, _Instance] = {}
+        self._stopping: dict[str, asyncio.Task[None]] = {}
+        self._netns = NetnsSockets()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, spec: SandboxSpec) -> None:
+        sandbox_id = _check_spec(spec)
+        host = await self._ready()
+        if self._is_known(sandbox_id):
+            raise Conflict(f"sandbox {sandbox_id} is already running on this node")
+        limits = CgroupLimits(spec.memory_bytes, spec.cpu_millis, spec.pids_max)
+        try:
+            procs_files = host.cgroups.create(sandbox_id, limits)
+        except OSError as e:
+            await self._teardown(host, sandbox_id, pidfd=None)
+            raise Internal(f"could not create the cgroups of sandbox {sandbox_id}: {e}") from e
+        try:
+            instance = await self._spawn(host, spec, procs_files)
+        except BaseException:
+            await asyncio.shield(self._teardown(host, sandbox_id, pidfd=None))
+            raise
+        self._instances[sandbox_id] = instance
+        log.info("sandbox %s started, init pid %d", sandbox_id, instance.init_pid)
+
+    async def stop(self, sandbox_id: str, grace_s: float = 2.0) -> None:
+        if not SANDBOX_ID.fullmatch(sandbox_id):
+            return  # it cannot have been started, and it must not become a path
+        task = self._stopping.get(sandbox_id)
+        if task is None:
+            task = asyncio.create_task(self._stop(sandbox_id, grace_s))
+            self._stopping[sandbox_id] = task
+            task.add_done_callback(lambda _: self._stopping.pop(sandbox_id, None))
+        # Shielded: a cancelled caller must not leave half-removed cgroups behind.
+        await asyncio.shield(task)
+
+    async def adopt(self, sandbox_id: str) -> bool:
+        host = await self._ready()
+        if sandbox_id in self._instances:
+            return True
+        if not SANDBOX_ID.fullmatch(sandbox_id) or sandbox_id in self._stopping:
+            return False
+        record = self._read_state(sandbox_id)
+        pidfd = _open_recorded_init(record) if record else None
+        if record is None or pidfd is None:
+            await self.stop(sandbox_id, grace_s=0)  # whatever is left of it (cgroups...) goes
+            return False
+        try:
+            instance = self._make_instance(host, sandbox_id, pidfd, record["hostname"], record["env"])
+        except (OSError, KeyError, TypeError):
+            os.close(pidfd)
+            await self.stop(sandbox_id, grace_s=0)
+            return False
+        self._instances[sandbox_id] = instance
+        log.info("sandbox %s adopted, init pid %d", sandbox_id, instance.init_pid)
+        return True
+
+    async def reap_orphans(self) -> list[str]:
+        host = await self._ready()
+        found = set(host.cgroups.list_ids()) | {p.stem for p in self._instances_dir().glob("*.json")}
+        orphans = sorted(found - set(self._instances) - set(self._stopping))
+        for sandbox_id in orphans:
+            log.warning("reaping orphaned sandbox %s", sandbox_id)
+            await self.stop(sandbox_id, grace_s=0)
+        for leftover in self._instances_dir().glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+        remove_stale_skeletons(self._state_dir, keep=host.rootfs.etc_skel)
+        return orphans
+
+    async def aclose(self) -> None:
+        ids = list(self._instances)
+        results = await asyncio.gather(
+            *(self.stop(i, self._close_grace_s) for i in ids),
+            *self._stopping.values(),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if self._host is not None and not self._instances:
+            self._host.cgroups.remove_root()
+        self._netns.close()
+        if errors:
+            raise errors[0]
+
+    # ------------------------------------------------------------------ using an instance
+
+    async def exec(self, sandbox_id: str, spec: ExecSpec) -> LinuxProcess:
+        instance = self._get(sandbox_id)
+        if not instance.is_alive():
+            raise NotRunning(f"sandbox {sandbox_id} is not running (its init has exited)")
+        env = {**BASE_ENV, "HOSTNAME": instance.hostname, **instance.env, **spec.env}
+        cwd = os.path.join(SANDBOX_HOME, spec.cwd)  # a relative cwd is relative to the home dir
+        process = await start_process(instance.target, spec.argv, cwd, env)
+        instance.processes.add(process)
+        return process
+
+    def files(self, sandbox_id: str) -> SandboxFiles:
+        instance = self._get(sandbox_id)
+        if instance.files is None:
+            # Imported here: the module is heavier than the driver and only needed on demand.
+            from agentcell.server.sandbox.linux.files import RootedFiles
+
+            instance.files = RootedFiles(f"/proc/{instance.init_pid}/root", uid=SANDBOX_UID, gid=SANDBOX_UID)
+        return instance.files
+
+    async def usage(self, sandbox_id: str) -> ResourceUsage:
+        self._get(sandbox_id)
+        assert self._host is not None
+        return self._host.cgroups.usage(sandbox_id)
+
+    async def connect(self, sandbox_id: str, port: int) -> socket.socket:
+        instance = self._get(sandbox_id)
+        if not 0 < port < 65536:
+            raise InvalidArgument(f"port must be between 1 and 65535, got {port}")
+        return await self._netns.connect(instance.pidfd, port)
+
+    async def wait_exited(self, sandbox_id: str) -> None:
+        instance = self._get(sandbox_id)
+        await asyncio.shield(self._exit_future(instance))
+
+    def init_pid(self, sandbox_id: str) -> int:
+        """The host pid of the instance's init (diagnostics and tests)."""
+        return self._get(sandbox_id).init_pid
+
+    @property
+    def state_dir(self) -> Path:
+        return self._state_dir
+
+    # ------------------------------------------------------------------ internals: start
+
+    async def _ready(self) -> _Host:
+        if self._host is None:
+            async with self._setup_lock:
+                if self._host is None:
+                    self._host = await asyncio.to_thread(self._prepare_host)
+        return self._host
+
+    def _prepare_host(self) -> _Host:
+        if os.geteuid() != 0:
+            raise Unavailable("the process-tier sandbox driver must run as root")
+        try:
+            return self._prepare_host_as_root()
+        except OSError as e:
+            raise Unavailable(f"cannot prepare the sandbox state dir {self._state_dir}: {e}") from e
+
+    def _prepare_host_as_root(self) -> _Host:
+        self._state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._instances_dir().mkdir(mode=0o700, exist_ok=True)
+        return _Host(
+            helper=helper_path(self._state_dir),
+            rootfs=prepare_rootfs(self._state_dir),
+            cgroups=open_cgroups(self.node_id),
+            pidns_inode=os.stat("/proc/self/ns/pid").st_ino,
+        )
+
+    async def _spawn(self, host: _Host, spec: SandboxSpec, procs_files: list[str]) -> _Instance:
+        hostname = _hostname(spec.sandbox_id)
+        args = [str(host.helper), "spawn"]
+        for path in procs_files:
+            args += ["--cgroup-procs", path]
+        args += ["--disk-bytes", str(spec.disk_bytes), "--etc-skel", str(host.rootfs.etc_skel)]
+        args += ["--root-mnt", str(host.rootfs.root_mnt), "--hostname", hostname]
+        args += _bind_args(spec.mounts)
+        helper = HelperChild(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            returncode = await asyncio.wait_for(helper.wait(), SPAWN_TIMEOUT_S)
+        except BaseException:
+            helper.kill()  # its init, not yet ready, dies with it (parent-death signal)
+            helper.take_output()
+            raise
+        out, err = helper.take_output()
+        if returncode != 0:
+            raise _spawn_error(spec.sandbox_id, err.decode(errors="replace").strip())
+        init_pid = int(out)
+        pidfd = os.pidfd_open(init_pid)
+        try:
+            instance = self._make_instance(host, spec.sandbox_id, pidfd, hostname, dict(spec.env))
+            self._write_state(instance)
+        except BaseException:
+            os.close(pidfd)
+            raise
+        return instance
+
+    def _make_instance(
+        self, host: _Host, sandbox_id: str, pidfd: int, hostname: str, env: dict[str, str]
+    ) -> _Instance:
+        init_pid = _pid_of(pidfd)
+        target = Target(
+            helper=host.helper,
+            init_pid=init_pid,
+            init_pidfd=pidfd,
+            procs_files=host.cgroups.procs_files(sandbox_id),
+            pidns_inode=os.stat(f"/proc/{init_pid}/ns/pid").st_ino,
+        )
+        return _Instance(sandbox_id, pidfd, target, hostname, env)
+
+    # ------------------------------------------------------------------ internals: stop
+
+    async def _stop(self, sandbox_id: str, grace_s: float) -> None:
+        host = await self._ready()
+        instance = self._instances.get(sandbox_id)
+        if instance is None:
+            record = self._read_state(sandbox_id)
+            await self._teardown(host, sandbox_id, pidfd=_open_recorded_init(record) if record else None)
+            return
+        try:
+            await self._terminate(host, instance, grace_s)
+        finally:
+            self._forget(instance)
+            await self._teardown(host, sandbox_id, pidfd=instance.pidfd)
+        log.info("sandbox %s stopped", sandbox_id)
+
+    async def _terminate(self, host: _Host, instance: _Instance, grace_s: float) -> None:
+        """SIGTERM (the init passes it to every process), grace, SIGKILL the init: the kernel then
+        kills the whole pid namespace. Exec helpers leave on their own once their command is gone."""
+        sandbox_id, cgroups = instance.sandbox_id, host.cgroups
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(instance.pidfd, signal.SIGTERM)
+        allowed = {instance.init_pid} | instance.helper_pids()
+        await _wait_until(lambda: set(cgroups.pids(sandbox_id)) <= allowed, grace_s)
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(instance.pidfd, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):  # woken by the pidfd, not by polling
+            await asyncio.wait_for(asyncio.shield(self._exit_future(instance)), SETTLE_S)
+        await _wait_until(lambda: not cgroups.pids(sandbox_id), SETTLE_S)
+
+    async def _teardown(self, host: _Host, sandbox_id: str, pidfd: int | None) -> None:
+        """Kill whatever is left in the cgroups, reap what was re-parented to us, remove the
+        cgroups and the state file. Safe on a half-started or already-gone instance. Takes
+        ownership of pidfd (the init's, if known)."""
+        try:
+            if pidfd is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            await self._kill_and_reap(host, sandbox_id)
+            if pidfd is not None:
+                await self._reap_init(pidfd)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        if not await _wait_until(lambda: host.cgroups.remove(sandbox_id), KILL_TIMEOUT_S):
+            raise Internal(f"the cgroups of sandbox {sandbox_id} could not be removed")
+        self._state_file(sandbox_id).unlink(missing_ok=True)
+
+    async def _kill_and_reap(self, host: _Host, sandbox_id: str) -> None:
+        strays: dict[int, int] = {}  # pid -> pidfd, for sandbox processes that may be our children
+        try:
+            deadline = time.monotonic() + KILL_TIMEOUT_S
+            while pids := host.cgroups.pids(sandbox_id):
+                for pid in pids:
+                    if pid not in strays and (fd := _sandbox_pidfd(pid, host.pidns_inode)) is not None:
+                        strays[pid] = fd
+                host.cgroups.kill_all(sandbox_id)
+                if time.monotonic() > deadline:
+                    raise Internal(f"sandbox {sandbox_id} still has processes after SIGKILL: {pids[:10]}")
+                await asyncio.sleep(POLL_S)
+            await _wait_until(lambda: _reap_children(strays), KILL_TIMEOUT_S)
+        finally:
+            for fd in strays.values():
+                os.close(fd)
+
+    async def _reap_init(self, pidfd: int) -> None:
+        """Wait for the init to die and reap it if it is our child (ECHILD if it is not)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wait_readable(pidfd), KILL_TIMEOUT_S)
+        reap_if_child(pidfd)
+
+    def _forget(self, instance: _Instance) -> None:
+        """Drop the instance from the table and wake its wait_exited() callers."""
+        asyncio.get_running_loop().remove_reader(instance.pidfd)
+        if instance.exited is not None and not instance.exited.done():
+            instance.exited.set_result(None)
+        self._instances.pop(instance.sandbox_id, None)
+
+    # ------------------------------------------------------------------ internals: records
+
+    def _is_known(self, sandbox_id: str) -> bool:
+        return (
+            sandbox_id in self._instances
+            or sandbox_id in self._stopping
+            or self._state_file(sandbox_id).exists()
+        )
+
+    def _get(self, sandbox_id: str) -> _Instance:
+        instance = self._instances.get(sandbox_id)
+        if instance is None:
+            raise NotFound(f"sandbox {sandbox_id} is not running on this node")
+        return instance
+
+    def _exit_future(self, instance: _Instance) -> asyncio.Future[None]:
+        if instance.exited is None:
+            loop = asyncio.get_running_loop()
+            exited: asyncio.Future[None] = loop.create_future()
+
+            def on_exit() -> None:
+                loop.remove_reader(instance.pidfd)
+                if not exited.done():
+                    exited.set_result(None)
+
+            loop.add_reader(instance.pidfd, on_exit)
+            instance.exited = exited
+        return instance.exited
+
+    def _instances_dir(self) -> Path:
+        return self._state_dir / "instances"
+
+    def _state_file(self, sandbox_id: str) -> Path:
+        return self._instances_dir() / f"{sandbox_id}.json"
+
+    def _write_state(self, instance: _Instance) -> None:
+        """Atomically, mode 0600: the env may hold the user's secrets."""
+        record = {
+            "sandbox_id": instance.sandbox_id,
+            "init_pid": instance.init_pid,
+            "init_start_ticks": _start_ticks(instance.init_pid),
+            "hostname": instance.hostname,
+            "env": instance.env,
+        }
+        tmp = self._instances_dir() / f".{instance.sandbox_id}.json.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, self._state_file(instance.sandbox_id))
+
+    def _read_state(self, sandbox_id: str) -> dict[str, Any] | None:
+        try:
+            record = json.loads(self._state_file(sandbox_id).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+
+def _check_spec(spec: SandboxSpec) -> str:
+    if not SANDBOX_ID.fullmatch(spec.sandbox_id):
+        raise InvalidArgument(
+            f"sandbox ids are 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit; "
+            f"got {spec.sandbox_id!r}"
+        )
+    if spec.memory_bytes < MIN_MEMORY_BYTES:
+        raise InvalidArgument(f"memory_bytes must be at least {MIN_MEMORY_BYTES}, got {spec.memory_bytes}")
+    if spec.disk_bytes < MIN_DISK_BYTES:
+        raise InvalidArgument(f"disk_bytes must be at least {MIN_DISK_BYTES}, got {spec.disk_bytes}")
+    if spec.pids_max < MIN_PIDS:
+        raise InvalidArgument(f"pids_max must be at least {MIN_PIDS}, got {spec.pids_max}")
+    if spec.cpu_millis < 10:
+        raise InvalidArgument(f"cpu_millis must be at least 10, got {spec.cpu_millis}")
+    if spec.template != "base":
+        raise InvalidArgument(f"template {spec.template!r} is not available; the process tier offers 'base'")
+    return spec.sandbox_id
+
+
+def _hostname(sandbox_id: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9-]+", "-", sandbox_id).strip("-")[:63].strip("-")
+    return name or "sandbox"
+
+
+def _spawn_error(sandbox_id: str, detail: str) -> Exception:
+    message = f"sandbox {sandbox_id} could not start: {detail or 'the helper failed without a reason'}"
+    # Namespaces and mounts failing is the host refusing us (a container without privileges,
+    # no overlayfs...), not a bug in a request.
+    if any(word in detail for word in ("clone", "mount", "pivot_root", "Operation not permitted")):
+        return Unavailable(message)
+    return Internal(message)
+
+
+def _bind_args(mounts: tuple[Mount, ...]) -> list[str]:
+    args: list[str] = []
+    for mount in mounts:
+        target = mount.target
+        if not target.startswith("/") or posixpath.normpath(target) != target or target == "/":
+            raise InvalidArgument(f"a mount target must be a normalized absolute path, got {target!r}")
+        if any(target == r or target.startswith(r + "/") for r in RESERVED_MOUNT_TARGETS):
+            raise InvalidArgument(f"cannot mount over the system directory {target}")
+        if not os.path.isabs(mount.host_path) or not os.path.exists(mount.host_path):
+            raise InvalidArgument(f"mount source {mount.host_path!r} is not an existing absolute path")
+        args += ["--bind-ro" if mount.read_only else "--bind", mount.host_path, target]
+    return args
+
+
+def _open_recorded_init(record: dict[str, Any]) -> int | None:
+    """A pidfd for the init a state file names, if that very process still runs."""
+    try:
+        pid, start = int(record["init_pid"]), int(record["init_start_ticks"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    if _start_ticks(pid) != start:  # the pid now belongs to someone else
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+def _pid_of(pidfd: int) -> int:
+    """The pid a pidfd refers to (the Pid: line of its fdinfo)."""
+    for line in Path(f"/proc/self/fdinfo/{pidfd}").read_text().splitlines():
+        if line.startswith("Pid:"):
+            return int(line.split()[1])
+    raise Internal("the kernel did not report the pid of a pidfd")
+
+
+def _start_ticks(pid: int) -> int:
+    """Field 22 of /proc/<pid>/stat: with the pid, it names one process for good."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return -1
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _sandbox_pidfd(pid: int, host_pidns_inode: int) -> int | None:
+    """A pidfd for pid if it lives in a sandbox's pid namespace (not one of our helpers)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    try:
+        inside = os.stat(f"/proc/{pid}/ns/pid").st_ino != host_pidns_inode
+        signal.pidfd_send_signal(fd, 0)  # still alive: the stat above was about this very process
+    except (OSError, ProcessLookupError):
+        inside = False
+    if not inside:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _reap_children(pidfds: dict[int, int]) -> bool:
+    """Reap those of pidfds that are our exited children; True when none is left to wait for."""
+    for pid, fd in list(pidfds.items()):
+        if reap_if_child(fd):
+            os.close(fd)
+            del pidfds[pid]
+    return not pidfds
+
+
+async def _wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(POLL_S)
+    return True

@@ -1,0 +1,946 @@
+/* acell-helper: the only native code of agentcell's process-tier sandboxes.
+ *
+ *   acell-helper spawn --cgroup-procs P... --disk-bytes N --etc-skel DIR --root-mnt DIR --hostname H
+ *                      [--bind SRC DST | --bind-ro SRC DST]...
+ *       Starts one sandbox: joins its cgroups, clones into new pid/mnt/net/ipc/uts/cgroup
+ *       namespaces, builds the root filesystem, drops to the sandbox user and stays as PID 1
+ *       (reaping zombies, nothing else). Prints the init's host pid once it is ready.
+ *
+ *   acell-helper exec --pid P [--init-pidfd N] --cgroup-procs P... --cwd DIR [--ctl-fd N]
+ *                     [--env-fd N] -- argv...
+ *       Runs one command in a running sandbox. Writes "<host pid> <sandbox pid>\n" and later
+ *       "exit <code> <signal>\n" (or "error <reason>\n") to the control fd.
+ *
+ * Built by build.py with `gcc -static -Os`; static so that the init costs a few hundred KB and
+ * nothing of the host's dynamic loader runs inside a sandbox.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SANDBOX_UID 1000
+#define SANDBOX_GID 1000
+#define MAX_CGROUPS 16
+#define MAX_BINDS 16
+#define EXIT_SETUP 125     /* the helper failed before the command ran */
+#define EXIT_NOTFOUND 127  /* shell convention: command or directory not found */
+#define EXIT_NOEXEC 126    /* shell convention: found but not executable */
+
+#if defined(__x86_64__)
+#define AUDIT_ARCH_SELF AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define AUDIT_ARCH_SELF AUDIT_ARCH_AARCH64
+#else
+#error "acell-helper supports x86_64 and aarch64"
+#endif
+
+#define CLONE_NEW_ALL                                                                    \
+    (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER |       \
+     CLONE_NEWPID | CLONE_NEWNET)
+#ifndef CLONE_NEWTIME
+#define CLONE_NEWTIME 0x00000080
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436 /* one number on every architecture */
+#endif
+
+extern char **environ;
+
+/* ------------------------------------------------------------------ errors */
+
+/* Where a fatal error goes depends on who is listening: the Python side reads the spawn
+ * parent's stderr, the spawn child's readiness pipe, the exec parent's control fd, and the
+ * exec child's stderr (the user's own stream, like a shell reporting "command not found"). */
+enum err_style { ERR_STDERR, ERR_READY_PIPE, ERR_CTL };
+static enum err_style err_style = ERR_STDERR;
+static int err_fd = 2;
+static int err_code = 1;
+
+static void write_all(int fd, const char *buf, size_t len) {
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;
+        buf += n;
+        len -= (size_t)n;
+    }
+}
+
+__attribute__((noreturn)) static void fail_with(const char *msg) {
+    char line[600];
+    int n;
+    if (err_style == ERR_READY_PIPE)
+        n = snprintf(line, sizeof line, "E%s", msg);
+    else if (err_style == ERR_CTL)
+        n = snprintf(line, sizeof line, "error %s\n", msg);
+    else
+        n = snprintf(line, sizeof line, "acell-helper: %s\n", msg);
+    if (n > (int)sizeof line - 1) n = (int)sizeof line - 1;
+    write_all(err_fd, line, (size_t)n);
+    _exit(err_code);
+}
+
+__attribute__((noreturn, format(printf, 1, 2))) static void die(const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fail_with(msg);
+}
+
+__attribute__((noreturn, format(printf, 1, 2))) static void die_errno(const char *fmt, ...) {
+    char msg[512];
+    int saved = errno;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (n >= 0 && n < (int)sizeof msg)
+        snprintf(msg + n, sizeof msg - (size_t)n, ": %s", strerror(saved));
+    fail_with(msg);
+}
+
+/* ------------------------------------------------------------------ small helpers */
+
+static void write_file(const char *path, const char *text) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) die_errno("open %s", path);
+    if (write(fd, text, strlen(text)) < 0) die_errno("write %s", path);
+    close(fd);
+}
+
+/* Best effort: lowering needs CAP_SYS_RESOURCE, which some container hosts withhold. */
+static int set_oom_score_adj(const char *value) {
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    int ok = write(fd, value, strlen(value)) >= 0;
+    close(fd);
+    return ok;
+}
+
+static void create_file(const char *path, const char *text, mode_t mode) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0) die_errno("create %s", path);
+    write_all(fd, text, strlen(text));
+    close(fd);
+}
+
+static void make_dir(const char *path, mode_t mode) {
+    if (mkdir(path, mode) < 0 && errno != EEXIST) die_errno("mkdir %s", path);
+}
+
+static void do_mount(const char *src, const char *dst, const char *type, unsigned long flags,
+                     const char *data) {
+    if (mount(src, dst, type, flags, data) < 0) die_errno("mount %s on %s", type ? type : src, dst);
+}
+
+static void close_range_or_loop(unsigned int lo, unsigned int hi) {
+    if (lo > hi || syscall(SYS_close_range, lo, hi, 0) == 0) return;
+    struct rlimit rl; /* kernels before 5.9 */
+    unsigned int max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536 ? rl.rlim_cur : 65536;
+    for (unsigned int fd = lo; fd <= hi && fd < max; fd++) close((int)fd);
+}
+
+/* Not every caller marks its descriptors close-on-exec (uvloop's subprocess pipes, for one), and
+ * an init holding the caller's pipe open would keep its reader waiting forever; a command must
+ * not inherit the server's sockets either. Keeps 0-2 and the fds in keep (ascending, -1: none). */
+static void close_other_fds(const int *keep, int nkeep) {
+    unsigned int next = 3;
+    for (int i = 0; i < nkeep; i++) {
+        if (keep[i] < (int)next) continue;
+        close_range_or_loop(next, (unsigned int)keep[i] - 1);
+        next = (unsigned int)keep[i] + 1;
+    }
+    close_range_or_loop(next, ~0U);
+}
+
+static void join_cgroups(const char *const *paths, int n) {
+    for (int i = 0; i < n; i++) write_file(paths[i], "0"); /* "0" means the writer itself */
+}
+
+static unsigned long long parse_ull(const char *s, const char *what) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || end == s) die("bad %s: %s", what, s);
+    return v;
+}
+
+/* ------------------------------------------------------------------ seccomp */
+
+struct filter {
+    struct sock_filter ins[256];
+    unsigned short n;
+};
+
+static void emit(struct filter *f, unsigned short code, unsigned char jt, unsigned char jf,
+                 unsigned int k) {
+    if (f->n >= sizeof f->ins / sizeof f->ins[0]) die("seccomp filter too long");
+    f->ins[f->n++] = (struct sock_filter)BPF_JUMP(code, k, jt, jf);
+}
+
+#define RET_ERRNO(e) (SECCOMP_RET_ERRNO | ((e) & SECCOMP_RET_DATA))
+#define LOAD_NR BPF_LD | BPF_W | BPF_ABS, 0, 0, offsetof(struct seccomp_data, nr)
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define ARG0_LO offsetof(struct seccomp_data, args[0])
+#else
+#define ARG0_LO (offsetof(struct seccomp_data, args[0]) + 4)
+#endif
+
+/* Syscalls the sandbox user never needs and that widen the kernel attack surface. Most also
+ * need capabilities the user lacks; refusing them here is the second fence. */
+static const long denied_syscalls[] = {
+#ifdef __NR_mount
+    __NR_mount,
+#endif
+#ifdef __NR_umount2
+    __NR_umount2,
+#endif
+#ifdef __NR_pivot_root
+    __NR_pivot_root,
+#endif
+#ifdef __NR_move_mount
+    __NR_move_mount,
+#endif
+#ifdef __NR_open_tree
+    __NR_open_tree,
+#endif
+#ifdef __NR_fsopen
+    __NR_fsopen,
+#endif
+#ifdef __NR_fsmount
+    __NR_fsmount,
+#endif
+#ifdef __NR_fsconfig
+    __NR_fsconfig,
+#endif
+#ifdef __NR_fspick
+    __NR_fspick,
+#endif
+#ifdef __NR_mount_setattr
+    __NR_mount_setattr,
+#endif
+#ifdef __NR_ptrace
+    __NR_ptrace,
+#endif
+#ifdef __NR_process_vm_readv
+    __NR_process_vm_readv,
+#endif
+#ifdef __NR_process_vm_writev
+    __NR_process_vm_writev,
+#endif
+#ifdef __NR_kexec_load
+    __NR_kexec_load,
+#endif
+#ifdef __NR_kexec_file_load
+    __NR_kexec_file_load,
+#endif
+#ifdef __NR_bpf
+    __NR_bpf,
+#endif
+#ifdef __NR_keyctl
+    __NR_keyctl,
+#endif
+#ifdef __NR_add_key
+    __NR_add_key,
+#endif
+#ifdef __NR_request_key
+    __NR_request_key,
+#endif
+#ifdef __NR_setns
+    __NR_setns,
+#endif
+#ifdef __NR_init_module
+    __NR_init_module,
+#endif
+#ifdef __NR_finit_module
+    __NR_finit_module,
+#endif
+#ifdef __NR_delete_module
+    __NR_delete_module,
+#endif
+#ifdef __NR_reboot
+    __NR_reboot,
+#endif
+#ifdef __NR_swapon
+    __NR_swapon,
+#endif
+#ifdef __NR_swapoff
+    __NR_swapoff,
+#endif
+#ifdef __NR_perf_event_open
+    __NR_perf_event_open,
+#endif
+#ifdef __NR_settimeofday
+    __NR_settimeofday,
+#endif
+#ifdef __NR_clock_settime
+    __NR_clock_settime,
+#endif
+#ifdef __NR_clock_adjtime
+    __NR_clock_adjtime,
+#endif
+#ifdef __NR_adjtimex
+    __NR_adjtimex,
+#endif
+#ifdef __NR_acct
+    __NR_acct,
+#endif
+#ifdef __NR_quotactl
+    __NR_quotactl,
+#endif
+#ifdef __NR_quotactl_fd
+    __NR_quotactl_fd,
+#endif
+#ifdef __NR_userfaultfd
+    __NR_userfaultfd,
+#endif
+#ifdef __NR_open_by_handle_at
+    __NR_open_by_handle_at,
+#endif
+#ifdef __NR_name_to_handle_at
+    __NR_name_to_handle_at,
+#endif
+#ifdef __NR_syslog
+    __NR_syslog,
+#endif
+#ifdef __NR_iopl
+    __NR_iopl,
+#endif
+#ifdef __NR_ioperm
+    __NR_ioperm,
+#endif
+#ifdef __NR_lookup_dcookie
+    __NR_lookup_dcookie,
+#endif
+#ifdef __NR_vhangup
+    __NR_vhangup,
+#endif
+#ifdef __NR_nfsservctl
+    __NR_nfsservctl,
+#endif
+#ifdef __NR_io_uring_setup
+    __NR_io_uring_setup, /* a large, often-patched surface; programs fall back to epoll */
+#endif
+#ifdef __NR_io_uring_enter
+    __NR_io_uring_enter,
+#endif
+#ifdef __NR_io_uring_register
+    __NR_io_uring_register,
+#endif
+};
+
+/* Only the personalities a normal program asks for (queries, Linux, UNAME26, no-ASLR). */
+static const unsigned int allowed_personalities[] = {0x0, 0x8, 0x20000, 0x20008, 0xffffffff};
+
+/* Refuse `nr` when its first argument has any bit of `mask`; allow it otherwise. */
+static void emit_flag_check(struct filter *f, long nr, unsigned int mask) {
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, 0, 4, (unsigned int)nr);
+    emit(f, BPF_LD | BPF_W | BPF_ABS, 0, 0, ARG0_LO);
+    emit(f, BPF_JMP | BPF_JSET | BPF_K, 0, 1, mask);
+    emit(f, BPF_RET | BPF_K, 0, 0, RET_ERRNO(EPERM));
+    emit(f, BPF_RET | BPF_K, 0, 0, SECCOMP_RET_ALLOW);
+}
+
+static void emit_personality_check(struct filter *f) {
+    unsigned char k = sizeof allowed_personalities / sizeof allowed_personalities[0];
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, 0, (unsigned char)(k + 3), __NR_personality);
+    emit(f, BPF_LD | BPF_W | BPF_ABS, 0, 0, ARG0_LO);
+    for (unsigned char i = 0; i < k; i++)
+        emit(f, BPF_JMP | BPF_JEQ | BPF_K, (unsigned char)(k - i), 0, allowed_personalities[i]);
+    emit(f, BPF_RET | BPF_K, 0, 0, RET_ERRNO(EPERM));
+    emit(f, BPF_RET | BPF_K, 0, 0, SECCOMP_RET_ALLOW);
+}
+
+static void load_seccomp(void) {
+    static struct filter f; /* static: keeps 2 KB off the tiny init's stack */
+    f.n = 0;
+    emit(&f, BPF_LD | BPF_W | BPF_ABS, 0, 0, offsetof(struct seccomp_data, arch));
+    emit(&f, BPF_JMP | BPF_JEQ | BPF_K, 1, 0, AUDIT_ARCH_SELF);
+    emit(&f, BPF_RET | BPF_K, 0, 0, SECCOMP_RET_KILL_PROCESS); /* i386/compat entry points */
+    emit(&f, LOAD_NR);
+#ifdef __x86_64__
+    emit(&f, BPF_JMP | BPF_JGE | BPF_K, 0, 1, 0x40000000); /* x32 ABI: a second syscall table */
+    emit(&f, BPF_RET | BPF_K, 0, 0, SECCOMP_RET_KILL_PROCESS);
+#endif
+#ifdef __NR_clone3
+    /* clone3 passes flags in memory that BPF cannot read: ENOSYS makes libc fall back to clone. */
+    emit(&f, BPF_JMP | BPF_JEQ | BPF_K, 0, 1, __NR_clone3);
+    emit(&f, BPF_RET | BPF_K, 0, 0, RET_ERRNO(ENOSYS));
+#endif
+    for (size_t i = 0; i < sizeof denied_syscalls / sizeof denied_syscalls[0]; i++) {
+        emit(&f, BPF_JMP | BPF_JEQ | BPF_K, 0, 1, (unsigned int)denied_syscalls[i]);
+        emit(&f, BPF_RET | BPF_K, 0, 0, RET_ERRNO(EPERM));
+    }
+    /* The three checks below load an argument, so each ends in its own return. The low byte of
+     * clone's flags is the exit signal, hence CLONE_NEWTIME (0x80) is checked on unshare only. */
+    emit_flag_check(&f, __NR_clone, CLONE_NEW_ALL);
+    emit_flag_check(&f, __NR_unshare, CLONE_NEW_ALL | CLONE_NEWTIME);
+    emit_personality_check(&f);
+    emit(&f, BPF_RET | BPF_K, 0, 0, SECCOMP_RET_ALLOW);
+
+    struct sock_fprog prog = {.len = f.n, .filter = f.ins};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die_errno("no_new_privs");
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0) die_errno("seccomp");
+}
+
+/* ------------------------------------------------------------------ privileges */
+
+static void drop_privileges(void) {
+    /* Empty the bounding set while still root: nothing exec'd later can regain a capability. */
+    for (int cap = 0; prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0; cap++) {
+    }
+    if (setgroups(0, NULL) < 0) die_errno("setgroups");
+    if (setresgid(SANDBOX_GID, SANDBOX_GID, SANDBOX_GID) < 0) die_errno("setresgid");
+    if (setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID) < 0) die_errno("setresuid");
+}
+
+static void confine(void) {
+    drop_privileges();
+    load_seccomp();
+}
+
+/* ------------------------------------------------------------------ spawn: root filesystem */
+
+struct bind {
+    const char *src, *dst;
+    int read_only;
+};
+
+struct spawn_opts {
+    const char *cgroups[MAX_CGROUPS];
+    int ncgroups;
+    struct bind binds[MAX_BINDS];
+    int nbinds;
+    unsigned long long disk_bytes;
+    const char *etc_skel;
+    const char *root_mnt;
+    const char *hostname;
+};
+
+/* Files that differ per instance go straight into the /etc upper dir (cwd is the tmpfs). */
+static void write_instance_etc(const char *hostname) {
+    char text[512];
+    snprintf(text, sizeof text, "%s\n", hostname);
+    create_file(".o/etc.u/hostname", text, 0644);
+    snprintf(text, sizeof text,
+             "127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+             hostname);
+    create_file(".o/etc.u/hosts", text, 0644);
+}
+
+static void mount_overlay(const char *target, const char *lower, const char *base,
+                          const char *name) {
+    char opts[4096 * 3];
+    int n = snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s/.o/%s.u,workdir=%s/.o/%s.w",
+                     lower, base, name, base, name);
+    if (n >= (int)sizeof opts) die("overlay options too long");
+    do_mount("overlay", target, "overlay", MS_NOSUID | MS_NODEV, opts);
+}
+
+/* /bin, /lib... are symlinks into /usr on merged-usr hosts; a real directory is bound read-only. */
+static void link_top_dirs(void) {
+    static const char *const names[] = {"bin", "sbin", "lib", "lib32", "lib64", "libx32"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char host[32], inside[32], target[256];
+        struct stat st;
+        snprintf(host, sizeof host, "/%s", names[i]);
+        snprintf(inside, sizeof inside, "r/%s", names[i]);
+        ssize_t n = readlink(host, target, sizeof target - 1);
+        if (n > 0) {
+            target[n] = 0;
+            if (symlink(target, inside) < 0) die_errno("symlink %s", inside);
+        } else if (stat(host, &st) == 0 && S_ISDIR(st.st_mode)) {
+            make_dir(inside, 0755);
+            do_mount(host, inside, NULL, MS_BIND | MS_REC, NULL);
+            do_mount(NULL, inside, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID, NULL);
+        }
+    }
+}
+
+/* mkdir -p for a path relative to the cwd. */
+static void make_dirs(char *path) {
+    for (char *p = strchr(path + 1, '/'); p; p = strchr(p + 1, '/')) {
+        *p = 0;
+        make_dir(path, 0755);
+        *p = '/';
+    }
+    make_dir(path, 0755);
+}
+
+/* Host paths the node asked for (function code...), bound non-recursively: submounts of the
+ * source stay on the host. A read-only bind also gets nosuid and nodev. */
+static void bind_host_paths(const struct spawn_opts *o) {
+    for (int i = 0; i < o->nbinds; i++) {
+        const struct bind *b = &o->binds[i];
+        char inside[4200];
+        struct stat st;
+        if (stat(b->src, &st) < 0) die_errno("bind source %s", b->src);
+        snprintf(inside, sizeof inside, "r%s", b->dst);
+        if (S_ISDIR(st.st_mode)) {
+            make_dirs(inside);
+        } else {
+            char *slash = strrchr(inside, '/');
+            *slash = 0;
+            make_dirs(inside);
+            *slash = '/';
+            create_file(inside, "", 0644);
+        }
+        do_mount(b->src, inside, NULL, MS_BIND, NULL);
+        if (b->read_only)
+            do_mount(NULL, inside, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL);
+    }
+}
+
+static void build_dev(void) {
+    static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
+    do_mount("tmpfs", "r/dev", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=0755");
+    for (size_t i = 0; i < sizeof nodes / sizeof nodes[0]; i++) {
+        char host[32], inside[32];
+        snprintf(host, sizeof host, "/dev/%s", nodes[i]);
+        snprintf(inside, sizeof inside, "r/dev/%s", nodes[i]);
+        create_file(inside, "", 0666);
+        do_mount(host, inside, NULL, MS_BIND, NULL);
+    }
+    static const char *const links[][2] = {
+        {"/proc/self/fd", "r/dev/fd"},         {"/proc/self/fd/0", "r/dev/stdin"},
+        {"/proc/self/fd/1", "r/dev/stdout"},   {"/proc/self/fd/2", "r/dev/stderr"},
+        {"pts/ptmx", "r/dev/ptmx"},
+    };
+    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
+        if (symlink(links[i][0], links[i][1]) < 0) die_errno("symlink %s", links[i][1]);
+    make_dir("r/dev/shm", 01777);
+    do_mount("tmpfs", "r/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+    make_dir("r/dev/pts", 0755);
+    do_mount("devpts", "r/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+             "newinstance,ptmxmode=0666,mode=0620");
+}
+
+/* Layout of the one size-limited tmpfs: .o/ holds the overlay upper and work dirs (reachable
+ * only through the detached old root), r/ becomes the sandbox's "/". */
+static void build_root(const struct spawn_opts *o) {
+    char opts[64], base[4096];
+    if (strlen(o->root_mnt) >= sizeof base) die("root mount path too long");
+    snprintf(base, sizeof base, "%s", o->root_mnt);
+    snprintf(opts, sizeof opts, "size=%llu,mode=0755", o->disk_bytes);
+    do_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
+    do_mount("tmpfs", base, "tmpfs", MS_NOSUID | MS_NODEV, opts);
+    if (chdir(base) < 0) die_errno("chdir %s", base);
+    static const char *const private_dirs[] = {".o", ".o/usr.u", ".o/usr.w", ".o/etc.u", ".o/etc.w"};
+    for (size_t i = 0; i < sizeof private_dirs / sizeof private_dirs[0]; i++)
+        make_dir(private_dirs[i], 0700);
+    if (chmod(".o/usr.u", 0755) < 0 || chmod(".o/etc.u", 0755) < 0) die_errno("chmod upper");
+    write_instance_etc(o->hostname);
+
+    make_dir("r", 0755);
+    do_mount("r", "r", NULL, MS_BIND, NULL); /* pivot_root needs the new root to be a mount */
+    static const struct { const char *path; mode_t mode; } dirs[] = {
+        {"r/usr", 0755}, {"r/etc", 0755},  {"r/home", 0755},    {"r/home/user", 0755},
+        {"r/tmp", 01777}, {"r/var", 0755}, {"r/var/tmp", 01777}, {"r/run", 0755},
+        {"r/proc", 0555}, {"r/dev", 0755},
+    };
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) make_dir(dirs[i].path, dirs[i].mode);
+    if (chown("r/home/user", SANDBOX_UID, SANDBOX_GID) < 0) die_errno("chown home");
+    if (symlink("../run", "r/var/run") < 0) die_errno("symlink var/run");
+
+    char lower[4200];
+    snprintf(lower, sizeof lower, "%s:/etc", o->etc_skel);
+    bind_host_paths(o); /* first: no symlink of ours exists yet on the way to a target */
+    mount_overlay("r/usr", "/usr", base, "usr");
+    mount_overlay("r/etc", lower, base, "etc");
+    link_top_dirs();
+    do_mount("proc", "r/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    build_dev();
+}
+
+/* Swap "/" for r/ and drop the host's tree: pivot_root(".", ".") stacks the old root on top of
+ * the new one, and the lazy unmount takes it and every host mount under it away. */
+static void enter_root(void) {
+    if (chdir("r") < 0) die_errno("chdir new root");
+    if (syscall(SYS_pivot_root, ".", ".") < 0) die_errno("pivot_root");
+    if (umount2(".", MNT_DETACH) < 0) die_errno("detach old root");
+    if (chdir("/") < 0) die_errno("chdir /");
+}
+
+static void bring_up_loopback(void) {
+    struct ifreq ifr;
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) die_errno("socket");
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) die_errno("get lo flags");
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) die_errno("bring lo up");
+    close(s);
+}
+
+/* ------------------------------------------------------------------ spawn: init */
+
+/* PID 1: reap whatever is orphaned to us. A SIGTERM from outside the sandbox (si_pid 0) is passed
+ * on to every process; the same signal from inside is ignored, so the user cannot stop the
+ * instance by accident. The node ends the instance by SIGKILLing this process. */
+__attribute__((noreturn)) static void run_init(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    for (;;) {
+        siginfo_t si;
+        int sig = sigwaitinfo(&set, &si);
+        if (sig == SIGTERM && si.si_pid == 0) kill(-1, SIGTERM);
+        while (waitpid(-1, NULL, WNOHANG) > 0) {
+        }
+    }
+}
+
+__attribute__((noreturn)) static void init_child(const struct spawn_opts *o, int ready_fd) {
+    /* Until ready, the init dies with the spawn process, so a failed start leaves nothing. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    err_style = ERR_READY_PIPE;
+    err_fd = ready_fd;
+    umask(0);
+    int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (devnull < 0) die_errno("open /dev/null");
+    for (int fd = 0; fd < 3; fd++) dup2(devnull, fd); /* never hold the caller's pipes open */
+    close(devnull);
+    set_oom_score_adj("-1000"); /* an OOM in the sandbox should kill user code, not PID 1 */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    build_root(o);
+    enter_root();
+    if (sethostname(o->hostname, strlen(o->hostname)) < 0) die_errno("sethostname");
+    bring_up_loopback();
+    umask(022);
+    confine();
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); /* the user may not ptrace or read PID 1's memory */
+    write_all(ready_fd, "K", 1);
+    close(ready_fd);
+    run_init();
+}
+
+static int under(const char *path, const char *dir) {
+    size_t n = strlen(dir);
+    return !strncmp(path, dir, n) && (path[n] == 0 || path[n] == '/');
+}
+
+/* A bind target is absolute, has no "." or ".." component, and lies where this helper made every
+ * directory itself: not in the overlays (/usr, /etc hold host symlinks, which would resolve on
+ * the host before pivot_root), /proc or /dev. */
+static int is_safe_target(const char *dst) {
+    static const char *const reserved[] = {"/usr", "/etc", "/proc", "/dev", "/bin", "/sbin", "/lib",
+                                           "/lib32", "/lib64", "/libx32"};
+    if (dst[0] != '/' || strlen(dst) > 4000 || !strcmp(dst, "/")) return 0;
+    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
+        if (under(dst, reserved[i])) return 0;
+    for (const char *p = dst; p; p = strchr(p + 1, '/')) {
+        if (!strncmp(p, "/./", 3) || !strcmp(p, "/.") || !strncmp(p, "/../", 4) || !strcmp(p, "/..") ||
+            !strncmp(p, "//", 2) || !strcmp(p, "/"))
+            return 0;
+    }
+    return 1;
+}
+
+static void parse_bind(struct spawn_opts *o, const char *src, const char *dst, int read_only) {
+    if (o->nbinds >= MAX_BINDS) die("too many binds");
+    if (src[0] != '/') die("bind source must be absolute: %s", src);
+    if (!is_safe_target(dst)) die("bad bind target: %s", dst);
+    o->binds[o->nbinds++] = (struct bind){src, dst, read_only};
+}
+
+static void parse_spawn(int argc, char **argv, struct spawn_opts *o) {
+    memset(o, 0, sizeof *o);
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (i + 1 >= argc) die("option %s needs a value", a);
+        const char *v = argv[++i];
+        if (!strcmp(a, "--bind") || !strcmp(a, "--bind-ro")) {
+            if (i + 1 >= argc) die("option %s needs a source and a target", a);
+            parse_bind(o, v, argv[++i], !strcmp(a, "--bind-ro"));
+        } else if (!strcmp(a, "--cgroup-procs")) {
+            if (o->ncgroups >= MAX_CGROUPS) die("too many --cgroup-procs");
+            o->cgroups[o->ncgroups++] = v;
+        } else if (!strcmp(a, "--disk-bytes")) {
+            o->disk_bytes = parse_ull(v, "--disk-bytes");
+        } else if (!strcmp(a, "--etc-skel")) {
+            o->etc_skel = v;
+        } else if (!strcmp(a, "--root-mnt")) {
+            o->root_mnt = v;
+        } else if (!strcmp(a, "--hostname")) {
+            o->hostname = v;
+        } else {
+            die("unknown option %s", a);
+        }
+    }
+    if (!o->disk_bytes || !o->etc_skel || !o->root_mnt || !o->hostname)
+        die("spawn needs --disk-bytes, --etc-skel, --root-mnt and --hostname");
+    if (strpbrk(o->etc_skel, ",:\\")) die("--etc-skel may not contain , : or \\");
+    if (strpbrk(o->root_mnt, ",:\\")) die("--root-mnt may not contain , : or \\");
+    if (strlen(o->hostname) > 64) die("--hostname is longer than 64 bytes");
+}
+
+static int cmd_spawn(int argc, char **argv) {
+    struct spawn_opts o;
+    int pipefd[2];
+    close_other_fds(NULL, 0);
+    parse_spawn(argc, argv, &o);
+    join_cgroups(o.cgroups, o.ncgroups);
+    if (pipe2(pipefd, O_CLOEXEC) < 0) die_errno("pipe");
+    long flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS |
+                 CLONE_NEWCGROUP | SIGCHLD;
+    pid_t pid = (pid_t)syscall(SYS_clone, flags, 0, 0, 0, 0); /* fork-like: no new stack */
+    if (pid < 0) die_errno("clone");
+    if (pid == 0) {
+        close(pipefd[0]);
+        init_child(&o, pipefd[1]);
+    }
+    close(pipefd[1]);
+    char buf[600];
+    ssize_t n;
+    do n = read(pipefd[0], buf, sizeof buf - 1);
+    while (n < 0 && errno == EINTR);
+    if (n > 0 && buf[0] == 'K') {
+        printf("%d\n", pid);
+        return 0;
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    buf[n > 0 ? n : 0] = 0;
+    die("sandbox init failed: %s", n > 1 ? buf + 1 : "it exited during setup");
+}
+
+/* ------------------------------------------------------------------ exec */
+
+struct exec_opts {
+    const char *cgroups[MAX_CGROUPS];
+    int ncgroups;
+    pid_t init_pid;
+    int init_pidfd;
+    const char *cwd;
+    int ctl_fd;
+    int env_fd;
+    int oom_protected; /* this helper lowered its OOM score: the command must not inherit it */
+    char **argv;
+};
+
+static void parse_exec(int argc, char **argv, struct exec_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->ctl_fd = 3;
+    o->env_fd = -1;
+    o->init_pidfd = -1;
+    int i = 0;
+    for (; i < argc && strcmp(argv[i], "--"); i++) {
+        const char *a = argv[i];
+        if (i + 1 >= argc) die("option %s needs a value", a);
+        const char *v = argv[++i];
+        if (!strcmp(a, "--cgroup-procs")) {
+            if (o->ncgroups >= MAX_CGROUPS) die("too many --cgroup-procs");
+            o->cgroups[o->ncgroups++] = v;
+        } else if (!strcmp(a, "--pid")) {
+            o->init_pid = (pid_t)parse_ull(v, "--pid");
+        } else if (!strcmp(a, "--init-pidfd")) {
+            o->init_pidfd = (int)parse_ull(v, "--init-pidfd");
+        } else if (!strcmp(a, "--cwd")) {
+            o->cwd = v;
+        } else if (!strcmp(a, "--ctl-fd")) {
+            o->ctl_fd = (int)parse_ull(v, "--ctl-fd");
+        } else if (!strcmp(a, "--env-fd")) {
+            o->env_fd = (int)parse_ull(v, "--env-fd");
+        } else {
+            die("unknown option %s", a);
+        }
+    }
+    if (i + 1 >= argc) die("exec needs -- and a command");
+    if (o->init_pid <= 0 || !o->cwd) die("exec needs --pid and --cwd");
+    o->argv = argv + i + 1;
+}
+
+/* The command's environment arrives NUL-separated on a file (a memfd), not in our own environ:
+ * this helper runs as host root, so user-chosen variables (GLIBC_TUNABLES...) never reach its
+ * libc start-up code. */
+static char **read_env(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) < 0) die_errno("env fd");
+    size_t size = (size_t)st.st_size;
+    char *buf = malloc(size + 1);
+    size_t got = 0;
+    if (!buf) die("out of memory");
+    while (got < size) {
+        ssize_t n = pread(fd, buf + got, size - got, (off_t)got);
+        if (n <= 0) die_errno("read env");
+        got += (size_t)n;
+    }
+    buf[size] = 0;
+    size_t count = 0;
+    for (size_t i = 0; i < size; i++) count += buf[i] == 0;
+    char **env = calloc(count + 2, sizeof *env);
+    if (!env) die("out of memory");
+    size_t k = 0;
+    for (size_t i = 0; i < size; i += strlen(buf + i) + 1) env[k++] = buf + i;
+    close(fd);
+    return env;
+}
+
+/* One atomic setns through a pidfd (Linux 5.8+). The caller's own pidfd of the init is best: it
+ * cannot name another process even if the init died and its pid was reused. Kernels before 5.8
+ * go through /proc/<pid>/ns. */
+static void enter_namespaces(pid_t pid, int given_pidfd) {
+    int flags = CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWCGROUP |
+                CLONE_NEWNS;
+    int pidfd = given_pidfd >= 0 ? given_pidfd : (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0 && errno == ESRCH) die("sandbox init %d is gone", pid);
+    if (pidfd >= 0) {
+        int rc = setns(pidfd, flags), saved = errno;
+        close(pidfd);
+        if (rc == 0) return;
+        if (saved == ESRCH) die("sandbox init %d is gone", pid);
+        if (given_pidfd >= 0 && saved != EINVAL) {
+            errno = saved;
+            die_errno("setns into sandbox init %d", pid);
+        }
+    }
+    static const char *const names[] = {"ipc", "uts", "net", "pid", "cgroup", "mnt"};
+    int fds[6];
+    for (int i = 0; i < 6; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/ns/%s", pid, names[i]);
+        fds[i] = open(path, O_RDONLY | O_CLOEXEC);
+        if (fds[i] < 0) die_errno("open %s", path);
+    }
+    for (int i = 0; i < 6; i++) {
+        if (setns(fds[i], 0) < 0) die_errno("setns %s", names[i]);
+        close(fds[i]);
+    }
+}
+
+/* The child's pid as the sandbox sees it: the last field of NSpid in the host's /proc. */
+static long sandbox_pid(int procfd, pid_t pid) {
+    char path[32], buf[2048];
+    snprintf(path, sizeof path, "%d/status", pid);
+    int fd = openat(procfd, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    char *line = strstr(buf, "\nNSpid:");
+    if (!line) return -1;
+    char *end = strchr(line + 1, '\n');
+    if (end) *end = 0;
+    char *last = strrchr(line, '\t');
+    return last ? strtol(last + 1, NULL, 10) : -1;
+}
+
+__attribute__((noreturn)) static void exec_child(const struct exec_opts *o, char **env,
+                                                 const sigset_t *oldmask) {
+    err_style = ERR_STDERR;
+    err_fd = 2;
+    err_code = EXIT_SETUP;
+    close(o->ctl_fd); /* the command must never see the control pipe */
+    if (o->oom_protected) set_oom_score_adj("0");
+    if (setsid() < 0) die_errno("setsid");
+    confine();
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); /* after setresuid, which clears it */
+    err_code = EXIT_NOTFOUND;
+    if (chdir(o->cwd) < 0) die_errno("cannot enter working directory %s", o->cwd);
+    sigprocmask(SIG_SETMASK, oldmask, NULL);
+    execvpe(o->argv[0], o->argv, env);
+    err_code = errno == ENOENT ? EXIT_NOTFOUND : EXIT_NOEXEC;
+    die_errno("%s", o->argv[0]);
+}
+
+static int forward_until_exit(pid_t child, const sigset_t *set, int ctl_fd) {
+    for (;;) {
+        siginfo_t si;
+        int sig = sigwaitinfo(set, &si);
+        if (sig < 0) continue;
+        if (sig != SIGCHLD) {
+            kill(child, sig);
+            continue;
+        }
+        int status;
+        if (waitpid(child, &status, WNOHANG) != child) continue;
+        int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        int signo = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+        char line[64];
+        int n = snprintf(line, sizeof line, "exit %d %d\n", code, signo);
+        write_all(ctl_fd, line, (size_t)n);
+        return code;
+    }
+}
+
+static void sort3(int *v) {
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2 - i; j++)
+            if (v[j] > v[j + 1]) {
+                int t = v[j];
+                v[j] = v[j + 1];
+                v[j + 1] = t;
+            }
+}
+
+static int cmd_exec(int argc, char **argv) {
+    struct exec_opts o;
+    parse_exec(argc, argv, &o);
+    int keep[3] = {o.ctl_fd, o.env_fd, o.init_pidfd};
+    sort3(keep);
+    close_other_fds(keep, 3);
+    if (fcntl(o.ctl_fd, F_SETFD, FD_CLOEXEC) < 0) die_errno("control fd %d", o.ctl_fd);
+    err_style = ERR_CTL;
+    err_fd = o.ctl_fd;
+    err_code = EXIT_SETUP;
+    char **env = o.env_fd >= 0 ? read_env(o.env_fd) : environ;
+    o.oom_protected = set_oom_score_adj("-1000");
+    join_cgroups(o.cgroups, o.ncgroups);
+    int procfd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC); /* the host's, for NSpid */
+    if (procfd < 0) die_errno("open /proc");
+    enter_namespaces(o.init_pid, o.init_pidfd);
+    if (chdir("/") < 0) die_errno("chdir /");
+
+    sigset_t set, oldmask;
+    static const int forwarded[] = {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+    sigemptyset(&set);
+    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaddset(&set, forwarded[i]);
+    sigprocmask(SIG_BLOCK, &set, &oldmask);
+    pid_t child = fork();
+    if (child < 0) die_errno("fork");
+    if (child == 0) {
+        close(procfd);
+        exec_child(&o, env, &oldmask);
+    }
+    char line[64];
+    int n = snprintf(line, sizeof line, "%d %ld\n", child, sandbox_pid(procfd, child));
+    write_all(o.ctl_fd, line, (size_t)n);
+    close(procfd);
+    return forward_until_exit(child, &set, o.ctl_fd);
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "spawn")) return cmd_spawn(argc - 2, argv + 2);
+    if (argc >= 2 && !strcmp(argv[1], "exec")) return cmd_exec(argc - 2, argv + 2);
+    die("usage: acell-helper spawn|exec ...");
+}

@@ -1,0 +1,93 @@
+"""Resource limits: a sandbox that exhausts pids, memory or disk hurts only itself."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from agentcell.server.sandbox.driver import ExecSpec, SandboxSpec
+from agentcell.server.sandbox.linux.driver import LinuxDriver
+from tests.system.conftest import MiB, is_running, run
+
+pytestmark = pytest.mark.system
+
+# Every process forks until the kernel says EAGAIN (pids.max), then lingers a moment and exits;
+# the first one reports whether anyone hit the limit.
+BOUNDED_FORK_BOMB = r"""
+import os, time
+hit_r, hit_w = os.pipe()
+first = os.getpid()
+while True:
+    try:
+        os.fork()
+    except BlockingIOError:
+        os.write(hit_w, b"!")
+        break
+time.sleep(2)
+if os.getpid() != first:
+    os._exit(0)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+os.set_blocking(hit_r, False)
+print("limit hit" if os.read(hit_r, 1 << 16) else "no limit")
+"""
+
+
+async def test_fork_bomb_is_contained(linux_driver: LinuxDriver) -> None:
+    await linux_driver.start(SandboxSpec(sandbox_id="bomb", pids_max=40))
+    bomb = asyncio.ensure_future(run(linux_driver, "bomb", ["python3", "-c", BOUNDED_FORK_BOMB]))
+    await asyncio.sleep(1.0)
+    usage = await linux_driver.usage("bomb")
+    assert 30 <= usage.pids <= 40
+    host = await asyncio.create_subprocess_exec("true")
+    assert await host.wait() == 0  # the host can still fork
+    result = await bomb
+    assert result.stdout == "limit hit\n", result.stderr
+    assert (await run(linux_driver, "bomb", ["echo", "alive"])).stdout == "alive\n"
+
+
+async def test_memory_hog_dies_alone(linux_driver: LinuxDriver) -> None:
+    """Allocating twice the limit kills that process (137), not the init or its neighbours."""
+    await linux_driver.start(SandboxSpec(sandbox_id="mem", memory_bytes=128 * MiB))
+    neighbour = await linux_driver.exec("mem", ExecSpec(argv=["sleep", "300"]))
+    hog = await run(linux_driver, "mem", ["python3", "-c", f"x = b'x' * {256 * MiB}; print('survived')"])
+    assert (hog.status.code, hog.status.signal) == (137, 9)
+    assert "survived" not in hog.stdout
+    assert (await run(linux_driver, "mem", ["echo", "alive"])).stdout == "alive\n"
+    assert is_running(neighbour.host_pid)
+    neighbour.send_signal(15)
+    assert (await neighbour.wait()).code == 143
+
+
+async def test_disk_fills_up_inside_only(linux_driver: LinuxDriver) -> None:
+    """Writes past disk_bytes fail with ENOSPC in the sandbox; the host's disk is untouched."""
+    await linux_driver.start(SandboxSpec(sandbox_id="disk", disk_bytes=32 * MiB))
+    before = os.statvfs(linux_driver.state_dir)
+    result = await run(linux_driver, "disk", ["dd", "if=/dev/zero", "of=/home/user/big", "bs=1M", "count=64"])
+    after = os.statvfs(linux_driver.state_dir)
+    assert result.code != 0 and "No space left on device" in result.stderr
+    df = await run(linux_driver, "disk", ["df", "-B1", "--output=size", "/tmp"])
+    assert int(df.stdout.split()[-1]) == 32 * MiB
+    # dd tried 64 MiB and the tmpfs took 32 MiB, all in RAM: the host disk (which other writers
+    # share, hence the slack) did not lose anything like that.
+    assert (before.f_bavail - after.f_bavail) * before.f_frsize < 24 * MiB
+    assert (await run(linux_driver, "disk", ["rm", "/home/user/big"])).code == 0
+    assert (
+        await run(linux_driver, "disk", ["sh", "-c", "echo ok > /tmp/small && cat /tmp/small"])
+    ).stdout == "ok\n"
+
+
+async def test_cpu_quota_is_set(linux_driver: LinuxDriver) -> None:
+    await linux_driver.start(SandboxSpec(sandbox_id="cpu", cpu_millis=250))
+    result = await run(linux_driver, "cpu", ["cat", "/proc/self/cgroup"])
+    assert result.code == 0
+    busy = "import time\nend = time.time() + 1\nwhile time.time() < end: pass"
+    before = (await linux_driver.usage("cpu")).cpu_ns
+    await run(linux_driver, "cpu", ["python3", "-c", busy])
+    used_s = ((await linux_driver.usage("cpu")).cpu_ns - before) / 1e9
+    assert 0.1 < used_s < 0.5  # a quarter of a core for ~1 s of wall time
