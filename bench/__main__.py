@@ -5,7 +5,16 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ["cold_start", "exec_rtt", "idle_memory", "create_throughput", "gateway_overhead"]
+ALL = [
+    "cold_start",
+    "exec_rtt",
+    "idle_memory",
+    "create_throughput",
+    "gateway_overhead",
+    "session_create",
+    "scale_from_zero",
+    "affinity_load",
+]
 
 
 def main(argv: list[str]) -> int:

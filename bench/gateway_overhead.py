@@ -4,7 +4,12 @@ One uvicorn upstream (httptools + uvloop, a trivial ASGI app), and in front of i
 own process: our `GatewayServer` (with a router doing the warm path's dict lookup) and Debian's
 nginx as a plain reverse proxy with upstream keep-alive (one worker). wrk drives 50 keep-alive
 connections against each target in turn, for several interleaved rounds; the medians are
-reported. Then one large streamed response (512 MiB) through each path, in MiB/s.
+reported (under that load p50 is mostly queueing, so the hop's own latency is also measured
+with one connection: `p50_added_c1_ms`). Then one large streamed response (512 MiB) through
+each path, in MiB/s (best of two).
+
+The machine has two cores shared by wrk, the upstream and the proxy, so absolute figures move
+with whatever else runs; compare within one run.
 
     python -m bench.gateway_overhead [--rounds 3] [--duration-s 5] [--stream-mib 512]
 
@@ -260,15 +265,22 @@ def measure(targets: dict[str, int], rounds: int, duration_s: float, stream_mib:
             result = run_wrk(f"http://127.0.0.1:{port}/", duration_s)
             results[name].append(result)
             progress(f"round {round_no} {name}: {result.rps:.0f} req/s p50 {result.p50_ms:.3f} ms")
+    single: dict[str, list[WrkResult]] = {name: [] for name in targets}
+    for _ in range(2):  # one connection: the hop's own latency, without queueing behind others
+        for name, port in targets.items():
+            single[name].append(run_wrk(f"http://127.0.0.1:{port}/", min(duration_s, 3), connections=1))
+            progress(f"one connection {name}: p50 {single[name][-1].p50_ms:.3f} ms")
     streams: dict[str, list[float]] = {name: [] for name in targets}
     for _ in range(2):
         for name, port in targets.items():
             streams[name].append(stream_mib_s(port, stream_mib))
             progress(f"stream {name}: {streams[name][-1]:.0f} MiB/s")
-    report(results, streams)
+    report(results, single, streams)
 
 
-def report(results: dict[str, list[WrkResult]], streams: dict[str, list[float]]) -> None:
+def report(
+    results: dict[str, list[WrkResult]], single: dict[str, list[WrkResult]], streams: dict[str, list[float]]
+) -> None:
     rps = {name: median([r.rps for r in rs]) for name, rs in results.items()}
     p50 = {name: median([r.p50_ms for r in rs]) for name, rs in results.items()}
     p99 = {name: median([r.p99_ms for r in rs]) for name, rs in results.items()}
@@ -282,6 +294,12 @@ def report(results: dict[str, list[WrkResult]], streams: dict[str, list[float]])
         emit(BENCH, f"p99_{name}_ms", p99[name], "ms", None if name == "direct" else p99["direct"])
     emit(BENCH, "p50_added_ms", p50["gateway"] - p50["direct"], "ms")
     emit(BENCH, "p50_added_nginx_ms", p50["nginx"] - p50["direct"], "ms")
+    one = {name: median([r.p50_ms for r in rs]) for name, rs in single.items()}
+    emit(BENCH, "p50_c1_direct_ms", one["direct"], "ms")
+    emit(BENCH, "p50_c1_gateway_ms", one["gateway"], "ms", one["direct"])
+    emit(BENCH, "p50_c1_nginx_ms", one["nginx"], "ms", one["direct"])
+    emit(BENCH, "p50_added_c1_ms", one["gateway"] - one["direct"], "ms")
+    emit(BENCH, "p50_added_c1_nginx_ms", one["nginx"] - one["direct"], "ms")
     emit(BENCH, "stream_direct_mib_s", stream["direct"], "MB/s")
     emit(BENCH, "stream_nginx_mib_s", stream["nginx"], "MB/s", stream["direct"])
     emit(BENCH, "stream_mib_s", stream["gateway"], "MB/s", stream["nginx"])

@@ -36,7 +36,9 @@ class ServerProcess:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agentcell.server", *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         self._wait_ready()
 
@@ -74,7 +76,9 @@ def server_factory(tmp_path: Path) -> Iterator[type[ServerProcess]]:
     started: list[ServerProcess] = []
 
     class Factory(ServerProcess):
-        def __init__(self, state_dir: Path | None = None, driver: str = "linux", env: dict[str, str] | None = None):
+        def __init__(
+            self, state_dir: Path | None = None, driver: str = "linux", env: dict[str, str] | None = None
+        ):
             super().__init__(state_dir or tmp_path / f"state-{len(started)}", driver, env)
             started.append(self)
 

@@ -83,7 +83,16 @@ class Internal(AgentcellError):
 ERRORS_BY_CODE: dict[str, type[AgentcellError]] = {
     cls.code: cls
     for cls in (
-        InvalidArgument, Unauthenticated, PermissionDenied, NotFound, Conflict, NotRunning,
-        PayloadTooLarge, QuotaExceeded, Timeout, Unavailable, Internal,
+        InvalidArgument,
+        Unauthenticated,
+        PermissionDenied,
+        NotFound,
+        Conflict,
+        NotRunning,
+        PayloadTooLarge,
+        QuotaExceeded,
+        Timeout,
+        Unavailable,
+        Internal,
     )
 }

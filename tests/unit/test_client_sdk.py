@@ -317,12 +317,16 @@ async def test_upload_sends_one_multipart_part_per_file(server: FakeServer, tmp_
     (tmp_path / "proj" / "a.txt").write_text("A")
     (tmp_path / "proj" / "sub" / "b.txt").write_text("BB")
     (tmp_path / "c.bin").write_bytes(b"\0\1")
+    (tmp_path / 'q"x').write_bytes(b"q")
     server.on(f"POST {BASE}/files/upload", lambda _: httpx.Response(200, json={"entries": [ENTRY]}))
     server.on(f"POST {BASE}/files/mkdir", lambda _: httpx.Response(200, json=ENTRY))
+    server.on(f"PUT {BASE}/files", lambda _: httpx.Response(200, json=ENTRY))
     moved: list[int] = []
     async with AsyncSandbox.create(transport=server.transport) as sbx:
         await sbx.files.upload(
-            [tmp_path / "proj", tmp_path / "c.bin"], "/home/user/dst", on_progress=moved.append
+            [tmp_path / "proj", tmp_path / "c.bin", tmp_path / 'q"x'],
+            "/home/user/dst",
+            on_progress=moved.append,
         )
     request = server.sent(f"POST {BASE}/files/upload")[0]
     assert request.url.params["dir"] == "/home/user/dst"
@@ -332,7 +336,9 @@ async def test_upload_sends_one_multipart_part_per_file(server: FakeServer, tmp_
     parts = {part.get_filename(): part.get_payload(decode=True) for part in message.get_payload()}  # type: ignore[union-attr]
     assert parts == {"proj/a.txt": b"A", "proj/sub/b.txt": b"BB", "c.bin": b"\0\1"}
     assert server.body(f"POST {BASE}/files/mkdir") == {"path": "/home/user/dst/proj/empty"}
-    assert sum(moved) == 5
+    put = server.sent(f"PUT {BASE}/files")  # a name multipart could garble goes up on its own
+    assert [(r.url.params["path"], r.content) for r in put] == [('/home/user/dst/q"x', b"q")]
+    assert sum(moved) == 6
 
 
 def test_sync_twin_runs_on_its_own_loop_thread_and_cleans_up(server: FakeServer) -> None:

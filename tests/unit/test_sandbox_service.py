@@ -31,17 +31,24 @@ async def env() -> AsyncIterator[tuple[SandboxService, FakeDriver, FakeClock]]:
     await driver.aclose()
 
 
-async def test_create_passes_resources_to_the_driver(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:
+async def test_create_passes_resources_to_the_driver(
+    env: tuple[SandboxService, FakeDriver, FakeClock],
+) -> None:
     service, driver, _ = env
     sandbox = await service.create(SandboxCreate(cpu=0.5, memory_mb=256, disk_mb=64, env={"A": "1"}))
     spec = driver.started[-1]
     assert (spec.sandbox_id, spec.cpu_millis, spec.memory_bytes, spec.disk_bytes) == (
-        sandbox.id, 500, 256 << 20, 64 << 20
+        sandbox.id,
+        500,
+        256 << 20,
+        64 << 20,
     )
     assert spec.env == {"A": "1"} and sandbox.info().env_keys == ["A"]
 
 
-async def test_unknown_template_is_refused_with_the_list(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:
+async def test_unknown_template_is_refused_with_the_list(
+    env: tuple[SandboxService, FakeDriver, FakeClock],
+) -> None:
     service, driver, _ = env
     with pytest.raises(InvalidArgument, match="available: base"):
         await service.create(SandboxCreate(template="nope"))
@@ -100,14 +107,19 @@ async def collect(service: SandboxService, sandbox_id: str, request: CommandRequ
     return [event async for event in service.run_foreground(process, sandbox_id)]
 
 
-async def test_command_stream_is_typed_and_ends_once(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:
+async def test_command_stream_is_typed_and_ends_once(
+    env: tuple[SandboxService, FakeDriver, FakeClock],
+) -> None:
     service, _, _ = env
     sandbox = await service.create(SandboxCreate())
     events = await collect(service, sandbox.id, CommandRequest(cmd="echo out; echo err >&2; exit 3"))
     assert isinstance(events[0], StartEvent)
     assert isinstance(events[-1], EndEvent) and events[-1].exit_code == 3
     assert sum(isinstance(e, EndEvent) for e in events) == 1
-    text = {k: "".join(e.data for e in events if isinstance(e, OutputEvent) and e.type == k) for k in ("stdout", "stderr")}
+    text = {
+        k: "".join(e.data for e in events if isinstance(e, OutputEvent) and e.type == k)
+        for k in ("stdout", "stderr")
+    }
     assert text == {"stdout": "out\n", "stderr": "err\n"}
 
 
@@ -141,7 +153,9 @@ async def test_a_killed_sandbox_refuses_commands(env: tuple[SandboxService, Fake
         await service.start_process(sandbox.id, CommandRequest(cmd="true"))
 
 
-async def test_stdin_to_an_exited_process_is_a_conflict(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:
+async def test_stdin_to_an_exited_process_is_a_conflict(
+    env: tuple[SandboxService, FakeDriver, FakeClock],
+) -> None:
     service, _, _ = env
     sandbox = await service.create(SandboxCreate())
     process = await service.start_process(sandbox.id, CommandRequest(argv=["true"], background=True))

@@ -75,6 +75,9 @@ class FunctionInfo(ReplyModel):
     created_at: datetime
     updated_at: datetime
     url_path: str
+    instances: int = 0
+    warm_instances: int = Field(default=0, description="ready, with no session yet")
+    sessions: int = 0
 
 
 class FunctionList(ReplyModel):

@@ -37,7 +37,10 @@ def describe_validation(exc: RequestValidationError | ValidationError) -> str:
     """One line per problem, naming the field and what it must be."""
     parts = []
     for err in exc.errors()[:8]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        where = list(err.get("loc", ()))
+        if where and where[0] in ("body", "query", "path", "header"):
+            where = where[1:]
+        loc = ".".join(str(p) for p in where)
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         given = err.get("input")
         shown = (

@@ -103,11 +103,15 @@ class SqliteMetaStore:
         await self._run(lambda db: db.executemany(sql, rows))
 
     async def live_sessions(self) -> list[SessionRecord]:
-        rows = await self._run(lambda db: db.execute("SELECT * FROM sessions WHERE state != 'ended'").fetchall())
+        rows = await self._run(
+            lambda db: db.execute("SELECT * FROM sessions WHERE state != 'ended'").fetchall()
+        )
         return [_session(row) for row in rows]
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        row = await self._run(lambda db: db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone())
+        row = await self._run(
+            lambda db: db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        )
         return None if row is None else _session(row)
 
     async def ended_session_keys(self, function: str) -> set[str]:
@@ -116,7 +120,9 @@ class SqliteMetaStore:
         return {row[0] for row in rows}
 
     async def put_instance(self, record: InstanceRecord) -> None:
-        await self._run(lambda db: db.execute("INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?)", astuple(record)))
+        await self._run(
+            lambda db: db.execute("INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?)", astuple(record))
+        )
 
     async def delete_instance(self, instance_id: str) -> None:
         await self._run(lambda db: db.execute("DELETE FROM instances WHERE id = ?", (instance_id,)))

@@ -23,8 +23,12 @@ class FunctionVersion:
 
     def record(self, updated_at: float) -> FunctionRecord:
         return FunctionRecord(
-            name=self.name, version=self.version, config_json=self.config.model_dump_json(),
-            code_dir=self.code_dir, created_at=self.created_at, updated_at=updated_at,
+            name=self.name,
+            version=self.version,
+            config_json=self.config.model_dump_json(),
+            code_dir=self.code_dir,
+            created_at=self.created_at,
+            updated_at=updated_at,
         )
 
     @classmethod
@@ -71,7 +75,13 @@ class FunctionState:
 
     def info(self) -> FunctionInfo:
         return FunctionInfo(
-            name=self.name, version=self.latest.version, config=self.config,
+            name=self.name,
+            version=self.latest.version,
+            config=self.config,
             created_at=datetime.fromtimestamp(self.created_at, UTC),
-            updated_at=datetime.fromtimestamp(self.latest.created_at, UTC), url_path=f"/fn/{self.name}/",
+            updated_at=datetime.fromtimestamp(self.latest.created_at, UTC),
+            url_path=f"/fn/{self.name}/",
+            instances=len(self.live_instances()),
+            warm_instances=sum(1 for i in self.live_instances() if i.is_ready and not i.sessions),
+            sessions=len(self.sessions),
         )

@@ -37,16 +37,23 @@ class InstanceManager:
     def _spec(self, instance: Instance, version: FunctionVersion) -> SandboxSpec:
         config = version.config
         return SandboxSpec(
-            sandbox_id=instance.id, cpu_millis=max(10, int(config.cpu * 1000)),
-            memory_bytes=config.memory_mb << 20, disk_bytes=config.disk_mb << 20, pids_max=self._pids_max,
-            env=self._env(instance, version), mounts=(Mount(version.code_dir, CODE_DIR, read_only=True),),
+            sandbox_id=instance.id,
+            cpu_millis=max(10, int(config.cpu * 1000)),
+            memory_bytes=config.memory_mb << 20,
+            disk_bytes=config.disk_mb << 20,
+            pids_max=self._pids_max,
+            env=self._env(instance, version),
+            mounts=(Mount(version.code_dir, CODE_DIR, read_only=True),),
         )
 
     @staticmethod
     def _env(instance: Instance, version: FunctionVersion) -> dict[str, str]:
         return {
-            **version.config.env, "PORT": str(version.config.port), "AGENTCELL_FUNCTION": version.name,
-            "AGENTCELL_FUNCTION_VERSION": str(version.version), "AGENTCELL_INSTANCE_ID": instance.id,
+            **version.config.env,
+            "PORT": str(version.config.port),
+            "AGENTCELL_FUNCTION": version.name,
+            "AGENTCELL_FUNCTION_VERSION": str(version.version),
+            "AGENTCELL_INSTANCE_ID": instance.id,
         }
 
     async def boot(self, instance: Instance, version: FunctionVersion) -> None:
@@ -55,14 +62,21 @@ class InstanceManager:
         config = version.config
         try:
             await self._driver.start(self._spec(instance, version))
-            server = await self._driver.exec(instance.id, ExecSpec(
-                argv=SERVER_ARGV, env={"AGENTCELL_CMD": config.cmd}, cwd=CODE_DIR,
-            ))
+            server = await self._driver.exec(
+                instance.id,
+                ExecSpec(
+                    argv=SERVER_ARGV,
+                    env={"AGENTCELL_CMD": config.cmd},
+                    cwd=CODE_DIR,
+                ),
+            )
             self._servers[instance.id] = server
             await server.close_stdin()
             await self._wait_listening(instance, server, config.ready_timeout_s)
             if config.initialize is not None:
-                await self.run_hook(instance, config.initialize.cmd, config.initialize.timeout_s, {}, "initialize")
+                await self.run_hook(
+                    instance, config.initialize.cmd, config.initialize.timeout_s, {}, "initialize"
+                )
         except BaseException as exc:
             instance.mark_failed(str(exc) or type(exc).__name__)
             await self.stop(instance)
@@ -77,12 +91,16 @@ class InstanceManager:
                 while not await self._accepts(instance):
                     if exited.done():
                         status = exited.result()
-                        raise InstanceFailed(f"the server command exited with code {status.code} before listening "
-                                             f"on $PORT={instance.port}; its output is in {SERVER_LOG}")
+                        raise InstanceFailed(
+                            f"the server command exited with code {status.code} before listening "
+                            f"on $PORT={instance.port}; its output is in {SERVER_LOG}"
+                        )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, PORT_POLL_MAX_S)
         except TimeoutError:
-            raise InstanceFailed(f"nothing listened on $PORT={instance.port} within {timeout_s:g} s") from None
+            raise InstanceFailed(
+                f"nothing listened on $PORT={instance.port} within {timeout_s:g} s"
+            ) from None
         finally:
             exited.cancel()
 
@@ -108,11 +126,18 @@ class InstanceManager:
             for wait in waits:
                 wait.cancel()
 
-    async def run_hook(self, instance: Instance, cmd: str, timeout_s: float, env: dict[str, str], name: str) -> None:
+    async def run_hook(
+        self, instance: Instance, cmd: str, timeout_s: float, env: dict[str, str], name: str
+    ) -> None:
         """Run a hook command in the instance; raise InstanceFailed if it fails or passes its deadline."""
-        process = await self._driver.exec(instance.id, ExecSpec(
-            argv=HOOK_ARGV, env={**env, "AGENTCELL_HOOK": cmd, "AGENTCELL_HOOK_NAME": name}, cwd=CODE_DIR,
-        ))
+        process = await self._driver.exec(
+            instance.id,
+            ExecSpec(
+                argv=HOOK_ARGV,
+                env={**env, "AGENTCELL_HOOK": cmd, "AGENTCELL_HOOK_NAME": name},
+                cwd=CODE_DIR,
+            ),
+        )
         await process.close_stdin()
         drain = [asyncio.ensure_future(s.read()) for s in (process.stdout, process.stderr)]
         try:

@@ -145,7 +145,9 @@ class ManagedProcess:
             if close:
                 await self._process.close_stdin()
         except (BrokenPipeError, ConnectionResetError, AssertionError):
-            raise NotRunning(f"process {self.process_id} no longer reads its stdin (exited or closed)") from None
+            raise NotRunning(
+                f"process {self.process_id} no longer reads its stdin (exited or closed)"
+            ) from None
 
     def send_signal(self, signum: int) -> None:
         if self.exit is None:
@@ -162,8 +164,12 @@ class ManagedProcess:
 
     def info(self) -> ProcessInfo:
         return ProcessInfo(
-            process_id=self.process_id, pid=self.pid, argv=self.argv, cwd=self.cwd,
-            running=self.exit is None, exit_code=None if self.exit is None else self.exit.exit_code,
+            process_id=self.process_id,
+            pid=self.pid,
+            argv=self.argv,
+            cwd=self.cwd,
+            running=self.exit is None,
+            exit_code=None if self.exit is None else self.exit.exit_code,
         )
 
     async def aclose(self) -> None:

@@ -40,8 +40,14 @@ class Sandbox:
     def info(self) -> SandboxInfo:
         req = self.request
         return SandboxInfo(
-            id=self.id, template=req.template, state=self.state, env_keys=sorted(req.env),
-            metadata=dict(req.metadata), cpu=req.cpu, memory_mb=req.memory_mb, disk_mb=req.disk_mb,
+            id=self.id,
+            template=req.template,
+            state=self.state,
+            env_keys=sorted(req.env),
+            metadata=dict(req.metadata),
+            cpu=req.cpu,
+            memory_mb=req.memory_mb,
+            disk_mb=req.disk_mb,
             created_at=datetime.fromtimestamp(self.created_at, UTC),
             expires_at=datetime.fromtimestamp(self.expires_at, UTC),
         )
@@ -96,7 +102,9 @@ class SandboxService:
                 f"unknown template {request.template!r}; available: {', '.join(sorted(TEMPLATES))}"
             )
         if len(self._sandboxes) + self._starting >= self._max:
-            raise QuotaExceeded(f"this node runs at most {self._max} sandboxes; kill one first", retry_after_s=1)
+            raise QuotaExceeded(
+                f"this node runs at most {self._max} sandboxes; kill one first", retry_after_s=1
+            )
         now = self._clock.now()
         sandbox = Sandbox(new_sandbox_id(), request, created_at=now, expires_at=now + request.timeout_s)
         self._starting += 1
@@ -112,8 +120,12 @@ class SandboxService:
     def _spec(self, sandbox: Sandbox) -> SandboxSpec:
         req = sandbox.request
         return SandboxSpec(
-            sandbox_id=sandbox.id, template=req.template, cpu_millis=max(10, int(req.cpu * 1000)),
-            memory_bytes=req.memory_mb << 20, disk_bytes=req.disk_mb << 20, pids_max=self._pids_max,
+            sandbox_id=sandbox.id,
+            template=req.template,
+            cpu_millis=max(10, int(req.cpu * 1000)),
+            memory_bytes=req.memory_mb << 20,
+            disk_bytes=req.disk_mb << 20,
+            pids_max=self._pids_max,
             env=dict(req.env),
         )
 
@@ -185,7 +197,9 @@ class SandboxService:
         sandbox = self.running(sandbox_id)
         argv = request.full_argv()
         spec = ExecSpec(argv=argv, env=dict(request.env), cwd=request.cwd)
-        process = ManagedProcess(await self._driver.exec(sandbox.id, spec), argv, request.cwd, request.timeout_s)
+        process = ManagedProcess(
+            await self._driver.exec(sandbox.id, spec), argv, request.cwd, request.timeout_s
+        )
         sandbox.processes.add(process)
         process.start()
         if request.stdin is not None:

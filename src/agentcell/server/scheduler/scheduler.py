@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import socket
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,9 @@ class Scheduler:
         self._clock = clock
         self._code_root = code_root
         self._limits = limits
-        self._manager = InstanceManager(driver, clock, pids_max=limits.pids_max, stop_grace_s=limits.stop_grace_s)
+        self._manager = InstanceManager(
+            driver, clock, pids_max=limits.pids_max, stop_grace_s=limits.stop_grace_s
+        )
         self._functions: dict[str, FunctionState] = {}
         self._sessions: dict[str, Session] = {}
         self._start_slots = asyncio.Semaphore(limits.start_concurrency)
@@ -180,7 +183,7 @@ class Scheduler:
         if lease.function.waiting:
             lease.function.notify_capacity()
 
-    async def connect(self, lease: Lease) -> Any:
+    async def connect(self, lease: Lease) -> socket.socket:
         """A connected socket to the lease's instance (its server, on $PORT)."""
         return await self._manager.connect(lease.instance)
 
@@ -193,21 +196,27 @@ class Scheduler:
 
     def _require_accepting(self) -> None:
         if not self._accepting:
-            raise Unavailable("the server is not accepting requests (starting or shutting down)", retry_after_s=1)
+            raise Unavailable(
+                "the server is not accepting requests (starting or shutting down)", retry_after_s=1
+            )
 
     @staticmethod
     async def _wait_bound(session: Session) -> None:
         try:
             await asyncio.shield(session.bound)
         except SessionEnded:
-            raise Unavailable(f"session {session.key} ended ({session.end_reason}) while starting; retry",
-                              retry_after_s=1) from None
+            raise Unavailable(
+                f"session {session.key} ended ({session.end_reason}) while starting; retry", retry_after_s=1
+            ) from None
 
     async def _route_stateless(self, fn: FunctionState) -> Lease:
         limit = fn.config.concurrency_per_instance
         while True:
-            ready = [i for i in fn.instances.values()
-                     if i.is_ready and i.version == fn.latest.version and i.in_flight < limit]
+            ready = [
+                i
+                for i in fn.instances.values()
+                if i.is_ready and i.version == fn.latest.version and i.in_flight < limit
+            ]
             if ready:
                 instance = min(ready, key=lambda i: i.in_flight)
                 instance.in_flight += 1
@@ -236,13 +245,21 @@ class Scheduler:
     ) -> Session:
         config = fn.config
         if config.disable_session_id_reuse and key in fn.ended_keys:
-            raise Conflict(f"session {key!r} has ended and function {fn.name} does not reuse session ids; "
-                           "start a new session without a key")
+            raise Conflict(
+                f"session {key!r} has ended and function {fn.name} does not reuse session ids; "
+                "start a new session without a key"
+            )
         now = self._clock.now()
         session = Session(
-            id=session_id or new_session_id(), function=fn.name, key=key, version=fn.latest.version,
-            created_at=now, last_active_at=now, ttl_s=request.ttl_s or config.session_ttl_s,
-            idle_timeout_s=request.idle_timeout_s or config.idle_timeout_s, metadata=dict(request.metadata),
+            id=session_id or new_session_id(),
+            function=fn.name,
+            key=key,
+            version=fn.latest.version,
+            created_at=now,
+            last_active_at=now,
+            ttl_s=request.ttl_s or config.session_ttl_s,
+            idle_timeout_s=request.idle_timeout_s or config.idle_timeout_s,
+            metadata=dict(request.metadata),
         )
         fn.sessions[key] = session
         self._sessions[session.id] = session
@@ -252,7 +269,9 @@ class Scheduler:
         except (InstanceFailed, asyncio.CancelledError, QuotaExceeded, Unavailable) as exc:
             await self._end_session(session, "instance_failed")
             if isinstance(exc, InstanceFailed):
-                raise Unavailable(f"could not start an instance of {fn.name}: {exc}", retry_after_s=1) from None
+                raise Unavailable(
+                    f"could not start an instance of {fn.name}: {exc}", retry_after_s=1
+                ) from None
             raise
         session.move("idle")
         session.bound.set_result(None)
@@ -276,8 +295,11 @@ class Scheduler:
     def _find_room(self, fn: FunctionState) -> Instance | None:
         per_instance = fn.config.sessions_per_instance
         if per_instance > 1:
-            shared = [i for i in fn.instances.values()
-                      if i.version == fn.latest.version and i.sessions and i.has_room(per_instance)]
+            shared = [
+                i
+                for i in fn.instances.values()
+                if i.version == fn.latest.version and i.sessions and i.has_room(per_instance)
+            ]
             if shared:
                 return min(shared, key=lambda i: (not i.is_ready, len(i.sessions)))
         while fn.warm:
@@ -288,15 +310,20 @@ class Scheduler:
 
     async def _wait_capacity(self, fn: FunctionState) -> None:
         if fn.waiting >= self._limits.max_waiting:
-            raise QuotaExceeded(f"function {fn.name} is at max_instances ({fn.config.max_instances}) and "
-                                f"{fn.waiting} requests already wait; retry later", retry_after_s=1)
+            raise QuotaExceeded(
+                f"function {fn.name} is at max_instances ({fn.config.max_instances}) and "
+                f"{fn.waiting} requests already wait; retry later",
+                retry_after_s=1,
+            )
         fn.waiting += 1
         try:
             async with asyncio.timeout(self._limits.wait_timeout_s):
                 await fn.capacity_changed.wait()
         except TimeoutError:
-            raise Unavailable(f"no instance of {fn.name} became free within {self._limits.wait_timeout_s:g} s",
-                              retry_after_s=2) from None
+            raise Unavailable(
+                f"no instance of {fn.name} became free within {self._limits.wait_timeout_s:g} s",
+                retry_after_s=2,
+            ) from None
         finally:
             fn.waiting -= 1
 
@@ -315,12 +342,16 @@ class Scheduler:
             raise NotFound(f"session {session_id!r} not found")
         return _ended_info(record)
 
-    def sessions(self, name: str | None, state: SessionState | None, metadata: dict[str, str]) -> list[Session]:
+    def sessions(
+        self, name: str | None, state: SessionState | None, metadata: dict[str, str]
+    ) -> list[Session]:
         if name is not None:
             self.function(name)
         found = [
-            s for s in self._sessions.values()
-            if (name is None or s.function == name) and (state is None or s.state == state)
+            s
+            for s in self._sessions.values()
+            if (name is None or s.function == name)
+            and (state is None or s.state == state)
             and all(s.metadata.get(k) == v for k, v in metadata.items())
         ]
         return sorted(found, key=lambda s: s.created_at)
@@ -354,12 +385,17 @@ class Scheduler:
         if fn is not None and instance is not None:
             await self._release_instance(fn, instance, session, reason)
 
-    async def _release_instance(self, fn: FunctionState, instance: Instance, session: Session, reason: str) -> None:
+    async def _release_instance(
+        self, fn: FunctionState, instance: Instance, session: Session, reason: str
+    ) -> None:
         version = fn.versions.get(instance.version, fn.latest)
         hook = version.config.pre_stop
         if hook is not None and instance.is_ready and reason != "instance_failed":
-            env = {"AGENTCELL_SESSION_ID": session.id, "AGENTCELL_SESSION_KEY": session.key,
-                   "AGENTCELL_END_REASON": reason}
+            env = {
+                "AGENTCELL_SESSION_ID": session.id,
+                "AGENTCELL_SESSION_KEY": session.key,
+                "AGENTCELL_END_REASON": reason,
+            }
             try:
                 await self._manager.run_hook(instance, hook.cmd, hook.timeout_s, env, "pre_stop")
             except Exception as exc:
@@ -372,7 +408,9 @@ class Scheduler:
     # -- instances -----------------------------------------------------------------------------------
 
     def _launch(self, fn: FunctionState, version: FunctionVersion) -> Instance:
-        instance = Instance(new_instance_id(), fn.name, version.version, version.config.port, self._clock.now())
+        instance = Instance(
+            new_instance_id(), fn.name, version.version, version.config.port, self._clock.now()
+        )
         instance.last_used_at = instance.created_at
         fn.instances[instance.id] = instance
         self._spawn(self._boot(fn, version, instance), f"boot {instance.id}")
@@ -431,7 +469,11 @@ class Scheduler:
         """Start instances until every function has min_warm spare ones. Returns how many started."""
         started = 0
         for fn in list(self._functions.values()):
-            spare = [i for i in fn.warm if i.is_live] if fn.config.affinity.kind != "none" else fn.live_instances()
+            spare = (
+                [i for i in fn.warm if i.is_live]
+                if fn.config.affinity.kind != "none"
+                else fn.live_instances()
+            )
             room = fn.config.max_instances - len(fn.live_instances())
             for _ in range(max(0, min(fn.config.min_warm - len(spare), room))):
                 instance = self._launch(fn, fn.latest)
@@ -463,7 +505,10 @@ class Scheduler:
         for instance in sorted(spare, key=lambda i: -i.last_used_at):
             if instance.version == fn.latest.version and keep > 0:
                 keep -= 1
-            elif instance.version != fn.latest.version or now - instance.last_used_at >= fn.config.idle_timeout_s:
+            elif (
+                instance.version != fn.latest.version
+                or now - instance.last_used_at >= fn.config.idle_timeout_s
+            ):
                 idle.append(instance)
         return idle
 
@@ -482,10 +527,17 @@ class Scheduler:
         """Reload functions; re-adopt instances a crashed server left running, with their sessions.
         Sessions whose instance is gone end with `instance_failed`."""
         for latest in await self._store.latest_functions():
-            versions = [FunctionVersion.from_record(r) for r in await self._store.function_versions(latest.name)]
-            fn = FunctionState(latest=versions[-1], created_at=versions[0].created_at,
-                               versions={v.version: v for v in versions})
-            fn.ended_keys = await self._store.ended_session_keys(fn.name) if fn.config.disable_session_id_reuse else set()
+            versions = [
+                FunctionVersion.from_record(r) for r in await self._store.function_versions(latest.name)
+            ]
+            fn = FunctionState(
+                latest=versions[-1],
+                created_at=versions[0].created_at,
+                versions={v.version: v for v in versions},
+            )
+            fn.ended_keys = (
+                await self._store.ended_session_keys(fn.name) if fn.config.disable_session_id_reuse else set()
+            )
             self._functions[fn.name] = fn
         for instance_record in await self._store.instances():
             await self._adopt(instance_record)

@@ -1,8 +1,8 @@
 """Session: a client's binding to one instance, and the explicit state machine it moves through.
 
-    pending ──bind──▶ idle ◀──release── active
-       │               │ ──acquire──▶     │
-       └──────────────▶ ended ◀───────────┘     (reason: ttl, idle, deleted, instance_failed, ...)
+pending ──bind──▶ idle ◀──release── active
+   │               │ ──acquire──▶     │
+   └──────────────▶ ended ◀───────────┘     (reason: ttl, idle, deleted, instance_failed, ...)
 """
 
 from __future__ import annotations
@@ -105,28 +105,54 @@ class Session:
 
     def info(self) -> SessionInfo:
         return SessionInfo(
-            id=self.id, key=self.key, function=self.function, version=self.version,
-            instance_id=self.instance_id, state=self.state, end_reason=self.end_reason,
-            created_at=_ts(self.created_at), last_active_at=_ts(self.last_active_at),
-            expires_at=_ts(self.expires_at), idle_expires_at=_ts(self.idle_expires_at),
-            ttl_s=self.ttl_s, idle_timeout_s=self.idle_timeout_s, metadata=dict(self.metadata),
+            id=self.id,
+            key=self.key,
+            function=self.function,
+            version=self.version,
+            instance_id=self.instance_id,
+            state=self.state,
+            end_reason=self.end_reason,
+            created_at=_ts(self.created_at),
+            last_active_at=_ts(self.last_active_at),
+            expires_at=_ts(self.expires_at),
+            idle_expires_at=_ts(self.idle_expires_at),
+            ttl_s=self.ttl_s,
+            idle_timeout_s=self.idle_timeout_s,
+            metadata=dict(self.metadata),
         )
 
     def record(self) -> SessionRecord:
         return SessionRecord(
-            id=self.id, function=self.function, key=self.key, version=self.version,
-            instance_id=self.instance_id, state=self.state, end_reason=self.end_reason,
-            created_at=self.created_at, last_active_at=self.last_active_at, expires_at=self.expires_at,
-            ttl_s=self.ttl_s, idle_timeout_s=self.idle_timeout_s, metadata=dict(self.metadata),
+            id=self.id,
+            function=self.function,
+            key=self.key,
+            version=self.version,
+            instance_id=self.instance_id,
+            state=self.state,
+            end_reason=self.end_reason,
+            created_at=self.created_at,
+            last_active_at=self.last_active_at,
+            expires_at=self.expires_at,
+            ttl_s=self.ttl_s,
+            idle_timeout_s=self.idle_timeout_s,
+            metadata=dict(self.metadata),
         )
 
     @classmethod
     def from_record(cls, record: SessionRecord) -> Session:
         session = cls(
-            id=record.id, function=record.function, key=record.key, version=record.version,
-            created_at=record.created_at, last_active_at=record.last_active_at, ttl_s=record.ttl_s,
-            idle_timeout_s=record.idle_timeout_s, metadata=dict(record.metadata),
-            instance_id=record.instance_id, state="idle", dirty=False,
+            id=record.id,
+            function=record.function,
+            key=record.key,
+            version=record.version,
+            created_at=record.created_at,
+            last_active_at=record.last_active_at,
+            ttl_s=record.ttl_s,
+            idle_timeout_s=record.idle_timeout_s,
+            metadata=dict(record.metadata),
+            instance_id=record.instance_id,
+            state="idle",
+            dirty=False,
         )
         session.bound.set_result(None)
         return session

@@ -1,0 +1,117 @@
+"""`agentcell cp`: copy files and directory trees between this machine and a sandbox.
+
+    agentcell cp ./local SANDBOX_ID:/remote/path      upload (directories recursively)
+    agentcell cp SANDBOX_ID:/remote/path ./local      download (directories via a tar archive,
+                                                      unpacked safely)
+
+Like `cp -r`: when the destination is an existing directory the source lands inside it under its
+own name; otherwise the destination is the copy's new name.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from agentcell.cli.context import CliError, Connection, pass_connection
+from agentcell.cli.progress import Progress
+from agentcell.client import NotFoundError, Sandbox
+from agentcell.protocol.files import FileEntry
+
+REMOTE = re.compile(r"(?P<sandbox_id>[A-Za-z0-9][A-Za-z0-9_.-]*):(?P<path>.*)", re.DOTALL)
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Remote:
+    sandbox_id: str
+    path: str
+
+
+def parse_location(text: str) -> Remote | Path:
+    """`ID:PATH` is in a sandbox; anything else (write `./a:b` for a local name with a colon) is local."""
+    match = REMOTE.fullmatch(text)
+    if match is None:
+        return Path(text)
+    return Remote(match["sandbox_id"], match["path"] or "/home/user")
+
+
+@click.command("cp")
+@click.argument("source")
+@click.argument("destination")
+@click.option("--json", "as_json", is_flag=True, help="Print what was copied as JSON.")
+@pass_connection
+def copy(conn: Connection, source: str, destination: str, as_json: bool) -> None:
+    """Copy SOURCE to DESTINATION; exactly one of them is SANDBOX_ID:PATH."""
+    src, dst = parse_location(source), parse_location(destination)
+    if isinstance(src, Remote) == isinstance(dst, Remote):
+        raise click.UsageError("exactly one of SOURCE and DESTINATION must be SANDBOX_ID:PATH")
+    progress = Progress("uploading" if isinstance(dst, Remote) else "downloading")
+    try:
+        if isinstance(dst, Remote):
+            assert isinstance(src, Path)
+            entry, landed = upload(conn, src, dst, progress)
+        else:
+            assert isinstance(src, Remote)
+            entry, landed = download(conn, src, dst, progress)
+    finally:
+        progress.finish()
+    if as_json:
+        report = {"source": source, "destination": landed, "type": entry.type, "bytes": progress.total_bytes}
+        click.echo(json.dumps(report))
+
+
+def upload(conn: Connection, src: Path, dst: Remote, progress: Progress) -> tuple[FileEntry, str]:
+    if not src.exists():
+        raise CliError(f"{src}: no such file or directory")
+    with conn.sandbox(dst.sandbox_id) as sandbox:
+        existing = _stat_or_none(sandbox, dst.path)
+        into_dir = existing is not None and existing.type == "dir"
+        if src.is_dir():
+            return _upload_tree(sandbox, src, dst.path, into_dir, progress)
+        target = posixpath.join(dst.path, src.name) if into_dir or dst.path.endswith("/") else dst.path
+        entry = sandbox.files.write(target, _read_chunks(src, progress))
+        return entry, f"{dst.sandbox_id}:{entry.path}"
+
+
+def _upload_tree(
+    sandbox: Sandbox, src: Path, remote: str, into_dir: bool, progress: Progress
+) -> tuple[FileEntry, str]:
+    if into_dir:  # lands as remote/<name>/…
+        sandbox.files.upload([src], remote, on_progress=progress.add)
+        remote = posixpath.join(remote, src.resolve().name)
+    else:  # remote is the copy itself: its contents are src's contents
+        sandbox.files.make_dir(remote)
+        sandbox.files.upload(sorted(src.iterdir()), remote, on_progress=progress.add)
+    entry = sandbox.files.stat(remote)
+    return entry, f"{sandbox.id}:{entry.path}"
+
+
+def download(conn: Connection, src: Remote, dst: Path, progress: Progress) -> tuple[FileEntry, str]:
+    with conn.sandbox(src.sandbox_id) as sandbox:
+        entry = sandbox.files.stat(src.path)
+        target = dst / entry.name if dst.is_dir() else dst
+        if entry.type == "dir" and target.exists() and not target.is_dir():
+            raise CliError(f"{target}: exists and is not a directory")
+        sandbox.files.download(entry.path, target, on_progress=progress.add)
+        return entry, str(target)
+
+
+def _stat_or_none(sandbox: Sandbox, path: str) -> FileEntry | None:
+    try:
+        return sandbox.files.stat(path)
+    except NotFoundError:
+        return None
+
+
+def _read_chunks(path: Path, progress: Progress) -> Iterator[bytes]:
+    with path.open("rb") as file:
+        while chunk := file.read(CHUNK_BYTES):
+            progress.add(len(chunk))
+            yield chunk

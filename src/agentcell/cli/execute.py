@@ -1,0 +1,91 @@
+"""`agentcell exec`: run one command in a sandbox, its output streamed live, its exit code ours."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import BinaryIO, TextIO
+
+import click
+
+from agentcell.cli.context import CliError, Connection, parse_pairs, pass_connection
+from agentcell.client.commands import FOREGROUND_TIMEOUT_S
+
+
+@click.command("exec")
+@click.argument("sandbox_id")
+@click.argument("argv", nargs=-1, required=True)
+@click.option("--env", "env", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable.")
+@click.option("--cwd", default=None, help="Working directory in the sandbox (default /home/user).")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Kill the command after this many seconds (default 60; 0: no limit).",
+)
+@click.option("-n", "--no-stdin", is_flag=True, help="Do not send this terminal's stdin even when piped.")
+@pass_connection
+def execute(
+    conn: Connection,
+    sandbox_id: str,
+    argv: tuple[str, ...],
+    env: dict[str, str],
+    cwd: str | None,
+    timeout_s: float | None,
+    no_stdin: bool,
+) -> None:
+    """Run a command in SANDBOX_ID: `agentcell exec SANDBOX_ID -- CMD ARGS…`.
+
+    One argument is a shell command line (run by bash -c); several are run as they are. Output
+    streams to this stdout/stderr as it comes; stdin is sent when it is not a terminal. Exits with
+    the command's exit code.
+    """
+    stdin = None if no_stdin else read_piped_stdin()
+    command: str | list[str] = argv[0] if len(argv) == 1 else list(argv)
+    limit_s = FOREGROUND_TIMEOUT_S if timeout_s is None else (timeout_s or None)
+    with conn.sandbox(sandbox_id) as sandbox, _exit_on_interrupt():
+        result = sandbox.commands.run(
+            command,
+            env=env,
+            cwd=cwd,
+            stdin=stdin,
+            timeout_s=limit_s,
+            on_stdout=lambda data: _relay(sys.stdout, data),
+            on_stderr=lambda data: _relay(sys.stderr, data),
+        )
+    if result.error:
+        click.echo(f"agentcell: {result.error}", err=True)
+    sys.exit(result.exit_code)
+
+
+@contextlib.contextmanager
+def _exit_on_interrupt() -> Iterator[None]:
+    """Ctrl-C stops waiting (the server then kills the command, whose stream was dropped) and
+    exits 130, as a shell does."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def read_piped_stdin() -> str | None:
+    if sys.stdin is None or sys.stdin.closed or sys.stdin.isatty():
+        return None
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise CliError(
+            "stdin is not UTF-8 text; pass a file with `agentcell cp` instead, or use -n"
+        ) from None
+
+
+def _relay(stream: TextIO, data: str) -> None:
+    buffer: BinaryIO | None = getattr(stream, "buffer", None)
+    if buffer is not None:
+        buffer.write(data.encode(errors="surrogateescape"))
+        buffer.flush()
+    else:  # a replaced stream without bytes underneath (e.g. click's test runner)
+        click.echo(data, nl=False, file=stream)

@@ -1,0 +1,38 @@
+"""The `agentcell` command: the global options, and every subcommand wired onto one group."""
+
+from __future__ import annotations
+
+import click
+
+from agentcell import __version__
+from agentcell.cli.context import Connection, ErrorReportingGroup
+from agentcell.cli.cp import copy
+from agentcell.cli.execute import execute
+from agentcell.cli.sandboxes import sandbox_group
+from agentcell.cli.serve import serve
+
+
+@click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--url",
+    "api_url",
+    default=None,
+    metavar="URL",
+    help="Server URL (env AGENTCELL_URL; default http://127.0.0.1:8700).",
+)
+@click.option("--api-key", default=None, metavar="KEY", help="API key (env AGENTCELL_API_KEY).")
+@click.version_option(__version__, prog_name="agentcell")
+@click.pass_context
+def cli(ctx: click.Context, api_url: str | None, api_key: str | None) -> None:
+    """agentcell: sandboxes for AI agents."""
+    ctx.obj = Connection(api_url=api_url, api_key=api_key)
+
+
+cli.add_command(serve)
+cli.add_command(sandbox_group)
+cli.add_command(execute)
+cli.add_command(copy)
+
+
+def main() -> None:
+    cli(prog_name="agentcell")

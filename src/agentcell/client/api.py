@@ -1,0 +1,176 @@
+"""The one place the SDK speaks HTTP: a connection pool, the error envelope, streamed answers.
+
+Every SDK object sits on an `ApiClient`; whoever creates one closes it (`aclose`). httpx errors
+never leave this module: they become `AgentcellConnectionError` naming the URL, and error
+answers become the `AgentcellAPIError` subclass of their `code`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from agentcell import __version__
+from agentcell.client.config import ClientConfig
+from agentcell.client.errors import (
+    API_ERRORS_BY_CODE,
+    CODE_BY_STATUS,
+    AgentcellAPIError,
+    AgentcellConnectionError,
+    InvalidArgumentError,
+    ProtocolError,
+)
+from agentcell.protocol.common import REQUEST_ID_HEADER, ErrorEnvelope
+
+M = TypeVar("M", bound=BaseModel)
+Params = Mapping[str, str | int | list[str]]
+Content = bytes | AsyncIterable[bytes]
+
+
+def segment(value: str) -> str:
+    """An id made safe to sit between two slashes of a URL path."""
+    return quote(value, safe="")
+
+
+def request_body(model: type[BaseModel], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a request body with its wire model before sending it; only the given fields go out
+    (an explicit None included), so the server's defaults apply to the rest. A refusal is the
+    InvalidArgumentError the server would have answered."""
+    try:
+        return model.model_validate(fields).model_dump(mode="json", exclude_unset=True)
+    except ValidationError as exc:
+        raise InvalidArgumentError(describe_validation(exc)) from None
+
+
+def describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:8]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def error_from_response(response: httpx.Response) -> AgentcellAPIError:
+    """The exception for an error answer, from its envelope when it has one, else from its status."""
+    status = response.status_code
+    request_id = response.headers.get(REQUEST_ID_HEADER)
+    try:
+        envelope = ErrorEnvelope.model_validate_json(response.content)
+        code, message, request_id = envelope.code, envelope.message, envelope.request_id
+    except ValidationError:
+        code = CODE_BY_STATUS.get(status, "internal" if status >= 500 else "invalid_argument")
+        snippet = response.text.strip()[:200] or response.reason_phrase
+        message = f"HTTP {status} from {response.request.url}: {snippet}"
+    cls = API_ERRORS_BY_CODE.get(code) or API_ERRORS_BY_CODE.get(
+        CODE_BY_STATUS.get(status, ""), AgentcellAPIError
+    )
+    retry_after_s = _retry_after_s(response.headers.get("retry-after"))
+    return cls(message, code=code, status=status, request_id=request_id, retry_after_s=retry_after_s)
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None  # an HTTP date: rare enough not to parse
+
+
+class ApiClient:
+    """Owns one httpx.AsyncClient, hence one connection pool, for one SDK object."""
+
+    def __init__(self, config: ClientConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        headers = {"user-agent": f"agentcell-python/{__version__}"}
+        if config.api_key:
+            headers["authorization"] = f"Bearer {config.api_key}"
+        self.config = config
+        self._http = httpx.AsyncClient(
+            base_url=config.api_url, headers=headers, timeout=config.request_timeout_s, transport=transport
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Params | None = None,
+        content: Content | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send one request and read the whole answer; error answers raise."""
+        with self.translating_errors():
+            response = await self._http.request(
+                method, path, json=json, params=params, content=content, headers=headers
+            )
+        if response.is_error:
+            raise error_from_response(response)
+        return response
+
+    async def call_model(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
+        response = await self.call(method, path, **kwargs)
+        return parse_model(model, response)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Params | None = None,
+        wait_forever: bool = False,
+    ) -> AsyncIterator[httpx.Response]:
+        """An answer whose body is read as it arrives. `wait_forever` lifts the read timeout, for
+        command output that may be silent for as long as the command runs."""
+        limit_s = self.config.request_timeout_s
+        timeout = httpx.Timeout(limit_s, read=None) if wait_forever else httpx.Timeout(limit_s)
+        with self.translating_errors():
+            request = self._http.build_request(method, path, json=json, params=params, timeout=timeout)
+            response = await self._http.send(request, stream=True)
+            try:
+                if response.is_error:
+                    await response.aread()
+                    raise error_from_response(response)
+                yield response
+            finally:
+                await response.aclose()
+
+    @contextlib.contextmanager
+    def translating_errors(self) -> Iterator[None]:
+        """httpx transport failures become AgentcellConnectionError naming the server URL."""
+        url = self.config.api_url
+        try:
+            yield
+        except httpx.ConnectError as exc:
+            raise AgentcellConnectionError(
+                f"cannot connect to the agentcell server at {url} ({exc or 'connection failed'}); "
+                "is `agentcell serve` running? Point api_url, AGENTCELL_URL or --url at it",
+                url=url,
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise AgentcellConnectionError(
+                f"the agentcell server at {url} did not answer in time ({type(exc).__name__})", url=url
+            ) from exc
+        except httpx.TransportError as exc:
+            raise AgentcellConnectionError(
+                f"the connection to the agentcell server at {url} failed: {exc or type(exc).__name__}",
+                url=url,
+            ) from exc
+
+
+def parse_model(model: type[M], response: httpx.Response) -> M:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise ProtocolError(
+            f"{response.request.method} {response.request.url.path} answered something that is not a "
+            f"{model.__name__}: {describe_validation(exc)}"
+        ) from None

@@ -1,0 +1,33 @@
+"""Where the SDK finds its server: the argument, else the environment, else the local default.
+
+Read when a client is made, never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_API_URL = "http://127.0.0.1:8700"
+API_URL_ENV = "AGENTCELL_URL"
+API_KEY_ENV = "AGENTCELL_API_KEY"
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """`request_timeout_s` bounds connecting and each wait for bytes of an ordinary request;
+    command output streams wait as long as the command runs."""
+
+    api_url: str
+    api_key: str | None
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+
+    @classmethod
+    def resolve(
+        cls, api_url: str | None = None, api_key: str | None = None, request_timeout_s: float | None = None
+    ) -> ClientConfig:
+        url = api_url or os.environ.get(API_URL_ENV) or DEFAULT_API_URL
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        timeout_s = DEFAULT_REQUEST_TIMEOUT_S if request_timeout_s is None else request_timeout_s
+        return cls(api_url=url.rstrip("/"), api_key=key or None, request_timeout_s=timeout_s)

@@ -1,0 +1,188 @@
+"""Files in a sandbox (async core). Bytes always stream; nothing is held whole in memory except
+what `read` returns. Paths are absolute or relative to /home/user; `..` is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import os
+import posixpath
+import tempfile
+from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
+from typing import IO
+
+from agentcell.client.api import ApiClient, Params, parse_model, request_body, segment
+from agentcell.client.errors import NotFoundError
+from agentcell.client.transfer import (
+    LocalPath,
+    ProgressCallback,
+    WriteData,
+    extract_tree,
+    is_multipart_safe,
+    iter_local_file,
+    iter_write_data,
+    multipart_body,
+    new_boundary,
+    plan_upload,
+)
+from agentcell.protocol.files import FileEntry, FileList, MakeDir, Rename
+
+FILES_PER_UPLOAD = 500
+
+
+class AsyncFiles:
+    """`sandbox.files`: the file system of one sandbox."""
+
+    def __init__(self, api: ApiClient, sandbox_id: str) -> None:
+        self._api = api
+        self._base = f"/v1/sandboxes/{segment(sandbox_id)}/files"
+
+    async def read(self, path: str) -> bytes:
+        return (await self._api.call("GET", self._base, params={"path": path})).content
+
+    async def read_text(self, path: str, encoding: str = "utf-8") -> str:
+        return (await self.read(path)).decode(encoding)
+
+    async def read_stream(self, path: str) -> AsyncGenerator[bytes, None]:
+        """The file's bytes as they arrive. Leaving the loop early closes the stream (sooner with
+        `contextlib.aclosing`)."""
+        async with self._api.stream("GET", self._base, params={"path": path}) as response:
+            async for chunk in response.aiter_bytes():
+                yield chunk
+
+    async def write(self, path: str, data: WriteData) -> FileEntry:
+        """Create or replace a file, atomically, parents made as needed. `data` is streamed:
+        bytes, str (UTF-8), a file object open for reading, or an (async) iterable of chunks."""
+        content = bytes(data) if isinstance(data, bytes | bytearray | memoryview) else iter_write_data(data)
+        response = await self._api.call(
+            "PUT",
+            self._base,
+            params={"path": path},
+            content=content,
+            headers={"content-type": "application/octet-stream"},
+        )
+        return parse_model(FileEntry, response)
+
+    async def list(self, path: str = "/home/user", depth: int = 1) -> builtins.list[FileEntry]:
+        """Entries under `path`, `depth` levels down (1..16)."""
+        params: Params = {"path": path, "depth": depth}
+        return (await self._api.call_model(FileList, "GET", f"{self._base}/list", params=params)).entries
+
+    async def stat(self, path: str) -> FileEntry:
+        return await self._api.call_model(FileEntry, "GET", f"{self._base}/stat", params={"path": path})
+
+    async def exists(self, path: str) -> bool:
+        try:
+            await self.stat(path)
+        except NotFoundError:
+            return False
+        return True
+
+    async def make_dir(self, path: str) -> FileEntry:
+        """mkdir -p: parents made as needed, an existing directory is fine."""
+        body = request_body(MakeDir, {"path": path})
+        return await self._api.call_model(FileEntry, "POST", f"{self._base}/mkdir", json=body)
+
+    async def rename(self, src: str, dst: str) -> FileEntry:
+        body = request_body(Rename, {"src": src, "dst": dst})
+        return await self._api.call_model(FileEntry, "POST", f"{self._base}/rename", json=body)
+
+    async def remove(self, path: str) -> None:
+        """Remove a file, symlink or whole directory tree."""
+        await self._api.call("DELETE", self._base, params={"path": path})
+
+    async def upload(
+        self,
+        sources: LocalPath | Sequence[LocalPath],
+        remote_dir: str = "/home/user",
+        *,
+        on_progress: ProgressCallback | None = None,
+    ) -> builtins.list[FileEntry]:
+        """Copy local files and directory trees into `remote_dir`, like `cp -r a b remote_dir/`:
+        a file lands as remote_dir/<name>, a directory as remote_dir/<name>/…; empty directories
+        are kept. Returns the files written. `on_progress` gets byte counts as they are sent."""
+        items = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
+        plan = await asyncio.to_thread(plan_upload, items)
+        together = [f for f in plan.files if is_multipart_safe(f[1])]
+        written: builtins.list[FileEntry] = []
+        for start in range(0, len(together), FILES_PER_UPLOAD):
+            written += await self._upload_batch(
+                remote_dir, together[start : start + FILES_PER_UPLOAD], on_progress
+            )
+        for path, name in (f for f in plan.files if not is_multipart_safe(f[1])):
+            written.append(
+                await self.write(posixpath.join(remote_dir, name), iter_local_file(path, on_progress))
+            )
+        for name in plan.empty_dirs:
+            await self.make_dir(posixpath.join(remote_dir, name))
+        return written
+
+    async def _upload_batch(
+        self, remote_dir: str, files: Sequence[tuple[Path, str]], progress: ProgressCallback | None
+    ) -> builtins.list[FileEntry]:
+        boundary = new_boundary()
+        response = await self._api.call(
+            "POST",
+            f"{self._base}/upload",
+            params={"dir": remote_dir},
+            content=multipart_body(boundary, files, progress),
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
+        return parse_model(FileList, response).entries
+
+    async def download_archive(self, path: str) -> AsyncGenerator[bytes, None]:
+        """A tar stream of the file or directory tree at `path`; its members are named from the
+        tree's own name down (`proj`, `proj/a.txt`, …)."""
+        async with self._api.stream("GET", f"{self._base}/archive", params={"path": path}) as response:
+            async for chunk in response.aiter_bytes():
+                yield chunk
+
+    async def download(
+        self, path: str, local_path: LocalPath, *, on_progress: ProgressCallback | None = None
+    ) -> FileEntry:
+        """Copy a sandbox file to exactly `local_path` (replaced atomically), or a directory's
+        contents into `local_path` (made if missing; existing files in it are overwritten).
+        Archive members that would escape `local_path` raise UnsafeArchiveError."""
+        entry = await self.stat(path)
+        target = Path(local_path)
+        if entry.type == "dir":
+            await self._download_tree(entry.path, target, on_progress)
+        else:
+            await self._download_file(entry, target, on_progress)
+        return entry
+
+    async def _download_file(self, entry: FileEntry, target: Path, progress: ProgressCallback | None) -> None:
+        spool = await asyncio.to_thread(_partial_file, target)
+        try:
+            with spool:
+                await _spool(self.read_stream(entry.path), spool, progress)
+            # the sandbox's permission bits, minus group/other write (as tar's `data` filter does)
+            await asyncio.to_thread(os.chmod, spool.name, entry.mode & 0o755 or 0o644)
+            await asyncio.to_thread(os.replace, spool.name, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(spool.name)
+            raise
+
+    async def _download_tree(self, path: str, target: Path, progress: ProgressCallback | None) -> None:
+        with await asyncio.to_thread(tempfile.TemporaryFile) as spool:
+            await _spool(self.download_archive(path), spool, progress)
+            await asyncio.to_thread(spool.seek, 0)
+            await asyncio.to_thread(extract_tree, spool, target)
+
+
+def _partial_file(target: Path) -> IO[bytes]:
+    """Where a download goes until it is complete: beside its target, so the rename is atomic."""
+    return tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False)
+
+
+async def _spool(
+    chunks: AsyncGenerator[bytes, None], file: IO[bytes], progress: ProgressCallback | None
+) -> None:
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            await asyncio.to_thread(file.write, chunk)
+            if progress:
+                progress(len(chunk))

@@ -1,0 +1,200 @@
+"""`AsyncSandbox`: one sandbox and the connection pool that talks to it (the async core).
+
+    async with AsyncSandbox.create() as sbx:          # killed, and the pool closed, on exit
+        result = await sbx.commands.run("echo hi")
+
+`create` and `connect` return a `SandboxOpening`: await it for a sandbox you will `kill()` and
+`aclose()` yourself, or enter it with `async with` (directly or after awaiting).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import httpx
+
+from agentcell.client.api import ApiClient, Params, request_body, segment
+from agentcell.client.commands import AsyncCommands
+from agentcell.client.config import ClientConfig
+from agentcell.client.errors import NotFoundError
+from agentcell.client.files import AsyncFiles
+from agentcell.protocol.sandboxes import SandboxCreate, SandboxInfo, SandboxList, SandboxState, SandboxTimeout
+
+S = TypeVar("S", bound="AsyncSandbox")
+
+
+class SandboxOpening(Generic[S]):
+    """A sandbox being created or connected to: awaitable, and an async context manager that
+    kills the sandbox on exit."""
+
+    def __init__(self, open_: Callable[[], Awaitable[S]]) -> None:
+        self._open = open_
+        self._sandbox: S | None = None
+
+    def __await__(self) -> Generator[Any, None, S]:
+        return self._opened().__await__()
+
+    async def _opened(self) -> S:
+        return await self._open()
+
+    async def __aenter__(self) -> S:
+        self._sandbox = await self._open()
+        return self._sandbox
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._sandbox is not None:
+            await self._sandbox.__aexit__(exc_type, exc, tb)
+
+
+class AsyncSandbox:
+    """One sandbox. Owns its ApiClient (one connection pool): `aclose()` closes the pool, `kill()`
+    ends the sandbox, leaving an `async with` block does both."""
+
+    def __init__(self, info: SandboxInfo, api: ApiClient) -> None:
+        self.info = info
+        self._api = api
+        self._path = f"/v1/sandboxes/{segment(info.id)}"
+        self.commands = AsyncCommands(api, info.id)
+        self.files = AsyncFiles(api, info.id)
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} template={self.info.template!r}>"
+
+    @classmethod
+    def create(
+        cls: type[S],
+        template: str | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        cpu: float | None = None,
+        memory_mb: int | None = None,
+        disk_mb: int | None = None,
+        timeout_s: int | None = None,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        request_timeout_s: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> SandboxOpening[S]:
+        """Start a sandbox. Unset values take the server's defaults (template "base", 1 cpu,
+        512 MiB memory, 1024 MiB disk, ending 300 s from now). `api_url` falls back to
+        AGENTCELL_URL then http://127.0.0.1:8700; `api_key` to AGENTCELL_API_KEY."""
+        given = {
+            "template": template,
+            "env": env,
+            "metadata": metadata,
+            "cpu": cpu,
+            "memory_mb": memory_mb,
+            "disk_mb": disk_mb,
+            "timeout_s": timeout_s,
+        }
+        body = request_body(SandboxCreate, {k: v for k, v in given.items() if v is not None})
+        config = ClientConfig.resolve(api_url, api_key, request_timeout_s)
+
+        async def open_() -> S:
+            return await cls._open(config, transport, "POST", "/v1/sandboxes", body)
+
+        return SandboxOpening(open_)
+
+    @classmethod
+    def connect(
+        cls: type[S],
+        sandbox_id: str,
+        *,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        request_timeout_s: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> SandboxOpening[S]:
+        """Attach to a running sandbox by id (NotFoundError if there is none)."""
+        config = ClientConfig.resolve(api_url, api_key, request_timeout_s)
+
+        async def open_() -> S:
+            return await cls._open(config, transport, "GET", f"/v1/sandboxes/{segment(sandbox_id)}", None)
+
+        return SandboxOpening(open_)
+
+    @classmethod
+    async def _open(
+        cls: type[S],
+        config: ClientConfig,
+        transport: httpx.AsyncBaseTransport | None,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+    ) -> S:
+        api = ApiClient(config, transport=transport)
+        try:
+            info = await api.call_model(SandboxInfo, method, path, json=body)
+        except BaseException:
+            await api.aclose()
+            raise
+        return cls(info, api)
+
+    @staticmethod
+    async def list(
+        *,
+        metadata: Mapping[str, str] | None = None,
+        state: SandboxState | None = None,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        request_timeout_s: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> builtins.list[SandboxInfo]:
+        """Sandboxes whose metadata has every given key=value (and in `state`, when given)."""
+        given = {"metadata": [f"{k}={v}" for k, v in (metadata or {}).items()], "state": state}
+        params: Params = {name: value for name, value in given.items() if value}
+        api = ApiClient(ClientConfig.resolve(api_url, api_key, request_timeout_s), transport=transport)
+        try:
+            return (await api.call_model(SandboxList, "GET", "/v1/sandboxes", params=params)).sandboxes
+        finally:
+            await api.aclose()
+
+    async def get_info(self) -> SandboxInfo:
+        """The sandbox as the server sees it now (also refreshes `self.info`)."""
+        self.info = await self._api.call_model(SandboxInfo, "GET", self._path)
+        return self.info
+
+    async def is_running(self) -> bool:
+        try:
+            return (await self.get_info()).state == "running"
+        except NotFoundError:
+            return False
+
+    async def set_timeout(self, timeout_s: int) -> SandboxInfo:
+        """End the sandbox `timeout_s` seconds from now (sooner or later than before)."""
+        body = request_body(SandboxTimeout, {"timeout_s": timeout_s})
+        self.info = await self._api.call_model(SandboxInfo, "POST", f"{self._path}/timeout", json=body)
+        return self.info
+
+    async def kill(self) -> bool:
+        """End the sandbox now. False when it had already ended and was gone."""
+        try:
+            await self._api.call("DELETE", self._path)
+        except NotFoundError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Close the connection pool; the sandbox keeps running until killed or its timeout."""
+        await self._api.aclose()
+
+    async def __aenter__(self: S) -> S:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self.kill()
+        finally:
+            await self.aclose()

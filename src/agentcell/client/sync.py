@@ -1,0 +1,370 @@
+"""The sync SDK: a thin shell that drives the async core on a private event-loop thread.
+
+Same surface as the async classes, minus `await`. Every method here is one line of delegation;
+behaviour lives in the async core only. Output callbacks (on_stdout, on_stderr, on_progress) run on
+the SDK's loop thread while the calling thread waits; they must not call back into the SDK.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Literal, overload
+
+import httpx
+
+from agentcell.client.commands import (
+    DEFAULT,
+    FOREGROUND_TIMEOUT_S,
+    AsyncCommandHandle,
+    AsyncCommands,
+    Signal,
+    _Default,
+)
+from agentcell.client.events import CommandResult, OutputCallback
+from agentcell.client.files import AsyncFiles
+from agentcell.client.portal import EventLoopThread
+from agentcell.client.sandbox import AsyncSandbox, SandboxOpening
+from agentcell.client.transfer import LocalPath, ProgressCallback, WriteData
+from agentcell.protocol.commands import CommandEvent, ProcessInfo
+from agentcell.protocol.files import FileEntry
+from agentcell.protocol.sandboxes import SandboxInfo, SandboxState
+
+
+class CommandHandle:
+    """A background process (see AsyncCommandHandle)."""
+
+    def __init__(self, core: AsyncCommandHandle, portal: EventLoopThread) -> None:
+        self._core = core
+        self._portal = portal
+
+    @property
+    def process_id(self) -> str:
+        return self._core.process_id
+
+    @property
+    def pid(self) -> int:
+        return self._core.pid
+
+    @property
+    def info(self) -> ProcessInfo:
+        return self._core.info
+
+    def __repr__(self) -> str:
+        return f"<CommandHandle {self.process_id} pid={self.pid}>"
+
+    def events(self) -> Iterator[CommandEvent]:
+        return self._portal.iterate(self._core.events())
+
+    def wait(
+        self,
+        *,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        check: bool = False,
+    ) -> CommandResult:
+        return self._portal.run(self._core.wait(on_stdout=on_stdout, on_stderr=on_stderr, check=check))
+
+    def send_stdin(self, data: str, *, close: bool = False) -> None:
+        self._portal.run(self._core.send_stdin(data, close=close))
+
+    def close_stdin(self) -> None:
+        self._portal.run(self._core.close_stdin())
+
+    def signal(self, sig: Signal) -> None:
+        self._portal.run(self._core.signal(sig))
+
+    def kill(self) -> None:
+        self._portal.run(self._core.kill())
+
+
+class Commands:
+    """`sandbox.commands` (see AsyncCommands; same conventions: check=False by default)."""
+
+    def __init__(self, core: AsyncCommands, portal: EventLoopThread) -> None:
+        self._core = core
+        self._portal = portal
+
+    @overload
+    def run(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        background: Literal[False] = False,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout_s: float | None = FOREGROUND_TIMEOUT_S,
+        stdin: str | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        check: bool = False,
+    ) -> CommandResult: ...
+
+    @overload
+    def run(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        background: Literal[True],
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout_s: float | None = None,
+        stdin: str | None = None,
+    ) -> CommandHandle: ...
+
+    @overload
+    def run(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        background: bool,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout_s: float | None = None,
+        stdin: str | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        check: bool = False,
+    ) -> CommandResult | CommandHandle: ...
+
+    def run(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        background: bool = False,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout_s: float | _Default | None = DEFAULT,
+        stdin: str | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        check: bool = False,
+    ) -> CommandResult | CommandHandle:
+        """See AsyncCommands.run."""
+        done = self._portal.run(
+            self._core._run_any(
+                cmd,
+                background=background,
+                env=env,
+                cwd=cwd,
+                timeout_s=timeout_s,
+                stdin=stdin,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                check=check,
+            )
+        )
+        return CommandHandle(done, self._portal) if isinstance(done, AsyncCommandHandle) else done
+
+    def list(self) -> builtins.list[ProcessInfo]:
+        return self._portal.run(self._core.list())
+
+    def connect(self, process: str | int) -> CommandHandle:
+        return CommandHandle(self._portal.run(self._core.connect(process)), self._portal)
+
+    def kill(self, process: str | int, sig: Signal = "SIGKILL") -> None:
+        self._portal.run(self._core.kill(process, sig))
+
+    def send_stdin(self, process: str | int, data: str, *, close: bool = False) -> None:
+        self._portal.run(self._core.send_stdin(process, data, close=close))
+
+
+class Files:
+    """`sandbox.files` (see AsyncFiles)."""
+
+    def __init__(self, core: AsyncFiles, portal: EventLoopThread) -> None:
+        self._core = core
+        self._portal = portal
+
+    def read(self, path: str) -> bytes:
+        return self._portal.run(self._core.read(path))
+
+    def read_text(self, path: str, encoding: str = "utf-8") -> str:
+        return self._portal.run(self._core.read_text(path, encoding))
+
+    def read_stream(self, path: str) -> Iterator[bytes]:
+        return self._portal.iterate(self._core.read_stream(path))
+
+    def write(self, path: str, data: WriteData) -> FileEntry:
+        return self._portal.run(self._core.write(path, data))
+
+    def list(self, path: str = "/home/user", depth: int = 1) -> builtins.list[FileEntry]:
+        return self._portal.run(self._core.list(path, depth))
+
+    def stat(self, path: str) -> FileEntry:
+        return self._portal.run(self._core.stat(path))
+
+    def exists(self, path: str) -> bool:
+        return self._portal.run(self._core.exists(path))
+
+    def make_dir(self, path: str) -> FileEntry:
+        return self._portal.run(self._core.make_dir(path))
+
+    def rename(self, src: str, dst: str) -> FileEntry:
+        return self._portal.run(self._core.rename(src, dst))
+
+    def remove(self, path: str) -> None:
+        self._portal.run(self._core.remove(path))
+
+    def upload(
+        self,
+        sources: LocalPath | Sequence[LocalPath],
+        remote_dir: str = "/home/user",
+        *,
+        on_progress: ProgressCallback | None = None,
+    ) -> builtins.list[FileEntry]:
+        return self._portal.run(self._core.upload(sources, remote_dir, on_progress=on_progress))
+
+    def download_archive(self, path: str) -> Iterator[bytes]:
+        return self._portal.iterate(self._core.download_archive(path))
+
+    def download(
+        self, path: str, local_path: LocalPath, *, on_progress: ProgressCallback | None = None
+    ) -> FileEntry:
+        return self._portal.run(self._core.download(path, local_path, on_progress=on_progress))
+
+
+class Sandbox:
+    """One sandbox, sync (see AsyncSandbox). Owns a connection pool and one event-loop thread:
+    `close()` releases them, `kill()` ends the sandbox, leaving a `with` block does both."""
+
+    def __init__(self, core: AsyncSandbox, portal: EventLoopThread) -> None:
+        self._core = core
+        self._portal = portal
+        self.commands = Commands(core.commands, portal)
+        self.files = Files(core.files, portal)
+
+    @property
+    def id(self) -> str:
+        return self._core.id
+
+    @property
+    def info(self) -> SandboxInfo:
+        return self._core.info
+
+    def __repr__(self) -> str:
+        return f"<Sandbox {self.id} template={self.info.template!r}>"
+
+    @classmethod
+    def create(
+        cls,
+        template: str | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        cpu: float | None = None,
+        memory_mb: int | None = None,
+        disk_mb: int | None = None,
+        timeout_s: int | None = None,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        request_timeout_s: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Sandbox:
+        """See AsyncSandbox.create; usable as `with Sandbox.create() as sbx:`."""
+        return cls._open(
+            AsyncSandbox.create(
+                template,
+                env=env,
+                metadata=metadata,
+                cpu=cpu,
+                memory_mb=memory_mb,
+                disk_mb=disk_mb,
+                timeout_s=timeout_s,
+                api_url=api_url,
+                api_key=api_key,
+                request_timeout_s=request_timeout_s,
+                transport=transport,
+            )
+        )
+
+    @classmethod
+    def connect(
+        cls,
+        sandbox_id: str,
+        *,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        request_timeout_s: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Sandbox:
+        return cls._open(
+            AsyncSandbox.connect(
+                sandbox_id,
+                api_url=api_url,
+                api_key=api_key,
+                request_timeout_s=request_timeout_s,
+                transport=transport,
+            )
+        )
+
+    @classmethod
+    def _open(cls, opening: SandboxOpening[AsyncSandbox]) -> Sandbox:
+        portal = EventLoopThread()
+        try:
+            return cls(portal.run(_awaited(opening)), portal)
+        except BaseException:
+            portal.close()
+            raise
+
+    @staticmethod
+    def list(
+        *,
+        metadata: Mapping[str, str] | None = None,
+        state: SandboxState | None = None,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        request_timeout_s: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> builtins.list[SandboxInfo]:
+        portal = EventLoopThread()
+        try:
+            return portal.run(
+                AsyncSandbox.list(
+                    metadata=metadata,
+                    state=state,
+                    api_url=api_url,
+                    api_key=api_key,
+                    request_timeout_s=request_timeout_s,
+                    transport=transport,
+                )
+            )
+        finally:
+            portal.close()
+
+    def get_info(self) -> SandboxInfo:
+        return self._portal.run(self._core.get_info())
+
+    def is_running(self) -> bool:
+        return self._portal.run(self._core.is_running())
+
+    def set_timeout(self, timeout_s: int) -> SandboxInfo:
+        return self._portal.run(self._core.set_timeout(timeout_s))
+
+    def kill(self) -> bool:
+        return self._portal.run(self._core.kill())
+
+    def close(self) -> None:
+        """Close the connection pool and stop the loop thread; the sandbox keeps running. Idempotent."""
+        if self._portal.closed:
+            return
+        try:
+            self._portal.run(self._core.aclose())
+        finally:
+            self._portal.close()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self.kill()
+        finally:
+            self.close()
+
+
+async def _awaited(opening: SandboxOpening[AsyncSandbox]) -> AsyncSandbox:
+    return await opening

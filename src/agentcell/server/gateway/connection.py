@@ -1,0 +1,385 @@
+"""One client connection: parse requests, keep them in order, hand each to an `Exchange`.
+
+Requests are parsed with httptools as bytes arrive. Pipelined requests queue behind the one in
+flight (reading pauses while more than one is queued) and are answered strictly in order. Reading
+also pauses while a request body cannot move on (routing, or the upstream not draining); the
+upstream stops being read while this client is not draining its responses. After an `Upgrade`
+request the parser stops; once the upstream answers 101 the connection becomes a byte tunnel.
+
+One timer per connection, re-armed lazily, covers the request deadline (no response head in time)
+and the keep-alive idle timeout, so a busy keep-alive connection creates no timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, cast
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from agentcell.server.gateway.exchange import NEW, Exchange
+from agentcell.server.gateway.headers import NAME_CACHE, PLAIN, name_info
+from agentcell.server.gateway.route import RequestHead
+
+if TYPE_CHECKING:
+    from agentcell.server.gateway.server import GatewayServer
+
+log = logging.getLogger(__name__)
+
+WRITE_HIGH_WATER = 1024 * 1024
+WRITE_LOW_WATER = 256 * 1024
+LINGER_S = 2.0
+LINGER_BYTES = 8 * 1024 * 1024
+
+
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class ClientConnection(asyncio.Protocol):
+    """The server side of one client connection (see the module docstring)."""
+
+    # Reasons to stop reading from the client; reading resumes when none is left.
+    PIPELINE = 1  # more than one request is queued
+    BODY = 2  # a request body (or tunnel bytes) cannot move on yet
+    STOPPED = 4  # malformed input or closing: never read again
+
+    def __init__(self, server: GatewayServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.client = ""
+        self.write_paused = False
+        self._parser = HttpRequestParser(self)
+        self._exchanges: deque[Exchange] = deque()
+        self._parsing: Exchange | None = None  # the exchange whose body the parser is reading
+        self._tunnel: Exchange | None = None
+        self._upgraded = False  # the parser stopped at an upgrade request
+        self._read_blocked = 0
+        self.out: list[bytes] = []
+        self._closed = False
+        self._idle_since = self.loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf
+        # the request head being parsed
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._index: dict[bytes, bytes] = {}
+        self._head_bytes = 0
+        self._max_head = server.max_header_bytes
+        self._keepalive_s = server.keepalive_timeout_s
+        self._in_head = False
+        self._head_raw = 0  # bytes of reads that fell wholly inside a head (httptools buffers those)
+        self._linger_left = -1  # >= 0: closing after a response to an unfinished request
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if isinstance(peer, tuple) and peer else ""
+        self.server.track(self)
+        self.arm_timer(self._idle_since + self.server.keepalive_timeout_s)
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.on_tunnel_client_data(data)
+            return
+        if self._linger_left >= 0:
+            self._linger_left -= len(data)
+            if self._linger_left < 0 and self.transport is not None:
+                self.transport.close()
+            return
+        if self._upgraded:
+            if self._exchanges:
+                self._exchanges[-1].on_tunnel_client_data(data)
+            return
+        if self._read_blocked & self.STOPPED:
+            return
+        was_in_head = self._in_head
+        try:
+            self._parser.feed_data(data)
+            if was_in_head and self._in_head:
+                self._head_raw += len(data)
+                if self._head_raw > self._max_head:
+                    raise HttpParserError("request head too large") from _HeadTooLarge()
+        except HttpParserUpgrade as exc:
+            self._upgraded = True
+            rest = data[exc.args[0] :]
+            if rest and self._exchanges:
+                self._exchanges[-1].on_tunnel_client_data(rest)
+        except HttpParserError as exc:
+            self._on_parse_error(exc)
+        exchanges = self._exchanges
+        if exchanges and exchanges[0].state == NEW:
+            exchanges[0].start()
+
+    def eof_received(self) -> bool:
+        # Like nginx, a client's FIN counts as going away: requests in flight are cancelled
+        # (a half-closing client that still wants its answer is rare; a vanished one is not).
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.out.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        exchanges, self._exchanges = self._exchanges, deque()
+        for exchange in exchanges:
+            exchange.on_client_lost()
+        self._tunnel = None
+        self.server.forget(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        active = self._tunnel or (self._exchanges[0] if self._exchanges else None)
+        if active is not None:
+            active.on_client_writable(False)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        active = self._tunnel or (self._exchanges[0] if self._exchanges else None)
+        if active is not None:
+            active.on_client_writable(True)
+
+    # --- httptools callbacks ------------------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self._in_head = True
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self._max_head:
+            raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._max_head:
+            raise _HeadTooLarge
+        lname, kind = NAME_CACHE.get(name) or name_info(name)
+        parsing = self._parsing
+        if parsing is not None:  # after the head: a trailer of a chunked body
+            if kind == PLAIN:
+                parsing.on_request_trailer(name, value)
+            return
+        self._headers.append((name, value))
+        seen = self._index.get(lname)
+        if seen is None:
+            self._index[lname] = value
+        else:
+            self._index[lname] = seen + (b"; " if lname == b"cookie" else b", ") + value
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        path, _, query = self._url.partition(b"?")
+        version = _VERSIONS.get(parser.get_http_version()) or parser.get_http_version().encode()
+        index = self._index
+        head = RequestHead(parser.get_method(), path, query, self._headers, index, self.client, version)
+        self._url = b""  # ready for the next head
+        self._headers = []
+        self._index = {}
+        self._head_bytes = self._head_raw = 0
+        self._in_head = False
+        upgrade = index.get(b"upgrade") if b"upgrade" in index and parser.should_upgrade() else None
+        chunked = b"transfer-encoding" in index and b"chunked" in index[b"transfer-encoding"].lower()
+        exchange = Exchange(
+            self,
+            head,
+            keep_alive=parser.should_keep_alive() and not self.server.draining,
+            chunked=chunked,
+            upgrade=upgrade,
+        )
+        self._parsing = exchange
+        self._exchanges.append(exchange)
+        if len(self._exchanges) > 1:
+            self.set_read_blocked(self.PIPELINE, True)
+
+    def on_body(self, body: bytes) -> None:
+        if self._parsing is not None:
+            self._parsing.on_request_body(body)
+
+    def on_message_complete(self) -> None:
+        parsing, self._parsing = self._parsing, None
+        if parsing is not None:
+            parsing.on_request_complete()
+
+    def _on_parse_error(self, exc: HttpParserError) -> None:
+        self.set_read_blocked(self.STOPPED, True)
+        too_large = isinstance(exc.__cause__ or exc.__context__, _HeadTooLarge)
+        broken = self._parsing
+        if broken is not None and not broken.request_complete:
+            # A malformed body: this request cannot complete; answer 400 if nothing was sent yet.
+            message = f"malformed request body: {exc}"
+            broken.keep_alive = False
+            if broken is not self._exchanges[0]:
+                self.close()  # behind another request in flight: no way to answer in order
+            elif broken.state == NEW:
+                broken.preset = self.server.error_responder(
+                    400, "invalid_argument", message, broken.head.request_id
+                )
+            else:
+                broken.fail_request(400, "invalid_argument", message)
+            return
+        status, message = (
+            (431, f"request head exceeds {self.server.max_header_bytes} bytes; send fewer or smaller headers")
+            if too_large
+            else (400, f"malformed HTTP request: {exc}")
+        )
+        head = RequestHead(b"", self._url, b"", self._headers, self._index, self.client)
+        error = self.server.error_responder(status, "invalid_argument", message, head.request_id)
+        self._exchanges.append(Exchange(self, head, keep_alive=False, preset=error))
+
+    # --- used by exchanges --------------------------------------------------------------------
+
+    def queue(self, data: bytes) -> None:
+        """Buffer bytes for the client; flushed in one write at the end of an upstream read."""
+        self.out.append(data)
+
+    def queue_many(self, parts: Iterable[bytes]) -> None:
+        self.out.extend(parts)
+
+    def flush(self) -> None:
+        out = self.out
+        if not out:
+            return
+        self.out = []
+        if self._closed or self.transport is None:
+            return
+        if len(out) == 1:
+            self.transport.write(out[0])
+        else:
+            # One write of a joined buffer beats writev for the small responses that dominate;
+            # large bodies go as they are, without a copy.
+            if sum(map(len, out)) <= 65536:
+                self.transport.write(b"".join(out))
+            else:
+                self.transport.writelines(out)
+
+    def write(self, data: bytes) -> None:
+        if self.out:
+            self.out.append(data)
+            self.flush()
+        elif not self._closed and self.transport is not None:
+            self.transport.write(data)
+
+    def set_read_blocked(self, reason: int, blocked: bool) -> None:
+        before = self._read_blocked
+        after = before | reason if blocked else before & ~reason
+        self._read_blocked = after
+        if self.transport is None or self._closed or (before == 0) == (after == 0):
+            return
+        if after:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def enter_tunnel(self, exchange: Exchange) -> None:
+        """The upstream accepted an upgrade: from now on bytes pass through unparsed."""
+        self._tunnel = exchange
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self.timer_at = math.inf
+
+    def on_exchange_done(self, exchange: Exchange) -> None:
+        """The first queued exchange wrote its whole response: close, or start the next one."""
+        exchanges = self._exchanges
+        if exchanges and exchanges[0] is exchange:
+            exchanges.popleft()
+        if self._tunnel is exchange or not exchange.keep_alive or self.server.draining:
+            if exchange.request_complete or self._tunnel is exchange:
+                self.close()
+            else:
+                self._close_lingering()
+            return
+        if self._read_blocked & self.BODY:  # left by an upstream that was still draining a body
+            self.set_read_blocked(self.BODY, False)
+        if len(exchanges) <= 1 and self._read_blocked & self.PIPELINE:
+            self.set_read_blocked(self.PIPELINE, False)
+        if exchanges:
+            if exchanges[0].state == NEW:
+                exchanges[0].start()
+        else:
+            self._idle_since = now = self.loop.time()
+            if now + self._keepalive_s < self.timer_at:
+                self.arm_timer(now + self._keepalive_s)
+
+    def close(self) -> None:
+        """Flush what is queued and close; exchanges still queued end as client-gone."""
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self._read_blocked |= self.STOPPED
+        if self.transport is not None:
+            self.transport.close()
+
+    def _close_lingering(self) -> None:
+        """Close after answering a request whose body was not read to its end.
+
+        Closing a socket with unread input makes the kernel send a reset, which can destroy the
+        response before the client reads it. So: send FIN after the response, then read and
+        drop what the client still sends, for up to LINGER_S or LINGER_BYTES (as nginx does).
+        """
+        transport = self.transport
+        if self._closed or transport is None or not transport.can_write_eof():
+            self.close()
+            return
+        self.flush()
+        self._closed = True
+        self._linger_left = LINGER_BYTES
+        transport.write_eof()
+        if self._read_blocked:
+            self._read_blocked = 0
+            transport.resume_reading()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(LINGER_S, transport.close)
+        self.timer_at = -math.inf  # nothing else may re-arm it
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close_if_idle(self) -> None:
+        """Graceful shutdown: close now if no request is in flight."""
+        if not self._exchanges and self._tunnel is None:
+            self.close()
+
+    # --- the connection's single timer --------------------------------------------------------
+
+    def arm_timer(self, when: float) -> None:
+        """Make sure the timer fires no later than `when` (cheap when it already does)."""
+        if when >= self.timer_at or self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(when, self._on_timer)
+        self.timer_at = when
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.timer_at = math.inf
+        if self._closed or self._tunnel is not None:
+            return
+        now = self.loop.time()
+        if not self._exchanges:
+            idle_until = self._idle_since + self.server.keepalive_timeout_s
+            if now >= idle_until:
+                self.close()
+            else:
+                self.arm_timer(idle_until)
+            return
+        exchange = self._exchanges[0]
+        exchange.on_timer(now)
+        if self._exchanges and self._exchanges[0] is exchange and exchange.deadline != math.inf:
+            self.arm_timer(exchange.deadline)

@@ -1,0 +1,182 @@
+"""What the gateway's HTTP engine asks of its router, and what it hands to hooks.
+
+The engine parses a request head into a `RequestHead`, awaits `Router.route(head)` once, and
+acts on the answer: `Forward` streams the exchange to an upstream (a TCP address or a Unix
+socket), `Respond` writes a small complete response (errors, redirects). Everything here is a
+plain value; nothing does I/O.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+_REQUEST_ID_PREFIX = "req_" + os.urandom(5).hex()
+_request_ids = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A process-unique request id: a random per-process prefix and a counter (no syscall)."""
+    return f"{_REQUEST_ID_PREFIX}{next(_request_ids):x}"
+
+
+class RequestHead:
+    """One parsed request head, as the client sent it.
+
+    `headers` keeps the client's order, case and duplicates; `index` (and `header(name)`) maps
+    lowercase names to values (duplicates joined with ", ", cookies with "; "). `raw_path` is the
+    path as received (still percent-encoded, without the query); `query` is what followed the
+    first "?", if anything. `client` is the peer's IP address ("" on a Unix socket).
+    """
+
+    __slots__ = ("_request_id", "client", "headers", "http_version", "index", "method", "query", "raw_path")
+
+    def __init__(
+        self,
+        method: bytes,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        index: dict[bytes, bytes],
+        client: str,
+        http_version: bytes = b"1.1",
+    ) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.query = query
+        self.headers = headers
+        self.index = index
+        self.client = client
+        self.http_version = http_version
+        self._request_id: str | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        """The value of header `name` (lowercase bytes), or None when the client did not send it."""
+        return self.index.get(name)
+
+    @property
+    def target(self) -> bytes:
+        """The request target as received: path plus "?query" when there was one."""
+        return self.raw_path + b"?" + self.query if self.query else self.raw_path
+
+    @property
+    def request_id(self) -> str:
+        """An id for this request, made on first use (error envelopes, access logs)."""
+        if self._request_id is None:
+            self._request_id = new_request_id()
+        return self._request_id
+
+    def __repr__(self) -> str:
+        return f"RequestHead({self.method!r} {self.target!r} from {self.client})"
+
+
+@dataclass(frozen=True, slots=True)
+class TcpUpstream:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnixUpstream:
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class SocketUpstream:
+    """An upstream reached through a socket its owner opens, e.g. inside an instance's network
+    namespace. `connect()` returns a connected stream socket; connections are pooled by `key`
+    (two SocketUpstreams with the same key share idle connections; `connect` is not compared).
+    """
+
+    key: str
+    connect: Callable[[], Awaitable[socket.socket]] = field(compare=False, hash=False, repr=False)
+
+
+UpstreamAddress = TcpUpstream | UnixUpstream | SocketUpstream
+
+CompletionCallback = Callable[[int, int, int, float], None]
+"""on_complete(status, bytes_in, bytes_out, duration_s): called exactly once per routed request.
+
+`status` is the status the client received (499 when the client went away before a response
+head, 502/504 for upstream failures), `bytes_in` the request body bytes read from the client,
+`bytes_out` the response body bytes written to it (for an upgraded connection: the bytes spliced
+each way), `duration_s` from the end of the request head to the end of the exchange.
+"""
+
+
+@dataclass(slots=True)
+class Forward:
+    """Stream the request to `upstream` (TCP, Unix socket, or a socket opened on demand) and the
+    response back.
+
+    `rewrite_path` replaces the path sent upstream (the query string is kept). `timeout_s`, when
+    set, replaces the server's request timeout for this request. `context` is opaque to the engine
+    and handed to the access log (function, session and instance ids).
+    """
+
+    upstream: UpstreamAddress
+    rewrite_path: bytes | None = None
+    add_response_headers: Sequence[tuple[bytes, bytes]] = ()
+    on_complete: CompletionCallback | None = None
+    context: Mapping[str, Any] | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(slots=True)
+class Respond:
+    """Answer the request without an upstream: a complete response with a known length."""
+
+    status: int
+    headers: Sequence[tuple[bytes, bytes]] = ()
+    body: bytes = b""
+    context: Mapping[str, Any] | None = None
+    on_complete: CompletionCallback | None = None
+
+
+Route = Forward | Respond
+
+
+class Router(Protocol):
+    """Decides where each request goes. Implemented by the integrator (scheduler lookup)."""
+
+    async def route(self, head: RequestHead) -> Route:
+        """Called once per request, after its head is parsed and before its body is read.
+
+        Runs in a task of its own; cancelled when the client disconnects or the request times
+        out first. An exception becomes a 500 envelope. The warm path should return without
+        waiting on anything (an in-memory lookup).
+        """
+        ...
+
+
+class NowaitRouter(Router, Protocol):
+    """A router that can often answer without waiting: the engine's fastest path.
+
+    The engine calls `route_nowait(head)` first. A `Route` answers the request with no task
+    created (the warm path: a lookup in an in-memory index); None means "I would have to wait" and
+    the engine awaits `route(head)` as usual. It must not block or raise for expected outcomes.
+    """
+
+    def route_nowait(self, head: RequestHead) -> Route | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRecord:
+    """What the access-log hook receives once per request."""
+
+    head: RequestHead
+    status: int
+    duration_s: float
+    bytes_in: int
+    bytes_out: int
+    context: Mapping[str, Any] | None = field(default=None)
+
+
+AccessLog = Callable[[AccessRecord], None]
+
+ErrorResponder = Callable[[int, str, str, str], Respond]
+"""error_responder(status, code, message, request_id) -> Respond, for errors the engine makes."""

@@ -1,0 +1,171 @@
+"""`GatewayServer`: the gateway's HTTP/1.1 front server and reverse proxy.
+
+It owns its listening sockets, every client connection and the upstream connection pool, and
+closes them all in `aclose()`. What happens to each request is the router's decision (see
+`route.py`); how bytes move is `connection.py` (client side), `exchange.py` (one request) and
+`upstream.py` (upstream side). Run it on uvloop for the measured numbers; plain asyncio works.
+
+    server = GatewayServer(router, request_timeout_s=30)
+    await server.start("127.0.0.1", 8700)
+    await server.start(path="/run/agentcell/gw.sock")   # more listeners, same server
+    ...
+    await server.aclose(drain_timeout_s=10)              # stop accepting, drain, close
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from types import TracebackType
+
+from agentcell.server.gateway.connection import ClientConnection
+from agentcell.server.gateway.headers import error_envelope
+from agentcell.server.gateway.route import AccessLog, ErrorResponder, RequestHead, Route, Router
+from agentcell.server.gateway.upstream import UpstreamPool
+
+log = logging.getLogger(__name__)
+
+
+class GatewayServer:
+    """Accepts HTTP/1.1 clients and proxies each request where `router` says.
+
+    `router.route_nowait(head)`, when the router has it (see `NowaitRouter`), is tried first and
+    answers the warm path without creating a task.
+
+    `request_timeout_s`: a request with no response head this long after its last byte was read
+    gets a 504 envelope. `keepalive_timeout_s`: an idle client connection (or one that has not
+    finished sending a request head) is closed after this long. `max_header_bytes`: a larger
+    request head gets 431. `upstream_idle_timeout_s`: pooled upstream connections idle this long
+    are closed. `trust_forwarded`: keep and extend the client's X-Forwarded-* headers (only when
+    another proxy sits in front). `error_responder` makes the bodies of the gateway's own errors.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        request_timeout_s: float = 60.0,
+        max_header_bytes: int = 64 * 1024,
+        keepalive_timeout_s: float = 75.0,
+        upstream_idle_timeout_s: float = 4.0,
+        max_idle_upstream_per_address: int = 64,
+        access_log: AccessLog | None = None,
+        error_responder: ErrorResponder = error_envelope,
+        trust_forwarded: bool = False,
+        scheme: str = "http",
+        backlog: int = 2048,
+    ) -> None:
+        self.router = router
+        self.route_nowait: Callable[[RequestHead], Route | None] | None = getattr(
+            router, "route_nowait", None
+        )
+        self.request_timeout_s = request_timeout_s
+        self.max_header_bytes = max_header_bytes
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.access_log = access_log
+        self.error_responder = error_responder
+        self.trust_forwarded = trust_forwarded
+        self.proto = scheme.encode("ascii")
+        self.backlog = backlog
+        self.pool = UpstreamPool(
+            idle_timeout_s=upstream_idle_timeout_s, max_idle_per_address=max_idle_upstream_per_address
+        )
+        self.draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[asyncio.Server] = []
+        self._connections: set[ClientConnection] = set()
+        self._drained = asyncio.Event()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "GatewayServer.start() was not called"
+        return self._loop
+
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        path: str | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
+        """Listen on `host:port`, on the Unix socket `path`, or on an already bound `sock`."""
+        if self.draining:
+            raise RuntimeError("GatewayServer is closing")
+        self._loop = asyncio.get_running_loop()
+        if sock is not None and sock.family == socket.AF_UNIX:
+            listener = await self._loop.create_unix_server(
+                self._new_connection, sock=sock, backlog=self.backlog
+            )
+        elif sock is not None:
+            listener = await self._loop.create_server(self._new_connection, sock=sock, backlog=self.backlog)
+        elif path is not None:  # (a stale socket file from an earlier run is replaced)
+            listener = await self._loop.create_unix_server(self._new_connection, path, backlog=self.backlog)
+        else:
+            listener = await self._loop.create_server(
+                self._new_connection, host, port, backlog=self.backlog, reuse_address=True
+            )
+        self._listeners.append(listener)
+
+    @property
+    def addresses(self) -> list[tuple[str, int] | str]:
+        """Where the server listens: (host, port) for TCP, the path for Unix sockets."""
+        found: list[tuple[str, int] | str] = []
+        for listener in self._listeners:
+            for sock in listener.sockets:
+                name = sock.getsockname()
+                found.append(name if isinstance(name, str) else (name[0], name[1]))
+        return found
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    async def aclose(self, *, drain_timeout_s: float = 10.0) -> None:
+        """Stop accepting, let in-flight requests finish for up to `drain_timeout_s`, close all."""
+        if self._loop is None:
+            return
+        self.draining = True
+        for listener in self._listeners:
+            listener.close()
+        for conn in list(self._connections):
+            conn.close_if_idle()
+        if self._connections:
+            try:
+                await asyncio.wait_for(self._drained.wait(), drain_timeout_s)
+            except TimeoutError:
+                busy = len(self._connections)
+                log.warning("closing %d connections still busy after %ss", busy, drain_timeout_s)
+        for conn in list(self._connections):
+            conn.abort()
+        if self._connections:  # abort() reports connection_lost on the next loop turn
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), 1.0)
+        self.pool.close()
+        for listener in self._listeners:
+            await listener.wait_closed()
+        self._listeners.clear()
+
+    async def __aenter__(self) -> GatewayServer:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # --- used by connections ------------------------------------------------------------------
+
+    def _new_connection(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    def track(self, conn: ClientConnection) -> None:
+        self._connections.add(conn)
+
+    def forget(self, conn: ClientConnection) -> None:
+        self._connections.discard(conn)
+        if self.draining and not self._connections:
+            self._drained.set()

@@ -1,0 +1,310 @@
+"""Connections to upstreams (instances, the control plane), kept alive and pooled per address.
+
+An `UpstreamConnection` parses responses with httptools and hands every event to the one
+`ResponseSink` (an exchange) that currently owns it; between requests it sits idle in the
+`UpstreamPool`, which reuses the most recently released connection first and closes those idle
+longer than `idle_timeout_s` (keep it below the upstream's own keep-alive timeout: uvicorn's is
+5 s). A connection that is closed, broken, or left mid-message is never pooled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import socket
+from typing import Protocol, cast
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+from agentcell.server.gateway.route import TcpUpstream, UnixUpstream, UpstreamAddress
+
+log = logging.getLogger(__name__)
+
+WRITE_HIGH_WATER = 1024 * 1024
+WRITE_LOW_WATER = 256 * 1024
+
+
+class ResponseSink(Protocol):
+    """The exchange that owns an upstream connection receives its events through this."""
+
+    def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_complete(self, keep_alive: bool) -> None: ...
+    def on_response_flush(self) -> None: ...
+    def on_upstream_lost(self, error: str) -> None: ...
+    def on_tunnel_data(self, data: bytes) -> None: ...
+    def on_upstream_writable(self, writable: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection to an upstream."""
+
+    def __init__(self, pool: UpstreamPool, address: UpstreamAddress, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.loop = loop
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.sink: ResponseSink | None = None
+        self.requests = 0  # requests started on this connection (> 1: it was reused)
+        self.idle_since = 0.0
+        self.expect_no_body = False  # the current request is HEAD
+        self.is_closed = False
+        self.write_paused = False  # its transport's buffer is over the high-water mark
+        self._parser = HttpResponseParser(self)
+        self._parser_spent = False  # a HEAD response left the parser waiting for a body
+        self._status = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._tunnel = False
+        self._read_paused = False
+        # A Content-Length body is passed through without the parser once its head is parsed:
+        # the sink sets body_length; _body_left counts down what is still to come.
+        self.body_length = -1
+        self._body_seen = 0
+        self._body_left = 0
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is None:  # an idle connection must stay silent
+            self.close()
+            return
+        if self._body_left:
+            self._pass_body(sink, data)
+            return
+        if self._tunnel:
+            sink.on_tunnel_data(data)
+            return
+        try:
+            self._parser.feed_data(data)
+            if self.body_length > 0 and self.sink is sink:  # mid-body: skip the parser from now on
+                self._body_left = self.body_length - self._body_seen
+                self._parser_spent = True
+        except HttpParserUpgrade as exc:
+            self._tunnel = True
+            rest = data[exc.args[0] :]
+            if rest and self.sink is not None:
+                self.sink.on_tunnel_data(rest)
+        except HttpParserError as exc:
+            self._fail(f"the upstream sent a malformed response ({exc})")
+        finally:
+            # The sink may have released this connection meanwhile; flush what it queued anyway.
+            sink.on_response_flush()
+
+    def _pass_body(self, sink: ResponseSink, data: bytes) -> None:
+        left = self._body_left
+        if len(data) < left:
+            self._body_left = left - len(data)
+            sink.on_response_body(data)
+            sink.on_response_flush()
+            return
+        self._body_left = 0
+        self.body_length = -1
+        keep_alive = len(data) == left and self._parser.should_keep_alive()  # no bytes may follow
+        sink.on_response_body(data if len(data) == left else data[:left])
+        sink.on_response_complete(keep_alive)
+        sink.on_response_flush()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.is_closed = True
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.on_upstream_lost("the upstream closed the connection" + (f" ({exc})" if exc else ""))
+        else:
+            self.pool.discard(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.sink is not None:
+            self.sink.on_upstream_writable(False)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.sink is not None:
+            self.sink.on_upstream_writable(True)
+
+    # --- httptools callbacks ----------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._status = self._parser.get_status_code()
+        headers, self._headers = self._headers, []
+        self._body_seen = 0
+        if self.sink is None:
+            return
+        self.sink.on_response_head(status, headers)
+        if self.expect_no_body and status >= 200 and self.sink is not None:
+            # httptools has no HEAD mode: it would wait for Content-Length bytes that never come.
+            self._parser_spent = True
+            self.sink.on_response_complete(self._parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        self._body_seen += len(body)
+        if self.sink is not None:
+            self.sink.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._status < 200 or self._parser_spent:
+            return  # interim responses and 101 do not end the exchange
+        self.body_length = -1
+        sink = self.sink  # it releases this connection to the pool or closes it
+        if sink is not None:
+            sink.on_response_complete(self._parser.should_keep_alive())
+
+    # --- used by the owning exchange --------------------------------------------------------
+
+    def bind(self, sink: ResponseSink, *, is_head: bool) -> None:
+        """Hand the connection to `sink` for one request."""
+        self.sink = sink
+        self.requests += 1
+        self.expect_no_body = is_head
+        if self._parser_spent:
+            self._parser = HttpResponseParser(self)
+            self._parser_spent = False
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        assert self.transport is not None
+        self.transport.writelines(data)
+
+    def set_reading(self, reading: bool) -> None:
+        """Backpressure from the client side: stop reading while the client is not draining."""
+        if self.transport is None or reading != self._read_paused or self.is_closed:
+            return
+        self._read_paused = not reading
+        if reading:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
+
+    def release(self) -> None:
+        """The exchange is done with a connection that may serve another request."""
+        self.sink = None
+        if self._read_paused:
+            self.set_reading(True)
+        self.pool.release(self)
+
+    def close(self) -> None:
+        """Close without returning to the pool (broken, cancelled or mid-message)."""
+        self.sink = None
+        self.is_closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.sink = None
+        self.is_closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, message: str) -> None:
+        sink = self.sink
+        self.close()
+        if sink is not None:
+            sink.on_upstream_lost(message)
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per upstream address; opens new ones on demand."""
+
+    def __init__(self, *, idle_timeout_s: float = 4.0, max_idle_per_address: int = 64) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self.max_idle_per_address = max_idle_per_address
+        self._idle: dict[UpstreamAddress, list[UpstreamConnection]] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def take_idle(self, address: UpstreamAddress) -> UpstreamConnection | None:
+        """The most recently released live connection to `address`, if any."""
+        idle = self._idle.get(address)
+        while idle:
+            conn = idle.pop()
+            if not conn.is_closed:
+                return conn
+        return None
+
+    async def connect(self, address: UpstreamAddress) -> UpstreamConnection:
+        """Open a new connection to `address` (the caller bounds the time it may take)."""
+        loop = asyncio.get_running_loop()
+        conn = UpstreamConnection(self, address, loop)
+        if isinstance(address, TcpUpstream):
+            await loop.create_connection(lambda: conn, address.host, address.port)
+        elif isinstance(address, UnixUpstream):
+            await loop.create_unix_connection(lambda: conn, address.path)
+        else:
+            sock = await address.connect()
+            try:
+                sock.setblocking(False)
+                if sock.family == socket.AF_UNIX:
+                    await loop.create_unix_connection(lambda: conn, sock=sock)
+                else:
+                    await loop.create_connection(lambda: conn, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.setdefault(conn.address, [])
+        if self._closed or conn.is_closed or len(idle) >= self.max_idle_per_address:
+            conn.close()
+            return
+        loop = conn.loop
+        conn.idle_since = loop.time()
+        idle.append(conn)
+        if self._sweep is None:
+            self._sweep = loop.call_later(self.idle_timeout_s / 2, self._sweep_once)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        """An idle connection closed by its upstream."""
+        idle = self._idle.get(conn.address)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def idle_count(self, address: UpstreamAddress | None = None) -> int:
+        if address is not None:
+            return len(self._idle.get(address, ()))
+        return sum(len(v) for v in self._idle.values())
+
+    def close(self) -> None:
+        """Close every idle connection; connections in use close when their exchange ends."""
+        self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+    def _sweep_once(self) -> None:
+        self._sweep = None
+        loop = asyncio.get_running_loop()  # (a timer callback: once per idle_timeout_s / 2)
+        expired_before = loop.time() - self.idle_timeout_s
+        oldest = math.inf
+        for address, idle in list(self._idle.items()):
+            keep = [c for c in idle if c.idle_since > expired_before and not c.is_closed]
+            for conn in idle:
+                if conn not in keep:
+                    conn.close()
+            if keep:
+                self._idle[address] = keep
+                oldest = min(oldest, keep[0].idle_since)
+            else:
+                del self._idle[address]
+        if oldest != math.inf:
+            self._sweep = loop.call_later(self.idle_timeout_s / 2, self._sweep_once)
