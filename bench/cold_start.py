@@ -6,11 +6,11 @@ Sequential (p50/p95/p99) and 50 at once (p99), against a raw namespace spawn of 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
-import httpx
-
 from bench.baselines import UNSHARE, samples_ms
+from bench.client import LeanClient
 from bench.report import emit, median, percentile, progress
 from bench.server import BenchServer
 
@@ -19,44 +19,50 @@ RUNS = 60
 CONCURRENT = 50
 
 
-async def create_and_exec(client: httpx.AsyncClient) -> tuple[float, str]:
+async def create_and_exec(client: LeanClient) -> tuple[float, str]:
     started = time.perf_counter()
-    reply = await client.post("/v1/sandboxes", json={"timeout_s": 300})
-    reply.raise_for_status()
-    sid = reply.json()["id"]
-    run = await client.post(f"/v1/sandboxes/{sid}/commands", json={"argv": ["true"]})
-    assert '"type":"end"' in run.text and '"exit_code":0' in run.text, run.text
+    status, body = await client.request("POST", "/v1/sandboxes", {"timeout_s": 300})
+    assert status == 201, body
+    sid = json.loads(body)["id"]
+    status, events = await client.request("POST", f"/v1/sandboxes/{sid}/commands", {"argv": ["true"]})
+    assert b'"type":"end"' in events and b'"exit_code":0' in events, events
     return (time.perf_counter() - started) * 1000, sid
 
 
-async def measure(url: str) -> tuple[list[float], list[float]]:
-    limits = httpx.Limits(max_connections=CONCURRENT + 5, max_keepalive_connections=CONCURRENT + 5)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+async def cycle(client: LeanClient) -> float:
+    ms, sid = await create_and_exec(client)
+    await client.request("DELETE", f"/v1/sandboxes/{sid}")
+    return ms
+
+
+async def measure(port: int) -> tuple[list[float], list[float]]:
+    clients = [LeanClient("127.0.0.1", port) for _ in range(CONCURRENT)]
+    for client in clients:
+        await client.__aenter__()
+    try:
         for _ in range(3):
-            _, sid = await create_and_exec(client)
-            await client.delete(f"/v1/sandboxes/{sid}")
-        sequential = []
-        for _ in range(RUNS):
-            ms, sid = await create_and_exec(client)
-            sequential.append(ms)
-            await client.delete(f"/v1/sandboxes/{sid}")
+            await cycle(clients[0])
+        sequential = [await cycle(clients[0]) for _ in range(RUNS)]
         concurrent: list[float] = []
         for _ in range(3):
-            results = await asyncio.gather(*(create_and_exec(client) for _ in range(CONCURRENT)))
+            results = await asyncio.gather(*(create_and_exec(c) for c in clients))
             concurrent += [ms for ms, _ in results]
-            await asyncio.gather(*(client.delete(f"/v1/sandboxes/{sid}") for _, sid in results))
+            await asyncio.gather(*(c.request("DELETE", f"/v1/sandboxes/{sid}") for c, (_, sid) in zip(clients, results)))
         return sequential, concurrent
+    finally:
+        for client in clients:
+            await client.__aexit__()
 
 
 def main() -> None:
     progress(f"{NAME}: baseline (raw unshare true)")
     raw = samples_ms(UNSHARE, RUNS)
-    raw_p50, raw_p99 = median(raw), percentile(raw, 99)
+    raw_p50, raw_p95, raw_p99 = median(raw), percentile(raw, 95), percentile(raw, 99)
     with BenchServer() as server:
         progress(f"{NAME}: {RUNS} sequential, then 3 x {CONCURRENT} concurrent")
-        sequential, concurrent = asyncio.run(measure(server.url))
+        sequential, concurrent = asyncio.run(measure(server.port))
     emit(NAME, "sequential_p50_ms", median(sequential), "ms", raw_p50)
-    emit(NAME, "sequential_p95_ms", percentile(sequential, 95), "ms", percentile(raw, 95))
+    emit(NAME, "sequential_p95_ms", percentile(sequential, 95), "ms", raw_p95)
     emit(NAME, "sequential_p99_ms", percentile(sequential, 99), "ms", raw_p99)
     emit(NAME, "concurrent50_p50_ms", median(concurrent), "ms", raw_p50)
     emit(NAME, "concurrent50_p99_ms", percentile(concurrent, 99), "ms", raw_p99)

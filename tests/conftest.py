@@ -46,6 +46,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._log.close()
                 raise RuntimeError(f"server exited early:\n{self.log()}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1) as reply:

@@ -32,19 +32,23 @@ def sandbox_id(server_url: str) -> Iterator[str]:
 
 
 def test_create_prints_an_id(sandbox_id: str) -> None:
+    """`sandbox create` prints just the new id."""
     assert sandbox_id.startswith("sbx_") and sandbox_id.isprintable() and " " not in sandbox_id
 
 
 def test_exec_prints_output_and_keeps_streams_apart(server_url: str, sandbox_id: str) -> None:
+    """stdout and stderr of the command land on ours, separately."""
     done = agentcell(server_url, "exec", sandbox_id, "--", "sh", "-c", "echo $((6*7)); echo $GREETING >&2")
     assert (done.returncode, done.stdout, done.stderr) == (0, "42\n", "hi\n")
 
 
 def test_exec_propagates_the_exit_code(server_url: str, sandbox_id: str) -> None:
+    """`exec` exits with the command's exit code."""
     assert agentcell(server_url, "exec", sandbox_id, "--", "sh", "-c", "exit 3").returncode == 3
 
 
 def test_exec_options_and_piped_stdin(server_url: str, sandbox_id: str) -> None:
+    """--env/--cwd/--timeout apply; piped stdin is sent; one argument is a shell line."""
     done = agentcell(
         server_url, "exec", sandbox_id, "--env", "A=1", "--cwd", "/tmp", "--", "sh", "-c", "echo $A; pwd"
     )
@@ -78,6 +82,7 @@ def test_exec_streams_live(server_url: str, sandbox_id: str) -> None:
 
 
 def test_cp_file_both_ways(server_url: str, sandbox_id: str, tmp_path: Path) -> None:
+    """A file goes up and comes back identical; an existing local directory receives it by name."""
     local = tmp_path / "data.bin"
     local.write_bytes(bytes(range(256)) * 4096)
     up = agentcell(server_url, "cp", str(local), f"{sandbox_id}:/home/user/in/data.bin", "--json")
@@ -97,6 +102,7 @@ def test_cp_file_both_ways(server_url: str, sandbox_id: str, tmp_path: Path) -> 
 
 
 def test_cp_directory_both_ways(server_url: str, sandbox_id: str, tmp_path: Path) -> None:
+    """A directory is uploaded recursively and downloaded through the archive, unchanged."""
     tree = tmp_path / "tree"
     (tree / "a" / "b").mkdir(parents=True)
     (tree / "top.txt").write_text("top")
@@ -113,6 +119,7 @@ def test_cp_directory_both_ways(server_url: str, sandbox_id: str, tmp_path: Path
 
 
 def test_ls_get_timeout_and_kill(server_url: str, sandbox_id: str) -> None:
+    """ls (table and JSON), get, timeout and kill act on the same sandbox."""
     table = agentcell(server_url, "sandbox", "ls", "--metadata", RUN)
     assert table.returncode == 0 and sandbox_id in table.stdout and table.stdout.startswith("ID")
     listed = json.loads(agentcell(server_url, "sandbox", "ls", "--json").stdout)
@@ -127,6 +134,7 @@ def test_ls_get_timeout_and_kill(server_url: str, sandbox_id: str) -> None:
 
 
 def test_unknown_sandbox_is_error_exit_1(server_url: str) -> None:
+    """An unknown sandbox id is `error: …` on stderr and exit 1."""
     for args in (
         ["sandbox", "get", "sbx_nope"],
         ["exec", "sbx_nope", "--", "true"],
@@ -137,11 +145,13 @@ def test_unknown_sandbox_is_error_exit_1(server_url: str) -> None:
 
 
 def test_usage_errors_exit_2(server_url: str) -> None:
+    """Unknown flags and two local paths are usage errors: exit 2."""
     assert agentcell(server_url, "sandbox", "create", "--no-such-flag").returncode == 2
     assert agentcell(server_url, "cp", "local-a", "local-b").returncode == 2
 
 
 def test_unreachable_server_is_error_exit_1() -> None:
+    """No server: `error: cannot connect … <url>` and exit 1."""
     done = agentcell("http://127.0.0.1:1", "sandbox", "ls")
     assert done.returncode == 1
     assert done.stderr.startswith("error: cannot connect to the agentcell server at http://127.0.0.1:1")

@@ -543,6 +543,28 @@ async def test_chunked_request_and_chunked_response(tmp_path: Path) -> None:
         await client.aclose()
 
 
+async def trailers_then_plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+    """First a chunked response with a trailer, then a plain one on the same connection."""
+    await read_request(reader)
+    writer.write(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\nx-trailer: t\r\n\r\n"
+    )
+    await read_request(reader)
+    writer.write(raw_response(200, b"second"))
+    await read_request(reader)
+
+
+async def test_response_trailers_do_not_leak_into_the_next_response(tmp_path: Path) -> None:
+    """A chunked response's trailer is dropped, never mistaken for a header of the next response."""
+    upstream = RawUpstream(trailers_then_plain)
+    async with upstream, running_gateway(StaticRouter(upstream.address)) as (_, address):
+        client = await Client.connect(address)
+        assert bytes((await client.request("GET", "/one")).body) == b"body"
+        second = await client.request("GET", "/two")
+        assert bytes(second.body) == b"second" and second.header(b"x-trailer") is None
+        await client.aclose()
+
+
 async def test_http10_client_and_connection_close(tmp_path: Path) -> None:
     """HTTP/1.0 gets an unchunked body ended by close; `Connection: close` is honoured."""
     state = AppState()
@@ -1000,6 +1022,7 @@ UVLOOP_SCENARIOS: list[Callable[[Path], Coroutine[Any, Any, None]]] = [
     test_upstream_connection_is_reused_across_requests,
     test_head_request_then_keep_alive,
     test_chunked_request_and_chunked_response,
+    test_response_trailers_do_not_leak_into_the_next_response,
     test_http10_client_and_connection_close,
     test_expect_100_continue,
     test_pipelined_requests_are_answered_in_order,

@@ -57,6 +57,7 @@ async def test_non_zero_exit_and_stderr(sbx: AsyncSandbox) -> None:
 
 
 async def test_env_cwd_argv_and_stdin(sbx: AsyncSandbox) -> None:
+    """Per-command env joins the sandbox's env; cwd, argv mode and stdin reach the process."""
     result = await sbx.commands.run("echo $FOO $FROM_CREATE; pwd", env={"FOO": "bar"}, cwd="/tmp")
     assert result.stdout == "bar yes\n/tmp\n"
     assert (await sbx.commands.run(["printf", "%s|", "a b", "c"])).stdout == "a b|c|"
@@ -65,6 +66,7 @@ async def test_env_cwd_argv_and_stdin(sbx: AsyncSandbox) -> None:
 
 
 async def test_timeout_kills_and_reports_timed_out(sbx: AsyncSandbox) -> None:
+    """timeout_s kills the command early and the result says timed_out."""
     started = time.monotonic()
     result = await sbx.commands.run("sleep 30", timeout_s=1)
     assert result.timed_out and not result.ok
@@ -84,6 +86,7 @@ async def test_output_streams_to_callbacks_as_it_comes(sbx: AsyncSandbox) -> Non
 
 
 async def test_background_process_list_stdin_and_wait(sbx: AsyncSandbox) -> None:
+    """A background process is listed while running, reads stdin sent later, and wait() gives its output."""
     handle = await sbx.commands.run("cat; echo done", background=True)
     listed = {p.process_id: p for p in await sbx.commands.list()}
     assert listed[handle.process_id].running and listed[handle.process_id].pid == handle.pid
@@ -106,6 +109,7 @@ async def test_background_process_killed_by_pid_or_signalled(sbx: AsyncSandbox) 
 
 
 async def test_background_output_can_be_followed_later(sbx: AsyncSandbox) -> None:
+    """A handle found again by process id replays the buffered output and ends with `end`."""
     handle = await sbx.commands.run("echo early; sleep 0.5; echo late", background=True)
     reattached = await sbx.commands.connect(handle.process_id)
     events = [event async for event in reattached.events()]
@@ -114,6 +118,7 @@ async def test_background_output_can_be_followed_later(sbx: AsyncSandbox) -> Non
 
 
 async def test_file_operations(sbx: AsyncSandbox) -> None:
+    """write/read/stat/make_dir/list/rename/exists/remove agree with each other and with the shell."""
     entry = await sbx.files.write("/home/user/dir/a.txt", "héllo")
     assert (entry.path, entry.type, entry.size) == ("/home/user/dir/a.txt", "file", len("héllo".encode()))
     assert await sbx.files.read("dir/a.txt") == "héllo".encode()
@@ -149,6 +154,7 @@ async def test_twenty_mib_round_trip(sbx: AsyncSandbox, tmp_path: Path) -> None:
 
 
 async def test_upload_and_archive_round_trip(sbx: AsyncSandbox, tmp_path: Path) -> None:
+    """A local tree uploaded (empty dirs kept) comes back identical through the archive endpoint."""
     tree = tmp_path / "proj"
     (tree / "src" / "pkg").mkdir(parents=True)
     (tree / "empty").mkdir()
@@ -170,6 +176,7 @@ async def test_upload_and_archive_round_trip(sbx: AsyncSandbox, tmp_path: Path) 
 
 
 async def test_errors_are_typed(sbx: AsyncSandbox, server_url: str) -> None:
+    """Unknown ids and files are NotFoundError; refused input is InvalidArgumentError (server or SDK side)."""
     with pytest.raises(NotFoundError) as info:
         await AsyncSandbox.connect("sbx_doesnotexist", api_url=server_url)
     assert info.value.status == 404 and info.value.request_id
@@ -183,6 +190,7 @@ async def test_errors_are_typed(sbx: AsyncSandbox, server_url: str) -> None:
 
 
 async def test_info_timeout_and_list(sbx: AsyncSandbox, server_url: str) -> None:
+    """get_info reflects create's arguments, set_timeout moves expires_at, list filters by metadata."""
     info = await sbx.get_info()
     assert info.state == "running" and info.metadata == RUN and "FROM_CREATE" in info.env_keys
     renewed = await sbx.set_timeout(3600)
@@ -202,6 +210,7 @@ async def test_async_with_create_kills_on_exit(server_url: str) -> None:
 
 
 async def test_unreachable_server_raises_connection_error() -> None:
+    """No server: AgentcellConnectionError naming the URL."""
     with pytest.raises(AgentcellConnectionError, match=r"127\.0\.0\.1:1"):
         await AsyncSandbox.create(api_url="http://127.0.0.1:1")
 

@@ -29,10 +29,12 @@ from agentcell.client import SandboxInfo
     ],
 )
 def test_locations(text: str, expected: Remote | Path) -> None:
+    """ID:PATH is remote, anything else (incl. ./a:b) is local."""
     assert parse_location(text) == expected
 
 
 def test_table_lists_every_sandbox() -> None:
+    """The ls table has a header row and one row per sandbox."""
     now = datetime.now(UTC)
     info = SandboxInfo(
         id="sbx_abc",
@@ -52,6 +54,7 @@ def test_table_lists_every_sandbox() -> None:
 
 
 def test_progress_is_silent_off_a_terminal_and_draws_on_one() -> None:
+    """Progress counts always but only draws when enabled."""
     quiet = io.StringIO()
     counter = Progress("uploading", stream=quiet)
     counter.add(10)
@@ -75,10 +78,12 @@ def test_progress_is_silent_off_a_terminal_and_draws_on_one() -> None:
     ],
 )
 def test_usage_errors_exit_2(argv: list[str]) -> None:
+    """Bad K=V values, unknown flags and two local paths are usage errors: exit 2."""
     result = CliRunner().invoke(cli, ["--url", "http://127.0.0.1:1", *argv])
     assert result.exit_code == 2, result.output
 
 
 def test_serve_passes_only_given_flags() -> None:
+    """`serve` forwards only the flags that were given."""
     assert server_flags(None, 0, "/tmp/s", None) == ["--port", "0", "--state-dir", "/tmp/s"]
     assert server_flags("0.0.0.0", None, None, "fake") == ["--host", "0.0.0.0", "--driver", "fake"]

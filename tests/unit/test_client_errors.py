@@ -73,12 +73,14 @@ def test_envelope_becomes_the_exception_of_its_code(
 
 
 def test_not_running_is_a_conflict_and_timeout_is_a_timeout_error() -> None:
+    """The tree nests like agentcell.errors and joins the builtin families."""
     assert issubclass(NotRunningError, ConflictError)
     assert issubclass(SandboxTimeoutError, TimeoutError)
     assert issubclass(AgentcellConnectionError, ConnectionError)
 
 
 def test_retry_after_header_is_kept() -> None:
+    """Retry-After (seconds) is exposed as retry_after_s."""
     exc = error_from_response(answer(429, envelope("quota_exceeded"), **{"retry-after": "7"}))
     assert exc.retry_after_s == 7.0
 
@@ -92,6 +94,7 @@ def test_answer_without_envelope_is_classified_by_status() -> None:
 
 
 def test_unknown_code_keeps_the_code_and_takes_the_class_of_its_status() -> None:
+    """A code newer than the SDK still gives a usable exception."""
     exc = error_from_response(answer(409, envelope("sandbox_paused")))
     assert type(exc) is ConflictError and exc.code == "sandbox_paused"
 
@@ -123,6 +126,7 @@ async def test_bad_input_is_refused_before_sending() -> None:
 async def test_api_key_is_sent_as_bearer_and_found_in_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """api_key/api_url arguments win over AGENTCELL_API_KEY/AGENTCELL_URL."""
     monkeypatch.setenv("AGENTCELL_API_KEY", "k-env")
     monkeypatch.setenv("AGENTCELL_URL", "http://from-env:9")
     seen: list[httpx.Request] = []
@@ -140,6 +144,7 @@ async def test_api_key_is_sent_as_bearer_and_found_in_the_environment(
 
 
 async def test_no_api_key_sends_no_authorization(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a key nothing is sent; the URL defaults to http://127.0.0.1:8700."""
     monkeypatch.delenv("AGENTCELL_API_KEY", raising=False)
     monkeypatch.delenv("AGENTCELL_URL", raising=False)
     config = ClientConfig.resolve()
@@ -157,6 +162,7 @@ async def test_no_api_key_sends_no_authorization(monkeypatch: pytest.MonkeyPatch
 
 
 def test_command_exit_error_carries_the_result() -> None:
+    """CommandExitError keeps the result and says why in its message."""
     result = CommandResult(stdout="", stderr="boom\n", exit_code=3)
     exc = CommandExitError(result)
     assert exc.result is result and exc.exit_code == 3

@@ -166,6 +166,7 @@ async def test_non_zero_exit_is_a_result_unless_checked(server: FakeServer) -> N
 
 
 async def test_timed_out_command(server: FakeServer) -> None:
+    """An end with timed_out gives a result that check() rejects."""
     server.on(
         f"POST {BASE}/commands",
         lambda _: ndjson(
@@ -197,6 +198,7 @@ async def test_stream_without_its_end_raises(server: FakeServer, body: bytes) ->
 
 
 async def test_background_handle_waits_feeds_stdin_and_signals(server: FakeServer) -> None:
+    """Handle and commands.* reach the process routes; pids resolve through the list."""
     proc = f"{BASE}/processes/proc_1"
     server.on(f"POST {BASE}/commands", lambda _: httpx.Response(201, json=PROCESS))
     server.on(
@@ -242,6 +244,7 @@ async def test_async_with_create_kills_on_exit_and_await_alone_does_not(server: 
 
 
 async def test_kill_of_a_gone_sandbox_is_false(server: FakeServer) -> None:
+    """kill() of a sandbox that is already gone is False, not an error."""
     server.on(
         f"DELETE {BASE}",
         lambda _: httpx.Response(404, json={"code": "not_found", "message": "gone", "request_id": "r"}),
@@ -251,6 +254,7 @@ async def test_kill_of_a_gone_sandbox_is_false(server: FakeServer) -> None:
 
 
 async def test_list_sends_metadata_filters(server: FakeServer) -> None:
+    """Metadata filters go out as repeated key=value query parameters."""
     server.on("GET /v1/sandboxes", lambda _: httpx.Response(200, json={"sandboxes": [INFO]}))
     found = await AsyncSandbox.list(
         metadata={"team": "x", "run": "7"}, state="running", transport=server.transport
@@ -275,6 +279,7 @@ async def chunks() -> AsyncIterator[bytes]:
     ],
 )
 async def test_write_streams_any_kind_of_data(server: FakeServer, data: object, expected: bytes) -> None:
+    """bytes, str, file objects and iterables are all written as the same bytes."""
     server.on(f"PUT {BASE}/files", lambda _: httpx.Response(200, json=ENTRY))
     async with AsyncSandbox.create(transport=server.transport) as sbx:
         entry = await sbx.files.write("a.txt", data)  # type: ignore[arg-type]
@@ -284,6 +289,7 @@ async def test_write_streams_any_kind_of_data(server: FakeServer, data: object, 
 
 
 async def test_write_from_async_iterator(server: FakeServer) -> None:
+    """An async iterator of chunks is streamed as the file's content."""
     server.on(f"PUT {BASE}/files", lambda _: httpx.Response(200, json=ENTRY))
     async with AsyncSandbox.create(transport=server.transport) as sbx:
         await sbx.files.write("a.txt", chunks())
@@ -291,6 +297,7 @@ async def test_write_from_async_iterator(server: FakeServer) -> None:
 
 
 async def test_read_stat_exists_list(server: FakeServer) -> None:
+    """read/read_stream/stat/exists/list parse the canned answers; depth is sent."""
     server.on(f"GET {BASE}/files", lambda _: httpx.Response(200, content=b"hi"))
     server.on(
         f"GET {BASE}/files/stat",
@@ -372,6 +379,7 @@ def test_sync_twin_runs_on_its_own_loop_thread_and_cleans_up(server: FakeServer)
 
 
 def test_sync_call_from_a_callback_is_refused_not_deadlocked(server: FakeServer) -> None:
+    """A sync SDK call inside a callback raises instead of hanging."""
     server.on(
         f"POST {BASE}/commands",
         lambda _: ndjson(
@@ -385,6 +393,7 @@ def test_sync_call_from_a_callback_is_refused_not_deadlocked(server: FakeServer)
 
 
 def test_sync_list_and_errors(server: FakeServer) -> None:
+    """Sync connect raises NotFoundError; sync list works without a Sandbox."""
     with pytest.raises(NotFoundError):
         Sandbox.connect("sbx_nope", transport=server.transport)
     server.on("GET /v1/sandboxes", lambda _: httpx.Response(200, json={"sandboxes": [INFO]}))

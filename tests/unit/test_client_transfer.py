@@ -67,6 +67,7 @@ def test_members_with_absolute_paths_or_dotdot_are_refused(
 
 
 def test_writing_through_a_symlink_to_outside_is_refused(tmp_path: Path) -> None:
+    """A symlink to outside followed by a member under it is refused."""
     outside = tmp_path / "outside"
     outside.mkdir()
     archive = tar_of(("proj", None, None), ("proj/esc", None, str(outside)), ("proj/esc/pwned", b"x", None))
@@ -76,6 +77,7 @@ def test_writing_through_a_symlink_to_outside_is_refused(tmp_path: Path) -> None
 
 
 def test_upload_plan_keeps_tree_names_and_empty_dirs(tmp_path: Path) -> None:
+    """Files keep their path under their top directory; empty dirs are listed; missing sources raise."""
     (tmp_path / "proj" / "sub").mkdir(parents=True)
     (tmp_path / "proj" / "empty").mkdir()
     (tmp_path / "proj" / "sub" / "b.txt").write_text("b")
@@ -88,5 +90,6 @@ def test_upload_plan_keeps_tree_names_and_empty_dirs(tmp_path: Path) -> None:
 
 
 def test_awkward_names_avoid_multipart() -> None:
+    """Names with quotes, backslashes or newlines are kept out of Content-Disposition."""
     assert is_multipart_safe("dir/naïve file.txt")
     assert not is_multipart_safe('quote".txt') and not is_multipart_safe("new\nline")

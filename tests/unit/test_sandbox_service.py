@@ -31,19 +31,23 @@ async def env() -> AsyncIterator[tuple[SandboxService, FakeDriver, FakeClock]]:
     await driver.aclose()
 
 
-async def test_create_passes_resources_to_the_driver(
-    env: tuple[SandboxService, FakeDriver, FakeClock],
-) -> None:
+async def test_create_passes_resources_to_the_driver(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:
     service, driver, _ = env
     sandbox = await service.create(SandboxCreate(cpu=0.5, memory_mb=256, disk_mb=64, env={"A": "1"}))
     spec = driver.started[-1]
     assert (spec.sandbox_id, spec.cpu_millis, spec.memory_bytes, spec.disk_bytes) == (
-        sandbox.id,
-        500,
-        256 << 20,
-        64 << 20,
+        sandbox.id, 500, 256 << 20, 64 << 20
     )
-    assert spec.env == {"A": "1"} and sandbox.info().env_keys == ["A"]
+    assert sandbox.info().env_keys == ["A"]
+
+
+async def test_sandbox_env_reaches_every_command_and_calls_override_it(
+    env: tuple[SandboxService, FakeDriver, FakeClock],
+) -> None:
+    service, _, _ = env
+    sandbox = await service.create(SandboxCreate(env={"A": "1", "B": "2"}))
+    events = await collect(service, sandbox.id, CommandRequest(cmd='echo "$A$B"', env={"B": "3"}))
+    assert "".join(e.data for e in events if isinstance(e, OutputEvent)) == "13\n"
 
 
 async def test_unknown_template_is_refused_with_the_list(

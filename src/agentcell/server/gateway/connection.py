@@ -8,6 +8,9 @@ request the parser stops; once the upstream answers 101 the connection becomes a
 
 One timer per connection, re-armed lazily, covers the request deadline (no response head in time)
 and the keep-alive idle timeout, so a busy keep-alive connection creates no timer per request.
+A client's FIN or reset cancels its requests in flight (their upstream connections are closed).
+After answering a request whose body was not read to the end, the connection lingers (FIN sent,
+input dropped) briefly before closing, so that the answer is not destroyed by a reset.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -241,11 +243,9 @@ class ClientConnection(asyncio.Protocol):
     # --- used by exchanges --------------------------------------------------------------------
 
     def queue(self, data: bytes) -> None:
-        """Buffer bytes for the client; flushed in one write at the end of an upstream read."""
+        """Buffer bytes for the client (as does appending to `out`); `flush()` writes them at the
+        end of each upstream read, so a small response leaves in one write."""
         self.out.append(data)
-
-    def queue_many(self, parts: Iterable[bytes]) -> None:
-        self.out.extend(parts)
 
     def flush(self) -> None:
         out = self.out
@@ -347,6 +347,7 @@ class ClientConnection(asyncio.Protocol):
         self.timer_at = -math.inf  # nothing else may re-arm it
 
     def abort(self) -> None:
+        """Drop the connection now (shutdown deadline passed): exchanges end as client-gone."""
         if self.transport is not None:
             self.transport.abort()
 

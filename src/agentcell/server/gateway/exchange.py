@@ -41,6 +41,7 @@ NEW, ROUTING, CONNECTING, WAITING, STREAMING, TUNNEL, DONE = range(7)
 PENDING_LIMIT = 256 * 1024  # request bytes held while routing/connecting before the client is paused
 REPLAY_LIMIT = 64 * 1024  # a request is re-sent on a fresh connection only if this much was sent
 CLIENT_GONE = 499
+_REPLAYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 
 class Exchange:
@@ -499,12 +500,15 @@ class Exchange:
             self._finish()
 
     def _may_retry(self, upstream: UpstreamConnection | None) -> bool:
+        """Only a reused connection, only once, only a replayable request (Go's net/http rule:
+        safe method or an Idempotency-Key), only if all that was sent is still held."""
         return (
             upstream is not None
             and upstream.requests > 1
             and self.replay is not None
             and not self.retried
             and self.status == 0
+            and (self.head.method in _REPLAYABLE or b"idempotency-key" in self.head.index)
         )
 
     def _retry(self) -> None:

@@ -54,19 +54,39 @@ class GatewayRouter:
         self._control = control
         self._domain = domain.lower().encode() if domain else None
 
-    async def route(self, head: RequestHead) -> Route:
+    def _resolve(self, head: RequestHead) -> tuple[FunctionTarget, Affinity, str | None] | Route:
+        """Which function and session key a request names — or the answer when that settles it."""
         target = function_target(head.raw_path, head.header(b"host"), self._domain)
         if target is None:
             return Forward(self._control)
         try:
-            return await self._route_function(head, target)
+            affinity = self._scheduler.function(target.name).config.affinity
+            key = session_key(affinity, head.header(_key_header(affinity)), head.header(b"cookie"))
         except AgentcellError as exc:
             return domain_error(exc, head.request_id)
+        return target, affinity, key
 
-    async def _route_function(self, head: RequestHead, target: FunctionTarget) -> Route:
-        affinity = self._scheduler.function(target.name).config.affinity
-        key = session_key(affinity, head.header(_key_header(affinity)), head.header(b"cookie"))
-        lease = await self._scheduler.route(target.name, key)
+    def route_nowait(self, head: RequestHead) -> Route | None:
+        """The warm path: a bound session on a ready instance, answered with no task or await."""
+        resolved = self._resolve(head)
+        if not isinstance(resolved, tuple):
+            return resolved
+        target, affinity, key = resolved
+        lease = self._scheduler.route_warm(target.name, key)
+        return None if lease is None else self._forward(lease, affinity, target)
+
+    async def route(self, head: RequestHead) -> Route:
+        resolved = self._resolve(head)
+        if not isinstance(resolved, tuple):
+            return resolved
+        target, affinity, key = resolved
+        try:
+            lease = await self._scheduler.route(target.name, key)
+        except AgentcellError as exc:
+            return domain_error(exc, head.request_id)
+        return self._forward(lease, affinity, target)
+
+    def _forward(self, lease: Lease, affinity: Affinity, target: FunctionTarget) -> Forward:
         session = lease.session
         context = {
             "function": target.name,

@@ -36,11 +36,13 @@ class GatewayServer:
     answers the warm path without creating a task.
 
     `request_timeout_s`: a request with no response head this long after its last byte was read
-    gets a 504 envelope. `keepalive_timeout_s`: an idle client connection (or one that has not
-    finished sending a request head) is closed after this long. `max_header_bytes`: a larger
-    request head gets 431. `upstream_idle_timeout_s`: pooled upstream connections idle this long
-    are closed. `trust_forwarded`: keep and extend the client's X-Forwarded-* headers (only when
-    another proxy sits in front). `error_responder` makes the bodies of the gateway's own errors.
+    (routing included; the router's call is cancelled) gets a 504 envelope; a streaming response
+    or an upgraded connection has no time limit. `keepalive_timeout_s`: an idle client connection
+    (or one that has not finished sending a request head) is closed after this long.
+    `max_header_bytes`: a larger request head gets 431. `upstream_idle_timeout_s`: pooled
+    upstream connections idle this long are closed. `trust_forwarded`: keep and extend the
+    client's X-Forwarded-* headers (only when another proxy sits in front). `error_responder`
+    makes the bodies of the gateway's own errors (400, 405, 431, 500, 502, 504).
     """
 
     def __init__(

@@ -157,6 +157,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._status < 200 or self._parser_spent:
             return  # interim responses and 101 do not end the exchange
+        self._headers = []  # trailers of a chunked response (not passed on)
         self.body_length = -1
         sink = self.sink  # it releases this connection to the pool or closes it
         if sink is not None:
@@ -204,12 +205,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.is_closed = True
         if self.transport is not None:
             self.transport.close()
-
-    def abort(self) -> None:
-        self.sink = None
-        self.is_closed = True
-        if self.transport is not None:
-            self.transport.abort()
 
     def _fail(self, message: str) -> None:
         sink = self.sink

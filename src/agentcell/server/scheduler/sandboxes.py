@@ -126,7 +126,6 @@ class SandboxService:
             memory_bytes=req.memory_mb << 20,
             disk_bytes=req.disk_mb << 20,
             pids_max=self._pids_max,
-            env=dict(req.env),
         )
 
     def _watch(self, sandbox: Sandbox) -> None:
@@ -196,7 +195,7 @@ class SandboxService:
     async def start_process(self, sandbox_id: str, request: CommandRequest) -> ManagedProcess:
         sandbox = self.running(sandbox_id)
         argv = request.full_argv()
-        spec = ExecSpec(argv=argv, env=dict(request.env), cwd=request.cwd)
+        spec = ExecSpec(argv=argv, env={**sandbox.request.env, **request.env}, cwd=request.cwd)
         process = ManagedProcess(
             await self._driver.exec(sandbox.id, spec), argv, request.cwd, request.timeout_s
         )

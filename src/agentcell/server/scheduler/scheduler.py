@@ -174,6 +174,22 @@ class Scheduler:
         instance.in_flight += 1
         return Lease(fn, instance, session, issued)
 
+    def route_warm(self, name: str, key: str | None) -> Lease | None:
+        """The warm path without awaiting: a lease when `key`'s session is bound to a ready
+        instance, None when `route` would have to create, wait or fail (let it say why)."""
+        fn = self._functions.get(name)
+        if fn is None or key is None or not self._accepting or fn.config.affinity.kind == "none":
+            return None
+        session = fn.sessions.get(key)
+        if session is None or not session.bound.done() or session.state == "ended":
+            return None
+        instance = fn.instances.get(session.instance_id or "")
+        if instance is None or not instance.is_ready:
+            return None
+        session.acquire()
+        instance.in_flight += 1
+        return Lease(fn, instance, session)
+
     def release(self, lease: Lease) -> None:
         now = self._clock.now()
         lease.instance.in_flight -= 1
