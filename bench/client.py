@@ -23,10 +23,13 @@ class LeanClient:
             self._writer.close()
             await self._writer.wait_closed()
 
-    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         assert self._reader is not None and self._writer is not None
         payload = b"" if body is None else json.dumps(body).encode()
         head = f"{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-length: {len(payload)}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         if body is not None:
             head += "content-type: application/json\r\n"
         self._writer.write(head.encode() + b"\r\n" + payload)

@@ -18,6 +18,8 @@ from agentcell.server.gateway.keys import function_target, session_key
         (b"/ask", b"chat.fn.local", ("chat", b"/ask", b"")),
         (b"/ask", b"chat.fn.local:8700", ("chat", b"/ask", b"")),
         (b"/ask", b"CHAT.FN.LOCAL", ("chat", b"/ask", b"")),
+        (b"/fn/other/x", b"chat.fn.local", ("chat", b"/fn/other/x", b"")),  # the host wins
+        (b"/fn/other/x", b"fn.local", ("other", b"/x", b"/fn/other")),
     ],
 )
 def test_function_target_by_path_and_host(

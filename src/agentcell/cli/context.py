@@ -13,7 +13,13 @@ from typing import Any
 
 import click
 
-from agentcell.client import AgentcellAPIError, AgentcellClientError, InternalServerError, Sandbox
+from agentcell.client import (
+    Agentcell,
+    AgentcellAPIError,
+    AgentcellClientError,
+    InternalServerError,
+    Sandbox,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +37,10 @@ class Connection:
             yield sandbox
         finally:
             sandbox.close()
+
+    def agentcell(self) -> Agentcell:
+        """A client for functions and sessions; use it in `with`, which closes it."""
+        return Agentcell(api_url=self.api_url, api_key=self.api_key)
 
 
 pass_connection = click.make_pass_decorator(Connection)

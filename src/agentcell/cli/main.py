@@ -8,8 +8,10 @@ from agentcell import __version__
 from agentcell.cli.context import Connection, ErrorReportingGroup
 from agentcell.cli.cp import copy
 from agentcell.cli.execute import execute
+from agentcell.cli.functions import function_group
 from agentcell.cli.sandboxes import sandbox_group
 from agentcell.cli.serve import serve
+from agentcell.cli.sessions import session_group
 
 
 @click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,7 +26,7 @@ from agentcell.cli.serve import serve
 @click.version_option(__version__, prog_name="agentcell")
 @click.pass_context
 def cli(ctx: click.Context, api_url: str | None, api_key: str | None) -> None:
-    """agentcell: sandboxes for AI agents."""
+    """agentcell: sandboxes and session-affine functions for AI agents."""
     ctx.obj = Connection(api_url=api_url, api_key=api_key)
 
 
@@ -32,6 +34,8 @@ cli.add_command(serve)
 cli.add_command(sandbox_group)
 cli.add_command(execute)
 cli.add_command(copy)
+cli.add_command(function_group)
+cli.add_command(session_group)
 
 
 def main() -> None:

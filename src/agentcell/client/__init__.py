@@ -8,10 +8,17 @@ same core on a private event-loop thread.
     with Sandbox.create() as sbx:
         print(sbx.commands.run("echo hi").stdout)
 
+Functions and their sessions hang off a client object (`AsyncAgentcell`, sync twin `Agentcell`):
+
+    async with AsyncAgentcell() as client:
+        await client.functions.deploy("chat", "./my-agent", cmd="python3 app.py", min_warm=2)
+        session = await client.sessions.create("chat", key="alice-1", ttl_s=3600)
+
 Commands never raise for a non-zero exit unless asked (`check=True`). Server refusals raise the
 `AgentcellAPIError` subclass of their code; an unreachable server raises AgentcellConnectionError.
 """
 
+from agentcell.client.agentcell import AsyncAgentcell
 from agentcell.client.commands import AsyncCommandHandle, AsyncCommands
 from agentcell.client.config import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
 from agentcell.client.errors import (
@@ -35,23 +42,33 @@ from agentcell.client.errors import (
 )
 from agentcell.client.events import CommandResult
 from agentcell.client.files import AsyncFiles
+from agentcell.client.functions import AsyncFunctions, HookSpec
 from agentcell.client.sandbox import AsyncSandbox, SandboxOpening
+from agentcell.client.sessions import AsyncSessions
 from agentcell.client.sync import CommandHandle, Commands, Files, Sandbox
+from agentcell.client.sync_agentcell import Agentcell, Functions, Sessions
 from agentcell.protocol.commands import CommandEvent, EndEvent, OutputEvent, ProcessInfo, StartEvent
 from agentcell.protocol.files import FileEntry
+from agentcell.protocol.functions import Affinity, FunctionConfig, FunctionInfo, Hook
 from agentcell.protocol.sandboxes import SandboxInfo
+from agentcell.protocol.sessions import SessionInfo
 
 __all__ = [
     "API_KEY_ENV",
     "API_URL_ENV",
     "DEFAULT_API_URL",
+    "Affinity",
+    "Agentcell",
     "AgentcellAPIError",
     "AgentcellClientError",
     "AgentcellConnectionError",
+    "AsyncAgentcell",
     "AsyncCommandHandle",
     "AsyncCommands",
     "AsyncFiles",
+    "AsyncFunctions",
     "AsyncSandbox",
+    "AsyncSessions",
     "AuthenticationError",
     "CommandEvent",
     "CommandExitError",
@@ -62,6 +79,11 @@ __all__ = [
     "EndEvent",
     "FileEntry",
     "Files",
+    "FunctionConfig",
+    "FunctionInfo",
+    "Functions",
+    "Hook",
+    "HookSpec",
     "InternalServerError",
     "InvalidArgumentError",
     "NotFoundError",
@@ -76,6 +98,8 @@ __all__ = [
     "SandboxInfo",
     "SandboxOpening",
     "SandboxTimeoutError",
+    "SessionInfo",
+    "Sessions",
     "StartEvent",
     "UnavailableError",
     "UnsafeArchiveError",

@@ -151,7 +151,7 @@ class ApiClient:
             yield
         except httpx.ConnectError as exc:
             raise AgentcellConnectionError(
-                f"cannot connect to the agentcell server at {url} ({exc or 'connection failed'}); "
+                f"cannot connect to the agentcell server at {url} ({str(exc) or 'connection failed'}); "
                 "is `agentcell serve` running? Point api_url, AGENTCELL_URL or --url at it",
                 url=url,
             ) from exc
@@ -161,7 +161,7 @@ class ApiClient:
             ) from exc
         except httpx.TransportError as exc:
             raise AgentcellConnectionError(
-                f"the connection to the agentcell server at {url} failed: {exc or type(exc).__name__}",
+                f"the connection to the agentcell server at {url} failed: {str(exc) or type(exc).__name__}",
                 url=url,
             ) from exc
 

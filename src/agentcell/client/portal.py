@@ -33,6 +33,8 @@ class EventLoopThread:
             self._loop.run_forever()
         finally:
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            # worker threads of asyncio.to_thread (file reads, code packing) end before close returns
+            self._loop.run_until_complete(self._loop.shutdown_default_executor())
             self._loop.close()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:

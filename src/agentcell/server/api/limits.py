@@ -1,4 +1,5 @@
-"""Request body limits: JSON bodies are small; file bodies are bounded by the sandbox's disk."""
+"""Request body limits: JSON bodies are small; file bodies are bounded by the sandbox's disk, and a
+deploy's code archive by its route (MAX_ARCHIVE_BYTES in api/functions.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agentcell.errors import PayloadTooLarge
 
 STREAMED_SUFFIXES = ("/files", "/files/upload")
+FUNCTIONS_PREFIX = "/v1/functions/"
+
+
+def is_streamed(scope: Scope) -> bool:
+    """Bodies that carry files, bounded where they are read rather than here: sandbox files, and a
+    deploy (`PUT /v1/functions/{name}`)."""
+    path: str = scope["path"]
+    if path.endswith(STREAMED_SUFFIXES):
+        return True
+    name = path.removeprefix(FUNCTIONS_PREFIX)
+    return scope["method"] == "PUT" and name != path and "/" not in name
 
 
 class BodyLimitMiddleware:
@@ -15,7 +27,7 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].endswith(STREAMED_SUFFIXES):
+        if scope["type"] != "http" or is_streamed(scope):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"0")

@@ -28,17 +28,20 @@ class FunctionTarget:
 
 
 def function_target(raw_path: bytes, host: bytes | None, domain: bytes | None) -> FunctionTarget | None:
-    """`/fn/{name}/rest` or `Host: {name}.{domain}`; None when the request is not for a function."""
-    if raw_path.startswith(FN_PREFIX):
-        name, slash, rest = raw_path[len(FN_PREFIX) :].partition(b"/")
-        if FUNCTION_NAME.match(name):
-            return FunctionTarget(name.decode(), slash + rest or b"/", FN_PREFIX + name)
-        return None
+    """`Host: {name}.{domain}` or `/fn/{name}/rest`; None when the request is not for a function.
+
+    The host wins: on its own host a function owns every path, `/fn/…` included, so a request
+    for `chat.{domain}/fn/other/x` reaches chat (with its path intact), never another function.
+    """
     if domain and host:
         hostname = host.rpartition(b":")[0] if host.count(b":") == 1 else host
         label, dot, rest = hostname.lower().partition(b".")
         if dot and rest == domain and FUNCTION_NAME.match(label):
             return FunctionTarget(label.decode(), raw_path or b"/", b"")
+    if raw_path.startswith(FN_PREFIX):
+        name, slash, rest = raw_path[len(FN_PREFIX) :].partition(b"/")
+        if FUNCTION_NAME.match(name):
+            return FunctionTarget(name.decode(), slash + rest or b"/", FN_PREFIX + name)
     return None
 
 

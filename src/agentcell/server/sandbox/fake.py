@@ -95,7 +95,12 @@ class FakeDriver:
             stderr=asyncio.subprocess.PIPE,
         )
         fake = FakeProcess(proc)
-        self._procs[sandbox_id].append(fake)
+        procs = self._procs.get(sandbox_id)
+        if procs is None:  # stopped while the process started: it must not outlive the sandbox
+            fake.send_signal(signal.SIGKILL)
+            await fake.wait()
+            raise NotFound(f"no instance {sandbox_id}")
+        procs.append(fake)
         return fake
 
     def files(self, sandbox_id: str) -> SandboxFiles:

@@ -25,6 +25,8 @@ class Instance:
     sessions: set[str] = field(default_factory=set)
     in_flight: int = 0
     last_used_at: float = 0.0
+    failure: str | None = None
+    """why the instance failed, once it has"""
     ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     @property
@@ -45,6 +47,7 @@ class Instance:
 
     def mark_failed(self, reason: str) -> None:
         self.state = "gone"
+        self.failure = self.failure or reason
         if not self.ready.done():
             self.ready.set_exception(InstanceFailed(f"instance {self.id} failed: {reason}"))
             self.ready.exception()  # retrieved: nobody may be waiting

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentcell.errors import Conflict, InvalidArgument, NotFound, QuotaExceeded, Unavailable
+from agentcell.errors import AgentcellError, Conflict, InvalidArgument, NotFound, QuotaExceeded, Unavailable
 from agentcell.protocol.functions import FunctionConfig
 from agentcell.protocol.sessions import EndReason, SessionCreate, SessionInfo, SessionState, SessionUpdate
 from agentcell.server.clock import Clock
@@ -28,6 +28,7 @@ from agentcell.server.scheduler.code import unpack_code
 from agentcell.server.scheduler.functions import FunctionState, FunctionVersion
 from agentcell.server.scheduler.instances import Instance, InstanceFailed, new_instance_id
 from agentcell.server.scheduler.lifecycle import InstanceManager
+from agentcell.server.scheduler.placement import find_room, free_instance, idle_instances, needs_instance
 from agentcell.server.scheduler.sessions import Session, SessionEnded, new_session_id
 
 log = logging.getLogger(__name__)
@@ -226,21 +227,22 @@ class Scheduler:
             ) from None
 
     async def _route_stateless(self, fn: FunctionState) -> Lease:
-        limit = fn.config.concurrency_per_instance
+        """The least busy ready instance with room; else scale out (or wait) within one deadline.
+        A request whose own new instance fails to start gets that failure, not another launch."""
+        deadline = self._wait_deadline()
+        launched: Instance | None = None
         while True:
-            ready = [
-                i
-                for i in fn.instances.values()
-                if i.is_ready and i.version == fn.latest.version and i.in_flight < limit
-            ]
-            if ready:
-                instance = min(ready, key=lambda i: i.in_flight)
+            instance = free_instance(fn)
+            if instance is not None:
                 instance.in_flight += 1
                 return Lease(fn, instance, None)
-            live = fn.live_instances()
-            if not any(i.state == "starting" for i in live) and len(live) < fn.config.max_instances:
-                self._launch(fn, fn.latest)
-            await self._wait_capacity(fn)
+            if launched is not None and launched.failure is not None:
+                raise Unavailable(
+                    f"could not start an instance of {fn.name}: {launched.failure}", retry_after_s=1
+                )
+            if needs_instance(fn):
+                launched = self._launch(fn, fn.latest)
+            await self._wait_capacity(fn, deadline)
 
     # -- sessions ------------------------------------------------------------------------------------
 
@@ -277,28 +279,46 @@ class Scheduler:
             idle_timeout_s=request.idle_timeout_s or config.idle_timeout_s,
             metadata=dict(request.metadata),
         )
+        self._spawn(self._bind(fn, session), f"bind {session.id}")
         fn.sessions[key] = session
         self._sessions[session.id] = session
+        await self._wait_bound(session)
+        return session
+
+    async def _bind(self, fn: FunctionState, session: Session) -> None:
+        """Place a pending session and wait for its instance; whoever waits on `session.bound`
+        learns the outcome. A task of its own, so that a client giving up mid cold start (a
+        disconnect, a timeout) does not throw the session and its instance away."""
         try:
             instance = await self._place(fn, session)
             await asyncio.shield(instance.ready)
-        except (InstanceFailed, asyncio.CancelledError, QuotaExceeded, Unavailable) as exc:
-            await self._end_session(session, "instance_failed")
-            if isinstance(exc, InstanceFailed):
-                raise Unavailable(
-                    f"could not start an instance of {fn.name}: {exc}", retry_after_s=1
-                ) from None
+        except SessionEnded:
+            return  # deleted or expired while waiting for room
+        except InstanceFailed as exc:
+            error = Unavailable(f"could not start an instance of {fn.name}: {exc}", retry_after_s=1)
+            await self._end_session(session, "instance_failed", error)
+            return
+        except AgentcellError as exc:  # no room: the wait queue is full or the wait timed out
+            await self._end_session(session, "instance_failed", exc)
+            return
+        except asyncio.CancelledError:
+            session.end("shutdown")  # wake the requests waiting for it
             raise
+        if session.state != "pending":
+            return  # it ended while its instance started
         session.move("idle")
-        session.bound.set_result(None)
-        await self._store.put_session(session.record())
-        session.dirty = False
-        return session
+        record, session.dirty = session.record(), False
+        await self._store.put_session(record)  # persisted before use: a restart finds it
+        if not session.bound.done():  # (it may have ended meanwhile)
+            session.bound.set_result(None)
 
     async def _place(self, fn: FunctionState, session: Session) -> Instance:
         """Reserve a slot for `session` on an instance with room, a warm one, or a new one."""
+        deadline = self._wait_deadline()
         while True:
-            instance = self._find_room(fn)
+            if session.state == "ended":
+                raise SessionEnded(session)
+            instance = find_room(fn)
             if instance is None and len(fn.live_instances()) < fn.config.max_instances:
                 instance = self._launch(fn, fn.latest)
             if instance is not None:
@@ -306,25 +326,14 @@ class Scheduler:
                 session.instance_id = instance.id
                 self._warm_wanted.set()
                 return instance
-            await self._wait_capacity(fn)
+            await self._wait_capacity(fn, deadline)
 
-    def _find_room(self, fn: FunctionState) -> Instance | None:
-        per_instance = fn.config.sessions_per_instance
-        if per_instance > 1:
-            shared = [
-                i
-                for i in fn.instances.values()
-                if i.version == fn.latest.version and i.sessions and i.has_room(per_instance)
-            ]
-            if shared:
-                return min(shared, key=lambda i: (not i.is_ready, len(i.sessions)))
-        while fn.warm:
-            instance = fn.warm.pop(0)
-            if instance.is_live and not instance.sessions and instance.version == fn.latest.version:
-                return instance
-        return None
+    def _wait_deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self._limits.wait_timeout_s
 
-    async def _wait_capacity(self, fn: FunctionState) -> None:
+    async def _wait_capacity(self, fn: FunctionState, deadline: float) -> None:
+        """Wait for a change in `fn`'s capacity (the caller re-checks), in a bounded queue, until
+        `deadline` (the whole wait of one request, however often it is woken)."""
         if fn.waiting >= self._limits.max_waiting:
             raise QuotaExceeded(
                 f"function {fn.name} is at max_instances ({fn.config.max_instances}) and "
@@ -333,7 +342,7 @@ class Scheduler:
             )
         fn.waiting += 1
         try:
-            async with asyncio.timeout(self._limits.wait_timeout_s):
+            async with asyncio.timeout_at(deadline):
                 await fn.capacity_changed.wait()
         except TimeoutError:
             raise Unavailable(
@@ -383,11 +392,14 @@ class Scheduler:
         """Pre-stop hook, then release the instance (destroyed if it was exclusive)."""
         await self._end_session(self.session(session_id), "deleted")
 
-    async def _end_session(self, session: Session, reason: EndReason) -> None:
+    async def _end_session(
+        self, session: Session, reason: EndReason, error: AgentcellError | None = None
+    ) -> None:
+        """`error`: what requests still waiting for the session to bind get."""
         if session.state == "ended":
             return
         fn = self._functions.get(session.function)
-        session.end(reason)
+        session.end(reason, error)
         self._sessions.pop(session.id, None)
         instance = None
         if fn is not None:
@@ -414,6 +426,7 @@ class Scheduler:
             }
             try:
                 await self._manager.run_hook(instance, hook.cmd, hook.timeout_s, env, "pre_stop")
+                log.info("session %s: pre_stop hook passed", session.id)
             except Exception as exc:
                 log.warning("session %s: pre_stop hook failed: %s", session.id, exc)
         instance.sessions.discard(session.id)
@@ -462,8 +475,11 @@ class Scheduler:
     async def _forget_instance(self, fn: FunctionState, instance: Instance, reason: EndReason) -> None:
         if instance in fn.warm:
             fn.warm.remove(instance)
+        error = Unavailable(
+            f"could not start an instance of {fn.name}: {instance.failure or 'it stopped'}", retry_after_s=1
+        )
         for session in [s for s in self._sessions.values() if s.id in instance.sessions]:
-            await self._end_session(session, reason)
+            await self._end_session(session, reason, error)
         fn.instances.pop(instance.id, None)
         await self._store.delete_instance(instance.id)
         fn.notify_capacity()
@@ -499,34 +515,24 @@ class Scheduler:
         return started
 
     async def reap_once(self, now: float) -> list[tuple[str, str]]:
-        """End expired sessions and stop idle spare instances. Returns (id, reason) pairs."""
-        reaped: list[tuple[str, str]] = []
-        for session in list(self._sessions.values()):
-            reason = session.expiry_reason(now)
-            if reason is not None:
-                reaped.append((session.id, reason))
-                await self._end_session(session, reason)
-        for fn in list(self._functions.values()):
-            for instance in self._idle_instances(fn, now):
-                reaped.append((instance.id, "idle"))
-                await self._stop_instance(fn, instance)
+        """End expired sessions, then stop idle spare instances, each batch concurrently (a slow
+        pre_stop hook delays no other). Returns (id, reason) pairs."""
+        expired = [(s, r) for s in list(self._sessions.values()) if (r := s.expiry_reason(now)) is not None]
+        await asyncio.gather(*(self._reap(self._end_session(s, r), s.id) for s, r in expired))
+        idle = [(fn, i) for fn in list(self._functions.values()) for i in idle_instances(fn, now)]
+        await asyncio.gather(*(self._reap(self._stop_instance(fn, i), i.id) for fn, i in idle))
+        reaped = [(s.id, str(r)) for s, r in expired] + [(i.id, "idle") for _, i in idle]
         if reaped:
             self._warm_wanted.set()
         return reaped
 
-    def _idle_instances(self, fn: FunctionState, now: float) -> list[Instance]:
-        spare = [i for i in fn.instances.values() if i.is_ready and not i.sessions and i.in_flight == 0]
-        keep = fn.config.min_warm
-        idle: list[Instance] = []
-        for instance in sorted(spare, key=lambda i: -i.last_used_at):
-            if instance.version == fn.latest.version and keep > 0:
-                keep -= 1
-            elif (
-                instance.version != fn.latest.version
-                or now - instance.last_used_at >= fn.config.idle_timeout_s
-            ):
-                idle.append(instance)
-        return idle
+    @staticmethod
+    async def _reap(work: Coroutine[Any, Any, None], what: str) -> None:
+        """One item of a reaping pass: its failure is logged and the pass goes on."""
+        try:
+            await work
+        except Exception:
+            log.exception("reaping %s failed", what)
 
     async def flush_once(self) -> int:
         """Persist sessions whose activity changed since the last flush (for restart recovery)."""

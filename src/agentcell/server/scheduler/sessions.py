@@ -86,12 +86,13 @@ class Session:
         if self.in_flight == 0 and self.state == "active":
             self.move("idle")
 
-    def end(self, reason: EndReason) -> None:
+    def end(self, reason: EndReason, error: Exception | None = None) -> None:
+        """End the session; requests still waiting for it to bind get `error` (or SessionEnded)."""
         if self.state != "ended":
             self.move("ended")
             self.end_reason = reason
         if not self.bound.done():
-            self.bound.set_exception(SessionEnded(self))
+            self.bound.set_exception(error or SessionEnded(self))
             self.bound.exception()  # mark retrieved: nobody may be waiting
 
     def renew(self, now: float, ttl_s: int | None, idle_timeout_s: int | None) -> None:

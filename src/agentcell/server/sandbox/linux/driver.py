@@ -1,13 +1,14 @@
 """LinuxDriver: the process-tier `SandboxDriver` (namespaces, cgroups, seccomp, overlay rootfs).
 
 An instance is one `acell-helper` init, PID 1 of its own pid, mount, net, ipc, uts and cgroup
-namespaces, inside its own cgroups; commands enter through `acell-helper exec` (process.py). Per
-instance the node holds the init's pidfd (liveness, signals that cannot hit a recycled pid) and a
-state file `<state dir>/instances/<id>.json`, so that a restarted server finds what it left.
+namespaces, inside its own cgroups; commands enter through exec workers (process.py). Both are
+forked by the driver's spawner (spawner.py), never by the server itself. Per instance the node
+holds the init's pidfd (liveness, signals that cannot hit a recycled pid) and a state file
+`<state dir>/instances/<id>.json`, so that a restarted server finds what it left.
 
-The server must call `become_subreaper()` once at start: an init is orphaned as soon as its
-spawn helper exits, and must be re-parented to the server (not the host's PID 1) so that `stop`
-can reap it.
+The server must call `become_subreaper()` once at start, before the first sandbox: an init is
+orphaned as soon as its spawn worker exits, and must be re-parented to the server (not the
+host's PID 1) so that `stop` can reap it; so must the workers of a spawner that died.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import re
 import select
 import signal
 import socket
-import subprocess
 import time
 import weakref
 from collections.abc import Callable
@@ -44,10 +44,10 @@ from agentcell.server.sandbox.driver import (
     SandboxSpec,
 )
 from agentcell.server.sandbox.linux.build import helper_path
-from agentcell.server.sandbox.linux.cgroups import CgroupLimits, Cgroups, open_cgroups
+from agentcell.server.sandbox.linux.cgroups import CgroupLimits, CgroupPlan, Cgroups, open_cgroups
 from agentcell.server.sandbox.linux.netns import NetnsSockets
 from agentcell.server.sandbox.linux.process import (
-    HelperChild,
+    ControlPipe,
     LinuxProcess,
     Target,
     reap_if_child,
@@ -55,6 +55,7 @@ from agentcell.server.sandbox.linux.process import (
     wait_readable,
 )
 from agentcell.server.sandbox.linux.rootfs import RootfsPaths, prepare_rootfs, remove_stale_skeletons
+from agentcell.server.sandbox.linux.spawner import Spawner
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def node_id_for(state_dir: Path) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Host:
-    helper: Path
+    spawner: Spawner
     rootfs: RootfsPaths
     cgroups: Cgroups
     pidns_inode: int
@@ -157,12 +158,9 @@ class LinuxDriver:
             raise Conflict(f"sandbox {sandbox_id} is already running on this node")
         limits = CgroupLimits(spec.memory_bytes, spec.cpu_millis, spec.pids_max)
         try:
-            procs_files = host.cgroups.create(sandbox_id, limits)
-        except OSError as e:
-            await self._teardown(host, sandbox_id, pidfd=None)
-            raise Internal(f"could not create the cgroups of sandbox {sandbox_id}: {e}") from e
-        try:
-            instance = await self._spawn(host, spec, procs_files)
+            instance = await self._spawn(host, spec, host.cgroups.plan(sandbox_id, limits))
+        except Conflict:
+            raise  # the cgroups are another start's: the worker made none
         except BaseException:
             await asyncio.shield(self._teardown(host, sandbox_id, pidfd=None))
             raise
@@ -221,8 +219,10 @@ class LinuxDriver:
             return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
-        if self._host is not None and not self._instances:
-            self._host.cgroups.remove_root()
+        if self._host is not None:
+            await self._host.spawner.aclose()
+            if not self._instances:
+                self._host.cgroups.remove_root()
         self._netns.close()
         if errors:
             raise errors[0]
@@ -267,6 +267,10 @@ class LinuxDriver:
         """The host pid of the instance's init (diagnostics and tests)."""
         return self._get(sandbox_id).init_pid
 
+    def spawner_pid(self) -> int | None:
+        """The host pid of the spawner, if one runs (diagnostics and tests)."""
+        return None if self._host is None else self._host.spawner.pid
+
     @property
     def state_dir(self) -> Path:
         return self._state_dir
@@ -292,51 +296,40 @@ class LinuxDriver:
         self._state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._instances_dir().mkdir(mode=0o700, exist_ok=True)
         return _Host(
-            helper=helper_path(self._state_dir),
+            spawner=Spawner(helper_path(self._state_dir)),
             rootfs=prepare_rootfs(self._state_dir),
             cgroups=open_cgroups(self.node_id),
             pidns_inode=os.stat("/proc/self/ns/pid").st_ino,
         )
 
-    async def _spawn(self, host: _Host, spec: SandboxSpec, procs_files: list[str]) -> _Instance:
+    async def _spawn(self, host: _Host, spec: SandboxSpec, cgroups: CgroupPlan) -> _Instance:
         hostname = _hostname(spec.sandbox_id)
-        args = [str(host.helper), "spawn"]
-        for path in procs_files:
-            args += ["--cgroup-procs", path]
-        args += ["--disk-bytes", str(spec.disk_bytes), "--etc-skel", str(host.rootfs.etc_skel)]
-        args += ["--root-mnt", str(host.rootfs.root_mnt), "--hostname", hostname]
+        args = [*cgroups.helper_args(), "--disk-bytes", str(spec.disk_bytes)]
+        args += ["--etc-skel", str(host.rootfs.etc_skel), "--root-mnt", str(host.rootfs.root_mnt)]
+        args += ["--hostname", hostname, "--state-file", str(self._state_tmp(spec.sandbox_id))]
         args += _bind_args(spec.mounts)
-        helper = HelperChild(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        init = await _run_spawn_worker(host.spawner, spec.sandbox_id, args)
+        pidfd = os.pidfd_open(init.pid)  # safe: an orphaned init is our child until we reap it
         try:
-            returncode = await asyncio.wait_for(helper.wait(), SPAWN_TIMEOUT_S)
-        except BaseException:
-            helper.kill()  # its init, not yet ready, dies with it (parent-death signal)
-            helper.take_output()
-            raise
-        out, err = helper.take_output()
-        if returncode != 0:
-            raise _spawn_error(spec.sandbox_id, err.decode(errors="replace").strip())
-        init_pid = int(out)
-        pidfd = os.pidfd_open(init_pid)
-        try:
-            instance = self._make_instance(host, spec.sandbox_id, pidfd, hostname, dict(spec.env))
-            self._write_state(instance)
+            instance = self._make_instance(host, spec.sandbox_id, pidfd, hostname, dict(spec.env), init)
+            self._write_state(instance, init.start_ticks)
         except BaseException:
             os.close(pidfd)
             raise
         return instance
 
     def _make_instance(
-        self, host: _Host, sandbox_id: str, pidfd: int, hostname: str, env: dict[str, str]
+        self,
+        host: _Host,
+        sandbox_id: str,
+        pidfd: int,
+        hostname: str,
+        env: dict[str, str],
+        init: _Init | None = None,
     ) -> _Instance:
-        init_pid = _pid_of(pidfd)
-        target = Target(
-            helper=host.helper,
-            init_pid=init_pid,
-            init_pidfd=pidfd,
-            procs_files=host.cgroups.procs_files(sandbox_id),
-            pidns_inode=os.stat(f"/proc/{init_pid}/ns/pid").st_ino,
-        )
+        """For a start, `init` is what the spawn worker reported; adopt() reads /proc instead."""
+        init_pid = _pid_of(pidfd) if init is None else init.pid
+        target = Target(host.spawner, init_pid, pidfd, host.cgroups.procs_files(sandbox_id))
         return _Instance(sandbox_id, pidfd, target, hostname, env)
 
     # ------------------------------------------------------------------ internals: stop
@@ -386,6 +379,7 @@ class LinuxDriver:
         if not await _wait_until(lambda: host.cgroups.remove(sandbox_id), KILL_TIMEOUT_S):
             raise Internal(f"the cgroups of sandbox {sandbox_id} could not be removed")
         self._state_file(sandbox_id).unlink(missing_ok=True)
+        self._state_tmp(sandbox_id).unlink(missing_ok=True)  # a start that failed midway
 
     async def _kill_and_reap(self, host: _Host, sandbox_id: str) -> None:
         strays: dict[int, int] = {}  # pid -> pidfd, for sandbox processes that may be our children
@@ -452,19 +446,24 @@ class LinuxDriver:
     def _state_file(self, sandbox_id: str) -> Path:
         return self._instances_dir() / f"{sandbox_id}.json"
 
-    def _write_state(self, instance: _Instance) -> None:
-        """Atomically, mode 0600: the env may hold the user's secrets."""
+    def _state_tmp(self, sandbox_id: str) -> Path:
+        return self._instances_dir() / f".{sandbox_id}.json.tmp"
+
+    def _write_state(self, instance: _Instance, init_start_ticks: int) -> None:
+        """Atomically, mode 0600: the env may hold the user's secrets. (The spawn worker has made
+        the temporary file already: allocating its inode is the slow part on a busy ext4.)"""
         record = {
             "sandbox_id": instance.sandbox_id,
             "init_pid": instance.init_pid,
-            "init_start_ticks": _start_ticks(instance.init_pid),
+            "init_start_ticks": init_start_ticks,
             "hostname": instance.hostname,
             "env": instance.env,
         }
-        tmp = self._instances_dir() / f".{instance.sandbox_id}.json.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        tmp = self._state_tmp(instance.sandbox_id)
+        # No O_TRUNC: the worker's file is empty, and truncating to 0 makes ext4 flush it on close.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
+            f.write(json.dumps(record))  # one write(2), not one per token
         os.replace(tmp, self._state_file(instance.sandbox_id))
 
     def _read_state(self, sandbox_id: str) -> dict[str, Any] | None:
@@ -497,6 +496,40 @@ def _check_spec(spec: SandboxSpec) -> str:
 def _hostname(sandbox_id: str) -> str:
     name = re.sub(r"[^A-Za-z0-9-]+", "-", sandbox_id).strip("-")[:63].strip("-")
     return name or "sandbox"
+
+
+@dataclass(frozen=True, slots=True)
+class _Init:
+    """An instance's init as the node records it."""
+
+    pid: int
+    start_ticks: int
+    """field 22 of /proc/<pid>/stat: with the pid, it names one process for good"""
+
+
+async def _run_spawn_worker(spawner: Spawner, sandbox_id: str, args: list[str]) -> _Init:
+    """Start the instance's init through a spawn worker; return it once it is ready."""
+    ctl_read, ctl_write = os.pipe2(os.O_CLOEXEC)
+    control = ControlPipe(ctl_read)
+    try:
+        try:
+            worker = await spawner.run("spawn", args, (ctl_write,))
+        finally:
+            os.close(ctl_write)
+        try:
+            line = await asyncio.wait_for(control.readline(), SPAWN_TIMEOUT_S)
+        except BaseException:
+            worker.kill()  # its init, not yet ready, dies with it (parent-death signal)
+            raise
+    finally:
+        control.close()
+    fields = line.split()
+    if len(fields) == 2 and all(f.isdigit() for f in fields):
+        return _Init(int(fields[0]), int(fields[1]))
+    if line.startswith("conflict "):
+        raise Conflict(f"sandbox {sandbox_id} already has cgroups on this node")
+    detail = line.removeprefix("error ").strip() or f"the spawn worker exited with {await worker.wait()}"
+    raise _spawn_error(sandbox_id, detail)
 
 
 def _spawn_error(sandbox_id: str, detail: str) -> Exception:

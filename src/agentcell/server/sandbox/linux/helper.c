@@ -1,13 +1,25 @@
 /* acell-helper: the only native code of agentcell's process-tier sandboxes.
  *
- *   acell-helper spawn --cgroup-procs P... --disk-bytes N --etc-skel DIR --root-mnt DIR --hostname H
- *                      [--bind SRC DST | --bind-ro SRC DST]...
- *       Starts one sandbox: joins its cgroups, clones into new pid/mnt/net/ipc/uts/cgroup
- *       namespaces, builds the root filesystem, drops to the sandbox user and stays as PID 1
- *       (reaping zombies, nothing else). Prints the init's host pid once it is ready.
+ *   acell-helper serve --sock-fd N --parent PID
+ *       The node's spawner, started once per driver: the server never forks. Each request on the
+ *       SOCK_SEQPACKET socket is one message of NUL-terminated strings "<id>\0<op>\0<args>..."
+ *       with its file descriptors attached (SCM_RIGHTS); for "spawn" and "exec" the spawner forks
+ *       a worker that does the work below, replies "S <id> <worker pid>" (or "F <id> <reason>"),
+ *       and later "X <worker pid> <exit code> <signal>" when it has reaped that worker.
+ *       "kill <pid> <signal>" signals a worker that has not been reaped yet. Exits at end of file.
  *
- *   acell-helper exec --pid P [--init-pidfd N] --cgroup-procs P... --cwd DIR [--ctl-fd N]
- *                     [--env-fd N] -- argv...
+ *   spawn --cgroup-root DIR... --cgroup-dir DIR... --cgroup-set[-opt] FILE VALUE...
+ *         --cgroup-procs P... --disk-bytes N --etc-skel DIR --root-mnt DIR --hostname H
+ *         [--state-file F] [--bind SRC DST | --bind-ro SRC DST]...     fds: control
+ *       Starts one sandbox: makes its cgroups and writes their limits, joins them, clones into new
+ *       pid/mnt/net/ipc/uts/cgroup namespaces, builds the root filesystem, drops to the sandbox
+ *       user and stays as PID 1 (reaping zombies, nothing else). Once it is ready, writes
+ *       "<init host pid> <init start time in ticks>" to the control fd;
+ *       "conflict <dir>" if a cgroup exists, or "error <reason>". An empty --state-file (mode
+ *       0600) is created for the node to fill: a new inode on a busy ext4 costs ~0.4 ms.
+ *
+ *   exec --pid P --cgroup-procs P... --cwd DIR       fds: stdin, stdout, stderr, control,
+ *                                                         command memfd, the init's pidfd
  *       Runs one command in a running sandbox. Writes "<host pid> <sandbox pid>\n" and later
  *       "exit <code> <signal>\n" (or "error <reason>\n") to the control fd.
  *
@@ -32,7 +44,9 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <poll.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -43,6 +57,10 @@
 #define SANDBOX_GID 1000
 #define MAX_CGROUPS 16
 #define MAX_BINDS 16
+#define MAX_CGROUP_SETS 16
+#define MAX_REQUEST (64 << 10) /* the node puts anything longer (argv, env) on a memfd */
+#define MAX_REQUEST_ARGS 512
+#define MAX_REQUEST_FDS 6
 #define EXIT_SETUP 125     /* the helper failed before the command ran */
 #define EXIT_NOTFOUND 127  /* shell convention: command or directory not found */
 #define EXIT_NOEXEC 126    /* shell convention: found but not executable */
@@ -65,13 +83,11 @@
 #define SYS_close_range 436 /* one number on every architecture */
 #endif
 
-extern char **environ;
-
 /* ------------------------------------------------------------------ errors */
 
-/* Where a fatal error goes depends on who is listening: the Python side reads the spawn
- * parent's stderr, the spawn child's readiness pipe, the exec parent's control fd, and the
- * exec child's stderr (the user's own stream, like a shell reporting "command not found"). */
+/* Where a fatal error goes depends on who is listening: the spawner's own stderr (/dev/null: the
+ * node sees it exit), a worker's control fd, the spawn child's readiness pipe, and the exec
+ * child's stderr (the user's own stream, like a shell reporting "command not found"). */
 enum err_style { ERR_STDERR, ERR_READY_PIPE, ERR_CTL };
 static enum err_style err_style = ERR_STDERR;
 static int err_fd = 2;
@@ -429,7 +445,18 @@ struct bind {
     int read_only;
 };
 
+struct cgroup_set {
+    const char *path, *value;
+    int optional; /* the file exists only with some kernel options (swap accounting) */
+};
+
 struct spawn_opts {
+    const char *cgroup_roots[MAX_CGROUPS];
+    int nroots;
+    const char *cgroup_dirs[MAX_CGROUPS];
+    int ndirs;
+    struct cgroup_set sets[MAX_CGROUP_SETS];
+    int nsets;
     const char *cgroups[MAX_CGROUPS];
     int ncgroups;
     struct bind binds[MAX_BINDS];
@@ -438,6 +465,7 @@ struct spawn_opts {
     const char *etc_skel;
     const char *root_mnt;
     const char *hostname;
+    const char *state_file;
 };
 
 /* Files that differ per instance go straight into the /etc upper dir (cwd is the tmpfs). */
@@ -625,6 +653,7 @@ __attribute__((noreturn)) static void init_child(const struct spawn_opts *o, int
     if (devnull < 0) die_errno("open /dev/null");
     for (int fd = 0; fd < 3; fd++) dup2(devnull, fd); /* never hold the caller's pipes open */
     close(devnull);
+    close_other_fds(&ready_fd, 1); /* the worker's control fd: an init never execs, so CLOEXEC won't */
     set_oom_score_adj("-1000"); /* an OOM in the sandbox should kill user code, not PID 1 */
     sigset_t set;
     sigemptyset(&set);
@@ -672,18 +701,34 @@ static void parse_bind(struct spawn_opts *o, const char *src, const char *dst, i
     o->binds[o->nbinds++] = (struct bind){src, dst, read_only};
 }
 
+static void add_path(const char **list, int *n, const char *path, const char *option) {
+    if (*n >= MAX_CGROUPS) die("too many %s", option);
+    list[(*n)++] = path;
+}
+
+static void parse_cgroup_set(struct spawn_opts *o, const char *path, const char *value, int optional) {
+    if (o->nsets >= MAX_CGROUP_SETS) die("too many --cgroup-set");
+    o->sets[o->nsets++] = (struct cgroup_set){path, value, optional};
+}
+
 static void parse_spawn(int argc, char **argv, struct spawn_opts *o) {
     memset(o, 0, sizeof *o);
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (i + 1 >= argc) die("option %s needs a value", a);
         const char *v = argv[++i];
+        int pair = !strcmp(a, "--bind") || !strcmp(a, "--bind-ro") || !strncmp(a, "--cgroup-set", 12);
+        if (pair && i + 1 >= argc) die("option %s needs two values", a);
         if (!strcmp(a, "--bind") || !strcmp(a, "--bind-ro")) {
-            if (i + 1 >= argc) die("option %s needs a source and a target", a);
             parse_bind(o, v, argv[++i], !strcmp(a, "--bind-ro"));
+        } else if (!strcmp(a, "--cgroup-set") || !strcmp(a, "--cgroup-set-opt")) {
+            parse_cgroup_set(o, v, argv[++i], !strcmp(a, "--cgroup-set-opt"));
+        } else if (!strcmp(a, "--cgroup-root")) {
+            add_path(o->cgroup_roots, &o->nroots, v, a);
+        } else if (!strcmp(a, "--cgroup-dir")) {
+            add_path(o->cgroup_dirs, &o->ndirs, v, a);
         } else if (!strcmp(a, "--cgroup-procs")) {
-            if (o->ncgroups >= MAX_CGROUPS) die("too many --cgroup-procs");
-            o->cgroups[o->ncgroups++] = v;
+            add_path(o->cgroups, &o->ncgroups, v, a);
         } else if (!strcmp(a, "--disk-bytes")) {
             o->disk_bytes = parse_ull(v, "--disk-bytes");
         } else if (!strcmp(a, "--etc-skel")) {
@@ -692,6 +737,8 @@ static void parse_spawn(int argc, char **argv, struct spawn_opts *o) {
             o->root_mnt = v;
         } else if (!strcmp(a, "--hostname")) {
             o->hostname = v;
+        } else if (!strcmp(a, "--state-file")) {
+            o->state_file = v;
         } else {
             die("unknown option %s", a);
         }
@@ -703,12 +750,70 @@ static void parse_spawn(int argc, char **argv, struct spawn_opts *o) {
     if (strlen(o->hostname) > 64) die("--hostname is longer than 64 bytes");
 }
 
-static int cmd_spawn(int argc, char **argv) {
+__attribute__((noreturn)) static void report_conflict(const char *dir) {
+    char line[600];
+    int n = snprintf(line, sizeof line, "conflict %s\n", dir);
+    write_all(err_fd, line, n < (int)sizeof line ? (size_t)n : sizeof line - 1);
+    _exit(err_code);
+}
+
+/* The instance's cgroups, made here rather than by the node: cgroup creation is the slowest file
+ * work of a start, and here it runs beside the node's event loop. A directory that exists already
+ * is another start of the same id: the ones made here are removed again and the node is told. */
+static void create_cgroups(const struct spawn_opts *o) {
+    for (int i = 0; i < o->nroots; i++) make_dir(o->cgroup_roots[i], 0755);
+    for (int i = 0; i < o->ndirs; i++) {
+        if (mkdir(o->cgroup_dirs[i], 0755) == 0) continue;
+        int saved = errno;
+        for (int j = i - 1; j >= 0; j--) rmdir(o->cgroup_dirs[j]);
+        errno = saved;
+        if (saved == EEXIST) report_conflict(o->cgroup_dirs[i]);
+        die_errno("mkdir %s", o->cgroup_dirs[i]);
+    }
+    for (int i = 0; i < o->nsets; i++) {
+        const struct cgroup_set *c = &o->sets[i];
+        int fd = open(c->path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 && c->optional && errno == ENOENT) continue;
+        if (fd < 0) die_errno("open %s", c->path);
+        if (write(fd, c->value, strlen(c->value)) < 0) die_errno("write %s", c->path);
+        close(fd);
+    }
+}
+
+/* The init's identity for the node's records, read here so that the node reads no /proc.
+ * 0 on success; -1 with errno set. */
+static int report_init(int ctl_fd, pid_t pid) {
+    char path[64], stat_text[1024], line[96];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, stat_text, sizeof stat_text - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    stat_text[n] = 0;
+    char *field = strrchr(stat_text, ')'); /* the command name may hold spaces and parentheses */
+    for (int i = 0; field && i < 20; i++) field = strchr(field + 1, ' '); /* to field 22 */
+    if (!field) return errno = EINVAL, -1;
+    int len = snprintf(line, sizeof line, "%d %llu\n", pid, strtoull(field + 1, NULL, 10));
+    write_all(ctl_fd, line, (size_t)len);
+    return 0;
+}
+
+static void create_state_file(const char *path) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) die_errno("create %s", path);
+    close(fd);
+}
+
+static int run_spawn(int argc, char **argv, int ctl_fd) {
     struct spawn_opts o;
     int pipefd[2];
-    close_other_fds(NULL, 0);
+    err_fd = ctl_fd;
+    close_other_fds(&ctl_fd, 1);
     parse_spawn(argc, argv, &o);
+    create_cgroups(&o);
     join_cgroups(o.cgroups, o.ncgroups);
+    if (o.state_file) create_state_file(o.state_file);
     if (pipe2(pipefd, O_CLOEXEC) < 0) die_errno("pipe");
     long flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS |
                  CLONE_NEWCGROUP | SIGCHLD;
@@ -723,12 +828,12 @@ static int cmd_spawn(int argc, char **argv) {
     ssize_t n;
     do n = read(pipefd[0], buf, sizeof buf - 1);
     while (n < 0 && errno == EINTR);
-    if (n > 0 && buf[0] == 'K') {
-        printf("%d\n", pid);
-        return 0;
-    }
+    if (n > 0 && buf[0] == 'K' && report_init(ctl_fd, pid) == 0) return 0;
+    int saved = errno;
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
+    errno = saved;
+    if (n > 0 && buf[0] == 'K') die_errno("cannot read the init's /proc entry");
     buf[n > 0 ? n : 0] = 0;
     die("sandbox init failed: %s", n > 1 ? buf + 1 : "it exited during setup");
 }
@@ -742,67 +847,62 @@ struct exec_opts {
     int init_pidfd;
     const char *cwd;
     int ctl_fd;
-    int env_fd;
+    int cmd_fd;
     int oom_protected; /* this helper lowered its OOM score: the command must not inherit it */
     char **argv;
+    char **env;
 };
 
 static void parse_exec(int argc, char **argv, struct exec_opts *o) {
-    memset(o, 0, sizeof *o);
-    o->ctl_fd = 3;
-    o->env_fd = -1;
-    o->init_pidfd = -1;
-    int i = 0;
-    for (; i < argc && strcmp(argv[i], "--"); i++) {
+    for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (i + 1 >= argc) die("option %s needs a value", a);
         const char *v = argv[++i];
         if (!strcmp(a, "--cgroup-procs")) {
-            if (o->ncgroups >= MAX_CGROUPS) die("too many --cgroup-procs");
-            o->cgroups[o->ncgroups++] = v;
+            add_path(o->cgroups, &o->ncgroups, v, a);
         } else if (!strcmp(a, "--pid")) {
             o->init_pid = (pid_t)parse_ull(v, "--pid");
-        } else if (!strcmp(a, "--init-pidfd")) {
-            o->init_pidfd = (int)parse_ull(v, "--init-pidfd");
         } else if (!strcmp(a, "--cwd")) {
             o->cwd = v;
-        } else if (!strcmp(a, "--ctl-fd")) {
-            o->ctl_fd = (int)parse_ull(v, "--ctl-fd");
-        } else if (!strcmp(a, "--env-fd")) {
-            o->env_fd = (int)parse_ull(v, "--env-fd");
         } else {
             die("unknown option %s", a);
         }
     }
-    if (i + 1 >= argc) die("exec needs -- and a command");
     if (o->init_pid <= 0 || !o->cwd) die("exec needs --pid and --cwd");
-    o->argv = argv + i + 1;
 }
 
-/* The command's environment arrives NUL-separated on a file (a memfd), not in our own environ:
- * this helper runs as host root, so user-chosen variables (GLIBC_TUNABLES...) never reach its
- * libc start-up code. */
-static char **read_env(int fd) {
+/* The command line and environment arrive on a memfd: "<argc>\0", the arguments, then the
+ * environment, each NUL-terminated. Not in our own environ: this process runs as host root, so
+ * user-chosen variables (GLIBC_TUNABLES...) never reach its libc; and not in the request, so a
+ * command line of any length fits. */
+static void read_command(struct exec_opts *o) {
     struct stat st;
-    if (fstat(fd, &st) < 0) die_errno("env fd");
+    if (fstat(o->cmd_fd, &st) < 0) die_errno("command fd");
     size_t size = (size_t)st.st_size;
     char *buf = malloc(size + 1);
     size_t got = 0;
     if (!buf) die("out of memory");
     while (got < size) {
-        ssize_t n = pread(fd, buf + got, size - got, (off_t)got);
-        if (n <= 0) die_errno("read env");
+        ssize_t n = pread(o->cmd_fd, buf + got, size - got, (off_t)got);
+        if (n <= 0) die_errno("read command");
         got += (size_t)n;
     }
     buf[size] = 0;
     size_t count = 0;
     for (size_t i = 0; i < size; i++) count += buf[i] == 0;
-    char **env = calloc(count + 2, sizeof *env);
-    if (!env) die("out of memory");
+    char **strs = calloc(count + 2, sizeof *strs); /* argv and env, each NULL-terminated */
+    if (!strs) die("out of memory");
     size_t k = 0;
-    for (size_t i = 0; i < size; i += strlen(buf + i) + 1) env[k++] = buf + i;
-    close(fd);
-    return env;
+    for (size_t i = 0; i < size; i += strlen(buf + i) + 1) strs[k++] = buf + i;
+    if (k == 0 || size == 0 || buf[size - 1] != 0) die("malformed command");
+    unsigned long long argc = parse_ull(strs[0], "argument count");
+    if (argc == 0 || argc > k - 1) die("malformed command");
+    memmove(strs, strs + 1, argc * sizeof *strs); /* argv moves down over the count */
+    o->argv = strs;
+    o->argv[argc] = NULL;
+    o->env = strs + argc + 1; /* where the environment already is */
+    o->env[k - 1 - argc] = NULL;
+    close(o->cmd_fd);
 }
 
 /* One atomic setns through a pidfd (Linux 5.8+). The caller's own pidfd of the init is best: it
@@ -837,26 +937,18 @@ static void enter_namespaces(pid_t pid, int given_pidfd) {
     }
 }
 
-/* The child's pid as the sandbox sees it: the last field of NSpid in the host's /proc. */
-static long sandbox_pid(int procfd, pid_t pid) {
-    char path[32], buf[2048];
-    snprintf(path, sizeof path, "%d/status", pid);
-    int fd = openat(procfd, path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    buf[n] = 0;
-    char *line = strstr(buf, "\nNSpid:");
-    if (!line) return -1;
-    char *end = strchr(line + 1, '\n');
-    if (end) *end = 0;
-    char *last = strrchr(line, '\t');
-    return last ? strtol(last + 1, NULL, 10) : -1;
+/* The child's pid as the sandbox sees it, which only the child knows (getpid() there): it
+ * writes it to a pipe before anything else. -1 if it died first. */
+static long sandbox_pid(int pid_pipe) {
+    pid_t pid = -1;
+    ssize_t n;
+    do n = read(pid_pipe, &pid, sizeof pid);
+    while (n < 0 && errno == EINTR);
+    close(pid_pipe);
+    return n == sizeof pid ? (long)pid : -1;
 }
 
-__attribute__((noreturn)) static void exec_child(const struct exec_opts *o, char **env,
-                                                 const sigset_t *oldmask) {
+__attribute__((noreturn)) static void exec_child(const struct exec_opts *o, const sigset_t *oldmask) {
     err_style = ERR_STDERR;
     err_fd = 2;
     err_code = EXIT_SETUP;
@@ -868,11 +960,13 @@ __attribute__((noreturn)) static void exec_child(const struct exec_opts *o, char
     err_code = EXIT_NOTFOUND;
     if (chdir(o->cwd) < 0) die_errno("cannot enter working directory %s", o->cwd);
     sigprocmask(SIG_SETMASK, oldmask, NULL);
-    execvpe(o->argv[0], o->argv, env);
+    execvpe(o->argv[0], o->argv, o->env);
     err_code = errno == ENOENT ? EXIT_NOTFOUND : EXIT_NOEXEC;
     die_errno("%s", o->argv[0]);
 }
 
+/* The exit line is written before the child is reaped: until then its pid cannot be reused, so a
+ * pidfd the node opens while no exit line is there names the command (see process.py). */
 static int forward_until_exit(pid_t child, const sigset_t *set, int ctl_fd) {
     for (;;) {
         siginfo_t si;
@@ -882,13 +976,15 @@ static int forward_until_exit(pid_t child, const sigset_t *set, int ctl_fd) {
             kill(child, sig);
             continue;
         }
-        int status;
-        if (waitpid(child, &status, WNOHANG) != child) continue;
-        int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        int signo = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+        memset(&si, 0, sizeof si);
+        if (waitid(P_PID, (id_t)child, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid != child)
+            continue;
+        int signo = si.si_code == CLD_EXITED ? 0 : si.si_status;
+        int code = signo ? 128 + signo : si.si_status;
         char line[64];
         int n = snprintf(line, sizeof line, "exit %d %d\n", code, signo);
         write_all(ctl_fd, line, (size_t)n);
+        waitpid(child, NULL, 0);
         return code;
     }
 }
@@ -903,21 +999,23 @@ static void sort3(int *v) {
             }
 }
 
-static int cmd_exec(int argc, char **argv) {
+/* fds: control, command memfd, the init's pidfd (stdin, stdout and stderr are 0-2 already). */
+static int run_exec(int argc, char **argv, const int *fds) {
     struct exec_opts o;
-    parse_exec(argc, argv, &o);
-    int keep[3] = {o.ctl_fd, o.env_fd, o.init_pidfd};
+    memset(&o, 0, sizeof o);
+    o.ctl_fd = err_fd = fds[0];
+    o.cmd_fd = fds[1];
+    o.init_pidfd = fds[2];
+    err_code = EXIT_SETUP;
+    int keep[3] = {o.ctl_fd, o.cmd_fd, o.init_pidfd};
     sort3(keep);
     close_other_fds(keep, 3);
-    if (fcntl(o.ctl_fd, F_SETFD, FD_CLOEXEC) < 0) die_errno("control fd %d", o.ctl_fd);
-    err_style = ERR_CTL;
-    err_fd = o.ctl_fd;
-    err_code = EXIT_SETUP;
-    char **env = o.env_fd >= 0 ? read_env(o.env_fd) : environ;
+    parse_exec(argc, argv, &o);
+    read_command(&o);
     o.oom_protected = set_oom_score_adj("-1000");
     join_cgroups(o.cgroups, o.ncgroups);
-    int procfd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC); /* the host's, for NSpid */
-    if (procfd < 0) die_errno("open /proc");
+    int pid_pipe[2];
+    if (pipe2(pid_pipe, O_CLOEXEC) < 0) die_errno("pipe");
     enter_namespaces(o.init_pid, o.init_pidfd);
     if (chdir("/") < 0) die_errno("chdir /");
 
@@ -929,18 +1027,161 @@ static int cmd_exec(int argc, char **argv) {
     pid_t child = fork();
     if (child < 0) die_errno("fork");
     if (child == 0) {
-        close(procfd);
-        exec_child(&o, env, &oldmask);
+        pid_t self = getpid();
+        close(pid_pipe[0]);
+        write_all(pid_pipe[1], (const char *)&self, sizeof self);
+        close(pid_pipe[1]);
+        exec_child(&o, &oldmask);
     }
+    close(pid_pipe[1]);
     char line[64];
-    int n = snprintf(line, sizeof line, "%d %ld\n", child, sandbox_pid(procfd, child));
+    int n = snprintf(line, sizeof line, "%d %ld\n", child, sandbox_pid(pid_pipe[0]));
     write_all(o.ctl_fd, line, (size_t)n);
-    close(procfd);
     return forward_until_exit(child, &set, o.ctl_fd);
 }
 
+/* ------------------------------------------------------------------ serve: the node's spawner */
+
+static int server_sock = -1;
+
+static void reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void reply(const char *fmt, ...) {
+    char line[600];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n >= (int)sizeof line) n = (int)sizeof line - 1;
+    while (send(server_sock, line, (size_t)n, MSG_NOSIGNAL) < 0) {
+        if (errno == EINTR) continue;
+        _exit(errno == EPIPE || errno == ECONNRESET ? 0 : 1); /* the node is gone */
+    }
+}
+
+/* A worker: a fork of this small process, so starting one costs no exec. It begins with the
+ * spawner's blocked SIGCHLD, which nothing it runs may inherit. */
+__attribute__((noreturn)) static void run_worker(const char *op, int argc, char **argv, int *fds, int nfds) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    struct sched_param normal = {.sched_priority = 0};
+    sched_setscheduler(0, SCHED_OTHER, &normal);
+    err_style = ERR_CTL;
+    if (!strcmp(op, "spawn") && nfds == 1) _exit(run_spawn(argc, argv, fds[0]));
+    if (!strcmp(op, "exec") && nfds == 6) {
+        for (int fd = 0; fd < 3; fd++)
+            if (dup2(fds[fd], fd) < 0) _exit(EXIT_SETUP);
+        _exit(run_exec(argc, argv, fds + 3));
+    }
+    _exit(EXIT_SETUP);
+}
+
+/* Only a child not reaped yet: its pid cannot have been handed to another process. */
+static void kill_worker(int argc, char **argv) {
+    siginfo_t si;
+    if (argc != 2) return;
+    pid_t pid = (pid_t)strtol(argv[0], NULL, 10);
+    int sig = (int)strtol(argv[1], NULL, 10);
+    if (pid > 0 && waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0) kill(pid, sig);
+}
+
+static int split_request(char *buf, size_t len, char **args) {
+    if (len == 0 || buf[len - 1] != 0) return -1;
+    int n = 0;
+    for (size_t i = 0; i < len; i += strlen(buf + i) + 1) {
+        if (n >= MAX_REQUEST_ARGS) return -1;
+        args[n++] = buf + i;
+    }
+    args[n] = NULL;
+    return n;
+}
+
+static void handle_request(char *buf, size_t len, int *fds, int nfds) {
+    static char *args[MAX_REQUEST_ARGS + 1];
+    int n = split_request(buf, len, args);
+    if (n >= 2 && !strcmp(args[1], "kill")) {
+        kill_worker(n - 2, args + 2);
+    } else if (n >= 2 && strspn(args[0], "0123456789") == strlen(args[0]) && strlen(args[0]) < 20) {
+        pid_t pid = fork();
+        if (pid == 0) run_worker(args[1], n - 2, args + 2, fds, nfds);
+        if (pid < 0)
+            reply("F %s fork: %s", args[0], strerror(errno));
+        else
+            reply("S %s %d", args[0], pid);
+    } else {
+        reply("F 0 malformed request");
+    }
+    for (int i = 0; i < nfds; i++) close(fds[i]);
+}
+
+static void reap_workers(void) {
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        int code = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
+        reply("X %d %d %d", pid, code, WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    }
+}
+
+/* One request; 0 at end of file (the node closed its end). */
+static int serve_one(void) {
+    static char buf[MAX_REQUEST];
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(sizeof(int) * MAX_REQUEST_FDS)];
+    } control;
+    struct iovec iov = {buf, sizeof buf};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+                         .msg_controllen = sizeof control.space};
+    ssize_t n = recvmsg(server_sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n < 0) return errno == EINTR || errno == EAGAIN;
+    int fds[MAX_REQUEST_FDS], nfds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < count && nfds < MAX_REQUEST_FDS; i++)
+            memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+    }
+    if (n == 0 && nfds == 0) return 0;
+    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) n = 0; /* answered as malformed */
+    handle_request(buf, (size_t)n, fds, nfds);
+    return 1;
+}
+
+static int cmd_serve(int argc, char **argv) {
+    if (argc != 4 || strcmp(argv[0], "--sock-fd") || strcmp(argv[2], "--parent"))
+        die("usage: acell-helper serve --sock-fd N --parent PID");
+    server_sock = (int)parse_ull(argv[1], "--sock-fd");
+    close_other_fds(&server_sock, 1);
+    if (fcntl(server_sock, F_SETFD, FD_CLOEXEC) < 0) die_errno("socket fd");
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); /* the spawner never outlives its node */
+    if (getppid() != (pid_t)parse_ull(argv[3], "--parent")) return 0;
+    set_oom_score_adj("-1000");
+    struct sched_param batch = {.sched_priority = 0};
+    sched_setscheduler(0, SCHED_BATCH, &batch);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0) die_errno("signalfd");
+    struct pollfd p[2] = {{.fd = server_sock, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
+    for (;;) {
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            die_errno("poll");
+        }
+        if (p[1].revents) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) > 0) {
+            }
+            reap_workers();
+        }
+        if (p[0].revents && !serve_one()) return 0;
+    }
+}
+
 int main(int argc, char **argv) {
-    if (argc >= 2 && !strcmp(argv[1], "spawn")) return cmd_spawn(argc - 2, argv + 2);
-    if (argc >= 2 && !strcmp(argv[1], "exec")) return cmd_exec(argc - 2, argv + 2);
-    die("usage: acell-helper spawn|exec ...");
+    if (argc >= 2 && !strcmp(argv[1], "serve")) return cmd_serve(argc - 2, argv + 2);
+    die("usage: acell-helper serve --sock-fd N --parent PID");
 }

@@ -1,9 +1,9 @@
-"""One command running in a sandbox: the node side of `acell-helper exec`.
+"""One command running in a sandbox: the node side of an exec worker (see spawner.py).
 
-The helper is our direct child; the command is the helper's child, inside the sandbox. The
-helper reports on a control pipe: `<host pid> <sandbox pid>` once forked, `exit <code> <signal>`
-when the command ends, or `error <reason>` if it could not start it. The command's stdin, stdout
-and stderr are the helper's own pipes, passed straight through.
+The spawner forks the worker; the command is the worker's child, inside the sandbox. The worker
+reports on a control pipe: `<host pid> <sandbox pid>` once forked, `exit <code> <signal>` when
+the command ends, or `error <reason>` if it could not start it. The command's stdin, stdout and
+stderr are pipes made here and handed to the worker; its argv and env travel on a memfd.
 """
 
 from __future__ import annotations
@@ -11,28 +11,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO
 
 from agentcell.errors import Internal, InvalidArgument, NotRunning
 from agentcell.server.sandbox.driver import ExitStatus
+from agentcell.server.sandbox.linux.spawner import Spawner, Worker
 
 ORPHAN_EXIT_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where a command goes: the instance's init and cgroups, as the helper needs them."""
+    """Where a command goes: the instance's init and cgroups, as the worker needs them."""
 
-    helper: Path
+    spawner: Spawner
     init_pid: int
     init_pidfd: int
-    """the node's pidfd of the init: the helper enters through it, so a recycled pid is harmless"""
+    """the node's pidfd of the init: the worker enters through it, so a recycled pid is harmless"""
     procs_files: Sequence[str]
-    pidns_inode: int
 
 
 async def start_process(
@@ -41,84 +41,57 @@ async def start_process(
     """Run argv in the sandbox; return once it has been forked there."""
     if not argv:
         raise InvalidArgument("argv must name a command")
-    env_fd = _env_memfd(env)
-    ctl_read, ctl_write = os.pipe()
+    command_fd = _command_memfd(argv, env)
+    ctl_read, ctl_write = os.pipe2(os.O_CLOEXEC)
+    control = ControlPipe(ctl_read)
+    pipes = _StdioPipes()
     try:
-        helper = HelperChild(
-            _helper_argv(target, argv, cwd, ctl_write, env_fd),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=(ctl_write, env_fd, target.init_pidfd),
-        )
-    except ValueError as e:  # a NUL byte in argv or cwd
-        os.close(ctl_read)
-        raise InvalidArgument(f"argv and cwd may not contain NUL bytes: {e}") from None
-    except OSError as e:
-        os.close(ctl_read)
-        raise Internal(f"could not run the sandbox helper: {e}") from e
-    finally:
-        os.close(ctl_write)
-        os.close(env_fd)
-    control = _ControlPipe(ctl_read)
-    streams: _Streams | None = None
-    try:
-        streams = await _connect_streams(helper.popen)
-        host_pid, pid = await _read_started(control, helper)
+        fds = (*pipes.theirs, ctl_write, command_fd, target.init_pidfd)
+        worker = await target.spawner.run("exec", _exec_args(target, cwd), fds)
     except BaseException:
         control.close()
-        helper.kill()
-        if streams is not None:
+        pipes.close_ours()
+        raise
+    finally:
+        pipes.close_theirs()
+        os.close(ctl_write)
+        os.close(command_fd)
+    streams: _Streams | None = None
+    try:
+        streams = await _connect_streams(pipes)
+        host_pid, pid = await _read_started(control, worker)
+    except BaseException:
+        control.close()
+        worker.kill()
+        if streams is None:
+            pipes.close_ours()
+        else:
             streams.stdin.close()  # the read pipes close themselves at EOF, now that it is dead
         raise
-    return LinuxProcess(helper, streams, control, host_pid, pid, _open_pidfd(host_pid, target.pidns_inode))
+    return LinuxProcess(worker, streams, control, host_pid, pid, _open_pidfd(host_pid, control))
 
 
-class HelperChild:
-    """A helper process we started, reaped through its pidfd on the event loop (one waiter).
+class _StdioPipes:
+    """The command's stdin, stdout and stderr: the worker gets `theirs`, the node keeps `ours`."""
 
-    Not asyncio's subprocess support: under uvloop a spawn costs ~3 ms more here, and the
-    default loop of Python 3.11 starts a watcher thread per child. Popen forks with vfork."""
-
-    def __init__(
-        self, args: Sequence[str], *, stdin: int, stdout: int, stderr: int, pass_fds: Sequence[int] = ()
-    ) -> None:
-        # env={}: the helper runs as host root, so no user-chosen variable reaches it.
-        self.popen = subprocess.Popen(
-            args, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=pass_fds, env={}
+    def __init__(self) -> None:
+        stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+        stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+        stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+        self.theirs = (stdin_r, stdout_w, stderr_w)
+        self.ours: tuple[BinaryIO, BinaryIO, BinaryIO] = (
+            open(stdin_w, "wb", buffering=0),  # noqa: SIM115 - the streams take them over
+            open(stdout_r, "rb", buffering=0),  # noqa: SIM115
+            open(stderr_r, "rb", buffering=0),  # noqa: SIM115
         )
-        self.pid = self.popen.pid
-        self._pidfd: int | None = os.pidfd_open(self.pid)
-        self.returncode: int | None = None
 
-    async def wait(self) -> int:
-        """The exit status as Popen reports it (negative: killed by that signal)."""
-        while self.returncode is None:
-            returncode = self.popen.poll()
-            if returncode is not None:
-                self._finish(returncode)
-                return returncode
-            assert self._pidfd is not None
-            await wait_readable(self._pidfd)
-        return self.returncode
+    def close_theirs(self) -> None:
+        for fd in self.theirs:
+            os.close(fd)
 
-    def kill(self) -> None:
-        """SIGKILL and reap (immediate: the helper has no handler and holds no lock)."""
-        if self.returncode is None:
-            self.popen.kill()
-            self._finish(self.popen.wait())
-
-    def take_output(self) -> tuple[bytes, bytes]:
-        """All of stdout and stderr of an exited helper whose pipes nobody else reads."""
-        assert self.popen.stdout is not None and self.popen.stderr is not None
-        with self.popen.stdout, self.popen.stderr:
-            return self.popen.stdout.read(), self.popen.stderr.read()
-
-    def _finish(self, returncode: int) -> None:
-        self.returncode = returncode
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+    def close_ours(self) -> None:
+        for pipe in self.ours:
+            pipe.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,37 +110,39 @@ class _PipeProtocol(asyncio.StreamReaderProtocol):
         return False
 
 
-async def _connect_streams(popen: subprocess.Popen[bytes]) -> _Streams:
-    """The helper's pipes as asyncio streams, with flow control: a command writing faster than
+async def _connect_streams(pipes: _StdioPipes) -> _Streams:
+    """The command's pipes as asyncio streams, with flow control: a command writing faster than
     its reader is paused by the full pipe instead of filling the server's memory."""
-    assert popen.stdin is not None and popen.stdout is not None and popen.stderr is not None
+    stdin, stdout_pipe, stderr_pipe = pipes.ours
     loop = asyncio.get_running_loop()
     stdout, stderr = asyncio.StreamReader(), asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: _PipeProtocol(stdout), popen.stdout)
-    await loop.connect_read_pipe(lambda: _PipeProtocol(stderr), popen.stderr)
-    transport, protocol = await loop.connect_write_pipe(
-        lambda: _PipeProtocol(asyncio.StreamReader()), popen.stdin
-    )
+    await loop.connect_read_pipe(lambda: _PipeProtocol(stdout), stdout_pipe)
+    await loop.connect_read_pipe(lambda: _PipeProtocol(stderr), stderr_pipe)
+    transport, protocol = await loop.connect_write_pipe(lambda: _PipeProtocol(asyncio.StreamReader()), stdin)
     return _Streams(asyncio.StreamWriter(transport, protocol, None, loop), stdout, stderr)
 
 
-def _helper_argv(target: Target, argv: Sequence[str], cwd: str, ctl_fd: int, env_fd: int) -> list[str]:
-    args = [str(target.helper), "exec", "--pid", str(target.init_pid), "--init-pidfd", str(target.init_pidfd)]
+def _exec_args(target: Target, cwd: str) -> list[str]:
+    args = ["--pid", str(target.init_pid), "--cwd", cwd]
     for path in target.procs_files:
         args += ["--cgroup-procs", path]
-    return [*args, "--cwd", cwd, "--ctl-fd", str(ctl_fd), "--env-fd", str(env_fd), "--", *argv]
+    return args
 
 
-def _env_memfd(env: Mapping[str, str]) -> int:
-    """The command's environment, NUL-separated, on a memfd for the helper to read."""
-    entries = []
+def _command_memfd(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """`<argc>`, the arguments, then the environment, NUL-terminated, on a memfd for the worker."""
+    entries = [f"{len(argv)}\0".encode()]
+    for arg in argv:
+        if "\0" in arg:
+            raise InvalidArgument(f"argv may not contain NUL bytes: {arg[:80]!r}")
+        entries.append(arg.encode() + b"\0")
     for key, value in env.items():
         if not key or "=" in key or "\0" in key or "\0" in value:
             raise InvalidArgument(f"environment variable names may not be empty or hold = or NUL: {key!r}")
         entries.append(f"{key}={value}\0".encode())
-    fd = os.memfd_create("acell-env", os.MFD_CLOEXEC)
+    fd = os.memfd_create("acell-command", os.MFD_CLOEXEC)
     try:
-        data = b"".join(entries)
+        data = memoryview(b"".join(entries))
         written = 0
         while written < len(data):
             written += os.write(fd, data[written:])
@@ -177,30 +152,27 @@ def _env_memfd(env: Mapping[str, str]) -> int:
     return fd
 
 
-async def _read_started(control: _ControlPipe, helper: HelperChild) -> tuple[int, int]:
+async def _read_started(control: ControlPipe, worker: Worker) -> tuple[int, int]:
     line = await control.readline()
     fields = line.split()
     if len(fields) == 2 and all(f.lstrip("-").isdigit() for f in fields):
         return int(fields[0]), int(fields[1])
-    returncode = await helper.wait()
+    returncode = await worker.wait()
     reason = line.removeprefix("error ").strip() or f"the helper exited with {returncode}"
     if "is gone" in reason:
         raise NotRunning(f"the sandbox is not running: {reason}")
     raise Internal(f"could not start the command in the sandbox: {reason}")
 
 
-def _open_pidfd(host_pid: int, pidns_inode: int) -> int | None:
-    """A pidfd for the command, or None once it is gone. The pid-namespace check guards against
-    the (tiny) chance that the command was already reaped and its pid handed to someone else."""
+def _open_pidfd(host_pid: int, control: ControlPipe) -> int | None:
+    """A pidfd for the command, or None once it has ended. The worker reaps the command only after
+    writing its exit line, so while no line is waiting the pid is still the command's: a pidfd
+    opened first cannot name a process that took the pid over later."""
     try:
         fd = os.pidfd_open(host_pid)
     except ProcessLookupError:
         return None
-    try:
-        same_sandbox = os.stat(f"/proc/{host_pid}/ns/pid").st_ino == pidns_inode
-    except OSError:
-        same_sandbox = False
-    if not same_sandbox:
+    if control.has_more():
         os.close(fd)
         return None
     return fd
@@ -232,8 +204,8 @@ def reap_if_child(pidfd: int) -> bool:
         return True
 
 
-class _ControlPipe:
-    """Line reader over the helper's control pipe, without a transport or protocol object."""
+class ControlPipe:
+    """Line reader over a worker's control pipe, without a transport or protocol object."""
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
@@ -254,6 +226,14 @@ class _ControlPipe:
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line.decode(errors="replace")
 
+    def has_more(self) -> bool:
+        """True if a line (or end of file) is waiting to be read."""
+        if self._buffer or self._eof or self._fd is None:
+            return True
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        return bool(poller.poll(0))
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -265,9 +245,9 @@ class LinuxProcess:
 
     def __init__(
         self,
-        helper: HelperChild,
+        worker: Worker,
         streams: _Streams,
-        control: _ControlPipe,
+        control: ControlPipe,
         host_pid: int,
         pid: int,
         pidfd: int | None,
@@ -277,7 +257,7 @@ class LinuxProcess:
         self.stdout = streams.stdout
         self.stderr = streams.stderr
         self._stdin = streams.stdin
-        self._helper = helper
+        self._worker = worker
         self._control = control
         self._pidfd = pidfd
         self._status: ExitStatus | None = None
@@ -285,11 +265,11 @@ class LinuxProcess:
 
     @property
     def helper_pid(self) -> int:
-        return self._helper.pid
+        return self._worker.pid
 
     @property
     def helper_running(self) -> bool:
-        return self._helper.returncode is None
+        return self._worker.returncode is None
 
     async def write_stdin(self, data: bytes) -> None:
         try:
@@ -321,12 +301,12 @@ class LinuxProcess:
         # Cancellation-safe: a caller may give up waiting (a timeout) and then send SIGKILL, so
         # nothing is torn down until the status is known.
         line = await self._control.readline()
-        returncode = await self._helper.wait()
+        returncode = await self._worker.wait()
         fields = line.split()
         if len(fields) == 3 and fields[0] == "exit":
             status = ExitStatus(code=int(fields[1]), signal=int(fields[2]) or None)
         else:
-            # The helper died before the command did (SIGKILLed from outside): the command got
+            # The worker died before the command did (SIGKILLed from outside): the command got
             # SIGKILL from its parent-death signal and was re-parented to us, the subreaper.
             await self._reap_orphaned_command()
             signo = -returncode if returncode < 0 else None

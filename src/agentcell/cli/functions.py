@@ -1,0 +1,187 @@
+"""`agentcell fn …`: deploy, ls, get, rm.
+
+    agentcell fn deploy ./my-agent --name chat --cmd "python3 app.py" \\
+        --affinity header --sessions-per-instance 1 --session-ttl 6h --idle-timeout 15m --min-warm 2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from agentcell.cli.context import CliError, Connection, parse_pairs, pass_connection
+from agentcell.cli.durations import duration_option
+from agentcell.cli.progress import Progress
+from agentcell.cli.table import render_table
+from agentcell.client import FunctionInfo, Hook, HookSpec
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+POSITIVE = click.IntRange(min=1)
+
+
+@click.group("fn")
+def function_group() -> None:
+    """Deploy, list, inspect and delete functions (served at /fn/NAME/)."""
+
+
+@function_group.command("deploy")
+@click.argument("code", type=click.Path(exists=True, readable=True))
+@click.option("--name", required=True, help="Function name: lowercase letters, digits, '-'.")
+@click.option("--cmd", required=True, help="Serves HTTP on $PORT; run by bash in /code.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="$PORT (default 8080).")
+@click.option("--env", "env", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable.")
+@click.option("--metadata", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable.")
+@click.option("--cpu", type=click.FloatRange(min=0, min_open=True), default=None, help="CPU cores.")
+@click.option("--memory-mb", type=POSITIVE, default=None)
+@click.option("--disk-mb", type=POSITIVE, default=None)
+@click.option(
+    "--affinity",
+    type=click.Choice(["header", "cookie", "mcp", "none"]),
+    default=None,
+    help="How requests find their session (default header).",
+)
+@click.option(
+    "--session-header", default=None, help="Header carrying the key (default x-agentcell-session-id)."
+)
+@click.option("--cookie-name", default=None, help="Cookie carrying the key (--affinity cookie).")
+@click.option("--sessions-per-instance", type=POSITIVE, default=None, help="1 (default): exclusive.")
+@duration_option("--session-ttl", "session_ttl_s", help="Session lifetime (default 6h).")
+@duration_option("--idle-timeout", "idle_timeout_s", help="Session ends idle this long (default 15m).")
+@click.option("--disable-session-id-reuse", is_flag=True, default=None, help="Refuse ended keys.")
+@click.option("--min-warm", type=click.IntRange(min=0), default=None, help="Idle instances kept ready.")
+@click.option("--max-instances", type=POSITIVE, default=None)
+@click.option("--concurrency", type=POSITIVE, default=None, help="Concurrent requests per instance.")
+@click.option("--init-hook", default=None, metavar="CMD", help="Run in each new instance before traffic.")
+@duration_option("--init-timeout", help="Deadline of --init-hook (default 30s).")
+@click.option("--pre-stop-hook", default=None, metavar="CMD", help="Run before an instance stops.")
+@duration_option("--pre-stop-timeout", help="Deadline of --pre-stop-hook (default 30s).")
+@duration_option("--ready-timeout", help="Time allowed to listen on $PORT (default 30s).")
+@duration_option("--request-timeout", help="Per request through the gateway (default 5m).")
+@json_option
+@pass_connection
+def deploy(conn: Connection, /, code: str, name: str, cmd: str, as_json: bool, **options: Any) -> None:
+    """Deploy CODE (a directory, or a .tar / .tar.gz of one) as a new version of function NAME.
+
+    Durations: 90, 90s, 15m, 6h, 2d, 1h30m.
+    """
+    settings = _deploy_settings(options)
+    progress = DeployProgress()
+    try:
+        with conn.agentcell() as client:
+            info = client.functions.deploy(
+                name,
+                code,
+                cmd=cmd,
+                on_pack_progress=progress.packed,
+                on_progress=progress.uploaded,
+                **settings,
+            )
+            url = client.functions.url(info.name)
+    finally:
+        progress.finish()
+    click.echo(
+        info.model_dump_json(indent=2) if as_json else f"deployed {info.name} version {info.version}: {url}"
+    )
+
+
+def _deploy_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The SDK's deploy keywords from the CLI's options (unset ones left out)."""
+    hooks = {
+        "initialize": _hook("--init-hook", options.pop("init_hook"), options.pop("init_timeout")),
+        "pre_stop": _hook("--pre-stop-hook", options.pop("pre_stop_hook"), options.pop("pre_stop_timeout")),
+    }
+    renamed = {
+        "concurrency_per_instance": options.pop("concurrency"),
+        "ready_timeout_s": options.pop("ready_timeout"),
+        "request_timeout_s": options.pop("request_timeout"),
+    }
+    return {k: v for k, v in {**options, **hooks, **renamed}.items() if v is not None and v != {}}
+
+
+def _hook(option: str, cmd: str | None, timeout_s: int | None) -> HookSpec | None:
+    if cmd is None:
+        if timeout_s is not None:
+            raise click.UsageError(f"{option.replace('-hook', '-timeout')} needs {option} CMD")
+        return None
+    if timeout_s is None:
+        return cmd
+    try:
+        return Hook(cmd=cmd, timeout_s=timeout_s)
+    except ValidationError as exc:
+        message = "; ".join(err["msg"] for err in exc.errors())
+        raise click.BadParameter(message, param_hint=f"'{option}'") from None
+
+
+class DeployProgress:
+    """Two byte counters on stderr (a terminal only): files packed, then the archive sent."""
+
+    def __init__(self) -> None:
+        self._packing = Progress("packing")
+        self._uploading: Progress | None = None
+
+    def packed(self, count: int) -> None:
+        self._packing.add(count)
+
+    def uploaded(self, count: int) -> None:
+        if self._uploading is None:  # its rate counts from the first byte sent, not from packing
+            self._packing.finish()
+            self._uploading = Progress("uploading")
+        self._uploading.add(count)
+
+    def finish(self) -> None:
+        self._packing.finish()
+        if self._uploading is not None:
+            self._uploading.finish()
+
+
+@function_group.command("ls")
+@json_option
+@pass_connection
+def list_functions(conn: Connection, as_json: bool) -> None:
+    """List functions."""
+    with conn.agentcell() as client:
+        found = client.functions.list()
+        urls = [client.functions.url(info.name) for info in found]
+    if as_json:
+        click.echo("[" + ",".join(info.model_dump_json() for info in found) + "]")
+    else:
+        click.echo(format_functions(found, urls))
+
+
+@function_group.command("get")
+@click.argument("name")
+@pass_connection
+def get(conn: Connection, name: str) -> None:
+    """Print a function's details (its live version's config, counts) as JSON."""
+    with conn.agentcell() as client:
+        click.echo(client.functions.get(name).model_dump_json(indent=2))
+
+
+@function_group.command("rm")
+@click.argument("name")
+@pass_connection
+def remove(conn: Connection, name: str) -> None:
+    """Delete a function: its sessions end and its instances stop."""
+    with conn.agentcell() as client:
+        if not client.functions.delete(name):
+            raise CliError(f"function {name!r} not found")
+
+
+def format_functions(functions: Sequence[FunctionInfo], urls: Sequence[str]) -> str:
+    header = ("NAME", "VERSION", "AFFINITY", "INSTANCES", "WARM", "SESSIONS", "URL")
+    rows = [
+        (
+            info.name,
+            str(info.version),
+            info.config.affinity.kind,
+            str(info.instances),
+            str(info.warm_instances),
+            str(info.sessions),
+            url,
+        )
+        for info, url in zip(functions, urls, strict=True)
+    ]
+    return render_table(header, rows)

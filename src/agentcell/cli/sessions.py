@@ -1,0 +1,135 @@
+"""`agentcell session …`: create (pre-warm), ls, get, renew, rm.
+
+agentcell session create chat --key alice-1 --ttl 1h     # bound to an instance now
+agentcell session renew ses_… --idle-timeout 2h
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import cast
+
+import click
+
+from agentcell.cli.context import CliError, Connection, parse_pairs, pass_connection
+from agentcell.cli.durations import duration_option, format_duration
+from agentcell.cli.table import render_table
+from agentcell.client import SessionInfo
+from agentcell.protocol.sessions import SessionState
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+metadata_option = click.option(
+    "--metadata", "metadata", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable."
+)
+STATES = ["pending", "active", "idle", "ended"]
+
+
+@click.group("session")
+def session_group() -> None:
+    """Create (pre-warm), list, renew and end sessions of functions."""
+
+
+@session_group.command("create")
+@click.argument("function")
+@click.option("--key", default=None, help="The key clients will send (default: the new session id).")
+@duration_option("--ttl", "ttl_s", help="Lifetime, e.g. 1h (default: the function's session TTL).")
+@duration_option("--idle-timeout", "idle_timeout_s", help="e.g. 15m (default: the function's).")
+@metadata_option
+@json_option
+@pass_connection
+def create(
+    conn: Connection,
+    function: str,
+    key: str | None,
+    ttl_s: int | None,
+    idle_timeout_s: int | None,
+    metadata: dict[str, str],
+    as_json: bool,
+) -> None:
+    """Open a session on FUNCTION, bound to an instance before its first request; prints its id and
+    key. Durations: 90, 90s, 15m, 6h, 2d, 1h30m."""
+    with conn.agentcell() as client:
+        info = client.sessions.create(
+            function, key, ttl_s=ttl_s, idle_timeout_s=idle_timeout_s, metadata=metadata or None
+        )
+    click.echo(info.model_dump_json(indent=2) if as_json else format_sessions([info]))
+
+
+@session_group.command("ls")
+@click.argument("function", required=False)
+@click.option("--state", type=click.Choice(STATES), default=None)
+@metadata_option
+@json_option
+@pass_connection
+def list_sessions(
+    conn: Connection, function: str | None, state: str | None, metadata: dict[str, str], as_json: bool
+) -> None:
+    """List live sessions (of FUNCTION when given; with every --metadata K=V)."""
+    wanted = cast(SessionState | None, state)
+    with conn.agentcell() as client:
+        found = client.sessions.list(function, state=wanted, metadata=metadata)
+    if as_json:
+        click.echo("[" + ",".join(info.model_dump_json() for info in found) + "]")
+    else:
+        click.echo(format_sessions(found))
+
+
+@session_group.command("get")
+@click.argument("session_id")
+@pass_connection
+def get(conn: Connection, session_id: str) -> None:
+    """Print a session's details as JSON (an ended one with its end_reason)."""
+    with conn.agentcell() as client:
+        click.echo(client.sessions.get(session_id).model_dump_json(indent=2))
+
+
+@session_group.command("renew")
+@click.argument("session_id")
+@duration_option("--ttl", "ttl_s", help="New lifetime counted from now, e.g. 1h.")
+@duration_option("--idle-timeout", "idle_timeout_s", help="New idle timeout, e.g. 2h.")
+@json_option
+@pass_connection
+def renew(
+    conn: Connection, session_id: str, ttl_s: int | None, idle_timeout_s: int | None, as_json: bool
+) -> None:
+    """Set new limits counted from now (longer or shorter); the session keeps its instance."""
+    if ttl_s is None and idle_timeout_s is None:
+        raise click.UsageError("give --ttl, --idle-timeout or both, e.g. --idle-timeout 2h")
+    with conn.agentcell() as client:
+        info = client.sessions.renew(session_id, ttl_s=ttl_s, idle_timeout_s=idle_timeout_s)
+    click.echo(info.model_dump_json(indent=2) if as_json else format_sessions([info]))
+
+
+@session_group.command("rm")
+@click.argument("session_id")
+@pass_connection
+def remove(conn: Connection, session_id: str) -> None:
+    """End a session now: its pre-stop hook runs, then its instance is released."""
+    with conn.agentcell() as client:
+        if not client.sessions.delete(session_id):
+            raise CliError(f"session {session_id!r} not found or already ended")
+
+
+def format_sessions(sessions: Sequence[SessionInfo]) -> str:
+    header = ("ID", "KEY", "FUNCTION", "STATE", "INSTANCE", "ENDS IN", "IDLE ENDS IN", "METADATA")
+    return render_table(header, [_row(info) for info in sessions])
+
+
+def _row(info: SessionInfo) -> tuple[str, ...]:
+    now = datetime.now(UTC)
+    state = f"{info.state} ({info.end_reason})" if info.end_reason else info.state
+    return (
+        info.id,
+        info.key,
+        f"{info.function} v{info.version}",
+        state,
+        info.instance_id or "-",
+        format_duration((_aware(info.expires_at) - now).total_seconds()),
+        format_duration((_aware(info.idle_expires_at) - now).total_seconds()),
+        ",".join(f"{k}={v}" for k, v in sorted(info.metadata.items())),
+    )
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,90 @@
+"""The spawner (one `acell-helper serve` per driver forks every worker): losing it loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from agentcell.errors import InvalidArgument
+from agentcell.server.sandbox.driver import ExecSpec, SandboxSpec
+from agentcell.server.sandbox.linux.driver import LinuxDriver
+from tests.system.conftest import is_running, make_driver, run
+
+pytestmark = pytest.mark.system
+
+
+def zombie_children() -> list[int]:
+    """Our own children that have exited but were never reaped."""
+    zombies = []
+    for task in os.listdir("/proc/self/task"):
+        for child in Path(f"/proc/self/task/{task}/children").read_text().split():
+            try:
+                state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state == "Z":
+                zombies.append(int(child))
+    return zombies
+
+
+async def wait_gone(pid: int, timeout_s: float = 5) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while is_running(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return not is_running(pid)
+
+
+async def test_commands_outlive_a_killed_spawner(linux_driver: LinuxDriver, sandbox: str) -> None:
+    """Running commands keep their streams and exit status; the next exec starts a new spawner
+    and the orphaned workers are reaped by the driver."""
+    process = await linux_driver.exec(sandbox, ExecSpec(argv=["sh", "-c", "sleep 0.5; echo done; exit 3"]))
+    spawner = linux_driver.spawner_pid()
+    assert spawner is not None
+    os.kill(spawner, signal.SIGKILL)
+    assert await wait_gone(spawner)
+
+    out, status = await asyncio.wait_for(asyncio.gather(process.stdout.read(), process.wait()), 10)
+    assert (out, status.code) == (b"done\n", 3)
+    assert (await run(linux_driver, sandbox, ["echo", "again"])).stdout == "again\n"
+    assert linux_driver.spawner_pid() not in (None, spawner)
+    await asyncio.sleep(0.1)
+    assert zombie_children() == []
+
+
+async def test_a_spawner_lost_mid_start_fails_the_start_cleanly(linux_driver: LinuxDriver) -> None:
+    """Starts in flight when the spawner dies fail with an error or complete; either way the
+    driver can start sandboxes again and leaves nothing behind (checked by the fixture)."""
+    await linux_driver.start(SandboxSpec(sandbox_id="first"))
+    spawner = linux_driver.spawner_pid()
+    assert spawner is not None
+    starts = [asyncio.ensure_future(linux_driver.start(SandboxSpec(sandbox_id=f"s{i}"))) for i in range(5)]
+    await asyncio.sleep(0)
+    os.kill(spawner, signal.SIGKILL)
+    results = await asyncio.gather(*starts, return_exceptions=True)
+    assert all(r is None or "spawner" in str(r) or "could not start" in str(r) for r in results), results
+    await linux_driver.start(SandboxSpec(sandbox_id="after"))
+    assert (await run(linux_driver, "after", ["true"])).code == 0
+    assert zombie_children() == []
+
+
+async def test_the_spawner_ends_with_the_driver(tmp_path: Path, prebuilt_helper: Path) -> None:
+    driver = make_driver(tmp_path / "state", prebuilt_helper)
+    await driver.start(SandboxSpec(sandbox_id="one"))
+    spawner = driver.spawner_pid()
+    assert spawner is not None and is_running(spawner)
+    await driver.aclose()
+    assert await wait_gone(spawner)
+    assert zombie_children() == []
+
+
+async def test_nul_bytes_cannot_smuggle_options(linux_driver: LinuxDriver, sandbox: str) -> None:
+    """Requests are NUL-separated strings: a NUL in a path is refused, not split into two."""
+    with pytest.raises(InvalidArgument, match="NUL"):
+        await linux_driver.exec(sandbox, ExecSpec(argv=["true"], cwd="x\0--cgroup-procs\0/tmp/x"))
+    with pytest.raises(InvalidArgument, match="NUL"):
+        await linux_driver.exec(sandbox, ExecSpec(argv=["echo", "a\0b"]))
