@@ -44,10 +44,11 @@ async def load(port: int) -> tuple[int, float, float]:
     try:
         owners: dict[str, str] = {}
         keys = [f"load-{i}" for i in range(SESSIONS)]
-        misrouted = sum(await asyncio.gather(*(one_session(c, k, owners) for c, k in zip(clients, keys))))
+        pairs = list(zip(clients, keys, strict=True))
+        misrouted = sum(await asyncio.gather(*(one_session(c, k, owners) for c, k in pairs)))
         misrouted += SESSIONS - len(set(owners.values()))  # two sessions on one exclusive instance
         started = time.perf_counter()
-        misrouted += sum(await asyncio.gather(*(one_session(c, k, owners) for c, k in zip(clients, keys))))
+        misrouted += sum(await asyncio.gather(*(one_session(c, k, owners) for c, k in pairs)))
         rate = SESSIONS * REQUESTS / (time.perf_counter() - started)
         started = time.perf_counter()
         await asyncio.gather(*(floor(c) for c in clients))

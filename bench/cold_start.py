@@ -47,7 +47,10 @@ async def measure(port: int) -> tuple[list[float], list[float]]:
         for _ in range(3):
             results = await asyncio.gather(*(create_and_exec(c) for c in clients))
             concurrent += [ms for ms, _ in results]
-            await asyncio.gather(*(c.request("DELETE", f"/v1/sandboxes/{sid}") for c, (_, sid) in zip(clients, results)))
+            ids = [sid for _, sid in results]
+            await asyncio.gather(
+                *(c.request("DELETE", f"/v1/sandboxes/{s}") for c, s in zip(clients, ids, strict=True))
+            )
         return sequential, concurrent
     finally:
         for client in clients:

@@ -32,7 +32,8 @@ async def measure(port: int) -> list[float]:
         samples = []
         for _ in range(RUNS + WARMUP):
             started = time.perf_counter()
-            _, events = await client.request("POST", f"/v1/sandboxes/{sid}/commands", {"argv": ["echo", "hi"]})
+            command = {"argv": ["echo", "hi"]}
+            _, events = await client.request("POST", f"/v1/sandboxes/{sid}/commands", command)
             samples.append((time.perf_counter() - started) * 1000)
             assert b'"data":"hi\\n"' in events, events
         await client.request("DELETE", f"/v1/sandboxes/{sid}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from agentcell.errors import InvalidArgument
 from agentcell.server.sandbox.driver import ExecSpec, SandboxSpec
 from agentcell.server.sandbox.linux.driver import LinuxDriver
+from agentcell.server.sandbox.linux.process import wait_readable
 from tests.system.conftest import is_running, make_driver, run
 
 pytestmark = pytest.mark.system
@@ -33,9 +33,15 @@ def zombie_children() -> list[int]:
 
 
 async def wait_gone(pid: int, timeout_s: float = 5) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while is_running(pid) and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    """True once the process has exited (woken by its pidfd)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        await asyncio.wait_for(wait_readable(pidfd), timeout_s)
+    finally:
+        os.close(pidfd)
     return not is_running(pid)
 
 

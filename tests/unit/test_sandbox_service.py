@@ -31,7 +31,9 @@ async def env() -> AsyncIterator[tuple[SandboxService, FakeDriver, FakeClock]]:
     await driver.aclose()
 
 
-async def test_create_passes_resources_to_the_driver(env: tuple[SandboxService, FakeDriver, FakeClock]) -> None:
+async def test_create_passes_resources_to_the_driver(
+    env: tuple[SandboxService, FakeDriver, FakeClock],
+) -> None:
     service, driver, _ = env
     sandbox = await service.create(SandboxCreate(cpu=0.5, memory_mb=256, disk_mb=64, env={"A": "1"}))
     spec = driver.started[-1]

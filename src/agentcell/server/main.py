@@ -75,7 +75,7 @@ async def run(settings: Settings) -> None:
             log_level=settings.log_level,
             access_log=False,
             timeout_graceful_shutdown=5,
-        timeout_keep_alive=3600,  # the gateway pools these connections and closes idle ones itself
+            timeout_keep_alive=3600,  # the gateway pools these connections and closes idle ones itself
         )
     )
     control_task = asyncio.create_task(control.serve(), name="control plane")
