@@ -57,9 +57,14 @@ def get(api: httpx.Client, fn: str, route: str, key: str | None = None, **params
     return api.get(f"/fn/{fn}{route}", params=params, headers={KEY: key} if key else {})
 
 
-def session_of(api: httpx.Client, fn: str, key: str) -> dict[str, Any] | None:
+def session_of(api: httpx.Client, fn: str, key: str) -> dict[str, Any]:
+    """The live session of `key` ({} when there is none)."""
     sessions = api.get(f"/v1/functions/{fn}/sessions").json()["sessions"]
-    return next((s for s in sessions if s["key"] == key), None)
+    return next((s for s in sessions if s["key"] == key), {})
+
+
+def state_of(api: httpx.Client, fn: str, key: str) -> str | None:
+    return session_of(api, fn, key).get("state")
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float = 10, what: str = "condition") -> Any:
@@ -142,11 +147,11 @@ def test_websocket_echo_reaches_the_sessions_instance(
             assert ws.recv(timeout=5) == message
         ws.send("whoami")
         assert json.loads(ws.recv(timeout=5))["instance"] == alice["instance"]
-        assert session_of(api, fn, "ws-alice")["state"] == "active"  # type: ignore[index]
+        assert state_of(api, fn, "ws-alice") == "active"
     with ws_connect(url, additional_headers={KEY: "ws-bob"}, open_timeout=10) as ws:
         ws.send("whoami")
         assert json.loads(ws.recv(timeout=5))["instance"] == bob["instance"] != alice["instance"]
-    wait_for(lambda: session_of(api, fn, "ws-alice")["state"] == "idle", 5, "idle after close")  # type: ignore[index]
+    wait_for(lambda: state_of(api, fn, "ws-alice") == "idle", 5, "idle after close")
     assert get(api, fn, "/whoami", "ws-alice").json()["instance"] == alice["instance"]
 
 
@@ -249,7 +254,7 @@ def test_a_failing_initialize_hook_fails_the_session_and_leaves_nothing(
     assert reply.json()["code"] == "unavailable"
     assert f"could not start an instance of {fn}" in reply.json()["message"]
     assert needle in reply.json()["message"]
-    assert session_of(api, fn, "doomed") is None
+    assert session_of(api, fn, "doomed") == {}
     assert api.get(f"/v1/functions/{fn}").json()["instances"] == 0
 
     def leftovers() -> list[str]:
@@ -301,7 +306,6 @@ def test_an_exclusive_instance_is_destroyed_with_its_data(
         assert get(api, fn, "/file", "wipe", path=path).json() == {"text": "alice's"}
     assert pids_of_instance(first)
     session = session_of(api, fn, "wipe")
-    assert session is not None
     assert api.delete(f"/v1/sessions/{session['id']}").status_code == 204
     assert traces(shared_server.state_dir, first) == []
     for key in ("wipe", "next"):
@@ -338,7 +342,7 @@ def test_shared_instances_hold_at_most_n_sessions_and_share_their_process(
     load = collections.Counter(s["instance_id"] for s in sessions)
     assert max(load.values()) <= 2 and len(load) >= 4
     for i, instance in instances.items():
-        assert session_of(api, fn, f"c{i}")["instance_id"] == instance  # type: ignore[index]
+        assert session_of(api, fn, f"c{i}")["instance_id"] == instance
 
 
 # -- 7. max_instances: the bounded wait queue -----------------------------------------------------
@@ -369,7 +373,7 @@ def test_full_function_queues_then_answers_429_or_503_with_retry_after(
         assert "max_instances (1)" in refused.json()["message"]
         assert refused.json()["code"] == "quota_exceeded"
         holder = session_of(api, "full", "holder")
-        assert holder is not None and api.delete(f"/v1/sessions/{holder['id']}").status_code == 204
+        assert holder and api.delete(f"/v1/sessions/{holder['id']}").status_code == 204
         assert whoami("late")[0].status_code == 200  # a refused key is not burned
         api.delete("/v1/functions/full")
 
@@ -390,7 +394,7 @@ def test_sigterm_drains_runs_pre_stop_and_leaves_nothing(server_factory: type[Se
         assert len(sessions) == 2
         with ThreadPoolExecutor(1) as pool:
             slow = pool.submit(get, api, "drain", "/slow", "g1", s=2)
-            wait_for(lambda: session_of(api, "drain", "g1")["state"] == "active", 5, "in flight")  # type: ignore[index]
+            wait_for(lambda: state_of(api, "drain", "g1") == "active", 5, "in flight")
             server.proc.send_signal(signal.SIGTERM)
             reply = slow.result(timeout=30)
     assert reply.status_code == 200 and reply.json()["slept"] == 2
@@ -410,9 +414,9 @@ def test_a_client_disconnect_mid_request_releases_the_session(
     fn = make_fn(ECHO)
     instance = get(api, fn, "/whoami", "gone").json()["instance"]
     sock = open_request(server_url, f"/fn/{fn}/slow?s=5", {KEY: "gone"})
-    wait_for(lambda: session_of(api, fn, "gone")["state"] == "active", 5, "in flight")  # type: ignore[index]
+    wait_for(lambda: state_of(api, fn, "gone") == "active", 5, "in flight")
     sock.close()
-    wait_for(lambda: session_of(api, fn, "gone")["state"] == "idle", 3, "idle after disconnect")  # type: ignore[index]
+    wait_for(lambda: state_of(api, fn, "gone") == "idle", 3, "idle after disconnect")
     assert get(api, fn, "/whoami", "gone").json()["instance"] == instance
 
 
@@ -420,7 +424,7 @@ def test_a_request_timeout_releases_the_session(api: httpx.Client, make_fn: Make
     fn = make_fn({**ECHO, "request_timeout_s": 1})
     reply = get(api, fn, "/slow", "late", s=3)
     assert reply.status_code == 504 and reply.json()["code"] == "timeout"
-    assert session_of(api, fn, "late")["state"] == "idle"  # type: ignore[index]
+    assert state_of(api, fn, "late") == "idle"
     assert get(api, fn, "/whoami", "late").status_code == 200
 
 
@@ -448,9 +452,9 @@ def test_a_client_that_gives_up_during_a_cold_start_does_not_end_the_session(
     time.sleep(0.3)
     sock.close()
     session = wait_for(lambda: session_of(api, fn, "cold"), 2, "a pending session")
-    wait_for(lambda: session_of(api, fn, "cold")["state"] == "idle", 10, "bound")  # type: ignore[index]
-    assert get(api, fn, "/whoami", "cold").json()["instance"] == session_of(api, fn, "cold")["instance_id"]  # type: ignore[index]
-    assert session_of(api, fn, "cold")["id"] == session["id"]  # type: ignore[index]
+    wait_for(lambda: state_of(api, fn, "cold") == "idle", 10, "bound")
+    assert get(api, fn, "/whoami", "cold").json()["instance"] == session_of(api, fn, "cold")["instance_id"]
+    assert session_of(api, fn, "cold")["id"] == session["id"]
 
 
 # -- 10. a 1 GiB upload ---------------------------------------------------------------------------
