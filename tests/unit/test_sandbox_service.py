@@ -38,7 +38,10 @@ async def test_create_passes_resources_to_the_driver(
     sandbox = await service.create(SandboxCreate(cpu=0.5, memory_mb=256, disk_mb=64, env={"A": "1"}))
     spec = driver.started[-1]
     assert (spec.sandbox_id, spec.cpu_millis, spec.memory_bytes, spec.disk_bytes) == (
-        sandbox.id, 500, 256 << 20, 64 << 20
+        sandbox.id,
+        500,
+        256 << 20,
+        64 << 20,
     )
     assert sandbox.info().env_keys == ["A"]
 
