@@ -1096,20 +1096,26 @@ static int split_request(char *buf, size_t len, char **args) {
     return n;
 }
 
+static int is_request_id(const char *s) {
+    size_t n = strlen(s);
+    return n > 0 && n < 20 && strspn(s, "0123456789") == n;
+}
+
 static void handle_request(char *buf, size_t len, int *fds, int nfds) {
     static char *args[MAX_REQUEST_ARGS + 1];
     int n = split_request(buf, len, args);
+    const char *id = n >= 1 && is_request_id(args[0]) ? args[0] : "0";
     if (n >= 2 && !strcmp(args[1], "kill")) {
         kill_worker(n - 2, args + 2);
-    } else if (n >= 2 && strspn(args[0], "0123456789") == strlen(args[0]) && strlen(args[0]) < 20) {
+    } else if (n >= 2 && strcmp(id, "0")) {
         pid_t pid = fork();
         if (pid == 0) run_worker(args[1], n - 2, args + 2, fds, nfds);
         if (pid < 0)
-            reply("F %s fork: %s", args[0], strerror(errno));
+            reply("F %s fork: %s", id, strerror(errno));
         else
-            reply("S %s %d", args[0], pid);
+            reply("S %s %d", id, pid);
     } else {
-        reply("F 0 malformed request");
+        reply("F %s malformed request", id);
     }
     for (int i = 0; i < nfds; i++) close(fds[i]);
 }

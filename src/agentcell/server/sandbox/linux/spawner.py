@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 64 << 10
 """the spawner's receive buffer; argv and env travel on a memfd, so only paths come near it"""
+MAX_REQUEST_STRINGS = 512
 REPLY_BYTES = 1024
 
 
@@ -216,7 +217,9 @@ class _Link:
         elif kind == "F" and len(fields) >= 2:
             failed = self._pending.pop(int(fields[1]), None)
             reason = " ".join(fields[2:]) or "unknown reason"
-            if failed is not None and not failed.done():
+            if failed is None:
+                log.warning("the sandbox spawner refused a request: %s", reason)
+            elif not failed.done():
                 failed.set_exception(Internal(f"the sandbox spawner could not start a worker: {reason}"))
         elif kind == "X" and len(fields) == 4:
             worker = self._workers.pop(int(fields[1]), None)
@@ -298,9 +301,10 @@ def _encode(strings: Sequence[str]) -> bytes:
     payload = ("\0".join(strings) + "\0").encode()
     if payload.count(b"\0") != len(strings):  # a NUL inside a string would split it in two
         raise InvalidArgument(f"arguments and paths may not contain NUL bytes: {strings[:3]!r}...")
-    if len(payload) > MAX_REQUEST_BYTES:
+    if len(payload) > MAX_REQUEST_BYTES or len(strings) > MAX_REQUEST_STRINGS:
         raise InvalidArgument(
-            f"the paths of this request add up to {len(payload)} bytes; the limit is {MAX_REQUEST_BYTES}"
+            f"this request has {len(strings)} options and paths in {len(payload)} bytes; the limits "
+            f"are {MAX_REQUEST_STRINGS} and {MAX_REQUEST_BYTES} (fewer or shorter mount paths)"
         )
     return payload
 
