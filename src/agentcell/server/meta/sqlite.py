@@ -49,10 +49,18 @@ class SqliteMetaStore:
         self._db: sqlite3.Connection | None = None
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in a transaction on the store's own thread. A cursor it returns is closed
+        there: a cursor finalised later on the event loop's thread would touch the connection
+        while the store's thread uses it (SQLite answers "bad parameter or other API misuse")."""
+
         def call() -> T:
             assert self._db is not None, "MetaStore used before open()"
             with self._db:
-                return work(self._db)
+                result = work(self._db)
+            if isinstance(result, sqlite3.Cursor):
+                result.close()
+                return None  # type: ignore[return-value]
+            return result
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
@@ -110,7 +118,9 @@ class SqliteMetaStore:
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         row = await self._run(
-            lambda db: db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            lambda db: next(
+                iter(db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchall()), None
+            )
         )
         return None if row is None else _session(row)
 

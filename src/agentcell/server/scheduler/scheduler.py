@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentcell.errors import AgentcellError, Conflict, InvalidArgument, NotFound, QuotaExceeded, Unavailable
+from agentcell.errors import (
+    AgentcellError,
+    Conflict,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    QuotaExceeded,
+    Unavailable,
+)
 from agentcell.protocol.functions import FunctionConfig
 from agentcell.protocol.sessions import EndReason, SessionCreate, SessionInfo, SessionState, SessionUpdate
 from agentcell.server.clock import Clock
@@ -308,7 +316,14 @@ class Scheduler:
             return  # it ended while its instance started
         session.move("idle")
         record, session.dirty = session.record(), False
-        await self._store.put_session(record)  # persisted before use: a restart finds it
+        try:
+            await self._store.put_session(record)  # persisted before use: a restart finds it
+        except Exception as exc:
+            log.exception("session %s could not be recorded", session.id)
+            await self._end_session(
+                session, "instance_failed", Internal(f"could not record the session: {exc}")
+            )
+            return
         if not session.bound.done():  # (it may have ended meanwhile)
             session.bound.set_result(None)
 

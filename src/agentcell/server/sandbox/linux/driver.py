@@ -55,7 +55,7 @@ from agentcell.server.sandbox.linux.process import (
     wait_readable,
 )
 from agentcell.server.sandbox.linux.rootfs import RootfsPaths, prepare_rootfs, remove_stale_skeletons
-from agentcell.server.sandbox.linux.spawner import Spawner
+from agentcell.server.sandbox.linux.spawner import Spawner, settle_unreported_workers
 
 log = logging.getLogger(__name__)
 
@@ -221,11 +221,23 @@ class LinuxDriver:
         errors = [r for r in results if isinstance(r, BaseException)]
         if self._host is not None:
             await self._host.spawner.aclose()
+            await settle_unreported_workers()
+            await self._sweep_half_made(self._host)
             if not self._instances:
                 self._host.cgroups.remove_root()
         self._netns.close()
         if errors:
             raise errors[0]
+
+    async def _sweep_half_made(self, host: _Host) -> None:
+        """Remove what a start cut short by a lost spawner may have left: a worker forked in the
+        instant before the spawner died was never reported, and may have made cgroups or a
+        state file after the failed start had cleaned up."""
+        for sandbox_id in set(host.cgroups.list_ids()) - set(self._instances):
+            host.cgroups.kill_all(sandbox_id)
+            await _wait_until(lambda: host.cgroups.remove(sandbox_id), KILL_TIMEOUT_S)  # noqa: B023
+        for leftover in self._instances_dir().glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ using an instance
 

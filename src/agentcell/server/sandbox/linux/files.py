@@ -19,12 +19,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import ctypes
 import errno
 import functools
 import logging
 import os
-import platform
 import secrets
 import stat
 import threading
@@ -47,6 +45,7 @@ from agentcell.errors import (
     Unavailable,
 )
 from agentcell.server.sandbox.driver import SANDBOX_HOME, FileStat, FileType
+from agentcell.server.sandbox.linux.fscalls import IN_ROOT, RESOLVE_NO_SYMLINKS, as_sandbox_user, openat2
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +55,6 @@ MAX_CHUNK_BYTES = 1 << 20
 MAX_LIST_DEPTH = 16
 POOL_WORKERS = 8
 
-_SYS_OPENAT2 = 437  # one number on every architecture: it postdates the unified syscall table
-_SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159}
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_NO_SYMLINKS = 0x04
-_RESOLVE_IN_ROOT = 0x10
-_IN_ROOT = _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS
-_EAGAIN_RETRIES = 8  # openat2 asks for a retry when a rename/mount raced a symlink's ".."
-_CAPABILITY_VERSION_3 = 0x20080522
 _NEW_FILE_MODE = 0o644
 _NEW_DIR_MODE = 0o755
 
@@ -158,123 +149,11 @@ def _below_root(path: str) -> tuple[str, ...]:
     return parts
 
 
-# --- syscalls -------------------------------------------------------------------------------------
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    return libc
-
-
-def _errno_error(what: str) -> OSError:
-    code = ctypes.get_errno()
-    return OSError(code, os.strerror(code), what)
-
-
-def _openat2(dirfd: int, path: str, flags: int, resolve: int = _IN_ROOT) -> int:
-    how = _OpenHow(flags=flags | os.O_CLOEXEC, mode=0, resolve=resolve)
-    raw = os.fsencode(path)
-    for _ in range(_EAGAIN_RETRIES):
-        fd = int(
-            _libc().syscall(
-                ctypes.c_long(_SYS_OPENAT2),
-                ctypes.c_int(dirfd),
-                raw,
-                ctypes.byref(how),
-                ctypes.c_size_t(ctypes.sizeof(how)),
-            )
-        )
-        if fd >= 0:
-            return fd
-        if ctypes.get_errno() != errno.EAGAIN:
-            break
-    raise _errno_error(path)
-
-
-def _set_thread_groups(groups: Sequence[int]) -> None:
-    """setgroups for this thread only: glibc's wrapper would change every thread of the server."""
-    number = _SYS_SETGROUPS.get(platform.machine())
-    if number is None:
-        raise Internal(f"dropping supplementary groups is not implemented on {platform.machine()}")
-    array = (ctypes.c_uint * len(groups))(*groups) if groups else None
-    if _libc().syscall(ctypes.c_long(number), ctypes.c_size_t(len(groups)), array) != 0:
-        raise Internal(f"could not set a file worker's groups: {_errno_error('setgroups')}")
-
-
-def _capabilities(new: ctypes.Array[_CapData] | None = None) -> ctypes.Array[_CapData]:
-    """capget (or capset when `new` is given) for the calling thread."""
-    header = _CapHeader(version=_CAPABILITY_VERSION_3, pid=0)
-    data = new if new is not None else (_CapData * 2)()
-    call = _libc().capget if new is None else _libc().capset
-    if call(ctypes.byref(header), data) != 0:
-        raise Internal(f"could not change a file worker's capabilities: {_errno_error('capset')}")
-    return data
-
-
-def _without_effective(caps: ctypes.Array[_CapData]) -> ctypes.Array[_CapData]:
-    return (_CapData * 2)(*(_CapData(0, c.permitted, c.inheritable) for c in caps))
-
-
-@contextlib.contextmanager
-def _fs_id(setter: Callable[[int], int], wanted: int) -> Iterator[None]:
-    """setfsuid/setfsgid for the duration; they report the previous id, never an error, so
-    calling twice is the only way to see whether the switch took."""
-    previous = int(setter(wanted))
-    if int(setter(wanted)) != wanted:
-        setter(previous)
-        raise Internal("could not switch a file worker to the sandbox user (the server must be root)")
-    try:
-        yield
-    finally:
-        setter(previous)
-        if int(setter(previous)) != previous:
-            raise Internal("could not give a file worker its own identity back")
-
-
-@contextlib.contextmanager
-def _as_sandbox_user(uid: int, gid: int) -> Iterator[None]:
-    """This thread acts as uid/gid on files until exit. Effective capabilities go too, not just
-    the filesystem ones a non-zero fsuid clears: CAP_SYS_PTRACE or CAP_SYSLOG would let a read of
-    the sandbox's /proc/<pid>/mem or /proc/kallsyms see what the sandbox user may not."""
-    groups = os.getgroups()
-    caps = _capabilities()
-    if groups:
-        _set_thread_groups(())
-    try:
-        with _fs_id(_libc().setfsgid, gid), _fs_id(_libc().setfsuid, uid):
-            _capabilities(_without_effective(caps))
-            try:
-                yield
-            finally:
-                _capabilities(caps)
-    finally:
-        if groups:
-            _set_thread_groups(groups)
-
-
 # --- filesystem work (runs in pool threads, as the sandbox user) ---------------------------------
 
 
 def _open_dir(root: int, parts: Sequence[str], flags: int = os.O_PATH) -> int:
-    return _openat2(root, "/".join(parts) or ".", flags | os.O_DIRECTORY)
+    return openat2(root, "/".join(parts) or ".", flags | os.O_DIRECTORY)
 
 
 def _make_dirs(root: int, parts: Sequence[str]) -> int:
@@ -339,7 +218,7 @@ def _stat(root: int, parts: Sequence[str]) -> FileStat:
 def _scan(base: int, rel: tuple[str, ...], prefix: str) -> Iterator[tuple[FileStat, tuple[str, ...]]]:
     """Entries of one directory under the listed base, sorted, with their base-relative parts.
     Descendants are opened with RESOLVE_NO_SYMLINKS: a listing never follows a symlinked dir."""
-    fd = _openat2(base, "/".join(rel) or ".", os.O_RDONLY | os.O_DIRECTORY, _IN_ROOT | _RESOLVE_NO_SYMLINKS)
+    fd = openat2(base, "/".join(rel) or ".", os.O_RDONLY | os.O_DIRECTORY, IN_ROOT | RESOLVE_NO_SYMLINKS)
     try:
         with os.scandir(fd) as entries:
             names = sorted(entry.name for entry in entries)
@@ -385,7 +264,7 @@ def _list_level(
 
 def _open_regular(root: int, parts: Sequence[str]) -> int:
     # O_NONBLOCK: a FIFO opens at once instead of waiting for a writer, and is refused below
-    fd = _openat2(root, "/".join(parts) or ".", os.O_RDONLY | os.O_NONBLOCK)
+    fd = openat2(root, "/".join(parts) or ".", os.O_RDONLY | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -411,7 +290,7 @@ def _make_dir(root: int, parts: Sequence[str]) -> FileStat:
 
 def _refuse_non_dir(root: int, parts: Sequence[str]) -> None:
     """Conflict when the path itself exists as something other than a directory."""
-    fd = _openat2(root, "/".join(parts), os.O_PATH)
+    fd = openat2(root, "/".join(parts), os.O_PATH)
     try:
         if not stat.S_ISDIR(os.fstat(fd).st_mode):
             raise Conflict(f"{_shown(parts)} already exists and is not a directory")
@@ -696,7 +575,7 @@ class RootedFiles:
     def _as_user(self, job: Callable[[], T]) -> T:
         if self._ids is None:
             return job()
-        with _as_sandbox_user(*self._ids):
+        with as_sandbox_user(*self._ids):
             return job()
 
     def _rooted(self, job: Callable[[int], T]) -> T:

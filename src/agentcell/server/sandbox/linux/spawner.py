@@ -123,6 +123,7 @@ class _Link:
         self._outbox: list[tuple[bytes, Sequence[int], asyncio.Future[Worker] | None]] = []
         self._pidfd = os.pidfd_open(process.pid)
         self._gone: asyncio.Future[None] = self._loop.create_future()
+        self._settler: asyncio.Task[None] | None = None
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self._loop.add_reader(self._pidfd, self._on_process_exit)
 
@@ -169,6 +170,8 @@ class _Link:
         if not self._gone.done():  # the spawner ignored end of file: it must not outlive us
             self.process.kill()
             await asyncio.shield(self._gone)
+        if self._settler is not None:
+            await self._settler
 
     # ------------------------------------------------------------------ sending
 
@@ -266,7 +269,10 @@ class _Link:
         self._lose(f"the sandbox spawner exited with {self.process.returncode}")
         for worker in self._workers.values():
             _adopt(self._loop, worker)
+        known = set(self._workers)
         self._workers.clear()
+        # a worker forked in the instant before the spawner died was never reported: reap it too
+        self._settler = self._loop.create_task(settle_unreported_workers(exclude=known))
         self._gone.set_result(None)
 
 
@@ -313,3 +319,44 @@ def _rights(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
     if not fds:
         return []
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+
+
+def _worker_children() -> list[tuple[int, str]]:
+    """(pid, state) of this process's children that are helper workers: helper processes in our
+    own pid namespace (a sandbox's init, re-parented to this subreaper, lives in its own)."""
+    me, our_pidns, found = os.getpid(), os.readlink("/proc/self/ns/pid"), []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat_file:
+                stat = stat_file.read()
+        except OSError:
+            continue
+        comm, _, rest = stat[stat.index("(") + 1 :].rpartition(")")
+        state, ppid = rest.split()[:2]
+        if int(ppid) == me and comm.startswith("acell-helper") and _pidns(entry.name) == our_pidns:
+            found.append((int(entry.name), state))
+    return found
+
+
+def _pidns(pid: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+async def settle_unreported_workers(exclude: set[int] | None = None, timeout_s: float = 2.0) -> None:
+    """Reap helper children that have exited but that nobody waits for: workers a lost spawner
+    forked and never reported. Called when the driver closes and its spawner is gone, so the only
+    workers left are such ones; waits a little for running ones to finish."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while children := [(pid, state) for pid, state in _worker_children() if pid not in (exclude or ())]:
+        for pid, state in children:
+            if state == "Z":
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG on a zombie: never blocks
+        if asyncio.get_running_loop().time() >= deadline:
+            return
+        await asyncio.sleep(0.02)
