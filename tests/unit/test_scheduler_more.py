@@ -218,3 +218,16 @@ async def test_expired_sessions_are_reaped_concurrently(h: Harness, archive: Pat
     reaped = await reap(h, 60)
     assert 0.5 <= time.monotonic() - started < 1.2
     assert sorted(reaped) == sorted((s.id, "ttl") for s in sessions) and live(h) == []
+
+
+async def test_a_shared_instance_whose_sessions_all_ended_is_warm_again(h: Harness, archive: Path) -> None:
+    """With sessions_per_instance > 1, an instance left with no session goes back to the warm
+    list, so the next session takes it instead of starting another instance."""
+    await h.deploy(archive, sessions_per_instance=4)
+    first = await h.scheduler.create_session("echo", SessionCreate(key="one"))
+    await h.scheduler.delete_session(first.id)
+    fn = h.scheduler.function("echo")
+    assert [i.id for i in fn.warm] == [first.instance_id]
+    second = await h.scheduler.create_session("echo", SessionCreate(key="two"))
+    assert second.instance_id == first.instance_id
+    assert len(fn.live_instances()) == 1

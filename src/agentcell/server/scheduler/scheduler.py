@@ -447,7 +447,18 @@ class Scheduler:
         instance.sessions.discard(session.id)
         if version.config.sessions_per_instance == 1:
             await self._stop_instance(fn, instance)  # exclusive: never serves another session
+        elif self._is_spare(fn, instance):
+            fn.warm.append(instance)  # a shared instance with no session left is warm again
         fn.notify_capacity()
+
+    @staticmethod
+    def _is_spare(fn: FunctionState, instance: Instance) -> bool:
+        return (
+            instance.is_ready
+            and not instance.sessions
+            and instance.version == fn.latest.version
+            and instance not in fn.warm
+        )
 
     # -- instances -----------------------------------------------------------------------------------
 
