@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agentcell.errors import Internal, Unavailable
+from agentcell.errors import Conflict, Internal, Unavailable
 from agentcell.protocol.functions import FunctionConfig, Hook
 from agentcell.protocol.sessions import SessionCreate
 from agentcell.server.sandbox.fake import FakeDriver
@@ -231,3 +231,18 @@ async def test_a_shared_instance_whose_sessions_all_ended_is_warm_again(h: Harne
     second = await h.scheduler.create_session("echo", SessionCreate(key="two"))
     assert second.instance_id == first.instance_id
     assert len(fn.live_instances()) == 1
+
+
+async def test_a_key_whose_session_never_bound_stays_usable_without_reuse(h: Harness, archive: Path) -> None:
+    """disable_session_id_reuse refuses keys of sessions that ran; a session that failed before it
+    reached an instance (here: its initialize hook fails) does not burn its key."""
+    failing = _config("exec python3 app.py", disable_session_id_reuse=True, initialize=Hook(cmd="exit 3"))
+    await h.scheduler.deploy("echo", failing, archive)
+    with pytest.raises(Unavailable):
+        await h.scheduler.create_session("echo", SessionCreate(key="k"))
+    working = _config("exec python3 app.py", disable_session_id_reuse=True)
+    await h.scheduler.deploy("echo", working, archive)
+    session = await h.scheduler.create_session("echo", SessionCreate(key="k"))
+    await h.scheduler.delete_session(session.id)
+    with pytest.raises(Conflict, match="does not reuse"):
+        await h.scheduler.create_session("echo", SessionCreate(key="k"))

@@ -414,17 +414,19 @@ class Scheduler:
         if session.state == "ended":
             return
         fn = self._functions.get(session.function)
+        was_bound = session.state != "pending"  # a key that never reached an instance stays free
         session.end(reason, error)
         self._sessions.pop(session.id, None)
         instance = None
         if fn is not None:
             if fn.sessions.get(session.key) is session:
                 del fn.sessions[session.key]
-            if fn.config.disable_session_id_reuse:
+            if fn.config.disable_session_id_reuse and was_bound:
                 fn.ended_keys.add(session.key)
             instance = fn.instances.get(session.instance_id or "")
         log.info("session %s (%s) ended: %s", session.id, session.key, reason)
-        await self._store.put_session(session.record())
+        if was_bound:
+            await self._store.put_session(session.record())
         if fn is not None and instance is not None:
             await self._release_instance(fn, instance, session, reason)
 
