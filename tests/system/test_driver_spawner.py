@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,17 @@ from agentcell.server.sandbox.linux.process import wait_readable
 from tests.system.conftest import is_running, make_driver, run
 
 pytestmark = pytest.mark.system
+
+
+async def no_zombies_within(timeout_s: float) -> bool:
+    """A worker the dead spawner forked but never reported exits on its own a moment later and is
+    reaped in the background: allow that moment, no more."""
+    deadline = time.monotonic() + timeout_s
+    while zombie_children():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
 
 
 def zombie_children() -> list[int]:
@@ -75,7 +87,7 @@ async def test_a_spawner_lost_mid_start_fails_the_start_cleanly(linux_driver: Li
     assert all(r is None or "spawner" in str(r) or "could not start" in str(r) for r in results), results
     await linux_driver.start(SandboxSpec(sandbox_id="after"))
     assert (await run(linux_driver, "after", ["true"])).code == 0
-    assert zombie_children() == []
+    assert await no_zombies_within(2.0), zombie_children()
 
 
 async def test_the_spawner_ends_with_the_driver(tmp_path: Path, prebuilt_helper: Path) -> None:
