@@ -36,10 +36,7 @@ from agentcell.errors import (
 from agentcell.server.sandbox.driver import SandboxFiles
 from agentcell.server.sandbox.linux.files import MAX_CHUNK_BYTES, RootedFiles, parse_path, translate_os_error
 
-ROOT_ONLY = [
-    pytest.mark.system,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: setfsuid, chown, mount"),
-]
+ROOT_ONLY = [pytest.mark.system]  # needs root (setfsuid, chown, mount); `make test` runs as root
 UID = GID = 1000
 MiB = 1 << 20
 PASSWD = b"root:x:0:0::/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n"
