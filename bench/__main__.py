@@ -14,6 +14,18 @@ ALL = [
     "session_create",
     "scale_from_zero",
     "affinity_load",
+    "resume_first_request",
+    "mcp_rtt",
+    "mcp_cold",
+    "mcp_idle_cost",
+    "pip_cache",
+    "template_start",
+    "persist_restore",
+    "persist_incremental",
+    "code_rtt",
+    "code_first",
+    "observability_overhead",
+    "e2b_overhead",
 ]
 
 

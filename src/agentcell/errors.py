@@ -6,7 +6,8 @@
     ├── PermissionDenied      permission_denied    403
     ├── NotFound              not_found            404
     ├── Conflict              conflict             409
-    │   └── NotRunning        not_running          409
+    │   ├── NotRunning        not_running          409
+    │   └── WorkspaceCorrupt  workspace_corrupt    409
     ├── PayloadTooLarge       payload_too_large    413
     ├── QuotaExceeded         quota_exceeded       429
     ├── Timeout               timeout              504
@@ -52,6 +53,12 @@ class NotRunning(Conflict):
     code = "not_running"
 
 
+class WorkspaceCorrupt(Conflict):
+    """A stored workspace cannot be restored (its snapshot is missing or damaged)."""
+
+    code = "workspace_corrupt"
+
+
 class PayloadTooLarge(AgentcellError):
     code = "payload_too_large"
 
@@ -89,6 +96,7 @@ ERRORS_BY_CODE: dict[str, type[AgentcellError]] = {
         NotFound,
         Conflict,
         NotRunning,
+        WorkspaceCorrupt,
         PayloadTooLarge,
         QuotaExceeded,
         Timeout,

@@ -63,7 +63,7 @@ def test_create_refuses_bad_fields_and_makes_nothing(
 
 
 def test_unknown_template_names_the_choices(api: httpx.Client) -> None:
-    assert_envelope(api.post("/v1/sandboxes", json={"template": "nope"}), 400, "invalid_argument", "base")
+    assert_envelope(api.post("/v1/sandboxes", json={"template": "nope"}), 404, "not_found", "'nope'", "base")
 
 
 def test_malformed_json_and_wrong_body_type(api: httpx.Client) -> None:

@@ -87,7 +87,7 @@ async def test_env_layers(linux_driver: LinuxDriver) -> None:
     result = await run(linux_driver, "env", ["env"], env={"B": "exec", "LANG": "C"})
     env = dict(line.split("=", 1) for line in result.stdout.splitlines())
     assert env["A"] == "sandbox" and env["B"] == "exec" and env["LANG"] == "C"
-    assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert env["PATH"] == "/home/user/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     assert {env["HOME"], env["USER"], env["LOGNAME"], env["SHELL"]} == {"/home/user", "user", "/bin/bash"}
     with pytest.raises(InvalidArgument):
         await linux_driver.exec("env", ExecSpec(argv=["true"], env={"BAD=KEY": "x"}))

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from agentcell.errors import InvalidArgument, NotFound, NotRunning, QuotaExceeded
+from agentcell.errors import NotFound, NotRunning, QuotaExceeded
 from agentcell.protocol.commands import CommandRequest, EndEvent, OutputEvent, StartEvent
 from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.clock import FakeClock
@@ -59,7 +59,7 @@ async def test_unknown_template_is_refused_with_the_list(
     env: tuple[SandboxService, FakeDriver, FakeClock],
 ) -> None:
     service, driver, _ = env
-    with pytest.raises(InvalidArgument, match="available: base"):
+    with pytest.raises(NotFound, match="template 'nope' not found; available: base"):
         await service.create(SandboxCreate(template="nope"))
     assert driver.started == []
 

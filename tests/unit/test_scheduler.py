@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,24 +17,26 @@ from agentcell.server.clock import FakeClock
 from agentcell.server.meta.sqlite import SqliteMetaStore
 from agentcell.server.sandbox.fake import FakeDriver
 from agentcell.server.scheduler.scheduler import Scheduler, SchedulerLimits
+from agentcell.server.scheduler.workspaces import WorkspaceKeeper
+from agentcell.server.storage.objects import open_object_store
+from agentcell.server.storage.snapshots import Snapshots
 
 ECHO = Path(__file__).resolve().parent.parent / "fixtures" / "echo_fn"
 
 
-@pytest.fixture
-def archive(tmp_path: Path) -> Path:
-    path = tmp_path / "code.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(ECHO / "app.py", arcname="app.py")
-    return path
-
-
 class Harness:
-    def __init__(self, tmp_path: Path, driver: FakeDriver | None = None) -> None:
+    def __init__(
+        self, tmp_path: Path, driver: FakeDriver | None = None, snapshots: Snapshots | None = None
+    ) -> None:
         self.tmp_path = tmp_path
         self.driver = driver or FakeDriver(tmp_path / "sandboxes")
         self.store = SqliteMetaStore(tmp_path / "meta.db")
         self.clock = FakeClock()
+        self.objects = open_object_store(f"file://{tmp_path / 'objects'}")
+        self.snapshots = snapshots or Snapshots(self.objects, self.clock)
+        self.workspaces = WorkspaceKeeper(
+            self.driver, self.snapshots, self.store, self.clock, quota_bytes=lambda _: None
+        )
         self.scheduler = Scheduler(
             self.driver,
             self.store,
@@ -46,6 +47,7 @@ class Harness:
                 max_waiting=4,
                 wait_timeout_s=2,
             ),
+            self.workspaces,
         )
         self._task: asyncio.Task[None] | None = None
 
@@ -64,6 +66,7 @@ class Harness:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         await self.store.aclose()
+        await self.objects.aclose()
 
     async def deploy(self, archive: Path, **config: object) -> None:
         await self.scheduler.deploy("echo", FunctionConfig(cmd="python3 app.py", **config), archive)  # type: ignore[arg-type]

@@ -5,7 +5,6 @@ their client, and reaping that is concurrent and survives a failing item."""
 from __future__ import annotations
 
 import asyncio
-import tarfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,17 +15,9 @@ from agentcell.errors import Conflict, Internal, Unavailable
 from agentcell.protocol.functions import FunctionConfig, Hook
 from agentcell.protocol.sessions import SessionCreate
 from agentcell.server.sandbox.fake import FakeDriver
-from tests.unit.test_scheduler import ECHO, Harness
+from tests.unit.test_scheduler import Harness
 
 NONE = {"affinity": {"kind": "none"}}
-
-
-@pytest.fixture
-def archive(tmp_path: Path) -> Path:
-    path = tmp_path / "code.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(ECHO / "app.py", arcname="app.py")
-    return path
 
 
 class FlakyDriver(FakeDriver):

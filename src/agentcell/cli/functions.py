@@ -16,7 +16,7 @@ from agentcell.cli.context import CliError, Connection, parse_pairs, pass_connec
 from agentcell.cli.durations import duration_option
 from agentcell.cli.progress import Progress
 from agentcell.cli.table import render_table
-from agentcell.client import FunctionInfo, Hook, HookSpec
+from agentcell.client import FunctionInfo, Hook, HookSpec, WorkspaceConfig
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 POSITIVE = click.IntRange(min=1)
@@ -30,8 +30,10 @@ def function_group() -> None:
 @function_group.command("deploy")
 @click.argument("code", type=click.Path(exists=True, readable=True))
 @click.option("--name", required=True, help="Function name: lowercase letters, digits, '-'.")
-@click.option("--cmd", required=True, help="Serves HTTP on $PORT; run by bash in /code.")
+@click.option("--cmd", default=None, help="Serves HTTP on $PORT; run by bash in /code.")
+@click.option("--stdio", default=None, help="Instead of --cmd: a stdio MCP server, bridged to HTTP.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="$PORT (default 8080).")
+@click.option("--template", default=None, help="What instances start from (default base); see `template ls`.")
 @click.option("--env", "env", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable.")
 @click.option("--metadata", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable.")
 @click.option("--cpu", type=click.FloatRange(min=0, min_open=True), default=None, help="CPU cores.")
@@ -60,13 +62,36 @@ def function_group() -> None:
 @duration_option("--pre-stop-timeout", help="Deadline of --pre-stop-hook (default 30s).")
 @duration_option("--ready-timeout", help="Time allowed to listen on $PORT (default 30s).")
 @duration_option("--request-timeout", help="Per request through the gateway (default 5m).")
+@click.option("--persist", is_flag=True, default=None, help="Keep session workspaces in object storage.")
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Not persisted (repeatable; default node_modules, .venv, …).",
+)
+@click.option("--keep-snapshots", type=POSITIVE, default=None, help="Snapshots kept per workspace (3).")
+@duration_option("--sync-interval", help="Periodic snapshot of live sessions (default 3m; 0: off).")
+@click.option("--restore-hook", default=None, metavar="CMD", help="Run after a workspace is restored.")
+@duration_option("--restore-timeout", help="Deadline of --restore-hook (default 30s).")
 @json_option
 @pass_connection
-def deploy(conn: Connection, /, code: str, name: str, cmd: str, as_json: bool, **options: Any) -> None:
+def deploy(
+    conn: Connection,
+    /,
+    code: str,
+    name: str,
+    cmd: str | None,
+    stdio: str | None,
+    as_json: bool,
+    **options: Any,
+) -> None:
     """Deploy CODE (a directory, or a .tar / .tar.gz of one) as a new version of function NAME.
+    Give --cmd (an HTTP server on $PORT) or --stdio (a stdio MCP server).
 
     Durations: 90, 90s, 15m, 6h, 2d, 1h30m.
     """
+    if (cmd is None) == (stdio is None):
+        raise click.UsageError("give --cmd (an HTTP server on $PORT) or --stdio (a stdio MCP server)")
     settings = _deploy_settings(options)
     progress = DeployProgress()
     try:
@@ -75,6 +100,7 @@ def deploy(conn: Connection, /, code: str, name: str, cmd: str, as_json: bool, *
                 name,
                 code,
                 cmd=cmd,
+                stdio=stdio,
                 on_pack_progress=progress.packed,
                 on_progress=progress.uploaded,
                 **settings,
@@ -94,11 +120,30 @@ def _deploy_settings(options: dict[str, Any]) -> dict[str, Any]:
         "pre_stop": _hook("--pre-stop-hook", options.pop("pre_stop_hook"), options.pop("pre_stop_timeout")),
     }
     renamed = {
+        "workspace": _workspace(options),
         "concurrency_per_instance": options.pop("concurrency"),
         "ready_timeout_s": options.pop("ready_timeout"),
         "request_timeout_s": options.pop("request_timeout"),
     }
     return {k: v for k, v in {**options, **hooks, **renamed}.items() if v is not None and v != {}}
+
+
+def _workspace(options: dict[str, Any]) -> WorkspaceConfig | None:
+    given = {
+        "persist": options.pop("persist"),
+        "exclude": list(options.pop("exclude")) or None,
+        "keep": options.pop("keep_snapshots"),
+        "sync_interval_s": options.pop("sync_interval"),
+        "restore": _hook("--restore-hook", options.pop("restore_hook"), options.pop("restore_timeout")),
+    }
+    fields = {k: Hook(cmd=v) if isinstance(v, str) else v for k, v in given.items() if v is not None}
+    if not fields:
+        return None
+    try:
+        return WorkspaceConfig(**fields)
+    except ValidationError as exc:
+        message = "; ".join(err["msg"] for err in exc.errors())
+        raise click.BadParameter(message, param_hint="'--persist'") from None
 
 
 def _hook(option: str, cmd: str | None, timeout_s: int | None) -> HookSpec | None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import click
 
 from agentcell import __version__
+from agentcell.cli.code import run_code
 from agentcell.cli.context import Connection, ErrorReportingGroup
 from agentcell.cli.cp import copy
 from agentcell.cli.execute import execute
 from agentcell.cli.functions import function_group
 from agentcell.cli.sandboxes import sandbox_group
 from agentcell.cli.serve import serve
-from agentcell.cli.sessions import session_group
+from agentcell.cli.sessions import session_group, workspace_group
+from agentcell.cli.templates import template_group
+from agentcell.cli.tenants import key_group, tenant_group
+from agentcell.cli.usage import usage
 
 
 @click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,9 +37,15 @@ def cli(ctx: click.Context, api_url: str | None, api_key: str | None) -> None:
 cli.add_command(serve)
 cli.add_command(sandbox_group)
 cli.add_command(execute)
+cli.add_command(run_code)
 cli.add_command(copy)
 cli.add_command(function_group)
 cli.add_command(session_group)
+cli.add_command(template_group)
+cli.add_command(workspace_group)
+cli.add_command(usage)
+cli.add_command(tenant_group)
+cli.add_command(key_group)
 
 
 def main() -> None:

@@ -31,6 +31,18 @@ def sandbox_group() -> None:
 @click.option("--memory-mb", type=int, default=None)
 @click.option("--disk-mb", type=int, default=None)
 @click.option("--timeout", "timeout_s", type=int, default=None, help="Seconds until the sandbox ends.")
+@click.option(
+    "--egress",
+    type=click.Choice(["none", "allowlist", "open"]),
+    default=None,
+    help="Network egress (server default: none). --allow implies allowlist.",
+)
+@click.option(
+    "--allow",
+    multiple=True,
+    metavar="DEST",
+    help="Repeatable: host, *.domain, IP or CIDR, each with an optional :port.",
+)
 @json_option
 @pass_connection
 def create(
@@ -42,9 +54,12 @@ def create(
     memory_mb: int | None,
     disk_mb: int | None,
     timeout_s: int | None,
+    egress: str | None,
+    allow: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Start a sandbox and print its id."""
+    network = {"egress": egress or "allowlist", "allow": list(allow)} if allow else egress
     sandbox = Sandbox.create(
         template,
         env=env,
@@ -53,6 +68,7 @@ def create(
         memory_mb=memory_mb,
         disk_mb=disk_mb,
         timeout_s=timeout_s,
+        network=network,
         api_url=conn.api_url,
         api_key=conn.api_key,
     )

@@ -1,4 +1,4 @@
-"""`agentcell session …`: create (pre-warm), ls, get, renew, rm.
+"""`agentcell session …`: create (pre-warm), ls, get, renew, snapshot, rm; `agentcell workspace …`.
 
 agentcell session create chat --key alice-1 --ttl 1h     # bound to an instance now
 agentcell session renew ses_… --idle-timeout 2h
@@ -22,7 +22,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 metadata_option = click.option(
     "--metadata", "metadata", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable."
 )
-STATES = ["pending", "active", "idle", "ended"]
+STATES = ["pending", "restoring", "active", "idle", "ended"]
 
 
 @click.group("session")
@@ -36,6 +36,7 @@ def session_group() -> None:
 @duration_option("--ttl", "ttl_s", help="Lifetime, e.g. 1h (default: the function's session TTL).")
 @duration_option("--idle-timeout", "idle_timeout_s", help="e.g. 15m (default: the function's).")
 @metadata_option
+@click.option("--workspace", default=None, help="A named workspace of the tenant to use.")
 @json_option
 @pass_connection
 def create(
@@ -45,13 +46,19 @@ def create(
     ttl_s: int | None,
     idle_timeout_s: int | None,
     metadata: dict[str, str],
+    workspace: str | None,
     as_json: bool,
 ) -> None:
     """Open a session on FUNCTION, bound to an instance before its first request; prints its id and
     key. Durations: 90, 90s, 15m, 6h, 2d, 1h30m."""
     with conn.agentcell() as client:
         info = client.sessions.create(
-            function, key, ttl_s=ttl_s, idle_timeout_s=idle_timeout_s, metadata=metadata or None
+            function,
+            key,
+            ttl_s=ttl_s,
+            idle_timeout_s=idle_timeout_s,
+            metadata=metadata or None,
+            workspace=workspace,
         )
     click.echo(info.model_dump_json(indent=2) if as_json else format_sessions([info]))
 
@@ -101,6 +108,15 @@ def renew(
     click.echo(info.model_dump_json(indent=2) if as_json else format_sessions([info]))
 
 
+@session_group.command("snapshot")
+@click.argument("session_id")
+@pass_connection
+def snapshot(conn: Connection, session_id: str) -> None:
+    """Save the session's workspace to object storage now; prints the snapshot as JSON."""
+    with conn.agentcell() as client:
+        click.echo(client.sessions.snapshot(session_id).model_dump_json(indent=2))
+
+
 @session_group.command("rm")
 @click.argument("session_id")
 @pass_connection
@@ -109,6 +125,46 @@ def remove(conn: Connection, session_id: str) -> None:
     with conn.agentcell() as client:
         if not client.sessions.delete(session_id):
             raise CliError(f"session {session_id!r} not found or already ended")
+
+
+@click.group("workspace")
+def workspace_group() -> None:
+    """List and delete stored session workspaces."""
+
+
+@workspace_group.command("ls")
+@json_option
+@pass_connection
+def list_workspaces(conn: Connection, as_json: bool) -> None:
+    """Stored workspaces with their size, last snapshot and the session using them."""
+    with conn.agentcell() as client:
+        listing = client.workspaces.list()
+    if as_json:
+        click.echo(listing.model_dump_json(indent=2))
+        return
+    rows = [
+        (
+            w.storage_path,
+            str(w.stored_bytes),
+            str(w.last_snapshot.seq) if w.last_snapshot else "-",
+            w.session_id or "-",
+            w.error or "",
+        )
+        for w in listing.workspaces
+    ]
+    click.echo(render_table(("PATH", "BYTES", "SNAPSHOT", "SESSION", "ERROR"), rows))
+    quota = "unlimited" if listing.quota_bytes is None else f"{listing.quota_bytes} bytes"
+    click.echo(f"tenant {listing.tenant}: {listing.stored_bytes} bytes stored, quota {quota}")
+
+
+@workspace_group.command("rm")
+@click.argument("storage_path")
+@pass_connection
+def remove_workspace(conn: Connection, storage_path: str) -> None:
+    """Delete every snapshot of a stored workspace (refused while a session uses it)."""
+    with conn.agentcell() as client:
+        if not client.workspaces.delete(storage_path):
+            raise CliError(f"workspace {storage_path!r} not found")
 
 
 def format_sessions(sessions: Sequence[SessionInfo]) -> str:

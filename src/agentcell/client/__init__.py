@@ -19,6 +19,7 @@ Commands never raise for a non-zero exit unless asked (`check=True`). Server ref
 """
 
 from agentcell.client.agentcell import AsyncAgentcell
+from agentcell.client.code import Execution, ExecutionError, Logs, Result
 from agentcell.client.commands import AsyncCommandHandle, AsyncCommands
 from agentcell.client.config import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
 from agentcell.client.errors import (
@@ -39,19 +40,27 @@ from agentcell.client.errors import (
     SandboxTimeoutError,
     UnavailableError,
     UnsafeArchiveError,
+    WorkspaceCorruptError,
 )
 from agentcell.client.events import CommandResult
 from agentcell.client.files import AsyncFiles
 from agentcell.client.functions import AsyncFunctions, HookSpec
 from agentcell.client.sandbox import AsyncSandbox, SandboxOpening
-from agentcell.client.sessions import AsyncSessions
+from agentcell.client.sessions import AsyncSessions, AsyncWorkspaces
 from agentcell.client.sync import CommandHandle, Commands, Files, Sandbox
-from agentcell.client.sync_agentcell import Agentcell, Functions, Sessions
+from agentcell.client.sync_agentcell import Agentcell, Functions, Sessions, Workspaces
+from agentcell.client.sync_templates import Templates
+from agentcell.client.templates import AsyncTemplates, TemplateBuildError, load_recipe
+from agentcell.protocol.code import CodeContextInfo
 from agentcell.protocol.commands import CommandEvent, EndEvent, OutputEvent, ProcessInfo, StartEvent
 from agentcell.protocol.files import FileEntry
-from agentcell.protocol.functions import Affinity, FunctionConfig, FunctionInfo, Hook
+from agentcell.protocol.functions import Affinity, FunctionConfig, FunctionInfo, Hook, WorkspaceConfig
 from agentcell.protocol.sandboxes import SandboxInfo
 from agentcell.protocol.sessions import SessionInfo
+from agentcell.protocol.templates import BuildEvent, Recipe, TemplateBuildInfo, TemplateInfo
+from agentcell.protocol.tenants import KeyCreated, KeyInfo, TenantInfo, TenantQuotas
+from agentcell.protocol.usage import UsageLine, UsageReport
+from agentcell.protocol.workspaces import SnapshotInfo, WorkspaceInfo, WorkspaceList
 
 __all__ = [
     "API_KEY_ENV",
@@ -69,7 +78,11 @@ __all__ = [
     "AsyncFunctions",
     "AsyncSandbox",
     "AsyncSessions",
+    "AsyncTemplates",
+    "AsyncWorkspaces",
     "AuthenticationError",
+    "BuildEvent",
+    "CodeContextInfo",
     "CommandEvent",
     "CommandExitError",
     "CommandHandle",
@@ -77,6 +90,8 @@ __all__ = [
     "Commands",
     "ConflictError",
     "EndEvent",
+    "Execution",
+    "ExecutionError",
     "FileEntry",
     "Files",
     "FunctionConfig",
@@ -86,6 +101,9 @@ __all__ = [
     "HookSpec",
     "InternalServerError",
     "InvalidArgumentError",
+    "KeyCreated",
+    "KeyInfo",
+    "Logs",
     "NotFoundError",
     "NotRunningError",
     "OutputEvent",
@@ -94,13 +112,30 @@ __all__ = [
     "ProcessInfo",
     "ProtocolError",
     "QuotaExceededError",
+    "Recipe",
+    "Result",
     "Sandbox",
     "SandboxInfo",
     "SandboxOpening",
     "SandboxTimeoutError",
     "SessionInfo",
     "Sessions",
+    "SnapshotInfo",
     "StartEvent",
+    "TemplateBuildError",
+    "TemplateBuildInfo",
+    "TemplateInfo",
+    "Templates",
+    "TenantInfo",
+    "TenantQuotas",
     "UnavailableError",
     "UnsafeArchiveError",
+    "UsageLine",
+    "UsageReport",
+    "WorkspaceConfig",
+    "WorkspaceCorruptError",
+    "WorkspaceInfo",
+    "WorkspaceList",
+    "Workspaces",
+    "load_recipe",
 ]

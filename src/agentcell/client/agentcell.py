@@ -16,7 +16,10 @@ import httpx
 from agentcell.client.api import ApiClient
 from agentcell.client.config import ClientConfig
 from agentcell.client.functions import AsyncFunctions
-from agentcell.client.sessions import AsyncSessions
+from agentcell.client.sessions import AsyncSessions, AsyncWorkspaces
+from agentcell.client.templates import AsyncTemplates
+from agentcell.client.tenants import AsyncTenants
+from agentcell.client.usage import AsyncUsage
 
 
 class AsyncAgentcell:
@@ -37,6 +40,10 @@ class AsyncAgentcell:
         self._api = ApiClient(ClientConfig.resolve(api_url, api_key, request_timeout_s), transport=transport)
         self.functions = AsyncFunctions(self._api)
         self.sessions = AsyncSessions(self._api)
+        self.workspaces = AsyncWorkspaces(self._api)
+        self.usage = AsyncUsage(self._api)
+        self.tenants = AsyncTenants(self._api)
+        self.templates = AsyncTemplates(self._api)
 
     @property
     def api_url(self) -> str:

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_API_URL = "http://127.0.0.1:8700"
 API_URL_ENV = "AGENTCELL_URL"
 API_KEY_ENV = "AGENTCELL_API_KEY"
+STATE_DIR_ENV = "AGENTCELL_STATE_DIR"
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
 
 
@@ -28,6 +32,20 @@ class ClientConfig:
         cls, api_url: str | None = None, api_key: str | None = None, request_timeout_s: float | None = None
     ) -> ClientConfig:
         url = api_url or os.environ.get(API_URL_ENV) or DEFAULT_API_URL
-        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or local_admin_key(url)
         timeout_s = DEFAULT_REQUEST_TIMEOUT_S if request_timeout_s is None else request_timeout_s
         return cls(api_url=url.rstrip("/"), api_key=key or None, request_timeout_s=timeout_s)
+
+
+def local_admin_key(url: str) -> str | None:
+    """For a server on this machine, the admin key it wrote at its first start, when this user
+    may read it (`<state dir>/admin.key`, mode 0600: the user who started the server)."""
+    if urlsplit(url).hostname not in LOOPBACK:
+        return None
+    state = os.environ.get(STATE_DIR_ENV)
+    if state is None:
+        state = "/var/lib/agentcell" if os.geteuid() == 0 else str(Path.home() / ".local/state/agentcell")
+    try:
+        return (Path(state) / "admin.key").read_text().strip() or None
+    except OSError:
+        return None

@@ -8,7 +8,8 @@ AgentcellClientError                   any failure the SDK reports
 │   ├── PermissionDeniedError          permission_denied    403
 │   ├── NotFoundError                  not_found            404
 │   ├── ConflictError                  conflict             409
-│   │   └── NotRunningError            not_running          409
+│   │   ├── NotRunningError            not_running          409
+│   │   └── WorkspaceCorruptError      workspace_corrupt    409
 │   ├── PayloadTooLargeError           payload_too_large    413
 │   ├── QuotaExceededError             quota_exceeded       429  (retry_after_s)
 │   ├── InternalServerError            internal             500
@@ -85,6 +86,12 @@ class ConflictError(AgentcellAPIError):
 
 class NotRunningError(ConflictError):
     code = "not_running"
+
+
+class WorkspaceCorruptError(ConflictError):
+    """A session's stored workspace could not be restored (missing or damaged snapshot)."""
+
+    code = "workspace_corrupt"
 
 
 class PayloadTooLargeError(AgentcellAPIError):
@@ -167,6 +174,7 @@ API_ERRORS_BY_CODE: dict[str, type[AgentcellAPIError]] = {
         NotFoundError,
         ConflictError,
         NotRunningError,
+        WorkspaceCorruptError,
         PayloadTooLargeError,
         QuotaExceededError,
         InternalServerError,

@@ -26,6 +26,7 @@ from agentcell.protocol.functions import (
     FunctionList,
     FunctionName,
     Hook,
+    WorkspaceConfig,
 )
 
 FUNCTION_NAME: TypeAdapter[str] = TypeAdapter(FunctionName)
@@ -48,8 +49,10 @@ class AsyncFunctions:
         name: str,
         code: LocalPath,
         *,
-        cmd: str,
+        cmd: str | None = None,
+        stdio: str | None = None,
         port: int | None = None,
+        template: str | None = None,
         env: Mapping[str, str] | None = None,
         cpu: float | None = None,
         memory_mb: int | None = None,
@@ -69,18 +72,23 @@ class AsyncFunctions:
         ready_timeout_s: float | None = None,
         request_timeout_s: float | None = None,
         metadata: Mapping[str, str] | None = None,
+        workspace: WorkspaceConfig | None = None,
         on_progress: ProgressCallback | None = None,
         on_pack_progress: ProgressCallback | None = None,
     ) -> FunctionInfo:
         """Deploy `code` (a directory, packed on the fly, or a .tar / .tar.gz of one) as a new
         version of function `name`, created if new. `cmd` runs with bash in /code, the read-only
-        code, and must serve HTTP on $PORT. Unset values take the server's defaults (see
-        FunctionConfig): affinity "header" on x-agentcell-session-id, one session per instance,
-        6 h session TTL, 15 min idle timeout, no warm instances. `on_pack_progress` gets byte counts
-        as files are packed (from a worker thread), `on_progress` as the archive is sent."""
+        code, and must serve HTTP on $PORT; or `stdio` names a stdio MCP server, which agentcell
+        serves over Streamable HTTP and legacy SSE (one process per MCP session). Unset values
+        take the server's defaults (see FunctionConfig): affinity "header" on
+        x-agentcell-session-id, one session per instance, 6 h session TTL, 15 min idle timeout,
+        no warm instances. `on_pack_progress` gets byte counts as files are packed (from a worker
+        thread), `on_progress` as the archive is sent."""
         given = {
             "cmd": cmd,
+            "stdio": stdio,
             "port": port,
+            "template": template,
             "env": env,
             "cpu": cpu,
             "memory_mb": memory_mb,
@@ -98,6 +106,7 @@ class AsyncFunctions:
             "ready_timeout_s": ready_timeout_s,
             "request_timeout_s": request_timeout_s,
             "metadata": metadata,
+            "workspace": workspace.model_dump(mode="json") if workspace is not None else None,
         }
         body = request_body(FunctionConfig, {k: v for k, v in given.items() if v is not None})
         return await self._upload(name, code, body, on_progress, on_pack_progress)

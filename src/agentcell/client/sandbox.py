@@ -17,13 +17,26 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from agentcell.client.api import ApiClient, Params, request_body, segment
+from agentcell.client.code import AsyncCode, Callback, Callbacks, ContextRef, Execution
 from agentcell.client.commands import AsyncCommands
 from agentcell.client.config import ClientConfig
 from agentcell.client.errors import NotFoundError
 from agentcell.client.files import AsyncFiles
+from agentcell.protocol.code import DEFAULT_TIMEOUT_S as DEFAULT_CODE_TIMEOUT_S
+from agentcell.protocol.code import CodeContextInfo
+from agentcell.protocol.egress import NetworkPolicy
 from agentcell.protocol.sandboxes import SandboxCreate, SandboxInfo, SandboxList, SandboxState, SandboxTimeout
 
 S = TypeVar("S", bound="AsyncSandbox")
+
+
+def network_body(network: NetworkPolicy | Mapping[str, Any] | str | None) -> Any:
+    """A network policy as the request carries it; a bare string is the egress kind."""
+    if isinstance(network, str):
+        return {"egress": network}
+    if isinstance(network, NetworkPolicy):
+        return network.model_dump(mode="json")
+    return network
 
 
 class SandboxOpening(Generic[S]):
@@ -61,6 +74,7 @@ class AsyncSandbox:
         self._path = f"/v1/sandboxes/{segment(info.id)}"
         self.commands = AsyncCommands(api, info.id)
         self.files = AsyncFiles(api, info.id)
+        self._code = AsyncCode(api, info.id)
 
     @property
     def id(self) -> str:
@@ -80,6 +94,8 @@ class AsyncSandbox:
         memory_mb: int | None = None,
         disk_mb: int | None = None,
         timeout_s: int | None = None,
+        network: NetworkPolicy | Mapping[str, Any] | str | None = None,
+        code_kernel: bool | None = None,
         api_url: str | None = None,
         api_key: str | None = None,
         request_timeout_s: float | None = None,
@@ -87,7 +103,9 @@ class AsyncSandbox:
     ) -> SandboxOpening[S]:
         """Start a sandbox. Unset values take the server's defaults (template "base", 1 cpu,
         512 MiB memory, 1024 MiB disk, ending 300 s from now). `api_url` falls back to
-        AGENTCELL_URL then http://127.0.0.1:8700; `api_key` to AGENTCELL_API_KEY."""
+        AGENTCELL_URL then http://127.0.0.1:8700; `api_key` to AGENTCELL_API_KEY. `network` is the
+        egress policy: "none" (default), "open", or {"egress": "allowlist", "allow": [...]}.
+        `code_kernel=True` starts the default Python kernel before returning (first run_code fast)."""
         given = {
             "template": template,
             "env": env,
@@ -96,6 +114,8 @@ class AsyncSandbox:
             "memory_mb": memory_mb,
             "disk_mb": disk_mb,
             "timeout_s": timeout_s,
+            "network": network_body(network),
+            "code_kernel": code_kernel,
         }
         body = request_body(SandboxCreate, {k: v for k, v in given.items() if v is not None})
         config = ClientConfig.resolve(api_url, api_key, request_timeout_s)
@@ -183,6 +203,48 @@ class AsyncSandbox:
         except NotFoundError:
             return False
         return True
+
+    async def run_code(
+        self,
+        code: str,
+        *,
+        context: ContextRef | None = None,
+        language: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float | None = DEFAULT_CODE_TIMEOUT_S,
+        on_stdout: Callback | None = None,
+        on_stderr: Callback | None = None,
+        on_result: Callback | None = None,
+        on_error: Callback | None = None,
+    ) -> Execution:
+        """Run code in `context` (default: the sandbox's default context of `language`, python
+        unless given), state kept between calls. `env` applies to this execution only. After
+        `timeout_s` (None: no limit) the code is interrupted and the Execution says `timed_out`.
+        Output reaches the callbacks as it comes; an exception is `Execution.error`, not raised."""
+        callbacks = Callbacks(on_stdout, on_stderr, on_result, on_error)
+        return await self._code.run(
+            code, context=context, language=language, env=env, timeout_s=timeout_s, callbacks=callbacks
+        )
+
+    async def create_code_context(
+        self, language: str = "python", *, cwd: str | None = None, env: Mapping[str, str] | None = None
+    ) -> CodeContextInfo:
+        """A new context (its own kernel, started on first use): python, javascript or bash."""
+        return await self._code.create_context(language, cwd, env)
+
+    async def list_code_contexts(self) -> builtins.list[CodeContextInfo]:
+        return await self._code.list_contexts()
+
+    async def restart_code_context(self, context: ContextRef) -> CodeContextInfo:
+        """A fresh kernel for the context; its state is lost."""
+        return await self._code.restart_context(context)
+
+    async def interrupt_code_context(self, context: ContextRef) -> None:
+        """Interrupt what the context runs (SIGINT); the kernel and its state survive."""
+        await self._code.interrupt_context(context)
+
+    async def remove_code_context(self, context: ContextRef) -> None:
+        await self._code.remove_context(context)
 
     async def aclose(self) -> None:
         """Close the connection pool; the sandbox keeps running until killed or its timeout."""

@@ -5,7 +5,8 @@
     await client.sessions.renew(session.id, idle_timeout_s=7200)
     await client.sessions.delete(session.id)
 
-States: pending → active ⇄ idle → ended (`end_reason` says why).
+States: pending → (restoring →) active ⇄ idle → ended (`end_reason` says why). A function deployed
+with `workspace.persist` keeps each session's files in object storage: `snapshot()` saves them now.
 """
 
 from __future__ import annotations
@@ -16,6 +17,34 @@ from collections.abc import Mapping
 from agentcell.client.api import ApiClient, Params, request_body, segment
 from agentcell.client.errors import InvalidArgumentError, NotFoundError
 from agentcell.protocol.sessions import SessionCreate, SessionInfo, SessionList, SessionState, SessionUpdate
+from agentcell.protocol.workspaces import SnapshotInfo, WorkspaceInfo, WorkspaceList
+
+
+class AsyncWorkspaces:
+    """`client.workspaces`: the stored session workspaces of the tenant and their usage."""
+
+    def __init__(self, api: ApiClient) -> None:
+        self._api = api
+
+    async def list(self) -> WorkspaceList:
+        """Every stored workspace, with the tenant's stored bytes and quota."""
+        return await self._api.call_model(WorkspaceList, "GET", "/v1/workspaces")
+
+    async def get(self, storage_path: str) -> WorkspaceInfo:
+        return await self._api.call_model(WorkspaceInfo, "GET", self._path(storage_path))
+
+    async def delete(self, storage_path: str) -> bool:
+        """Drop every snapshot of a workspace (ConflictError while a live session uses it).
+        False when there was no such workspace."""
+        try:
+            await self._api.call("DELETE", self._path(storage_path))
+        except NotFoundError:
+            return False
+        return True
+
+    @staticmethod
+    def _path(storage_path: str) -> str:
+        return "/v1/workspaces/" + "/".join(segment(part) for part in storage_path.split("/"))
 
 
 class AsyncSessions:
@@ -32,12 +61,20 @@ class AsyncSessions:
         ttl_s: int | None = None,
         idle_timeout_s: int | None = None,
         metadata: Mapping[str, str] | None = None,
+        workspace: str | None = None,
     ) -> SessionInfo:
         """Open a session and bind it to an instance now (pre-warm), before its first request.
         `key` is what clients will send in the function's affinity header or cookie (generated
         when absent: then it is the session id). ConflictError if the key is live already.
-        Unset limits are the function's `session_ttl_s` and `idle_timeout_s`."""
-        given = {"key": key, "ttl_s": ttl_s, "idle_timeout_s": idle_timeout_s, "metadata": metadata}
+        Unset limits are the function's `session_ttl_s` and `idle_timeout_s`. `workspace` names a
+        stored workspace of the tenant to use instead of the one of (function, key)."""
+        given = {
+            "key": key,
+            "ttl_s": ttl_s,
+            "idle_timeout_s": idle_timeout_s,
+            "metadata": metadata,
+            "workspace": workspace,
+        }
         body = request_body(SessionCreate, {k: v for k, v in given.items() if v is not None})
         path = f"/v1/functions/{segment(function)}/sessions"
         return await self._api.call_model(SessionInfo, "POST", path, json=body)
@@ -70,6 +107,10 @@ class AsyncSessions:
         given = {"ttl_s": ttl_s, "idle_timeout_s": idle_timeout_s}
         body = request_body(SessionUpdate, {k: v for k, v in given.items() if v is not None})
         return await self._api.call_model(SessionInfo, "PATCH", self._path(session_id), json=body)
+
+    async def snapshot(self, session_id: str) -> SnapshotInfo:
+        """Save the session's workspace to object storage now (only changed files are uploaded)."""
+        return await self._api.call_model(SnapshotInfo, "POST", self._path(session_id) + "/snapshot")
 
     async def delete(self, session_id: str) -> bool:
         """End the session now (its pre-stop hook runs, then its instance is released; an exclusive

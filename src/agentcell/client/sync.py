@@ -10,10 +10,11 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import httpx
 
+from agentcell.client.code import Callback, ContextRef, Execution
 from agentcell.client.commands import (
     DEFAULT,
     FOREGROUND_TIMEOUT_S,
@@ -27,7 +28,10 @@ from agentcell.client.files import AsyncFiles
 from agentcell.client.portal import EventLoopThread
 from agentcell.client.sandbox import AsyncSandbox, SandboxOpening
 from agentcell.client.transfer import LocalPath, ProgressCallback, WriteData
+from agentcell.protocol.code import DEFAULT_TIMEOUT_S as DEFAULT_CODE_TIMEOUT_S
+from agentcell.protocol.code import CodeContextInfo
 from agentcell.protocol.commands import CommandEvent, ProcessInfo
+from agentcell.protocol.egress import NetworkPolicy
 from agentcell.protocol.files import FileEntry
 from agentcell.protocol.sandboxes import SandboxInfo, SandboxState
 
@@ -257,6 +261,8 @@ class Sandbox:
         memory_mb: int | None = None,
         disk_mb: int | None = None,
         timeout_s: int | None = None,
+        network: NetworkPolicy | Mapping[str, Any] | str | None = None,
+        code_kernel: bool | None = None,
         api_url: str | None = None,
         api_key: str | None = None,
         request_timeout_s: float | None = None,
@@ -272,6 +278,8 @@ class Sandbox:
                 memory_mb=memory_mb,
                 disk_mb=disk_mb,
                 timeout_s=timeout_s,
+                network=network,
+                code_kernel=code_kernel,
                 api_url=api_url,
                 api_key=api_key,
                 request_timeout_s=request_timeout_s,
@@ -341,6 +349,51 @@ class Sandbox:
 
     def set_timeout(self, timeout_s: int) -> SandboxInfo:
         return self._portal.run(self._core.set_timeout(timeout_s))
+
+    def run_code(
+        self,
+        code: str,
+        *,
+        context: ContextRef | None = None,
+        language: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float | None = DEFAULT_CODE_TIMEOUT_S,
+        on_stdout: Callback | None = None,
+        on_stderr: Callback | None = None,
+        on_result: Callback | None = None,
+        on_error: Callback | None = None,
+    ) -> Execution:
+        """See AsyncSandbox.run_code (callbacks run on the SDK's loop thread)."""
+        return self._portal.run(
+            self._core.run_code(
+                code,
+                context=context,
+                language=language,
+                env=env,
+                timeout_s=timeout_s,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                on_result=on_result,
+                on_error=on_error,
+            )
+        )
+
+    def create_code_context(
+        self, language: str = "python", *, cwd: str | None = None, env: Mapping[str, str] | None = None
+    ) -> CodeContextInfo:
+        return self._portal.run(self._core.create_code_context(language, cwd=cwd, env=env))
+
+    def list_code_contexts(self) -> builtins.list[CodeContextInfo]:
+        return self._portal.run(self._core.list_code_contexts())
+
+    def restart_code_context(self, context: ContextRef) -> CodeContextInfo:
+        return self._portal.run(self._core.restart_code_context(context))
+
+    def interrupt_code_context(self, context: ContextRef) -> None:
+        self._portal.run(self._core.interrupt_code_context(context))
+
+    def remove_code_context(self, context: ContextRef) -> None:
+        self._portal.run(self._core.remove_code_context(context))
 
     def kill(self) -> bool:
         return self._portal.run(self._core.kill())

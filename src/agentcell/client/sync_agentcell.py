@@ -9,7 +9,8 @@ a private event-loop thread (see sync.py: every method is one line of delegation
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 
 import httpx
@@ -17,10 +18,16 @@ import httpx
 from agentcell.client.agentcell import AsyncAgentcell
 from agentcell.client.functions import AsyncFunctions, HookSpec
 from agentcell.client.portal import EventLoopThread
-from agentcell.client.sessions import AsyncSessions
+from agentcell.client.sessions import AsyncSessions, AsyncWorkspaces
+from agentcell.client.sync_templates import Templates
+from agentcell.client.tenants import AsyncTenants
 from agentcell.client.transfer import LocalPath, ProgressCallback
-from agentcell.protocol.functions import AffinityKind, FunctionConfig, FunctionInfo
+from agentcell.client.usage import AsyncUsage
+from agentcell.protocol.functions import AffinityKind, FunctionConfig, FunctionInfo, WorkspaceConfig
 from agentcell.protocol.sessions import SessionInfo, SessionState
+from agentcell.protocol.tenants import KeyCreated, KeyInfo, TenantInfo, TenantQuotas
+from agentcell.protocol.usage import UsageGrouping, UsageReport
+from agentcell.protocol.workspaces import SnapshotInfo, WorkspaceInfo, WorkspaceList
 
 
 class Functions:
@@ -38,8 +45,10 @@ class Functions:
         name: str,
         code: LocalPath,
         *,
-        cmd: str,
+        cmd: str | None = None,
+        stdio: str | None = None,
         port: int | None = None,
+        template: str | None = None,
         env: Mapping[str, str] | None = None,
         cpu: float | None = None,
         memory_mb: int | None = None,
@@ -59,6 +68,7 @@ class Functions:
         ready_timeout_s: float | None = None,
         request_timeout_s: float | None = None,
         metadata: Mapping[str, str] | None = None,
+        workspace: WorkspaceConfig | None = None,
         on_progress: ProgressCallback | None = None,
         on_pack_progress: ProgressCallback | None = None,
     ) -> FunctionInfo:
@@ -68,7 +78,9 @@ class Functions:
                 name,
                 code,
                 cmd=cmd,
+                stdio=stdio,
                 port=port,
+                template=template,
                 env=env,
                 cpu=cpu,
                 memory_mb=memory_mb,
@@ -88,6 +100,7 @@ class Functions:
                 ready_timeout_s=ready_timeout_s,
                 request_timeout_s=request_timeout_s,
                 metadata=metadata,
+                workspace=workspace,
                 on_progress=on_progress,
                 on_pack_progress=on_pack_progress,
             )
@@ -133,9 +146,17 @@ class Sessions:
         ttl_s: int | None = None,
         idle_timeout_s: int | None = None,
         metadata: Mapping[str, str] | None = None,
+        workspace: str | None = None,
     ) -> SessionInfo:
         return self._portal.run(
-            self._core.create(function, key, ttl_s=ttl_s, idle_timeout_s=idle_timeout_s, metadata=metadata)
+            self._core.create(
+                function,
+                key,
+                ttl_s=ttl_s,
+                idle_timeout_s=idle_timeout_s,
+                metadata=metadata,
+                workspace=workspace,
+            )
         )
 
     def get(self, session_id: str) -> SessionInfo:
@@ -155,8 +176,78 @@ class Sessions:
     ) -> SessionInfo:
         return self._portal.run(self._core.renew(session_id, ttl_s=ttl_s, idle_timeout_s=idle_timeout_s))
 
+    def snapshot(self, session_id: str) -> SnapshotInfo:
+        return self._portal.run(self._core.snapshot(session_id))
+
     def delete(self, session_id: str) -> bool:
         return self._portal.run(self._core.delete(session_id))
+
+
+class Workspaces:
+    """`client.workspaces` (see AsyncWorkspaces)."""
+
+    def __init__(self, core: AsyncWorkspaces, portal: EventLoopThread) -> None:
+        self._core = core
+        self._portal = portal
+
+    def list(self) -> WorkspaceList:
+        return self._portal.run(self._core.list())
+
+    def get(self, storage_path: str) -> WorkspaceInfo:
+        return self._portal.run(self._core.get(storage_path))
+
+    def delete(self, storage_path: str) -> bool:
+        return self._portal.run(self._core.delete(storage_path))
+
+
+class Usage:
+    """`client.usage` (see AsyncUsage)."""
+
+    def __init__(self, core: AsyncUsage, portal: EventLoopThread) -> None:
+        self._core = core
+        self._portal = portal
+
+    def get(
+        self, *, since: datetime | None = None, until: datetime | None = None, by: UsageGrouping = "session"
+    ) -> UsageReport:
+        return self._portal.run(self._core.get(since=since, until=until, by=by))
+
+    def csv(
+        self, *, since: datetime | None = None, until: datetime | None = None, by: UsageGrouping = "session"
+    ) -> str:
+        return self._portal.run(self._core.csv(since=since, until=until, by=by))
+
+
+class Tenants:
+    """`client.tenants` (see AsyncTenants)."""
+
+    def __init__(self, core: AsyncTenants, portal: EventLoopThread) -> None:
+        self._core = core
+        self._portal = portal
+
+    def create(self, name: str, quotas: TenantQuotas | None = None) -> TenantInfo:
+        return self._portal.run(self._core.create(name, quotas))
+
+    def list(self) -> builtins.list[TenantInfo]:
+        return self._portal.run(self._core.list())
+
+    def get(self, name: str) -> TenantInfo:
+        return self._portal.run(self._core.get(name))
+
+    def set_quotas(self, name: str, quotas: TenantQuotas) -> TenantInfo:
+        return self._portal.run(self._core.set_quotas(name, quotas))
+
+    def delete(self, name: str) -> None:
+        self._portal.run(self._core.delete(name))
+
+    def create_key(self, tenant: str, scopes: Sequence[str] = ("*",), name: str = "") -> KeyCreated:
+        return self._portal.run(self._core.create_key(tenant, scopes, name))
+
+    def keys(self, tenant: str) -> builtins.list[KeyInfo]:
+        return self._portal.run(self._core.keys(tenant))
+
+    def revoke_key(self, key_id: str) -> KeyInfo:
+        return self._portal.run(self._core.revoke_key(key_id))
 
 
 class Agentcell:
@@ -179,6 +270,10 @@ class Agentcell:
             raise
         self.functions = Functions(self._core.functions, self._portal)
         self.sessions = Sessions(self._core.sessions, self._portal)
+        self.workspaces = Workspaces(self._core.workspaces, self._portal)
+        self.usage = Usage(self._core.usage, self._portal)
+        self.tenants = Tenants(self._core.tenants, self._portal)
+        self.templates = Templates(self._core.templates, self._portal)
 
     @property
     def api_url(self) -> str:

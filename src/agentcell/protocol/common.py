@@ -33,6 +33,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_found": 404,
     "conflict": 409,
     "not_running": 409,
+    "workspace_corrupt": 409,
     "payload_too_large": 413,
     "quota_exceeded": 429,
     "internal": 500,

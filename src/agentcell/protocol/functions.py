@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, model_validator
 
 from agentcell.protocol.common import ReplyModel, WireModel
-from agentcell.protocol.sandboxes import EnvName, MetaKey, MetaValue
+from agentcell.protocol.egress import NetworkPolicy
+from agentcell.protocol.sandboxes import EnvName, MetaKey, MetaValue, TemplateName
 
 FunctionName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$", to_lower=True)]
@@ -32,11 +33,42 @@ class Hook(WireModel):
     timeout_s: float = Field(default=30, gt=0, le=3600)
 
 
+ExcludeGlob = Annotated[str, StringConstraints(pattern=r"^[^\x00]{1,256}$")]
+DEFAULT_WORKSPACE_EXCLUDES = ("node_modules", ".venv", "__pycache__", ".cache", ".npm")
+
+
+class WorkspaceConfig(WireModel):
+    """Session workspaces (`/home/user` of an exclusive instance, `/home/user/sessions/<session id>`
+    of a shared one) kept in object storage between instances."""
+
+    persist: bool = Field(default=False, description="snapshot the workspace and restore it on resume")
+    exclude: list[ExcludeGlob] = Field(
+        default_factory=lambda: list(DEFAULT_WORKSPACE_EXCLUDES),
+        max_length=64,
+        description="a bare name matches at any depth; a glob with '/' matches relative paths",
+    )
+    keep: int = Field(default=3, ge=1, le=100, description="snapshots kept per workspace")
+    sync_interval_s: int = Field(
+        default=180, ge=0, le=DAY_S, description="periodic snapshot of live sessions; 0: only at stop"
+    )
+    restore: Hook | None = Field(
+        default=None, description="runs after the files are back, before the first request (e.g. npm ci)"
+    )
+
+
 class FunctionConfig(WireModel):
-    cmd: Annotated[str, StringConstraints(min_length=1, max_length=65536)] = Field(
-        description="serves HTTP on $PORT inside the instance; run by bash -c in /code"
+    cmd: Annotated[str, StringConstraints(min_length=1, max_length=65536)] | None = Field(
+        default=None, description="serves HTTP on $PORT inside the instance; run by bash -c in /code"
+    )
+    stdio: Annotated[str, StringConstraints(min_length=1, max_length=65536)] | None = Field(
+        default=None,
+        description="instead of cmd: a stdio MCP server (bash -c in /code), served over Streamable HTTP "
+        "and legacy SSE by a bridge, one process per MCP session",
     )
     port: int = Field(default=8080, ge=1, le=65535, description="the value of $PORT")
+    template: TemplateName = Field(
+        default="base", description="what instances start from: base, or a built template (see /v1/templates)"
+    )
     env: dict[EnvName, Annotated[str, StringConstraints(max_length=32768)]] = Field(
         default_factory=dict, max_length=256
     )
@@ -57,13 +89,24 @@ class FunctionConfig(WireModel):
     request_timeout_s: float = Field(default=300, gt=0, le=86400)
     initialize: Hook | None = None
     pre_stop: Hook | None = None
+    workspace: WorkspaceConfig = Field(default_factory=WorkspaceConfig)
+    network: NetworkPolicy = Field(
+        default_factory=NetworkPolicy, description="egress: none (default), allowlist or open"
+    )
     metadata: dict[MetaKey, MetaValue] = Field(default_factory=dict, max_length=64)
 
     @model_validator(mode="after")
-    def _warm_fits(self) -> FunctionConfig:
+    def _consistent(self) -> FunctionConfig:
         if self.min_warm > self.max_instances:
             raise ValueError(
                 f"min_warm ({self.min_warm}) must not exceed max_instances ({self.max_instances})"
+            )
+        if (self.cmd is None) == (self.stdio is None):
+            raise ValueError("give exactly one of cmd (an HTTP server) and stdio (a stdio MCP server)")
+        if self.workspace.persist and self.affinity.kind not in ("header", "cookie"):
+            raise ValueError(
+                "workspace.persist needs affinity header or cookie: workspaces are found again by a "
+                f"session key the client reuses, and affinity {self.affinity.kind!r} has none"
             )
         return self
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from agentcell.protocol.common import ReplyModel, WireModel
+from agentcell.protocol.egress import NetworkPolicy
 
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)]
 MetaKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$")]
@@ -15,6 +16,9 @@ MetaValue = Annotated[str, StringConstraints(max_length=512)]
 TemplateName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
+
+
+MIN_KERNEL_MEMORY_MB = 128
 
 
 class SandboxCreate(WireModel):
@@ -27,6 +31,21 @@ class SandboxCreate(WireModel):
     memory_mb: int = Field(default=512, ge=32, le=262144)
     disk_mb: int = Field(default=1024, ge=16, le=1048576, description="workspace + writable layer size")
     timeout_s: int = Field(default=300, ge=1, le=MAX_TIMEOUT_S, description="seconds until the sandbox ends")
+    code_kernel: bool = Field(
+        default=False, description="start the default Python code kernel before the sandbox is returned"
+    )
+    network: NetworkPolicy = Field(
+        default_factory=NetworkPolicy, description="egress: none (default), allowlist or open"
+    )
+
+    @model_validator(mode="after")
+    def _kernel_fits(self) -> SandboxCreate:
+        if self.code_kernel and self.memory_mb < MIN_KERNEL_MEMORY_MB:
+            raise ValueError(
+                f"code_kernel needs memory_mb of at least {MIN_KERNEL_MEMORY_MB} (a Python kernel "
+                f"uses about 60 MB), got {self.memory_mb}"
+            )
+        return self
 
 
 class SandboxTimeout(WireModel):
@@ -45,6 +64,7 @@ class SandboxInfo(ReplyModel):
     cpu: float
     memory_mb: int
     disk_mb: int
+    network: NetworkPolicy = Field(default_factory=NetworkPolicy)
     created_at: datetime
     expires_at: datetime
 

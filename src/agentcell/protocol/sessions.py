@@ -12,8 +12,11 @@ from agentcell.protocol.functions import DAY_S
 from agentcell.protocol.sandboxes import MetaKey, MetaValue
 
 SessionKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")]
-SessionState = Literal["pending", "active", "idle", "ended"]
-EndReason = Literal["ttl", "idle", "deleted", "instance_failed", "function_deleted", "shutdown"]
+SessionState = Literal["pending", "restoring", "active", "idle", "ended"]
+EndReason = Literal[
+    "ttl", "idle", "deleted", "instance_failed", "restore_failed", "function_deleted", "shutdown"
+]
+WorkspaceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
 
 class SessionCreate(WireModel):
@@ -25,6 +28,10 @@ class SessionCreate(WireModel):
     )
     idle_timeout_s: int | None = Field(default=None, ge=1, le=30 * DAY_S)
     metadata: dict[MetaKey, MetaValue] = Field(default_factory=dict, max_length=64)
+    workspace: WorkspaceName | None = Field(
+        default=None,
+        description="a named workspace of the tenant to use instead of the one of (function, key)",
+    )
 
 
 class SessionUpdate(WireModel):
@@ -32,6 +39,12 @@ class SessionUpdate(WireModel):
 
     ttl_s: int | None = Field(default=None, ge=1, le=30 * DAY_S)
     idle_timeout_s: int | None = Field(default=None, ge=1, le=30 * DAY_S)
+
+
+class SessionWorkspace(ReplyModel):
+    path: str = Field(description="the directory inside the instance")
+    storage_path: str = Field(description="the prefix in object storage")
+    quota_bytes: int = Field(description="the instance's workspace size limit (write-time ENOSPC)")
 
 
 class SessionInfo(ReplyModel):
@@ -49,6 +62,9 @@ class SessionInfo(ReplyModel):
     ttl_s: int
     idle_timeout_s: int
     metadata: dict[str, str]
+    workspace: SessionWorkspace | None = Field(
+        default=None, description="where the session's files live; null when the function does not persist"
+    )
 
 
 class SessionList(ReplyModel):

@@ -12,16 +12,40 @@ from typing import Any
 from fastapi import FastAPI
 
 from agentcell import __version__
-from agentcell.server.api import commands, files, functions, sandboxes, sessions
+from agentcell.server.api import code, commands, files, functions, sandboxes, sessions, usage
+from agentcell.server.api import templates as templates_api
+from agentcell.server.api import tenants as tenants_api
+from agentcell.server.api import workspaces as workspaces_api
+from agentcell.server.api.auth import AuthMiddleware, audited_actor
 from agentcell.server.api.errors import RequestIdMiddleware, install_error_handlers
 from agentcell.server.api.limits import BodyLimitMiddleware
+from agentcell.server.api.mcp import build_mcp_server, mcp_routes
+from agentcell.server.api.observability import install_observability
+from agentcell.server.auth.access import RateLimiter, RequestAuth
+from agentcell.server.auth.quotas import QuotaGuard
+from agentcell.server.auth.tenants import TenantService
 from agentcell.server.clock import Clock, SystemClock
+from agentcell.server.e2b.mount import PREFIX as E2B_PREFIX
+from agentcell.server.e2b.mount import e2b_app
+from agentcell.server.e2b.ports import E2bPorts
+from agentcell.server.egress.node import EgressConfig
+from agentcell.server.interpreter.context import InterpreterLimits
+from agentcell.server.interpreter.contexts import Interpreter
 from agentcell.server.meta.sqlite import SqliteMetaStore
 from agentcell.server.meta.store import MetaStore
+from agentcell.server.observability.audit import AuditLog
+from agentcell.server.observability.telemetry import Telemetry, build_telemetry
 from agentcell.server.sandbox.driver import SandboxDriver
+from agentcell.server.scheduler.metering import UsageLedger
 from agentcell.server.scheduler.sandboxes import SandboxService
 from agentcell.server.scheduler.scheduler import Scheduler, SchedulerLimits
+from agentcell.server.scheduler.usage import PriceTable
+from agentcell.server.scheduler.workspaces import WorkspaceKeeper
 from agentcell.server.settings import Settings
+from agentcell.server.storage.objects import ObjectStore, open_object_store
+from agentcell.server.storage.snapshots import Snapshots
+from agentcell.server.templates.builds import BuildResources
+from agentcell.server.templates.service import TemplateService
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +58,30 @@ def build_driver(settings: Settings) -> SandboxDriver:
     from agentcell.server.sandbox.linux.driver import LinuxDriver, become_subreaper
 
     become_subreaper()
-    return LinuxDriver(settings.state_dir)
+    return LinuxDriver(settings.state_dir, egress=build_egress_config(settings))
+
+
+def build_egress_config(settings: Settings) -> EgressConfig:
+    """The egress proxy and, with `package_cache`, mirrors of the host's configured pip index and
+    npm registry, cached under the state dir."""
+    cache = settings.package_cache
+    return EgressConfig(
+        proxy_port=settings.egress_proxy_port,
+        cache_dir=settings.state_dir / "package-cache" if cache else None,
+        pip_index_url=settings.host_pip_index_url() if cache else None,
+        npm_registry_url=settings.host_npm_registry() if cache else None,
+        protected_ports=(settings.port,) if settings.port else (),
+    )
+
+
+def build_object_store(settings: Settings) -> ObjectStore:
+    return open_object_store(
+        settings.store or f"file://{settings.state_dir / 'objects'}",
+        s3_endpoint=settings.s3_endpoint,
+        s3_region=settings.s3_region,
+        s3_access_key=settings.s3_access_key,
+        s3_secret_key=settings.s3_secret_key,
+    )
 
 
 async def _start(work: Coroutine[Any, Any, None], name: str, started: asyncio.Event) -> asyncio.Task[None]:
@@ -61,17 +108,54 @@ def create_app(
     driver: SandboxDriver | None = None,
     store: MetaStore | None = None,
     clock: Clock | None = None,
+    objects: ObjectStore | None = None,
+    telemetry: Telemetry | None = None,
 ) -> FastAPI:
     clock = clock or SystemClock()
+    telemetry = telemetry or build_telemetry(
+        settings.metrics, settings.otlp_endpoint, settings.trace_sample_ratio
+    )
     driver = driver or build_driver(settings)
     store = store or SqliteMetaStore(settings.state_dir / "meta.db")
+    objects = objects or build_object_store(settings)
+    tenants = TenantService(store, clock)
+    quotas = QuotaGuard(tenants.quotas)
+
+    def storage_quota(tenant: str) -> int | None:
+        quota_mb = tenants.quotas(tenant).max_storage_mb or settings.tenant_storage_quota_mb
+        return (quota_mb << 20) or None
+
+    workspaces = WorkspaceKeeper(driver, Snapshots(objects, clock), store, clock, quota_bytes=storage_quota)
+    templates = TemplateService(
+        driver,
+        clock,
+        settings.state_dir / "templates",
+        max_builds=settings.max_template_builds,
+        resources=BuildResources(layer_bytes=settings.max_template_mb << 20),
+    )
+    interpreter = Interpreter(
+        driver,
+        clock,
+        InterpreterLimits(
+            max_contexts=settings.code_max_contexts,
+            max_output_bytes=settings.code_max_output_bytes,
+            interrupt_grace_s=settings.code_interrupt_grace_s,
+        ),
+    )
     sandbox_service = SandboxService(
         driver,
         clock,
         max_sandboxes=settings.max_sandboxes,
         pids_max=settings.default_pids_max,
         stop_grace_s=settings.stop_grace_s,
+        templates=templates,
+        interpreter=interpreter,
+        ledger=UsageLedger(store),
+        usage_interval_s=settings.usage_interval_s,
+        telemetry=telemetry,
+        quotas=quotas,
     )
+    mcp_server = build_mcp_server(sandbox_service)
     scheduler = Scheduler(
         driver,
         store,
@@ -83,14 +167,26 @@ def create_app(
             max_waiting=settings.max_waiting_requests,
             wait_timeout_s=settings.wait_timeout_s,
             start_concurrency=settings.start_concurrency,
+            usage_interval_s=settings.usage_interval_s,
         ),
+        workspaces,
+        templates=templates,
+        telemetry=telemetry,
+        quotas=quotas,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await store.open()
-        # Order matters: the scheduler re-adopts its instances before the sandbox service reaps
-        # whatever else an earlier server left behind.
+        await tenants.load()
+        if settings.auth == "keys":
+            key_file = settings.state_dir / "admin.key"
+            if (key := await tenants.bootstrap(key_file, settings.admin_key)) is not None:
+                log.warning("the admin API key (shown once; also in %s, mode 0600): %s", key_file, key)
+        # Order matters: templates are loaded before re-adopted instances count their users; the
+        # scheduler re-adopts its instances before the sandbox service reaps whatever else an
+        # earlier server left behind.
+        templates_task = await _start(templates.run(ready := asyncio.Event()), "templates", ready)
         functions_task = await _start(
             scheduler.run(settings.reap_interval_s, ready := asyncio.Event()), "scheduler", ready
         )
@@ -98,27 +194,62 @@ def create_app(
             sandbox_service.run(settings.reap_interval_s, ready := asyncio.Event()), "sandbox service", ready
         )
         try:
-            yield
+            async with mcp_server.session_manager.run():
+                yield
         finally:
+            await _cancel(templates_task)  # builds in progress stop their sandboxes and are dropped
             await sandbox_service.aclose()
+            await interpreter.aclose()
             await scheduler.aclose()
             await _cancel(sandboxes_task)
             await _cancel(functions_task)
             await driver.aclose()
+            await objects.aclose()
             await store.aclose()
+            await telemetry.aclose()
 
     app = FastAPI(title="agentcell", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.sandboxes = sandbox_service
+    app.state.e2b_ports = E2bPorts(sandbox_service, driver, settings.e2b_domain)
     app.state.scheduler = scheduler
+    app.state.workspaces = workspaces
+    app.state.prices = PriceTable(
+        cpu_core_s=settings.price_cpu_core_s,
+        memory_gib_s=settings.price_memory_gib_s,
+        idle_memory_gib_s=settings.price_idle_memory_gib_s,
+        storage_gib_h=settings.price_storage_gib_h,
+    )
+    app.state.templates = templates
+    app.state.tenants = tenants
+    limiter = RateLimiter(clock, lambda tenant: tenants.quotas(tenant).max_rps)
+    request_auth = RequestAuth(tenants.ring, limiter, required=settings.auth == "keys")
+    app.state.request_auth = request_auth
     install_error_handlers(app)
-    for module in (sandboxes, commands, files, functions, sessions):
+    routers = (
+        sandboxes,
+        commands,
+        code,
+        files,
+        functions,
+        sessions,
+        workspaces_api,
+        templates_api,
+        usage,
+        tenants_api,
+    )
+    for module in routers:
         app.include_router(module.router)
+    app.router.routes.extend(mcp_routes(mcp_server))
+    app.mount(E2B_PREFIX, e2b_app(sandbox_service, clock))  # E2B-compatible API (docs/e2b.md)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    app.add_middleware(AuthMiddleware, auth=request_auth)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_body_bytes)
+    audit = AuditLog(store, clock)
+    install_observability(app, telemetry, audit, metrics_enabled=settings.metrics, actor_of=audited_actor)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -15,10 +15,12 @@ from pathlib import Path
 import uvicorn
 import uvloop
 
+from agentcell.server.api.errors import request_id_var
 from agentcell.server.app import create_app
 from agentcell.server.gateway.route import AccessRecord, UnixUpstream
 from agentcell.server.gateway.router import GatewayRouter
 from agentcell.server.gateway.server import GatewayServer
+from agentcell.server.observability.logs import setup_logging
 from agentcell.server.settings import Settings
 
 log = logging.getLogger("agentcell")
@@ -73,6 +75,7 @@ async def run(settings: Settings) -> None:
             http="httptools",
             lifespan="on",
             log_level=settings.log_level,
+            log_config=None,  # uvicorn's loggers go through the server's own setup (text or JSON)
             access_log=False,
             timeout_graceful_shutdown=5,
             timeout_keep_alive=3600,  # the gateway pools these connections and closes idle ones itself
@@ -85,7 +88,14 @@ async def run(settings: Settings) -> None:
             raise SystemExit("agentcell: the control plane failed to start; see the log above")
         await asyncio.sleep(0.01)
 
-    router = GatewayRouter(app.state.scheduler, UnixUpstream(str(control_path)), settings.fn_domain)
+    router = GatewayRouter(
+        app.state.scheduler,
+        UnixUpstream(str(control_path)),
+        settings.fn_domain,
+        app.state.telemetry,
+        e2b=app.state.e2b_ports,
+        auth=app.state.request_auth,
+    )
     gateway = GatewayServer(router, request_timeout_s=settings.request_timeout_s, access_log=log_access)
     await gateway.start(settings.host, settings.port)
     log.info("agentcell listening on %s", gateway.addresses)
@@ -104,8 +114,6 @@ async def run(settings: Settings) -> None:
 
 def serve(argv: list[str] | None = None) -> None:
     settings = Settings(**parse_overrides(argv))  # type: ignore[arg-type]
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings.log_level, settings.log_format, {"request_id": request_id_var})
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     uvloop.run(run(settings))

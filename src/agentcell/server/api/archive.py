@@ -38,9 +38,14 @@ async def _file_blocks(files: SandboxFiles, entry: FileStat) -> AsyncIterator[by
         yield bytes(BLOCK - entry.size % BLOCK)
 
 
-async def tar_stream(files: SandboxFiles, root: FileStat, max_depth: int = 16) -> AsyncIterator[bytes]:
+async def archive_entries(files: SandboxFiles, root: FileStat, max_depth: int = 16) -> list[FileStat]:
+    """What an archive of `root` holds, listed before the answer starts (so a tree too large to
+    list is a clean error rather than a broken stream)."""
+    return [root] + (await files.list(root.path, max_depth) if root.type == "dir" else [])
+
+
+async def tar_stream(files: SandboxFiles, root: FileStat, entries: list[FileStat]) -> AsyncIterator[bytes]:
     base = posixpath.dirname(root.path.rstrip("/")) or "/"
-    entries = [root] + (await files.list(root.path, max_depth) if root.type == "dir" else [])
     for entry in entries:
         if entry.type == "other":
             continue

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from agentcell.server.scheduler.sandboxes import SandboxService
 from agentcell.server.scheduler.scheduler import Scheduler as FunctionScheduler
+from agentcell.server.scheduler.workspaces import WorkspaceKeeper
 
 
 def _sandboxes(request: Request) -> SandboxService:
@@ -24,3 +25,11 @@ def _scheduler(request: Request) -> FunctionScheduler:
 
 
 Scheduler = Annotated[FunctionScheduler, Depends(_scheduler)]
+
+
+def _workspaces(request: Request) -> WorkspaceKeeper:
+    keeper: WorkspaceKeeper = request.app.state.workspaces
+    return keeper
+
+
+Workspaces = Annotated[WorkspaceKeeper, Depends(_workspaces)]

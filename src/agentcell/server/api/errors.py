@@ -50,8 +50,16 @@ def describe_validation(exc: RequestValidationError | ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def _on_domain_error(_: Request, exc: Exception) -> JSONResponse:
+def _count(request: Request, code: str) -> None:
+    """Errors by code, for /metrics (every error answer of the control plane passes here)."""
+    telemetry = getattr(request.app.state, "telemetry", None)
+    if telemetry is not None:
+        telemetry.error(code)
+
+
+async def _on_domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.AgentcellError)
+    _count(request, exc.code)
     if isinstance(exc, errors.Internal):
         log.error("internal error: %s", exc.message)
     retry = getattr(exc, "retry_after_s", None)
@@ -59,14 +67,16 @@ async def _on_domain_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.code, exc.message, headers)
 
 
-async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    _count(request, "invalid_argument")
     return error_response("invalid_argument", describe_validation(exc))
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = CODE_BY_STATUS.get(exc.status_code, "invalid_argument")
+    _count(request, code)
     if exc.status_code == 404:
         message = f"no route {request.method} {request.url.path}; see /openapi.json"
     elif exc.status_code == 405:
@@ -78,8 +88,9 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=exc)
+    _count(request, "internal")
     return error_response("internal", "the server failed to handle this request; see its log")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import AsyncIterator
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -12,7 +13,7 @@ from starlette.datastructures import UploadFile
 
 from agentcell.errors import InvalidArgument
 from agentcell.protocol.files import FileEntry, FileList, MakeDir, Rename
-from agentcell.server.api.archive import tar_stream
+from agentcell.server.api.archive import archive_entries, tar_stream
 from agentcell.server.api.deps import Sandboxes
 from agentcell.server.sandbox.driver import FileStat
 
@@ -100,9 +101,9 @@ async def download_archive(sandbox_id: str, path: PathQuery, sandboxes: Sandboxe
     root = await files.stat(path)
     name = posixpath.basename(root.path.rstrip("/")) or "root"
     return StreamingResponse(
-        tar_stream(files, root),
+        tar_stream(files, root, await archive_entries(files, root)),
         media_type="application/x-tar",
-        headers={"content-disposition": f'attachment; filename="{name}.tar"'},
+        headers={"content-disposition": _attachment(f"{name}.tar")},
     )
 
 
@@ -132,3 +133,9 @@ async def rename(sandbox_id: str, body: Rename, sandboxes: Sandboxes) -> FileEnt
 async def remove(sandbox_id: str, path: PathQuery, sandboxes: Sandboxes) -> Response:
     await sandboxes.files(sandbox_id).remove(path)
     return Response(status_code=204)
+
+
+def _attachment(filename: str) -> str:
+    """A Content-Disposition any name fits in: an ASCII fallback plus RFC 5987's UTF-8 form."""
+    fallback = filename.encode("ascii", "replace").decode().replace('"', "_").replace("\\", "_")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -15,6 +15,7 @@ from agentcell.errors import InvalidArgument, PayloadTooLarge
 from agentcell.protocol.functions import FunctionConfig, FunctionInfo, FunctionList, FunctionName
 from agentcell.server.api.deps import Scheduler
 from agentcell.server.api.errors import describe_validation
+from agentcell.server.api.tenancy import function_name, is_mine, shown_function
 
 router = APIRouter(prefix="/v1/functions", tags=["functions"])
 MAX_ARCHIVE_BYTES = 512 << 20
@@ -100,22 +101,23 @@ async def deploy_function(name: str, request: Request, scheduler: Scheduler) -> 
             )
         archive = await save_upload(code, uploads)
     try:
-        return (await scheduler.deploy(name, config, archive)).info()
+        return shown_function((await scheduler.deploy(function_name(name), config, archive)).info())
     finally:
         archive.unlink(missing_ok=True)
 
 
 @router.get("")
 async def list_functions(scheduler: Scheduler) -> FunctionList:
-    return FunctionList(functions=[f.info() for f in scheduler.functions()])
+    mine = [f for f in scheduler.functions() if is_mine(f.name)]
+    return FunctionList(functions=[shown_function(f.info()) for f in mine])
 
 
 @router.get("/{name}")
 async def get_function(name: str, scheduler: Scheduler) -> FunctionInfo:
-    return scheduler.function(name).info()
+    return shown_function(scheduler.function(function_name(name)).info())
 
 
 @router.delete("/{name}", status_code=204)
 async def delete_function(name: str, scheduler: Scheduler) -> Response:
-    await scheduler.delete_function(name)
+    await scheduler.delete_function(function_name(name))
     return Response(status_code=204)

@@ -7,15 +7,19 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from agentcell.protocol.sessions import SessionCreate, SessionInfo, SessionList, SessionState, SessionUpdate
+from agentcell.protocol.workspaces import SnapshotInfo
 from agentcell.server.api.deps import Scheduler
 from agentcell.server.api.sandboxes import parse_metadata_filter
+from agentcell.server.api.tenancy import function_name, is_mine, shown_session
+from agentcell.server.api.workspaces import snapshot_reply
+from agentcell.server.scheduler.scheduler import Scheduler as FunctionScheduler
 
 router = APIRouter(tags=["sessions"])
 
 
 @router.post("/v1/functions/{name}/sessions", status_code=201)
 async def create_session(name: str, body: SessionCreate, scheduler: Scheduler) -> SessionInfo:
-    return (await scheduler.create_session(name, body)).info()
+    return shown_session((await scheduler.create_session(function_name(name), body)).info())
 
 
 @router.get("/v1/functions/{name}/sessions")
@@ -25,8 +29,8 @@ async def list_function_sessions(
     state: SessionState | None = None,
     metadata: Annotated[list[str], Query(max_length=64, description="key=value; all must match")] = [],  # noqa: B006
 ) -> SessionList:
-    found = scheduler.sessions(name, state, parse_metadata_filter(metadata))
-    return SessionList(sessions=[s.info() for s in found])
+    found = scheduler.sessions(function_name(name), state, parse_metadata_filter(metadata))
+    return SessionList(sessions=[shown_session(s.info()) for s in found])
 
 
 @router.get("/v1/sessions")
@@ -36,21 +40,35 @@ async def list_sessions(
     state: SessionState | None = None,
     metadata: Annotated[list[str], Query(max_length=64)] = [],  # noqa: B006
 ) -> SessionList:
-    found = scheduler.sessions(function, state, parse_metadata_filter(metadata))
-    return SessionList(sessions=[s.info() for s in found])
+    qualified = function_name(function) if function is not None else None
+    found = scheduler.sessions(qualified, state, parse_metadata_filter(metadata))
+    return SessionList(sessions=[shown_session(s.info()) for s in found if is_mine(s.function)])
 
 
 @router.get("/v1/sessions/{session_id}")
 async def get_session(session_id: str, scheduler: Scheduler) -> SessionInfo:
-    return await scheduler.session_info(session_id)
+    return shown_session(await scheduler.session_info(session_id))
+
+
+def _own_live(scheduler: FunctionScheduler, session_id: str) -> str:
+    """The id of a live session of the caller's (NotFound for anything else)."""
+    shown_session(scheduler.session(session_id).info())
+    return session_id
 
 
 @router.patch("/v1/sessions/{session_id}")
 async def update_session(session_id: str, body: SessionUpdate, scheduler: Scheduler) -> SessionInfo:
-    return (await scheduler.update_session(session_id, body)).info()
+    session = await scheduler.update_session(_own_live(scheduler, session_id), body)
+    return shown_session(session.info())
+
+
+@router.post("/v1/sessions/{session_id}/snapshot", status_code=201)
+async def snapshot_session(session_id: str, scheduler: Scheduler) -> SnapshotInfo:
+    """Persist the session's workspace now (functions with workspace.persist)."""
+    return snapshot_reply(await scheduler.snapshot_session(_own_live(scheduler, session_id)))
 
 
 @router.delete("/v1/sessions/{session_id}", status_code=204)
 async def delete_session(session_id: str, scheduler: Scheduler) -> Response:
-    await scheduler.delete_session(session_id)
+    await scheduler.delete_session(_own_live(scheduler, session_id))
     return Response(status_code=204)

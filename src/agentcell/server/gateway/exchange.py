@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from agentcell.server.gateway.headers import (
@@ -48,6 +49,7 @@ class Exchange:
     """The proxy state machine for one request (see the module docstring)."""
 
     __slots__ = (
+        "body_filter",
         "bytes_in",
         "bytes_out",
         "conn",
@@ -113,6 +115,7 @@ class Exchange:
         self.replay_size = 0
         self.retried = False
         self.framing = Framing.NONE
+        self.body_filter: Callable[[bytes], bytes] | None = None
         self.until_close = False
         self.trailers: list[bytes] | None = None
         self.tunnel_buffer: list[bytes] = []
@@ -223,6 +226,7 @@ class Exchange:
                 upgrade=self.upgrade,
                 proto=self.server.proto,
                 trust_forwarded=self.server.trust_forwarded,
+                drop=route.drop_headers,
             )
             self.replay = [request_head]
             self.replay_size = len(request_head)
@@ -420,6 +424,8 @@ class Exchange:
             if self.head.http_version != b"1.0":
                 self.conn.queue(interim_head(status, headers))
         else:
+            if route.on_response_head is not None:
+                self._call_response_hook(route, status, headers)
             self.status = status
             self.state = STREAMING
             self.deadline = math.inf
@@ -432,6 +438,8 @@ class Exchange:
                 extra=route.add_response_headers,
             )
             self.framing = framing
+            if route.body_filter is not None and framing != Framing.LENGTH:
+                self.body_filter = route.body_filter
             self.conn.out.append(head)
             if framing == Framing.LENGTH and length > 0:
                 upstream = self.upstream
@@ -453,7 +461,18 @@ class Exchange:
             self.upstream.writelines(early)
             self.conn.set_read_blocked(self.conn.BODY, False)
 
+    def _call_response_hook(self, route: Forward, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        assert route.on_response_head is not None
+        try:
+            route.on_response_head(status, headers)
+        except Exception:
+            log.exception("on_response_head hook failed for %r", self.head)
+
     def on_response_body(self, data: bytes) -> None:
+        if self.body_filter is not None:
+            data = self.body_filter(data)
+            if not data:
+                return
         self.bytes_out += len(data)
         framing = self.framing
         if framing == Framing.CHUNKED:

@@ -97,6 +97,7 @@ def upstream_request_head(
     upgrade: bytes | None,
     proto: bytes,
     trust_forwarded: bool,
+    drop: frozenset[bytes] = frozenset(),
 ) -> bytes:
     """The request head the gateway sends upstream (always HTTP/1.1, keep-alive).
 
@@ -110,7 +111,7 @@ def upstream_request_head(
     names = NAME_CACHE
     for name, value in head.headers:
         lname, kind = names.get(name) or name_info(name)
-        if kind in (PLAIN, CONTENT_LENGTH) and (named is None or lname not in named):
+        if kind in (PLAIN, CONTENT_LENGTH) and (named is None or lname not in named) and lname not in drop:
             out += (name, b": ", value, b"\r\n")
     ip = head.client.encode("latin-1")  # "" for a Unix-socket client: nothing to add
     xff = index.get(b"x-forwarded-for") if trust_forwarded else None

@@ -25,6 +25,8 @@ class FunctionTarget:
     """the path the instance sees (the `/fn/{name}` prefix removed)"""
     mount: bytes
     """the prefix the client used (`/fn/{name}`), empty for host-based routing"""
+    drop: frozenset[bytes] = frozenset()
+    """request headers not to forward (the one that carried the caller's agentcell key)"""
 
 
 def function_target(raw_path: bytes, host: bytes | None, domain: bytes | None) -> FunctionTarget | None:

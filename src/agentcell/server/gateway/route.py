@@ -71,7 +71,7 @@ class RequestHead:
         return self._request_id
 
     def __repr__(self) -> str:
-        return f"RequestHead({self.method!r} {self.target!r} from {self.client})"
+        return f"RequestHead({self.method!r} {self.raw_path!r} from {self.client})"  # never the query
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +115,10 @@ class Forward:
 
     `rewrite_path` replaces the path sent upstream (the query string is kept). `timeout_s`, when
     set, replaces the server's request timeout for this request. `context` is opaque to the engine
-    and handed to the access log (function, session and instance ids).
+    and handed to the access log (function, session and instance ids). `on_response_head` sees the
+    upstream's final status and headers before they are sent on. `body_filter` rewrites response
+    body bytes on their way out; it only runs on responses without a Content-Length (streams such
+    as server-sent events), whose framing the gateway chooses.
     """
 
     upstream: UpstreamAddress
@@ -124,6 +127,10 @@ class Forward:
     on_complete: CompletionCallback | None = None
     context: Mapping[str, Any] | None = None
     timeout_s: float | None = None
+    on_response_head: Callable[[int, Sequence[tuple[bytes, bytes]]], None] | None = None
+    body_filter: Callable[[bytes], bytes] | None = None
+    drop_headers: frozenset[bytes] = frozenset()
+    """request headers (lowercase names) not sent upstream, e.g. the caller's agentcell API key"""
 
 
 @dataclass(slots=True)

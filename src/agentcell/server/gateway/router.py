@@ -10,13 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import socket
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 
 from agentcell.errors import AgentcellError
 from agentcell.protocol.common import STATUS_BY_CODE
 from agentcell.protocol.functions import Affinity
+from agentcell.server.auth.access import RequestAuth
+from agentcell.server.auth.names import qualify
+from agentcell.server.gateway import e2b, mcp
+from agentcell.server.gateway.e2b import SandboxPorts
 from agentcell.server.gateway.keys import MCP_SESSION_HEADER, FunctionTarget, function_target, session_key
 from agentcell.server.gateway.route import (
+    CompletionCallback,
     Forward,
     RequestHead,
     Respond,
@@ -24,6 +31,7 @@ from agentcell.server.gateway.route import (
     SocketUpstream,
     UpstreamAddress,
 )
+from agentcell.server.observability.telemetry import NullTelemetry, Telemetry
 from agentcell.server.scheduler.scheduler import Lease, Scheduler
 
 log = logging.getLogger(__name__)
@@ -44,12 +52,27 @@ def domain_error(exc: AgentcellError, request_id: str) -> Respond:
     return error_respond(STATUS_BY_CODE.get(exc.code, 500), exc.code, exc.message, request_id, retry)
 
 
+X_API_KEY = frozenset({b"x-api-key"})
+AUTHORIZATION = frozenset({b"authorization"})
+
+
 def _key_header(affinity: Affinity) -> bytes:
     return MCP_SESSION_HEADER if affinity.kind == "mcp" else affinity.header.encode()
 
 
 class GatewayRouter:
-    def __init__(self, scheduler: Scheduler, control: UpstreamAddress, domain: str | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        control: UpstreamAddress,
+        domain: str | None = None,
+        telemetry: Telemetry | None = None,
+        e2b: SandboxPorts | None = None,
+        auth: RequestAuth | None = None,
+    ) -> None:
+        self._auth = auth
+        self._telemetry = telemetry or NullTelemetry()
+        self._e2b = e2b
         self._scheduler = scheduler
         self._control = control
         self._domain = domain.lower().encode() if domain else None
@@ -58,13 +81,47 @@ class GatewayRouter:
         """Which function and session key a request names — or the answer when that settles it."""
         target = function_target(head.raw_path, head.header(b"host"), self._domain)
         if target is None:
-            return Forward(self._control)
+            return self._e2b_route(head) or Forward(self._control)
         try:
+            target = self._authorized(head, target)
             affinity = self._scheduler.function(target.name).config.affinity
             key = session_key(affinity, head.header(_key_header(affinity)), head.header(b"cookie"))
+            if key is None and affinity.kind == "mcp":
+                key = mcp.query_session_id(head.query)  # a legacy SSE client's POST
         except AgentcellError as exc:
+            self._telemetry.error(exc.code)
             return domain_error(exc, head.request_id)
         return target, affinity, key
+
+    def _authorized(self, head: RequestHead, target: FunctionTarget) -> FunctionTarget:
+        """The caller's function of that name (tenant-qualified), once its key allows `invoke`;
+        the header that carried the key is not forwarded to the instance."""
+        if self._auth is None or not self._auth.required:
+            return target
+        x_api_key, authorization = head.header(b"x-api-key"), head.header(b"authorization")
+        principal = self._auth.check(
+            x_api_key.decode("latin-1") if x_api_key else None,
+            authorization.decode("latin-1") if authorization else None,
+            "invoke",
+        )
+        drop = X_API_KEY if x_api_key else AUTHORIZATION
+        return replace(target, name=qualify(principal.tenant, target.name), drop=drop)
+
+    def _e2b_route(self, head: RequestHead) -> Route | None:
+        """`Host: {port}-{sandboxId}.{e2b domain}`: envd and the code interpreter are served by the
+        control plane; any other port is forwarded to the sandbox (E2B's `get_host(port)`)."""
+        if self._e2b is None:
+            return None
+        found = e2b.sandbox_port(head.header(b"host"), self._e2b.domain)
+        if found is None:
+            signed = e2b.is_signed_file_url(head.raw_path, head.query)
+            return Forward(self._control, rewrite_path=e2b.SIGNED_FILES_PATH) if signed else None
+        if found.port in e2b.IN_SANDBOX_PORTS:
+            return Forward(self._control, rewrite_path=e2b.control_path(found, head.raw_path))
+        if not self._e2b.is_running(found.sandbox_id):
+            return Respond(502, [(b"content-type", b"application/json")], e2b.gone_body(found))
+        connect = partial(self._e2b.connect, found.sandbox_id, found.port)
+        return Forward(SocketUpstream(f"e2b:{found.sandbox_id}:{found.port}", connect))
 
     def route_nowait(self, head: RequestHead) -> Route | None:
         """The warm path: a bound session on a ready instance, answered with no task or await."""
@@ -73,31 +130,75 @@ class GatewayRouter:
             return resolved
         target, affinity, key = resolved
         lease = self._scheduler.route_warm(target.name, key)
-        return None if lease is None else self._forward(lease, affinity, target)
+        return None if lease is None else self._forward(lease, affinity, target, head)
 
     async def route(self, head: RequestHead) -> Route:
         resolved = self._resolve(head)
         if not isinstance(resolved, tuple):
             return resolved
         target, affinity, key = resolved
+        started = self._telemetry.begin_request(head, target.name)
         try:
+            if affinity.kind == "mcp" and key is None:
+                return await self._route_mcp_unnamed(head, target, affinity)
             lease = await self._scheduler.route(target.name, key)
         except AgentcellError as exc:
+            self._telemetry.error(exc.code)
             return domain_error(exc, head.request_id)
-        return self._forward(lease, affinity, target)
+        first_byte = self._telemetry.first_byte(started)
+        return self._forward(lease, affinity, target, head, on_response_head=first_byte)
 
-    def _forward(self, lease: Lease, affinity: Affinity, target: FunctionTarget) -> Forward:
+    async def _route_mcp_unnamed(
+        self, head: RequestHead, target: FunctionTarget, affinity: Affinity
+    ) -> Route:
+        """An MCP request with no session id: a modern-era one goes anywhere; a handshake-era one
+        (initialize, or a legacy SSE stream) opens a session the instance then names."""
+        if mcp.is_stateless(head):
+            lease = await self._scheduler.route_stateless(target.name)
+            return self._forward(lease, affinity, target, head)
+        lease = await self._scheduler.route_new_mcp_session(target.name)
+        sse_stream = head.method == b"GET"
+        naming = partial(self._scheduler.name_mcp_session, lease)
+        return self._forward(
+            lease,
+            affinity,
+            target,
+            head,
+            on_response_head=partial(_name_from_header, naming),
+            body_filter=mcp.EndpointRewriter(target.mount, naming) if sse_stream else None,
+            on_complete=partial(self._complete_unnamed, lease, sse_stream),
+        )
+
+    def _forward(
+        self,
+        lease: Lease,
+        affinity: Affinity,
+        target: FunctionTarget,
+        head: RequestHead,
+        *,
+        on_response_head: Callable[[int, Sequence[tuple[bytes, bytes]]], None] | None = None,
+        body_filter: Callable[[bytes], bytes] | None = None,
+        on_complete: CompletionCallback | None = None,
+    ) -> Forward:
+        if on_complete is None:
+            mcp_session = affinity.kind == "mcp" and lease.session is not None
+            complete = self._complete_mcp if mcp_session else self._complete
+            on_complete = partial(complete, lease, head.method)
         session = lease.session
         context = {
             "function": target.name,
             "instance": lease.instance.id,
             "session": session.id if session else None,
         }
+        on_complete = self._telemetry.traced(on_complete, context, head)
         return Forward(
             upstream=SocketUpstream(lease.instance.id, partial(self._connect, lease)),
             rewrite_path=target.path,
             add_response_headers=self._issued_key_headers(affinity, lease, target),
-            on_complete=partial(self._complete, lease),
+            drop_headers=target.drop,
+            on_complete=on_complete,
+            on_response_head=on_response_head,
+            body_filter=body_filter,
             context=context,
             timeout_s=lease.function.config.request_timeout_s,
         )
@@ -126,5 +227,37 @@ class GatewayRouter:
             self._scheduler.instance_unreachable(lease, str(exc))
             raise
 
-    def _complete(self, lease: Lease, status: int, bytes_in: int, bytes_out: int, duration_s: float) -> None:
+    def _complete(
+        self, lease: Lease, method: bytes, status: int, bytes_in: int, bytes_out: int, duration_s: float
+    ) -> None:
         self._scheduler.release(lease)
+        self._telemetry.request_done(lease.function.name, status, duration_s)
+
+    def _complete_mcp(
+        self, lease: Lease, method: bytes, status: int, bytes_in: int, bytes_out: int, duration_s: float
+    ) -> None:
+        """A request of a named MCP session: DELETE 2xx ends it, and so does a 404 (the instance
+        no longer knows it)."""
+        self._scheduler.release(lease)
+        self._telemetry.request_done(lease.function.name, status, duration_s)
+        if (method == b"DELETE" and 200 <= status < 300) or status == 404:
+            self._scheduler.end_mcp_session(lease)
+
+    def _complete_unnamed(
+        self, lease: Lease, sse_stream: bool, status: int, bytes_in: int, bytes_out: int, duration_s: float
+    ) -> None:
+        self._scheduler.release(lease)
+        self._telemetry.request_done(lease.function.name, status, duration_s)
+        if sse_stream and lease.session is not None and not lease.session.unnamed:
+            self._scheduler.end_mcp_session(lease)  # a legacy SSE session lives as long as its stream
+        else:
+            self._scheduler.release_unnamed(lease)
+
+
+def _name_from_header(
+    naming: Callable[[str], None], status: int, headers: Sequence[tuple[bytes, bytes]]
+) -> None:
+    for name, value in headers:
+        if name.lower() == MCP_SESSION_HEADER:
+            naming(value.decode("latin-1").strip())
+            return

@@ -30,6 +30,8 @@ class SessionRecord:
     ttl_s: int
     idle_timeout_s: int
     metadata: dict[str, str] = field(default_factory=dict)
+    workspace: str | None = None
+    """its workspace's storage path"""
 
 
 @dataclass(slots=True)
@@ -39,3 +41,78 @@ class InstanceRecord:
     version: int
     state: str
     created_at: float
+
+
+@dataclass(slots=True)
+class WorkspaceRecord:
+    """A stored workspace and its last good snapshot (seq 0: none yet)."""
+
+    path: str
+    tenant: str
+    function: str | None
+    key: str | None
+    stored_bytes: int = 0
+    seq: int = 0
+    snapshot_at: float = 0.0
+    files: int = 0
+    logical_bytes: int = 0
+    uploaded_bytes: int = 0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """One period of one owner's usage (kind: session, instance, sandbox or storage)."""
+
+    tenant: str
+    kind: str
+    start: float
+    end: float
+    function: str | None = None
+    session_id: str | None = None
+    session_key: str | None = None
+    instance_id: str | None = None
+    sandbox_id: str | None = None
+    active_s: float = 0.0
+    idle_s: float = 0.0
+    cpu_cores: float = 0.0
+    memory_gib: float = 0.0
+    cpu_s: float = 0.0
+    memory_peak_bytes: int = 0
+    stored_gib_h: float = 0.0
+
+
+@dataclass(slots=True)
+class AuditRecord:
+    """One control-plane action: who did what to which target, with what result (never a body)."""
+
+    at: float
+    actor: str
+    tenant: str
+    action: str
+    target: str
+    status: int
+    request_id: str
+    method: str
+    path: str
+
+
+@dataclass(slots=True)
+class TenantRecord:
+    name: str
+    created_at: float
+    quotas_json: str = "{}"
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    """An API key: only its SHA-256 is kept; `id` is the public part shown in listings."""
+
+    id: str
+    tenant: str
+    hash: str
+    scopes: str
+    """space-separated"""
+    name: str
+    created_at: float
+    revoked_at: float | None = None

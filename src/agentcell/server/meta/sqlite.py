@@ -11,7 +11,16 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agentcell.server.meta.records import FunctionRecord, InstanceRecord, SessionRecord
+from agentcell.server.meta.records import (
+    AuditRecord,
+    FunctionRecord,
+    InstanceRecord,
+    KeyRecord,
+    SessionRecord,
+    TenantRecord,
+    UsageRecord,
+    WorkspaceRecord,
+)
 
 T = TypeVar("T")
 
@@ -23,23 +32,52 @@ CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, function TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL,
     instance_id TEXT, state TEXT NOT NULL, end_reason TEXT, created_at REAL NOT NULL,
     last_active_at REAL NOT NULL, expires_at REAL NOT NULL, ttl_s INTEGER NOT NULL,
-    idle_timeout_s INTEGER NOT NULL, metadata TEXT NOT NULL);
+    idle_timeout_s INTEGER NOT NULL, metadata TEXT NOT NULL, workspace TEXT);
 CREATE INDEX IF NOT EXISTS sessions_live ON sessions (state);
 CREATE INDEX IF NOT EXISTS sessions_key ON sessions (function, key);
 CREATE TABLE IF NOT EXISTS instances (
     id TEXT PRIMARY KEY, function TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL,
     created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS workspaces (
+    path TEXT PRIMARY KEY, tenant TEXT NOT NULL, function TEXT, key TEXT,
+    stored_bytes INTEGER NOT NULL, seq INTEGER NOT NULL, snapshot_at REAL NOT NULL, files INTEGER NOT NULL,
+    logical_bytes INTEGER NOT NULL, uploaded_bytes INTEGER NOT NULL, error TEXT);
+CREATE INDEX IF NOT EXISTS workspaces_tenant ON workspaces (tenant);
+CREATE TABLE IF NOT EXISTS usage (
+    tenant TEXT NOT NULL, kind TEXT NOT NULL, start REAL NOT NULL, "end" REAL NOT NULL, function TEXT,
+    session_id TEXT, session_key TEXT, instance_id TEXT, sandbox_id TEXT, active_s REAL NOT NULL,
+    idle_s REAL NOT NULL, cpu_cores REAL NOT NULL, memory_gib REAL NOT NULL, cpu_s REAL NOT NULL,
+    memory_peak_bytes INTEGER NOT NULL, stored_gib_h REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS usage_tenant_start ON usage (tenant, start);
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY, created_at REAL NOT NULL, quotas_json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, scopes TEXT NOT NULL,
+    name TEXT NOT NULL, created_at REAL NOT NULL, revoked_at REAL);
+CREATE TABLE IF NOT EXISTS audit (
+    at REAL NOT NULL, actor TEXT NOT NULL, tenant TEXT NOT NULL, action TEXT NOT NULL,
+    target TEXT NOT NULL, status INTEGER NOT NULL, request_id TEXT NOT NULL, method TEXT NOT NULL,
+    path TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 """
 
 
 def _session_row(r: SessionRecord) -> tuple[Any, ...]:
-    return (*astuple(r)[:-1], json.dumps(r.metadata))
+    return (*astuple(r)[:-2], json.dumps(r.metadata), r.workspace)
 
 
 def _session(row: tuple[Any, ...]) -> SessionRecord:
-    record = SessionRecord(*row[:-1])
-    record.metadata = json.loads(row[-1])
+    record = SessionRecord(*row[:-2])
+    record.metadata = json.loads(row[-2])
+    record.workspace = row[-1]
     return record
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Columns added after a table was first made (CREATE TABLE IF NOT EXISTS keeps old tables)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(sessions)").fetchall()}
+    if "workspace" not in columns:
+        db.execute("ALTER TABLE sessions ADD COLUMN workspace TEXT")
 
 
 class SqliteMetaStore:
@@ -71,6 +109,8 @@ class SqliteMetaStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            with self._db:
+                _migrate(self._db)
 
         await asyncio.get_running_loop().run_in_executor(self._pool, connect)
 
@@ -107,7 +147,7 @@ class SqliteMetaStore:
 
     async def put_sessions(self, records: list[SessionRecord]) -> None:
         rows = [_session_row(r) for r in records]
-        sql = "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        sql = "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
         await self._run(lambda db: db.executemany(sql, rows))
 
     async def live_sessions(self) -> list[SessionRecord]:
@@ -140,3 +180,74 @@ class SqliteMetaStore:
     async def instances(self) -> list[InstanceRecord]:
         rows = await self._run(lambda db: db.execute("SELECT * FROM instances").fetchall())
         return [InstanceRecord(*row) for row in rows]
+
+    async def put_workspace(self, record: WorkspaceRecord) -> None:
+        sql = "INSERT OR REPLACE INTO workspaces VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+        await self._run(lambda db: db.execute(sql, astuple(record)))
+
+    async def get_workspace(self, path: str) -> WorkspaceRecord | None:
+        sql = "SELECT * FROM workspaces WHERE path = ?"
+        rows = await self._run(lambda db: db.execute(sql, (path,)).fetchall())
+        return WorkspaceRecord(*rows[0]) if rows else None
+
+    async def workspaces(self, tenant: str | None) -> list[WorkspaceRecord]:
+        sql = "SELECT * FROM workspaces WHERE (? IS NULL OR tenant = ?) ORDER BY path"
+        rows = await self._run(lambda db: db.execute(sql, (tenant, tenant)).fetchall())
+        return [WorkspaceRecord(*row) for row in rows]
+
+    async def delete_workspace(self, path: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM workspaces WHERE path = ?", (path,)))
+
+    async def tenant_stored_bytes(self, tenant: str) -> int:
+        sql = "SELECT COALESCE(SUM(stored_bytes), 0) FROM workspaces WHERE tenant = ?"
+        rows = await self._run(lambda db: db.execute(sql, (tenant,)).fetchall())
+        return int(rows[0][0])
+
+    async def put_usage(self, records: list[UsageRecord]) -> None:
+        rows = [astuple(r) for r in records]
+        sql = "INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        await self._run(lambda db: db.executemany(sql, rows))
+
+    async def usage(self, tenant: str | None, since: float, until: float) -> list[UsageRecord]:
+        sql = "SELECT * FROM usage WHERE start >= ? AND start < ? AND (? IS NULL OR tenant = ?)"
+        args = (since, until, tenant, tenant)
+        rows = await self._run(lambda db: db.execute(sql, args).fetchall())
+        return [UsageRecord(*row) for row in rows]
+
+    async def append_audit(self, record: AuditRecord) -> None:
+        sql = "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?)"
+        await self._run(lambda db: db.execute(sql, astuple(record)))
+
+    async def audit(
+        self, since: float, until: float, action: str | None, tenant: str | None, limit: int
+    ) -> list[AuditRecord]:
+        sql = (
+            "SELECT * FROM audit WHERE at >= ? AND at < ? AND (? IS NULL OR action = ?)"
+            " AND (? IS NULL OR tenant = ?) ORDER BY at, rowid LIMIT ?"
+        )
+        args = (since, until, action, action, tenant, tenant, limit)
+        rows = await self._run(lambda db: db.execute(sql, args).fetchall())
+        return [AuditRecord(*row) for row in rows]
+
+    async def put_tenant(self, record: TenantRecord) -> None:
+        sql = "INSERT OR REPLACE INTO tenants VALUES (?,?,?)"
+        await self._run(lambda db: db.execute(sql, astuple(record)))
+
+    async def tenants(self) -> list[TenantRecord]:
+        rows = await self._run(lambda db: db.execute("SELECT * FROM tenants ORDER BY name").fetchall())
+        return [TenantRecord(*row) for row in rows]
+
+    async def delete_tenant(self, name: str) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM api_keys WHERE tenant = ?", (name,))
+            db.execute("DELETE FROM tenants WHERE name = ?", (name,))
+
+        await self._run(delete)
+
+    async def put_key(self, record: KeyRecord) -> None:
+        sql = "INSERT OR REPLACE INTO api_keys VALUES (?,?,?,?,?,?,?)"
+        await self._run(lambda db: db.execute(sql, astuple(record)))
+
+    async def keys(self) -> list[KeyRecord]:
+        rows = await self._run(lambda db: db.execute("SELECT * FROM api_keys ORDER BY created_at").fetchall())
+        return [KeyRecord(*row) for row in rows]

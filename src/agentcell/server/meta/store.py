@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from agentcell.server.meta.records import FunctionRecord, InstanceRecord, SessionRecord
+from agentcell.server.meta.records import (
+    AuditRecord,
+    FunctionRecord,
+    InstanceRecord,
+    KeyRecord,
+    SessionRecord,
+    TenantRecord,
+    UsageRecord,
+    WorkspaceRecord,
+)
 
 
 class MetaStore(Protocol):
@@ -54,3 +63,53 @@ class MetaStore(Protocol):
     async def delete_instance(self, instance_id: str) -> None: ...
 
     async def instances(self) -> list[InstanceRecord]: ...
+
+    async def put_workspace(self, record: WorkspaceRecord) -> None:
+        """Insert or replace by path."""
+        ...
+
+    async def get_workspace(self, path: str) -> WorkspaceRecord | None: ...
+
+    async def workspaces(self, tenant: str | None) -> list[WorkspaceRecord]:
+        """All stored workspaces of a tenant (None: of every tenant), by path."""
+        ...
+
+    async def delete_workspace(self, path: str) -> None: ...
+
+    async def tenant_stored_bytes(self, tenant: str) -> int: ...
+
+    async def put_usage(self, records: list[UsageRecord]) -> None:
+        """Append usage periods (one transaction)."""
+        ...
+
+    async def usage(self, tenant: str | None, since: float, until: float) -> list[UsageRecord]:
+        """Usage periods that started in [since, until), of one tenant or of all."""
+        ...
+
+    async def append_audit(self, record: AuditRecord) -> None:
+        """Append one control-plane action (durable once this returns)."""
+        ...
+
+    async def audit(
+        self, since: float, until: float, action: str | None, tenant: str | None, limit: int
+    ) -> list[AuditRecord]:
+        """Actions at or after `since` and before `until`, oldest first, at most `limit`."""
+        ...
+
+    async def put_tenant(self, record: TenantRecord) -> None:
+        """Insert or replace by name."""
+        ...
+
+    async def tenants(self) -> list[TenantRecord]: ...
+
+    async def delete_tenant(self, name: str) -> None:
+        """The tenant and its keys."""
+        ...
+
+    async def put_key(self, record: KeyRecord) -> None:
+        """Insert or replace by id."""
+        ...
+
+    async def keys(self) -> list[KeyRecord]:
+        """Every key, revoked ones included."""
+        ...

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
+from agentcell.server.egress.policy import NO_EGRESS, EgressPolicy
+
 SANDBOX_USER = "user"
 SANDBOX_UID = 1000
 SANDBOX_HOME = "/home/user"
@@ -39,6 +41,8 @@ class SandboxSpec:
     pids_max: int = 512
     env: dict[str, str] = field(default_factory=dict)
     mounts: tuple[Mount, ...] = ()
+    egress: EgressPolicy = NO_EGRESS
+    """where its processes may connect to (`none`: loopback only)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,16 @@ class SandboxFiles(Protocol):
     sandbox user may not make raise PermissionDenied; a full workspace raises QuotaExceeded.
     """
 
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """(uid, gid) new files must belong to; None: whoever creates them (the fake driver)."""
+        ...
+
+    async def open_dir(self, path: str) -> int:
+        """A directory fd of `path`, resolved inside the root, for node-side bulk work (workspace
+        snapshots) that walks it with `*at()` calls only. The caller closes it."""
+        ...
+
     async def stat(self, path: str) -> FileStat: ...
 
     async def list(self, path: str, depth: int = 1) -> list[FileStat]: ...
@@ -146,6 +160,16 @@ class SandboxDriver(Protocol):
 
     def files(self, sandbox_id: str) -> SandboxFiles:
         """File access for a running instance. Raises NotFound."""
+        ...
+
+    async def mount_tmpfs(self, sandbox_id: str, path: str, size_bytes: int) -> None:
+        """Mount a size-limited tmpfs owned by the sandbox user over the existing directory
+        `path` (resolved inside the instance): a write past `size_bytes` fails with ENOSPC there.
+        Raises NotFound / NotRunning."""
+        ...
+
+    async def unmount(self, sandbox_id: str, path: str) -> None:
+        """Detach what is mounted at `path` inside the instance (no-op when nothing is)."""
         ...
 
     async def usage(self, sandbox_id: str) -> ResourceUsage: ...

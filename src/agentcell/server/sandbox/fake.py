@@ -109,6 +109,13 @@ class FakeDriver:
         self._require(sandbox_id)
         return RootedFiles(str(self._root / sandbox_id), uid=None, gid=None)
 
+    async def mount_tmpfs(self, sandbox_id: str, path: str, size_bytes: int) -> None:
+        """No isolation here: the directory stays a plain one (no size limit)."""
+        self._require(sandbox_id)
+
+    async def unmount(self, sandbox_id: str, path: str) -> None:
+        self._require(sandbox_id)
+
     async def usage(self, sandbox_id: str) -> ResourceUsage:
         self._require(sandbox_id)
         return ResourceUsage(cpu_ns=0, memory_bytes=0, memory_peak_bytes=0, pids=len(self._procs[sandbox_id]))
@@ -139,8 +146,10 @@ class FakeDriver:
         exited = self._running.pop(sandbox_id, None)
         if exited is None:
             return
-        for proc in self._procs.pop(sandbox_id, []):
+        procs = self._procs.pop(sandbox_id, [])
+        for proc in procs:  # all killed before any await: a cancelled stop leaves none running
             proc.send_signal(signal.SIGKILL)
+        for proc in procs:
             await proc.wait()
         self._ports.pop(sandbox_id, None)
         self._specs.pop(sandbox_id, None)

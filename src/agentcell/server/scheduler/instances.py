@@ -7,6 +7,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Literal
 
+from agentcell.server.scheduler.metering import ActivityMeter
+
 InstanceState = Literal["starting", "ready", "stopping", "gone"]
 
 
@@ -28,6 +30,21 @@ class Instance:
     failure: str | None = None
     """why the instance failed, once it has"""
     ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    """set once its sandbox is gone (after a stop, whoever started it)"""
+    meter: ActivityMeter = field(default_factory=lambda: ActivityMeter(0.0))
+    cpu_ns_metered: int = 0
+    """the cgroup's CPU time already in the usage ledger"""
+
+    def begin(self, now: float) -> None:
+        """A request starts on this instance."""
+        self.in_flight += 1
+        self.meter.begin(now)
+
+    def end(self, now: float) -> None:
+        self.in_flight -= 1
+        self.meter.end(now)
+        self.last_used_at = now
 
     @property
     def is_ready(self) -> bool:

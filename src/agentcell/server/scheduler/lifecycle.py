@@ -8,12 +8,25 @@ import contextlib
 import logging
 import signal
 import socket
+from pathlib import Path
 
 from agentcell.errors import NotFound
+from agentcell.protocol.functions import FunctionConfig
 from agentcell.server.clock import Clock
-from agentcell.server.sandbox.driver import ExecSpec, Mount, SandboxDriver, SandboxProcess, SandboxSpec
+from agentcell.server.egress.policy import EgressPolicy
+from agentcell.server.observability.telemetry import NullTelemetry, Telemetry
+from agentcell.server.sandbox.driver import (
+    ExecSpec,
+    Mount,
+    ResourceUsage,
+    SandboxDriver,
+    SandboxProcess,
+    SandboxSpec,
+)
 from agentcell.server.scheduler.functions import FunctionVersion
 from agentcell.server.scheduler.instances import Instance, InstanceFailed
+from agentcell.server.scheduler.mcp_bridge import bridge
+from agentcell.server.templates.service import ResolvedTemplate, TemplateService
 
 log = logging.getLogger(__name__)
 
@@ -22,28 +35,82 @@ SERVER_LOG = "${TMPDIR:-/tmp}/agentcell-server.log"
 # The user's command travels in the environment, never spliced into a shell string.
 SERVER_ARGV = ["/bin/bash", "-c", f'exec >>"{SERVER_LOG}" 2>&1; exec /bin/bash -c "$AGENTCELL_CMD"']
 HOOK_ARGV = ["/bin/bash", "-c", 'exec /bin/bash -c "$AGENTCELL_HOOK"']
+BRIDGE_DIR = Path(bridge.__file__).parent
+BRIDGE_MOUNT = "/opt/agentcell/mcp"
+BRIDGE_CMD = f"exec /usr/bin/python3 {BRIDGE_MOUNT}/bridge.py"
 PORT_POLL_MIN_S = 0.001
 PORT_POLL_MAX_S = 0.02
 
 
+def _bridge_mounts(config: FunctionConfig) -> tuple[Mount, ...]:
+    return () if config.stdio is None else (Mount(str(BRIDGE_DIR), BRIDGE_MOUNT, read_only=True),)
+
+
+def _server_env(config: FunctionConfig) -> dict[str, str]:
+    """What the server command runs: the function's own, or the MCP bridge around its stdio one."""
+    if config.stdio is not None:
+        return {"AGENTCELL_CMD": BRIDGE_CMD, "AGENTCELL_STDIO": config.stdio}
+    assert config.cmd is not None
+    return {"AGENTCELL_CMD": config.cmd}
+
+
 class InstanceManager:
-    def __init__(self, driver: SandboxDriver, clock: Clock, *, pids_max: int, stop_grace_s: float) -> None:
+    def __init__(
+        self,
+        driver: SandboxDriver,
+        clock: Clock,
+        *,
+        pids_max: int,
+        stop_grace_s: float,
+        templates: TemplateService | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self._driver = driver
+        self._telemetry = telemetry or NullTelemetry()
+        self._templates = templates
+        self._template_of: dict[str, str] = {}
+        """instance id → the template it counts as a user of, until it stops"""
         self._clock = clock
         self._pids_max = pids_max
         self._grace_s = stop_grace_s
         self._servers: dict[str, SandboxProcess] = {}
 
-    def _spec(self, instance: Instance, version: FunctionVersion) -> SandboxSpec:
+    def check_template(self, name: str) -> None:
+        """NotFound unless `name` is base or a built template (checked at deploy)."""
+        if self._templates is not None:
+            self._templates.get(name)
+        elif name != "base":
+            raise NotFound(f"template {name!r} not found; available: base")
+
+    def _acquire_template(self, instance: Instance, name: str) -> ResolvedTemplate:
+        if self._templates is None:
+            self.check_template(name)
+            return ResolvedTemplate("base")
+        resolved = self._templates.acquire(name)
+        self._template_of[instance.id] = name
+        return resolved
+
+    def _release_template(self, instance: Instance) -> None:
+        name = self._template_of.pop(instance.id, None)
+        if name is not None and self._templates is not None:
+            self._templates.release(name)
+
+    def _spec(self, instance: Instance, version: FunctionVersion, template: ResolvedTemplate) -> SandboxSpec:
         config = version.config
         return SandboxSpec(
             sandbox_id=instance.id,
+            template=template.name,
             cpu_millis=max(10, int(config.cpu * 1000)),
             memory_bytes=config.memory_mb << 20,
             disk_bytes=config.disk_mb << 20,
             pids_max=self._pids_max,
-            env=self._env(instance, version),
-            mounts=(Mount(version.code_dir, CODE_DIR, read_only=True),),
+            env={**template.env, **self._env(instance, version)},
+            mounts=(
+                Mount(version.code_dir, CODE_DIR, read_only=True),
+                *template.mounts,
+                *_bridge_mounts(config),
+            ),
+            egress=EgressPolicy.from_wire(config.network),
         )
 
     @staticmethod
@@ -61,22 +128,29 @@ class InstanceManager:
         On failure the sandbox is gone and the instance is marked failed."""
         config = version.config
         try:
-            await self._driver.start(self._spec(instance, version))
+            template = self._acquire_template(instance, config.template)
+            spawn_started = self._telemetry.now()
+            await self._driver.start(self._spec(instance, version, template))
+            self._telemetry.phase("sandbox_spawn", spawn_started, instance.id)
             server = await self._driver.exec(
                 instance.id,
                 ExecSpec(
                     argv=SERVER_ARGV,
-                    env={"AGENTCELL_CMD": config.cmd},
+                    env=_server_env(config),
                     cwd=CODE_DIR,
                 ),
             )
             self._servers[instance.id] = server
             await server.close_stdin()
+            listen_started = self._telemetry.now()
             await self._wait_listening(instance, server, config.ready_timeout_s)
+            self._telemetry.phase("server_listen", listen_started, instance.id)
             if config.initialize is not None:
+                hook_started = self._telemetry.now()
                 await self.run_hook(
                     instance, config.initialize.cmd, config.initialize.timeout_s, {}, "initialize"
                 )
+                self._telemetry.phase("initialize_hook", hook_started, instance.id)
         except BaseException as exc:
             instance.mark_failed(str(exc) or type(exc).__name__)
             await self.stop(instance)
@@ -111,6 +185,9 @@ class InstanceManager:
             return False
         sock.close()
         return True
+
+    async def usage(self, instance: Instance) -> ResourceUsage:
+        return await self._driver.usage(instance.id)
 
     async def connect(self, instance: Instance) -> socket.socket:
         return await self._driver.connect(instance.id, instance.port)
@@ -153,17 +230,24 @@ class InstanceManager:
         if status.code != 0:
             raise InstanceFailed(f"{name} hook exited with code {status.code}")
 
-    async def adopt(self, instance: Instance) -> bool:
+    async def adopt(self, instance: Instance, template: str = "base") -> bool:
+        """Take over a running instance after a restart; it uses `template` again."""
         alive = await self._driver.adopt(instance.id)
         if alive:
+            with contextlib.suppress(NotFound):  # its layer is still bound inside it either way
+                self._acquire_template(instance, template)
             instance.mark_ready()
         return alive
 
     async def stop(self, instance: Instance) -> None:
         instance.state = "gone" if instance.state == "gone" else "stopping"
         server = self._servers.pop(instance.id, None)
-        with contextlib.suppress(NotFound):
-            await self._driver.stop(instance.id, self._grace_s)
-        if server is not None:
-            await server.wait()
-        instance.state = "gone"
+        try:
+            with contextlib.suppress(NotFound):
+                await self._driver.stop(instance.id, self._grace_s)
+            self._release_template(instance)
+            if server is not None:
+                await server.wait()
+        finally:
+            instance.state = "gone"
+            instance.stopped.set()

@@ -144,7 +144,7 @@ class ManagedProcess:
                 await self._process.write_stdin(data)
             if close:
                 await self._process.close_stdin()
-        except (BrokenPipeError, ConnectionResetError, AssertionError):
+        except (BrokenPipeError, ConnectionResetError, AssertionError, RuntimeError):  # uvloop: closed pipe
             raise NotRunning(
                 f"process {self.process_id} no longer reads its stdin (exited or closed)"
             ) from None

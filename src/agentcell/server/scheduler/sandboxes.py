@@ -14,18 +14,39 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from agentcell.errors import InvalidArgument, NotFound, NotRunning, QuotaExceeded, Unavailable
+from agentcell.errors import AgentcellError, NotFound, NotRunning, QuotaExceeded, Unavailable
 from agentcell.protocol.commands import CommandRequest
 from agentcell.protocol.sandboxes import SandboxCreate, SandboxInfo, SandboxState
+from agentcell.server.auth.names import DEFAULT_TENANT
+from agentcell.server.auth.principal import current_or_none
+from agentcell.server.auth.quotas import QuotaGuard, unlimited
 from agentcell.server.clock import Clock
+from agentcell.server.egress.policy import EgressPolicy
+from agentcell.server.interpreter.contexts import CodeContexts, Interpreter
+from agentcell.server.observability.logs import bind as bind_log_ids
+from agentcell.server.observability.telemetry import NullTelemetry, Telemetry
 from agentcell.server.sandbox.driver import ExecSpec, SandboxDriver, SandboxFiles, SandboxSpec
+from agentcell.server.scheduler.metering import ActivityMeter, Owner, Resources, UsageLedger, usage_row
 from agentcell.server.scheduler.processes import Event, ManagedProcess, ProcessTable
+from agentcell.server.templates.service import ResolvedTemplate, TemplateService
 
 log = logging.getLogger(__name__)
 
 
 def new_sandbox_id() -> str:
     return "sbx_" + secrets.token_hex(8)
+
+
+def _requesting_tenant() -> str:
+    principal = current_or_none()
+    return principal.tenant if principal is not None else DEFAULT_TENANT
+
+
+def _visible(sandbox: Sandbox) -> bool:
+    """A request sees its own tenant's sandboxes only (a foreign id is not found); the server's
+    own background work sees all."""
+    principal = current_or_none()
+    return principal is None or principal.tenant == sandbox.tenant
 
 
 @dataclass(slots=True)
@@ -36,6 +57,9 @@ class Sandbox:
     expires_at: float
     state: SandboxState = "running"
     processes: ProcessTable = field(default_factory=ProcessTable)
+    meter: ActivityMeter = field(default_factory=lambda: ActivityMeter(0.0))
+    cpu_ns_metered: int = 0
+    tenant: str = DEFAULT_TENANT
 
     def info(self) -> SandboxInfo:
         req = self.request
@@ -48,6 +72,7 @@ class Sandbox:
             cpu=req.cpu,
             memory_mb=req.memory_mb,
             disk_mb=req.disk_mb,
+            network=req.network,
             created_at=datetime.fromtimestamp(self.created_at, UTC),
             expires_at=datetime.fromtimestamp(self.expires_at, UTC),
         )
@@ -58,14 +83,29 @@ class Sandbox:
         return all(self.request.metadata.get(k) == v for k, v in metadata.items())
 
 
-TEMPLATES = frozenset({"base"})
-
-
 class SandboxService:
     def __init__(
-        self, driver: SandboxDriver, clock: Clock, *, max_sandboxes: int, pids_max: int, stop_grace_s: float
+        self,
+        driver: SandboxDriver,
+        clock: Clock,
+        *,
+        max_sandboxes: int,
+        pids_max: int,
+        stop_grace_s: float,
+        templates: TemplateService | None = None,
+        interpreter: Interpreter | None = None,
+        ledger: UsageLedger | None = None,
+        usage_interval_s: float = 60.0,
+        telemetry: Telemetry | None = None,
+        quotas: QuotaGuard | None = None,
     ) -> None:
         self._driver = driver
+        self._quotas = quotas or unlimited()
+        self._telemetry = telemetry or NullTelemetry()
+        self._ledger = ledger
+        self._usage_interval_s = usage_interval_s
+        self._templates = templates
+        self._interpreter = interpreter
         self._clock = clock
         self._max = max_sandboxes
         self._pids_max = pids_max
@@ -85,9 +125,13 @@ class SandboxService:
             self._tasks = tasks
             if started is not None:
                 started.set()
+            metered_at = self._clock.now()
             while True:
                 await asyncio.sleep(reap_interval_s)
                 await self.expire_once(self._clock.now())
+                if self._clock.now() - metered_at >= self._usage_interval_s:
+                    metered_at = self._clock.now()
+                    await self.meter_once()
 
     async def aclose(self) -> None:
         """Kill every sandbox (server shutdown)."""
@@ -97,27 +141,33 @@ class SandboxService:
     # -- sandboxes --------------------------------------------------------------------------------
 
     async def create(self, request: SandboxCreate) -> Sandbox:
-        if request.template not in TEMPLATES:
-            raise InvalidArgument(
-                f"unknown template {request.template!r}; available: {', '.join(sorted(TEMPLATES))}"
-            )
         if len(self._sandboxes) + self._starting >= self._max:
             raise QuotaExceeded(
                 f"this node runs at most {self._max} sandboxes; kill one first", retry_after_s=1
             )
         now = self._clock.now()
         sandbox = Sandbox(new_sandbox_id(), request, created_at=now, expires_at=now + request.timeout_s)
+        sandbox.tenant = _requesting_tenant()
+        sandbox.meter.since = now
+        template = self._hold(sandbox)
         self._starting += 1
         try:
-            await self._driver.start(self._spec(sandbox))
+            spawn_started = self._telemetry.now()
+            await self._driver.start(self._spec(sandbox, template))
+            self._telemetry.phase("sandbox_spawn", spawn_started, sandbox.id)
+        except BaseException:
+            self._unhold(sandbox)
+            raise
         finally:
             self._starting -= 1
         self._sandboxes[sandbox.id] = sandbox
         self._watch(sandbox)
+        if request.code_kernel:
+            await self._prestart_kernel(sandbox)
         log.info("sandbox %s started", sandbox.id)
         return sandbox
 
-    def _spec(self, sandbox: Sandbox) -> SandboxSpec:
+    def _spec(self, sandbox: Sandbox, template: ResolvedTemplate) -> SandboxSpec:
         req = sandbox.request
         return SandboxSpec(
             sandbox_id=sandbox.id,
@@ -126,7 +176,37 @@ class SandboxService:
             memory_bytes=req.memory_mb << 20,
             disk_bytes=req.disk_mb << 20,
             pids_max=self._pids_max,
+            env=dict(template.env),
+            mounts=template.mounts,
+            egress=EgressPolicy.from_wire(req.network),
         )
+
+    def _hold(self, sandbox: Sandbox) -> ResolvedTemplate:
+        """Count the sandbox against its tenant's quotas and its template's users."""
+        req = sandbox.request
+        self._quotas.hold(sandbox.tenant, "sandbox", req.cpu, req.memory_mb)
+        try:
+            return self._acquire_template(req.template)
+        except BaseException:
+            self._quotas.release(sandbox.tenant, "sandbox", req.cpu, req.memory_mb)
+            raise
+
+    def _unhold(self, sandbox: Sandbox) -> None:
+        req = sandbox.request
+        self._release_template(req.template)
+        self._quotas.release(sandbox.tenant, "sandbox", req.cpu, req.memory_mb)
+
+    def _acquire_template(self, name: str) -> ResolvedTemplate:
+        """The template's layer and env; counted as in use until the sandbox ends."""
+        if self._templates is not None:
+            return self._templates.acquire(name)
+        if name != "base":
+            raise NotFound(f"template {name!r} not found; available: base")
+        return ResolvedTemplate("base")
+
+    def _release_template(self, name: str) -> None:
+        if self._templates is not None:
+            self._templates.release(name)
 
     def _watch(self, sandbox: Sandbox) -> None:
         if self._tasks is None:
@@ -134,6 +214,7 @@ class SandboxService:
         self._tasks.create_task(self._watch_instance(sandbox), name=f"watch {sandbox.id}")
 
     async def _watch_instance(self, sandbox: Sandbox) -> None:
+        bind_log_ids(instance=sandbox.id)
         with contextlib.suppress(NotFound):
             await self._driver.wait_exited(sandbox.id)
         if sandbox.state == "running":
@@ -145,7 +226,7 @@ class SandboxService:
 
     def get(self, sandbox_id: str) -> Sandbox:
         sandbox = self._sandboxes.get(sandbox_id)
-        if sandbox is None:
+        if sandbox is None or not _visible(sandbox):
             raise NotFound(f"sandbox {sandbox_id!r} not found (it may have ended)")
         return sandbox
 
@@ -156,7 +237,7 @@ class SandboxService:
         return sandbox
 
     def find(self, metadata: dict[str, str], state: SandboxState | None = None) -> list[Sandbox]:
-        found = [s for s in self._sandboxes.values() if s.matches(metadata, state)]
+        found = [s for s in self._sandboxes.values() if s.matches(metadata, state) and _visible(s)]
         return sorted(found, key=lambda s: s.created_at)
 
     def set_timeout(self, sandbox_id: str, timeout_s: int) -> Sandbox:
@@ -176,18 +257,23 @@ class SandboxService:
                 await self._end(sandbox)
             except Exception:
                 log.exception("sandbox %s: failed to stop after its timeout", sandbox.id)
+        self._telemetry.reaped("sandbox_timeout", len(expired))
         return [s.id for s in expired]
 
     async def _end(self, sandbox: Sandbox) -> None:
         if sandbox.state != "running":
             return
+        await self._meter(sandbox)
         sandbox.state = "stopping"
         try:
             await self._driver.stop(sandbox.id, self._grace_s)
             await sandbox.processes.aclose()
+            if self._interpreter is not None:
+                await self._interpreter.discard(sandbox.id)
         finally:
             sandbox.state = "ended"
-            self._sandboxes.pop(sandbox.id, None)
+            if self._sandboxes.pop(sandbox.id, None) is not None:
+                self._unhold(sandbox)
             log.info("sandbox %s ended", sandbox.id)
 
     # -- commands and files ----------------------------------------------------------------------
@@ -201,6 +287,7 @@ class SandboxService:
         )
         sandbox.processes.add(process)
         process.start()
+        self._count_activity(sandbox, process)
         if request.stdin is not None:
             await process.write_stdin(request.stdin.encode(), close=True)
         elif not request.background:
@@ -222,6 +309,61 @@ class SandboxService:
 
     def processes(self, sandbox_id: str) -> list[ManagedProcess]:
         return self.running(sandbox_id).processes.all()
+
+    # -- metering --------------------------------------------------------------------------------
+
+    def _count_activity(self, sandbox: Sandbox, process: ManagedProcess) -> None:
+        """The sandbox is active while the process runs."""
+        sandbox.meter.begin(self._clock.now())
+        if self._tasks is None:
+            return
+
+        async def until_exit() -> None:
+            try:
+                await process.wait()
+            finally:
+                sandbox.meter.end(self._clock.now())
+
+        self._tasks.create_task(until_exit(), name=f"meter {sandbox.id}")
+
+    async def meter_once(self) -> int:
+        """Write every running sandbox's usage since it was last metered to the ledger."""
+        for sandbox in [s for s in self._sandboxes.values() if s.state == "running"]:
+            await self._meter(sandbox)
+        return await self._ledger.write() if self._ledger is not None else 0
+
+    async def _meter(self, sandbox: Sandbox) -> None:
+        if self._ledger is None:
+            return
+        cpu_s, peak = 0.0, 0
+        try:
+            used = await self._driver.usage(sandbox.id)
+        except AgentcellError:
+            pass  # gone meanwhile: its wall time still counts
+        else:
+            cpu_s, sandbox.cpu_ns_metered = (used.cpu_ns - sandbox.cpu_ns_metered) / 1e9, used.cpu_ns
+            peak = used.memory_peak_bytes
+        now = self._clock.now()
+        activity = sandbox.meter.take(now)
+        owner = Owner(sandbox.tenant, "sandbox", sandbox_id=sandbox.id)
+        resources = Resources(sandbox.request.cpu, sandbox.request.memory_mb << 20)
+        self._ledger.add([usage_row(owner, now - activity.wall_s, now, activity, resources, cpu_s, peak)])
+
+    # -- code contexts ---------------------------------------------------------------------------
+
+    def code(self, sandbox_id: str) -> CodeContexts:
+        """The code contexts of a running sandbox (kernels get the sandbox's env, like commands)."""
+        sandbox = self.running(sandbox_id)
+        if self._interpreter is None:
+            raise Unavailable("this server runs no code interpreter")
+        return self._interpreter.contexts(sandbox.id, sandbox.request.env)
+
+    async def _prestart_kernel(self, sandbox: Sandbox) -> None:
+        try:
+            await self.code(sandbox.id).prestart()
+        except BaseException:
+            await self._end(sandbox)
+            raise
 
     def files(self, sandbox_id: str) -> SandboxFiles:
         return self._driver.files(self.running(sandbox_id).id)

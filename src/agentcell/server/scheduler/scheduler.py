@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import shutil
 import socket
 from collections.abc import Coroutine
@@ -28,18 +29,29 @@ from agentcell.errors import (
 )
 from agentcell.protocol.functions import FunctionConfig
 from agentcell.protocol.sessions import EndReason, SessionCreate, SessionInfo, SessionState, SessionUpdate
+from agentcell.server.auth.names import split
+from agentcell.server.auth.quotas import QuotaGuard, unlimited
 from agentcell.server.clock import Clock
-from agentcell.server.meta.records import InstanceRecord, SessionRecord
+from agentcell.server.meta.records import InstanceRecord, SessionRecord, UsageRecord
 from agentcell.server.meta.store import MetaStore
+from agentcell.server.observability.logs import bind as bind_log_ids
+from agentcell.server.observability.telemetry import NullTelemetry, Telemetry
 from agentcell.server.sandbox.driver import SandboxDriver
 from agentcell.server.scheduler.code import unpack_code
 from agentcell.server.scheduler.functions import FunctionState, FunctionVersion
 from agentcell.server.scheduler.instances import Instance, InstanceFailed, new_instance_id
 from agentcell.server.scheduler.lifecycle import InstanceManager
+from agentcell.server.scheduler.metering import Resources, UsageLedger, instance_rows
 from agentcell.server.scheduler.placement import find_room, free_instance, idle_instances, needs_instance
-from agentcell.server.scheduler.sessions import Session, SessionEnded, new_session_id
+from agentcell.server.scheduler.session_workspaces import SessionWorkspaces
+from agentcell.server.scheduler.sessions import SESSION_KEY, Session, SessionEnded, new_session_id
+from agentcell.server.scheduler.workspaces import WorkspaceKeeper
+from agentcell.server.storage.snapshots import SnapshotInfo
+from agentcell.server.templates.service import TemplateService
 
 log = logging.getLogger(__name__)
+
+UNNAMED_PREFIX = "mcp-unnamed-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +61,7 @@ class SchedulerLimits:
     max_waiting: int = 64
     wait_timeout_s: float = 10.0
     start_concurrency: int = 8
+    usage_interval_s: float = 60.0
 
 
 @dataclass(slots=True, eq=False)
@@ -63,21 +76,41 @@ class Lease:
 
 class Scheduler:
     def __init__(
-        self, driver: SandboxDriver, store: MetaStore, clock: Clock, code_root: Path, limits: SchedulerLimits
+        self,
+        driver: SandboxDriver,
+        store: MetaStore,
+        clock: Clock,
+        code_root: Path,
+        limits: SchedulerLimits,
+        workspaces: WorkspaceKeeper,
+        templates: TemplateService | None = None,
+        telemetry: Telemetry | None = None,
+        quotas: QuotaGuard | None = None,
     ) -> None:
         self._store = store
+        self._telemetry = telemetry or NullTelemetry()
+        self._keeper = workspaces
+        self._quotas = quotas or unlimited()
         self._clock = clock
         self._code_root = code_root
         self._limits = limits
         self._manager = InstanceManager(
-            driver, clock, pids_max=limits.pids_max, stop_grace_s=limits.stop_grace_s
+            driver,
+            clock,
+            pids_max=limits.pids_max,
+            stop_grace_s=limits.stop_grace_s,
+            templates=templates,
+            telemetry=self._telemetry,
         )
+        self._workspaces = SessionWorkspaces(workspaces, self._manager, clock, self._telemetry)
         self._functions: dict[str, FunctionState] = {}
         self._sessions: dict[str, Session] = {}
         self._start_slots = asyncio.Semaphore(limits.start_concurrency)
         self._tasks: asyncio.TaskGroup | None = None
         self._accepting = False
         self._warm_wanted = asyncio.Event()
+        self._ledger = UsageLedger(store)
+        self._metered_at = clock.now()
 
     # -- background --------------------------------------------------------------------------------
 
@@ -107,6 +140,9 @@ class Scheduler:
                 await asyncio.sleep(tick_s)
                 await self.reap_once(self._clock.now())
                 await self.flush_once()
+                self.sync_once(self._clock.now())
+                if self._clock.now() - self._metered_at >= self._limits.usage_interval_s:
+                    await self.meter_once(self._clock.now())
 
     async def _fill_loop(self) -> None:
         while True:
@@ -117,6 +153,7 @@ class Scheduler:
     # -- functions ---------------------------------------------------------------------------------
 
     async def deploy(self, name: str, config: FunctionConfig, archive: Path) -> FunctionState:
+        self._manager.check_template(config.template)
         current = self._functions.get(name)
         number = current.latest.version + 1 if current else 1
         now = self._clock.now()
@@ -154,6 +191,7 @@ class Scheduler:
         fn = self.function(name)
         fn.deleted = True
         del self._functions[name]
+        self._telemetry.function_deleted(name)
         ends = [self._end_session(s, "function_deleted") for s in list(fn.sessions.values())]
         await asyncio.gather(*ends)
         await asyncio.gather(*(self._stop_instance(fn, i) for i in list(fn.instances.values())))
@@ -171,17 +209,75 @@ class Scheduler:
         issued = None
         session = fn.sessions.get(key) if key is not None else None
         if session is None:
+            if fn.config.affinity.kind == "mcp":
+                raise NotFound(f"MCP session {key!r} not found or expired; initialize a new one")
             if key is None:
                 key = issued = new_session_id()
             session = await self._open_session(fn, key, SessionCreate(), session_id=issued)
         elif not session.bound.done():
             await self._wait_bound(session)
+        return self._lease(fn, session, issued)
+
+    def _lease(self, fn: FunctionState, session: Session, issued: str | None = None) -> Lease:
         instance = fn.instances.get(session.instance_id or "")
         if instance is None or not instance.is_ready:
             raise Unavailable(f"session {session.key}'s instance is not available; retry", retry_after_s=1)
-        session.acquire()
-        instance.in_flight += 1
+        now = self._clock.now()
+        session.acquire(now)
+        instance.begin(now)
         return Lease(fn, instance, session, issued)
+
+    async def route_stateless(self, name: str) -> Lease:
+        """A request that belongs to no session (MCP's modern era): any instance with room."""
+        fn = self.function(name)
+        self._require_accepting()
+        return await self._route_stateless(fn)
+
+    async def route_new_mcp_session(self, name: str) -> Lease:
+        """An MCP request without a session id (`initialize`, a legacy SSE stream): a session under
+        a placeholder key, until the server names it (`name_mcp_session`) or the request ends
+        without one (`release_unnamed`)."""
+        fn = self.function(name)
+        self._require_accepting()
+        placeholder = UNNAMED_PREFIX + secrets.token_hex(12)
+        session = await self._open_session(fn, placeholder, SessionCreate(), None, unnamed=True)
+        return self._lease(fn, session)
+
+    def name_mcp_session(self, lease: Lease, key: str) -> None:
+        """The instance named the session (`Mcp-Session-Id`, or an SSE endpoint): bind the key."""
+        session, fn = lease.session, lease.function
+        if session is None or not session.unnamed or session.has_ended:
+            return
+        if not SESSION_KEY.fullmatch(key) or key in fn.sessions:
+            log.warning(
+                "function %s: MCP session id %r cannot be bound; requests will not find it", fn.name, key
+            )
+            return
+        del fn.sessions[session.key]
+        session.key, session.unnamed, session.dirty = key, False, True
+        fn.sessions[key] = session
+
+    def end_mcp_session(self, lease: Lease) -> None:
+        """The client ended the session (DELETE, a closed legacy SSE stream) or the instance no
+        longer knows it (404)."""
+        if lease.session is not None and not lease.session.has_ended:
+            self._spawn(self._end_session(lease.session, "deleted"), f"end {lease.session.id}")
+
+    def release_unnamed(self, lease: Lease) -> None:
+        """After the request: a session the instance never named was not a session at all; its
+        instance goes back to the pool untouched (nothing stateful happened there)."""
+        session, fn = lease.session, lease.function
+        if session is None or not session.unnamed or session.has_ended or session.in_flight:
+            return
+        session.end("deleted")
+        self._quotas.release(split(fn.name)[0], "session")
+        fn.sessions.pop(session.key, None)
+        self._sessions.pop(session.id, None)
+        lease.instance.sessions.discard(session.id)
+        if self._is_spare(fn, lease.instance):
+            fn.warm.append(lease.instance)
+        fn.notify_capacity()
+        self._spawn(self._store.put_session(session.record()), f"end {session.id}")
 
     def route_warm(self, name: str, key: str | None) -> Lease | None:
         """The warm path without awaiting: a lease when `key`'s session is bound to a ready
@@ -195,14 +291,14 @@ class Scheduler:
         instance = fn.instances.get(session.instance_id or "")
         if instance is None or not instance.is_ready:
             return None
-        session.acquire()
-        instance.in_flight += 1
+        now = self._clock.now()
+        session.acquire(now)
+        instance.begin(now)
         return Lease(fn, instance, session)
 
     def release(self, lease: Lease) -> None:
         now = self._clock.now()
-        lease.instance.in_flight -= 1
-        lease.instance.last_used_at = now
+        lease.instance.end(now)
         if lease.session is not None and lease.session.state != "ended":
             lease.session.release(now)
         if lease.function.waiting:
@@ -242,7 +338,7 @@ class Scheduler:
         while True:
             instance = free_instance(fn)
             if instance is not None:
-                instance.in_flight += 1
+                instance.begin(self._clock.now())
                 return Lease(fn, instance, None)
             if launched is not None and launched.failure is not None:
                 raise Unavailable(
@@ -267,7 +363,13 @@ class Scheduler:
         return await self._open_session(fn, key, request, session_id=session_id)
 
     async def _open_session(
-        self, fn: FunctionState, key: str, request: SessionCreate, session_id: str | None
+        self,
+        fn: FunctionState,
+        key: str,
+        request: SessionCreate,
+        session_id: str | None,
+        *,
+        unnamed: bool = False,
     ) -> Session:
         config = fn.config
         if config.disable_session_id_reuse and key in fn.ended_keys:
@@ -286,7 +388,16 @@ class Scheduler:
             ttl_s=request.ttl_s or config.session_ttl_s,
             idle_timeout_s=request.idle_timeout_s or config.idle_timeout_s,
             metadata=dict(request.metadata),
+            unnamed=unnamed,
         )
+        session.meter.since = now
+        tenant = split(fn.name)[0]
+        self._quotas.hold(tenant, "session")
+        try:
+            session.workspace = await self._workspaces.claim(fn, session, request.workspace)
+        except BaseException:
+            self._quotas.release(tenant, "session")
+            raise
         self._spawn(self._bind(fn, session), f"bind {session.id}")
         fn.sessions[key] = session
         self._sessions[session.id] = session
@@ -297,8 +408,12 @@ class Scheduler:
         """Place a pending session and wait for its instance; whoever waits on `session.bound`
         learns the outcome. A task of its own, so that a client giving up mid cold start (a
         disconnect, a timeout) does not throw the session and its instance away."""
+        bind_log_ids(session=session.id)  # this task's log lines, and its children's
+        self._telemetry.begin_session(session.bound, session.id, fn.name)
+        claim_started = self._telemetry.now()
         try:
             instance = await self._place(fn, session)
+            self._telemetry.phase("claim", claim_started, instance.id)
             await asyncio.shield(instance.ready)
         except SessionEnded:
             return  # deleted or expired while waiting for room
@@ -314,6 +429,10 @@ class Scheduler:
             raise
         if session.state != "pending":
             return  # it ended while its instance started
+        if session.workspace is not None and not await self._attach(fn, instance, session):
+            return
+        if session.has_ended:
+            return  # deleted while its workspace came back
         session.move("idle")
         record, session.dirty = session.record(), False
         try:
@@ -327,6 +446,15 @@ class Scheduler:
         if not session.bound.done():  # (it may have ended meanwhile)
             session.bound.set_result(None)
 
+    async def _attach(self, fn: FunctionState, instance: Instance, session: Session) -> bool:
+        """Bring the session's workspace into its instance; on failure the session ends with
+        `restore_failed` and its waiting requests get the reason."""
+        config = fn.versions.get(instance.version, fn.latest).config
+        error = await self._workspaces.attach(config, instance, session)
+        if error is not None:
+            await self._end_session(session, "restore_failed", error)
+        return error is None
+
     async def _place(self, fn: FunctionState, session: Session) -> Instance:
         """Reserve a slot for `session` on an instance with room, a warm one, or a new one."""
         deadline = self._wait_deadline()
@@ -337,6 +465,9 @@ class Scheduler:
             if instance is None and len(fn.live_instances()) < fn.config.max_instances:
                 instance = self._launch(fn, fn.latest)
             if instance is not None:
+                self._telemetry.session_started(warm=instance.is_ready)
+                if not instance.sessions:  # its time as a spare ends here
+                    self._ledger.add(self._instance_usage(fn, instance, [], 0.0))
                 instance.sessions.add(session.id)
                 session.instance_id = instance.id
                 self._warm_wanted.set()
@@ -415,7 +546,9 @@ class Scheduler:
             return
         fn = self._functions.get(session.function)
         was_bound = session.state != "pending"  # a key that never reached an instance stays free
+        self._workspaces.ending(session)
         session.end(reason, error)
+        self._quotas.release(split(session.function)[0], "session")
         self._sessions.pop(session.id, None)
         instance = None
         if fn is not None:
@@ -427,8 +560,12 @@ class Scheduler:
         log.info("session %s (%s) ended: %s", session.id, session.key, reason)
         if was_bound:
             await self._store.put_session(session.record())
-        if fn is not None and instance is not None:
-            await self._release_instance(fn, instance, session, reason)
+        try:
+            if fn is not None and instance is not None:
+                await self._meter(fn, instance)
+                await self._release_instance(fn, instance, session, reason)
+        finally:
+            self._workspaces.unclaim(session)
 
     async def _release_instance(
         self, fn: FunctionState, instance: Instance, session: Session, reason: str
@@ -446,12 +583,41 @@ class Scheduler:
                 log.info("session %s: pre_stop hook passed", session.id)
             except Exception as exc:
                 log.warning("session %s: pre_stop hook failed: %s", session.id, exc)
+        await self._workspaces.save_and_detach(version.config, instance, session)
         instance.sessions.discard(session.id)
         if version.config.sessions_per_instance == 1:
             await self._stop_instance(fn, instance)  # exclusive: never serves another session
         elif self._is_spare(fn, instance):
             fn.warm.append(instance)  # a shared instance with no session left is warm again
         fn.notify_capacity()
+
+    async def snapshot_session(self, session_id: str) -> SnapshotInfo:
+        """Persist a live session's workspace now."""
+        session = self.session(session_id)
+        fn = self.function(session.function)
+        instance = fn.instances.get(session.instance_id or "")
+        config = fn.versions.get(instance.version if instance else session.version, fn.latest).config
+        return await self._workspaces.snapshot(config, instance, session)
+
+    def sync_once(self, now: float) -> int:
+        """Start a snapshot of every live workspace whose sync interval passed. Returns how many."""
+        due = [s for s in self._sessions.values() if self._sync_due(s, now)]
+        for session in due:
+            session.synced_at = now  # (also keeps the next tick from starting it again)
+            self._spawn(self._sync(session), f"sync {session.id}")
+        return len(due)
+
+    def _sync_due(self, session: Session, now: float) -> bool:
+        fn = self._functions.get(session.function)
+        if fn is None or session.workspace is None:
+            return False
+        return self._workspaces.is_due(fn.versions.get(session.version, fn.latest).config, session, now)
+
+    async def _sync(self, session: Session) -> None:
+        try:
+            await self.snapshot_session(session.id)
+        except AgentcellError as exc:
+            log.warning("session %s: periodic snapshot failed: %s", session.id, exc.message)
 
     @staticmethod
     def _is_spare(fn: FunctionState, instance: Instance) -> bool:
@@ -465,15 +631,29 @@ class Scheduler:
     # -- instances -----------------------------------------------------------------------------------
 
     def _launch(self, fn: FunctionState, version: FunctionVersion) -> Instance:
+        """Start one more instance (QuotaExceeded when its tenant has no room for it)."""
+        self._hold_instance(fn, version, force=False)
         instance = Instance(
             new_instance_id(), fn.name, version.version, version.config.port, self._clock.now()
         )
-        instance.last_used_at = instance.created_at
+        instance.last_used_at = instance.meter.since = instance.created_at
         fn.instances[instance.id] = instance
         self._spawn(self._boot(fn, version, instance), f"boot {instance.id}")
         return instance
 
+    def _hold_instance(self, fn: FunctionState, version: FunctionVersion, *, force: bool) -> None:
+        config = version.config
+        self._quotas.hold(split(fn.name)[0], "instance", config.cpu, config.memory_mb, force=force)
+
+    def _drop_instance(self, fn: FunctionState, instance: Instance) -> None:
+        """Forget an instance (once) and give its tenant back its room."""
+        if fn.instances.pop(instance.id, None) is None:
+            return
+        config = fn.versions.get(instance.version, fn.latest).config
+        self._quotas.release(split(fn.name)[0], "instance", config.cpu, config.memory_mb)
+
     async def _boot(self, fn: FunctionState, version: FunctionVersion, instance: Instance) -> None:
+        bind_log_ids(instance=instance.id)
         try:
             async with self._start_slots:
                 if instance.state != "starting":
@@ -508,7 +688,7 @@ class Scheduler:
         )
         for session in [s for s in self._sessions.values() if s.id in instance.sessions]:
             await self._end_session(session, reason, error)
-        fn.instances.pop(instance.id, None)
+        self._drop_instance(fn, instance)
         await self._store.delete_instance(instance.id)
         fn.notify_capacity()
         self._warm_wanted.set()
@@ -517,11 +697,53 @@ class Scheduler:
         if instance in fn.warm:
             fn.warm.remove(instance)
         if instance.state == "stopping":
+            await instance.stopped.wait()  # someone else stops it: shutdown must not outrun that
             return
+        await self._meter(fn, instance)
         await self._manager.stop(instance)
-        fn.instances.pop(instance.id, None)
+        self._drop_instance(fn, instance)
         await self._store.delete_instance(instance.id)
         fn.notify_capacity()
+
+    # -- metering ------------------------------------------------------------------------------------
+
+    async def meter_once(self, now: float) -> int:
+        """Write every live instance's usage since it was last metered (and stored workspaces'
+        bytes) to the ledger. Returns how many rows were written."""
+        self._metered_at = now
+        for fn in list(self._functions.values()):
+            for instance in [i for i in fn.instances.values() if i.is_ready]:
+                await self._meter(fn, instance)
+        self._ledger.add(await self._keeper.storage_usage(now))
+        return await self._ledger.write()
+
+    async def usage(self, tenant: str | None, since: float, until: float) -> list[UsageRecord]:
+        """The ledger's rows of `tenant` (None: all) that started in [since, until), after
+        metering what runs now."""
+        await self.meter_once(self._clock.now())
+        return await self._ledger.read(tenant, since, until)
+
+    async def _meter(self, fn: FunctionState, instance: Instance) -> None:
+        """Queue the instance's usage since it was last metered, CPU read from its cgroup."""
+        cpu_s, peak = 0.0, 0
+        if instance.is_ready:
+            try:
+                used = await self._manager.usage(instance)
+            except AgentcellError:
+                pass  # gone meanwhile: its last CPU seconds are lost, its wall time is not
+            else:
+                cpu_s, instance.cpu_ns_metered = (used.cpu_ns - instance.cpu_ns_metered) / 1e9, used.cpu_ns
+                peak = used.memory_peak_bytes
+        sessions = [self._sessions[i] for i in instance.sessions if i in self._sessions]
+        self._ledger.add(self._instance_usage(fn, instance, sessions, cpu_s, peak))
+
+    def _instance_usage(
+        self, fn: FunctionState, instance: Instance, sessions: list[Session], cpu_s: float, peak: int = 0
+    ) -> list[UsageRecord]:
+        config = fn.versions.get(instance.version, fn.latest).config
+        resources = Resources(config.cpu, config.memory_mb << 20)
+        tenant, name = split(fn.name)
+        return instance_rows(tenant, name, instance, sessions, resources, (cpu_s, peak), self._clock.now())
 
     # -- periodic work -------------------------------------------------------------------------------
 
@@ -536,7 +758,11 @@ class Scheduler:
             )
             room = fn.config.max_instances - len(fn.live_instances())
             for _ in range(max(0, min(fn.config.min_warm - len(spare), room))):
-                instance = self._launch(fn, fn.latest)
+                try:
+                    instance = self._launch(fn, fn.latest)
+                except QuotaExceeded as exc:
+                    log.info("function %s: no warm instance: %s", fn.name, exc.message)
+                    break
                 if fn.config.affinity.kind != "none":
                     fn.warm.append(instance)
                 started += 1
@@ -550,6 +776,7 @@ class Scheduler:
         idle = [(fn, i) for fn in list(self._functions.values()) for i in idle_instances(fn, now)]
         await asyncio.gather(*(self._reap(self._stop_instance(fn, i), i.id) for fn, i in idle))
         reaped = [(s.id, str(r)) for s, r in expired] + [(i.id, "idle") for _, i in idle]
+        self._telemetry.reaped_batch([str(r) for _, r in expired], instances_idle=len(idle))
         if reaped:
             self._warm_wanted.set()
         return reaped
@@ -605,7 +832,8 @@ class Scheduler:
             return
         instance = Instance(record.id, fn.name, record.version, version.config.port, record.created_at)
         instance.last_used_at = self._clock.now()
-        if await self._manager.adopt(instance):
+        if await self._manager.adopt(instance, version.config.template):
+            self._hold_instance(fn, version, force=True)
             fn.instances[instance.id] = instance
             self._spawn(self._watch(fn, instance), f"watch {instance.id}")
             log.info("instance %s of %s re-adopted", instance.id, fn.name)
@@ -620,9 +848,13 @@ class Scheduler:
             self._spawn(self._store.put_session(record), f"end {record.id}")
             return
         session = Session.from_record(record)
+        if record.workspace is not None:
+            config = fn.versions.get(instance.version, fn.latest).config
+            self._workspaces.adopt(config, session, record.workspace)
         instance.sessions.add(session.id)
         fn.sessions[session.key] = session
         self._sessions[session.id] = session
+        self._quotas.hold(split(fn.name)[0], "session", force=True)
 
     async def aclose(self) -> None:
         """Graceful shutdown after the gateway drained: pre-stop every session, stop every instance."""
@@ -631,6 +863,7 @@ class Scheduler:
         for fn in list(self._functions.values()):
             await asyncio.gather(*(self._stop_instance(fn, i) for i in list(fn.instances.values())))
         await self.flush_once()
+        await self.meter_once(self._clock.now())
 
 
 def _ended_info(record: SessionRecord) -> SessionInfo:

@@ -1,27 +1,35 @@
 """Session: a client's binding to one instance, and the explicit state machine it moves through.
 
 pending ──bind──▶ idle ◀──release── active
-   │               │ ──acquire──▶     │
+   │  ╲            │ ──acquire──▶     │
+   │   restoring ──┤                  │     (restoring: its workspace is coming back from storage)
    └──────────────▶ ended ◀───────────┘     (reason: ttl, idle, deleted, instance_failed, ...)
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from agentcell.errors import Internal
-from agentcell.protocol.sessions import EndReason, SessionInfo, SessionState
+from agentcell.protocol.sessions import EndReason, SessionInfo, SessionState, SessionWorkspace
 from agentcell.server.meta.records import SessionRecord
+from agentcell.server.scheduler.metering import ActivityMeter
+from agentcell.server.scheduler.workspaces import Workspace
 
 TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
-    "pending": frozenset({"idle", "ended"}),
+    "pending": frozenset({"restoring", "idle", "ended"}),
+    "restoring": frozenset({"idle", "ended"}),
     "idle": frozenset({"active", "ended"}),
     "active": frozenset({"idle", "ended"}),
     "ended": frozenset(),
 }
+
+
+SESSION_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 
 
 def new_session_id() -> str:
@@ -49,6 +57,13 @@ class Session:
     in_flight: int = 0
     bound: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     dirty: bool = True
+    workspace: Workspace | None = None
+    attached: bool = False
+    """its workspace is in its instance: it is snapshotted from there until the session ends"""
+    synced_at: float = 0.0
+    unnamed: bool = False
+    meter: ActivityMeter = field(default_factory=lambda: ActivityMeter(0.0))
+    """an MCP session the instance has not named yet (its key is a placeholder)"""
 
     @property
     def expires_at(self) -> float:
@@ -57,6 +72,10 @@ class Session:
     @property
     def idle_expires_at(self) -> float:
         return self.last_active_at + self.idle_timeout_s
+
+    @property
+    def has_ended(self) -> bool:
+        return self.state == "ended"
 
     def move(self, to: SessionState) -> None:
         if to not in TRANSITIONS[self.state]:
@@ -70,17 +89,19 @@ class Session:
             return None
         if now >= self.expires_at:
             return "ttl"
-        if self.in_flight == 0 and self.state != "pending" and now >= self.idle_expires_at:
+        if self.in_flight == 0 and self.state in ("idle", "active") and now >= self.idle_expires_at:
             return "idle"
         return None
 
-    def acquire(self) -> None:
+    def acquire(self, now: float) -> None:
         self.in_flight += 1
+        self.meter.begin(now)
         if self.state == "idle":
             self.move("active")
 
     def release(self, now: float) -> None:
         self.in_flight -= 1
+        self.meter.end(now)
         self.last_active_at = now
         self.dirty = True
         if self.in_flight == 0 and self.state == "active":
@@ -120,6 +141,16 @@ class Session:
             ttl_s=self.ttl_s,
             idle_timeout_s=self.idle_timeout_s,
             metadata=dict(self.metadata),
+            workspace=self._workspace_info(),
+        )
+
+    def _workspace_info(self) -> SessionWorkspace | None:
+        if self.workspace is None:
+            return None
+        return SessionWorkspace(
+            path=self.workspace.dir,
+            storage_path=self.workspace.storage_path,
+            quota_bytes=self.workspace.quota_bytes,
         )
 
     def record(self) -> SessionRecord:
@@ -137,6 +168,7 @@ class Session:
             ttl_s=self.ttl_s,
             idle_timeout_s=self.idle_timeout_s,
             metadata=dict(self.metadata),
+            workspace=self.workspace.storage_path if self.workspace else None,
         )
 
     @classmethod

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from agentcell.errors import Conflict, Internal, InvalidArgument, NotFound, NotRunning, Unavailable
+from agentcell.server.egress.node import EgressConfig, NodeEgress
+from agentcell.server.egress.policy import NO_EGRESS, EgressPolicy
 from agentcell.server.sandbox.driver import (
     SANDBOX_HOME,
     SANDBOX_UID,
@@ -61,12 +63,21 @@ log = logging.getLogger(__name__)
 
 SANDBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 BASE_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "PATH": f"{SANDBOX_HOME}/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": SANDBOX_HOME,
     "USER": SANDBOX_USER,
     "LOGNAME": SANDBOX_USER,
     "SHELL": "/bin/bash",
     "LANG": "C.UTF-8",
+    # Run-time dependencies land in the workspace: `pip install x` goes to ~/.local (the system's
+    # site-packages are not writable, so pip picks --user; PEP 668 is waived for that), and
+    # `npm install -g x` to ~/.local/lib/node_modules (a plain `npm install x`: ./node_modules).
+    "PIP_BREAK_SYSTEM_PACKAGES": "1",
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    "npm_config_prefix": f"{SANDBOX_HOME}/.local",
+    "npm_config_update_notifier": "false",
+    "npm_config_fund": "false",
+    "npm_config_audit": "false",
 }
 MIN_MEMORY_BYTES = 16 << 20
 MIN_DISK_BYTES = 1 << 20
@@ -119,6 +130,7 @@ class _Instance:
     target: Target
     hostname: str
     env: dict[str, str]
+    egress: EgressPolicy = NO_EGRESS
     processes: weakref.WeakSet[LinuxProcess] = field(default_factory=weakref.WeakSet)
     exited: asyncio.Future[None] | None = None
     files: SandboxFiles | None = None
@@ -139,7 +151,9 @@ class _Instance:
 class LinuxDriver:
     """Starts, enters and stops process-tier instances on this host; needs root."""
 
-    def __init__(self, state_dir: Path, *, close_grace_s: float = 2.0) -> None:
+    def __init__(
+        self, state_dir: Path, *, close_grace_s: float = 2.0, egress: EgressConfig | None = None
+    ) -> None:
         self._state_dir = Path(os.path.abspath(state_dir))
         self.node_id = node_id_for(self._state_dir)
         self._close_grace_s = close_grace_s
@@ -148,6 +162,7 @@ class LinuxDriver:
         self._instances: dict[str, _Instance] = {}
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._netns = NetnsSockets()
+        self._egress = NodeEgress(egress or EgressConfig())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -191,11 +206,13 @@ class LinuxDriver:
             return False
         try:
             instance = self._make_instance(host, sandbox_id, pidfd, record["hostname"], record["env"])
-        except (OSError, KeyError, TypeError):
+            instance.egress = EgressPolicy.from_record(record.get("egress"))
+        except (OSError, KeyError, TypeError, ValueError):
             os.close(pidfd)
             await self.stop(sandbox_id, grace_s=0)
             return False
         self._instances[sandbox_id] = instance
+        await self._reattach_egress(instance)
         log.info("sandbox %s adopted, init pid %d", sandbox_id, instance.init_pid)
         return True
 
@@ -225,6 +242,7 @@ class LinuxDriver:
             await self._sweep_half_made(self._host)
             if not self._instances:
                 self._host.cgroups.remove_root()
+        await self._egress.aclose()
         self._netns.close()
         if errors:
             raise errors[0]
@@ -265,6 +283,32 @@ class LinuxDriver:
         assert self._host is not None
         return self._host.cgroups.usage(sandbox_id)
 
+    async def mount_tmpfs(self, sandbox_id: str, path: str, size_bytes: int) -> None:
+        options = f"size={size_bytes},uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700,nosuid,nodev"
+        await self._in_mount_ns(sandbox_id, ["mount", "-t", "tmpfs", "-o", options, "tmpfs", path])
+
+    async def unmount(self, sandbox_id: str, path: str) -> None:
+        with contextlib.suppress(Unavailable):
+            await self._in_mount_ns(sandbox_id, ["umount", "--lazy", path])
+
+    async def _in_mount_ns(self, sandbox_id: str, argv: list[str]) -> None:
+        """Run a host tool in the instance's mount namespace and under its root (so paths,
+        symlinks included, resolve inside the instance and nowhere else)."""
+        instance = self._get(sandbox_id)
+        enter = ["nsenter", f"--target={instance.init_pid}", "--mount", "--root", "--wd", "--"]
+        proc = await asyncio.create_subprocess_exec(
+            *enter,
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise Unavailable(
+                f"{argv[0]} in sandbox {sandbox_id} failed: {err.decode(errors='replace').strip()}"
+            )
+
     async def connect(self, sandbox_id: str, port: int) -> socket.socket:
         instance = self._get(sandbox_id)
         if not 0 < port < 65536:
@@ -286,6 +330,11 @@ class LinuxDriver:
     @property
     def state_dir(self) -> Path:
         return self._state_dir
+
+    @property
+    def egress(self) -> NodeEgress:
+        """The node's egress proxy and package mirrors (diagnostics and tests)."""
+        return self._egress
 
     # ------------------------------------------------------------------ internals: start
 
@@ -322,8 +371,11 @@ class LinuxDriver:
         args += _bind_args(spec.mounts)
         init = await _run_spawn_worker(host.spawner, spec.sandbox_id, args)
         pidfd = os.pidfd_open(init.pid)  # safe: an orphaned init is our child until we reap it
+        env = {**self._egress.env(spec.egress), **spec.env}
         try:
-            instance = self._make_instance(host, spec.sandbox_id, pidfd, hostname, dict(spec.env), init)
+            instance = self._make_instance(host, spec.sandbox_id, pidfd, hostname, env, init)
+            instance.egress = spec.egress
+            await self._attach_egress(instance)
             self._write_state(instance, init.start_ticks)
         except BaseException:
             os.close(pidfd)
@@ -343,6 +395,25 @@ class LinuxDriver:
         init_pid = _pid_of(pidfd) if init is None else init.pid
         target = Target(host.spawner, init_pid, pidfd, host.cgroups.procs_files(sandbox_id))
         return _Instance(sandbox_id, pidfd, target, hostname, env)
+
+    async def _attach_egress(self, instance: _Instance) -> None:
+        """Open the sandbox's proxy listener (127.0.0.1:<proxy port> in its network namespace)."""
+        if not instance.egress.has_proxy:
+            return
+        port = self._egress.config.proxy_port
+        try:
+            listener = await self._netns.listen(instance.pidfd, port)
+        except OSError as e:
+            raise Internal(f"cannot open the egress proxy of sandbox {instance.sandbox_id}: {e}") from e
+        await self._egress.attach(instance.sandbox_id, instance.egress, listener)
+
+    async def _reattach_egress(self, instance: _Instance) -> None:
+        """After a restart: the old server's listener died with it. Failing here fails closed (the
+        sandbox keeps running with no way out), so it is logged, not raised."""
+        try:
+            await self._attach_egress(instance)
+        except Exception as e:
+            log.error("sandbox %s: egress proxy not restored, no network: %s", instance.sandbox_id, e)
 
     # ------------------------------------------------------------------ internals: stop
 
@@ -378,6 +449,7 @@ class LinuxDriver:
         """Kill whatever is left in the cgroups, reap what was re-parented to us, remove the
         cgroups and the state file. Safe on a half-started or already-gone instance. Takes
         ownership of pidfd (the init's, if known)."""
+        await self._egress.detach(sandbox_id)
         try:
             if pidfd is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -470,6 +542,7 @@ class LinuxDriver:
             "init_start_ticks": init_start_ticks,
             "hostname": instance.hostname,
             "env": instance.env,
+            "egress": instance.egress.to_record(),
         }
         tmp = self._state_tmp(instance.sandbox_id)
         # No O_TRUNC: the worker's file is empty, and truncating to 0 makes ext4 flush it on close.
@@ -500,8 +573,8 @@ def _check_spec(spec: SandboxSpec) -> str:
         raise InvalidArgument(f"pids_max must be at least {MIN_PIDS}, got {spec.pids_max}")
     if spec.cpu_millis < 10:
         raise InvalidArgument(f"cpu_millis must be at least 10, got {spec.cpu_millis}")
-    if spec.template != "base":
-        raise InvalidArgument(f"template {spec.template!r} is not available; the process tier offers 'base'")
+    # A template other than base arrives resolved by the scheduler: its layer in `mounts` (read-only
+    # at /opt/template) and its PATH/PYTHONPATH/NODE_PATH in `env`; the driver needs nothing else.
     return spec.sandbox_id
 
 

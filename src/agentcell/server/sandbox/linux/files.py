@@ -486,6 +486,16 @@ class RootedFiles:
         self._root_identity: tuple[int, int] | None = None
         self._identity_lock = threading.Lock()
 
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        return self._ids
+
+    async def open_dir(self, path: str) -> int:
+        parts = parse_path(path)
+        flags = os.O_RDONLY | os.O_CLOEXEC
+        shown = _shown(parts)
+        return await self._run(lambda root: _open_dir(root, parts, flags), shown, "open", undo=os.close)
+
     async def stat(self, path: str) -> FileStat:
         parts = parse_path(path)
         return await self._run(lambda root: _stat(root, parts), _shown(parts), "stat")

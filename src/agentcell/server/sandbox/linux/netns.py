@@ -1,4 +1,5 @@
-"""Sockets in a sandbox's network namespace, made by the server process itself (ingress).
+"""Sockets in a sandbox's network namespace, made by the server process itself: connected ones
+for ingress, and listening ones for the egress proxy that the sandbox reaches on its loopback.
 
 A socket belongs to the network namespace of the thread that creates it, and `setns(2)` with
 CLONE_NEWNET moves only the calling thread. So one dedicated thread enters the instance's
@@ -30,22 +31,37 @@ class NetnsSockets:
     async def connect(self, init_pidfd: int, port: int) -> socket.socket:
         """A connected non-blocking socket to 127.0.0.1:port in the init's network namespace.
         Raises ConnectionRefusedError when nothing listens there."""
+        sock = await self._socket_inside(init_pidfd)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def listen(self, init_pidfd: int, port: int, backlog: int = 128) -> socket.socket:
+        """A non-blocking socket listening on 127.0.0.1:port in the init's network namespace.
+        Raises OSError (EADDRINUSE) when something there has the port already."""
+        sock = await self._socket_inside(init_pidfd)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))  # bind and listen act in the socket's own namespace
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def _socket_inside(self, init_pidfd: int) -> socket.socket:
         if self._executor is None:
             self._host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="acell-netns")
         # A private copy: a concurrent stop() may close the instance's pidfd meanwhile.
         pidfd = os.dup(init_pidfd)
-        loop = asyncio.get_running_loop()
         try:
-            sock = await loop.run_in_executor(self._executor, self._make_socket, pidfd)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._make_socket, pidfd)
         finally:
             os.close(pidfd)
-        try:
-            await loop.sock_connect(sock, ("127.0.0.1", port))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
 
     def close(self) -> None:
         if self._executor is not None:

@@ -1,0 +1,156 @@
+"""`agentcell tenant …` and `agentcell key …` (admin keys only).
+
+agentcell tenant create acme --max-sessions 500 --max-memory 64GiB --max-storage 100GiB
+agentcell key create acme --scope sandboxes:write,sessions:write     # the key is printed once
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from agentcell.cli.context import Connection, pass_connection
+from agentcell.cli.table import render_table
+from agentcell.client import TenantQuotas
+
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(MiB|MB|M|GiB|GB|G|TiB|TB|T)?\s*$", re.IGNORECASE)
+MIB_PER_UNIT = {
+    "m": 1,
+    "mb": 1,
+    "mib": 1,
+    "g": 1024,
+    "gb": 1024,
+    "gib": 1024,
+    "t": 1 << 20,
+    "tb": 1 << 20,
+    "tib": 1 << 20,
+}
+
+
+def parse_mib(_: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """64GiB, 512M, 2048 (MiB) → MiB."""
+    if value is None:
+        return None
+    found = SIZE.match(value)
+    if found is None:
+        raise click.BadParameter(f"{value!r} is not a size: write e.g. 512MiB, 64GiB or 2048", param=param)
+    return int(float(found.group(1)) * MIB_PER_UNIT[(found.group(2) or "m").lower()])
+
+
+def quota_options(command: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--max-sessions", type=click.IntRange(min=0), default=None),
+            click.option("--max-instances", type=click.IntRange(min=0), default=None),
+            click.option("--max-sandboxes", type=click.IntRange(min=0), default=None),
+            click.option("--max-cpu", type=click.FloatRange(min=0), default=None, help="Cores."),
+            click.option("--max-memory", callback=parse_mib, default=None, help="e.g. 64GiB"),
+            click.option("--max-storage", callback=parse_mib, default=None, help="e.g. 100GiB"),
+            click.option("--max-rps", type=click.FloatRange(min=0, min_open=True), default=None),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _quotas(options: dict[str, Any]) -> TenantQuotas:
+    try:
+        return TenantQuotas(
+            max_sessions=options["max_sessions"],
+            max_instances=options["max_instances"],
+            max_sandboxes=options["max_sandboxes"],
+            max_cpu=options["max_cpu"],
+            max_memory_mb=options["max_memory"],
+            max_storage_mb=options["max_storage"],
+            max_rps=options["max_rps"],
+        )
+    except ValidationError as exc:
+        raise click.UsageError("; ".join(str(e["msg"]) for e in exc.errors())) from None
+
+
+@click.group("tenant")
+def tenant_group() -> None:
+    """Create, list and delete tenants and set their quotas (admin key)."""
+
+
+@tenant_group.command("create")
+@click.argument("name")
+@quota_options
+@pass_connection
+def create_tenant(conn: Connection, /, name: str, **options: Any) -> None:
+    """Create tenant NAME with its quotas (unset: unlimited)."""
+    with conn.agentcell() as client:
+        click.echo(client.tenants.create(name, _quotas(options)).model_dump_json(indent=2))
+
+
+@tenant_group.command("set")
+@click.argument("name")
+@quota_options
+@pass_connection
+def set_quotas(conn: Connection, /, name: str, **options: Any) -> None:
+    """Replace tenant NAME's quotas (unset: unlimited)."""
+    with conn.agentcell() as client:
+        click.echo(client.tenants.set_quotas(name, _quotas(options)).model_dump_json(indent=2))
+
+
+@tenant_group.command("ls")
+@pass_connection
+def list_tenants(conn: Connection) -> None:
+    with conn.agentcell() as client:
+        tenants = client.tenants.list()
+    rows = [
+        (t.name, ", ".join(f"{k}={v}" for k, v in t.quotas.model_dump().items() if v is not None) or "-")
+        for t in tenants
+    ]
+    click.echo(render_table(("NAME", "QUOTAS"), rows))
+
+
+@tenant_group.command("rm")
+@click.argument("name")
+@pass_connection
+def remove_tenant(conn: Connection, name: str) -> None:
+    """Delete tenant NAME and its keys."""
+    with conn.agentcell() as client:
+        client.tenants.delete(name)
+
+
+@click.group("key")
+def key_group() -> None:
+    """Create, list and revoke API keys (admin key)."""
+
+
+@key_group.command("create")
+@click.argument("tenant")
+@click.option(
+    "--scope", "scopes", default="*", help="Comma-separated, e.g. sandboxes:write,invoke (default *)."
+)
+@click.option("--name", default="", help="A note to tell keys apart.")
+@pass_connection
+def create_key(conn: Connection, tenant: str, scopes: str, name: str) -> None:
+    """Make a key for TENANT and print it (only this once; it is stored hashed)."""
+    with conn.agentcell() as client:
+        created = client.tenants.create_key(tenant, [s.strip() for s in scopes.split(",") if s.strip()], name)
+    click.echo(created.key)
+    click.echo(f"id {created.id}, scopes {' '.join(created.scopes)}", err=True)
+
+
+@key_group.command("ls")
+@click.argument("tenant")
+@pass_connection
+def list_keys(conn: Connection, tenant: str) -> None:
+    with conn.agentcell() as client:
+        keys = client.tenants.keys(tenant)
+    rows = [(k.id, " ".join(k.scopes), k.name, "revoked" if k.revoked_at else "active") for k in keys]
+    click.echo(render_table(("ID", "SCOPES", "NAME", "STATE"), rows))
+
+
+@key_group.command("revoke")
+@click.argument("key_id")
+@pass_connection
+def revoke_key(conn: Connection, key_id: str) -> None:
+    """Revoke a key by id: it stops working at once."""
+    with conn.agentcell() as client:
+        client.tenants.revoke_key(key_id)

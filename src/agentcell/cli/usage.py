@@ -1,0 +1,60 @@
+"""`agentcell usage`: metered usage and cost, as a table, JSON or CSV.
+
+agentcell usage --since 2026-11-01 --by session --format csv
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import cast
+
+import click
+
+from agentcell.cli.context import Connection, pass_connection
+from agentcell.cli.table import render_table
+from agentcell.client import UsageReport
+from agentcell.protocol.usage import UsageGrouping
+
+GROUPINGS = ["tenant", "function", "session", "sandbox", "kind"]
+DATES = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
+
+
+@click.command("usage")
+@click.option("--since", type=click.DateTime(DATES), default=None, help="Start (default: a day ago).")
+@click.option("--until", type=click.DateTime(DATES), default=None, help="End (default: now).")
+@click.option("--by", type=click.Choice(GROUPINGS), default="session", show_default=True)
+@click.option(
+    "--format", "output", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
+)
+@pass_connection
+def usage(conn: Connection, since: datetime | None, until: datetime | None, by: str, output: str) -> None:
+    """Active and idle seconds, CPU seconds, memory GiB-seconds, stored GiB-hours and cost. Times
+    without a zone are UTC."""
+    grouping = cast(UsageGrouping, by)
+    with conn.agentcell() as client:
+        if output == "csv":
+            click.echo(client.usage.csv(since=since, until=until, by=grouping), nl=False)
+            return
+        report = client.usage.get(since=since, until=until, by=grouping)
+    click.echo(report.model_dump_json(indent=2) if output == "json" else format_report(report))
+
+
+def format_report(report: UsageReport) -> str:
+    header = ("GROUP", "ACTIVE S", "IDLE S", "CPU S", "MEM GIB·S", "STORAGE GIB·H", "COST")
+    rows = [
+        (
+            "/".join(
+                part
+                for part in (line.tenant, line.function, line.session_key, line.sandbox_id, line.kind)
+                if part
+            ),
+            f"{line.active_s:.1f}",
+            f"{line.idle_s:.1f}",
+            f"{line.cpu_s:.2f}",
+            f"{line.memory_gib_s:.1f}",
+            f"{line.storage_gib_h:.4f}",
+            f"{line.cost:.6f}",
+        )
+        for line in [*report.lines, report.total]
+    ]
+    return render_table(header, rows)

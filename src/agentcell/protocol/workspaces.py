@@ -1,0 +1,35 @@
+"""Stored workspaces: the snapshots of session files kept in object storage."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from agentcell.protocol.common import ReplyModel
+
+
+class SnapshotInfo(ReplyModel):
+    seq: int
+    created_at: datetime
+    files: int
+    logical_bytes: int = Field(description="bytes of the files in this snapshot")
+    uploaded_bytes: int = Field(description="bytes this snapshot had to upload (unchanged files are not)")
+    stored_bytes: int = Field(description="bytes the workspace holds in storage after this snapshot")
+
+
+class WorkspaceInfo(ReplyModel):
+    storage_path: str
+    function: str | None
+    key: str | None
+    stored_bytes: int
+    last_snapshot: SnapshotInfo | None
+    error: str | None = Field(default=None, description="why the last restore or snapshot failed")
+    session_id: str | None = Field(default=None, description="the live session using it")
+
+
+class WorkspaceList(ReplyModel):
+    tenant: str
+    stored_bytes: int = Field(description="all workspaces of the tenant")
+    quota_bytes: int | None = Field(description="the tenant's stored-bytes quota; null: unlimited")
+    workspaces: list[WorkspaceInfo]

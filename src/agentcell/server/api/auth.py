@@ -1,0 +1,50 @@
+"""The control plane's authentication: every request but the public ones carries an API key
+(X-API-Key or Authorization: Bearer); its principal is current for the request's handling. With
+AGENTCELL_AUTH=off every request acts as the default tenant's administrator."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from agentcell.errors import AgentcellError
+from agentcell.server.api.errors import error_response
+from agentcell.server.auth.access import RequestAuth, required_scope
+from agentcell.server.auth.principal import LOCAL, Principal, acting_as
+from agentcell.server.observability.audit import Actor
+
+PRINCIPAL_STATE = "agentcell_principal"
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, auth: RequestAuth) -> None:
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        needed = required_scope(scope.get("method", "GET"), scope["path"])
+        if needed is None:
+            with acting_as(LOCAL):
+                await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        try:
+            principal = self.auth.check(headers.get("x-api-key"), headers.get("authorization"), needed)
+        except AgentcellError as exc:
+            retry = getattr(exc, "retry_after_s", None)
+            extra = {"retry-after": str(retry)} if retry else None
+            await error_response(exc.code, exc.message, extra)(scope, receive, send)
+            return
+        scope.setdefault("state", {})[PRINCIPAL_STATE] = principal  # for the audit log, outside
+        with acting_as(principal):
+            await self.app(scope, receive, send)
+
+
+def audited_actor(scope: Scope) -> Actor:
+    """Who the audit log names for a request: its key's id and tenant (`local` without keys)."""
+    principal = scope.get("state", {}).get(PRINCIPAL_STATE)
+    if not isinstance(principal, Principal) or principal is LOCAL:
+        return Actor()
+    return Actor(actor=principal.key_id, tenant=principal.tenant)

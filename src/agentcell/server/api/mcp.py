@@ -1,0 +1,174 @@
+"""agentcell's own MCP server at `/mcp` (Streamable HTTP): sandboxes, commands, code and files as
+MCP tools, so any MCP client can use agentcell without an SDK.
+
+Tools call the same services as the REST API; their errors reach the client as tool errors with
+the API's message.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import ImageContent, TextContent
+from pydantic import ValidationError
+from starlette.routing import BaseRoute
+
+from agentcell.errors import AgentcellError
+from agentcell.protocol.code import CodeRun
+from agentcell.protocol.commands import CommandRequest
+from agentcell.protocol.sandboxes import SandboxCreate
+from agentcell.server.scheduler.sandboxes import SandboxService
+
+MAX_READ_BYTES = 4 << 20
+IMAGE_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "gif": "image/gif",
+    "webp": "image/webp",
+}
+
+Content = TextContent | ImageContent
+ToolFn = Callable[..., Awaitable[Any]]
+
+
+def build_mcp_server(sandboxes: SandboxService) -> MCPServer[Any]:
+    server: MCPServer[Any] = MCPServer(
+        "agentcell", instructions="Isolated Linux sandboxes: run commands and code, read and write files."
+    )
+
+    def tool() -> Callable[[ToolFn], ToolFn]:
+        """Register a tool whose agentcell errors reach the client with their message."""
+
+        def register(fn: ToolFn) -> ToolFn:
+            @functools.wraps(fn)
+            async def translated(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await fn(*args, **kwargs)
+                except AgentcellError as exc:
+                    raise ToolError(f"{exc.code}: {exc.message}") from exc
+                except ValidationError as exc:
+                    raise ToolError("; ".join(str(e["msg"]) for e in exc.errors())) from exc
+
+            server.tool()(translated)
+            return fn
+
+        return register
+
+    @tool()
+    async def create_sandbox(template: str = "base", timeout_s: int = 300) -> dict[str, Any]:
+        """Start a sandbox (user `user`, home /home/user); it ends after timeout_s unless renewed."""
+        sandbox = await sandboxes.create(SandboxCreate(template=template, timeout_s=timeout_s))
+        return sandbox.info().model_dump(mode="json")
+
+    @tool()
+    async def list_sandboxes() -> list[dict[str, Any]]:
+        """Running sandboxes."""
+        return [s.info().model_dump(mode="json") for s in sandboxes.find({}, "running")]
+
+    @tool()
+    async def kill_sandbox(sandbox_id: str) -> str:
+        """Stop a sandbox now; its files are gone."""
+        await sandboxes.kill(sandbox_id)
+        return f"sandbox {sandbox_id} killed"
+
+    @tool()
+    async def set_sandbox_timeout(sandbox_id: str, timeout_s: int) -> dict[str, Any]:
+        """The sandbox ends timeout_s seconds from now."""
+        return sandboxes.set_timeout(sandbox_id, timeout_s).info().model_dump(mode="json")
+
+    @tool()
+    async def run_command(sandbox_id: str, command: str, timeout_s: float = 60) -> dict[str, Any]:
+        """Run a bash command in the sandbox; returns its stdout, stderr and exit code."""
+        request = CommandRequest(cmd=command, timeout_s=timeout_s)
+        process = await sandboxes.start_process(sandbox_id, request)
+        out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        result: dict[str, Any] = {}
+        async for event in sandboxes.run_foreground(process, sandbox_id):
+            data = event.model_dump()
+            if data.get("type") in out:
+                out[data["type"]].append(data.get("data", ""))
+            elif data.get("type") == "end":
+                result = data
+        return {"stdout": "".join(out["stdout"]), "stderr": "".join(out["stderr"]), **result}
+
+    @tool()
+    async def run_code(
+        sandbox_id: str, code: str, language: str = "python", timeout_s: float = 60
+    ) -> list[Content]:
+        """Run code in the sandbox's stateful context of `language` (python, javascript, bash):
+        variables survive between calls; charts come back as images."""
+        request = CodeRun(code=code, language=language, timeout_s=timeout_s)
+        context = await sandboxes.code(sandbox_id).for_run(request)
+        await context.ensure_started()
+        return await _code_content(context.run(request.code, request.env, request.timeout_s))
+
+    @tool()
+    async def read_file(sandbox_id: str, path: str) -> Content:
+        """A file's content: text, or an image for png/jpeg/gif/webp (at most 4 MiB)."""
+        data = await _read(sandboxes.files(sandbox_id).read(path))
+        kind = IMAGE_TYPES.get(path.rsplit(".", 1)[-1].lower())
+        if kind is not None:
+            return ImageContent(type="image", data=base64.b64encode(data).decode(), mime_type=kind)
+        return TextContent(type="text", text=data.decode("utf-8", errors="replace"))
+
+    @tool()
+    async def write_file(sandbox_id: str, path: str, text: str) -> dict[str, Any]:
+        """Create or replace a text file (parents are made)."""
+        entry = await sandboxes.files(sandbox_id).write(path, _one(text.encode()))
+        return {"path": entry.path, "size": entry.size}
+
+    @tool()
+    async def list_files(sandbox_id: str, path: str = "/home/user", depth: int = 1) -> list[dict[str, Any]]:
+        """Entries under a directory (depth 1..16)."""
+        entries = await sandboxes.files(sandbox_id).list(path, depth)
+        return [{"path": e.path, "type": e.type, "size": e.size} for e in entries]
+
+    return server
+
+
+def mcp_routes(server: MCPServer[Any]) -> list[BaseRoute]:
+    """The `/mcp` route of the server's Streamable HTTP app, for the control plane's router. The
+    Host check is off: the gateway in front answers for whatever name the operator gives it."""
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    return list(server.streamable_http_app(streamable_http_path="/mcp", transport_security=security).routes)
+
+
+async def _code_content(events: AsyncIterable[Any]) -> list[Content]:
+    content: list[Content] = []
+    async for event in events:
+        kind = event.type
+        if kind in ("stdout", "stderr"):
+            content.append(TextContent(type="text", text=f"[{kind}] {event.text}"))
+        elif kind == "result":
+            content.append(_result_content(event.data))
+        elif kind == "error":
+            content.append(TextContent(type="text", text=f"{event.name}: {event.value}\n{event.traceback}"))
+        elif kind == "end" and event.status != "ok":
+            content.append(TextContent(type="text", text=f"execution ended: {event.status}"))
+    return content or [TextContent(type="text", text="")]
+
+
+def _result_content(data: dict[str, Any]) -> Content:
+    if "image/png" in data:
+        return ImageContent(type="image", data=data["image/png"], mime_type="image/png")
+    return TextContent(type="text", text=str(data.get("text/plain", data)))
+
+
+async def _read(chunks: AsyncIterable[bytes]) -> bytes:
+    data = b""
+    async for chunk in chunks:
+        data += chunk
+        if len(data) > MAX_READ_BYTES:
+            raise ValueError(f"the file is larger than {MAX_READ_BYTES} bytes; use the files API")
+    return data
+
+
+async def _one(data: bytes) -> AsyncIterable[bytes]:
+    yield data

@@ -1,0 +1,1 @@
+"""Tenants, API keys and the principal of a request."""

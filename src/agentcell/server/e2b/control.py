@@ -1,0 +1,289 @@
+"""E2B's control plane (`E2B_API_URL`): create, connect, describe, list, renew, kill sandboxes.
+
+Routes mirror E2B's REST API (v1 and v2 paths, as the Python SDK ≥2.0 and older ones call them);
+answers are built from agentcell's SandboxService. Pause is refused (agentcell cannot snapshot a
+running sandbox yet); a connect to a running sandbox is the resume E2B's SDK does.
+"""
+
+from __future__ import annotations
+
+import base64
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from agentcell.errors import InvalidArgument
+from agentcell.protocol.egress import NetworkPolicy
+from agentcell.protocol.sandboxes import SandboxCreate
+from agentcell.server.e2b.errors import NotImplementedE2b
+from agentcell.server.e2b.models import (
+    CLIENT_ID,
+    ENVD_VERSION,
+    ConnectE2b,
+    SandboxCreateE2b,
+    TimeoutE2b,
+)
+from agentcell.server.e2b.registry import E2bRegistry, our_template
+from agentcell.server.scheduler.sandboxes import Sandbox
+
+router = APIRouter(tags=["e2b"])
+MAX_PAGE = 100
+NEXT_TOKEN_HEADER = "x-next-token"
+
+
+def registry(request: Request) -> E2bRegistry:
+    found: E2bRegistry = request.app.state.e2b
+    return found
+
+
+def _time(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def sandbox_reply(reg: E2bRegistry, sandbox: Sandbox) -> dict[str, Any]:
+    template_id = reg.template_id(sandbox)
+    return {
+        "templateID": template_id,
+        "sandboxID": sandbox.id,
+        "clientID": CLIENT_ID,
+        "alias": template_id,
+        "envdVersion": ENVD_VERSION,
+        "envdAccessToken": reg.token(sandbox.id),
+        "trafficAccessToken": reg.token(sandbox.id),  # the code interpreter's SDK sends it on every call
+        "domain": None,
+    }
+
+
+def listed_reply(reg: E2bRegistry, sandbox: Sandbox) -> dict[str, Any]:
+    req = sandbox.request
+    return {
+        "templateID": reg.template_id(sandbox),
+        "alias": reg.template_id(sandbox),
+        "sandboxID": sandbox.id,
+        "clientID": CLIENT_ID,
+        "startedAt": _time(sandbox.created_at),
+        "endAt": _time(sandbox.expires_at),
+        "cpuCount": max(1, round(req.cpu)),
+        "memoryMB": req.memory_mb,
+        "diskSizeMB": req.disk_mb,
+        "state": "running",
+        "envdVersion": ENVD_VERSION,
+        "metadata": dict(req.metadata),
+    }
+
+
+def detail_reply(reg: E2bRegistry, sandbox: Sandbox) -> dict[str, Any]:
+    return {
+        **listed_reply(reg, sandbox),
+        "envdAccessToken": reg.token(sandbox.id),
+        "allowInternetAccess": sandbox.request.network.egress != "none",
+        "lifecycle": {"onTimeout": "kill", "autoResume": False},
+    }
+
+
+def _network(body: SandboxCreateE2b) -> NetworkPolicy:
+    """E2B's default is internet access on: `open` (through the node's egress proxy), unless the
+    request says `allow_internet_access: false` or names an allowlist."""
+    if body.network and body.network.allow_out:
+        return NetworkPolicy(egress="allowlist", allow=body.network.allow_out)
+    if body.allow_internet_access is False:
+        return NetworkPolicy()
+    return NetworkPolicy(egress="open")
+
+
+def _create_request(body: SandboxCreateE2b) -> SandboxCreate:
+    reason = body.unsupported()
+    if reason:
+        raise InvalidArgument(reason)
+    return SandboxCreate.model_validate(
+        {
+            "template": our_template(body.template_id),
+            "timeout_s": body.timeout,
+            "metadata": body.metadata,
+            "env": body.env_vars,
+            "network": _network(body),
+        }
+    )
+
+
+@router.post("/sandboxes", status_code=201)
+@router.post("/v2/sandboxes", status_code=201)
+async def create_sandbox(request: Request, body: SandboxCreateE2b) -> dict[str, Any]:
+    reg = registry(request)
+    sandbox = await reg.sandboxes.create(_create_request(body))
+    reg.remember(sandbox, body.template_id)
+    return sandbox_reply(reg, sandbox)
+
+
+@router.post("/sandboxes/{sandbox_id}/connect")
+@router.post("/v2/sandboxes/{sandbox_id}/connect")
+@router.post("/sandboxes/{sandbox_id}/resume")
+async def connect_sandbox(request: Request, sandbox_id: str, body: ConnectE2b | None = None) -> JSONResponse:
+    """A running sandbox answers 200 (its timeout extended when `timeout` is given)."""
+    reg = registry(request)
+    sandbox = reg.sandboxes.running(sandbox_id)
+    if body is not None and body.timeout is not None:
+        remaining = sandbox.expires_at - _now(reg)
+        if body.timeout > remaining:
+            reg.sandboxes.set_timeout(sandbox_id, body.timeout)
+    return JSONResponse(sandbox_reply(reg, sandbox), status_code=200)
+
+
+def _now(reg: E2bRegistry) -> float:
+    return reg.clock.now()
+
+
+@router.get("/sandboxes/{sandbox_id}")
+async def get_sandbox(request: Request, sandbox_id: str) -> dict[str, Any]:
+    reg = registry(request)
+    return detail_reply(reg, reg.sandboxes.running(sandbox_id))
+
+
+@router.delete("/sandboxes/{sandbox_id}", status_code=204)
+async def kill_sandbox(request: Request, sandbox_id: str) -> Response:
+    await registry(request).sandboxes.kill(sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
+async def set_timeout(request: Request, sandbox_id: str, body: TimeoutE2b) -> Response:
+    registry(request).sandboxes.set_timeout(sandbox_id, body.timeout)
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/refreshes", status_code=204)
+async def refresh(request: Request, sandbox_id: str) -> Response:
+    """Keep-alive of older SDKs: the sandbox must exist; its deadline is not moved."""
+    registry(request).sandboxes.running(sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/pause")
+async def pause_sandbox(request: Request, sandbox_id: str) -> Response:
+    registry(request).sandboxes.running(sandbox_id)
+    raise NotImplementedE2b(
+        f"sandbox {sandbox_id} cannot be paused: agentcell has no pause (memory or filesystem snapshot) "
+        "for sandboxes yet; it keeps running until its timeout or kill()"
+    )
+
+
+def _metadata_filter(text: str | None) -> dict[str, str]:
+    if not text:
+        return {}
+    pairs = urllib.parse.parse_qsl(text, keep_blank_values=True)
+    return {urllib.parse.unquote(k): urllib.parse.unquote(v) for k, v in pairs}
+
+
+def _states(text: str | None) -> set[str]:
+    states = {s.strip() for s in (text or "running,paused").split(",") if s.strip()}
+    unknown = states - {"running", "paused"}
+    if unknown:
+        raise InvalidArgument(f"state must be running or paused, got {sorted(unknown)}")
+    return states
+
+
+def _parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise InvalidArgument(f"startedAfter must be an RFC 3339 time, got {text!r}") from None
+
+
+def _token(sandbox: Sandbox) -> str:
+    return base64.urlsafe_b64encode(f"{sandbox.created_at!r}|{sandbox.id}".encode()).decode()
+
+
+def _after_token(token: str) -> tuple[float, str]:
+    try:
+        created, sandbox_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
+        return float(created), sandbox_id
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("nextToken is not one this server issued") from None
+
+
+def _filtered(
+    reg: E2bRegistry, metadata: str | None, state: str | None, started_after: str | None, template: str | None
+) -> list[Sandbox]:
+    if "running" not in _states(state):
+        return []
+    since = _parse_time(started_after)
+    found = reg.sandboxes.find(_metadata_filter(metadata), "running")
+    if since is not None:
+        found = [s for s in found if s.created_at >= since]
+    if template:
+        found = [s for s in found if template in (reg.template_id(s), s.request.template)]
+    return found
+
+
+@router.get("/sandboxes")
+async def list_sandboxes_v1(request: Request, metadata: str | None = None) -> list[dict[str, Any]]:
+    reg = registry(request)
+    return [listed_reply(reg, s) for s in _filtered(reg, metadata, None, None, None)]
+
+
+@router.get("/v2/sandboxes")
+async def list_sandboxes(
+    request: Request,
+    metadata: str | None = None,
+    state: str | None = None,
+    started_after: Annotated[str | None, Query(alias="startedAfter")] = None,
+    template: str | None = None,
+    order: Literal["asc", "desc"] = "asc",
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+    next_token: Annotated[str | None, Query(alias="nextToken")] = None,
+) -> JSONResponse:
+    """Sorted by start time; a page of `limit`, the next page named by the `x-next-token` header."""
+    reg = registry(request)
+    found = sorted(
+        _filtered(reg, metadata, state, started_after, template), key=lambda s: (s.created_at, s.id)
+    )
+    if order == "desc":
+        found.reverse()
+    if next_token:
+        mark = _after_token(next_token)
+        found = [
+            s
+            for s in found
+            if ((s.created_at, s.id) > mark) == (order == "asc") and (s.created_at, s.id) != mark
+        ]
+    page, rest = found[:limit], found[limit:]
+    headers = {NEXT_TOKEN_HEADER: _token(page[-1])} if rest else {}
+    return JSONResponse([listed_reply(reg, s) for s in page], headers=headers)
+
+
+@router.get("/sandboxes/{sandbox_id}/metrics")
+async def sandbox_metrics(request: Request, sandbox_id: str) -> Response:
+    registry(request).sandboxes.running(sandbox_id)
+    raise NotImplementedE2b("sandbox metrics are not available on agentcell's E2B API yet")
+
+
+UNSUPPORTED = (
+    ("POST", "/sandboxes/{sandbox_id}/fork", "forking a running sandbox"),
+    ("POST", "/sandboxes/{sandbox_id}/snapshots", "sandbox snapshots"),
+    ("PUT", "/sandboxes/{sandbox_id}/network", "changing a running sandbox's network"),
+)
+CLOUD_ONLY = ("/templates", "/v2/templates", "/v3/templates", "/snapshots", "/volumes", "/secrets")
+
+
+def _refuse(feature: str) -> Callable[[], Awaitable[Response]]:
+    async def refuse() -> Response:
+        raise NotImplementedE2b(f"{feature} is not available on agentcell's E2B API")
+
+    return refuse
+
+
+for _method, _path, _feature in UNSUPPORTED:
+    router.add_api_route(_path, _refuse(_feature), methods=[_method], include_in_schema=False)
+for _prefix in CLOUD_ONLY:
+    router.add_api_route(
+        _prefix + "{rest:path}",
+        _refuse(f"{_prefix.rsplit('/', 1)[-1]} (an E2B-cloud service)"),
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )

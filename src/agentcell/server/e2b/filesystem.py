@@ -1,0 +1,121 @@
+"""envd's `filesystem.Filesystem` service over agentcell's sandbox files (as the sandbox user)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from agentcell.errors import InvalidArgument, NotFound, QuotaExceeded
+from agentcell.server.e2b.connect import RpcError
+from agentcell.server.e2b.entries import entry_info
+from agentcell.server.e2b.registry import E2bRegistry
+from agentcell.server.e2b.watch import POLL_INTERVAL_S, Watcher
+from agentcell.server.sandbox.driver import SandboxFiles
+from agentcell.server.scheduler.sandboxes import Sandbox
+
+Message = dict[str, Any]
+MAX_WATCHERS = 32
+MAX_DEPTH = 16
+STREAM_KEEPALIVE_S = 30.0
+
+
+def _path(message: Message, name: str = "path") -> str:
+    value = message.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{name} is required")
+    return value
+
+
+class FilesystemService:
+    def __init__(self, registry: E2bRegistry) -> None:
+        self._registry = registry
+
+    def _files(self, sandbox: Sandbox) -> SandboxFiles:
+        return self._registry.sandboxes.files(sandbox.id)
+
+    async def stat(self, sandbox: Sandbox, message: Message) -> Message:
+        return {"entry": entry_info(await self._files(sandbox).stat(_path(message)))}
+
+    async def list_dir(self, sandbox: Sandbox, message: Message) -> Message:
+        depth = message.get("depth") or 1  # proto3 leaves 0 out: not given
+        if not isinstance(depth, int) or depth < 1:
+            raise InvalidArgument(f"depth should be at least 1, got {depth!r}")
+        depth = min(depth, MAX_DEPTH)
+        files = self._files(sandbox)
+        path = _path(message)
+        found = await files.stat(path)
+        if found.type != "dir":
+            raise InvalidArgument(f"path {path} is not a directory")
+        entries = sorted(await files.list(path, depth), key=lambda e: e.path)
+        return {"entries": [entry_info(e) for e in entries]}
+
+    async def make_dir(self, sandbox: Sandbox, message: Message) -> Message:
+        files, path = self._files(sandbox), _path(message)
+        with contextlib.suppress(NotFound):
+            await files.stat(path)
+            raise RpcError("already_exists", f"directory {path} already exists")
+        return {"entry": entry_info(await files.make_dir(path))}
+
+    async def move(self, sandbox: Sandbox, message: Message) -> Message:
+        moved = await self._files(sandbox).rename(_path(message, "source"), _path(message, "destination"))
+        return {"entry": entry_info(moved)}
+
+    async def remove(self, sandbox: Sandbox, message: Message) -> Message:
+        """Like `rm -rf`: a path that is already gone is not an error."""
+        with contextlib.suppress(NotFound):
+            await self._files(sandbox).remove(_path(message))
+        return {}
+
+    # -- watchers (sync SDK: create / poll / remove) ---------------------------------------------
+
+    async def create_watcher(self, sandbox: Sandbox, message: Message) -> Message:
+        extras = self._registry.extras(sandbox)
+        if len(extras.watchers) >= MAX_WATCHERS:
+            raise QuotaExceeded(f"a sandbox holds at most {MAX_WATCHERS} watchers; remove one first")
+        watcher = Watcher(self._files(sandbox), _path(message), bool(message.get("recursive")))
+        await watcher.start()
+        extras.watchers[watcher.id] = watcher
+        return {"watcherId": watcher.id}
+
+    def _watcher(self, sandbox: Sandbox, message: Message) -> Watcher:
+        watcher_id = message.get("watcherId")
+        watcher = (
+            self._registry.extras(sandbox).watchers.get(watcher_id) if isinstance(watcher_id, str) else None
+        )
+        if watcher is None:
+            raise NotFound(f"watcher {watcher_id!r} not found")
+        return watcher
+
+    async def get_watcher_events(self, sandbox: Sandbox, message: Message) -> Message:
+        return {"events": await self._watcher(sandbox, message).changes()}
+
+    async def remove_watcher(self, sandbox: Sandbox, message: Message) -> Message:
+        watcher = self._watcher(sandbox, message)
+        self._registry.extras(sandbox).watchers.pop(watcher.id, None)
+        watcher.close()
+        return {}
+
+    # -- WatchDir (async SDK: a server stream) ---------------------------------------------------
+
+    async def watch_dir(self, sandbox: Sandbox, message: Message) -> AsyncIterator[Message]:
+        watcher = Watcher(self._files(sandbox), _path(message), bool(message.get("recursive")))
+        await watcher.start()
+        return self._watch_stream(watcher)
+
+    async def _watch_stream(self, watcher: Watcher) -> AsyncIterator[Message]:
+        yield {"start": {}}  # WatchDirResponse's oneof sits at the top level
+        quiet_s = 0.0
+        while True:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            try:
+                events = await watcher.changes()
+            except NotFound:
+                raise RpcError("not_found", "the watched directory was removed") from None
+            for event in events:
+                yield {"filesystem": event}
+            quiet_s = 0.0 if events else quiet_s + POLL_INTERVAL_S
+            if quiet_s >= STREAM_KEEPALIVE_S:
+                quiet_s = 0.0
+                yield {"keepalive": {}}

@@ -1,0 +1,142 @@
+"""The E2B-compatible API as one ASGI app, mounted by the control plane at `/e2b`.
+
+A request that names a sandbox (the `E2b-Sandbox-Id` header, or the gateway's `/_sandbox/{port}-{id}`
+prefix for the host form) goes to that sandbox's envd (port 49983) or code interpreter (49999);
+every other request is E2B's control plane. Each part answers errors in its own E2B shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+from fastapi import APIRouter, FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentcell.server.auth.principal import acting_as
+from agentcell.server.clock import Clock
+from agentcell.server.e2b import control, envd, interpreter
+from agentcell.server.e2b.errors import install_control, install_envd, install_interpreter
+from agentcell.server.e2b.registry import E2bRegistry
+from agentcell.server.e2b.target import (
+    ENVD_PORT,
+    HOST_PREFIX,
+    JUPYTER_PORT,
+    SCOPE_KEY,
+    SIGNED_FILES,
+    Target,
+    from_headers,
+    parse_label,
+)
+from agentcell.server.scheduler.sandboxes import SandboxService
+
+PREFIX = "/e2b"
+API_KEY_HEADERS = (b"x-api-key", b"authorization")
+
+
+def _part(registry: E2bRegistry, *routers: APIRouter) -> FastAPI:
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.e2b = registry
+    app.state.envd = envd.Services(registry)
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+class E2bMount:
+    """Routes each request to the control plane, envd or the code interpreter."""
+
+    def __init__(self, sandboxes: SandboxService, clock: Clock) -> None:
+        self.registry = E2bRegistry(sandboxes, clock)
+        self.control = _part(self.registry, control.router)
+        self.envd = _part(self.registry, envd.router)
+        self.interpreter = _part(self.registry, interpreter.router)
+        install_control(self.control)
+        install_envd(self.envd)
+        install_interpreter(self.interpreter)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        scope, target = self._resolve(scope)
+        if target is None:
+            if not self._has_api_key(scope):
+                await _reply(
+                    send, 401, {"code": 401, "message": "send an API key (X-API-Key); any value works"}
+                )
+                return
+            await self.control(scope, await _buffered(receive), send)
+        elif target.port == ENVD_PORT:
+            with acting_as(None):  # authorized by the sandbox's token, whatever its tenant
+                await self.envd({**scope, SCOPE_KEY: target}, receive, send)
+        elif target.port == JUPYTER_PORT:
+            with acting_as(None), contextlib.suppress(interpreter.StreamBroken):
+                await self.interpreter({**scope, SCOPE_KEY: target}, receive, send)
+        else:
+            await _drain(receive)
+            message = f"The sandbox {target.sandbox_id} port {target.port} is not open through this path"
+            await _reply(send, 502, {"code": 502, "message": message, "sandboxId": target.sandbox_id})
+
+    @staticmethod
+    def _resolve(scope: Scope) -> tuple[Scope, Target | None]:
+        root: str = scope.get("root_path", "")
+        path: str = scope["path"]
+        rest = path[len(root) :] if path.startswith(root) else path
+        if rest.startswith(HOST_PREFIX):
+            label, _, tail = rest[len(HOST_PREFIX) :].partition("/")
+            target = parse_label(label)
+            if target is not None:
+                new_path = root + "/" + tail
+                return {**scope, "path": new_path, "raw_path": new_path.encode()}, target
+        if rest == SIGNED_FILES:
+            return {**scope, "path": root + "/files", "raw_path": (root + "/files").encode()}, Target(
+                "", ENVD_PORT
+            )
+        return scope, from_headers(dict(scope["headers"]))
+
+    @staticmethod
+    def _has_api_key(scope: Scope) -> bool:
+        headers = dict(scope["headers"])
+        return any(headers.get(name, b"").strip() for name in API_KEY_HEADERS)
+
+
+async def _buffered(receive: Receive) -> Receive:
+    """The whole (small, JSON) body read before the app answers, so that no answer — a 404 for an
+    unknown route included — can come before the body has been taken off the connection."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return receive
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+    return replay
+
+
+async def _drain(receive: Receive) -> None:
+    """Read the request body before answering early (the connection is then reusable)."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+
+
+async def _reply(send: Send, status: int, body: dict[str, object]) -> None:
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+def e2b_app(sandboxes: SandboxService, clock: Clock) -> ASGIApp:
+    return E2bMount(sandboxes, clock)

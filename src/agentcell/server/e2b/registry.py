@@ -1,0 +1,105 @@
+"""E2bRegistry: what the E2B API adds to agentcell's sandboxes — template names as the client gave
+them, envd access tokens, process tags and directory watchers.
+
+Tokens are derived (HMAC of the sandbox id under a per-server secret), so every sandbox has one
+without any state, and a signed file URL can be matched to its sandbox by trying each live one.
+Per-sandbox extras live here until their sandbox is gone (dropped lazily on lookup and on create).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from agentcell.errors import NotFound
+from agentcell.server.clock import Clock
+from agentcell.server.scheduler.sandboxes import Sandbox, SandboxService
+
+if TYPE_CHECKING:
+    from agentcell.server.e2b.process import ProcessConfig
+    from agentcell.server.e2b.watch import Watcher
+
+TEMPLATE_ALIASES = {"code-interpreter-v1": "base", "code-interpreter": "base", "base": "base"}
+"""E2B's public template names → ours. Our base has python3 with numpy, pandas and matplotlib, node,
+and the code kernels, which is what `code-interpreter-v1` promises."""
+
+
+def our_template(e2b_template: str) -> str:
+    return TEMPLATE_ALIASES.get(e2b_template, e2b_template)
+
+
+@dataclass(slots=True)
+class Extras:
+    sandbox_id: str
+    template_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+    """process tag → our process id"""
+    configs: dict[str, ProcessConfig] = field(default_factory=dict)
+    """our process id → how envd's Start described it"""
+    watchers: dict[str, Watcher] = field(default_factory=dict)
+
+
+class SandboxGone(Exception):
+    """The sandbox an envd request names does not exist (any more); the proxy's 502 answer."""
+
+    def __init__(self, sandbox_id: str) -> None:
+        super().__init__(f"The sandbox {sandbox_id} was not found")
+        self.sandbox_id = sandbox_id
+
+
+class E2bRegistry:
+    def __init__(self, sandboxes: SandboxService, clock: Clock, secret: bytes | None = None) -> None:
+        self.sandboxes = sandboxes
+        self.clock = clock
+        self._secret = secret or secrets.token_bytes(32)
+        self._extras: dict[str, Extras] = {}
+
+    def token(self, sandbox_id: str) -> str:
+        return hmac.new(self._secret, sandbox_id.encode(), hashlib.sha256).hexdigest()[:40]
+
+    def is_token(self, sandbox_id: str, given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(self.token(sandbox_id), given)
+
+    def remember(self, sandbox: Sandbox, template_id: str) -> None:
+        self.forget_ended()
+        self._extras[sandbox.id] = Extras(sandbox.id, template_id)
+
+    def extras(self, sandbox: Sandbox) -> Extras:
+        found = self._extras.get(sandbox.id)
+        if found is None:
+            found = self._extras[sandbox.id] = Extras(sandbox.id, sandbox.request.template)
+        return found
+
+    def template_id(self, sandbox: Sandbox) -> str:
+        found = self._extras.get(sandbox.id)
+        return found.template_id if found else sandbox.request.template
+
+    def running(self, sandbox_id: str) -> Sandbox:
+        """The running sandbox an envd request names, or SandboxGone."""
+        try:
+            sandbox = self.sandboxes.get(sandbox_id)
+        except NotFound:
+            self._drop(sandbox_id)
+            raise SandboxGone(sandbox_id) from None
+        if sandbox.state != "running":
+            raise SandboxGone(sandbox_id)
+        return sandbox
+
+    def forget_ended(self) -> None:
+        for sandbox_id in list(self._extras):
+            try:
+                self.sandboxes.get(sandbox_id)
+            except NotFound:
+                self._drop(sandbox_id)
+
+    def _drop(self, sandbox_id: str) -> None:
+        extras = self._extras.pop(sandbox_id, None)
+        if extras is not None:
+            for watcher in extras.watchers.values():
+                watcher.close()
+
+    def all_running(self) -> list[Sandbox]:
+        return self.sandboxes.find({}, "running")

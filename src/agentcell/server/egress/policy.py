@@ -1,0 +1,70 @@
+"""EgressPolicy: the node's view of a sandbox's network policy, and the questions it answers."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from agentcell.protocol.egress import AllowEntry, EgressKind, NetworkPolicy, parse_allow_entry
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class EgressPolicy:
+    kind: EgressKind = "none"
+    entries: tuple[AllowEntry, ...] = ()
+
+    @classmethod
+    def from_wire(cls, policy: NetworkPolicy) -> EgressPolicy:
+        return cls(policy.egress, policy.entries())
+
+    @classmethod
+    def from_record(cls, record: object) -> EgressPolicy:
+        """From `to_record()` output (a state file); anything unreadable is `none`."""
+        if not isinstance(record, dict) or record.get("kind") not in ("allowlist", "open"):
+            return cls()
+        allow = record.get("allow")
+        texts = allow if isinstance(allow, list) else []
+        return cls(record["kind"], tuple(parse_allow_entry(str(t)) for t in texts))
+
+    def to_record(self) -> dict[str, object]:
+        return {"kind": self.kind, "allow": [e.text for e in self.entries]}
+
+    @property
+    def has_proxy(self) -> bool:
+        """`none` gets no proxy at all: the sandbox has loopback only and nothing to ask."""
+        return self.kind != "none"
+
+    def allows_name(self, name: str, port: int) -> bool:
+        """May the sandbox reach `name:port`? An IP literal is matched as an address; a name is
+        matched before it is resolved, so a denied name is never looked up."""
+        if self.kind != "allowlist":
+            return self.kind == "open"
+        address = parse_address(name)
+        if address is not None:
+            return self.allows_address(address, port)
+        return any(e.matches_name(name, port) for e in self.entries)
+
+    def allows_address(self, address: IPAddress, port: int) -> bool:
+        if self.kind != "allowlist":
+            return self.kind == "open"
+        return any(e.matches_address(address, port) for e in self.entries)
+
+    def describe(self) -> str:
+        if self.kind != "allowlist":
+            return self.kind
+        shown = ", ".join(e.text for e in self.entries[:10])
+        more = f" and {len(self.entries) - 10} more" if len(self.entries) > 10 else ""
+        return f"allowlist ({shown}{more})"
+
+
+def parse_address(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+NO_EGRESS = EgressPolicy()
+"""the default: loopback only"""

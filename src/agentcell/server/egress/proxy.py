@@ -1,0 +1,305 @@
+"""EgressProxy: one HTTP(S) forward proxy per sandbox, on a listening socket the driver opened
+inside the sandbox's network namespace (127.0.0.1:<port> there), served by the server's own event
+loop and connecting out from the host's namespace.
+
+A sandbox's own network has loopback only, so anything that does not ask the proxy fails at once
+(ENETUNREACH; names do not resolve). Through the proxy, `CONNECT host:port` (https and any TCP)
+and absolute-URI requests (`GET http://host/...`) are checked against the sandbox's policy before
+the name is resolved; a denied request gets `403` with a body that names the policy, and is logged
+with the sandbox id. Origin-form requests (`GET /pypi/...`) go to the node's local services (the
+package mirrors), which apply the same policy to what they fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agentcell.server.egress.http import (
+    MAX_HEAD_BYTES,
+    BadRequest,
+    RequestHead,
+    origin_head,
+    parse_absolute_target,
+    read_request_head,
+    send_text,
+    split_authority,
+)
+from agentcell.server.egress.policy import EgressPolicy, IPAddress, parse_address
+
+log = logging.getLogger(__name__)
+
+HEAD_TIMEOUT_S = 30.0
+PUMP_BYTES = 256 << 10
+DENIED_HEADER = {"X-Agentcell-Egress": "denied"}
+
+
+class LocalService(Protocol):
+    """Something the proxy serves itself, under a path prefix, to origin-form requests."""
+
+    prefix: str
+
+    async def handle(
+        self, sandbox_id: str, policy: EgressPolicy, head: RequestHead, writer: asyncio.StreamWriter
+    ) -> None: ...
+
+
+class EgressDenied(Exception):
+    """The policy refuses this destination; the message is what the sandbox is told."""
+
+
+@dataclass(slots=True)
+class _Proxied:
+    """One sandbox's proxy: its policy, its listening server and the connections it carries."""
+
+    sandbox_id: str
+    policy: EgressPolicy
+    server: asyncio.Server | None = None
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+
+class EgressProxy:
+    """The node's egress proxy for every sandbox whose policy is not `none`."""
+
+    def __init__(
+        self,
+        services: Sequence[LocalService] = (),
+        *,
+        connect_timeout_s: float = 10.0,
+        max_connections: int = 256,
+        protected_ports: Sequence[int] = (),
+    ) -> None:
+        """`max_connections` per sandbox; `protected_ports`: ports of this host (the server's own
+        API) that no policy but an allowlist naming the address itself may reach on loopback."""
+        self._services = tuple(services)
+        self._connect_timeout_s = connect_timeout_s
+        self._max_connections = max_connections
+        self._protected_ports = frozenset(protected_ports)
+        self._sandboxes: dict[str, _Proxied] = {}
+
+    async def serve(self, sandbox_id: str, policy: EgressPolicy, listener: socket.socket) -> None:
+        """Start answering on `listener` (a listening socket; the proxy now owns it)."""
+        proxied = _Proxied(sandbox_id, policy)
+        try:
+            proxied.server = await asyncio.start_server(
+                lambda r, w: self._handle(proxied, r, w), sock=listener, limit=MAX_HEAD_BYTES
+            )
+        except BaseException:
+            listener.close()
+            raise
+        self._sandboxes[sandbox_id] = proxied
+
+    def is_serving(self, sandbox_id: str) -> bool:
+        return sandbox_id in self._sandboxes
+
+    async def close(self, sandbox_id: str) -> None:
+        """Stop listening for the sandbox and cut its open connections. Idempotent."""
+        proxied = self._sandboxes.pop(sandbox_id, None)
+        if proxied is None or proxied.server is None:
+            return
+        proxied.server.close()
+        for writer in list(proxied.writers):
+            writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proxied.server.wait_closed(), 1.0)
+
+    async def aclose(self) -> None:
+        for sandbox_id in list(self._sandboxes):
+            await self.close(sandbox_id)
+
+    # ------------------------------------------------------------------ one connection
+
+    async def _handle(
+        self, proxied: _Proxied, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if len(proxied.writers) >= self._max_connections:
+            log.warning(
+                "sandbox %s: more than %d proxied connections", proxied.sandbox_id, self._max_connections
+            )
+            writer.close()
+            return
+        proxied.writers.add(writer)
+        try:
+            await self._serve_connection(proxied, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        except Exception:
+            log.exception("sandbox %s: egress proxy connection failed", proxied.sandbox_id)
+        finally:
+            proxied.writers.discard(writer)
+            writer.close()
+
+    async def _serve_connection(
+        self, proxied: _Proxied, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            head = await asyncio.wait_for(read_request_head(reader), HEAD_TIMEOUT_S)
+            if head is None:
+                return
+            if head.method == "CONNECT":
+                await self._tunnel(proxied, head, reader, writer)
+            elif head.target.startswith("/"):
+                await self._local(proxied, head, writer)
+            else:
+                await self._forward(proxied, head, reader, writer)
+        except BadRequest as e:
+            await send_text(writer, 400, f"agentcell egress proxy: {e}\n")
+        except EgressDenied as e:
+            await send_text(writer, 403, f"{e}\n", DENIED_HEADER)
+        except UpstreamError as e:
+            await send_text(writer, 502, f"agentcell egress proxy: {e}\n")
+
+    async def _tunnel(
+        self, proxied: _Proxied, head: RequestHead, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        host, port = split_authority(head.target, 443)
+        up_reader, up_writer = await self._open_upstream(proxied, host, port)
+        try:
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await _splice(reader, writer, up_reader, up_writer)
+        finally:
+            up_writer.close()
+
+    async def _forward(
+        self, proxied: _Proxied, head: RequestHead, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        target = parse_absolute_target(head.target)
+        up_reader, up_writer = await self._open_upstream(proxied, target.host, target.port)
+        request_body = None
+        try:
+            up_writer.write(origin_head(head, target.path))
+            request_body = asyncio.ensure_future(_pump(reader, up_writer))
+            await _pump(up_reader, writer)  # the origin closes after its response
+        finally:
+            if request_body is not None:
+                request_body.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await request_body
+            up_writer.close()
+
+    async def _local(self, proxied: _Proxied, head: RequestHead, writer: asyncio.StreamWriter) -> None:
+        for service in self._services:
+            if head.target.startswith(service.prefix):
+                await service.handle(proxied.sandbox_id, proxied.policy, head, writer)
+                return
+        prefixes = ", ".join(s.prefix for s in self._services) or "none"
+        await send_text(
+            writer,
+            404,
+            f"agentcell egress proxy: no local service at {head.target[:100]!r} "
+            f"(served here: {prefixes}); to go out, use this address as an HTTP proxy\n",
+        )
+
+    # ------------------------------------------------------------------ going out
+
+    async def _open_upstream(
+        self, proxied: _Proxied, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        check_allowed(proxied.sandbox_id, proxied.policy, host, port)
+        addresses = await self._resolve(host, port)
+        check_resolved(proxied.sandbox_id, proxied.policy, host, port, addresses)
+        self._check_protected(proxied, port, addresses)
+        last: OSError | None = None
+        for address in addresses:
+            try:
+                return await asyncio.wait_for(
+                    asyncio.open_connection(str(address), port, limit=PUMP_BYTES), self._connect_timeout_s
+                )
+            except TimeoutError:
+                last = TimeoutError(f"no answer within {self._connect_timeout_s:g} s")
+            except OSError as e:
+                last = e
+        raise UpstreamError(f"cannot connect to {host}:{port}: {last}")
+
+    def _check_protected(self, proxied: _Proxied, port: int, addresses: list[IPAddress]) -> None:
+        """The server's own API is never reachable through `open`, nor through a name."""
+        if port not in self._protected_ports:
+            return
+        for address in addresses:
+            listed = proxied.policy.kind == "allowlist" and proxied.policy.allows_address(address, port)
+            if (address.is_loopback or address.is_unspecified) and not listed:
+                raise deny(
+                    proxied.sandbox_id, proxied.policy, f"{address}:{port} (the agentcell server itself)"
+                )
+
+    async def _resolve(self, host: str, port: int) -> list[IPAddress]:
+        literal = parse_address(host)
+        if literal is not None:
+            return [literal]
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), self._connect_timeout_s
+            )
+        except (OSError, TimeoutError) as e:
+            raise UpstreamError(f"cannot resolve {host}: {e}") from None
+        found = [ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos]
+        return list(dict.fromkeys(found))
+
+
+class UpstreamError(Exception):
+    """The destination was allowed but could not be reached; the sandbox gets a 502."""
+
+
+def deny(sandbox_id: str, policy: EgressPolicy, what: str) -> EgressDenied:
+    log.warning("sandbox %s: egress to %s denied by policy %s", sandbox_id, what, policy.kind)
+    return EgressDenied(
+        f"agentcell: egress to {what} is denied by this sandbox's network policy: {policy.describe()}"
+    )
+
+
+def check_allowed(sandbox_id: str, policy: EgressPolicy, host: str, port: int) -> None:
+    if not policy.allows_name(host, port):
+        raise deny(sandbox_id, policy, f"{host}:{port}")
+
+
+def check_resolved(
+    sandbox_id: str, policy: EgressPolicy, host: str, port: int, addresses: list[IPAddress]
+) -> None:
+    """A name allowed by name must not lead to the host's own loopback or link-local addresses
+    (a DNS answer is not the operator's word); listing the address itself allows it."""
+    if policy.kind != "allowlist" or parse_address(host) is not None:
+        return
+    for address in addresses:
+        if _is_local(address) and not policy.allows_address(address, port):
+            raise deny(
+                sandbox_id, policy, f"{host}:{port} (it resolves to {address}; list that address to allow it)"
+            )
+
+
+def _is_local(address: IPAddress) -> bool:
+    return address.is_loopback or address.is_link_local or address.is_unspecified or address.is_multicast
+
+
+async def _splice(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+) -> None:
+    """Copy both ways until both sides have finished; if either side fails, stop both."""
+    tasks = [asyncio.ensure_future(_pump(reader, up_writer)), asyncio.ensure_future(_pump(up_reader, writer))]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()  # raises the failure, if any
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy until EOF, then half-close the other side."""
+    while data := await reader.read(PUMP_BYTES):
+        writer.write(data)
+        await writer.drain()
+    if writer.can_write_eof() and not writer.is_closing():
+        with contextlib.suppress(OSError):
+            writer.write_eof()

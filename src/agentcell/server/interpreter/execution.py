@@ -1,0 +1,102 @@
+"""Execution: turns one execution's kernel messages into our typed events, within an output budget.
+
+Past `max_output_bytes` (stream text and result bundles together) output is dropped: one marker
+line says so and the `end` event counts what was dropped. Errors and `end` always get through.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from agentcell.protocol.code import (
+    CodeEndEvent,
+    CodeErrorEvent,
+    CodeOutputEvent,
+    CodeResultEvent,
+    EndStatus,
+)
+from agentcell.server.interpreter.wire import KernelMessage
+
+CodeEventModel = CodeOutputEvent | CodeResultEvent | CodeErrorEvent | CodeEndEvent
+MAX_TRACEBACK_CHARS = 64 * 1024
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _bundle_size(data: dict[str, Any]) -> int:
+    return sum(len(v) if isinstance(v, str) else len(json.dumps(v)) for v in data.values())
+
+
+class Execution:
+    """One run of code in a context, from the first message to the `end` event."""
+
+    def __init__(self, context_id: str, max_output_bytes: int, started_at: float) -> None:
+        self.context_id = context_id
+        self._budget = max_output_bytes
+        self._started_at = started_at
+        self.output_bytes = 0
+        self.truncated_bytes = 0
+        self.execution_count: int | None = None
+        self.failed = False
+
+    def events(self, message: KernelMessage) -> list[CodeEventModel]:
+        """Our events for one kernel message (none for the ones clients do not see)."""
+        content = message.content
+        kind = message.msg_type
+        if kind == "stream":
+            name = "stderr" if content.get("name") == "stderr" else "stdout"
+            return self._bounded(str(content.get("text", "")), name)
+        if kind in ("execute_result", "display_data", "update_display_data"):
+            return self._result(content, is_main=kind == "execute_result")
+        if kind == "error":
+            self.failed = True
+            return [self.error(str(content.get("ename", "")), str(content.get("evalue", "")), content)]
+        if kind == "execute_reply":
+            count = content.get("execution_count")
+            self.execution_count = count if isinstance(count, int) else None
+            self.failed |= content.get("status") == "error"
+        return []
+
+    def _bounded(self, text: str, name: str) -> list[CodeEventModel]:
+        size = len(text.encode())
+        if self.truncated_bytes or self.output_bytes + size > self._budget:
+            return self._drop(size, name)
+        self.output_bytes += size
+        return [CodeOutputEvent(type="stdout" if name == "stdout" else "stderr", text=text)]
+
+    def _drop(self, size: int, name: str) -> list[CodeEventModel]:
+        first = self.truncated_bytes == 0
+        self.truncated_bytes += size
+        if not first:
+            return []
+        marker = f"\n[agentcell: output truncated after {self._budget} bytes; the rest is dropped]\n"
+        return [CodeOutputEvent(type="stderr" if name == "stderr" else "stdout", text=marker)]
+
+    def _result(self, content: dict[str, Any], *, is_main: bool) -> list[CodeEventModel]:
+        data = content.get("data")
+        if not isinstance(data, dict) or not data:
+            return []
+        size = _bundle_size(data)
+        if self.truncated_bytes or self.output_bytes + size > self._budget:
+            return self._drop(size, "stdout")
+        self.output_bytes += size
+        return [CodeResultEvent(data=data, is_main_result=is_main)]
+
+    @staticmethod
+    def error(name: str, value: str, content: dict[str, Any] | None = None) -> CodeErrorEvent:
+        lines = (content or {}).get("traceback") or []
+        text = "\n".join(str(line) for line in lines) if isinstance(lines, list) else str(lines)
+        return CodeErrorEvent(name=name, value=value, traceback=ANSI.sub("", text)[-MAX_TRACEBACK_CHARS:])
+
+    def end(self, status: EndStatus | None, now: float, *, restarted: bool = False) -> CodeEndEvent:
+        final: EndStatus = status or ("error" if self.failed else "ok")
+        return CodeEndEvent(
+            context_id=self.context_id,
+            status=final,
+            execution_count=self.execution_count,
+            duration_ms=round((now - self._started_at) * 1000, 3),
+            timed_out=final == "timeout",
+            restarted=restarted,
+            truncated_bytes=self.truncated_bytes,
+        )

@@ -1,0 +1,142 @@
+"""What a context needs from a kernel, and the sandbox process every kernel kind stands on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agentcell.server.interpreter.wire import KernelMessage
+from agentcell.server.sandbox.driver import ExecSpec, SandboxDriver, SandboxProcess
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL_LINES = 20
+GROUP_KILL_TIMEOUT_S = 2.0
+
+
+class KernelExited(Exception):
+    """The kernel process ended (crashed, was killed, or the sandbox went)."""
+
+
+@dataclass(slots=True)
+class Pending:
+    """One execution in flight: its request id and how far its answer has come."""
+
+    msg_id: str
+    replied: bool = False
+    idle: bool = True
+    idle_deadline: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.replied and self.idle
+
+
+class Kernel(Protocol):
+    """A started kernel. `CodeContext` is the only caller; it runs one execution at a time."""
+
+    language: str
+
+    @property
+    def is_alive(self) -> bool: ...
+
+    @property
+    def host_pid(self) -> int | None:
+        """The kernel process as the node sees it (None before start)."""
+        ...
+
+    async def start(self) -> None:
+        """Return once the kernel answers requests; raise Unavailable (and leave nothing) if not."""
+        ...
+
+    async def send(self, code: str, env: Mapping[str, str]) -> Pending:
+        """Submit code; its messages then come from `receive`."""
+        ...
+
+    async def receive(self, pending: Pending, timeout_s: float | None) -> KernelMessage | None:
+        """The next message of `pending` (its `execute_reply` last), None when `timeout_s` passes
+        first. Raises KernelExited when the process is gone."""
+        ...
+
+    async def interrupt(self) -> None:
+        """SIGINT to the kernel's process group, as Jupyter does for local kernels."""
+        ...
+
+    async def aclose(self) -> None:
+        """Kill the process (if alive), close every socket and task. Idempotent."""
+        ...
+
+
+@dataclass(slots=True)
+class SandboxLink:
+    """How a kernel reaches its sandbox: the driver and the sandbox id."""
+
+    driver: SandboxDriver
+    sandbox_id: str
+
+    async def exec(self, spec: ExecSpec) -> SandboxProcess:
+        return await self.driver.exec(self.sandbox_id, spec)
+
+    async def signal_group(self, pid: int, signum: int) -> None:
+        """Signal the process group led by in-sandbox `pid` (every kernel is a session leader).
+        Done from inside the sandbox, so a recycled pid can only name the sandbox's own processes."""
+        name = signal.Signals(signum).name.removeprefix("SIG")
+        argv = ["/bin/bash", "-c", 'kill -s "$1" -- "-$2" 2>/dev/null', "signal", name, str(pid)]
+        process = await self.exec(ExecSpec(argv=argv, cwd="/"))
+        await process.close_stdin()
+        await asyncio.gather(process.stdout.read(), process.stderr.read())
+        await process.wait()
+
+
+@dataclass(slots=True)
+class KernelProcess:
+    """The kernel's sandbox process and a task that notices its exit."""
+
+    process: SandboxProcess
+    link: SandboxLink
+    stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def watch(self, *, drain_stdout: bool) -> None:
+        self._tasks.append(asyncio.create_task(self._wait(), name=f"kernel pid {self.process.pid}"))
+        if drain_stdout:
+            self._tasks.append(asyncio.create_task(self._drain(self.process.stdout, None)))
+            self._tasks.append(asyncio.create_task(self._drain(self.process.stderr, self.stderr_tail)))
+
+    async def _wait(self) -> None:
+        await self.process.wait()
+        self.exited.set()
+
+    @staticmethod
+    async def _drain(stream: asyncio.StreamReader, tail: deque[str] | None) -> None:
+        while line := await stream.readline():
+            if tail is not None:
+                tail.append(line.decode(errors="replace").rstrip()[:500])
+
+    def describe_exit(self) -> str:
+        tail = "; ".join(line for line in self.stderr_tail if line)
+        return f" ({tail[-800:]})" if tail else ""
+
+    async def aclose(self) -> None:
+        """Kill the kernel's whole process group (what its code started too), then the kernel."""
+        if not self.exited.is_set():
+            with contextlib.suppress(Exception):  # the sandbox may be gone already
+                async with asyncio.timeout(GROUP_KILL_TIMEOUT_S):
+                    await self.link.signal_group(self.process.pid, signal.SIGKILL)
+        self.process.send_signal(signal.SIGKILL)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await self.process.wait()
+        self.exited.set()

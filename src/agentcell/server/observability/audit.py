@@ -1,0 +1,73 @@
+"""AuditLog: control-plane actions appended durably to the meta store and read back by time,
+action and tenant. An entry names who acted, what they did (method and route), the target (the
+route's path parameters), the result status and the request id — never a body or a query string.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from agentcell.errors import InvalidArgument
+from agentcell.server.clock import Clock
+from agentcell.server.meta.records import AuditRecord
+from agentcell.server.meta.store import MetaStore
+
+log = logging.getLogger(__name__)
+
+LOCAL_ACTOR = "local"
+"""Who acts until API keys exist: the one local user of an embedded server."""
+DEFAULT_TENANT = "default"
+MAX_LIMIT = 1000
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who made a request, as the audit log records it. The authentication layer supplies it (see
+    `AuditMiddleware(actor_of=...)`); until then every request is `local` in the default tenant."""
+
+    actor: str = LOCAL_ACTOR
+    tenant: str = DEFAULT_TENANT
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    since: float
+    until: float
+    action: str | None = None
+    tenant: str | None = None
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        if self.until < self.since:
+            raise InvalidArgument(
+                f"until must not be before since (got since={self.since}, until={self.until})"
+            )
+        if not 1 <= self.limit <= MAX_LIMIT:
+            raise InvalidArgument(f"limit must be between 1 and {MAX_LIMIT}, got {self.limit}")
+
+
+def describe_target(path_params: Mapping[str, object]) -> str:
+    """`sandbox_id=sbx_1,key=k` from a route's path parameters ("" when it has none)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(path_params.items()))
+
+
+class AuditLog:
+    def __init__(self, store: MetaStore, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    def now(self) -> float:
+        return self._clock.now()
+
+    async def append(self, record: AuditRecord) -> None:
+        """Write one entry; a store failure is logged, never turned into the request's failure."""
+        try:
+            await self._store.append_audit(record)
+        except Exception:
+            log.exception("audit entry %s %s could not be written", record.request_id, record.action)
+
+    async def query(self, query: AuditQuery) -> list[AuditRecord]:
+        return await self._store.audit(query.since, query.until, query.action, query.tenant, query.limit)

@@ -1,0 +1,264 @@
+"""The snapshot manifest: what one snapshot holds, its wire form (JSON + zlib), and its validation.
+
+A manifest lists every entry of a workspace (path, kind, mode, size, mtime, content hash) and,
+for regular files, the pieces their bytes live in: a range of a per-snapshot pack object (small
+files), whole content-addressed chunk blobs (large files), or a range of the manifest's own inline
+area (a few recently changed small files, so that a small change costs one object, not two).
+
+Stored form: `MAGIC`, the length of the zlib-compressed JSON (8 bytes, big-endian), that JSON, then
+the inline bytes. A manifest read back from the store is
+hostile until `decode` has validated all of it: nothing is written before that.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from agentcell.errors import WorkspaceCorrupt
+
+FORMAT_VERSION = 1
+MAX_ENTRIES = 1_000_000
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+MAX_FILE_BYTES = 1 << 40
+MAX_PIECE_BYTES = 64 << 20
+MAX_MANIFEST_BYTES = 512 << 20  # after decompression
+KINDS = ("f", "d", "l")
+CODEC_RAW, CODEC_ZLIB = 0, 1
+INLINE = "inline"  # the piece lives in the manifest object itself, after the JSON
+MAGIC = b"ACSNAP1\n"
+HEADER_BYTES = len(MAGIC) + 8  # magic, then the compressed JSON's length (u64, big-endian)
+HASH_RE = re.compile(r"[0-9a-f]{64}")
+OBJECT_RE = re.compile(r"(packs/[0-9]{12}-[0-9]{4}|blobs/[0-9a-f]{64}(\.z)?)")
+
+
+class SnapshotCorrupt(WorkspaceCorrupt):
+    """A snapshot's manifest or one of its objects is missing, malformed or fails its hash.
+
+    The message names the object. Nothing has been written outside the target directory.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """`size` raw bytes whose sha256 is `hash`, stored as `stored` bytes at `offset` in `obj`."""
+
+    obj: str
+    offset: int
+    stored: int
+    size: int
+    codec: int
+    hash: str
+
+    def to_json(self) -> list[Any]:
+        return [self.obj, self.offset, self.stored, self.size, self.codec, self.hash]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    path: str
+    kind: str  # "f" file, "d" directory, "l" symlink
+    mode: int
+    size: int = 0
+    mtime_ns: int = 0
+    hash: str = ""  # sha256 of a file's bytes; "" for directories and links
+    target: str = ""  # a symlink's target text
+    pieces: tuple[Piece, ...] = ()
+
+    def to_json(self) -> list[Any]:
+        pieces = [piece.to_json() for piece in self.pieces]
+        return [self.path, self.kind, self.mode, self.size, self.mtime_ns, self.hash, self.target, pieces]
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    seq: int
+    created_at: float
+    scan_ns: int  # file-system time when the walk started (decides which mtimes are trustworthy)
+    entries: tuple[Entry, ...]
+    objects: dict[str, int] = field(default_factory=dict)  # every object referenced → stored size
+    uploaded_bytes: int = 0
+    hashed_files: int = 0
+    skipped: int = 0
+    inline: bytes = b""  # recent small files, kept in the manifest itself (pieces in INLINE)
+
+    @property
+    def files(self) -> int:
+        return sum(1 for entry in self.entries if entry.kind == "f")
+
+    @property
+    def logical_bytes(self) -> int:
+        return sum(entry.size for entry in self.entries if entry.kind == "f")
+
+
+def encode(manifest: Manifest) -> bytes:
+    body = {
+        "version": FORMAT_VERSION,
+        "seq": manifest.seq,
+        "created_at": manifest.created_at,
+        "scan_ns": manifest.scan_ns,
+        "objects": manifest.objects,
+        "uploaded_bytes": manifest.uploaded_bytes,
+        "hashed_files": manifest.hashed_files,
+        "skipped": manifest.skipped,
+        "entries": [entry.to_json() for entry in manifest.entries],
+    }
+    packed = zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
+    return MAGIC + len(packed).to_bytes(8, "big") + packed + manifest.inline
+
+
+def decode(data: bytes, key: str) -> Manifest:
+    """Parse and validate a stored manifest; SnapshotCorrupt (naming `key`) on any defect."""
+    try:
+        if data[: len(MAGIC)] != MAGIC or len(data) < HEADER_BYTES:
+            raise ValueError("not a manifest")
+        end = HEADER_BYTES + int.from_bytes(data[len(MAGIC) : HEADER_BYTES], "big")
+        if end > len(data):
+            raise ValueError("truncated")
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(data[HEADER_BYTES:end], MAX_MANIFEST_BYTES)
+        if inflater.unconsumed_tail or not inflater.eof:
+            raise ValueError("truncated or oversize")
+        body = json.loads(raw)
+        manifest = replace(_from_json(body), inline=data[end:])
+        validate(manifest)
+    except SnapshotCorrupt as exc:
+        raise SnapshotCorrupt(f"snapshot manifest {key!r} is corrupt: {exc.message}") from exc
+    except (ValueError, TypeError, KeyError, IndexError, zlib.error, RecursionError) as exc:
+        raise SnapshotCorrupt(f"snapshot manifest {key!r} is corrupt: {type(exc).__name__}") from exc
+    return manifest
+
+
+def _from_json(body: dict[str, Any]) -> Manifest:
+    if body["version"] != FORMAT_VERSION:
+        raise SnapshotCorrupt(f"unknown format version {body['version']!r}")
+    entries = tuple(_entry(item) for item in _list(body["entries"]))
+    objects = body["objects"]
+    if not isinstance(objects, dict):
+        raise TypeError("objects")
+    return Manifest(
+        seq=_int(body["seq"]),
+        created_at=float(body["created_at"]),
+        scan_ns=_int(body["scan_ns"]),
+        entries=entries,
+        objects={_str(k): _int(v) for k, v in objects.items()},
+        uploaded_bytes=_int(body["uploaded_bytes"]),
+        hashed_files=_int(body["hashed_files"]),
+        skipped=_int(body["skipped"]),
+    )
+
+
+def _entry(item: Any) -> Entry:
+    path, kind, mode, size, mtime_ns, hash_, target, pieces = _list(item)
+    return Entry(
+        _str(path),
+        _str(kind),
+        _int(mode),
+        _int(size),
+        _int(mtime_ns),
+        _str(hash_),
+        _str(target),
+        tuple(_piece(p) for p in _list(pieces)),
+    )
+
+
+def _piece(item: Any) -> Piece:
+    obj, offset, stored, size, codec, hash_ = _list(item)
+    return Piece(_str(obj), _int(offset), _int(stored), _int(size), _int(codec), _str(hash_))
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError("expected a list")
+    return value
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("expected an integer")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
+
+
+# ---- validation ----------------------------------------------------------------------------------
+
+
+def validate(manifest: Manifest) -> None:
+    """Every rule a restore relies on; raises SnapshotCorrupt naming the first offending entry."""
+    if len(manifest.entries) > MAX_ENTRIES:
+        raise SnapshotCorrupt(f"more than {MAX_ENTRIES} entries")
+    for key, size in manifest.objects.items():
+        if not OBJECT_RE.fullmatch(key) or size < 0:
+            raise SnapshotCorrupt(f"bad object reference {key[:80]!r}")
+    kinds: dict[str, str] = {}
+    sizes = {**manifest.objects, INLINE: len(manifest.inline)}
+    for entry in manifest.entries:
+        _validate_path(entry.path)
+        if entry.path in kinds:
+            raise SnapshotCorrupt(f"duplicate entry {entry.path[:200]!r}")
+        parent = entry.path.rpartition("/")[0]
+        if parent and kinds.get(parent) != "d":
+            raise SnapshotCorrupt(f"entry {entry.path[:200]!r} is not inside a directory of the snapshot")
+        _validate_entry(entry, sizes)
+        kinds[entry.path] = entry.kind
+
+
+def _validate_path(path: str) -> None:
+    if (
+        not path
+        or "\0" in path
+        or path.startswith("/")
+        or len(path.encode("utf-8", "surrogateescape")) > (MAX_PATH_BYTES)
+    ):
+        raise SnapshotCorrupt(f"bad path {path[:200]!r}")
+    for name in path.split("/"):
+        if name in ("", ".", "..") or len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            raise SnapshotCorrupt(f"bad path {path[:200]!r}")
+
+
+def _validate_entry(entry: Entry, objects: dict[str, int]) -> None:
+    where = f"entry {entry.path[:200]!r}"
+    if entry.kind not in KINDS:
+        raise SnapshotCorrupt(f"{where} has unsupported type {entry.kind[:20]!r}")
+    if not 0 <= entry.mode <= 0o7777:
+        raise SnapshotCorrupt(f"{where} has bad mode {entry.mode!r}")
+    if entry.kind == "l":
+        if not entry.target or "\0" in entry.target or len(entry.target.encode()) >= MAX_PATH_BYTES:
+            raise SnapshotCorrupt(f"{where} has a bad link target")
+    elif entry.target:
+        raise SnapshotCorrupt(f"{where} has a link target but is not a link")
+    if entry.kind != "f":
+        if entry.pieces or entry.size:
+            raise SnapshotCorrupt(f"{where} is not a file but has content")
+        return
+    if not 0 <= entry.size <= MAX_FILE_BYTES or not HASH_RE.fullmatch(entry.hash):
+        raise SnapshotCorrupt(f"{where} has a bad size or hash")
+    if sum(piece.size for piece in entry.pieces) != entry.size:
+        raise SnapshotCorrupt(f"{where}: pieces do not add up to its size")
+    for piece in entry.pieces:
+        _validate_piece(piece, objects, where)
+
+
+def _validate_piece(piece: Piece, objects: dict[str, int], where: str) -> None:
+    stored_size = objects.get(piece.obj)
+    bad = (
+        stored_size is None
+        or piece.codec not in (CODEC_RAW, CODEC_ZLIB)
+        or not HASH_RE.fullmatch(piece.hash)
+        or not 0 < piece.size <= MAX_PIECE_BYTES
+        or not 0 < piece.stored <= MAX_PIECE_BYTES
+        or piece.offset < 0
+        or piece.offset + piece.stored > stored_size
+        or (piece.codec == CODEC_RAW and piece.stored != piece.size)
+    )
+    if bad:
+        raise SnapshotCorrupt(f"{where} has a bad piece in {piece.obj[:80]!r}")

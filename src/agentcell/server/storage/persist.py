@@ -1,0 +1,285 @@
+"""One persist of one workspace: walk it, decide what changed, upload only that, build the manifest.
+
+A file whose size, mtime and mode equal its entry in the previous manifest is reused without being
+read, unless its mtime was too close to the previous walk to be trusted (the "racy clean" case:
+a write in the same timestamp tick would not have changed the mtime). Content already stored
+(renamed files, identical files, unchanged chunks of a large file) is not uploaded again. Packs that
+have become mostly dead are rewritten so stored bytes stay close to live bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field, replace
+
+from agentcell.server.storage.manifest import INLINE, Entry, Manifest, Piece
+from agentcell.server.storage.objects import ObjectStore
+from agentcell.server.storage.pieces import (
+    CHUNK_BYTES,
+    INLINE_BYTES,
+    PACK_BYTES,
+    SMALL_FILE_BYTES,
+    Pack,
+    blob_key,
+    digest,
+    encode,
+    pack_key,
+)
+from agentcell.server.storage.threads import settled
+from agentcell.server.storage.tree import Excludes, Found, Reader, Scan, scan
+
+RACY_NS = 1_000_000_000  # mtimes this close to the previous walk are re-hashed
+SPARSE = 0.5  # rewrite a pack whose live bytes fall under half of it
+
+
+@dataclass(slots=True)
+class Totals:
+    uploaded_bytes: int = 0
+    hashed_files: int = 0
+    objects: dict[str, int] = field(default_factory=dict)
+
+
+class Persist:
+    """Owns one persist; `run` returns the new manifest after every object it references is stored."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        prefix: str,
+        seq: int,
+        previous: Manifest | None,
+        *,
+        compress: bool,
+        small_file_bytes: int = SMALL_FILE_BYTES,
+    ) -> None:
+        self._store, self._prefix, self._seq = store, prefix, seq
+        self._previous = previous
+        self._compress = compress
+        self._small = small_file_bytes
+        self._totals = Totals()
+        self._by_hash: dict[str, Piece] = {}  # small-file content already stored → its piece
+        self._known = dict(previous.objects) if previous else {}  # objects we may reference
+        self._read_entries: dict[str, Entry] = {}
+        self._inline = b""
+
+    async def run(self, dir_fd: int, excludes: Excludes, created_at: float) -> Manifest:
+        scan_ns = time.time_ns()  # file-system time, compared with file mtimes (not a deadline)
+        tree = await settled(scan, dir_fd, excludes)
+        done, to_read = self._plan(tree)
+        reader = await settled(Reader, dir_fd, tree.root_dev)
+        try:
+            large = await self._store_small(reader, [f for f in to_read if f.size <= self._small])
+            large += [f for f in to_read if f.size > self._small]
+            for found in sorted(large, key=lambda f: f.path):
+                entry = await self._store_large(reader, found)
+                if entry is not None:
+                    done[found.path] = entry
+            done.update(self._read_entries)
+        finally:
+            await settled(reader.close)
+        entries = tuple(done[f.path] for f in tree.entries if f.path in done)
+        return self._manifest(entries, tree, created_at, scan_ns)
+
+    # ---- planning ---------------------------------------------------------------------------------
+
+    def _plan(self, tree: Scan) -> tuple[dict[str, Entry], list[Found]]:
+        """Entries that need no reading, and the files that must be read."""
+        previous = {e.path: e for e in self._previous.entries} if self._previous else {}
+        trusted_before = self._previous.scan_ns - RACY_NS if self._previous else 0
+        done: dict[str, Entry] = {}
+        to_read: list[Found] = []
+        for found in tree.entries:
+            if found.kind != "f":
+                done[found.path] = Entry(
+                    found.path, found.kind, found.mode, 0, found.mtime_ns, target=found.target
+                )
+                continue
+            old = previous.get(found.path)
+            unchanged = (
+                old is not None
+                and old.kind == "f"
+                and (old.size, old.mtime_ns, old.mode) == (found.size, found.mtime_ns, found.mode)
+                and found.mtime_ns < trusted_before
+            )
+            if unchanged and old is not None and not _is_inline(old):
+                done[found.path] = old
+            else:
+                to_read.append(found)
+        self._index_previous()
+        self._move_out_of_sparse(done, to_read)
+        return done, to_read
+
+    def _index_previous(self) -> None:
+        """Every small-file content the previous snapshot stored, to reference instead of re-upload."""
+        for entry in self._previous.entries if self._previous else ():
+            if len(entry.pieces) == 1 and entry.pieces[0].obj.startswith("packs/"):
+                self._by_hash.setdefault(entry.hash, entry.pieces[0])
+
+    def _sparse_packs(self, entries: dict[str, Entry]) -> set[str]:
+        """Packs whose bytes still used by unchanged files fell under SPARSE of their size."""
+        live: dict[str, set[tuple[int, int]]] = {}
+        for entry in entries.values():
+            for piece in entry.pieces:
+                live.setdefault(piece.obj, set()).add((piece.offset, piece.stored))
+        return {
+            obj
+            for obj, pieces in live.items()
+            if obj.startswith("packs/")
+            and sum(stored for _, stored in pieces) < SPARSE * self._known.get(obj, 0)
+        }
+
+    def _move_out_of_sparse(self, done: dict[str, Entry], to_read: list[Found]) -> None:
+        """Files living in mostly-dead packs are read again into the new pack, so those packs can go."""
+        sparse = self._sparse_packs(done)
+        for path, entry in list(done.items()):
+            if any(piece.obj in sparse for piece in entry.pieces):
+                del done[path]
+                to_read.append(Found(path, "f", entry.mode, entry.size, entry.mtime_ns))
+        for obj in sparse:
+            del self._known[obj]
+        self._by_hash = {h: p for h, p in self._by_hash.items() if p.obj not in sparse}
+        to_read.sort(key=lambda found: found.path)
+
+    # ---- small files: packs -----------------------------------------------------------------------
+
+    async def _store_small(self, reader: Reader, files: list[Found]) -> list[Found]:
+        """Pack the small files; returns those that turned out large when read.
+
+        When everything fits in one batch of at most INLINE_BYTES, it stays in the manifest
+        (`self._inline`) instead of becoming a pack: a small change then costs one object.
+        """
+        batches = _batches(files)
+        grown: list[Found] = []
+        for index, batch in enumerate(batches):
+            pack = Pack(INLINE)
+            entries, grown_here = await settled(self._fill_pack, reader, batch, pack)
+            self._read_entries.update(entries)
+            grown += grown_here
+            if len(batches) == 1 and len(pack.data) <= INLINE_BYTES:
+                self._inline = bytes(pack.data)
+            elif pack.data:
+                await self._publish(pack, pack_key(self._seq, index))
+        return grown
+
+    async def _publish(self, pack: Pack, key: str) -> None:
+        """Store a filled pack under `key` and point its pieces there instead of INLINE."""
+        await self._store.put(f"{self._prefix}/{key}", bytes(pack.data))
+        self._totals.uploaded_bytes += len(pack.data)
+        self._known[key] = len(pack.data)
+
+        def moved(piece: Piece) -> Piece:
+            return replace(piece, obj=key) if piece.obj == INLINE else piece
+
+        self._by_hash = {h: moved(p) for h, p in self._by_hash.items()}
+        self._read_entries = {
+            path: replace(e, pieces=tuple(moved(p) for p in e.pieces)) if _is_inline(e) else e
+            for path, e in self._read_entries.items()
+        }
+
+    def _fill_pack(
+        self, reader: Reader, batch: list[Found], pack: Pack
+    ) -> tuple[dict[str, Entry], list[Found]]:
+        """(thread) Read, hash and append each file; files that grew past the limit are returned."""
+        entries: dict[str, Entry] = {}
+        grown: list[Found] = []
+        for found in batch:
+            opened = reader.open_file(found.path)
+            if opened is None:
+                continue
+            fd, st = opened
+            try:
+                data = _read_up_to(fd, self._small + 1)
+            finally:
+                os.close(fd)
+            if len(data) > self._small:
+                grown.append(Found(found.path, "f", found.mode, len(data), found.mtime_ns))
+                continue
+            self._totals.hashed_files += 1
+            hash_ = digest(data)
+            pieces: tuple[Piece, ...] = ()
+            if data:
+                if hash_ not in self._by_hash:
+                    self._by_hash[hash_] = pack.add(data, hash_, self._compress)
+                pieces = (self._by_hash[hash_],)
+            mode = st.st_mode & 0o7777
+            entries[found.path] = Entry(found.path, "f", mode, len(data), st.st_mtime_ns, hash_, "", pieces)
+        return entries, grown
+
+    # ---- large files: chunk blobs -----------------------------------------------------------------
+
+    async def _store_large(self, reader: Reader, found: Found) -> Entry | None:
+        opened = await settled(reader.open_file, found.path)
+        if opened is None:
+            return None
+        fd, st = opened
+        whole = hashlib.sha256()
+        pieces: list[Piece] = []
+        try:
+            while chunk := await settled(_next_chunk, fd, whole, self._compress):
+                piece, stored = chunk
+                pieces.append(piece)
+                if piece.obj not in self._known:
+                    await self._store.put(f"{self._prefix}/{piece.obj}", stored)
+                    self._known[piece.obj] = len(stored)
+                    self._totals.uploaded_bytes += len(stored)
+        finally:
+            os.close(fd)
+        self._totals.hashed_files += 1
+        size = sum(p.size for p in pieces)
+        mode = st.st_mode & 0o7777
+        return Entry(found.path, "f", mode, size, st.st_mtime_ns, whole.hexdigest(), "", tuple(pieces))
+
+    # ---- result -----------------------------------------------------------------------------------
+
+    def _manifest(self, entries: tuple[Entry, ...], tree: Scan, created_at: float, scan_ns: int) -> Manifest:
+        objects = {p.obj: self._known[p.obj] for e in entries for p in e.pieces if p.obj != INLINE}
+        return Manifest(
+            seq=self._seq,
+            created_at=created_at,
+            scan_ns=scan_ns,
+            entries=entries,
+            objects=objects,
+            uploaded_bytes=self._totals.uploaded_bytes,
+            hashed_files=self._totals.hashed_files,
+            skipped=tree.skipped,
+            inline=self._inline,
+        )
+
+
+def _is_inline(entry: Entry) -> bool:
+    return any(piece.obj == INLINE for piece in entry.pieces)
+
+
+def _batches(files: list[Found]) -> list[list[Found]]:
+    """Consecutive runs of files of at most PACK_BYTES (by walk size) each."""
+    batches: list[list[Found]] = []
+    budget = PACK_BYTES
+    for found in files:
+        if budget + found.size > PACK_BYTES or not batches:
+            batches.append([])
+            budget = 0
+        batches[-1].append(found)
+        budget += found.size
+    return batches
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    parts: list[bytes] = []
+    remaining = limit
+    while remaining > 0 and (part := os.read(fd, min(remaining, 1 << 20))):
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
+
+
+def _next_chunk(fd: int, whole: hashlib._Hash, compress: bool) -> tuple[Piece, bytes] | None:
+    """(thread) The next chunk of a large file as a blob piece and its stored bytes; None at EOF."""
+    data = _read_up_to(fd, CHUNK_BYTES)
+    if not data:
+        return None
+    whole.update(data)
+    hash_ = digest(data)
+    codec, stored = encode(data, compress)
+    return Piece(blob_key(hash_, codec), 0, len(stored), len(data), codec, hash_), stored

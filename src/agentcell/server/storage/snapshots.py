@@ -1,0 +1,258 @@
+"""Snapshots: versioned, incremental, atomic copies of a workspace directory in an ObjectStore.
+
+Layout under a prefix (e.g. `tenant/function/session`)::
+
+    {prefix}/snapshots/{seq:012d}   the manifest (JSON + zlib, then an inline area holding up to
+                                    64 KiB of recently changed small files), written last: its
+                                    presence *is* the snapshot
+    {prefix}/packs/{seq:012d}-{n:04d}  small files first stored by snapshot `seq`, concatenated
+    {prefix}/blobs/{sha256}[.z]     one chunk of a large file, content-addressed
+
+Persist uploads packs and blobs, then the manifest, then deletes manifests beyond the last `keep`
+and every pack or blob no kept manifest references. A crash at any point leaves the previous
+manifest and everything it references intact; leftovers of the crashed persist are collected by
+the next one. Persists and restores of one prefix are serialized inside this object (one server
+process owns a prefix at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import errno
+import logging
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agentcell.errors import AgentcellError, Internal, InvalidArgument, NotFound, QuotaExceeded
+from agentcell.server.clock import Clock
+from agentcell.server.storage.manifest import Manifest, SnapshotCorrupt, decode, encode
+from agentcell.server.storage.objects import ObjectStore, validate_key
+from agentcell.server.storage.persist import Persist
+from agentcell.server.storage.pieces import SMALL_FILE_BYTES
+from agentcell.server.storage.restore import Restore
+from agentcell.server.storage.tree import Excludes
+
+__all__ = ["SnapshotCorrupt", "SnapshotInfo", "Snapshots"]
+
+log = logging.getLogger(__name__)
+
+MANIFESTS = "snapshots/"
+COLLECTED = ("packs/", "blobs/")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    seq: int
+    created_at: float
+    files: int
+    logical_bytes: int  # sum of file sizes
+    uploaded_bytes: int  # bytes this snapshot's persist uploaded (manifest included)
+    stored_bytes: int  # bytes of every object this snapshot needs (shared ones included)
+    hashed_files: int = 0  # files read and hashed by its persist (the rest were unchanged)
+    skipped: int = 0  # fifos, sockets, devices, other mounts and vanished entries left out
+
+
+class Snapshots:
+    """Owns the snapshot objects of every prefix it is given; called by the scheduler on pre-stop,
+    on demand and periodically (persist), and before a resumed session's first request (restore)."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        clock: Clock,
+        *,
+        keep: int = 3,
+        compress: bool = True,
+        small_file_bytes: int = SMALL_FILE_BYTES,
+    ) -> None:
+        """`compress`: zlib level 1 where a probe shows it pays; `small_file_bytes`: files up to this
+        size share pack objects (0: every file is its own content-addressed blob)."""
+        if keep < 1:
+            raise InvalidArgument(f"keep must be at least 1, got {keep}")
+        if not 0 <= small_file_bytes <= SMALL_FILE_BYTES:
+            raise InvalidArgument(f"small_file_bytes must be between 0 and {SMALL_FILE_BYTES}")
+        self._store, self._clock, self._keep, self._compress = store, clock, keep, compress
+        self._small = small_file_bytes
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def _lock(self, prefix: str) -> asyncio.Lock:
+        lock = self._locks.get(prefix)
+        if lock is None:
+            lock = self._locks[prefix] = asyncio.Lock()
+        return lock
+
+    async def persist(
+        self,
+        prefix: str,
+        dir_fd: int,
+        exclude: Sequence[str] = (),
+        *,
+        owner: tuple[int, int] | None = None,
+        keep: int | None = None,
+    ) -> SnapshotInfo:
+        """Snapshot the directory `dir_fd` as the next version under `prefix`, keeping the last
+        `keep` snapshots (default: the constructor's).
+
+        `owner` is accepted for symmetry with `restore`: persisting reads as root and records no
+        ownership; restore gives every entry the owner it is told.
+        """
+        validate_key(prefix)
+        excludes = Excludes(exclude)
+        keep = self._keep if keep is None else keep
+        if keep < 1:
+            raise InvalidArgument(f"keep must be at least 1, got {keep}")
+        async with self._lock(prefix):
+            seqs = await self._seqs(prefix)
+            previous = await self._newest_readable(prefix, seqs)
+            seq = max(seqs, default=0) + 1
+            job = Persist(
+                self._store, prefix, seq, previous, compress=self._compress, small_file_bytes=self._small
+            )
+            try:
+                manifest = await job.run(dir_fd, excludes, self._clock.now())
+            except OSError as exc:
+                raise _os_failure(exc, f"persist of {prefix!r}") from exc
+            if _unchanged(manifest, previous, seqs):
+                # Nothing changed: a copy of the newest snapshot would only push an older,
+                # different one out of the `keep` window (periodic syncs of an idle session).
+                assert previous is not None
+                return _info(previous, len(encode(previous)), uploaded=0)
+            data = encode(manifest)
+            await self._store.put(_manifest_key(prefix, seq), data)
+            await self._collect(prefix, [*seqs, seq], manifest, keep)
+            return _info(manifest, len(data), uploaded=manifest.uploaded_bytes + len(data))
+
+    async def restore(
+        self,
+        prefix: str,
+        dir_fd: int,
+        *,
+        owner: tuple[int, int] | None = None,
+        seq: int | None = None,
+    ) -> SnapshotInfo | None:
+        """Replace the contents of `dir_fd` with snapshot `seq` (default: the latest).
+
+        None when `prefix` has no snapshot at all; SnapshotCorrupt (target left empty) when the
+        manifest or an object is missing or bad; NotFound when an explicit `seq` does not exist.
+        """
+        validate_key(prefix)
+        async with self._lock(prefix):
+            seqs = await self._seqs(prefix)
+            if seq is not None and seq not in seqs:
+                raise NotFound(f"snapshot {seq} of {prefix!r} does not exist (have {sorted(seqs)})")
+            if not seqs:
+                return None
+            manifest, size = await self._load(prefix, seq if seq is not None else max(seqs))
+            try:
+                await Restore(self._store, prefix, manifest, owner).run(dir_fd)
+            except OSError as exc:
+                raise _os_failure(exc, f"restore of snapshot {manifest.seq} of {prefix!r}") from exc
+            return _info(manifest, size)
+
+    async def latest(self, prefix: str) -> SnapshotInfo | None:
+        validate_key(prefix)
+        seqs = await self._seqs(prefix)
+        if not seqs:
+            return None
+        manifest, size = await self._load(prefix, max(seqs))
+        return _info(manifest, size)
+
+    async def list(self, prefix: str) -> list[SnapshotInfo]:
+        """Every kept snapshot of `prefix`, oldest first."""
+        validate_key(prefix)
+        infos = []
+        for seq in sorted(await self._seqs(prefix)):
+            manifest, size = await self._load(prefix, seq)
+            infos.append(_info(manifest, size))
+        return infos
+
+    async def stored_bytes(self, prefix: str) -> int:
+        """Bytes stored under `prefix` (all kept snapshots, shared objects counted once)."""
+        validate_key(prefix)
+        return sum(info.size for info in await self._store.list(f"{prefix}/"))
+
+    async def delete_all(self, prefix: str) -> None:
+        validate_key(prefix)
+        async with self._lock(prefix):
+            await self._store.delete_prefix(f"{prefix}/")
+
+    # ---- internals --------------------------------------------------------------------------------
+
+    async def _seqs(self, prefix: str) -> builtins.list[int]:
+        names = [info.key.rsplit("/", 1)[1] for info in await self._store.list(f"{prefix}/{MANIFESTS}")]
+        return [int(name) for name in names if len(name) == 12 and name.isdigit()]
+
+    async def _load(self, prefix: str, seq: int) -> tuple[Manifest, int]:
+        key = _manifest_key(prefix, seq)
+        try:
+            data = await self._store.get(key)
+        except NotFound as exc:
+            raise SnapshotCorrupt(f"snapshot manifest {key!r} is missing") from exc
+        manifest = decode(data, key)
+        if manifest.seq != seq:
+            raise SnapshotCorrupt(f"snapshot manifest {key!r} claims to be snapshot {manifest.seq}")
+        return manifest, len(data)
+
+    async def _newest_readable(self, prefix: str, seqs: builtins.list[int]) -> Manifest | None:
+        """The base for an incremental persist; a bad newest snapshot only costs a full upload."""
+        for seq in sorted(seqs, reverse=True):
+            try:
+                return (await self._load(prefix, seq))[0]
+            except SnapshotCorrupt as exc:
+                log.warning("persist of %s starts from scratch: %s", prefix, exc.message)
+        return None
+
+    async def _collect(self, prefix: str, seqs: builtins.list[int], newest: Manifest, keep: int) -> None:
+        """Drop manifests beyond `keep`, then objects that no kept manifest references."""
+        ordered = sorted(seqs)
+        kept, dropped = ordered[-keep:], ordered[:-keep]
+        for seq in dropped:
+            await self._store.delete(_manifest_key(prefix, seq))
+        referenced = set(newest.objects)
+        for seq in kept:
+            if seq == newest.seq:
+                continue
+            try:
+                referenced |= set((await self._load(prefix, seq))[0].objects)
+            except SnapshotCorrupt:
+                return  # cannot tell what it needs: keep every object until it ages out
+        for area in COLLECTED:
+            for info in await self._store.list(f"{prefix}/{area}"):
+                if info.key[len(prefix) + 1 :] not in referenced:
+                    await self._store.delete(info.key)
+
+
+def _os_failure(exc: OSError, what: str) -> AgentcellError:
+    """A file-system failure on the workspace side, as a domain error (the store's are already)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return QuotaExceeded(f"{what}: the workspace ran out of space ({exc.strerror})")
+    return Internal(f"{what} failed on the workspace: {exc.strerror or exc}")
+
+
+def _unchanged(manifest: Manifest, previous: Manifest | None, seqs: builtins.list[int]) -> bool:
+    """The walk found exactly what the newest snapshot (which is readable) holds."""
+    return (
+        previous is not None
+        and previous.seq == max(seqs)
+        and manifest.uploaded_bytes == 0
+        and manifest.entries == previous.entries
+    )
+
+
+def _manifest_key(prefix: str, seq: int) -> str:
+    return f"{prefix}/{MANIFESTS}{seq:012d}"
+
+
+def _info(manifest: Manifest, manifest_bytes: int, *, uploaded: int | None = None) -> SnapshotInfo:
+    return SnapshotInfo(
+        seq=manifest.seq,
+        created_at=manifest.created_at,
+        files=manifest.files,
+        logical_bytes=manifest.logical_bytes,
+        uploaded_bytes=manifest.uploaded_bytes + manifest_bytes if uploaded is None else uploaded,
+        stored_bytes=sum(manifest.objects.values()) + manifest_bytes,
+        hashed_files=manifest.hashed_files,
+        skipped=manifest.skipped,
+    )

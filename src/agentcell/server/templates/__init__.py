@@ -1,0 +1,1 @@
+"""Templates: recipes built into read-only layers that sandboxes start from."""

@@ -1,0 +1,71 @@
+"""schemathesis (from PyPI) fuzzes the whole API of a real server (Linux driver) from its own
+/openapi.json: no answer may be a 5xx, and the server must still be up and healthy afterwards.
+
+Bounded for CI: a few examples per operation, a fixed seed (a failure reproduces), no shrinking,
+and a time budget for the whole run. A request that merely takes longer than the client waits (a
+command or code run the fuzzer gave a long timeout) is not a failure; a 5xx or a dead server is.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess
+
+MAX_EXAMPLES = 10
+TIME_BUDGET_S = 100
+SEED = 20261122
+SLOW_ANSWERS = ("Read timed out",)
+
+
+def schemathesis(server: ServerProcess, reports: Path) -> subprocess.CompletedProcess[str]:
+    st = Path(sys.executable).with_name("st")
+    argv = [
+        str(st),
+        "run",
+        f"{server.url}/openapi.json",
+        "--checks=not_a_server_error",
+        f"--max-examples={MAX_EXAMPLES}",
+        f"--max-time={TIME_BUDGET_S}",
+        f"--seed={SEED}",
+        "--no-shrink",
+        "--workers=1",
+        "--request-timeout=20",
+        "--phases=examples,coverage,fuzzing",
+        "--report=junit",
+        f"--report-dir={reports}",
+    ]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=TIME_BUDGET_S + 120)
+
+
+def problems(reports: Path) -> list[str]:
+    """Every failed check, and every error other than a slow answer, from the JUnit report."""
+    found = []
+    for report in reports.glob("*.xml"):
+        for case in ET.parse(report).getroot().iter("testcase"):
+            for failure in case.iter("failure"):
+                found.append(f"{case.get('name')}: {failure.text}")
+            for error in case.iter("error"):
+                if not any(slow in (error.text or "") for slow in SLOW_ANSWERS):
+                    found.append(f"{case.get('name')}: {error.text}")
+    return found
+
+
+@pytest.mark.timeout(TIME_BUDGET_S + 150)
+def test_fuzzing_the_api_finds_no_server_error(server_factory: type, tmp_path: Path) -> None:
+    server = server_factory()
+    reports = tmp_path / "reports"
+    run = schemathesis(server, reports)
+    assert list(reports.glob("*.xml")), (
+        f"schemathesis wrote no report:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    )
+    found = problems(reports)
+    assert not found, "\n\n".join(found)[:8000]
+    assert server.proc.poll() is None, f"the server died:\n{server.log()}"
+    assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200

@@ -1,0 +1,188 @@
+"""MCP hosting through the gateway, driven by the official `mcp` client against a stdio MCP server
+bridged by agentcell, on a function with several instances: every request of one MCP session
+reaches one instance (Streamable HTTP, legacy SSE, a GET stream resumed with Last-Event-ID),
+sessions are isolated, unknown sessions answer 404, modern-era requests need no session."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from mcp import Client
+from mcp.client.sse import sse_client
+
+from tests.integration.conftest import FIXTURES, deploy
+
+MCP_FN: dict[str, Any] = {
+    "stdio": "python3 server.py",
+    "affinity": {"kind": "mcp"},
+    "min_warm": 2,
+    "max_instances": 6,
+    "idle_timeout_s": 600,
+}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "raw-test", "version": "0"},
+    },
+}
+JSON_AND_SSE = {"accept": "application/json, text/event-stream"}
+
+
+@pytest.fixture
+def mcp_fn(api: httpx.Client) -> Iterator[str]:
+    name = "mcp-" + uuid.uuid4().hex[:8]
+    reply = deploy(api, name, MCP_FN, code=FIXTURES / "mcp_stdio")
+    assert reply.status_code == 200, reply.text
+    yield name
+    api.delete(f"/v1/functions/{name}")
+
+
+def live_keys(api: httpx.Client, fn: str) -> set[str]:
+    return {s["key"] for s in api.get(f"/v1/functions/{fn}/sessions").json()["sessions"]}
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float = 10, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s} s")
+        time.sleep(0.05)
+
+
+async def tool(client: Client, name: str, **arguments: Any) -> Any:
+    result = await client.call_tool(name, arguments)
+    assert not result.is_error, result
+    return json.loads(result.content[0].text)  # type: ignore[union-attr]
+
+
+async def instances_seen(client: Client, calls: int = 6) -> set[tuple[str, int]]:
+    return {(who["instance"], who["pid"]) for who in [await tool(client, "whoami") for _ in range(calls)]}
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_streamable_http_sessions_stay_on_one_instance(
+    api: httpx.Client, server_url: str, mcp_fn: str, mode: str
+) -> None:
+    url = f"{server_url}/fn/{mcp_fn}/mcp"
+    async with Client(url, mode=mode) as alice, Client(url, mode=mode) as bob:  # type: ignore[arg-type]
+        tools = {t.name for t in (await alice.list_tools()).tools}
+        assert {"whoami", "remember", "recall"} <= tools
+        seen_alice, seen_bob = await instances_seen(alice), await instances_seen(bob)
+        assert len(seen_alice) == 1 and len(seen_bob) == 1, (seen_alice, seen_bob)
+        assert seen_alice != seen_bob  # exclusive instances: one per MCP session
+        await tool(alice, "remember", text="alice's secret")
+        assert await tool(bob, "recall") == []
+        assert await tool(alice, "recall") == ["alice's secret"]
+        assert len(live_keys(api, mcp_fn)) == 2
+    wait_for(lambda: not live_keys(api, mcp_fn), what="DELETE on close to end both sessions")
+
+
+async def test_legacy_sse_sessions_stay_on_one_instance(
+    api: httpx.Client, server_url: str, mcp_fn: str
+) -> None:
+    url = f"{server_url}/fn/{mcp_fn}/sse"
+    async with Client(sse_client(url), mode="legacy") as alice, Client(sse_client(url), mode="legacy") as bob:
+        seen_alice, seen_bob = await instances_seen(alice), await instances_seen(bob)
+        assert len(seen_alice) == 1 and len(seen_bob) == 1 and seen_alice != seen_bob
+        await tool(bob, "remember", text="bob's")
+        assert await tool(alice, "recall") == []
+    wait_for(lambda: not live_keys(api, mcp_fn), what="closed SSE streams to end their sessions")
+
+
+def test_a_get_stream_resumes_on_the_same_instance_with_last_event_id(api: httpx.Client, mcp_fn: str) -> None:
+    url = f"/fn/{mcp_fn}/mcp"
+    init = api.post(url, json=INIT, headers=JSON_AND_SSE)
+    assert init.status_code == 200, init.text
+    session = {"mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    headers = {**JSON_AND_SSE, **session}
+    api.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+
+    def notify(count: int, request_id: int) -> None:
+        call = {"name": "notify", "arguments": {"count": count}}
+        reply = api.post(
+            url,
+            json={"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": call},
+            headers=headers,
+        )
+        assert reply.status_code == 200, reply.text
+
+    def read_events(extra: dict[str, str], count: int) -> list[tuple[int, dict[str, Any]]]:
+        events: list[tuple[int, dict[str, Any]]] = []
+        with api.stream("GET", url, headers={**session, "accept": "text/event-stream", **extra}) as stream:
+            assert stream.status_code == 200
+            event_id = 0
+            for line in stream.iter_lines():
+                if line.startswith("id: "):
+                    event_id = int(line[4:])
+                elif line.startswith("data: "):
+                    events.append((event_id, json.loads(line[6:])))
+                    if len(events) == count:
+                        break
+        return events
+
+    notify(3, 2)
+    first = read_events({}, 3)
+    notify(2, 3)  # sent while no stream is open
+    resumed = read_events({"last-event-id": str(first[-1][0])}, 2)
+    assert [n for n, _ in resumed] == [first[-1][0] + 1, first[-1][0] + 2]
+    instances = {e["params"]["data"]["instance"] for _, e in first + resumed}
+    assert len(instances) == 1  # the replay came from the instance that holds the session
+    assert api.delete(url, headers=session).status_code == 200
+    assert api.post(url, json=INIT | {"id": 9}, headers=headers).status_code == 404
+
+
+def test_unknown_and_malformed_session_ids(api: httpx.Client, mcp_fn: str) -> None:
+    url = f"/fn/{mcp_fn}/mcp"
+    unknown = api.post(url, json=INIT, headers={**JSON_AND_SSE, "mcp-session-id": "0123abcd"})
+    assert unknown.status_code == 404 and "initialize" in unknown.json()["message"]
+    bad = api.post(url, json=INIT, headers={**JSON_AND_SSE, "mcp-session-id": "../../etc"})
+    assert bad.status_code == 400
+    assert api.post(f"/fn/{mcp_fn}/messages/?session_id=nope", json={}).status_code == 404
+
+
+def test_modern_era_requests_go_anywhere_without_a_session(api: httpx.Client, mcp_fn: str) -> None:
+    discover = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}}
+    headers = {**JSON_AND_SSE, "mcp-protocol-version": "2026-07-28", "mcp-method": "server/discover"}
+    for _ in range(4):
+        reply = api.post(f"/fn/{mcp_fn}/mcp", json=discover, headers=headers)
+        assert reply.status_code == 400  # this bridged server speaks the handshake era only
+        assert "mcp-session-id" not in reply.headers
+    assert live_keys(api, mcp_fn) == set()
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_agentcell_s_own_mcp_server(server_url: str, mode: str) -> None:
+    """create sandbox → run a command → run code (state, a chart as an image) → files → kill."""
+    async with Client(f"{server_url}/mcp", mode=mode) as client:  # type: ignore[arg-type]
+        tools = {t.name for t in (await client.list_tools()).tools}
+        assert {"create_sandbox", "run_command", "run_code", "read_file", "kill_sandbox"} <= tools
+        created = await client.call_tool("create_sandbox", {"timeout_s": 120})
+        sandbox_id = json.loads(created.content[0].text)["id"]  # type: ignore[union-attr]
+        ran = await tool(client, "run_command", sandbox_id=sandbox_id, command="echo hi; exit 3")
+        assert ran["stdout"] == "hi\n" and ran["exit_code"] == 3
+        await client.call_tool("run_code", {"sandbox_id": sandbox_id, "code": "x = 6 * 7"})
+        answer = await client.call_tool("run_code", {"sandbox_id": sandbox_id, "code": "x"})
+        assert answer.content[0].text == "42"  # type: ignore[union-attr]
+        chart = "import matplotlib.pyplot as plt; plt.plot([1, 2]); plt.show()"
+        drawn = await client.call_tool("run_code", {"sandbox_id": sandbox_id, "code": chart})
+        assert any(c.type == "image" and c.mime_type == "image/png" for c in drawn.content)
+        await tool(client, "write_file", sandbox_id=sandbox_id, path="notes/a.txt", text="hello")
+        read = await client.call_tool(
+            "read_file", {"sandbox_id": sandbox_id, "path": "/home/user/notes/a.txt"}
+        )
+        assert read.content[0].text == "hello"  # type: ignore[union-attr]
+        missing = await client.call_tool("read_file", {"sandbox_id": sandbox_id, "path": "nope.txt"})
+        assert missing.is_error and "no such file" in missing.content[0].text  # type: ignore[union-attr]
+        await client.call_tool("kill_sandbox", {"sandbox_id": sandbox_id})
+        gone = await client.call_tool("run_command", {"sandbox_id": sandbox_id, "command": "true"})
+        assert gone.is_error

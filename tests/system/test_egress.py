@@ -1,0 +1,172 @@
+"""Network egress policy of process-tier sandboxes, end to end through the real driver: `none`
+has no way out at all, `allowlist` reaches what it lists and nothing else, `open` reaches anything
+(through the proxy). Every server here is one the test starts on the host's loopback."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from threading import Thread
+
+import pytest
+
+from agentcell.protocol.egress import NetworkPolicy
+from agentcell.server.egress.policy import EgressPolicy
+from agentcell.server.sandbox.driver import SandboxSpec
+from agentcell.server.sandbox.linux.driver import LinuxDriver
+from tests.system.conftest import make_driver, run
+
+pytestmark = pytest.mark.system
+
+VIA_PROXY = {"NO_PROXY": "", "no_proxy": ""}
+"""the host's loopback is reached through the proxy (127.0.0.1 inside is the sandbox itself)"""
+CURL = ["curl", "-sS", "--max-time", "10", "-w", "\\n%{http_code}"]
+FAST_S = 1.0
+
+
+def direct_probe(port: int) -> str:
+    """Python that connects straight to a TEST-NET address (no proxy) and prints the errno."""
+    connect = f"socket.create_connection(('192.0.2.1', {port}), timeout=30)"
+    return f"import socket\ntry: {connect}\nexcept OSError as e: print(e.errno)"
+
+
+class _Named(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = f"hello from {self.server.name}\n".encode()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def host_servers() -> Iterator[tuple[int, int]]:
+    """Two HTTP servers on the host's loopback, answering 'hello from one' / 'hello from two'."""
+    servers = []
+    for name in ("one", "two"):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Named)
+        server.name = name  # type: ignore[attr-defined]
+        Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    try:
+        yield servers[0].server_address[1], servers[1].server_address[1]
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+async def start(driver: LinuxDriver, sandbox_id: str, egress: str, allow: list[str] | None = None) -> str:
+    policy = EgressPolicy.from_wire(NetworkPolicy(egress=egress, allow=allow or []))  # type: ignore[arg-type]
+    await driver.start(SandboxSpec(sandbox_id=sandbox_id, egress=policy))
+    return sandbox_id
+
+
+async def curl(driver: LinuxDriver, sid: str, *args: str) -> tuple[str, str, float]:
+    """(body, status code, seconds) of a curl through the sandbox's proxy settings."""
+    started = time.monotonic()
+    result = await run(driver, sid, [*CURL, *args], env=VIA_PROXY)
+    elapsed = time.monotonic() - started
+    body, _, code = result.stdout.rpartition("\n")
+    return body + result.stderr, code, elapsed
+
+
+async def test_none_has_no_proxy_no_route_and_no_names(
+    linux_driver: LinuxDriver, host_servers: tuple[int, int]
+) -> None:
+    sid = await start(linux_driver, "egress-none", "none")
+    env = await run(linux_driver, sid, ["env"])
+    assert "HTTP_PROXY" not in env.stdout and "PIP_INDEX_URL" not in env.stdout
+    body, code, elapsed = await curl(linux_driver, sid, f"http://127.0.0.1:{host_servers[0]}/")
+    assert code == "000" and "hello" not in body and elapsed < FAST_S  # 127.0.0.1 is the sandbox's own
+    started = time.monotonic()
+    names = await run(linux_driver, sid, ["getent", "hosts", "localhost.example.com", "example.com"])
+    assert names.code != 0 and names.stdout == "" and time.monotonic() - started < FAST_S
+    started = time.monotonic()
+    direct = await run(linux_driver, sid, ["python3", "-c", direct_probe(80)])
+    assert direct.stdout.strip() == "101" and time.monotonic() - started < FAST_S  # ENETUNREACH
+
+
+async def test_allowlist_reaches_what_it_lists_and_nothing_else(
+    linux_driver: LinuxDriver, host_servers: tuple[int, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    one, two = host_servers
+    sid = await start(linux_driver, "egress-allow", "allowlist", [f"127.0.0.1:{one}"])
+    body, code, _ = await curl(linux_driver, sid, f"http://127.0.0.1:{one}/")
+    assert (body, code) == ("hello from one\n", "200")
+    with caplog.at_level(logging.WARNING, logger="agentcell.server.egress"):
+        body, code, elapsed = await curl(linux_driver, sid, f"http://127.0.0.1:{two}/")
+    assert code == "403" and elapsed < FAST_S
+    assert f"egress to 127.0.0.1:{two} is denied" in body and f"allowlist (127.0.0.1:{one})" in body
+    assert any(sid in r.getMessage() and str(two) in r.getMessage() for r in caplog.records)
+
+
+async def test_allowlist_tunnels_connect_only_to_listed_places(
+    linux_driver: LinuxDriver, host_servers: tuple[int, int]
+) -> None:
+    one, two = host_servers
+    sid = await start(linux_driver, "egress-connect", "allowlist", [f"127.0.0.0/8:{one}"])
+    body, code, _ = await curl(linux_driver, sid, "--proxytunnel", f"http://127.0.0.1:{one}/")
+    assert (body, code) == ("hello from one\n", "200")
+    body, code, elapsed = await curl(linux_driver, sid, "--proxytunnel", f"http://127.0.0.1:{two}/")
+    assert "403" in body and elapsed < FAST_S
+
+
+async def test_allowlist_checks_names_before_resolving_them(
+    linux_driver: LinuxDriver, host_servers: tuple[int, int]
+) -> None:
+    one, _ = host_servers
+    sid = await start(linux_driver, "egress-names", "allowlist", ["*.example.test", "localhost"])
+    body, code, elapsed = await curl(linux_driver, sid, f"http://127.0.0.1:{one}/")
+    assert code == "403" and elapsed < FAST_S
+    # allowed by name, but the answer is the host's loopback: that needs the address listed
+    body, code, _ = await curl(linux_driver, sid, f"http://localhost:{one}/")
+    assert code == "403" and "resolves to 127.0.0.1" in body
+    started = time.monotonic()
+    direct = await run(linux_driver, sid, ["python3", "-c", direct_probe(443)])
+    assert direct.stdout.strip() == "101" and time.monotonic() - started < FAST_S
+
+
+async def test_open_reaches_both(linux_driver: LinuxDriver, host_servers: tuple[int, int]) -> None:
+    one, two = host_servers
+    sid = await start(linux_driver, "egress-open", "open")
+    assert (await curl(linux_driver, sid, f"http://127.0.0.1:{one}/"))[:2] == ("hello from one\n", "200")
+    assert (await curl(linux_driver, sid, f"http://127.0.0.1:{two}/"))[:2] == ("hello from two\n", "200")
+    assert (await curl(linux_driver, sid, "-p", f"http://localhost:{two}/"))[:2] == (
+        "hello from two\n",
+        "200",
+    )
+    # the sandbox's own loopback stays its own (NO_PROXY), for servers it runs itself
+    env = (await run(linux_driver, sid, ["sh", "-c", "echo $HTTPS_PROXY $NO_PROXY"])).stdout
+    assert env == "http://127.0.0.1:3128 localhost,127.0.0.1,::1\n"
+
+
+async def test_the_proxy_goes_away_with_the_sandbox(
+    linux_driver: LinuxDriver, host_servers: tuple[int, int]
+) -> None:
+    sid = await start(linux_driver, "egress-stop", "open")
+    assert linux_driver.egress.is_attached(sid)
+    await linux_driver.stop(sid)
+    assert not linux_driver.egress.is_attached(sid)
+
+
+async def test_a_restarted_server_serves_the_adopted_sandbox_its_policy(
+    linux_driver: LinuxDriver, prebuilt_helper: Path, host_servers: tuple[int, int]
+) -> None:
+    one, two = host_servers
+    sid = await start(linux_driver, "egress-adopt", "allowlist", [f"127.0.0.1:{one}"])
+    await linux_driver.egress.detach(sid)  # the old server's listener dies with it
+    restarted = make_driver(linux_driver.state_dir, prebuilt_helper)
+    try:
+        assert await restarted.adopt(sid) is True
+        assert (await curl(restarted, sid, f"http://127.0.0.1:{one}/"))[:2] == ("hello from one\n", "200")
+        assert (await curl(restarted, sid, f"http://127.0.0.1:{two}/"))[1] == "403"
+        await restarted.stop(sid)
+    finally:
+        await restarted.aclose()

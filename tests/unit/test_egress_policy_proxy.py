@@ -1,0 +1,210 @@
+"""The egress proxy and the package mirrors' pieces, on the host's loopback (no namespaces): what
+a sandbox's client sees for allowed, denied, malformed and unreachable requests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agentcell.protocol.egress import NetworkPolicy
+from agentcell.server.egress.cache import Artifact, ArtifactCache
+from agentcell.server.egress.fetch import Fetcher, FetchError
+from agentcell.server.egress.npm import integrity_artifact
+from agentcell.server.egress.policy import EgressPolicy
+from agentcell.server.egress.proxy import EgressProxy
+from agentcell.server.egress.pypi import normalize, parse_links, render_page
+
+
+async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A tiny origin server: answers every request with its own request line, then closes."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    body = head.split(b"\r\n")[0] + b"|" + (b"close" if b"Connection: close" in head else b"keep")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    writer.close()
+
+
+@pytest.fixture
+async def origin_port() -> AsyncIterator[int]:
+    server = await asyncio.start_server(origin, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+async def proxy_for(rules: EgressPolicy) -> tuple[EgressProxy, int]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    proxy = EgressProxy()
+    await proxy.serve("sbx_test", rules, listener)
+    return proxy, listener.getsockname()[1]
+
+
+async def ask(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    try:
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+def allow(*entries: str) -> EgressPolicy:
+    return EgressPolicy.from_wire(NetworkPolicy(egress="allowlist", allow=list(entries)))
+
+
+async def test_allowed_plain_http_is_forwarded_in_origin_form(origin_port: int) -> None:
+    proxy, port = await proxy_for(allow(f"127.0.0.1:{origin_port}"))
+    try:
+        request = f"GET http://127.0.0.1:{origin_port}/a?b=1 HTTP/1.1\r\nHost: x\r\n"
+        reply = await ask(port, request.encode() + b"Proxy-Connection: keep-alive\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"GET /a?b=1 HTTP/1.1|close")
+    finally:
+        await proxy.aclose()
+
+
+async def test_denied_requests_get_403_at_once_with_the_policy(origin_port: int) -> None:
+    proxy, port = await proxy_for(allow("*.example.test"))
+    try:
+        started = time.monotonic()
+        reply = await ask(port, f"CONNECT 127.0.0.1:{origin_port} HTTP/1.1\r\n\r\n".encode())
+        assert time.monotonic() - started < 0.5
+        assert reply.startswith(b"HTTP/1.1 403 Forbidden") and b"X-Agentcell-Egress: denied" in reply
+        assert b"allowlist (*.example.test)" in reply
+        reply = await ask(port, b"GET http://not-listed.test/ HTTP/1.1\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 403") and b"not-listed.test:80 is denied" in reply
+    finally:
+        await proxy.aclose()
+
+
+async def test_connect_tunnels_bytes_both_ways(origin_port: int) -> None:
+    proxy, port = await proxy_for(EgressPolicy("open"))
+    try:
+        reply = await ask(
+            port, f"CONNECT 127.0.0.1:{origin_port} HTTP/1.1\r\n\r\nGET /t HTTP/1.1\r\n\r\n".encode()
+        )
+        assert reply.startswith(b"HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200 OK")
+        assert reply.endswith(b"GET /t HTTP/1.1|keep")  # a tunnel passes the request as it is
+    finally:
+        await proxy.aclose()
+
+
+async def test_unreachable_malformed_and_unknown_requests(origin_port: int) -> None:
+    proxy, port = await proxy_for(EgressPolicy("open"))
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead_port = closed.getsockname()[1]
+    closed.close()
+    try:
+        reply = await ask(port, f"CONNECT 127.0.0.1:{dead_port} HTTP/1.1\r\n\r\n".encode())
+        assert reply.startswith(b"HTTP/1.1 502") and b"cannot connect" in reply
+        assert (await ask(port, b"hello\r\n\r\n")).startswith(b"HTTP/1.1 400")
+        assert (await ask(port, b"GET ftp://x/ HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 400")
+        assert (await ask(port, b"CONNECT x:99999 HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 400")
+        reply = await ask(port, b"GET /nothing HTTP/1.1\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 404") and b"use this address as an HTTP proxy" in reply
+    finally:
+        await proxy.aclose()
+
+
+async def test_close_cuts_open_connections(origin_port: int) -> None:
+    proxy, port = await proxy_for(EgressPolicy("open"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET http://127.0.0.1:1/ HTTP/1.1\r\n")  # an unfinished head
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    await proxy.close("sbx_test")
+    assert await asyncio.wait_for(reader.read(), 2) == b""
+    writer.close()
+    assert not proxy.is_serving("sbx_test")
+
+
+def test_pypi_links_are_rewritten_to_the_mirror_by_digest() -> None:
+    digest = "a" * 64
+    page = (
+        f'<a href="../../files/pkg-1.0%2Blocal-py3-none-any.whl#sha256={digest}" '
+        'data-requires-python="&gt;=3.8" data-dist-info-metadata="sha256=b">'
+        "pkg-1.0+local-py3-none-any.whl</a>"
+        '<a href="https://files.test/pkg-0.9.tar.gz#md5=abc">pkg-0.9.tar.gz</a><a>no href</a>'
+    )
+    links = parse_links("https://index.test/simple/pkg/", page)
+    assert [link.filename for link in links] == ["pkg-1.0+local-py3-none-any.whl", "pkg-0.9.tar.gz"]
+    assert links[0].artifact == Artifact(
+        "https://index.test/files/pkg-1.0%2Blocal-py3-none-any.whl", "sha256", digest
+    )
+    assert links[1].artifact.digest is None and links[1].artifact.key.startswith("url-")
+    html = render_page("pkg", links).decode()
+    assert f'href="/pypi/files/sha256-{digest}/pkg-1.0%2Blocal-py3-none-any.whl#sha256={digest}"' in html
+    assert 'data-requires-python="&gt;=3.8"' in html and "metadata" not in html
+    assert normalize("Foo.Bar_baz") == "foo-bar-baz"
+
+
+def test_npm_tarballs_are_keyed_by_their_sha512_integrity() -> None:
+    data = b"tarball"
+    integrity = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+    artifact = integrity_artifact("https://r.test/p/-/p-1.tgz", integrity)
+    assert artifact.key == "sha512-" + hashlib.sha512(data).hexdigest()
+    assert integrity_artifact("https://r.test/p/-/p-1.tgz", "sha1-abc").key.startswith("url-")
+    assert integrity_artifact("https://r.test/p/-/p-1.tgz", "sha512-!!").key.startswith("url-")
+
+
+class CountingFetcher(Fetcher):
+    def __init__(self, body: bytes) -> None:
+        super().__init__()
+        self.body = body
+        self.calls = 0
+
+    async def download(self, url: str, dest: Path, algorithm: str) -> str:
+        self.calls += 1
+        await asyncio.sleep(0.05)
+        dest.write_bytes(self.body)  # noqa: ASYNC240 - a few bytes
+        return hashlib.new(algorithm, self.body).hexdigest()
+
+
+async def test_the_cache_downloads_once_and_keeps_only_verified_files(tmp_path: Path) -> None:
+    fetcher = CountingFetcher(b"wheel")
+    cache = ArtifactCache(tmp_path, fetcher)
+    good = Artifact("https://x.test/w.whl", "sha256", hashlib.sha256(b"wheel").hexdigest())
+    paths = await asyncio.gather(*(cache.ensure(good) for _ in range(5)))
+    assert fetcher.calls == 1 and {p.read_bytes() for p in paths} == {b"wheel"}
+    bad = Artifact("https://x.test/other.whl", "sha256", "0" * 64)
+    with pytest.raises(FetchError, match="does not match the sha256 the index published"):
+        await cache.ensure(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [good.key]  # noqa: ASYNC240
+
+
+async def test_connections_per_sandbox_are_capped_and_protected_ports_refused(origin_port: int) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    proxy = EgressProxy(max_connections=1, protected_ports=[origin_port])
+    await proxy.serve("sbx_cap", EgressPolicy("open"), listener)
+    port = listener.getsockname()[1]
+    try:
+        reply = await ask(port, f"GET http://127.0.0.1:{origin_port}/ HTTP/1.1\r\n\r\n".encode())
+        assert reply.startswith(b"HTTP/1.1 403") and b"the agentcell server itself" in reply
+        held_reader, held_writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.05)
+        with contextlib.suppress(ConnectionResetError):  # over the cap: closed at once (or reset)
+            assert await ask(port, b"GET /x HTTP/1.1\r\n\r\n") == b""
+        held_writer.close()
+        assert await asyncio.wait_for(held_reader.read(), 2) == b""
+    finally:
+        await proxy.aclose()
+    listed = socket.create_server(("127.0.0.1", 0))
+    listed.setblocking(False)
+    proxy = EgressProxy(protected_ports=[origin_port])
+    await proxy.serve("sbx_listed", allow(f"127.0.0.1:{origin_port}"), listed)
+    try:
+        reply = await ask(
+            listed.getsockname()[1], f"GET http://127.0.0.1:{origin_port}/ HTTP/1.1\r\n\r\n".encode()
+        )
+        assert reply.startswith(b"HTTP/1.1 200")  # an allowlist naming the address itself may
+    finally:
+        await proxy.aclose()
