@@ -1,5 +1,6 @@
-"""observability_overhead: what metrics (and the audit log) cost the warm gateway path, as shipped,
-against a server with them off (AGENTCELL_METRICS=false), in the same run. Two more export
+"""observability_overhead: what API keys, metrics and metering cost the warm gateway path, as
+shipped (AGENTCELL_AUTH=keys: every request carries a key the gateway checks), against a server
+with keys and metrics off (AGENTCELL_AUTH=off, AGENTCELL_METRICS=false), in the same run. Two more export
 traces over OTLP/HTTP to a sink on loopback (of every request; of one in ten): the cost of tracing
 when it is turned on.
 
@@ -40,7 +41,7 @@ from agentcell.server.observability.registry import Registry
 from agentcell.server.observability.telemetry import NullTelemetry, Telemetry
 from bench.client import LeanClient
 from bench.report import emit, median, progress
-from bench.server import BenchServer
+from bench.server import AUTH, BenchServer
 
 BENCH = "observability_overhead"
 SESSIONS = 16
@@ -75,7 +76,7 @@ def trace_sink() -> Iterator[str]:
 
 async def _session(client: LeanClient, key: str, until: float) -> int:
     done = 0
-    headers = {"x-agentcell-session-id": key}
+    headers = {"x-agentcell-session-id": key, **AUTH}  # (the server without keys ignores it)
     while time.perf_counter() < until:
         status, body = await client.request("GET", f"/fn/{FUNCTION}/whoami", headers=headers)
         assert status == 200, body
@@ -91,7 +92,9 @@ async def warm_rate(port: int, duration_s: float) -> float:
     try:
         keys = [f"bench-{i}" for i in range(SESSIONS)]
         for client, key in zip(clients, keys, strict=True):  # one request each: bound and warm
-            await client.request("GET", f"/fn/{FUNCTION}/whoami", headers={"x-agentcell-session-id": key})
+            await client.request(
+                "GET", f"/fn/{FUNCTION}/whoami", headers={"x-agentcell-session-id": key, **AUTH}
+            )
         started = time.perf_counter()
         until = started + duration_s
         done = await asyncio.gather(*(_session(c, k, until) for c, k in zip(clients, keys, strict=True)))
@@ -145,7 +148,7 @@ def fast_archive() -> bytes:
 
 def prepare(server: BenchServer) -> str:
     """Deploy the fast function (an instance for every session) and create one sandbox."""
-    with httpx.Client(base_url=server.url, timeout=120) as api:
+    with httpx.Client(base_url=server.url, timeout=120, headers=AUTH) as api:
         config = {"cmd": "python3 app.py", "idle_timeout_s": 3600, "max_instances": SESSIONS + 2}
         files = {"config": (None, json.dumps(config)), "code": ("code.tar.gz", fast_archive())}
         api.put(f"/v1/functions/{FUNCTION}", files=files).raise_for_status()
@@ -215,7 +218,7 @@ def main() -> None:
     with ExitStack() as stack:
         sink = stack.enter_context(trace_sink())
         servers = {
-            "shipped": stack.enter_context(BenchServer()),
+            "shipped": stack.enter_context(BenchServer(AGENTCELL_AUTH="keys")),
             "off": stack.enter_context(BenchServer(AGENTCELL_METRICS="false")),
             "traced": stack.enter_context(BenchServer(AGENTCELL_OTLP_ENDPOINT=sink)),
             "traced_10pct": stack.enter_context(

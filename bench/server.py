@@ -22,12 +22,25 @@ def free_port() -> int:
         return port
 
 
+BENCH_KEY = "ac_benchadmin0_" + "b" * 32
+"""the admin key of a bench server started with AGENTCELL_AUTH=keys"""
+AUTH = {"x-api-key": BENCH_KEY}
+
+
 class BenchServer:
+    """Without API keys unless `AGENTCELL_AUTH="keys"` is given (then `BENCH_KEY` is the admin
+    key): the benchmarks measure the core; `observability_overhead` measures what auth adds."""
+
     def __init__(self, **env: str) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="agentcell-bench-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._env = {**os.environ, "AGENTCELL_LOG_LEVEL": "warning", **env}
+        defaults = {
+            "AGENTCELL_LOG_LEVEL": "warning",
+            "AGENTCELL_AUTH": "off",
+            "AGENTCELL_ADMIN_KEY": BENCH_KEY,
+        }
+        self._env = {**os.environ, **defaults, **env}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> BenchServer:

@@ -15,6 +15,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+TEST_API_KEY = "ac_testsuite01_" + "k" * 32
+"""the admin key of every server the tests start; the SDK and CLI of the tests send it"""
+AUTH = {"x-api-key": TEST_API_KEY}
+os.environ["AGENTCELL_API_KEY"] = TEST_API_KEY
 
 
 def free_port() -> int:
@@ -38,7 +42,7 @@ class ServerProcess:
             [sys.executable, "-m", "agentcell.server", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "AGENTCELL_ADMIN_KEY": TEST_API_KEY, **(env or {})},
         )
         self._wait_ready()
 

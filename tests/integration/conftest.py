@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import AUTH
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
@@ -31,5 +33,5 @@ def deploy(
 
 @pytest.fixture
 def api(server_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server_url, timeout=60) as client:
+    with httpx.Client(base_url=server_url, timeout=60, headers=AUTH) as client:
         yield client

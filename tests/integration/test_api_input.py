@@ -8,10 +8,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.conftest import AUTH
+
 
 @pytest.fixture
 def api(server_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server_url, timeout=30) as client:
+    with httpx.Client(headers=AUTH, base_url=server_url, timeout=30) as client:
         yield client
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import AUTH
 from tests.integration.test_cli import agentcell
 
 ECHO_FN = str(Path(__file__).resolve().parent.parent / "fixtures" / "echo_fn")
@@ -26,7 +27,7 @@ def ok(server_url: str, *args: str) -> str:
 
 
 def whoami(server_url: str, fn: str, key: str) -> dict[str, Any]:
-    reply = httpx.get(f"{server_url}/fn/{fn}/whoami", headers={SESSION_HEADER: key}, timeout=60)
+    reply = httpx.get(f"{server_url}/fn/{fn}/whoami", headers={SESSION_HEADER: key, **AUTH}, timeout=60)
     assert reply.status_code == 200, reply.text
     answer: dict[str, Any] = reply.json()
     return answer

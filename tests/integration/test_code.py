@@ -24,7 +24,7 @@ from agentcell.client import (
     Sandbox,
     UnavailableError,
 )
-from tests.conftest import ServerProcess
+from tests.conftest import AUTH, ServerProcess
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -37,7 +37,7 @@ def sbx(shared_server: ServerProcess) -> Iterator[Sandbox]:
 
 @pytest.fixture(scope="module")
 def raw(shared_server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=shared_server.url, timeout=60) as client:
+    with httpx.Client(headers=AUTH, base_url=shared_server.url, timeout=60) as client:
         yield client
 
 

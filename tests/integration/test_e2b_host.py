@@ -10,7 +10,7 @@ import httpx
 import pytest
 from e2b import Sandbox
 
-from tests.conftest import ServerProcess
+from tests.conftest import AUTH, TEST_API_KEY, ServerProcess
 
 DOMAIN = "sbx.agentcell.test"
 
@@ -27,7 +27,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="module")
 def sbx(server: ServerProcess) -> Iterator[Sandbox]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("E2B_API_KEY", "anything")
+        patch.setenv("E2B_API_KEY", TEST_API_KEY)
         patch.setenv("E2B_API_URL", f"{server.url}/e2b")
         patch.setenv("E2B_SANDBOX_URL", f"{server.url}/e2b")
         patch.setenv("E2B_DOMAIN", DOMAIN)
@@ -50,7 +50,7 @@ def test_get_host_reaches_a_server_in_the_sandbox(sbx: Sandbox, server: ServerPr
     sbx.commands.run("cd site && exec python3 -m http.server 8080", background=True, timeout=0)
     host = sbx.get_host(8080)
     assert host == f"8080-{sbx.sandbox_id}.{DOMAIN}"
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    with httpx.Client(headers=AUTH, base_url=server.url, timeout=10) as client:
         reply = wait_for_port(client, host)
         assert (reply.status_code, reply.text) == (200, "hello from inside")
         closed = client.get("/", headers={"Host": sbx.get_host(9)})
@@ -62,7 +62,7 @@ def test_get_host_reaches_a_server_in_the_sandbox(sbx: Sandbox, server: ServerPr
 def test_envd_answers_on_its_own_host(sbx: Sandbox, server: ServerProcess) -> None:
     token = sbx._envd_access_token
     assert token is not None
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    with httpx.Client(headers=AUTH, base_url=server.url, timeout=10) as client:
         host = {"Host": sbx.get_host(49983)}
         assert client.get("/health", headers=host).status_code == 204
         stat = client.post(

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import AUTH, ServerProcess
 
 STREAM = "application/connect+json"
 
@@ -32,7 +32,7 @@ def frames(body: bytes) -> list[tuple[int, dict[str, object]]]:
 
 @pytest.fixture(scope="module")
 def api(shared_server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"{shared_server.url}/e2b", timeout=30, headers={"X-API-Key": "k"}) as client:
+    with httpx.Client(headers=AUTH, base_url=f"{shared_server.url}/e2b", timeout=30) as client:
         yield client
 
 

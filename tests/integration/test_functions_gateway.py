@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.conftest import AUTH
 from tests.integration.conftest import deploy
 
 ECHO = {"cmd": "python3 app.py", "idle_timeout_s": 600}
@@ -166,13 +167,13 @@ def test_a_server_that_never_listens_fails_cleanly(api: httpx.Client) -> None:
 
 def test_restart_readopts_instances_with_their_memory(server_factory: type, tmp_path: object) -> None:
     server = server_factory()
-    with httpx.Client(base_url=server.url, timeout=60) as api:
+    with httpx.Client(headers=AUTH, base_url=server.url, timeout=60) as api:
         assert deploy(api, "keep", ECHO).status_code == 200
         before = whoami(api, "keep", "k1").json()
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait()
     again = server_factory(state_dir=server.state_dir)
-    with httpx.Client(base_url=again.url, timeout=60) as api:
+    with httpx.Client(headers=AUTH, base_url=again.url, timeout=60) as api:
         after = whoami(api, "keep", "k1").json()
         assert after["instance"] == before["instance"] and after["count"] == before["count"] + 1
         assert api.get("/v1/functions/keep").json()["version"] == 1

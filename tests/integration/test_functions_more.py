@@ -24,7 +24,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from agentcell.server.sandbox.linux.driver import node_id_for
-from tests.conftest import ServerProcess
+from tests.conftest import AUTH, ServerProcess
 from tests.integration.conftest import deploy
 
 KEY = "x-agentcell-session-id"
@@ -115,7 +115,8 @@ def open_request(url: str, path: str, headers: dict[str, str]) -> socket.socket:
     """Send a request head on a raw socket (so that the test can vanish mid-request)."""
     port = int(url.rsplit(":", 1)[1])
     sock = socket.create_connection(("127.0.0.1", port))
-    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
+    sent = {**AUTH, **headers}
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in sent.items())]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
     return sock
 
@@ -141,14 +142,14 @@ def test_websocket_echo_reaches_the_sessions_instance(
     alice = get(api, fn, "/whoami", "ws-alice").json()
     bob = get(api, fn, "/whoami", "ws-bob").json()
     url = server_url.replace("http://", "ws://") + f"/fn/{fn}/ws"
-    with ws_connect(url, additional_headers={KEY: "ws-alice"}, open_timeout=10) as ws:
+    with ws_connect(url, additional_headers={KEY: "ws-alice", **AUTH}, open_timeout=10) as ws:
         for message in ("hello", "x" * 100_000, "ünïcode"):
             ws.send(message)
             assert ws.recv(timeout=5) == message
         ws.send("whoami")
         assert json.loads(ws.recv(timeout=5))["instance"] == alice["instance"]
         assert state_of(api, fn, "ws-alice") == "active"
-    with ws_connect(url, additional_headers={KEY: "ws-bob"}, open_timeout=10) as ws:
+    with ws_connect(url, additional_headers={KEY: "ws-bob", **AUTH}, open_timeout=10) as ws:
         ws.send("whoami")
         assert json.loads(ws.recv(timeout=5))["instance"] == bob["instance"] != alice["instance"]
     wait_for(lambda: state_of(api, fn, "ws-alice") == "idle", 5, "idle after close")
@@ -160,7 +161,7 @@ def test_websocket_echo_reaches_the_sessions_instance(
 
 def test_host_routing_by_function_subdomain(server_factory: type[ServerProcess]) -> None:
     server = server_factory(env={"AGENTCELL_FN_DOMAIN": "fn.test"})
-    with httpx.Client(base_url=server.url, timeout=60) as api:
+    with httpx.Client(headers=AUTH, base_url=server.url, timeout=60) as api:
         for name in ("hosted", "other"):
             assert deploy(api, name, ECHO).status_code == 200
         first = api.get("/whoami", headers={"host": "hosted.fn.test", KEY: "h1"})
@@ -201,7 +202,7 @@ def test_stateless_function_scales_from_zero_out_by_concurrency_and_back(
             time.sleep(0.05)
 
     def slow(_: int) -> httpx.Response:
-        with httpx.Client(base_url=server_url, timeout=30) as client:
+        with httpx.Client(headers=AUTH, base_url=server_url, timeout=30) as client:
             return client.get(f"/fn/{fn}/slow", params={"s": 1})
 
     watcher = threading.Thread(target=watch)
@@ -331,7 +332,7 @@ def test_shared_instances_hold_at_most_n_sessions_and_share_their_process(
     assert one["pid"] == two["pid"] and two["count"] == one["count"] + 1
 
     def whoami(key: str) -> str:
-        with httpx.Client(base_url=server_url, timeout=30) as client:
+        with httpx.Client(headers=AUTH, base_url=server_url, timeout=30) as client:
             instance: str = client.get(f"/fn/{fn}/whoami", headers={KEY: key}).json()["instance"]
             return instance
 
@@ -355,11 +356,11 @@ def test_full_function_queues_then_answers_429_or_503_with_retry_after(
 
     def whoami(key: str) -> tuple[httpx.Response, float]:
         started = time.monotonic()
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+        with httpx.Client(headers=AUTH, base_url=server.url, timeout=30) as client:
             reply = client.get("/fn/full/whoami", headers={KEY: key})
         return reply, time.monotonic() - started
 
-    with httpx.Client(base_url=server.url, timeout=60) as api:
+    with httpx.Client(headers=AUTH, base_url=server.url, timeout=60) as api:
         assert deploy(api, "full", {**ECHO, "max_instances": 1}).status_code == 200
         assert whoami("holder")[0].status_code == 200
         timed_out, waited = whoami("late")
@@ -384,7 +385,7 @@ def test_full_function_queues_then_answers_429_or_503_with_retry_after(
 def test_sigterm_drains_runs_pre_stop_and_leaves_nothing(server_factory: type[ServerProcess]) -> None:
     server = server_factory()
     hook = {"cmd": 'test -n "$AGENTCELL_SESSION_ID" && test "$AGENTCELL_END_REASON" = shutdown'}
-    with httpx.Client(base_url=server.url, timeout=60) as api:
+    with httpx.Client(headers=AUTH, base_url=server.url, timeout=60) as api:
         assert deploy(api, "drain", {**ECHO, "sessions_per_instance": 2, "pre_stop": hook}).status_code == 200
         shared = get(api, "drain", "/whoami", "g1").json()["instance"]
         assert get(api, "drain", "/whoami", "g2").json()["instance"] == shared
@@ -468,7 +469,7 @@ def test_a_1_gib_upload_streams_with_bounded_server_memory(server_factory: type[
     expected = hashlib.sha256()
     for _ in range(1024):
         expected.update(block)
-    with httpx.Client(base_url=server.url, timeout=300) as api:
+    with httpx.Client(headers=AUTH, base_url=server.url, timeout=300) as api:
         assert deploy(api, "upload", ECHO).status_code == 200
         assert get(api, "upload", "/whoami", "up").status_code == 200
         before = status_of(server.proc.pid, "VmRSS")

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import TEST_API_KEY, ServerProcess
 
 MAX_EXAMPLES = 10
 TIME_BUDGET_S = 100
@@ -31,6 +31,7 @@ def schemathesis(server: ServerProcess, reports: Path) -> subprocess.CompletedPr
         "run",
         f"{server.url}/openapi.json",
         "--checks=not_a_server_error",
+        f"--header=x-api-key: {TEST_API_KEY}",
         f"--max-examples={MAX_EXAMPLES}",
         f"--max-time={TIME_BUDGET_S}",
         f"--seed={SEED}",

@@ -5,17 +5,21 @@ sessions are isolated, unknown sessions answer 404, modern-era requests need no 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
+from tests.conftest import AUTH
 from tests.integration.conftest import FIXTURES, deploy
 
 MCP_FN: dict[str, Any] = {
@@ -47,6 +51,17 @@ def mcp_fn(api: httpx.Client) -> Iterator[str]:
     api.delete(f"/v1/functions/{name}")
 
 
+@contextlib.asynccontextmanager
+async def streamable(url: str) -> AsyncIterator[Any]:
+    """The SDK's Streamable HTTP transport, sending this suite's agentcell key (an HTTP client of
+    ours, so closed here: the transport leaves a client it was given open)."""
+    async with (
+        create_mcp_http_client(headers=AUTH) as http,
+        streamable_http_client(url, http_client=http) as streams,
+    ):
+        yield streams
+
+
 def live_keys(api: httpx.Client, fn: str) -> set[str]:
     return {s["key"] for s in api.get(f"/v1/functions/{fn}/sessions").json()["sessions"]}
 
@@ -74,7 +89,7 @@ async def test_streamable_http_sessions_stay_on_one_instance(
     api: httpx.Client, server_url: str, mcp_fn: str, mode: str
 ) -> None:
     url = f"{server_url}/fn/{mcp_fn}/mcp"
-    async with Client(url, mode=mode) as alice, Client(url, mode=mode) as bob:  # type: ignore[arg-type]
+    async with Client(streamable(url), mode=mode) as alice, Client(streamable(url), mode=mode) as bob:  # type: ignore[arg-type]
         tools = {t.name for t in (await alice.list_tools()).tools}
         assert {"whoami", "remember", "recall"} <= tools
         seen_alice, seen_bob = await instances_seen(alice), await instances_seen(bob)
@@ -91,7 +106,10 @@ async def test_legacy_sse_sessions_stay_on_one_instance(
     api: httpx.Client, server_url: str, mcp_fn: str
 ) -> None:
     url = f"{server_url}/fn/{mcp_fn}/sse"
-    async with Client(sse_client(url), mode="legacy") as alice, Client(sse_client(url), mode="legacy") as bob:
+    async with (
+        Client(sse_client(url, headers=AUTH), mode="legacy") as alice,
+        Client(sse_client(url, headers=AUTH), mode="legacy") as bob,
+    ):
         seen_alice, seen_bob = await instances_seen(alice), await instances_seen(bob)
         assert len(seen_alice) == 1 and len(seen_bob) == 1 and seen_alice != seen_bob
         await tool(bob, "remember", text="bob's")
@@ -163,7 +181,7 @@ def test_modern_era_requests_go_anywhere_without_a_session(api: httpx.Client, mc
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_agentcell_s_own_mcp_server(server_url: str, mode: str) -> None:
     """create sandbox → run a command → run code (state, a chart as an image) → files → kill."""
-    async with Client(f"{server_url}/mcp", mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(streamable(f"{server_url}/mcp"), mode=mode) as client:  # type: ignore[arg-type]
         tools = {t.name for t in (await client.list_tools()).tools}
         assert {"create_sandbox", "run_command", "run_code", "read_file", "kill_sandbox"} <= tools
         created = await client.call_tool("create_sandbox", {"timeout_s": 120})

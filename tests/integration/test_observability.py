@@ -17,6 +17,7 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tests.conftest import AUTH, TEST_API_KEY
 from tests.integration.conftest import deploy
 from tests.unit.test_metrics import parse
 
@@ -102,7 +103,7 @@ def test_metrics_audit_and_traces_after_a_workload(
     server = server_factory(
         env={"AGENTCELL_OTLP_ENDPOINT": collector.url, "AGENTCELL_REAP_INTERVAL_S": "0.2"}
     )
-    with httpx.Client(base_url=server.url, timeout=60) as api:
+    with httpx.Client(headers=AUTH, base_url=server.url, timeout=60) as api:
         sandbox = sandbox_workload(api)
         assert api.delete("/v1/sandboxes/sbx_unknown").status_code == 404
 
@@ -167,7 +168,8 @@ def test_metrics_audit_and_traces_after_a_workload(
         session_id = prewarmed.json()["id"]
         assert ("POST /v1/functions/{name}/sessions", 201, f"name={name},id={session_id}") in actions
         assert all(e["method"] in ("POST", "PUT", "PATCH", "DELETE") for e in audit)
-        assert all(e["actor"] == "local" and e["request_id"].startswith("req_") for e in audit)
+        admin_key_id = TEST_API_KEY.split("_")[1]
+        assert all(e["actor"] == admin_key_id and e["request_id"].startswith("req_") for e in audit)
         deletes = api.get("/v1/audit", params={"action": "DELETE /v1/sandboxes/{sandbox_id}"}).json()[
             "entries"
         ]
@@ -187,7 +189,7 @@ def test_metrics_audit_and_traces_after_a_workload(
 
 def test_metrics_off_answers_not_found(server_factory: type) -> None:
     server = server_factory(driver="fake", env={"AGENTCELL_METRICS": "false"})
-    with httpx.Client(base_url=server.url, timeout=30) as api:
+    with httpx.Client(headers=AUTH, base_url=server.url, timeout=30) as api:
         reply = api.get("/metrics")
         assert reply.status_code == 404 and reply.json()["code"] == "not_found"
         assert api.post("/v1/sandboxes", json={}).status_code == 201
@@ -203,7 +205,7 @@ def test_json_logs_carry_request_ids_and_no_commands(server_factory: type) -> No
     """AGENTCELL_LOG_FORMAT=json: every line is a JSON object; a control-plane line names its
     request id; a command's text and output never reach the log at the default level."""
     server = server_factory(driver="fake", env={"AGENTCELL_LOG_FORMAT": "json"})
-    with httpx.Client(base_url=server.url, timeout=30) as api:
+    with httpx.Client(headers=AUTH, base_url=server.url, timeout=30) as api:
         created = api.post("/v1/sandboxes", json={"env": {"TOKEN": "hunter2-env"}})
         assert created.status_code == 201
         ran = api.post(f"/v1/sandboxes/{created.json()['id']}/commands", json={"cmd": "echo hunter2-cmd"})

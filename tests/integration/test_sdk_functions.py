@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from agentcell.client import Agentcell, AsyncAgentcell, InvalidArgumentError, NotFoundError
+from tests.conftest import AUTH
 
 ECHO_FN = Path(__file__).resolve().parent.parent / "fixtures" / "echo_fn"
 SESSION_HEADER = "x-agentcell-session-id"
@@ -45,7 +46,7 @@ async def new_name(client: AsyncAgentcell) -> AsyncIterator[Callable[[str], str]
 
 
 async def whoami(client: AsyncAgentcell, fn: str, key: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=60) as http:
+    async with httpx.AsyncClient(timeout=60, headers=AUTH) as http:
         reply = await http.get(client.functions.url(fn) + "whoami", headers={SESSION_HEADER: key})
     assert reply.status_code == 200, reply.text
     answer: dict[str, Any] = reply.json()
@@ -161,7 +162,7 @@ def test_sync_client_deploys_a_tarball(server_url: str, tarball: Path) -> None:
             assert info.config.min_warm == 1 and client.functions.get(name).version == 1
             assert name in [f.name for f in client.functions.list()]
             reply = httpx.get(
-                client.functions.url(name) + "whoami", headers={SESSION_HEADER: "s"}, timeout=60
+                client.functions.url(name) + "whoami", headers={SESSION_HEADER: "s", **AUTH}, timeout=60
             )
             session = client.sessions.list(name)[0]
             assert reply.json()["instance"] == session.instance_id and session.key == "s"

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import AUTH, ServerProcess
 from tests.integration.conftest import deploy
 from tests.integration.test_api_input import assert_envelope
 from tests.packages import tiny_wheel
@@ -19,7 +19,7 @@ from tests.packages import tiny_wheel
 
 @pytest.fixture
 def api(server_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server_url, timeout=60) as client:
+    with httpx.Client(headers=AUTH, base_url=server_url, timeout=60) as client:
         yield client
 
 
@@ -151,12 +151,12 @@ def test_a_second_build_of_a_name_is_a_conflict(api: httpx.Client) -> None:
 def test_templates_survive_a_server_restart(server_factory: type[ServerProcess], tmp_path: Path) -> None:
     state = tmp_path / "restart-state"
     first = server_factory(state_dir=state)
-    with httpx.Client(base_url=first.url, timeout=60) as api:
+    with httpx.Client(headers=AUTH, base_url=first.url, timeout=60) as api:
         _, events = build(api, "kept", wheel_recipe(value=7))
         assert events[-1]["state"] == "ready", events[-1]
     assert first.stop() == 0
     second = server_factory(state_dir=state)
-    with httpx.Client(base_url=second.url, timeout=60) as api:
+    with httpx.Client(headers=AUTH, base_url=second.url, timeout=60) as api:
         assert api.get("/v1/templates/kept").json()["recipe"]["pip"] == ["acelltiny"]
         sandbox = api.post("/v1/sandboxes", json={"template": "kept", "timeout_s": 60}).json()
         assert run(api, sandbox["id"], "python3 -c 'import acelltiny; print(acelltiny.VALUE)'") == "7\n"

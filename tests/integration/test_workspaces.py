@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import AUTH, ServerProcess
 from tests.integration.conftest import deploy
 
 KEY = "x-agentcell-session-id"
@@ -200,7 +200,7 @@ def test_a_damaged_snapshot_is_an_error_never_an_empty_workspace(
 ) -> None:
     server = server_factory()
     names: list[str] = []
-    with httpx.Client(base_url=server.url, timeout=60) as api:
+    with httpx.Client(headers=AUTH, base_url=server.url, timeout=60) as api:
         fn = make_fn_on(api, names)({})
         ok(call(api, fn, "/populate", "dmg", dir=f"{HOME}/proj", seed=1, files=6, kb=16))
         assert api.delete(f"/v1/sessions/{live_session(api, fn, 'dmg')['id']}").status_code == 204
@@ -225,7 +225,7 @@ def test_a_damaged_snapshot_is_an_error_never_an_empty_workspace(
 
 def test_tenant_over_its_storage_quota_is_refused_clearly(server_factory: type[ServerProcess]) -> None:
     server = server_factory(env={"AGENTCELL_TENANT_STORAGE_QUOTA_MB": "1"})
-    with httpx.Client(base_url=server.url, timeout=60) as api:
+    with httpx.Client(headers=AUTH, base_url=server.url, timeout=60) as api:
         fn = make_fn_on(api, [])({})
         session = ok(api.post(f"/v1/functions/{fn}/sessions", json={"key": "q"}))
         ok(call(api, fn, "/populate", "q", dir=f"{HOME}/proj", seed="q", files=20, kb=110))
@@ -241,7 +241,7 @@ def test_server_and_instance_killed_mid_persist_leave_the_previous_snapshot(
 ) -> None:
     state = tmp_path / "kill-state"
     server = server_factory(state)
-    with httpx.Client(base_url=server.url, timeout=60) as api:
+    with httpx.Client(headers=AUTH, base_url=server.url, timeout=60) as api:
         fn = make_fn_on(api, [])({})
         session = ok(api.post(f"/v1/functions/{fn}/sessions", json={"key": "k"}))
         ok(call(api, fn, "/populate", "k", dir=f"{HOME}/proj", seed="one", files=60, kb=256))
@@ -257,7 +257,7 @@ def test_server_and_instance_killed_mid_persist_leave_the_previous_snapshot(
     init_pid = json.loads((state / "instances" / f"{session['instance_id']}.json").read_text())["init_pid"]
     restarted = server_factory(state)
     os.kill(init_pid, signal.SIGKILL)  # the re-adopted instance dies too: no last snapshot
-    with httpx.Client(base_url=restarted.url, timeout=60) as api:
+    with httpx.Client(headers=AUTH, base_url=restarted.url, timeout=60) as api:
         wait_for(lambda: not live_session(api, fn, "k"), what="the killed instance's session to end")
         restored = ok(call(api, fn, "/tree", "k", dir=f"{HOME}/proj"))
         assert restored in (before, after), "a snapshot must be whole: the old one or the new one"

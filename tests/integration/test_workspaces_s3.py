@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import ServerProcess
+from tests.conftest import AUTH, ServerProcess
 from tests.integration.test_workspaces import HOME, call, live_session, make_fn_on, ok, without_excluded
 from tests.s3server import S3Server, s3_server  # noqa: F401  (the fixture)
 
@@ -18,7 +18,7 @@ def test_workspaces_round_trip_through_s3(server_factory: type[ServerProcess], s
         "AGENTCELL_S3_SECRET_KEY": "test",
     }
     server = server_factory(env=env)
-    with httpx.Client(base_url=server.url, timeout=60) as api:
+    with httpx.Client(headers=AUTH, base_url=server.url, timeout=60) as api:
         fn = make_fn_on(api, [])({})
         ok(call(api, fn, "/populate", "s3-key", dir=f"{HOME}/proj", seed="s3", files=30, kb=64))
         written = without_excluded(ok(call(api, fn, "/tree", "s3-key", dir=f"{HOME}/proj")))

@@ -18,6 +18,7 @@ import pytest
 
 from agentcell.client import AsyncSandbox
 from agentcell.client.errors import InvalidArgumentError
+from tests.conftest import AUTH
 
 pytestmark = pytest.mark.system
 
@@ -62,7 +63,7 @@ def host_server() -> Iterator[int]:
     ],
 )
 def test_bad_policies_are_refused_with_a_clear_400(server_url: str, network: object, needle: str) -> None:
-    with httpx.Client(base_url=server_url, timeout=30) as api:
+    with httpx.Client(headers=AUTH, base_url=server_url, timeout=30) as api:
         before = len(api.get("/v1/sandboxes").json()["sandboxes"])
         reply = api.post("/v1/sandboxes", json={"network": network})
         assert reply.status_code == 400, reply.text
@@ -73,7 +74,7 @@ def test_bad_policies_are_refused_with_a_clear_400(server_url: str, network: obj
 
 def test_a_function_with_a_bad_policy_is_not_deployed(server_url: str) -> None:
     config = {"cmd": "python3 -m http.server $PORT", "network": {"egress": "allowlist", "allow": ["1.2.3/8"]}}
-    with httpx.Client(base_url=server_url, timeout=30) as api:
+    with httpx.Client(headers=AUTH, base_url=server_url, timeout=30) as api:
         reply = api.put("/v1/functions/egress-bad", files={"config": (None, json.dumps(config))})
         assert reply.status_code == 400 and "not a valid IP address or CIDR" in reply.json()["message"]
         assert api.get("/v1/functions/egress-bad").status_code == 404
@@ -130,7 +131,7 @@ def code_archive(files: dict[str, str]) -> bytes:
 def test_a_function_instance_gets_its_policy(server_url: str, host_server: int) -> None:
     target = f"http://127.0.0.1:{host_server}/"
     code = code_archive({"app.py": FETCHER_APP})
-    with httpx.Client(base_url=server_url, timeout=60) as api:
+    with httpx.Client(headers=AUTH, base_url=server_url, timeout=60) as api:
         for name, allow in (("egress-fn-yes", f"127.0.0.1:{host_server}"), ("egress-fn-no", "other.test")):
             config = {
                 "cmd": "python3 app.py",

@@ -35,7 +35,7 @@ class TenantQuotas(WireModel):
     )
     max_memory_mb: int | None = Field(default=None, ge=0, le=1 << 40)
     max_storage_mb: int | None = Field(default=None, ge=0, le=1 << 40, description="stored workspace bytes")
-    max_rps: float | None = Field(default=None, gt=0, le=1_000_000, description="requests per second")
+    max_rps: float | None = Field(default=None, ge=0.01, le=1_000_000, description="requests per second")
 
 
 class TenantCreate(WireModel):

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     )
     price_storage_gib_h: float = Field(default=0.00003, ge=0, description="price of a stored GiB-hour")
     auth: Literal["off", "keys"] = Field(
-        default="off",
+        default="keys",
         description="keys: every request needs an API key (an admin key is made at first start and "
         "written to <state_dir>/admin.key); off: everyone acts as the default tenant's admin",
     )

@@ -40,7 +40,8 @@ E2B_IN_SANDBOX = (
 )
 """E2B's in-sandbox protocol (envd, code interpreter): the SDK sends no API key there; the E2B
 mount (server/e2b) checks the sandbox's own access token instead."""
-FALLBACK = "sandboxes:write"  # everything else (the E2B-compatible API) drives sandboxes
+FALLBACK = "sandboxes:write"
+MAX_RETRY_AFTER_S = 3600  # everything else (the E2B-compatible API) drives sandboxes
 
 
 def required_scope(method: str, path: str) -> str | None:
@@ -82,7 +83,7 @@ class RateLimiter:
         tokens = min(rate, tokens + (now - at) * rate)
         if tokens < 1:
             self._buckets[tenant] = (tokens, now)
-            wait = math.ceil((1 - tokens) / rate)
+            wait = min(MAX_RETRY_AFTER_S, math.ceil((1 - tokens) / rate))
             raise QuotaExceeded(
                 f"tenant {tenant} is over its {rate:g} requests per second", retry_after_s=wait
             )

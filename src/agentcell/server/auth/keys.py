@@ -13,6 +13,7 @@ from agentcell.server.auth.principal import Principal
 from agentcell.server.meta.records import KeyRecord
 
 PREFIX = "ac_"
+SEEN_MAX = 10_000
 
 
 def new_key() -> tuple[str, str]:
@@ -33,6 +34,8 @@ class KeyRing:
     def __init__(self) -> None:
         self._by_hash: dict[str, Principal] = {}
         self._hash_of: dict[str, str] = {}  # key id → hash
+        self._seen: dict[str, Principal] = {}
+        """keys that checked out, so the request path hashes each key once (cleared on revoke)"""
 
     def add(self, record: KeyRecord) -> None:
         if record.revoked_at is not None:
@@ -45,13 +48,19 @@ class KeyRing:
         digest = self._hash_of.pop(key_id, None)
         if digest is not None:
             self._by_hash.pop(digest, None)
+        self._seen.clear()
 
     def remove_tenant(self, tenant: str) -> None:
         for key_id in [k for k, h in self._hash_of.items() if self._by_hash[h].tenant == tenant]:
             self.remove(key_id)
 
     def principal(self, key: str) -> Principal | None:
-        return self._by_hash.get(key_hash(key)) if looks_like_key(key) else None
+        found = self._seen.get(key)
+        if found is None and looks_like_key(key):
+            found = self._by_hash.get(key_hash(key))
+            if found is not None and len(self._seen) < SEEN_MAX:
+                self._seen[key] = found
+        return found
 
     def __len__(self) -> int:
         return len(self._by_hash)

@@ -11,7 +11,6 @@ import json
 import logging
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from functools import partial
 
 from agentcell.errors import AgentcellError
@@ -105,7 +104,7 @@ class GatewayRouter:
             "invoke",
         )
         drop = X_API_KEY if x_api_key else AUTHORIZATION
-        return replace(target, name=qualify(principal.tenant, target.name), drop=drop)
+        return FunctionTarget(qualify(principal.tenant, target.name), target.path, target.mount, drop)
 
     def _e2b_route(self, head: RequestHead) -> Route | None:
         """`Host: {port}-{sandboxId}.{e2b domain}`: envd and the code interpreter are served by the
