@@ -72,7 +72,8 @@ def test_the_cli_prints_usage_as_csv_and_table(server_url: str) -> None:
 
     from agentcell.cli.main import cli
 
-    csv_run = CliRunner().invoke(cli, ["--url", server_url, "usage", "--by", "tenant", "--format", "csv"])
+    args = ["--url", server_url, "usage", "default", "--by", "tenant", "--format", "csv"]
+    csv_run = CliRunner().invoke(cli, args)
     assert csv_run.exit_code == 0, csv_run.output
     assert csv_run.output.startswith("tenant,function,session_key")
     table = CliRunner().invoke(cli, ["--url", server_url, "usage", "--by", "kind", "--since", "2026-01-01"])
@@ -80,3 +81,15 @@ def test_the_cli_prints_usage_as_csv_and_table(server_url: str) -> None:
     assert "ACTIVE S" in table.output and "COST" in table.output
     bad = CliRunner().invoke(cli, ["--url", server_url, "usage", "--since", "last tuesday"])
     assert bad.exit_code == 2 and "--since" in bad.output
+
+
+def test_a_sandbox_is_active_while_code_runs(api: httpx.Client) -> None:
+    sandbox = api.post("/v1/sandboxes", json={"timeout_s": 60}).json()["id"]
+    try:
+        run = api.post(f"/v1/sandboxes/{sandbox}/code", json={"code": "import time; time.sleep(1.2)"})
+        assert run.status_code == 200, run.text
+    finally:
+        api.delete(f"/v1/sandboxes/{sandbox}")
+    usage = api.get("/v1/usage", params={"by": "sandbox"}).json()
+    line = next(line for line in usage["lines"] if line["sandbox_id"] == sandbox)
+    assert line["active_s"] >= 1.1  # an execution is work in flight, like a command

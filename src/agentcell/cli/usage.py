@@ -1,6 +1,6 @@
-"""`agentcell usage`: metered usage and cost, as a table, JSON or CSV.
+"""`agentcell usage [TENANT]`: metered usage and cost, as a table, JSON or CSV.
 
-agentcell usage --since 2026-11-01 --by session --format csv
+agentcell usage acme --since 2026-11-01 --by session --format csv
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ DATES = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
 
 
 @click.command("usage")
+@click.argument("tenant", required=False)
 @click.option("--since", type=click.DateTime(DATES), default=None, help="Start (default: a day ago).")
 @click.option("--until", type=click.DateTime(DATES), default=None, help="End (default: now).")
 @click.option("--by", type=click.Choice(GROUPINGS), default="session", show_default=True)
@@ -27,15 +28,17 @@ DATES = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
     "--format", "output", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
 )
 @pass_connection
-def usage(conn: Connection, since: datetime | None, until: datetime | None, by: str, output: str) -> None:
-    """Active and idle seconds, CPU seconds, memory GiB-seconds, stored GiB-hours and cost. Times
-    without a zone are UTC."""
+def usage(
+    conn: Connection, tenant: str | None, since: datetime | None, until: datetime | None, by: str, output: str
+) -> None:
+    """Active and idle seconds, CPU seconds, memory GiB-seconds, stored GiB-hours and cost, of
+    the key's tenant (or TENANT, or * for all, with an admin key). Times without a zone are UTC."""
     grouping = cast(UsageGrouping, by)
     with conn.agentcell() as client:
         if output == "csv":
-            click.echo(client.usage.csv(since=since, until=until, by=grouping), nl=False)
+            click.echo(client.usage.csv(since=since, until=until, by=grouping, tenant=tenant), nl=False)
             return
-        report = client.usage.get(since=since, until=until, by=grouping)
+        report = client.usage.get(since=since, until=until, by=grouping, tenant=tenant)
     click.echo(report.model_dump_json(indent=2) if output == "json" else format_report(report))
 
 

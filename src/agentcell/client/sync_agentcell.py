@@ -208,14 +208,24 @@ class Usage:
         self._portal = portal
 
     def get(
-        self, *, since: datetime | None = None, until: datetime | None = None, by: UsageGrouping = "session"
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        by: UsageGrouping = "session",
+        tenant: str | None = None,
     ) -> UsageReport:
-        return self._portal.run(self._core.get(since=since, until=until, by=by))
+        return self._portal.run(self._core.get(since=since, until=until, by=by, tenant=tenant))
 
     def csv(
-        self, *, since: datetime | None = None, until: datetime | None = None, by: UsageGrouping = "session"
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        by: UsageGrouping = "session",
+        tenant: str | None = None,
     ) -> str:
-        return self._portal.run(self._core.csv(since=since, until=until, by=by))
+        return self._portal.run(self._core.csv(since=since, until=until, by=by, tenant=tenant))
 
 
 class Tenants:

@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from agentcell.protocol.code import CodeContextInfo, ContextState, EndStatus
 from agentcell.server.clock import Clock
@@ -41,9 +42,25 @@ class ContextSpec:
     is_default: bool
 
 
+class Activity(Protocol):
+    """Told when an execution starts and ends (the sandbox's metering: it is active meanwhile)."""
+
+    def begin(self, now: float) -> None: ...
+
+    def end(self, now: float) -> None: ...
+
+
 class CodeContext:
-    def __init__(self, spec: ContextSpec, factory: KernelFactory, limits: InterpreterLimits, clock: Clock):
+    def __init__(
+        self,
+        spec: ContextSpec,
+        factory: KernelFactory,
+        limits: InterpreterLimits,
+        clock: Clock,
+        activity: Activity | None = None,
+    ):
         self.spec = spec
+        self._activity = activity
         self._factory = factory
         self._limits = limits
         self._clock = clock
@@ -146,10 +163,14 @@ class CodeContext:
             yield Execution.error("TimeoutError", f"the context stayed busy for all of {timeout_s:g} s")
             yield execution.end("timeout", self._clock.now())
             return
+        if self._activity is not None:
+            self._activity.begin(self._clock.now())
         try:
             async for event in self._run_locked(execution, code, env, timeout_s, deadline):
                 yield event
         finally:
+            if self._activity is not None:
+                self._activity.end(self._clock.now())
             self._run_lock.release()
 
     async def _run_locked(

@@ -13,7 +13,13 @@ import zmq
 from agentcell.errors import InvalidArgument, NotFound, QuotaExceeded
 from agentcell.protocol.code import CodeContextCreate, CodeRun
 from agentcell.server.clock import Clock
-from agentcell.server.interpreter.context import CodeContext, ContextSpec, InterpreterLimits, KernelFactory
+from agentcell.server.interpreter.context import (
+    Activity,
+    CodeContext,
+    ContextSpec,
+    InterpreterLimits,
+    KernelFactory,
+)
 from agentcell.server.interpreter.jupyter import JupyterKernel
 from agentcell.server.interpreter.kernel import Kernel, SandboxLink
 from agentcell.server.interpreter.runner import RunnerKernel
@@ -29,8 +35,15 @@ def new_context_id() -> str:
 class CodeContexts:
     """The code contexts of one running sandbox. Kernels start on first use (or `prestart`)."""
 
-    def __init__(self, interpreter: Interpreter, sandbox_id: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        interpreter: Interpreter,
+        sandbox_id: str,
+        env: Mapping[str, str],
+        activity: Activity | None = None,
+    ) -> None:
         self._interpreter = interpreter
+        self._activity = activity
         self._link = SandboxLink(interpreter.driver, sandbox_id)
         self._env = dict(env)
         self._contexts: dict[str, CodeContext] = {}
@@ -43,7 +56,7 @@ class CodeContexts:
         await self._check_cwd(request.cwd)
         spec = ContextSpec(new_context_id(), request.language, request.cwd, dict(request.env), is_default)
         limits, clock = self._interpreter.limits, self._interpreter.clock
-        context = CodeContext(spec, self._kernel_factory(spec), limits, clock)
+        context = CodeContext(spec, self._kernel_factory(spec), limits, clock, self._activity)
         self._contexts[context.id] = context
         return context
 
@@ -134,10 +147,12 @@ class Interpreter:
             self._zmq = zmq.Context()
         return self._zmq
 
-    def contexts(self, sandbox_id: str, env: Mapping[str, str]) -> CodeContexts:
+    def contexts(
+        self, sandbox_id: str, env: Mapping[str, str], activity: Activity | None = None
+    ) -> CodeContexts:
         found = self._sandboxes.get(sandbox_id)
         if found is None:
-            found = self._sandboxes[sandbox_id] = CodeContexts(self, sandbox_id, env)
+            found = self._sandboxes[sandbox_id] = CodeContexts(self, sandbox_id, env, activity)
         return found
 
     async def discard(self, sandbox_id: str) -> None:

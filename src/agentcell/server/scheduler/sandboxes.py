@@ -356,7 +356,7 @@ class SandboxService:
         sandbox = self.running(sandbox_id)
         if self._interpreter is None:
             raise Unavailable("this server runs no code interpreter")
-        return self._interpreter.contexts(sandbox.id, sandbox.request.env)
+        return self._interpreter.contexts(sandbox.id, sandbox.request.env, sandbox.meter)
 
     async def _prestart_kernel(self, sandbox: Sandbox) -> None:
         try:
