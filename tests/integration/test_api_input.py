@@ -150,3 +150,12 @@ def test_openapi_document_lists_the_routes(api: httpx.Client) -> None:
         "/v1/sandboxes/{sandbox_id}/commands",
         "/v1/sandboxes/{sandbox_id}/files",
     } <= set(paths)
+
+
+def test_an_answer_before_the_body_was_read_keeps_the_next_request_working(api: httpx.Client) -> None:
+    """A 401 answered before a 4 MiB body was read: the connection is closed and says so, so the
+    client's next request goes on a fresh one instead of failing on a dead pooled connection."""
+    refused = api.post("/v1/sandboxes", content=b"x" * (4 << 20), headers={"x-api-key": "ac_bad_key"})
+    assert refused.status_code == 401
+    assert refused.headers.get("connection") == "close"
+    assert api.get("/v1/sandboxes").status_code == 200

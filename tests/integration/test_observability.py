@@ -214,5 +214,6 @@ def test_json_logs_carry_request_ids_and_no_commands(server_factory: type) -> No
     lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.strip()]
     started = [x for x in lines if x["message"] == f"sandbox {created.json()['id']} started"]
     assert started and started[0]["request_id"] == created.headers["x-request-id"]
+    assert started[0]["tenant"] == "default"
     assert all({"time", "level", "logger", "message"} <= set(x) for x in lines)
     assert "hunter2" not in server.log_path.read_text()

@@ -96,7 +96,10 @@ def test_files_and_modes_survive_30_idle_stops(api: httpx.Client, make_fn: MakeF
         expected = without_excluded(written)
         wait_for(lambda: not live_session(api, fn, key), what=f"cycle {cycle}: idle stop")
     assert len(instances) == 30, "every cycle must resume on a fresh instance"
-    workspace = ok(api.get(f"/v1/workspaces/{storage_path(fn, key)}"))
+    stored = f"/v1/workspaces/{storage_path(fn, key)}"
+    # (the session leaves the live list when it ends; its last snapshot is written after that)
+    wait_for(lambda: ok(api.get(stored))["session_id"] is None, what="the last snapshot")
+    workspace = ok(api.get(stored))
     assert workspace["last_snapshot"]["seq"] >= 30
     assert workspace["function"] == fn and workspace["key"] == key
 

@@ -11,6 +11,7 @@ from agentcell.server.api.errors import error_response
 from agentcell.server.auth.access import RequestAuth, required_scope
 from agentcell.server.auth.principal import LOCAL, Principal, acting_as
 from agentcell.server.observability.audit import Actor
+from agentcell.server.observability.logs import bind as bind_log_ids
 
 PRINCIPAL_STATE = "agentcell_principal"
 
@@ -38,6 +39,7 @@ class AuthMiddleware:
             await error_response(exc.code, exc.message, extra)(scope, receive, send)
             return
         scope.setdefault("state", {})[PRINCIPAL_STATE] = principal  # for the audit log, outside
+        bind_log_ids(tenant=principal.tenant)  # this request's log lines carry its tenant
         with acting_as(principal):
             await self.app(scope, receive, send)
 

@@ -434,7 +434,12 @@ class Exchange:
                 headers,
                 no_body=self.is_head or status == 204 or status == 304,
                 client_http10=self.head.http_version == b"1.0",
-                keep_alive=self.keep_alive and self.upgrade is None and not self.server.draining,
+                # An answer that comes before the request body was read ends the connection, and
+                # says so: the unread rest of the body cannot be told from a next request.
+                keep_alive=self.keep_alive
+                and self.request_complete
+                and self.upgrade is None
+                and not self.server.draining,
                 extra=route.add_response_headers,
             )
             self.framing = framing
