@@ -30,9 +30,9 @@ class AuthMiddleware:
             with acting_as(LOCAL):
                 await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        x_api_key, authorization = _key_headers(scope)
         try:
-            principal = self.auth.check(headers.get("x-api-key"), headers.get("authorization"), needed)
+            principal = self.auth.check(x_api_key, authorization, needed)
         except AgentcellError as exc:
             retry = getattr(exc, "retry_after_s", None)
             extra = {"retry-after": str(retry)} if retry else None
@@ -42,6 +42,15 @@ class AuthMiddleware:
         bind_log_ids(tenant=principal.tenant)  # this request's log lines carry its tenant
         with acting_as(principal):
             await self.app(scope, receive, send)
+
+
+def _key_headers(scope: Scope) -> tuple[str | None, str | None]:
+    """The two headers a key may come in (ASGI names are lowercase bytes)."""
+    found: dict[bytes, str] = {}
+    for name, value in scope.get("headers", []):
+        if name in (b"x-api-key", b"authorization"):
+            found[name] = value.decode("latin-1")
+    return found.get(b"x-api-key"), found.get(b"authorization")
 
 
 def audited_actor(scope: Scope) -> Actor:

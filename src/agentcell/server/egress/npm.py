@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -22,8 +23,9 @@ from agentcell.server.clock import Clock
 from agentcell.server.egress.cache import Artifact, ArtifactCache, is_key
 from agentcell.server.egress.fetch import Fetcher, FetchError
 from agentcell.server.egress.http import RequestHead, send_bytes, send_file, send_text
+from agentcell.server.egress.mirror import serve_mirror
 from agentcell.server.egress.policy import EgressPolicy
-from agentcell.server.egress.proxy import EgressDenied, check_allowed, deny
+from agentcell.server.egress.proxy import deny
 
 PREFIX = "/npm/"
 PACKAGE = re.compile(r"^/npm/((?:@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*)$")
@@ -75,16 +77,9 @@ class NpmMirror:
     async def handle(
         self, sandbox_id: str, policy: EgressPolicy, head: RequestHead, writer: asyncio.StreamWriter
     ) -> None:
-        if head.method not in ("GET", "HEAD"):
-            await send_text(writer, 405, "the npm mirror answers GET and HEAD only\n")
-            return
-        try:
-            check_allowed(sandbox_id, policy, self._host, self._port)
-            await self._route(sandbox_id, policy, head, writer)
-        except EgressDenied as e:
-            await send_text(writer, 403, f"{e} (the npm mirror fetches from {self._registry})\n")
-        except FetchError as e:
-            await send_text(writer, 502, f"agentcell npm mirror: {e}\n")
+        upstream = (self._registry, self._host, self._port)
+        route = partial(self._route, sandbox_id, policy, head, writer)
+        await serve_mirror("npm mirror", upstream, sandbox_id, policy, head, writer, route)
 
     async def _route(
         self, sandbox_id: str, policy: EgressPolicy, head: RequestHead, writer: asyncio.StreamWriter

@@ -14,6 +14,7 @@ import asyncio
 import html
 import re
 from dataclasses import dataclass
+from functools import partial
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote, unquote, urldefrag, urljoin, urlsplit
@@ -22,8 +23,9 @@ from agentcell.server.clock import Clock
 from agentcell.server.egress.cache import Artifact, ArtifactCache, is_key
 from agentcell.server.egress.fetch import Fetcher, FetchError
 from agentcell.server.egress.http import RequestHead, send_bytes, send_file, send_text
+from agentcell.server.egress.mirror import serve_mirror
 from agentcell.server.egress.policy import EgressPolicy
-from agentcell.server.egress.proxy import EgressDenied, check_allowed, deny
+from agentcell.server.egress.proxy import deny
 
 PREFIX = "/pypi/"
 SIMPLE = re.compile(r"^/pypi/simple/([A-Za-z0-9._-]+)/?$")
@@ -128,16 +130,9 @@ class PypiMirror:
     async def handle(
         self, sandbox_id: str, policy: EgressPolicy, head: RequestHead, writer: asyncio.StreamWriter
     ) -> None:
-        if head.method not in ("GET", "HEAD"):
-            await send_text(writer, 405, "the package mirror answers GET and HEAD only\n")
-            return
-        try:
-            check_allowed(sandbox_id, policy, self._host, self._port)
-            await self._route(sandbox_id, policy, head, writer)
-        except EgressDenied as e:
-            await send_text(writer, 403, f"{e} (the package mirror fetches from {self._index})\n")
-        except FetchError as e:
-            await send_text(writer, 502, f"agentcell package mirror: {e}\n")
+        upstream = (self._index, self._host, self._port)
+        route = partial(self._route, sandbox_id, policy, head, writer)
+        await serve_mirror("package mirror", upstream, sandbox_id, policy, head, writer, route)
 
     async def _route(
         self, sandbox_id: str, policy: EgressPolicy, head: RequestHead, writer: asyncio.StreamWriter
