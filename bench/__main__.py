@@ -26,6 +26,8 @@ ALL = [
     "code_first",
     "observability_overhead",
     "e2b_overhead",
+    "pty_rtt",
+    "sandbox_pause",
 ]
 
 

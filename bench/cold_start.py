@@ -1,13 +1,21 @@
 """cold_start: create a sandbox → first exec finished, through the REST API.
 
-Sequential (p50/p95/p99) and 50 at once (p99), against a raw namespace spawn of `true` (unshare).
+Two servers in one run: with the sandbox pool off (AGENTCELL_SANDBOX_POOL=0: every create spawns,
+the honest cold figure) and with a pool sized for the burst (every create of a round claims a
+pre-started instance; the bench waits for the pool to refill between rounds). Each: sequential
+p50/p95/p99 and 50 at once (p50/p99), plus the CPU the server process and the spawner (with its
+workers) spent per sandbox in the concurrent rounds. Baseline: a raw namespace spawn of `true`
+(unshare); the pooled figures are also compared with the pool-off ones of the same run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.baselines import UNSHARE, samples_ms
 from bench.client import LeanClient
@@ -17,6 +25,22 @@ from bench.server import BenchServer
 NAME = "cold_start"
 RUNS = 60
 CONCURRENT = 50
+ROUNDS = 3
+POOL_SIZE = CONCURRENT
+POOL_SEQUENTIAL = 40
+"""sequential claims from a full pool (fewer than it holds: a steady stream of creates never
+lets it refill, by design)"""
+TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Figures:
+    sequential: list[float] = field(default_factory=list)
+    concurrent: list[float] = field(default_factory=list)
+    server_cpu_ms: float = 0.0
+    """server process CPU per sandbox in the concurrent rounds (create + first exec)"""
+    spawner_cpu_ms: float = 0.0
+    """spawner + its workers' CPU per sandbox in the same rounds"""
 
 
 async def create_and_exec(client: LeanClient) -> tuple[float, str]:
@@ -35,40 +59,109 @@ async def cycle(client: LeanClient) -> float:
     return ms
 
 
-async def measure(port: int) -> tuple[list[float], list[float]]:
-    clients = [LeanClient("127.0.0.1", port) for _ in range(CONCURRENT)]
+async def pool_ready(client: LeanClient) -> int:
+    status, body = await client.request("GET", "/metrics")
+    assert status == 200, body
+    for line in body.decode().splitlines():
+        if line.startswith("agentcell_sandbox_pool_ready "):
+            return int(float(line.split()[1]))
+    raise AssertionError("the server exports no agentcell_sandbox_pool_ready")
+
+
+async def wait_pool_full(client: LeanClient, size: int) -> None:
+    deadline = time.monotonic() + 120
+    while (ready := await pool_ready(client)) < size:
+        assert time.monotonic() < deadline, f"the pool holds {ready} of {size} after 120 s"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # let the last refill's spawner work settle
+
+
+def cpu_ms(pid: int, children: bool) -> float:
+    """utime + stime (+ reaped children's) of a process, in ms."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks * TICK_MS
+
+
+def spawner_pid(server_pid: int) -> int:
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if "acell-helper" in Path(f"/proc/{child}/cmdline").read_text():
+                return int(child)
+    raise AssertionError("no spawner found under the server")
+
+
+async def burst(clients: list[LeanClient], server: int, spawner: int) -> tuple[list[float], float, float]:
+    """50 create + first exec at once: their latencies, and the server's and the spawner's CPU
+    (ms) until the last one finished; then the sandboxes are killed."""
+    before = cpu_ms(server, children=False), cpu_ms(spawner, children=True)
+    results = await asyncio.gather(*(create_and_exec(c) for c in clients))
+    server_ms = cpu_ms(server, children=False) - before[0]
+    spawner_ms = cpu_ms(spawner, children=True) - before[1]
+    await asyncio.gather(
+        *(c.request("DELETE", f"/v1/sandboxes/{s}") for c, (_, s) in zip(clients, results, strict=True))
+    )
+    return [ms for ms, _ in results], server_ms, spawner_ms
+
+
+async def measure(server: BenchServer, pool: int) -> Figures:
+    clients = [LeanClient("127.0.0.1", server.port) for _ in range(CONCURRENT)]
     for client in clients:
         await client.__aenter__()
+    figures = Figures()
     try:
-        for _ in range(3):
-            await cycle(clients[0])
-        sequential = [await cycle(clients[0]) for _ in range(RUNS)]
-        concurrent: list[float] = []
-        for _ in range(3):
-            results = await asyncio.gather(*(create_and_exec(c) for c in clients))
-            concurrent += [ms for ms, _ in results]
-            ids = [sid for _, sid in results]
-            await asyncio.gather(
-                *(c.request("DELETE", f"/v1/sandboxes/{s}") for c, s in zip(clients, ids, strict=True))
-            )
-        return sequential, concurrent
+        if pool:
+            await wait_pool_full(clients[0], pool)
+            figures.sequential = [await cycle(clients[0]) for _ in range(POOL_SEQUENTIAL)]
+        else:
+            for _ in range(3):
+                await cycle(clients[0])
+            figures.sequential = [await cycle(clients[0]) for _ in range(RUNS)]
+        spawner = spawner_pid(server.pid)
+        server_ms = spawner_ms = 0.0
+        for _ in range(ROUNDS):
+            if pool:
+                await wait_pool_full(clients[0], pool)
+            latencies, server_round_ms, spawner_round_ms = await burst(clients, server.pid, spawner)
+            figures.concurrent += latencies
+            server_ms += server_round_ms
+            spawner_ms += spawner_round_ms
+        figures.server_cpu_ms = server_ms / (ROUNDS * CONCURRENT)
+        figures.spawner_cpu_ms = spawner_ms / (ROUNDS * CONCURRENT)
+        return figures
     finally:
         for client in clients:
             await client.__aexit__()
+
+
+def run_server(pool: int) -> Figures:
+    with BenchServer(AGENTCELL_SANDBOX_POOL=str(pool)) as server:
+        return asyncio.run(measure(server, pool))
 
 
 def main() -> None:
     progress(f"{NAME}: baseline (raw unshare true)")
     raw = samples_ms(UNSHARE, RUNS)
     raw_p50, raw_p95, raw_p99 = median(raw), percentile(raw, 95), percentile(raw, 99)
-    with BenchServer() as server:
-        progress(f"{NAME}: {RUNS} sequential, then 3 x {CONCURRENT} concurrent")
-        sequential, concurrent = asyncio.run(measure(server.port))
-    emit(NAME, "sequential_p50_ms", median(sequential), "ms", raw_p50)
-    emit(NAME, "sequential_p95_ms", percentile(sequential, 95), "ms", raw_p95)
-    emit(NAME, "sequential_p99_ms", percentile(sequential, 99), "ms", raw_p99)
-    emit(NAME, "concurrent50_p50_ms", median(concurrent), "ms", raw_p50)
-    emit(NAME, "concurrent50_p99_ms", percentile(concurrent, 99), "ms", raw_p99)
+    progress(f"{NAME}: pool off: {RUNS} sequential, then {ROUNDS} x {CONCURRENT} concurrent")
+    cold = run_server(0)
+    progress(f"{NAME}: pool of {POOL_SIZE}: {POOL_SEQUENTIAL} sequential, then {ROUNDS} x {CONCURRENT}")
+    warm = run_server(POOL_SIZE)
+    emit(NAME, "sequential_p50_ms", median(cold.sequential), "ms", raw_p50)
+    emit(NAME, "sequential_p95_ms", percentile(cold.sequential, 95), "ms", raw_p95)
+    emit(NAME, "sequential_p99_ms", percentile(cold.sequential, 99), "ms", raw_p99)
+    emit(NAME, "concurrent50_p50_ms", median(cold.concurrent), "ms", raw_p50)
+    emit(NAME, "concurrent50_p99_ms", percentile(cold.concurrent, 99), "ms", raw_p99)
+    emit(NAME, "concurrent50_server_cpu_per_sandbox_ms", cold.server_cpu_ms, "ms")
+    emit(NAME, "concurrent50_spawner_cpu_per_sandbox_ms", cold.spawner_cpu_ms, "ms")
+    cold_p50, cold_p99 = median(cold.concurrent), percentile(cold.concurrent, 99)
+    emit(NAME, "pool_sequential_p50_ms", median(warm.sequential), "ms", median(cold.sequential))
+    emit(NAME, "pool_concurrent50_p50_ms", median(warm.concurrent), "ms", cold_p50)
+    emit(NAME, "pool_concurrent50_p99_ms", percentile(warm.concurrent, 99), "ms", cold_p99)
+    emit(NAME, "pool_concurrent50_server_cpu_per_sandbox_ms", warm.server_cpu_ms, "ms", cold.server_cpu_ms)
+    emit(NAME, "pool_concurrent50_spawner_cpu_per_sandbox_ms", warm.spawner_cpu_ms, "ms", cold.spawner_cpu_ms)
 
 
 if __name__ == "__main__":

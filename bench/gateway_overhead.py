@@ -1,15 +1,23 @@
 """gateway_overhead: what the gateway's proxy costs, against a direct connection and nginx.
 
-One uvicorn upstream (httptools + uvloop, a trivial ASGI app), and in front of it, each in its
-own process: our `GatewayServer` (with a router doing the warm path's dict lookup) and Debian's
-nginx as a plain reverse proxy with upstream keep-alive (one worker). wrk drives 50 keep-alive
-connections against each target in turn, for several interleaved rounds; the medians are
-reported (under that load p50 is mostly queueing, so the hop's own latency is also measured
-with one connection: `p50_added_c1_ms`). Then one large streamed response (512 MiB) through
-each path, in MiB/s (best of two).
+One uvicorn upstream (httptools + uvloop), and in front of it, each in its own process: our
+`GatewayServer` (with a router doing the warm path's dict lookup) and Debian's nginx as a plain
+reverse proxy with upstream keep-alive (one worker). wrk drives 50 keep-alive connections against
+each target in turn, for several interleaved rounds; the medians are reported (under that load
+p50 is mostly queueing, so the hop's own latency is also measured with one connection:
+`p50_added_c1_ms`). Then one large streamed response (512 MiB) through each path, in MiB/s
+(best of two).
+
+Two upstreams, one after the other:
+- `raw`: a bare ASGI callable (~22 us of CPU per request here), the worst case for any proxy:
+  the hop costs about as much CPU as the upstream itself. Metrics without a suffix.
+- `typical`: the same answer from a Starlette app (route table, Request/Response objects), the
+  weight of a small real Python function and of the upstream in the research runs that set the
+  targets (~20k req/s direct there). Metrics with the suffix `_typical`.
 
 The machine has two cores shared by wrk, the upstream and the proxy, so absolute figures move
-with whatever else runs; compare within one run.
+with whatever else runs; compare within one run. With the `raw` upstream the three processes
+need more than two cores: every extra hop (nginx included) takes CPU from both ends.
 
     python -m bench.gateway_overhead [--rounds 3] [--duration-s 5] [--stream-mib 512]
 
@@ -69,6 +77,25 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(SMALL_BODY))]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": SMALL_BODY})
+
+
+def typical_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The `typical` upstream (uvicorn --factory): Starlette is imported only where it runs."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route as StarletteRoute
+
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(SMALL_BODY)
+
+    return Starlette(routes=[StarletteRoute("/", hello)])
+
+
+UPSTREAMS = {
+    "raw": ["bench.gateway_overhead:app"],
+    "typical": ["bench.gateway_overhead:typical_app", "--factory"],
+}
 
 
 # --- the gateway process ----------------------------------------------------------------------
@@ -255,7 +282,11 @@ def stream_mib_s(port: int, mib: int) -> float:
         return mib / (time.perf_counter() - start)
 
 
-def measure(targets: dict[str, int], rounds: int, duration_s: float, stream_mib: int) -> None:
+def measure(
+    targets: dict[str, int], rounds: int, duration_s: float, stream_mib: int, suffix: str = ""
+) -> None:
+    """wrk rounds against each target; with `stream_mib` > 0 also one-connection latency and
+    the large streamed response."""
     for name, port in targets.items():  # warm up pools, caches and JITs of nobody
         run_wrk(f"http://127.0.0.1:{port}/", 1)
         progress(f"warmed up {name}")
@@ -264,7 +295,10 @@ def measure(targets: dict[str, int], rounds: int, duration_s: float, stream_mib:
         for name, port in targets.items():
             result = run_wrk(f"http://127.0.0.1:{port}/", duration_s)
             results[name].append(result)
-            progress(f"round {round_no} {name}: {result.rps:.0f} req/s p50 {result.p50_ms:.3f} ms")
+            progress(f"round {round_no} {name}{suffix}: {result.rps:.0f} req/s p50 {result.p50_ms:.3f} ms")
+    if not stream_mib:
+        report_load(results, suffix)
+        return
     single: dict[str, list[WrkResult]] = {name: [] for name in targets}
     for _ in range(2):  # one connection: the hop's own latency, without queueing behind others
         for name, port in targets.items():
@@ -278,22 +312,28 @@ def measure(targets: dict[str, int], rounds: int, duration_s: float, stream_mib:
     report(results, single, streams)
 
 
-def report(
-    results: dict[str, list[WrkResult]], single: dict[str, list[WrkResult]], streams: dict[str, list[float]]
-) -> None:
+def report_load(results: dict[str, list[WrkResult]], suffix: str = "") -> None:
     rps = {name: median([r.rps for r in rs]) for name, rs in results.items()}
     p50 = {name: median([r.p50_ms for r in rs]) for name, rs in results.items()}
     p99 = {name: median([r.p99_ms for r in rs]) for name, rs in results.items()}
-    stream = {name: max(values) for name, values in streams.items()}
-    emit(BENCH, "rps_direct", rps["direct"], "per_s")
-    emit(BENCH, "rps_gateway", rps["gateway"], "per_s", rps["direct"])
-    emit(BENCH, "rps_nginx", rps["nginx"], "per_s", rps["direct"])
-    emit(BENCH, "rps_gateway_vs_nginx", rps["gateway"], "per_s", rps["nginx"])
+    emit(BENCH, f"rps_direct{suffix}", rps["direct"], "per_s")
+    emit(BENCH, f"rps_gateway{suffix}", rps["gateway"], "per_s", rps["direct"])
+    emit(BENCH, f"rps_nginx{suffix}", rps["nginx"], "per_s", rps["direct"])
+    emit(BENCH, f"rps_gateway_vs_nginx{suffix}", rps["gateway"], "per_s", rps["nginx"])
     for name in ("direct", "gateway", "nginx"):
-        emit(BENCH, f"p50_{name}_ms", p50[name], "ms", None if name == "direct" else p50["direct"])
-        emit(BENCH, f"p99_{name}_ms", p99[name], "ms", None if name == "direct" else p99["direct"])
-    emit(BENCH, "p50_added_ms", p50["gateway"] - p50["direct"], "ms")
-    emit(BENCH, "p50_added_nginx_ms", p50["nginx"] - p50["direct"], "ms")
+        base = None if name == "direct" else p50["direct"]
+        emit(BENCH, f"p50_{name}{suffix}_ms", p50[name], "ms", base)
+        base = None if name == "direct" else p99["direct"]
+        emit(BENCH, f"p99_{name}{suffix}_ms", p99[name], "ms", base)
+    emit(BENCH, f"p50_added{suffix}_ms", p50["gateway"] - p50["direct"], "ms")
+    emit(BENCH, f"p50_added_nginx{suffix}_ms", p50["nginx"] - p50["direct"], "ms")
+
+
+def report(
+    results: dict[str, list[WrkResult]], single: dict[str, list[WrkResult]], streams: dict[str, list[float]]
+) -> None:
+    report_load(results)
+    stream = {name: max(values) for name, values in streams.items()}
     one = {name: median([r.p50_ms for r in rs]) for name, rs in single.items()}
     emit(BENCH, "p50_c1_direct_ms", one["direct"], "ms")
     emit(BENCH, "p50_c1_gateway_ms", one["gateway"], "ms", one["direct"])
@@ -312,11 +352,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stream-mib", type=int, default=512)
     args = parser.parse_args(argv or [])
     ensure_tools()
+    with tempfile.TemporaryDirectory(prefix="bench-gw-") as tmp_name:
+        tmp = Path(tmp_name)
+        run_against("raw", tmp, args.rounds, args.duration_s, args.stream_mib)
+        run_against("typical", tmp, args.rounds, args.duration_s, 0)
+
+
+def run_against(upstream_kind: str, tmp: Path, rounds: int, duration_s: float, stream_mib: int) -> None:
+    """Start the upstream, the gateway and nginx, measure, stop them all."""
     python = sys.executable
     upstream_port, gateway_port, nginx_port = free_port(), free_port(), free_port()
-    with tempfile.TemporaryDirectory(prefix="bench-gw-") as tmp_name, contextlib.ExitStack() as stack:
-        tmp = Path(tmp_name)
-        upstream = [python, "-m", "uvicorn", "bench.gateway_overhead:app", "--host", "127.0.0.1"]
+    with contextlib.ExitStack() as stack:
+        upstream = [python, "-m", "uvicorn", *UPSTREAMS[upstream_kind], "--host", "127.0.0.1"]
         upstream += ["--port", str(upstream_port), "--loop", "uvloop", "--http", "httptools"]
         upstream += ["--lifespan", "off", "--no-access-log", "--log-level", "warning"]
         stack.enter_context(running("upstream", upstream, f"http://127.0.0.1:{upstream_port}/", tmp))
@@ -336,7 +383,8 @@ def main(argv: list[str] | None = None) -> None:
         ]
         stack.enter_context(running("nginx", nginx, f"http://127.0.0.1:{nginx_port}/", tmp))
         targets = {"direct": upstream_port, "gateway": gateway_port, "nginx": nginx_port}
-        measure(targets, args.rounds, args.duration_s, args.stream_mib)
+        suffix = "" if upstream_kind == "raw" else f"_{upstream_kind}"
+        measure(targets, rounds, duration_s, stream_mib, suffix)
 
 
 def _cli() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import os
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -18,6 +20,8 @@ from bench.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "mcp_stdio"
+SDK_SERVER = ROOT / "bench" / "mcp_sdk_server.py"
+SDK_CMD = "PYTHONPATH=site exec python3 server.py"
 BRIDGE = ROOT / "src" / "agentcell" / "server" / "scheduler" / "mcp_bridge" / "bridge.py"
 JSON_AND_SSE = {"accept": "application/json, text/event-stream"}
 INIT = {
@@ -40,6 +44,27 @@ def fixture_archive() -> bytes:
     return buffer.getvalue()
 
 
+def sdk_server_dir(parent: Path) -> Path:
+    """A function directory: the SDK server as `server.py`, the pinned `mcp` SDK in `site/`
+    (installed with pip for the sandbox's Python, which is the host's /usr/bin/python3)."""
+    directory = parent / "mcp-sdk-fn"
+    (directory / "site").mkdir(parents=True)
+    (directory / "server.py").write_bytes(SDK_SERVER.read_bytes())
+    pin = f"mcp=={importlib.metadata.version('mcp')}"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "--target", str(directory / "site"), pin], check=True, stdout=subprocess.DEVNULL)
+    return directory
+
+
+def deploy_sdk_mcp(client: httpx.Client, name: str, directory: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
+        tar.add(directory, arcname=".")
+    body = {"cmd": SDK_CMD, "affinity": {"kind": "mcp"}, "idle_timeout_s": 3600, "min_warm": 1}
+    files = {"config": (None, json.dumps(body)), "code": ("code.tar.gz", buffer.getvalue())}
+    client.put(f"/v1/functions/{name}", files=files).raise_for_status()
+
+
 def deploy_mcp(client: httpx.Client, name: str, **config: Any) -> None:
     body = {"stdio": "python3 server.py", "affinity": {"kind": "mcp"}, "idle_timeout_s": 3600, **config}
     files = {"config": (None, json.dumps(body)), "code": ("code.tar.gz", fixture_archive())}
@@ -57,9 +82,10 @@ def initialize(client: httpx.Client, url: str) -> str:
 
 
 class HostBridge:
-    """The same bridge and stdio server as a deployed function, run directly on the host."""
+    """The same bridge and stdio server as a deployed function, run directly on the host (or,
+    given `sdk_dir`, the SDK server from `sdk_server_dir`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sdk_dir: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
@@ -68,7 +94,8 @@ class HostBridge:
             "AGENTCELL_STDIO": f"exec /usr/bin/python3 {FIXTURE}/server.py",
         }
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(["/usr/bin/python3", str(BRIDGE)], env=env, stderr=subprocess.DEVNULL)
+        argv = ["/usr/bin/python3", str(BRIDGE)] if sdk_dir is None else ["/bin/bash", "-c", SDK_CMD]
+        self.proc = subprocess.Popen(argv, env=env, cwd=sdk_dir, stderr=subprocess.DEVNULL)
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):

@@ -104,15 +104,10 @@ def test_unknown_sandbox_raises_not_found(e2b_env: str) -> None:
         BaseSandbox.get_info("sbx_0000000000000000")
 
 
-def test_pause_is_refused_and_the_sandbox_keeps_running(sbx: Sandbox) -> None:
-    with pytest.raises(SandboxException, match="cannot be paused"):
-        sbx.pause()
-    assert sbx.is_running()
-
-
 def test_cloud_only_features_say_so(sbx: Sandbox) -> None:
-    """Metrics, snapshots, fork and the template service answer 501 with the reason."""
-    for call in (sbx.get_metrics, sbx.create_snapshot, sbx.list_snapshots().next_items):
+    """Snapshots, fork and the template service answer 501 with the reason (pause, resume and
+    metrics: test_e2b_pause.py)."""
+    for call in (sbx.create_snapshot, sbx.list_snapshots().next_items):
         with pytest.raises(SandboxException, match="not available"):
             call()
 

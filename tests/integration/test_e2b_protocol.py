@@ -99,8 +99,8 @@ def test_wrong_codecs_get_415(api: httpx.Client, sandbox: dict[str, str]) -> Non
 def test_unknown_methods_and_bad_json(api: httpx.Client, sandbox: dict[str, str]) -> None:
     unknown = api.post("/process.Process/Explode", json={}, headers=sandbox)
     assert (unknown.status_code, unknown.json()["code"]) == (501, "unimplemented")
-    pty = api.post("/process.Process/Update", json={}, headers=sandbox)
-    assert pty.json()["code"] == "unimplemented"
+    no_process = api.post("/process.Process/Update", json={}, headers=sandbox)  # PTY resize
+    assert (no_process.status_code, no_process.json()["code"]) == (400, "invalid_argument")
     bad = api.post(
         "/filesystem.Filesystem/Stat",
         content=b"{nope",
@@ -138,8 +138,9 @@ def test_control_plane_errors(api: httpx.Client, shared_server: ServerProcess) -
     assert no_key.status_code == 401
     bad = api.post("/v2/sandboxes", json={"templateID": "base", "timeout": -1})
     assert bad.status_code == 400 and bad.json()["code"] == 400
-    paused = api.post("/v2/sandboxes", json={"templateID": "base", "autoPause": True})
-    assert paused.status_code == 400 and "pause" in paused.json()["message"]
+    resuming = api.post("/v2/sandboxes", json={"templateID": "base", "autoResume": {"enabled": True}})
+    assert resuming.status_code == 400 and "autoResume" in resuming.json()["message"]
+    assert api.post("/sandboxes/sbx_ffffffffffffffff/pause").status_code == 404
     assert api.get("/sandboxes/sbx_ffffffffffffffff").json() == {
         "code": 404,
         "message": "sandbox 'sbx_ffffffffffffffff' not found (it may have ended)",

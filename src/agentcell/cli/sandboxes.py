@@ -1,10 +1,10 @@
-"""`agentcell sandbox …`: create, ls, get, kill, timeout."""
+"""`agentcell sandbox …`: create, ls, get, kill, timeout, pause, resume."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import cast
+from typing import Literal, cast
 
 import click
 
@@ -32,6 +32,12 @@ def sandbox_group() -> None:
 @click.option("--disk-mb", type=int, default=None)
 @click.option("--timeout", "timeout_s", type=int, default=None, help="Seconds until the sandbox ends.")
 @click.option(
+    "--on-timeout",
+    type=click.Choice(["kill", "pause"]),
+    default=None,
+    help="At the timeout: end the sandbox (default) or pause it (its /home/user kept).",
+)
+@click.option(
     "--egress",
     type=click.Choice(["none", "allowlist", "open"]),
     default=None,
@@ -54,6 +60,7 @@ def create(
     memory_mb: int | None,
     disk_mb: int | None,
     timeout_s: int | None,
+    on_timeout: str | None,
     egress: str | None,
     allow: tuple[str, ...],
     as_json: bool,
@@ -68,6 +75,7 @@ def create(
         memory_mb=memory_mb,
         disk_mb=disk_mb,
         timeout_s=timeout_s,
+        on_timeout=cast(Literal["kill", "pause"] | None, on_timeout),
         network=network,
         api_url=conn.api_url,
         api_key=conn.api_key,
@@ -78,7 +86,7 @@ def create(
 
 @sandbox_group.command("ls")
 @metadata_option
-@click.option("--state", type=click.Choice(["running", "stopping", "ended"]), default=None)
+@click.option("--state", type=click.Choice(["running", "stopping", "ended", "paused"]), default=None)
 @json_option
 @pass_connection
 def list_sandboxes(conn: Connection, metadata: dict[str, str], state: str | None, as_json: bool) -> None:
@@ -119,6 +127,29 @@ def set_timeout(conn: Connection, sandbox_id: str, seconds: int, as_json: bool) 
     with conn.sandbox(sandbox_id) as sandbox:
         info = sandbox.set_timeout(seconds)
     click.echo(info.model_dump_json(indent=2) if as_json else info.expires_at.isoformat())
+
+
+@sandbox_group.command("pause")
+@click.argument("sandbox_id")
+@pass_connection
+def pause(conn: Connection, sandbox_id: str) -> None:
+    """Save the sandbox's /home/user and stop it (its processes end); `resume` starts it again."""
+    with conn.sandbox(sandbox_id) as sandbox:
+        sandbox.pause()
+
+
+@sandbox_group.command("resume")
+@click.argument("sandbox_id")
+@click.option(
+    "--timeout", "timeout_s", type=int, default=None, help="Seconds until it ends (default: as created)."
+)
+@json_option
+@pass_connection
+def resume(conn: Connection, sandbox_id: str, timeout_s: int | None, as_json: bool) -> None:
+    """Start a paused sandbox again, same id, its files restored; prints its new end time."""
+    sandbox = Sandbox.resume(sandbox_id, timeout_s=timeout_s, api_url=conn.api_url, api_key=conn.api_key)
+    sandbox.close()
+    click.echo(sandbox.info.model_dump_json(indent=2) if as_json else sandbox.info.expires_at.isoformat())
 
 
 def format_table(sandboxes: Sequence[SandboxInfo]) -> str:

@@ -20,6 +20,7 @@ from agentcell.protocol.commands import (
     CommandRequest,
     ProcessInfo,
     ProcessList,
+    PtySize,
     SignalRequest,
     StdinWrite,
 )
@@ -101,6 +102,11 @@ class AsyncCommandHandle:
     async def kill(self) -> None:
         """SIGKILL; a process that has already ended is left as it is."""
         await self.signal("SIGKILL")
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the window of a terminal (see AsyncCommands.open_terminal); it gets SIGWINCH."""
+        body = request_body(PtySize, {"rows": rows, "cols": cols})
+        await self._api.call("POST", f"{self._base}/resize", json=body)
 
 
 class AsyncCommands:
@@ -214,6 +220,25 @@ class AsyncCommands:
         ) as response:
             async for event in parse_events(response.aiter_lines()):
                 yield event
+
+    async def open_terminal(
+        self,
+        cmd: str | Sequence[str] = ("/bin/bash", "-l"),
+        *,
+        rows: int = 24,
+        cols: int = 80,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncCommandHandle:
+        """Start `cmd` (a login bash by default) on a new terminal of `rows` x `cols` in the
+        sandbox, in the background: type into it with `send_stdin` (a terminal's input is never
+        closed), read its output (one `stdout` stream, with the terminal's echo and \\r\\n) from
+        `events()`/`wait()`, `resize` it, `kill` it. TERM is xterm-256color unless `env` says."""
+        body = command_body(cmd, True, env, cwd, timeout_s, None)
+        body["pty"] = request_body(PtySize, {"rows": rows, "cols": cols})
+        response = await self._api.call("POST", f"{self._base}/commands", json=body)
+        return AsyncCommandHandle(self._api, self._sandbox_id, parse_model(ProcessInfo, response))
 
     async def list(self) -> list[ProcessInfo]:
         """Background processes, running and ended."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 
@@ -25,7 +25,14 @@ from agentcell.client.files import AsyncFiles
 from agentcell.protocol.code import DEFAULT_TIMEOUT_S as DEFAULT_CODE_TIMEOUT_S
 from agentcell.protocol.code import CodeContextInfo
 from agentcell.protocol.egress import NetworkPolicy
-from agentcell.protocol.sandboxes import SandboxCreate, SandboxInfo, SandboxList, SandboxState, SandboxTimeout
+from agentcell.protocol.sandboxes import (
+    SandboxCreate,
+    SandboxInfo,
+    SandboxList,
+    SandboxResume,
+    SandboxState,
+    SandboxTimeout,
+)
 
 S = TypeVar("S", bound="AsyncSandbox")
 
@@ -96,6 +103,7 @@ class AsyncSandbox:
         timeout_s: int | None = None,
         network: NetworkPolicy | Mapping[str, Any] | str | None = None,
         code_kernel: bool | None = None,
+        on_timeout: Literal["kill", "pause"] | None = None,
         api_url: str | None = None,
         api_key: str | None = None,
         request_timeout_s: float | None = None,
@@ -105,7 +113,8 @@ class AsyncSandbox:
         512 MiB memory, 1024 MiB disk, ending 300 s from now). `api_url` falls back to
         AGENTCELL_URL then http://127.0.0.1:8700; `api_key` to AGENTCELL_API_KEY. `network` is the
         egress policy: "none" (default), "open", or {"egress": "allowlist", "allow": [...]}.
-        `code_kernel=True` starts the default Python kernel before returning (first run_code fast)."""
+        `code_kernel=True` starts the default Python kernel before returning (first run_code fast).
+        `on_timeout="pause"` pauses the sandbox at its timeout instead of ending it (see `pause`)."""
         given = {
             "template": template,
             "env": env,
@@ -116,6 +125,7 @@ class AsyncSandbox:
             "timeout_s": timeout_s,
             "network": network_body(network),
             "code_kernel": code_kernel,
+            "on_timeout": on_timeout,
         }
         body = request_body(SandboxCreate, {k: v for k, v in given.items() if v is not None})
         config = ClientConfig.resolve(api_url, api_key, request_timeout_s)
@@ -140,6 +150,29 @@ class AsyncSandbox:
 
         async def open_() -> S:
             return await cls._open(config, transport, "GET", f"/v1/sandboxes/{segment(sandbox_id)}", None)
+
+        return SandboxOpening(open_)
+
+    @classmethod
+    def resume(
+        cls: type[S],
+        sandbox_id: str,
+        *,
+        timeout_s: int | None = None,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        request_timeout_s: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> SandboxOpening[S]:
+        """Start a paused sandbox again: same id, its /home/user files restored (its processes and
+        code state were not kept). `timeout_s` replaces the timeout it was created with.
+        ConflictError if it is not paused, NotFoundError if there is no such sandbox."""
+        config = ClientConfig.resolve(api_url, api_key, request_timeout_s)
+        body = request_body(SandboxResume, {} if timeout_s is None else {"timeout_s": timeout_s})
+        path = f"/v1/sandboxes/{segment(sandbox_id)}/resume"
+
+        async def open_() -> S:
+            return await cls._open(config, transport, "POST", path, body)
 
         return SandboxOpening(open_)
 
@@ -194,6 +227,12 @@ class AsyncSandbox:
         """End the sandbox `timeout_s` seconds from now (sooner or later than before)."""
         body = request_body(SandboxTimeout, {"timeout_s": timeout_s})
         self.info = await self._api.call_model(SandboxInfo, "POST", f"{self._path}/timeout", json=body)
+        return self.info
+
+    async def pause(self) -> SandboxInfo:
+        """Save the sandbox's /home/user to object storage and stop it (state `paused`; its
+        processes and code state end). Resume it with `AsyncSandbox.resume(id)`, or kill it."""
+        self.info = await self._api.call_model(SandboxInfo, "POST", f"{self._path}/pause")
         return self.info
 
     async def kill(self) -> bool:

@@ -82,6 +82,9 @@ class CommandHandle:
     def kill(self) -> None:
         self._portal.run(self._core.kill())
 
+    def resize(self, rows: int, cols: int) -> None:
+        self._portal.run(self._core.resize(rows, cols))
+
 
 class Commands:
     """`sandbox.commands` (see AsyncCommands; same conventions: check=False by default)."""
@@ -166,6 +169,20 @@ class Commands:
 
     def connect(self, process: str | int) -> CommandHandle:
         return CommandHandle(self._portal.run(self._core.connect(process)), self._portal)
+
+    def open_terminal(
+        self,
+        cmd: str | Sequence[str] = ("/bin/bash", "-l"),
+        *,
+        rows: int = 24,
+        cols: int = 80,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout_s: float | None = None,
+    ) -> CommandHandle:
+        """See AsyncCommands.open_terminal."""
+        core = self._core.open_terminal(cmd, rows=rows, cols=cols, env=env, cwd=cwd, timeout_s=timeout_s)
+        return CommandHandle(self._portal.run(core), self._portal)
 
     def kill(self, process: str | int, sig: Signal = "SIGKILL") -> None:
         self._portal.run(self._core.kill(process, sig))
@@ -263,6 +280,7 @@ class Sandbox:
         timeout_s: int | None = None,
         network: NetworkPolicy | Mapping[str, Any] | str | None = None,
         code_kernel: bool | None = None,
+        on_timeout: Literal["kill", "pause"] | None = None,
         api_url: str | None = None,
         api_key: str | None = None,
         request_timeout_s: float | None = None,
@@ -280,6 +298,7 @@ class Sandbox:
                 timeout_s=timeout_s,
                 network=network,
                 code_kernel=code_kernel,
+                on_timeout=on_timeout,
                 api_url=api_url,
                 api_key=api_key,
                 request_timeout_s=request_timeout_s,
@@ -300,6 +319,29 @@ class Sandbox:
         return cls._open(
             AsyncSandbox.connect(
                 sandbox_id,
+                api_url=api_url,
+                api_key=api_key,
+                request_timeout_s=request_timeout_s,
+                transport=transport,
+            )
+        )
+
+    @classmethod
+    def resume(
+        cls,
+        sandbox_id: str,
+        *,
+        timeout_s: int | None = None,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        request_timeout_s: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Sandbox:
+        """See AsyncSandbox.resume."""
+        return cls._open(
+            AsyncSandbox.resume(
+                sandbox_id,
+                timeout_s=timeout_s,
                 api_url=api_url,
                 api_key=api_key,
                 request_timeout_s=request_timeout_s,
@@ -394,6 +436,10 @@ class Sandbox:
 
     def remove_code_context(self, context: ContextRef) -> None:
         self._portal.run(self._core.remove_code_context(context))
+
+    def pause(self) -> SandboxInfo:
+        """See AsyncSandbox.pause."""
+        return self._portal.run(self._core.pause())
 
     def kill(self) -> bool:
         return self._portal.run(self._core.kill())

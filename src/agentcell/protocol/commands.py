@@ -12,6 +12,13 @@ from agentcell.protocol.sandboxes import EnvName
 SandboxPath = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
 
+class PtySize(WireModel):
+    """A terminal's window in character cells."""
+
+    rows: int = Field(ge=1, le=1000)
+    cols: int = Field(ge=1, le=1000)
+
+
 class CommandRequest(WireModel):
     """Exactly one of `cmd` (run by `bash -c`) or `argv` (run as given)."""
 
@@ -29,6 +36,11 @@ class CommandRequest(WireModel):
     stdin: str | None = Field(default=None, max_length=16 * 1024 * 1024, description="written, then closed")
     timeout_s: float | None = Field(default=60, gt=0, le=86400, description="null: no limit")
     background: bool = Field(default=False, description="return at once; the process keeps running")
+    pty: PtySize | None = Field(
+        default=None,
+        description="run on a pseudo-terminal of this size: output comes as stdout, stdin stays open "
+        "(`stdin` is typed in), TERM defaults to xterm-256color; resize with POST .../resize",
+    )
 
     @model_validator(mode="after")
     def _one_of_cmd_or_argv(self) -> CommandRequest:
@@ -72,6 +84,8 @@ class ProcessInfo(ReplyModel):
     cwd: str
     running: bool
     exit_code: int | None = None
+    pty: bool = False
+    """on a terminal: its output is `stdout`, and it can be resized"""
 
 
 class ProcessList(ReplyModel):

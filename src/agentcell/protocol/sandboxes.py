@@ -37,6 +37,9 @@ class SandboxCreate(WireModel):
     network: NetworkPolicy = Field(
         default_factory=NetworkPolicy, description="egress: none (default), allowlist or open"
     )
+    on_timeout: Literal["kill", "pause"] = Field(
+        default="kill", description="at its timeout the sandbox ends (kill) or is paused (/home/user kept)"
+    )
 
     @model_validator(mode="after")
     def _kernel_fits(self) -> SandboxCreate:
@@ -52,7 +55,14 @@ class SandboxTimeout(WireModel):
     timeout_s: int = Field(ge=1, le=MAX_TIMEOUT_S)
 
 
-SandboxState = Literal["running", "stopping", "ended"]
+class SandboxResume(WireModel):
+    timeout_s: int | None = Field(
+        default=None, ge=1, le=MAX_TIMEOUT_S, description="its new timeout (default: its timeout at create)"
+    )
+
+
+SandboxState = Literal["running", "stopping", "ended", "paused"]
+"""`paused`: no instance; its /home/user is in object storage until it is resumed or killed."""
 
 
 class SandboxInfo(ReplyModel):

@@ -31,14 +31,19 @@ from agentcell.server.e2b.ports import E2bPorts
 from agentcell.server.egress.node import EgressConfig
 from agentcell.server.interpreter.context import InterpreterLimits
 from agentcell.server.interpreter.contexts import Interpreter
+from agentcell.server.meta.history import HistoryRetention
 from agentcell.server.meta.sqlite import SqliteMetaStore
 from agentcell.server.meta.store import MetaStore
 from agentcell.server.observability.audit import AuditLog
 from agentcell.server.observability.telemetry import Telemetry, build_telemetry
 from agentcell.server.sandbox.driver import SandboxDriver
 from agentcell.server.scheduler.metering import UsageLedger
-from agentcell.server.scheduler.sandboxes import SandboxService
+from agentcell.server.scheduler.sandbox_metrics import SandboxMetrics
+from agentcell.server.scheduler.sandbox_pause import SandboxPauses
+from agentcell.server.scheduler.sandbox_pool import SandboxPool, default_spec
+from agentcell.server.scheduler.sandboxes import SandboxService, new_sandbox_id
 from agentcell.server.scheduler.scheduler import Scheduler, SchedulerLimits
+from agentcell.server.scheduler.terminals import TerminalService
 from agentcell.server.scheduler.usage import PriceTable
 from agentcell.server.scheduler.workspaces import WorkspaceKeeper
 from agentcell.server.settings import Settings
@@ -48,6 +53,8 @@ from agentcell.server.templates.builds import BuildResources
 from agentcell.server.templates.service import TemplateService
 
 log = logging.getLogger(__name__)
+
+HISTORY_PRUNE_INTERVAL_S = 3600.0
 
 
 def build_driver(settings: Settings) -> SandboxDriver:
@@ -125,7 +132,9 @@ def create_app(
         quota_mb = tenants.quotas(tenant).max_storage_mb or settings.tenant_storage_quota_mb
         return (quota_mb << 20) or None
 
-    workspaces = WorkspaceKeeper(driver, Snapshots(objects, clock), store, clock, quota_bytes=storage_quota)
+    history = HistoryRetention(store, clock, retention_s=settings.history_retention_days * 86400)
+    snapshots = Snapshots(objects, clock)
+    workspaces = WorkspaceKeeper(driver, snapshots, store, clock, quota_bytes=storage_quota)
     templates = TemplateService(
         driver,
         clock,
@@ -142,6 +151,14 @@ def create_app(
             interrupt_grace_s=settings.code_interrupt_grace_s,
         ),
     )
+    pool = SandboxPool(
+        driver,
+        clock,
+        size=settings.sandbox_pool,
+        spec=default_spec(settings.default_pids_max),
+        new_id=new_sandbox_id,
+        registry=telemetry.registry,
+    )
     sandbox_service = SandboxService(
         driver,
         clock,
@@ -154,7 +171,19 @@ def create_app(
         usage_interval_s=settings.usage_interval_s,
         telemetry=telemetry,
         quotas=quotas,
+        pool=pool,
     )
+    pauses = SandboxPauses(
+        sandbox_service,
+        driver,
+        snapshots,
+        store,
+        workspaces,
+        clock,
+        retention_s=settings.paused_sandbox_retention_s,
+    )
+    sandbox_metrics = SandboxMetrics(sandbox_service, driver, clock)
+    terminals = TerminalService(driver, sandbox_service, clock)
     mcp_server = build_mcp_server(sandbox_service)
     scheduler = Scheduler(
         driver,
@@ -193,14 +222,25 @@ def create_app(
         sandboxes_task = await _start(
             sandbox_service.run(settings.reap_interval_s, ready := asyncio.Event()), "sandbox service", ready
         )
+        pauses_task = await _start(
+            pauses.run(settings.reap_interval_s, ready := asyncio.Event()), "paused sandboxes", ready
+        )
+        history_task = await _start(
+            history.run(HISTORY_PRUNE_INTERVAL_S, ready := asyncio.Event()), "history", ready
+        )
+        pool_task = await _start(pool.run(ready := asyncio.Event()), "sandbox pool", ready)  # after the reap
         try:
             async with mcp_server.session_manager.run():
                 yield
         finally:
             await _cancel(templates_task)  # builds in progress stop their sandboxes and are dropped
+            await _cancel(pool_task)
+            await _cancel(history_task)
+            await pool.aclose()
             await sandbox_service.aclose()
             await interpreter.aclose()
             await scheduler.aclose()
+            await _cancel(pauses_task)
             await _cancel(sandboxes_task)
             await _cancel(functions_task)
             await driver.aclose()
@@ -211,6 +251,8 @@ def create_app(
     app = FastAPI(title="agentcell", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.sandboxes = sandbox_service
+    app.state.pauses = pauses
+    app.state.terminals = terminals
     app.state.e2b_ports = E2bPorts(sandbox_service, driver, settings.e2b_domain)
     app.state.scheduler = scheduler
     app.state.workspaces = workspaces
@@ -241,7 +283,8 @@ def create_app(
     for module in routers:
         app.include_router(module.router)
     app.router.routes.extend(mcp_routes(mcp_server))
-    app.mount(E2B_PREFIX, e2b_app(sandbox_service, clock))  # E2B-compatible API (docs/e2b.md)
+    # the E2B-compatible API (docs/e2b.md)
+    app.mount(E2B_PREFIX, e2b_app(sandbox_service, clock, pauses, sandbox_metrics, terminals))
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,9 +34,18 @@ class Settings(BaseSettings):
     )
     max_sandboxes: int = Field(default=4000, ge=1, description="running sandboxes this node accepts")
     default_pids_max: int = Field(default=512, ge=16, description="processes per sandbox")
+    sandbox_pool: int = Field(
+        default=4,
+        description="pre-started sandboxes of the default spec kept idle for creates to claim (0: off)",
+    )
     stop_grace_s: float = Field(default=2.0, ge=0, description="SIGTERM → SIGKILL grace when a sandbox stops")
     reap_interval_s: float = Field(
         default=0.5, gt=0, description="how often expired sandboxes are looked for"
+    )
+    paused_sandbox_retention_s: float = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        description="a paused sandbox (and its saved files) is deleted this long after its pause",
     )
     max_waiting_requests: int = Field(
         default=64, ge=0, description="requests queued per function at max_instances"
@@ -111,6 +120,20 @@ class Settings(BaseSettings):
     tenant_storage_quota_mb: int = Field(
         default=0, ge=0, description="stored workspace bytes per tenant, in MiB (0: unlimited)"
     )
+    history_retention_days: float = Field(
+        default=400,
+        gt=0,
+        description="usage periods, audit records and ended sessions older than this are deleted",
+    )
+
+    @field_validator("sandbox_pool")
+    @classmethod
+    def _pool_size(cls, size: int) -> int:
+        if not 0 <= size <= MAX_SANDBOX_POOL:
+            raise ValueError(
+                f"AGENTCELL_SANDBOX_POOL must be between 0 (no pool) and {MAX_SANDBOX_POOL}, got {size}"
+            )
+        return size
 
     def host_pip_index_url(self) -> str:
         """AGENTCELL_PIP_INDEX_URL, else the host's pip configuration (PIP_INDEX_URL, pip.conf files),
@@ -122,6 +145,8 @@ class Settings(BaseSettings):
         return self.npm_registry or _npm_configured_registry() or NPM_DEFAULT_REGISTRY
 
 
+MAX_SANDBOX_POOL = 1000
+"""a larger pool would hold more memory idle than any burst on one node needs"""
 PIP_DEFAULT_INDEX = "https://pypi.org/simple"
 """pip's built-in default, used only when the host configures no index"""
 NPM_DEFAULT_REGISTRY = "https://registry.npmjs.org/"

@@ -1,19 +1,36 @@
-"""/v1/sandboxes/{id}/commands and /processes: run, stream, list, stdin, signal."""
+"""/v1/sandboxes/{id}/commands and /processes: run, stream, list, stdin, signal, resize."""
 
 from __future__ import annotations
 
 import signal
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from agentcell.protocol.commands import CommandRequest, ProcessInfo, ProcessList, SignalRequest, StdinWrite
+from agentcell.protocol.commands import (
+    CommandRequest,
+    ProcessInfo,
+    ProcessList,
+    PtySize,
+    SignalRequest,
+    StdinWrite,
+)
 from agentcell.server.api.deps import Sandboxes
 from agentcell.server.scheduler.processes import Event
+from agentcell.server.scheduler.terminals import TerminalService
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["commands"])
 NDJSON = "application/x-ndjson"
+
+
+def _terminals(request: Request) -> TerminalService:
+    found: TerminalService = request.app.state.terminals
+    return found
+
+
+Terminals = Annotated[TerminalService, Depends(_terminals)]
 
 
 async def ndjson(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
@@ -29,8 +46,13 @@ async def ndjson(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
         201: {"model": ProcessInfo},
     },
 )
-async def run_command(sandbox_id: str, body: CommandRequest, sandboxes: Sandboxes) -> Response:
-    process = await sandboxes.start_process(sandbox_id, body)
+async def run_command(
+    sandbox_id: str, body: CommandRequest, sandboxes: Sandboxes, terminals: Terminals
+) -> Response:
+    if body.pty is not None:
+        process = await terminals.start(sandbox_id, body)
+    else:
+        process = await sandboxes.start_process(sandbox_id, body)
     if body.background:
         return JSONResponse(process.info().model_dump(mode="json"), status_code=201)
     events = sandboxes.run_foreground(process, sandbox_id)
@@ -59,4 +81,11 @@ async def signal_process(
     sandbox_id: str, process_id: str, body: SignalRequest, sandboxes: Sandboxes
 ) -> Response:
     sandboxes.process(sandbox_id, process_id).send_signal(signal.Signals[body.signal].value)
+    return Response(status_code=204)
+
+
+@router.post("/processes/{process_id}/resize", status_code=204)
+async def resize_terminal(sandbox_id: str, process_id: str, body: PtySize, terminals: Terminals) -> Response:
+    """Set the window of a command started with `pty` (it gets SIGWINCH)."""
+    terminals.resize(sandbox_id, process_id, body)
     return Response(status_code=204)

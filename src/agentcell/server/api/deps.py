@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from agentcell.server.scheduler.sandbox_pause import SandboxPauses
 from agentcell.server.scheduler.sandboxes import SandboxService
 from agentcell.server.scheduler.scheduler import Scheduler as FunctionScheduler
 from agentcell.server.scheduler.workspaces import WorkspaceKeeper
@@ -17,6 +18,14 @@ def _sandboxes(request: Request) -> SandboxService:
 
 
 Sandboxes = Annotated[SandboxService, Depends(_sandboxes)]
+
+
+def _pauses(request: Request) -> SandboxPauses:
+    pauses: SandboxPauses = request.app.state.pauses
+    return pauses
+
+
+Pauses = Annotated[SandboxPauses, Depends(_pauses)]
 
 
 def _scheduler(request: Request) -> FunctionScheduler:

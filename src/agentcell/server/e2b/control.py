@@ -1,8 +1,11 @@
-"""E2B's control plane (`E2B_API_URL`): create, connect, describe, list, renew, kill sandboxes.
+"""E2B's control plane (`E2B_API_URL`): create, connect, describe, list, renew, pause, kill
+sandboxes, and their metrics.
 
 Routes mirror E2B's REST API (v1 and v2 paths, as the Python SDK ≥2.0 and older ones call them);
-answers are built from agentcell's SandboxService. Pause is refused (agentcell cannot snapshot a
-running sandbox yet); a connect to a running sandbox is the resume E2B's SDK does.
+answers are built from agentcell's SandboxService and SandboxPauses. A pause is persist-and-stop
+(the files of /home/user are kept, memory and processes are not); a connect to a paused sandbox
+resumes it with the same id, its files restored before the answer (201), and a connect to a
+running one answers 200.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from agentcell.errors import InvalidArgument
+from agentcell.errors import Conflict, InvalidArgument
 from agentcell.protocol.egress import NetworkPolicy
 from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.e2b.errors import NotImplementedE2b
@@ -24,10 +27,12 @@ from agentcell.server.e2b.models import (
     CLIENT_ID,
     ENVD_VERSION,
     ConnectE2b,
+    PauseE2b,
     SandboxCreateE2b,
     TimeoutE2b,
 )
-from agentcell.server.e2b.registry import E2bRegistry, our_template
+from agentcell.server.e2b.registry import TEMPLATE_LABEL, E2bRegistry, our_template
+from agentcell.server.scheduler.sandbox_metrics import MetricSample
 from agentcell.server.scheduler.sandboxes import Sandbox
 
 router = APIRouter(tags=["e2b"])
@@ -70,7 +75,7 @@ def listed_reply(reg: E2bRegistry, sandbox: Sandbox) -> dict[str, Any]:
         "cpuCount": max(1, round(req.cpu)),
         "memoryMB": req.memory_mb,
         "diskSizeMB": req.disk_mb,
-        "state": "running",
+        "state": "paused" if sandbox.state == "paused" else "running",
         "envdVersion": ENVD_VERSION,
         "metadata": dict(req.metadata),
     }
@@ -81,16 +86,17 @@ def detail_reply(reg: E2bRegistry, sandbox: Sandbox) -> dict[str, Any]:
         **listed_reply(reg, sandbox),
         "envdAccessToken": reg.token(sandbox.id),
         "allowInternetAccess": sandbox.request.network.egress != "none",
-        "lifecycle": {"onTimeout": "kill", "autoResume": False},
+        "lifecycle": {"onTimeout": sandbox.request.on_timeout, "autoResume": False},
     }
 
 
 def _network(body: SandboxCreateE2b) -> NetworkPolicy:
     """E2B's default is internet access on: `open` (through the node's egress proxy), unless the
-    request says `allow_internet_access: false` or names an allowlist."""
+    request says `allow_internet_access: false`, denies all traffic (`denyOut: [ALL_TRAFFIC]`) or
+    names an allowlist (which, as on E2B, takes precedence over the deny)."""
     if body.network and body.network.allow_out:
         return NetworkPolicy(egress="allowlist", allow=body.network.allow_out)
-    if body.allow_internet_access is False:
+    if body.allow_internet_access is False or (body.network and body.network.deny_out):
         return NetworkPolicy()
     return NetworkPolicy(egress="open")
 
@@ -106,6 +112,7 @@ def _create_request(body: SandboxCreateE2b) -> SandboxCreate:
             "metadata": body.metadata,
             "env": body.env_vars,
             "network": _network(body),
+            "on_timeout": "pause" if body.auto_pause else "kill",
         }
     )
 
@@ -123,13 +130,17 @@ async def create_sandbox(request: Request, body: SandboxCreateE2b) -> dict[str, 
 @router.post("/v2/sandboxes/{sandbox_id}/connect")
 @router.post("/sandboxes/{sandbox_id}/resume")
 async def connect_sandbox(request: Request, sandbox_id: str, body: ConnectE2b | None = None) -> JSONResponse:
-    """A running sandbox answers 200 (its timeout extended when `timeout` is given)."""
+    """A running sandbox answers 200 (its timeout extended when `timeout` is longer than what is
+    left); a paused one is resumed (with `timeout`, else its own) and answers 201."""
     reg = registry(request)
-    sandbox = reg.sandboxes.running(sandbox_id)
-    if body is not None and body.timeout is not None:
-        remaining = sandbox.expires_at - _now(reg)
-        if body.timeout > remaining:
-            reg.sandboxes.set_timeout(sandbox_id, body.timeout)
+    timeout = body.timeout if body is not None else None
+    paused = reg.pauses.paused(sandbox_id)
+    sandbox = await reg.pauses.resume(sandbox_id, timeout, running_ok=True)
+    if paused is not None:  # resumed, by this request or by one that got the sandbox's lock first
+        reg.remember(sandbox, paused.labels.get(TEMPLATE_LABEL, sandbox.request.template))
+        return JSONResponse(sandbox_reply(reg, sandbox), status_code=201)
+    if timeout is not None and timeout > sandbox.expires_at - _now(reg):
+        reg.sandboxes.set_timeout(sandbox_id, timeout)
     return JSONResponse(sandbox_reply(reg, sandbox), status_code=200)
 
 
@@ -137,38 +148,47 @@ def _now(reg: E2bRegistry) -> float:
     return reg.clock.now()
 
 
+def _live(reg: E2bRegistry, sandbox_id: str) -> Sandbox:
+    """The running sandbox, or 409 for a paused one (404 for any other)."""
+    if reg.pauses.paused(sandbox_id) is not None:
+        raise Conflict(f"sandbox {sandbox_id} is paused; resume it first (Sandbox.connect)")
+    return reg.sandboxes.running(sandbox_id)
+
+
 @router.get("/sandboxes/{sandbox_id}")
 async def get_sandbox(request: Request, sandbox_id: str) -> dict[str, Any]:
     reg = registry(request)
-    return detail_reply(reg, reg.sandboxes.running(sandbox_id))
+    paused = reg.pauses.paused(sandbox_id)
+    return detail_reply(reg, paused.sandbox if paused is not None else reg.sandboxes.running(sandbox_id))
 
 
 @router.delete("/sandboxes/{sandbox_id}", status_code=204)
 async def kill_sandbox(request: Request, sandbox_id: str) -> Response:
-    await registry(request).sandboxes.kill(sandbox_id)
+    """Ends a running sandbox; deletes a paused one with its saved files."""
+    await registry(request).pauses.kill(sandbox_id)
     return Response(status_code=204)
 
 
 @router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
 async def set_timeout(request: Request, sandbox_id: str, body: TimeoutE2b) -> Response:
-    registry(request).sandboxes.set_timeout(sandbox_id, body.timeout)
+    reg = registry(request)
+    reg.sandboxes.set_timeout(_live(reg, sandbox_id).id, body.timeout)
     return Response(status_code=204)
 
 
 @router.post("/sandboxes/{sandbox_id}/refreshes", status_code=204)
 async def refresh(request: Request, sandbox_id: str) -> Response:
     """Keep-alive of older SDKs: the sandbox must exist; its deadline is not moved."""
-    registry(request).sandboxes.running(sandbox_id)
+    _live(registry(request), sandbox_id)
     return Response(status_code=204)
 
 
-@router.post("/sandboxes/{sandbox_id}/pause")
-async def pause_sandbox(request: Request, sandbox_id: str) -> Response:
-    registry(request).sandboxes.running(sandbox_id)
-    raise NotImplementedE2b(
-        f"sandbox {sandbox_id} cannot be paused: agentcell has no pause (memory or filesystem snapshot) "
-        "for sandboxes yet; it keeps running until its timeout or kill()"
-    )
+@router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
+async def pause_sandbox(request: Request, sandbox_id: str, body: PauseE2b | None = None) -> Response:
+    """Persist-and-stop: /home/user is saved, the instance stops (its processes end). 409 when it
+    is paused already (the SDK's pause() then returns False)."""
+    await registry(request).pauses.pause(sandbox_id)
+    return Response(status_code=204)
 
 
 def _metadata_filter(text: str | None) -> dict[str, str]:
@@ -210,10 +230,13 @@ def _after_token(token: str) -> tuple[float, str]:
 def _filtered(
     reg: E2bRegistry, metadata: str | None, state: str | None, started_after: str | None, template: str | None
 ) -> list[Sandbox]:
-    if "running" not in _states(state):
-        return []
+    states = _states(state)
     since = _parse_time(started_after)
-    found = reg.sandboxes.find(_metadata_filter(metadata), "running")
+    found = [
+        s
+        for s in reg.pauses.find(_metadata_filter(metadata))
+        if ("paused" if s.state == "paused" else s.state) in states
+    ]
     if since is not None:
         found = [s for s in found if s.created_at >= since]
     if template:
@@ -234,11 +257,12 @@ async def list_sandboxes(
     state: str | None = None,
     started_after: Annotated[str | None, Query(alias="startedAfter")] = None,
     template: str | None = None,
-    order: Literal["asc", "desc"] = "asc",
+    order: Literal["asc", "desc"] = "desc",
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
     next_token: Annotated[str | None, Query(alias="nextToken")] = None,
 ) -> JSONResponse:
-    """Sorted by start time; a page of `limit`, the next page named by the `x-next-token` header."""
+    """Sorted by start time, newest first unless `order=asc` (as E2B's API and its SDK's own tests
+    expect); a page of `limit`, the next page named by the `x-next-token` header."""
     reg = registry(request)
     found = sorted(
         _filtered(reg, metadata, state, started_after, template), key=lambda s: (s.created_at, s.id)
@@ -258,9 +282,32 @@ async def list_sandboxes(
 
 
 @router.get("/sandboxes/{sandbox_id}/metrics")
-async def sandbox_metrics(request: Request, sandbox_id: str) -> Response:
-    registry(request).sandboxes.running(sandbox_id)
-    raise NotImplementedE2b("sandbox metrics are not available on agentcell's E2B API yet")
+async def sandbox_metrics(
+    request: Request, sandbox_id: str, start: int | None = None, end: int | None = None
+) -> list[dict[str, Any]]:
+    """A new sample of the running sandbox, with the earlier ones kept for it, within
+    [start, end] (Unix seconds) when given."""
+    reg = registry(request)
+    samples = await reg.metrics.sample(_live(reg, sandbox_id).id)
+    return [
+        _metric(m)
+        for m in samples
+        if (start is None or int(m.at) >= start) and (end is None or int(m.at) <= end)
+    ]
+
+
+def _metric(sample: MetricSample) -> dict[str, Any]:
+    return {
+        "timestamp": _time(sample.at),
+        "timestampUnix": int(sample.at),
+        "cpuCount": sample.cpu_count,
+        "cpuUsedPct": sample.cpu_used_pct,
+        "memUsed": sample.memory_used_bytes,
+        "memTotal": sample.memory_total_bytes,
+        "memCache": 0,
+        "diskUsed": sample.disk_used_bytes,
+        "diskTotal": sample.disk_total_bytes,
+    }
 
 
 UNSUPPORTED = (

@@ -32,6 +32,7 @@ from agentcell.server.e2b.streams import bounded, enveloped, stream_error
 from agentcell.server.e2b.target import ACCESS_TOKEN_HEADER, TRAFFIC_TOKEN_HEADER, target_of
 from agentcell.server.sandbox.driver import SANDBOX_USER
 from agentcell.server.scheduler.sandboxes import Sandbox
+from agentcell.server.scheduler.terminals import TerminalService
 
 router = APIRouter()
 Message = dict[str, Any]
@@ -42,9 +43,9 @@ MAX_UPLOAD_FILES = 1000
 
 
 class Services:
-    def __init__(self, registry: E2bRegistry) -> None:
+    def __init__(self, registry: E2bRegistry, terminals: TerminalService | None = None) -> None:
         self.registry = registry
-        self.process = ProcessService(registry)
+        self.process = ProcessService(registry, terminals)
         self.filesystem = FilesystemService(registry)
 
 
@@ -61,11 +62,16 @@ async def _signal(s: Services, sandbox: Sandbox, m: Message) -> Message:
     return s.process.send_signal(sandbox, m)
 
 
+async def _update(s: Services, sandbox: Sandbox, m: Message) -> Message:
+    return s.process.update(sandbox, m)
+
+
 UNARY: dict[str, Unary] = {
     "process.Process/List": _list,
     "process.Process/SendInput": lambda s, sbx, m: s.process.send_input(sbx, m),
     "process.Process/CloseStdin": lambda s, sbx, m: s.process.close_stdin(sbx, m),
     "process.Process/SendSignal": _signal,
+    "process.Process/Update": _update,
     "filesystem.Filesystem/Stat": lambda s, sbx, m: s.filesystem.stat(sbx, m),
     "filesystem.Filesystem/ListDir": lambda s, sbx, m: s.filesystem.list_dir(sbx, m),
     "filesystem.Filesystem/MakeDir": lambda s, sbx, m: s.filesystem.make_dir(sbx, m),
@@ -100,7 +106,6 @@ STREAMS: dict[str, Stream] = {
     "process.Process/Connect": _connect,
     "filesystem.Filesystem/WatchDir": _watch,
 }
-NOT_YET = {"process.Process/Update": "PTY sessions are not available on agentcell yet"}
 STREAM_INPUT = "process.Process/StreamInput"
 
 
@@ -141,8 +146,6 @@ async def rpc(request: Request, service: str, method: str) -> Response:
     if name == STREAM_INPUT:
         return await _client_stream(request)
     await request.body()  # read before any answer, so the connection stays usable for the next call
-    if name in NOT_YET:
-        raise RpcError("unimplemented", NOT_YET[name])
     stream = STREAMS.get(name)
     if stream is None and name not in UNARY:
         raise RpcError("unimplemented", f"{name} is not a method of envd's process or filesystem service")
@@ -242,7 +245,7 @@ def file_sandbox(request: Request, path: str, operation: str) -> Sandbox:
     else:
         raise Unauthenticated("the file URL's signature does not match (or its sandbox has ended)")
     if expiration and (not expiration.isdigit() or int(expiration) < registry.clock.now()):
-        raise Unauthenticated("the file URL has expired")
+        raise Unauthenticated("signature is already expired")  # envd's words
     return sandbox
 
 

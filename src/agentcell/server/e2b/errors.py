@@ -17,6 +17,7 @@ from collections.abc import Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -49,7 +50,8 @@ def status_and_message(exc: Exception, full_disk_status: int = 429) -> tuple[int
         return status, rpc.code, exc.message
     if isinstance(exc, NotImplementedE2b):
         return 501, "unimplemented", str(exc)
-    if isinstance(exc, RequestValidationError):
+    if isinstance(exc, RequestValidationError | ValidationError):
+        # a model built inside a route (e.g. the code run from /execute's body) is bad input too
         return 400, "invalid_argument", describe_validation(exc)
     if isinstance(exc, StarletteHTTPException):
         code = "unimplemented" if exc.status_code in (404, 405) else "invalid_argument"
@@ -75,6 +77,7 @@ EXPECTED: tuple[type[Exception], ...] = (
     NotImplementedE2b,
     errors.AgentcellError,
     RequestValidationError,
+    ValidationError,
     StarletteHTTPException,
 )
 

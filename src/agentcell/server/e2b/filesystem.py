@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import posixpath
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,13 +14,32 @@ from agentcell.server.e2b.connect import RpcError
 from agentcell.server.e2b.entries import entry_info
 from agentcell.server.e2b.registry import E2bRegistry
 from agentcell.server.e2b.watch import POLL_INTERVAL_S, Watcher
-from agentcell.server.sandbox.driver import SandboxFiles
+from agentcell.server.sandbox.driver import FileStat, SandboxFiles
 from agentcell.server.scheduler.sandboxes import Sandbox
 
 Message = dict[str, Any]
 MAX_WATCHERS = 32
 MAX_DEPTH = 16
+MAX_LINK_HOPS = 8
 STREAM_KEEPALIVE_S = 30.0
+
+
+async def _followed(files: SandboxFiles, entry: FileStat) -> FileStat:
+    """As envd reports a symlink: the type of what it finally points to, and that target's
+    absolute path (`filepath.EvalSymlinks`); a dangling or looping link stays a symlink."""
+    if entry.type != "symlink":
+        return entry
+    found, hops = entry, 0
+    while found.type == "symlink" and found.symlink_target is not None and hops < MAX_LINK_HOPS:
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(found.path), found.symlink_target))
+        try:
+            found = await files.stat(target)
+        except (NotFound, InvalidArgument):
+            return entry
+        hops += 1
+    if found.type == "symlink":
+        return entry
+    return dataclasses.replace(entry, type=found.type, symlink_target=found.path)
 
 
 def _path(message: Message, name: str = "path") -> str:
@@ -36,7 +57,8 @@ class FilesystemService:
         return self._registry.sandboxes.files(sandbox.id)
 
     async def stat(self, sandbox: Sandbox, message: Message) -> Message:
-        return {"entry": entry_info(await self._files(sandbox).stat(_path(message)))}
+        files = self._files(sandbox)
+        return {"entry": entry_info(await _followed(files, await files.stat(_path(message))))}
 
     async def list_dir(self, sandbox: Sandbox, message: Message) -> Message:
         depth = message.get("depth") or 1  # proto3 leaves 0 out: not given
@@ -49,7 +71,7 @@ class FilesystemService:
         if found.type != "dir":
             raise InvalidArgument(f"path {path} is not a directory")
         entries = sorted(await files.list(path, depth), key=lambda e: e.path)
-        return {"entries": [entry_info(e) for e in entries]}
+        return {"entries": [entry_info(await _followed(files, e)) for e in entries]}
 
     async def make_dir(self, sandbox: Sandbox, message: Message) -> Message:
         files, path = self._files(sandbox), _path(message)

@@ -33,6 +33,7 @@ from agentcell.server.e2b.target import target_of
 from agentcell.server.interpreter.context import CodeContext
 from agentcell.server.interpreter.contexts import CodeContexts
 from agentcell.server.interpreter.execution import CodeEventModel
+from agentcell.server.sandbox.driver import SandboxFiles
 
 router = APIRouter()
 NDJSON = "application/x-ndjson"
@@ -178,9 +179,23 @@ async def execute(request: Request, body: ExecuteE2b) -> Response:
 
 @router.post("/contexts")
 async def create_context(request: Request, body: ContextCreateE2b) -> dict[str, str]:
+    """Like E2B's, a context whose `cwd` does not exist yet starts there: the directory is made
+    (as the sandbox user, so only where that user may write)."""
     wanted = {k: v for k, v in (("language", body.language), ("cwd", body.cwd)) if v}
+    if body.cwd:
+        files = registry(request).sandboxes.files(authorized_sandbox(request).id)
+        if not await _exists(files, body.cwd):
+            await files.make_dir(body.cwd)
     context = await contexts(request).create(CodeContextCreate.model_validate(wanted))
     return context_reply(context)
+
+
+async def _exists(files: SandboxFiles, path: str) -> bool:
+    try:
+        await files.stat(path)
+    except NotFound:
+        return False
+    return True
 
 
 @router.get("/contexts")
@@ -190,7 +205,8 @@ async def list_contexts(request: Request) -> list[dict[str, str]]:
     found = contexts(request)
     for language in DEFAULT_LANGUAGES:
         await found.default(language)
-    return [context_reply(c) for c in found.all()]
+    # the defaults first, then the others in the order they were made (E2B's order)
+    return [context_reply(c) for c in sorted(found.all(), key=lambda c: not c.spec.is_default)]
 
 
 @router.post("/contexts/{context_id}/restart", status_code=204)

@@ -19,6 +19,10 @@ switches features on by it. 0.6.x adds file metadata in xattrs, which agentcell 
 CLIENT_ID = "agentcell"
 
 
+ALL_TRAFFIC = "0.0.0.0/0"
+"""E2B's `ALL_TRAFFIC`: the one `denyOut` entry agentcell's allowlist egress can express"""
+
+
 class E2bRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
@@ -29,12 +33,19 @@ class NetworkE2b(E2bRequest):
     allow_public_traffic: bool | None = Field(default=None, alias="allowPublicTraffic")
 
 
+class AutoResumeE2b(E2bRequest):
+    enabled: bool = False
+
+
 class SandboxCreateE2b(E2bRequest):
     template_id: str = Field(alias="templateID", min_length=1, max_length=128)
     timeout: int = Field(default=300, ge=1, le=MAX_TIMEOUT_S)
     metadata: dict[str, str] = Field(default_factory=dict)
     env_vars: dict[str, str] = Field(default_factory=dict, alias="envVars")
     auto_pause: bool = Field(default=False, alias="autoPause")
+    auto_pause_memory: bool | None = Field(default=None, alias="autoPauseMemory")
+    """ignored: every pause keeps the filesystem only (docs/e2b.md)"""
+    auto_resume: AutoResumeE2b | None = Field(default=None, alias="autoResume")
     allow_internet_access: bool | None = None
     network: NetworkE2b | None = None
     secure: bool | None = None
@@ -43,19 +54,35 @@ class SandboxCreateE2b(E2bRequest):
 
     def unsupported(self) -> str | None:
         """Why agentcell cannot honour this request as asked, or None."""
-        if self.auto_pause:
-            return "autoPause is not available: agentcell cannot pause a sandbox yet (it ends at its timeout)"
+        if self.auto_resume is not None and self.auto_resume.enabled:
+            return (
+                "autoResume is not available: resume a paused sandbox with Sandbox.connect(id) "
+                "(agentcell does not resume one on in-sandbox traffic)"
+            )
         if self.mcp:
             return "the MCP gateway is an E2B-cloud feature; agentcell serves MCP at /mcp instead"
         if self.volume_mounts:
             return "volume mounts are not available on agentcell's E2B API"
-        if self.network and self.network.deny_out:
-            return "network.denyOut is not available; use network.allowOut (an allowlist) instead"
+        if self.network and any(entry != ALL_TRAFFIC for entry in self.network.deny_out):
+            return (
+                f"network.denyOut takes only {ALL_TRAFFIC!r} (all traffic) on agentcell; name what "
+                "may be reached in network.allowOut (an allowlist) instead"
+            )
         return None
 
 
 class ConnectE2b(E2bRequest):
     timeout: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT_S)
+    memory: bool | None = None
+    """`false`: reboot from the filesystem, which is what every resume here does"""
+
+
+class PauseE2b(E2bRequest):
+    """Both fields are accepted and change nothing: a pause keeps the filesystem only (memory is
+    not snapshotted), and the sandbox must answer to be paused anyway (its files are read)."""
+
+    memory: bool | None = None
+    require_healthy_guest: bool | None = Field(default=None, alias="requireHealthyGuest")
 
 
 class TimeoutE2b(E2bRequest):

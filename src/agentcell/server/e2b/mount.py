@@ -28,16 +28,19 @@ from agentcell.server.e2b.target import (
     from_headers,
     parse_label,
 )
+from agentcell.server.scheduler.sandbox_metrics import SandboxMetrics
+from agentcell.server.scheduler.sandbox_pause import SandboxPauses
 from agentcell.server.scheduler.sandboxes import SandboxService
+from agentcell.server.scheduler.terminals import TerminalService
 
 PREFIX = "/e2b"
 API_KEY_HEADERS = (b"x-api-key", b"authorization")
 
 
-def _part(registry: E2bRegistry, *routers: APIRouter) -> FastAPI:
+def _part(registry: E2bRegistry, *routers: APIRouter, terminals: TerminalService | None = None) -> FastAPI:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.state.e2b = registry
-    app.state.envd = envd.Services(registry)
+    app.state.envd = envd.Services(registry, terminals)
     for router in routers:
         app.include_router(router)
     return app
@@ -46,10 +49,17 @@ def _part(registry: E2bRegistry, *routers: APIRouter) -> FastAPI:
 class E2bMount:
     """Routes each request to the control plane, envd or the code interpreter."""
 
-    def __init__(self, sandboxes: SandboxService, clock: Clock) -> None:
-        self.registry = E2bRegistry(sandboxes, clock)
+    def __init__(
+        self,
+        sandboxes: SandboxService,
+        clock: Clock,
+        pauses: SandboxPauses,
+        metrics: SandboxMetrics,
+        terminals: TerminalService | None = None,
+    ) -> None:
+        self.registry = E2bRegistry(sandboxes, clock, pauses, metrics)
         self.control = _part(self.registry, control.router)
-        self.envd = _part(self.registry, envd.router)
+        self.envd = _part(self.registry, envd.router, terminals=terminals)
         self.interpreter = _part(self.registry, interpreter.router)
         install_control(self.control)
         install_envd(self.envd)
@@ -138,5 +148,11 @@ async def _reply(send: Send, status: int, body: dict[str, object]) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-def e2b_app(sandboxes: SandboxService, clock: Clock) -> ASGIApp:
-    return E2bMount(sandboxes, clock)
+def e2b_app(
+    sandboxes: SandboxService,
+    clock: Clock,
+    pauses: SandboxPauses,
+    metrics: SandboxMetrics,
+    terminals: TerminalService | None = None,
+) -> ASGIApp:
+    return E2bMount(sandboxes, clock, pauses, metrics, terminals)

@@ -1,5 +1,8 @@
 """envd's `process.Process` service over agentcell's processes: Start and Connect stream events;
-List, SendInput, CloseStdin and SendSignal are unary.
+List, SendInput, CloseStdin, SendSignal and Update are unary.
+
+A Start with `pty` runs the command on a terminal of the sandbox (`TerminalService`): its output
+travels as `data.pty`, input comes as `input.pty`, and Update resizes its window.
 
 A Start stream's deadline (`connect-timeout-ms`, the SDK's `timeout`) is the command's timeout, as
 in envd: past it the command is killed and the stream ends with `deadline_exceeded`. A client that
@@ -17,11 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentcell.errors import AgentcellError, InvalidArgument, NotFound
-from agentcell.protocol.commands import CommandRequest, EndEvent, OutputEvent, StartEvent
+from agentcell.protocol.commands import CommandRequest, EndEvent, OutputEvent, PtySize, StartEvent
 from agentcell.server.e2b.connect import RpcError
 from agentcell.server.e2b.registry import E2bRegistry, Extras
 from agentcell.server.scheduler.processes import Event, ManagedProcess
 from agentcell.server.scheduler.sandboxes import Sandbox
+from agentcell.server.scheduler.terminals import TerminalService, terminal_size
 
 KEEPALIVE_S = 30.0
 SIGNALS = {"SIGNAL_SIGKILL": signal.SIGKILL, "SIGNAL_SIGTERM": signal.SIGTERM}
@@ -46,11 +50,12 @@ class ProcessConfig:
         return config
 
 
-def event_message(event: Event) -> Message:
+def event_message(event: Event, terminal: bool = False) -> Message:
     if isinstance(event, StartEvent):
         return {"event": {"start": {"pid": event.pid}}}
     if isinstance(event, OutputEvent):
-        return {"event": {"data": {event.type: base64.b64encode(event.data.encode()).decode()}}}
+        kind = "pty" if terminal else event.type
+        return {"event": {"data": {kind: base64.b64encode(event.data.encode()).decode()}}}
     return {"event": {"end": end_message(event)}}
 
 
@@ -91,33 +96,51 @@ def _config(message: Message) -> ProcessConfig:
     )
 
 
+def _pty_size(pty: object) -> PtySize:
+    """envd's `PTY{size: {rows, cols}}` (proto3 JSON leaves a 0 out, so a missing one is 0)."""
+    size = pty.get("size") if isinstance(pty, dict) else None
+    if not isinstance(size, dict):
+        raise InvalidArgument("pty.size is required: {rows, cols}")
+    rows, cols = size.get("rows", 0), size.get("cols", 0)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 1000 for n in (rows, cols)):
+        raise InvalidArgument(f"pty.size rows and cols must be between 1 and 1000, got {rows!r}x{cols!r}")
+    return PtySize(rows=rows, cols=cols)
+
+
 class ProcessService:
-    def __init__(self, registry: E2bRegistry) -> None:
+    def __init__(self, registry: E2bRegistry, terminals: TerminalService | None) -> None:
         self._registry = registry
+        self._terminals = terminals
 
     # -- streams -----------------------------------------------------------------------------
 
     async def start(
         self, sandbox: Sandbox, message: Message, deadline_s: float | None
     ) -> AsyncIterator[Message]:
-        if message.get("pty"):
-            raise RpcError("unimplemented", "PTY sessions are not available on agentcell yet; run commands")
         config = _config(message)
-        request = CommandRequest.model_validate(
-            {
-                "argv": [config.cmd, *config.args],
-                "env": config.envs,
-                "cwd": config.cwd or "/home/user",
-                "timeout_s": deadline_s,
-                "background": True,
-            }
+        pty = _pty_size(message["pty"]) if message.get("pty") is not None else None
+        request = CommandRequest(
+            argv=[config.cmd, *config.args],
+            env=config.envs,
+            cwd=config.cwd or "/home/user",
+            timeout_s=deadline_s,
+            background=True,
+            pty=pty,
         )
-        process = await self._registry.sandboxes.start_process(sandbox.id, request)
-        if not message.get("stdin"):
-            await process.write_stdin(b"", close=True)
+        process = await self._start(sandbox, request, stdin=bool(message.get("stdin")))
         extras = self._registry.extras(sandbox)
         self._remember(extras, process, config)
         return self._follow(process, extras, owned=True)
+
+    async def _start(self, sandbox: Sandbox, request: CommandRequest, stdin: bool) -> ManagedProcess:
+        if request.pty is not None:
+            if self._terminals is None:
+                raise RpcError("unimplemented", "this server has no terminal service")
+            return await self._terminals.start(sandbox.id, request)
+        process = await self._registry.sandboxes.start_process(sandbox.id, request)
+        if not stdin:
+            await process.write_stdin(b"", close=True)
+        return process
 
     def connect(self, sandbox: Sandbox, message: Message) -> AsyncIterator[Message]:
         extras = self._registry.extras(sandbox)
@@ -139,7 +162,7 @@ class ProcessService:
                     raise RpcError(
                         "unavailable", f"the sandbox {extras.sandbox_id} stopped while the command ran"
                     )
-                yield event_message(event)
+                yield event_message(event, process.terminal)
         finally:
             if owned and process.exit is not None:
                 self._forget(extras, process)
@@ -170,12 +193,15 @@ class ProcessService:
 
     async def send_input(self, sandbox: Sandbox, message: Message) -> Message:
         process = self._find(sandbox, self._registry.extras(sandbox), message.get("process"))
-        given = message.get("input")
-        if not isinstance(given, dict) or "stdin" not in given:
-            raise RpcError(
-                "unimplemented", "only input.stdin is available (no PTY sessions on agentcell yet)"
-            )
-        await process.write_stdin(_b64(given["stdin"], "input.stdin"), close=False)
+        await process.write_stdin(_input(process, message.get("input")), close=False)
+        return {}
+
+    def update(self, sandbox: Sandbox, message: Message) -> Message:
+        """Resize a terminal's window (an Update without `pty` changes nothing)."""
+        size = _pty_size(message["pty"]) if message.get("pty") is not None else None
+        process = self._find(sandbox, self._registry.extras(sandbox), message.get("process"))
+        if size is not None:
+            process.resize(terminal_size(size))
         return {}
 
     async def close_stdin(self, sandbox: Sandbox, message: Message) -> Message:
@@ -207,9 +233,7 @@ class ProcessService:
                 if process is None:
                     raise InvalidArgument("the input stream must begin with a start event naming the process")
                 given = message["data"].get("input") if isinstance(message["data"], dict) else None
-                if not isinstance(given, dict) or "stdin" not in given:
-                    raise RpcError("unimplemented", "only stdin input is available (no PTY sessions yet)")
-                await process.write_stdin(_b64(given["stdin"], "input.stdin"), close=False)
+                await process.write_stdin(_input(process, given), close=False)
         return {}
 
     # -- helpers -----------------------------------------------------------------------------
@@ -247,6 +271,18 @@ class ProcessService:
 
 def _configs(extras: Extras) -> list[ProcessConfig]:
     return list(extras.configs.values())
+
+
+def _input(process: ManagedProcess, given: object) -> bytes:
+    """The bytes of envd's `ProcessInput`: `stdin`, or `pty` for a process on a terminal (which
+    takes `stdin` too: both are its one input)."""
+    if isinstance(given, dict) and "pty" in given:
+        if not process.terminal:
+            raise InvalidArgument(f"process {process.pid} has no terminal; send input.stdin")
+        return _b64(given["pty"], "input.pty")
+    if isinstance(given, dict) and "stdin" in given:
+        return _b64(given["stdin"], "input.stdin")
+    raise InvalidArgument("input must hold stdin or pty (base64 bytes)")
 
 
 def _b64(value: object, name: str) -> bytes:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from agentcell.errors import NotFound
 from agentcell.server.clock import Clock
+from agentcell.server.scheduler.sandbox_metrics import SandboxMetrics
+from agentcell.server.scheduler.sandbox_pause import SandboxPauses
 from agentcell.server.scheduler.sandboxes import Sandbox, SandboxService
 
 if TYPE_CHECKING:
@@ -50,12 +52,26 @@ class SandboxGone(Exception):
         self.sandbox_id = sandbox_id
 
 
+TEMPLATE_LABEL = "e2b_template"
+"""the label a paused sandbox keeps its E2B template name under (see SandboxPauses.labeller)"""
+
+
 class E2bRegistry:
-    def __init__(self, sandboxes: SandboxService, clock: Clock, secret: bytes | None = None) -> None:
+    def __init__(
+        self,
+        sandboxes: SandboxService,
+        clock: Clock,
+        pauses: SandboxPauses,
+        metrics: SandboxMetrics,
+        secret: bytes | None = None,
+    ) -> None:
         self.sandboxes = sandboxes
+        self.pauses = pauses
+        self.metrics = metrics
         self.clock = clock
         self._secret = secret or secrets.token_bytes(32)
         self._extras: dict[str, Extras] = {}
+        pauses.labeller = lambda sandbox: {TEMPLATE_LABEL: self.template_id(sandbox)}
 
     def token(self, sandbox_id: str) -> str:
         return hmac.new(self._secret, sandbox_id.encode(), hashlib.sha256).hexdigest()[:40]
@@ -75,7 +91,14 @@ class E2bRegistry:
 
     def template_id(self, sandbox: Sandbox) -> str:
         found = self._extras.get(sandbox.id)
-        return found.template_id if found else sandbox.request.template
+        if found is not None:
+            return found.template_id
+        paused = self.pauses.paused(sandbox.id)
+        return (
+            paused.labels.get(TEMPLATE_LABEL, sandbox.request.template)
+            if paused
+            else sandbox.request.template
+        )
 
     def running(self, sandbox_id: str) -> Sandbox:
         """The running sandbox an envd request names, or SandboxGone."""

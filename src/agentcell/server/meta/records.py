@@ -61,6 +61,23 @@ class WorkspaceRecord:
 
 
 @dataclass(slots=True)
+class PausedSandboxRecord:
+    """A paused sandbox: how to start it again; its /home/user is the snapshot at `storage_path`."""
+
+    id: str
+    tenant: str
+    request_json: str
+    """its SandboxCreate"""
+    storage_path: str
+    created_at: float
+    paused_at: float
+    keep_until: float
+    """deleted (snapshot and record) at this time unless resumed"""
+    labels_json: str = "{}"
+    """what an API layer keeps with it (the E2B template name)"""
+
+
+@dataclass(slots=True)
 class UsageRecord:
     """One period of one owner's usage (kind: session, instance, sandbox or storage)."""
 

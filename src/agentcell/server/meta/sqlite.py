@@ -16,6 +16,7 @@ from agentcell.server.meta.records import (
     FunctionRecord,
     InstanceRecord,
     KeyRecord,
+    PausedSandboxRecord,
     SessionRecord,
     TenantRecord,
     UsageRecord,
@@ -59,6 +60,9 @@ CREATE TABLE IF NOT EXISTS audit (
     target TEXT NOT NULL, status INTEGER NOT NULL, request_id TEXT NOT NULL, method TEXT NOT NULL,
     path TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+CREATE TABLE IF NOT EXISTS paused_sandboxes (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, request_json TEXT NOT NULL, storage_path TEXT NOT NULL,
+    created_at REAL NOT NULL, paused_at REAL NOT NULL, keep_until REAL NOT NULL, labels_json TEXT NOT NULL);
 """
 
 
@@ -203,6 +207,18 @@ class SqliteMetaStore:
         rows = await self._run(lambda db: db.execute(sql, (tenant,)).fetchall())
         return int(rows[0][0])
 
+    async def put_paused_sandbox(self, record: PausedSandboxRecord) -> None:
+        sql = "INSERT OR REPLACE INTO paused_sandboxes VALUES (?,?,?,?,?,?,?,?)"
+        await self._run(lambda db: db.execute(sql, astuple(record)))
+
+    async def paused_sandboxes(self) -> list[PausedSandboxRecord]:
+        sql = "SELECT * FROM paused_sandboxes ORDER BY paused_at, id"
+        rows = await self._run(lambda db: db.execute(sql).fetchall())
+        return [PausedSandboxRecord(*row) for row in rows]
+
+    async def delete_paused_sandbox(self, sandbox_id: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM paused_sandboxes WHERE id = ?", (sandbox_id,)))
+
     async def put_usage(self, records: list[UsageRecord]) -> None:
         rows = [astuple(r) for r in records]
         sql = "INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -228,6 +244,15 @@ class SqliteMetaStore:
         args = (since, until, action, action, tenant, tenant, limit)
         rows = await self._run(lambda db: db.execute(sql, args).fetchall())
         return [AuditRecord(*row) for row in rows]
+
+    async def prune_history(self, before: float) -> int:
+        def prune(db: sqlite3.Connection) -> int:
+            gone = db.execute('DELETE FROM usage WHERE "end" < ?', (before,)).rowcount
+            gone += db.execute("DELETE FROM audit WHERE at < ?", (before,)).rowcount
+            ended = "DELETE FROM sessions WHERE state = 'ended' AND last_active_at < ?"
+            return int(gone + db.execute(ended, (before,)).rowcount)
+
+        return await self._run(prune)
 
     async def put_tenant(self, record: TenantRecord) -> None:
         sql = "INSERT OR REPLACE INTO tenants VALUES (?,?,?)"

@@ -10,6 +10,7 @@ from agentcell.server.meta.records import (
     FunctionRecord,
     InstanceRecord,
     KeyRecord,
+    PausedSandboxRecord,
     SessionRecord,
     TenantRecord,
     UsageRecord,
@@ -78,6 +79,16 @@ class MetaStore(Protocol):
 
     async def tenant_stored_bytes(self, tenant: str) -> int: ...
 
+    async def put_paused_sandbox(self, record: PausedSandboxRecord) -> None:
+        """Insert or replace by id."""
+        ...
+
+    async def paused_sandboxes(self) -> list[PausedSandboxRecord]:
+        """Every paused sandbox of every tenant, oldest pause first."""
+        ...
+
+    async def delete_paused_sandbox(self, sandbox_id: str) -> None: ...
+
     async def put_usage(self, records: list[UsageRecord]) -> None:
         """Append usage periods (one transaction)."""
         ...
@@ -94,6 +105,11 @@ class MetaStore(Protocol):
         self, since: float, until: float, action: str | None, tenant: str | None, limit: int
     ) -> list[AuditRecord]:
         """Actions at or after `since` and before `until`, oldest first, at most `limit`."""
+        ...
+
+    async def prune_history(self, before: float) -> int:
+        """Forget history older than `before`: usage periods that ended, audit records made and
+        ended sessions last active before it. Returns how many rows went."""
         ...
 
     async def put_tenant(self, record: TenantRecord) -> None:

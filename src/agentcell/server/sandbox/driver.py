@@ -46,12 +46,23 @@ class SandboxSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TerminalSize:
+    """A pseudo-terminal's window, in character cells."""
+
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True, slots=True)
 class ExecSpec:
     """One process to start inside a running instance, confined like its init."""
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     cwd: str = SANDBOX_HOME
+    terminal: TerminalSize | None = None
+    """run on a new pseudo-terminal of the instance (its controlling terminal, stdin, stdout and
+    stderr): output arrives on `stdout`, `stderr` stays empty, input cannot be closed"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +96,11 @@ class SandboxProcess(Protocol):
 
     def send_signal(self, signum: int) -> None:
         """Signal the process inside the sandbox (no-op once it has exited)."""
+        ...
+
+    def resize(self, size: TerminalSize) -> None:
+        """Set the window of a process started with `ExecSpec.terminal` (its foreground process
+        group gets SIGWINCH). Called for such processes only."""
         ...
 
     async def wait(self) -> ExitStatus: ...
@@ -173,6 +189,11 @@ class SandboxDriver(Protocol):
         ...
 
     async def usage(self, sandbox_id: str) -> ResourceUsage: ...
+
+    async def set_limits(self, sandbox_id: str, cpu_millis: int, memory_bytes: int, pids_max: int) -> None:
+        """Rewrite a running instance's cgroup limits (the sandbox pool adapts a pre-started
+        instance to the request that claims it). Raises NotFound."""
+        ...
 
     async def connect(self, sandbox_id: str, port: int) -> socket.socket:
         """A connected, non-blocking TCP socket to 127.0.0.1:port inside the instance's network

@@ -13,10 +13,18 @@ import shutil
 import signal
 import socket
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-from agentcell.errors import NotFound
-from agentcell.server.sandbox.driver import ExecSpec, ExitStatus, ResourceUsage, SandboxFiles, SandboxSpec
+from agentcell.errors import InvalidArgument, NotFound
+from agentcell.server.sandbox.driver import (
+    ExecSpec,
+    ExitStatus,
+    ResourceUsage,
+    SandboxFiles,
+    SandboxSpec,
+    TerminalSize,
+)
 
 
 class FakeProcess:
@@ -40,6 +48,9 @@ class FakeProcess:
     def send_signal(self, signum: int) -> None:
         if self._proc.returncode is None:
             self._proc.send_signal(signum)
+
+    def resize(self, size: TerminalSize) -> None:
+        raise InvalidArgument("the fake driver has no terminals")
 
     async def wait(self) -> ExitStatus:
         code = await self._proc.wait()
@@ -73,6 +84,8 @@ class FakeDriver:
 
     async def exec(self, sandbox_id: str, spec: ExecSpec) -> FakeProcess:
         self._require(sandbox_id)
+        if spec.terminal is not None:
+            raise InvalidArgument("the fake driver has no terminals; use the linux driver")
         home = self._root / sandbox_id / "home" / "user"
         mounts = {m.target: m.host_path for m in self._specs[sandbox_id].mounts}
         cwd = mounts.get(spec.cwd) or (home if spec.cwd in ("/home/user", "~") else spec.cwd)
@@ -119,6 +132,19 @@ class FakeDriver:
     async def usage(self, sandbox_id: str) -> ResourceUsage:
         self._require(sandbox_id)
         return ResourceUsage(cpu_ns=0, memory_bytes=0, memory_peak_bytes=0, pids=len(self._procs[sandbox_id]))
+
+    async def set_limits(self, sandbox_id: str, cpu_millis: int, memory_bytes: int, pids_max: int) -> None:
+        """No cgroups here: the instance's recorded spec carries the new limits."""
+        self._require(sandbox_id)
+        spec = self._specs[sandbox_id]
+        self._specs[sandbox_id] = replace(
+            spec, cpu_millis=cpu_millis, memory_bytes=memory_bytes, pids_max=pids_max
+        )
+
+    def spec(self, sandbox_id: str) -> SandboxSpec:
+        """The spec a running instance has now (tests)."""
+        self._require(sandbox_id)
+        return self._specs[sandbox_id]
 
     async def connect(self, sandbox_id: str, port: int) -> socket.socket:
         self._require(sandbox_id)

@@ -14,12 +14,12 @@ import logging
 import secrets
 import signal
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from agentcell.errors import NotFound, NotRunning
+from agentcell.errors import InvalidArgument, NotFound, NotRunning
 from agentcell.protocol.commands import EndEvent, OutputEvent, ProcessInfo, StartEvent
-from agentcell.server.sandbox.driver import ExitStatus, SandboxProcess
+from agentcell.server.sandbox.driver import ExitStatus, SandboxProcess, TerminalSize
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,24 @@ class EventLog:
 
 
 class ManagedProcess:
-    """Owns one driver process: pumps its output into an EventLog and enforces its timeout."""
+    """Owns one driver process: pumps its output into an EventLog and enforces its timeout.
+    A process on a terminal (`terminal=True`) has its output as `stdout` events."""
 
-    def __init__(self, process: SandboxProcess, argv: list[str], cwd: str, timeout_s: float | None) -> None:
+    def __init__(
+        self,
+        process: SandboxProcess,
+        argv: list[str],
+        cwd: str,
+        timeout_s: float | None,
+        *,
+        terminal: bool = False,
+        on_exit: Callable[[], None] | None = None,
+    ) -> None:
         self.process_id = new_process_id()
         self.argv = argv
         self.cwd = cwd
+        self.terminal = terminal
+        self._on_exit = on_exit
         self._process = process
         self._timeout_s = timeout_s
         self._log = EventLog()
@@ -96,6 +108,8 @@ class ManagedProcess:
             for pump in pumps:
                 pump.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
+            if self._on_exit is not None:
+                self._on_exit()
         await self._finish(status, timed_out)
 
     async def _wait_with_timeout(self) -> tuple[ExitStatus, bool]:
@@ -139,6 +153,8 @@ class ManagedProcess:
             index += len(pending)
 
     async def write_stdin(self, data: bytes, close: bool) -> None:
+        if close and self.terminal:
+            raise InvalidArgument("a terminal's input cannot be closed; send ^D (\\x04) or exit")
         try:
             if data:
                 await self._process.write_stdin(data)
@@ -152,6 +168,14 @@ class ManagedProcess:
     def send_signal(self, signum: int) -> None:
         if self.exit is None:
             self._process.send_signal(signum)
+
+    def resize(self, size: TerminalSize) -> None:
+        """Set the window of a process started on a terminal."""
+        if not self.terminal:
+            raise InvalidArgument(f"process {self.process_id} has no terminal (start it with pty)")
+        if self.exit is not None:
+            raise NotRunning(f"process {self.process_id} has exited")
+        self._process.resize(size)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
@@ -170,6 +194,7 @@ class ManagedProcess:
             cwd=self.cwd,
             running=self.exit is None,
             exit_code=None if self.exit is None else self.exit.exit_code,
+            pty=self.terminal,
         )
 
     async def aclose(self) -> None:

@@ -10,11 +10,11 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from agentcell.errors import AgentcellError, NotFound, NotRunning, QuotaExceeded, Unavailable
+from agentcell.errors import AgentcellError, InvalidArgument, NotFound, NotRunning, QuotaExceeded, Unavailable
 from agentcell.protocol.commands import CommandRequest
 from agentcell.protocol.sandboxes import SandboxCreate, SandboxInfo, SandboxState
 from agentcell.server.auth.names import DEFAULT_TENANT
@@ -28,6 +28,7 @@ from agentcell.server.observability.telemetry import NullTelemetry, Telemetry
 from agentcell.server.sandbox.driver import ExecSpec, SandboxDriver, SandboxFiles, SandboxSpec
 from agentcell.server.scheduler.metering import ActivityMeter, Owner, Resources, UsageLedger, usage_row
 from agentcell.server.scheduler.processes import Event, ManagedProcess, ProcessTable
+from agentcell.server.scheduler.sandbox_pool import SandboxPool
 from agentcell.server.templates.service import ResolvedTemplate, TemplateService
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,10 @@ class SandboxService:
         usage_interval_s: float = 60.0,
         telemetry: Telemetry | None = None,
         quotas: QuotaGuard | None = None,
+        pool: SandboxPool | None = None,
     ) -> None:
         self._driver = driver
+        self._pool = pool
         self._quotas = quotas or unlimited()
         self._telemetry = telemetry or NullTelemetry()
         self._ledger = ledger
@@ -113,6 +116,8 @@ class SandboxService:
         self._sandboxes: dict[str, Sandbox] = {}
         self._starting = 0
         self._tasks: asyncio.TaskGroup | None = None
+        self.on_timeout: Callable[[Sandbox], Awaitable[bool]] | None = None
+        """Called for a sandbox past its deadline; True: it was dealt with (paused), do not kill it."""
 
     # -- lifecycle of the service ---------------------------------------------------------------
 
@@ -140,21 +145,22 @@ class SandboxService:
 
     # -- sandboxes --------------------------------------------------------------------------------
 
-    async def create(self, request: SandboxCreate) -> Sandbox:
+    async def create(self, request: SandboxCreate, *, sandbox_id: str | None = None) -> Sandbox:
+        """A new sandbox; `sandbox_id` is given only by a resume (scheduler/sandbox_pause.py)."""
         if len(self._sandboxes) + self._starting >= self._max:
             raise QuotaExceeded(
                 f"this node runs at most {self._max} sandboxes; kill one first", retry_after_s=1
             )
         now = self._clock.now()
-        sandbox = Sandbox(new_sandbox_id(), request, created_at=now, expires_at=now + request.timeout_s)
+        poolable = sandbox_id is None  # a resume keeps its id: it never takes a pooled instance
+        sandbox_id = sandbox_id or new_sandbox_id()
+        sandbox = Sandbox(sandbox_id, request, created_at=now, expires_at=now + request.timeout_s)
         sandbox.tenant = _requesting_tenant()
         sandbox.meter.since = now
         template = self._hold(sandbox)
         self._starting += 1
         try:
-            spawn_started = self._telemetry.now()
-            await self._driver.start(self._spec(sandbox, template))
-            self._telemetry.phase("sandbox_spawn", spawn_started, sandbox.id)
+            await self._start_instance(sandbox, template, poolable)
         except BaseException:
             self._unhold(sandbox)
             raise
@@ -166,6 +172,16 @@ class SandboxService:
             await self._prestart_kernel(sandbox)
         log.info("sandbox %s started", sandbox.id)
         return sandbox
+
+    async def _start_instance(self, sandbox: Sandbox, template: ResolvedTemplate, poolable: bool) -> None:
+        """Claim a pooled instance (the sandbox takes its id) or start a new one."""
+        spec = self._spec(sandbox, template)
+        if poolable and self._pool is not None and (pooled := await self._pool.claim(spec)) is not None:
+            sandbox.id = pooled
+            return
+        spawn_started = self._telemetry.now()
+        await self._driver.start(spec)
+        self._telemetry.phase("sandbox_spawn", spawn_started, sandbox.id)
 
     def _spec(self, sandbox: Sandbox, template: ResolvedTemplate) -> SandboxSpec:
         req = sandbox.request
@@ -254,6 +270,8 @@ class SandboxService:
         for sandbox in expired:
             log.info("sandbox %s: timeout reached", sandbox.id)
             try:
+                if self.on_timeout is not None and await self.on_timeout(sandbox):
+                    continue
                 await self._end(sandbox)
             except Exception:
                 log.exception("sandbox %s: failed to stop after its timeout", sandbox.id)
@@ -279,6 +297,8 @@ class SandboxService:
     # -- commands and files ----------------------------------------------------------------------
 
     async def start_process(self, sandbox_id: str, request: CommandRequest) -> ManagedProcess:
+        if request.pty is not None:  # terminals have their own service (scheduler/terminals.py)
+            raise InvalidArgument("start a command with `pty` through the terminals service")
         sandbox = self.running(sandbox_id)
         argv = request.full_argv()
         spec = ExecSpec(argv=argv, env={**sandbox.request.env, **request.env}, cwd=request.cwd)

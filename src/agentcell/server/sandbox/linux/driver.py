@@ -265,7 +265,7 @@ class LinuxDriver:
             raise NotRunning(f"sandbox {sandbox_id} is not running (its init has exited)")
         env = {**BASE_ENV, "HOSTNAME": instance.hostname, **instance.env, **spec.env}
         cwd = os.path.join(SANDBOX_HOME, spec.cwd)  # a relative cwd is relative to the home dir
-        process = await start_process(instance.target, spec.argv, cwd, env)
+        process = await start_process(instance.target, spec.argv, cwd, env, spec.terminal)
         instance.processes.add(process)
         return process
 
@@ -282,6 +282,13 @@ class LinuxDriver:
         self._get(sandbox_id)
         assert self._host is not None
         return self._host.cgroups.usage(sandbox_id)
+
+    async def set_limits(self, sandbox_id: str, cpu_millis: int, memory_bytes: int, pids_max: int) -> None:
+        self._get(sandbox_id)
+        assert self._host is not None
+        limits = SandboxSpec(sandbox_id, cpu_millis=cpu_millis, memory_bytes=memory_bytes, pids_max=pids_max)
+        _check_spec(limits)
+        self._host.cgroups.set_limits(sandbox_id, CgroupLimits(memory_bytes, cpu_millis, pids_max))
 
     async def mount_tmpfs(self, sandbox_id: str, path: str, size_bytes: int) -> None:
         options = f"size={size_bytes},uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700,nosuid,nodev"

@@ -18,10 +18,12 @@
  *       "conflict <dir>" if a cgroup exists, or "error <reason>". An empty --state-file (mode
  *       0600) is created for the node to fill: a new inode on a busy ext4 costs ~0.4 ms.
  *
- *   exec --pid P --cgroup-procs P... --cwd DIR       fds: stdin, stdout, stderr, control,
+ *   exec --pid P --cgroup-procs P... --cwd DIR [--tty 1]   fds: stdin, stdout, stderr, control,
  *                                                         command memfd, the init's pidfd
  *       Runs one command in a running sandbox. Writes "<host pid> <sandbox pid>\n" and later
- *       "exit <code> <signal>\n" (or "error <reason>\n") to the control fd.
+ *       "exit <code> <signal>\n" (or "error <reason>\n") to the control fd. With --tty, stdin
+ *       is a terminal (a pty slave of the sandbox's devpts, opened by the node): it becomes the
+ *       command's controlling terminal.
  *
  * Built by build.py with `gcc -static -Os`; static so that the init costs a few hundred KB and
  * nothing of the host's dynamic loader runs inside a sandbox.
@@ -563,7 +565,7 @@ static void build_dev(void) {
     do_mount("tmpfs", "r/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
     make_dir("r/dev/pts", 0755);
     do_mount("devpts", "r/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
-             "newinstance,ptmxmode=0666,mode=0620");
+             "newinstance,ptmxmode=0666,mode=0620,max=64"); /* the host has kernel.pty.max for all */
 }
 
 /* Layout of the one size-limited tmpfs: .o/ holds the overlay upper and work dirs (reachable
@@ -849,6 +851,7 @@ struct exec_opts {
     int ctl_fd;
     int cmd_fd;
     int oom_protected; /* this helper lowered its OOM score: the command must not inherit it */
+    int tty;           /* stdin is a terminal to make the command's controlling one */
     char **argv;
     char **env;
 };
@@ -864,6 +867,8 @@ static void parse_exec(int argc, char **argv, struct exec_opts *o) {
             o->init_pid = (pid_t)parse_ull(v, "--pid");
         } else if (!strcmp(a, "--cwd")) {
             o->cwd = v;
+        } else if (!strcmp(a, "--tty")) {
+            o->tty = (int)parse_ull(v, "--tty");
         } else {
             die("unknown option %s", a);
         }
@@ -955,6 +960,7 @@ __attribute__((noreturn)) static void exec_child(const struct exec_opts *o, cons
     close(o->ctl_fd); /* the command must never see the control pipe */
     if (o->oom_protected) set_oom_score_adj("0");
     if (setsid() < 0) die_errno("setsid");
+    if (o->tty && ioctl(0, TIOCSCTTY, 0) < 0) die_errno("controlling terminal");
     confine();
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); /* after setresuid, which clears it */
     err_code = EXIT_NOTFOUND;

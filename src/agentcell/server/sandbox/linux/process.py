@@ -3,7 +3,8 @@
 The spawner forks the worker; the command is the worker's child, inside the sandbox. The worker
 reports on a control pipe: `<host pid> <sandbox pid>` once forked, `exit <code> <signal>` when
 the command ends, or `error <reason>` if it could not start it. The command's stdin, stdout and
-stderr are pipes made here and handed to the worker; its argv and env travel on a memfd.
+stderr are pipes made here and handed to the worker, or one pseudo-terminal (pty.py) whose
+master stays here; its argv and env travel on a memfd.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from agentcell.errors import Internal, InvalidArgument, NotRunning
-from agentcell.server.sandbox.driver import ExitStatus
+from agentcell.server.sandbox.driver import ExitStatus, TerminalSize
+from agentcell.server.sandbox.linux.pty import Terminal, open_terminal
 from agentcell.server.sandbox.linux.spawner import Spawner, Worker
 
 ORPHAN_EXIT_TIMEOUT_S = 1.0
@@ -36,18 +38,32 @@ class Target:
 
 
 async def start_process(
-    target: Target, argv: Sequence[str], cwd: str, env: Mapping[str, str]
+    target: Target,
+    argv: Sequence[str],
+    cwd: str,
+    env: Mapping[str, str],
+    terminal: TerminalSize | None = None,
 ) -> LinuxProcess:
-    """Run argv in the sandbox; return once it has been forked there."""
+    """Run argv in the sandbox (on a new terminal of that size, if given); return once it has been
+    forked there."""
     if not argv:
         raise InvalidArgument("argv must name a command")
     command_fd = _command_memfd(argv, env)
     ctl_read, ctl_write = os.pipe2(os.O_CLOEXEC)
     control = ControlPipe(ctl_read)
-    pipes = _StdioPipes()
+    try:
+        pipes: _StdioPipes | _TerminalFds = (
+            _StdioPipes() if terminal is None else _TerminalFds(target, terminal)
+        )
+    except BaseException:
+        control.close()
+        os.close(ctl_write)
+        os.close(command_fd)
+        raise
+    args = _exec_args(target, cwd) + (["--tty", "1"] if terminal is not None else [])
     try:
         fds = (*pipes.theirs, ctl_write, command_fd, target.init_pidfd)
-        worker = await target.spawner.run("exec", _exec_args(target, cwd), fds)
+        worker = await target.spawner.run("exec", args, fds)
     except BaseException:
         control.close()
         pipes.close_ours()
@@ -58,15 +74,17 @@ async def start_process(
         os.close(command_fd)
     streams: _Streams | None = None
     try:
-        streams = await _connect_streams(pipes)
+        streams = await pipes.connect()
         host_pid, pid = await _read_started(control, worker)
     except BaseException:
         control.close()
         worker.kill()
         if streams is None:
             pipes.close_ours()
-        else:
+        elif streams.stdin is not None:
             streams.stdin.close()  # the read pipes close themselves at EOF, now that it is dead
+        elif streams.terminal is not None:
+            streams.terminal.hang_up_later()
         raise
     return LinuxProcess(worker, streams, control, host_pid, pid, _open_pidfd(host_pid, control))
 
@@ -93,12 +111,37 @@ class _StdioPipes:
         for pipe in self.ours:
             pipe.close()
 
+    async def connect(self) -> _Streams:
+        return await _connect_streams(self)
+
+
+class _TerminalFds:
+    """A new terminal of the instance: the worker gets its slave three times, the node keeps the
+    master."""
+
+    def __init__(self, target: Target, size: TerminalSize) -> None:
+        self._master, self._slave = open_terminal(target.init_pid, target.init_pidfd, size)
+        self.theirs = (self._slave, self._slave, self._slave)
+
+    def close_theirs(self) -> None:
+        os.close(self._slave)
+
+    def close_ours(self) -> None:
+        os.close(self._master)
+
+    async def connect(self) -> _Streams:
+        terminal = Terminal(self._master)
+        stderr = asyncio.StreamReader()
+        stderr.feed_eof()  # a terminal has one output stream
+        return _Streams(None, terminal.output, stderr, terminal)
+
 
 @dataclass(frozen=True, slots=True)
 class _Streams:
-    stdin: asyncio.StreamWriter
+    stdin: asyncio.StreamWriter | None
     stdout: asyncio.StreamReader
     stderr: asyncio.StreamReader
+    terminal: Terminal | None = None
 
 
 class _PipeProtocol(asyncio.StreamReaderProtocol):
@@ -257,6 +300,7 @@ class LinuxProcess:
         self.stdout = streams.stdout
         self.stderr = streams.stderr
         self._stdin = streams.stdin
+        self._terminal = streams.terminal
         self._worker = worker
         self._control = control
         self._pidfd = pidfd
@@ -272,6 +316,10 @@ class LinuxProcess:
         return self._worker.returncode is None
 
     async def write_stdin(self, data: bytes) -> None:
+        if self._terminal is not None:
+            await self._terminal.write(data)
+            return
+        assert self._stdin is not None
         try:
             self._stdin.write(data)
             await self._stdin.drain()
@@ -279,6 +327,9 @@ class LinuxProcess:
             raise NotRunning("the process no longer reads its stdin") from None
 
     async def close_stdin(self) -> None:
+        if self._terminal is not None:
+            raise InvalidArgument("a terminal's input cannot be closed; send ^D (\\x04) or exit")
+        assert self._stdin is not None
         if self._stdin.is_closing():
             return
         self._stdin.close()
@@ -290,6 +341,11 @@ class LinuxProcess:
             return
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(self._pidfd, signum)
+
+    def resize(self, size: TerminalSize) -> None:
+        if self._terminal is None:
+            raise InvalidArgument("this process has no terminal to resize")
+        self._terminal.resize(size)
 
     async def wait(self) -> ExitStatus:
         async with self._wait_lock:
@@ -312,7 +368,10 @@ class LinuxProcess:
             signo = -returncode if returncode < 0 else None
             status = ExitStatus(code=128 + signo if signo else returncode, signal=signo)
         self._control.close()
-        self._stdin.close()
+        if self._stdin is not None:
+            self._stdin.close()
+        if self._terminal is not None:
+            self._terminal.hang_up_later()  # output still in the terminal is read meanwhile
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None

@@ -1,0 +1,343 @@
+"""SandboxPauses: pause a sandbox as persist-and-stop, resume it as start-and-restore.
+
+A pause snapshots the sandbox's `/home/user` into object storage under `{tenant}/_sandboxes/{id}`
+(the Snapshots machinery of session workspaces, one snapshot kept), writes the paused sandbox (its
+request: template, env, metadata, resources, timeout; its tenant; labels an API layer keeps with it)
+to the meta store, and only then stops its instance. Memory is not saved: processes and code
+kernels end. A resume starts a new instance with the same id and request and restores the files into
+it before the sandbox is handed back; the snapshot is then deleted.
+
+A paused sandbox holds no instance, cores or memory (it does not count against the node's
+`max_sandboxes` or the tenant's sandbox quotas). Its stored bytes count against the tenant's storage
+quota and show in usage like a workspace of the pseudo-function `_sandboxes` (path
+`{tenant}/_sandboxes/{id}`, claimed so that the workspaces API cannot delete it). It is deleted,
+snapshot and record, `retention_s` after its pause unless resumed or killed first; paused sandboxes
+survive a server restart (running ones do not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from pydantic import ValidationError
+
+from agentcell.errors import AgentcellError, Conflict, QuotaExceeded, WorkspaceCorrupt
+from agentcell.protocol.sandboxes import SandboxCreate, SandboxState
+from agentcell.server.auth.principal import Principal, acting_as, current_or_none
+from agentcell.server.clock import Clock
+from agentcell.server.meta.records import PausedSandboxRecord, WorkspaceRecord
+from agentcell.server.meta.store import MetaStore
+from agentcell.server.sandbox.driver import SANDBOX_HOME, SandboxDriver, SandboxFiles
+from agentcell.server.scheduler.sandboxes import Sandbox, SandboxService
+from agentcell.server.scheduler.workspaces import Workspace, WorkspaceKeeper
+from agentcell.server.storage.snapshots import SnapshotInfo, Snapshots
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SANDBOXES_SEGMENT = "_sandboxes"
+"""the storage path segment of paused sandboxes (function names start with a letter: no clash)"""
+DEFAULT_RETENTION_S = 7 * 24 * 3600.0
+
+
+def storage_path(tenant: str, sandbox_id: str) -> str:
+    return f"{tenant}/{SANDBOXES_SEGMENT}/{sandbox_id}"
+
+
+def _visible(sandbox: Sandbox) -> bool:
+    principal = current_or_none()
+    return principal is None or principal.tenant == sandbox.tenant
+
+
+@dataclass(slots=True)
+class PausedSandbox:
+    """A paused sandbox: `sandbox` (state `paused`, `expires_at` = when it will be deleted) and the
+    durable record it was loaded from or written as."""
+
+    sandbox: Sandbox
+    record: PausedSandboxRecord
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def workspace(self) -> Workspace:
+        s = self.sandbox
+        return Workspace(
+            self.record.storage_path, SANDBOX_HOME, s.tenant, SANDBOXES_SEGMENT, s.id, s.request.disk_mb << 20
+        )
+
+
+class SandboxPauses:
+    """Owns paused sandboxes: pause, resume, kill, find and expire them. Every change of one
+    sandbox (pause, resume, kill) runs under that sandbox's lock, so two of them never interleave."""
+
+    def __init__(
+        self,
+        sandboxes: SandboxService,
+        driver: SandboxDriver,
+        snapshots: Snapshots,
+        store: MetaStore,
+        keeper: WorkspaceKeeper,
+        clock: Clock,
+        *,
+        retention_s: float = DEFAULT_RETENTION_S,
+    ) -> None:
+        self._sandboxes = sandboxes
+        self._driver = driver
+        self._snapshots = snapshots
+        self._store = store
+        self._keeper = keeper
+        self._clock = clock
+        self._retention_s = retention_s
+        self._paused: dict[str, PausedSandbox] = {}
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self.labeller: Callable[[Sandbox], dict[str, str]] | None = None
+        """What an API layer keeps with a sandbox it pauses (the E2B template name), or None."""
+        sandboxes.on_timeout = self.pause_at_timeout
+
+    # -- lifecycle of the service ---------------------------------------------------------------
+
+    async def load(self) -> int:
+        """Paused sandboxes from the meta store (at start). Returns how many."""
+        for record in await self._store.paused_sandboxes():
+            try:
+                paused = _from_record(record)
+            except (ValidationError, ValueError) as exc:
+                log.warning("paused sandbox %s: its record is unreadable, skipped: %s", record.id, exc)
+                continue
+            self._paused[record.id] = paused
+            self._keeper.adopt(paused.workspace, record.id)
+        return len(self._paused)
+
+    async def run(self, interval_s: float, started: asyncio.Event | None = None) -> None:
+        """Load, then delete paused sandboxes past their retention every `interval_s`, until cancelled."""
+        loaded = await self.load()
+        if loaded:
+            log.info("%d paused sandbox(es) loaded", loaded)
+        if started is not None:
+            started.set()
+        while True:
+            await self.expire_once(self._clock.now())
+            await asyncio.sleep(interval_s)
+
+    # -- lookups ---------------------------------------------------------------------------------
+
+    def paused(self, sandbox_id: str) -> PausedSandbox | None:
+        """The paused sandbox of this id that the caller may see, or None."""
+        found = self._paused.get(sandbox_id)
+        return found if found is not None and _visible(found.sandbox) else None
+
+    def get(self, sandbox_id: str) -> Sandbox:
+        """A paused or live sandbox. Raises NotFound."""
+        found = self.paused(sandbox_id)
+        return found.sandbox if found is not None else self._sandboxes.get(sandbox_id)
+
+    def find(self, metadata: dict[str, str], state: SandboxState | None = None) -> list[Sandbox]:
+        """Live and paused sandboxes the caller may see, oldest first."""
+        live = [] if state == "paused" else self._sandboxes.find(metadata, state)
+        found = [s for s in live if s.id not in self._paused]
+        if state in (None, "paused"):
+            found += [
+                p.sandbox
+                for p in self._paused.values()
+                if _visible(p.sandbox) and p.sandbox.matches(metadata, None)
+            ]
+        return sorted(found, key=lambda s: (s.created_at, s.id))
+
+    # -- pause, resume, kill ---------------------------------------------------------------------
+
+    async def pause(self, sandbox_id: str) -> PausedSandbox:
+        """Persist the running sandbox's files and stop it. Raises NotFound, Conflict (already
+        paused, or not running), QuotaExceeded; on any failure the sandbox keeps running."""
+        async with self._lock(sandbox_id):
+            if self.paused(sandbox_id) is not None:
+                raise Conflict(f"sandbox {sandbox_id} is already paused; resume it or kill it")
+            return await self._pause(self._sandboxes.running(sandbox_id))
+
+    async def pause_at_timeout(self, sandbox: Sandbox) -> bool:
+        """SandboxService's timeout hook: pause a sandbox created with `on_timeout="pause"`. False
+        (kill it) for any other, or when the pause fails."""
+        if sandbox.request.on_timeout != "pause":
+            return False
+        try:
+            async with self._lock(sandbox.id):
+                if sandbox.state == "running" and sandbox.id not in self._paused:
+                    await self._pause(sandbox)
+                    log.info("sandbox %s: paused at its timeout", sandbox.id)
+        except Exception as exc:
+            log.warning("sandbox %s: pause at its timeout failed, so it ends: %s", sandbox.id, exc)
+            return False
+        return True
+
+    async def resume(
+        self, sandbox_id: str, timeout_s: int | None = None, *, running_ok: bool = False
+    ) -> Sandbox:
+        """Start the paused sandbox again with its id and request (`timeout_s`, when given, replaces
+        its timeout) and restore its files before returning it. A running sandbox is returned as it
+        is with `running_ok`, else Conflict. Raises NotFound, WorkspaceCorrupt (its snapshot is gone
+        or damaged: it stays paused), QuotaExceeded (no room for it now)."""
+        async with self._lock(sandbox_id):
+            paused = self.paused(sandbox_id)
+            if paused is None:
+                running = self._sandboxes.running(sandbox_id)
+                if not running_ok:
+                    raise Conflict(f"sandbox {sandbox_id} is running, not paused")
+                return running
+            request = paused.sandbox.request
+            if timeout_s is not None:
+                request = request.model_copy(update={"timeout_s": timeout_s})
+            with _as_owner(paused.sandbox):
+                sandbox = await self._sandboxes.create(request, sandbox_id=sandbox_id)
+            try:
+                await self._restore(sandbox, paused.record.storage_path)
+            except BaseException:
+                with contextlib.suppress(AgentcellError):
+                    await self._sandboxes.kill(sandbox_id)
+                raise
+            await self._forget(paused)
+            log.info("sandbox %s resumed", sandbox_id)
+            return sandbox
+
+    async def kill(self, sandbox_id: str) -> None:
+        """End a live sandbox, or delete a paused one with its snapshot. Raises NotFound."""
+        async with self._lock(sandbox_id):
+            paused = self.paused(sandbox_id)
+            if paused is None:
+                await self._sandboxes.kill(sandbox_id)
+                return
+            await self._forget(paused)
+            log.info("paused sandbox %s killed", sandbox_id)
+
+    async def expire_once(self, now: float) -> list[str]:
+        """Delete every paused sandbox kept past its retention. Returns their ids."""
+        expired = [p.sandbox.id for p in list(self._paused.values()) if p.record.keep_until <= now]
+        for sandbox_id in expired:
+            try:
+                async with self._lock(sandbox_id):
+                    if (paused := self._paused.get(sandbox_id)) is not None:
+                        await self._forget(paused)
+                log.info("paused sandbox %s deleted: kept past its retention", sandbox_id)
+            except Exception:
+                log.exception("paused sandbox %s: deletion after its retention failed", sandbox_id)
+        return expired
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        lock = self._locks.get(sandbox_id)
+        if lock is None:
+            lock = self._locks[sandbox_id] = asyncio.Lock()
+        return lock
+
+    async def _pause(self, sandbox: Sandbox) -> PausedSandbox:
+        path = storage_path(sandbox.tenant, sandbox.id)
+        await self._check_quota(sandbox.tenant)
+        files = self._driver.files(sandbox.id)
+        info = await _with_home(files, lambda fd: self._snapshots.persist(path, fd, keep=1))
+        await self._store.put_workspace(await self._workspace_record(sandbox, path, info))
+        now = self._clock.now()
+        record = PausedSandboxRecord(
+            id=sandbox.id,
+            tenant=sandbox.tenant,
+            request_json=sandbox.request.model_dump_json(),
+            storage_path=path,
+            created_at=sandbox.created_at,
+            paused_at=now,
+            keep_until=now + self._retention_s,
+            labels_json=json.dumps(self.labeller(sandbox) if self.labeller is not None else {}),
+        )
+        await self._store.put_paused_sandbox(record)  # written after its snapshot: never one without
+        paused = self._paused[sandbox.id] = _from_record(record)
+        self._keeper.adopt(paused.workspace, sandbox.id)
+        await self._sandboxes.kill(sandbox.id)
+        log.info("sandbox %s paused: %d files, %d bytes stored", sandbox.id, info.files, info.stored_bytes)
+        return paused
+
+    async def _workspace_record(self, sandbox: Sandbox, path: str, info: SnapshotInfo) -> WorkspaceRecord:
+        return WorkspaceRecord(
+            path=path,
+            tenant=sandbox.tenant,
+            function=SANDBOXES_SEGMENT,
+            key=sandbox.id,
+            stored_bytes=await self._snapshots.stored_bytes(path),
+            seq=info.seq,
+            snapshot_at=info.created_at,
+            files=info.files,
+            logical_bytes=info.logical_bytes,
+            uploaded_bytes=info.uploaded_bytes,
+        )
+
+    async def _restore(self, sandbox: Sandbox, path: str) -> None:
+        files = self._driver.files(sandbox.id)
+        try:
+            restored = await _with_home(
+                files, lambda fd: self._snapshots.restore(path, fd, owner=files.owner)
+            )
+        except WorkspaceCorrupt:
+            raise
+        except AgentcellError as exc:
+            raise WorkspaceCorrupt(
+                f"sandbox {sandbox.id}: its files could not be restored: {exc.message}"
+            ) from exc
+        if restored is None:
+            raise WorkspaceCorrupt(
+                f"sandbox {sandbox.id}: its paused files ({path}) are missing from object storage; kill it"
+            )
+
+    async def _forget(self, paused: PausedSandbox) -> None:
+        """Delete the snapshot, then the records (a crash in between leaves a record whose resume
+        fails and whose kill finishes the job)."""
+        path = paused.record.storage_path
+        await self._snapshots.delete_all(path)
+        await self._store.delete_workspace(path)
+        await self._store.delete_paused_sandbox(paused.sandbox.id)
+        self._keeper.unclaim(paused.workspace, paused.sandbox.id)
+        self._paused.pop(paused.sandbox.id, None)
+
+    async def _check_quota(self, tenant: str) -> None:
+        quota = self._keeper.quota_bytes(tenant)
+        if quota is None:
+            return
+        used = await self._store.tenant_stored_bytes(tenant)
+        if used >= quota:
+            raise QuotaExceeded(
+                f"tenant {tenant} stores {used} bytes of workspaces and paused sandboxes, at its quota "
+                f"of {quota}, so this sandbox cannot be paused; kill paused sandboxes or delete "
+                "workspaces it no longer needs, or raise the quota"
+            )
+
+
+def _as_owner(sandbox: Sandbox) -> contextlib.AbstractContextManager[None]:
+    """The sandbox's own tenant for what runs inside (the server's background work has none)."""
+    principal = current_or_none()
+    if principal is not None and principal.tenant == sandbox.tenant:
+        return contextlib.nullcontext()
+    return acting_as(Principal(sandbox.tenant, "agentcell-server", frozenset()))
+
+
+def _from_record(record: PausedSandboxRecord) -> PausedSandbox:
+    request = SandboxCreate.model_validate_json(record.request_json)
+    sandbox = Sandbox(
+        record.id, request, created_at=record.created_at, expires_at=record.keep_until, state="paused"
+    )
+    sandbox.tenant = record.tenant
+    labels = json.loads(record.labels_json)
+    if not isinstance(labels, dict):
+        raise ValueError("labels are not an object")
+    return PausedSandbox(sandbox, record, {str(k): str(v) for k, v in labels.items()})
+
+
+async def _with_home(files: SandboxFiles, work: Callable[[int], Awaitable[T]]) -> T:
+    fd = await files.open_dir(SANDBOX_HOME)
+    try:
+        return await work(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,237 @@
+"""SandboxPool: pre-started, never-used instances of the default sandbox spec, claimed by creates.
+
+A create whose spec the pool can serve (template `base`, default disk and network, no mounts; any
+cpu and memory, rewritten into the instance's cgroups at claim time) takes an idle instance
+instead of spawning one, so a burst of creates costs no spawn work. Pooled instances get a fresh
+random sandbox id when they are started and keep it when claimed: an id is never shown to anyone
+before its claim, and a claimed instance is indistinguishable from one started for the request
+(the service makes its record, deadline, quotas and meter at claim time; env is applied per
+command). Until claimed an instance belongs to the pool only: the sandbox service does not know
+it, so it is never listed, metered or billed.
+
+Refills run at low priority: one instance at a time, and only after no create has arrived for
+`quiet_s`, so that refilling never competes with a burst for the CPU (an earlier pool that
+refilled at once made sequential creates slower and bursts no faster). The app's lifespan runs
+`run()` after the sandbox service has reaped what an earlier server left (a crashed server's
+pooled instances are orphans like any other), and calls `aclose()` at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from agentcell.errors import AgentcellError, NotFound
+from agentcell.protocol.sandboxes import SandboxCreate
+from agentcell.server.clock import Clock
+from agentcell.server.egress.policy import EgressPolicy
+from agentcell.server.observability.registry import Counter, Registry
+from agentcell.server.sandbox.driver import SandboxDriver, SandboxSpec
+
+log = logging.getLogger(__name__)
+
+QUIET_S = 0.5
+"""refills wait until no create has arrived for this long"""
+RETRY_S = (1.0, 30.0)
+"""backoff after a failed refill: first delay, longest delay"""
+
+
+def default_spec(pids_max: int) -> SandboxSpec:
+    """The spec a create with every default gets (what the pool keeps ready)."""
+    request = SandboxCreate()
+    return SandboxSpec(
+        sandbox_id="pooled",
+        template=request.template,
+        cpu_millis=max(10, int(request.cpu * 1000)),
+        memory_bytes=request.memory_mb << 20,
+        disk_bytes=request.disk_mb << 20,
+        pids_max=pids_max,
+        egress=EgressPolicy.from_wire(request.network),
+    )
+
+
+class SandboxPool:
+    """Owns the idle pre-started instances of one node: fills, hands out and stops them."""
+
+    def __init__(
+        self,
+        driver: SandboxDriver,
+        clock: Clock,
+        *,
+        size: int,
+        spec: SandboxSpec,
+        new_id: Callable[[], str],
+        quiet_s: float = QUIET_S,
+        registry: Registry | None = None,
+    ) -> None:
+        if size < 0:
+            raise ValueError(f"the sandbox pool size must be 0 or more, got {size}")
+        self.size = size
+        self._driver = driver
+        self._clock = clock
+        self._spec = spec
+        self._new_id = new_id
+        self._quiet_s = quiet_s
+        self._idle: dict[str, asyncio.Task[None] | None] = {}
+        """idle instance id → its death watcher, oldest first"""
+        self._filling = 0
+        self._last_create = float("-inf")
+        self._retry_at = float("-inf")
+        self._retry_s = RETRY_S[0]
+        self._changed = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._closed = False
+        self._hits, self._misses = Counter(), Counter()
+        if registry is not None:
+            self._register(registry)
+
+    @property
+    def ready(self) -> int:
+        """Idle instances waiting for a claim."""
+        return len(self._idle)
+
+    def idle_ids(self) -> list[str]:
+        """Ids of the idle instances (diagnostics and tests; never shown through the API)."""
+        return list(self._idle)
+
+    # -- claims ----------------------------------------------------------------------------------
+
+    def fits(self, spec: SandboxSpec) -> bool:
+        """Whether a pooled instance can become `spec` (only cgroup limits may differ)."""
+        ours = self._spec
+        return (
+            spec.template == ours.template
+            and spec.disk_bytes == ours.disk_bytes
+            and spec.pids_max == ours.pids_max
+            and spec.env == ours.env
+            and spec.mounts == ours.mounts
+            and spec.egress == ours.egress
+        )
+
+    async def claim(self, spec: SandboxSpec) -> str | None:
+        """An idle instance adapted to `spec`, now the caller's (its id is the sandbox's id); None
+        if the pool cannot serve `spec` or is empty (the caller starts one itself). Every create
+        calls this, so that refills wait for a quiet period."""
+        self._last_create = self._clock.now()
+        self._changed.set()
+        if not self._idle or not self.fits(spec):
+            self._misses.inc()
+            return None
+        sandbox_id = next(iter(self._idle))
+        watcher = self._idle.pop(sandbox_id)  # before any await: no two claims get one instance
+        if watcher is not None:
+            watcher.cancel()
+        try:
+            await self._adapt(sandbox_id, spec)
+        except Exception as e:  # the caller spawns instead: a claim never fails a create
+            log.warning("sandbox pool: instance %s could not take its limits: %s", sandbox_id, e)
+            await asyncio.shield(self._discard(sandbox_id))
+            self._misses.inc()
+            return None
+        except BaseException:
+            await asyncio.shield(self._discard(sandbox_id))
+            raise
+        self._hits.inc()
+        return sandbox_id
+
+    async def _adapt(self, sandbox_id: str, spec: SandboxSpec) -> None:
+        ours = self._spec
+        if (spec.cpu_millis, spec.memory_bytes) != (ours.cpu_millis, ours.memory_bytes):
+            await self._driver.set_limits(sandbox_id, spec.cpu_millis, spec.memory_bytes, spec.pids_max)
+
+    # -- refills ---------------------------------------------------------------------------------
+
+    async def run(self, started: asyncio.Event | None = None) -> None:
+        """Keep the pool full until cancelled; idle instances are watched for dying meanwhile."""
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            if started is not None:
+                started.set()
+            while True:
+                await self.refill_once(self._clock.now())
+                await self._wait(self._due_in(self._clock.now()))
+
+    async def refill_once(self, now: float) -> bool:
+        """Start one instance if the pool is short, quiet and not backing off. True if it did."""
+        if self._due_in(now) != 0.0:
+            return False
+        sandbox_id = self._new_id()
+        self._filling += 1
+        try:
+            await self._driver.start(replace(self._spec, sandbox_id=sandbox_id))
+        except AgentcellError as e:
+            self._retry_at, self._retry_s = now + self._retry_s, min(self._retry_s * 2, RETRY_S[1])
+            log.warning("sandbox pool: a refill failed (next try in %.0f s): %s", self._retry_s, e)
+            return False
+        finally:
+            self._filling -= 1
+        self._retry_s = RETRY_S[0]
+        if self._closed:
+            await self._discard(sandbox_id)
+            return False
+        self._idle[sandbox_id] = self._watch(sandbox_id)
+        return True
+
+    def _due_in(self, now: float) -> float | None:
+        """Seconds until a refill may start; None when the pool is full (or closed)."""
+        if self._closed or len(self._idle) + self._filling >= self.size:
+            return None
+        return max(0.0, self._last_create + self._quiet_s - now, self._retry_at - now)
+
+    async def _wait(self, delay_s: float | None) -> None:
+        """Sleep `delay_s`, or until something changes when there is nothing to do."""
+        self._changed.clear()
+        if delay_s is None:
+            await self._changed.wait()
+        elif delay_s > 0:
+            await asyncio.sleep(delay_s)
+
+    def _watch(self, sandbox_id: str) -> asyncio.Task[None] | None:
+        if self._tasks is None:
+            return None
+        return self._tasks.create_task(self._watch_idle(sandbox_id), name=f"pooled {sandbox_id}")
+
+    async def _watch_idle(self, sandbox_id: str) -> None:
+        """An idle instance that dies on its own is removed (and its remains with it)."""
+        with contextlib.suppress(NotFound):
+            await self._driver.wait_exited(sandbox_id)
+        if self._idle.pop(sandbox_id, False) is not False:
+            log.warning("sandbox pool: idle instance %s exited on its own", sandbox_id)
+            await self._discard(sandbox_id)
+            self._changed.set()
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop every idle instance; refills still starting stop themselves when they finish."""
+        self._closed = True
+        idle, self._idle = self._idle, {}
+        for watcher in idle.values():
+            if watcher is not None:
+                watcher.cancel()
+        await asyncio.gather(*(self._discard(i) for i in idle))
+
+    async def _discard(self, sandbox_id: str) -> None:
+        try:
+            await self._driver.stop(sandbox_id, grace_s=0)
+        except Exception:
+            log.exception("sandbox pool: could not stop instance %s", sandbox_id)
+
+    # -- metrics ---------------------------------------------------------------------------------
+
+    def _register(self, registry: Registry) -> None:
+        registry.gauge(
+            "agentcell_sandbox_pool_ready",
+            "Pre-started sandboxes waiting for a create (AGENTCELL_SANDBOX_POOL)",
+            (),
+            lambda: [((), float(len(self._idle)))],
+        )
+        claims = registry.counter(
+            "agentcell_sandbox_pool_claims_total",
+            "Sandbox creates served by the pool (hit) or by a new spawn (miss)",
+            ("result",),
+        )
+        self._hits, self._misses = claims.labels("hit"), claims.labels("miss")

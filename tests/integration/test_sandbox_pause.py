@@ -1,0 +1,86 @@
+"""Pause and resume in agentcell's own API, SDK (sync and async) and CLI, against a real server:
+same id, files back, error envelopes for the wrong states."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+import pytest
+
+from agentcell.client import AsyncSandbox, ConflictError, NotFoundError, Sandbox
+from tests.integration.test_cli import agentcell
+
+
+def test_sdk_pause_then_resume_by_id(server_url: str) -> None:
+    tag = {"run": uuid.uuid4().hex[:12]}
+    sbx = Sandbox.create(api_url=server_url, metadata=tag, env={"A": "1"}, timeout_s=120)
+    try:
+        sbx.files.write("/home/user/keep/me.txt", b"saved")
+        sbx.commands.run("sleep 300", background=True)
+        assert sbx.pause().state == "paused"
+        with pytest.raises(ConflictError, match="already paused"):
+            sbx.pause()
+        with pytest.raises(ConflictError, match="is paused; resume it first"):
+            sbx.set_timeout(100)
+        assert [(s.id, s.state) for s in Sandbox.list(api_url=server_url, metadata=tag)] == [
+            (sbx.id, "paused")
+        ]
+        assert Sandbox.list(api_url=server_url, metadata=tag, state="running") == []
+        assert sbx.get_info().state == "paused" and not sbx.is_running()
+        with Sandbox.resume(sbx.id, api_url=server_url, timeout_s=60) as again:
+            assert again.id == sbx.id and again.info.state == "running"
+            assert again.files.read("/home/user/keep/me.txt") == b"saved"
+            assert again.commands.run("echo $A; pgrep -c sleep || true").stdout == "1\n0\n"
+            with pytest.raises(ConflictError, match="is running, not paused"):
+                Sandbox.resume(sbx.id, api_url=server_url)
+    finally:
+        sbx.close()
+    with pytest.raises(NotFoundError):
+        Sandbox.resume(sbx.id, api_url=server_url)
+
+
+async def test_async_pause_resume_and_kill_of_a_paused_sandbox(server_url: str) -> None:
+    sbx = await AsyncSandbox.create(api_url=server_url, timeout_s=60)
+    try:
+        await sbx.files.write("/home/user/x", b"x")
+        await sbx.pause()
+        async with AsyncSandbox.resume(sbx.id, api_url=server_url) as again:
+            assert await again.files.read("/home/user/x") == b"x"
+            await again.pause()
+        assert await sbx.kill() is False  # the async with killed the paused sandbox
+        with pytest.raises(NotFoundError):
+            await AsyncSandbox.resume(sbx.id, api_url=server_url)
+    finally:
+        await sbx.aclose()
+
+
+def test_rest_errors_use_the_envelope(api: httpx.Client) -> None:
+    unknown = api.post("/v1/sandboxes/sbx_0000000000000000/pause")
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "not_found")
+    created = api.post("/v1/sandboxes", json={"timeout_s": 60}).json()
+    try:
+        running = api.post(f"/v1/sandboxes/{created['id']}/resume")
+        assert (running.status_code, running.json()["code"]) == (409, "conflict")
+        bad = api.post(f"/v1/sandboxes/{created['id']}/resume", json={"timeout_s": 0})
+        assert (bad.status_code, bad.json()["code"]) == (400, "invalid_argument")
+    finally:
+        api.delete(f"/v1/sandboxes/{created['id']}")
+
+
+def test_cli_pause_and_resume(server_url: str) -> None:
+    created = agentcell(server_url, "sandbox", "create", "--on-timeout", "pause", "--timeout", "60")
+    sandbox_id = created.stdout.strip()
+    try:
+        assert agentcell(server_url, "sandbox", "pause", sandbox_id).returncode == 0
+        got = json.loads(agentcell(server_url, "sandbox", "get", sandbox_id).stdout)
+        assert got["state"] == "paused"
+        listed = agentcell(server_url, "sandbox", "ls", "--state", "paused", "--json")
+        assert sandbox_id in {s["id"] for s in json.loads(listed.stdout)}
+        again = agentcell(server_url, "sandbox", "pause", sandbox_id)
+        assert again.returncode == 1 and "already paused" in again.stderr
+        resumed = json.loads(agentcell(server_url, "sandbox", "resume", sandbox_id, "--json").stdout)
+        assert (resumed["id"], resumed["state"]) == (sandbox_id, "running")
+    finally:
+        agentcell(server_url, "sandbox", "kill", sandbox_id)

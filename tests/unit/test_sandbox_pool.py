@@ -1,0 +1,253 @@
+"""SandboxPool and its claim hook in SandboxService, on the FakeDriver and a FakeClock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+import pytest
+
+from agentcell.errors import Unavailable
+from agentcell.protocol.sandboxes import SandboxCreate
+from agentcell.server.clock import FakeClock
+from agentcell.server.observability.registry import Registry
+from agentcell.server.sandbox.driver import SandboxSpec
+from agentcell.server.sandbox.fake import FakeDriver
+from agentcell.server.scheduler.sandbox_pool import QUIET_S, SandboxPool, default_spec
+from agentcell.server.scheduler.sandboxes import SandboxService, new_sandbox_id
+
+PIDS = 64
+
+
+@dataclass
+class Env:
+    service: SandboxService
+    pool: SandboxPool
+    driver: FakeDriver
+    clock: FakeClock
+    registry: Registry
+
+    async def fill(self) -> None:
+        """Refill until full, as the background loop would once the node is quiet."""
+        self.clock.advance(QUIET_S)
+        while await self.pool.refill_once(self.clock.now()):
+            pass
+
+    def metric(self, needle: str) -> float:
+        lines = [line for line in self.registry.exposition().splitlines() if line.startswith(needle + " ")]
+        return float(lines[0].split()[-1])
+
+
+def make_pool(
+    driver: FakeDriver, clock: FakeClock, size: int, registry: Registry | None = None
+) -> SandboxPool:
+    spec = default_spec(PIDS)
+    return SandboxPool(driver, clock, size=size, spec=spec, new_id=new_sandbox_id, registry=registry)
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    driver, clock, registry = FakeDriver(), FakeClock(), Registry()
+    pool = make_pool(driver, clock, 3, registry)
+    service = SandboxService(driver, clock, max_sandboxes=10, pids_max=PIDS, stop_grace_s=0.1, pool=pool)
+    started = asyncio.Event()
+    task = asyncio.create_task(service.run(3600, started))
+    await started.wait()
+    yield Env(service, pool, driver, clock, registry)
+    await pool.aclose()
+    await service.aclose()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await driver.aclose()
+
+
+async def test_a_default_create_claims_a_pooled_instance_and_keeps_its_id(env: Env) -> None:
+    await env.fill()
+    pooled = env.pool.idle_ids()
+    spawned = len(env.driver.started)
+    sandbox = await env.service.create(SandboxCreate())
+    assert sandbox.id in pooled and sandbox.id.startswith("sbx_")
+    assert len(env.driver.started) == spawned, "no spawn for a claim"
+    assert env.pool.ready == 2 and sandbox.id not in env.pool.idle_ids()
+    assert env.metric('agentcell_sandbox_pool_claims_total{result="hit"}') == 1
+    assert env.metric("agentcell_sandbox_pool_ready") == 2
+
+
+async def test_a_claim_rewrites_cpu_and_memory_and_starts_the_clock_at_claim(env: Env) -> None:
+    await env.fill()
+    env.clock.advance(1000)
+    sandbox = await env.service.create(SandboxCreate(cpu=0.25, memory_mb=128, timeout_s=60))
+    spec = env.driver.spec(sandbox.id)
+    assert (spec.cpu_millis, spec.memory_bytes, spec.pids_max) == (250, 128 << 20, PIDS)
+    assert sandbox.created_at == env.clock.now()
+    assert sandbox.expires_at == env.clock.now() + 60
+    assert sandbox.meter.since == env.clock.now()
+
+
+async def test_pooled_instances_are_never_listed_or_found(env: Env) -> None:
+    await env.fill()
+    assert env.service.find({}) == []
+    for pooled in env.pool.idle_ids():
+        with pytest.raises(Exception, match="not found"):
+            env.service.get(pooled)
+
+
+async def test_concurrent_claims_never_share_an_instance(env: Env) -> None:
+    await env.fill()
+    sandboxes = await asyncio.gather(*(env.service.create(SandboxCreate()) for _ in range(5)))
+    ids = [s.id for s in sandboxes]
+    assert len(set(ids)) == 5
+    assert env.pool.ready == 0
+    assert env.metric('agentcell_sandbox_pool_claims_total{result="hit"}') == 3
+    assert env.metric('agentcell_sandbox_pool_claims_total{result="miss"}') == 2
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [SandboxCreate(disk_mb=64), SandboxCreate(network={"egress": "open"})],
+    ids=["other disk", "other network"],
+)
+async def test_requests_the_pool_cannot_serve_spawn(env: Env, request_: SandboxCreate) -> None:
+    await env.fill()
+    pooled = env.pool.idle_ids()
+    sandbox = await env.service.create(request_)
+    assert sandbox.id not in pooled
+    assert env.driver.started[-1].sandbox_id == sandbox.id
+    assert env.pool.idle_ids() == pooled
+
+
+async def test_refills_wait_for_a_quiet_node_and_go_one_at_a_time(env: Env) -> None:
+    await env.fill()
+    await env.service.create(SandboxCreate())
+    assert not await env.pool.refill_once(env.clock.now()), "a create just came: no refill yet"
+    env.clock.advance(QUIET_S / 2)
+    assert not await env.pool.refill_once(env.clock.now())
+    env.clock.advance(QUIET_S / 2)
+    assert await env.pool.refill_once(env.clock.now())
+    assert env.pool.ready == 3
+    assert not await env.pool.refill_once(env.clock.now()), "full"
+
+
+async def test_a_missed_create_also_delays_refills(env: Env) -> None:
+    await env.service.create(SandboxCreate(disk_mb=64))
+    assert not await env.pool.refill_once(env.clock.now())
+
+
+async def test_a_resume_keeps_its_own_id(env: Env) -> None:
+    await env.fill()
+    pooled = env.pool.idle_ids()
+    sandbox = await env.service.create(SandboxCreate(), sandbox_id="sbx_resumed0000000")
+    assert sandbox.id == "sbx_resumed0000000"
+    assert env.pool.idle_ids() == pooled
+
+
+async def test_an_idle_instance_that_dies_is_removed() -> None:
+    driver, clock = FakeDriver(), FakeClock()
+    pool = make_pool(driver, clock, 2)
+    started = asyncio.Event()
+    task = asyncio.create_task(pool.run(started))
+    try:
+        await started.wait()
+        await wait_for(lambda: pool.ready == 2)
+        dead = pool.idle_ids()[0]
+        driver.crash(dead)
+        await wait_for(lambda: dead not in pool.idle_ids())
+        await wait_for(lambda: pool.ready == 2)  # refilled (the fake clock stands still: quiet)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await pool.aclose()
+        await driver.aclose()
+
+
+async def test_aclose_stops_every_idle_instance() -> None:
+    driver, clock = FakeDriver(), FakeClock()
+    pool = make_pool(driver, clock, 2)
+    clock.advance(QUIET_S)
+    while await pool.refill_once(clock.now()):
+        pass
+    ids = pool.idle_ids()
+    await pool.aclose()
+    assert pool.ready == 0
+    for sandbox_id in ids:
+        with pytest.raises(Exception, match="no instance"):
+            await driver.usage(sandbox_id)
+    assert not await pool.refill_once(clock.now() + 60), "closed: no refills"
+    await driver.aclose()
+
+
+class BrokenDriver(FakeDriver):
+    async def start(self, spec: SandboxSpec) -> None:
+        raise Unavailable("no namespaces here")
+
+
+async def test_failed_refills_back_off() -> None:
+    driver, clock = BrokenDriver(), FakeClock()
+    pool = make_pool(driver, clock, 2)
+    assert not await pool.refill_once(clock.now())
+    assert not await pool.refill_once(clock.now() + 0.5), "backing off"
+    await driver.aclose()
+
+
+def test_a_negative_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="0 or more"):
+        make_pool(FakeDriver(), FakeClock(), -1)
+
+
+def test_size_zero_never_refills() -> None:
+    pool = make_pool(FakeDriver(), FakeClock(), 0)
+    assert pool.fits(replace(default_spec(PIDS), sandbox_id="x"))
+    assert asyncio.run(pool.refill_once(0.0)) is False
+
+
+def test_the_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from agentcell.server.settings import Settings
+
+    monkeypatch.setenv("AGENTCELL_SANDBOX_POOL", "-1")
+    with pytest.raises(ValidationError, match="AGENTCELL_SANDBOX_POOL must be between 0"):
+        Settings()
+    monkeypatch.setenv("AGENTCELL_SANDBOX_POOL", "0")
+    assert Settings().sandbox_pool == 0
+
+
+async def wait_for(condition: object, timeout_s: float = 5.0) -> None:
+    assert callable(condition)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+class LimitlessDriver(FakeDriver):
+    async def set_limits(self, sandbox_id: str, cpu_millis: int, memory_bytes: int, pids_max: int) -> None:
+        raise OSError("memory.limit_in_bytes: Device or resource busy")
+
+
+async def test_an_instance_that_cannot_take_the_limits_is_dropped_and_the_create_spawns() -> None:
+    driver, clock = LimitlessDriver(), FakeClock()
+    pool = make_pool(driver, clock, 1)
+    service = SandboxService(driver, clock, max_sandboxes=10, pids_max=PIDS, stop_grace_s=0.1, pool=pool)
+    started = asyncio.Event()
+    task = asyncio.create_task(service.run(3600, started))
+    try:
+        await started.wait()
+        clock.advance(QUIET_S)
+        assert await pool.refill_once(clock.now())
+        pooled = pool.idle_ids()[0]
+        sandbox = await service.create(SandboxCreate(memory_mb=128))
+        assert sandbox.id != pooled and driver.started[-1].sandbox_id == sandbox.id
+        with pytest.raises(Exception, match="no instance"):
+            await driver.usage(pooled)
+    finally:
+        await service.aclose()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await driver.aclose()
