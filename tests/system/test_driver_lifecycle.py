@@ -143,3 +143,17 @@ async def test_adopt_after_a_restart(linux_driver: LinuxDriver, prebuilt_helper:
         assert sandbox_traces(restarted, "keep") == []
     finally:
         await restarted.aclose()
+
+
+async def test_stop_reaps_a_command_whose_helper_was_killed(linux_driver: LinuxDriver, sandbox: str) -> None:
+    """A command whose helper is SIGKILLed from outside dies too (parent-death signal) and is
+    re-parented to us; nobody waits for it. A dying init waits until its namespace is reaped, so
+    stop must reap such a zombie itself rather than wait out its timeouts (it took 11 s)."""
+    process = await linux_driver.exec(sandbox, ExecSpec(argv=["sleep", "300"]))
+    os.kill(process.helper_pid, 9)  # type: ignore[attr-defined]
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await linux_driver.stop(sandbox, grace_s=0.2)
+    assert time.monotonic() - started < 1.5
+    assert sandbox_traces(linux_driver, sandbox) == []
+    del process

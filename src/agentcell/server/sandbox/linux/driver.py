@@ -27,7 +27,7 @@ import signal
 import socket
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,8 @@ MIN_MEMORY_BYTES = 16 << 20
 MIN_DISK_BYTES = 1 << 20
 MIN_PIDS = 8  # init, the exec helper and a shell pipeline
 POLL_S = 0.005
+ORPHAN_SWEEP_S = 0.1
+"""while a killed init has not exited, zombies orphaned to us are looked for this often"""
 SETTLE_S = 1.0
 """how long killed processes and helpers get to leave the cgroup before SIGKILL rounds"""
 KILL_TIMEOUT_S = 10.0
@@ -448,8 +450,7 @@ class LinuxDriver:
         await _wait_until(lambda: set(cgroups.pids(sandbox_id)) <= allowed, grace_s)
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(instance.pidfd, signal.SIGKILL)
-        with contextlib.suppress(TimeoutError):  # woken by the pidfd, not by polling
-            await asyncio.wait_for(asyncio.shield(self._exit_future(instance)), SETTLE_S)
+        await _wait_for_init(asyncio.shield(self._exit_future(instance)), SETTLE_S)
         await _wait_until(lambda: not cgroups.pids(sandbox_id), SETTLE_S)
 
     async def _teardown(self, host: _Host, sandbox_id: str, pidfd: int | None) -> None:
@@ -491,8 +492,7 @@ class LinuxDriver:
 
     async def _reap_init(self, pidfd: int) -> None:
         """Wait for the init to die and reap it if it is our child (ECHILD if it is not)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wait_readable(pidfd), KILL_TIMEOUT_S)
+        await _wait_for_init(wait_readable(pidfd), KILL_TIMEOUT_S)
         reap_if_child(pidfd)
 
     def _forget(self, instance: _Instance) -> None:
@@ -695,6 +695,54 @@ def _sandbox_pidfd(pid: int, host_pidns_inode: int) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+async def _wait_for_init(exited: Awaitable[None], timeout_s: float) -> None:
+    """Wait up to `timeout_s` for a killed init to exit (woken by its pidfd, not by polling).
+
+    A dying init waits in the kernel until every process of its pid namespace is reaped. A command
+    whose helper died first (SIGKILLed from outside) was re-parented to us, the subreaper, and
+    only we can reap it: so while the init has not exited, such zombies are reaped every
+    ORPHAN_SWEEP_S."""
+    waiting = asyncio.ensure_future(exited)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not waiting.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.wait([waiting], timeout=min(left, ORPHAN_SWEEP_S))
+            if not waiting.done():
+                reap_orphaned_commands()
+    finally:
+        waiting.cancel()
+
+
+def reap_orphaned_commands() -> int:
+    """Reap our zombie children that lived in a sandbox's pid namespace without being its init:
+    commands re-parented to us after their helper died. Returns how many were reaped."""
+    me, reaped = os.getpid(), 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and _is_orphaned_command(entry.name, me):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry.name), os.WNOHANG)
+                reaped += 1
+    return reaped
+
+
+def _is_orphaned_command(pid: str, parent: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status_file:
+            status = dict(line.split(":\t", 1) for line in status_file.read().splitlines() if ":\t" in line)
+    except OSError:
+        return False
+    ns_pids = status.get("NSpid", "").split()
+    return (
+        status.get("State", "").startswith("Z")
+        and status.get("PPid", "").strip() == str(parent)
+        and len(ns_pids) > 1
+        and ns_pids[-1] != "1"
+    )
 
 
 def _reap_children(pidfds: dict[int, int]) -> bool:
