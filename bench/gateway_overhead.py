@@ -6,7 +6,9 @@ reverse proxy with upstream keep-alive (one worker). wrk drives 50 keep-alive co
 each target in turn, for several interleaved rounds; the medians are reported (under that load
 p50 is mostly queueing, so the hop's own latency is also measured with one connection:
 `p50_added_c1_ms`). Then one large streamed response (512 MiB) through each path, in MiB/s
-(best of two).
+(best of two). `cpu_per_request_*_ms`: CPU time the answering process (upstream, gateway, nginx
+worker) spent per request during the wrk rounds, from /proc: far steadier than req/s when
+something else runs on the machine.
 
 Two upstreams, one after the other:
 - `raw`: a bare ASGI callable (~22 us of CPU per request here), the worst case for any proxy:
@@ -243,6 +245,23 @@ class WrkResult:
     rps: float
     p50_ms: float
     p99_ms: float
+    cpu_ms_per_request: float = 0.0  # of the process answering (upstream, gateway or nginx worker)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pid(parent: int) -> int:
+    """The one child of `parent` (nginx's worker)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == parent:
+                    return int(entry.name)
+    raise RuntimeError(f"process {parent} has no child")
 
 
 def run_wrk(url: str, duration_s: float, connections: int = 50) -> WrkResult:
@@ -283,17 +302,25 @@ def stream_mib_s(port: int, mib: int) -> float:
 
 
 def measure(
-    targets: dict[str, int], rounds: int, duration_s: float, stream_mib: int, suffix: str = ""
+    targets: dict[str, int],
+    pids: dict[str, int],
+    rounds: int,
+    duration_s: float,
+    stream_mib: int,
+    suffix: str = "",
 ) -> None:
-    """wrk rounds against each target; with `stream_mib` > 0 also one-connection latency and
-    the large streamed response."""
+    """wrk rounds against each target (with the CPU its answering process, `pids[target]`, spent
+    per request: steadier than req/s on a shared machine); with `stream_mib` > 0 also
+    one-connection latency and the large streamed response."""
     for name, port in targets.items():  # warm up pools, caches and JITs of nobody
         run_wrk(f"http://127.0.0.1:{port}/", 1)
         progress(f"warmed up {name}")
     results: dict[str, list[WrkResult]] = {name: [] for name in targets}
     for round_no in range(1, rounds + 1):
         for name, port in targets.items():
+            before = cpu_s(pids[name])
             result = run_wrk(f"http://127.0.0.1:{port}/", duration_s)
+            result.cpu_ms_per_request = (cpu_s(pids[name]) - before) / (result.rps * duration_s) * 1e3
             results[name].append(result)
             progress(f"round {round_no} {name}{suffix}: {result.rps:.0f} req/s p50 {result.p50_ms:.3f} ms")
     if not stream_mib:
@@ -327,6 +354,10 @@ def report_load(results: dict[str, list[WrkResult]], suffix: str = "") -> None:
         emit(BENCH, f"p99_{name}{suffix}_ms", p99[name], "ms", base)
     emit(BENCH, f"p50_added{suffix}_ms", p50["gateway"] - p50["direct"], "ms")
     emit(BENCH, f"p50_added_nginx{suffix}_ms", p50["nginx"] - p50["direct"], "ms")
+    cpu = {name: median([r.cpu_ms_per_request for r in rs]) for name, rs in results.items()}
+    emit(BENCH, f"cpu_per_request_upstream{suffix}_ms", cpu["direct"], "ms")
+    emit(BENCH, f"cpu_per_request_nginx{suffix}_ms", cpu["nginx"], "ms", cpu["direct"])
+    emit(BENCH, f"cpu_per_request_gateway{suffix}_ms", cpu["gateway"], "ms", cpu["nginx"])
 
 
 def report(
@@ -366,10 +397,14 @@ def run_against(upstream_kind: str, tmp: Path, rounds: int, duration_s: float, s
         upstream = [python, "-m", "uvicorn", *UPSTREAMS[upstream_kind], "--host", "127.0.0.1"]
         upstream += ["--port", str(upstream_port), "--loop", "uvloop", "--http", "httptools"]
         upstream += ["--lifespan", "off", "--no-access-log", "--log-level", "warning"]
-        stack.enter_context(running("upstream", upstream, f"http://127.0.0.1:{upstream_port}/", tmp))
+        upstream_proc = stack.enter_context(
+            running("upstream", upstream, f"http://127.0.0.1:{upstream_port}/", tmp)
+        )
         gateway = [python, "-m", "bench.gateway_overhead", "--serve-gateway", str(gateway_port)]
         gateway += ["--upstream-port", str(upstream_port)]
-        stack.enter_context(running("gateway", gateway, f"http://127.0.0.1:{gateway_port}/", tmp))
+        gateway_proc = stack.enter_context(
+            running("gateway", gateway, f"http://127.0.0.1:{gateway_port}/", tmp)
+        )
         conf = tmp / "nginx.conf"
         conf.write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port, upstream_port=upstream_port))
         nginx = [
@@ -381,10 +416,11 @@ def run_against(upstream_kind: str, tmp: Path, rounds: int, duration_s: float, s
             "-e",
             str(tmp / "nginx-error.log"),
         ]
-        stack.enter_context(running("nginx", nginx, f"http://127.0.0.1:{nginx_port}/", tmp))
+        nginx_proc = stack.enter_context(running("nginx", nginx, f"http://127.0.0.1:{nginx_port}/", tmp))
         targets = {"direct": upstream_port, "gateway": gateway_port, "nginx": nginx_port}
         suffix = "" if upstream_kind == "raw" else f"_{upstream_kind}"
-        measure(targets, rounds, duration_s, stream_mib, suffix)
+        pids = {"direct": upstream_proc.pid, "gateway": gateway_proc.pid, "nginx": child_pid(nginx_proc.pid)}
+        measure(targets, pids, rounds, duration_s, stream_mib, suffix)
 
 
 def _cli() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
@@ -11,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import AUTH
+from tests.conftest import AUTH, TEST_API_KEY, ServerProcess
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -35,3 +36,21 @@ def deploy(
 def api(server_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server_url, timeout=60, headers=AUTH) as client:
         yield client
+
+
+@contextlib.contextmanager
+def e2b_variables(url: str, api_key: str = TEST_API_KEY) -> Iterator[str]:
+    """The variables an E2B user sets (docs/e2b.md); E2B_CONNECTION_RETRIES=0 makes failures fast."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("E2B_API_KEY", api_key)
+        patch.setenv("E2B_API_URL", f"{url}/e2b")
+        patch.setenv("E2B_SANDBOX_URL", f"{url}/e2b")
+        patch.setenv("E2B_CONNECTION_RETRIES", "0")
+        yield url
+
+
+@pytest.fixture(scope="module")
+def e2b_env(shared_server: ServerProcess) -> Iterator[str]:
+    """The E2B SDKs pointed at the shared server, for one test module."""
+    with e2b_variables(shared_server.url) as url:
+        yield url

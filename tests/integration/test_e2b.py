@@ -25,20 +25,7 @@ from e2b import (
 from e2b import Sandbox as BaseSandbox
 from e2b_code_interpreter import Sandbox
 
-from tests.conftest import TEST_API_KEY, ServerProcess
-
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def e2b_env(shared_server: ServerProcess) -> Iterator[str]:
-    """The variables a user sets (docs/e2b.md); E2B_CONNECTION_RETRIES=0 makes failures fast."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("E2B_API_KEY", TEST_API_KEY)
-        patch.setenv("E2B_API_URL", f"{shared_server.url}/e2b")
-        patch.setenv("E2B_SANDBOX_URL", f"{shared_server.url}/e2b")
-        patch.setenv("E2B_CONNECTION_RETRIES", "0")
-        yield shared_server.url
 
 
 @pytest.fixture(scope="module")

@@ -5,24 +5,12 @@ the WatchDir stream, and run_code with state."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from e2b import AsyncSandbox as BaseAsyncSandbox
 from e2b import CommandExitException, FilesystemEvent, FilesystemEventType, SandboxQuery, TimeoutException
 from e2b_code_interpreter import AsyncSandbox
-
-from tests.conftest import TEST_API_KEY, ServerProcess
-
-
-@pytest.fixture(scope="module")
-def e2b_env(shared_server: ServerProcess) -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("E2B_API_KEY", TEST_API_KEY)
-        patch.setenv("E2B_API_URL", f"{shared_server.url}/e2b")
-        patch.setenv("E2B_SANDBOX_URL", f"{shared_server.url}/e2b")
-        patch.setenv("E2B_CONNECTION_RETRIES", "0")
-        yield shared_server.url
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from e2b import AuthenticationException
 from e2b_code_interpreter import Sandbox
 
 from tests.conftest import ServerProcess
+from tests.integration.conftest import e2b_variables
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +23,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def e2b_env(server: ServerProcess) -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("E2B_API_KEY", (server.state_dir / "admin.key").read_text().strip())
-        patch.setenv("E2B_API_URL", f"{server.url}/e2b")
-        patch.setenv("E2B_SANDBOX_URL", f"{server.url}/e2b")
-        patch.setenv("E2B_CONNECTION_RETRIES", "0")
-        yield server.url
+    with e2b_variables(server.url, (server.state_dir / "admin.key").read_text().strip()) as url:
+        yield url
 
 
 def test_a_real_key_works_end_to_end(e2b_env: str) -> None:

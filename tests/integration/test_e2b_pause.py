@@ -23,20 +23,13 @@ from e2b import (
 from e2b import Sandbox as BaseSandbox
 from e2b_code_interpreter import AsyncSandbox, Sandbox
 
-from tests.conftest import TEST_API_KEY, ServerProcess
-
-
-def _point_sdk_at(patch: pytest.MonkeyPatch, url: str) -> None:
-    patch.setenv("E2B_API_KEY", TEST_API_KEY)
-    patch.setenv("E2B_API_URL", f"{url}/e2b")
-    patch.setenv("E2B_SANDBOX_URL", f"{url}/e2b")
-    patch.setenv("E2B_CONNECTION_RETRIES", "0")
+from tests.conftest import ServerProcess
+from tests.integration.conftest import e2b_variables
 
 
 @pytest.fixture(scope="module")
 def e2b_env(shared_server: ServerProcess) -> Iterator[ServerProcess]:
-    with pytest.MonkeyPatch.context() as patch:
-        _point_sdk_at(patch, shared_server.url)
+    with e2b_variables(shared_server.url):
         yield shared_server
 
 
@@ -184,15 +177,13 @@ async def test_async_pause_and_resume(e2b_env: ServerProcess) -> None:
 
 def test_paused_sandbox_survives_a_server_restart(server_factory: type[ServerProcess]) -> None:
     first = server_factory()
-    with pytest.MonkeyPatch.context() as patch:
-        _point_sdk_at(patch, first.url)
+    with e2b_variables(first.url):
         sbx = BaseSandbox.create(timeout=60, metadata={"case": "restart"})
         sbx.files.write("survivor.txt", "still here")
         sbx.pause()
     assert first.stop() == 0
     second = server_factory(first.state_dir)
-    with pytest.MonkeyPatch.context() as patch:
-        _point_sdk_at(patch, second.url)
+    with e2b_variables(second.url):
         listed = BaseSandbox.list(query=SandboxQuery(metadata={"case": "restart"})).next_items()
         assert [(s.sandbox_id, s.state) for s in listed] == [(sbx.sandbox_id, SandboxState.PAUSED)]
         again = BaseSandbox.connect(sbx.sandbox_id)

@@ -12,19 +12,7 @@ import pytest
 from e2b import AsyncSandbox, CommandExitException, InvalidArgumentException, Sandbox, TimeoutException
 from e2b.sandbox.commands.command_handle import PtySize
 
-from tests.conftest import TEST_API_KEY, ServerProcess
-
 SIZE = PtySize(rows=24, cols=80)
-
-
-@pytest.fixture(scope="module")
-def e2b_env(shared_server: ServerProcess) -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("E2B_API_KEY", TEST_API_KEY)
-        patch.setenv("E2B_API_URL", f"{shared_server.url}/e2b")
-        patch.setenv("E2B_SANDBOX_URL", f"{shared_server.url}/e2b")
-        patch.setenv("E2B_CONNECTION_RETRIES", "0")
-        yield shared_server.url
 
 
 @pytest.fixture(scope="module")

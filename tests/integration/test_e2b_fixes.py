@@ -1,0 +1,113 @@
+"""Checks of what reading E2B's own SDK test suites showed agentcell answering wrongly (now fixed):
+default list order, symlink entries, a made context `cwd`, `deny_out`, a 400 rather than a 500 for
+an unknown code language, envd's message for an expired signature. Real SDKs, real server."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from e2b import ALL_TRAFFIC, FileType, Sandbox, SandboxException, SandboxNetworkOpts, SandboxQuery
+from e2b_code_interpreter import Sandbox as CodeSandbox
+
+from tests.conftest import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def code_sandbox(e2b_env: str) -> Iterator[CodeSandbox]:
+    sandbox = CodeSandbox.create(timeout=120)
+    yield sandbox
+    sandbox.kill()
+
+
+@pytest.fixture
+def make_sandbox(e2b_env: str) -> Iterator[Callable[..., Sandbox]]:
+    made: list[Sandbox] = []
+
+    def make(**options: Any) -> Sandbox:
+        made.append(Sandbox.create(timeout=60, **options))
+        return made[-1]
+
+    yield make
+    for sandbox in made:
+        sandbox.kill()
+
+
+def _unexpected_errors(server: ServerProcess) -> int:
+    return server.log_path.read_text(errors="replace").count("unexpected error in the E2B API")
+
+
+def test_unknown_code_language_is_a_400_not_a_500(
+    code_sandbox: CodeSandbox, shared_server: ServerProcess
+) -> None:
+    unexpected_before = _unexpected_errors(shared_server)
+    for language in ("ts", "ruby"):
+        with pytest.raises(SandboxException, match=r"^400 .*language must be one of"):
+            code_sandbox.run_code("1", language=language)
+    assert _unexpected_errors(shared_server) == unexpected_before
+    assert code_sandbox.run_code("1 + 1").text == "2"
+
+
+def test_context_cwd_is_made_and_new_contexts_list_last(code_sandbox: CodeSandbox) -> None:
+    context = code_sandbox.create_code_context(cwd="/home/user/made/here")
+    assert code_sandbox.files.get_info("/home/user/made/here").type == FileType.DIR
+    contexts = code_sandbox.list_code_contexts()
+    assert [c.language for c in contexts[:2]] == ["python", "javascript"]
+    assert contexts[-1].id == context.id
+    assert code_sandbox.run_code("import os; os.getcwd()", context=context).text == "'/home/user/made/here'"
+    with pytest.raises(SandboxException, match="403"):
+        code_sandbox.create_code_context(cwd="/root")  # the sandbox user may not make it
+    code_sandbox.remove_code_context(context)
+
+
+def test_list_is_newest_first_unless_asked(make_sandbox: Callable[..., Sandbox]) -> None:
+    tag = {"order_case": uuid.uuid4().hex}
+    older, newer = make_sandbox(metadata=dict(tag)), make_sandbox(metadata=dict(tag))
+    listed = [s.sandbox_id for s in Sandbox.list(query=SandboxQuery(metadata=tag)).next_items()]
+    assert listed == [newer.sandbox_id, older.sandbox_id]
+    ascending = Sandbox.list(query=SandboxQuery(metadata=tag), order="asc").next_items()
+    assert [s.sandbox_id for s in ascending] == [older.sandbox_id, newer.sandbox_id]
+
+
+def test_deny_all_traffic_is_no_network_and_other_denials_are_refused(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
+    closed = make_sandbox(network=SandboxNetworkOpts(deny_out=[ALL_TRAFFIC]))
+    assert closed.get_info().allow_internet_access is False
+    with pytest.raises(SandboxException, match=r"400: network\.denyOut takes only"):
+        make_sandbox(network=SandboxNetworkOpts(deny_out=["8.8.8.8"]))
+
+
+def test_symlinks_report_their_target(code_sandbox: CodeSandbox) -> None:
+    code_sandbox.files.write("links/target.txt", "x")
+    code_sandbox.commands.run(
+        "ln -s target.txt link && ln -s missing dangling && ln -s link chain", cwd="links"
+    )
+    for name in ("link", "chain"):
+        info = code_sandbox.files.get_info(f"links/{name}")
+        assert (info.type, info.symlink_target) == (FileType.FILE, "/home/user/links/target.txt")
+    dangling = code_sandbox.files.get_info("links/dangling")
+    assert (dangling.type, dangling.symlink_target) == (FileType.SYMLINK, "missing")
+    listed = {e.name: e.type for e in code_sandbox.files.list("links")}
+    assert listed == {
+        "chain": FileType.FILE,
+        "dangling": FileType.SYMLINK,
+        "link": FileType.FILE,
+        "target.txt": FileType.FILE,
+    }
+
+
+def test_expired_signed_url_says_what_envd_says(code_sandbox: CodeSandbox) -> None:
+    code_sandbox.files.write("signed.txt", "x")
+    url = code_sandbox.download_url("signed.txt", "user", use_signature_expiration=-1)
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(url)
+    assert (caught.value.code, caught.value.read()) == (
+        401,
+        b'{"code":401,"message":"signature is already expired"}',
+    )
+    caught.value.close()
