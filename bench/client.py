@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 
 class LeanClient:
-    def __init__(self, host: str, port: int) -> None:
-        self._host, self._port = host, port
+    """`LeanClient(host, port)`, or `LeanClient(sock=...)` over an already connected socket."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None) -> None:
+        self._host, self._port, self._sock = host, port, sock
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
     async def __aenter__(self) -> LeanClient:
-        self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+        if self._sock is not None:
+            self._reader, self._writer = await asyncio.open_connection(sock=self._sock)
+        else:
+            self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
         return self
 
     async def __aexit__(self, *_: object) -> None:

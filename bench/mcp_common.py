@@ -60,7 +60,7 @@ def deploy_sdk_mcp(client: httpx.Client, name: str, directory: Path) -> None:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
         tar.add(directory, arcname=".")
-    body = {"cmd": SDK_CMD, "affinity": {"kind": "mcp"}, "idle_timeout_s": 3600, "min_warm": 1}
+    body = {"cmd": SDK_CMD, "affinity": {"kind": "mcp"}, "idle_timeout_s": 3600}
     files = {"config": (None, json.dumps(body)), "code": ("code.tar.gz", buffer.getvalue())}
     client.put(f"/v1/functions/{name}", files=files).raise_for_status()
 

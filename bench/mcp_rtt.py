@@ -1,6 +1,7 @@
 """mcp_rtt: an MCP tool call round trip (tools/call over Streamable HTTP, warm session) through the
-gateway to a server in an instance, against the same server run directly on the host (the
-baseline), both over one keep-alive connection with a lean client. Two servers:
+gateway to a server in an instance, against the same instance reached directly (the baseline: a
+socket opened inside the instance's network namespace, as the gateway's own are), each over one
+keep-alive connection with a lean client, the two paths interleaved call by call. Two servers:
 
 - the bridged stdio fixture (standard library, answers in ~0.25 ms): the worst case, where the
   gateway's hop is a large share of the call (`tool_call_p50_ms`, `tool_call_p99_ms`);
@@ -11,9 +12,14 @@ baseline), both over one keep-alive connection with a lean client. Two servers:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import os
+import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,7 +28,6 @@ from bench.client import LeanClient
 from bench.mcp_common import (
     JSON_AND_SSE,
     WHOAMI,
-    HostBridge,
     deploy_mcp,
     deploy_sdk_mcp,
     initialize,
@@ -32,61 +37,88 @@ from bench.report import emit, median, percentile, progress
 from bench.server import BenchServer
 
 NAME = "mcp_rtt"
+CLONE_NEWNET = 0x40000000
 CALLS = 1000
+HEADERS = {**JSON_AND_SSE, "mcp-protocol-version": "2025-11-25"}
 
 
-async def round_trips(port: int, path: str, session_id: str) -> list[float]:
-    headers = {**JSON_AND_SSE, "mcp-session-id": session_id, "mcp-protocol-version": "2025-11-25"}
-    samples = []
-    async with LeanClient("127.0.0.1", port) as client:
+@dataclass(slots=True)
+class Target:
+    port: int
+    path: str
+    session_id: str
+
+
+async def interleaved(direct: socket.socket, gateway: Target) -> tuple[list[float], list[float]]:
+    """CALLS tool calls on each path, alternating one by one over two keep-alive connections, so
+    that both see the same machine (this VM's latency drifts between runs); round trips in ms,
+    the first tenth (warm-up) dropped."""
+    samples: tuple[list[float], list[float]] = ([], [])
+    inside = Target(0, "/mcp", gateway.session_id)
+    async with LeanClient(sock=direct) as one, LeanClient("127.0.0.1", gateway.port) as other:
         for _ in range(CALLS):
-            started = time.perf_counter()
-            status, _ = await client.request("POST", path, WHOAMI, headers)
-            samples.append((time.perf_counter() - started) * 1000)
-            assert status == 200, status
-    return samples[CALLS // 10 :]
+            for client, target, into in ((one, inside, samples[0]), (other, gateway, samples[1])):
+                headers = {**HEADERS, "mcp-session-id": target.session_id}
+                started = time.perf_counter()
+                status, _ = await client.request("POST", target.path, WHOAMI, headers)
+                into.append((time.perf_counter() - started) * 1000)
+                assert status == 200, status
+    return samples[0][CALLS // 10 :], samples[1][CALLS // 10 :]
 
 
 def main() -> None:
-    stdio_fixture()
     with tempfile.TemporaryDirectory(prefix="bench-mcp-") as tmp:
-        sdk_server(sdk_server_dir(Path(tmp)))
+        directory = sdk_server_dir(Path(tmp))
+        with BenchServer() as server, httpx.Client(base_url=server.url, timeout=60) as client:
+            deploy_mcp(client, "rtt")  # no warm pool: nothing else starts while calls are timed
+            deploy_sdk_mcp(client, "sdk", directory)
+            measure(client, server, "rtt", "")
+            measure(client, server, "sdk", "_sdk")
 
 
-def stdio_fixture() -> None:
-    direct_bridge = HostBridge()
+def measure(client: httpx.Client, server: BenchServer, function: str, suffix: str) -> None:
+    """One session's calls through the gateway and straight into its instance, interleaved."""
+    path = f"/fn/{function}/mcp"
+    gateway = Target(server.port, path, initialize(client, path))
+    instance = client.get(f"/v1/functions/{function}/sessions").json()["sessions"][0]["instance_id"]
+    progress(f"{NAME}: {CALLS} tool calls each, through the gateway and direct{suffix}")
+    direct_ms, gateway_ms = asyncio.run(interleaved(connect_inside(instance), gateway))
+    emit(NAME, f"tool_call{suffix}_p50_ms", median(gateway_ms), "ms", median(direct_ms))
+    emit(NAME, f"tool_call{suffix}_p99_ms", percentile(gateway_ms, 99), "ms", percentile(direct_ms, 99))
+
+
+def connect_inside(instance_id: str) -> socket.socket:
+    """A TCP connection to the instance's server, opened inside its network namespace (this
+    thread enters it for the connect and returns), as the gateway's driver does."""
+    pid, port = instance_server(instance_id)
+    own = os.open("/proc/self/ns/net", os.O_RDONLY)
+    theirs = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
     try:
-        with httpx.Client(timeout=30) as client:
-            direct_session = initialize(client, direct_bridge.url + "/mcp")
-        progress(f"{NAME}: {CALLS} tool calls direct")
-        direct = asyncio.run(round_trips(direct_bridge.port, "/mcp", direct_session))
+        _setns(theirs)
+        try:
+            return socket.create_connection(("127.0.0.1", port))
+        finally:
+            _setns(own)
     finally:
-        direct_bridge.close()
-    with BenchServer() as server, httpx.Client(base_url=server.url, timeout=60) as client:
-        deploy_mcp(client, "rtt", min_warm=1)
-        session_id = initialize(client, "/fn/rtt/mcp")
-        progress(f"{NAME}: {CALLS} tool calls through the gateway")
-        gateway = asyncio.run(round_trips(server.port, "/fn/rtt/mcp", session_id))
-    emit(NAME, "tool_call_p50_ms", median(gateway), "ms", median(direct))
-    emit(NAME, "tool_call_p99_ms", percentile(gateway, 99), "ms", percentile(direct, 99))
+        os.close(own)
+        os.close(theirs)
 
 
-def sdk_server(directory: Path) -> None:
-    host = HostBridge(sdk_dir=directory)
-    try:
-        with httpx.Client(timeout=30) as client:
-            direct_session = initialize(client, host.url + "/mcp")
-        progress(f"{NAME}: {CALLS} tool calls to the SDK server, direct")
-        direct = asyncio.run(round_trips(host.port, "/mcp", direct_session))
-    finally:
-        host.close()
-    with BenchServer() as server, httpx.Client(base_url=server.url, timeout=60) as client:
-        deploy_sdk_mcp(client, "sdk", directory)
-        session_id = initialize(client, "/fn/sdk/mcp")
-        progress(f"{NAME}: {CALLS} tool calls to the SDK server through the gateway")
-        gateway = asyncio.run(round_trips(server.port, "/fn/sdk/mcp", session_id))
-    emit(NAME, "tool_call_sdk_p50_ms", median(gateway), "ms", median(direct))
-    emit(NAME, "tool_call_sdk_p99_ms", percentile(gateway, 99), "ms", percentile(direct, 99))
+def instance_server(instance_id: str) -> tuple[int, int]:
+    """(host pid, $PORT) of a process of the instance that was given a PORT (its server)."""
+    for procs in Path("/sys/fs/cgroup/pids").glob(f"agentcell-*/{instance_id}/cgroup.procs"):
+        for pid in procs.read_text().split():
+            with contextlib.suppress(OSError):
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                port = next((e[5:] for e in env if e.startswith(b"PORT=")), None)
+                if port:
+                    return int(pid), int(port)
+    raise RuntimeError(f"no server process found in instance {instance_id}")
+
+
+def _setns(fd: int) -> None:
+    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
 
 
 if __name__ == "__main__":
