@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 
@@ -193,13 +194,13 @@ async def test_failed_refills_back_off() -> None:
     await driver.aclose()
 
 
-def test_a_negative_size_is_refused() -> None:
+def test_a_negative_size_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="0 or more"):
-        make_pool(FakeDriver(), FakeClock(), -1)
+        make_pool(FakeDriver(tmp_path), FakeClock(), -1)
 
 
-def test_size_zero_never_refills() -> None:
-    pool = make_pool(FakeDriver(), FakeClock(), 0)
+def test_size_zero_never_refills(tmp_path: Path) -> None:
+    pool = make_pool(FakeDriver(tmp_path), FakeClock(), 0)
     assert pool.fits(replace(default_spec(PIDS), sandbox_id="x"))
     assert asyncio.run(pool.refill_once(0.0)) is False
 
