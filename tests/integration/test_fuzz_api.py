@@ -42,7 +42,9 @@ def schemathesis(server: ServerProcess, reports: Path) -> subprocess.CompletedPr
         "--report=junit",
         f"--report-dir={reports}",
     ]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=TIME_BUDGET_S + 120)
+    # its working directory gets schemathesis's `.schemathesis/` cache: the test's, not the repo's
+    timeout = TIME_BUDGET_S + 120
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=reports.parent)
 
 
 def problems(reports: Path) -> list[str]:

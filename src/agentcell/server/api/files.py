@@ -103,7 +103,7 @@ async def download_archive(sandbox_id: str, path: PathQuery, sandboxes: Sandboxe
     return StreamingResponse(
         tar_stream(files, root, await archive_entries(files, root)),
         media_type="application/x-tar",
-        headers={"content-disposition": _attachment(f"{name}.tar")},
+        headers={"content-disposition": attachment(f"{name}.tar")},
     )
 
 
@@ -135,7 +135,8 @@ async def remove(sandbox_id: str, path: PathQuery, sandboxes: Sandboxes) -> Resp
     return Response(status_code=204)
 
 
-def _attachment(filename: str) -> str:
-    """A Content-Disposition any name fits in: an ASCII fallback plus RFC 5987's UTF-8 form."""
-    fallback = filename.encode("ascii", "replace").decode().replace('"', "_").replace("\\", "_")
+def attachment(filename: str) -> str:
+    """A Content-Disposition any name fits in: a printable-ASCII fallback (a control character
+    in a header value is refused by the HTTP layer) plus RFC 5987's UTF-8 form."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
