@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.baselines import UNSHARE, samples_ms
 from bench.client import LeanClient
+from bench.procs import children, cpu_ms
 from bench.report import emit, median, percentile, progress
 from bench.server import BenchServer
 
@@ -30,7 +30,6 @@ POOL_SIZE = CONCURRENT
 POOL_SEQUENTIAL = 40
 """sequential claims from a full pool (fewer than it holds: a steady stream of creates never
 lets it refill, by design)"""
-TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -76,20 +75,10 @@ async def wait_pool_full(client: LeanClient, size: int) -> None:
     await asyncio.sleep(0.2)  # let the last refill's spawner work settle
 
 
-def cpu_ms(pid: int, children: bool) -> float:
-    """utime + stime (+ reaped children's) of a process, in ms."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks * TICK_MS
-
-
 def spawner_pid(server_pid: int) -> int:
-    for task in Path(f"/proc/{server_pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            if "acell-helper" in Path(f"/proc/{child}/cmdline").read_text():
-                return int(child)
+    for child in children(server_pid):
+        if "acell-helper" in Path(f"/proc/{child}/cmdline").read_text():
+            return child
     raise AssertionError("no spawner found under the server")
 
 

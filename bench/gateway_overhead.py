@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from agentcell.server.gateway.http1 import Forward, GatewayServer, RequestHead, Respond, Route, TcpUpstream
+from bench.procs import children, cpu_ms
 from bench.report import emit, median, progress
 
 BENCH = "gateway_overhead"
@@ -248,22 +249,6 @@ class WrkResult:
     cpu_ms_per_request: float = 0.0  # of the process answering (upstream, gateway or nginx worker)
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def child_pid(parent: int) -> int:
-    """The one child of `parent` (nginx's worker)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == parent:
-                    return int(entry.name)
-    raise RuntimeError(f"process {parent} has no child")
-
-
 def run_wrk(url: str, duration_s: float, connections: int = 50) -> WrkResult:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency", url]
     out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
@@ -318,9 +303,9 @@ def measure(
     results: dict[str, list[WrkResult]] = {name: [] for name in targets}
     for round_no in range(1, rounds + 1):
         for name, port in targets.items():
-            before = cpu_s(pids[name])
+            before = cpu_ms(pids[name])
             result = run_wrk(f"http://127.0.0.1:{port}/", duration_s)
-            result.cpu_ms_per_request = (cpu_s(pids[name]) - before) / (result.rps * duration_s) * 1e3
+            result.cpu_ms_per_request = (cpu_ms(pids[name]) - before) / (result.rps * duration_s)
             results[name].append(result)
             progress(f"round {round_no} {name}{suffix}: {result.rps:.0f} req/s p50 {result.p50_ms:.3f} ms")
     if not stream_mib:
@@ -419,7 +404,8 @@ def run_against(upstream_kind: str, tmp: Path, rounds: int, duration_s: float, s
         nginx_proc = stack.enter_context(running("nginx", nginx, f"http://127.0.0.1:{nginx_port}/", tmp))
         targets = {"direct": upstream_port, "gateway": gateway_port, "nginx": nginx_port}
         suffix = "" if upstream_kind == "raw" else f"_{upstream_kind}"
-        pids = {"direct": upstream_proc.pid, "gateway": gateway_proc.pid, "nginx": child_pid(nginx_proc.pid)}
+        nginx_worker = children(nginx_proc.pid)[0]
+        pids = {"direct": upstream_proc.pid, "gateway": gateway_proc.pid, "nginx": nginx_worker}
         measure(targets, pids, rounds, duration_s, stream_mib, suffix)
 
 

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
-import socket
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from agentcell.server.sandbox.linux.netns import NetnsSockets
 from bench.client import LeanClient
 from bench.mcp_common import (
     JSON_AND_SSE,
@@ -37,7 +35,6 @@ from bench.report import emit, median, percentile, progress
 from bench.server import BenchServer
 
 NAME = "mcp_rtt"
-CLONE_NEWNET = 0x40000000
 CALLS = 1000
 HEADERS = {**JSON_AND_SSE, "mcp-protocol-version": "2025-11-25"}
 
@@ -49,10 +46,18 @@ class Target:
     session_id: str
 
 
-async def interleaved(direct: socket.socket, gateway: Target) -> tuple[list[float], list[float]]:
+async def interleaved(instance_id: str, gateway: Target) -> tuple[list[float], list[float]]:
     """CALLS tool calls on each path, alternating one by one over two keep-alive connections, so
-    that both see the same machine (this VM's latency drifts between runs); round trips in ms,
-    the first tenth (warm-up) dropped."""
+    that both see the same machine (this VM's latency drifts between runs): one straight into the
+    instance's server, through a socket made in its network namespace as the gateway's driver
+    makes its own, one through the gateway. Round trips in ms, the first tenth (warm-up) dropped."""
+    pid, port = instance_server(instance_id)
+    sockets, pidfd = NetnsSockets(), os.pidfd_open(pid)
+    try:
+        direct = await sockets.connect(pidfd, port)
+    finally:
+        os.close(pidfd)
+        sockets.close()
     samples: tuple[list[float], list[float]] = ([], [])
     inside = Target(0, "/mcp", gateway.session_id)
     async with LeanClient(sock=direct) as one, LeanClient("127.0.0.1", gateway.port) as other:
@@ -82,26 +87,9 @@ def measure(client: httpx.Client, server: BenchServer, function: str, suffix: st
     gateway = Target(server.port, path, initialize(client, path))
     instance = client.get(f"/v1/functions/{function}/sessions").json()["sessions"][0]["instance_id"]
     progress(f"{NAME}: {CALLS} tool calls each, through the gateway and direct{suffix}")
-    direct_ms, gateway_ms = asyncio.run(interleaved(connect_inside(instance), gateway))
+    direct_ms, gateway_ms = asyncio.run(interleaved(instance, gateway))
     emit(NAME, f"tool_call{suffix}_p50_ms", median(gateway_ms), "ms", median(direct_ms))
     emit(NAME, f"tool_call{suffix}_p99_ms", percentile(gateway_ms, 99), "ms", percentile(direct_ms, 99))
-
-
-def connect_inside(instance_id: str) -> socket.socket:
-    """A TCP connection to the instance's server, opened inside its network namespace (this
-    thread enters it for the connect and returns), as the gateway's driver does."""
-    pid, port = instance_server(instance_id)
-    own = os.open("/proc/self/ns/net", os.O_RDONLY)
-    theirs = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-    try:
-        _setns(theirs)
-        try:
-            return socket.create_connection(("127.0.0.1", port))
-        finally:
-            _setns(own)
-    finally:
-        os.close(own)
-        os.close(theirs)
 
 
 def instance_server(instance_id: str) -> tuple[int, int]:
@@ -114,12 +102,3 @@ def instance_server(instance_id: str) -> tuple[int, int]:
                 if port:
                     return int(pid), int(port)
     raise RuntimeError(f"no server process found in instance {instance_id}")
-
-
-def _setns(fd: int) -> None:
-    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

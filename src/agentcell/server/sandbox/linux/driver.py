@@ -721,28 +721,33 @@ async def _wait_for_init(exited: Awaitable[None], timeout_s: float) -> None:
 def reap_orphaned_commands() -> int:
     """Reap our zombie children that lived in a sandbox's pid namespace without being its init:
     commands re-parented to us after their helper died. Returns how many were reaped."""
-    me, reaped = os.getpid(), 0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and _is_orphaned_command(entry.name, me):
+    reaped = 0
+    for pid in _our_children():
+        if _is_orphaned_command(pid):
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(int(entry.name), os.WNOHANG)
+                os.waitpid(pid, os.WNOHANG)
                 reaped += 1
     return reaped
 
 
-def _is_orphaned_command(pid: str, parent: int) -> bool:
+def _our_children() -> set[int]:
+    """This process's children, zombies included (every thread's `children` list)."""
+    found: set[int] = set()
+    for task in os.scandir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"{task.path}/children") as children:
+            found.update(int(pid) for pid in children.read().split())
+    return found
+
+
+def _is_orphaned_command(pid: int) -> bool:
+    """An exited process of a sandbox's pid namespace that is not its init."""
     try:
         with open(f"/proc/{pid}/status") as status_file:
             status = dict(line.split(":\t", 1) for line in status_file.read().splitlines() if ":\t" in line)
     except OSError:
         return False
     ns_pids = status.get("NSpid", "").split()
-    return (
-        status.get("State", "").startswith("Z")
-        and status.get("PPid", "").strip() == str(parent)
-        and len(ns_pids) > 1
-        and ns_pids[-1] != "1"
-    )
+    return status.get("State", "").startswith("Z") and len(ns_pids) > 1 and ns_pids[-1] != "1"
 
 
 def _reap_children(pidfds: dict[int, int]) -> bool:

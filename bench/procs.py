@@ -1,0 +1,23 @@
+"""What benchmarks read from /proc about the processes they start: CPU time and children."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ms(pid: int, children: bool = False) -> float:
+    """utime + stime (+ its reaped children's) of a process, in ms."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks * TICK_MS
+
+
+def children(pid: int) -> list[int]:
+    """The process's children (of all its threads)."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return [int(child) for task in tasks for child in (task / "children").read_text().split()]
