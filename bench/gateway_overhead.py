@@ -167,6 +167,10 @@ def ensure_tools() -> None:
     )
 
 
+def nginx_binary() -> str:
+    return _which("nginx") or "nginx"
+
+
 def _which(tool: str) -> str | None:
     return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/bin")
 
@@ -232,6 +236,7 @@ http {{
       proxy_set_header X-Forwarded-Proto $scheme;
       proxy_set_header X-Forwarded-Host $host;
       proxy_max_temp_file_size 0;
+      {extra}
     }}
   }}
 }}
@@ -391,9 +396,9 @@ def run_against(upstream_kind: str, tmp: Path, rounds: int, duration_s: float, s
             running("gateway", gateway, f"http://127.0.0.1:{gateway_port}/", tmp)
         )
         conf = tmp / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port, upstream_port=upstream_port))
+        conf.write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port, upstream_port=upstream_port, extra=""))
         nginx = [
-            _which("nginx") or "nginx",
+            nginx_binary(),
             "-c",
             str(conf),
             "-p",

@@ -7,6 +7,11 @@ keep-alive connection with a lean client, the two paths interleaved call by call
   gateway's hop is a large share of the call (`tool_call_p50_ms`, `tool_call_p99_ms`);
 - a server written with the official `mcp` SDK (Streamable HTTP under uvicorn, ~0.9 ms per call),
   what a deployed MCP server typically is (`tool_call_sdk_p50_ms`, `tool_call_sdk_p99_ms`).
+
+A third path, interleaved with the other two: Debian's nginx as a plain reverse proxy, run inside
+the instance's network namespace (`tool_call[_sdk]_nginx_p50_ms`): the same hop made by the
+reference proxy, so the machine's share of the hop's cost (on this VM a cross-CPU wake-up is a VM
+exit) can be told from the gateway's (`tool_call[_sdk]_gateway_vs_nginx_p50`).
 """
 
 from __future__ import annotations
@@ -14,8 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
+import socket
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +32,7 @@ import httpx
 
 from agentcell.server.sandbox.linux.netns import NetnsSockets
 from bench.client import LeanClient
+from bench.gateway_overhead import NGINX_CONF, ensure_tools, nginx_binary
 from bench.mcp_common import (
     JSON_AND_SSE,
     WHOAMI,
@@ -31,12 +41,15 @@ from bench.mcp_common import (
     initialize,
     sdk_server_dir,
 )
+from bench.procs import children, cpu_ms
 from bench.report import emit, median, percentile, progress
 from bench.server import BenchServer
 
 NAME = "mcp_rtt"
 CALLS = 1000
 HEADERS = {**JSON_AND_SSE, "mcp-protocol-version": "2025-11-25"}
+NGINX_PORT = 18081  # inside the instance's network namespace, where only its server listens
+PATHS = ("direct", "gateway", "nginx")
 
 
 @dataclass(slots=True)
@@ -46,50 +59,128 @@ class Target:
     session_id: str
 
 
-async def interleaved(instance_id: str, gateway: Target) -> tuple[list[float], list[float]]:
-    """CALLS tool calls on each path, alternating one by one over two keep-alive connections, so
-    that both see the same machine (this VM's latency drifts between runs): one straight into the
-    instance's server, through a socket made in its network namespace as the gateway's driver
-    makes its own, one through the gateway. Round trips in ms, the first tenth (warm-up) dropped."""
+@dataclass(slots=True)
+class Samples:
+    ms: dict[str, list[float]]
+    """round trips per path, ms"""
+    cpu_ms: dict[str, float]
+    """CPU time of the gateway's process and of nginx's worker over all calls, ms"""
+
+
+async def interleaved(instance_id: str, gateway: Target, tmp: Path, server_pid: int) -> Samples:
+    """CALLS tool calls on each path, alternating one by one over three keep-alive connections,
+    so that all see the same machine (this VM's latency drifts between runs): one straight into
+    the instance's server through a socket made in its network namespace (as the gateway's driver
+    makes its own), one through the gateway, one through nginx in the instance's namespace.
+    Round trips in ms per path, the first tenth (warm-up) dropped; the CPU each proxy spent."""
     pid, port = instance_server(instance_id)
+    inside = Target(port, "/mcp", gateway.session_id)
+    samples: dict[str, list[float]] = {path: [] for path in PATHS}
+    with nginx_inside(pid, port, tmp) as nginx_worker:
+        direct, proxied = await sockets_inside(pid, (port, NGINX_PORT))
+        before = cpu_ms(server_pid), cpu_ms(nginx_worker)
+        async with (
+            LeanClient(sock=direct) as straight,
+            LeanClient("127.0.0.1", gateway.port) as through_gateway,
+            LeanClient(sock=proxied) as through_nginx,
+        ):
+            paths = (
+                (straight, inside, samples["direct"]),
+                (through_gateway, gateway, samples["gateway"]),
+                (through_nginx, inside, samples["nginx"]),
+            )
+            for _ in range(CALLS):
+                for client, target, into in paths:
+                    headers = {**HEADERS, "mcp-session-id": target.session_id}
+                    started = time.perf_counter()
+                    status, _ = await client.request("POST", target.path, WHOAMI, headers)
+                    into.append((time.perf_counter() - started) * 1000)
+                    assert status == 200, status
+        cpu = {"gateway": cpu_ms(server_pid) - before[0], "nginx": cpu_ms(nginx_worker) - before[1]}
+    return Samples({path: ms[CALLS // 10 :] for path, ms in samples.items()}, cpu)
+
+
+async def sockets_inside(pid: int, ports: tuple[int, ...]) -> list[socket.socket]:
+    """Connected sockets to 127.0.0.1:port in the network namespace of process `pid`; retries a
+    refused connection for up to 5 s (a proxy just started there)."""
     sockets, pidfd = NetnsSockets(), os.pidfd_open(pid)
+    deadline = time.monotonic() + 5
     try:
-        direct = await sockets.connect(pidfd, port)
+        connected = []
+        for port in ports:
+            while True:
+                try:
+                    connected.append(await sockets.connect(pidfd, port))
+                    break
+                except ConnectionRefusedError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.02)
+        return connected
     finally:
         os.close(pidfd)
         sockets.close()
-    samples: tuple[list[float], list[float]] = ([], [])
-    inside = Target(0, "/mcp", gateway.session_id)
-    async with LeanClient(sock=direct) as one, LeanClient("127.0.0.1", gateway.port) as other:
-        for _ in range(CALLS):
-            for client, target, into in ((one, inside, samples[0]), (other, gateway, samples[1])):
-                headers = {**HEADERS, "mcp-session-id": target.session_id}
-                started = time.perf_counter()
-                status, _ = await client.request("POST", target.path, WHOAMI, headers)
-                into.append((time.perf_counter() - started) * 1000)
-                assert status == 200, status
-    return samples[0][CALLS // 10 :], samples[1][CALLS // 10 :]
+
+
+@contextlib.contextmanager
+def nginx_inside(pid: int, port: int, tmp: Path) -> Iterator[int]:
+    """nginx (the gateway bench's plain reverse proxy, response buffering off as SSE needs) in the
+    network namespace of process `pid`, forwarding NGINX_PORT to `port`; yields its worker's pid;
+    stopped by pid."""
+    conf = tmp / "nginx.conf"
+    streaming = "proxy_buffering off; keepalive_requests 1000000;"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, port=NGINX_PORT, upstream_port=port, extra=streaming))
+    argv = ["nsenter", f"--net=/proc/{pid}/ns/net", nginx_binary(), "-c", str(conf), "-p", str(tmp)]
+    argv += ["-e", str(tmp / "nginx-error.log")]
+    with (tmp / "nginx.log").open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield nginx_worker(proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def nginx_worker(master: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + 5
+    while not (workers := children(master.pid)):
+        if master.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("nginx did not start its worker; see nginx-error.log")
+        time.sleep(0.01)
+    return workers[0]
 
 
 def main() -> None:
+    ensure_tools()
     with tempfile.TemporaryDirectory(prefix="bench-mcp-") as tmp:
         directory = sdk_server_dir(Path(tmp))
         with BenchServer() as server, httpx.Client(base_url=server.url, timeout=60) as client:
             deploy_mcp(client, "rtt")  # no warm pool: nothing else starts while calls are timed
             deploy_sdk_mcp(client, "sdk", directory)
-            measure(client, server, "rtt", "")
-            measure(client, server, "sdk", "_sdk")
+            measure(client, server, "rtt", "", Path(tmp))
+            measure(client, server, "sdk", "_sdk", Path(tmp))
 
 
-def measure(client: httpx.Client, server: BenchServer, function: str, suffix: str) -> None:
-    """One session's calls through the gateway and straight into its instance, interleaved."""
+def measure(client: httpx.Client, server: BenchServer, function: str, suffix: str, tmp: Path) -> None:
+    """One session's calls through the gateway, through nginx and straight into its instance."""
     path = f"/fn/{function}/mcp"
     gateway = Target(server.port, path, initialize(client, path))
     instance = client.get(f"/v1/functions/{function}/sessions").json()["sessions"][0]["instance_id"]
-    progress(f"{NAME}: {CALLS} tool calls each, through the gateway and direct{suffix}")
-    direct_ms, gateway_ms = asyncio.run(interleaved(instance, gateway))
-    emit(NAME, f"tool_call{suffix}_p50_ms", median(gateway_ms), "ms", median(direct_ms))
-    emit(NAME, f"tool_call{suffix}_p99_ms", percentile(gateway_ms, 99), "ms", percentile(direct_ms, 99))
+    progress(f"{NAME}: {CALLS} tool calls each, direct, through the gateway and through nginx{suffix}")
+    samples = asyncio.run(interleaved(instance, gateway, tmp, server.pid))
+    ms, calls = samples.ms, CALLS
+    direct, gateway_p50, nginx_p50 = median(ms["direct"]), median(ms["gateway"]), median(ms["nginx"])
+    emit(NAME, f"tool_call{suffix}_p50_ms", gateway_p50, "ms", direct)
+    emit(NAME, f"tool_call{suffix}_p99_ms", percentile(ms["gateway"], 99), "ms", percentile(ms["direct"], 99))
+    emit(NAME, f"tool_call{suffix}_nginx_p50_ms", nginx_p50, "ms", direct)
+    emit(NAME, f"tool_call{suffix}_gateway_vs_nginx_p50", gateway_p50, "ms", nginx_p50)
+    gateway_cpu, nginx_cpu = samples.cpu_ms["gateway"] / calls, samples.cpu_ms["nginx"] / calls
+    emit(NAME, f"cpu_per_call{suffix}_nginx_ms", nginx_cpu, "ms")
+    emit(NAME, f"cpu_per_call{suffix}_gateway_ms", gateway_cpu, "ms", nginx_cpu)
 
 
 def instance_server(instance_id: str) -> tuple[int, int]:

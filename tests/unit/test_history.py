@@ -34,8 +34,8 @@ async def test_prune_deletes_only_history_older_than_the_retention(tmp_path: Pat
         await store.put_usage(
             [UsageRecord("t", "sandbox", old - 60, old), UsageRecord("t", "sandbox", recent, recent + 60)]
         )
-        await store.append_audit(audit(old))
-        await store.append_audit(audit(recent))
+        await store.append_audits([audit(old)])
+        await store.append_audits([audit(recent)])
         await store.put_sessions(
             [
                 session("s-old-ended", "ended", old),

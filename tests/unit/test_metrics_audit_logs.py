@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -40,7 +40,7 @@ async def test_entries_are_durable_and_queried_by_time_and_action(
         (20, "DELETE /v1/sandboxes/{sandbox_id}"),
         (30, "POST /v1/sandboxes"),
     ]:
-        await audit.append(entry(at, action))
+        audit.append(entry(at, action))
     everything = await audit.query(AuditQuery(0, 100))
     assert [r.at for r in everything] == [10, 20, 30]
     creates = await audit.query(AuditQuery(0, 100, action="POST /v1/sandboxes"))
@@ -67,14 +67,47 @@ def test_queries_are_validated() -> None:
 class FullDisk:
     """A store whose writes fail, as on a full disk."""
 
-    async def append_audit(self, record: AuditRecord) -> None:
+    async def append_audits(self, records: Sequence[AuditRecord]) -> None:
         raise OSError(28, "No space left on device")
 
 
 async def test_a_failing_store_does_not_fail_the_caller(caplog: pytest.LogCaptureFixture) -> None:
     audit = AuditLog(FullDisk(), FakeClock())  # type: ignore[arg-type]
-    await audit.append(entry(1, "POST /x"))
-    assert "audit entry req_1 POST /x could not be written" in caplog.text
+    audit.append(entry(1, "POST /x"))
+    await audit.flush()
+    assert "1 audit entries (from req_1 POST /x) could not be written" in caplog.text
+
+
+class CountingStore:
+    """Records each write's batch; the first write waits until released (a busy disk)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[float]] = []
+        self.release = asyncio.Event()
+
+    async def append_audits(self, records: Sequence[AuditRecord]) -> None:
+        self.batches.append([r.at for r in records])
+        if len(self.batches) == 1:
+            await self.release.wait()
+
+
+async def test_entries_queued_during_a_write_go_in_one_batch_and_in_order() -> None:
+    store = CountingStore()
+    audit = AuditLog(store, FakeClock())  # type: ignore[arg-type]
+    audit.append(entry(1, "POST /a"))
+    await asyncio.sleep(0)  # the writer takes the first entry and waits on the store
+    for at in (2, 3, 4):
+        audit.append(entry(at, "POST /b"))
+    store.release.set()
+    await audit.aclose()
+    assert store.batches == [[1], [2, 3, 4]]
+
+
+async def test_a_query_sees_every_entry_appended_before_it(store: SqliteMetaStore) -> None:
+    audit = AuditLog(store, FakeClock())
+    for at in range(20):
+        audit.append(entry(at, "POST /v1/sandboxes"))
+    assert len(await audit.query(AuditQuery(0, 100))) == 20
 
 
 def test_target_is_the_route_parameters() -> None:

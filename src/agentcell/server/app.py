@@ -204,6 +204,8 @@ def create_app(
         quotas=quotas,
     )
 
+    audit = AuditLog(store, clock)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await store.open()
@@ -245,6 +247,7 @@ def create_app(
             await _cancel(functions_task)
             await driver.aclose()
             await objects.aclose()
+            await audit.aclose()  # the entries of the last requests
             await store.aclose()
             await telemetry.aclose()
 
@@ -292,7 +295,6 @@ def create_app(
 
     app.add_middleware(AuthMiddleware, auth=request_auth)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_body_bytes)
-    audit = AuditLog(store, clock)
     install_observability(app, telemetry, audit, metrics_enabled=settings.metrics, actor_of=audited_actor)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Iterator
@@ -62,6 +63,16 @@ def log_access(record: AccessRecord) -> None:
     )
 
 
+def freeze_startup_objects() -> None:
+    """Put what starting allocated (modules, the app, its schemas: ~130k objects) out of the cyclic
+    garbage collector's reach. A full collection walks every tracked object, ~110 ms here, and
+    one that falls in a burst of requests stalls every request in flight; once frozen, full
+    collections walk only what was allocated since. (Not in create_app: tests build many apps
+    in one process, and frozen garbage is never freed.)"""
+    gc.collect()
+    gc.freeze()
+
+
 async def run(settings: Settings) -> None:
     app = create_app(settings)
     run_dir = settings.state_dir / "run"
@@ -98,6 +109,7 @@ async def run(settings: Settings) -> None:
     )
     gateway = GatewayServer(router, request_timeout_s=settings.request_timeout_s, access_log=log_access)
     await gateway.start(settings.host, settings.port)
+    freeze_startup_objects()
     log.info("agentcell listening on %s", gateway.addresses)
 
     stop = asyncio.Event()

@@ -25,7 +25,7 @@ router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["commands"])
 NDJSON = "application/x-ndjson"
 
 
-def _terminals(request: Request) -> TerminalService:
+async def _terminals(request: Request) -> TerminalService:
     found: TerminalService = request.app.state.terminals
     return found
 

@@ -1,4 +1,7 @@
-"""What routes get from the app: the services, found on app.state (set once by create_app)."""
+"""What routes get from the app: the services, found on app.state (set once by create_app).
+
+The providers are `async def` on purpose: FastAPI runs a plain `def` dependency in its thread
+pool, a thread hand-off per request (two wake-ups, each a VM exit on a virtual machine)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from agentcell.server.scheduler.scheduler import Scheduler as FunctionScheduler
 from agentcell.server.scheduler.workspaces import WorkspaceKeeper
 
 
-def _sandboxes(request: Request) -> SandboxService:
+async def _sandboxes(request: Request) -> SandboxService:
     service: SandboxService = request.app.state.sandboxes
     return service
 
@@ -20,7 +23,7 @@ def _sandboxes(request: Request) -> SandboxService:
 Sandboxes = Annotated[SandboxService, Depends(_sandboxes)]
 
 
-def _pauses(request: Request) -> SandboxPauses:
+async def _pauses(request: Request) -> SandboxPauses:
     pauses: SandboxPauses = request.app.state.pauses
     return pauses
 
@@ -28,7 +31,7 @@ def _pauses(request: Request) -> SandboxPauses:
 Pauses = Annotated[SandboxPauses, Depends(_pauses)]
 
 
-def _scheduler(request: Request) -> FunctionScheduler:
+async def _scheduler(request: Request) -> FunctionScheduler:
     scheduler: FunctionScheduler = request.app.state.scheduler
     return scheduler
 
@@ -36,7 +39,7 @@ def _scheduler(request: Request) -> FunctionScheduler:
 Scheduler = Annotated[FunctionScheduler, Depends(_scheduler)]
 
 
-def _workspaces(request: Request) -> WorkspaceKeeper:
+async def _workspaces(request: Request) -> WorkspaceKeeper:
     keeper: WorkspaceKeeper = request.app.state.workspaces
     return keeper
 

@@ -186,7 +186,7 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            await self._audit.append(self._record(scope, at, status, created))
+            self._audit.append(self._record(scope, at, status, created))
 
     def _record(self, scope: Scope, at: float, status: int, created: str) -> AuditRecord:
         who = self._actor_of(scope)

@@ -16,7 +16,7 @@ router = APIRouter(tags=["templates"])
 NDJSON = "application/x-ndjson"
 
 
-def _templates(request: Request) -> TemplateService:
+async def _templates(request: Request) -> TemplateService:
     service: TemplateService = request.app.state.templates
     return service
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple
 from pathlib import Path
@@ -230,9 +230,10 @@ class SqliteMetaStore:
         rows = await self._run(lambda db: db.execute(sql, args).fetchall())
         return [UsageRecord(*row) for row in rows]
 
-    async def append_audit(self, record: AuditRecord) -> None:
+    async def append_audits(self, records: Sequence[AuditRecord]) -> None:
         sql = "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?)"
-        await self._run(lambda db: db.execute(sql, astuple(record)))
+        rows = [astuple(record) for record in records]
+        await self._run(lambda db: db.executemany(sql, rows))
 
     async def audit(
         self, since: float, until: float, action: str | None, tenant: str | None, limit: int

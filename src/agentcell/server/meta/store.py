@@ -3,6 +3,7 @@ an in-memory index and writes through on state changes)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from agentcell.server.meta.records import (
@@ -97,8 +98,8 @@ class MetaStore(Protocol):
         """Usage periods that started in [since, until), of one tenant or of all."""
         ...
 
-    async def append_audit(self, record: AuditRecord) -> None:
-        """Append one control-plane action (durable once this returns)."""
+    async def append_audits(self, records: Sequence[AuditRecord]) -> None:
+        """Append control-plane actions, in one transaction (durable once this returns)."""
         ...
 
     async def audit(
