@@ -128,12 +128,16 @@ class _WarmRouter:
 
 
 def serve_gateway(port: int, upstream_port: int) -> None:
-    """Entry point of the gateway subprocess: serve until SIGTERM."""
+    """Entry point of the gateway subprocess: serve until SIGTERM, with the garbage collector
+    tuned as the server tunes its own."""
     import uvloop
+
+    from agentcell.server.main import tune_garbage_collector
 
     async def run() -> None:
         server = GatewayServer(_WarmRouter(upstream_port))
         await server.start("127.0.0.1", port)
+        tune_garbage_collector()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()

@@ -38,7 +38,8 @@ def settle() -> float:
 
 def baseline_mb_each() -> float:
     before = settle()
-    procs = [subprocess.Popen([*UNSHARE[:-1], "sleep", "3600"]) for _ in range(COUNT)]
+    # --kill-child: killing unshare must take its forked child (the namespace's init) with it
+    procs = [subprocess.Popen([*UNSHARE[:-1], "--kill-child", "sleep", "3600"]) for _ in range(COUNT)]
     after = settle()
     for proc in procs:
         proc.kill()
