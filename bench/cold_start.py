@@ -7,7 +7,9 @@ p50/p95/p99 and 50 at once (p50/p99), plus the CPU the server process and the sp
 workers) spent per sandbox in the concurrent rounds. Baselines: a raw namespace spawn of `true`
 (unshare) for the sequential figures, and for the concurrent ones 50 such spawns started at once
 (the kernel's share of a burst on this machine, from the start of the burst to each exit); the
-pooled figures are also compared with the pool-off ones of the same run.
+pooled figures are also compared with the pool-off ones of the same run. A third server runs with
+the default pool settings (a floor of 4 that grows for bursts): its first burst, and later ones
+once the pool has grown for it.
 """
 
 from __future__ import annotations
@@ -60,18 +62,20 @@ async def cycle(client: LeanClient) -> float:
     return ms
 
 
-async def pool_ready(client: LeanClient) -> int:
+async def pool_metric(client: LeanClient, name: str = "ready") -> int:
     status, body = await client.request("GET", "/metrics")
     assert status == 200, body
     for line in body.decode().splitlines():
-        if line.startswith("agentcell_sandbox_pool_ready "):
+        if line.startswith(f"agentcell_sandbox_pool_{name} "):
             return int(float(line.split()[1]))
-    raise AssertionError("the server exports no agentcell_sandbox_pool_ready")
+    raise AssertionError(f"the server exports no agentcell_sandbox_pool_{name}")
 
 
-async def wait_pool_full(client: LeanClient, size: int) -> None:
+async def wait_pool_full(client: LeanClient, size: int | None = None) -> None:
+    """Until the pool holds `size` idle instances (default: as many as it means to hold)."""
+    size = size if size is not None else await pool_metric(client, "target")
     deadline = time.monotonic() + 120
-    while (ready := await pool_ready(client)) < size:
+    while (ready := await pool_metric(client)) < size:
         assert time.monotonic() < deadline, f"the pool holds {ready} of {size} after 120 s"
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.2)  # let the last refill's spawner work settle
@@ -132,6 +136,34 @@ def run_server(pool: int) -> Figures:
         return asyncio.run(measure(server, pool))
 
 
+async def default_pool_bursts(server: BenchServer) -> tuple[list[float], list[float]]:
+    """With the default pool settings: the latencies of a first burst (the pool holds its floor),
+    and of ROUNDS later ones, each once the pool has refilled to what it means to hold (grown for
+    the burst it saw)."""
+    clients = [LeanClient("127.0.0.1", server.port) for _ in range(CONCURRENT)]
+    for client in clients:
+        await client.__aenter__()
+    try:
+        for _ in range(3):
+            await cycle(clients[0])
+        spawner = spawner_pid(server.pid)
+        await wait_pool_full(clients[0])
+        first, _, _ = await burst(clients, server.pid, spawner)
+        later: list[float] = []
+        for _ in range(ROUNDS):
+            await wait_pool_full(clients[0])
+            later += (await burst(clients, server.pid, spawner))[0]
+        return first, later
+    finally:
+        for client in clients:
+            await client.__aexit__()
+
+
+def run_default_server() -> tuple[list[float], list[float]]:
+    with BenchServer() as server:
+        return asyncio.run(default_pool_bursts(server))
+
+
 def main() -> None:
     progress(f"{NAME}: baselines (raw unshare true, one by one and {CONCURRENT} at once)")
     raw = samples_ms(UNSHARE, RUNS)
@@ -142,6 +174,8 @@ def main() -> None:
     cold = run_server(0)
     progress(f"{NAME}: pool of {POOL_SIZE}: {POOL_SEQUENTIAL} sequential, then {ROUNDS} x {CONCURRENT}")
     warm = run_server(POOL_SIZE)
+    progress(f"{NAME}: default pool settings: a first burst of {CONCURRENT}, then {ROUNDS} more")
+    default_first, default_later = run_default_server()
     emit(NAME, "sequential_p50_ms", median(cold.sequential), "ms", raw_p50)
     emit(NAME, "sequential_p95_ms", percentile(cold.sequential, 95), "ms", raw_p95)
     emit(NAME, "sequential_p99_ms", percentile(cold.sequential, 99), "ms", raw_p99)
@@ -155,6 +189,9 @@ def main() -> None:
     emit(NAME, "pool_concurrent50_p99_ms", percentile(warm.concurrent, 99), "ms", cold_p99)
     emit(NAME, "pool_concurrent50_server_cpu_per_sandbox_ms", warm.server_cpu_ms, "ms", cold.server_cpu_ms)
     emit(NAME, "pool_concurrent50_spawner_cpu_per_sandbox_ms", warm.spawner_cpu_ms, "ms", cold.spawner_cpu_ms)
+    emit(NAME, "default_pool_first_burst_p99_ms", percentile(default_first, 99), "ms", cold_p99)
+    emit(NAME, "default_pool_later_bursts_p50_ms", median(default_later), "ms", cold_p50)
+    emit(NAME, "default_pool_later_bursts_p99_ms", percentile(default_later, 99), "ms", cold_p99)
 
 
 if __name__ == "__main__":

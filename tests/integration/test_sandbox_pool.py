@@ -142,6 +142,25 @@ def test_concurrent_claims_get_distinct_instances(
         assert run(api, sandbox_id, "echo ok") == ("ok\n", 0)
 
 
+def test_the_pool_grows_for_a_burst_and_serves_the_next_one(
+    server_factory: Factory, client_for: Callable[[ServerProcess], httpx.Client]
+) -> None:
+    server = server_factory(env={**pool_env(1), "AGENTCELL_SANDBOX_POOL_MAX": "4"})
+    api = client_for(server)
+    wait_for(lambda: metric(api, READY) == 1, "a pool of 1")
+    with ThreadPoolExecutor(6) as threads:  # a burst of 6: one claim, five spawns
+        first = list(threads.map(lambda _: create(api)["id"], range(6)))
+    assert (metric(api, HITS), metric(api, MISSES)) == (1, 5)
+    assert metric(api, "agentcell_sandbox_pool_target") == 4, "sized for the burst, up to the max"
+    wait_for(lambda: metric(api, READY) == 4, "the pool grown to 4")
+    pooled = instance_ids(server) - set(first)
+    with ThreadPoolExecutor(4) as threads:
+        second = list(threads.map(lambda _: create(api)["id"], range(4)))
+    assert set(second) == pooled, "the next burst claimed what the pool grew"
+    assert (metric(api, HITS), metric(api, MISSES)) == (5, 5)
+    assert run(api, second[0], "echo warm") == ("warm\n", 0)
+
+
 @pytest.mark.parametrize("body", [{"disk_mb": 64}, {"network": {"egress": "open"}}], ids=["disk", "network"])
 def test_requests_the_pool_cannot_serve_are_spawned(
     server_factory: Factory, client_for: Callable[[ServerProcess], httpx.Client], body: dict[str, Any]

@@ -16,7 +16,7 @@ from agentcell.server.clock import FakeClock
 from agentcell.server.observability.registry import Registry
 from agentcell.server.sandbox.driver import SandboxSpec
 from agentcell.server.sandbox.fake import FakeDriver
-from agentcell.server.scheduler.sandbox_pool import QUIET_S, SandboxPool, default_spec
+from agentcell.server.scheduler.sandbox_pool import BURST_MEMORY_S, QUIET_S, SandboxPool, default_spec
 from agentcell.server.scheduler.sandboxes import SandboxService, new_sandbox_id
 
 PIDS = 64
@@ -42,10 +42,16 @@ class Env:
 
 
 def make_pool(
-    driver: FakeDriver, clock: FakeClock, size: int, registry: Registry | None = None
+    driver: FakeDriver,
+    clock: FakeClock,
+    size: int,
+    registry: Registry | None = None,
+    max_size: int | None = None,
 ) -> SandboxPool:
     spec = default_spec(PIDS)
-    return SandboxPool(driver, clock, size=size, spec=spec, new_id=new_sandbox_id, registry=registry)
+    return SandboxPool(
+        driver, clock, size=size, max_size=max_size, spec=spec, new_id=new_sandbox_id, registry=registry
+    )
 
 
 @pytest.fixture
@@ -215,6 +221,9 @@ def test_the_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
     monkeypatch.setenv("AGENTCELL_SANDBOX_POOL", "0")
     assert Settings().sandbox_pool == 0
+    monkeypatch.setenv("AGENTCELL_SANDBOX_POOL_MAX", "1001")
+    with pytest.raises(ValidationError, match="AGENTCELL_SANDBOX_POOL_MAX must be between 0 and 1000"):
+        Settings()
 
 
 async def wait_for(condition: object, timeout_s: float = 5.0) -> None:
@@ -251,4 +260,104 @@ async def test_an_instance_that_cannot_take_the_limits_is_dropped_and_the_create
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await driver.aclose()
+
+
+@pytest.fixture
+async def growing() -> AsyncIterator[Env]:
+    """A pool of 2 that may grow to 6 for bursts."""
+    driver, clock, registry = FakeDriver(), FakeClock(), Registry()
+    pool = make_pool(driver, clock, 2, registry, max_size=6)
+    service = SandboxService(driver, clock, max_sandboxes=40, pids_max=PIDS, stop_grace_s=0.1, pool=pool)
+    started = asyncio.Event()
+    task = asyncio.create_task(service.run(3600, started))
+    await started.wait()
+    yield Env(service, pool, driver, clock, registry)
+    await pool.aclose()
+    await service.aclose()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await driver.aclose()
+
+
+async def burst(env: Env, count: int, request: SandboxCreate | None = None) -> None:
+    """`count` creates, each a little less than the quiet period after the one before."""
+    for _ in range(count):
+        await env.service.create(request or SandboxCreate())
+        env.clock.advance(QUIET_S * 0.9)
+
+
+async def test_the_pool_grows_to_the_largest_burst_it_could_serve(growing: Env) -> None:
+    await growing.fill()
+    assert growing.pool.ready == 2
+    await burst(growing, 5)
+    assert growing.pool.target(growing.clock.now()) == 5
+    assert growing.metric("agentcell_sandbox_pool_target") == 5
+    await growing.fill()
+    assert growing.pool.ready == 5
+    spawned = len(growing.driver.started)
+    await burst(growing, 5)
+    assert len(growing.driver.started) == spawned, "the second burst of 5 was served by the pool"
+
+
+async def test_growth_stops_at_the_max(growing: Env) -> None:
+    await burst(growing, 9)
+    assert growing.pool.target(growing.clock.now()) == 6
+    await growing.fill()
+    assert growing.pool.ready == 6
+
+
+async def test_creates_further_apart_than_the_quiet_period_are_not_a_burst(growing: Env) -> None:
+    for _ in range(5):
+        await growing.service.create(SandboxCreate())
+        growing.clock.advance(QUIET_S * 1.1)
+    assert growing.pool.target(growing.clock.now()) == 2
+
+
+async def test_creates_the_pool_cannot_serve_do_not_grow_it(growing: Env) -> None:
+    await burst(growing, 5, SandboxCreate(disk_mb=64))
+    assert growing.pool.target(growing.clock.now()) == 2
+
+
+async def test_a_forgotten_burst_is_trimmed_one_at_a_time_while_quiet(growing: Env) -> None:
+    await burst(growing, 5)
+    await growing.fill()
+    grown = growing.pool.idle_ids()
+    assert len(grown) == 5
+    growing.clock.advance(BURST_MEMORY_S)
+    assert growing.pool.target(growing.clock.now()) == 2
+    await growing.service.create(SandboxCreate(disk_mb=64))  # not the pool's spec, but not quiet
+    assert not await growing.pool.trim_once(growing.clock.now()), "a create just came"
+    growing.clock.advance(QUIET_S)
+    while await growing.pool.trim_once(growing.clock.now()):
+        pass
+    assert growing.pool.idle_ids() == grown[3:], "the oldest went first"
+    for stopped in grown[:3]:
+        with pytest.raises(Exception, match="no instance"):
+            await growing.driver.usage(stopped)
+
+
+async def test_a_fixed_pool_never_grows(env: Env) -> None:
+    await burst(env, 8)
+    assert env.pool.target(env.clock.now()) == 3
+
+
+async def test_a_full_pool_waits_for_a_claim_and_then_refills() -> None:
+    driver, clock = FakeDriver(), FakeClock()
+    pool = make_pool(driver, clock, 1, max_size=4)
+    started = asyncio.Event()
+    task = asyncio.create_task(pool.run(started))
+    try:
+        await started.wait()
+        await wait_for(lambda: pool.ready == 1)
+        for _ in range(3):  # a burst of 3 (the fake clock stands still)
+            await pool.claim(default_spec(PIDS))
+        clock.advance(QUIET_S)  # (the loop sleeps the quiet period in real time, then refills)
+        await wait_for(lambda: pool.ready == 3)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await pool.aclose()
         await driver.aclose()

@@ -155,6 +155,7 @@ def create_app(
         driver,
         clock,
         size=settings.sandbox_pool,
+        max_size=settings.sandbox_pool_max,
         spec=default_spec(settings.default_pids_max),
         new_id=new_sandbox_id,
         registry=telemetry.registry,

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     sandbox_pool: int = Field(
         default=4,
         description="pre-started sandboxes of the default spec kept idle for creates to claim (0: off)",
+    )
+    sandbox_pool_max: int = Field(
+        default=64,
+        description="the pool grows to the largest burst of creates of the last 10 minutes, up to this",
     )
     stop_grace_s: float = Field(default=2.0, ge=0, description="SIGTERM → SIGKILL grace when a sandbox stops")
     reap_interval_s: float = Field(
@@ -126,13 +130,12 @@ class Settings(BaseSettings):
         description="usage periods, audit records and ended sessions older than this are deleted",
     )
 
-    @field_validator("sandbox_pool")
+    @field_validator("sandbox_pool", "sandbox_pool_max")
     @classmethod
-    def _pool_size(cls, size: int) -> int:
+    def _pool_size(cls, size: int, info: ValidationInfo) -> int:
         if not 0 <= size <= MAX_SANDBOX_POOL:
-            raise ValueError(
-                f"AGENTCELL_SANDBOX_POOL must be between 0 (no pool) and {MAX_SANDBOX_POOL}, got {size}"
-            )
+            name = f"AGENTCELL_{(info.field_name or '').upper()}"
+            raise ValueError(f"{name} must be between 0 and {MAX_SANDBOX_POOL}, got {size}")
         return size
 
     def host_pip_index_url(self) -> str:

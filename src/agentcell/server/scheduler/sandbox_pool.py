@@ -11,7 +11,13 @@ it, so it is never listed, metered or billed.
 
 Refills run at low priority: one instance at a time, and only after no create has arrived for
 `quiet_s`, so that refilling never competes with a burst for the CPU (an earlier pool that
-refilled at once made sequential creates slower and bursts no faster). The app's lifespan runs
+refilled at once made sequential creates slower and bursts no faster).
+
+The pool sizes itself for bursts: `size` is its floor, and it holds as many as the largest burst
+of creates it could serve (creates less than `quiet_s` apart) in the last `BURST_MEMORY_S`, up to
+`max_size`. A node whose agents create 50 sandboxes at once pays the spawns once; the next burst
+claims. Once that burst is forgotten, the extra idle instances are stopped, again only while the
+node is quiet. The app's lifespan runs
 `run()` after the sandbox service has reaped what an earlier server left (a crashed server's
 pooled instances are orphans like any other), and calls `aclose()` at shutdown.
 """
@@ -37,6 +43,8 @@ QUIET_S = 0.5
 """refills wait until no create has arrived for this long"""
 RETRY_S = (1.0, 30.0)
 """backoff after a failed refill: first delay, longest delay"""
+BURST_MEMORY_S = 600.0
+"""the pool stays sized for the largest burst of creates seen within this long"""
 
 
 def default_spec(pids_max: int) -> SandboxSpec:
@@ -62,6 +70,7 @@ class SandboxPool:
         clock: Clock,
         *,
         size: int,
+        max_size: int | None = None,
         spec: SandboxSpec,
         new_id: Callable[[], str],
         quiet_s: float = QUIET_S,
@@ -70,6 +79,9 @@ class SandboxPool:
         if size < 0:
             raise ValueError(f"the sandbox pool size must be 0 or more, got {size}")
         self.size = size
+        """the floor: held whatever the bursts (0: no pool at all)"""
+        self.max_size = max(size, size if max_size is None else max_size)
+        """the most it grows to for bursts"""
         self._driver = driver
         self._clock = clock
         self._spec = spec
@@ -79,6 +91,10 @@ class SandboxPool:
         """idle instance id → its death watcher, oldest first"""
         self._filling = 0
         self._last_create = float("-inf")
+        self._burst = 0
+        """creates of the pool's spec in the current burst (less than quiet_s apart)"""
+        self._peak, self._peak_at = 0, float("-inf")
+        """the largest burst remembered, and when it was last reached"""
         self._retry_at = float("-inf")
         self._retry_s = RETRY_S[0]
         self._changed = asyncio.Event()
@@ -92,6 +108,13 @@ class SandboxPool:
     def ready(self) -> int:
         """Idle instances waiting for a claim."""
         return len(self._idle)
+
+    def target(self, now: float) -> int:
+        """How many idle instances the pool means to hold now."""
+        if self.size == 0:
+            return 0
+        peak = self._peak if now - self._peak_at <= BURST_MEMORY_S else 0
+        return min(self.max_size, max(self.size, peak))
 
     def idle_ids(self) -> list[str]:
         """Ids of the idle instances (diagnostics and tests; never shown through the API)."""
@@ -115,9 +138,13 @@ class SandboxPool:
         """An idle instance adapted to `spec`, now the caller's (its id is the sandbox's id); None
         if the pool cannot serve `spec` or is empty (the caller starts one itself). Every create
         calls this, so that refills wait for a quiet period."""
-        self._last_create = self._clock.now()
+        now = self._clock.now()
+        fits = self.fits(spec)
+        if fits:
+            self._count_burst(now)
+        self._last_create = now
         self._changed.set()
-        if not self._idle or not self.fits(spec):
+        if not self._idle or not fits:
             self._misses.inc()
             return None
         sandbox_id = next(iter(self._idle))
@@ -137,6 +164,11 @@ class SandboxPool:
         self._hits.inc()
         return sandbox_id
 
+    def _count_burst(self, now: float) -> None:
+        self._burst = self._burst + 1 if now - self._last_create < self._quiet_s else 1
+        if self._burst >= self._peak or now - self._peak_at > BURST_MEMORY_S:
+            self._peak, self._peak_at = self._burst, now
+
     async def _adapt(self, sandbox_id: str, spec: SandboxSpec) -> None:
         ours = self._spec
         if (spec.cpu_millis, spec.memory_bytes) != (ours.cpu_millis, ours.memory_bytes):
@@ -151,12 +183,13 @@ class SandboxPool:
             if started is not None:
                 started.set()
             while True:
-                await self.refill_once(self._clock.now())
+                now = self._clock.now()
+                await self.trim_once(now) or await self.refill_once(now)
                 await self._wait(self._due_in(self._clock.now()))
 
     async def refill_once(self, now: float) -> bool:
         """Start one instance if the pool is short, quiet and not backing off. True if it did."""
-        if self._due_in(now) != 0.0:
+        if len(self._idle) + self._filling >= self.target(now) or self._due_in(now) != 0.0:
             return False
         sandbox_id = self._new_id()
         self._filling += 1
@@ -175,19 +208,47 @@ class SandboxPool:
         self._idle[sandbox_id] = self._watch(sandbox_id)
         return True
 
+    async def trim_once(self, now: float) -> bool:
+        """Stop the oldest idle instance if the pool holds more than it means to (the burst it
+        grew for is forgotten) and the node is quiet. True if it did."""
+        if self._closed or len(self._idle) <= self.target(now) or now < self._last_create + self._quiet_s:
+            return False
+        sandbox_id = next(iter(self._idle))
+        watcher = self._idle.pop(sandbox_id)
+        if watcher is not None:
+            watcher.cancel()
+        await self._discard(sandbox_id)
+        return True
+
     def _due_in(self, now: float) -> float | None:
-        """Seconds until a refill may start; None when the pool is full (or closed)."""
-        if self._closed or len(self._idle) + self._filling >= self.size:
+        """Seconds until the pool may start or stop an instance; None when there is nothing to do
+        until a create comes (or the pool is closed)."""
+        if self._closed:
             return None
-        return max(0.0, self._last_create + self._quiet_s - now, self._retry_at - now)
+        held, target = len(self._idle) + self._filling, self.target(now)
+        if held == target:  # full; wake when the remembered burst is forgotten, if it matters
+            return self._peak_at + BURST_MEMORY_S - now if target > self.size else None
+        quiet_in = self._last_create + self._quiet_s - now
+        if held > target:
+            return max(0.0, quiet_in)
+        return max(0.0, quiet_in, self._retry_at - now)
 
     async def _wait(self, delay_s: float | None) -> None:
-        """Sleep `delay_s`, or until something changes when there is nothing to do."""
+        """Sleep `delay_s` (waiting for a quiet node), or while the pool is full until something
+        changes (a claim), at most `delay_s` (until its remembered burst is forgotten)."""
         self._changed.clear()
-        if delay_s is None:
-            await self._changed.wait()
-        elif delay_s > 0:
+        if delay_s is not None and delay_s <= 0:
+            return
+        if delay_s is not None and len(self._idle) + self._filling != self.target(self._clock.now()):
             await asyncio.sleep(delay_s)
+            return
+        # (not asyncio.wait_for: on 3.11 it can swallow a cancellation that meets a set event)
+        timer = None if delay_s is None else asyncio.get_running_loop().call_later(delay_s, self._changed.set)
+        try:
+            await self._changed.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _watch(self, sandbox_id: str) -> asyncio.Task[None] | None:
         if self._tasks is None:
@@ -228,6 +289,13 @@ class SandboxPool:
             "Pre-started sandboxes waiting for a create (AGENTCELL_SANDBOX_POOL)",
             (),
             lambda: [((), float(len(self._idle)))],
+        )
+        registry.gauge(
+            "agentcell_sandbox_pool_target",
+            "Idle sandboxes the pool means to hold: AGENTCELL_SANDBOX_POOL, or the largest recent burst"
+            " of creates up to AGENTCELL_SANDBOX_POOL_MAX",
+            (),
+            lambda: [((), float(self.target(self._clock.now())))],
         )
         claims = registry.counter(
             "agentcell_sandbox_pool_claims_total",
