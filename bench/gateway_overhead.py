@@ -188,7 +188,7 @@ def running(name: str, argv: list[str], ready_url: str, log_dir: Path) -> Iterat
         _wait_ready(name, proc, ready_url, log_dir)
         yield proc
     finally:
-        _stop(proc)
+        stop_process(proc)
         log.close()
 
 
@@ -204,7 +204,8 @@ def _wait_ready(name: str, proc: subprocess.Popen[bytes], url: str, log_dir: Pat
     raise RuntimeError(f"{name} did not become ready at {url}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 5 s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -32,7 +31,7 @@ import httpx
 
 from agentcell.server.sandbox.linux.netns import NetnsSockets
 from bench.client import LeanClient
-from bench.gateway_overhead import NGINX_CONF, ensure_tools, nginx_binary
+from bench.gateway_overhead import NGINX_CONF, ensure_tools, nginx_binary, stop_process
 from bench.mcp_common import (
     JSON_AND_SSE,
     WHOAMI,
@@ -137,12 +136,7 @@ def nginx_inside(pid: int, port: int, tmp: Path) -> Iterator[int]:
     try:
         yield nginx_worker(proc)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def nginx_worker(master: subprocess.Popen[bytes]) -> int:

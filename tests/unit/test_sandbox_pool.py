@@ -54,21 +54,33 @@ def make_pool(
     )
 
 
-@pytest.fixture
-async def env() -> AsyncIterator[Env]:
-    driver, clock, registry = FakeDriver(), FakeClock(), Registry()
-    pool = make_pool(driver, clock, 3, registry)
-    service = SandboxService(driver, clock, max_sandboxes=10, pids_max=PIDS, stop_grace_s=0.1, pool=pool)
+@contextlib.asynccontextmanager
+async def running_service(
+    size: int, max_size: int | None = None, driver: FakeDriver | None = None
+) -> AsyncIterator[Env]:
+    """A SandboxService with a pool on a FakeDriver, the service's background loop running."""
+    driver, clock, registry = driver or FakeDriver(), FakeClock(), Registry()
+    pool = make_pool(driver, clock, size, registry, max_size=max_size)
+    service = SandboxService(driver, clock, max_sandboxes=40, pids_max=PIDS, stop_grace_s=0.1, pool=pool)
     started = asyncio.Event()
     task = asyncio.create_task(service.run(3600, started))
     await started.wait()
-    yield Env(service, pool, driver, clock, registry)
-    await pool.aclose()
-    await service.aclose()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await driver.aclose()
+    try:
+        yield Env(service, pool, driver, clock, registry)
+    finally:
+        await pool.aclose()
+        await service.aclose()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await driver.aclose()
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    """A pool of 3 that never grows."""
+    async with running_service(3) as running:
+        yield running
 
 
 async def test_a_default_create_claims_a_pooled_instance_and_keeps_its_id(env: Env) -> None:
@@ -151,24 +163,33 @@ async def test_a_resume_keeps_its_own_id(env: Env) -> None:
     assert env.pool.idle_ids() == pooled
 
 
-async def test_an_idle_instance_that_dies_is_removed() -> None:
+@contextlib.asynccontextmanager
+async def running_pool(
+    size: int, max_size: int | None = None
+) -> AsyncIterator[tuple[SandboxPool, FakeDriver, FakeClock]]:
+    """A pool on a FakeDriver (and a FakeClock that stands still) with its own loop running."""
     driver, clock = FakeDriver(), FakeClock()
-    pool = make_pool(driver, clock, 2)
+    pool = make_pool(driver, clock, size, max_size=max_size)
     started = asyncio.Event()
     task = asyncio.create_task(pool.run(started))
     try:
         await started.wait()
-        await wait_for(lambda: pool.ready == 2)
-        dead = pool.idle_ids()[0]
-        driver.crash(dead)
-        await wait_for(lambda: dead not in pool.idle_ids())
-        await wait_for(lambda: pool.ready == 2)  # refilled (the fake clock stands still: quiet)
+        yield pool, driver, clock
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await pool.aclose()
         await driver.aclose()
+
+
+async def test_an_idle_instance_that_dies_is_removed() -> None:
+    async with running_pool(2) as (pool, driver, _):
+        await wait_for(lambda: pool.ready == 2)
+        dead = pool.idle_ids()[0]
+        driver.crash(dead)
+        await wait_for(lambda: dead not in pool.idle_ids())
+        await wait_for(lambda: pool.ready == 2)  # refilled (the fake clock stands still: quiet)
 
 
 async def test_aclose_stops_every_idle_instance() -> None:
@@ -241,44 +262,21 @@ class LimitlessDriver(FakeDriver):
 
 
 async def test_an_instance_that_cannot_take_the_limits_is_dropped_and_the_create_spawns() -> None:
-    driver, clock = LimitlessDriver(), FakeClock()
-    pool = make_pool(driver, clock, 1)
-    service = SandboxService(driver, clock, max_sandboxes=10, pids_max=PIDS, stop_grace_s=0.1, pool=pool)
-    started = asyncio.Event()
-    task = asyncio.create_task(service.run(3600, started))
-    try:
-        await started.wait()
-        clock.advance(QUIET_S)
-        assert await pool.refill_once(clock.now())
-        pooled = pool.idle_ids()[0]
-        sandbox = await service.create(SandboxCreate(memory_mb=128))
-        assert sandbox.id != pooled and driver.started[-1].sandbox_id == sandbox.id
+    async with running_service(1, driver=LimitlessDriver()) as env:
+        env.clock.advance(QUIET_S)
+        assert await env.pool.refill_once(env.clock.now())
+        pooled = env.pool.idle_ids()[0]
+        sandbox = await env.service.create(SandboxCreate(memory_mb=128))
+        assert sandbox.id != pooled and env.driver.started[-1].sandbox_id == sandbox.id
         with pytest.raises(Exception, match="no instance"):
-            await driver.usage(pooled)
-    finally:
-        await service.aclose()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await driver.aclose()
+            await env.driver.usage(pooled)
 
 
 @pytest.fixture
 async def growing() -> AsyncIterator[Env]:
     """A pool of 2 that may grow to 6 for bursts."""
-    driver, clock, registry = FakeDriver(), FakeClock(), Registry()
-    pool = make_pool(driver, clock, 2, registry, max_size=6)
-    service = SandboxService(driver, clock, max_sandboxes=40, pids_max=PIDS, stop_grace_s=0.1, pool=pool)
-    started = asyncio.Event()
-    task = asyncio.create_task(service.run(3600, started))
-    await started.wait()
-    yield Env(service, pool, driver, clock, registry)
-    await pool.aclose()
-    await service.aclose()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await driver.aclose()
+    async with running_service(2, max_size=6) as running:
+        yield running
 
 
 async def burst(env: Env, count: int, request: SandboxCreate | None = None) -> None:
@@ -344,20 +342,9 @@ async def test_a_fixed_pool_never_grows(env: Env) -> None:
 
 
 async def test_a_full_pool_waits_for_a_claim_and_then_refills() -> None:
-    driver, clock = FakeDriver(), FakeClock()
-    pool = make_pool(driver, clock, 1, max_size=4)
-    started = asyncio.Event()
-    task = asyncio.create_task(pool.run(started))
-    try:
-        await started.wait()
+    async with running_pool(1, max_size=4) as (pool, _, clock):
         await wait_for(lambda: pool.ready == 1)
         for _ in range(3):  # a burst of 3 (the fake clock stands still)
             await pool.claim(default_spec(PIDS))
         clock.advance(QUIET_S)  # (the loop sleeps the quiet period in real time, then refills)
         await wait_for(lambda: pool.ready == 3)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await pool.aclose()
-        await driver.aclose()

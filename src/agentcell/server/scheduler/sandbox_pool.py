@@ -11,15 +11,15 @@ it, so it is never listed, metered or billed.
 
 Refills run at low priority: one instance at a time, and only after no create has arrived for
 `quiet_s`, so that refilling never competes with a burst for the CPU (an earlier pool that
-refilled at once made sequential creates slower and bursts no faster).
+refilled at once made sequential creates slower and bursts no faster). The app's lifespan runs
+`run()` after the sandbox service has reaped what an earlier server left (a crashed server's
+pooled instances are orphans like any other), and calls `aclose()` at shutdown.
 
 The pool sizes itself for bursts: `size` is its floor, and it holds as many as the largest burst
 of creates it could serve (creates less than `quiet_s` apart) in the last `BURST_MEMORY_S`, up to
 `max_size`. A node whose agents create 50 sandboxes at once pays the spawns once; the next burst
 claims. Once that burst is forgotten, the extra idle instances are stopped, again only while the
-node is quiet. The app's lifespan runs
-`run()` after the sandbox service has reaped what an earlier server left (a crashed server's
-pooled instances are orphans like any other), and calls `aclose()` at shutdown.
+node is quiet.
 """
 
 from __future__ import annotations
