@@ -104,8 +104,8 @@ async def sockets_inside(pid: int, ports: tuple[int, ...]) -> list[socket.socket
     refused connection for up to 5 s (a proxy just started there)."""
     sockets, pidfd = NetnsSockets(), os.pidfd_open(pid)
     deadline = time.monotonic() + 5
+    connected: list[socket.socket] = []
     try:
-        connected = []
         for port in ports:
             while True:
                 try:
@@ -116,6 +116,10 @@ async def sockets_inside(pid: int, ports: tuple[int, ...]) -> list[socket.socket
                         raise
                     await asyncio.sleep(0.02)
         return connected
+    except BaseException:
+        for sock in connected:
+            sock.close()
+        raise
     finally:
         os.close(pidfd)
         sockets.close()
@@ -123,9 +127,9 @@ async def sockets_inside(pid: int, ports: tuple[int, ...]) -> list[socket.socket
 
 @contextlib.contextmanager
 def nginx_inside(pid: int, port: int, tmp: Path) -> Iterator[int]:
-    """nginx (the gateway bench's plain reverse proxy, response buffering off as SSE needs) in the
-    network namespace of process `pid`, forwarding NGINX_PORT to `port`; yields its worker's pid;
-    stopped by pid."""
+    """nginx (the gateway bench's plain reverse proxy; response buffering off, as SSE needs, and
+    no limit on requests per client connection) in the network namespace of process `pid`,
+    forwarding NGINX_PORT to `port`; yields its worker's pid; stopped by pid."""
     conf = tmp / "nginx.conf"
     streaming = "proxy_buffering off; keepalive_requests 1000000;"
     conf.write_text(NGINX_CONF.format(tmp=tmp, port=NGINX_PORT, upstream_port=port, extra=streaming))
