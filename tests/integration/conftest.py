@@ -6,11 +6,13 @@ import contextlib
 import io
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from e2b import Sandbox
 
 from tests.conftest import AUTH, TEST_API_KEY, ServerProcess
 
@@ -54,3 +56,19 @@ def e2b_env(shared_server: ServerProcess) -> Iterator[str]:
     """The E2B SDKs pointed at the shared server, for one test module."""
     with e2b_variables(shared_server.url) as url:
         yield url
+
+
+@pytest.fixture
+def make_sandbox(e2b_env: str) -> Iterator[Callable[..., Sandbox]]:
+    """E2B sandboxes for tests that end, pause or time them out (60 s unless given); all killed
+    afterwards."""
+    made: list[Sandbox] = []
+
+    def make(**options: Any) -> Sandbox:
+        options.setdefault("timeout", 60)
+        made.append(Sandbox.create(**options))
+        return made[-1]
+
+    yield make
+    for sandbox in made:
+        sandbox.kill()

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -40,21 +40,6 @@ def sbx(e2b_env: str) -> Iterator[Sandbox]:
     sandbox = Sandbox.create(timeout=300, metadata={"suite": "e2b-expectations"})
     yield sandbox
     sandbox.kill()
-
-
-@pytest.fixture
-def make_sandbox(e2b_env: str) -> Iterator[Callable[..., Sandbox]]:
-    """Sandboxes for tests that end, pause or time them out; all killed afterwards."""
-    made: list[Sandbox] = []
-
-    def make(**options: Any) -> Sandbox:
-        options.setdefault("timeout", 60)
-        made.append(Sandbox.create(**options))
-        return made[-1]
-
-    yield make
-    for sandbox in made:
-        sandbox.kill()
 
 
 def in_threads(call: Callable[[int], T], count: int = 8) -> list[T]:

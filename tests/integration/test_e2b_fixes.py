@@ -8,7 +8,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from e2b import ALL_TRAFFIC, FileType, Sandbox, SandboxException, SandboxNetworkOpts, SandboxQuery
@@ -22,19 +21,6 @@ def code_sandbox(e2b_env: str) -> Iterator[CodeSandbox]:
     sandbox = CodeSandbox.create(timeout=120)
     yield sandbox
     sandbox.kill()
-
-
-@pytest.fixture
-def make_sandbox(e2b_env: str) -> Iterator[Callable[..., Sandbox]]:
-    made: list[Sandbox] = []
-
-    def make(**options: Any) -> Sandbox:
-        made.append(Sandbox.create(timeout=60, **options))
-        return made[-1]
-
-    yield make
-    for sandbox in made:
-        sandbox.kill()
 
 
 def _unexpected_errors(server: ServerProcess) -> int:
