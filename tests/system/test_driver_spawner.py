@@ -30,6 +30,17 @@ async def no_zombies_within(timeout_s: float) -> bool:
     return True
 
 
+def described(pids: list[int]) -> str:
+    """`pid (command name)` of each, for a failure message: a zombie keeps its name."""
+    names = []
+    for pid in pids:
+        try:
+            names.append(f"{pid} ({Path(f'/proc/{pid}/comm').read_text().strip()})")
+        except OSError:
+            names.append(f"{pid} (gone)")
+    return ", ".join(names)
+
+
 def zombie_children() -> list[int]:
     """Our own children that have exited but were never reaped."""
     zombies = []
@@ -71,7 +82,7 @@ async def test_commands_outlive_a_killed_spawner(linux_driver: LinuxDriver, sand
     assert (await run(linux_driver, sandbox, ["echo", "again"])).stdout == "again\n"
     assert linux_driver.spawner_pid() not in (None, spawner)
     await asyncio.sleep(0.1)
-    assert zombie_children() == []
+    assert (zombies := zombie_children()) == [], described(zombies)
 
 
 async def test_a_spawner_lost_mid_start_fails_the_start_cleanly(linux_driver: LinuxDriver) -> None:
@@ -87,7 +98,7 @@ async def test_a_spawner_lost_mid_start_fails_the_start_cleanly(linux_driver: Li
     assert all(r is None or "spawner" in str(r) or "could not start" in str(r) for r in results), results
     await linux_driver.start(SandboxSpec(sandbox_id="after"))
     assert (await run(linux_driver, "after", ["true"])).code == 0
-    assert await no_zombies_within(2.0), zombie_children()
+    assert await no_zombies_within(2.0), described(zombie_children())
 
 
 async def test_the_spawner_ends_with_the_driver(tmp_path: Path, prebuilt_helper: Path) -> None:
@@ -97,7 +108,7 @@ async def test_the_spawner_ends_with_the_driver(tmp_path: Path, prebuilt_helper:
     assert spawner is not None and is_running(spawner)
     await driver.aclose()
     assert await wait_gone(spawner)
-    assert zombie_children() == []
+    assert (zombies := zombie_children()) == [], described(zombies)
 
 
 async def test_nul_bytes_cannot_smuggle_options(linux_driver: LinuxDriver, sandbox: str) -> None:
