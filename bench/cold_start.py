@@ -9,7 +9,8 @@ workers) spent per sandbox in the concurrent rounds. Baselines: a raw namespace 
 (the kernel's share of a burst on this machine, from the start of the burst to each exit); the
 pooled figures are also compared with the pool-off ones of the same run. A third server runs with
 the default pool settings (a floor of 4 that grows for bursts): its first burst, and later ones
-once the pool has grown for it.
+once the pool has grown for it. The pool-off server also runs bursts of 50 creates without the
+exec (`concurrent50_create_only_*`): how a cold burst splits between the create and the first exec.
 """
 
 from __future__ import annotations
@@ -44,13 +45,18 @@ class Figures:
     """server process CPU per sandbox in the concurrent rounds (create + first exec)"""
     spawner_cpu_ms: float = 0.0
     """spawner + its workers' CPU per sandbox in the same rounds"""
+    create_only: list[float] = field(default_factory=list)
+    """50 creates at once without the exec (pool off): the create's share of a burst"""
 
 
-async def create_and_exec(client: LeanClient) -> tuple[float, str]:
+async def create_and_exec(client: LeanClient, *, run: bool = True) -> tuple[float, str]:
+    """Create a sandbox and (unless `run` is False) run `true` in it: (ms, sandbox id)."""
     started = time.perf_counter()
     status, body = await client.request("POST", "/v1/sandboxes", {"timeout_s": 300})
     assert status == 201, body
     sid = json.loads(body)["id"]
+    if not run:
+        return (time.perf_counter() - started) * 1000, sid
     status, events = await client.request("POST", f"/v1/sandboxes/{sid}/commands", {"argv": ["true"]})
     assert b'"type":"end"' in events and b'"exit_code":0' in events, events
     return (time.perf_counter() - started) * 1000, sid
@@ -88,11 +94,13 @@ def spawner_pid(server_pid: int) -> int:
     raise AssertionError("no spawner found under the server")
 
 
-async def burst(clients: list[LeanClient], server: int, spawner: int) -> tuple[list[float], float, float]:
-    """50 create + first exec at once: their latencies, and the server's and the spawner's CPU
-    (ms) until the last one finished; then the sandboxes are killed."""
+async def burst(
+    clients: list[LeanClient], server: int, spawner: int, *, run: bool = True
+) -> tuple[list[float], float, float]:
+    """50 create + first exec (or only the creates) at once: their latencies, and the server's and
+    the spawner's CPU (ms) until the last one finished; then the sandboxes are killed."""
     before = cpu_ms(server, children=False), cpu_ms(spawner, children=True)
-    results = await asyncio.gather(*(create_and_exec(c) for c in clients))
+    results = await asyncio.gather(*(create_and_exec(c, run=run) for c in clients))
     server_ms = cpu_ms(server, children=False) - before[0]
     spawner_ms = cpu_ms(spawner, children=True) - before[1]
     await asyncio.gather(
@@ -125,6 +133,9 @@ async def measure(server: BenchServer, pool: int) -> Figures:
             spawner_ms += spawner_round_ms
         figures.server_cpu_ms = server_ms / (ROUNDS * CONCURRENT)
         figures.spawner_cpu_ms = spawner_ms / (ROUNDS * CONCURRENT)
+        for _ in range(0 if pool else ROUNDS):
+            await asyncio.sleep(0.5)  # the last round's instances are being stopped
+            figures.create_only += (await burst(clients, server.pid, spawner, run=False))[0]
         return figures
     finally:
         for client in clients:
@@ -181,6 +192,8 @@ def main() -> None:
     emit(NAME, "sequential_p99_ms", percentile(cold.sequential, 99), "ms", raw_p99)
     emit(NAME, "concurrent50_p50_ms", median(cold.concurrent), "ms", burst_p50)
     emit(NAME, "concurrent50_p99_ms", percentile(cold.concurrent, 99), "ms", burst_p99)
+    emit(NAME, "concurrent50_create_only_p50_ms", median(cold.create_only), "ms", burst_p50)
+    emit(NAME, "concurrent50_create_only_p99_ms", percentile(cold.create_only, 99), "ms", burst_p99)
     emit(NAME, "concurrent50_server_cpu_per_sandbox_ms", cold.server_cpu_ms, "ms")
     emit(NAME, "concurrent50_spawner_cpu_per_sandbox_ms", cold.spawner_cpu_ms, "ms")
     cold_p50, cold_p99 = median(cold.concurrent), percentile(cold.concurrent, 99)

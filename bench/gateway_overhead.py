@@ -16,6 +16,8 @@ Two upstreams, one after the other:
 - `typical`: the same answer from a Starlette app (route table, Request/Response objects), the
   weight of a small real Python function and of the upstream in the research runs that set the
   targets (~20k req/s direct there). Metrics with the suffix `_typical`.
+- `function`: a FastAPI endpoint answering a pydantic model as JSON, the shape most deployed
+  Python functions have (request parsing, validation, serialization). Suffix `_function`.
 
 The machine has two cores shared by wrk, the upstream and the proxy, so absolute figures move
 with whatever else runs; compare within one run. With the `raw` upstream the three processes
@@ -95,9 +97,28 @@ def typical_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     return Starlette(routes=[StarletteRoute("/", hello)])
 
 
+def function_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The `function` upstream (uvicorn --factory): a FastAPI endpoint answering JSON."""
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        message: str
+        session: str | None = None
+
+    api = FastAPI()
+
+    @api.get("/", response_model=Answer)  # (annotations are strings here: name the model)
+    async def hello() -> Any:
+        return Answer(message=SMALL_BODY.decode().strip())
+
+    return api
+
+
 UPSTREAMS = {
     "raw": ["bench.gateway_overhead:app"],
     "typical": ["bench.gateway_overhead:typical_app", "--factory"],
+    "function": ["bench.gateway_overhead:function_app", "--factory"],
 }
 
 
@@ -382,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(tmp_name)
         run_against("raw", tmp, args.rounds, args.duration_s, args.stream_mib)
         run_against("typical", tmp, args.rounds, args.duration_s, 0)
+        run_against("function", tmp, args.rounds, args.duration_s, 0)
 
 
 def run_against(upstream_kind: str, tmp: Path, rounds: int, duration_s: float, stream_mib: int) -> None:

@@ -20,7 +20,7 @@ from agentcell.server.api.auth import AuthMiddleware, audited_actor
 from agentcell.server.api.errors import RequestIdMiddleware, install_error_handlers
 from agentcell.server.api.limits import BodyLimitMiddleware
 from agentcell.server.api.mcp import build_mcp_server, mcp_routes
-from agentcell.server.api.observability import install_observability
+from agentcell.server.api.observability import FASTAPI_TELEMETRY_OFF, install_observability
 from agentcell.server.auth.access import RateLimiter, RequestAuth
 from agentcell.server.auth.quotas import QuotaGuard
 from agentcell.server.auth.tenants import TenantService
@@ -252,7 +252,7 @@ def create_app(
             await store.aclose()
             await telemetry.aclose()
 
-    app = FastAPI(title="agentcell", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="agentcell", version=__version__, lifespan=lifespan, telemetry=FASTAPI_TELEMETRY_OFF)
     app.state.settings = settings
     app.state.sandboxes = sandbox_service
     app.state.pauses = pauses

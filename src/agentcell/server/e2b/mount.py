@@ -13,6 +13,7 @@ import json
 from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agentcell.server.api.observability import FASTAPI_TELEMETRY_OFF
 from agentcell.server.auth.principal import acting_as
 from agentcell.server.clock import Clock
 from agentcell.server.e2b import control, envd, interpreter
@@ -38,7 +39,7 @@ API_KEY_HEADERS = (b"x-api-key", b"authorization")
 
 
 def _part(registry: E2bRegistry, *routers: APIRouter, terminals: TerminalService | None = None) -> FastAPI:
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, telemetry=FASTAPI_TELEMETRY_OFF)
     app.state.e2b = registry
     app.state.envd = envd.Services(registry, terminals)
     for router in routers:
