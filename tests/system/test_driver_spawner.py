@@ -19,11 +19,22 @@ from tests.system.conftest import is_running, make_driver, run
 pytestmark = pytest.mark.system
 
 
-async def no_zombies_within(timeout_s: float) -> bool:
+@pytest.fixture
+def test_start() -> int:
+    """Clock ticks since boot when the test began: zombies started earlier are an earlier test's
+    (pytest's children all share this process) and not this test's to answer for."""
+    return uptime_ticks()
+
+
+def uptime_ticks() -> int:
+    return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+async def no_zombies_within(timeout_s: float, since: int) -> bool:
     """A worker the dead spawner forked but never reported exits on its own a moment later and is
     reaped in the background: allow that moment, no more."""
     deadline = time.monotonic() + timeout_s
-    while zombie_children():
+    while zombie_children(since):
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(0.02)
@@ -41,16 +52,18 @@ def described(pids: list[int]) -> str:
     return ", ".join(names)
 
 
-def zombie_children() -> list[int]:
-    """Our own children that have exited but were never reaped."""
+def zombie_children(since: int) -> list[int]:
+    """Our own children started at or after `since` (clock ticks since boot) that have exited but
+    were never reaped."""
     zombies = []
     for task in os.listdir("/proc/self/task"):
         for child in Path(f"/proc/self/task/{task}/children").read_text().split():
             try:
-                state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if state == "Z":
+            state, start_ticks = fields[0], int(fields[19])  # stat fields 3 and 22
+            if state == "Z" and start_ticks >= since:
                 zombies.append(int(child))
     return zombies
 
@@ -68,7 +81,9 @@ async def wait_gone(pid: int, timeout_s: float = 5) -> bool:
     return not is_running(pid)
 
 
-async def test_commands_outlive_a_killed_spawner(linux_driver: LinuxDriver, sandbox: str) -> None:
+async def test_commands_outlive_a_killed_spawner(
+    linux_driver: LinuxDriver, sandbox: str, test_start: int
+) -> None:
     """Running commands keep their streams and exit status; the next exec starts a new spawner
     and the orphaned workers are reaped by the driver."""
     process = await linux_driver.exec(sandbox, ExecSpec(argv=["sh", "-c", "sleep 0.5; echo done; exit 3"]))
@@ -82,10 +97,12 @@ async def test_commands_outlive_a_killed_spawner(linux_driver: LinuxDriver, sand
     assert (await run(linux_driver, sandbox, ["echo", "again"])).stdout == "again\n"
     assert linux_driver.spawner_pid() not in (None, spawner)
     await asyncio.sleep(0.1)
-    assert (zombies := zombie_children()) == [], described(zombies)
+    assert (zombies := zombie_children(test_start)) == [], described(zombies)
 
 
-async def test_a_spawner_lost_mid_start_fails_the_start_cleanly(linux_driver: LinuxDriver) -> None:
+async def test_a_spawner_lost_mid_start_fails_the_start_cleanly(
+    linux_driver: LinuxDriver, test_start: int
+) -> None:
     """Starts in flight when the spawner dies fail with an error or complete; either way the
     driver can start sandboxes again and leaves nothing behind (checked by the fixture)."""
     await linux_driver.start(SandboxSpec(sandbox_id="first"))
@@ -98,17 +115,19 @@ async def test_a_spawner_lost_mid_start_fails_the_start_cleanly(linux_driver: Li
     assert all(r is None or "spawner" in str(r) or "could not start" in str(r) for r in results), results
     await linux_driver.start(SandboxSpec(sandbox_id="after"))
     assert (await run(linux_driver, "after", ["true"])).code == 0
-    assert await no_zombies_within(2.0), described(zombie_children())
+    assert await no_zombies_within(2.0, test_start), described(zombie_children(test_start))
 
 
-async def test_the_spawner_ends_with_the_driver(tmp_path: Path, prebuilt_helper: Path) -> None:
+async def test_the_spawner_ends_with_the_driver(
+    tmp_path: Path, prebuilt_helper: Path, test_start: int
+) -> None:
     driver = make_driver(tmp_path / "state", prebuilt_helper)
     await driver.start(SandboxSpec(sandbox_id="one"))
     spawner = driver.spawner_pid()
     assert spawner is not None and is_running(spawner)
     await driver.aclose()
     assert await wait_gone(spawner)
-    assert (zombies := zombie_children()) == [], described(zombies)
+    assert (zombies := zombie_children(test_start)) == [], described(zombies)
 
 
 async def test_nul_bytes_cannot_smuggle_options(linux_driver: LinuxDriver, sandbox: str) -> None:
