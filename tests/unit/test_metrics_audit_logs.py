@@ -93,7 +93,7 @@ class CountingStore:
 
 async def test_entries_queued_during_a_write_go_in_one_batch_and_in_order() -> None:
     store = CountingStore()
-    audit = AuditLog(store, FakeClock())  # type: ignore[arg-type]
+    audit = AuditLog(store, FakeClock(), linger_s=0)  # type: ignore[arg-type]
     audit.append(entry(1, "POST /a"))
     await asyncio.sleep(0)  # the writer takes the first entry and waits on the store
     for at in (2, 3, 4):
@@ -101,6 +101,33 @@ async def test_entries_queued_during_a_write_go_in_one_batch_and_in_order() -> N
     store.release.set()
     await audit.aclose()
     assert store.batches == [[1], [2, 3, 4]]
+
+
+async def test_entries_appended_within_the_linger_share_one_write() -> None:
+    """Sequential requests a few ms apart cost one store write, not one each."""
+    store = CountingStore()
+    store.release.set()
+    audit = AuditLog(store, FakeClock(), linger_s=0.05)  # type: ignore[arg-type]
+    for at in (1, 2, 3):
+        audit.append(entry(at, "POST /a"))
+        await asyncio.sleep(0.005)
+    assert store.batches == []
+    await asyncio.sleep(0.2)
+    assert store.batches == [[1, 2, 3]]
+
+
+async def test_a_flush_writes_at_once_instead_of_waiting_out_the_linger() -> None:
+    store = CountingStore()
+    store.release.set()
+    audit = AuditLog(store, FakeClock(), linger_s=3600)  # type: ignore[arg-type]
+    audit.append(entry(1, "POST /a"))
+    await asyncio.sleep(0)
+    audit.append(entry(2, "POST /a"))
+    await asyncio.wait_for(audit.flush(), 5)
+    assert store.batches == [[1, 2]]
+    audit.append(entry(3, "POST /a"))  # a new writer lingers again, and aclose hurries it too
+    await asyncio.wait_for(audit.aclose(), 5)
+    assert store.batches == [[1, 2], [3]]
 
 
 async def test_a_query_sees_every_entry_appended_before_it(store: SqliteMetaStore) -> None:

@@ -22,6 +22,12 @@ LOCAL_ACTOR = "local"
 DEFAULT_TENANT = "default"
 MAX_LIMIT = 1000
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LINGER_S = 0.02
+"""How long the writer lets entries gather before it writes them, so that sequential requests (an
+agent's loop of commands) share a store transaction too. Each write is a hand-off to the store's
+thread, whose Python competes with the event loop for the GIL: one write per request cost an
+exec round trip ~0.5 ms (exec_rtt p50 3.6 → 3.05 ms, interleaved runs). A crash loses at most
+this much more of the log than SQLite's synchronous=NORMAL may."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +62,18 @@ def describe_target(path_params: Mapping[str, object]) -> str:
 
 
 class AuditLog:
-    """Entries are queued and written by one writer task, all those queued meanwhile in one store
-    transaction: a burst of requests costs the event loop one hand-off to the store's thread
-    instead of one each. `query` and `aclose` write what is queued first, so a reader sees every
-    answered request, and a server stopping loses none."""
+    """Entries are queued and written by one writer task, all those queued meanwhile (and during
+    `linger_s` before it starts) in one store transaction: many requests cost the event loop one
+    hand-off to the store's thread instead of one each. `query` and `aclose` write what is queued
+    at once, so a reader sees every answered request, and a server stopping loses none."""
 
-    def __init__(self, store: MetaStore, clock: Clock) -> None:
+    def __init__(self, store: MetaStore, clock: Clock, *, linger_s: float = LINGER_S) -> None:
         self._store = store
         self._clock = clock
+        self._linger_s = linger_s
         self._queued: list[AuditRecord] = []
         self._writer: asyncio.Task[None] | None = None
+        self._write_now = asyncio.Event()
 
     def now(self) -> float:
         return self._clock.now()
@@ -78,6 +86,7 @@ class AuditLog:
 
     async def _write_queued(self) -> None:
         try:
+            await self._linger()
             while self._queued:
                 batch, self._queued = self._queued, []
                 try:
@@ -92,10 +101,23 @@ class AuditLog:
                     )
         finally:
             self._writer = None
+            self._write_now.clear()
+
+    async def _linger(self) -> None:
+        """Up to linger_s, less if a flush asks (a timer and an event, not wait_for: on Python
+        3.11 wait_for can swallow a cancellation that meets a set event)."""
+        if self._linger_s <= 0 or self._write_now.is_set():
+            return
+        timer = asyncio.get_running_loop().call_later(self._linger_s, self._write_now.set)
+        try:
+            await self._write_now.wait()
+        finally:
+            timer.cancel()
 
     async def flush(self) -> None:
-        """Wait until every entry queued so far is written (or its failure logged)."""
+        """Write every entry queued so far (or log its failure) now, and wait until done."""
         while (writer := self._writer) is not None:
+            self._write_now.set()  # (the writer clears it when it ends)
             await asyncio.shield(writer)
 
     async def aclose(self) -> None:
