@@ -1,6 +1,8 @@
 """The server's entry point: read settings once, then run the gateway on the public port in front of
-the control-plane app (uvicorn on a private Unix socket). The gateway owns signals and the order of
-shutdown: stop accepting and drain, then the app's lifespan stops sessions and instances."""
+the control-plane app, which it calls in-process (uvicorn, on a private Unix socket, runs the app's
+lifespan and takes the requests the gateway does not serve in-process: upgrades, chunked uploads,
+`Expect`). The gateway owns signals and the order of shutdown: stop accepting and drain, then the
+app's lifespan stops sessions and instances."""
 
 from __future__ import annotations
 
@@ -113,6 +115,7 @@ async def run(settings: Settings) -> None:
         app.state.telemetry,
         e2b=app.state.e2b_ports,
         auth=app.state.request_auth,
+        control_app=app,  # plain requests in-process; upgrades, chunked bodies, Expect via uvicorn
     )
     gateway = GatewayServer(router, request_timeout_s=settings.request_timeout_s, access_log=log_access)
     await gateway.start(settings.host, settings.port)

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import math
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
@@ -80,6 +80,7 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         self._head_raw = 0  # bytes of reads that fell wholly inside a head (httptools buffers those)
         self._linger_left = -1  # >= 0: closing after a response to an unfinished request
+        self._sockname: tuple[str, int | None] | Literal[False] | None = False  # False: not looked up
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -141,6 +142,17 @@ class ClientConnection(asyncio.Protocol):
             exchange.on_client_lost()
         self._tunnel = None
         self.server.forget(self)
+
+    @property
+    def sockname(self) -> tuple[str, int | None] | None:
+        """The address the client reached, as an ASGI scope's `server` (looked up once)."""
+        if self._sockname is False:
+            name = self.transport.get_extra_info("sockname") if self.transport is not None else None
+            if isinstance(name, tuple) and len(name) >= 2:
+                self._sockname = (str(name[0]), int(name[1]))
+            else:
+                self._sockname = (name, None) if isinstance(name, str) and name else None
+        return self._sockname
 
     def pause_writing(self) -> None:
         self.write_paused = True

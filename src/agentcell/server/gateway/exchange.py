@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from agentcell.server.gateway.asgi import AppCall, http_scope
 from agentcell.server.gateway.headers import (
     Framing,
     interim_head,
@@ -28,7 +29,7 @@ from agentcell.server.gateway.headers import (
     upgrade_response_head,
     upstream_request_head,
 )
-from agentcell.server.gateway.route import AccessRecord, Forward, RequestHead, Respond, Route
+from agentcell.server.gateway.route import AccessRecord, AppUpstream, Forward, RequestHead, Respond, Route
 from agentcell.server.gateway.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ class Exchange:
         self.status = 0
         self.route: Route | None = None
         self.task: asyncio.Task[Route] | asyncio.Task[UpstreamConnection] | None = None
-        self.upstream: UpstreamConnection | None = None
+        self.upstream: UpstreamConnection | AppCall | None = None
         self.pending: list[bytes] = []
         self.pending_size = 0
         self.replay: list[bytes] | None = []
@@ -177,6 +178,9 @@ class Exchange:
                 self.timeout_s = route.timeout_s
                 self._extend_deadline()
             self.state = CONNECTING
+            if isinstance(route.upstream, AppUpstream):
+                self._call_app(route, route.upstream)
+                return
             upstream = self.server.pool.take_idle(route.upstream)
             if upstream is not None:
                 self._attach(upstream)
@@ -244,7 +248,25 @@ class Exchange:
         upstream.writelines(data)
         self._match_flow(upstream)
 
-    def _match_flow(self, upstream: UpstreamConnection) -> None:
+    def _call_app(self, route: Forward, target: AppUpstream) -> None:
+        """Hand the request to an in-process app, with the body read so far."""
+        head = self.head
+        path = route.rewrite_path if route.rewrite_path is not None else head.raw_path
+        length = head.index.get(b"content-length")
+        scope = http_scope(head, path, self.server.scheme, self.conn.sockname)
+        call = AppCall(self, target.app, scope, int(length) if length and length.isdigit() else 0)
+        self.upstream = call
+        self.state = WAITING
+        self.replay = None  # nothing to resend: no connection can go stale under it
+        pending, self.pending = self.pending, []
+        if self.pending_size > PENDING_LIMIT:
+            self.conn.set_read_blocked(self.conn.BODY, False)
+        self.pending_size = 0
+        call.writelines(pending)
+        self._match_flow(call)
+        self.server.run_app(call)
+
+    def _match_flow(self, upstream: UpstreamConnection | AppCall) -> None:
         """Carry each side's backpressure over to a newly bound upstream connection."""
         if self.conn.write_paused:
             upstream.set_reading(False)
@@ -523,7 +545,7 @@ class Exchange:
             self.conn.close()
             self._finish()
 
-    def _may_retry(self, upstream: UpstreamConnection | None) -> bool:
+    def _may_retry(self, upstream: UpstreamConnection | AppCall | None) -> bool:
         """Only a reused connection, only once, only a replayable request (Go's net/http rule:
         safe method or an Idempotency-Key), only if all that was sent is still held."""
         return (
@@ -549,3 +571,11 @@ class Exchange:
 
     def on_upstream_writable(self, writable: bool) -> None:
         self.conn.set_read_blocked(self.conn.BODY, not writable)
+
+    def on_app_error(self, message: str) -> None:
+        """An in-process app failed, or returned without finishing its answer."""
+        if self.state == WAITING:
+            log.info("the app failed before answering %r: %s", self.head, message)
+            self._fail(500, "internal", "the server failed to answer this request; see its log")
+        else:
+            self.on_upstream_lost(message)

@@ -5,7 +5,8 @@
 A lean asyncio front server and streaming reverse proxy (httptools parsing, callback-driven
 protocols, pooled keep-alive upstream connections): `server.py` owns the listeners, `connection.py`
 one client connection, `exchange.py` one proxied request, `upstream.py` the upstream side,
-`headers.py` the header rewriting, `route.py` the types the router deals in.
+`asgi.py` an in-process ASGI app as the upstream, `headers.py` the header rewriting, `route.py`
+the types the router deals in.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from agentcell.server.gateway.headers import error_envelope
 from agentcell.server.gateway.route import (
     AccessLog,
     AccessRecord,
+    AppUpstream,
     CompletionCallback,
     ErrorResponder,
     Forward,
@@ -32,6 +34,7 @@ from agentcell.server.gateway.server import GatewayServer
 __all__ = [
     "AccessLog",
     "AccessRecord",
+    "AppUpstream",
     "CompletionCallback",
     "ErrorResponder",
     "Forward",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -96,7 +96,23 @@ class SocketUpstream:
     connect: Callable[[], Awaitable[socket.socket]] = field(compare=False, hash=False, repr=False)
 
 
-UpstreamAddress = TcpUpstream | UnixUpstream | SocketUpstream
+AsgiMessage = MutableMapping[str, Any]
+AsgiApp = Callable[
+    [AsgiMessage, Callable[[], Awaitable[AsgiMessage]], Callable[[AsgiMessage], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AppUpstream:
+    """An ASGI application in the gateway's own process (the control plane): a request reaches it
+    with no socket and no second HTTP parse. Only plain requests go this way (see
+    `asgi.serves_in_process`); upgrades, chunked bodies and `Expect` go through a socket."""
+
+    app: AsgiApp
+
+
+UpstreamAddress = TcpUpstream | UnixUpstream | SocketUpstream | AppUpstream
 
 CompletionCallback = Callable[[int, int, int, float], None]
 """on_complete(status, bytes_in, bytes_out, duration_s): called exactly once per routed request.

@@ -19,9 +19,12 @@ from agentcell.protocol.functions import Affinity
 from agentcell.server.auth.access import RequestAuth
 from agentcell.server.auth.names import qualify
 from agentcell.server.gateway import e2b, mcp
+from agentcell.server.gateway.asgi import serves_in_process
 from agentcell.server.gateway.e2b import SandboxPorts
 from agentcell.server.gateway.keys import MCP_SESSION_HEADER, FunctionTarget, function_target, session_key
 from agentcell.server.gateway.route import (
+    AppUpstream,
+    AsgiApp,
     CompletionCallback,
     Forward,
     RequestHead,
@@ -68,19 +71,21 @@ class GatewayRouter:
         telemetry: Telemetry | None = None,
         e2b: SandboxPorts | None = None,
         auth: RequestAuth | None = None,
+        control_app: AsgiApp | None = None,
     ) -> None:
         self._auth = auth
         self._telemetry = telemetry or NullTelemetry()
         self._e2b = e2b
         self._scheduler = scheduler
         self._control = control
+        self._control_app = AppUpstream(control_app) if control_app is not None else None
         self._domain = domain.lower().encode() if domain else None
 
     def _resolve(self, head: RequestHead) -> tuple[FunctionTarget, Affinity, str | None] | Route:
         """Which function and session key a request names — or the answer when that settles it."""
         target = function_target(head.raw_path, head.header(b"host"), self._domain)
         if target is None:
-            return self._e2b_route(head) or Forward(self._control)
+            return self._e2b_route(head) or Forward(self._control_for(head))
         try:
             target = self._authorized(head, target)
             affinity = self._scheduler.function(target.name).config.affinity
@@ -91,6 +96,12 @@ class GatewayRouter:
             self._telemetry.error(exc.code)
             return domain_error(exc, head.request_id)
         return target, affinity, key
+
+    def _control_for(self, head: RequestHead) -> UpstreamAddress:
+        """The control plane: called in-process when the request is plain, else through its socket."""
+        if self._control_app is not None and serves_in_process(head):
+            return self._control_app
+        return self._control
 
     def _authorized(self, head: RequestHead, target: FunctionTarget) -> FunctionTarget:
         """The caller's function of that name (tenant-qualified), once its key allows `invoke`;
@@ -114,9 +125,9 @@ class GatewayRouter:
         found = e2b.sandbox_port(head.header(b"host"), self._e2b.domain)
         if found is None:
             signed = e2b.is_signed_file_url(head.raw_path, head.query)
-            return Forward(self._control, rewrite_path=e2b.SIGNED_FILES_PATH) if signed else None
+            return Forward(self._control_for(head), rewrite_path=e2b.SIGNED_FILES_PATH) if signed else None
         if found.port in e2b.IN_SANDBOX_PORTS:
-            return Forward(self._control, rewrite_path=e2b.control_path(found, head.raw_path))
+            return Forward(self._control_for(head), rewrite_path=e2b.control_path(found, head.raw_path))
         if not self._e2b.is_running(found.sandbox_id):
             return Respond(502, [(b"content-type", b"application/json")], e2b.gone_body(found))
         connect = partial(self._e2b.connect, found.sandbox_id, found.port)

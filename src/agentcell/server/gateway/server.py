@@ -21,6 +21,7 @@ import socket
 from collections.abc import Callable
 from types import TracebackType
 
+from agentcell.server.gateway.asgi import AppCall
 from agentcell.server.gateway.connection import ClientConnection
 from agentcell.server.gateway.headers import error_envelope
 from agentcell.server.gateway.route import AccessLog, ErrorResponder, RequestHead, Route, Router
@@ -70,6 +71,7 @@ class GatewayServer:
         self.access_log = access_log
         self.error_responder = error_responder
         self.trust_forwarded = trust_forwarded
+        self.scheme = scheme
         self.proto = scheme.encode("ascii")
         self.backlog = backlog
         self.pool = UpstreamPool(
@@ -80,6 +82,7 @@ class GatewayServer:
         self._listeners: list[asyncio.Server] = []
         self._connections: set[ClientConnection] = set()
         self._drained = asyncio.Event()
+        self._app_calls: set[asyncio.Task[None]] = set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -147,9 +150,19 @@ class GatewayServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), 1.0)
         self.pool.close()
+        await self._end_app_calls()
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners.clear()
+
+    async def _end_app_calls(self) -> None:
+        """Every connection is gone, so every in-process app call has heard a disconnect; cancel
+        those that did not end on it."""
+        calls = list(self._app_calls)
+        for task in calls:
+            task.cancel()
+        if calls:
+            await asyncio.wait(calls, timeout=5.0)
 
     async def __aenter__(self) -> GatewayServer:
         return self
@@ -160,6 +173,12 @@ class GatewayServer:
         await self.aclose()
 
     # --- used by connections ------------------------------------------------------------------
+
+    def run_app(self, call: AppCall) -> None:
+        """Call an in-process app for one exchange, in a task of its own."""
+        task = self.loop.create_task(call.run())
+        self._app_calls.add(task)
+        task.add_done_callback(self._app_calls.discard)
 
     def _new_connection(self) -> ClientConnection:
         return ClientConnection(self)

@@ -17,7 +17,7 @@ from typing import Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-from agentcell.server.gateway.route import TcpUpstream, UnixUpstream, UpstreamAddress
+from agentcell.server.gateway.route import AppUpstream, TcpUpstream, UnixUpstream, UpstreamAddress
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class ResponseSink(Protocol):
     def on_upstream_lost(self, error: str) -> None: ...
     def on_tunnel_data(self, data: bytes) -> None: ...
     def on_upstream_writable(self, writable: bool) -> None: ...
+    def on_app_error(self, message: str) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -240,6 +241,8 @@ class UpstreamPool:
             await loop.create_connection(lambda: conn, address.host, address.port)
         elif isinstance(address, UnixUpstream):
             await loop.create_unix_connection(lambda: conn, address.path)
+        elif isinstance(address, AppUpstream):
+            raise TypeError("an in-process app is called by its exchange, not connected to")
         else:
             sock = await address.connect()
             try:
