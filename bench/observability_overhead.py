@@ -192,7 +192,8 @@ def hook_ns(telemetry: Telemetry, calls: int = 200_000) -> float:
 
 
 async def audit_append_us(rows: int = 500) -> float:
-    """Wall time of one audit append on the SQLite store (thread hop + WAL commit), in µs."""
+    """Wall time of one audit write of one entry on the SQLite store (thread hop + WAL commit), in
+    µs: what a request costs when no other entry shares its write."""
     with tempfile.TemporaryDirectory(prefix="agentcell-bench-") as tmp:
         store = SqliteMetaStore(Path(tmp) / "meta.db")
         await store.open()
@@ -201,10 +202,10 @@ async def audit_append_us(rows: int = 500) -> float:
                 0.0, "local", "default", "POST /v1/x/{id}", "id=1", 200, "req_1", "POST", "/v1/x/1"
             )
             for _ in range(20):
-                await store.append_audit(record)
+                await store.append_audits([record])
             started = time.perf_counter()
             for _ in range(rows):
-                await store.append_audit(record)
+                await store.append_audits([record])
             return (time.perf_counter() - started) / rows * 1e6
         finally:
             await store.aclose()
