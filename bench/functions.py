@@ -21,6 +21,9 @@ def echo_archive() -> bytes:
 
 def deploy(client: httpx.Client, name: str, **config: object) -> None:
     body = {"cmd": "python3 app.py", "idle_timeout_s": 3600, **config}
-    files = {"config": (None, json.dumps(body)), "code": ("code.tar.gz", echo_archive())}
+    files: dict[str, tuple[str | None, bytes | str]] = {
+        "config": (None, json.dumps(body)),
+        "code": ("code.tar.gz", echo_archive()),
+    }
     reply = client.put(f"/v1/functions/{name}", files=files)
     reply.raise_for_status()

@@ -4,7 +4,6 @@ started directly on the host and initialized (the baseline)."""
 
 from __future__ import annotations
 
-import sys
 import time
 
 import httpx
@@ -43,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -61,13 +61,19 @@ def deploy_sdk_mcp(client: httpx.Client, name: str, directory: Path) -> None:
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
         tar.add(directory, arcname=".")
     body = {"cmd": SDK_CMD, "affinity": {"kind": "mcp"}, "idle_timeout_s": 3600}
-    files = {"config": (None, json.dumps(body)), "code": ("code.tar.gz", buffer.getvalue())}
+    files: dict[str, tuple[str | None, bytes | str]] = {
+        "config": (None, json.dumps(body)),
+        "code": ("code.tar.gz", buffer.getvalue()),
+    }
     client.put(f"/v1/functions/{name}", files=files).raise_for_status()
 
 
 def deploy_mcp(client: httpx.Client, name: str, **config: Any) -> None:
     body = {"stdio": "python3 server.py", "affinity": {"kind": "mcp"}, "idle_timeout_s": 3600, **config}
-    files = {"config": (None, json.dumps(body)), "code": ("code.tar.gz", fixture_archive())}
+    files: dict[str, tuple[str | None, bytes | str]] = {
+        "config": (None, json.dumps(body)),
+        "code": ("code.tar.gz", fixture_archive()),
+    }
     client.put(f"/v1/functions/{name}", files=files).raise_for_status()
 
 

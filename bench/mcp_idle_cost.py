@@ -3,7 +3,6 @@ processes and instances they hold (the target is none), against the server with 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import httpx
@@ -53,4 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

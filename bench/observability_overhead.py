@@ -150,7 +150,10 @@ def prepare(server: BenchServer) -> str:
     """Deploy the fast function (an instance for every session) and create one sandbox."""
     with httpx.Client(base_url=server.url, timeout=120, headers=AUTH) as api:
         config = {"cmd": "python3 app.py", "idle_timeout_s": 3600, "max_instances": SESSIONS + 2}
-        files = {"config": (None, json.dumps(config)), "code": ("code.tar.gz", fast_archive())}
+        files: dict[str, tuple[str | None, bytes | str]] = {
+            "config": (None, json.dumps(config)),
+            "code": ("code.tar.gz", fast_archive()),
+        }
         api.put(f"/v1/functions/{FUNCTION}", files=files).raise_for_status()
         created = api.post("/v1/sandboxes", json={"timeout_s": 600})
         created.raise_for_status()

@@ -36,7 +36,8 @@ async def echo_samples(port: int) -> tuple[list[float], list[float]]:
         status, body = await client.request("POST", "/v1/sandboxes", {"timeout_s": 600})
         assert status == 201, body
         commands = f"/v1/sandboxes/{json.loads(body)['id']}/commands"
-        pty, pipes = [], []
+        pty: list[float] = []
+        pipes: list[float] = []
         for i in range(RUNS + WARMUP):
             for samples, extra in ((pty, {"pty": SIZE}), (pipes, {})):
                 started = time.perf_counter()

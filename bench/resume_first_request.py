@@ -4,7 +4,6 @@ new session with nothing to restore, on the same warm pool in the same run (the 
 
 from __future__ import annotations
 
-import sys
 import time
 
 import httpx
@@ -45,7 +44,7 @@ def main() -> None:
         progress(f"{NAME}: {RUNS} resumes of a 10 MB / 100-file workspace")
         for i in range(RUNS):
             key = f"r{i}"
-            populate = {"dir": "/home/user/proj", "seed": i, "files": 100, "kb": 100}
+            populate: dict[str, str | int] = {"dir": "/home/user/proj", "seed": i, "files": 100, "kb": 100}
             client.get("/fn/resume/populate", params=populate, headers={KEY: key}).raise_for_status()
             end_session(client, key)
             wait_warm(client, 2)
@@ -62,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 
 import httpx
@@ -64,8 +63,9 @@ def main() -> None:
 
 def _session_id(client: httpx.Client, key: str) -> str:
     sessions = client.get("/v1/functions/cold/sessions").json()["sessions"]
-    return next(s["id"] for s in sessions if s["key"] == key)
+    found: str = next(s["id"] for s in sessions if s["key"] == key)
+    return found
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
