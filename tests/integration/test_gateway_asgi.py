@@ -27,6 +27,7 @@ from tests.integration.test_gateway_proxy import (
     Scope,
     Send,
     StaticRouter,
+    download_slowly,
     make_app,
     peak_rss,
     running_gateway,
@@ -88,14 +89,8 @@ async def test_unsized_answers_are_chunked_and_events_are_not_held(tmp_path: Pat
 
 async def test_a_large_download_to_a_slow_reader_is_not_buffered(tmp_path: Path) -> None:
     async with running_gateway(in_process(make_app(AppState()))) as (_, address):
-        client = await Client.connect(address)
-        client.keep_body = False
-        client.read_pause_s = 0.0005
-        async with peak_rss() as rss:
-            got = await client.request("GET", "/big?mib=128")
-        assert got.status == 200 and client.body_bytes == 128 * MiB
-        assert rss[1] - rss[0] < 48 * MiB, f"RSS grew by {(rss[1] - rss[0]) // MiB} MiB"
-        await client.aclose()
+        growth = await download_slowly(address, 128)
+        assert growth < 48 * MiB, f"RSS grew by {growth // MiB} MiB"
 
 
 async def slow_counter(scope: Scope, receive: Receive, send: Send) -> None:
