@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import AUTH
+from tests.conftest import AUTH, ServerProcess
 from tests.integration.conftest import deploy
 
 ECHO = {"cmd": "python3 app.py", "idle_timeout_s": 600}
@@ -43,6 +43,23 @@ def test_same_session_same_instance_with_memory_other_session_elsewhere(api: htt
     assert bob["instance"] != first["instance"]
     assert first["forwarded_for"] == "127.0.0.1"
     assert first["path"] == "/whoami"
+
+
+def test_the_access_log_names_function_session_and_instance(
+    api: httpx.Client, fn: str, shared_server: ServerProcess
+) -> None:
+    """One line per request, with the ids an operator follows a session by (default level INFO)."""
+    instance = whoami(api, fn, "logged-1").json()["instance"]
+    sessions = api.get(f"/v1/functions/{fn}/sessions").json()["sessions"]
+    session = next(s["id"] for s in sessions if s["key"] == "logged-1")
+    wanted = (f'"GET /fn/{fn}/whoami" 200 ', f"fn={fn} session={session} instance={instance}")
+    deadline = time.monotonic() + 5
+    while True:
+        lines = shared_server.log_path.read_text(errors="replace").splitlines()
+        if any(all(part in line for part in wanted) for line in lines):
+            return
+        assert time.monotonic() < deadline, [line for line in lines if fn in line][-5:]
+        time.sleep(0.05)
 
 
 def test_a_request_without_a_key_gets_one_back(api: httpx.Client, fn: str) -> None:
