@@ -175,8 +175,9 @@ class FakeDriver:
         procs = self._procs.pop(sandbox_id, [])
         for proc in procs:  # all killed before any await: a cancelled stop leaves none running
             proc.send_signal(signal.SIGKILL)
-        for proc in procs:
-            await proc.wait()
+        # Shielded: a cancelled stop still reaps them (a process object dropped before its exit is
+        # collected warns "subprocess … is still running" wherever the garbage collector runs).
+        await asyncio.shield(asyncio.gather(*(proc.wait() for proc in procs)))
         self._ports.pop(sandbox_id, None)
         self._specs.pop(sandbox_id, None)
         shutil.rmtree(self._root / sandbox_id, ignore_errors=True)
