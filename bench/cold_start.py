@@ -133,9 +133,10 @@ async def measure(server: BenchServer, pool: int) -> Figures:
             spawner_ms += spawner_round_ms
         figures.server_cpu_ms = server_ms / (ROUNDS * CONCURRENT)
         figures.spawner_cpu_ms = spawner_ms / (ROUNDS * CONCURRENT)
-        for _ in range(0 if pool else ROUNDS):
-            await asyncio.sleep(0.5)  # the last round's instances are being stopped
-            figures.create_only += (await burst(clients, server.pid, spawner, run=False))[0]
+        if not pool:
+            for _ in range(ROUNDS):
+                await asyncio.sleep(0.5)  # the last round's instances are being stopped
+                figures.create_only += (await burst(clients, server.pid, spawner, run=False))[0]
         return figures
     finally:
         for client in clients:

@@ -79,7 +79,7 @@ class AppCall:
         self._writable.set()
         self._started = False
         self._complete = False
-        self._declared_length = -1
+        self._declared_length = -1  # the Content-Length the body is held to (not for HEAD)
         self._sent = 0
 
     async def run(self) -> None:
@@ -177,11 +177,11 @@ class AppCall:
             raise RuntimeError("http.response.start sent twice")
         self._started = True
         headers = [(bytes(name).lower(), bytes(value)) for name, value in message.get("headers", ())]
-        for name, value in headers:
-            if name == b"content-length" and value.isdigit():
-                self._declared_length = int(value)
-        if self._declared_length < 0:  # an unsized body ends with the app's last message, not a close
+        length = next((v for n, v in headers if n == b"content-length" and v.isdigit()), None)
+        if length is None:  # an unsized body ends with the app's last message, not a close
             headers.append((b"transfer-encoding", b"chunked"))
+        elif self.scope["method"] != "HEAD":  # (a HEAD answer's length describes no body here)
+            self._declared_length = int(length)
         if not self._ended:
             self.sink.on_response_head(int(message["status"]), headers)
 
@@ -192,7 +192,7 @@ class AppCall:
         more = bool(message.get("more_body", False))
         self._sent += len(body)
         declared = self._declared_length
-        if declared >= 0 and self._sent > declared and self.scope["method"] != "HEAD":
+        if declared >= 0 and self._sent > declared:
             raise RuntimeError(f"the response body is longer than its Content-Length ({declared})")
         self._complete = not more
         if self._ended:
@@ -203,7 +203,7 @@ class AppCall:
         if more:
             sink.on_response_flush()
             await self._writable.wait()
-        elif declared >= 0 and self._sent < declared and self.scope["method"] != "HEAD":
+        elif declared >= 0 and self._sent < declared:
             self._fail(f"the response body is shorter than its Content-Length ({declared})")
         else:
             sink.on_response_complete(True)

@@ -16,10 +16,11 @@ input dropped) briefly before closing, so that the answer is not destroyed by a 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from collections import deque
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
@@ -80,7 +81,6 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         self._head_raw = 0  # bytes of reads that fell wholly inside a head (httptools buffers those)
         self._linger_left = -1  # >= 0: closing after a response to an unfinished request
-        self._sockname: tuple[str, int | None] | Literal[False] | None = False  # False: not looked up
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -143,16 +143,13 @@ class ClientConnection(asyncio.Protocol):
         self._tunnel = None
         self.server.forget(self)
 
-    @property
+    @functools.cached_property
     def sockname(self) -> tuple[str, int | None] | None:
         """The address the client reached, as an ASGI scope's `server` (looked up once)."""
-        if self._sockname is False:
-            name = self.transport.get_extra_info("sockname") if self.transport is not None else None
-            if isinstance(name, tuple) and len(name) >= 2:
-                self._sockname = (str(name[0]), int(name[1]))
-            else:
-                self._sockname = (name, None) if isinstance(name, str) and name else None
-        return self._sockname
+        name = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        if isinstance(name, tuple) and len(name) >= 2:
+            return (str(name[0]), int(name[1]))
+        return (name, None) if isinstance(name, str) and name else None
 
     def pause_writing(self) -> None:
         self.write_paused = True

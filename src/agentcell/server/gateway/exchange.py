@@ -29,7 +29,15 @@ from agentcell.server.gateway.headers import (
     upgrade_response_head,
     upstream_request_head,
 )
-from agentcell.server.gateway.route import AccessRecord, AppUpstream, Forward, RequestHead, Respond, Route
+from agentcell.server.gateway.route import (
+    AccessRecord,
+    AppUpstream,
+    Forward,
+    RequestHead,
+    Respond,
+    Route,
+    UpstreamAddress,
+)
 from agentcell.server.gateway.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -185,15 +193,15 @@ class Exchange:
             if upstream is not None:
                 self._attach(upstream)
             else:
-                self._connect(route)
+                self._connect(route.upstream)
         elif isinstance(route, Respond):
             self._respond(route)
         else:
             self.route = None
             self._fail(500, "internal", f"the router returned {type(route).__name__}, not a Route")
 
-    def _connect(self, route: Forward) -> None:
-        task = self.conn.loop.create_task(self.server.pool.connect(route.upstream))
+    def _connect(self, address: UpstreamAddress) -> None:
+        task = self.conn.loop.create_task(self.server.pool.connect(address))
         self.task = task
         task.add_done_callback(self._on_connected)
 
@@ -253,7 +261,7 @@ class Exchange:
         head = self.head
         path = route.rewrite_path if route.rewrite_path is not None else head.raw_path
         length = head.index.get(b"content-length")
-        scope = http_scope(head, path, self.server.scheme, self.conn.sockname)
+        scope = http_scope(head, path, self.server.proto.decode(), self.conn.sockname)
         call = AppCall(self, target.app, scope, int(length) if length and length.isdigit() else 0)
         self.upstream = call
         self.state = WAITING
@@ -562,8 +570,8 @@ class Exchange:
         self.retried = True
         self.state = CONNECTING
         route = self.route
-        assert isinstance(route, Forward)
-        self._connect(route)
+        assert isinstance(route, Forward) and not isinstance(route.upstream, AppUpstream)  # (never retried)
+        self._connect(route.upstream)
 
     def on_tunnel_data(self, data: bytes) -> None:
         self.bytes_out += len(data)

@@ -112,7 +112,7 @@ class AppUpstream:
     app: AsgiApp
 
 
-UpstreamAddress = TcpUpstream | UnixUpstream | SocketUpstream | AppUpstream
+UpstreamAddress = TcpUpstream | UnixUpstream | SocketUpstream
 
 CompletionCallback = Callable[[int, int, int, float], None]
 """on_complete(status, bytes_in, bytes_out, duration_s): called exactly once per routed request.
@@ -137,7 +137,7 @@ class Forward:
     as server-sent events), whose framing the gateway chooses.
     """
 
-    upstream: UpstreamAddress
+    upstream: UpstreamAddress | AppUpstream
     rewrite_path: bytes | None = None
     add_response_headers: Sequence[tuple[bytes, bytes]] = ()
     on_complete: CompletionCallback | None = None

@@ -97,7 +97,7 @@ class GatewayRouter:
             return domain_error(exc, head.request_id)
         return target, affinity, key
 
-    def _control_for(self, head: RequestHead) -> UpstreamAddress:
+    def _control_for(self, head: RequestHead) -> UpstreamAddress | AppUpstream:
         """The control plane: called in-process when the request is plain, else through its socket."""
         if self._control_app is not None and serves_in_process(head):
             return self._control_app

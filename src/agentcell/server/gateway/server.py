@@ -71,7 +71,6 @@ class GatewayServer:
         self.access_log = access_log
         self.error_responder = error_responder
         self.trust_forwarded = trust_forwarded
-        self.scheme = scheme
         self.proto = scheme.encode("ascii")
         self.backlog = backlog
         self.pool = UpstreamPool(

@@ -17,7 +17,7 @@ from typing import Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-from agentcell.server.gateway.route import AppUpstream, TcpUpstream, UnixUpstream, UpstreamAddress
+from agentcell.server.gateway.route import TcpUpstream, UnixUpstream, UpstreamAddress
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +241,6 @@ class UpstreamPool:
             await loop.create_connection(lambda: conn, address.host, address.port)
         elif isinstance(address, UnixUpstream):
             await loop.create_unix_connection(lambda: conn, address.path)
-        elif isinstance(address, AppUpstream):
-            raise TypeError("an in-process app is called by its exchange, not connected to")
         else:
             sock = await address.connect()
             try:
