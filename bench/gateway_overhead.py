@@ -2,8 +2,10 @@
 
 One uvicorn upstream (httptools + uvloop), and in front of it, each in its own process: our
 `GatewayServer` (with a router doing the warm path's dict lookup) and Debian's nginx as a plain
-reverse proxy with upstream keep-alive (one worker). wrk drives 50 keep-alive connections against
-each target in turn, for several interleaved rounds; the medians are reported (under that load
+reverse proxy with upstream keep-alive (one worker). Both write an access line per request, as
+each does by default (the gateway's batched every 50 ms, nginx's given the same buffering). wrk
+drives 50 keep-alive connections against each target in turn, for several interleaved rounds;
+the medians are reported (under that load
 p50 is mostly queueing, so the hop's own latency is also measured with one connection:
 `p50_added_c1_ms`). Then one large streamed response (512 MiB) through each path, in MiB/s
 (best of two). `cpu_per_request_*_ms`: CPU time the answering process (upstream, gateway, nginx
@@ -149,20 +151,24 @@ class _WarmRouter:
 
 
 def serve_gateway(port: int, upstream_port: int) -> None:
-    """Entry point of the gateway subprocess: serve until SIGTERM, with the garbage collector
-    tuned as the server tunes its own."""
+    """Entry point of the gateway subprocess: serve until SIGTERM, with the garbage collector tuned
+    and an access line per request (to its log file) as the server does at its default level."""
     import uvloop
 
-    from agentcell.server.main import tune_garbage_collector
+    from agentcell.server.main import access_logger, tune_garbage_collector
+    from agentcell.server.observability.access_log import AccessLog
+    from agentcell.server.observability.logs import setup_logging
 
     async def run() -> None:
-        server = GatewayServer(_WarmRouter(upstream_port))
+        access = AccessLog(setup_logging("info").stream)
+        server = GatewayServer(_WarmRouter(upstream_port), access_log=access_logger(access))
         await server.start("127.0.0.1", port)
         tune_garbage_collector()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
         await server.aclose(drain_timeout_s=1)
+        access.close()
 
     uvloop.run(run())
 
@@ -244,7 +250,7 @@ pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-  access_log off;
+  access_log {tmp}/access.log combined buffer=64k flush=50ms;
   client_body_temp_path {tmp}/body;
   proxy_temp_path {tmp}/proxy;
   fastcgi_temp_path {tmp}/fastcgi;

@@ -35,8 +35,7 @@ class BenchServer:
         self.tmp = Path(tempfile.mkdtemp(prefix="agentcell-bench-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        defaults = {
-            "AGENTCELL_LOG_LEVEL": "warning",
+        defaults = {  # the default log level (info: an access line per request), as users run it
             "AGENTCELL_AUTH": "off",
             "AGENTCELL_ADMIN_KEY": BENCH_KEY,
         }

@@ -52,7 +52,7 @@ def test_the_access_log_names_function_session_and_instance(
     instance = whoami(api, fn, "logged-1").json()["instance"]
     sessions = api.get(f"/v1/functions/{fn}/sessions").json()["sessions"]
     session = next(s["id"] for s in sessions if s["key"] == "logged-1")
-    wanted = (f'"GET /fn/{fn}/whoami" 200 ', f"fn={fn} session={session} instance={instance}")
+    wanted = (f" {session} {instance}]: ", f'"GET /fn/{fn}/whoami" 200 ', f"fn={fn}")
     deadline = time.monotonic() + 5
     while True:
         lines = shared_server.log_path.read_text(errors="replace").splitlines()

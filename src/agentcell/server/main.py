@@ -12,7 +12,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import uvicorn
@@ -23,11 +23,11 @@ from agentcell.server.app import create_app
 from agentcell.server.gateway.route import AccessRecord, UnixUpstream
 from agentcell.server.gateway.router import GatewayRouter
 from agentcell.server.gateway.server import GatewayServer
+from agentcell.server.observability.access_log import AccessLog
 from agentcell.server.observability.logs import setup_logging
 from agentcell.server.settings import Settings
 
 log = logging.getLogger("agentcell")
-access_log = logging.getLogger("agentcell.access")
 
 
 class ControlServer(uvicorn.Server):
@@ -46,23 +46,25 @@ def parse_overrides(argv: list[str] | None) -> dict[str, object]:
     return {k: v for k, v in vars(args).items() if v is not None}
 
 
-def log_access(record: AccessRecord) -> None:
-    if not access_log.isEnabledFor(logging.INFO):
-        return
-    ctx = record.context or {}
-    access_log.info(
-        '%s "%s %s" %d %.1fms in=%d out=%d fn=%s session=%s instance=%s',
-        record.head.request_id,
-        record.head.method.decode(),
-        record.head.raw_path.decode("latin-1")[:200],
-        record.status,
-        record.duration_s * 1000,
-        record.bytes_in,
-        record.bytes_out,
-        ctx.get("function", "-"),
-        ctx.get("session", "-"),
-        ctx.get("instance", "-"),
-    )
+def access_logger(access: AccessLog) -> Callable[[AccessRecord], None]:
+    """The gateway's access hook: a request's record, as the access log's fields."""
+
+    def log_access(record: AccessRecord) -> None:
+        ctx = record.context or {}
+        access.write(
+            request_id=record.head.request_id,
+            method=record.head.method.decode(),
+            path=record.head.raw_path.decode("latin-1")[:200],
+            status=record.status,
+            duration_ms=record.duration_s * 1000,
+            bytes_in=record.bytes_in,
+            bytes_out=record.bytes_out,
+            function=ctx.get("function"),
+            session=ctx.get("session"),
+            instance=ctx.get("instance"),
+        )
+
+    return log_access
 
 
 GC_THRESHOLDS = (20_000, 20, 10)
@@ -82,7 +84,7 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, access: AccessLog) -> None:
     app = create_app(settings)
     run_dir = settings.state_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -117,7 +119,8 @@ async def run(settings: Settings) -> None:
         auth=app.state.request_auth,
         control_app=app,  # plain requests in-process; upgrades, chunked bodies, Expect via uvicorn
     )
-    gateway = GatewayServer(router, request_timeout_s=settings.request_timeout_s, access_log=log_access)
+    access_hook = access_logger(access)
+    gateway = GatewayServer(router, request_timeout_s=settings.request_timeout_s, access_log=access_hook)
     await gateway.start(settings.host, settings.port)
     tune_garbage_collector()
     log.info("agentcell listening on %s", gateway.addresses)
@@ -131,11 +134,12 @@ async def run(settings: Settings) -> None:
     await gateway.aclose(drain_timeout_s=settings.drain_timeout_s)
     control.should_exit = True
     await control_task
+    access.close()
     control_path.unlink(missing_ok=True)
 
 
 def serve(argv: list[str] | None = None) -> None:
     settings = Settings(**parse_overrides(argv))  # type: ignore[arg-type]
-    setup_logging(settings.log_level, settings.log_format, {"request_id": request_id_var})
+    handler = setup_logging(settings.log_level, settings.log_format, {"request_id": request_id_var})
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    uvloop.run(run(settings))
+    uvloop.run(run(settings, AccessLog(handler.stream, settings.log_format)))

@@ -182,7 +182,7 @@ class LinuxDriver:
             await asyncio.shield(self._teardown(host, sandbox_id, pidfd=None))
             raise
         self._instances[sandbox_id] = instance
-        log.info("sandbox %s started, init pid %d", sandbox_id, instance.init_pid)
+        log.debug("sandbox %s started, init pid %d", sandbox_id, instance.init_pid)
 
     async def stop(self, sandbox_id: str, grace_s: float = 2.0) -> None:
         if not SANDBOX_ID.fullmatch(sandbox_id):
@@ -438,7 +438,7 @@ class LinuxDriver:
         finally:
             self._forget(instance)
             await self._teardown(host, sandbox_id, pidfd=instance.pidfd)
-        log.info("sandbox %s stopped", sandbox_id)
+        log.debug("sandbox %s stopped", sandbox_id)
 
     async def _terminate(self, host: _Host, instance: _Instance, grace_s: float) -> None:
         """SIGTERM (the init passes it to every process), grace, SIGKILL the init: the kernel then

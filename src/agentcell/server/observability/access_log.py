@@ -1,0 +1,120 @@
+"""AccessLog: one line per request through the gateway, in the server's log format, written in
+batches.
+
+Through `logging`, a line cost 9 to 11 µs of the event loop's time (the caller's frame looked up, a
+LogRecord with thread and process names, `strftime`, a flush to stderr per line): a third of the
+gateway's own hop for a small function request, at the default level. Here a line is one f-string
+with a timestamp prefix cached per second, appended to a buffer that is written out every
+FLUSH_S or once it holds FLUSH_BYTES, whichever comes first, and at `close()`.
+
+Lines look like the other log lines (same time format, level, logger name, and the request,
+session and instance ids in the same place) and honour the level of the `agentcell.access`
+logger, so `AGENTCELL_LOG_LEVEL=warning` turns them off. A crash loses at most FLUSH_S of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from json.encoder import encode_basestring as json_string
+from typing import TextIO
+
+from agentcell.server.observability.logs import LogFormat
+
+LOGGER = "agentcell.access"
+FLUSH_S = 0.05
+FLUSH_BYTES = 64 << 10
+
+
+class AccessLog:
+    """Owns the access lines of one server: formats, buffers and writes them to `stream`."""
+
+    def __init__(
+        self, stream: TextIO, fmt: LogFormat = "text", clock: Callable[[], float] = time.time
+    ) -> None:
+        self._stream = stream
+        self._json = fmt == "json"
+        self._clock = clock
+        self._logger = logging.getLogger(LOGGER)
+        self._buffer: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._second_text = ""
+
+    def write(
+        self,
+        *,
+        request_id: str,
+        method: str,
+        path: str,
+        status: int,
+        duration_ms: float,
+        bytes_in: int,
+        bytes_out: int,
+        function: str | None,
+        session: str | None,
+        instance: str | None,
+    ) -> None:
+        if not self._logger.isEnabledFor(logging.INFO):
+            return
+        now = self._clock()
+        request = f'"{method} {path}" {status} {duration_ms:.1f}ms in={bytes_in} out={bytes_out}'
+        if self._json:
+            line = (
+                f'{{"time": "{self._json_time(now)}", "level": "info", "logger": "{LOGGER}", '
+                f'"message": {json_string(request)}, "request_id": {json_string(request_id)}, '
+                f'"function": {_json_or_null(function)}, "session": {_json_or_null(session)}, '
+                f'"instance": {_json_or_null(instance)}, "status": {status}, '
+                f'"duration_ms": {duration_ms:.3f}, "bytes_in": {bytes_in}, "bytes_out": {bytes_out}}}\n'
+            )
+        else:
+            ids = f"[{request_id} {session or '-'} {instance or '-'}]"
+            line = f"{self._text_time(now)} INFO {LOGGER} {ids}: {request} fn={function or '-'}\n"
+        self._buffer.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._buffer:
+            return
+        text, self._buffer, self._size = "".join(self._buffer), [], 0
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):  # a closed or broken stderr: the lines are lost, not the server
+            pass
+
+    def close(self) -> None:
+        self.flush()
+
+    def _text_time(self, now: float) -> str:
+        """As logging.Formatter writes asctime: local time, milliseconds after a comma."""
+        second = int(now)
+        if second != self._second:
+            self._second, self._second_text = (
+                second,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)),
+            )
+        return f"{self._second_text},{int((now - second) * 1000):03d}"
+
+    def _json_time(self, now: float) -> str:
+        """As the JSON formatter writes it: UTC, ISO 8601, milliseconds."""
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._second_text}.{int((now - second) * 1000):03d}+00:00"
+
+
+def _json_or_null(value: str | None) -> str:
+    return "null" if value is None else json_string(value)
