@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from agentcell.client import (
@@ -21,6 +23,7 @@ from agentcell.client import (
     NotFoundError,
     Sandbox,
 )
+from tests.conftest import AUTH
 
 MIB = 1 << 20
 RUN = {"suite": "test_sdk", "run": uuid.uuid4().hex[:12]}
@@ -83,6 +86,24 @@ async def test_output_streams_to_callbacks_as_it_comes(sbx: AsyncSandbox) -> Non
     )  # fmt: skip
     assert result.exit_code == 0 and [d for _, d in arrivals] == ["first\n", "second\n"]
     assert arrivals[0][0] - started < 1.5 <= arrivals[1][0] - started
+
+
+async def test_a_foreground_command_ends_when_its_client_leaves(sbx: AsyncSandbox, server_url: str) -> None:
+    """Closing the stream of a silent foreground command kills the command: nothing that no one
+    listens to is left running in the sandbox."""
+    marker = f"sleep {3000 + os.getpid() % 1000}"
+    async with httpx.AsyncClient(base_url=server_url, headers=AUTH, timeout=30) as client:
+        command = {"cmd": f"echo started; exec {marker}", "timeout_s": None}
+        async with client.stream("POST", f"/v1/sandboxes/{sbx.id}/commands", json=command) as reply:
+            async for line in reply.aiter_lines():
+                if "started" in line:
+                    break  # leaving the block closes the connection with the stream unread
+    listing = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done"
+    deadline = time.monotonic() + 5
+    while marker in (await sbx.commands.run(listing)).stdout:
+        assert time.monotonic() < deadline, f"{marker!r} still runs after its client left"
+        await asyncio.sleep(0.05)
+    assert all(not p.running for p in await sbx.commands.list())
 
 
 async def test_background_process_list_stdin_and_wait(sbx: AsyncSandbox) -> None:

@@ -7,7 +7,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 
 from fastapi import APIRouter, Response
-from fastapi.responses import StreamingResponse
 
 from agentcell.protocol.code import (
     CONTEXT_HEADER,
@@ -17,6 +16,7 @@ from agentcell.protocol.code import (
     CodeRun,
 )
 from agentcell.server.api.deps import Sandboxes
+from agentcell.server.api.streaming import StreamingResponse
 from agentcell.server.interpreter.execution import CodeEventModel
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/code", tags=["code"])

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from agentcell.protocol.commands import (
     CommandRequest,
@@ -18,6 +18,7 @@ from agentcell.protocol.commands import (
     StdinWrite,
 )
 from agentcell.server.api.deps import Sandboxes
+from agentcell.server.api.streaming import StreamingResponse
 from agentcell.server.scheduler.processes import Event
 from agentcell.server.scheduler.terminals import TerminalService
 

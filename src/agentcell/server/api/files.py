@@ -8,13 +8,13 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 
 from agentcell.errors import InvalidArgument
 from agentcell.protocol.files import FileEntry, FileList, MakeDir, Rename
 from agentcell.server.api.archive import archive_entries, tar_stream
 from agentcell.server.api.deps import Sandboxes
+from agentcell.server.api.streaming import StreamingResponse
 from agentcell.server.sandbox.driver import FileStat
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import StreamingResponse
 
 from agentcell.protocol.templates import TemplateBuildInfo, TemplateBuildRequest, TemplateInfo, TemplateList
+from agentcell.server.api.streaming import StreamingResponse
 from agentcell.server.templates.buildlog import Event
 from agentcell.server.templates.service import TemplateService
 

@@ -18,10 +18,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from agentcell.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from agentcell.server.api.streaming import StreamingResponse
 from agentcell.server.e2b import connect
 from agentcell.server.e2b.connect import RpcError
 from agentcell.server.e2b.entries import entry_info

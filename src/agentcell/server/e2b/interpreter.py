@@ -14,7 +14,6 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentcell.errors import NotFound
@@ -26,6 +25,7 @@ from agentcell.protocol.code import (
     CodeResultEvent,
     CodeRun,
 )
+from agentcell.server.api.streaming import StreamingResponse
 from agentcell.server.clock import Clock
 from agentcell.server.e2b.envd import authorized_sandbox
 from agentcell.server.e2b.registry import E2bRegistry

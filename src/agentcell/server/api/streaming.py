@@ -1,0 +1,45 @@
+"""StreamingResponse: Starlette's, watching for the client's disconnect with one plain task.
+
+Under ASGI HTTP before 2.4 (the gateway's in-process calls and uvicorn both speak 2.3) Starlette
+runs each streaming response in an anyio task group, to stop the stream when the client leaves:
+~60 µs of CPU per response here (cancelling the group formats the task's repr), more than all
+the rest of a short command's stream. This one does the same with a task that waits for the
+disconnect and cancels the streaming task: ~5 µs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette import responses
+from starlette.types import Receive, Scope, Send
+
+
+class StreamingResponse(responses.StreamingResponse):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.current_task()
+        if scope["type"] != "http" or streaming is None:
+            await super().__call__(scope, receive, send)
+            return
+        client_left = finished = False
+
+        def on_disconnect(watch: asyncio.Future[None]) -> None:
+            nonlocal client_left
+            if watch.cancelled() or watch.exception() is not None or finished:
+                return
+            client_left = True
+            streaming.cancel()
+
+        watch = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        watch.add_done_callback(on_disconnect)
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not client_left:
+                raise
+            streaming.uncancel()  # the stream ended because the client left, as Starlette's would
+        finally:
+            finished = True
+            watch.cancel()
+        if self.background is not None:
+            await self.background()
