@@ -48,17 +48,25 @@ def test_same_session_same_instance_with_memory_other_session_elsewhere(api: htt
 def test_the_access_log_names_function_session_and_instance(
     api: httpx.Client, fn: str, shared_server: ServerProcess
 ) -> None:
-    """One line per request, with the ids an operator follows a session by (default level INFO)."""
-    instance = whoami(api, fn, "logged-1").json()["instance"]
-    sessions = api.get(f"/v1/functions/{fn}/sessions").json()["sessions"]
-    session = next(s["id"] for s in sessions if s["key"] == "logged-1")
-    wanted = (f" {session} {instance}]: ", f'"GET /fn/{fn}/whoami" 200 ', f"fn={fn}")
+    """One line per request, with the ids an operator follows a request and a session by (default
+    level INFO): the request id is the one the function and the control plane got."""
+    trace = "trace-" + uuid.uuid4().hex[:12]
+    reply = api.get(f"/fn/{fn}/whoami", headers={"x-agentcell-session-id": "logged-1", "x-request-id": trace})
+    assert reply.json()["request_id"] == trace
+    instance = reply.json()["instance"]
+    listed = api.get(f"/v1/functions/{fn}/sessions", headers={"x-request-id": trace + "-ls"})
+    assert listed.headers["x-request-id"] == trace + "-ls"
+    session = next(s["id"] for s in listed.json()["sessions"] if s["key"] == "logged-1")
+    wanted = [
+        (f"[{trace} {session} {instance}]: ", f'"GET /fn/{fn}/whoami" 200 ', f"fn={fn}"),
+        (f"[{trace}-ls - -]: ", f'"GET /v1/functions/{fn}/sessions" 200 '),
+    ]
     deadline = time.monotonic() + 5
     while True:
         lines = shared_server.log_path.read_text(errors="replace").splitlines()
-        if any(all(part in line for part in wanted) for line in lines):
+        if all(any(all(part in line for part in parts) for line in lines) for parts in wanted):
             return
-        assert time.monotonic() < deadline, [line for line in lines if fn in line][-5:]
+        assert time.monotonic() < deadline, [line for line in lines if trace in line]
         time.sleep(0.05)
 
 
@@ -150,14 +158,15 @@ def test_bad_input_gets_envelopes(api: httpx.Client, fn: str) -> None:
     assert bad_key.status_code == 400 and "session key" in bad_key.json()["message"]
     long_key = whoami(api, fn, "k" * 300)
     assert long_key.status_code == 400
-    for config, needle in [
+    bad_configs: list[tuple[dict[str, object], str]] = [
         ({"cmd": "x", "sessions_per_instance": 0}, "sessions_per_instance"),
         ({"cmd": "x", "sessions_per_instance": 201}, "sessions_per_instance"),
         ({"cmd": "x", "idle_timeout_s": -1}, "idle_timeout_s"),
         ({"cmd": "x", "min_warm": 5, "max_instances": 2}, "min_warm"),
         ({"cmd": "x", "affinity": {"kind": "sticky"}}, "affinity"),
         ({}, "cmd"),
-    ]:
+    ]
+    for config, needle in bad_configs:
         reply = deploy(api, "bad-config", config)
         assert reply.status_code == 400 and needle in reply.json()["message"], reply.text
     assert deploy(api, "Bad_Name", ECHO).status_code == 400

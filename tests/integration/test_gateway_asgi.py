@@ -18,7 +18,7 @@ import httpx
 import uvloop
 
 from agentcell.server.gateway.asgi import serves_in_process
-from agentcell.server.gateway.route import AppUpstream, AsgiApp, RequestHead
+from agentcell.server.gateway.route import AccessRecord, AppUpstream, AsgiApp, RequestHead
 from tests.integration.test_gateway_proxy import (
     AppState,
     Client,
@@ -55,6 +55,17 @@ async def test_requests_reach_the_app_and_come_back(tmp_path: Path) -> None:
         assert (await client.request("GET", "/again")).json()["path"] == "/again"
         await client.aclose()
     assert [c[0] for c in router.completions] == [200, 200, 200]
+
+
+async def test_the_app_gets_the_request_id_the_access_log_records(tmp_path: Path) -> None:
+    records: list[AccessRecord] = []
+    async with running_gateway(in_process(make_app(AppState())), access_log=records.append) as (_, address):
+        client = await Client.connect(address)
+        given = (await client.request("GET", "/echo", headers=["X-Request-Id: trace-7"])).json()
+        made = (await client.request("GET", "/echo")).json()
+        await client.aclose()
+    assert given["headers"]["x-request-id"] == "trace-7" == records[0].head.request_id
+    assert made["headers"]["x-request-id"] == records[1].head.request_id != "trace-7"
 
 
 async def test_a_rewritten_path_is_what_the_app_sees(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import functools
 import json
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from websockets.asyncio.server import serve as ws_serve
 
 from agentcell.server.gateway.http1 import (
     AccessRecord,
+    AppUpstream,
     Forward,
     GatewayServer,
     RequestHead,
@@ -43,9 +44,9 @@ from agentcell.server.gateway.http1 import (
 
 MiB = 1024 * 1024
 Address = tuple[str, int] | str
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Scope = MutableMapping[str, Any]  # as the gateway's AsgiApp takes them
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 # --- routers ----------------------------------------------------------------------------------
@@ -54,7 +55,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 class StaticRouter:
     """Forwards everything to one upstream, except paths a test answers or breaks on purpose."""
 
-    def __init__(self, upstream: UpstreamAddress, **forward: Any) -> None:
+    def __init__(self, upstream: UpstreamAddress | AppUpstream, **forward: Any) -> None:
         self.upstream = upstream
         self.forward = forward
         self.answers: dict[bytes, Respond] = {}
@@ -489,6 +490,25 @@ async def test_forwarded_headers_describe_the_client(tmp_path: Path) -> None:
             got = await client.request("GET", "/echo", headers=["X-Forwarded-For: 10.0.0.1"])
             assert got.json()["headers"]["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
             await client.aclose()
+
+
+async def test_one_request_id_reaches_the_upstream_and_the_access_log(tmp_path: Path) -> None:
+    """A client's usable x-request-id is kept; a missing or unusable one is replaced by the
+    gateway's own; either way the upstream sees the id the access log records."""
+    state = AppState()
+    records: list[AccessRecord] = []
+    sent = [["X-Request-Id: trace-42"], [], ["X-Request-Id: " + "x" * 65], ["X-Request-Id: a\tb"]]
+    async with (
+        uvicorn_upstream(state) as upstream,
+        running_gateway(StaticRouter(upstream), access_log=records.append) as (_, address),
+    ):
+        client = await Client.connect(address)
+        seen = [(await client.request("GET", "/echo", headers=h)).json()["headers"] for h in sent]
+        await client.aclose()
+    ids = [record.head.request_id for record in records]
+    assert [headers["x-request-id"] for headers in seen] == ids
+    assert ids[0] == "trace-42"
+    assert all(i.startswith("req_") for i in ids[1:]) and len(set(ids)) == 4
 
 
 async def test_upstream_connection_is_reused_across_requests(tmp_path: Path) -> None:

@@ -25,6 +25,13 @@ class ErrorEnvelope(ReplyModel):
 
 REQUEST_ID_HEADER = "x-request-id"
 
+
+def usable_request_id(value: str) -> bool:
+    """Whether a request id a client sent can be kept (and echoed, and logged): 1 to 64
+    printable ASCII characters. Otherwise the server makes its own."""
+    return 0 < len(value) <= 64 and value.isascii() and value.isprintable()
+
+
 # The one table from error codes (agentcell.errors) to HTTP statuses; the SDK reads it backwards.
 STATUS_BY_CODE: dict[str, int] = {
     "invalid_argument": 400,

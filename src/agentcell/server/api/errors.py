@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentcell import errors
-from agentcell.protocol.common import REQUEST_ID_HEADER, STATUS_BY_CODE, ErrorEnvelope
+from agentcell.protocol.common import REQUEST_ID_HEADER, STATUS_BY_CODE, ErrorEnvelope, usable_request_id
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        request_id = given if given.isascii() and 0 < len(given) <= 64 and given.isprintable() else ""
+        request_id = given if usable_request_id(given) else ""
         request_id = request_id or "req_" + secrets.token_hex(8)
         token = request_id_var.set(request_id)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from agentcell.server.gateway.headers import NAME_CACHE, name_info
-from agentcell.server.gateway.route import AsgiApp, AsgiMessage, RequestHead
+from agentcell.server.gateway.route import REQUEST_ID_HEADER, AsgiApp, AsgiMessage, RequestHead
 
 if TYPE_CHECKING:
     from agentcell.server.gateway.upstream import ResponseSink
@@ -41,6 +41,12 @@ def http_scope(
     head: RequestHead, path: bytes, scheme: str, server: tuple[str, int | None] | None
 ) -> dict[str, Any]:
     names = NAME_CACHE
+    headers = []
+    for name, value in head.headers:
+        lname = (names.get(name) or name_info(name))[0]
+        if lname != REQUEST_ID_HEADER:  # replaced by the request's id, as for any upstream
+            headers.append((lname, value))
+    headers.append((REQUEST_ID_HEADER, head.request_id.encode()))
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -51,7 +57,7 @@ def http_scope(
         "raw_path": path,
         "query_string": head.query,
         "root_path": "",
-        "headers": [((names.get(name) or name_info(name))[0], value) for name, value in head.headers],
+        "headers": headers,
         "client": (head.client, 0) if head.client else None,
         "server": server,
         "state": {},

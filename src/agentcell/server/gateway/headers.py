@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from enum import IntEnum
 from http import HTTPStatus
 
-from agentcell.server.gateway.route import RequestHead, Respond
+from agentcell.server.gateway.route import REQUEST_ID_HEADER, RequestHead, Respond
 
 HOP_BY_HOP = frozenset(
     {
@@ -37,6 +37,7 @@ CONNECTION = 2  # dropped, and so are the headers it names
 CONTENT_LENGTH = 3
 TRANSFER_ENCODING = 4  # dropped; the gateway frames each side itself
 FORWARDED = 5  # x-forwarded-*: replaced, or extended when the gateway trusts them
+REQUEST_ID = 6  # x-request-id: replaced by the request's id (the client's, if usable)
 _KINDS = {name: HOP for name in HOP_BY_HOP} | {
     b"connection": CONNECTION,
     b"content-length": CONTENT_LENGTH,
@@ -44,6 +45,7 @@ _KINDS = {name: HOP for name in HOP_BY_HOP} | {
     b"x-forwarded-for": FORWARDED,
     b"x-forwarded-proto": FORWARDED,
     b"x-forwarded-host": FORWARDED,
+    REQUEST_ID_HEADER: REQUEST_ID,
 }
 NAME_CACHE: dict[bytes, tuple[bytes, int]] = {}  # raw name -> (lowercase name, kind); names repeat
 _NAMES_CACHED = 4096
@@ -103,7 +105,8 @@ def upstream_request_head(
 
     X-Forwarded-For gets the client address (appended to the client's value only when the
     gateway trusts forwarded headers, i.e. sits behind another proxy); X-Forwarded-Proto and
-    X-Forwarded-Host describe the request as the gateway received it.
+    X-Forwarded-Host describe the request as the gateway received it; X-Request-Id carries the
+    request's id.
     """
     index = head.index
     out = [head.method, b" ", path + b"?" + head.query if head.query else path, b" HTTP/1.1\r\n"]
@@ -122,6 +125,7 @@ def upstream_request_head(
     host = (index.get(b"x-forwarded-host") if trust_forwarded else None) or index.get(b"host")
     if host:
         out += (b"x-forwarded-host: ", host, b"\r\n")
+    out += (b"x-request-id: ", head.request_id.encode(), b"\r\n")
     if chunked:
         out.append(b"transfer-encoding: chunked\r\n")
     if upgrade is not None:
@@ -160,7 +164,7 @@ def plan_response(
             upstream_chunked = b"chunked" in value.lower()
         elif kind == CONNECTION:
             named = connection_tokens(value) | (named or frozenset())
-        elif kind == FORWARDED:
+        elif kind in (FORWARDED, REQUEST_ID):
             out += (name, b": ", value, b"\r\n")
     if named:
         out = [out[0], *_drop_named(out[1:], named)]

@@ -15,6 +15,10 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequen
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agentcell.protocol.common import REQUEST_ID_HEADER as _REQUEST_ID_NAME
+from agentcell.protocol.common import usable_request_id
+
+REQUEST_ID_HEADER = _REQUEST_ID_NAME.encode()
 _REQUEST_ID_PREFIX = "req_" + os.urandom(5).hex()
 _request_ids = itertools.count(1)
 
@@ -65,9 +69,13 @@ class RequestHead:
 
     @property
     def request_id(self) -> str:
-        """An id for this request, made on first use (error envelopes, access logs)."""
+        """The request's id, the same in the access log, the error envelopes, the control plane's
+        log lines and what upstreams get as `x-request-id`: the client's, when it sent a usable
+        one, or one made on first use."""
         if self._request_id is None:
-            self._request_id = new_request_id()
+            given = self.index.get(REQUEST_ID_HEADER)
+            text = given.decode("latin-1") if given else ""
+            self._request_id = text if usable_request_id(text) else new_request_id()
         return self._request_id
 
     def __repr__(self) -> str:
