@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -76,8 +77,16 @@ class ServerProcess:
         return self.proc.returncode
 
 
+class ServerFactory(Protocol):
+    """`server_factory(env=...)`: a ServerProcess in the test's tmp dir, stopped after the test."""
+
+    def __call__(
+        self, state_dir: Path | None = None, driver: str = "linux", env: dict[str, str] | None = None
+    ) -> ServerProcess: ...
+
+
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[type[ServerProcess]]:
+def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
     started: list[ServerProcess] = []
 
     class Factory(ServerProcess):

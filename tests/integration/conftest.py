@@ -6,7 +6,7 @@ import contextlib
 import io
 import json
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,12 @@ def code_archive(directory: Path) -> bytes:
 
 
 def deploy(
-    api: httpx.Client, name: str, config: dict[str, object], code: Path = FIXTURES / "echo_fn"
+    api: httpx.Client, name: str, config: Mapping[str, object], code: Path = FIXTURES / "echo_fn"
 ) -> httpx.Response:
-    files = {"config": (None, json.dumps(config)), "code": ("code.tar.gz", code_archive(code))}
+    files: dict[str, tuple[str | None, str | bytes]] = {
+        "config": (None, json.dumps(config)),
+        "code": ("code.tar.gz", code_archive(code)),
+    }
     return api.put(f"/v1/functions/{name}", files=files)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -82,7 +83,7 @@ def test_oversized_json_body_is_413(api: httpx.Client) -> None:
 
 def test_unknown_ids_answer_404_everywhere(api: httpx.Client) -> None:
     missing = "sbx_0000000000000000"
-    for method, path, kwargs in [
+    cases: list[tuple[str, str, dict[str, Any]]] = [
         ("GET", f"/v1/sandboxes/{missing}", {}),
         ("DELETE", f"/v1/sandboxes/{missing}", {}),
         ("POST", f"/v1/sandboxes/{missing}/timeout", {"json": {"timeout_s": 5}}),
@@ -90,7 +91,8 @@ def test_unknown_ids_answer_404_everywhere(api: httpx.Client) -> None:
         ("GET", f"/v1/sandboxes/{missing}/processes", {}),
         ("GET", f"/v1/sandboxes/{missing}/files", {"params": {"path": "a"}}),
         ("GET", f"/v1/sandboxes/{missing}/files/list", {"params": {"path": "/"}}),
-    ]:
+    ]
+    for method, path, kwargs in cases:
         assert_envelope(api.request(method, path, **kwargs), 404, "not_found", "not found")
 
 

@@ -24,7 +24,7 @@ from agentcell.client import (
     Sandbox,
     UnavailableError,
 )
-from tests.conftest import AUTH, ServerProcess
+from tests.conftest import AUTH, ServerFactory, ServerProcess
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -244,7 +244,7 @@ def test_prestarted_kernel_answers_the_first_run_quickly(shared_server: ServerPr
 
 
 def test_limits_server_truncates_output_and_restarts_hung_kernels(
-    server_factory: type[ServerProcess],
+    server_factory: ServerFactory,
 ) -> None:
     """A dedicated server with a 64 KiB output cap, a short interrupt grace and two contexts per
     sandbox: huge output is cut with a marker, a kernel that ignores SIGINT is replaced after a

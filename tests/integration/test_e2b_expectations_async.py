@@ -88,7 +88,7 @@ async def test_watch_stream_pushes_rewrites_and_nested_changes(sandbox_id: str) 
     await until(("nested", FilesystemEventType.CREATE))
     await asbx.files.write("awatch/nested/n.txt", "content")
     await until(("nested/n.txt", FilesystemEventType.WRITE))
-    await handle.stop()
+    await handle.stop()  # type: ignore[no-untyped-call]  # (the e2b SDK leaves it unannotated)
     with pytest.raises(SandboxException):
         await asbx.files.watch_dir("awatch/seen.txt", on_event=on_event)
     with pytest.raises(NotFoundException):

@@ -23,7 +23,7 @@ from e2b import (
 from e2b import Sandbox as BaseSandbox
 from e2b_code_interpreter import AsyncSandbox, Sandbox
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerFactory, ServerProcess
 from tests.integration.conftest import e2b_variables
 
 
@@ -175,7 +175,7 @@ async def test_async_pause_and_resume(e2b_env: ServerProcess) -> None:
         await BaseAsyncSandbox.get_info(sbx.sandbox_id)
 
 
-def test_paused_sandbox_survives_a_server_restart(server_factory: type[ServerProcess]) -> None:
+def test_paused_sandbox_survives_a_server_restart(server_factory: ServerFactory) -> None:
     first = server_factory()
     with e2b_variables(first.url):
         sbx = BaseSandbox.create(timeout=60, metadata={"case": "restart"})

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import httpx
 import pytest
@@ -16,7 +16,7 @@ from tests.conftest import AUTH, ServerProcess
 STREAM = "application/connect+json"
 
 
-def envelope(message: dict[str, object], flags: int = 0) -> bytes:
+def envelope(message: Mapping[str, object], flags: int = 0) -> bytes:
     data = json.dumps(message).encode()
     return struct.pack(">BI", flags, len(data)) + data
 

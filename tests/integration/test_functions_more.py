@@ -24,7 +24,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from agentcell.server.sandbox.linux.driver import node_id_for
-from tests.conftest import AUTH, ServerProcess
+from tests.conftest import AUTH, ServerFactory, ServerProcess
 from tests.integration.conftest import deploy
 
 KEY = "x-agentcell-session-id"
@@ -159,7 +159,7 @@ def test_websocket_echo_reaches_the_sessions_instance(
 # -- 2. Host routing ------------------------------------------------------------------------------
 
 
-def test_host_routing_by_function_subdomain(server_factory: type[ServerProcess]) -> None:
+def test_host_routing_by_function_subdomain(server_factory: ServerFactory) -> None:
     server = server_factory(env={"AGENTCELL_FN_DOMAIN": "fn.test"})
     with httpx.Client(headers=AUTH, base_url=server.url, timeout=60) as api:
         for name in ("hosted", "other"):
@@ -350,7 +350,7 @@ def test_shared_instances_hold_at_most_n_sessions_and_share_their_process(
 
 
 def test_full_function_queues_then_answers_429_or_503_with_retry_after(
-    server_factory: type[ServerProcess],
+    server_factory: ServerFactory,
 ) -> None:
     server = server_factory(env={"AGENTCELL_MAX_WAITING_REQUESTS": "1", "AGENTCELL_WAIT_TIMEOUT_S": "1.5"})
 
@@ -382,7 +382,7 @@ def test_full_function_queues_then_answers_429_or_503_with_retry_after(
 # -- 8. graceful shutdown -------------------------------------------------------------------------
 
 
-def test_sigterm_drains_runs_pre_stop_and_leaves_nothing(server_factory: type[ServerProcess]) -> None:
+def test_sigterm_drains_runs_pre_stop_and_leaves_nothing(server_factory: ServerFactory) -> None:
     server = server_factory()
     hook = {"cmd": 'test -n "$AGENTCELL_SESSION_ID" && test "$AGENTCELL_END_REASON" = shutdown'}
     with httpx.Client(headers=AUTH, base_url=server.url, timeout=60) as api:
@@ -463,7 +463,7 @@ def test_a_client_that_gives_up_during_a_cold_start_does_not_end_the_session(
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_1_gib_upload_streams_with_bounded_server_memory(server_factory: type[ServerProcess]) -> None:
+def test_a_1_gib_upload_streams_with_bounded_server_memory(server_factory: ServerFactory) -> None:
     server = server_factory()
     block = os.urandom(MiB)
     expected = hashlib.sha256()

@@ -89,7 +89,7 @@ async def test_streamable_http_sessions_stay_on_one_instance(
     api: httpx.Client, server_url: str, mcp_fn: str, mode: str
 ) -> None:
     url = f"{server_url}/fn/{mcp_fn}/mcp"
-    async with Client(streamable(url), mode=mode) as alice, Client(streamable(url), mode=mode) as bob:  # type: ignore[arg-type]
+    async with Client(streamable(url), mode=mode) as alice, Client(streamable(url), mode=mode) as bob:
         tools = {t.name for t in (await alice.list_tools()).tools}
         assert {"whoami", "remember", "recall"} <= tools
         seen_alice, seen_bob = await instances_seen(alice), await instances_seen(bob)
@@ -181,7 +181,7 @@ def test_modern_era_requests_go_anywhere_without_a_session(api: httpx.Client, mc
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_agentcell_s_own_mcp_server(server_url: str, mode: str) -> None:
     """create sandbox → run a command → run code (state, a chart as an image) → files → kill."""
-    async with Client(streamable(f"{server_url}/mcp"), mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(streamable(f"{server_url}/mcp"), mode=mode) as client:
         tools = {t.name for t in (await client.list_tools()).tools}
         assert {"create_sandbox", "run_command", "run_code", "read_file", "kill_sandbox"} <= tools
         created = await client.call_tool("create_sandbox", {"timeout_s": 120})

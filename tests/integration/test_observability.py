@@ -90,7 +90,7 @@ def scrape(api: httpx.Client) -> dict[str, float]:
 def sandbox_workload(api: httpx.Client) -> str:
     created = api.post("/v1/sandboxes", json={"timeout_s": 300})
     assert created.status_code == 201, created.text
-    sandbox = created.json()["id"]
+    sandbox: str = created.json()["id"]
     ran = api.post(f"/v1/sandboxes/{sandbox}/commands", json={"cmd": "echo secret-$((6*7))"})
     assert ran.status_code == 200 and "secret-42" in ran.text
     assert api.delete(f"/v1/sandboxes/{sandbox}").status_code == 204

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import AUTH, ServerProcess
+from tests.conftest import AUTH, ServerFactory
 from tests.integration.conftest import deploy
 from tests.integration.test_api_input import assert_envelope
 from tests.packages import tiny_wheel
@@ -148,7 +148,7 @@ def test_a_second_build_of_a_name_is_a_conflict(api: httpx.Client) -> None:
     assert api.delete("/v1/templates/api-twice").status_code == 204
 
 
-def test_templates_survive_a_server_restart(server_factory: type[ServerProcess], tmp_path: Path) -> None:
+def test_templates_survive_a_server_restart(server_factory: ServerFactory, tmp_path: Path) -> None:
     state = tmp_path / "restart-state"
     first = server_factory(state_dir=state)
     with httpx.Client(headers=AUTH, base_url=first.url, timeout=60) as api:

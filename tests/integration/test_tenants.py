@@ -94,7 +94,7 @@ def test_a_tenant_cannot_see_or_touch_another_tenant_s_things(alice: Tenant, bob
     bob.ok("POST", f"/v1/sessions/{session['id']}/snapshot")
     workspace = session["workspace"]["storage_path"]
     assert workspace.startswith("bob/chat/")
-    foreign = [
+    foreign: list[tuple[Any, ...]] = [
         ("GET", f"/v1/sandboxes/{sandbox}"),
         ("DELETE", f"/v1/sandboxes/{sandbox}"),
         ("POST", f"/v1/sandboxes/{sandbox}/timeout", {"timeout_s": 5}),

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import AUTH, ServerProcess
+from tests.conftest import AUTH, ServerFactory
 from tests.integration.conftest import deploy
 
 KEY = "x-agentcell-session-id"
@@ -199,7 +199,7 @@ def test_named_workspaces_are_validated(api: httpx.Client, make_fn: MakeFn) -> N
 
 @pytest.mark.parametrize("damage", ["corrupt", "missing"])
 def test_a_damaged_snapshot_is_an_error_never_an_empty_workspace(
-    damage: str, server_factory: type[ServerProcess], tmp_path: Path
+    damage: str, server_factory: ServerFactory, tmp_path: Path
 ) -> None:
     server = server_factory()
     names: list[str] = []
@@ -218,15 +218,15 @@ def test_a_damaged_snapshot_is_an_error_never_an_empty_workspace(
         reply = call(api, fn, "/whoami", "dmg")
         assert reply.status_code == 409, reply.text
         assert reply.json()["code"] == "workspace_corrupt"
-        path = storage_path(fn, "dmg")
-        released = lambda: ok(api.get(f"/v1/workspaces/{path}"))["session_id"] is None  # noqa: E731
+        workspace = f"/v1/workspaces/{storage_path(fn, 'dmg')}"
+        released = lambda: ok(api.get(workspace))["session_id"] is None  # noqa: E731
         wait_for(released, what="the failed session to let go of its workspace")
-        assert ok(api.get(f"/v1/workspaces/{path}"))["error"]
+        assert ok(api.get(workspace))["error"]
         assert api.delete(f"/v1/workspaces/{storage_path(fn, 'dmg')}").status_code == 204
         assert ok(call(api, fn, "/tree", "dmg", dir=HOME)) is not None  # starts afresh once deleted
 
 
-def test_tenant_over_its_storage_quota_is_refused_clearly(server_factory: type[ServerProcess]) -> None:
+def test_tenant_over_its_storage_quota_is_refused_clearly(server_factory: ServerFactory) -> None:
     server = server_factory(env={"AGENTCELL_TENANT_STORAGE_QUOTA_MB": "1"})
     with httpx.Client(headers=AUTH, base_url=server.url, timeout=60) as api:
         fn = make_fn_on(api, [])({})
@@ -240,7 +240,7 @@ def test_tenant_over_its_storage_quota_is_refused_clearly(server_factory: type[S
 
 
 def test_server_and_instance_killed_mid_persist_leave_the_previous_snapshot(
-    server_factory: type[ServerProcess], tmp_path: Path
+    server_factory: ServerFactory, tmp_path: Path
 ) -> None:
     state = tmp_path / "kill-state"
     server = server_factory(state)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import AUTH, ServerProcess
+from tests.conftest import AUTH, ServerFactory
 from tests.integration.test_workspaces import HOME, call, live_session, make_fn_on, ok, without_excluded
 from tests.s3server import S3Server, s3_server  # noqa: F401  (the fixture)
 
 
-def test_workspaces_round_trip_through_s3(server_factory: type[ServerProcess], s3_server: S3Server) -> None:  # noqa: F811
+def test_workspaces_round_trip_through_s3(server_factory: ServerFactory, s3_server: S3Server) -> None:  # noqa: F811
     env = {
         "AGENTCELL_STORE": f"s3://{s3_server.bucket}/agentcell-it",
         "AGENTCELL_S3_ENDPOINT": s3_server.endpoint,

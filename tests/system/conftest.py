@@ -11,7 +11,7 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -107,7 +107,8 @@ async def run(
     timeout_s: float = 30,
 ) -> Result:
     """Run a command to completion and collect its output."""
-    spec = ExecSpec(argv=list(argv), env=dict(env or {}), **({"cwd": cwd} if cwd else {}))
+    spec = ExecSpec(argv=list(argv), env=dict(env or {}))
+    spec = replace(spec, cwd=cwd) if cwd else spec
     process = await driver.exec(sandbox_id, spec)
     if stdin is not None:
         await process.write_stdin(stdin)

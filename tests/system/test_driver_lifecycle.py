@@ -150,7 +150,7 @@ async def test_stop_reaps_a_command_whose_helper_was_killed(linux_driver: LinuxD
     re-parented to us; nobody waits for it. A dying init waits until its namespace is reaped, so
     stop must reap such a zombie itself rather than wait out its timeouts (it took 11 s)."""
     process = await linux_driver.exec(sandbox, ExecSpec(argv=["sleep", "300"]))
-    os.kill(process.helper_pid, 9)  # type: ignore[attr-defined]
+    os.kill(process.helper_pid, 9)
     await asyncio.sleep(0.2)
     started = time.monotonic()
     await linux_driver.stop(sandbox, grace_s=0.2)

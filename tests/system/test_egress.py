@@ -63,7 +63,7 @@ def host_servers() -> Iterator[tuple[int, int]]:
 
 
 async def start(driver: LinuxDriver, sandbox_id: str, egress: str, allow: list[str] | None = None) -> str:
-    policy = EgressPolicy.from_wire(NetworkPolicy(egress=egress, allow=allow or []))  # type: ignore[arg-type]
+    policy = EgressPolicy.from_wire(NetworkPolicy(egress=egress, allow=allow or []))
     await driver.start(SandboxSpec(sandbox_id=sandbox_id, egress=policy))
     return sandbox_id
 

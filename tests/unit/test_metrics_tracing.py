@@ -42,7 +42,8 @@ def parent_of(span: ReadableSpan) -> int | None:
 
 def span_id(span: ReadableSpan) -> int:
     assert span.context is not None
-    return span.context.span_id
+    found: int = span.context.span_id
+    return found
 
 
 async def test_a_cold_request_nests_the_session_start_and_its_phases(

@@ -20,7 +20,7 @@ MCP = {"affinity": {"kind": "mcp"}, "max_instances": 4}
 async def h(tmp_path: Path, archive: Path) -> AsyncIterator[Harness]:
     harness = Harness(tmp_path)
     await harness.start()
-    await harness.scheduler.deploy("echo", FunctionConfig(cmd="python3 app.py", **MCP), archive)  # type: ignore[arg-type]
+    await harness.scheduler.deploy("echo", FunctionConfig(cmd="python3 app.py", **MCP), archive)
     yield harness
     await harness.stop()
     await harness.driver.aclose()

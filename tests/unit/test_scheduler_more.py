@@ -15,7 +15,7 @@ from agentcell.errors import Conflict, Internal, Unavailable
 from agentcell.protocol.functions import FunctionConfig, Hook
 from agentcell.protocol.sessions import SessionCreate
 from agentcell.server.sandbox.fake import FakeDriver
-from tests.unit.test_scheduler import Harness
+from tests.unit.test_scheduler import Harness, state
 
 NONE = {"affinity": {"kind": "none"}}
 
@@ -48,7 +48,7 @@ def live(h: Harness) -> list[str]:
 
 
 def _config(cmd: str, **config: object) -> FunctionConfig:
-    return FunctionConfig(cmd=cmd, **config)  # type: ignore[arg-type]
+    return FunctionConfig(cmd=cmd, **config)
 
 
 async def reap(h: Harness, advance_s: float) -> list[tuple[str, str]]:
@@ -127,7 +127,7 @@ async def test_a_cold_start_outlives_a_client_that_gave_up(h: Harness, archive: 
     assert lease.session is session and session.state == "active"
     assert lease.instance.id == session.instance_id and len(h.driver.started) == 1
     h.scheduler.release(lease)
-    assert session.state == "idle" and session.in_flight == 0
+    assert state(session) == "idle" and session.in_flight == 0
 
 
 async def test_the_wait_for_room_has_one_deadline_however_often_it_is_woken(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
+from starlette.types import Message
 
 from agentcell.server.api.streaming import StreamingResponse
 
@@ -17,15 +17,15 @@ class Client:
     """The server's side of one request: what the app sent, and a disconnect to give it."""
 
     def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
+        self.sent: list[Message] = []
         self.body_came = asyncio.Event()
-        self._messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._messages: asyncio.Queue[Message] = asyncio.Queue()
         self._messages.put_nowait({"type": "http.request", "body": b"", "more_body": False})
 
-    async def receive(self) -> dict[str, Any]:
+    async def receive(self) -> Message:
         return await self._messages.get()
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Message) -> None:
         self.sent.append(message)
         if message.get("body"):
             self.body_came.set()

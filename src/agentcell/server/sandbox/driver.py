@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
@@ -144,8 +144,9 @@ class SandboxFiles(Protocol):
 
     async def list(self, path: str, depth: int = 1) -> list[FileStat]: ...
 
-    def read(self, path: str, chunk_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
-        """Stream a regular file. Raises before the first chunk if it cannot be opened."""
+    def read(self, path: str, chunk_bytes: int = 1 << 20) -> AsyncGenerator[bytes, None]:
+        """Stream a regular file. Raises before the first chunk if it cannot be opened; a reader that
+        stops early closes it (`contextlib.aclosing`) to release the file at once."""
         ...
 
     async def write(self, path: str, chunks: AsyncIterable[bytes]) -> FileStat:

@@ -26,7 +26,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -508,7 +508,7 @@ class RootedFiles:
             lambda root: _list(root, parts, depth, self._max_list_entries), _shown(parts), "list"
         )
 
-    async def read(self, path: str, chunk_bytes: int = MAX_CHUNK_BYTES) -> AsyncIterator[bytes]:
+    async def read(self, path: str, chunk_bytes: int = MAX_CHUNK_BYTES) -> AsyncGenerator[bytes, None]:
         if chunk_bytes < 1:
             raise InvalidArgument(f"chunk_bytes must be positive, got {chunk_bytes}")
         parts, size = parse_path(path), min(chunk_bytes, MAX_CHUNK_BYTES)
