@@ -160,13 +160,15 @@ async def _in_thread(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) ->
 
 
 def _open_temp(path: Path) -> tuple[int, Path]:
-    """A new temporary file beside `path`, retrying if a concurrent delete pruned the directory."""
+    """A new temporary file beside `path`, retrying if a concurrent delete pruned the directory:
+    after our mkdir (the open finds no directory), or inside it (`mkdir(exist_ok=True)` raises
+    FileExistsError when the directory it found existing is gone by the time it checks)."""
     for attempt in range(5):
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f"{TMP_MARK}{secrets.token_hex(8)}"
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except FileNotFoundError:
+        except (FileNotFoundError, FileExistsError):
             if attempt == 4:
                 raise
             continue
