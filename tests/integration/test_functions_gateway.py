@@ -52,7 +52,7 @@ def test_the_access_log_names_function_session_and_instance(
     level INFO): the request id is the one the function and the control plane got."""
     trace = "trace-" + uuid.uuid4().hex[:12]
     reply = api.get(f"/fn/{fn}/whoami", headers={"x-agentcell-session-id": "logged-1", "x-request-id": trace})
-    assert reply.json()["request_id"] == trace
+    assert reply.json()["request_id"] == trace and reply.headers["x-request-id"] == trace
     instance = reply.json()["instance"]
     listed = api.get(f"/v1/functions/{fn}/sessions", headers={"x-request-id": trace + "-ls"})
     assert listed.headers["x-request-id"] == trace + "-ls"

@@ -161,6 +161,10 @@ def make_app(state: AppState) -> Callable[[Scope, Receive, Send], Coroutine[Any,
             await send({"type": "http.response.body", "body": b"data: first\n\n", "more_body": True})
             await state.release.wait()
             await send({"type": "http.response.body", "body": b"data: second\n\n"})
+        elif path == "/own-id":  # an upstream that names the request itself
+            headers = [(b"x-request-id", b"upstream-7"), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
         elif path == "/big":
             mib = int(scope["query_string"].split(b"=")[1])
             chunk = b"b" * MiB
@@ -494,7 +498,8 @@ async def test_forwarded_headers_describe_the_client(tmp_path: Path) -> None:
 
 async def test_one_request_id_reaches_the_upstream_and_the_access_log(tmp_path: Path) -> None:
     """A client's usable x-request-id is kept; a missing or unusable one is replaced by the
-    gateway's own; either way the upstream sees the id the access log records."""
+    gateway's own; either way the upstream sees, and the client gets back, the id the access log
+    records (unless the upstream answers with an id of its own)."""
     state = AppState()
     records: list[AccessRecord] = []
     sent = [["X-Request-Id: trace-42"], [], ["X-Request-Id: " + "x" * 65], ["X-Request-Id: a\tb"]]
@@ -503,10 +508,13 @@ async def test_one_request_id_reaches_the_upstream_and_the_access_log(tmp_path: 
         running_gateway(StaticRouter(upstream), access_log=records.append) as (_, address),
     ):
         client = await Client.connect(address)
-        seen = [(await client.request("GET", "/echo", headers=h)).json()["headers"] for h in sent]
+        replies = [await client.request("GET", "/echo", headers=h) for h in sent]
+        own = await client.request("GET", "/own-id", headers=["X-Request-Id: trace-43"])
         await client.aclose()
-    ids = [record.head.request_id for record in records]
-    assert [headers["x-request-id"] for headers in seen] == ids
+    ids = [record.head.request_id for record in records[:4]]
+    assert [reply.json()["headers"]["x-request-id"] for reply in replies] == ids
+    assert [reply.header(b"x-request-id") for reply in replies] == [i.encode() for i in ids]
+    assert [v for k, v in own.headers if k.lower() == b"x-request-id"] == [b"upstream-7"]
     assert ids[0] == "trace-42"
     assert all(i.startswith("req_") for i in ids[1:]) and len(set(ids)) == 4
 

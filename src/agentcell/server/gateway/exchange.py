@@ -471,6 +471,7 @@ class Exchange:
                 and self.upgrade is None
                 and not self.server.draining,
                 extra=route.add_response_headers,
+                request_id=self.head.request_id.encode(),
             )
             self.framing = framing
             if route.body_filter is not None and framing != Framing.LENGTH:

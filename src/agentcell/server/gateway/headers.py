@@ -142,8 +142,10 @@ def plan_response(
     client_http10: bool,
     keep_alive: bool,
     extra: Sequence[tuple[bytes, bytes]],
+    request_id: bytes = b"",
 ) -> tuple[bytes, Framing, bool, bool, int]:
-    """Rewrite an upstream response head for the client and choose the body framing.
+    """Rewrite an upstream response head for the client and choose the body framing. The answer
+    carries `request_id` as X-Request-Id unless the upstream set one itself.
 
     Returns (head bytes, framing, keep the client connection alive, the upstream body ends
     only when the upstream closes, the Content-Length or -1).
@@ -164,8 +166,11 @@ def plan_response(
             upstream_chunked = b"chunked" in value.lower()
         elif kind == CONNECTION:
             named = connection_tokens(value) | (named or frozenset())
-        elif kind in (FORWARDED, REQUEST_ID):
+        elif kind == FORWARDED:
             out += (name, b": ", value, b"\r\n")
+        elif kind == REQUEST_ID:
+            out += (name, b": ", value, b"\r\n")
+            request_id = b""
     if named:
         out = [out[0], *_drop_named(out[1:], named)]
     if no_body:
@@ -179,6 +184,8 @@ def plan_response(
         out.append(b"transfer-encoding: chunked\r\n")
     for name, value in extra:
         out += (name, b": ", value, b"\r\n")
+    if request_id:
+        out += (b"x-request-id: ", request_id, b"\r\n")
     out.append(_connection_line(keep_alive, client_http10))
     until_close = not no_body and length < 0 and not upstream_chunked
     return b"".join(out), framing, keep_alive, until_close, length
