@@ -1,10 +1,10 @@
 """StreamingResponse: Starlette's, watching for the client's disconnect with one plain task.
 
 Under ASGI HTTP before 2.4 (the gateway's in-process calls and uvicorn both speak 2.3) Starlette
-runs each streaming response in an anyio task group, to stop the stream when the client leaves:
-~60 µs of CPU per response here (cancelling the group formats the task's repr), more than all
-the rest of a short command's stream. This one does the same with a task that waits for the
-disconnect and cancels the streaming task: ~5 µs.
+runs each streaming response in an anyio task group, to stop the stream when the client leaves,
+and cancelling the group formats the task's repr. This one does the same with a task that waits
+for the disconnect and cancels the streaming task. A two-chunk stream, in a loop: 61-79 µs with
+Starlette's, 19-28 µs with this one.
 """
 
 from __future__ import annotations
