@@ -119,8 +119,9 @@ async def run(settings: Settings, access: AccessLog) -> None:
         auth=app.state.request_auth,
         control_app=app,  # plain requests in-process; upgrades, chunked bodies, Expect via uvicorn
     )
-    access_hook = access_logger(access)
-    gateway = GatewayServer(router, request_timeout_s=settings.request_timeout_s, access_log=access_hook)
+    gateway = GatewayServer(
+        router, request_timeout_s=settings.request_timeout_s, access_log=access_logger(access)
+    )
     await gateway.start(settings.host, settings.port)
     tune_garbage_collector()
     log.info("agentcell listening on %s", gateway.addresses)

@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequen
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agentcell.protocol.common import REQUEST_ID_HEADER as _REQUEST_ID_NAME
+from agentcell.protocol import common
 from agentcell.protocol.common import usable_request_id
 
-REQUEST_ID_HEADER = _REQUEST_ID_NAME.encode()
+REQUEST_ID_HEADER = common.REQUEST_ID_HEADER.encode()
 _REQUEST_ID_PREFIX = "req_" + os.urandom(5).hex()
 _request_ids = itertools.count(1)
 
