@@ -1028,6 +1028,36 @@ async def test_access_log_gets_the_route_context(tmp_path: Path) -> None:
     assert (answered.status, answered.bytes_out, answered.context) == (418, 15, None)
 
 
+@pytest.mark.parametrize("path", ["/echo", "/chunked"])
+async def test_the_client_has_its_whole_answer_before_the_bookkeeping(tmp_path: Path, path: str) -> None:
+    """on_complete and the access hook run after the answer's last bytes were written: a client
+    waiting for them does not wait for the accounting (sized and chunked answers)."""
+    state = AppState()
+    sock = socket.socket()
+    received_at_hook: list[bytes] = []
+
+    def peek(*_: object) -> None:
+        received_at_hook.append(sock.recv(1 << 16, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+
+    class PeekingRouter(NowaitRouter):
+        def _done(self, status: int, bytes_in: int, bytes_out: int, duration_s: float) -> None:
+            peek()
+
+    async with uvicorn_upstream(state) as upstream:
+        async with running_gateway(PeekingRouter(upstream), access_log=peek) as (_, address):
+            assert isinstance(address, tuple)
+            loop = asyncio.get_running_loop()
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+            await loop.sock_sendall(sock, b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
+            answer = b""
+            while not answer.endswith(b"}" if path == "/echo" else b"0\r\n\r\n"):
+                answer += await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), 10)
+            sock.close()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert received_at_hook == [answer, answer]  # route's on_complete, then the access hook
+
+
 async def test_aclose_drains_requests_in_flight(tmp_path: Path) -> None:
     """Closing stops accepting but lets a request in flight finish, with `connection: close`."""
     state = AppState()

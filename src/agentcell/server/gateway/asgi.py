@@ -212,5 +212,4 @@ class AppCall:
         elif declared >= 0 and self._sent < declared:
             self._fail(f"the response body is shorter than its Content-Length ({declared})")
         else:
-            sink.on_response_complete(True)
-            sink.on_response_flush()  # (after the end of a chunked body is queued)
+            sink.on_response_complete(True)  # (which flushes)

@@ -30,7 +30,9 @@ class ResponseSink(Protocol):
 
     def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
     def on_response_body(self, data: bytes) -> None: ...
-    def on_response_complete(self, keep_alive: bool) -> None: ...
+    def on_response_complete(self, keep_alive: bool) -> None:
+        """The whole response was received; what was queued for the client is written at once."""
+
     def on_response_flush(self) -> None: ...
     def on_upstream_lost(self, error: str) -> None: ...
     def on_tunnel_data(self, data: bytes) -> None: ...
@@ -109,8 +111,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.body_length = -1
         keep_alive = len(data) == left and self._parser.should_keep_alive()  # no bytes may follow
         sink.on_response_body(data if len(data) == left else data[:left])
-        sink.on_response_complete(keep_alive)
-        sink.on_response_flush()
+        sink.on_response_complete(keep_alive)  # (which flushes)
 
     def eof_received(self) -> bool:
         return False
