@@ -84,3 +84,21 @@ async def test_a_cancelled_request_is_still_cancelled() -> None:
         await call
     await asyncio.sleep(0)
     assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_a_cancel_in_the_instant_the_client_leaves_is_kept() -> None:
+    """The disconnect's own cancellation is swallowed, not a shutdown's that lands with it."""
+
+    async def endless() -> AsyncIterator[bytes]:
+        yield b"first\n"
+        await asyncio.sleep(3600)
+
+    client = Client()
+    call = asyncio.create_task(StreamingResponse(endless())(SCOPE, client.receive, client.send))
+    await asyncio.wait_for(client.body_came.wait(), 2)
+    client.leave()
+    while len(client.sent) < 2 or not call.cancelling():  # the watch has cancelled the stream
+        await asyncio.sleep(0)
+    call.cancel()  # the server shutting down in that same instant
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(call, 2)

@@ -35,9 +35,10 @@ class StreamingResponse(responses.StreamingResponse):
         try:
             await self.stream_response(send)
         except asyncio.CancelledError:
-            if not client_left:
+            # Swallowed only when the client leaving was the one cancellation (as Starlette's
+            # would); a shutdown cancelling the request in the same instant still ends it.
+            if not client_left or streaming.uncancel() > 0:
                 raise
-            streaming.uncancel()  # the stream ended because the client left, as Starlette's would
         finally:
             finished = True
             watch.cancel()
