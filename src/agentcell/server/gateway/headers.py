@@ -49,6 +49,8 @@ _KINDS = {name: HOP for name in HOP_BY_HOP} | {
 }
 NAME_CACHE: dict[bytes, tuple[bytes, int]] = {}  # raw name -> (lowercase name, kind); names repeat
 _NAMES_CACHED = 4096
+_TOKENS_CACHE: dict[bytes, frozenset[bytes]] = {}  # Connection value -> the names it lists
+_NO_TOKENS: frozenset[bytes] = frozenset()
 
 _REASONS = {int(s): s.phrase.encode("latin-1") for s in HTTPStatus}
 _STATUS_LINES: dict[int, bytes] = {}
@@ -84,11 +86,16 @@ def status_line(status: int) -> bytes:
 
 
 def connection_tokens(value: bytes | None) -> frozenset[bytes]:
-    """Header names listed in a `Connection` value (beyond the standard options), lowercased."""
+    """Header names listed in a `Connection` value (beyond the standard options), lowercased;
+    cached, as clients send the same few values (`keep-alive`) on every request."""
     if not value:
-        return frozenset()
-    tokens = {t.strip().lower() for t in value.split(b",")}
-    return frozenset(tokens - _CONNECTION_OPTIONS - {b""})
+        return _NO_TOKENS
+    tokens = _TOKENS_CACHE.get(value)
+    if tokens is None:
+        tokens = frozenset({t.strip().lower() for t in value.split(b",")} - _CONNECTION_OPTIONS - {b""})
+        if len(_TOKENS_CACHE) < _NAMES_CACHED:
+            _TOKENS_CACHE[value] = tokens
+    return tokens
 
 
 def upstream_request_head(

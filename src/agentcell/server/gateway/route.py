@@ -37,7 +37,7 @@ class RequestHead:
     first "?", if anything. `client` is the peer's IP address ("" on a Unix socket).
     """
 
-    __slots__ = ("_request_id", "client", "headers", "http_version", "index", "method", "query", "raw_path")
+    __slots__ = ("client", "headers", "http_version", "index", "method", "query", "raw_path", "request_id")
 
     def __init__(
         self,
@@ -56,7 +56,12 @@ class RequestHead:
         self.index = index
         self.client = client
         self.http_version = http_version
-        self._request_id: str | None = None
+        given = index.get(REQUEST_ID_HEADER)
+        text = given.decode("latin-1") if given else ""
+        # The request's id, the same in the access log, the error envelopes, the control plane's
+        # log lines and what upstreams get as `x-request-id`: the client's, when it sent a usable
+        # one, else a new one.
+        self.request_id = text if text and usable_request_id(text) else new_request_id()
 
     def header(self, name: bytes) -> bytes | None:
         """The value of header `name` (lowercase bytes), or None when the client did not send it."""
@@ -66,17 +71,6 @@ class RequestHead:
     def target(self) -> bytes:
         """The request target as received: path plus "?query" when there was one."""
         return self.raw_path + b"?" + self.query if self.query else self.raw_path
-
-    @property
-    def request_id(self) -> str:
-        """The request's id, the same in the access log, the error envelopes, the control plane's
-        log lines and what upstreams get as `x-request-id`: the client's, when it sent a usable
-        one, or one made on first use."""
-        if self._request_id is None:
-            given = self.index.get(REQUEST_ID_HEADER)
-            text = given.decode("latin-1") if given else ""
-            self._request_id = text if usable_request_id(text) else new_request_id()
-        return self._request_id
 
     def __repr__(self) -> str:
         return f"RequestHead({self.method!r} {self.raw_path!r} from {self.client})"  # never the query
