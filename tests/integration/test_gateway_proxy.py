@@ -1033,8 +1033,8 @@ async def test_the_client_has_its_whole_answer_before_the_bookkeeping(tmp_path: 
     """on_complete and the access hook run after the answer's last bytes were written: a client
     waiting for them does not wait for the accounting (sized and chunked answers)."""
     state = AppState()
-    sock = socket.socket()
     received_at_hook: list[bytes] = []
+    sock = socket.socket()
 
     def peek(*_: object) -> None:
         received_at_hook.append(sock.recv(1 << 16, socket.MSG_PEEK | socket.MSG_DONTWAIT))
@@ -1043,17 +1043,19 @@ async def test_the_client_has_its_whole_answer_before_the_bookkeeping(tmp_path: 
         def _done(self, status: int, bytes_in: int, bytes_out: int, duration_s: float) -> None:
             peek()
 
-    async with uvicorn_upstream(state) as upstream:
-        async with running_gateway(PeekingRouter(upstream), access_log=peek) as (_, address):
-            assert isinstance(address, tuple)
-            loop = asyncio.get_running_loop()
+    async with (
+        uvicorn_upstream(state) as upstream,
+        running_gateway(PeekingRouter(upstream), access_log=peek) as (_, address),
+    ):
+        assert isinstance(address, tuple)
+        loop = asyncio.get_running_loop()
+        with sock:
             sock.setblocking(False)
             await loop.sock_connect(sock, address)
             await loop.sock_sendall(sock, b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
             answer = b""
             while not answer.endswith(b"}" if path == "/echo" else b"0\r\n\r\n"):
                 answer += await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), 10)
-            sock.close()
     assert answer.startswith(b"HTTP/1.1 200")
     assert received_at_hook == [answer, answer]  # route's on_complete, then the access hook
 
