@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import astuple
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,6 +65,19 @@ CREATE TABLE IF NOT EXISTS paused_sandboxes (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, request_json TEXT NOT NULL, storage_path TEXT NOT NULL,
     created_at REAL NOT NULL, paused_at REAL NOT NULL, keep_until REAL NOT NULL, labels_json TEXT NOT NULL);
 """
+
+
+def astuple(record: Any) -> tuple[Any, ...]:
+    """A flat record's field values in order. (`dataclasses.astuple` deep-copies every value on
+    the event loop's thread: 7.9 µs for an audit record, 0.2 µs here.)"""
+    getter = _FIELD_GETTERS.get(type(record))
+    if getter is None:
+        getter = _FIELD_GETTERS[type(record)] = operator.attrgetter(*(f.name for f in fields(record)))
+    values: tuple[Any, ...] = getter(record)
+    return values
+
+
+_FIELD_GETTERS: dict[type, operator.attrgetter[Any]] = {}  # record class -> all its fields, in order
 
 
 def _session_row(r: SessionRecord) -> tuple[Any, ...]:
