@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import os
 import tarfile
 import time
@@ -19,10 +20,12 @@ from agentcell.client import (
     AgentcellConnectionError,
     AsyncSandbox,
     CommandExitError,
+    ConflictError,
     InvalidArgumentError,
     NotFoundError,
     Sandbox,
 )
+from agentcell.server.scheduler.processes import FINISHED_KEPT
 from tests.conftest import AUTH
 
 MIB = 1 << 20
@@ -104,6 +107,59 @@ async def test_a_foreground_command_ends_when_its_client_leaves(sbx: AsyncSandbo
         assert time.monotonic() < deadline, f"{marker!r} still runs after its client left"
         await asyncio.sleep(0.05)
     assert all(not p.running for p in await sbx.commands.list())
+
+
+async def test_a_slow_reader_gets_every_line_of_a_fast_command(sbx: AsyncSandbox, server_url: str) -> None:
+    """A command writing far faster than its client reads (7 MB here; the server buffers 1 MiB)
+    loses nothing: it waits on its pipe until the client catches up."""
+    lines = 1_000_000
+    async with httpx.AsyncClient(base_url=server_url, headers=AUTH, timeout=60) as client:
+        command = {"argv": ["seq", "1", str(lines)]}
+        async with client.stream("POST", f"/v1/sandboxes/{sbx.id}/commands", json=command) as reply:
+            events = []
+            async for line in reply.aiter_lines():
+                events.append(json.loads(line))
+                if len(events) % 20 == 0:
+                    await asyncio.sleep(0.01)  # a reader slower than `seq`
+    stdout = "".join(e["data"] for e in events if e["type"] == "stdout")
+    assert events[-1]["type"] == "end" and events[-1]["exit_code"] == 0
+    assert stdout == "".join(f"{n}\n" for n in range(1, lines + 1))
+
+
+async def test_stdin_the_command_does_not_read_is_no_error(sbx: AsyncSandbox) -> None:
+    """Given more stdin than it reads (1 MiB here, a pipe holds 64 KiB), a command still runs to its
+    end with its output, as behind a shell pipe; and it is not left in the process list."""
+    result = await sbx.commands.run("head -n 1; sleep 0.5; echo done", stdin="line\n" * 200_000)
+    assert (result.stdout, result.exit_code) == ("line\ndone\n", 0)
+    assert await sbx.commands.list() == []
+
+
+async def test_stdin_writes_to_a_process_that_does_not_read_are_bounded(sbx: AsyncSandbox) -> None:
+    """Writing stdin to a process that never reads answers at once (the data waits in its pipe);
+    a second write while the first still waits is refused with a 409 that says why, instead of
+    hanging and piling up in the server's memory."""
+    sleeper = await sbx.commands.run(["sleep", "60"], background=True, timeout_s=None)
+    started = time.monotonic()
+    await sleeper.send_stdin("x" * (4 << 20))
+    assert time.monotonic() - started < 10
+    with pytest.raises(ConflictError, match="has not yet read the input written before"):
+        await sleeper.send_stdin("more")
+    await sleeper.kill()
+    assert (await sleeper.wait()).exit_code == 137
+
+
+async def test_finished_background_processes_are_not_kept_forever(sbx: AsyncSandbox, server_url: str) -> None:
+    """Only the most recent finished background processes stay listed (with their output): the
+    table makes room when a process is added, so the last one finished after that is there too."""
+    async with httpx.AsyncClient(base_url=server_url, headers=AUTH, timeout=30) as client:
+        for n in range(FINISHED_KEPT + 5):
+            command = {"argv": ["echo", str(n)], "background": True}
+            reply = await client.post(f"/v1/sandboxes/{sbx.id}/commands", json=command)
+            assert reply.status_code == 201, reply.text
+            await (await sbx.commands.connect(reply.json()["process_id"])).wait()
+    listed = await sbx.commands.list()
+    assert not any(p.running for p in listed)
+    assert sorted(int(p.argv[1]) for p in listed) == list(range(FINISHED_KEPT + 5))[-FINISHED_KEPT - 1 :]
 
 
 async def test_background_process_list_stdin_and_wait(sbx: AsyncSandbox) -> None:

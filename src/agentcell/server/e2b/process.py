@@ -151,7 +151,7 @@ class ProcessService:
         self, process: ManagedProcess, extras: Extras, *, owned: bool
     ) -> AsyncIterator[Message]:
         try:
-            async for event in keepalive(process.events()):
+            async for event in keepalive(process.events(holder=owned)):
                 if event is None:
                     yield {"event": {"keepalive": {}}}
                     continue

@@ -2,7 +2,10 @@
 
 A `ManagedProcess` turns a driver process into `start`, `stdout`/`stderr` and exactly one `end`
 event. Output is kept in a bounded buffer so that a later `events()` call (a client reconnecting to
-a background process) sees what it missed, then follows live.
+a background process) sees what it missed, then follows live. The output of a command whose
+starter waits for its result is never dropped: that reader holds the buffer, and while it lags a
+buffer's worth behind, the output is not read, so the command blocks on its full pipe as it would
+writing into a slow shell pipe.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from agentcell.errors import InvalidArgument, NotFound, NotRunning
+from agentcell.errors import Conflict, InvalidArgument, NotFound, NotRunning
 from agentcell.protocol.commands import EndEvent, OutputEvent, ProcessInfo, StartEvent
 from agentcell.server.sandbox.driver import ExitStatus, SandboxProcess, TerminalSize
 
@@ -27,6 +30,10 @@ Event = StartEvent | OutputEvent | EndEvent
 READ_CHUNK_BYTES = 64 * 1024
 BUFFER_LIMIT_BYTES = 1 << 20
 OUTPUT_DRAIN_S = 0.25
+STDIN_WAIT_S = 1.0
+"""how long a stdin write waits for the process to take it before the data is left queued"""
+FINISHED_KEPT = 64
+"""finished background processes a sandbox keeps (with their output) for late readers"""
 
 
 def new_process_id() -> str:
@@ -35,29 +42,64 @@ def new_process_id() -> str:
 
 @dataclass(slots=True)
 class EventLog:
-    """Events so far (output trimmed to a byte budget, oldest first) and a wake-up for followers."""
+    """Events so far (output trimmed to a byte budget, oldest first) and a wake-up for followers.
+
+    A held log (`held=True`: a foreground command's) is trimmed by its reader instead
+    (`consumed`): its writer waits while a buffer's worth of output is unread.
+    """
 
     events: deque[Event] = field(default_factory=deque)
     output_bytes: int = 0
     first_index: int = 0
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    held: bool = False
+    writer_waiting: bool = False
+    _space: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def append(self, event: Event) -> None:
         self.events.append(event)
         if isinstance(event, OutputEvent):
             self.output_bytes += len(event.data)
-            self._trim()
+            if not self.held:
+                self._trim()
         async with self.changed:
             self.changed.notify_all()
+        while self.held and self.output_bytes > BUFFER_LIMIT_BYTES:
+            self._space.clear()
+            self.writer_waiting = True
+            try:
+                await self._space.wait()
+            finally:
+                self.writer_waiting = False
+
+    def consumed(self, index: int) -> None:
+        """A held log's reader has seen every event before `index`: drop that output."""
+        while index - self.first_index > 1 and self._drop_oldest_output():
+            pass
+        if self.output_bytes <= BUFFER_LIMIT_BYTES:
+            self._space.set()
+
+    def release(self) -> None:
+        """The held log's reader is gone: back to a bounded buffer, the writer no longer waits."""
+        self.held = False
+        self._trim()
+        self._space.set()
 
     def _trim(self) -> None:
-        while self.output_bytes > BUFFER_LIMIT_BYTES and len(self.events) > 1:
-            oldest = self.events[1] if isinstance(self.events[0], StartEvent) else self.events[0]
-            if not isinstance(oldest, OutputEvent):
-                break
-            self.events.remove(oldest)
-            self.output_bytes -= len(oldest.data)
-            self.first_index += 1
+        while self.output_bytes > BUFFER_LIMIT_BYTES and self._drop_oldest_output():
+            pass
+
+    def _drop_oldest_output(self) -> bool:
+        """Drop the oldest output event (the start event stays, for readers that join late)."""
+        if len(self.events) <= 1:
+            return False
+        oldest = self.events[1] if isinstance(self.events[0], StartEvent) else self.events[0]
+        if not isinstance(oldest, OutputEvent):
+            return False
+        self.events.remove(oldest)
+        self.output_bytes -= len(oldest.data)
+        self.first_index += 1
+        return True
 
 
 class ManagedProcess:
@@ -85,32 +127,45 @@ class ManagedProcess:
         self._log.events.append(StartEvent(process_id=self.process_id, pid=process.pid))
         self.exit: EndEvent | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stdin_backlog: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int:
         return self._process.pid
 
-    def start(self) -> None:
-        """Begin pumping; the caller (ProcessTable) keeps the task and awaits it at close."""
-        self._task = asyncio.create_task(self._run(), name=f"process {self.process_id}")
+    def start(self, stdin: bytes | None = None) -> None:
+        """Begin pumping; the caller (ProcessTable) keeps the task and awaits it at close.
 
-    async def _run(self) -> None:
+        `stdin`, when given, is fed to the process as it reads it, then its stdin is closed; a
+        process that exits or stops reading first does not get the rest, as with a shell pipe.
+        """
+        self._task = asyncio.create_task(self._run(stdin), name=f"process {self.process_id}")
+
+    async def _run(self, stdin: bytes | None) -> None:
         pumps = [
             asyncio.create_task(self._pump(self._process.stdout, "stdout")),
             asyncio.create_task(self._pump(self._process.stderr, "stderr")),
         ]
+        feeder = None if stdin is None else asyncio.create_task(self._feed(stdin))
         try:
             status, timed_out = await self._wait_with_timeout()
             # Output still in the pipes belongs to this process; a background child that keeps
-            # the pipe open must not hold the command open, so the drain is bounded.
-            await asyncio.wait(pumps, timeout=OUTPUT_DRAIN_S)
+            # the pipe open must not hold the command open, so the drain is bounded (time spent
+            # waiting for a slow reader of a foreground command's output does not count).
+            while (await asyncio.wait(pumps, timeout=OUTPUT_DRAIN_S))[1] and self._log.writer_waiting:
+                pass
         finally:
-            for pump in pumps:
-                pump.cancel()
+            for task in (*pumps, feeder, self._stdin_backlog):
+                if task is not None:
+                    task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
             if self._on_exit is not None:
                 self._on_exit()
         await self._finish(status, timed_out)
+
+    async def _feed(self, data: bytes) -> None:
+        with contextlib.suppress(NotRunning):
+            await self._write(data, close=True)
 
     async def _wait_with_timeout(self) -> tuple[ExitStatus, bool]:
         try:
@@ -136,25 +191,54 @@ class ManagedProcess:
         if tail := decoder.decode(b"", final=True):
             await self._log.append(OutputEvent(type=kind, data=tail))
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Everything still buffered, then live events, ending with the `end` event."""
-        index = self._log.first_index
-        while True:
-            async with self._log.changed:
-                index = max(index, self._log.first_index)
-                pending = list(self._log.events)[index - self._log.first_index :]
-                if not pending:
-                    await self._log.changed.wait()
-                    continue
-            for event in pending:
-                yield event
-                if isinstance(event, EndEvent):
-                    return
-            index += len(pending)
+    async def events(self, *, holder: bool = False) -> AsyncIterator[Event]:
+        """Everything still buffered, then live events, ending with the `end` event. The
+        `holder` (the client that started the command and waits for its result) holds the log:
+        no output is dropped before it has read it; it is released when the holder stops."""
+        log = self._log
+        log.held = log.held or holder
+        index = log.first_index
+        try:
+            while True:
+                async with log.changed:
+                    index = max(index, log.first_index)
+                    pending = list(log.events)[index - log.first_index :]
+                    if not pending:
+                        await log.changed.wait()
+                        continue
+                for event in pending:
+                    yield event
+                    if isinstance(event, EndEvent):
+                        return
+                index += len(pending)
+                if holder:
+                    log.consumed(index)
+        finally:
+            if holder:
+                log.release()
 
     async def write_stdin(self, data: bytes, close: bool) -> None:
+        """Hand `data` to the process. Waits up to STDIN_WAIT_S for it to be taken; past that it
+        stays queued (one write's worth at most: the next is refused until the process reads)."""
         if close and self.terminal:
             raise InvalidArgument("a terminal's input cannot be closed; send ^D (\\x04) or exit")
+        backlog = self._stdin_backlog
+        if backlog is not None and not backlog.done():
+            raise Conflict(
+                f"process {self.process_id} has not yet read the input written before; "
+                "send more once it has (its stdin pipe is full)"
+            )
+        write = asyncio.ensure_future(self._write(data, close))
+        try:
+            await asyncio.wait_for(asyncio.shield(write), STDIN_WAIT_S)
+        except TimeoutError:
+            pass  # queued: the process reads it when it wants to
+        finally:
+            if not write.done():
+                self._stdin_backlog = write
+                write.add_done_callback(_retrieve)
+
+    async def _write(self, data: bytes, close: bool) -> None:
         try:
             if data:
                 await self._process.write_stdin(data)
@@ -204,14 +288,24 @@ class ManagedProcess:
                 await self._task
 
 
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """A queued stdin write that failed (the process exited): nobody waits for its error."""
+    if not task.cancelled():
+        task.exception()
+
+
 class ProcessTable:
-    """The processes of one sandbox, found by process id or in-sandbox pid."""
+    """The processes of one sandbox, found by process id or in-sandbox pid. Of the finished
+    ones, the FINISHED_KEPT most recent stay (with their output) for late readers."""
 
     def __init__(self) -> None:
         self._by_id: dict[str, ManagedProcess] = {}
 
     def add(self, process: ManagedProcess) -> None:
         self._by_id[process.process_id] = process
+        finished = [p for p in self._by_id.values() if p.exit is not None]
+        for old in finished[: max(0, len(finished) - FINISHED_KEPT)]:
+            del self._by_id[old.process_id]
 
     def discard(self, process: ManagedProcess) -> None:
         self._by_id.pop(process.process_id, None)

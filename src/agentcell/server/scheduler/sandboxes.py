@@ -306,18 +306,17 @@ class SandboxService:
             await self._driver.exec(sandbox.id, spec), argv, request.cwd, request.timeout_s
         )
         sandbox.processes.add(process)
-        process.start()
-        self._count_activity(sandbox, process)
         if request.stdin is not None:
-            await process.write_stdin(request.stdin.encode(), close=True)
-        elif not request.background:
-            await process.write_stdin(b"", close=True)
+            process.start(stdin=request.stdin.encode())
+        else:  # a foreground command reads an empty stdin; a background one's stays open
+            process.start(stdin=None if request.background else b"")
+        self._count_activity(sandbox, process)
         return process
 
     async def run_foreground(self, process: ManagedProcess, sandbox_id: str) -> AsyncIterator[Event]:
         """Events of a foreground command; the process is killed if the caller stops listening."""
         try:
-            async for event in process.events():
+            async for event in process.events(holder=True):
                 yield event
         finally:
             process.kill()
