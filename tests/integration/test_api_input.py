@@ -53,6 +53,7 @@ def count_sandboxes(api: httpx.Client) -> int:
         ({"timeout_s": 10**9}, "timeout_s"),
         ({"template": "../etc"}, "template"),
         ({"env": {"1BAD": "x"}}, "env"),
+        ({"env": {"A": "a\u0000b"}}, "env.A: may not contain a NUL character"),
         ({"metadata": "not-a-dict"}, "metadata"),
         ({"colour": "blue"}, "colour"),
     ],
@@ -108,6 +109,14 @@ def test_command_input_is_checked(api: httpx.Client, sandbox_id: str) -> None:
     assert_envelope(api.post(url, json={"cmd": "x", "timeout_s": -1}), 400, "invalid_argument", "timeout_s")
     assert_envelope(api.post(url, json={"cmd": "x", "user": "root"}), 400, "invalid_argument", "user")
     assert_envelope(api.post(url, json={"argv": "ls"}), 400, "invalid_argument", "argv")
+    nul = "may not contain a NUL character"
+    for field, body in (
+        ("cwd", {"cmd": "pwd", "cwd": "/tmp\u0000x"}),
+        ("env.A", {"cmd": "true", "env": {"A": "a\u0000b"}}),
+        ("argv.1", {"argv": ["echo", "a\u0000"]}),
+        ("cmd", {"cmd": "echo \u0000"}),
+    ):
+        assert_envelope(api.post(url, json=body), 400, "invalid_argument", f"{field}: {nul}")
     assert_envelope(api.get(f"/v1/sandboxes/{sandbox_id}/processes/proc_nope/events"), 404, "not_found")
     signal_url = f"/v1/sandboxes/{sandbox_id}/processes/proc_nope/signal"
     assert_envelope(api.post(signal_url, json={"signal": "SIGBOGUS"}), 400, "invalid_argument", "signal")

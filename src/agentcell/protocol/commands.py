@@ -6,10 +6,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, TypeAdapter, model_validator
 
-from agentcell.protocol.common import ReplyModel, WireModel
-from agentcell.protocol.sandboxes import EnvName
+from agentcell.protocol.common import NoNul, ReplyModel, WireModel
+from agentcell.protocol.sandboxes import EnvName, EnvValue
 
-SandboxPath = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+SandboxPath = Annotated[str, StringConstraints(min_length=1, max_length=4096), NoNul]
 
 
 class PtySize(WireModel):
@@ -22,13 +22,11 @@ class PtySize(WireModel):
 class CommandRequest(WireModel):
     """Exactly one of `cmd` (run by `bash -c`) or `argv` (run as given)."""
 
-    cmd: Annotated[str, StringConstraints(min_length=1, max_length=262144)] | None = None
-    argv: list[Annotated[str, StringConstraints(max_length=131072)]] | None = Field(
+    cmd: Annotated[str, StringConstraints(min_length=1, max_length=262144), NoNul] | None = None
+    argv: list[Annotated[str, StringConstraints(max_length=131072), NoNul]] | None = Field(
         default=None, min_length=1, max_length=4096
     )
-    env: dict[EnvName, Annotated[str, StringConstraints(max_length=32768)]] = Field(
-        default_factory=dict, max_length=256
-    )
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=256)
     cwd: SandboxPath = "/home/user"
     user: Literal["user"] = Field(
         default="user", description="root inside a sandbox comes with user namespaces"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 
 class WireModel(BaseModel):
@@ -47,3 +47,13 @@ STATUS_BY_CODE: dict[str, int] = {
     "unavailable": 503,
     "timeout": 504,
 }
+
+
+def _no_nul(text: str) -> str:
+    if "\0" in text:
+        raise ValueError("may not contain a NUL character (\\u0000): it is a C string in the sandbox")
+    return text
+
+
+NoNul = AfterValidator(_no_nul)
+"""For strings that become C strings in a sandbox (argv, paths, env values): `Annotated[str, NoNul]`."""

@@ -7,10 +7,11 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
-from agentcell.protocol.common import ReplyModel, WireModel
+from agentcell.protocol.common import NoNul, ReplyModel, WireModel
 from agentcell.protocol.egress import NetworkPolicy
 
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)]
+EnvValue = Annotated[str, StringConstraints(max_length=32768), NoNul]
 MetaKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$")]
 MetaValue = Annotated[str, StringConstraints(max_length=512)]
 TemplateName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
@@ -23,9 +24,7 @@ MIN_KERNEL_MEMORY_MB = 128
 
 class SandboxCreate(WireModel):
     template: TemplateName = "base"
-    env: dict[EnvName, Annotated[str, StringConstraints(max_length=32768)]] = Field(
-        default_factory=dict, max_length=256
-    )
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=256)
     metadata: dict[MetaKey, MetaValue] = Field(default_factory=dict, max_length=64)
     cpu: float = Field(default=1.0, gt=0, le=64, description="CPU cores (a quota, fractions allowed)")
     memory_mb: int = Field(default=512, ge=32, le=262144)
