@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentcell import errors
@@ -88,6 +89,12 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+async def _on_client_gone(request: Request, exc: Exception) -> JSONResponse:
+    """The client went away while its request body was read: nobody is left to answer."""
+    log.info("the client left before sending its whole request")
+    return error_response("invalid_argument", "the request body ended early")
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=exc)
     _count(request, "internal")
@@ -98,6 +105,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(errors.AgentcellError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(ClientDisconnect, _on_client_gone)
     app.add_exception_handler(Exception, _on_unexpected)
 
 
@@ -121,7 +129,7 @@ class RequestIdMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            request_id_var.reset(token)
+        await self.app(scope, receive, send_with_id)
+        # Not reset when the app fails: the 500 handler (in Starlette's outermost middleware) and
+        # its log line still name the request. The request's task ends with it anyway.
+        request_id_var.reset(token)
