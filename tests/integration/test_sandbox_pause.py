@@ -29,8 +29,13 @@ def test_sdk_pause_then_resume_by_id(server_url: str) -> None:
         ]
         assert Sandbox.list(api_url=server_url, metadata=tag, state="running") == []
         assert sbx.get_info().state == "paused" and not sbx.is_running()
+        for in_sandbox_call in (lambda: sbx.commands.run("true"), lambda: sbx.files.read("/home/user/x")):
+            with pytest.raises(ConflictError, match="is paused; resume it first"):
+                in_sandbox_call()
+        created_at = sbx.get_info().created_at
         with Sandbox.resume(sbx.id, api_url=server_url, timeout_s=60) as again:
             assert again.id == sbx.id and again.info.state == "running"
+            assert again.info.created_at == created_at
             assert again.files.read("/home/user/keep/me.txt") == b"saved"
             assert again.commands.run("echo $A; pgrep -c sleep || true").stdout == "1\n0\n"
             with pytest.raises(ConflictError, match="is running, not paused"):

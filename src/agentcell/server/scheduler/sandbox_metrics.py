@@ -57,9 +57,9 @@ class SandboxMetrics:
         sandbox = self._sandboxes.running(sandbox_id)
         self._forget_ended()
         ring = self._rings.get(sandbox.id)
-        if ring is None or ring.started_at != sandbox.created_at:
+        if ring is None or ring.started_at != sandbox.started_at:
             ring = self._rings[sandbox.id] = _Ring(
-                sandbox.created_at, collections.deque(maxlen=self._keep), at=sandbox.created_at
+                sandbox.started_at, collections.deque(maxlen=self._keep), at=sandbox.started_at
             )
         used = await self._driver.usage(sandbox.id)
         disk_used, disk_total = await self._disk(sandbox)

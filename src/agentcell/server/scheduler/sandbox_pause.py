@@ -102,6 +102,7 @@ class SandboxPauses:
         self.labeller: Callable[[Sandbox], dict[str, str]] | None = None
         """What an API layer keeps with a sandbox it pauses (the E2B template name), or None."""
         sandboxes.on_timeout = self.pause_at_timeout
+        sandboxes.is_paused = lambda sandbox_id: self.paused(sandbox_id) is not None
 
     # -- lifecycle of the service ---------------------------------------------------------------
 
@@ -195,7 +196,9 @@ class SandboxPauses:
             if timeout_s is not None:
                 request = request.model_copy(update={"timeout_s": timeout_s})
             with _as_owner(paused.sandbox):
-                sandbox = await self._sandboxes.create(request, sandbox_id=sandbox_id)
+                sandbox = await self._sandboxes.create(
+                    request, sandbox_id=sandbox_id, created_at=paused.sandbox.created_at
+                )
             try:
                 await self._restore(sandbox, paused.record.storage_path)
             except BaseException:

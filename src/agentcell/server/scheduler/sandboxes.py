@@ -56,6 +56,7 @@ class Sandbox:
     request: SandboxCreate
     created_at: float
     expires_at: float
+    started_at: float = 0.0  # this run's (a resume keeps created_at)
     state: SandboxState = "running"
     processes: ProcessTable = field(default_factory=ProcessTable)
     meter: ActivityMeter = field(default_factory=lambda: ActivityMeter(0.0))
@@ -118,6 +119,8 @@ class SandboxService:
         self._tasks: asyncio.TaskGroup | None = None
         self.on_timeout: Callable[[Sandbox], Awaitable[bool]] | None = None
         """Called for a sandbox past its deadline; True: it was dealt with (paused), do not kill it."""
+        self.is_paused: Callable[[str], bool] = lambda sandbox_id: False
+        """Whether the caller's sandbox of this id is paused (set by scheduler/sandbox_pause.py)."""
 
     # -- lifecycle of the service ---------------------------------------------------------------
 
@@ -145,8 +148,11 @@ class SandboxService:
 
     # -- sandboxes --------------------------------------------------------------------------------
 
-    async def create(self, request: SandboxCreate, *, sandbox_id: str | None = None) -> Sandbox:
-        """A new sandbox; `sandbox_id` is given only by a resume (scheduler/sandbox_pause.py)."""
+    async def create(
+        self, request: SandboxCreate, *, sandbox_id: str | None = None, created_at: float | None = None
+    ) -> Sandbox:
+        """A new sandbox; `sandbox_id` and `created_at` are given only by a resume
+        (scheduler/sandbox_pause.py)."""
         if len(self._sandboxes) + self._starting >= self._max:
             raise QuotaExceeded(
                 f"this node runs at most {self._max} sandboxes; kill one first", retry_after_s=1
@@ -154,7 +160,8 @@ class SandboxService:
         now = self._clock.now()
         poolable = sandbox_id is None  # a resume keeps its id: it never takes a pooled instance
         sandbox_id = sandbox_id or new_sandbox_id()
-        sandbox = Sandbox(sandbox_id, request, created_at=now, expires_at=now + request.timeout_s)
+        expires_at = now + request.timeout_s
+        sandbox = Sandbox(sandbox_id, request, created_at or now, expires_at, started_at=now)
         sandbox.tenant = _requesting_tenant()
         sandbox.meter.since = now
         template = self._hold(sandbox)
@@ -247,6 +254,8 @@ class SandboxService:
         return sandbox
 
     def running(self, sandbox_id: str) -> Sandbox:
+        if sandbox_id not in self._sandboxes and self.is_paused(sandbox_id):
+            raise NotRunning(f"sandbox {sandbox_id} is paused; resume it first (POST .../resume)")
         sandbox = self.get(sandbox_id)
         if sandbox.state != "running":
             raise NotRunning(f"sandbox {sandbox_id} is {sandbox.state}")
