@@ -40,12 +40,29 @@ INIT = {
     },
 }
 JSON_AND_SSE = {"accept": "application/json, text/event-stream"}
+HTTP_MCP_FN: dict[str, Any] = {
+    "cmd": "python3 http_server.py",
+    "affinity": {"kind": "mcp"},
+    "max_instances": 2,
+    "idle_timeout_s": 600,
+    "ready_timeout_s": 30,
+}
 
 
 @pytest.fixture
 def mcp_fn(api: httpx.Client) -> Iterator[str]:
     name = "mcp-" + uuid.uuid4().hex[:8]
     reply = deploy(api, name, MCP_FN, code=FIXTURES / "mcp_stdio")
+    assert reply.status_code == 200, reply.text
+    yield name
+    api.delete(f"/v1/functions/{name}")
+
+
+@pytest.fixture
+def http_mcp_fn(api: httpx.Client) -> Iterator[str]:
+    """An HTTP MCP server (`http_server.py`, answering like the SDK's) on at most two instances."""
+    name = "mcph-" + uuid.uuid4().hex[:8]
+    reply = deploy(api, name, HTTP_MCP_FN, code=FIXTURES / "mcp_stdio")
     assert reply.status_code == 200, reply.text
     yield name
     api.delete(f"/v1/functions/{name}")
@@ -159,23 +176,114 @@ def test_a_get_stream_resumes_on_the_same_instance_with_last_event_id(api: httpx
     assert api.post(url, json=INIT | {"id": 9}, headers=headers).status_code == 404
 
 
+def test_a_stdio_session_whose_process_exited_answers_404(api: httpx.Client, mcp_fn: str) -> None:
+    url = f"/fn/{mcp_fn}/mcp"
+    init = api.post(url, json=INIT, headers=JSON_AND_SSE)
+    assert init.status_code == 200, init.text
+    headers = {**JSON_AND_SSE, "mcp-session-id": init.headers["mcp-session-id"]}
+    api.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+
+    def call(name: str) -> httpx.Response:
+        request = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": name}}
+        return api.post(url, json=request, headers=headers)
+
+    assert call("exit").status_code == 200
+    gone = call("whoami")
+    assert gone.status_code == 404, gone.text  # the MCP spec's answer: the client re-initializes
+    wait_for(lambda: not live_keys(api, mcp_fn), what="the 404 to end the agentcell session")
+    assert call("whoami").status_code == 404
+    assert api.post(url, json=INIT, headers=JSON_AND_SSE).status_code == 200
+
+
+def test_a_chunked_request_body_reaches_the_stdio_server(api: httpx.Client, mcp_fn: str) -> None:
+    body = json.dumps(INIT).encode()
+    chunked = api.post(f"/fn/{mcp_fn}/mcp", content=iter([body[:10], body[10:]]), headers=JSON_AND_SSE)
+    assert chunked.status_code == 200, chunked.text
+    assert chunked.json()["result"]["serverInfo"]["name"] == "fixture-stdio"
+    assert (
+        api.delete(
+            f"/fn/{mcp_fn}/mcp", headers={"mcp-session-id": chunked.headers["mcp-session-id"]}
+        ).status_code
+        == 200
+    )
+
+
 def test_unknown_and_malformed_session_ids(api: httpx.Client, mcp_fn: str) -> None:
     url = f"/fn/{mcp_fn}/mcp"
     unknown = api.post(url, json=INIT, headers={**JSON_AND_SSE, "mcp-session-id": "0123abcd"})
     assert unknown.status_code == 404 and "initialize" in unknown.json()["message"]
-    bad = api.post(url, json=INIT, headers={**JSON_AND_SSE, "mcp-session-id": "../../etc"})
-    assert bad.status_code == 400
+    bad = api.post(url, json=INIT, headers={**JSON_AND_SSE, "mcp-session-id": "bad id"})
+    assert bad.status_code == 400 and "mcp-session-id" in bad.json()["message"]
     assert api.post(f"/fn/{mcp_fn}/messages/?session_id=nope", json={}).status_code == 404
 
 
+def test_failed_requests_without_a_session_bind_nothing(api: httpx.Client, http_mcp_fn: str) -> None:
+    """The server puts an Mcp-Session-Id even on its 400s: only a 2xx initialize names a session,
+    so failed requests hold neither a session nor an instance once answered."""
+    url = f"/fn/{http_mcp_fn}/mcp"
+    tools_list = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).encode()
+    for body in (tools_list, tools_list, b"garbage", b"[]", b""):
+        reply = api.post(url, content=body, headers={**JSON_AND_SSE, "content-type": "application/json"})
+        assert reply.status_code == 400, reply.text
+    for method in ("GET", "DELETE"):
+        assert api.request(method, url, headers=JSON_AND_SSE).status_code == 400
+    assert live_keys(api, http_mcp_fn) == set()
+    sessions = [api.post(url, json=INIT, headers=JSON_AND_SSE, timeout=8) for _ in range(2)]
+    assert [s.status_code for s in sessions] == [200, 200]
+    assert live_keys(api, http_mcp_fn) == {s.headers["mcp-session-id"] for s in sessions}
+
+
+@pytest.mark.parametrize("session_id", ["c2Vzc2lvbi8xMjM+PzQ1Ng==", "eyJhbGciOiJIUzI1NiJ9." + "x" * 180])
+def test_any_session_id_the_spec_allows_routes(api: httpx.Client, http_mcp_fn: str, session_id: str) -> None:
+    url = f"/fn/{http_mcp_fn}/mcp"
+    init = api.post(url, json=INIT, headers={**JSON_AND_SSE, "x-fixture-session-id": session_id})
+    assert init.status_code == 200 and init.headers["mcp-session-id"] == session_id
+    session = {**JSON_AND_SSE, "mcp-session-id": session_id}
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami"}}
+    answers = [api.post(url, json=call, headers=session) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200], answers[0].text
+    assert len({a.json()["result"]["content"][0]["text"] for a in answers}) == 1  # one instance
+    assert api.delete(url, headers=session).status_code == 200
+    wait_for(lambda: not live_keys(api, http_mcp_fn), what="DELETE to end the session")
+
+
 def test_modern_era_requests_go_anywhere_without_a_session(api: httpx.Client, mcp_fn: str) -> None:
+    modern = {**JSON_AND_SSE, "mcp-protocol-version": "2026-07-28"}
     discover = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}}
-    headers = {**JSON_AND_SSE, "mcp-protocol-version": "2026-07-28", "mcp-method": "server/discover"}
+    reply = api.post(f"/fn/{mcp_fn}/mcp", json=discover, headers={**modern, "mcp-method": "server/discover"})
+    assert reply.status_code == 200, reply.text  # answered by the server: it speaks the handshake era only
+    assert reply.json()["error"]["code"] == -32601 and "mcp-session-id" not in reply.headers
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami"}}
+    pids = set()
     for _ in range(4):
-        reply = api.post(f"/fn/{mcp_fn}/mcp", json=discover, headers=headers)
-        assert reply.status_code == 400  # this bridged server speaks the handshake era only
+        reply = api.post(f"/fn/{mcp_fn}/mcp", json=call, headers={**modern, "mcp-method": "tools/call"})
+        assert reply.status_code == 200, reply.text
         assert "mcp-session-id" not in reply.headers
+        who = json.loads(reply.json()["result"]["content"][0]["text"])
+        pids.add((who["instance"], who["pid"]))
+    assert len(pids) == 4  # a process of its own for each: nothing is shared between requests
     assert live_keys(api, mcp_fn) == set()
+
+
+def test_own_mcp_sessions_belong_to_the_key_that_opened_them(api: httpx.Client, server_url: str) -> None:
+    tenant = "mcpt" + uuid.uuid4().hex[:8]
+    assert api.post("/v1/tenants", json={"name": tenant}).status_code == 201
+    other = api.post(f"/v1/tenants/{tenant}/keys", json={"scopes": ["*"]}).json()["key"]
+    init = api.post("/mcp", json=INIT, headers=JSON_AND_SSE)
+    assert init.status_code == 200, init.text
+    mine = {
+        **JSON_AND_SSE,
+        "mcp-session-id": init.headers["mcp-session-id"],
+        "mcp-protocol-version": "2025-11-25",
+    }
+    tools_list = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    with httpx.Client(base_url=server_url, headers={"x-api-key": other}, timeout=30) as intruder:
+        assert intruder.post("/mcp", json=tools_list, headers=mine).status_code == 404
+        assert intruder.delete("/mcp", headers=mine).status_code == 404
+    listed = api.post("/mcp", json=tools_list, headers=mine)
+    assert listed.status_code == 200 and "create_sandbox" in listed.text
+    assert api.delete("/mcp", headers=mine).status_code == 200
+    assert api.post("/mcp", json=tools_list, headers=mine).status_code == 404
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])

@@ -6,7 +6,7 @@ import pytest
 
 from agentcell.errors import InvalidArgument
 from agentcell.protocol.functions import Affinity
-from agentcell.server.gateway.keys import function_target, session_key
+from agentcell.server.gateway.keys import MCP_DIGEST_PREFIX, function_target, mcp_session_key, session_key
 
 
 @pytest.mark.parametrize(
@@ -70,3 +70,21 @@ def test_cookie_key() -> None:
 
 def test_none_affinity_ignores_keys() -> None:
     assert session_key(Affinity(kind="none"), b"alice", b"agentcell_session=x") is None
+
+
+@pytest.mark.parametrize("bad", [b"", b"has space", b"\xff\xfe", b"tab\tinside"])
+def test_malformed_mcp_session_ids_name_the_mcp_header(bad: bytes) -> None:
+    with pytest.raises(InvalidArgument, match="mcp-session-id"):
+        session_key(Affinity(kind="mcp"), bad, None)
+
+
+def test_any_mcp_session_id_the_spec_allows_has_a_session_key() -> None:
+    mcp = Affinity(kind="mcp")
+    assert session_key(mcp, b"abc123", None) == "abc123"  # a plain key routes as itself
+    for unusual in (b"c2Vzc2lvbi8xMjM+PzQ1Ng==", b"eyJ." + b"x" * 300, b"../etc", b"-dash"):
+        key = session_key(mcp, unusual, None)
+        assert key is not None and key.startswith(MCP_DIGEST_PREFIX) and len(key) <= 128
+        session_key(Affinity(kind="header"), key.encode(), None)  # a valid session key
+    digest = session_key(mcp, b"c2Vzc2lvbi8xMjM+PzQ1Ng==", None)
+    assert digest is not None and session_key(mcp, digest.encode(), None) != digest  # no aliasing
+    assert mcp_session_key("a/b") == "a/b" and mcp_session_key("a+b") != "a+b"

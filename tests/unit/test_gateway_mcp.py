@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from agentcell.server.gateway.mcp import MAX_FIRST_EVENT, EndpointRewriter, is_stateless, query_session_id
+from agentcell.server.gateway.keys import mcp_session_key
+from agentcell.server.gateway.mcp import (
+    MAX_FIRST_EVENT,
+    EndpointRewriter,
+    SessionNaming,
+    is_stateless,
+    query_session_id,
+)
 from agentcell.server.gateway.route import RequestHead
 
 
@@ -61,3 +68,39 @@ def test_a_stream_that_does_not_start_with_an_endpoint_passes_untouched() -> Non
     big = b"x" * (MAX_FIRST_EVENT + 1)
     out, named = rewrite([big, b"more"])
     assert out == big + b"more" and named == []
+
+
+def naming(method: bytes = b"POST") -> tuple[SessionNaming, list[str]]:
+    named: list[str] = []
+    return SessionNaming(method, named.append), named
+
+
+@pytest.mark.parametrize("status", [400, 404, 500])
+def test_a_failed_answer_names_no_session_even_with_a_session_header(status: int) -> None:
+    session, named = naming()
+    session.on_response_head(status, [(b"Mcp-Session-Id", b"fresh-id")])
+    session.from_endpoint("from-sse")
+    assert named == []
+
+
+def test_only_a_2xx_post_names_from_the_header() -> None:
+    session, named = naming()
+    session.on_response_head(200, [(b"content-type", b"application/json"), (b"Mcp-Session-Id", b" abc ")])
+    assert named == ["abc"]
+    for method in (b"GET", b"DELETE"):
+        session, named = naming(method)
+        session.on_response_head(200, [(b"mcp-session-id", b"abc")])
+        assert named == []
+
+
+def test_a_legacy_stream_is_named_from_its_endpoint_once_it_succeeded() -> None:
+    session, named = naming(b"GET")
+    session.on_response_head(200, [(b"content-type", b"text/event-stream")])
+    session.from_endpoint("c2Vzc2lvbg==")
+    assert named == [mcp_session_key("c2Vzc2lvbg==")] and named[0] != "c2Vzc2lvbg=="
+
+
+def test_an_id_the_spec_does_not_allow_is_not_bound() -> None:
+    session, named = naming()
+    session.on_response_head(200, [(b"mcp-session-id", b"has space")])
+    assert named == []

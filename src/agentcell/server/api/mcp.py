@@ -2,13 +2,15 @@
 MCP tools, so any MCP client can use agentcell without an SDK.
 
 Tools call the same services as the REST API; their errors reach the client as tool errors with
-the API's message.
+the API's message. An MCP session belongs to the API key that opened it (`SessionOwners`).
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import json
+from collections import OrderedDict
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
@@ -17,12 +19,14 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ImageContent, TextContent
 from pydantic import ValidationError
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentcell.errors import AgentcellError
 from agentcell.protocol.code import CodeRun
 from agentcell.protocol.commands import CommandRequest
 from agentcell.protocol.sandboxes import SandboxCreate
+from agentcell.server.auth.principal import current_or_none
 from agentcell.server.scheduler.sandboxes import SandboxService
 
 MAX_READ_BYTES = 4 << 20
@@ -34,8 +38,12 @@ IMAGE_TYPES = {
     "webp": "image/webp",
 }
 
+MAX_OWNED_SESSIONS = 20_000  # twice the SDK's own limit on live sessions
+SESSION_HEADER = b"mcp-session-id"
+
 Content = TextContent | ImageContent
 ToolFn = Callable[..., Awaitable[Any]]
+Owner = tuple[str, str]
 
 
 def build_mcp_server(sandboxes: SandboxService) -> MCPServer[Any]:
@@ -137,7 +145,82 @@ def mcp_routes(server: MCPServer[Any]) -> list[BaseRoute]:
     """The `/mcp` route of the server's Streamable HTTP app, for the control plane's router. The
     Host check is off: the gateway in front answers for whatever name the operator gives it."""
     security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    return list(server.streamable_http_app(streamable_http_path="/mcp", transport_security=security).routes)
+    routes = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security).routes
+    return [
+        Route(
+            r.path,
+            SessionOwners(r.app),
+            methods=r.methods,
+            name=r.name,
+            include_in_schema=r.include_in_schema,
+        )
+        if isinstance(r, Route) and r.path == "/mcp"
+        else r
+        for r in routes
+    ]
+
+
+class SessionOwners:
+    """The `/mcp` app behind a check that an MCP session is used only by the API key that opened
+    it (its tenant and key id): the session's tools act as that key, so any other key naming the
+    session gets 404, the answer for a session this server does not have.
+
+    Owners are learnt from the 2xx answers that issue an `Mcp-Session-Id` and forgotten on a 2xx
+    DELETE or a 404; past `max_sessions` the oldest is forgotten (its session then answers 404
+    and its client initializes a new one: an id with no owner is never served).
+    """
+
+    def __init__(self, app: ASGIApp, max_sessions: int = MAX_OWNED_SESSIONS) -> None:
+        self._app = app
+        self._max_sessions = max_sessions
+        self._owners: OrderedDict[str, Owner] = OrderedDict()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        principal = current_or_none()
+        owner = (principal.tenant, principal.key_id) if principal is not None else ("", "")
+        session_id = _session_id(scope)
+        if session_id is None:
+            await self._app(scope, receive, functools.partial(self._learn, owner, send))
+        elif self._owners.get(session_id) != owner:
+            await _session_not_found(send)
+        else:
+            await self._app(
+                scope, receive, functools.partial(self._follow, session_id, scope["method"], send)
+            )
+
+    async def _learn(self, owner: Owner, send: Send, message: Message) -> None:
+        if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
+            issued = _session_id(message)
+            if issued is not None:
+                self._owners[issued] = owner
+                while len(self._owners) > self._max_sessions:
+                    self._owners.popitem(last=False)
+        await send(message)
+
+    async def _follow(self, session_id: str, method: str, send: Send, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            if status == 404 or (method == "DELETE" and 200 <= status < 300):
+                self._owners.pop(session_id, None)
+        await send(message)
+
+
+def _session_id(scope_or_message: Scope | Message) -> str | None:
+    for name, value in scope_or_message.get("headers", []):
+        if name.lower() == SESSION_HEADER:
+            return bytes(value).decode("latin-1").strip()
+    return None
+
+
+async def _session_not_found(send: Send) -> None:
+    error = {"code": -32600, "message": "Session not found: initialize a new one"}
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 404, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _code_content(events: AsyncIterable[Any]) -> list[Content]:

@@ -6,6 +6,7 @@ InvalidArgument, so it is refused before it can be used to reach an instance.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -16,6 +17,9 @@ FN_PREFIX = b"/fn/"
 FUNCTION_NAME = re.compile(rb"^[a-z][a-z0-9-]{0,62}$")
 SESSION_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 MCP_SESSION_HEADER = b"mcp-session-id"
+MCP_SESSION_ID = re.compile(r"[\x21-\x7e]+")
+"""what the MCP spec allows in a session id: visible ASCII, any length"""
+MCP_DIGEST_PREFIX = "mcp-sha256:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,19 @@ def _checked(key: str, where: str) -> str:
     return key
 
 
+def mcp_session_key(session_id: str, where: str = "header mcp-session-id") -> str:
+    """The session key an MCP session id is routed by: the id itself when it is a plain session
+    key, else a digest of it (a base64 id, a long JWT), so every id the MCP spec allows works.
+
+    Ids that look like a digest key are digested too, so no two ids share a key.
+    """
+    if not MCP_SESSION_ID.fullmatch(session_id):
+        raise InvalidArgument(f"MCP session id in {where} must be visible ASCII characters (0x21-0x7E)")
+    if SESSION_KEY.fullmatch(session_id) and not session_id.startswith(MCP_DIGEST_PREFIX):
+        return session_id
+    return MCP_DIGEST_PREFIX + hashlib.sha256(session_id.encode("ascii")).hexdigest()
+
+
 def cookie_value(cookie_header: bytes, name: str) -> str | None:
     for part in cookie_header.decode("latin-1").split(";"):
         key, eq, value = part.strip().partition("=")
@@ -70,7 +87,9 @@ def session_key(affinity: Affinity, header_value: bytes | None, cookie_header: b
     `header_value` is the value of the affinity's header (for `header`) or `Mcp-Session-Id` (for
     `mcp`); `cookie_header` is the request's Cookie header (for `cookie`).
     """
-    if affinity.kind in ("header", "mcp"):
+    if affinity.kind == "mcp":
+        return None if header_value is None else mcp_session_key(header_value.decode("latin-1").strip())
+    if affinity.kind == "header":
         if header_value is None:
             return None
         return _checked(header_value.decode("latin-1").strip(), f"header {affinity.header}")

@@ -12,10 +12,15 @@ the gateway to the same instance.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from urllib.parse import parse_qs, urlsplit
 
+from agentcell.errors import InvalidArgument
+from agentcell.server.gateway.keys import MCP_SESSION_HEADER, mcp_session_key
 from agentcell.server.gateway.route import RequestHead
+
+log = logging.getLogger(__name__)
 
 LEGACY_VERSIONS = frozenset({b"2024-11-05", b"2025-03-26", b"2025-06-18", b"2025-11-25"})
 VERSION_HEADER = b"mcp-protocol-version"
@@ -38,6 +43,45 @@ def query_session_id(query: bytes) -> str | None:
         if name in values:
             return values[name][0]
     return None
+
+
+class SessionNaming:
+    """Names a new MCP session from the instance's answer to a handshake-era request, and only
+    from a 2xx one: the `Mcp-Session-Id` of the answer to a POST (`initialize`), or the id in a
+    legacy SSE stream's `endpoint` event. A failed request names nothing (an SDK server puts a
+    fresh id even on its 400 answers), so its session and instance are given back at its end.
+
+    `name` receives the session key the id is routed by (`keys.mcp_session_key`).
+    """
+
+    __slots__ = ("_method", "_name", "_succeeded")
+
+    def __init__(self, method: bytes, name: Callable[[str], None]) -> None:
+        self._method = method
+        self._name = name
+        self._succeeded = False
+
+    def on_response_head(self, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        self._succeeded = 200 <= status < 300
+        if not self._succeeded or self._method != b"POST":
+            return
+        for name, value in headers:
+            if name.lower() == MCP_SESSION_HEADER:
+                self._bind(value.decode("latin-1").strip())
+                return
+
+    def from_endpoint(self, session_id: str) -> None:
+        """The id a legacy SSE stream's `endpoint` event names (see `EndpointRewriter`)."""
+        if self._succeeded:
+            self._bind(session_id)
+
+    def _bind(self, session_id: str) -> None:
+        try:
+            key = mcp_session_key(session_id, "the server's answer")
+        except InvalidArgument as exc:
+            log.warning("MCP session id cannot be bound (%s); requests will not find it", exc.message)
+            return
+        self._name(key)
 
 
 class EndpointRewriter:

@@ -21,7 +21,13 @@ from agentcell.server.auth.names import qualify
 from agentcell.server.gateway import e2b, mcp
 from agentcell.server.gateway.asgi import serves_in_process
 from agentcell.server.gateway.e2b import SandboxPorts
-from agentcell.server.gateway.keys import MCP_SESSION_HEADER, FunctionTarget, function_target, session_key
+from agentcell.server.gateway.keys import (
+    MCP_SESSION_HEADER,
+    FunctionTarget,
+    function_target,
+    mcp_session_key,
+    session_key,
+)
 from agentcell.server.gateway.route import (
     AppUpstream,
     AsgiApp,
@@ -91,7 +97,8 @@ class GatewayRouter:
             affinity = self._scheduler.function(target.name).config.affinity
             key = session_key(affinity, head.header(_key_header(affinity)), head.header(b"cookie"))
             if key is None and affinity.kind == "mcp":
-                key = mcp.query_session_id(head.query)  # a legacy SSE client's POST
+                legacy = mcp.query_session_id(head.query)  # a legacy SSE client's POST
+                key = None if legacy is None else mcp_session_key(legacy, "query session_id")
         except AgentcellError as exc:
             self._telemetry.error(exc.code)
             return domain_error(exc, head.request_id)
@@ -162,20 +169,21 @@ class GatewayRouter:
         self, head: RequestHead, target: FunctionTarget, affinity: Affinity
     ) -> Route:
         """An MCP request with no session id: a modern-era one goes anywhere; a handshake-era one
-        (initialize, or a legacy SSE stream) opens a session the instance then names."""
+        (initialize, or a legacy SSE stream) opens a session the instance then names, if it
+        succeeds (`mcp.SessionNaming`); else the session is given back when the request ends."""
         if mcp.is_stateless(head):
             lease = await self._scheduler.route_stateless(target.name)
             return self._forward(lease, affinity, target, head)
         lease = await self._scheduler.route_new_mcp_session(target.name)
         sse_stream = head.method == b"GET"
-        naming = partial(self._scheduler.name_mcp_session, lease)
+        naming = mcp.SessionNaming(head.method, partial(self._scheduler.name_mcp_session, lease))
         return self._forward(
             lease,
             affinity,
             target,
             head,
-            on_response_head=partial(_name_from_header, naming),
-            body_filter=mcp.EndpointRewriter(target.mount, naming) if sse_stream else None,
+            on_response_head=naming.on_response_head,
+            body_filter=mcp.EndpointRewriter(target.mount, naming.from_endpoint) if sse_stream else None,
             on_complete=partial(self._complete_unnamed, lease, sse_stream),
         )
 
@@ -262,12 +270,3 @@ class GatewayRouter:
             self._scheduler.end_mcp_session(lease)  # a legacy SSE session lives as long as its stream
         else:
             self._scheduler.release_unnamed(lease)
-
-
-def _name_from_header(
-    naming: Callable[[str], None], status: int, headers: Sequence[tuple[bytes, bytes]]
-) -> None:
-    for name, value in headers:
-        if name.lower() == MCP_SESSION_HEADER:
-            naming(value.decode("latin-1").strip())
-            return

@@ -5,6 +5,8 @@ and serves a stdio MCP server over HTTP on $PORT, one server process per MCP ses
   session starts a process and answers with its `Mcp-Session-Id`; later POSTs carry the id and get
   the JSON-RPC responses to their requests as JSON (202 for notifications); `GET` with the id is
   the session's server-to-client event stream, resumable with `Last-Event-ID`; `DELETE` ends it.
+* Modern era (a protocol version after the handshake era's, no session): each POST is answered by
+  a process of its own, which then ends.
 * Legacy HTTP+SSE: `GET /sse` starts a process and streams an `endpoint` event, then every message
   the process writes; `POST /messages/?session_id=…` feeds it (202).
 
@@ -26,8 +28,14 @@ from urllib.parse import parse_qs, urlparse
 HISTORY = 1000  # events kept per session for Last-Event-ID replay
 RESPONSE_TIMEOUT_S = 300.0
 STREAM_POLL_S = 15.0  # a comment line this often keeps idle streams alive
+MAX_LINE = 8192  # a chunk-size or trailer line
+LEGACY_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 
 Message = dict[str, Any]
+
+
+class SessionGone(Exception):
+    """The session's stdio server process has exited: the session is over."""
 
 
 class Session:
@@ -51,9 +59,18 @@ class Session:
         threading.Thread(target=self._read, daemon=True).start()
 
     def send(self, message: Message | list[Message]) -> None:
+        """Write to the process; SessionGone when it has exited."""
         assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(message).encode() + b"\n")
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(json.dumps(message).encode() + b"\n")
+            self.process.stdin.flush()
+        except (OSError, ValueError) as exc:  # a broken pipe, or stdin already closed
+            raise SessionGone("the stdio MCP server exited") from exc
+
+    @property
+    def is_over(self) -> bool:
+        """The process exited (or the session was closed): nothing can reach it any more."""
+        return self.closed or self.process.poll() is not None
 
     def expect(self, ids: list[str]) -> None:
         with self.lock:
@@ -120,6 +137,13 @@ class Session:
                 self.process.wait()
 
 
+def _chunk_size(line: bytes) -> int:
+    size = int(line.split(b";")[0].strip(), 16)
+    if size < 0:
+        raise ValueError(f"bad chunk size {line[:40]!r}")
+    return size
+
+
 def _id_key(request_id: object) -> str | None:
     return None if request_id is None else json.dumps(request_id)
 
@@ -137,8 +161,14 @@ class Bridge:
         return session
 
     def get(self, session_id: str | None) -> Session | None:
+        """The live session of that id; None when there is none, or its process has exited (the
+        session is then closed: its id answers 404, and the client initializes a new one)."""
         with self.lock:
-            return self.sessions.get(session_id or "")
+            session = self.sessions.get(session_id or "")
+        if session is not None and session.is_over:
+            self.close(session)
+            return None
+        return session
 
     def close(self, session: Session) -> None:
         with self.lock:
@@ -171,8 +201,22 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(status, {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}})
 
     def _body(self) -> Any:
-        length = int(self.headers.get("content-length") or 0)
-        return json.loads(self.rfile.read(length) or b"null")
+        """The request's JSON body, sized by Content-Length or sent chunked; ValueError when it
+        is not JSON (or its chunked framing is broken)."""
+        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+            data = self._chunked_body()
+        else:
+            data = self.rfile.read(int(self.headers.get("content-length") or 0))
+        return json.loads(data or b"null")
+
+    def _chunked_body(self) -> bytes:
+        chunks = []
+        while (size := _chunk_size(self.rfile.readline(MAX_LINE))) > 0:
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline(MAX_LINE)  # the CRLF after the chunk
+        while self.rfile.readline(MAX_LINE) not in (b"\r\n", b"\n", b""):
+            pass  # trailers
+        return b"".join(chunks)
 
     def _start_stream(self) -> None:
         self.send_response(200)
@@ -230,21 +274,50 @@ class Handler(BaseHTTPRequestHandler):
             if session_id is not None:
                 self._error(404, "unknown session: initialize a new one")
                 return
+            if self._is_stateless():
+                self._stateless_post(body, messages)
+                return
             if messages[0].get("method") != "initialize":
                 self._error(400, "no session: the first request must be initialize", -32601)
                 return
             session = self.bridge.open()
+        self._exchange(session, body, messages, is_new=session_id is None)
+
+    def _is_stateless(self) -> bool:
+        """A modern-era request (a protocol version the handshake era does not have)."""
+        version = self.headers.get("mcp-protocol-version")
+        return version is not None and version.strip() not in LEGACY_VERSIONS
+
+    def _stateless_post(self, body: Any, messages: list[Message]) -> None:
+        """A modern-era request needs no session: a process of its own answers it (no state
+        is shared between requests or clients, and no request id can clash), then ends."""
+        session = Session(self.bridge.command)
+        try:
+            self._exchange(session, body, messages, is_new=True, session_header=False)
+        finally:
+            session.close()
+
+    def _exchange(
+        self, session: Session, body: Any, messages: list[Message], is_new: bool, session_header: bool = True
+    ) -> None:
+        """Send the messages to the session's process and answer with its responses. A process
+        that exits ends its session: 404 (the MCP answer for a session the server no longer has)."""
         ids = [key for m in messages if "method" in m and (key := _id_key(m.get("id"))) is not None]
         session.expect(ids)
-        session.send(body)
-        headers = {"mcp-session-id": session.id}
+        try:
+            session.send(body)
+            answers = session.responses(ids) if ids else []
+        except (SessionGone, ConnectionError) as exc:
+            if not session.is_over:
+                self._error(502, str(exc), -32603)  # alive but silent: the session stays
+                return
+            self.bridge.close(session)
+            status, message = (502, str(exc)) if is_new else (404, f"{exc}: initialize a new session")
+            self._error(status, message, -32603)
+            return
+        headers = {"mcp-session-id": session.id} if session_header else {}
         if not ids:
             self._reply(202, headers=headers)
-            return
-        try:
-            answers = session.responses(ids)
-        except ConnectionError as exc:
-            self._error(502, str(exc), -32603)
             return
         self._reply(200, answers if isinstance(body, list) else answers[0], headers)
 
@@ -289,7 +362,12 @@ class Handler(BaseHTTPRequestHandler):
         if session is None:
             self._error(404 if session_id else 400, "unknown or missing session_id")
             return
-        session.send(body)
+        try:
+            session.send(body)
+        except SessionGone as exc:
+            self.bridge.close(session)
+            self._error(404, str(exc))
+            return
         self._reply(202)
 
 
