@@ -233,6 +233,31 @@ def test_bad_input_gets_the_error_envelope(sbx: Sandbox, raw: httpx.Client) -> N
     assert bad_ctx.status_code == 400 and "language" in bad_ctx.json()["message"]
 
 
+def test_nul_is_refused_before_it_reaches_a_kernel(sbx: Sandbox, raw: httpx.Client) -> None:
+    """A NUL in code, an env value or a cwd is a 400 naming the field, answered at once: no kernel
+    hangs on it (nor cuts the value there), and the context keeps its state."""
+    path = f"/v1/sandboxes/{sbx.id}/code"
+    assert raw.post(path, json={"code": "nul_kept = 5"}).status_code == 200
+    cases = [
+        (path, {"code": "\u0000", "timeout_s": 5}, "code: may not contain a NUL"),
+        (path, {"code": "1", "env": {"A": "a\u0000b"}}, "env.A: may not contain a NUL"),
+        (f"{path}/contexts", {"language": "bash", "env": {"B": "\u0000"}}, "env.B: may not contain a NUL"),
+        (f"{path}/contexts", {"language": "javascript", "cwd": "/tmp\u0000x"}, "cwd: may not contain a NUL"),
+    ]
+    started = time.monotonic()
+    for url, body, words in cases:
+        answer = raw.post(url, json=body)
+        envelope = answer.json()
+        assert (answer.status_code, envelope["code"]) == (400, "invalid_argument"), (body, envelope)
+        assert words in envelope["message"], (body, envelope)
+    assert time.monotonic() - started < 5
+    with pytest.raises(InvalidArgumentError, match=r"env\.C: may not contain a NUL"):
+        sbx.run_code("1", env={"C": "\x00"})
+    after = sbx.run_code("nul_kept")
+    assert (after.text, after.restarted) == ("5", False)
+    assert all(c.restarts == 0 for c in sbx.list_code_contexts() if c.is_default)
+
+
 def test_prestarted_kernel_answers_the_first_run_quickly(shared_server: ServerProcess) -> None:
     """`code_kernel=True` returns the sandbox with its default Python kernel already running."""
     with Sandbox.create(api_url=shared_server.url, code_kernel=True) as sandbox:
@@ -247,7 +272,8 @@ def test_limits_server_truncates_output_and_restarts_hung_kernels(
     server_factory: ServerFactory,
 ) -> None:
     """A dedicated server with a 64 KiB output cap, a short interrupt grace and two contexts per
-    sandbox: huge output is cut with a marker, a kernel that ignores SIGINT is replaced after a
+    sandbox: huge output keeps its first 64 KiB, then a marker (a result too big for the cap is
+    dropped whole), a kernel that ignores SIGINT is replaced after a
     timeout, and a third context is refused."""
     env = {
         "AGENTCELL_CODE_MAX_OUTPUT_BYTES": "65536",
@@ -257,9 +283,12 @@ def test_limits_server_truncates_output_and_restarts_hung_kernels(
     server = server_factory(env=env)
     with Sandbox.create(api_url=server.url) as sandbox:
         huge = sandbox.run_code("for _ in range(64):\n    print('y' * 65536)", timeout_s=60)
-        out = "".join(huge.logs.stdout)
-        assert "output truncated" in out and len(out) < 2 * 65536
-        assert huge.truncated_bytes > 3 << 20 and huge.status == "ok"
+        printed = ("y" * 65536 + "\n") * 64
+        marker = "\n[agentcell: output truncated after 65536 bytes; the rest is dropped]\n"
+        assert "".join(huge.logs.stdout) == printed[:65536] + marker  # the head kept, then the marker
+        assert huge.truncated_bytes == len(printed) - 65536 and huge.status == "ok"
+        image = sandbox.run_code("display({'image/png': 'A' * 70000, 'text/plain': 'big'}, raw=True)")
+        assert (image.results, image.logs.stdout, image.truncated_bytes) == ([], [marker], 70003)
         assert sandbox.run_code("'small again'").text == "'small again'"
 
         sandbox.run_code("lost = 1")

@@ -1,6 +1,6 @@
 """Checks of what reading E2B's own SDK test suites showed agentcell answering wrongly (now fixed):
 default list order, symlink entries, a made context `cwd`, `deny_out`, a 400 rather than a 500 for
-an unknown code language, envd's message for an expired signature. Real SDKs, real server."""
+an unknown code language or a NUL in code, envd's message for an expired signature. Real SDKs, real server."""
 
 from __future__ import annotations
 
@@ -36,6 +36,17 @@ def test_unknown_code_language_is_a_400_not_a_500(
             code_sandbox.run_code("1", language=language)
     assert _unexpected_errors(shared_server) == unexpected_before
     assert code_sandbox.run_code("1 + 1").text == "2"
+
+
+def test_nul_in_code_or_env_is_a_400_at_once(code_sandbox: CodeSandbox) -> None:
+    """E2B's /execute refuses a NUL as agentcell's own API does, naming the field, instead of a
+    kernel hanging on it until the timeout (and then losing its state)."""
+    code_sandbox.run_code("before_nul = 3")
+    with pytest.raises(SandboxException, match=r"^400 .*code: may not contain a NUL"):
+        code_sandbox.run_code("\x00", timeout=10)
+    with pytest.raises(SandboxException, match=r"^400 .*env\.A: may not contain a NUL"):
+        code_sandbox.run_code("1", envs={"A": "a\x00b"}, timeout=10)
+    assert code_sandbox.run_code("before_nul").text == "3"
 
 
 def test_context_cwd_is_made_and_new_contexts_list_last(code_sandbox: CodeSandbox) -> None:

@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from agentcell.errors import Unavailable
-from agentcell.protocol.code import CodeContextCreate, CodeEndEvent, CodeResultEvent
+from agentcell.protocol.code import CodeContextCreate, CodeEndEvent, CodeOutputEvent, CodeResultEvent
 from agentcell.server.clock import SystemClock
 from agentcell.server.interpreter.context import InterpreterLimits
 from agentcell.server.interpreter.contexts import CodeContexts, Interpreter
@@ -118,3 +118,28 @@ async def test_context_cwd_and_removal(
     await contexts.remove(context.id)
     listed = await run(linux_driver, sandbox, ["/bin/ls", "-A", "/tmp/.agentcell-kernels"])
     assert (listed.code, listed.stdout) == (0, ""), "the kernel's socket files were left behind"
+
+
+async def test_output_larger_than_one_kernel_message_is_cut_not_lost(
+    linux_driver: LinuxDriver, sandbox: str
+) -> None:
+    """Stream text too large for one kernel message comes in chunks, so its head is kept; a result
+    bundle too large for one is dropped whole and counted. Neither costs the kernel its connection:
+    the next run's output arrives (one oversized message used to cut it for good)."""
+    limits = InterpreterLimits(max_output_bytes=3 << 20, max_message_bytes=1 << 20)
+    interpreter = Interpreter(linux_driver, SystemClock(), limits)
+    try:
+        contexts = interpreter.contexts(sandbox, {})
+        printed = await events(contexts, "print('é' * 2_000_000)")
+        text = "".join(e.text for e in printed if isinstance(e, CodeOutputEvent))
+        marker = "\n[agentcell: output truncated after 3145728 bytes; the rest is dropped]\n"
+        assert text == "é" * (3 << 19) + marker
+        end = printed[-1]
+        assert isinstance(end, CodeEndEvent) and end.truncated_bytes == 4_000_001 - (3 << 20)
+        shown = await events(contexts, "display({'image/png': 'A' * 2_000_000}, raw=True); 6 * 7")
+        assert [e.text for e in shown if isinstance(e, CodeOutputEvent)] == [marker]
+        end = shown[-1]
+        assert isinstance(end, CodeEndEvent) and end.truncated_bytes > 2_000_000
+        assert main_text(await events(contexts, "'still connected'")) == "'still connected'"
+    finally:
+        await interpreter.aclose()

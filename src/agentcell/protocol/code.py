@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, StringConstraints, TypeAdapter
 
-from agentcell.protocol.common import ReplyModel, WireModel
-from agentcell.protocol.sandboxes import EnvName
+from agentcell.protocol.common import NoNul, ReplyModel, WireModel
+from agentcell.protocol.sandboxes import EnvName, EnvValue
 
 LANGUAGES = ("python", "javascript", "bash")
 ALIASES = {"py": "python", "python3": "python", "js": "javascript", "node": "javascript", "sh": "bash"}
@@ -29,11 +29,10 @@ def _language(value: object) -> object:
 
 
 Language = Annotated[Literal["python", "javascript", "bash"], BeforeValidator(_language)]
-EnvValues = Annotated[
-    dict[EnvName, Annotated[str, StringConstraints(max_length=32768)]], Field(max_length=256)
-]
+EnvValues = Annotated[dict[EnvName, EnvValue], Field(max_length=256)]
 ContextId = Annotated[str, StringConstraints(pattern=r"^ctx_[0-9a-f]{1,32}$")]
-SandboxDir = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^/")]
+SandboxDir = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^/"), NoNul]
+Code = Annotated[str, StringConstraints(max_length=MAX_CODE_CHARS), NoNul]
 
 
 class CodeContextCreate(WireModel):
@@ -64,7 +63,7 @@ class CodeContextList(ReplyModel):
 class CodeRun(WireModel):
     """Run `code` in `context_id`, or (without one) in the sandbox's default context of `language`."""
 
-    code: Annotated[str, StringConstraints(max_length=MAX_CODE_CHARS)]
+    code: Code
     context_id: ContextId | None = None
     language: Language | None = Field(default=None, description="default python; only without context_id")
     env: EnvValues = Field(default_factory=dict, description="set for this execution only")

@@ -97,7 +97,8 @@ class JupyterKernel:
     async def _start(self) -> None:
         key = secrets.token_hex(32)
         self._session = JupyterSession(key.encode())
-        argv = [PYTHON, "-c", runtime_source("python_kernel.py"), self._prefix, key]
+        source = runtime_source("python_kernel.py")
+        argv = [PYTHON, "-c", source, self._prefix, key, str(self._max_message_bytes)]
         process = await self._link.exec(ExecSpec(argv=argv, env=self._env, cwd=self._cwd))
         self._process = KernelProcess(process, self._link)
         root = os.open(f"/proc/{process.host_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

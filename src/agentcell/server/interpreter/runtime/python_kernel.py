@@ -1,4 +1,5 @@
-"""agentcell's Python kernel: ipykernel, started inside a sandbox by `python3 -c <this file> PREFIX KEY`.
+"""agentcell's Python kernel: ipykernel, started inside a sandbox by
+`python3 -c <this file> PREFIX KEY MAX_MESSAGE_BYTES`.
 
 Runs under the sandbox's Debian python3 (not the server's interpreter). It binds the five Jupyter
 sockets as unix sockets `PREFIX-1` … `PREFIX-5`, writes "ready" on its original stdout once they are
@@ -10,7 +11,11 @@ bound, and then serves. Changes to stock ipykernel, each measured (see docs/desi
 * request dates are not parsed with dateutil (~0.3 ms per request), the signature check of
   `do_execute` is cached, and inputs are not re-broadcast (the server is the only client);
 * `agentcell_env` in an execute_request's content sets environment variables for that execution
-  only: values travel as message data, never as generated source code.
+  only: values travel as message data, never as generated source code;
+* no message grows past MAX_MESSAGE_BYTES, the server's ZMQ_MAXMSGSIZE (one that did would cut the
+  server's connection for good, and every later output of the kernel would be lost): stream text
+  goes in chunks, and a result bundle too large is sent without its data, as
+  `{"data": {}, "agentcell_dropped_bytes": N}`, which the server counts as dropped output.
 """
 
 import functools
@@ -19,6 +24,7 @@ import os
 import sys
 
 sys.modules["debugpy"] = None
+RESULT_TYPES = ("display_data", "execute_result", "update_display_data")
 
 
 def _write_connection_file(prefix, key):
@@ -45,6 +51,34 @@ def _patch_ipykernel():
     iostream.OutStream.flush = flush_if_pending
 
     kernelbase._accepts_cell_id = functools.lru_cache(maxsize=64)(kernelbase._accepts_cell_id)
+
+
+def _bound_messages(max_message_bytes):
+    from jupyter_client.session import Session
+
+    send = Session.send
+    chunk_chars = max(1, min(1 << 20, max_message_bytes // 12))  # JSON: at most 12 bytes a char
+    room = max_message_bytes - (64 << 10)  # for the header frames
+
+    def bounded_send(self, stream, msg_or_type, content=None, parent=None, ident=None, **kwargs):
+        # ipykernel sends a stream as (type, content), a result as a whole message dict
+        whole = msg_or_type if isinstance(msg_or_type, dict) else None
+        kind = whole["msg_type"] if whole else msg_or_type
+        body = whole["content"] if whole else content
+        if kind == "stream" and isinstance(body, dict) and len(body["text"]) > chunk_chars:
+            text, parent = body["text"], whole["parent_header"] if whole else parent
+            for start in range(0, len(text), chunk_chars):
+                part = dict(body, text=text[start : start + chunk_chars])
+                sent = send(self, stream, "stream", part, parent, ident, **kwargs)
+            return sent
+        if kind in RESULT_TYPES and isinstance(body, dict):
+            size = len(self.pack(body))
+            if size > room:
+                body = dict(body, data={}, metadata={}, agentcell_dropped_bytes=size)
+                msg_or_type, content = (dict(whole, content=body), None) if whole else (kind, body)
+        return send(self, stream, msg_or_type, content, parent, ident, **kwargs)
+
+    Session.send = bounded_send
 
 
 def _kernel_class():
@@ -74,10 +108,11 @@ def _kernel_class():
 
 
 def main():
-    prefix, key = sys.argv[1], sys.argv[2]
+    prefix, key, max_message_bytes = sys.argv[1], sys.argv[2], int(sys.argv[3])
     connection_file = _write_connection_file(prefix, key)
     ready = os.dup(1)  # ipykernel captures fd 1; the server reads "ready" from the original pipe
     _patch_ipykernel()
+    _bound_messages(max_message_bytes)
     from ipykernel.kernelapp import IPKernelApp
 
     app = IPKernelApp.instance(kernel_class=_kernel_class())
