@@ -28,6 +28,10 @@ from agentcell.server.scheduler.sandboxes import Sandbox
 from agentcell.server.scheduler.terminals import TerminalService, terminal_size
 
 KEEPALIVE_S = 30.0
+OWNER_STALL_S = 10.0
+"""The stream that started a command holds its output (none dropped) unless it reads nothing for
+this long: E2B's SDK starts every command the same way, and a `background=True` one's stream may
+be read only at `wait()`, so holding it forever would stall a chatty background process."""
 SIGNALS = {"SIGNAL_SIGKILL": signal.SIGKILL, "SIGNAL_SIGTERM": signal.SIGTERM}
 Message = dict[str, Any]
 
@@ -151,7 +155,7 @@ class ProcessService:
         self, process: ManagedProcess, extras: Extras, *, owned: bool
     ) -> AsyncIterator[Message]:
         try:
-            async for event in keepalive(process.events(holder=owned)):
+            async for event in keepalive(process.events(holder=owned, stall_s=OWNER_STALL_S)):
                 if event is None:
                     yield {"event": {"keepalive": {}}}
                     continue

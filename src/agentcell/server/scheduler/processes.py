@@ -45,7 +45,9 @@ class EventLog:
     """Events so far (output trimmed to a byte budget, oldest first) and a wake-up for followers.
 
     A held log (`held=True`: a foreground command's) is trimmed by its reader instead
-    (`consumed`): its writer waits while a buffer's worth of output is unread.
+    (`consumed`): its writer waits while a buffer's worth of output is unread. With `stall_s`,
+    a reader that reads nothing for that long loses its hold (it may never read: a client that
+    started a command in the background and only looks at it later).
     """
 
     events: deque[Event] = field(default_factory=deque)
@@ -53,6 +55,7 @@ class EventLog:
     first_index: int = 0
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     held: bool = False
+    stall_s: float | None = None
     writer_waiting: bool = False
     _space: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -68,7 +71,9 @@ class EventLog:
             self._space.clear()
             self.writer_waiting = True
             try:
-                await self._space.wait()
+                await asyncio.wait_for(self._space.wait(), self.stall_s)
+            except TimeoutError:
+                self.release()
             finally:
                 self.writer_waiting = False
 
@@ -191,12 +196,14 @@ class ManagedProcess:
         if tail := decoder.decode(b"", final=True):
             await self._log.append(OutputEvent(type=kind, data=tail))
 
-    async def events(self, *, holder: bool = False) -> AsyncIterator[Event]:
+    async def events(self, *, holder: bool = False, stall_s: float | None = None) -> AsyncIterator[Event]:
         """Everything still buffered, then live events, ending with the `end` event. The
         `holder` (the client that started the command and waits for its result) holds the log:
-        no output is dropped before it has read it; it is released when the holder stops."""
+        no output is dropped before it has read it; it is released when the holder stops, or
+        when it reads nothing for `stall_s` (see EventLog)."""
         log = self._log
-        log.held = log.held or holder
+        if holder:
+            log.held, log.stall_s = True, stall_s
         index = log.first_index
         try:
             while True:
