@@ -57,12 +57,12 @@ def test_quickstart_affinity(server_url: str, chat: str) -> None:
 
 
 def test_quickstart_session_lifecycle(server_url: str, chat: str) -> None:
-    """`session create --key k` binds an instance the key's requests then reach; create prints id
-    and key; renew keeps the instance; ls lists; rm ends it (get shows why)."""
-    header, row = ok(server_url, "session", "create", chat, "--key", "k", "--metadata", "t=1").splitlines()
-    session_id, key = row.split()[:2]
-    assert header.split()[:2] == ["ID", "KEY"] and session_id.startswith("ses_") and key == "k"
+    """`session create --key k` binds an instance the key's requests then reach; create prints its
+    id (for `id=$(…)`); renew keeps the instance; ls lists; rm ends it (get shows why)."""
+    session_id = ok(server_url, "session", "create", chat, "--key", "k", "--metadata", "t=1").strip()
+    assert session_id.startswith("ses_") and len(session_id.split()) == 1
     bound = json.loads(ok(server_url, "session", "get", session_id))
+    assert bound["key"] == "k"
     assert whoami(server_url, chat, "k")["instance"] == bound["instance_id"]
 
     pre_warmed = json.loads(ok(server_url, "session", "create", chat, "--ttl", "1h", "--json"))

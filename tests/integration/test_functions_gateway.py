@@ -104,6 +104,9 @@ def test_session_resource_lifecycle(api: httpx.Client, fn: str) -> None:
     assert api.delete(f"/v1/sessions/{session['id']}").status_code == 204
     ended = api.get(f"/v1/sessions/{session['id']}").json()
     assert (ended["state"], ended["end_reason"]) == ("ended", "deleted")
+    for path in ("/v1/sessions", f"/v1/functions/{fn}/sessions"):
+        refused = api.get(path, params={"state": "ended"})  # not an empty list that looks like an answer
+        assert refused.status_code == 400 and "by its id" in refused.json()["message"], refused.text
     assert api.post(f"/v1/functions/{fn}/sessions", json={"key": "pre-1"}).status_code == 201
 
 
@@ -177,6 +180,16 @@ def test_bad_input_gets_envelopes(api: httpx.Client, fn: str) -> None:
     assert garbage.status_code == 400 and "tar" in garbage.json()["message"]
     assert api.get("/v1/functions/ok-name").status_code == 404
     assert api.post(f"/v1/functions/{fn}/sessions", json={"ttl_s": 0}).status_code == 400
+    sessions = f"/v1/functions/{fn}/sessions"
+    garbage = api.post(sessions, content=b"garbage", headers={"content-type": "application/json"})
+    assert garbage.status_code == 400 and "not JSON" in garbage.json()["message"], garbage.text
+    assert '{"key": "alice-1"' in garbage.json()["message"]  # what to send instead
+    listed = api.post(sessions, json=["k"])
+    assert listed.status_code == 400 and "JSON object" in listed.json()["message"], listed.text
+    defaults = api.post(sessions)  # no body: every default
+    assert defaults.status_code == 201, defaults.text
+    assert defaults.json()["key"] == defaults.json()["id"]
+    assert api.delete(f"/v1/sessions/{defaults.json()['id']}").status_code == 204
     assert api.post(f"/v1/functions/{fn}/sessions", json={"key": "has space"}).status_code == 400
     assert api.patch("/v1/sessions/ses_missing", json={"ttl_s": 5}).status_code == 404
 

@@ -458,6 +458,22 @@ def test_a_client_that_gives_up_during_a_cold_start_does_not_end_the_session(
     assert session_of(api, fn, "cold")["id"] == session["id"]
 
 
+def test_a_client_that_gives_up_while_queued_leaves_no_session(
+    api: httpx.Client, make_fn: MakeFn, server_url: str
+) -> None:
+    """At max_instances, a request whose client leaves while it waits for room leaves the queue:
+    its session is gone at once, and none is bound for it when room appears."""
+    fn = make_fn({**ECHO, "max_instances": 1})
+    assert get(api, fn, "/whoami", "hold").status_code == 200
+    sock = open_request(server_url, f"/fn/{fn}/whoami", {KEY: "ghost"})
+    wait_for(lambda: state_of(api, fn, "ghost") == "pending", 5, "queued")
+    sock.close()
+    wait_for(lambda: not session_of(api, fn, "ghost"), 3, "the queued session gone")
+    assert api.delete(f"/v1/sessions/{session_of(api, fn, 'hold')['id']}").status_code == 204
+    time.sleep(0.5)
+    assert api.get(f"/v1/functions/{fn}/sessions").json()["sessions"] == []
+
+
 # -- 10. a 1 GiB upload ---------------------------------------------------------------------------
 
 

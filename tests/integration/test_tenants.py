@@ -116,6 +116,9 @@ def test_a_tenant_cannot_see_or_touch_another_tenant_s_things(alice: Tenant, bob
     for method, path, *body in foreign:
         reply = alice.http.request(method, path, json=body[0] if body else None)
         assert reply.status_code == 404, (method, path, reply.status_code, reply.text)
+    for method, path in [("GET", "/v1/functions/chat"), ("POST", "/v1/functions/chat/sessions")]:
+        message = alice.http.request(method, path).json()["message"]  # the name alice used, no more
+        assert "function 'chat' not found" in message and "alice." not in message, message
     assert alice.http.get("/fn/chat/whoami", headers={SESSION: "b1"}).status_code == 404
     assert [s["id"] for s in alice.ok("GET", "/v1/sandboxes")["sandboxes"]] == []
     assert alice.ok("GET", "/v1/functions")["functions"] == []

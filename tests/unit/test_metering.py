@@ -75,6 +75,19 @@ async def test_a_warm_instance_s_time_before_its_claim_is_the_instance_s(h: Harn
     assert session_wall == pytest.approx(30, abs=0.5)
 
 
+async def test_an_ended_session_s_last_stretch_is_billed_to_it(h: Harness) -> None:
+    """Time since the last metering pass of a session that ends (here: deleted) is the session's,
+    not its instance's."""
+    session = await h.scheduler.create_session("echo", SessionCreate(key="k"))
+    h.clock.advance(30)
+    await h.scheduler.delete_session(session.id)
+    await h.scheduler.meter_once(h.clock.now())
+    rows = await h.store.usage(None, 0, h.clock.now() + 1)
+    [row] = [r for r in rows if r.kind == "session"]
+    assert row.session_key == "k" and row.active_s + row.idle_s == pytest.approx(30, abs=0.5)
+    assert sum(r.active_s + r.idle_s for r in rows if r.kind == "instance") < 0.5
+
+
 async def test_usage_reports_come_as_csv_too(h: Harness) -> None:
     lease = await h.scheduler.route("echo", 'k,with"quotes')
     h.scheduler.release(lease)

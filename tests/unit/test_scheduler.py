@@ -94,6 +94,13 @@ async def route_instance(h: Harness, key: str | None) -> tuple[str, str | None]:
     return lease.instance.id, lease.issued_key
 
 
+async def test_a_missing_function_is_named_as_its_tenant_knows_it(harness: Harness) -> None:
+    """NotFound says 'echo', not the qualified 'acme.echo' the scheduler keys it by."""
+    with pytest.raises(NotFound, match="function 'echo' not found") as info:
+        harness.scheduler.function("acme.echo")
+    assert "acme" not in info.value.message
+
+
 async def test_same_key_same_instance_other_key_other_instance(harness: Harness, archive: Path) -> None:
     await harness.deploy(archive)
     a1, _ = await route_instance(harness, "alice-1")

@@ -162,6 +162,68 @@ async def test_a_session_deleted_while_waiting_for_room_takes_no_instance(h: Har
     assert live(h) == [] and len(h.driver.started) == 1
 
 
+async def _cancelled(task: asyncio.Task[object]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)  # (the placement it woke leaves the queue)
+
+
+async def test_a_request_that_gives_up_while_queued_leaves_no_session_behind(
+    h: Harness, archive: Path
+) -> None:
+    """At max_instances, a request whose client left (the gateway cancels its routing) leaves the
+    wait queue at once; when room appears no session is bound and no instance started for it."""
+    await h.deploy(archive, max_instances=1)
+    hold = await h.scheduler.create_session("echo", SessionCreate(key="hold"))
+    fn = h.scheduler.function("echo")
+    ghost = asyncio.create_task(h.scheduler.route("echo", "ghost"))
+    await asyncio.sleep(0.05)
+    assert fn.waiting == 1 and "ghost" in fn.sessions
+    await _cancelled(ghost)
+    assert fn.waiting == 0 and list(fn.sessions) == ["hold"]
+    await h.scheduler.delete_session(hold.id)
+    await asyncio.sleep(0.2)
+    assert h.scheduler.sessions("echo", None, {}) == [] and live(h) == []
+    assert len(h.driver.started) == 1
+    h.scheduler.release(await h.scheduler.route("echo", "ghost"))  # the key is free
+
+
+async def test_waiters_that_gave_up_do_not_keep_the_queue_full(h: Harness, archive: Path) -> None:
+    """max_waiting (4 here) requests whose clients left: the next one waits instead of 429."""
+    await h.deploy(archive, max_instances=1)
+    hold = await h.scheduler.create_session("echo", SessionCreate(key="hold"))
+    ghosts = [asyncio.create_task(h.scheduler.route("echo", f"ghost-{i}")) for i in range(4)]
+    await asyncio.sleep(0.05)
+    assert h.scheduler.function("echo").waiting == 4
+    for ghost in ghosts:
+        await _cancelled(ghost)
+    real = asyncio.create_task(h.scheduler.route("echo", "real"))
+    await asyncio.sleep(0.05)
+    assert not real.done() and h.scheduler.function("echo").waiting == 1
+    await h.scheduler.delete_session(hold.id)
+    lease = await asyncio.wait_for(real, 2)
+    assert lease.session is not None and lease.session.key == "real"
+    h.scheduler.release(lease)
+    assert [s.key for s in h.scheduler.sessions("echo", None, {})] == ["real"]
+
+
+async def test_a_queued_session_stays_while_another_request_waits_for_it(h: Harness, archive: Path) -> None:
+    """Two requests of one key wait for room; the one that gives up does not take the session
+    from the one that stays."""
+    await h.deploy(archive, max_instances=1)
+    hold = await h.scheduler.create_session("echo", SessionCreate(key="hold"))
+    first = asyncio.create_task(h.scheduler.route("echo", "k"))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(h.scheduler.route("echo", "k"))
+    await asyncio.sleep(0.05)
+    await _cancelled(first)
+    await h.scheduler.delete_session(hold.id)
+    lease = await asyncio.wait_for(second, 2)
+    assert lease.session is not None and lease.session.key == "k"
+    h.scheduler.release(lease)
+
+
 async def test_initialize_failure_or_deadline_fails_the_session_and_leaves_no_instance(
     h: Harness, archive: Path
 ) -> None:

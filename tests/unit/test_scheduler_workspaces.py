@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agentcell.errors import Conflict, InvalidArgument, WorkspaceCorrupt
-from agentcell.protocol.functions import FunctionConfig
+from agentcell.protocol.functions import FunctionConfig, Hook
 from agentcell.protocol.sessions import SessionCreate
 from agentcell.server.storage.objects import ObjectStore
 from agentcell.server.storage.snapshots import SnapshotInfo, Snapshots
@@ -167,6 +167,26 @@ async def test_shutdown_saves_every_live_workspace(h: Harness, archive: Path) ->
     await h.scheduler.aclose()
     record = await h.store.get_workspace("default/echo/k")
     assert record is not None and record.seq == 1
+
+
+async def test_deleting_a_function_ends_its_sessions_like_deleting_them(h: Harness, archive: Path) -> None:
+    """Each live session gets its pre-stop hook (reason function_deleted), its last snapshot and
+    its usage row before the function goes: a redeploy under the same key finds the last write
+    and what the hook left."""
+    hook = Hook(cmd='echo "$AGENTCELL_END_REASON" > "$HOME/pre_stop.txt"')
+    await deploy(h, archive, pre_stop=hook)
+    started = h.clock.now()
+    await write(h, await bound_instance(h, "k"), "a.txt", b"written just before the delete")
+    h.clock.advance(30)
+    await h.scheduler.delete_function("echo")
+    await h.scheduler.meter_once(h.clock.now())
+    rows = [r for r in await h.store.usage(None, 0, h.clock.now() + 1) if r.kind == "session"]
+    assert [r.session_key for r in rows] == ["k"]
+    assert rows[0].active_s + rows[0].idle_s == pytest.approx(h.clock.now() - started, abs=0.5)
+    await deploy(h, archive)
+    instance = await bound_instance(h, "k")
+    assert await read(h, instance, "a.txt") == b"written just before the delete"
+    assert await read(h, instance, "pre_stop.txt") == b"function_deleted\n"
 
 
 async def test_named_workspaces_are_exclusive_and_need_persistence(h: Harness, archive: Path) -> None:

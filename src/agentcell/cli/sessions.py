@@ -22,7 +22,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 metadata_option = click.option(
     "--metadata", "metadata", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable."
 )
-STATES = ["pending", "restoring", "active", "idle", "ended"]
+LIVE_STATES = ["pending", "restoring", "active", "idle"]
 
 
 @click.group("session")
@@ -49,8 +49,9 @@ def create(
     workspace: str | None,
     as_json: bool,
 ) -> None:
-    """Open a session on FUNCTION, bound to an instance before its first request; prints its id and
-    key. Durations: 90, 90s, 15m, 6h, 2d, 1h30m."""
+    """Open a session on FUNCTION, bound to an instance before its first request; prints its id
+    (`id=$(agentcell session create chat)`; its key is --key, or the id when none is given; --json
+    prints everything). Durations: 90, 90s, 15m, 6h, 2d, 1h30m."""
     with conn.agentcell() as client:
         info = client.sessions.create(
             function,
@@ -60,12 +61,18 @@ def create(
             metadata=metadata or None,
             workspace=workspace,
         )
-    click.echo(info.model_dump_json(indent=2) if as_json else format_sessions([info]))
+    click.echo(info.model_dump_json(indent=2) if as_json else info.id)
 
 
 @session_group.command("ls")
 @click.argument("function", required=False)
-@click.option("--state", type=click.Choice(STATES), default=None)
+@click.option(
+    "--state",
+    type=click.Choice([*LIVE_STATES, "ended"]),
+    default=None,
+    callback=lambda _ctx, _param, value: _live_state(value),
+    help="Only sessions in this state (ended ones are not listed: `session get ID` shows one).",
+)
 @metadata_option
 @json_option
 @pass_connection
@@ -80,6 +87,14 @@ def list_sessions(
         click.echo("[" + ",".join(info.model_dump_json() for info in found) + "]")
     else:
         click.echo(format_sessions(found))
+
+
+def _live_state(state: str | None) -> str | None:
+    if state == "ended":
+        raise click.BadParameter(
+            "ended sessions are not listed; `agentcell session get ID` shows one with its end reason"
+        )
+    return state
 
 
 @session_group.command("get")

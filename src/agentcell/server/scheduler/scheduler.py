@@ -181,18 +181,21 @@ class Scheduler:
     def function(self, name: str) -> FunctionState:
         fn = self._functions.get(name)
         if fn is None:
-            raise NotFound(f"function {name!r} not found; deploy it first")
+            raise NotFound(f"function {_shown(name)!r} not found; deploy it first")
         return fn
 
     def functions(self) -> list[FunctionState]:
         return sorted(self._functions.values(), key=lambda f: f.name)
 
     async def delete_function(self, name: str) -> None:
+        """End every live session as `delete_session` does (pre-stop hook, last snapshot,
+        metering; reason `function_deleted`), stop the instances, then forget the function.
+        It takes no new requests from the start (they get NotFound)."""
         fn = self.function(name)
         fn.deleted = True
         del self._functions[name]
         self._telemetry.function_deleted(name)
-        ends = [self._end_session(s, "function_deleted") for s in list(fn.sessions.values())]
+        ends = [self._end_session(s, "function_deleted", fn=fn) for s in list(fn.sessions.values())]
         await asyncio.gather(*ends)
         await asyncio.gather(*(self._stop_instance(fn, i) for i in list(fn.instances.values())))
         await self._store.delete_function(name)
@@ -321,14 +324,23 @@ class Scheduler:
                 "the server is not accepting requests (starting or shutting down)", retry_after_s=1
             )
 
-    @staticmethod
-    async def _wait_bound(session: Session) -> None:
+    async def _wait_bound(self, session: Session) -> None:
+        """Wait until `session` is bound. A request cancelled here (its client left) while the
+        session still waits for room takes it out of the queue when no other request waits for
+        it; once an instance is starting for it, the session outlives the request."""
+        session.waiters += 1
         try:
             await asyncio.shield(session.bound)
         except SessionEnded:
             raise Unavailable(
                 f"session {session.key} ended ({session.end_reason}) while starting; retry", retry_after_s=1
             ) from None
+        except asyncio.CancelledError:
+            if session.waiters == 1 and session.is_queued:
+                self._abandon(session)
+            raise
+        finally:
+            session.waiters -= 1
 
     async def _route_stateless(self, fn: FunctionState) -> Lease:
         """The least busy ready instance with room; else scale out (or wait) within one deadline.
@@ -336,13 +348,14 @@ class Scheduler:
         deadline = self._wait_deadline()
         launched: Instance | None = None
         while True:
+            _require_live(fn)
             instance = free_instance(fn)
             if instance is not None:
                 instance.begin(self._clock.now())
                 return Lease(fn, instance, None)
             if launched is not None and launched.failure is not None:
                 raise Unavailable(
-                    f"could not start an instance of {fn.name}: {launched.failure}", retry_after_s=1
+                    f"could not start an instance of {_shown(fn.name)}: {launched.failure}", retry_after_s=1
                 )
             if needs_instance(fn):
                 launched = self._launch(fn, fn.latest)
@@ -355,11 +368,13 @@ class Scheduler:
         fn = self.function(name)
         self._require_accepting()
         if fn.config.affinity.kind == "none":
-            raise InvalidArgument(f"function {name} has affinity 'none': it has no sessions")
+            raise InvalidArgument(f"function {_shown(name)} has affinity 'none': it has no sessions")
         session_id = new_session_id()
         key = request.key or session_id
         if key in fn.sessions:
-            raise Conflict(f"session key {key!r} is already live on {name}; renew it or pick another key")
+            raise Conflict(
+                f"session key {key!r} is already live on {_shown(name)}; renew it or pick another key"
+            )
         return await self._open_session(fn, key, request, session_id=session_id)
 
     async def _open_session(
@@ -374,7 +389,7 @@ class Scheduler:
         config = fn.config
         if config.disable_session_id_reuse and key in fn.ended_keys:
             raise Conflict(
-                f"session {key!r} has ended and function {fn.name} does not reuse session ids; "
+                f"session {key!r} has ended and function {_shown(fn.name)} does not reuse session ids; "
                 "start a new session without a key"
             )
         now = self._clock.now()
@@ -418,7 +433,7 @@ class Scheduler:
         except SessionEnded:
             return  # deleted or expired while waiting for room
         except InstanceFailed as exc:
-            error = Unavailable(f"could not start an instance of {fn.name}: {exc}", retry_after_s=1)
+            error = Unavailable(f"could not start an instance of {_shown(fn.name)}: {exc}", retry_after_s=1)
             await self._end_session(session, "instance_failed", error)
             return
         except AgentcellError as exc:  # no room: the wait queue is full or the wait timed out
@@ -461,6 +476,7 @@ class Scheduler:
         while True:
             if session.state == "ended":
                 raise SessionEnded(session)
+            _require_live(fn)
             instance = find_room(fn)
             if instance is None and len(fn.live_instances()) < fn.config.max_instances:
                 instance = self._launch(fn, fn.latest)
@@ -482,7 +498,7 @@ class Scheduler:
         `deadline` (the whole wait of one request, however often it is woken)."""
         if fn.waiting >= self._limits.max_waiting:
             raise QuotaExceeded(
-                f"function {fn.name} is at max_instances ({fn.config.max_instances}) and "
+                f"function {_shown(fn.name)} is at max_instances ({fn.config.max_instances}) and "
                 f"{fn.waiting} requests already wait; retry later",
                 retry_after_s=1,
             )
@@ -492,7 +508,7 @@ class Scheduler:
                 await fn.capacity_changed.wait()
         except TimeoutError:
             raise Unavailable(
-                f"no instance of {fn.name} became free within {self._limits.wait_timeout_s:g} s",
+                f"no instance of {_shown(fn.name)} became free within {self._limits.wait_timeout_s:g} s",
                 retry_after_s=2,
             ) from None
         finally:
@@ -538,31 +554,55 @@ class Scheduler:
         """Pre-stop hook, then release the instance (destroyed if it was exclusive)."""
         await self._end_session(self.session(session_id), "deleted")
 
-    async def _end_session(
-        self, session: Session, reason: EndReason, error: AgentcellError | None = None
-    ) -> None:
-        """`error`: what requests still waiting for the session to bind get."""
-        if session.state == "ended":
+    def _abandon(self, session: Session) -> None:
+        """Every request waiting for a session still queued for room has gone: it ends now (no
+        instance is started or bound for it) and its place in the queue is free at once."""
+        if session.has_ended:
             return
-        fn = self._functions.get(session.function)
-        was_bound = session.state != "pending"  # a key that never reached an instance stays free
+        self._unregister(session, "deleted", None, self._functions.get(session.function))
+        self._workspaces.unclaim(session)
+
+    def _unregister(
+        self, session: Session, reason: EndReason, error: AgentcellError | None, fn: FunctionState | None
+    ) -> Instance | None:
+        """End `session` in memory (its key and quota are free, its waiters told); returns the
+        instance it holds, if any. A session still queued for room leaves the queue."""
+        queued = session.is_queued
         self._workspaces.ending(session)
         session.end(reason, error)
         self._quotas.release(split(session.function)[0], "session")
         self._sessions.pop(session.id, None)
-        instance = None
-        if fn is not None:
-            if fn.sessions.get(session.key) is session:
-                del fn.sessions[session.key]
-            if fn.config.disable_session_id_reuse and was_bound:
-                fn.ended_keys.add(session.key)
-            instance = fn.instances.get(session.instance_id or "")
         log.info("session %s (%s) ended: %s", session.id, session.key, reason)
+        if fn is None:
+            return None
+        if fn.sessions.get(session.key) is session:
+            del fn.sessions[session.key]
+        if queued:
+            fn.notify_capacity()  # its placement wakes, sees it ended and leaves the queue
+        return fn.instances.get(session.instance_id or "")
+
+    async def _end_session(
+        self,
+        session: Session,
+        reason: EndReason,
+        error: AgentcellError | None = None,
+        *,
+        fn: FunctionState | None = None,
+    ) -> None:
+        """`error`: what requests still waiting for the session to bind get. `fn`: the session's
+        function when it is no longer registered (being deleted)."""
+        if session.state == "ended":
+            return
+        fn = fn or self._functions.get(session.function)
+        was_bound = session.state != "pending"  # a key that never reached an instance stays free
+        if fn is not None and fn.config.disable_session_id_reuse and was_bound:
+            fn.ended_keys.add(session.key)
+        instance = self._unregister(session, reason, error, fn)
         if was_bound:
             await self._store.put_session(session.record())
         try:
             if fn is not None and instance is not None:
-                await self._meter(fn, instance)
+                await self._meter(fn, instance, ending=session)
                 await self._release_instance(fn, instance, session, reason)
         finally:
             self._workspaces.unclaim(session)
@@ -684,7 +724,8 @@ class Scheduler:
         if instance in fn.warm:
             fn.warm.remove(instance)
         error = Unavailable(
-            f"could not start an instance of {fn.name}: {instance.failure or 'it stopped'}", retry_after_s=1
+            f"could not start an instance of {_shown(fn.name)}: {instance.failure or 'it stopped'}",
+            retry_after_s=1,
         )
         for session in [s for s in self._sessions.values() if s.id in instance.sessions]:
             await self._end_session(session, reason, error)
@@ -723,8 +764,9 @@ class Scheduler:
         await self.meter_once(self._clock.now())
         return await self._ledger.read(tenant, since, until)
 
-    async def _meter(self, fn: FunctionState, instance: Instance) -> None:
-        """Queue the instance's usage since it was last metered, CPU read from its cgroup."""
+    async def _meter(self, fn: FunctionState, instance: Instance, ending: Session | None = None) -> None:
+        """Queue the instance's usage since it was last metered, CPU read from its cgroup.
+        `ending`: a session on its way out (no longer listed as live) whose last stretch is its own."""
         cpu_s, peak = 0.0, 0
         if instance.is_ready:
             try:
@@ -735,6 +777,8 @@ class Scheduler:
                 cpu_s, instance.cpu_ns_metered = (used.cpu_ns - instance.cpu_ns_metered) / 1e9, used.cpu_ns
                 peak = used.memory_peak_bytes
         sessions = [self._sessions[i] for i in instance.sessions if i in self._sessions]
+        if ending is not None and ending.id in instance.sessions and ending not in sessions:
+            sessions.append(ending)
         self._ledger.add(self._instance_usage(fn, instance, sessions, cpu_s, peak))
 
     def _instance_usage(
@@ -864,6 +908,17 @@ class Scheduler:
             await asyncio.gather(*(self._stop_instance(fn, i) for i in list(fn.instances.values())))
         await self.flush_once()
         await self.meter_once(self._clock.now())
+
+
+def _shown(qualified: str) -> str:
+    """A function's name as its tenant knows it (messages never show the qualified `acme.chat`)."""
+    return split(qualified)[1]
+
+
+def _require_live(fn: FunctionState) -> None:
+    """A request that waited for room on a function deleted meanwhile must not start an instance."""
+    if fn.deleted:
+        raise NotFound(f"function {_shown(fn.name)!r} was deleted")
 
 
 def _ended_info(record: SessionRecord) -> SessionInfo:

@@ -62,8 +62,10 @@ class Session:
     """its workspace is in its instance: it is snapshotted from there until the session ends"""
     synced_at: float = 0.0
     unnamed: bool = False
-    meter: ActivityMeter = field(default_factory=lambda: ActivityMeter(0.0))
     """an MCP session the instance has not named yet (its key is a placeholder)"""
+    meter: ActivityMeter = field(default_factory=lambda: ActivityMeter(0.0))
+    waiters: int = 0
+    """requests waiting for it to be bound"""
 
     @property
     def expires_at(self) -> float:
@@ -76,6 +78,11 @@ class Session:
     @property
     def has_ended(self) -> bool:
         return self.state == "ended"
+
+    @property
+    def is_queued(self) -> bool:
+        """Pending with no instance reserved yet: it waits for room (at max_instances)."""
+        return self.state == "pending" and self.instance_id is None
 
     def move(self, to: SessionState) -> None:
         if to not in TRANSITIONS[self.state]:
