@@ -200,6 +200,23 @@ def test_a_server_that_never_listens_fails_cleanly(api: httpx.Client) -> None:
     try:
         reply = api.get(f"/fn/{name}/x", headers={"x-agentcell-session-id": "a"})
         assert reply.status_code == 503 and "listen" in reply.json()["message"]
+        assert reply.json()["message"].endswith("it printed nothing")
+    finally:
+        api.delete(f"/v1/functions/{name}")
+
+
+def test_a_server_that_exits_at_start_says_why(api: httpx.Client) -> None:
+    """The error shows the end of what the server printed: the instance (and its log) is gone."""
+    name = "crash-" + uuid.uuid4().hex[:8]
+    crash = "echo starting; echo 'ModuleNotFoundError: No module named flask' >&2; exit 1"
+    assert deploy(api, name, {"cmd": crash}).status_code == 200
+    try:
+        reply = api.get(f"/fn/{name}/x", headers={"x-agentcell-session-id": "a"})
+        message = reply.json()["message"]
+        assert reply.status_code == 503 and "exited with code 1 before listening" in message
+        assert message.endswith(
+            "the end of its output:\nstarting\nModuleNotFoundError: No module named flask"
+        )
     finally:
         api.delete(f"/v1/functions/{name}")
 

@@ -10,7 +10,7 @@ import signal
 import socket
 from pathlib import Path
 
-from agentcell.errors import NotFound
+from agentcell.errors import AgentcellError, NotFound
 from agentcell.protocol.functions import FunctionConfig
 from agentcell.server.clock import Clock
 from agentcell.server.egress.policy import EgressPolicy
@@ -31,7 +31,9 @@ from agentcell.server.templates.service import ResolvedTemplate, TemplateService
 log = logging.getLogger(__name__)
 
 CODE_DIR = "/code"
-SERVER_LOG = "${TMPDIR:-/tmp}/agentcell-server.log"
+SERVER_LOG = "/tmp/agentcell-server.log"
+OUTPUT_TAIL_BYTES = 2048
+OUTPUT_READ_MAX_BYTES = 4 << 20
 # The user's command travels in the environment, never spliced into a shell string.
 SERVER_ARGV = ["/bin/bash", "-c", f'exec >>"{SERVER_LOG}" 2>&1; exec /bin/bash -c "$AGENTCELL_CMD"']
 HOOK_ARGV = ["/bin/bash", "-c", 'exec /bin/bash -c "$AGENTCELL_HOOK"']
@@ -167,16 +169,34 @@ class InstanceManager:
                         status = exited.result()
                         raise InstanceFailed(
                             f"the server command exited with code {status.code} before listening "
-                            f"on $PORT={instance.port}; its output is in {SERVER_LOG}"
+                            f"on $PORT={instance.port}; {await self._output_tail(instance)}"
                         )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, PORT_POLL_MAX_S)
         except TimeoutError:
             raise InstanceFailed(
-                f"nothing listened on $PORT={instance.port} within {timeout_s:g} s"
+                f"nothing listened on $PORT={instance.port} within {timeout_s:g} s; "
+                f"{await self._output_tail(instance)}"
             ) from None
         finally:
             exited.cancel()
+
+    async def _output_tail(self, instance: Instance) -> str:
+        """The end of what the server command printed (the instance is stopped right after, and
+        its log with it), for the error a deploy or a request gets."""
+        files = self._driver.files(instance.id)
+        try:
+            size = (await files.stat(SERVER_LOG)).size
+            if size > OUTPUT_READ_MAX_BYTES:
+                return f"it printed {size} bytes, too many to show here"
+            output = b""
+            async with contextlib.aclosing(files.read(SERVER_LOG)) as chunks:
+                async for chunk in chunks:
+                    output = (output + chunk)[-OUTPUT_TAIL_BYTES:]
+        except AgentcellError as exc:
+            return f"its output could not be read ({exc.message})"
+        text = output.decode(errors="replace").strip()
+        return f"the end of its output:\n{text}" if text else "it printed nothing"
 
     async def _accepts(self, instance: Instance) -> bool:
         try:
