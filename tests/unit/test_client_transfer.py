@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+import logging
+import os
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from agentcell.client import UnsafeArchiveError
-from agentcell.client.transfer import extract_tree, is_multipart_safe, plan_upload
+from agentcell.client import InvalidArgumentError, UnsafeArchiveError
+from agentcell.client.transfer import extract_tree, is_multipart_safe, plan_upload, require_utf8
 
 
 def tar_of(*members: tuple[str, bytes | None, str | None]) -> io.BytesIO:
@@ -93,3 +95,61 @@ def test_awkward_names_avoid_multipart() -> None:
     """Names with quotes, backslashes or newlines are kept out of Content-Disposition."""
     assert is_multipart_safe("dir/naïve file.txt")
     assert not is_multipart_safe('quote".txt') and not is_multipart_safe("new\nline")
+
+
+def test_symlinks_out_of_the_tree_are_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Like rsync --safe-links: a link to a host file outside the tree (a hostile link in a cloned
+    repository) is not followed, and says so; links that stay inside the tree are followed."""
+    secret = tmp_path / "secret"
+    secret.write_text("host secret")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_text("a")
+    (tree / "shadow").symlink_to(secret)
+    (tree / "sub" / "up").symlink_to("../../secret")
+    (tree / "sub" / "chain").symlink_to("../shadow")
+    (tree / "sub" / "inside").symlink_to("../a.txt")
+    (tree / "loop").symlink_to("loop")
+    with caplog.at_level(logging.WARNING, logger="agentcell.client.transfer"):
+        plan = plan_upload([tree])
+    assert [(name, path.read_text()) for path, name in plan.files] == [
+        ("tree/a.txt", "a"),
+        ("tree/sub/inside", "a"),
+    ]
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 3 and all("outside the directory being copied" in m for m in warned)
+    assert any(str(tree / "shadow") in m and str(secret) in m for m in warned)
+
+
+def test_contents_of_a_directory_land_directly_in_the_remote_dir(tmp_path: Path) -> None:
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "a").write_text("a")
+    (tmp_path / "tree" / "out").symlink_to(tmp_path / "elsewhere.txt")
+    (tmp_path / "elsewhere.txt").write_text("host")
+    plan = plan_upload([tmp_path / "tree"], contents=True)
+    assert [name for _, name in plan.files] == ["a"]
+    assert plan.empty_dirs == ["sub"]
+
+
+def test_names_that_are_not_utf8_are_skipped_or_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sandbox paths are text: inside a tree such a file (or directory) is skipped with a warning;
+    named as a source it is a clean InvalidArgumentError naming it, never a UnicodeEncodeError."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "ok").write_text("ok")
+    bad = os.fsdecode(b"x\xffy")
+    (tree / bad).write_text("bad")
+    (tree / f"{bad}dir").mkdir()
+    (tree / f"{bad}dir" / "inner").write_text("inner")
+    with caplog.at_level(logging.WARNING, logger="agentcell.client.transfer"):
+        plan = plan_upload([tree])
+    assert [name for _, name in plan.files] == ["tree/ok"]
+    assert len(caplog.records) == 2 and all("not UTF-8" in r.getMessage() for r in caplog.records)
+    with pytest.raises(InvalidArgumentError, match=r"x\\xffy' is not valid UTF-8"):
+        plan_upload([tree / bad])
+    with pytest.raises(InvalidArgumentError, match="not valid UTF-8"):
+        require_utf8(f"/home/user/{bad}")

@@ -26,6 +26,7 @@ from agentcell.client.transfer import (
     multipart_body,
     new_boundary,
     plan_upload,
+    require_utf8,
 )
 from agentcell.protocol.files import FileEntry, FileList, MakeDir, Rename
 
@@ -55,6 +56,7 @@ class AsyncFiles:
     async def write(self, path: str, data: WriteData) -> FileEntry:
         """Create or replace a file, atomically, parents made as needed. `data` is streamed:
         bytes, str (UTF-8), a file object open for reading, or an (async) iterable of chunks."""
+        require_utf8(path)  # e.g. a local file's name made into the remote path
         content = bytes(data) if isinstance(data, bytes | bytearray | memoryview) else iter_write_data(data)
         response = await self._api.call(
             "PUT",
@@ -99,12 +101,16 @@ class AsyncFiles:
         remote_dir: str = "/home/user",
         *,
         on_progress: ProgressCallback | None = None,
+        contents: bool = False,
     ) -> builtins.list[FileEntry]:
         """Copy local files and directory trees into `remote_dir`, like `cp -r a b remote_dir/`:
-        a file lands as remote_dir/<name>, a directory as remote_dir/<name>/…; empty directories
-        are kept. Returns the files written. `on_progress` gets byte counts as they are sent."""
+        a file lands as remote_dir/<name>, a directory as remote_dir/<name>/… (with `contents`,
+        as remote_dir/…, like `cp -r a/. remote_dir/`); empty directories are kept. Returns the
+        files written. `on_progress` gets byte counts as they are sent. Inside a directory,
+        symlinks that lead out of it and names that are not UTF-8 are skipped with a warning
+        (logged, so on stderr when logging is not set up); see `plan_upload`."""
         items = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
-        plan = await asyncio.to_thread(plan_upload, items)
+        plan = await asyncio.to_thread(plan_upload, items, contents)
         together = [f for f in plan.files if is_multipart_safe(f[1])]
         written: builtins.list[FileEntry] = []
         for start in range(0, len(together), FILES_PER_UPLOAD):

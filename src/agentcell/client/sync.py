@@ -234,8 +234,11 @@ class Files:
         remote_dir: str = "/home/user",
         *,
         on_progress: ProgressCallback | None = None,
+        contents: bool = False,
     ) -> builtins.list[FileEntry]:
-        return self._portal.run(self._core.upload(sources, remote_dir, on_progress=on_progress))
+        return self._portal.run(
+            self._core.upload(sources, remote_dir, on_progress=on_progress, contents=contents)
+        )
 
     def download_archive(self, path: str) -> Iterator[bytes]:
         return self._portal.iterate(self._core.download_archive(path))

@@ -5,11 +5,16 @@ Safety of extraction: a member whose name is absolute or has a `..` component is
 (UnsafeArchiveError) before anything is written; every other member goes through tarfile's
 `data` filter, which also refuses writing through a symlink to outside the destination. Symlinks
 themselves are kept as they are in the sandbox (like `tar` and `docker cp`), never followed.
+Names come as the sandbox's exact bytes, so a name that is not UTF-8 keeps its bytes here too.
+
+Safety of uploads: inside a directory being copied, a symlink is followed only when its target
+resolves inside that directory (see `plan_upload`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import tarfile
@@ -18,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, cast
 
-from agentcell.client.errors import ProtocolError, UnsafeArchiveError
+from agentcell.client.errors import InvalidArgumentError, ProtocolError, UnsafeArchiveError
+
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
 LocalPath = str | os.PathLike[str]
@@ -81,29 +88,72 @@ class UploadPlan:
     empty_dirs: list[str] = field(default_factory=list)
 
 
-def plan_upload(sources: Sequence[LocalPath]) -> UploadPlan:
+def plan_upload(sources: Sequence[LocalPath], contents: bool = False) -> UploadPlan:
     """Each file lands as `<remote dir>/<its name>`, each directory as `<remote dir>/<its name>/…`,
-    like `cp -r a b dir/`. Symlinks to files are followed; symlinked directories are not entered."""
+    like `cp -r a b dir/` (with `contents`, a directory's contents land in `<remote dir>` itself,
+    like `cp -r a/. dir/`). A source that is a symlink is followed. Inside a directory, a symlink to
+    a file is followed only when its target resolves inside that directory; one that leads out of
+    it is skipped with a warning (like rsync's --safe-links), so that a hostile link in, say, a
+    cloned repository cannot carry a host file such as ~/.ssh/id_ed25519 into the sandbox.
+    Symlinked directories are not entered. Sandbox paths are text: an entry whose name is not
+    UTF-8 is skipped with a warning, and a source named so is refused (InvalidArgumentError)."""
     plan = UploadPlan()
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            _plan_dir(path, PurePosixPath(path.resolve().name or "root"), plan)
+            name = "." if contents else require_utf8(path.resolve().name or "root")
+            _plan_dir(path, PurePosixPath(name), plan)
         elif path.is_file():
-            plan.files.append((path, path.name))
+            plan.files.append((path, require_utf8(path.name)))
         else:
             raise FileNotFoundError(f"cannot upload {str(source)!r}: no such file or directory")
     return plan
 
 
 def _plan_dir(root: Path, name: PurePosixPath, plan: UploadPlan) -> None:
+    inside = root.resolve()
     for dirpath, dirnames, filenames in os.walk(root):
-        relative = name / PurePosixPath(*Path(dirpath).relative_to(root).parts)
-        files = [f for f in sorted(filenames) if (Path(dirpath) / f).is_file()]
-        plan.files.extend((Path(dirpath) / f, str(relative / f)) for f in files)
+        here = Path(dirpath)
+        relative = name / PurePosixPath(*here.relative_to(root).parts)
+        dirnames[:] = sorted(d for d in dirnames if _is_text_name(here / d))
+        files = [(f, real) for f in sorted(filenames) if (real := _uploadable(here / f, inside))]
+        plan.files.extend((real, str(relative / f)) for f, real in files)
         if not files and not dirnames:
             plan.empty_dirs.append(str(relative))
-        dirnames.sort()
+
+
+def _uploadable(path: Path, inside: Path) -> Path | None:
+    """The file to read for `path` (a symlink's target, resolved), or None to leave it out."""
+    if not _is_text_name(path):
+        return None
+    if not path.is_symlink():
+        return path if path.is_file() else None
+    target = Path(os.path.realpath(path))  # unlike Path.resolve, never raises on a loop
+    if not target.is_relative_to(inside):
+        log.warning("skipping %s: a symlink to %s, outside the directory being copied", path, target)
+        return None
+    return target if target.is_file() else None
+
+
+def _is_text_name(path: Path) -> bool:
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        log.warning("skipping %s: its name is not UTF-8, which a sandbox path must be", path)
+        return False
+    return True
+
+
+def require_utf8(path: str) -> str:
+    """`path` if it can be a sandbox path (text); else InvalidArgumentError, before sending."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise InvalidArgumentError(
+            f"'{shown}' is not valid UTF-8, which a sandbox path must be: rename it first"
+        ) from None
+    return path
 
 
 def is_multipart_safe(name: str) -> bool:

@@ -1,14 +1,28 @@
-"""A streamed tar archive of a tree inside a sandbox, built entry by entry (never whole in memory)."""
+"""A streamed tar archive of a tree inside a sandbox, built entry by entry (never whole in memory).
+
+An archive is complete or refused. `tar` warns about each file it cannot read and exits non-zero
+at the end, but an HTTP answer cannot change its status once it has started; so before the first
+byte every file and directory in the tree is opened once as the sandbox user, and one the user
+may not read refuses the whole archive (403, naming it). Entries that vanish meanwhile are left
+out, as `tar` leaves out files removed before it reads them. Names are the exact bytes of the
+sandbox's names (PAX headers), including names that are not UTF-8.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import posixpath
 import tarfile
 from collections.abc import AsyncIterator
 
+from agentcell.errors import NotFound, PermissionDenied
+from agentcell.protocol.files import wire_text
 from agentcell.server.sandbox.driver import FileStat, SandboxFiles
 
 BLOCK = 512
+PROBES_AT_ONCE = 4
 
 
 def _header(entry: FileStat, arcname: str) -> bytes:
@@ -39,9 +53,39 @@ async def _file_blocks(files: SandboxFiles, entry: FileStat) -> AsyncIterator[by
 
 
 async def archive_entries(files: SandboxFiles, root: FileStat, max_depth: int = 16) -> list[FileStat]:
-    """What an archive of `root` holds, listed before the answer starts (so a tree too large to
-    list is a clean error rather than a broken stream)."""
-    return [root] + (await files.list(root.path, max_depth) if root.type == "dir" else [])
+    """What an archive of `root` holds, listed and checked readable before the answer starts (so a
+    tree too large to list, or holding a file the user may not read, is a clean error rather than
+    a broken stream)."""
+    entries = [root] + (await files.list(root.path, max_depth) if root.type == "dir" else [])
+    kept: list[FileStat] = []
+    for start in range(0, len(entries), PROBES_AT_ONCE):
+        batch = entries[start : start + PROBES_AT_ONCE]
+        found = await asyncio.gather(*(_is_there(files, entry) for entry in batch), return_exceptions=True)
+        for outcome in found:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        kept += [entry for entry, there in zip(batch, found, strict=True) if there]
+    if not kept or kept[0] is not root:
+        raise NotFound(f"no such file or directory: {wire_text(root.path)}")
+    return kept
+
+
+async def _is_there(files: SandboxFiles, entry: FileStat) -> bool:
+    """Open `entry` as the sandbox user: False if it is gone, PermissionDenied if unreadable."""
+    try:
+        if entry.type == "file":
+            async with contextlib.aclosing(files.read(entry.path, 1)) as chunks:
+                await anext(chunks, b"")
+        elif entry.type == "dir":
+            os.close(await files.open_dir(entry.path))
+    except NotFound:
+        return False
+    except PermissionDenied as err:
+        raise PermissionDenied(
+            f"{err.message}, so the archive would be incomplete: change its permissions in the"
+            " sandbox, or archive a path without it"
+        ) from err
+    return True
 
 
 async def tar_stream(files: SandboxFiles, root: FileStat, entries: list[FileStat]) -> AsyncIterator[bytes]:

@@ -9,7 +9,8 @@ import posixpath
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agentcell.errors import InvalidArgument, NotFound, QuotaExceeded
+from agentcell.errors import InvalidArgument, NotFound, PermissionDenied, QuotaExceeded
+from agentcell.protocol.files import wire_text
 from agentcell.server.e2b.connect import RpcError
 from agentcell.server.e2b.entries import entry_info
 from agentcell.server.e2b.registry import E2bRegistry
@@ -26,7 +27,8 @@ STREAM_KEEPALIVE_S = 30.0
 
 async def _followed(files: SandboxFiles, entry: FileStat) -> FileStat:
     """As envd reports a symlink: the type of what it finally points to, and that target's
-    absolute path (`filepath.EvalSymlinks`); a dangling or looping link stays a symlink."""
+    absolute path (`filepath.EvalSymlinks`); a dangling or looping link, or one whose target the
+    sandbox user may not look at, stays a symlink."""
     if entry.type != "symlink":
         return entry
     found, hops = entry, 0
@@ -34,12 +36,24 @@ async def _followed(files: SandboxFiles, entry: FileStat) -> FileStat:
         target = posixpath.normpath(posixpath.join(posixpath.dirname(found.path), found.symlink_target))
         try:
             found = await files.stat(target)
-        except (NotFound, InvalidArgument):
+        except (NotFound, InvalidArgument, PermissionDenied):
             return entry
         hops += 1
     if found.type == "symlink":
         return entry
     return dataclasses.replace(entry, type=found.type, symlink_target=found.path)
+
+
+def _entry(stat: FileStat) -> Message:
+    """EntryInfo with names as valid text (see `wire_text`)."""
+    target = None if stat.symlink_target is None else wire_text(stat.symlink_target)
+    return entry_info(
+        dataclasses.replace(stat, path=wire_text(stat.path), name=wire_text(stat.name), symlink_target=target)
+    )
+
+
+def _events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**event, "name": wire_text(event["name"])} for event in events]
 
 
 def _path(message: Message, name: str = "path") -> str:
@@ -58,7 +72,7 @@ class FilesystemService:
 
     async def stat(self, sandbox: Sandbox, message: Message) -> Message:
         files = self._files(sandbox)
-        return {"entry": entry_info(await _followed(files, await files.stat(_path(message))))}
+        return {"entry": _entry(await _followed(files, await files.stat(_path(message))))}
 
     async def list_dir(self, sandbox: Sandbox, message: Message) -> Message:
         depth = message.get("depth") or 1  # proto3 leaves 0 out: not given
@@ -71,18 +85,18 @@ class FilesystemService:
         if found.type != "dir":
             raise InvalidArgument(f"path {path} is not a directory")
         entries = sorted(await files.list(path, depth), key=lambda e: e.path)
-        return {"entries": [entry_info(await _followed(files, e)) for e in entries]}
+        return {"entries": [_entry(await _followed(files, e)) for e in entries]}
 
     async def make_dir(self, sandbox: Sandbox, message: Message) -> Message:
         files, path = self._files(sandbox), _path(message)
         with contextlib.suppress(NotFound):
             await files.stat(path)
             raise RpcError("already_exists", f"directory {path} already exists")
-        return {"entry": entry_info(await files.make_dir(path))}
+        return {"entry": _entry(await files.make_dir(path))}
 
     async def move(self, sandbox: Sandbox, message: Message) -> Message:
         moved = await self._files(sandbox).rename(_path(message, "source"), _path(message, "destination"))
-        return {"entry": entry_info(moved)}
+        return {"entry": _entry(moved)}
 
     async def remove(self, sandbox: Sandbox, message: Message) -> Message:
         """Like `rm -rf`: a path that is already gone is not an error."""
@@ -111,7 +125,7 @@ class FilesystemService:
         return watcher
 
     async def get_watcher_events(self, sandbox: Sandbox, message: Message) -> Message:
-        return {"events": await self._watcher(sandbox, message).changes()}
+        return {"events": _events(await self._watcher(sandbox, message).changes())}
 
     async def remove_watcher(self, sandbox: Sandbox, message: Message) -> Message:
         watcher = self._watcher(sandbox, message)
@@ -135,7 +149,7 @@ class FilesystemService:
                 events = await watcher.changes()
             except NotFound:
                 raise RpcError("not_found", "the watched directory was removed") from None
-            for event in events:
+            for event in _events(events):
                 yield {"filesystem": event}
             quiet_s = 0.0 if events else quiet_s + POLL_INTERVAL_S
             if quiet_s >= STREAM_KEEPALIVE_S:

@@ -11,6 +11,15 @@
   after (all per-thread in the kernel), so root's privileges never touch the sandbox's files and
   new files belong to the sandbox user.
 
+The pool is shared by every sandbox of the server, and one sandbox holds at most
+`SANDBOX_POOL_SLOTS` of its threads at a time (the rest of its calls wait their turn), so a sandbox
+that floods the pool with deep listings cannot stall another sandbox's file calls.
+
+Names are `str` as `os` gives them: bytes that are not UTF-8 are kept as surrogate escapes, so
+every name read here can be handed back and reaches the same file. Making them valid text for a
+wire format is the API layer's job (`agentcell.protocol.files.wire_text`); only error messages
+are made valid here.
+
 Every OSError becomes a domain error in `translate_os_error`, and nowhere else.
 """
 
@@ -26,6 +35,7 @@ import os
 import secrets
 import stat
 import threading
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +54,7 @@ from agentcell.errors import (
     QuotaExceeded,
     Unavailable,
 )
+from agentcell.protocol.files import wire_text
 from agentcell.server.sandbox.driver import SANDBOX_HOME, FileStat, FileType
 from agentcell.server.sandbox.linux.fscalls import IN_ROOT, RESOLVE_NO_SYMLINKS, as_sandbox_user, openat2
 
@@ -53,7 +64,10 @@ T = TypeVar("T")
 
 MAX_CHUNK_BYTES = 1 << 20
 MAX_LIST_DEPTH = 16
-POOL_WORKERS = 8
+POOL_WORKERS = 16
+SANDBOX_POOL_SLOTS = 4
+"""Pool threads one sandbox may hold at once: a quarter of the pool, so that however many calls
+one sandbox (or three) sends, the others still find a free thread."""
 
 _NEW_FILE_MODE = 0o644
 _NEW_DIR_MODE = 0o755
@@ -69,6 +83,29 @@ def shared_executor() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(POOL_WORKERS, thread_name_prefix="acell-files")
         return _pool
+
+
+class _PoolSlots:
+    """The pool threads one sandbox root holds, at most SANDBOX_POOL_SLOTS. Shared by every
+    RootedFiles of the same root on the same loop (a driver may make one per call), and dropped
+    with the last of them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.semaphore = asyncio.Semaphore(SANDBOX_POOL_SLOTS)
+
+
+_slots: weakref.WeakValueDictionary[tuple[str, asyncio.AbstractEventLoop], _PoolSlots] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _slots_for(root_path: str, loop: asyncio.AbstractEventLoop) -> _PoolSlots:
+    with _pool_lock:
+        slots = _slots.get((root_path, loop))
+        if slots is None:
+            slots = _slots[root_path, loop] = _PoolSlots(loop)
+        return slots
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -102,6 +139,7 @@ def translate_os_error(err: OSError, path: str, action: str) -> AgentcellError:
     """The one place an errno becomes a domain error. `path` is the in-sandbox path shown."""
     if isinstance(err, _PathError) and isinstance(err.filename, str):
         path = err.filename
+    path = wire_text(path)  # a name read from the sandbox may not be valid UTF-8
     if err.errno == errno.EAGAIN:
         return Unavailable(f"the sandbox filesystem was busy resolving {path}; retry", retry_after_s=0.1)
     kind, template = _ERRORS.get(err.errno or 0, (Internal, ""))
@@ -146,6 +184,14 @@ def _below_root(path: str) -> tuple[str, ...]:
     parts = parse_path(path)
     if not parts:
         raise InvalidArgument("path must name something below /, not the sandbox root itself")
+    return parts
+
+
+def _file_path(path: str) -> tuple[str, ...]:
+    """A path to write a file at: `dir/` or `dir/.` names a directory, never a file to make."""
+    parts = _below_root(path)
+    if path.rsplit("/", 1)[-1] in ("", "."):
+        raise InvalidArgument(f"a file path may not end with '/' or '/.', got {path!r}: name the file")
     return parts
 
 
@@ -269,7 +315,7 @@ def _open_regular(root: int, parts: Sequence[str]) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             kind = "directory" if stat.S_ISDIR(st.st_mode) else "FIFO, socket or device"
-            raise InvalidArgument(f"expected a regular file, but {_shown(parts)} is a {kind}")
+            raise InvalidArgument(f"expected a regular file, but {wire_text(_shown(parts))} is a {kind}")
     except BaseException:
         os.close(fd)
         raise
@@ -485,6 +531,7 @@ class RootedFiles:
         self._max_list_entries = max_list_entries
         self._root_identity: tuple[int, int] | None = None
         self._identity_lock = threading.Lock()
+        self._slots: _PoolSlots | None = None
 
     @property
     def owner(self) -> tuple[int, int] | None:
@@ -521,7 +568,7 @@ class RootedFiles:
             os.close(fd)  # not awaited: an async generator may be closing because its loop is
 
     async def write(self, path: str, chunks: AsyncIterable[bytes]) -> FileStat:
-        parts = _below_root(path)
+        parts = _file_path(path)
         shown = _shown(parts)
         pending = await self._run(lambda root: _begin_write(root, parts), shown, "write", undo=_abort_write)
         try:
@@ -566,8 +613,21 @@ class RootedFiles:
     async def _submit(
         self, work: Callable[[], T], shown: str, action: str, undo: Callable[[T], object] | None = None
     ) -> T:
-        """work() in a worker thread, OSErrors translated. If the caller is cancelled meanwhile,
-        the work still finishes and `undo` releases what it returned."""
+        """work() in a worker thread, OSErrors translated, once this sandbox has a pool slot free.
+        If the caller is cancelled meanwhile, the work still finishes and `undo` releases what it
+        returned."""
+        async with self._pool_slots().semaphore:
+            return await self._submit_now(work, shown, action, undo)
+
+    def _pool_slots(self) -> _PoolSlots:
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots.loop is not loop:
+            self._slots = _slots_for(self._root_path, loop)
+        return self._slots
+
+    async def _submit_now(
+        self, work: Callable[[], T], shown: str, action: str, undo: Callable[[T], object] | None
+    ) -> T:
         loop = asyncio.get_running_loop()
         executor = self._executor or shared_executor()
         future = loop.run_in_executor(executor, work)
