@@ -118,6 +118,27 @@ def test_cp_directory_both_ways(server_url: str, sandbox_id: str, tmp_path: Path
     assert (tmp_path / "back" / "top.txt").read_text() == "top"
 
 
+def test_cp_of_a_tree_never_follows_a_link_out_of_it(
+    server_url: str, sandbox_id: str, tmp_path: Path
+) -> None:
+    """A cloned tree's symlink to a host secret does not carry the secret into the sandbox, be
+    the copy a new name or into an existing directory; links inside the tree still work."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host secret")
+    tree = tmp_path / "repo"
+    tree.mkdir()
+    (tree / "readme.txt").write_text("hello")
+    (tree / "leak").symlink_to(secret)
+    (tree / "alias").symlink_to("readme.txt")
+    for dst in ("/home/user/repo-copy", "/home/user/"):
+        up = agentcell(server_url, "cp", str(tree), f"{sandbox_id}:{dst}")
+        assert up.returncode == 0 and "leak" in up.stderr, up.stderr
+    found = agentcell(server_url, "exec", sandbox_id, "--", "grep -rl 'host secret' . || echo none").stdout
+    assert found == "none\n"
+    copied = agentcell(server_url, "exec", sandbox_id, "--", "cat repo-copy/alias repo/alias").stdout
+    assert copied == "hellohello"
+
+
 def test_ls_get_timeout_and_kill(server_url: str, sandbox_id: str) -> None:
     """ls (table and JSON), get, timeout and kill act on the same sandbox."""
     table = agentcell(server_url, "sandbox", "ls", "--metadata", RUN)

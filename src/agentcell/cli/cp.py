@@ -86,9 +86,9 @@ def _upload_tree(
     if into_dir:  # lands as remote/<name>/…
         sandbox.files.upload([src], remote, on_progress=progress.add)
         remote = posixpath.join(remote, src.resolve().name)
-    else:  # remote is the copy itself: its contents are src's contents
+    else:  # remote is the copy itself: its contents are src's contents (links out of src skipped)
         sandbox.files.make_dir(remote)
-        sandbox.files.upload(sorted(src.iterdir()), remote, on_progress=progress.add)
+        sandbox.files.upload([src], remote, contents=True, on_progress=progress.add)
     entry = sandbox.files.stat(remote)
     return entry, f"{sandbox.id}:{entry.path}"
 

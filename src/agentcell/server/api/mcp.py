@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agentcell.errors import AgentcellError
 from agentcell.protocol.code import CodeRun
 from agentcell.protocol.commands import CommandRequest
+from agentcell.protocol.files import wire_text
 from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.auth.principal import current_or_none
 from agentcell.server.scheduler.sandboxes import SandboxService
@@ -136,7 +137,7 @@ def build_mcp_server(sandboxes: SandboxService) -> MCPServer[Any]:
     async def list_files(sandbox_id: str, path: str = "/home/user", depth: int = 1) -> list[dict[str, Any]]:
         """Entries under a directory (depth 1..16)."""
         entries = await sandboxes.files(sandbox_id).list(path, depth)
-        return [{"path": e.path, "type": e.type, "size": e.size} for e in entries]
+        return [{"path": wire_text(e.path), "type": e.type, "size": e.size} for e in entries]
 
     return server
 
