@@ -3,13 +3,16 @@ same id, files back, error envelopes for the wrong states."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from agentcell.client import AsyncSandbox, ConflictError, NotFoundError, Sandbox
+from tests.conftest import AUTH
 from tests.integration.test_cli import agentcell
 
 
@@ -89,3 +92,39 @@ def test_cli_pause_and_resume(server_url: str) -> None:
         assert (resumed["id"], resumed["state"]) == (sandbox_id, "running")
     finally:
         agentcell(server_url, "sandbox", "kill", sandbox_id)
+
+
+@pytest.mark.parametrize("overtaken_by", ["pause", "kill"])
+async def test_a_write_overtaken_by_a_pause_or_a_kill_fails(server_url: str, overtaken_by: str) -> None:
+    """A file still being uploaded when its sandbox is paused or killed gets a 409, not a 200 for a
+    file that is not there, and its half is in no snapshot: the sandbox resumes without it."""
+    async with httpx.AsyncClient(base_url=server_url, headers=AUTH, timeout=30) as client:
+        sandbox_id = (await client.post("/v1/sandboxes", json={"timeout_s": 60})).json()["id"]
+        url = f"/v1/sandboxes/{sandbox_id}"
+        first_sent = asyncio.Event()
+
+        async def slow_body() -> AsyncIterator[bytes]:
+            yield b"x" * 65536
+            first_sent.set()
+            await asyncio.sleep(1)  # the pause or kill comes meanwhile
+            yield b"y" * 65536
+
+        put = asyncio.create_task(
+            client.put(f"{url}/files", params={"path": "slow.bin"}, content=slow_body())
+        )
+        await first_sent.wait()
+        await asyncio.sleep(0.2)
+        if overtaken_by == "pause":
+            assert (await client.post(f"{url}/pause")).status_code == 200
+        else:
+            assert (await client.delete(url)).status_code == 204
+        reply = await put
+        happened = "was paused" if overtaken_by == "pause" else "ended"
+        assert (
+            reply.status_code == 409 and f"{happened} while the file was written" in reply.json()["message"]
+        )
+        if overtaken_by == "pause":
+            assert (await client.post(f"{url}/resume")).status_code == 200
+            listing = (await client.get(f"{url}/files/list", params={"path": "/home/user"})).json()
+            assert [e["name"] for e in listing["entries"]] == []
+            await client.delete(url)

@@ -121,6 +121,11 @@ class FileStat:
     symlink_target: str | None = None
 
 
+WRITE_TEMP_PREFIX = ".acell-write-"
+WRITE_TEMPS = WRITE_TEMP_PREFIX + "*.tmp"
+"""The temp files `SandboxFiles.write` fills beside their targets: never part of a snapshot."""
+
+
 class SandboxFiles(Protocol):
     """File access confined to one sandbox's root, performed as the sandbox user.
 

@@ -35,7 +35,7 @@ from agentcell.server.auth.principal import Principal, acting_as, current_or_non
 from agentcell.server.clock import Clock
 from agentcell.server.meta.records import PausedSandboxRecord, WorkspaceRecord
 from agentcell.server.meta.store import MetaStore
-from agentcell.server.sandbox.driver import SANDBOX_HOME, SandboxDriver, SandboxFiles
+from agentcell.server.sandbox.driver import SANDBOX_HOME, WRITE_TEMPS, SandboxDriver, SandboxFiles
 from agentcell.server.scheduler.sandboxes import Sandbox, SandboxService
 from agentcell.server.scheduler.workspaces import Workspace, WorkspaceKeeper
 from agentcell.server.storage.snapshots import SnapshotInfo, Snapshots
@@ -244,8 +244,15 @@ class SandboxPauses:
         path = storage_path(sandbox.tenant, sandbox.id)
         await self._check_quota(sandbox.tenant)
         files = self._driver.files(sandbox.id)
-        info = await _with_home(files, lambda fd: self._snapshots.persist(path, fd, keep=1))
-        await self._store.put_workspace(await self._workspace_record(sandbox, path, info))
+        sandbox.pausing = True  # API writes finishing from now on fail: the snapshot may miss them
+        try:
+            info = await _with_home(
+                files, lambda fd: self._snapshots.persist(path, fd, (WRITE_TEMPS,), keep=1)
+            )
+            await self._store.put_workspace(await self._workspace_record(sandbox, path, info))
+        except BaseException:
+            sandbox.pausing = False  # the sandbox keeps running
+            raise
         now = self._clock.now()
         record = PausedSandboxRecord(
             id=sandbox.id,

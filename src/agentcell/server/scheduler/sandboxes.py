@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -25,7 +25,7 @@ from agentcell.server.egress.policy import EgressPolicy
 from agentcell.server.interpreter.contexts import CodeContexts, Interpreter
 from agentcell.server.observability.logs import bind as bind_log_ids
 from agentcell.server.observability.telemetry import NullTelemetry, Telemetry
-from agentcell.server.sandbox.driver import ExecSpec, SandboxDriver, SandboxFiles, SandboxSpec
+from agentcell.server.sandbox.driver import ExecSpec, FileStat, SandboxDriver, SandboxFiles, SandboxSpec
 from agentcell.server.scheduler.metering import ActivityMeter, Owner, Resources, UsageLedger, usage_row
 from agentcell.server.scheduler.processes import Event, ManagedProcess, ProcessTable
 from agentcell.server.scheduler.sandbox_pool import SandboxPool
@@ -58,6 +58,7 @@ class Sandbox:
     expires_at: float
     started_at: float = 0.0  # this run's (a resume keeps created_at)
     state: SandboxState = "running"
+    pausing: bool = False  # its files are being saved: writes from now on would miss the snapshot
     processes: ProcessTable = field(default_factory=ProcessTable)
     meter: ActivityMeter = field(default_factory=lambda: ActivityMeter(0.0))
     cpu_ns_metered: int = 0
@@ -394,4 +395,59 @@ class SandboxService:
             raise
 
     def files(self, sandbox_id: str) -> SandboxFiles:
-        return self._driver.files(self.running(sandbox_id).id)
+        sandbox = self.running(sandbox_id)
+        return LiveFiles(self._driver.files(sandbox.id), sandbox)
+
+
+class LiveFiles:
+    """A running sandbox's files, for its API: a write that its end or its pause overtakes fails
+    with NotRunning (409) instead of answering 200 for a file that went with the instance, or that
+    its snapshot does not hold. It also stops reading the upload as soon as that happens."""
+
+    def __init__(self, files: SandboxFiles, sandbox: Sandbox) -> None:
+        self._files = files
+        self._sandbox = sandbox
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        return self._files.owner
+
+    async def open_dir(self, path: str) -> int:
+        return await self._files.open_dir(path)
+
+    async def stat(self, path: str) -> FileStat:
+        return await self._files.stat(path)
+
+    async def list(self, path: str, depth: int = 1) -> list[FileStat]:
+        return await self._files.list(path, depth)
+
+    def read(self, path: str, chunk_bytes: int = 1 << 20) -> AsyncGenerator[bytes, None]:
+        return self._files.read(path, chunk_bytes)
+
+    async def write(self, path: str, chunks: AsyncIterable[bytes]) -> FileStat:
+        written = await self._files.write(path, self._while_live(chunks))
+        self._check_live()
+        return written
+
+    async def make_dir(self, path: str) -> FileStat:
+        return await self._files.make_dir(path)
+
+    async def remove(self, path: str) -> None:
+        await self._files.remove(path)
+
+    async def rename(self, src: str, dst: str) -> FileStat:
+        return await self._files.rename(src, dst)
+
+    async def _while_live(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self._check_live()
+            yield chunk
+
+    def _check_live(self) -> None:
+        sandbox = self._sandbox
+        if sandbox.pausing or sandbox.state != "running":
+            happened = "was paused" if sandbox.pausing else "ended"
+            raise NotRunning(
+                f"sandbox {sandbox.id} {happened} while the file was written, so it was not kept; "
+                "write it again once the sandbox runs"
+            )

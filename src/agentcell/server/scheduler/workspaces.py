@@ -25,7 +25,7 @@ from agentcell.server.auth.names import split
 from agentcell.server.clock import Clock
 from agentcell.server.meta.records import UsageRecord, WorkspaceRecord
 from agentcell.server.meta.store import MetaStore
-from agentcell.server.sandbox.driver import SANDBOX_HOME, SandboxDriver, SandboxFiles
+from agentcell.server.sandbox.driver import SANDBOX_HOME, WRITE_TEMPS, SandboxDriver, SandboxFiles
 from agentcell.server.scheduler.metering import Owner, storage_row
 from agentcell.server.storage.snapshots import SnapshotInfo, Snapshots
 
@@ -161,7 +161,7 @@ class WorkspaceKeeper:
         """Snapshot the workspace now. Raises QuotaExceeded when the tenant stores too much."""
         await self._check_quota(workspace.tenant)
         files = self._driver.files(instance_id)
-        exclude = tuple(config.workspace.exclude)
+        exclude = (*config.workspace.exclude, WRITE_TEMPS)
         info = await self._with_dir(
             files,
             workspace.dir,

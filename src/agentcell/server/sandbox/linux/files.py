@@ -55,7 +55,7 @@ from agentcell.errors import (
     Unavailable,
 )
 from agentcell.protocol.files import wire_text
-from agentcell.server.sandbox.driver import SANDBOX_HOME, FileStat, FileType
+from agentcell.server.sandbox.driver import SANDBOX_HOME, WRITE_TEMP_PREFIX, FileStat, FileType
 from agentcell.server.sandbox.linux.fscalls import IN_ROOT, RESOLVE_NO_SYMLINKS, as_sandbox_user, openat2
 
 log = logging.getLogger(__name__)
@@ -438,7 +438,7 @@ class _PendingWrite:
 
 def _begin_write(root: int, parts: Sequence[str]) -> _PendingWrite:
     dir_fd = _open_parent(root, parts, create=True)
-    pending = _PendingWrite(dir_fd, f".acell-write-{secrets.token_hex(8)}.tmp", parts[-1], -1)
+    pending = _PendingWrite(dir_fd, f"{WRITE_TEMP_PREFIX}{secrets.token_hex(8)}.tmp", parts[-1], -1)
     try:
         mode = _replacement_mode(dir_fd, parts[-1], _shown(parts))
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
