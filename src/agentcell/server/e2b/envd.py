@@ -19,9 +19,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
 
 from agentcell.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from agentcell.server.api.multipart import multipart_files
 from agentcell.server.api.streaming import StreamingResponse
 from agentcell.server.e2b import connect
 from agentcell.server.e2b.connect import RpcError
@@ -39,7 +39,6 @@ router = APIRouter()
 Message = dict[str, Any]
 Unary = Callable[["Services", Sandbox, Message], Awaitable[Message]]
 Stream = Callable[["Services", Sandbox, Message, float | None], Awaitable[AsyncIterator[Message]]]
-UPLOAD_CHUNK_BYTES = 1 << 20
 MAX_UPLOAD_FILES = 1000
 
 
@@ -285,11 +284,6 @@ async def _gunzipped(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         raise InvalidArgument(f"the gzip body is damaged: {exc}") from None
 
 
-async def _upload_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
-    while chunk := await upload.read(UPLOAD_CHUNK_BYTES):
-        yield chunk
-
-
 @router.post("/files")
 async def upload(request: Request) -> list[Message]:
     path = request.query_params.get("path")
@@ -314,22 +308,35 @@ async def upload(request: Request) -> list[Message]:
 
 
 async def _upload_multipart(request: Request, sandbox: Sandbox, path: str | None) -> list[Message]:
+    """The `file` parts, each streamed into the sandbox as it arrives (other fields are skipped)."""
     files = services(request).registry.sandboxes.files(sandbox.id)
-    async with request.form(max_files=MAX_UPLOAD_FILES) as form:
-        parts = [p for p in form.getlist("file") if isinstance(p, UploadFile)]
-        if not parts:
-            raise InvalidArgument("the multipart body has no 'file' part")
-        if path and len(parts) > 1:
+    parts = multipart_files(request)
+    written: list[Message] = []
+    async for name, filename in parts.files():
+        if name != b"file":
+            await parts.skip()
+            continue
+        if path and written:
             raise InvalidArgument(
                 "give one 'file' part with ?path=, or name each part's path in its filename"
             )
-        written = []
-        for part in parts:
-            destination = path or part.filename
-            if not destination:
-                raise InvalidArgument("a 'file' part has no filename (its destination path)")
-            written.append(_written(await files.write(destination, _upload_chunks(part))))
+        if len(written) == MAX_UPLOAD_FILES:
+            raise InvalidArgument(f"an upload holds at most {MAX_UPLOAD_FILES} files; send more in another")
+        destination = path or _filename(filename)
+        written.append(_written(await files.write(destination, parts.data())))
+    if not written:
+        raise InvalidArgument("the multipart body has no 'file' part")
     return written
+
+
+def _filename(raw: bytes | None) -> str:
+    try:
+        name = (raw or b"").decode()
+    except UnicodeDecodeError:
+        raise InvalidArgument("a 'file' part's filename must be UTF-8") from None
+    if not name:
+        raise InvalidArgument("a 'file' part has no filename (its destination path)")
+    return name
 
 
 def _written(stat: Any) -> Message:
