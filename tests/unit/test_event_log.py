@@ -41,7 +41,16 @@ async def test_a_held_log_makes_its_writer_wait_for_the_reader() -> None:
         log.consumed(index)
         await asyncio.sleep(0)
     await asyncio.wait_for(writer, 1)
-    assert seen == CHUNKS and log.output_bytes == 0  # every chunk reached the reader once
+    assert seen == CHUNKS and log.output_bytes <= BUFFER_LIMIT_BYTES  # every chunk reached the reader
+
+
+async def test_what_the_holder_read_stays_for_other_readers_within_the_budget() -> None:
+    """A second reader (another connection to a terminal) still gets output the holder has read."""
+    log = new_log(held=True)
+    for text in ("one", "two", "three"):
+        await log.append(OutputEvent(type="stdout", data=text))
+    log.consumed(log.first_index + len(log.events))
+    assert [e.data for e in log.events if isinstance(e, OutputEvent)] == ["one", "two", "three"]
 
 
 async def test_a_reader_that_stalls_loses_its_hold() -> None:

@@ -44,10 +44,10 @@ def new_process_id() -> str:
 class EventLog:
     """Events so far (output trimmed to a byte budget, oldest first) and a wake-up for followers.
 
-    A held log (`held=True`: a foreground command's) is trimmed by its reader instead
-    (`consumed`): its writer waits while a buffer's worth of output is unread. With `stall_s`,
-    a reader that reads nothing for that long loses its hold (it may never read: a client that
-    started a command in the background and only looks at it later).
+    A held log (`held=True`: a foreground command's) never drops output its holder has not read
+    (`consumed` says how far it got): its writer waits instead while the unread output is over the
+    budget. With `stall_s`, a holder that reads nothing for that long loses its hold (it may never
+    read: a client that started a command in the background and only looks at it later).
     """
 
     events: deque[Event] = field(default_factory=deque)
@@ -55,6 +55,7 @@ class EventLog:
     first_index: int = 0
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     held: bool = False
+    held_index: int = 0  # the holder has read every event before this one
     stall_s: float | None = None
     writer_waiting: bool = False
     _space: asyncio.Event = field(default_factory=asyncio.Event)
@@ -63,8 +64,7 @@ class EventLog:
         self.events.append(event)
         if isinstance(event, OutputEvent):
             self.output_bytes += len(event.data)
-            if not self.held:
-                self._trim()
+            self._trim()
         async with self.changed:
             self.changed.notify_all()
         while self.held and self.output_bytes > BUFFER_LIMIT_BYTES:
@@ -78,21 +78,25 @@ class EventLog:
                 self.writer_waiting = False
 
     def consumed(self, index: int) -> None:
-        """A held log's reader has seen every event before `index`: drop that output."""
-        while index - self.first_index > 1 and self._drop_oldest_output():
-            pass
+        """The holder has read every event before `index`: that output may go (past the budget)."""
+        self.held_index = max(self.held_index, index)
+        self._trim()
         if self.output_bytes <= BUFFER_LIMIT_BYTES:
             self._space.set()
 
     def release(self) -> None:
-        """The held log's reader is gone: back to a bounded buffer, the writer no longer waits."""
+        """The holder is gone: back to a bounded buffer, the writer no longer waits."""
         self.held = False
         self._trim()
         self._space.set()
 
     def _trim(self) -> None:
-        while self.output_bytes > BUFFER_LIMIT_BYTES and self._drop_oldest_output():
+        while self.output_bytes > BUFFER_LIMIT_BYTES and self._may_drop() and self._drop_oldest_output():
             pass
+
+    def _may_drop(self) -> bool:
+        # the oldest output is the event after the start event: logical index first_index + 1
+        return not self.held or self.held_index > self.first_index + 1
 
     def _drop_oldest_output(self) -> bool:
         """Drop the oldest output event (the start event stays, for readers that join late)."""
