@@ -49,23 +49,26 @@ HTTP_MCP_FN: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-def mcp_fn(api: httpx.Client) -> Iterator[str]:
-    name = "mcp-" + uuid.uuid4().hex[:8]
-    reply = deploy(api, name, MCP_FN, code=FIXTURES / "mcp_stdio")
+@contextlib.contextmanager
+def deployed(api: httpx.Client, prefix: str, config: dict[str, Any]) -> Iterator[str]:
+    name = prefix + uuid.uuid4().hex[:8]
+    reply = deploy(api, name, config, code=FIXTURES / "mcp_stdio")
     assert reply.status_code == 200, reply.text
     yield name
     api.delete(f"/v1/functions/{name}")
+
+
+@pytest.fixture
+def mcp_fn(api: httpx.Client) -> Iterator[str]:
+    with deployed(api, "mcp-", MCP_FN) as name:
+        yield name
 
 
 @pytest.fixture
 def http_mcp_fn(api: httpx.Client) -> Iterator[str]:
     """An HTTP MCP server (`http_server.py`, answering like the SDK's) on at most two instances."""
-    name = "mcph-" + uuid.uuid4().hex[:8]
-    reply = deploy(api, name, HTTP_MCP_FN, code=FIXTURES / "mcp_stdio")
-    assert reply.status_code == 200, reply.text
-    yield name
-    api.delete(f"/v1/functions/{name}")
+    with deployed(api, "mcph-", HTTP_MCP_FN) as name:
+        yield name
 
 
 @contextlib.asynccontextmanager

@@ -71,7 +71,9 @@ async def test_the_stream_stops_when_the_client_leaves() -> None:
     assert b"never" not in client.body()
 
 
-async def test_a_cancelled_request_is_still_cancelled() -> None:
+async def streaming_forever() -> tuple[Client, asyncio.Task[None]]:
+    """A response that sent its first chunk and then waits for more, forever."""
+
     async def endless() -> AsyncIterator[bytes]:
         yield b"first\n"
         await asyncio.sleep(3600)
@@ -79,6 +81,11 @@ async def test_a_cancelled_request_is_still_cancelled() -> None:
     client = Client()
     call = asyncio.create_task(StreamingResponse(endless())(SCOPE, client.receive, client.send))
     await asyncio.wait_for(client.body_came.wait(), 2)
+    return client, call
+
+
+async def test_a_cancelled_request_is_still_cancelled() -> None:
+    _, call = await streaming_forever()
     call.cancel()  # a server shutting down: not a disconnect, so not swallowed
     with pytest.raises(asyncio.CancelledError):
         await call
@@ -88,14 +95,7 @@ async def test_a_cancelled_request_is_still_cancelled() -> None:
 
 async def test_a_cancel_in_the_instant_the_client_leaves_is_kept() -> None:
     """The disconnect's own cancellation is swallowed, not a shutdown's that lands with it."""
-
-    async def endless() -> AsyncIterator[bytes]:
-        yield b"first\n"
-        await asyncio.sleep(3600)
-
-    client = Client()
-    call = asyncio.create_task(StreamingResponse(endless())(SCOPE, client.receive, client.send))
-    await asyncio.wait_for(client.body_came.wait(), 2)
+    client, call = await streaming_forever()
     client.leave()
     # (no event says when the watch has cancelled the stream: poll the task's own count)
     while not call.cancelling():  # noqa: ASYNC110

@@ -13,7 +13,7 @@ from agentcell.errors import InvalidArgument
 from agentcell.protocol.files import FileEntry, FileList, MakeDir, Rename
 from agentcell.server.api.archive import archive_entries, tar_stream
 from agentcell.server.api.deps import Sandboxes
-from agentcell.server.api.multipart import multipart_files
+from agentcell.server.api.multipart import filename_of, multipart_files
 from agentcell.server.api.streaming import StreamingResponse
 from agentcell.server.sandbox.driver import FileStat
 
@@ -63,16 +63,6 @@ async def write_file(sandbox_id: str, path: PathQuery, request: Request, sandbox
     return entry(await sandboxes.files(sandbox_id).write(path, request.stream()))
 
 
-def _part_path(directory: str, filename: bytes | None) -> str:
-    try:
-        name = (filename or b"").decode()
-    except UnicodeDecodeError:
-        raise InvalidArgument("an upload part's filename must be UTF-8") from None
-    if not name:
-        raise InvalidArgument("every upload part must be a file with a filename (its destination path)")
-    return posixpath.join(directory, name)
-
-
 @router.post(
     "/upload", openapi_extra={"requestBody": {"content": {"multipart/form-data": {}}, "required": True}}
 )
@@ -88,7 +78,8 @@ async def upload_files(
     async for _, filename in parts.files():
         if len(written) == MAX_UPLOAD_FILES:
             raise InvalidArgument(f"an upload holds at most {MAX_UPLOAD_FILES} files; send more in another")
-        written.append(entry(await files.write(_part_path(dir, filename), parts.data())))
+        target = posixpath.join(dir, filename_of(filename, "an upload part"))
+        written.append(entry(await files.write(target, parts.data())))
     return FileList(entries=written)
 
 

@@ -107,6 +107,18 @@ class MultipartFiles:
         return bool(self._events)
 
 
+def filename_of(raw: bytes | None, part: str) -> str:
+    """A file part's filename (its destination path in the sandbox) as text; `part` names the part
+    in the errors."""
+    try:
+        name = (raw or b"").decode()
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{part}'s filename must be UTF-8") from None
+    if not name:
+        raise InvalidArgument(f"{part} has no filename (its destination path)")
+    return name
+
+
 def multipart_files(request: Request) -> MultipartFiles:
     kind, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")

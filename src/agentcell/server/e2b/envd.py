@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from agentcell.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from agentcell.server.api.multipart import multipart_files
+from agentcell.server.api.multipart import filename_of, multipart_files
 from agentcell.server.api.streaming import StreamingResponse
 from agentcell.server.e2b import connect
 from agentcell.server.e2b.connect import RpcError
@@ -322,21 +322,11 @@ async def _upload_multipart(request: Request, sandbox: Sandbox, path: str | None
             )
         if len(written) == MAX_UPLOAD_FILES:
             raise InvalidArgument(f"an upload holds at most {MAX_UPLOAD_FILES} files; send more in another")
-        destination = path or _filename(filename)
+        destination = path or filename_of(filename, "a 'file' part")
         written.append(_written(await files.write(destination, parts.data())))
     if not written:
         raise InvalidArgument("the multipart body has no 'file' part")
     return written
-
-
-def _filename(raw: bytes | None) -> str:
-    try:
-        name = (raw or b"").decode()
-    except UnicodeDecodeError:
-        raise InvalidArgument("a 'file' part's filename must be UTF-8") from None
-    if not name:
-        raise InvalidArgument("a 'file' part has no filename (its destination path)")
-    return name
 
 
 def _written(stat: Any) -> Message:
