@@ -153,10 +153,13 @@ def test_server_is_healthy_afterwards(shared_server: ServerProcess) -> None:
     assert httpx.get(f"{shared_server.url}/healthz").json() == {"status": "ok"}
 
 
+Parts = list[tuple[str, tuple[str | None, bytes]]]
+
+
 def test_files_upload_writes_each_file_part_as_it_streams(api: httpx.Client, sandbox: dict[str, str]) -> None:
     """envd's multipart upload: `file` parts are written (each to its filename, or the one to
     ?path=), other fields skipped; mistakes are 400s that say what to send."""
-    parts = [("note", (None, b"ignored")), ("file", ("up/a.txt", b"A")), ("file", ("up/b.txt", b"B"))]
+    parts: Parts = [("note", (None, b"ignored")), ("file", ("up/a.txt", b"A")), ("file", ("up/b.txt", b"B"))]
     written = api.post("/files", files=parts, headers=sandbox)
     assert written.status_code == 200, written.text
     assert [e["path"] for e in written.json()] == ["/home/user/up/a.txt", "/home/user/up/b.txt"]
@@ -164,7 +167,7 @@ def test_files_upload_writes_each_file_part_as_it_streams(api: httpx.Client, san
     assert (one.status_code, one.json()[0]["path"]) == (200, "/home/user/up/c.txt")
     read = api.get("/files", params={"path": "up/c.txt"}, headers=sandbox)
     assert read.content == b"C"
-    mistakes = [
+    mistakes: list[tuple[dict[str, str], Parts, str]] = [
         ({"path": "up/d.txt"}, [("file", ("x", b"1")), ("file", ("y", b"2"))], "one 'file' part with ?path="),
         ({}, [("note", (None, b"no file"))], "no 'file' part"),
     ]
