@@ -10,7 +10,15 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from e2b import ALL_TRAFFIC, FileType, Sandbox, SandboxException, SandboxNetworkOpts, SandboxQuery
+from e2b import (
+    ALL_TRAFFIC,
+    FileType,
+    InvalidArgumentException,
+    Sandbox,
+    SandboxException,
+    SandboxNetworkOpts,
+    SandboxQuery,
+)
 from e2b_code_interpreter import Sandbox as CodeSandbox
 
 from tests.conftest import ServerProcess
@@ -108,3 +116,13 @@ def test_expired_signed_url_says_what_envd_says(code_sandbox: CodeSandbox) -> No
         b'{"code":401,"message":"signature is already expired"}',
     )
     caught.value.close()
+
+
+def test_listing_too_many_entries_says_list_less_deep(code_sandbox: CodeSandbox) -> None:
+    """A listing over the entry limit is the caller's to change (InvalidArgument), not the SDK's
+    "rate limit exceeded" that a resource_exhausted code turns into."""
+    made = code_sandbox.commands.run("mkdir -p many && cd many && seq 1 100001 | xargs touch", timeout=60)
+    assert made.exit_code == 0
+    with pytest.raises(InvalidArgumentException, match="holds over 100000 entries; list less deep"):
+        code_sandbox.files.list("/home/user/many")
+    code_sandbox.commands.run("rm -rf many", timeout=60)

@@ -9,7 +9,7 @@ import posixpath
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agentcell.errors import InvalidArgument, NotFound, PermissionDenied, QuotaExceeded
+from agentcell.errors import InvalidArgument, NotFound, PayloadTooLarge, PermissionDenied, QuotaExceeded
 from agentcell.protocol.files import wire_text
 from agentcell.server.e2b.connect import RpcError
 from agentcell.server.e2b.entries import entry_info
@@ -84,7 +84,11 @@ class FilesystemService:
         found = await files.stat(path)
         if found.type != "dir":
             raise InvalidArgument(f"path {path} is not a directory")
-        entries = sorted(await files.list(path, depth), key=lambda e: e.path)
+        try:
+            listed = await files.list(path, depth)
+        except PayloadTooLarge as exc:  # what to change, not E2B's "rate limit" (resource_exhausted)
+            raise InvalidArgument(exc.message) from None
+        entries = sorted(listed, key=lambda e: e.path)
         return {"entries": [_entry(await _followed(files, e)) for e in entries]}
 
     async def make_dir(self, sandbox: Sandbox, message: Message) -> Message:
