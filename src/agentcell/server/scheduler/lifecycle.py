@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import posixpath
 import signal
 import socket
 from pathlib import Path
@@ -31,11 +32,15 @@ from agentcell.server.templates.service import ResolvedTemplate, TemplateService
 log = logging.getLogger(__name__)
 
 CODE_DIR = "/code"
-SERVER_LOG = "/tmp/agentcell-server.log"
+SERVER_LOG_NAME = "agentcell-server.log"  # in $TMPDIR, /tmp unless the function's env says otherwise
 OUTPUT_TAIL_BYTES = 2048
 OUTPUT_READ_MAX_BYTES = 4 << 20
 # The user's command travels in the environment, never spliced into a shell string.
-SERVER_ARGV = ["/bin/bash", "-c", f'exec >>"{SERVER_LOG}" 2>&1; exec /bin/bash -c "$AGENTCELL_CMD"']
+SERVER_ARGV = [
+    "/bin/bash",
+    "-c",
+    f'exec >>"${{TMPDIR:-/tmp}}/{SERVER_LOG_NAME}" 2>&1; exec /bin/bash -c "$AGENTCELL_CMD"',
+]
 HOOK_ARGV = ["/bin/bash", "-c", 'exec /bin/bash -c "$AGENTCELL_HOOK"']
 BRIDGE_DIR = Path(bridge.__file__).parent
 BRIDGE_MOUNT = "/opt/agentcell/mcp"
@@ -145,7 +150,8 @@ class InstanceManager:
             self._servers[instance.id] = server
             await server.close_stdin()
             listen_started = self._telemetry.now()
-            await self._wait_listening(instance, server, config.ready_timeout_s)
+            log_path = posixpath.join(config.env.get("TMPDIR", "/tmp"), SERVER_LOG_NAME)
+            await self._wait_listening(instance, server, config.ready_timeout_s, log_path)
             self._telemetry.phase("server_listen", listen_started, instance.id)
             if config.initialize is not None:
                 hook_started = self._telemetry.now()
@@ -159,7 +165,9 @@ class InstanceManager:
             raise
         instance.mark_ready()
 
-    async def _wait_listening(self, instance: Instance, server: SandboxProcess, timeout_s: float) -> None:
+    async def _wait_listening(
+        self, instance: Instance, server: SandboxProcess, timeout_s: float, log_path: str
+    ) -> None:
         exited = asyncio.ensure_future(server.wait())
         delay = PORT_POLL_MIN_S
         try:
@@ -169,28 +177,28 @@ class InstanceManager:
                         status = exited.result()
                         raise InstanceFailed(
                             f"the server command exited with code {status.code} before listening "
-                            f"on $PORT={instance.port}; {await self._output_tail(instance)}"
+                            f"on $PORT={instance.port}; {await self._output_tail(instance, log_path)}"
                         )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, PORT_POLL_MAX_S)
         except TimeoutError:
             raise InstanceFailed(
                 f"nothing listened on $PORT={instance.port} within {timeout_s:g} s; "
-                f"{await self._output_tail(instance)}"
+                f"{await self._output_tail(instance, log_path)}"
             ) from None
         finally:
             exited.cancel()
 
-    async def _output_tail(self, instance: Instance) -> str:
+    async def _output_tail(self, instance: Instance, log_path: str) -> str:
         """The end of what the server command printed (the instance is stopped right after, and
         its log with it), for the error a deploy or a request gets."""
         files = self._driver.files(instance.id)
         try:
-            size = (await files.stat(SERVER_LOG)).size
+            size = (await files.stat(log_path)).size
             if size > OUTPUT_READ_MAX_BYTES:
                 return f"it printed {size} bytes, too many to show here"
             output = b""
-            async with contextlib.aclosing(files.read(SERVER_LOG)) as chunks:
+            async with contextlib.aclosing(files.read(log_path)) as chunks:
                 async for chunk in chunks:
                     output = (output + chunk)[-OUTPUT_TAIL_BYTES:]
         except AgentcellError as exc:
