@@ -126,6 +126,21 @@ async def test_a_slow_reader_gets_every_line_of_a_fast_command(sbx: AsyncSandbox
     assert stdout == "".join(f"{n}\n" for n in range(1, lines + 1))
 
 
+async def test_a_sandbox_ends_while_a_client_holds_a_stream_it_does_not_read(server_url: str) -> None:
+    """Holding a command's output (nothing dropped) never holds up the sandbox's kill."""
+    async with httpx.AsyncClient(base_url=server_url, headers=AUTH, timeout=30) as client:
+        sandbox_id = (await client.post("/v1/sandboxes", json={"timeout_s": 60})).json()["id"]
+        command = {"argv": ["yes"], "timeout_s": None}
+        async with client.stream("POST", f"/v1/sandboxes/{sandbox_id}/commands", json=command) as reply:
+            chunks = reply.aiter_bytes()
+            await anext(chunks)  # then the stream stays open, unread: `yes` fills every buffer
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            async with httpx.AsyncClient(base_url=server_url, headers=AUTH, timeout=30) as other:
+                assert (await other.delete(f"/v1/sandboxes/{sandbox_id}")).status_code == 204
+            assert time.monotonic() - started < 10
+
+
 async def test_stdin_the_command_does_not_read_is_no_error(sbx: AsyncSandbox) -> None:
     """Given more stdin than it reads (1 MiB here, a pipe holds 64 KiB), a command still runs to its
     end with its output, as behind a shell pipe; and it is not left in the process list."""

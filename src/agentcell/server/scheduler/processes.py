@@ -294,6 +294,7 @@ class ManagedProcess:
 
     async def aclose(self) -> None:
         self.kill()
+        self._log.release()  # a holder that stopped reading must not keep the pumps (and us) waiting
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
