@@ -93,6 +93,18 @@ def test_exception_is_a_typed_error_and_state_survives(sbx: Sandbox) -> None:
     assert sbx.run_code("kept").text == "'still here'"
 
 
+def test_text_that_is_not_valid_unicode_arrives_replaced(sbx: Sandbox) -> None:
+    """A lone surrogate in printed text, an error or a result cannot travel as JSON: each comes
+    as U+FFFD instead of breaking the stream, and the context goes on."""
+    printed = sbx.run_code('print("a\\ud800b")')
+    assert "".join(printed.logs.stdout) == "a\ufffdb\n" and printed.error is None
+    failed = sbx.run_code('raise ValueError("bad \\udc80")')
+    assert failed.error is not None and failed.error.value == "bad \ufffd"
+    odd = sbx.run_code('class Odd:\n    def __repr__(self):\n        return "x\\ud800"\nOdd()')
+    assert odd.text == "x\ufffd"
+    assert sbx.run_code("1 + 1").text == "2"
+
+
 def test_output_streams_as_it_comes(sbx: Sandbox) -> None:
     """stdout reaches on_stdout while the code still runs; stderr goes to its own callback."""
     seen: list[tuple[str, float]] = []

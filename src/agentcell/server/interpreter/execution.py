@@ -38,6 +38,20 @@ def _utf8(text: str) -> bytes:
     return text.encode(errors="surrogatepass")
 
 
+def _unicode(text: str) -> str:
+    """`text` with each lone surrogate (a kernel's JSON may carry one; our events' JSON may not)
+    as U+FFFD."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+    return text
+
+
+def _unicode_bundle(data: dict[str, Any]) -> dict[str, Any]:
+    return {mime: _unicode(v) if isinstance(v, str) else v for mime, v in data.items()}
+
+
 class Execution:
     """One run of code in a context, from the first message to the `end` event."""
 
@@ -56,7 +70,7 @@ class Execution:
         kind = message.msg_type
         if kind == "stream":
             stream: Stream = "stderr" if content.get("name") == "stderr" else "stdout"
-            return self._bounded(str(content.get("text", "")), stream)
+            return self._bounded(_unicode(str(content.get("text", ""))), stream)
         if kind in ("execute_result", "display_data", "update_display_data"):
             return self._result(content, is_main=kind == "execute_result")
         if kind == "error":
@@ -103,13 +117,14 @@ class Execution:
         if self.truncated_bytes or self.output_bytes + size > self._budget:  # a bundle is not cut
             return self._drop(size, "stdout")
         self.output_bytes += size
-        return [CodeResultEvent(data=data, is_main_result=is_main)]
+        return [CodeResultEvent(data=_unicode_bundle(data), is_main_result=is_main)]
 
     @staticmethod
     def error(name: str, value: str, content: dict[str, Any] | None = None) -> CodeErrorEvent:
         lines = (content or {}).get("traceback") or []
         text = "\n".join(str(line) for line in lines) if isinstance(lines, list) else str(lines)
-        return CodeErrorEvent(name=name, value=value, traceback=ANSI.sub("", text)[-MAX_TRACEBACK_CHARS:])
+        traceback = ANSI.sub("", text)[-MAX_TRACEBACK_CHARS:]
+        return CodeErrorEvent(name=_unicode(name), value=_unicode(value), traceback=_unicode(traceback))
 
     def end(self, status: EndStatus | None, now: float, *, restarted: bool = False) -> CodeEndEvent:
         final: EndStatus = status or ("error" if self.failed else "ok")

@@ -66,7 +66,9 @@ class JupyterSession:
             raise Internal("a kernel sent a message without the Jupyter delimiter") from None
         if len(parts) != 4 or not hmac.compare_digest(signature, self._sign(parts)):
             raise Internal("a kernel sent a message with a bad signature")
-        header, parent = json.loads(parts[0]), json.loads(parts[1])
-        content = json.loads(parts[3])
+        try:  # bytes that are not UTF-8 (a surrogate-escaped name: "\udc80" went out as 0x80) as U+FFFD
+            header, parent, content = (json.loads(p.decode(errors="replace")) for p in (*parts[:2], parts[3]))
+        except ValueError:
+            raise Internal("a kernel sent a message that is not JSON") from None
         parent_id = parent.get("msg_id") if isinstance(parent, dict) else None
         return KernelMessage(str(header.get("msg_type", "")), content, parent_id)

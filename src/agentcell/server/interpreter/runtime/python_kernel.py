@@ -12,6 +12,8 @@ bound, and then serves. Changes to stock ipykernel, each measured (see docs/desi
   `do_execute` is cached, and inputs are not re-broadcast (the server is the only client);
 * `agentcell_env` in an execute_request's content sets environment variables for that execution
   only: values travel as message data, never as generated source code;
+* text holding a lone surrogate (which UTF-8 cannot carry) is packed as JSON escapes instead of
+  failing in the kernel, output lost (the server shows it as U+FFFD);
 * no message grows past MAX_MESSAGE_BYTES, the server's ZMQ_MAXMSGSIZE (one that did would cut the
   server's connection for good, and every later output of the kernel would be lost): stream text
   goes in chunks, and a result bundle too large is sent without its data, as
@@ -51,6 +53,24 @@ def _patch_ipykernel():
     iostream.OutStream.flush = flush_if_pending
 
     kernelbase._accepts_cell_id = functools.lru_cache(maxsize=64)(kernelbase._accepts_cell_id)
+
+    pack = jupyter_client.session.json_packer
+
+    def json_packer(obj):
+        try:
+            return pack(obj)
+        except UnicodeEncodeError:  # a lone surrogate (print("\ud800")): sent as a JSON escape
+            default = jupyter_client.session.json_default
+            return json.dumps(obj, default=default, ensure_ascii=True, allow_nan=False).encode()
+
+    session_init = jupyter_client.session.Session.__init__
+
+    def init_session(self, *args, **kwargs):
+        session_init(self, *args, **kwargs)
+        if self.pack is pack:  # (the class took the packer as its default when it was defined)
+            self.pack = json_packer
+
+    jupyter_client.session.Session.__init__ = init_session
 
 
 def _bound_messages(max_message_bytes):
