@@ -208,3 +208,44 @@ async def test_connections_per_sandbox_are_capped_and_protected_ports_refused(or
         assert reply.startswith(b"HTTP/1.1 200")  # an allowlist naming the address itself may
     finally:
         await proxy.aclose()
+
+
+@pytest.mark.parametrize("target", ["[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[0:0:0:0:0:ffff:7f00:1]"])
+async def test_an_ipv4_mapped_address_is_the_ipv4_address_it_reaches(origin_port: int, target: str) -> None:
+    """`::ffff:127.0.0.1` is 127.0.0.1: it gets no further than 127.0.0.1 would, whether the server's
+    own port (open policy) or any loopback port (an allowlist of every IPv6 address)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    proxy = EgressProxy(protected_ports=[origin_port])
+    await proxy.serve("sbx_mapped", EgressPolicy("open"), listener)
+    try:
+        for request in (
+            f"GET http://{target}:{origin_port}/ HTTP/1.1\r\n\r\n",
+            f"CONNECT {target}:{origin_port} HTTP/1.1\r\n\r\n",
+        ):
+            reply = await ask(listener.getsockname()[1], request.encode())
+            assert reply.startswith(b"HTTP/1.1 403") and b"the agentcell server itself" in reply
+    finally:
+        await proxy.aclose()
+    proxy, port = await proxy_for(allow("::/0"))
+    try:
+        reply = await ask(port, f"GET http://{target}:{origin_port}/ HTTP/1.1\r\n\r\n".encode())
+        assert reply.startswith(b"HTTP/1.1 403")
+    finally:
+        await proxy.aclose()
+
+
+async def test_a_catch_all_network_does_not_open_the_server_itself(origin_port: int) -> None:
+    """Only an allow entry naming a loopback address reaches the server's own port; 0.0.0.0/0 is
+    "everything else"."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    proxy = EgressProxy(protected_ports=[origin_port])
+    await proxy.serve("sbx_all", allow("0.0.0.0/0"), listener)
+    try:
+        reply = await ask(
+            listener.getsockname()[1], f"GET http://127.0.0.1:{origin_port}/ HTTP/1.1\r\n\r\n".encode()
+        )
+        assert reply.startswith(b"HTTP/1.1 403") and b"the agentcell server itself" in reply
+    finally:
+        await proxy.aclose()

@@ -61,9 +61,16 @@ class EgressPolicy:
 
 def parse_address(host: str) -> IPAddress | None:
     try:
-        return ipaddress.ip_address(host.strip("[]"))
+        return reached(ipaddress.ip_address(host.strip("[]")))
     except ValueError:
         return None
+
+
+def reached(address: IPAddress) -> IPAddress:
+    """The address a connection to `address` really reaches: an IPv4-mapped IPv6 address
+    (`::ffff:127.0.0.1`) is the IPv4 one, and every check must see it as such."""
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return mapped or address
 
 
 NO_EGRESS = EgressPolicy()

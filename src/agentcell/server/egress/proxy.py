@@ -31,7 +31,7 @@ from agentcell.server.egress.http import (
     send_text,
     split_authority,
 )
-from agentcell.server.egress.policy import EgressPolicy, IPAddress, parse_address
+from agentcell.server.egress.policy import EgressPolicy, IPAddress, parse_address, reached
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +218,17 @@ class EgressProxy:
         raise UpstreamError(f"cannot connect to {host}:{port}: {last}")
 
     def _check_protected(self, proxied: _Proxied, port: int, addresses: list[IPAddress]) -> None:
-        """The server's own API is never reachable through `open`, nor through a name."""
+        """The server's own API is never reachable through `open`, nor through a name, nor through
+        a catch-all network: only an allow entry that names a loopback address opens it."""
         if port not in self._protected_ports:
             return
         for address in addresses:
-            listed = proxied.policy.kind == "allowlist" and proxied.policy.allows_address(address, port)
+            listed = proxied.policy.kind == "allowlist" and any(
+                e.network is not None
+                and (e.network.is_loopback or e.network.is_unspecified)
+                and e.matches_address(address, port)
+                for e in proxied.policy.entries
+            )
             if (address.is_loopback or address.is_unspecified) and not listed:
                 raise deny(
                     proxied.sandbox_id, proxied.policy, f"{address}:{port} (the agentcell server itself)"
@@ -239,7 +245,7 @@ class EgressProxy:
             )
         except (OSError, TimeoutError) as e:
             raise UpstreamError(f"cannot resolve {host}: {e}") from None
-        found = [ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos]
+        found = [reached(ipaddress.ip_address(str(info[4][0]).partition("%")[0])) for info in infos]
         return list(dict.fromkeys(found))
 
 
