@@ -197,3 +197,16 @@ def test_quotas_are_enforced_with_clear_errors(admin: Tenant, server: ServerProc
     assert 429 in answers and answers[0] == 200
     limited = next(r for r in (small.http.get("/v1/sandboxes") for _ in range(4)) if r.status_code == 429)
     assert int(limited.headers["retry-after"]) >= 1
+
+
+def test_a_tenant_is_deleted_only_once_it_has_nothing_left(admin: Tenant, server: ServerProcess) -> None:
+    """Deleting a tenant that still has a sandbox is a 409 naming what is left (it would run on,
+    unowned, and a tenant made later under the same name would inherit it); once killed, 204."""
+    carol = new_tenant(admin, server, "carol")
+    sandbox = carol.ok("POST", "/v1/sandboxes", json={"timeout_s": 120})
+    refused = admin.http.delete("/v1/tenants/carol")
+    assert refused.status_code == 409, refused.text
+    assert "still has 1 sandbox(es), live or paused; delete them first" in refused.json()["message"]
+    carol.ok("DELETE", f"/v1/sandboxes/{sandbox['id']}")
+    assert admin.http.delete("/v1/tenants/carol").status_code == 204
+    assert carol.http.get("/v1/sandboxes").status_code == 401  # its keys went with it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from agentcell.errors import Conflict
 from agentcell.protocol.tenants import (
     KeyCreate,
     KeyCreated,
@@ -14,6 +15,7 @@ from agentcell.protocol.tenants import (
     TenantList,
     TenantUpdate,
 )
+from agentcell.server.auth.names import split
 from agentcell.server.auth.tenants import TenantService
 
 router = APIRouter(tags=["tenants"])
@@ -46,8 +48,24 @@ async def update_tenant(name: str, body: TenantUpdate, request: Request) -> Tena
 
 @router.delete("/v1/tenants/{name}", status_code=204)
 async def delete_tenant(name: str, request: Request) -> Response:
+    """Refused while the tenant still has anything: it would run on, unowned, and a tenant made
+    later under the same name would inherit it."""
+    _service(request).tenant(name)  # NotFound first
+    held = await _still_held(request, name)
+    if held:
+        raise Conflict(f"tenant {name!r} still has {', '.join(held)}; delete them first")
     await _service(request).delete_tenant(name)
     return Response(status_code=204)
+
+
+async def _still_held(request: Request, tenant: str) -> list[str]:
+    state = request.app.state
+    counts = {
+        "sandbox(es), live or paused": state.pauses.held_by(tenant),
+        "function(s)": sum(split(fn.name)[0] == tenant for fn in state.scheduler.functions()),
+        "stored workspace(s)": len(await state.workspaces.records(tenant)),
+    }
+    return [f"{n} {what}" for what, n in counts.items() if n]
 
 
 @router.post("/v1/tenants/{name}/keys", status_code=201)

@@ -141,6 +141,11 @@ class SandboxPauses:
         found = self.paused(sandbox_id)
         return found.sandbox if found is not None else self._sandboxes.get(sandbox_id)
 
+    def held_by(self, tenant: str) -> int:
+        """How many sandboxes, live or paused, `tenant` has (whoever asks)."""
+        paused = sum(p.sandbox.tenant == tenant for p in self._paused.values())
+        return self._sandboxes.held_by(tenant) + paused
+
     def find(self, metadata: dict[str, str], state: SandboxState | None = None) -> list[Sandbox]:
         """Live and paused sandboxes the caller may see, oldest first."""
         live = [] if state == "paused" else self._sandboxes.find(metadata, state)

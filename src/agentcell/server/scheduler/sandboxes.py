@@ -262,6 +262,10 @@ class SandboxService:
             raise NotRunning(f"sandbox {sandbox_id} is {sandbox.state}")
         return sandbox
 
+    def held_by(self, tenant: str) -> int:
+        """How many live sandboxes `tenant` has (whoever asks)."""
+        return sum(s.tenant == tenant for s in self._sandboxes.values())
+
     def find(self, metadata: dict[str, str], state: SandboxState | None = None) -> list[Sandbox]:
         found = [s for s in self._sandboxes.values() if s.matches(metadata, state) and _visible(s)]
         return sorted(found, key=lambda s: s.created_at)
