@@ -14,6 +14,7 @@ from e2b import (
     ALL_TRAFFIC,
     FileType,
     InvalidArgumentException,
+    PtySize,
     Sandbox,
     SandboxException,
     SandboxNetworkOpts,
@@ -126,3 +127,17 @@ def test_listing_too_many_entries_says_list_less_deep(code_sandbox: CodeSandbox)
     with pytest.raises(InvalidArgumentException, match="holds over 100000 entries; list less deep"):
         code_sandbox.files.list("/home/user/many")
     code_sandbox.commands.run("rm -rf many", timeout=60)
+
+
+def test_a_bad_command_start_is_invalid_argument_naming_the_field(code_sandbox: CodeSandbox) -> None:
+    """Fields envd's Start gets are checked as agentcell's own API checks them: an
+    InvalidArgumentException that names the field, not an internal error."""
+    with pytest.raises(InvalidArgumentException, match=r"env\.A B"):
+        code_sandbox.commands.run("true", envs={"A B": "1"})
+    with pytest.raises(InvalidArgumentException, match="may not contain a NUL"):
+        code_sandbox.commands.run("echo a\x00b")
+    with pytest.raises(InvalidArgumentException, match="cwd: may not contain a NUL"):
+        code_sandbox.commands.run("true", cwd="/tmp\x00x", background=True)
+    with pytest.raises(InvalidArgumentException, match=r"env\.A B"):
+        code_sandbox.pty.create(PtySize(24, 80), envs={"A B": "1"})
+    assert code_sandbox.commands.run("echo fine").stdout == "fine\n"

@@ -8,7 +8,10 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import ValidationError
+
 from agentcell.errors import AgentcellError
+from agentcell.server.api.errors import describe_validation
 from agentcell.server.e2b import connect
 from agentcell.server.e2b.connect import RpcError
 from agentcell.server.e2b.registry import SandboxGone
@@ -22,6 +25,8 @@ def stream_error(exc: Exception) -> RpcError:
         return exc
     if isinstance(exc, AgentcellError):
         return RpcError.from_domain(exc)
+    if isinstance(exc, ValidationError):  # a request's fields, checked as our own API checks them
+        return RpcError("invalid_argument", describe_validation(exc))
     if isinstance(exc, SandboxGone):
         return RpcError("unavailable", str(exc))
     log.exception("envd stream failed", exc_info=exc)
