@@ -141,6 +141,18 @@ async def test_a_sandbox_ends_while_a_client_holds_a_stream_it_does_not_read(ser
             assert time.monotonic() - started < 10
 
 
+async def test_a_command_cut_off_by_its_sandbox_s_end_says_so(server_url: str) -> None:
+    """A foreground command the sandbox's kill stopped ends with an `error` that says so: not to
+    be taken for the command exiting on SIGTERM by itself."""
+    async with AsyncSandbox.create(api_url=server_url, timeout_s=60) as sbx:
+        running = asyncio.create_task(sbx.commands.run("echo started; sleep 30", timeout_s=None))
+        await asyncio.sleep(0.5)
+        await sbx.kill()
+        result = await asyncio.wait_for(running, 10)
+    assert result.exit_code in (137, 143) and result.error is not None
+    assert "the sandbox stopped while the command ran" in result.error
+
+
 async def test_stdin_the_command_does_not_read_is_no_error(sbx: AsyncSandbox) -> None:
     """Given more stdin than it reads (1 MiB here, a pipe holds 64 KiB), a command still runs to its
     end with its output, as behind a shell pipe; and it is not left in the process list."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from agentcell.errors import AgentcellError, InvalidArgument, NotFound, NotRunning, QuotaExceeded, Unavailable
-from agentcell.protocol.commands import CommandRequest
+from agentcell.protocol.commands import CommandRequest, EndEvent
 from agentcell.protocol.sandboxes import SandboxCreate, SandboxInfo, SandboxState
 from agentcell.server.auth.names import DEFAULT_TENANT
 from agentcell.server.auth.principal import current_or_none
@@ -32,6 +32,8 @@ from agentcell.server.scheduler.sandbox_pool import SandboxPool
 from agentcell.server.templates.service import ResolvedTemplate, TemplateService
 
 log = logging.getLogger(__name__)
+
+STOPPED_UNDER_COMMAND = "the sandbox stopped while the command ran (killed, paused or past its timeout)"
 
 
 def new_sandbox_id() -> str:
@@ -59,6 +61,11 @@ class Sandbox:
     started_at: float = 0.0  # this run's (a resume keeps created_at)
     state: SandboxState = "running"
     pausing: bool = False  # its files are being saved: writes from now on would miss the snapshot
+
+    @property
+    def is_running(self) -> bool:
+        return self.state == "running" and not self.pausing
+
     processes: ProcessTable = field(default_factory=ProcessTable)
     meter: ActivityMeter = field(default_factory=lambda: ActivityMeter(0.0))
     cpu_ns_metered: int = 0
@@ -328,9 +335,14 @@ class SandboxService:
         return process
 
     async def run_foreground(self, process: ManagedProcess, sandbox_id: str) -> AsyncIterator[Event]:
-        """Events of a foreground command; the process is killed if the caller stops listening."""
+        """Events of a foreground command; the process is killed if the caller stops listening.
+        An `end` that the sandbox's own end (kill, pause, timeout) caused says so in its `error`,
+        so that it is not taken for the command exiting on SIGTERM by itself."""
+        sandbox = self.get(sandbox_id)
         try:
             async for event in process.events(holder=True):
+                if isinstance(event, EndEvent) and event.error is None and not sandbox.is_running:
+                    event = event.model_copy(update={"error": STOPPED_UNDER_COMMAND})
                 yield event
         finally:
             process.kill()
@@ -449,7 +461,7 @@ class LiveFiles:
 
     def _check_live(self) -> None:
         sandbox = self._sandbox
-        if sandbox.pausing or sandbox.state != "running":
+        if not sandbox.is_running:
             happened = "was paused" if sandbox.pausing else "ended"
             raise NotRunning(
                 f"sandbox {sandbox.id} {happened} while the file was written, so it was not kept; "
