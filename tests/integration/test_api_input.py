@@ -48,6 +48,7 @@ def count_sandboxes(api: httpx.Client) -> int:
         ({"memory_mb": -5}, "memory_mb"),
         ({"memory_mb": 10**12}, "memory_mb"),
         ({"cpu": "lots"}, "cpu"),
+        ({"cpu": 0.001}, "cpu: Input should be greater than or equal to 0.01"),
         ({"disk_mb": 1}, "disk_mb"),
         ({"timeout_s": 0}, "timeout_s"),
         ({"timeout_s": 10**9}, "timeout_s"),

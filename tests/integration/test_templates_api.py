@@ -105,6 +105,13 @@ def test_a_failing_step_fails_the_build_with_its_log_and_nothing_is_registered(a
         ({"name": "x", "recipe": {"files": [{"path": "../up", "content": ""}]}}, "'..'"),
         ({"name": "x", "recipe": {"files": [{"path": "/etc/passwd", "content": ""}]}}, "/opt/template/"),
         ({"name": "x", "recipe": {"files": [{"path": "a", "content_b64": "%%%"}]}}, "base64"),
+        (
+            {
+                "name": "x",
+                "recipe": {"files": [{"path": "a", "content": "x"}, {"path": "a", "content": "y"}]},
+            },
+            "files names a more than once",
+        ),
         ({"name": "base", "recipe": {"commands": ["true"]}}, "cannot be built"),
         ({"name": "Bad Name", "recipe": {"commands": ["true"]}}, "name"),
         (

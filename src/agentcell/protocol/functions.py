@@ -72,7 +72,7 @@ class FunctionConfig(WireModel):
     env: dict[EnvName, Annotated[str, StringConstraints(max_length=32768)]] = Field(
         default_factory=dict, max_length=256
     )
-    cpu: float = Field(default=1.0, gt=0, le=64)
+    cpu: float = Field(default=1.0, ge=0.01, le=64, description="CPU cores, down to 0.01")
     memory_mb: int = Field(default=512, ge=32, le=262144)
     disk_mb: int = Field(default=1024, ge=16, le=1048576)
     affinity: Affinity = Field(default_factory=Affinity)

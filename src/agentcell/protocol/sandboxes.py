@@ -26,7 +26,9 @@ class SandboxCreate(WireModel):
     template: TemplateName = "base"
     env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=256)
     metadata: dict[MetaKey, MetaValue] = Field(default_factory=dict, max_length=64)
-    cpu: float = Field(default=1.0, gt=0, le=64, description="CPU cores (a quota, fractions allowed)")
+    cpu: float = Field(
+        default=1.0, ge=0.01, le=64, description="CPU cores (a quota, fractions down to 0.01 allowed)"
+    )
     memory_mb: int = Field(default=512, ge=32, le=262144)
     disk_mb: int = Field(default=1024, ge=16, le=1048576, description="workspace + writable layer size")
     timeout_s: int = Field(default=300, ge=1, le=MAX_TIMEOUT_S, description="seconds until the sandbox ends")

@@ -145,6 +145,9 @@ class Recipe(WireModel):
     @model_validator(mode="after")
     def _local_packages_are_files(self) -> Recipe:
         given = {f.path for f in self.files}
+        if len(given) < len(self.files):
+            twice = sorted({f.path for f in self.files if [g.path for g in self.files].count(f.path) > 1})
+            raise ValueError(f"files names {', '.join(twice)} more than once; give each path one entry")
         for spec in [*self.pip, *self.npm]:
             if spec.startswith("./") and spec[2:] not in given:
                 raise ValueError(f"{spec} is not among the recipe's files (relative paths)")
