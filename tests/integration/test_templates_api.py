@@ -54,7 +54,7 @@ def run(api: httpx.Client, sandbox_id: str, cmd: str) -> str:
 
 def test_build_stream_use_and_delete_a_template(api: httpx.Client) -> None:
     """Steps and output stream as NDJSON; the template then lists, starts sandboxes with its pip
-    package importable, counts them, and is deleted only once none runs."""
+    package importable, counts them, and is deleted only once none runs or waits to resume."""
     info, events = build(api, "api-tiny", wheel_recipe())
     steps = [e for e in events if e["type"] == "step"]
     assert [s["index"] for s in steps] == [1, 2] and steps[1]["name"] == "pip install acelltiny"
@@ -70,6 +70,9 @@ def test_build_stream_use_and_delete_a_template(api: httpx.Client) -> None:
         assert run(api, sandbox["id"], "python3 -c 'import acelltiny; print(acelltiny.VALUE)'") == "42\n"
         assert api.get("/v1/templates/api-tiny").json()["instances"] == 1
         assert_envelope(api.delete("/v1/templates/api-tiny"), 409, "conflict", "kill them first")
+        assert api.post(f"/v1/sandboxes/{sandbox['id']}/pause").status_code == 200
+        needed = "needed by 1 paused sandbox(es) to resume"  # it could never resume without it
+        assert_envelope(api.delete("/v1/templates/api-tiny"), 409, "conflict", needed)
     finally:
         api.delete(f"/v1/sandboxes/{sandbox['id']}")
     assert api.delete("/v1/templates/api-tiny").status_code == 204

@@ -146,6 +146,10 @@ class SandboxPauses:
         paused = sum(p.sandbox.tenant == tenant for p in self._paused.values())
         return self._sandboxes.held_by(tenant) + paused
 
+    def paused_with_template(self, template: str) -> int:
+        """How many paused sandboxes (of any tenant) resume from `template`."""
+        return sum(p.sandbox.request.template == template for p in self._paused.values())
+
     def find(self, metadata: dict[str, str], state: SandboxState | None = None) -> list[Sandbox]:
         """Live and paused sandboxes the caller may see, oldest first."""
         live = [] if state == "paused" else self._sandboxes.find(metadata, state)
