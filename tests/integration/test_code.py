@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -352,6 +353,22 @@ def test_a_sandbox_killed_mid_execution_ends_the_stream(shared_server: ServerPro
         execution = box["r"]
         assert getattr(execution, "status") == "kernel_died"  # noqa: B009
         assert time.monotonic() - started < 10
+
+
+def test_a_sandbox_killed_while_its_kernel_starts_is_no_503(shared_server: ServerProcess) -> None:
+    """A kernel start that the sandbox's kill cut short answers that the sandbox ended (404/409),
+    not 503 `unavailable`, which tells clients to retry something that can never succeed."""
+    with httpx.Client(base_url=shared_server.url, headers=AUTH, timeout=60) as client:
+        for _ in range(3):
+            sandbox_id = client.post("/v1/sandboxes", json={"timeout_s": 60}).json()["id"]
+            with ThreadPoolExecutor(1) as pool:
+                run = pool.submit(client.post, f"/v1/sandboxes/{sandbox_id}/code", json={"code": "1"})
+                time.sleep(0.05)  # the kernel takes longer than this to start
+                client.delete(f"/v1/sandboxes/{sandbox_id}")
+                reply = run.result(timeout=30)
+            assert reply.status_code in (200, 404, 409), reply.text
+            if reply.status_code != 200:
+                assert reply.json()["code"] in ("not_found", "not_running")
 
 
 def test_concurrent_runs_share_one_default_context_in_turn(shared_server: ServerProcess) -> None:

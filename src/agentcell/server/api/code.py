@@ -8,6 +8,7 @@ from contextlib import aclosing
 
 from fastapi import APIRouter, Response
 
+from agentcell.errors import AgentcellError
 from agentcell.protocol.code import (
     CONTEXT_HEADER,
     CodeContextCreate,
@@ -81,7 +82,11 @@ async def run_code(sandbox_id: str, body: CodeRun, sandboxes: Sandboxes) -> Resp
     """Run code; the kernel is started first if needed (a failure to start is an error answer).
     A short execution is answered in one body, a longer one streams its events as they come."""
     context = await sandboxes.code(sandbox_id).for_run(body)
-    await context.ensure_started()
+    try:
+        await context.ensure_started()
+    except AgentcellError:
+        sandboxes.running(sandbox_id)  # the sandbox itself ended meanwhile: say that, not "retry"
+        raise
     events = context.run(body.code, body.env, body.timeout_s)
     headers = {"cache-control": "no-store", CONTEXT_HEADER: context.id}
     head, pending = await first_events(events)
