@@ -207,6 +207,8 @@ def test_a_tenant_is_deleted_only_once_it_has_nothing_left(admin: Tenant, server
     refused = admin.http.delete("/v1/tenants/carol")
     assert refused.status_code == 409, refused.text
     assert "still has 1 sandbox(es), live or paused; delete them first" in refused.json()["message"]
+    metrics = admin.http.get("/metrics").text  # the node's gauges count every tenant's sandboxes
+    assert any(line.startswith('agentcell_sandboxes{state="running"} ') for line in metrics.splitlines())
     carol.ok("DELETE", f"/v1/sandboxes/{sandbox['id']}")
     assert admin.http.delete("/v1/tenants/carol").status_code == 204
     assert carol.http.get("/v1/sandboxes").status_code == 401  # its keys went with it

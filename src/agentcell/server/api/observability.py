@@ -27,7 +27,7 @@ from agentcell.server.observability.audit import (
 )
 from agentcell.server.observability.registry import CONTENT_TYPE, Registry
 from agentcell.server.observability.telemetry import Telemetry
-from agentcell.server.scheduler.sandboxes import SandboxService
+from agentcell.server.scheduler.sandbox_pause import SandboxPauses
 from agentcell.server.scheduler.scheduler import Scheduler
 
 router = APIRouter(tags=["observability"])
@@ -62,7 +62,7 @@ def _counted(values: Iterable[str]) -> list[tuple[tuple[str, ...], float]]:
     return [((k,), float(n)) for k, n in sorted(Counter(values).items())]
 
 
-def add_state_gauges(registry: Registry, scheduler: Scheduler, sandboxes: SandboxService) -> None:
+def add_state_gauges(registry: Registry, scheduler: Scheduler, sandboxes: SandboxPauses) -> None:
     """Gauges counted from live state when scraped, so the hot path never updates them."""
     registry.gauge(
         "agentcell_sessions",
@@ -86,7 +86,7 @@ def add_state_gauges(registry: Registry, scheduler: Scheduler, sandboxes: Sandbo
         "agentcell_sandboxes",
         "Sandboxes, by state",
         ("state",),
-        lambda: _counted(s.state for s in sandboxes.find({})),
+        lambda: _counted(sandboxes.all_states()),  # every tenant's, like the gauges above
     )
 
 
@@ -227,6 +227,6 @@ def install_observability(
     app.state.audit = audit
     app.state.metrics_enabled = metrics_enabled
     if metrics_enabled:
-        add_state_gauges(telemetry.registry, app.state.scheduler, app.state.sandboxes)
+        add_state_gauges(telemetry.registry, app.state.scheduler, app.state.pauses)
     app.include_router(router)
     app.add_middleware(AuditMiddleware, audit=audit, actor_of=actor_of)

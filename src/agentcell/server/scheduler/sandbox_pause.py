@@ -146,6 +146,11 @@ class SandboxPauses:
         paused = sum(p.sandbox.tenant == tenant for p in self._paused.values())
         return self._sandboxes.held_by(tenant) + paused
 
+    def all_states(self) -> list[SandboxState]:
+        """The state of every sandbox on this node, of every tenant (for the metrics)."""
+        live: list[SandboxState] = [s.state for s in self._sandboxes.all() if s.id not in self._paused]
+        return live + ["paused"] * len(self._paused)
+
     def paused_with_template(self, template: str) -> int:
         """How many paused sandboxes (of any tenant) resume from `template`."""
         return sum(p.sandbox.request.template == template for p in self._paused.values())

@@ -269,9 +269,13 @@ class SandboxService:
             raise NotRunning(f"sandbox {sandbox_id} is {sandbox.state}")
         return sandbox
 
+    def all(self) -> list[Sandbox]:
+        """Every live sandbox, of every tenant (for the server's own bookkeeping, never an answer)."""
+        return list(self._sandboxes.values())
+
     def held_by(self, tenant: str) -> int:
         """How many live sandboxes `tenant` has (whoever asks)."""
-        return sum(s.tenant == tenant for s in self._sandboxes.values())
+        return sum(s.tenant == tenant for s in self.all())
 
     def find(self, metadata: dict[str, str], state: SandboxState | None = None) -> list[Sandbox]:
         found = [s for s in self._sandboxes.values() if s.matches(metadata, state) and _visible(s)]
