@@ -20,12 +20,13 @@ FileType = Literal["file", "dir", "symlink", "other"]
 
 
 def wire_text(name: str) -> str:
-    """`name` as valid Unicode: the bytes of a non-UTF-8 file name (which Python's `os` keeps as
-    lone surrogates) each become U+FFFD."""
+    """`name` as valid Unicode, for JSON: the bytes of a non-UTF-8 file name (which Python's `os`
+    keeps as lone surrogates) each become U+FFFD, and so does any other lone surrogate (a kernel's
+    JSON may carry one)."""
     try:
         raw = name.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a surrogate no file name decodes to
-        raw = name.encode("utf-8", "replace")
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in name)
     return raw.decode("utf-8", "replace")
 
 

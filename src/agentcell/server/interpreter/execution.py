@@ -21,6 +21,7 @@ from agentcell.protocol.code import (
     CodeResultEvent,
     EndStatus,
 )
+from agentcell.protocol.files import wire_text
 from agentcell.server.interpreter.wire import KernelMessage
 
 CodeEventModel = CodeOutputEvent | CodeResultEvent | CodeErrorEvent | CodeEndEvent
@@ -38,18 +39,8 @@ def _utf8(text: str) -> bytes:
     return text.encode(errors="surrogatepass")
 
 
-def _unicode(text: str) -> str:
-    """`text` with each lone surrogate (a kernel's JSON may carry one; our events' JSON may not)
-    as U+FFFD."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
-    return text
-
-
 def _unicode_bundle(data: dict[str, Any]) -> dict[str, Any]:
-    return {mime: _unicode(v) if isinstance(v, str) else v for mime, v in data.items()}
+    return {mime: wire_text(v) if isinstance(v, str) else v for mime, v in data.items()}
 
 
 class Execution:
@@ -70,7 +61,7 @@ class Execution:
         kind = message.msg_type
         if kind == "stream":
             stream: Stream = "stderr" if content.get("name") == "stderr" else "stdout"
-            return self._bounded(_unicode(str(content.get("text", ""))), stream)
+            return self._bounded(wire_text(str(content.get("text", ""))), stream)
         if kind in ("execute_result", "display_data", "update_display_data"):
             return self._result(content, is_main=kind == "execute_result")
         if kind == "error":
@@ -124,7 +115,7 @@ class Execution:
         lines = (content or {}).get("traceback") or []
         text = "\n".join(str(line) for line in lines) if isinstance(lines, list) else str(lines)
         traceback = ANSI.sub("", text)[-MAX_TRACEBACK_CHARS:]
-        return CodeErrorEvent(name=_unicode(name), value=_unicode(value), traceback=_unicode(traceback))
+        return CodeErrorEvent(name=wire_text(name), value=wire_text(value), traceback=wire_text(traceback))
 
     def end(self, status: EndStatus | None, now: float, *, restarted: bool = False) -> CodeEndEvent:
         final: EndStatus = status or ("error" if self.failed else "ok")
