@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, cast
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from agentcell.server.gateway.exchange import NEW, Exchange
-from agentcell.server.gateway.headers import NAME_CACHE, PLAIN, name_info
+from agentcell.server.gateway.headers import NAME_CACHE, PLAIN, header_index, name_info
 from agentcell.server.gateway.route import RequestHead
 
 if TYPE_CHECKING:
@@ -74,7 +74,6 @@ class ClientConnection(asyncio.Protocol):
         # the request head being parsed
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._index: dict[bytes, bytes] = {}
         self._head_bytes = 0
         self._max_head = server.max_header_bytes
         self._keepalive_s = server.keepalive_timeout_s
@@ -176,28 +175,21 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._max_head:
             raise _HeadTooLarge
-        lname, kind = NAME_CACHE.get(name) or name_info(name)
         parsing = self._parsing
-        if parsing is not None:  # after the head: a trailer of a chunked body
-            if kind == PLAIN:
-                parsing.on_request_trailer(name, value)
-            return
-        self._headers.append((name, value))
-        seen = self._index.get(lname)
-        if seen is None:
-            self._index[lname] = value
-        else:
-            self._index[lname] = seen + (b"; " if lname == b"cookie" else b", ") + value
+        if parsing is None:
+            self._headers.append((name, value))
+        elif (NAME_CACHE.get(name) or name_info(name))[1] == PLAIN:  # a trailer of a chunked body
+            parsing.on_request_trailer(name, value)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         path, _, query = self._url.partition(b"?")
         version = _VERSIONS.get(parser.get_http_version()) or parser.get_http_version().encode()
-        index = self._index
-        head = RequestHead(parser.get_method(), path, query, self._headers, index, self.client, version)
+        headers = tuple(self._headers)
+        index = header_index(headers, self._head_bytes)
+        head = RequestHead(parser.get_method(), path, query, headers, index, self.client, version)
         self._url = b""  # ready for the next head
         self._headers = []
-        self._index = {}
         self._head_bytes = self._head_raw = 0
         self._in_head = False
         upgrade = index.get(b"upgrade") if b"upgrade" in index and parser.should_upgrade() else None
@@ -245,7 +237,8 @@ class ClientConnection(asyncio.Protocol):
             if too_large
             else (400, f"malformed HTTP request: {exc}")
         )
-        head = RequestHead(b"", self._url, b"", self._headers, self._index, self.client)
+        headers = tuple(self._headers)
+        head = RequestHead(b"", self._url, b"", headers, header_index(headers, self._head_bytes), self.client)
         error = self.server.error_responder(status, "invalid_argument", message, head.request_id)
         self._exchanges.append(Exchange(self, head, keep_alive=False, preset=error))
 

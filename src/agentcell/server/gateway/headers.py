@@ -9,9 +9,10 @@ re-added on a WebSocket (or any upgrade) handshake.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import IntEnum
 from http import HTTPStatus
+from typing import Any
 
 from agentcell.server.gateway.route import REQUEST_ID_HEADER, RequestHead, Respond
 
@@ -67,6 +68,22 @@ def name_info(name: bytes) -> tuple[bytes, int]:
     return info
 
 
+def header_index(headers: tuple[tuple[bytes, bytes], ...], size: int) -> Mapping[bytes, bytes]:
+    """Lowercase name -> value of a request's headers (duplicates joined with ", ", cookies with
+    "; "), shared by requests with the same headers (`size`: their bytes; see `_remember`): the
+    answer must not be changed."""
+    index = _INDEXES.get(headers)
+    if index is None:
+        index = {}
+        for name, value in headers:
+            lname = (NAME_CACHE.get(name) or name_info(name))[0]
+            seen = index.get(lname)
+            index[lname] = value if seen is None else seen + (b"; " if lname == b"cookie" else b", ") + value
+        if size <= _MEMO_BYTES:
+            _remember(_INDEXES, headers, index)
+    return index
+
+
 class Framing(IntEnum):
     """How a response body is delimited on the client side."""
 
@@ -115,8 +132,47 @@ def upstream_request_head(
     X-Forwarded-Host describe the request as the gateway received it; X-Request-Id carries the
     request's id.
     """
+    key = (tuple(head.headers), head.client, proto, trust_forwarded, drop)
+    fields = _REQUEST_FIELDS.get(key)
+    if fields is None:
+        fields = _forwarded_fields(head, proto=proto, trust_forwarded=trust_forwarded, drop=drop)
+        if len(fields) <= _MEMO_BYTES:
+            _remember(_REQUEST_FIELDS, key, fields)
+    target = path + b"?" + head.query if head.query else path
+    out = [head.method, b" ", target, b" HTTP/1.1\r\n", fields, b"x-request-id: ", head.request_id.encode()]
+    if chunked:
+        out.append(b"\r\ntransfer-encoding: chunked")
+    if upgrade is not None:
+        out += (b"\r\nconnection: upgrade\r\nupgrade: ", upgrade)
+    out.append(b"\r\n\r\n")
+    return b"".join(out)
+
+
+# Clients send the same headers request after request (on a keep-alive connection, from one SDK),
+# and upstreams answer with the same ones (their `date` changes once a second): the rewritten
+# header lines are kept by the exact headers they came from, which skips the per-header work
+# (a third of the gateway's Python per request). Only small heads are kept, at most _MEMO_SIZE
+# of each kind (the memo is emptied when full).
+_MEMO_SIZE = 1024
+_MEMO_BYTES = 4096
+_INDEXES: dict[object, Mapping[bytes, bytes]] = {}
+_REQUEST_FIELDS: dict[object, bytes] = {}
+_RESPONSE_PLANS: dict[object, tuple[bytes, Framing, bool, bool, int, bool]] = {}
+
+
+def _remember(memo: dict[object, Any], key: object, value: Any) -> None:
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+
+
+def _forwarded_fields(
+    head: RequestHead, *, proto: bytes, trust_forwarded: bool, drop: frozenset[bytes]
+) -> bytes:
+    """The header lines sent upstream, before X-Request-Id: the client's end-to-end headers
+    (minus those `Connection` names and `drop`) and X-Forwarded-*."""
     index = head.index
-    out = [head.method, b" ", path + b"?" + head.query if head.query else path, b" HTTP/1.1\r\n"]
+    out: list[bytes] = []
     named = connection_tokens(index.get(b"connection")) if b"connection" in index else None
     names = NAME_CACHE
     for name, value in head.headers:
@@ -132,12 +188,6 @@ def upstream_request_head(
     host = (index.get(b"x-forwarded-host") if trust_forwarded else None) or index.get(b"host")
     if host:
         out += (b"x-forwarded-host: ", host, b"\r\n")
-    out += (b"x-request-id: ", head.request_id.encode(), b"\r\n")
-    if chunked:
-        out.append(b"transfer-encoding: chunked\r\n")
-    if upgrade is not None:
-        out += (b"connection: upgrade\r\nupgrade: ", upgrade, b"\r\n")
-    out.append(b"\r\n")
     return b"".join(out)
 
 
@@ -157,9 +207,35 @@ def plan_response(
     Returns (head bytes, framing, keep the client connection alive, the upstream body ends
     only when the upstream closes, the Content-Length or -1).
     """
+    key = (status, tuple(headers), no_body, client_http10, keep_alive, tuple(extra))
+    plan = _RESPONSE_PLANS.get(key)
+    if plan is None:
+        plan = _plan_response(status, headers, no_body, client_http10, keep_alive, extra)
+        if len(plan[0]) <= _MEMO_BYTES:
+            _remember(_RESPONSE_PLANS, key, plan)
+    fields, framing, keep_alive, until_close, length, has_request_id = plan
+    end = _connection_line(keep_alive, client_http10)
+    if request_id and not has_request_id:
+        head = b"".join((fields, b"x-request-id: ", request_id, b"\r\n", end))
+    else:
+        head = fields + end
+    return head, framing, keep_alive, until_close, length
+
+
+def _plan_response(
+    status: int,
+    headers: Sequence[tuple[bytes, bytes]],
+    no_body: bool,
+    client_http10: bool,
+    keep_alive: bool,
+    extra: Sequence[tuple[bytes, bytes]],
+) -> tuple[bytes, Framing, bool, bool, int, bool]:
+    """`plan_response` without the X-Request-Id and the connection line: (status line and header
+    lines, framing, keep-alive, until close, length, whether the upstream sent X-Request-Id)."""
     out = [_STATUS_LINES.get(status) or status_line(status)]
     length = -1
     upstream_chunked = False
+    has_request_id = False
     named: frozenset[bytes] | None = None
     names = NAME_CACHE
     for name, value in headers:
@@ -177,7 +253,7 @@ def plan_response(
             out += (name, b": ", value, b"\r\n")
         elif kind == REQUEST_ID:
             out += (name, b": ", value, b"\r\n")
-            request_id = b""
+            has_request_id = True
     if named:
         out = [out[0], *_drop_named(out[1:], named)]
     if no_body:
@@ -191,11 +267,8 @@ def plan_response(
         out.append(b"transfer-encoding: chunked\r\n")
     for name, value in extra:
         out += (name, b": ", value, b"\r\n")
-    if request_id:
-        out += (b"x-request-id: ", request_id, b"\r\n")
-    out.append(_connection_line(keep_alive, client_http10))
     until_close = not no_body and length < 0 and not upstream_chunked
-    return b"".join(out), framing, keep_alive, until_close, length
+    return b"".join(out), framing, keep_alive, until_close, length, has_request_id
 
 
 def _drop_named(parts: list[bytes], named: frozenset[bytes]) -> list[bytes]:

@@ -32,7 +32,8 @@ class RequestHead:
     """One parsed request head, as the client sent it.
 
     `headers` keeps the client's order, case and duplicates; `index` (and `header(name)`) maps
-    lowercase names to values (duplicates joined with ", ", cookies with "; "). `raw_path` is the
+    lowercase names to values (duplicates joined with ", ", cookies with "; "); both are shared
+    with other requests that sent the same headers, so they are never changed. `raw_path` is the
     path as received (still percent-encoded, without the query); `query` is what followed the
     first "?", if anything. `client` is the peer's IP address ("" on a Unix socket).
     """
@@ -44,8 +45,8 @@ class RequestHead:
         method: bytes,
         raw_path: bytes,
         query: bytes,
-        headers: list[tuple[bytes, bytes]],
-        index: dict[bytes, bytes],
+        headers: Sequence[tuple[bytes, bytes]],
+        index: Mapping[bytes, bytes],
         client: str,
         http_version: bytes = b"1.1",
     ) -> None:
@@ -189,7 +190,7 @@ class NowaitRouter(Router, Protocol):
     def route_nowait(self, head: RequestHead) -> Route | None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: a frozen dataclass's __init__ costs ~0.5 µs more per request)
 class AccessRecord:
     """What the access-log hook receives once per request."""
 

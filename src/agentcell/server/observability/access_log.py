@@ -47,7 +47,6 @@ class AccessLog:
 
     def write(
         self,
-        *,
         request_id: str,
         method: str,
         path: str,
