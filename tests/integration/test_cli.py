@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,16 @@ def agentcell(server_url: str, *args: str, stdin: str | None = None) -> subproce
         [AGENTCELL, "--url", server_url, *args], input=stdin, text=True, capture_output=True, timeout=90,
         stdin=None if stdin is not None else subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def ok(server_url: str, *args: str) -> str:
+    done = agentcell(server_url, *args)
+    assert done.returncode == 0, f"agentcell {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def seconds_between(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
 @pytest.fixture
@@ -166,9 +177,102 @@ def test_unknown_sandbox_is_error_exit_1(server_url: str) -> None:
 
 
 def test_usage_errors_exit_2(server_url: str) -> None:
-    """Unknown flags and two local paths are usage errors: exit 2."""
+    """Unknown flags, two local paths and bad option values are usage errors: exit 2, the bad
+    value's option named (the server's own refusals are exit 1)."""
     assert agentcell(server_url, "sandbox", "create", "--no-such-flag").returncode == 2
     assert agentcell(server_url, "cp", "local-a", "local-b").returncode == 2
+    for args, option in [
+        (["sandbox", "create", "--timeout", "-5"], "'--timeout'"),
+        (["sandbox", "create", "--memory-mb", "0"], "'--memory-mb'"),
+        (["sandbox", "timeout", "sbx_nope", "-5"], "'DURATION'"),
+        (["exec", "sbx_nope", "--timeout", "-5", "--", "true"], "'--timeout'"),
+        (["tenant", "create", "acme", "--max-storage", "-1G"], "'--max-storage'"),
+    ]:
+        done = agentcell(server_url, *args)
+        assert done.returncode == 2 and f"Invalid value for {option}" in done.stderr, (args, done.stderr)
+    refused = agentcell(server_url, "sandbox", "create", "--memory-mb", "1")  # below the server's minimum
+    assert refused.returncode == 1 and refused.stderr.startswith("error: memory_mb"), refused.stderr
+
+
+def test_exec_json_is_one_document_and_keeps_the_exit_code(server_url: str, sandbox_id: str) -> None:
+    """exec --json streams nothing and prints the whole result at the end; the exit code is still
+    the command's."""
+    done = agentcell(server_url, "exec", sandbox_id, "--json", "--", "echo out; echo err >&2; exit 3")
+    assert (done.returncode, done.stderr) == (3, "")
+    result = json.loads(done.stdout)
+    assert (result["stdout"], result["stderr"], result["exit_code"]) == ("out\n", "err\n", 3)
+    assert (result["timed_out"], result["error"], result["signal"]) == (False, None, None)
+    slow = agentcell(server_url, "exec", sandbox_id, "--json", "--timeout", "1", "--", "sleep", "30")
+    timed_out = json.loads(slow.stdout)
+    outcome = (slow.returncode, timed_out["exit_code"], timed_out["signal"], timed_out["timed_out"])
+    assert outcome == (137, 137, 9, True)  # SIGKILLed at its --timeout, as a shell reports it
+
+
+def test_run_code_json(server_url: str, sandbox_id: str) -> None:
+    """run-code --json prints the Execution (value, logs, error) and exits 0, or 1 on an error."""
+    done = agentcell(server_url, "run-code", sandbox_id, "--json", "print('a'); 6 * 7")
+    assert done.returncode == 0, done.stderr
+    execution = json.loads(done.stdout)
+    assert (execution["text"], execution["logs"]["stdout"], execution["status"]) == ("42", ["a\n"], "ok")
+    failed = agentcell(server_url, "run-code", sandbox_id, "--json", "1/0")
+    assert failed.returncode == 1 and json.loads(failed.stdout)["error"]["name"] == "ZeroDivisionError"
+
+
+def test_sandbox_json_and_durations(server_url: str) -> None:
+    """--timeout takes durations; pause, resume, timeout and get print the sandbox with --json."""
+    created = json.loads(ok(server_url, "sandbox", "create", "--timeout", "2m", "--metadata", RUN, "--json"))
+    sandbox_id = created["id"]
+    try:
+        assert 115 <= seconds_between(created["created_at"], created["expires_at"]) <= 120
+        paused = json.loads(ok(server_url, "sandbox", "pause", sandbox_id, "--json"))
+        assert (paused["id"], paused["state"]) == (sandbox_id, "paused")
+        resumed = json.loads(ok(server_url, "sandbox", "resume", sandbox_id, "--timeout", "1h", "--json"))
+        assert resumed["state"] == "running"
+        assert seconds_between(created["created_at"], resumed["expires_at"]) > 3500
+        renewed = json.loads(ok(server_url, "sandbox", "timeout", sandbox_id, "15m", "--json"))
+        assert renewed["expires_at"] < resumed["expires_at"]
+        assert json.loads(ok(server_url, "sandbox", "get", sandbox_id, "--json"))["state"] == "running"
+    finally:
+        agentcell(server_url, "sandbox", "kill", sandbox_id)
+
+
+def test_tenant_key_and_usage_json(server_url: str) -> None:
+    """tenant and key commands print JSON with --json (key create: the key itself with its id);
+    usage --json is --format json."""
+    tenant = "cli-" + uuid.uuid4().hex[:8]
+    created = json.loads(ok(server_url, "tenant", "create", tenant, "--max-sessions", "5", "--json"))
+    try:
+        assert (created["name"], created["quotas"]["max_sessions"]) == (tenant, 5)
+        assert tenant in {t["name"] for t in json.loads(ok(server_url, "tenant", "ls", "--json"))}
+        key = json.loads(ok(server_url, "key", "create", tenant, "--scope", "invoke", "--json"))
+        assert key["key"] and (key["tenant"], key["scopes"]) == (tenant, ["invoke"])
+        listed = json.loads(ok(server_url, "key", "ls", tenant, "--json"))
+        assert [k["id"] for k in listed] == [key["id"]] and "key" not in listed[0]
+        revoked = json.loads(ok(server_url, "key", "revoke", key["id"], "--json"))
+        assert revoked["id"] == key["id"] and revoked["revoked_at"]
+    finally:
+        agentcell(server_url, "tenant", "rm", tenant)
+    report = json.loads(ok(server_url, "usage", "--by", "tenant", "--json"))
+    assert (
+        report.keys() == json.loads(ok(server_url, "usage", "--format", "json")).keys() >= {"lines", "total"}
+    )
+
+
+def test_template_build_json(server_url: str, tmp_path: Path) -> None:
+    """template build --json keeps stdout for the template's record (the log goes to stderr);
+    get and ls take --json."""
+    recipe = tmp_path / "cli-json" / "recipe.json"
+    recipe.parent.mkdir()
+    recipe.write_text(json.dumps({"commands": ["echo built-here; echo hi > /opt/template/x"]}))
+    name = "cli-json-" + uuid.uuid4().hex[:6]
+    built = agentcell(server_url, "template", "build", str(recipe), "--name", name, "--json")
+    try:
+        assert built.returncode == 0, built.stderr
+        assert json.loads(built.stdout)["name"] == name and "built-here" in built.stderr
+        assert json.loads(ok(server_url, "template", "get", name, "--json"))["name"] == name
+        assert name in {t["name"] for t in json.loads(ok(server_url, "template", "ls", "--json"))}
+    finally:
+        agentcell(server_url, "template", "rm", name)
 
 
 def test_unreachable_server_is_error_exit_1() -> None:

@@ -14,16 +14,10 @@ import httpx
 import pytest
 
 from tests.conftest import AUTH
-from tests.integration.test_cli import agentcell
+from tests.integration.test_cli import agentcell, ok
 
 ECHO_FN = str(Path(__file__).resolve().parent.parent / "fixtures" / "echo_fn")
 SESSION_HEADER = "x-agentcell-session-id"
-
-
-def ok(server_url: str, *args: str) -> str:
-    done = agentcell(server_url, *args)
-    assert done.returncode == 0, f"agentcell {' '.join(args)}: {done.stderr}"
-    return done.stdout
 
 
 def whoami(server_url: str, fn: str, key: str) -> dict[str, Any]:
@@ -63,6 +57,7 @@ def test_quickstart_session_lifecycle(server_url: str, chat: str) -> None:
     assert session_id.startswith("ses_") and len(session_id.split()) == 1
     bound = json.loads(ok(server_url, "session", "get", session_id))
     assert bound["key"] == "k"
+    assert json.loads(ok(server_url, "session", "get", session_id, "--json"))["id"] == session_id
     assert whoami(server_url, chat, "k")["instance"] == bound["instance_id"]
 
     pre_warmed = json.loads(ok(server_url, "session", "create", chat, "--ttl", "1h", "--json"))
@@ -88,6 +83,8 @@ def test_function_commands(server_url: str, chat: str, tmp_path: Path) -> None:
     assert line.split()[1:3] == ["1", "header"] and line.endswith(f"/fn/{chat}/")
     config = json.loads(ok(server_url, "fn", "get", chat))["config"]
     assert (config["session_ttl_s"], config["idle_timeout_s"], config["min_warm"]) == (21600, 900, 2)
+    assert json.loads(ok(server_url, "fn", "get", chat, "--json"))["config"] == config
+    assert chat in {f["name"] for f in json.loads(ok(server_url, "fn", "ls", "--json"))}
     tarball = tmp_path / "echo.tar"
     subprocess.run(["tar", "-cf", str(tarball), "-C", ECHO_FN, "app.py"], check=True)
     redeployed = json.loads(

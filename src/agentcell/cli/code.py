@@ -1,4 +1,5 @@
-"""`agentcell run-code`: run code in a sandbox's code context, output streamed live."""
+"""`agentcell run-code`: run code in a sandbox's code context, output streamed live (or, with
+--json, the whole Execution as one document at the end)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import click
 
 from agentcell.cli.context import Connection, parse_pairs, pass_connection
 from agentcell.cli.execute import _exit_on_interrupt, _relay, read_piped_stdin
+from agentcell.cli.output import echo_json, json_option, to_plain
 from agentcell.client.code import Execution
 from agentcell.protocol.code import DEFAULT_TIMEOUT_S, LANGUAGES
 
@@ -28,6 +30,7 @@ EXIT_TIMEOUT = 124
     default=None,
     help=f"Interrupt after this many seconds (default {DEFAULT_TIMEOUT_S:g}; 0: no limit).",
 )
+@json_option
 @pass_connection
 def run_code(
     conn: Connection,
@@ -37,12 +40,14 @@ def run_code(
     context_id: str | None,
     env: dict[str, str],
     timeout_s: float | None,
+    as_json: bool,
 ) -> None:
     """Run CODE (or stdin) in SANDBOX_ID's default context of the language, or in --context.
 
     State persists between runs of the same context. stdout/stderr stream as they come; the value of
-    the last expression is printed after them; an error's traceback goes to stderr. Exits 0, 1 on
-    an error, 124 on a timeout.
+    the last expression is printed after them; an error's traceback goes to stderr. With --json
+    nothing streams: the Execution (text, results, logs, error, status…) is printed at the end.
+    Exits 0, 1 on an error, 124 on a timeout, either way.
     """
     source = code if code is not None else read_piped_stdin()
     if source is None:
@@ -55,13 +60,17 @@ def run_code(
             language=language,
             env=env,
             timeout_s=limit_s,
-            on_stdout=lambda text: _relay(sys.stdout, text),
-            on_stderr=lambda text: _relay(sys.stderr, text),
+            on_stdout=None if as_json else lambda text: _relay(sys.stdout, text),
+            on_stderr=None if as_json else lambda text: _relay(sys.stderr, text),
         )
-    sys.exit(_report(execution))
+    if as_json:
+        echo_json({"text": execution.text, **to_plain(execution)})
+    else:
+        _report(execution)
+    sys.exit(exit_status(execution))
 
 
-def _report(execution: Execution) -> int:
+def _report(execution: Execution) -> None:
     if execution.text is not None:
         click.echo(execution.text)
     for result in execution.results:
@@ -70,5 +79,9 @@ def _report(execution: Execution) -> int:
     if execution.error is not None:
         error = execution.error
         click.echo(error.traceback or f"{error.name}: {error.value}", err=True)
-        return EXIT_TIMEOUT if execution.timed_out else EXIT_ERROR
-    return 0
+
+
+def exit_status(execution: Execution) -> int:
+    if execution.error is None:
+        return 0
+    return EXIT_TIMEOUT if execution.timed_out else EXIT_ERROR

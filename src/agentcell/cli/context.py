@@ -1,17 +1,19 @@
 """What every CLI command shares: the server to talk to, `K=V` options, and how errors are shown.
 
 Errors the CLI expects (the server refused, it is unreachable, a local file is missing) print
-`error: <message>` on stderr and exit 1; usage errors are click's (exit 2).
+`error: <message>` on stderr and exit 1; usage errors (an unknown flag, a missing argument, a
+value an option does not take) are click's: a message naming the option, exit 2.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import click
+from pydantic import BaseModel, ValidationError
 
 from agentcell.client import (
     Agentcell,
@@ -44,6 +46,7 @@ class Connection:
 
 
 pass_connection = click.make_pass_decorator(Connection)
+M = TypeVar("M", bound=BaseModel)
 
 
 class CliError(click.ClickException):
@@ -84,3 +87,13 @@ def parse_pairs(_ctx: click.Context, param: click.Parameter, values: tuple[str, 
             raise click.BadParameter(f"expected KEY=VALUE, got {value!r}", param=param)
         pairs[key] = val
     return pairs
+
+
+def validate_options(model: type[M], fields: Mapping[str, Any], *options: str) -> M:
+    """`model` built from option values here, so that a value it refuses is a usage error (exit 2)
+    naming `options` rather than the SDK's refusal (exit 1) naming a wire field."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        message = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in exc.errors())
+        raise click.BadParameter(message, param_hint=" / ".join(f"'{o}'" for o in options)) from None

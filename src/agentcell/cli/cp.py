@@ -10,7 +10,6 @@ own name; otherwise the destination is the copy's new name.
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 import click
 
 from agentcell.cli.context import CliError, Connection, pass_connection
+from agentcell.cli.output import echo_json, json_option
 from agentcell.cli.progress import Progress
 from agentcell.client import NotFoundError, Sandbox
 from agentcell.protocol.files import FileEntry
@@ -45,10 +45,11 @@ def parse_location(text: str) -> Remote | Path:
 @click.command("cp")
 @click.argument("source")
 @click.argument("destination")
-@click.option("--json", "as_json", is_flag=True, help="Print what was copied as JSON.")
+@json_option
 @pass_connection
 def copy(conn: Connection, source: str, destination: str, as_json: bool) -> None:
-    """Copy SOURCE to DESTINATION; exactly one of them is SANDBOX_ID:PATH."""
+    """Copy SOURCE to DESTINATION; exactly one of them is SANDBOX_ID:PATH. Prints nothing (--json:
+    source, destination as it landed, type and bytes sent)."""
     src, dst = parse_location(source), parse_location(destination)
     if isinstance(src, Remote) == isinstance(dst, Remote):
         raise click.UsageError("exactly one of SOURCE and DESTINATION must be SANDBOX_ID:PATH")
@@ -63,8 +64,8 @@ def copy(conn: Connection, source: str, destination: str, as_json: bool) -> None
     finally:
         progress.finish()
     if as_json:
-        report = {"source": source, "destination": landed, "type": entry.type, "bytes": progress.total_bytes}
-        click.echo(json.dumps(report))
+        bytes_sent = progress.total_bytes
+        echo_json({"source": source, "destination": landed, "type": entry.type, "bytes": bytes_sent})
 
 
 def upload(conn: Connection, src: Path, dst: Remote, progress: Progress) -> tuple[FileEntry, str]:

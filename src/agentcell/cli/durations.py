@@ -1,5 +1,6 @@
 """Durations on the command line: `90`, `90s`, `15m`, `6h`, `2d` and combinations like `1h30m`, read
-as whole seconds (`duration_option`) and shown back the same way (`format_duration`)."""
+as whole seconds (`duration_option`, `duration_argument`) and shown back the same way
+(`format_duration`)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ PATTERN = re.compile(r"(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>
 HOW_TO = "write seconds (90) or amounts with units d, h, m, s, largest first: 90s, 15m, 6h, 2d, 1h30m"
 
 
-def parse_duration(text: str) -> int:
+def parse_duration(text: str, *, max_s: int | None = None) -> int:
     """Whole seconds in `text`; ValueError saying what to write instead when it is not a positive
-    duration."""
+    duration (of at most `max_s`)."""
     compact = text.strip().lower().replace(" ", "")
     if compact.startswith("-"):
         raise ValueError(f"{text!r} is negative; a duration is positive: {HOW_TO}")
@@ -31,6 +32,8 @@ def parse_duration(text: str) -> int:
         seconds = sum(int(amount) * UNIT_S[unit] for unit, amount in match.groupdict().items() if amount)
     if seconds == 0:
         raise ValueError(f"{text!r} is zero; a duration is at least 1s: {HOW_TO}")
+    if max_s is not None and seconds > max_s:
+        raise ValueError(f"{text!r} is more than {format_duration(max_s)}, the longest allowed")
     return seconds
 
 
@@ -49,16 +52,26 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
-def duration_option(*names: str, help: str) -> Callable[[F], F]:
+def duration_option(*names: str, help: str, max_s: int | None = None) -> Callable[[F], F]:
     """A click option read with `parse_duration`: whole seconds, None when absent; a bad value is a
-    usage error (exit 2) saying what to write instead."""
-    return click.option(*names, default=None, metavar="DURATION", callback=_to_seconds, help=help)
+    usage error (exit 2) naming the option and saying what to write instead."""
+    return click.option(*names, default=None, metavar="DURATION", callback=_to_seconds(max_s), help=help)
 
 
-def _to_seconds(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param=param) from None
+def duration_argument(name: str, *, max_s: int | None = None) -> Callable[[F], F]:
+    """A required click argument read with `parse_duration`, like `duration_option`. A negative
+    value reaches the parser only in a command with `ignore_unknown_options` (else click takes
+    `-5` for an unknown option)."""
+    return click.argument(name, metavar="DURATION", callback=_to_seconds(max_s))
+
+
+def _to_seconds(max_s: int | None) -> Callable[[click.Context, click.Parameter, str | None], int | None]:
+    def to_seconds(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+        if value is None:
+            return None
+        try:
+            return parse_duration(value, max_s=max_s)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param=param) from None
+
+    return to_seconds

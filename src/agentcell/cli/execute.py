@@ -1,4 +1,5 @@
-"""`agentcell exec`: run one command in a sandbox, its output streamed live, its exit code ours."""
+"""`agentcell exec`: run one command in a sandbox, its output streamed live (or, with --json, one
+document at the end), its exit code ours."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import BinaryIO, TextIO
 import click
 
 from agentcell.cli.context import CliError, Connection, parse_pairs, pass_connection
+from agentcell.cli.output import echo_json, json_option
 from agentcell.client.commands import FOREGROUND_TIMEOUT_S
 
 
@@ -26,6 +28,7 @@ from agentcell.client.commands import FOREGROUND_TIMEOUT_S
     help="Kill the command after this many seconds (default 60; 0: no limit).",
 )
 @click.option("-n", "--no-stdin", is_flag=True, help="Do not send this terminal's stdin even when piped.")
+@json_option
 @pass_connection
 def execute(
     conn: Connection,
@@ -35,12 +38,14 @@ def execute(
     cwd: str | None,
     timeout_s: float | None,
     no_stdin: bool,
+    as_json: bool,
 ) -> None:
     """Run a command in SANDBOX_ID: `agentcell exec SANDBOX_ID -- CMD ARGS…`.
 
     One argument is a shell command line (run by bash -c); several are run as they are. Output
-    streams to this stdout/stderr as it comes; stdin is sent when it is not a terminal. Exits with
-    the command's exit code.
+    streams to this stdout/stderr as it comes; stdin is sent when it is not a terminal. With --json
+    nothing streams: one object with stdout, stderr, exit_code, signal, timed_out and error is
+    printed at the end. Exits with the command's exit code either way.
     """
     stdin = None if no_stdin else read_piped_stdin()
     command: str | list[str] = argv[0] if len(argv) == 1 else list(argv)
@@ -52,10 +57,12 @@ def execute(
             cwd=cwd,
             stdin=stdin,
             timeout_s=limit_s,
-            on_stdout=lambda data: _relay(sys.stdout, data),
-            on_stderr=lambda data: _relay(sys.stderr, data),
+            on_stdout=None if as_json else lambda data: _relay(sys.stdout, data),
+            on_stderr=None if as_json else lambda data: _relay(sys.stderr, data),
         )
-    if result.error:
+    if as_json:
+        echo_json(result)
+    elif result.error:
         click.echo(f"agentcell: {result.error}", err=True)
     sys.exit(result.exit_code)
 

@@ -10,15 +10,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
-from agentcell.cli.context import CliError, Connection, parse_pairs, pass_connection
+from agentcell.cli.context import CliError, Connection, parse_pairs, pass_connection, validate_options
 from agentcell.cli.durations import duration_option
+from agentcell.cli.output import echo_json, json_always_option, json_option
 from agentcell.cli.progress import Progress
 from agentcell.cli.table import render_table
 from agentcell.client import FunctionInfo, Hook, HookSpec, WorkspaceConfig
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 POSITIVE = click.IntRange(min=1)
 
 
@@ -108,9 +107,10 @@ def deploy(
             url = client.functions.url(info.name)
     finally:
         progress.finish()
-    click.echo(
-        info.model_dump_json(indent=2) if as_json else f"deployed {info.name} version {info.version}: {url}"
-    )
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(f"deployed {info.name} version {info.version}: {url}")
 
 
 def _deploy_settings(options: dict[str, Any]) -> dict[str, Any]:
@@ -139,11 +139,7 @@ def _workspace(options: dict[str, Any]) -> WorkspaceConfig | None:
     fields = {k: Hook(cmd=v) if isinstance(v, str) else v for k, v in given.items() if v is not None}
     if not fields:
         return None
-    try:
-        return WorkspaceConfig(**fields)
-    except ValidationError as exc:
-        message = "; ".join(err["msg"] for err in exc.errors())
-        raise click.BadParameter(message, param_hint="'--persist'") from None
+    return validate_options(WorkspaceConfig, fields, "--persist")
 
 
 def _hook(option: str, cmd: str | None, timeout_s: int | None) -> HookSpec | None:
@@ -153,11 +149,8 @@ def _hook(option: str, cmd: str | None, timeout_s: int | None) -> HookSpec | Non
         return None
     if timeout_s is None:
         return cmd
-    try:
-        return Hook(cmd=cmd, timeout_s=timeout_s)
-    except ValidationError as exc:
-        message = "; ".join(err["msg"] for err in exc.errors())
-        raise click.BadParameter(message, param_hint=f"'{option}'") from None
+    fields = {"cmd": cmd, "timeout_s": timeout_s}
+    return validate_options(Hook, fields, option, option.replace("-hook", "-timeout"))
 
 
 class DeployProgress:
@@ -191,18 +184,19 @@ def list_functions(conn: Connection, as_json: bool) -> None:
         found = client.functions.list()
         urls = [client.functions.url(info.name) for info in found]
     if as_json:
-        click.echo("[" + ",".join(info.model_dump_json() for info in found) + "]")
+        echo_json(found)
     else:
         click.echo(format_functions(found, urls))
 
 
 @function_group.command("get")
 @click.argument("name")
+@json_always_option
 @pass_connection
 def get(conn: Connection, name: str) -> None:
     """Print a function's details (its live version's config, counts) as JSON."""
     with conn.agentcell() as client:
-        click.echo(client.functions.get(name).model_dump_json(indent=2))
+        echo_json(client.functions.get(name))
 
 
 @function_group.command("rm")

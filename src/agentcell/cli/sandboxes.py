@@ -8,11 +8,14 @@ from typing import Literal, cast
 
 import click
 
-from agentcell.cli.context import Connection, parse_pairs, pass_connection
+from agentcell.cli.context import Connection, parse_pairs, pass_connection, validate_options
+from agentcell.cli.durations import duration_argument, duration_option
+from agentcell.cli.output import echo_json, json_always_option, json_option
+from agentcell.cli.table import render_table
 from agentcell.client import Sandbox, SandboxInfo
-from agentcell.protocol.sandboxes import SandboxState
+from agentcell.protocol.egress import NetworkPolicy
+from agentcell.protocol.sandboxes import MAX_TIMEOUT_S, SandboxState
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 metadata_option = click.option(
     "--metadata", "metadata", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable."
 )
@@ -27,10 +30,14 @@ def sandbox_group() -> None:
 @click.option("--template", default=None, help="Template name (server default: base).")
 @click.option("--env", "env", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable.")
 @metadata_option
-@click.option("--cpu", type=float, default=None, help="CPU cores (fractions allowed).")
-@click.option("--memory-mb", type=int, default=None)
-@click.option("--disk-mb", type=int, default=None)
-@click.option("--timeout", "timeout_s", type=int, default=None, help="Seconds until the sandbox ends.")
+@click.option(
+    "--cpu", type=click.FloatRange(min=0, min_open=True), default=None, help="CPU cores (fractions allowed)."
+)
+@click.option("--memory-mb", type=click.IntRange(min=1), default=None)
+@click.option("--disk-mb", type=click.IntRange(min=1), default=None)
+@duration_option(
+    "--timeout", "timeout_s", max_s=MAX_TIMEOUT_S, help="Until the sandbox ends: 600, 10m, 2h (default 5m)."
+)
 @click.option(
     "--on-timeout",
     type=click.Choice(["kill", "pause"]),
@@ -65,8 +72,8 @@ def create(
     allow: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Start a sandbox and print its id."""
-    network = {"egress": egress or "allowlist", "allow": list(allow)} if allow else egress
+    """Start a sandbox and print its id (--json: its details)."""
+    network = _network(egress, allow)
     sandbox = Sandbox.create(
         template,
         env=env,
@@ -81,7 +88,19 @@ def create(
         api_key=conn.api_key,
     )
     sandbox.close()
-    click.echo(sandbox.info.model_dump_json(indent=2) if as_json else sandbox.id)
+    if as_json:
+        echo_json(sandbox.info)
+    else:
+        click.echo(sandbox.id)
+
+
+def _network(egress: str | None, allow: tuple[str, ...]) -> NetworkPolicy | None:
+    """The egress policy of --egress and --allow (which implies allowlist), checked here so that a
+    bad entry is a usage error."""
+    if egress is None and not allow:
+        return None
+    fields = {"egress": egress or "allowlist", "allow": list(allow)}
+    return validate_options(NetworkPolicy, fields, "--egress", "--allow")
 
 
 @sandbox_group.command("ls")
@@ -94,18 +113,19 @@ def list_sandboxes(conn: Connection, metadata: dict[str, str], state: str | None
     wanted = cast(SandboxState | None, state)
     found = Sandbox.list(metadata=metadata, state=wanted, api_url=conn.api_url, api_key=conn.api_key)
     if as_json:
-        click.echo("[" + ",".join(info.model_dump_json() for info in found) + "]")
+        echo_json(found)
     else:
         click.echo(format_table(found))
 
 
 @sandbox_group.command("get")
 @click.argument("sandbox_id")
+@json_always_option
 @pass_connection
 def get(conn: Connection, sandbox_id: str) -> None:
     """Print a sandbox's details as JSON."""
     with conn.sandbox(sandbox_id) as sandbox:
-        click.echo(sandbox.info.model_dump_json(indent=2))
+        echo_json(sandbox.info)
 
 
 @sandbox_group.command("kill")
@@ -117,31 +137,37 @@ def kill(conn: Connection, sandbox_id: str) -> None:
         sandbox.kill()
 
 
-@sandbox_group.command("timeout")
+# ignore_unknown_options: `-5` reaches the duration parser (which says it is negative) instead of
+# being an unknown option
+@sandbox_group.command("timeout", context_settings={"ignore_unknown_options": True})
 @click.argument("sandbox_id")
-@click.argument("seconds", type=click.IntRange(min=1))
+@duration_argument("timeout_s", max_s=MAX_TIMEOUT_S)
 @json_option
 @pass_connection
-def set_timeout(conn: Connection, sandbox_id: str, seconds: int, as_json: bool) -> None:
-    """End the sandbox SECONDS from now; prints the new end time."""
+def set_timeout(conn: Connection, sandbox_id: str, timeout_s: int, as_json: bool) -> None:
+    """End the sandbox DURATION from now (900, 15m, 2h); prints the new end time."""
     with conn.sandbox(sandbox_id) as sandbox:
-        info = sandbox.set_timeout(seconds)
-    click.echo(info.model_dump_json(indent=2) if as_json else info.expires_at.isoformat())
+        info = sandbox.set_timeout(timeout_s)
+    _echo_end_time(info, as_json)
 
 
 @sandbox_group.command("pause")
 @click.argument("sandbox_id")
+@json_option
 @pass_connection
-def pause(conn: Connection, sandbox_id: str) -> None:
-    """Save the sandbox's /home/user and stop it (its processes end); `resume` starts it again."""
+def pause(conn: Connection, sandbox_id: str, as_json: bool) -> None:
+    """Save the sandbox's /home/user and stop it (its processes end); `resume` starts it again.
+    Prints nothing (--json: its details)."""
     with conn.sandbox(sandbox_id) as sandbox:
-        sandbox.pause()
+        info = sandbox.pause()
+    if as_json:
+        echo_json(info)
 
 
 @sandbox_group.command("resume")
 @click.argument("sandbox_id")
-@click.option(
-    "--timeout", "timeout_s", type=int, default=None, help="Seconds until it ends (default: as created)."
+@duration_option(
+    "--timeout", "timeout_s", max_s=MAX_TIMEOUT_S, help="Until it ends, e.g. 10m (default: as created)."
 )
 @json_option
 @pass_connection
@@ -149,17 +175,19 @@ def resume(conn: Connection, sandbox_id: str, timeout_s: int | None, as_json: bo
     """Start a paused sandbox again, same id, its files restored; prints its new end time."""
     sandbox = Sandbox.resume(sandbox_id, timeout_s=timeout_s, api_url=conn.api_url, api_key=conn.api_key)
     sandbox.close()
-    click.echo(sandbox.info.model_dump_json(indent=2) if as_json else sandbox.info.expires_at.isoformat())
+    _echo_end_time(sandbox.info, as_json)
+
+
+def _echo_end_time(info: SandboxInfo, as_json: bool) -> None:
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(info.expires_at.isoformat())
 
 
 def format_table(sandboxes: Sequence[SandboxInfo]) -> str:
     header = ("ID", "TEMPLATE", "STATE", "CPU", "MEMORY", "ENDS IN", "METADATA")
-    rows = [header] + [_row(info) for info in sandboxes]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]).rstrip()
-        for row in rows
-    )
+    return render_table(header, [_row(info) for info in sandboxes])
 
 
 def _row(info: SandboxInfo) -> tuple[str, ...]:

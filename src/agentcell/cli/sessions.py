@@ -14,11 +14,11 @@ import click
 
 from agentcell.cli.context import CliError, Connection, parse_pairs, pass_connection
 from agentcell.cli.durations import duration_option, format_duration
+from agentcell.cli.output import echo_json, json_always_option, json_option
 from agentcell.cli.table import render_table
 from agentcell.client import SessionInfo
 from agentcell.protocol.sessions import SessionState
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 metadata_option = click.option(
     "--metadata", "metadata", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable."
 )
@@ -61,7 +61,10 @@ def create(
             metadata=metadata or None,
             workspace=workspace,
         )
-    click.echo(info.model_dump_json(indent=2) if as_json else info.id)
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(info.id)
 
 
 @session_group.command("ls")
@@ -84,7 +87,7 @@ def list_sessions(
     with conn.agentcell() as client:
         found = client.sessions.list(function, state=wanted, metadata=metadata)
     if as_json:
-        click.echo("[" + ",".join(info.model_dump_json() for info in found) + "]")
+        echo_json(found)
     else:
         click.echo(format_sessions(found))
 
@@ -99,11 +102,12 @@ def _live_state(state: str | None) -> str | None:
 
 @session_group.command("get")
 @click.argument("session_id")
+@json_always_option
 @pass_connection
 def get(conn: Connection, session_id: str) -> None:
     """Print a session's details as JSON (an ended one with its end_reason)."""
     with conn.agentcell() as client:
-        click.echo(client.sessions.get(session_id).model_dump_json(indent=2))
+        echo_json(client.sessions.get(session_id))
 
 
 @session_group.command("renew")
@@ -120,16 +124,20 @@ def renew(
         raise click.UsageError("give --ttl, --idle-timeout or both, e.g. --idle-timeout 2h")
     with conn.agentcell() as client:
         info = client.sessions.renew(session_id, ttl_s=ttl_s, idle_timeout_s=idle_timeout_s)
-    click.echo(info.model_dump_json(indent=2) if as_json else format_sessions([info]))
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(format_sessions([info]))
 
 
 @session_group.command("snapshot")
 @click.argument("session_id")
+@json_always_option
 @pass_connection
 def snapshot(conn: Connection, session_id: str) -> None:
     """Save the session's workspace to object storage now; prints the snapshot as JSON."""
     with conn.agentcell() as client:
-        click.echo(client.sessions.snapshot(session_id).model_dump_json(indent=2))
+        echo_json(client.sessions.snapshot(session_id))
 
 
 @session_group.command("rm")
@@ -155,7 +163,7 @@ def list_workspaces(conn: Connection, as_json: bool) -> None:
     with conn.agentcell() as client:
         listing = client.workspaces.list()
     if as_json:
-        click.echo(listing.model_dump_json(indent=2))
+        echo_json(listing)
         return
     rows = [
         (

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
-from pydantic import ValidationError
 
-from agentcell.cli.context import CliError, Connection, pass_connection
+from agentcell.cli.context import CliError, Connection, pass_connection, validate_options
+from agentcell.cli.output import echo_json, json_always_option, json_option
 from agentcell.cli.table import render_table
 from agentcell.client import BuildEvent, TemplateBuildError, TemplateInfo, load_recipe
 from agentcell.protocol.egress import NetworkPolicy
@@ -38,6 +38,7 @@ def template_group() -> None:
 )
 @click.option("--allow", multiple=True, metavar="HOST[:PORT]", help="With --network allowlist; repeatable.")
 @click.option("--quiet", is_flag=True, help="Print only step names, not the build's output.")
+@json_option
 @pass_connection
 def build(
     conn: Connection,
@@ -47,32 +48,37 @@ def build(
     network: str,
     allow: tuple[str, ...],
     quiet: bool,
+    as_json: bool,
 ) -> None:
     """Build RECIPE (a JSON file; `files` entries may use `src` for local files) into a template,
-    streaming its log. Exits 1 if a step fails; nothing is registered then."""
+    streaming its log (with --json: all of it on stderr, the template's record on stdout at the
+    end). Exits 1 if a step fails; nothing is registered then."""
     template_name = name or recipe.resolve().parent.name
     parsed = load_recipe(recipe)
-    try:
-        policy = NetworkPolicy.model_validate({"egress": network, "allow": list(allow)})
-    except ValidationError as exc:
-        message = "; ".join(err["msg"].removeprefix("Value error, ") for err in exc.errors())
-        raise click.BadParameter(message, param_hint="'--network' / '--allow'") from None
+    fields = {"egress": network, "allow": list(allow)}
+    policy = validate_options(NetworkPolicy, fields, "--network", "--allow")
     with conn.agentcell() as client:
         try:
             info = client.templates.build(
-                template_name, parsed, description=description, network=policy, on_event=_printer(quiet)
+                template_name,
+                parsed,
+                description=description,
+                network=policy,
+                on_event=_printer(quiet, log_to_stderr=as_json),
             )
         except TemplateBuildError as exc:
             raise CliError(f"template {template_name!r} failed to build: {exc.error}") from None
     click.echo(f"template {info.name} ready in {info.build_s:.1f} s ({_size(info.size_bytes)})", err=True)
+    if as_json:
+        echo_json(info)
 
 
-def _printer(quiet: bool) -> Callable[[BuildEvent], None]:
+def _printer(quiet: bool, *, log_to_stderr: bool) -> Callable[[BuildEvent], None]:
     def show(event: BuildEvent) -> None:
         if isinstance(event, BuildStepEvent):
             click.echo(f"[{event.index}/{event.total}] {event.name}", err=True)
         elif isinstance(event, BuildLogEvent) and not quiet:
-            stream = sys.stdout if event.stream == "stdout" else sys.stderr
+            stream = sys.stdout if event.stream == "stdout" and not log_to_stderr else sys.stderr
             stream.write(event.data)
             stream.flush()
         elif isinstance(event, BuildEndEvent) and event.state == "failed":
@@ -82,25 +88,26 @@ def _printer(quiet: bool) -> Callable[[BuildEvent], None]:
 
 
 @template_group.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@json_option
 @pass_connection
 def list_templates(conn: Connection, as_json: bool) -> None:
     """List templates: base, then the built ones."""
     with conn.agentcell() as client:
         found = client.templates.list()
     if as_json:
-        click.echo("[" + ",".join(info.model_dump_json() for info in found) + "]")
+        echo_json(found)
     else:
         click.echo(format_templates(found))
 
 
 @template_group.command("get")
 @click.argument("name")
+@json_always_option
 @pass_connection
 def get(conn: Connection, name: str) -> None:
     """Print a template's record as JSON (its recipe without file contents, env, size)."""
     with conn.agentcell() as client:
-        click.echo(client.templates.get(name).model_dump_json(indent=2))
+        echo_json(client.templates.get(name))
 
 
 @template_group.command("rm")

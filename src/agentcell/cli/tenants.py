@@ -13,6 +13,7 @@ import click
 from pydantic import ValidationError
 
 from agentcell.cli.context import Connection, pass_connection
+from agentcell.cli.output import echo_json, json_always_option, json_option
 from agentcell.cli.table import render_table
 from agentcell.client import TenantQuotas
 
@@ -68,7 +69,10 @@ def _quotas(options: dict[str, Any]) -> TenantQuotas:
             max_rps=options["max_rps"],
         )
     except ValidationError as exc:
-        raise click.UsageError("; ".join(str(e["msg"]) for e in exc.errors())) from None
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        option = "--" + field.removesuffix("_mb").replace("_", "-")
+        raise click.BadParameter(str(first["msg"]), param_hint=f"'{option}'") from None
 
 
 @click.group("tenant")
@@ -79,28 +83,35 @@ def tenant_group() -> None:
 @tenant_group.command("create")
 @click.argument("name")
 @quota_options
+@json_always_option
 @pass_connection
 def create_tenant(conn: Connection, /, name: str, **options: Any) -> None:
-    """Create tenant NAME with its quotas (unset: unlimited)."""
+    """Create tenant NAME with its quotas (unset: unlimited); prints it as JSON."""
     with conn.agentcell() as client:
-        click.echo(client.tenants.create(name, _quotas(options)).model_dump_json(indent=2))
+        echo_json(client.tenants.create(name, _quotas(options)))
 
 
 @tenant_group.command("set")
 @click.argument("name")
 @quota_options
+@json_always_option
 @pass_connection
 def set_quotas(conn: Connection, /, name: str, **options: Any) -> None:
-    """Replace tenant NAME's quotas (unset: unlimited)."""
+    """Replace tenant NAME's quotas (unset: unlimited); prints the tenant as JSON."""
     with conn.agentcell() as client:
-        click.echo(client.tenants.set_quotas(name, _quotas(options)).model_dump_json(indent=2))
+        echo_json(client.tenants.set_quotas(name, _quotas(options)))
 
 
 @tenant_group.command("ls")
+@json_option
 @pass_connection
-def list_tenants(conn: Connection) -> None:
+def list_tenants(conn: Connection, as_json: bool) -> None:
+    """List tenants and their quotas."""
     with conn.agentcell() as client:
         tenants = client.tenants.list()
+    if as_json:
+        echo_json(tenants)
+        return
     rows = [
         (t.name, ", ".join(f"{k}={v}" for k, v in t.quotas.model_dump().items() if v is not None) or "-")
         for t in tenants
@@ -128,29 +139,42 @@ def key_group() -> None:
     "--scope", "scopes", default="*", help="Comma-separated, e.g. sandboxes:write,invoke (default *)."
 )
 @click.option("--name", default="", help="A note to tell keys apart.")
+@json_option
 @pass_connection
-def create_key(conn: Connection, tenant: str, scopes: str, name: str) -> None:
-    """Make a key for TENANT and print it (only this once; it is stored hashed)."""
+def create_key(conn: Connection, tenant: str, scopes: str, name: str, as_json: bool) -> None:
+    """Make a key for TENANT and print it (only this once; it is stored hashed; --json: the key
+    with its id and scopes)."""
     with conn.agentcell() as client:
         created = client.tenants.create_key(tenant, [s.strip() for s in scopes.split(",") if s.strip()], name)
+    if as_json:
+        echo_json(created)
+        return
     click.echo(created.key)
     click.echo(f"id {created.id}, scopes {' '.join(created.scopes)}", err=True)
 
 
 @key_group.command("ls")
 @click.argument("tenant")
+@json_option
 @pass_connection
-def list_keys(conn: Connection, tenant: str) -> None:
+def list_keys(conn: Connection, tenant: str, as_json: bool) -> None:
+    """List TENANT's keys (never the keys themselves), revoked ones too."""
     with conn.agentcell() as client:
         keys = client.tenants.keys(tenant)
+    if as_json:
+        echo_json(keys)
+        return
     rows = [(k.id, " ".join(k.scopes), k.name, "revoked" if k.revoked_at else "active") for k in keys]
     click.echo(render_table(("ID", "SCOPES", "NAME", "STATE"), rows))
 
 
 @key_group.command("revoke")
 @click.argument("key_id")
+@json_option
 @pass_connection
-def revoke_key(conn: Connection, key_id: str) -> None:
-    """Revoke a key by id: it stops working at once."""
+def revoke_key(conn: Connection, key_id: str, as_json: bool) -> None:
+    """Revoke a key by id: it stops working at once. Prints nothing (--json: the revoked key)."""
     with conn.agentcell() as client:
-        client.tenants.revoke_key(key_id)
+        revoked = client.tenants.revoke_key(key_id)
+    if as_json:
+        echo_json(revoked)

@@ -1,6 +1,7 @@
 """`agentcell usage [TENANT]`: metered usage and cost, as a table, JSON or CSV.
 
 agentcell usage acme --since 2026-11-01 --by session --format csv
+agentcell usage --json                  # the same as --format json
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import cast
 import click
 
 from agentcell.cli.context import Connection, pass_connection
+from agentcell.cli.output import echo_json, json_option
 from agentcell.cli.table import render_table
 from agentcell.client import UsageReport
 from agentcell.protocol.usage import UsageGrouping
@@ -25,21 +27,34 @@ DATES = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
 @click.option("--until", type=click.DateTime(DATES), default=None, help="End (default: now).")
 @click.option("--by", type=click.Choice(GROUPINGS), default="session", show_default=True)
 @click.option(
-    "--format", "output", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
+    "--format", "output", type=click.Choice(["table", "json", "csv"]), default=None, help="Default table."
 )
+@json_option
 @pass_connection
 def usage(
-    conn: Connection, tenant: str | None, since: datetime | None, until: datetime | None, by: str, output: str
+    conn: Connection,
+    tenant: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    by: str,
+    output: str | None,
+    as_json: bool,
 ) -> None:
     """Active and idle seconds, CPU seconds, memory GiB-seconds, stored GiB-hours and cost, of
     the key's tenant (or TENANT, or * for all, with an admin key). Times without a zone are UTC."""
+    if as_json and output not in (None, "json"):
+        raise click.UsageError(f"--json is --format json: give it or --format {output}, not both")
+    output = "json" if as_json else output or "table"
     grouping = cast(UsageGrouping, by)
     with conn.agentcell() as client:
         if output == "csv":
             click.echo(client.usage.csv(since=since, until=until, by=grouping, tenant=tenant), nl=False)
             return
         report = client.usage.get(since=since, until=until, by=grouping, tenant=tenant)
-    click.echo(report.model_dump_json(indent=2) if output == "json" else format_report(report))
+    if output == "json":
+        echo_json(report)
+    else:
+        click.echo(format_report(report))
 
 
 def format_report(report: UsageReport) -> str:
