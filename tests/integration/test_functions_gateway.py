@@ -234,3 +234,27 @@ def test_restart_readopts_instances_with_their_memory(server_factory: type, tmp_
         assert after["instance"] == before["instance"] and after["count"] == before["count"] + 1
         assert api.get("/v1/functions/keep").json()["version"] == 1
         api.delete("/v1/functions/keep")
+
+
+def test_an_instance_that_stops_listening_ends_its_session_with_a_clear_error(
+    api: httpx.Client, fn: str
+) -> None:
+    """The instance's process lives on but refuses connections: the request that finds out gets a
+    502 saying the session ended because its instance failed (not a bare "not accepting
+    connections"), and the key's next request gets a new session on another instance."""
+    first = whoami(api, fn, "wedged").json()
+    sessions = api.get(f"/v1/functions/{fn}/sessions").json()["sessions"]
+    session_id = next(s["id"] for s in sessions if s["key"] == "wedged")
+    api.get(f"/fn/{fn}/unlisten", headers={"x-agentcell-session-id": "wedged"})
+    found = whoami(api, fn, "wedged")
+    assert found.status_code == 502, found.text
+    message = found.json()["message"]
+    assert f"{first['instance']} failed" in message and f"session {session_id} ended" in message, message
+    assert "Send the request again" in message
+    deadline = time.monotonic() + 10
+    while (state := api.get(f"/v1/sessions/{session_id}").json())["state"] != "ended":
+        assert time.monotonic() < deadline, state
+        time.sleep(0.05)
+    assert state["end_reason"] == "instance_failed"
+    fresh = whoami(api, fn, "wedged")
+    assert fresh.status_code == 200 and fresh.json()["instance"] != first["instance"]

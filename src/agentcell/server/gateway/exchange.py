@@ -37,6 +37,7 @@ from agentcell.server.gateway.route import (
     Respond,
     Route,
     UpstreamAddress,
+    UpstreamGone,
 )
 from agentcell.server.gateway.upstream import UpstreamConnection
 
@@ -216,7 +217,8 @@ class Exchange:
             return
         if exc is not None:
             log.info("cannot connect to upstream for %r: %s", self.head, exc)
-            self._fail(502, "unavailable", "the upstream is not accepting connections")
+            gone = isinstance(exc, UpstreamGone)
+            self._fail(502, "unavailable", str(exc) if gone else "the upstream is not accepting connections")
             return
         self._attach(task.result())
 

@@ -117,6 +117,12 @@ class AppUpstream:
 
 UpstreamAddress = TcpUpstream | UnixUpstream | SocketUpstream
 
+
+class UpstreamGone(ConnectionError):
+    """Raised by a `SocketUpstream`'s `connect` whose owner knows why its upstream cannot be
+    reached: the message is what the client is told, in the 502 envelope."""
+
+
 CompletionCallback = Callable[[int, int, int, float], None]
 """on_complete(status, bytes_in, bytes_out, duration_s): called exactly once per routed request.
 

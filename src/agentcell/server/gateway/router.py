@@ -38,6 +38,7 @@ from agentcell.server.gateway.route import (
     Route,
     SocketUpstream,
     UpstreamAddress,
+    UpstreamGone,
 )
 from agentcell.server.observability.telemetry import NullTelemetry, Telemetry
 from agentcell.server.scheduler.scheduler import Lease, Scheduler
@@ -243,7 +244,11 @@ class GatewayRouter:
             return await self._scheduler.connect(lease)
         except (ConnectionRefusedError, ConnectionResetError) as exc:
             self._scheduler.instance_unreachable(lease, str(exc))
-            raise
+            ended = f"; its session {lease.session.id} ended" if lease.session is not None else ""
+            raise UpstreamGone(
+                f"instance {lease.instance.id} failed: it no longer accepts connections{ended} "
+                "(instance_failed). Send the request again to start on a new instance."
+            ) from exc
 
     def _complete(
         self, lease: Lease, method: bytes, status: int, bytes_in: int, bytes_out: int, duration_s: float
