@@ -223,6 +223,40 @@ def test_list_restart_and_remove_contexts(sbx: Sandbox) -> None:
         sbx.run_code("1", context=ctx)
 
 
+def test_deleting_a_context_ends_its_runs_saying_it_was_deleted(sbx: Sandbox) -> None:
+    """A run in flight on a context being deleted, and one queued behind it, end with
+    `kernel_died` and an error that says the context was deleted (not that the next run starts a
+    new kernel: the context is gone); neither starts a kernel again."""
+    ctx = sbx.create_code_context()
+    sbx.run_code("1", context=ctx)
+    found: list[object] = []
+    workers = [
+        threading.Thread(
+            target=lambda: found.append(sbx.run_code("import time; time.sleep(60)", context=ctx))
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while {c.id: c.state for c in sbx.list_code_contexts()}[ctx.id] != "busy":
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        sbx.remove_code_context(ctx)
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+    assert len(found) == 2
+    for execution in found:
+        error = getattr(execution, "error")  # noqa: B009
+        assert getattr(execution, "status") == "kernel_died", error  # noqa: B009
+        assert error.name == "KernelDied" and f"code context {ctx.id} was deleted" in error.value, error
+        assert "next run" not in error.value
+    assert ctx.id not in {c.id for c in sbx.list_code_contexts()}
+
+
 def test_bad_input_gets_the_error_envelope(sbx: Sandbox, raw: httpx.Client) -> None:
     path = f"/v1/sandboxes/{sbx.id}/code"
     cases = [

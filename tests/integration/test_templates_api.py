@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ def test_build_stream_use_and_delete_a_template(api: httpx.Client) -> None:
         assert sandbox["template"] == "api-tiny"
         assert run(api, sandbox["id"], "python3 -c 'import acelltiny; print(acelltiny.VALUE)'") == "42\n"
         assert api.get("/v1/templates/api-tiny").json()["instances"] == 1
-        assert_envelope(api.delete("/v1/templates/api-tiny"), 409, "conflict", "kill them first")
+        assert_envelope(api.delete("/v1/templates/api-tiny"), 409, "conflict", "1 running sandbox(es)")
         assert api.post(f"/v1/sandboxes/{sandbox['id']}/pause").status_code == 200
         needed = "needed by 1 paused sandbox(es) to resume"  # it could never resume without it
         assert_envelope(api.delete("/v1/templates/api-tiny"), 409, "conflict", needed)
@@ -191,3 +192,56 @@ def test_a_function_runs_on_its_template(api: httpx.Client) -> None:
     finally:
         assert api.delete("/v1/functions/tplfn").status_code == 204
     assert api.delete("/v1/templates/api-fn-tpl").status_code == 204
+
+
+SESSION = "x-agentcell-session-id"
+MARKER = "/opt/template/marker"
+
+
+def wait_unused(api: httpx.Client, template: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while api.get(f"/v1/templates/{template}").json()["instances"]:
+        assert time.monotonic() < deadline, f"template {template} still in use after {timeout_s} s"
+        time.sleep(0.1)
+
+
+def test_a_deployed_function_keeps_its_template_after_scaling_to_zero(api: httpx.Client) -> None:
+    """A function scaled to zero still starts instances from its template: deleting it is refused
+    (409, naming the function of every tenant and what to do) until each is deleted or redeployed
+    with another template; the redeployed function then runs on its new one."""
+    _, events = build(api, "api-keep-tpl", {"commands": [f"echo kept > {MARKER}"]})
+    assert events[-1]["state"] == "ready", events[-1]
+    config = {
+        "cmd": "python3 app.py",
+        "template": "api-keep-tpl",
+        "idle_timeout_s": 600,
+        "workspace": {"persist": True, "sync_interval_s": 0},
+    }
+    assert api.post("/v1/tenants", json={"name": "tpltenant"}).status_code == 201
+    key = api.post("/v1/tenants/tpltenant/keys", json={"scopes": ["*"]}).json()["key"]
+    with httpx.Client(base_url=str(api.base_url), timeout=60, headers={"x-api-key": key}) as tenant:
+        try:
+            assert deploy(api, "keepfn", config).status_code == 200
+            assert deploy(tenant, "tenantfn", config).status_code == 200
+            answer = api.get("/fn/keepfn/file", params={"path": MARKER}, headers={SESSION: "one"})
+            assert answer.json() == {"text": "kept\n"}
+            session = api.get("/v1/functions/keepfn/sessions").json()["sessions"][0]
+            assert api.delete(f"/v1/sessions/{session['id']}").status_code == 204
+            wait_unused(api, "api-keep-tpl")  # scaled to zero
+
+            refused = api.delete("/v1/templates/api-keep-tpl")
+            assert_envelope(refused, 409, "conflict", "'keepfn'", "'tenantfn' (tenant tpltenant)", "redeploy")
+            assert "running" not in refused.json()["message"]
+            assert deploy(api, "keepfn", {**config, "template": "base"}).status_code == 200
+            refused = api.delete("/v1/templates/api-keep-tpl")
+            assert_envelope(refused, 409, "conflict", "'tenantfn' (tenant tpltenant)")
+            assert "keepfn" not in refused.json()["message"]
+        finally:
+            tenant.delete("/v1/functions/tenantfn")
+        assert api.delete("/v1/templates/api-keep-tpl").status_code == 204
+        try:
+            answer = api.get("/fn/keepfn/file", params={"path": MARKER}, headers={SESSION: "two"})
+            assert answer.status_code == 404, answer.text  # version 2 starts, on base
+        finally:
+            assert api.delete("/v1/functions/keepfn").status_code == 204
+    assert api.delete("/v1/tenants/tpltenant").status_code == 204

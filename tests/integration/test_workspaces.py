@@ -122,9 +122,28 @@ def test_snapshot_on_demand_is_incremental_and_listed(api: httpx.Client, make_fn
     listing = ok(api.get("/v1/workspaces"))
     mine = [w for w in listing["workspaces"] if w["storage_path"] == storage_path(fn, "inc")]
     assert mine and mine[0]["session_id"] == session["id"] and mine[0]["stored_bytes"] > 0
+    assert mine[0]["sandbox_id"] is None
     assert listing["tenant"] == "default" and listing["stored_bytes"] >= mine[0]["stored_bytes"]
     deleted = api.delete(f"/v1/workspaces/{storage_path(fn, 'inc')}")
     assert deleted.status_code == 409 and "in use" in deleted.json()["message"]
+
+
+def test_a_paused_sandboxs_workspace_names_the_sandbox(api: httpx.Client) -> None:
+    """A paused sandbox's stored files list with its `sandbox_id` (and, for older clients, the
+    same id as `session_id`); deleting them is refused with what to do, and they go with it."""
+    sandbox_id = ok(api.post("/v1/sandboxes", json={"timeout_s": 60}))["id"]
+    path = f"default/_sandboxes/{sandbox_id}"
+    try:
+        ok(api.post(f"/v1/sandboxes/{sandbox_id}/pause"))
+        listed = [w for w in ok(api.get("/v1/workspaces"))["workspaces"] if w["storage_path"] == path]
+        assert [(w["sandbox_id"], w["session_id"]) for w in listed] == [(sandbox_id, sandbox_id)]
+        assert ok(api.get(f"/v1/workspaces/{path}"))["sandbox_id"] == sandbox_id
+        refused = api.delete(f"/v1/workspaces/{path}")
+        assert refused.status_code == 409, refused.text
+        assert f"paused sandbox {sandbox_id}; resume it or kill it" in refused.json()["message"]
+    finally:
+        assert api.delete(f"/v1/sandboxes/{sandbox_id}").status_code == 204
+    assert api.get(f"/v1/workspaces/{path}").status_code == 404
 
 
 def test_restore_hook_runs_after_the_files_are_back(api: httpx.Client, make_fn: MakeFn) -> None:

@@ -151,7 +151,7 @@ async def test_paused_sandboxes_are_reloaded_and_their_workspace_cannot_be_delet
     assert await restarted.load() == 1
     found = restarted.get(sandbox.id)
     assert (found.state, found.request.env) == ("paused", {"A": "1"})
-    with pytest.raises(Conflict, match="in use"):
+    with pytest.raises(Conflict, match=f"files of paused sandbox {sandbox.id}; resume it or kill it"):
         await world.keeper.delete(f"default/_sandboxes/{sandbox.id}")
     await restarted.kill(sandbox.id)
     await world.keeper.delete(f"default/_sandboxes/{sandbox.id}")  # no longer claimed

@@ -157,7 +157,8 @@ class AsyncTemplates:
         return parse_model(TemplateList, response).templates
 
     async def delete(self, name: str) -> bool:
-        """False if there was no such template; ConflictError while a sandbox uses it."""
+        """False if there was no such template; ConflictError while a sandbox uses it or would
+        resume from it, or a deployed function names it."""
         try:
             await self._api.call("DELETE", f"/v1/templates/{segment(name)}")
         except NotFoundError:

@@ -45,7 +45,8 @@ class AsyncTenants:
         return await self._api.call_model(TenantInfo, "PATCH", f"/v1/tenants/{segment(name)}", json=body)
 
     async def delete(self, name: str) -> None:
-        """The tenant and its keys (its running work is not stopped by this)."""
+        """Delete the tenant and its keys. ConflictError while it still has sandboxes (live or
+        paused), functions or stored workspaces: delete those first."""
         await self._api.call("DELETE", f"/v1/tenants/{segment(name)}")
 
     async def create_key(self, tenant: str, scopes: Sequence[str] = ("*",), name: str = "") -> KeyCreated:

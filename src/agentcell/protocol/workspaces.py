@@ -25,7 +25,14 @@ class WorkspaceInfo(ReplyModel):
     stored_bytes: int
     last_snapshot: SnapshotInfo | None
     error: str | None = Field(default=None, description="why the last restore or snapshot failed")
-    session_id: str | None = Field(default=None, description="the live session using it")
+    session_id: str | None = Field(
+        default=None,
+        description="the live session using it; for a paused sandbox's workspace, that sandbox's id "
+        "(as `sandbox_id`; kept for older clients, which read a non-null value as 'in use')",
+    )
+    sandbox_id: str | None = Field(
+        default=None, description="the paused sandbox whose /home/user this is (null: a session workspace)"
+    )
 
 
 class WorkspaceList(ReplyModel):

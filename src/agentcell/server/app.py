@@ -129,8 +129,11 @@ def create_app(
     quotas = QuotaGuard(tenants.quotas)
 
     def storage_quota(tenant: str) -> int | None:
-        quota_mb = tenants.quotas(tenant).max_storage_mb or settings.tenant_storage_quota_mb
-        return (quota_mb << 20) or None
+        """The tenant's own quota (0: nothing may be stored), else the node's (0 there: unlimited)."""
+        quota_mb = tenants.quotas(tenant).max_storage_mb
+        if quota_mb is None:
+            quota_mb = settings.tenant_storage_quota_mb or None
+        return None if quota_mb is None else quota_mb << 20
 
     history = HistoryRetention(store, clock, retention_s=settings.history_retention_days * 86400)
     snapshots = Snapshots(objects, clock)
@@ -204,6 +207,7 @@ def create_app(
         telemetry=telemetry,
         quotas=quotas,
     )
+    templates.add_dependents(scheduler, pauses)  # functions and paused sandboxes start from them later
 
     audit = AuditLog(store, clock)
 

@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from agentcell.errors import Conflict
 from agentcell.protocol.templates import TemplateBuildInfo, TemplateBuildRequest, TemplateInfo, TemplateList
 from agentcell.server.api.streaming import StreamingResponse
 from agentcell.server.templates.buildlog import Event
@@ -48,15 +47,10 @@ async def get_template(name: str, templates: Templates) -> TemplateInfo:
 
 
 @router.delete("/v1/templates/{name}", status_code=204)
-async def delete_template(name: str, templates: Templates, request: Request) -> Response:
-    """Refused (409) while a running sandbox uses the template, or a paused one would resume
-    from it (it could never resume after)."""
-    templates.get(name)  # NotFound first
-    paused = request.app.state.pauses.paused_with_template(name)
-    if paused:
-        raise Conflict(
-            f"template {name!r} is needed by {paused} paused sandbox(es) to resume; delete them first"
-        )
+async def delete_template(name: str, templates: Templates) -> Response:
+    """Refused (409) while a running sandbox or function instance uses the template, a paused
+    sandbox would resume from it, or a deployed function (of any tenant) starts its instances
+    from it: none of them could start again after."""
     await templates.delete(name)
     return Response(status_code=204)
 

@@ -11,6 +11,7 @@ from agentcell.protocol.workspaces import SnapshotInfo, WorkspaceInfo, Workspace
 from agentcell.server.api.deps import Workspaces
 from agentcell.server.auth.principal import current_tenant
 from agentcell.server.meta.records import WorkspaceRecord
+from agentcell.server.scheduler.sandbox_pause import SANDBOXES_SEGMENT
 from agentcell.server.storage import snapshots
 
 router = APIRouter(tags=["workspaces"])
@@ -27,7 +28,8 @@ def snapshot_reply(info: snapshots.SnapshotInfo) -> SnapshotInfo:
     )
 
 
-def _workspace_info(record: WorkspaceRecord, session_id: str | None) -> WorkspaceInfo:
+def _workspace_info(record: WorkspaceRecord, user: str | None) -> WorkspaceInfo:
+    """`user`: the id that holds the workspace, a live session's or a paused sandbox's."""
     last = None
     if record.seq:
         stored = (record.files, record.logical_bytes, record.uploaded_bytes, record.stored_bytes)
@@ -39,7 +41,8 @@ def _workspace_info(record: WorkspaceRecord, session_id: str | None) -> Workspac
         stored_bytes=record.stored_bytes,
         last_snapshot=last,
         error=record.error,
-        session_id=session_id,
+        session_id=user,
+        sandbox_id=record.key if record.function == SANDBOXES_SEGMENT else None,
     )
 
 

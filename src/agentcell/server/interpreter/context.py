@@ -69,6 +69,8 @@ class CodeContext:
         self._start_lock = asyncio.Lock()
         self._run_lock = asyncio.Lock()
         self._starting = False
+        self._closed_because: str | None = None
+        """why the context was closed for good (deleted, its sandbox gone): it starts no kernel"""
         self.restarts = 0
         self.last_restart_reason: str | None = None
         self.execution_count = 0
@@ -107,8 +109,11 @@ class CodeContext:
     # -- the kernel -----------------------------------------------------------------------------
 
     async def ensure_started(self) -> Kernel:
-        """The running kernel, started (or, if it died, started again) first. Raises Unavailable."""
+        """The running kernel, started (or, if it died, started again) first. Raises Unavailable,
+        or KernelExited once the context is closed."""
         async with self._start_lock:
+            if self._closed_because is not None:
+                raise KernelExited(f"the {self.spec.language} kernel was stopped")
             if self._kernel is not None and self._kernel.is_alive:
                 return self._kernel
             if self._kernel is not None:
@@ -142,8 +147,11 @@ class CodeContext:
         if self._kernel is not None and self._kernel.is_alive:
             await self._kernel.interrupt()
 
-    async def aclose(self) -> None:
+    async def aclose(self, because: str = "the code context was closed") -> None:
+        """Stop the kernel for good. A running execution, and any queued behind it, ends with
+        `kernel_died` and an error that says `because` (e.g. "the code context was deleted")."""
         async with self._start_lock:
+            self._closed_because = because
             kernel, self._kernel = self._kernel, None
             if kernel is not None:
                 await kernel.aclose()
@@ -195,7 +203,7 @@ class CodeContext:
                 yield self._timeout_error(timeout_s, restarted)
         except KernelExited as exc:
             status = "kernel_died"
-            yield Execution.error("KernelDied", f"{exc}; its state is lost (the next run starts a new one)")
+            yield Execution.error("KernelDied", self._kernel_died(exc))
         except Exception as exc:  # start failures (Unavailable) and the like end the stream cleanly
             status = "kernel_died"
             yield Execution.error("KernelUnavailable", getattr(exc, "message", None) or repr(exc))
@@ -232,6 +240,11 @@ class CodeContext:
         async with self._start_lock:
             await self._drop_kernel("it ignored the interrupt after a timeout")
         return False
+
+    def _kernel_died(self, exc: KernelExited) -> str:
+        if self._closed_because is not None:
+            return f"{exc}: {self._closed_because}; its state is gone (create a new context to run code)"
+        return f"{exc}; its state is lost (the next run starts a new one)"
 
     @staticmethod
     def _timeout_error(timeout_s: float | None, restarted: bool) -> CodeEventModel:

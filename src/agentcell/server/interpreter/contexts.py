@@ -122,13 +122,13 @@ class CodeContexts:
     async def remove(self, context_id: str) -> None:
         context = self.get(context_id)
         del self._contexts[context_id]
-        await context.aclose()
+        await context.aclose(f"the code context {context_id} was deleted")
 
-    async def aclose(self) -> None:
+    async def aclose(self, because: str = "its sandbox stopped") -> None:
         contexts, self._contexts = list(self._contexts.values()), {}
         for context in contexts:
             with contextlib.suppress(Exception):
-                await context.aclose()
+                await context.aclose(because)
 
 
 class Interpreter:

@@ -115,7 +115,7 @@ class SandboxPauses:
                 log.warning("paused sandbox %s: its record is unreadable, skipped: %s", record.id, exc)
                 continue
             self._paused[record.id] = paused
-            self._keeper.adopt(paused.workspace, record.id)
+            self._keeper.adopt(paused.workspace, record.id, paused_sandbox=True)
         return len(self._paused)
 
     async def run(self, interval_s: float, started: asyncio.Event | None = None) -> None:
@@ -151,9 +151,10 @@ class SandboxPauses:
         live: list[SandboxState] = [s.state for s in self._sandboxes.all() if s.id not in self._paused]
         return live + ["paused"] * len(self._paused)
 
-    def paused_with_template(self, template: str) -> int:
-        """How many paused sandboxes (of any tenant) resume from `template`."""
-        return sum(p.sandbox.request.template == template for p in self._paused.values())
+    def needs_template(self, name: str) -> str | None:
+        """TemplateDependent: the paused sandboxes (of any tenant) that resume from template `name`."""
+        paused = sum(p.sandbox.request.template == name for p in self._paused.values())
+        return f"needed by {paused} paused sandbox(es) to resume (delete them first)" if paused else None
 
     def find(self, metadata: dict[str, str], state: SandboxState | None = None) -> list[Sandbox]:
         """Live and paused sandboxes the caller may see, oldest first."""
@@ -280,7 +281,7 @@ class SandboxPauses:
         )
         await self._store.put_paused_sandbox(record)  # written after its snapshot: never one without
         paused = self._paused[sandbox.id] = _from_record(record)
-        self._keeper.adopt(paused.workspace, sandbox.id)
+        self._keeper.adopt(paused.workspace, sandbox.id, paused_sandbox=True)
         await self._sandboxes.kill(sandbox.id)
         log.info("sandbox %s paused: %d files, %d bytes stored", sandbox.id, info.files, info.stored_bytes)
         return paused

@@ -29,7 +29,7 @@ from agentcell.errors import (
 )
 from agentcell.protocol.functions import FunctionConfig
 from agentcell.protocol.sessions import EndReason, SessionCreate, SessionInfo, SessionState, SessionUpdate
-from agentcell.server.auth.names import split
+from agentcell.server.auth.names import DEFAULT_TENANT, split
 from agentcell.server.auth.quotas import QuotaGuard, unlimited
 from agentcell.server.clock import Clock
 from agentcell.server.meta.records import InstanceRecord, SessionRecord, UsageRecord
@@ -105,6 +105,8 @@ class Scheduler:
         self._workspaces = SessionWorkspaces(workspaces, self._manager, clock, self._telemetry)
         self._functions: dict[str, FunctionState] = {}
         self._sessions: dict[str, Session] = {}
+        self._deploying: list[tuple[str, str]] = []
+        """(function, template) of each deploy in progress: its template is needed already"""
         self._start_slots = asyncio.Semaphore(limits.start_concurrency)
         self._tasks: asyncio.TaskGroup | None = None
         self._accepting = False
@@ -154,6 +156,14 @@ class Scheduler:
 
     async def deploy(self, name: str, config: FunctionConfig, archive: Path) -> FunctionState:
         self._manager.check_template(config.template)
+        deploying = (name, config.template)
+        self._deploying.append(deploying)  # from the check on: the template must not go meanwhile
+        try:
+            return await self._deploy(name, config, archive)
+        finally:
+            self._deploying.remove(deploying)
+
+    async def _deploy(self, name: str, config: FunctionConfig, archive: Path) -> FunctionState:
         current = self._functions.get(name)
         number = current.latest.version + 1 if current else 1
         now = self._clock.now()
@@ -172,6 +182,19 @@ class Scheduler:
         self._warm_wanted.set()
         log.info("function %s: version %d deployed", name, number)
         return current
+
+    def needs_template(self, name: str) -> str | None:
+        """TemplateDependent: the functions (of every tenant) that start instances from template
+        `name`. Only the latest version starts new ones; the older versions' running instances
+        hold the template as its users until they stop."""
+        deployed = {fn.name for fn in self._functions.values() if fn.config.template == name}
+        deployed |= {fn for fn, template in self._deploying if template == name}
+        if not deployed:
+            return None
+        return (
+            f"used by deployed function(s) {_listed(sorted(deployed))} (delete them, or redeploy them "
+            "with another template, first)"
+        )
 
     def _retire_old_warm(self, fn: FunctionState) -> None:
         for instance in [i for i in fn.warm if i.version != fn.latest.version]:
@@ -913,6 +936,16 @@ class Scheduler:
 def _shown(qualified: str) -> str:
     """A function's name as its tenant knows it (messages never show the qualified `acme.chat`)."""
     return split(qualified)[1]
+
+
+def _listed(qualified: list[str], most: int = 5) -> str:
+    """Function names for an operator, who sees every tenant's: 'chat', 'bot' (tenant acme), …"""
+    shown = [
+        repr(name) if tenant == DEFAULT_TENANT else f"{name!r} (tenant {tenant})"
+        for tenant, name in map(split, qualified[:most])
+    ]
+    more = f" and {len(qualified) - most} more" if len(qualified) > most else ""
+    return ", ".join(shown) + more
 
 
 def _require_live(fn: FunctionState) -> None:

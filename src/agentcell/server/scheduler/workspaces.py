@@ -73,7 +73,9 @@ def workspace_for(config: FunctionConfig, function: str, key: str, path: str) ->
 @dataclass(slots=True)
 class _Use:
     session_id: str
+    """the live session's id, or the paused sandbox's"""
     ending: bool = False
+    paused_sandbox: bool = False
     released: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -107,9 +109,10 @@ class WorkspaceKeeper:
             await use.released.wait()
         self._users[workspace.storage_path] = _Use(session_id)
 
-    def adopt(self, workspace: Workspace, session_id: str) -> None:
-        """A session found live after a restart keeps its claim."""
-        self._users[workspace.storage_path] = _Use(session_id)
+    def adopt(self, workspace: Workspace, session_id: str, *, paused_sandbox: bool = False) -> None:
+        """A session found live after a restart keeps its claim; a paused sandbox (`session_id`
+        is then its id) holds its files' workspace until it is resumed or killed."""
+        self._users[workspace.storage_path] = _Use(session_id, paused_sandbox=paused_sandbox)
 
     def ending(self, workspace: Workspace, session_id: str) -> None:
         if (use := self._users.get(workspace.storage_path)) is not None and use.session_id == session_id:
@@ -217,8 +220,13 @@ class WorkspaceKeeper:
 
     async def delete(self, path: str) -> None:
         """Drop every snapshot of a stored workspace that no live session uses."""
-        if (user := self.user_of(path)) is not None:
-            raise Conflict(f"workspace {path} is in use by session {user}; end the session first")
+        if (use := self._users.get(path)) is not None:
+            if use.paused_sandbox:
+                raise Conflict(
+                    f"workspace {path} holds the files of paused sandbox {use.session_id}; "
+                    "resume it or kill it (which deletes them) first"
+                )
+            raise Conflict(f"workspace {path} is in use by session {use.session_id}; end the session first")
         await self._snapshots.delete_all(path)
         await self._store.delete_workspace(path)
 

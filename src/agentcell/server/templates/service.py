@@ -3,8 +3,10 @@
 Owns the registry (name → Template, loaded from the layer store's manifests at start, so templates
 survive a restart) and the builds in progress. A sandbox start `acquire`s its template and the
 sandbox's end `release`s it: a template in use cannot be deleted (Conflict), since removing the
-directory would pull the layer from under running instances. Builds that were running when the
-server stopped are not resumed: their staging dirs are dropped at the next start.
+directory would pull the layer from under running instances. Nor can one that a
+`TemplateDependent` still needs (a deployed function, a paused sandbox): it would fail to start
+later. Builds that were running when the server stopped are not resumed: their staging dirs are
+dropped at the next start.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import ValidationError
 
@@ -55,6 +58,19 @@ class ResolvedTemplate:
     env: dict[str, str] = field(default_factory=dict)
 
 
+class TemplateDependent(Protocol):
+    """Something that will start sandboxes from a template later: the scheduler (deployed
+    functions) and the paused sandboxes. Registered with `TemplateService.add_dependents` at the
+    wiring point, since they are built after (and on top of) the templates."""
+
+    def needs_template(self, name: str) -> str | None:
+        """Called by `TemplateService.delete`, with no await between the answer and the removal:
+        who needs template `name`, as a phrase of the Conflict message that says what to do
+        ("needed by 1 paused sandbox(es) to resume (delete them first)"), or None (the delete may
+        go on). Covers every tenant: templates are shared by the whole server."""
+        ...
+
+
 class TemplateService:
     def __init__(
         self,
@@ -72,6 +88,11 @@ class TemplateService:
         self._templates: dict[str, Template] = {}
         self._builds: OrderedDict[str, Build] = OrderedDict()
         self._tasks: asyncio.TaskGroup | None = None
+        self._dependents: list[TemplateDependent] = []
+
+    def add_dependents(self, *dependents: TemplateDependent) -> None:
+        """Wiring: `delete` asks each of these too before it removes a template."""
+        self._dependents.extend(dependents)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -120,13 +141,16 @@ class TemplateService:
             template.users -= 1
 
     async def delete(self, name: str) -> None:
+        """Remove a template nothing uses or needs. Raises InvalidArgument (base), NotFound, or
+        Conflict naming every user and dependent, and what to do about each."""
         if name == BASE_TEMPLATE:
             raise InvalidArgument("'base' is the host system and cannot be deleted")
         template = self._find(name)
-        if template.users:
-            raise Conflict(
-                f"template {name!r} is used by {template.users} running sandbox(es); kill them first"
-            )
+        running = f"used by {template.users} running sandbox(es) or function instance(s)"
+        holds = [f"{running} (kill them or end their sessions first)"] if template.users else []
+        holds += [hold for dependent in self._dependents if (hold := dependent.needs_template(name))]
+        if holds:
+            raise Conflict(f"template {name!r} is {'; '.join(holds)}")
         del self._templates[name]
         await asyncio.to_thread(self._layers.remove, name)
         log.info("template %s deleted", name)
