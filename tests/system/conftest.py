@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
+from agentcell.server.egress.node import EgressConfig
 from agentcell.server.sandbox.driver import ExecSpec, ExitStatus, SandboxSpec
 from agentcell.server.sandbox.linux.build import helper_path
 from agentcell.server.sandbox.linux.driver import LinuxDriver, become_subreaper
@@ -59,11 +60,11 @@ def node_leftovers(driver: LinuxDriver) -> list[str]:
     return leftovers
 
 
-def make_driver(state_dir: Path, helper: Path) -> LinuxDriver:
+def make_driver(state_dir: Path, helper: Path, egress: EgressConfig | None = None) -> LinuxDriver:
     (state_dir / "bin").mkdir(parents=True, exist_ok=True)
     if not (state_dir / "bin" / helper.name).exists():
         shutil.copy2(helper, state_dir / "bin" / helper.name)
-    return LinuxDriver(state_dir, close_grace_s=0.5)
+    return LinuxDriver(state_dir, close_grace_s=0.5, egress=egress)
 
 
 def is_running(host_pid: int) -> bool:

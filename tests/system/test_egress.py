@@ -1,10 +1,15 @@
 """Network egress policy of process-tier sandboxes, end to end through the real driver: `none`
 has no way out at all, `allowlist` reaches what it lists and nothing else, `open` reaches anything
-(through the proxy). Every server here is one the test starts on the host's loopback."""
+(through the proxy) but the server's own port at any of the host's addresses. Every server here is
+one the test starts, on the host's loopback or on addresses the test gives the host for a moment."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,10 +19,12 @@ from threading import Thread
 import pytest
 
 from agentcell.protocol.egress import NetworkPolicy
+from agentcell.server.egress.node import EgressConfig
 from agentcell.server.egress.policy import EgressPolicy
 from agentcell.server.sandbox.driver import SandboxSpec
 from agentcell.server.sandbox.linux.driver import LinuxDriver
-from tests.system.conftest import make_driver, run
+from tests.conftest import free_port
+from tests.system.conftest import make_driver, node_leftovers, run
 
 pytestmark = pytest.mark.system
 
@@ -170,3 +177,81 @@ async def test_a_restarted_server_serves_the_adopted_sandbox_its_policy(
         await restarted.stop(sid)
     finally:
         await restarted.aclose()
+
+
+HOST_V4 = "198.51.100.77"  # TEST-NET-2 and the IPv6 documentation prefix: never anyone else's
+HOST_V6 = "2001:db8:ace1::77"
+
+
+class _NamedV6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+@contextlib.contextmanager
+def host_addresses() -> Iterator[None]:
+    """Give this host two more addresses of its own, HOST_V4 and HOST_V6, on one end of a veth
+    pair made here and removed after (both ends stay down: nothing outside the host sees them)."""
+    link = f"acell{os.getpid() % 100000}"
+    ip = ["ip", "link", "add", link, "type", "veth", "peer", "name", f"{link}p"]
+    subprocess.run(ip, check=True, capture_output=True)
+    try:
+        subprocess.run(["ip", "addr", "add", f"{HOST_V4}/32", "dev", link], check=True)
+        subprocess.run(["ip", "addr", "add", f"{HOST_V6}/128", "dev", link, "nodad"], check=True)
+        yield
+    finally:
+        subprocess.run(["ip", "link", "del", link], check=True)
+
+
+@contextlib.contextmanager
+def named_servers(*where: tuple[type[ThreadingHTTPServer], str, int]) -> Iterator[None]:
+    """HTTP servers answering 'hello from <address>', one per (class, address, port)."""
+    servers = []
+    try:
+        for server_class, address, port in where:
+            server = server_class((address, port), _Named)
+            server.name = address  # type: ignore[attr-defined]
+            servers.append(server)
+            Thread(target=server.serve_forever, daemon=True).start()
+        yield
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+async def test_the_server_itself_is_refused_at_every_address_of_the_host(
+    tmp_path: Path, prebuilt_helper: Path
+) -> None:
+    """A server bound to 0.0.0.0 answers on every interface, so its port is protected at each of
+    the host's addresses, v4 and v6, even one added after the sandbox started; only an allow entry
+    naming the address itself opens it. The same address on another port stays reachable."""
+    api, other = free_port(), free_port()
+    driver = make_driver(tmp_path / "state", prebuilt_helper, EgressConfig(protected_ports=(api,)))
+    try:
+        opened = await start(driver, "egress-host-open", "open")
+        catch_all = await start(driver, "egress-host-all", "allowlist", ["0.0.0.0/0", "::/0"])
+        named = await start(driver, "egress-host-named", "allowlist", [f"{HOST_V4}:{api}"])
+        v4, v6 = f"http://{HOST_V4}:{api}/", f"http://[{HOST_V6}]:{api}/"
+        with (
+            host_addresses(),
+            named_servers(
+                (ThreadingHTTPServer, HOST_V4, api),
+                (_NamedV6, HOST_V6, api),
+                (ThreadingHTTPServer, HOST_V4, other),
+            ),
+        ):
+            for sid in (opened, catch_all):
+                for url in (v4, v6):
+                    body, code, _ = await curl(driver, sid, "-g", url)
+                    assert code == "403" and "the agentcell server itself" in body, (sid, url, body)
+                body, code, _ = await curl(driver, sid, "-g", "--proxytunnel", v6)
+                assert "403" in body, (sid, body)
+            assert (await curl(driver, opened, f"http://{HOST_V4}:{other}/"))[:2] == (
+                f"hello from {HOST_V4}\n",
+                "200",
+            )
+            assert (await curl(driver, named, v4))[:2] == (f"hello from {HOST_V4}\n", "200")
+            assert (await curl(driver, named, "-g", v6))[1] == "403"
+    finally:
+        await driver.aclose()
+    assert node_leftovers(driver) == []

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ import pytest
 from agentcell.protocol.egress import NetworkPolicy
 from agentcell.server.egress.cache import Artifact, ArtifactCache
 from agentcell.server.egress.fetch import Fetcher, FetchError
+from agentcell.server.egress.hostaddr import is_host_address
 from agentcell.server.egress.npm import integrity_artifact
 from agentcell.server.egress.policy import EgressPolicy
 from agentcell.server.egress.proxy import EgressProxy
@@ -249,3 +251,33 @@ async def test_a_catch_all_network_does_not_open_the_server_itself(origin_port: 
         assert reply.startswith(b"HTTP/1.1 403") and b"the agentcell server itself" in reply
     finally:
         await proxy.aclose()
+
+
+@pytest.mark.parametrize(
+    ("address", "own"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("0.0.0.0", True),
+        ("::1", True),
+        ("::", True),
+        ("::ffff:127.0.0.1", True),
+        ("203.0.113.9", False),
+        ("2001:db8:ffff::9", False),
+    ],
+)
+def test_the_kernel_says_which_addresses_are_the_hosts_own(address: str, own: bool) -> None:
+    """Loopback, unspecified and (TEST-NET-3 / documentation addresses aside) nothing else here."""
+    assert is_host_address(ipaddress.ip_address(address)) is own
+
+
+def test_the_address_the_host_sends_from_is_its_own() -> None:
+    """A non-loopback interface address (the source the kernel picks toward TEST-NET-3) is the
+    host's own: a server bound to 0.0.0.0 answers there too."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("203.0.113.9", 9))  # UDP: picks a route and a source, sends nothing
+        except OSError:
+            pytest.skip("this host has no route out to learn its address from")
+        source = ipaddress.ip_address(probe.getsockname()[0])
+    assert not source.is_loopback and is_host_address(source)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agentcell.server.egress.hostaddr import is_host_address
 from agentcell.server.egress.http import (
     MAX_HEAD_BYTES,
     BadRequest,
@@ -76,7 +77,8 @@ class EgressProxy:
         protected_ports: Sequence[int] = (),
     ) -> None:
         """`max_connections` per sandbox; `protected_ports`: ports of this host (the server's own
-        API) that no policy but an allowlist naming the address itself may reach on loopback."""
+        API) that no policy but an allowlist naming the address itself may reach at any of this host's
+        own addresses."""
         self._services = tuple(services)
         self._connect_timeout_s = connect_timeout_s
         self._max_connections = max_connections
@@ -219,17 +221,13 @@ class EgressProxy:
 
     def _check_protected(self, proxied: _Proxied, port: int, addresses: list[IPAddress]) -> None:
         """The server's own API is never reachable through `open`, nor through a name, nor through
-        a catch-all network: only an allow entry that names a loopback address opens it."""
+        a catch-all network, at any address of this host: loopback, 0.0.0.0 and every address of
+        every interface (a server bound to 0.0.0.0 answers on all of them). Only an allow entry
+        naming the address itself (or a loopback network, for a loopback address) opens it."""
         if port not in self._protected_ports:
             return
         for address in addresses:
-            listed = proxied.policy.kind == "allowlist" and any(
-                e.network is not None
-                and (e.network.is_loopback or e.network.is_unspecified)
-                and e.matches_address(address, port)
-                for e in proxied.policy.entries
-            )
-            if (address.is_loopback or address.is_unspecified) and not listed:
+            if is_host_address(address) and not _names_itself(proxied.policy, address, port):
                 raise deny(
                     proxied.sandbox_id, proxied.policy, f"{address}:{port} (the agentcell server itself)"
                 )
@@ -277,6 +275,16 @@ def check_resolved(
             raise deny(
                 sandbox_id, policy, f"{host}:{port} (it resolves to {address}; list that address to allow it)"
             )
+
+
+def _names_itself(policy: EgressPolicy, address: IPAddress, port: int) -> bool:
+    """Does an allow entry name `address` itself: a single address, or a loopback network?"""
+    return policy.kind == "allowlist" and any(
+        e.network is not None
+        and (e.network.num_addresses == 1 or e.network.is_loopback)
+        and e.matches_address(address, port)
+        for e in policy.entries
+    )
 
 
 def _is_local(address: IPAddress) -> bool:
