@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import AUTH
+from tests.integration.conftest import deploy
 
 
 @pytest.fixture
@@ -57,6 +58,9 @@ def count_sandboxes(api: httpx.Client) -> int:
         ({"env": {"A": "a\u0000b"}}, "env.A: may not contain a NUL character"),
         ({"metadata": "not-a-dict"}, "metadata"),
         ({"colour": "blue"}, "colour"),
+        ({"timeout_s": True}, "timeout_s: must be a number"),  # not 1
+        ({"cpu": False}, "cpu: must be a number"),
+        ({"memory_mb": True}, "memory_mb: must be a number"),
     ],
 )
 def test_create_refuses_bad_fields_and_makes_nothing(
@@ -65,6 +69,29 @@ def test_create_refuses_bad_fields_and_makes_nothing(
     before = count_sandboxes(api)
     assert_envelope(api.post("/v1/sandboxes", json=body), 400, "invalid_argument", needle)
     assert count_sandboxes(api) == before
+
+
+def test_booleans_are_not_numbers_anywhere(api: httpx.Client, sandbox_id: str) -> None:
+    """JSON true/false where a request model wants a number is a 400 naming the field (pydantic's
+    lax mode would read them as 1 and 0): commands, renewals, a function's config."""
+    commands = f"/v1/sandboxes/{sandbox_id}/commands"
+    for url, body, field in (
+        (commands, {"cmd": "true", "timeout_s": True}, "timeout_s"),
+        (commands, {"cmd": "true", "pty": {"rows": True, "cols": 80}}, "pty.rows"),
+        (f"/v1/sandboxes/{sandbox_id}/timeout", {"timeout_s": True}, "timeout_s"),
+    ):
+        assert_envelope(api.post(url, json=body), 400, "invalid_argument", f"{field}: must be a number")
+    name = "bool-numbers"
+    for config, field in (
+        ({"cmd": "python3 app.py", "min_warm": True}, "min_warm"),
+        ({"cmd": "python3 app.py", "cpu": True}, "cpu"),
+        ({"cmd": "python3 app.py", "workspace": {"persist": True, "keep": False}}, "workspace.keep"),
+    ):
+        reply = deploy(api, name, config)
+        if reply.status_code == 200:  # deployed on 1 (or 0): take it away before failing
+            api.delete(f"/v1/functions/{name}")
+        assert_envelope(reply, 400, "invalid_argument", f"config: {field}: must be a number")
+    assert api.get(f"/v1/functions/{name}").status_code == 404
 
 
 def test_unknown_template_names_the_choices(api: httpx.Client) -> None:

@@ -105,3 +105,24 @@ def test_the_quota_guard_counts_and_refuses_clearly() -> None:
 def test_names_are_qualified_outside_the_default_tenant() -> None:
     assert qualify("default", "chat") == "chat" and split("chat") == ("default", "chat")
     assert qualify("acme", "chat") == "acme.chat" and split("acme.chat") == ("acme", "chat")
+
+
+@pytest.mark.parametrize(("rate", "period_s"), [(0.5, 2), (0.01, 100)])
+def test_a_rate_below_one_per_second_allows_one_request_per_period(rate: float, period_s: int) -> None:
+    """max_rps 0.5 is one request every 2 s (the bucket holds one whole token), not a lock-out."""
+    clock = FakeClock()
+    limiter = RateLimiter(clock, lambda _: rate)
+    limiter.take("acme")  # a fresh bucket holds one whole token
+    with pytest.raises(QuotaExceeded) as limited:
+        limiter.take("acme")
+    assert limited.value.retry_after_s == period_s
+    clock.advance(period_s * 0.9)
+    with pytest.raises(QuotaExceeded):
+        limiter.take("acme")
+    clock.advance(period_s * 0.1)
+    limiter.take("acme")  # as retry-after said
+    for _ in range(3):  # spaced further apart than the period: every one goes through
+        clock.advance(period_s * 1.5)
+        limiter.take("acme")
+    with pytest.raises(QuotaExceeded):  # and no more than one token is ever saved up
+        limiter.take("acme")

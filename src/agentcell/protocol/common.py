@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+import types
+from typing import Annotated, Any, Union, get_args, get_origin
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
+
+_NUMBER_TYPES = (int, float)
 
 
 class WireModel(BaseModel):
-    """Base for request bodies: unknown fields are an error, so typos never pass silently."""
+    """Base for request bodies: unknown fields are an error, so typos never pass silently; so is
+    true or false where a number is expected (pydantic would take them as 1 and 0)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: object, info: ValidationInfo) -> object:
+        if (
+            value.__class__ is bool
+            and info.field_name
+            and _is_number_only(cls.model_fields[info.field_name].annotation)
+        ):
+            raise ValueError("must be a number, not true or false")
+        return value
+
+
+def _is_number_only(annotation: Any) -> bool:
+    """Whether a field of this type takes numbers but not booleans (`int`, `float | None`)."""
+    kinds = _union_members(annotation)
+    return bool not in kinds and any(isinstance(k, type) and issubclass(k, _NUMBER_TYPES) for k in kinds)
+
+
+def _union_members(annotation: Any) -> list[Any]:
+    """`int | None` → [int, NoneType]; `Annotated[X, ...]` → X's members."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _union_members(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return [kind for member in get_args(annotation) for kind in _union_members(member)]
+    return [annotation]
 
 
 class ReplyModel(BaseModel):

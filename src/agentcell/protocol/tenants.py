@@ -44,7 +44,9 @@ class TenantCreate(WireModel):
 
 
 class TenantUpdate(WireModel):
-    quotas: TenantQuotas
+    quotas: TenantQuotas = Field(
+        description="the quotas named change (null: unlimited); those left out keep their value"
+    )
 
 
 class TenantInfo(ReplyModel):

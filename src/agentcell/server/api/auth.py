@@ -10,10 +10,11 @@ from agentcell.errors import AgentcellError
 from agentcell.server.api.errors import error_response
 from agentcell.server.auth.access import RequestAuth, required_scope
 from agentcell.server.auth.principal import LOCAL, Principal, acting_as
-from agentcell.server.observability.audit import Actor
+from agentcell.server.observability.audit import ANONYMOUS_ACTOR, NO_TENANT, Actor
 from agentcell.server.observability.logs import bind as bind_log_ids
 
 PRINCIPAL_STATE = "agentcell_principal"
+ANONYMOUS = Actor(actor=ANONYMOUS_ACTOR, tenant=NO_TENANT)
 
 
 class AuthMiddleware:
@@ -31,14 +32,18 @@ class AuthMiddleware:
                 await self.app(scope, receive, send)
             return
         x_api_key, authorization = _key_headers(scope)
+        # For the audit log, outside, refused or not: None until the key is known (anonymous).
+        state = scope.setdefault("state", {})
+        state[PRINCIPAL_STATE] = None
         try:
-            principal = self.auth.check(x_api_key, authorization, needed)
+            principal = self.auth.identify(x_api_key, authorization)
+            state[PRINCIPAL_STATE] = principal
+            self.auth.authorize(principal, needed)
         except AgentcellError as exc:
             retry = getattr(exc, "retry_after_s", None)
             extra = {"retry-after": str(retry)} if retry else None
             await error_response(exc.code, exc.message, extra)(scope, receive, send)
             return
-        scope.setdefault("state", {})[PRINCIPAL_STATE] = principal  # for the audit log, outside
         bind_log_ids(tenant=principal.tenant)  # this request's log lines carry its tenant
         with acting_as(principal):
             await self.app(scope, receive, send)
@@ -54,8 +59,15 @@ def _key_headers(scope: Scope) -> tuple[str | None, str | None]:
 
 
 def audited_actor(scope: Scope) -> Actor:
-    """Who the audit log names for a request: its key's id and tenant (`local` without keys)."""
-    principal = scope.get("state", {}).get(PRINCIPAL_STATE)
+    """Who the audit log names for a request: its key's id and tenant, also when that key was
+    refused for its scope or its tenant's rate; `anonymous` in no tenant when the request had no
+    valid key; `local` in the default tenant on public paths and without keys."""
+    state = scope.get("state", {})
+    if PRINCIPAL_STATE not in state:
+        return Actor()
+    principal = state[PRINCIPAL_STATE]
+    if principal is None:
+        return ANONYMOUS
     if not isinstance(principal, Principal) or principal is LOCAL:
         return Actor()
     return Actor(actor=principal.key_id, tenant=principal.tenant)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi.routing import RouteContext, iter_route_contexts
 from fastapi.telemetry import TelemetryConfig
 from pydantic import BaseModel, Field
+from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentcell.errors import NotFound
@@ -20,6 +22,7 @@ from agentcell.server.meta.records import AuditRecord
 from agentcell.server.observability.audit import (
     MAX_LIMIT,
     MUTATING_METHODS,
+    NO_ROUTE,
     Actor,
     AuditLog,
     AuditQuery,
@@ -51,7 +54,8 @@ def local_actor(scope: Scope) -> Actor:
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
 async def metrics(request: Request) -> Response:
-    """Every metric family in the Prometheus text format (404 with AGENTCELL_METRICS=false)."""
+    """Every metric family in the Prometheus text format (404 with AGENTCELL_METRICS=false). They
+    cover every tenant, so the scope it needs, metrics:read, is the operator's (Principal)."""
     if not request.app.state.metrics_enabled:
         raise NotFound("metrics are off on this server (AGENTCELL_METRICS=false)")
     telemetry: Telemetry = request.app.state.telemetry
@@ -165,15 +169,38 @@ def created_id(body: bytes) -> str:
     return f"id={value}" if isinstance(value, str) else ""
 
 
+def asked_route(routes: Sequence[RouteContext], scope: Scope) -> tuple[str, Mapping[str, object]]:
+    """The template and path parameters of the route the router would give a request that was
+    answered before it reached the router (refused for its key, its body too large): a full
+    match first, else one of another method, as the router picks; NO_ROUTE when none matches.
+    A mount's inner routes are not looked into."""
+    probe = dict(scope)  # matching may leave the router's own keys behind
+    partial: tuple[str, Mapping[str, object]] | None = None
+    for context in routes:
+        if isinstance(context.route, Mount) or not context.path:
+            continue
+        match, child = context.matches(probe)
+        if match is Match.FULL:
+            return context.path, child.get("path_params") or {}
+        if match is Match.PARTIAL and partial is None:
+            partial = (context.path, child.get("path_params") or {})
+    return partial or (NO_ROUTE, {})
+
+
 class AuditMiddleware:
     """Appends one audit entry per mutating request (POST/PUT/PATCH/DELETE) once it is answered:
     who (`actor_of(scope)`), the route, its path parameters (and the id a 201 answer names),
-    the status, the request id. It reads neither the request body nor the query string."""
+    the status, the request id. It reads neither the request body nor the query string. A request
+    answered before routing is named by the route `router` would have given it."""
 
-    def __init__(self, app: ASGIApp, audit: AuditLog, actor_of: ActorOf = local_actor) -> None:
+    def __init__(
+        self, app: ASGIApp, audit: AuditLog, actor_of: ActorOf = local_actor, router: Router | None = None
+    ) -> None:
         self.app = app
         self._audit = audit
         self._actor_of = actor_of
+        self._router = router
+        self._routes: list[RouteContext] | None = None  # read at the first use: all are added by then
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in MUTATING_METHODS:
@@ -197,9 +224,8 @@ class AuditMiddleware:
 
     def _record(self, scope: Scope, at: float, status: int, created: str) -> AuditRecord:
         who = self._actor_of(scope)
-        route = scope.get("route")
-        template = getattr(route, "path", None) or "(no route)"
-        target = describe_target(scope.get("path_params") or {})
+        template, params = self._route_of(scope)
+        target = describe_target(params)
         return AuditRecord(
             at=at,
             actor=who.actor,
@@ -211,6 +237,14 @@ class AuditMiddleware:
             method=scope["method"],
             path=str(scope.get("path", ""))[:1000],
         )
+
+    def _route_of(self, scope: Scope) -> tuple[str, Mapping[str, object]]:
+        if "router" in scope or self._router is None:  # the router saw it: its route, if any
+            template = getattr(scope.get("route"), "path", None) or NO_ROUTE
+            return template, scope.get("path_params") or {}
+        if self._routes is None:
+            self._routes = list(iter_route_contexts(self._router.routes))
+        return asked_route(self._routes, scope)
 
 
 def install_observability(
@@ -229,4 +263,4 @@ def install_observability(
     if metrics_enabled:
         add_state_gauges(telemetry.registry, app.state.scheduler, app.state.pauses)
     app.include_router(router)
-    app.add_middleware(AuditMiddleware, audit=audit, actor_of=actor_of)
+    app.add_middleware(AuditMiddleware, audit=audit, actor_of=actor_of, router=app.router)

@@ -48,8 +48,8 @@ async def update_tenant(name: str, body: TenantUpdate, request: Request) -> Tena
 
 @router.delete("/v1/tenants/{name}", status_code=204)
 async def delete_tenant(name: str, request: Request) -> Response:
-    """Refused while the tenant still has anything: it would run on, unowned, and a tenant made
-    later under the same name would inherit it."""
+    """Refused while the tenant still has anything: it would run on, unowned. Its name is not
+    given again: its usage and audit history stay under it (TenantService)."""
     _service(request).tenant(name)  # NotFound first
     held = await _still_held(request, name)
     if held:

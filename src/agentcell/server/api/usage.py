@@ -7,10 +7,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
-from agentcell.errors import InvalidArgument, NotFound
+from agentcell.errors import InvalidArgument, PermissionDenied
 from agentcell.protocol.usage import UsageGrouping, UsageReport
 from agentcell.server.api.deps import Sandboxes, Scheduler
 from agentcell.server.auth.principal import current
+from agentcell.server.auth.tenants import TenantService
 from agentcell.server.scheduler.usage import PriceTable, report, to_csv
 
 router = APIRouter(tags=["usage"])
@@ -35,7 +36,7 @@ async def get_usage(
     if start >= end:
         raise InvalidArgument(f"since ({start.isoformat()}) must be before until ({end.isoformat()})")
     await sandboxes.meter_once()
-    rows = await scheduler.usage(_tenant_asked(tenant), start.timestamp(), end.timestamp())
+    rows = await scheduler.usage(_tenant_asked(request, tenant), start.timestamp(), end.timestamp())
     prices: PriceTable = request.app.state.prices
     usage = report(rows, by, start.timestamp(), end.timestamp(), prices)
     if format == "csv":
@@ -43,14 +44,21 @@ async def get_usage(
     return Response(usage.model_dump_json(), media_type="application/json")
 
 
-def _tenant_asked(tenant: str | None) -> str | None:
-    """The caller's tenant; an admin may name another one, or `*` for all (None)."""
+def _tenant_asked(request: Request, tenant: str | None) -> str | None:
+    """The caller's tenant; an admin may name another one (existing or deleted), or `*` for all (None).
+    Anyone else naming another tenant is refused whether it exists or not, so nothing is told."""
     principal = current()
     if tenant is None or tenant == principal.tenant:
         return principal.tenant
     if not principal.is_admin:
-        raise NotFound(f"tenant {tenant!r} not found")
-    return None if tenant == "*" else tenant
+        raise PermissionDenied(
+            f"only admin keys may read other tenants' usage; this key (id {principal.key_id}) is "
+            f"tenant {principal.tenant!r}'s: leave out tenant= to read its own"
+        )
+    if tenant == "*":
+        return None
+    tenants: TenantService = request.app.state.tenants
+    return tenants.with_history(tenant)  # NotFound names it
 
 
 def _aware(moment: datetime) -> datetime:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from agentcell.errors import PermissionDenied, QuotaExceeded, Unauthenticated
+from agentcell.errors import QuotaExceeded, Unauthenticated
 from agentcell.server.auth.keys import KeyRing
 from agentcell.server.auth.principal import LOCAL, Principal
 from agentcell.server.clock import Clock
@@ -67,7 +67,8 @@ def key_from_headers(x_api_key: str | None, authorization: str | None) -> str | 
 
 class RateLimiter:
     """A token bucket per tenant, `rate(tenant)` requests per second (None: unlimited), with
-    one second of burst."""
+    one second of burst, and never less than one request of it: below 1 per second (0.5) the
+    bucket holds one whole token, refilled every 1/rate seconds (one request per 2 s)."""
 
     def __init__(self, clock: Clock, rate: Callable[[str], float | None]) -> None:
         self._clock = clock
@@ -79,8 +80,9 @@ class RateLimiter:
         if rate is None:
             return
         now = self._clock.now()
-        tokens, at = self._buckets.get(tenant, (rate, now))
-        tokens = min(rate, tokens + (now - at) * rate)
+        burst = max(1.0, rate)  # a bucket smaller than one token would refuse every request
+        tokens, at = self._buckets.get(tenant, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
         if tokens < 1:
             self._buckets[tenant] = (tokens, now)
             wait = min(MAX_RETRY_AFTER_S, math.ceil((1 - tokens) / rate))
@@ -100,6 +102,12 @@ class RequestAuth:
         self.required = required
 
     def check(self, x_api_key: str | None, authorization: str | None, scope: str) -> Principal:
+        principal = self.identify(x_api_key, authorization)
+        self.authorize(principal, scope)
+        return principal
+
+    def identify(self, x_api_key: str | None, authorization: str | None) -> Principal:
+        """Whose key the request carries, or Unauthenticated (none, unknown or revoked)."""
         if not self.required:
             return LOCAL
         key = key_from_headers(x_api_key, authorization)
@@ -108,7 +116,11 @@ class RequestAuth:
         principal = self._ring.principal(key)
         if principal is None:
             raise Unauthenticated("this API key is not valid (unknown or revoked)")
-        if not principal.allows(scope):
-            raise PermissionDenied(f"this API key (id {principal.key_id}) lacks the scope {scope!r}")
-        self._limiter.take(principal.tenant)
         return principal
+
+    def authorize(self, principal: Principal, scope: str) -> None:
+        """PermissionDenied unless the key holds `scope`; QuotaExceeded past its tenant's rate."""
+        if not self.required:
+            return
+        principal.require(scope)
+        self._limiter.take(principal.tenant)

@@ -12,8 +12,18 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from agentcell.errors import PermissionDenied, Unauthenticated
+from agentcell.server.auth.names import DEFAULT_TENANT
 
 ALL_SCOPES = "*"
+SERVER_WIDE_SCOPES = {
+    "admin": "it acts on every tenant: only keys of the default tenant may hold it",
+    "metrics:read": (
+        "/metrics shows every tenant's functions and traffic: it needs an admin key or a key of "
+        "the default tenant that names metrics:read (a tenant's own figures are at /v1/usage)"
+    ),
+}
+"""Scopes over every tenant, with why a key is refused them: `*` is none of them, and only keys
+of the default tenant (the operator's) hold them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,15 +38,21 @@ class Principal:
         return "admin" in self.scopes
 
     def allows(self, scope: str) -> bool:
-        """A write scope implies its read scope; "*" is every scope but admin; admin is all."""
-        if self.is_admin or scope in self.scopes or (ALL_SCOPES in self.scopes and scope != "admin"):
+        """A write scope implies its read scope; "*" is every scope but the server-wide ones,
+        which a key of another tenant than the default one never holds; admin is all."""
+        if self.is_admin:
+            return True
+        if scope in SERVER_WIDE_SCOPES:
+            return scope in self.scopes and self.tenant == DEFAULT_TENANT
+        if scope in self.scopes or ALL_SCOPES in self.scopes:
             return True
         return scope.endswith(":read") and scope.removesuffix(":read") + ":write" in self.scopes
 
     def require(self, scope: str) -> None:
         if not self.allows(scope):
+            why = SERVER_WIDE_SCOPES.get(scope)
             raise PermissionDenied(
-                f"this API key (id {self.key_id}) lacks the scope {scope!r}; create a key with it"
+                f"this API key (id {self.key_id}) lacks the scope {scope!r}" + (f": {why}" if why else "")
             )
 
 

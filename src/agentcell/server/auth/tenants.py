@@ -1,6 +1,10 @@
 """TenantService: tenants, their quotas and their API keys — durable in the meta store, indexed
 in memory (`KeyRing`) for the request path. The first start makes the `default` tenant and an
-admin key, written to a file only the server's user may read."""
+admin key, written to a file only the server's user may read.
+
+A deleted tenant stays as a tombstone and its name is never given again: usage periods and audit
+entries are kept by tenant name (for billing, until the history retention prunes them), so a new
+tenant under that name would inherit them."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from agentcell.errors import Conflict, InvalidArgument, NotFound
 from agentcell.protocol.tenants import KeyCreate, KeyCreated, KeyInfo, TenantInfo, TenantQuotas
 from agentcell.server.auth.keys import KeyRing, key_hash, looks_like_key, new_key
 from agentcell.server.auth.names import DEFAULT_TENANT
+from agentcell.server.auth.principal import SERVER_WIDE_SCOPES
 from agentcell.server.clock import Clock
 from agentcell.server.meta.records import KeyRecord, TenantRecord
 from agentcell.server.meta.store import MetaStore
@@ -41,12 +46,17 @@ class TenantService:
         self._clock = clock
         self.ring = KeyRing()
         self._tenants: dict[str, TenantRecord] = {}
+        self._deleted: dict[str, TenantRecord] = {}
+        """tombstones, by name: names that are not given again"""
         self._quotas: dict[str, TenantQuotas] = {}
         self._keys: dict[str, KeyRecord] = {}
 
     async def load(self) -> None:
         for tenant in await self._store.tenants():
-            self._remember(tenant)
+            if tenant.deleted_at is None:
+                self._remember(tenant)
+            else:
+                self._deleted[tenant.name] = tenant
         for key in await self._store.keys():
             self._keys[key.id] = key
             self.ring.add(key)
@@ -73,26 +83,40 @@ class TenantService:
     async def create_tenant(self, name: str, quotas: TenantQuotas) -> TenantInfo:
         if name in self._tenants:
             raise Conflict(f"tenant {name!r} exists already")
+        if name in self._deleted:
+            raise Conflict(
+                f"tenant name {name!r} was used by a tenant deleted at {self._deleted_at(name)}; its "
+                "usage and audit history keep that name, so it is not given again: choose another name"
+            )
         record = TenantRecord(name, self._clock.now(), quotas.model_dump_json())
         await self._store.put_tenant(record)
         self._remember(record)
         return self.tenant(name)
 
-    async def update_tenant(self, name: str, quotas: TenantQuotas) -> TenantInfo:
+    async def update_tenant(self, name: str, changes: TenantQuotas) -> TenantInfo:
+        """The quotas set in `changes` (its `model_fields_set`; null: unlimited) take their new
+        value; the others keep theirs. Merged into the record at once, so that two updates in
+        flight both count."""
         record = self._record(name)
-        record.quotas_json = quotas.model_dump_json()
+        quotas = TenantQuotas.model_validate_json(record.quotas_json)
+        changed = changes.model_dump(include=changes.model_fields_set)
+        record.quotas_json = quotas.model_copy(update=changed).model_dump_json()
         await self._store.put_tenant(record)
         self._remember(record)
         return self.tenant(name)
 
     async def delete_tenant(self, name: str) -> None:
-        self._record(name)
+        """Its keys go; the tenant stays as a tombstone (see the module's docstring)."""
+        record = self._record(name)
         if name == DEFAULT_TENANT:
             raise InvalidArgument("the default tenant holds the admin key and cannot be deleted")
-        await self._store.delete_tenant(name)
+        deleted_at = self._clock.now()
+        await self._store.delete_tenant(name, deleted_at)
         self.ring.remove_tenant(name)
         self._tenants.pop(name, None)
         self._quotas.pop(name, None)
+        record.deleted_at = deleted_at
+        self._deleted[name] = record
         self._keys = {k: v for k, v in self._keys.items() if v.tenant != name}
 
     def tenant(self, name: str) -> TenantInfo:
@@ -109,11 +133,22 @@ class TenantService:
     def quotas(self, name: str) -> TenantQuotas:
         return self._quotas.get(name) or TenantQuotas()
 
+    def with_history(self, name: str) -> str:
+        """`name`, if a tenant has it or had it (its usage and audit history are kept); else
+        NotFound."""
+        if name not in self._deleted:
+            self._record(name)
+        return name
+
     def _record(self, name: str) -> TenantRecord:
         record = self._tenants.get(name)
         if record is None:
-            raise NotFound(f"tenant {name!r} not found")
+            gone = f" (deleted at {self._deleted_at(name)})" if name in self._deleted else ""
+            raise NotFound(f"tenant {name!r} not found{gone}")
         return record
+
+    def _deleted_at(self, name: str) -> str:
+        return datetime.fromtimestamp(self._deleted[name].deleted_at or 0, UTC).isoformat()
 
     def _remember(self, record: TenantRecord) -> None:
         self._tenants[record.name] = record
@@ -123,8 +158,12 @@ class TenantService:
 
     async def create_key(self, tenant: str, request: KeyCreate, key: str | None = None) -> KeyCreated:
         self._record(tenant)
-        if "admin" in request.scopes and tenant != DEFAULT_TENANT:
-            raise InvalidArgument(f"only keys of the {DEFAULT_TENANT} tenant may hold the admin scope")
+        server_wide = sorted(set(request.scopes) & SERVER_WIDE_SCOPES.keys())
+        if server_wide and tenant != DEFAULT_TENANT:
+            raise InvalidArgument(
+                f"only keys of the {DEFAULT_TENANT} tenant may hold the {' and '.join(server_wide)} "
+                "scope: it covers every tenant"
+            )
         key_id, made = new_key()
         if key is not None:  # an operator-given bootstrap key
             made, key_id = key, key.split("_")[1] or key_id

@@ -119,6 +119,8 @@ class TenantRecord:
     name: str
     created_at: float
     quotas_json: str = "{}"
+    deleted_at: float | None = None
+    """set: a tombstone, whose name is not given again (its usage and audit history keep it)"""
 
 
 @dataclass(slots=True)

@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS usage (
     memory_peak_bytes INTEGER NOT NULL, stored_gib_h REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS usage_tenant_start ON usage (tenant, start);
 CREATE TABLE IF NOT EXISTS tenants (
-    name TEXT PRIMARY KEY, created_at REAL NOT NULL, quotas_json TEXT NOT NULL);
+    name TEXT PRIMARY KEY, created_at REAL NOT NULL, quotas_json TEXT NOT NULL, deleted_at REAL);
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, scopes TEXT NOT NULL,
     name TEXT NOT NULL, created_at REAL NOT NULL, revoked_at REAL);
@@ -96,6 +96,9 @@ def _migrate(db: sqlite3.Connection) -> None:
     columns = {row[1] for row in db.execute("PRAGMA table_info(sessions)").fetchall()}
     if "workspace" not in columns:
         db.execute("ALTER TABLE sessions ADD COLUMN workspace TEXT")
+    columns = {row[1] for row in db.execute("PRAGMA table_info(tenants)").fetchall()}
+    if "deleted_at" not in columns:
+        db.execute("ALTER TABLE tenants ADD COLUMN deleted_at REAL")
 
 
 class SqliteMetaStore:
@@ -270,17 +273,17 @@ class SqliteMetaStore:
         return await self._run(prune)
 
     async def put_tenant(self, record: TenantRecord) -> None:
-        sql = "INSERT OR REPLACE INTO tenants VALUES (?,?,?)"
+        sql = "INSERT OR REPLACE INTO tenants VALUES (?,?,?,?)"
         await self._run(lambda db: db.execute(sql, astuple(record)))
 
     async def tenants(self) -> list[TenantRecord]:
         rows = await self._run(lambda db: db.execute("SELECT * FROM tenants ORDER BY name").fetchall())
         return [TenantRecord(*row) for row in rows]
 
-    async def delete_tenant(self, name: str) -> None:
+    async def delete_tenant(self, name: str, deleted_at: float) -> None:
         def delete(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM api_keys WHERE tenant = ?", (name,))
-            db.execute("DELETE FROM tenants WHERE name = ?", (name,))
+            db.execute("UPDATE tenants SET deleted_at = ? WHERE name = ?", (deleted_at, name))
 
         await self._run(delete)
 

@@ -117,10 +117,13 @@ class MetaStore(Protocol):
         """Insert or replace by name."""
         ...
 
-    async def tenants(self) -> list[TenantRecord]: ...
+    async def tenants(self) -> list[TenantRecord]:
+        """Every tenant, deleted ones (tombstones, `deleted_at` set) too."""
+        ...
 
-    async def delete_tenant(self, name: str) -> None:
-        """The tenant and its keys."""
+    async def delete_tenant(self, name: str, deleted_at: float) -> None:
+        """Delete the tenant's keys and make the tenant a tombstone, deleted at `deleted_at`
+        (its usage and audit history stay, under its name)."""
         ...
 
     async def put_key(self, record: KeyRecord) -> None:

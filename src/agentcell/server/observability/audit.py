@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 LOCAL_ACTOR = "local"
 """Who acts until API keys exist: the one local user of an embedded server."""
 DEFAULT_TENANT = "default"
+ANONYMOUS_ACTOR = "anonymous"
+"""Who sent a request refused for its key (none, unknown or revoked): nobody the server knows,
+in no tenant (`NO_TENANT`)."""
+NO_TENANT = ""
+NO_ROUTE = "(no route)"
 MAX_LIMIT = 1000
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LINGER_S = 0.02
@@ -33,7 +38,8 @@ this much more of the log than SQLite's synchronous=NORMAL may."""
 @dataclass(frozen=True, slots=True)
 class Actor:
     """Who made a request, as the audit log records it. The authentication layer supplies it (see
-    `AuditMiddleware(actor_of=...)`); until then every request is `local` in the default tenant."""
+    `AuditMiddleware(actor_of=...)`): a key's id and tenant, `ANONYMOUS_ACTOR` for a request
+    without a valid key; without one, every request is `local` in the default tenant."""
 
     actor: str = LOCAL_ACTOR
     tenant: str = DEFAULT_TENANT
