@@ -16,7 +16,13 @@ from agentcell.server.clock import FakeClock
 from agentcell.server.meta.records import AuditRecord
 from agentcell.server.meta.sqlite import SqliteMetaStore
 from agentcell.server.observability import logs
-from agentcell.server.observability.audit import AuditLog, AuditQuery, describe_target
+from agentcell.server.observability.audit import (
+    ANONYMOUS_ACTOR,
+    ANONYMOUS_BURST,
+    AuditLog,
+    AuditQuery,
+    describe_target,
+)
 
 
 @pytest.fixture
@@ -184,3 +190,35 @@ def test_text_format_has_the_id_slots() -> None:
     logs.ContextFilter().filter(rec)
     text = logging.Formatter(logs.TEXT_FORMAT).format(rec)
     assert text.endswith("agentcell.test [- - -]: hi")
+
+
+async def test_entries_without_a_valid_key_are_kept_only_up_to_a_rate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Anyone can send a refused request: a flood of them keeps a burst and then a few a second
+    (and a warning says how many were dropped), and never crowds out a keyed entry."""
+    store = CountingStore()
+    store.release.set()
+    clock = FakeClock()
+    audit = AuditLog(store, clock, linger_s=0)  # type: ignore[arg-type]
+
+    def anonymous(at: float) -> AuditRecord:
+        return AuditRecord(
+            at, ANONYMOUS_ACTOR, "", "POST /v1/sandboxes", "", 401, "r", "POST", "/v1/sandboxes"
+        )
+
+    for _ in range(ANONYMOUS_BURST + 30):
+        audit.append(anonymous(clock.now()))
+    audit.append(entry(clock.now(), "POST /keyed"))
+    await audit.flush()
+    kept = [at for batch in store.batches for at in batch]
+    assert len(kept) == ANONYMOUS_BURST + 1  # the burst, and the keyed one
+    for _ in range(70):  # one a second for 70 s: each fits the refilled budget again
+        clock.advance(1)
+        audit.append(anonymous(clock.now()))
+        for _ in range(20):  # ... and a flood beside it, dropped and counted
+            audit.append(anonymous(clock.now()))
+    await audit.aclose()
+    kept = [at for batch in store.batches for at in batch]
+    assert ANONYMOUS_BURST + 1 + 70 * 4 <= len(kept) <= ANONYMOUS_BURST + 1 + 70 * 6
+    assert "audit entries of requests without a valid key were not kept" in caplog.text

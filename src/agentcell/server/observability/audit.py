@@ -27,6 +27,11 @@ NO_TENANT = ""
 NO_ROUTE = "(no route)"
 MAX_LIMIT = 1000
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+ANONYMOUS_PER_S = 5.0
+ANONYMOUS_BURST = 50
+"""Entries of requests without a valid key are kept up to this rate: anyone can send those, and
+each would be a row (a key-guessing client would fill the disk); the rest are counted and logged."""
+DROPPED_REPORT_S = 60.0
 LINGER_S = 0.02
 """How long the writer lets entries gather before it writes them, so that sequential requests (an
 agent's loop of commands) share a store transaction too. Each write is a hand-off to the store's
@@ -80,15 +85,43 @@ class AuditLog:
         self._queued: list[AuditRecord] = []
         self._writer: asyncio.Task[None] | None = None
         self._write_now = asyncio.Event()
+        self._anonymous_budget = float(ANONYMOUS_BURST)
+        self._anonymous_at = clock.now()
+        self._dropped = 0
+        self._dropped_since = 0.0
 
     def now(self) -> float:
         return self._clock.now()
 
     def append(self, record: AuditRecord) -> None:
-        """Queue one entry for writing; a store failure is logged, never a request's failure."""
+        """Queue one entry for writing; a store failure is logged, never a request's failure.
+        Anonymous entries beyond ANONYMOUS_PER_S are dropped, and their count logged."""
+        if record.actor == ANONYMOUS_ACTOR and not self._anonymous_admitted(record.at):
+            return
         self._queued.append(record)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+
+    def _anonymous_admitted(self, now: float) -> bool:
+        budget = min(ANONYMOUS_BURST, self._anonymous_budget + (now - self._anonymous_at) * ANONYMOUS_PER_S)
+        self._anonymous_at = now
+        if budget >= 1:
+            self._anonymous_budget = budget - 1
+            return True
+        self._anonymous_budget = budget
+        if not self._dropped:
+            self._dropped_since = now
+        self._dropped += 1
+        if now - self._dropped_since >= DROPPED_REPORT_S:
+            log.warning(
+                "%d audit entries of requests without a valid key were not kept in the last %.0f s "
+                "(more than %g a second): a client is guessing keys, or is misconfigured",
+                self._dropped,
+                now - self._dropped_since,
+                ANONYMOUS_PER_S,
+            )
+            self._dropped = 0
+        return False
 
     async def _write_queued(self) -> None:
         try:
