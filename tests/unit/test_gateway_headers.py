@@ -18,7 +18,7 @@ UPSTREAM_HEADERS = [(b"content-length", b"2"), (b"content-type", b"text/plain")]
 def _head(
     client: str, request_id: str, path: bytes = b"/x", hdrs: tuple[tuple[bytes, bytes], ...] = CLIENT_HEADERS
 ) -> RequestHead:
-    index = header_index(hdrs, sum(len(n) + len(v) for n, v in hdrs))
+    index = header_index(hdrs)
     return RequestHead(b"GET", path, b"q=1", hdrs, {**index, b"x-request-id": request_id.encode()}, client)
 
 
@@ -33,9 +33,9 @@ def _upstream(head: RequestHead, **kwargs: object) -> bytes:
 
 
 def test_the_index_joins_duplicates_and_is_shared_by_equal_heads() -> None:
-    first = header_index(CLIENT_HEADERS, 64)
+    first = header_index(CLIENT_HEADERS)
     assert first[b"cookie"] == b"a=1; b=2" and first[b"user-agent"] == b"sdk/1"
-    assert header_index(tuple(CLIENT_HEADERS), 64) is first
+    assert header_index(tuple(CLIENT_HEADERS)) is first
 
 
 def test_requests_with_the_same_headers_keep_their_own_client_id_and_path() -> None:
@@ -92,3 +92,7 @@ def test_the_memo_stays_bounded_and_skips_large_heads() -> None:
     headers._REQUEST_FIELDS.clear()
     assert b"X-Big: " in _upstream(_head("10.0.0.1", "r", hdrs=big))
     assert not headers._REQUEST_FIELDS
+    headers._RESPONSE_PLANS.clear()
+    hop = [(b"content-length", b"0"), (b"Connection", b"x-big"), (b"x-big", b"v" * (headers._MEMO_BYTES + 1))]
+    head, *_ = plan_response(200, hop, no_body=False, client_http10=False, keep_alive=True, extra=())
+    assert b"x-big" not in head and not headers._RESPONSE_PLANS  # dropped, and not kept by its key

@@ -186,7 +186,7 @@ class ClientConnection(asyncio.Protocol):
         path, _, query = self._url.partition(b"?")
         version = _VERSIONS.get(parser.get_http_version()) or parser.get_http_version().encode()
         headers = tuple(self._headers)
-        index = header_index(headers, self._head_bytes)
+        index = header_index(headers)
         head = RequestHead(parser.get_method(), path, query, headers, index, self.client, version)
         self._url = b""  # ready for the next head
         self._headers = []
@@ -238,7 +238,7 @@ class ClientConnection(asyncio.Protocol):
             else (400, f"malformed HTTP request: {exc}")
         )
         headers = tuple(self._headers)
-        head = RequestHead(b"", self._url, b"", headers, header_index(headers, self._head_bytes), self.client)
+        head = RequestHead(b"", self._url, b"", headers, header_index(headers), self.client)
         error = self.server.error_responder(status, "invalid_argument", message, head.request_id)
         self._exchanges.append(Exchange(self, head, keep_alive=False, preset=error))
 

@@ -68,10 +68,9 @@ def name_info(name: bytes) -> tuple[bytes, int]:
     return info
 
 
-def header_index(headers: tuple[tuple[bytes, bytes], ...], size: int) -> Mapping[bytes, bytes]:
+def header_index(headers: tuple[tuple[bytes, bytes], ...]) -> Mapping[bytes, bytes]:
     """Lowercase name -> value of a request's headers (duplicates joined with ", ", cookies with
-    "; "), shared by requests with the same headers (`size`: their bytes; see `_remember`): the
-    answer must not be changed."""
+    "; "), shared by requests with the same headers: the answer must not be changed."""
     index = _INDEXES.get(headers)
     if index is None:
         index = {}
@@ -79,8 +78,7 @@ def header_index(headers: tuple[tuple[bytes, bytes], ...], size: int) -> Mapping
             lname = (NAME_CACHE.get(name) or name_info(name))[0]
             seen = index.get(lname)
             index[lname] = value if seen is None else seen + (b"; " if lname == b"cookie" else b", ") + value
-        if size <= _MEMO_BYTES:
-            _remember(_INDEXES, headers, index)
+        _remember(_INDEXES, headers, index, headers)
     return index
 
 
@@ -136,8 +134,7 @@ def upstream_request_head(
     fields = _REQUEST_FIELDS.get(key)
     if fields is None:
         fields = _forwarded_fields(head, proto=proto, trust_forwarded=trust_forwarded, drop=drop)
-        if len(fields) <= _MEMO_BYTES:
-            _remember(_REQUEST_FIELDS, key, fields)
+        _remember(_REQUEST_FIELDS, key, fields, head.headers)
     target = path + b"?" + head.query if head.query else path
     out = [head.method, b" ", target, b" HTTP/1.1\r\n", fields, b"x-request-id: ", head.request_id.encode()]
     if chunked:
@@ -160,7 +157,13 @@ _REQUEST_FIELDS: dict[object, bytes] = {}
 _RESPONSE_PLANS: dict[object, tuple[bytes, Framing, bool, bool, int, bool]] = {}
 
 
-def _remember(memo: dict[object, Any], key: object, value: Any) -> None:
+def _remember(
+    memo: dict[object, Any], key: object, value: Any, headers: Sequence[tuple[bytes, bytes]]
+) -> None:
+    """Keep `value` under `key` unless the `headers` it holds are larger than _MEMO_BYTES (a
+    client's or a function's big headers never stay in memory)."""
+    if sum(len(n) + len(v) for n, v in headers) > _MEMO_BYTES:
+        return
     if len(memo) >= _MEMO_SIZE:
         memo.clear()
     memo[key] = value
@@ -211,8 +214,7 @@ def plan_response(
     plan = _RESPONSE_PLANS.get(key)
     if plan is None:
         plan = _plan_response(status, headers, no_body, client_http10, keep_alive, extra)
-        if len(plan[0]) <= _MEMO_BYTES:
-            _remember(_RESPONSE_PLANS, key, plan)
+        _remember(_RESPONSE_PLANS, key, plan, headers)
     fields, framing, keep_alive, until_close, length, has_request_id = plan
     end = _connection_line(keep_alive, client_http10)
     if request_id and not has_request_id:
