@@ -128,3 +128,43 @@ async def test_a_write_overtaken_by_a_pause_or_a_kill_fails(server_url: str, ove
             listing = (await client.get(f"{url}/files/list", params={"path": "/home/user"})).json()
             assert [e["name"] for e in listing["entries"]] == []
             await client.delete(url)
+
+
+def test_a_sparse_file_and_hard_links_survive_a_pause(server_url: str, api: httpx.Client) -> None:
+    """A 500 MiB sparse file in a 64 MiB sandbox and two names of one file pause and resume as they
+    were: sizes, bytes, holes, one inode (this resume used to fail for good, "ran out of space")."""
+    sbx = Sandbox.create(api_url=server_url, disk_mb=64, timeout_s=120)
+    try:
+        setup = "cd; echo important > keep.txt; truncate -s 500M big.sparse; ln keep.txt keep.link"
+        assert sbx.commands.run(setup).exit_code == 0
+        assert api.post(f"/v1/sandboxes/{sbx.id}/pause").status_code == 200
+        resumed = api.post(f"/v1/sandboxes/{sbx.id}/resume")
+        assert resumed.status_code == 200, resumed.json()
+        assert sbx.files.read("/home/user/keep.txt") == b"important\n"
+        check = "cd; stat -c '%n %s %b %h %i' big.sparse keep.txt keep.link"
+        stats = {
+            name: rest
+            for name, *rest in (line.split() for line in sbx.commands.run(check).stdout.splitlines())
+        }
+        assert stats["big.sparse"][:2] == [str(500 << 20), "0"]
+        assert stats["keep.txt"][2:] == stats["keep.link"][2:] and stats["keep.txt"][2] == "2"
+    finally:
+        api.delete(f"/v1/sandboxes/{sbx.id}")
+        sbx.close()
+
+
+def test_a_full_disk_pauses_and_resumes(server_url: str, api: httpx.Client) -> None:
+    """A sandbox whose disk its user filled to the last block resumes with every byte: what a
+    paused sandbox held fits the same disk again, so a pause is never a trap."""
+    sbx = Sandbox.create(api_url=server_url, disk_mb=64, timeout_s=120)
+    try:
+        fill = "cd; dd if=/dev/urandom of=fill bs=1M 2>/dev/null; df --output=avail -k . | tail -1"
+        assert sbx.commands.run(fill).stdout.split() == ["0"]
+        before = sbx.commands.run("cd; sha256sum fill").stdout
+        assert api.post(f"/v1/sandboxes/{sbx.id}/pause").status_code == 200
+        resumed = api.post(f"/v1/sandboxes/{sbx.id}/resume")
+        assert resumed.status_code == 200, resumed.json()
+        assert sbx.commands.run("cd; sha256sum fill").stdout == before
+    finally:
+        api.delete(f"/v1/sandboxes/{sbx.id}")
+        sbx.close()

@@ -1,5 +1,6 @@
-"""Snapshot behaviour that needs root: ownership of restored entries (production: uid/gid 1000)
-and a restore into a size-limited workspace that cannot hold it."""
+"""Snapshot behaviour that needs root: ownership of restored entries (production: uid/gid 1000),
+a restore into a size-limited workspace that cannot hold it, and one that can only because holes
+and hard links are kept."""
 
 from __future__ import annotations
 
@@ -78,9 +79,35 @@ async def test_restore_that_does_not_fit_is_quota_exceeded_and_leaves_nothing(
     snaps = Snapshots(LocalObjectStore(tmp_path / "store"), FakeClock())
     with dir_fd(work) as fd:
         await snaps.persist("t/f/s", fd)
-    with dir_fd(small_workspace) as fd, pytest.raises(QuotaExceeded, match="out of space"):
+    with dir_fd(small_workspace) as fd, pytest.raises(QuotaExceeded, match="out of space") as failed:
         await snaps.restore("t/f/s", fd)
     assert os.listdir(small_workspace) == []
+    assert "the snapshot's files need about 1.7 MiB; its file system holds 1.0 MiB" in str(failed.value)
+
+
+async def test_sparse_files_and_hard_links_fit_where_they_came_from(
+    tmp_path: Path, small_workspace: Path
+) -> None:
+    """A workspace whose files fit its disk fits it again after a restore: a 100 MiB sparse file
+    and two names of one 600 KB file in a 1 MiB tmpfs (written densely, or as two copies, they
+    would not)."""
+    write(small_workspace, "keep.txt", b"important\n")
+    with (small_workspace / "big.sparse").open("wb") as file:
+        file.truncate(100 << 20)
+    write(small_workspace, "data.bin", os.urandom(600_000))
+    os.link(small_workspace / "data.bin", small_workspace / "data.link")
+    snaps = Snapshots(LocalObjectStore(tmp_path / "store"), FakeClock())
+    with dir_fd(small_workspace) as fd:
+        await snaps.persist("t/f/s", fd)
+    before = tree(small_workspace)
+    for name in os.listdir(small_workspace):
+        os.unlink(small_workspace / name)
+    with dir_fd(small_workspace) as fd:
+        await snaps.restore("t/f/s", fd)
+    assert tree(small_workspace) == before
+    assert (small_workspace / "big.sparse").stat().st_size == 100 << 20
+    assert (small_workspace / "big.sparse").stat().st_blocks == 0
+    assert (small_workspace / "data.link").stat().st_ino == (small_workspace / "data.bin").stat().st_ino
 
 
 async def test_persist_does_not_cross_into_other_mounts(tmp_path: Path) -> None:

@@ -177,6 +177,42 @@ async def test_tampered_manifest_is_rejected_before_writing(
     assert_untouched(box)
 
 
+def _copies(body: dict[str, Any], *names: str) -> None:
+    """Entries with c.txt's content under other names (hard links of it would look like these)."""
+    original = next(entry for entry in body["entries"] if entry[0] == "c.txt")
+    body["entries"] += [[name, *original[1:]] for name in names]
+
+
+LINK_TAMPERS: dict[str, tuple[tuple[str, ...], Any]] = {  # copies of c.txt to add, then "links"
+    "to itself": ((), [["c.txt", "c.txt"]]),
+    "to a directory": ((), [["c.txt", "dir"]]),
+    "to a missing file": ((), [["c.txt", "nope.txt"]]),
+    "to outside": ((), [["c.txt", "../outside/x"]]),
+    "of a name not in the snapshot": ((), [["evil", "c.txt"]]),
+    "to a different file": ((), [["c.txt", "dir/a.txt"]]),
+    "chained": (("c2.txt", "c3.txt"), [["c2.txt", "c.txt"], ["c3.txt", "c2.txt"]]),
+    "listed twice": (("c2.txt",), [["c2.txt", "c.txt"], ["c2.txt", "c.txt"]]),
+    "not a pair": ((), [["c.txt"]]),
+    "not a list": ((), {"c.txt": "dir/a.txt"}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LINK_TAMPERS))
+async def test_tampered_hard_links_are_rejected_before_writing(
+    snaps: Snapshots, store: LocalObjectStore, tmp_path: Path, box: Path, kind: str
+) -> None:
+    """A hard link may only join two files of the snapshot with one content, never a directory,
+    a name outside, itself or another link: anything else is refused before a byte is written."""
+    await persist_sample(snaps, tmp_path / "work")
+    body = read_manifest(store, MANIFEST)
+    copies, body["links"] = LINK_TAMPERS[kind]
+    _copies(body, *copies)
+    write_manifest(store, MANIFEST, body)
+    with pytest.raises(SnapshotCorrupt):
+        await restore_into(snaps, box)
+    assert_untouched(box)
+
+
 async def test_symlinked_components_are_not_followed_when_reading(tmp_path: Path) -> None:
     """A directory swapped for a link after the walk is not followed when its files are read."""
     work, outside = tmp_path / "work", tmp_path / "outside"

@@ -5,6 +5,11 @@ for regular files, the pieces their bytes live in: a range of a per-snapshot pac
 files), whole content-addressed chunk blobs (large files), or a range of the manifest's own inline
 area (a few recently changed small files, so that a small change costs one object, not two).
 
+Files that are hard links of one inode are each listed with their content; `links` names, for every
+such file but the first, the first one, so that a restore links them again. The JSON holds `links`
+only when there are some: a manifest without it (every one written before links were kept) restores
+each file on its own, and a server that does not know `links` ignores it and does the same.
+
 Stored form: `MAGIC`, the length of the zlib-compressed JSON (8 bytes, big-endian), that JSON, then
 the inline bytes. A manifest read back from the store is
 hostile until `decode` has validated all of it: nothing is written before that.
@@ -85,6 +90,7 @@ class Manifest:
     hashed_files: int = 0
     skipped: int = 0
     inline: bytes = b""  # recent small files, kept in the manifest itself (pieces in INLINE)
+    links: dict[str, str] = field(default_factory=dict)  # hard link's path → first path of its inode
 
     @property
     def files(self) -> int:
@@ -107,6 +113,8 @@ def encode(manifest: Manifest) -> bytes:
         "skipped": manifest.skipped,
         "entries": [entry.to_json() for entry in manifest.entries],
     }
+    if manifest.links:
+        body["links"] = sorted(manifest.links.items())
     packed = zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
     return MAGIC + len(packed).to_bytes(8, "big") + packed + manifest.inline
 
@@ -140,6 +148,9 @@ def _from_json(body: dict[str, Any]) -> Manifest:
     objects = body["objects"]
     if not isinstance(objects, dict):
         raise TypeError("objects")
+    links = [_link(item) for item in _list(body.get("links", []))]
+    if len(dict(links)) != len(links):
+        raise SnapshotCorrupt("a hard link is listed twice")
     return Manifest(
         seq=_int(body["seq"]),
         created_at=float(body["created_at"]),
@@ -149,6 +160,7 @@ def _from_json(body: dict[str, Any]) -> Manifest:
         uploaded_bytes=_int(body["uploaded_bytes"]),
         hashed_files=_int(body["hashed_files"]),
         skipped=_int(body["skipped"]),
+        links=dict(links),
     )
 
 
@@ -164,6 +176,11 @@ def _entry(item: Any) -> Entry:
         _str(target),
         tuple(_piece(p) for p in _list(pieces)),
     )
+
+
+def _link(item: Any) -> tuple[str, str]:
+    path, first = _list(item)
+    return _str(path), _str(first)
 
 
 def _piece(item: Any) -> Piece:
@@ -210,6 +227,7 @@ def validate(manifest: Manifest) -> None:
             raise SnapshotCorrupt(f"entry {entry.path[:200]!r} is not inside a directory of the snapshot")
         _validate_entry(entry, sizes)
         kinds[entry.path] = entry.kind
+    _validate_links(manifest)
 
 
 def _validate_path(path: str) -> None:
@@ -246,6 +264,24 @@ def _validate_entry(entry: Entry, objects: dict[str, int]) -> None:
         raise SnapshotCorrupt(f"{where}: pieces do not add up to its size")
     for piece in entry.pieces:
         _validate_piece(piece, objects, where)
+
+
+def _validate_links(manifest: Manifest) -> None:
+    """Each hard link and the file it links to are two files of the snapshot with one content,
+    mode and mtime (as two names of one inode have), and that file is not itself a link."""
+    if not manifest.links:
+        return
+    files = {entry.path: entry for entry in manifest.entries if entry.kind == "f"}
+    for path, first in manifest.links.items():
+        link, original = files.get(path), files.get(first)
+        if (
+            link is None
+            or original is None
+            or first in manifest.links
+            or (link.size, link.hash, link.mode, link.mtime_ns)
+            != (original.size, original.hash, original.mode, original.mtime_ns)
+        ):
+            raise SnapshotCorrupt(f"hard link {path[:200]!r} does not name a file like {first[:200]!r}")
 
 
 def _validate_piece(piece: Piece, objects: dict[str, int], where: str) -> None:

@@ -4,11 +4,14 @@ A file whose size, mtime and mode equal its entry in the previous manifest is re
 read, unless its mtime was too close to the previous walk to be trusted (the "racy clean" case:
 a write in the same timestamp tick would not have changed the mtime). Content already stored
 (renamed files, identical files, unchanged chunks of a large file) is not uploaded again. Packs that
-have become mostly dead are rewritten so stored bytes stay close to live bytes.
+have become mostly dead are rewritten so stored bytes stay close to live bytes. Files that share an
+inode are each stored as usual (their content is stored once) and recorded as hard links of the
+first of them, so that a restore links them again instead of writing copies.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import time
@@ -26,6 +29,7 @@ from agentcell.server.storage.pieces import (
     digest,
     encode,
     pack_key,
+    zero_chunk,
 )
 from agentcell.server.storage.threads import settled
 from agentcell.server.storage.tree import Excludes, Found, Reader, Scan, scan
@@ -80,7 +84,7 @@ class Persist:
         finally:
             await settled(reader.close)
         entries = tuple(done[f.path] for f in tree.entries if f.path in done)
-        return self._manifest(entries, tree, created_at, scan_ns)
+        return self._manifest(entries, tree, created_at, scan_ns, _hard_links(tree, done))
 
     # ---- planning ---------------------------------------------------------------------------------
 
@@ -233,7 +237,9 @@ class Persist:
 
     # ---- result -----------------------------------------------------------------------------------
 
-    def _manifest(self, entries: tuple[Entry, ...], tree: Scan, created_at: float, scan_ns: int) -> Manifest:
+    def _manifest(
+        self, entries: tuple[Entry, ...], tree: Scan, created_at: float, scan_ns: int, links: dict[str, str]
+    ) -> Manifest:
         objects = {p.obj: self._known[p.obj] for e in entries for p in e.pieces if p.obj != INLINE}
         return Manifest(
             seq=self._seq,
@@ -245,7 +251,26 @@ class Persist:
             hashed_files=self._totals.hashed_files,
             skipped=tree.skipped,
             inline=self._inline,
+            links=links,
         )
+
+
+def _hard_links(tree: Scan, entries: dict[str, Entry]) -> dict[str, str]:
+    """Each stored file that shares its inode with an earlier stored file of the walk → that file's
+    path, when both entries agree (a name replaced by another file during the walk does not)."""
+    first_of: dict[int, str] = {}
+    links: dict[str, str] = {}
+    for found in tree.entries:
+        if not found.inode or found.path not in entries:
+            continue
+        first = first_of.setdefault(found.inode, found.path)
+        if first != found.path and _same_file(entries[first], entries[found.path]):
+            links[found.path] = first
+    return links
+
+
+def _same_file(a: Entry, b: Entry) -> bool:
+    return (a.kind, a.size, a.hash, a.mode, a.mtime_ns) == (b.kind, b.size, b.hash, b.mode, b.mtime_ns)
 
 
 def _is_inline(entry: Entry) -> bool:
@@ -275,7 +300,13 @@ def _read_up_to(fd: int, limit: int) -> bytes:
 
 
 def _next_chunk(fd: int, whole: hashlib._Hash, compress: bool) -> tuple[Piece, bytes] | None:
-    """(thread) The next chunk of a large file as a blob piece and its stored bytes; None at EOF."""
+    """(thread) The next chunk of a large file as a blob piece and its stored bytes; None at EOF.
+    A chunk that is all hole is the zero chunk without being read."""
+    if _is_hole(fd, CHUNK_BYTES):
+        piece, stored, raw = zero_chunk(compress)
+        whole.update(raw)
+        os.lseek(fd, CHUNK_BYTES, os.SEEK_CUR)
+        return piece, stored
     data = _read_up_to(fd, CHUNK_BYTES)
     if not data:
         return None
@@ -283,3 +314,20 @@ def _next_chunk(fd: int, whole: hashlib._Hash, compress: bool) -> tuple[Piece, b
     hash_ = digest(data)
     codec, stored = encode(data, compress)
     return Piece(blob_key(hash_, codec), 0, len(stored), len(data), codec, hash_), stored
+
+
+def _is_hole(fd: int, size: int) -> bool:
+    """(thread) The next `size` bytes of the file exist and hold no data (SEEK_DATA says so; a
+    file system without holes says every byte is data). The file offset is left where it was."""
+    start = os.lseek(fd, 0, os.SEEK_CUR)
+    if start + size > os.fstat(fd).st_size:
+        return False
+    try:
+        data_at = os.lseek(fd, start, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # ENXIO: no data from `start` to the end of the file
+            return False
+        data_at = start + size
+    finally:
+        os.lseek(fd, start, os.SEEK_SET)
+    return data_at >= start + size

@@ -7,6 +7,7 @@ content-addressed blob. Why these shapes and sizes: docs/design.md, "Session sto
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import zlib
 
@@ -53,6 +54,16 @@ def decode(piece: Piece, stored: bytes | memoryview) -> bytes | memoryview:
     if len(raw) != piece.size or digest(raw) != piece.hash:
         raise SnapshotCorrupt(f"snapshot object {piece.obj!r} fails its hash check")
     return raw
+
+
+@functools.cache
+def zero_chunk(compress: bool) -> tuple[Piece, bytes, bytes]:
+    """A chunk of zeros (a hole in a sparse file): its blob piece, its stored bytes and its raw
+    bytes, computed once: a persist does not read, hash or compress the holes of a file."""
+    raw = bytes(CHUNK_BYTES)
+    codec, stored = encode(raw, compress)
+    hash_ = digest(raw)
+    return Piece(blob_key(hash_, codec), 0, len(stored), len(raw), codec, hash_), stored, raw
 
 
 def blob_key(hash_: str, codec: int) -> str:

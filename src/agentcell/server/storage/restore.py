@@ -6,6 +6,11 @@ redirected through a link, whatever the manifest or a process in the sandbox doe
 checked against its hash as it is written. Modes, owners and mtimes are set last (directories
 deepest first, so writing children does not disturb them). On any failure the target is cleared
 again: a session never sees half a workspace.
+
+A file takes no more room than it did: blocks of BLOCK_BYTES that are all zeros are not written
+and each file is extended to its size at the end, so holes stay holes (manifests record no holes:
+the zeros are found as pieces are written, so older snapshots restore sparse too); a hard link the
+manifest lists is linked to its first file again rather than written as a copy.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import asyncio
 import contextlib
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 
 from agentcell.errors import NotFound
 from agentcell.server.storage.manifest import INLINE, Entry, Manifest, Piece, SnapshotCorrupt
 from agentcell.server.storage.objects import ObjectStore
-from agentcell.server.storage.pieces import decode
+from agentcell.server.storage.pieces import decode, zero_chunk
 from agentcell.server.storage.threads import settled
 from agentcell.server.storage.tree import DIR_FLAGS, DirCursor, open_root
 
@@ -27,6 +33,10 @@ MODE_MASK = 0o1777  # setuid/setgid bits are never restored
 MAX_CLEAR_DEPTH = 4096
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 PARALLEL_MIN_BYTES = 1 << 20  # below this, one thread is faster than coordinating several
+BLOCK_BYTES = 4096  # the unit of holes: a page of tmpfs, a block of the usual disk file systems
+ZERO_BLOCK = bytes(BLOCK_BYTES)
+
+Runs = list[tuple[int, int]]  # [start, stop) ranges of a piece's bytes that are not all zeros
 
 
 class Restore:
@@ -44,6 +54,7 @@ class Restore:
             await settled(clear_dir, root)
             await settled(self._make_tree, cursor)
             await self._write_files(cursor)
+            await settled(self._link_files, cursor)
             await settled(self._finish_dirs, cursor)
         except BaseException:
             cursor.close()
@@ -70,6 +81,26 @@ class Restore:
                 ns = (entry.mtime_ns, entry.mtime_ns)
                 os.utime(name, ns=ns, dir_fd=fd, follow_symlinks=False)
 
+    def _link_files(self, cursor: DirCursor) -> None:
+        """(thread) Each hard link, to its first file (written and finished by now). The link is
+        made in a directory that is still private; linkat never follows a symlink at the source."""
+        if not self._manifest.links:
+            return
+        sources = DirCursor(cursor.root)
+        try:
+            for path, first in sorted(self._manifest.links.items()):
+                source_dir, _, source = first.rpartition("/")
+                parent, _, name = path.rpartition("/")
+                os.link(
+                    source,
+                    name,
+                    src_dir_fd=sources.at(source_dir),
+                    dst_dir_fd=cursor.at(parent),
+                    follow_symlinks=False,
+                )
+        finally:
+            sources.close()
+
     def _finish_dirs(self, cursor: DirCursor) -> None:
         """(thread) Owner, mode and mtime of every directory, deepest first."""
         for entry in reversed(self._manifest.entries):
@@ -95,7 +126,7 @@ class Restore:
         by_pack: dict[str, list[Entry]] = defaultdict(list)
         others: list[Entry] = []
         for entry in self._manifest.entries:
-            if entry.kind != "f":
+            if entry.kind != "f" or entry.path in self._manifest.links:
                 continue
             if len(entry.pieces) == 1 and _is_packed(entry.pieces[0].obj):
                 by_pack[entry.pieces[0].obj].append(entry)
@@ -142,24 +173,41 @@ class Restore:
         view = memoryview(data)
         for entry in entries:
             piece = entry.pieces[0]
-            raw = decode(piece, view[piece.offset : piece.offset + piece.stored])
+            raw, runs = _verified(piece, view[piece.offset : piece.offset + piece.stored])
             fd = self._create(cursor, entry)
             try:
-                _write_fully(fd, raw)
-                self._finish(fd, entry)
+                end = _write_runs(fd, raw, runs, 0)
+                self._finish_file(fd, entry, end)
             finally:
                 os.close(fd)
 
     async def _write_pieces(self, cursor: DirCursor, entry: Entry) -> None:
+        """A file piece by piece; a repeated piece (the zero chunks of a sparse file) is fetched
+        and checked once, and one that is all zeros costs nothing more."""
         fd = await settled(self._create, cursor, entry)
         try:
+            offset = end = 0
+            last: Piece | None = None
+            raw: bytes = b""  # of `last`
+            runs: Runs = []
             for piece in entry.pieces:
-                data = memoryview(await self._get(piece.obj))
-                stored = data[piece.offset : piece.offset + piece.stored]
-                await settled(_write_verified, fd, piece, stored)
-            await settled(self._finish, fd, entry)
+                if piece != last:
+                    data = memoryview(await self._get(piece.obj))
+                    stored = data[piece.offset : piece.offset + piece.stored]
+                    raw, runs = await settled(_verified, piece, stored)
+                    last = piece
+                if runs:
+                    end = await settled(_write_runs, fd, raw, runs, offset)
+                offset += piece.size
+            await settled(self._finish_file, fd, entry, end)
         finally:
             os.close(fd)
+
+    def _finish_file(self, fd: int, entry: Entry, end: int) -> None:
+        """(thread) Extend the file over its trailing hole, then owner, mode and mtime."""
+        if end < entry.size:
+            os.ftruncate(fd, entry.size)
+        self._finish(fd, entry)
 
     def _create(self, cursor: DirCursor, entry: Entry) -> int:
         parent, _, name = entry.path.rpartition("/")
@@ -173,6 +221,19 @@ class Restore:
             return await self._store.get(key)
         except NotFound as exc:
             raise SnapshotCorrupt(f"snapshot object {key!r} is missing") from exc
+
+
+def needed_bytes(manifest: Manifest) -> int:
+    """About how many bytes of file data a restore of `manifest` writes: hard links and chunks of
+    zeros (the holes of a sparse file) count nothing; zero blocks inside other pieces count."""
+    zero = zero_chunk(False)[0].hash
+    return sum(
+        piece.size
+        for entry in manifest.entries
+        if entry.kind == "f" and entry.path not in manifest.links
+        for piece in entry.pieces
+        if piece.hash != zero
+    )
 
 
 def _is_packed(obj: str) -> bool:
@@ -195,14 +256,39 @@ def _split_by_size(entries: list[Entry], parts: int) -> list[list[Entry]]:
     return [share for share in shares if share]
 
 
-def _write_verified(fd: int, piece: Piece, stored: memoryview) -> None:
-    _write_fully(fd, decode(piece, stored))
+def _verified(piece: Piece, stored: memoryview) -> tuple[bytes, Runs]:
+    """(thread) The raw bytes of a piece, checked against its hash, and where its data is."""
+    raw = bytes(decode(piece, stored))
+    return raw, list(_data_runs(raw))
 
 
-def _write_fully(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _data_runs(raw: bytes) -> Iterator[tuple[int, int]]:
+    """The ranges of `raw` made of BLOCK_BYTES blocks that are not all zeros, in order."""
+    start = -1
+    for pos in range(0, len(raw), BLOCK_BYTES):
+        block = raw[pos : pos + BLOCK_BYTES]
+        zero = block == ZERO_BLOCK if len(block) == BLOCK_BYTES else block.count(0) == len(block)
+        if zero and start >= 0:
+            yield start, pos
+            start = -1
+        elif not zero and start < 0:
+            start = pos
+    if start >= 0:
+        yield start, len(raw)
+
+
+def _write_runs(fd: int, raw: bytes, runs: Runs, offset: int) -> int:
+    """(thread) Write the `runs` of `raw` at `offset` in the file (the rest stays a hole); returns
+    where the last one ends in the file."""
+    view = memoryview(raw)
+    end = offset
+    for start, stop in runs:
+        chunk, at = view[start:stop], offset + start
+        while chunk:
+            written = os.pwrite(fd, chunk, at)
+            chunk, at = chunk[written:], at + written
+        end = at
+    return end
 
 
 def clear_dir(root: int) -> None:

@@ -21,6 +21,7 @@ import asyncio
 import builtins
 import errno
 import logging
+import os
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from agentcell.server.storage.manifest import Manifest, SnapshotCorrupt, decode,
 from agentcell.server.storage.objects import ObjectStore, validate_key
 from agentcell.server.storage.persist import Persist
 from agentcell.server.storage.pieces import SMALL_FILE_BYTES
-from agentcell.server.storage.restore import Restore
+from agentcell.server.storage.restore import Restore, needed_bytes
 from agentcell.server.storage.tree import Excludes
 
 __all__ = ["SnapshotCorrupt", "SnapshotInfo", "Snapshots"]
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MANIFESTS = "snapshots/"
 COLLECTED = ("packs/", "blobs/")
+MiB = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +150,8 @@ class Snapshots:
             try:
                 await Restore(self._store, prefix, manifest, owner).run(dir_fd)
             except OSError as exc:
-                raise _os_failure(exc, f"restore of snapshot {manifest.seq} of {prefix!r}") from exc
+                what = f"restore of snapshot {manifest.seq} of {prefix!r}"
+                raise _os_failure(exc, what, _shortfall(dir_fd, manifest)) from exc
             return _info(manifest, size)
 
     async def latest(self, prefix: str) -> SnapshotInfo | None:
@@ -224,11 +227,21 @@ class Snapshots:
                     await self._store.delete(info.key)
 
 
-def _os_failure(exc: OSError, what: str) -> AgentcellError:
+def _os_failure(exc: OSError, what: str, shortfall: str = "") -> AgentcellError:
     """A file-system failure on the workspace side, as a domain error (the store's are already)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return QuotaExceeded(f"{what}: the workspace ran out of space ({exc.strerror})")
+        return QuotaExceeded(f"{what}: the workspace ran out of space ({exc.strerror}){shortfall}")
     return Internal(f"{what} failed on the workspace: {exc.strerror or exc}")
+
+
+def _shortfall(dir_fd: int, manifest: Manifest) -> str:
+    """For a restore that ran out of space: what the snapshot needs, and what the workspace holds."""
+    try:
+        fs = os.fstatvfs(dir_fd)
+    except OSError:
+        return ""
+    needed, total = needed_bytes(manifest) / MiB, fs.f_blocks * fs.f_frsize / MiB
+    return f": the snapshot's files need about {needed:.1f} MiB; its file system holds {total:.1f} MiB"
 
 
 def _unchanged(manifest: Manifest, previous: Manifest | None, seqs: builtins.list[int]) -> bool:
@@ -238,6 +251,7 @@ def _unchanged(manifest: Manifest, previous: Manifest | None, seqs: builtins.lis
         and previous.seq == max(seqs)
         and manifest.uploaded_bytes == 0
         and manifest.entries == previous.entries
+        and manifest.links == previous.links
     )
 
 

@@ -32,6 +32,7 @@ class Found:
     size: int
     mtime_ns: int
     target: str = ""
+    inode: int = 0  # a regular file with more than one link: its inode number (else 0)
 
 
 @dataclass(slots=True)
@@ -119,7 +120,9 @@ def _visit(parent: int, item: os.DirEntry[str], path: str, result: Scan) -> int 
             os.close(child)
             result.skipped += 1
         elif stat.S_ISREG(st.st_mode) and st.st_dev == result.root_dev:
-            result.entries.append(Found(path, "f", stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns))
+            inode = st.st_ino if st.st_nlink > 1 else 0
+            mode = stat.S_IMODE(st.st_mode)
+            result.entries.append(Found(path, "f", mode, st.st_size, st.st_mtime_ns, inode=inode))
         else:
             result.skipped += 1
     except OSError as exc:
