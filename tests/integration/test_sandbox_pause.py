@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -165,6 +166,33 @@ def test_a_full_disk_pauses_and_resumes(server_url: str, api: httpx.Client) -> N
         resumed = api.post(f"/v1/sandboxes/{sbx.id}/resume")
         assert resumed.status_code == 200, resumed.json()
         assert sbx.commands.run("cd; sha256sum fill").stdout == before
+    finally:
+        api.delete(f"/v1/sandboxes/{sbx.id}")
+        sbx.close()
+
+
+def test_a_1_tib_sparse_file_pauses_in_seconds_and_a_larger_one_is_refused(
+    server_url: str, api: httpx.Client
+) -> None:
+    """`truncate -s 1T` in a 64 MiB sandbox pauses and resumes in seconds (its holes are not read;
+    this pause used to take ~10 minutes of server CPU); a 2 TiB file makes the pause fail at once
+    with a 409 naming it, and the sandbox keeps running."""
+    sbx = Sandbox.create(api_url=server_url, disk_mb=64, timeout_s=120)
+    try:
+        assert sbx.commands.run("cd; echo note > keep.txt; truncate -s 2T huge.sparse").exit_code == 0
+        started = time.monotonic()
+        refused = api.post(f"/v1/sandboxes/{sbx.id}/pause")
+        assert time.monotonic() - started < 20
+        assert refused.status_code == 409, refused.json()
+        assert "'huge.sparse'" in refused.json()["message"] and "shrink it" in refused.json()["message"]
+        assert sbx.commands.run("cd; truncate -s 1T huge.sparse").exit_code == 0
+        started = time.monotonic()
+        assert api.post(f"/v1/sandboxes/{sbx.id}/pause").status_code == 200
+        resumed = api.post(f"/v1/sandboxes/{sbx.id}/resume")
+        assert resumed.status_code == 200, resumed.json()
+        assert time.monotonic() - started < 20
+        stat = sbx.commands.run("cd; stat -c '%s %b' huge.sparse; cat keep.txt").stdout
+        assert stat == f"{1 << 40} 0\nnote\n"
     finally:
         api.delete(f"/v1/sandboxes/{sbx.id}")
         sbx.close()

@@ -26,6 +26,7 @@ from tests.unit.snapshot_helpers import age, dir_fd, object_files, read_manifest
 PREFIX = "t/f/s"
 MANIFEST = f"{PREFIX}/snapshots/000000000001"
 REPO = Path(__file__).resolve().parents[2]
+SIZE_OF_B = 2 << 20
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def box(tmp_path: Path) -> Path:
 
 async def persist_sample(snaps: Snapshots, root: Path) -> None:
     write(root, "dir/a.txt", b"alpha" * 100)
-    write(root, "dir/b.bin", os.urandom(2 << 20))  # chunk blobs
+    write(root, "dir/b.bin", os.urandom(SIZE_OF_B))  # chunk blobs
     write(root, "c.txt", b"gamma")
     write(root, "dir/pad.bin", os.urandom(100_000))  # small files past INLINE_BYTES: a pack
     age(root)
@@ -160,7 +161,26 @@ TAMPERS: dict[str, Callable[[list[Any]], None]] = {
     ),
     "content on a link": lambda e: _add(e, ["l2", "l", 0o777, 5, 0, "", "x", []]),
     "empty name": lambda e: _add(e, ["dir//x", "d", 0o755, 0, 0, "", "", []]),
+    "hole with stored bytes": lambda e: _hole(e, ["hole", 0, 5, SIZE_OF_B, 0, ""]),
+    "hole at an offset": lambda e: _hole(e, ["hole", 7, 0, SIZE_OF_B, 0, ""]),
+    "hole with a hash": lambda e: _hole(e, ["hole", 0, 0, SIZE_OF_B, 0, "0" * 64]),
+    "compressed hole": lambda e: _hole(e, ["hole", 0, 0, SIZE_OF_B, 1, ""]),
+    "hole past its file": lambda e: _hole(e, ["hole", 0, 0, SIZE_OF_B + 1, 0, ""]),
+    "empty hole": lambda e: _hole(e, ["hole", 0, 0, 0, 0, ""], *_entry(e, "dir/b.bin")[7]),
+    "negative hole": lambda e: _hole(e, ["hole", 0, 0, -1, 0, ""], ["hole", 0, 0, SIZE_OF_B + 1, 0, ""]),
+    "hole as big as a file past the limit": lambda e: _add(
+        e, ["huge", "f", 0o644, 2 << 40, 0, "0" * 64, "", [["hole", 0, 0, 2 << 40, 0, ""]]]
+    ),
 }
+
+
+def _entry(entries: list[Any], path: str) -> list[Any]:
+    return next(entry for entry in entries if entry[0] == path)
+
+
+def _hole(entries: list[Any], *pieces: list[Any]) -> None:
+    """dir/b.bin (chunked, SIZE_OF_B bytes) made of `pieces`."""
+    _entry(entries, "dir/b.bin")[7] = list(pieces)
 
 
 @pytest.mark.parametrize("kind", sorted(TAMPERS))

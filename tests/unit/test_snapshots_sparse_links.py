@@ -1,18 +1,24 @@
 """Holes and hard links through a persist and a restore: a sparse file comes back sparse, files
-that were one inode come back as one inode, and manifests written before links were kept still
-restore (each file on its own, holes kept)."""
+that were one inode come back as one inode, a 1 TiB sparse file costs what its data costs, and
+manifests written before links or holes were kept still restore (each file on its own, holes
+kept)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agentcell.errors import Conflict
 from agentcell.server.clock import FakeClock
 from agentcell.server.storage.local import LocalObjectStore
-from agentcell.server.storage.pieces import CHUNK_BYTES, SMALL_FILE_BYTES
+from agentcell.server.storage.manifest import MAX_FILE_BYTES
+from agentcell.server.storage.pieces import CHUNK_BYTES, SMALL_FILE_BYTES, ZERO_CHUNK_HASH, blob_key, encode
 from agentcell.server.storage.snapshots import SnapshotInfo, Snapshots
 from tests.unit.snapshot_helpers import (
     OLD_NS,
@@ -204,15 +210,113 @@ async def test_incremental_persists_of_links_and_holes_upload_nothing_again(
     assert (target / "bigger").read_bytes() == (work / "bigger").read_bytes()
 
 
-async def test_a_hole_is_stored_as_the_chunk_of_written_zeros(
+async def test_holes_and_written_zeros_are_stored_as_holes(
     snaps: Snapshots, store: LocalObjectStore, work: Path, target: Path
 ) -> None:
-    """A chunk that is all hole (not read by the persist) and a chunk of zeros written out (read)
-    are the same blob, so holes dedupe with what earlier persists stored for them."""
+    """Chunks that are all hole (not read by the persist) and chunks of zeros written out (read)
+    are one hole piece each, stored nowhere, and the two files have one content hash."""
     skip_without_holes(work)
     write(work, "written.zeros", bytes(2 * CHUNK_BYTES))
     sparse(work, "sparse.zeros", 2 * CHUNK_BYTES, {})
     await persist(snaps, work)
-    assert len([name for name in object_files(store, PREFIX) if name.startswith("blobs/")]) == 1
+    assert [name for name in object_files(store, PREFIX) if name.startswith("blobs/")] == []
+    entries = {entry[0]: entry for entry in read_manifest(store, MANIFEST)["entries"]}
+    hole = ["hole", 0, 0, 2 * CHUNK_BYTES, 0, ""]
+    assert entries["written.zeros"][7] == entries["sparse.zeros"][7] == [hole]
+    assert entries["written.zeros"][5] == entries["sparse.zeros"][5]
     await restore(snaps, target)
     assert tree(target) == tree(work)
+    assert allocated(target / "written.zeros") == 0
+
+
+async def test_a_1_tib_sparse_file_persists_and_restores_in_seconds(
+    snaps: Snapshots, store: LocalObjectStore, work: Path, target: Path
+) -> None:
+    """`truncate -s 1T` in a sandbox costs a pause what its data costs: its holes are neither read
+    nor hashed, and the manifest holds a few pieces, not 262,144 (this persist took ~10 minutes)."""
+    skip_without_holes(work)
+    size = 1 << 40
+    data = {0: b"head", size // 2 + 7: b"middle", size - 4: b"tail"}
+    huge = sparse(work, "huge.sparse", size, data)
+    write(work, "notes.txt", b"small data\n")
+    started = time.monotonic()
+    info = await persist(snaps, work)
+    assert time.monotonic() - started < 20
+    assert info.logical_bytes == size + len(b"small data\n")
+    pieces = next(
+        entry[7] for entry in read_manifest(store, MANIFEST)["entries"] if entry[0] == "huge.sparse"
+    )
+    assert len(pieces) <= 5
+    assert (await persist(snaps, work)).seq == 1  # nothing changed: no new snapshot
+    started = time.monotonic()
+    await restore(snaps, target)
+    assert time.monotonic() - started < 20
+    restored = target / "huge.sparse"
+    assert restored.stat().st_size == huge.stat().st_size
+    assert allocated(restored) <= max(allocated(huge), 64 << 10) + CHUNK_BYTES
+    with restored.open("rb") as file:
+        for offset, expected in data.items():
+            file.seek(offset)
+            assert file.read(len(expected)) == expected
+    assert (target / "notes.txt").read_bytes() == b"small data\n"
+
+
+async def test_a_file_larger_than_a_snapshot_keeps_stops_the_persist_at_once(
+    snaps: Snapshots, store: LocalObjectStore, work: Path
+) -> None:
+    """A file past MAX_FILE_BYTES (its restore would be refused) fails the persist before anything
+    is read or uploaded, naming the file and what to do; the last snapshot stays the latest."""
+    write(work, "notes.txt", b"kept\n")
+    await persist(snaps, work)
+    before = object_files(store, PREFIX)
+    sparse(work, "deep/huge", MAX_FILE_BYTES + 1, {})
+    started = time.monotonic()
+    with pytest.raises(
+        Conflict, match=r"file 'deep/huge' is 1099511627777 bytes long.*delete it or shrink it"
+    ):
+        await persist(snaps, work)
+    assert time.monotonic() - started < 20
+    assert object_files(store, PREFIX) == before
+
+
+async def test_a_snapshot_with_chunks_of_zeros_restores_and_its_next_persist_uses_holes(
+    snaps: Snapshots, store: LocalObjectStore, work: Path, target: Path
+) -> None:
+    """A manifest as written before holes were kept (each hole a reference to a stored chunk of
+    zeros, a file's hash the sha256 of its bytes) restores sparse; the next persist writes the
+    unchanged file with holes and today's hash, so a new hard link to it is seen as one."""
+    skip_without_holes(work)
+    big = sparse(
+        work, "big", 3 * CHUNK_BYTES + 10, {0: os.urandom(CHUNK_BYTES), 3 * CHUNK_BYTES: b"0123456789"}
+    )
+    await persist(snaps, work)
+    body = read_manifest(store, MANIFEST)
+    _with_zero_chunks(store, body, "big", hashlib.sha256(big.read_bytes()).hexdigest())
+    write_manifest(store, MANIFEST, body)
+    await restore(snaps, target)
+    assert tree(target) == tree(work)
+    assert allocated(target / "big") <= allocated(big) + (64 << 10)
+    os.link(big, work / "big.link")
+    info = await persist(snaps, work)
+    assert info.seq == 2 and info.uploaded_bytes < 64 << 10
+    body = read_manifest(store, f"{PREFIX}/snapshots/000000000002")
+    assert body["links"] == [["big.link", "big"]]
+    assert not any(key.startswith("blobs/" + ZERO_CHUNK_HASH) for key in body["objects"])
+
+
+def _with_zero_chunks(store: LocalObjectStore, body: dict[str, Any], path: str, sha256: str) -> None:
+    """Rewrite `path`'s entry as manifests stored holes before HOLE pieces: zero-chunk blobs."""
+    assert hashlib.sha256(bytes(CHUNK_BYTES)).hexdigest() == ZERO_CHUNK_HASH
+    codec, stored = encode(bytes(CHUNK_BYTES), True)
+    key = blob_key(ZERO_CHUNK_HASH, codec)
+    (store.root / PREFIX / key).write_bytes(stored)
+    body["objects"][key] = len(stored)
+    entry = next(entry for entry in body["entries"] if entry[0] == path)
+    pieces: list[list[Any]] = []
+    for piece in entry[7]:
+        if piece[0] != "hole":
+            pieces.append(piece)
+            continue
+        assert piece[3] % CHUNK_BYTES == 0
+        pieces += [[key, 0, len(stored), CHUNK_BYTES, codec, ZERO_CHUNK_HASH]] * (piece[3] // CHUNK_BYTES)
+    entry[5], entry[7] = sha256, pieces

@@ -5,6 +5,13 @@ for regular files, the pieces their bytes live in: a range of a per-snapshot pac
 files), whole content-addressed chunk blobs (large files), or a range of the manifest's own inline
 area (a few recently changed small files, so that a small change costs one object, not two).
 
+A piece may also be a hole: `size` bytes of zeros stored nowhere (`obj` is HOLE, no offset,
+stored bytes or hash). Persists write each run of whole chunks of zeros of a large file (a hole of
+a sparse file, or zeros written out) as one such piece, so a 1 TiB sparse file is one piece, not
+262,144 references to a chunk of zeros. A manifest without holes (every one written before they
+were kept) is as valid as ever; a server that does not know holes refuses a manifest with some
+(a bad piece) rather than restoring it wrong.
+
 Files that are hard links of one inode are each listed with their content; `links` names, for every
 such file but the first, the first one, so that a restore links them again. The JSON holds `links`
 only when there are some: a manifest without it (every one written before links were kept) restores
@@ -35,6 +42,7 @@ MAX_MANIFEST_BYTES = 512 << 20  # after decompression
 KINDS = ("f", "d", "l")
 CODEC_RAW, CODEC_ZLIB = 0, 1
 INLINE = "inline"  # the piece lives in the manifest object itself, after the JSON
+HOLE = "hole"  # the piece is zeros, stored nowhere (a hole of a sparse file)
 MAGIC = b"ACSNAP1\n"
 HEADER_BYTES = len(MAGIC) + 8  # magic, then the compressed JSON's length (u64, big-endian)
 HASH_RE = re.compile(r"[0-9a-f]{64}")
@@ -50,7 +58,8 @@ class SnapshotCorrupt(WorkspaceCorrupt):
 
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """`size` raw bytes whose sha256 is `hash`, stored as `stored` bytes at `offset` in `obj`."""
+    """`size` raw bytes whose sha256 is `hash`, stored as `stored` bytes at `offset` in `obj`
+    (or, when `obj` is HOLE, `size` zeros)."""
 
     obj: str
     offset: int
@@ -70,7 +79,7 @@ class Entry:
     mode: int
     size: int = 0
     mtime_ns: int = 0
-    hash: str = ""  # sha256 of a file's bytes; "" for directories and links
+    hash: str = ""  # a file's content hash (pieces.py: packed: sha256; chunked: over its chunks)
     target: str = ""  # a symlink's target text
     pieces: tuple[Piece, ...] = ()
 
@@ -285,6 +294,12 @@ def _validate_links(manifest: Manifest) -> None:
 
 
 def _validate_piece(piece: Piece, objects: dict[str, int], where: str) -> None:
+    if piece.obj == HOLE:
+        if (piece.offset, piece.stored, piece.codec, piece.hash) != (0, 0, CODEC_RAW, "") or not (
+            0 < piece.size <= MAX_FILE_BYTES
+        ):
+            raise SnapshotCorrupt(f"{where} has a bad hole")
+        return
     stored_size = objects.get(piece.obj)
     bad = (
         stored_size is None

@@ -7,17 +7,24 @@ a write in the same timestamp tick would not have changed the mtime). Content al
 have become mostly dead are rewritten so stored bytes stay close to live bytes. Files that share an
 inode are each stored as usual (their content is stored once) and recorded as hard links of the
 first of them, so that a restore links them again instead of writing copies.
+
+A persist costs time in proportion to the data of a file, not its size: the holes of a sparse file
+are found with SEEK_DATA and are neither read nor hashed (pieces.py: the chunked hash), so a run of
+them is one hole piece whatever its length. Files are read up to the size they had when opened (a
+file growing as fast as it is read cannot stall a persist), and a file larger than the manifest's
+MAX_FILE_BYTES (holes count: a restore recreates the size) stops the persist before anything is
+uploaded, with an error naming it.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field, replace
 
-from agentcell.server.storage.manifest import INLINE, Entry, Manifest, Piece
+from agentcell.errors import Conflict
+from agentcell.server.storage.manifest import HOLE, INLINE, MAX_FILE_BYTES, Entry, Manifest, Piece
 from agentcell.server.storage.objects import ObjectStore
 from agentcell.server.storage.pieces import (
     CHUNK_BYTES,
@@ -26,10 +33,12 @@ from agentcell.server.storage.pieces import (
     SMALL_FILE_BYTES,
     Pack,
     blob_key,
+    chunked_hash,
     digest,
     encode,
+    hole,
+    is_zero_chunk,
     pack_key,
-    zero_chunk,
 )
 from agentcell.server.storage.threads import settled
 from agentcell.server.storage.tree import Excludes, Found, Reader, Scan, scan
@@ -100,6 +109,7 @@ class Persist:
                     found.path, found.kind, found.mode, 0, found.mtime_ns, target=found.target
                 )
                 continue
+            _check_size(found.path, found.size)
             old = previous.get(found.path)
             unchanged = (
                 old is not None
@@ -108,7 +118,7 @@ class Persist:
                 and found.mtime_ns < trusted_before
             )
             if unchanged and old is not None and not _is_inline(old):
-                done[found.path] = old
+                done[found.path] = _current(old)
             else:
                 to_read.append(found)
         self._index_previous()
@@ -214,33 +224,37 @@ class Persist:
     # ---- large files: chunk blobs -----------------------------------------------------------------
 
     async def _store_large(self, reader: Reader, found: Found) -> Entry | None:
+        """A file as chunk blobs and holes, read up to the size it had when opened."""
         opened = await settled(reader.open_file, found.path)
         if opened is None:
             return None
         fd, st = opened
-        whole = hashlib.sha256()
         pieces: list[Piece] = []
         try:
-            while chunk := await settled(_next_chunk, fd, whole, self._compress):
+            _check_size(found.path, st.st_size)
+            offset = 0
+            while chunk := await settled(_next_piece, fd, offset, st.st_size, self._compress):
                 piece, stored = chunk
-                pieces.append(piece)
-                if piece.obj not in self._known:
+                _append(pieces, piece)
+                offset += piece.size
+                if piece.obj != HOLE and piece.obj not in self._known:
                     await self._store.put(f"{self._prefix}/{piece.obj}", stored)
                     self._known[piece.obj] = len(stored)
                     self._totals.uploaded_bytes += len(stored)
         finally:
             os.close(fd)
         self._totals.hashed_files += 1
-        size = sum(p.size for p in pieces)
         mode = st.st_mode & 0o7777
-        return Entry(found.path, "f", mode, size, st.st_mtime_ns, whole.hexdigest(), "", tuple(pieces))
+        return Entry(found.path, "f", mode, offset, st.st_mtime_ns, chunked_hash(pieces), "", tuple(pieces))
 
     # ---- result -----------------------------------------------------------------------------------
 
     def _manifest(
         self, entries: tuple[Entry, ...], tree: Scan, created_at: float, scan_ns: int, links: dict[str, str]
     ) -> Manifest:
-        objects = {p.obj: self._known[p.obj] for e in entries for p in e.pieces if p.obj != INLINE}
+        objects = {
+            p.obj: self._known[p.obj] for e in entries for p in e.pieces if p.obj not in (INLINE, HOLE)
+        }
         return Manifest(
             seq=self._seq,
             created_at=created_at,
@@ -299,35 +313,71 @@ def _read_up_to(fd: int, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _next_chunk(fd: int, whole: hashlib._Hash, compress: bool) -> tuple[Piece, bytes] | None:
-    """(thread) The next chunk of a large file as a blob piece and its stored bytes; None at EOF.
-    A chunk that is all hole is the zero chunk without being read."""
-    if _is_hole(fd, CHUNK_BYTES):
-        piece, stored, raw = zero_chunk(compress)
-        whole.update(raw)
-        os.lseek(fd, CHUNK_BYTES, os.SEEK_CUR)
-        return piece, stored
-    data = _read_up_to(fd, CHUNK_BYTES)
+def _next_piece(fd: int, offset: int, end: int, compress: bool) -> tuple[Piece, bytes] | None:
+    """(thread) The piece of a large file at `offset` (a multiple of CHUNK_BYTES) and its stored
+    bytes; None at `end` or the end of the file. The whole chunks from `offset` that hold no data
+    are one hole, found without reading them; a chunk read and found to be all zeros is a hole too
+    (so that zeros written out and holes store alike: not at all)."""
+    holes = _hole_bytes(fd, offset, end)
+    if holes:
+        return hole(holes), b""
+    data = _pread_up_to(fd, offset, min(CHUNK_BYTES, end - offset))
     if not data:
         return None
-    whole.update(data)
+    if data == bytes(len(data)):
+        return hole(len(data)), b""
     hash_ = digest(data)
     codec, stored = encode(data, compress)
     return Piece(blob_key(hash_, codec), 0, len(stored), len(data), codec, hash_), stored
 
 
-def _is_hole(fd: int, size: int) -> bool:
-    """(thread) The next `size` bytes of the file exist and hold no data (SEEK_DATA says so; a
-    file system without holes says every byte is data). The file offset is left where it was."""
-    start = os.lseek(fd, 0, os.SEEK_CUR)
-    if start + size > os.fstat(fd).st_size:
-        return False
+def _hole_bytes(fd: int, offset: int, end: int) -> int:
+    """(thread) How many bytes of whole chunks from `offset` up to `end` hold no data, by
+    SEEK_DATA (a file system without holes says every byte is data)."""
     try:
-        data_at = os.lseek(fd, start, os.SEEK_DATA)
+        data_at = os.lseek(fd, offset, os.SEEK_DATA)
     except OSError as exc:
-        if exc.errno != errno.ENXIO:  # ENXIO: no data from `start` to the end of the file
-            return False
-        data_at = start + size
-    finally:
-        os.lseek(fd, start, os.SEEK_SET)
-    return data_at >= start + size
+        if exc.errno != errno.ENXIO:  # ENXIO: no data from `offset` to the end of the file
+            return 0
+        data_at = os.fstat(fd).st_size
+    return max(0, min(data_at, end) - offset) // CHUNK_BYTES * CHUNK_BYTES
+
+
+def _pread_up_to(fd: int, offset: int, limit: int) -> bytes:
+    parts: list[bytes] = []
+    while limit > 0 and (part := os.pread(fd, min(limit, 1 << 20), offset)):
+        parts.append(part)
+        offset += len(part)
+        limit -= len(part)
+    return b"".join(parts)
+
+
+def _append(pieces: list[Piece], piece: Piece) -> None:
+    """Add `piece` to a file's pieces, a hole after a hole as one longer hole."""
+    if piece.obj == HOLE and pieces and pieces[-1].obj == HOLE:
+        pieces[-1] = hole(pieces[-1].size + piece.size)
+    else:
+        pieces.append(piece)
+
+
+def _current(entry: Entry) -> Entry:
+    """An unchanged entry of the previous manifest, in the form a persist writes today: a chunked
+    file's blobs of zeros as holes and its hash over its chunks (manifests written before holes
+    were kept have zero-chunk blobs and the sha256 of all its bytes). Other entries are as they
+    were. Without this, a file stored before and a new hard link to it would not be seen as one."""
+    if not entry.pieces or not all(p.obj == HOLE or p.obj.startswith("blobs/") for p in entry.pieces):
+        return entry
+    pieces: list[Piece] = []
+    for piece in entry.pieces:
+        _append(pieces, hole(piece.size) if is_zero_chunk(piece) else piece)
+    return replace(entry, hash=chunked_hash(pieces), pieces=tuple(pieces))
+
+
+def _check_size(path: str, size: int) -> None:
+    """A file a snapshot cannot hold (its restore would be refused) stops the persist."""
+    if size > MAX_FILE_BYTES:
+        raise Conflict(
+            f"file {path[:200]!r} is {size} bytes long (holes included), and a snapshot keeps "
+            f"files of at most {MAX_FILE_BYTES >> 40} TiB: delete it or shrink it (truncate -s) and "
+            "try again"
+        )

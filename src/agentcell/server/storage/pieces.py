@@ -2,16 +2,21 @@
 
 Small files (≤ SMALL_FILE_BYTES) of one snapshot are concatenated into pack objects of up to
 PACK_BYTES; larger files are cut into fixed CHUNK_BYTES chunks, each stored once as a
-content-addressed blob. Why these shapes and sizes: docs/design.md, "Session storage".
+content-addressed blob, except that a run of chunks of zeros is one hole piece, stored nowhere.
+Why these shapes and sizes: docs/design.md, "Session storage".
+
+A file's content hash is the sha256 of its bytes when it is packed (the hash of its one piece),
+and `chunked_hash` of its pieces when it is chunked: the sha256 of its bytes would have to read
+every byte of its holes, and a sandbox makes a 1 TiB hole with one `truncate`.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import zlib
+from collections.abc import Iterable
 
-from agentcell.server.storage.manifest import CODEC_RAW, CODEC_ZLIB, Piece, SnapshotCorrupt
+from agentcell.server.storage.manifest import CODEC_RAW, CODEC_ZLIB, HOLE, Piece, SnapshotCorrupt
 
 SMALL_FILE_BYTES = 1 << 20
 CHUNK_BYTES = 4 << 20
@@ -20,6 +25,7 @@ INLINE_BYTES = 64 << 10  # new small-file bytes up to this stay inside the manif
 PROBE_BYTES = 8 << 10
 MIN_COMPRESS_BYTES = 256
 WORTH_IT = 0.9  # keep the compressed form only when it saves at least 10%
+ZERO_CHUNK_HASH = "bb9f8df61474d25e71fa00722318cd387396ca1736605e1248821cc0de3d3af8"  # of CHUNK_BYTES zeros
 
 
 def digest(data: bytes | memoryview) -> str:
@@ -56,14 +62,32 @@ def decode(piece: Piece, stored: bytes | memoryview) -> bytes | memoryview:
     return raw
 
 
-@functools.cache
-def zero_chunk(compress: bool) -> tuple[Piece, bytes, bytes]:
-    """A chunk of zeros (a hole in a sparse file): its blob piece, its stored bytes and its raw
-    bytes, computed once: a persist does not read, hash or compress the holes of a file."""
-    raw = bytes(CHUNK_BYTES)
-    codec, stored = encode(raw, compress)
-    hash_ = digest(raw)
-    return Piece(blob_key(hash_, codec), 0, len(stored), len(raw), codec, hash_), stored, raw
+def hole(size: int) -> Piece:
+    """`size` bytes of zeros, stored nowhere."""
+    return Piece(HOLE, 0, 0, size, CODEC_RAW, "")
+
+
+def is_zero_chunk(piece: Piece) -> bool:
+    """A blob piece holding a whole chunk of zeros (how manifests stored holes before HOLE)."""
+    return piece.hash == ZERO_CHUNK_HASH
+
+
+def chunked_hash(pieces: Iterable[Piece]) -> str:
+    """The content hash of a chunked file: sha256 over the offset (8 bytes, big-endian) and the
+    raw sha256 of each piece that is not a hole, then the file's size (8 bytes, big-endian).
+
+    It costs 40 bytes of hashing per data chunk and nothing per hole, and the pieces' own hashes
+    are checked against their bytes at every restore, so it identifies the bytes as well as the
+    sha256 of all of them would (a persist writes every chunk of zeros as a hole, so one content
+    has one form). No restore checks it: it tells entries apart (unchanged files, hard links)."""
+    whole = hashlib.sha256()
+    offset = 0
+    for piece in pieces:
+        if piece.obj != HOLE:
+            whole.update(offset.to_bytes(8, "big") + bytes.fromhex(piece.hash))
+        offset += piece.size
+    whole.update(offset.to_bytes(8, "big"))
+    return whole.hexdigest()
 
 
 def blob_key(hash_: str, codec: int) -> str:

@@ -7,10 +7,11 @@ checked against its hash as it is written. Modes, owners and mtimes are set last
 deepest first, so writing children does not disturb them). On any failure the target is cleared
 again: a session never sees half a workspace.
 
-A file takes no more room than it did: blocks of BLOCK_BYTES that are all zeros are not written
-and each file is extended to its size at the end, so holes stay holes (manifests record no holes:
-the zeros are found as pieces are written, so older snapshots restore sparse too); a hard link the
-manifest lists is linked to its first file again rather than written as a copy.
+A file takes no more room than it did: hole pieces are skipped, blocks of BLOCK_BYTES that are
+all zeros inside other pieces are not written, and each file is extended to its size at the end,
+so holes stay holes (snapshots written before holes were recorded, with chunks of zeros, restore
+sparse too); a hard link the manifest lists is linked to its first file again rather than written
+as a copy. A restore's time follows the stored pieces, not the files' sizes.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from agentcell.errors import NotFound
-from agentcell.server.storage.manifest import INLINE, Entry, Manifest, Piece, SnapshotCorrupt
+from agentcell.server.storage.manifest import HOLE, INLINE, Entry, Manifest, Piece, SnapshotCorrupt
 from agentcell.server.storage.objects import ObjectStore
-from agentcell.server.storage.pieces import decode, zero_chunk
+from agentcell.server.storage.pieces import decode, is_zero_chunk
 from agentcell.server.storage.threads import settled
 from agentcell.server.storage.tree import DIR_FLAGS, DirCursor, open_root
 
@@ -182,8 +183,9 @@ class Restore:
                 os.close(fd)
 
     async def _write_pieces(self, cursor: DirCursor, entry: Entry) -> None:
-        """A file piece by piece; a repeated piece (the zero chunks of a sparse file) is fetched
-        and checked once, and one that is all zeros costs nothing more."""
+        """A file piece by piece; a hole is skipped, a repeated piece (the zero chunks of a sparse
+        file in older snapshots) is fetched and checked once, and one that is all zeros costs
+        nothing more."""
         fd = await settled(self._create, cursor, entry)
         try:
             offset = end = 0
@@ -191,6 +193,9 @@ class Restore:
             raw: bytes = b""  # of `last`
             runs: Runs = []
             for piece in entry.pieces:
+                if piece.obj == HOLE:
+                    offset += piece.size
+                    continue
                 if piece != last:
                     data = memoryview(await self._get(piece.obj))
                     stored = data[piece.offset : piece.offset + piece.stored]
@@ -224,15 +229,14 @@ class Restore:
 
 
 def needed_bytes(manifest: Manifest) -> int:
-    """About how many bytes of file data a restore of `manifest` writes: hard links and chunks of
-    zeros (the holes of a sparse file) count nothing; zero blocks inside other pieces count."""
-    zero = zero_chunk(False)[0].hash
+    """About how many bytes of file data a restore of `manifest` writes: hard links, holes and
+    chunks of zeros count nothing; zero blocks inside other pieces count."""
     return sum(
         piece.size
         for entry in manifest.entries
         if entry.kind == "f" and entry.path not in manifest.links
         for piece in entry.pieces
-        if piece.hash != zero
+        if piece.obj != HOLE and not is_zero_chunk(piece)
     )
 
 
