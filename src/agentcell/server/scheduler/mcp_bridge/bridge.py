@@ -4,7 +4,8 @@ and serves a stdio MCP server over HTTP on $PORT, one server process per MCP ses
 * Streamable HTTP (handshake era), at any path but /sse and /messages: `initialize` without a
   session starts a process and answers with its `Mcp-Session-Id`; later POSTs carry the id and get
   the JSON-RPC responses to their requests as JSON (202 for notifications); `GET` with the id is
-  the session's server-to-client event stream, resumable with `Last-Event-ID`; `DELETE` ends it.
+  the session's server-to-client event stream, resumable with `Last-Event-ID` (a new GET replaces
+  the one open); `DELETE` ends it.
 * Modern era (a protocol version after the handshake era's, no session): each POST is answered by
   a process of its own, which then ends.
 * Legacy HTTP+SSE: `GET /sse` starts a process and streams an `endpoint` event, then every message
@@ -54,7 +55,7 @@ class Session:
         self.waiting: dict[str, Message | None] = {}  # request id → its response, when it came
         self.events: list[tuple[int, bytes]] = []  # (event id, JSON) for the GET stream
         self.next_event = 1
-        self.streaming = False
+        self.stream = 0  # the newest GET stream's number: an older one ends when a newer starts
         self.closed = False
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -88,11 +89,22 @@ class Session:
             raise ConnectionError("the stdio MCP server exited or did not answer")
         return [r for r in found if r is not None]
 
-    def events_after(self, last: int, timeout_s: float) -> list[tuple[int, bytes]] | None:
-        """Events with an id above `last`; None once the session is closed."""
+    def new_stream(self) -> int:
+        """Start a GET stream: it replaces the one open, if any (a client resuming with
+        Last-Event-ID after a dropped connection must not wait for the old stream's end)."""
         with self.lock:
-            self.lock.wait_for(lambda: self.closed or self._newest() > last, timeout_s)
-            if self.closed and self._newest() <= last:
+            self.stream += 1
+            self.lock.notify_all()
+            return self.stream
+
+    def events_after(self, last: int, timeout_s: float, stream: int) -> list[tuple[int, bytes]] | None:
+        """Events with an id above `last`; None once the session is closed or a newer stream
+        than `stream` started."""
+        with self.lock:
+            self.lock.wait_for(
+                lambda: self.closed or self.stream != stream or self._newest() > last, timeout_s
+            )
+            if self.stream != stream or (self.closed and self._newest() <= last):
                 return None
             return [(n, data) for n, data in self.events if n > last]
 
@@ -322,22 +334,15 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(200, answers if isinstance(body, list) else answers[0], headers)
 
     def _session_stream(self, session: Session, last: int) -> None:
-        with session.lock:
-            if session.streaming:
-                self._error(409, "this session already has an open stream")
-                return
-            session.streaming = True
+        stream = session.new_stream()
         try:
             self._start_stream()
-            self._pump(session, last)
+            self._pump(session, last, stream)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        finally:
-            with session.lock:
-                session.streaming = False
 
-    def _pump(self, session: Session, last: int) -> None:
-        while (events := session.events_after(last, STREAM_POLL_S)) is not None:
+    def _pump(self, session: Session, last: int, stream: int) -> None:
+        while (events := session.events_after(last, STREAM_POLL_S, stream)) is not None:
             if not events:
                 self.wfile.write(b": keep-alive\n\n")
                 self.wfile.flush()
@@ -350,7 +355,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self._start_stream()
             self._event(f"/messages/?session_id={session.id}".encode(), event="endpoint")
-            self._pump(session, 0)
+            self._pump(session, 0, session.new_stream())
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
