@@ -161,6 +161,23 @@ def test_the_pool_grows_for_a_burst_and_serves_the_next_one(
     assert run(api, second[0], "echo warm") == ("warm\n", 0)
 
 
+def test_creates_one_after_another_do_not_grow_the_pool_past_the_node(
+    server_factory: Factory, client_for: Callable[[ServerProcess], httpx.Client]
+) -> None:
+    """The exploratory tester's leak: 40 create-then-delete calls in a row on a node of 2 once
+    grew the pool to 40 idle sandboxes. Each create is alone in flight: the pool stays at 1."""
+    server = server_factory(env={**pool_env(1), "AGENTCELL_MAX_SANDBOXES": "2"})
+    api = client_for(server)
+    wait_for(lambda: metric(api, READY) == 1, "a pool of 1")
+    for _ in range(40):
+        sandbox = create(api)
+        assert api.delete(f"/v1/sandboxes/{sandbox['id']}").status_code == 204
+        assert len(instance_ids(server)) <= 2
+    assert metric(api, "agentcell_sandbox_pool_target") == 1
+    wait_for(lambda: metric(api, READY) == 1, "the pool refilled")
+    assert len(instance_ids(server)) == 1
+
+
 @pytest.mark.parametrize("body", [{"disk_mb": 64}, {"network": {"egress": "open"}}], ids=["disk", "network"])
 def test_requests_the_pool_cannot_serve_are_spawned(
     server_factory: Factory, client_for: Callable[[ServerProcess], httpx.Client], body: dict[str, Any]

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import tarfile
 import time
 import uuid
@@ -26,7 +27,7 @@ from agentcell.client import (
     Sandbox,
 )
 from agentcell.server.scheduler.processes import FINISHED_KEPT
-from tests.conftest import AUTH
+from tests.conftest import AUTH, ServerFactory
 
 MIB = 1 << 20
 RUN = {"suite": "test_sdk", "run": uuid.uuid4().hex[:12]}
@@ -151,6 +152,27 @@ async def test_a_command_cut_off_by_its_sandbox_s_end_says_so(server_url: str) -
         result = await asyncio.wait_for(running, 10)
     assert result.exit_code in (137, 143) and result.error is not None
     assert "the sandbox stopped while the command ran" in result.error
+
+
+async def test_commands_cut_off_by_a_graceful_shutdown_end_saying_so(server_factory: ServerFactory) -> None:
+    """SIGTERM mid-command: a command that finishes within the drain ends as usual; one still
+    running a second before the drain's deadline is stopped, and its stream ends with an `end`
+    whose error says the server is shutting down (not a cut connection); the server exits 0."""
+    server = server_factory(env={"AGENTCELL_DRAIN_TIMEOUT_S": "3"})
+    sbx = await AsyncSandbox.create(api_url=server.url, timeout_s=60)
+    counting = "for i in $(seq 100); do echo $i; sleep .2; done"
+    long = asyncio.create_task(sbx.commands.run(["bash", "-c", counting], timeout_s=None))
+    short = asyncio.create_task(sbx.commands.run("sleep 1; echo done", timeout_s=None))
+    await asyncio.sleep(0.5)
+    server.proc.send_signal(signal.SIGTERM)
+    try:
+        finished, stopped = await asyncio.wait_for(asyncio.gather(short, long), 10)
+    finally:
+        await sbx.aclose()
+    assert (finished.stdout, finished.exit_code, finished.error) == ("done\n", 0, None)
+    assert stopped.exit_code == 137 and stopped.error == "the server is shutting down"
+    assert stopped.stdout.startswith("1\n2\n3\n")
+    assert await asyncio.to_thread(server.proc.wait, 30) == 0, server.log()
 
 
 async def test_stdin_the_command_does_not_read_is_no_error(sbx: AsyncSandbox) -> None:

@@ -7,8 +7,10 @@ import os
 
 import pytest
 
+from agentcell.errors import QuotaExceeded
 from agentcell.server.sandbox.driver import ExecSpec, SandboxSpec
 from agentcell.server.sandbox.linux.driver import LinuxDriver
+from agentcell.server.sandbox.linux.process import LinuxProcess
 from tests.system.conftest import MiB, is_running, run
 
 pytestmark = pytest.mark.system
@@ -49,6 +51,37 @@ async def test_fork_bomb_is_contained(linux_driver: LinuxDriver) -> None:
     result = await bomb
     assert result.stdout == "limit hit\n", result.stderr
     assert (await run(linux_driver, "bomb", ["echo", "alive"])).stdout == "alive\n"
+
+
+async def fill_with_sleepers(driver: LinuxDriver, sandbox_id: str, limit: int) -> list[LinuxProcess]:
+    """`sleep` commands until the sandbox is at its pids limit; the exec that found it full
+    must say so as QuotaExceeded (it was a 500 `internal`, "fork: Resource temporarily
+    unavailable")."""
+    sleepers: list[LinuxProcess] = []
+    with pytest.raises(QuotaExceeded) as refused:
+        for _ in range(limit):
+            sleepers.append(await driver.exec(sandbox_id, ExecSpec(argv=["sleep", "300"])))
+    message = str(refused.value)
+    assert f"limit of {limit} processes (pids)" in message and "kill the sandbox" in message, message
+    assert len(sleepers) >= limit // 2 - 1, "each command costs its exec worker and itself"
+    return sleepers
+
+
+async def test_a_command_at_the_process_limit_is_refused_as_a_quota(linux_driver: LinuxDriver) -> None:
+    """A sandbox at its pids limit refuses every command with QuotaExceeded naming the limit,
+    for as long as it stays full; once some of its processes end, commands start again."""
+    await linux_driver.start(SandboxSpec(sandbox_id="full", pids_max=16))
+    sleepers = await fill_with_sleepers(linux_driver, "full", 16)
+    with pytest.raises(QuotaExceeded, match="limit of 16 processes"):
+        await linux_driver.exec("full", ExecSpec(argv=["true"]))
+    for sleeper in sleepers[:2]:
+        sleeper.send_signal(9)
+        await asyncio.wait_for(sleeper.wait(), 10)
+    for _ in range(100):  # their exec workers exit just after reporting
+        if (await linux_driver.usage("full")).pids <= 14:
+            break
+        await asyncio.sleep(0.05)
+    assert (await run(linux_driver, "full", ["echo", "alive"])).stdout == "alive\n"
 
 
 async def test_memory_hog_dies_alone(linux_driver: LinuxDriver) -> None:

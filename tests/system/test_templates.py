@@ -245,6 +245,9 @@ async def test_a_server_stop_during_a_build_leaves_no_template_and_no_build_sand
     assert build.state == "failed" and build.error == "the server stopped during the build"
     assert list((root / ".builds").iterdir()) == [] and not (root / "cut").exists()
     assert [p.name for p in (linux_driver.state_dir / "instances").iterdir()] == []
+    async with Node(linux_driver, root) as again:  # builds live in memory: the restart forgot it
+        with pytest.raises(NotFound, match="forgotten when the server restarts"):
+            again.templates.build(build.id)
 
 
 async def test_a_step_that_overfills_the_layer_is_killed_and_fails_the_build(

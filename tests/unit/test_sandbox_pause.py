@@ -9,10 +9,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agentcell.errors import Conflict, NotFound, QuotaExceeded, WorkspaceCorrupt
+from agentcell.errors import Conflict, NotFound, QuotaExceeded, Unavailable, WorkspaceCorrupt
 from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.auth.principal import Principal, acting_as
 from agentcell.server.clock import FakeClock
@@ -24,6 +25,7 @@ from agentcell.server.scheduler.sandboxes import SandboxService
 from agentcell.server.scheduler.workspaces import WorkspaceKeeper
 from agentcell.server.storage.local import LocalObjectStore
 from agentcell.server.storage.snapshots import Snapshots
+from tests.unit.test_scheduler_save_failures import SwitchedStore
 
 RETENTION_S = 3600.0
 
@@ -198,3 +200,85 @@ async def test_another_tenant_sees_no_paused_sandbox(world: World) -> None:
             with pytest.raises(NotFound):
                 await call(sandbox.id)
     assert world.pauses.get(sandbox.id).state == "paused"
+
+
+def store_switch(world: World) -> SwitchedStore:
+    """The object store under the world's snapshots, made switchable (off: like S3 unreachable)."""
+    switch = SwitchedStore(world.snapshots._store)
+    world.snapshots._store = switch
+    return switch
+
+
+async def test_a_pause_snapshots_the_sandbox_frozen(world: World) -> None:
+    """A process rewriting a file in place cannot tear the paused copy: its processes stand
+    still from before the snapshot until the instance stops."""
+    sandbox = await world.service.create(SandboxCreate())
+    frozen_while_saving: list[bool] = []
+    persist = world.snapshots.persist
+
+    async def watched(*args: Any, **kwargs: Any) -> Any:
+        frozen_while_saving.append(sandbox.id in world.driver.frozen)
+        return await persist(*args, **kwargs)
+
+    world.snapshots.persist = watched  # type: ignore[method-assign]
+    await world.pauses.pause(sandbox.id)
+    assert frozen_while_saving == [True]
+
+
+async def test_a_pause_that_cannot_save_thaws_the_sandbox_and_keeps_it_running(world: World) -> None:
+    sandbox = await world.service.create(SandboxCreate())
+    store_switch(world).down = True
+    with pytest.raises(Unavailable, match="unreachable"):
+        await world.pauses.pause(sandbox.id)
+    assert world.service.running(sandbox.id).state == "running"
+    assert world.driver.frozen == set()
+
+
+async def test_an_unreachable_store_fails_a_resume_as_unavailable_and_it_stays_paused(world: World) -> None:
+    sandbox = await world.service.create(SandboxCreate())
+    await write(world, sandbox.id, "/home/user/a.txt", b"files")
+    await world.pauses.pause(sandbox.id)
+    switch = store_switch(world)
+    switch.down = True
+    with pytest.raises(Unavailable, match="stays paused") as caught:
+        await world.pauses.resume(sandbox.id)
+    assert not isinstance(caught.value, WorkspaceCorrupt) and caught.value.retry_after_s
+    assert world.pauses.get(sandbox.id).state == "paused"
+    switch.down = False
+    await world.pauses.resume(sandbox.id)
+    assert await read(world, sandbox.id, "/home/user/a.txt") == b"files"
+
+
+async def test_a_pause_at_the_timeout_that_fails_keeps_the_sandbox_and_tries_again(world: World) -> None:
+    """Store down at the deadline of an on_timeout=pause sandbox: it keeps running (it used to be
+    killed with its files), and a later try pauses it; a bounded number of tries."""
+    pauses = SandboxPauses(
+        world.service,
+        world.driver,
+        world.snapshots,
+        world.store,
+        world.keeper,
+        world.clock,
+        timeout_pause_attempts=2,
+        timeout_pause_retry_s=10,
+    )
+    kept = await world.service.create(SandboxCreate(timeout_s=10, on_timeout="pause"))
+    await write(world, kept.id, "/home/user/a.txt", b"files")
+    switch = store_switch(world)
+    switch.down = True
+    world.clock.advance(11)
+    await world.service.expire_once(world.clock.now())
+    assert world.service.running(kept.id).expires_at == world.clock.now() + 10
+    switch.down = False
+    world.clock.advance(10)
+    await world.service.expire_once(world.clock.now())
+    assert pauses.get(kept.id).state == "paused"
+    await pauses.resume(kept.id)
+    assert await read(world, kept.id, "/home/user/a.txt") == b"files"
+    lost = await world.service.create(SandboxCreate(timeout_s=10, on_timeout="pause"))
+    switch.down = True
+    for _ in range(2):
+        world.clock.advance(world.service.running(lost.id).expires_at - world.clock.now())
+        await world.service.expire_once(world.clock.now())
+    with pytest.raises(NotFound):
+        pauses.get(lost.id)  # the attempts are spent: killed (and logged as a loss)

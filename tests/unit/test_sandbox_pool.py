@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agentcell.errors import Unavailable
+from agentcell.errors import QuotaExceeded, Unavailable
 from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.clock import FakeClock
 from agentcell.server.observability.registry import Registry
@@ -22,11 +22,38 @@ from agentcell.server.scheduler.sandboxes import SandboxService, new_sandbox_id
 PIDS = 64
 
 
+class GatedDriver(FakeDriver):
+    """A FakeDriver whose spawns wait while `gate` is closed (so that creates stay in flight
+    together), and which knows its live instances."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = 0
+        self.alive: set[str] = set()
+        self.most_alive = 0
+
+    async def start(self, spec: SandboxSpec) -> None:
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        await super().start(spec)
+        self.alive.add(spec.sandbox_id)
+        self.most_alive = max(self.most_alive, len(self.alive))
+
+    async def stop(self, sandbox_id: str, grace_s: float = 2.0) -> None:
+        self.alive.discard(sandbox_id)
+        await super().stop(sandbox_id, grace_s)
+
+
 @dataclass
 class Env:
     service: SandboxService
     pool: SandboxPool
-    driver: FakeDriver
+    driver: GatedDriver
     clock: FakeClock
     registry: Registry
 
@@ -56,18 +83,33 @@ def make_pool(
 
 @contextlib.asynccontextmanager
 async def running_service(
-    size: int, max_size: int | None = None, driver: FakeDriver | None = None
+    size: int,
+    max_size: int | None = None,
+    driver: GatedDriver | None = None,
+    max_sandboxes: int = 40,
+    pool_loop: bool = False,
 ) -> AsyncIterator[Env]:
-    """A SandboxService with a pool on a FakeDriver, the service's background loop running."""
-    driver, clock, registry = driver or FakeDriver(), FakeClock(), Registry()
+    """A SandboxService with a pool on a GatedDriver, the service's background loop running (and
+    the pool's, if `pool_loop`)."""
+    driver, clock, registry = driver or GatedDriver(), FakeClock(), Registry()
     pool = make_pool(driver, clock, size, registry, max_size=max_size)
-    service = SandboxService(driver, clock, max_sandboxes=40, pids_max=PIDS, stop_grace_s=0.1, pool=pool)
+    service = SandboxService(
+        driver, clock, max_sandboxes=max_sandboxes, pids_max=PIDS, stop_grace_s=0.1, pool=pool
+    )
     started = asyncio.Event()
     task = asyncio.create_task(service.run(3600, started))
     await started.wait()
+    pool_started = asyncio.Event()
+    pool_task = asyncio.create_task(pool.run(pool_started)) if pool_loop else None
+    if pool_task is not None:
+        await pool_started.wait()
     try:
         yield Env(service, pool, driver, clock, registry)
     finally:
+        if pool_task is not None:
+            pool_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pool_task
         await pool.aclose()
         await service.aclose()
         task.cancel()
@@ -256,7 +298,7 @@ async def wait_for(condition: object, timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-class LimitlessDriver(FakeDriver):
+class LimitlessDriver(GatedDriver):
     async def set_limits(self, sandbox_id: str, cpu_millis: int, memory_bytes: int, pids_max: int) -> None:
         raise OSError("memory.limit_in_bytes: Device or resource busy")
 
@@ -279,17 +321,21 @@ async def growing() -> AsyncIterator[Env]:
         yield running
 
 
-async def burst(env: Env, count: int, request: SandboxCreate | None = None) -> None:
-    """`count` creates, each a little less than the quiet period after the one before."""
-    for _ in range(count):
-        await env.service.create(request or SandboxCreate())
-        env.clock.advance(QUIET_S * 0.9)
+async def burst(env: Env, count: int, request: SandboxCreate | None = None) -> list[str]:
+    """`count` creates in flight at once: claims are instant, spawns wait until all have begun.
+    Returns the sandbox ids."""
+    env.driver.gate.clear()
+    creates = [asyncio.create_task(env.service.create(request or SandboxCreate())) for _ in range(count)]
+    await wait_for(lambda: sum(c.done() for c in creates) + env.driver.waiting == count)
+    env.driver.gate.set()
+    return [sandbox.id for sandbox in await asyncio.gather(*creates)]
 
 
-async def test_the_pool_grows_to_the_largest_burst_it_could_serve(growing: Env) -> None:
+async def test_the_pool_grows_to_the_creates_in_flight_at_once(growing: Env) -> None:
+    """Two claims (instant), then five spawns in flight together: the pool grows to 5."""
     await growing.fill()
     assert growing.pool.ready == 2
-    await burst(growing, 5)
+    await burst(growing, 7)
     assert growing.pool.target(growing.clock.now()) == 5
     assert growing.metric("agentcell_sandbox_pool_target") == 5
     await growing.fill()
@@ -306,11 +352,100 @@ async def test_growth_stops_at_the_max(growing: Env) -> None:
     assert growing.pool.ready == 6
 
 
-async def test_creates_further_apart_than_the_quiet_period_are_not_a_burst(growing: Env) -> None:
+@pytest.mark.parametrize("apart_s", [0.0, QUIET_S * 0.1, QUIET_S * 1.1])
+async def test_creates_one_after_another_are_never_a_burst(growing: Env, apart_s: float) -> None:
+    """However close together: each create is alone in flight (the earlier pool counted creates
+    less than the quiet period apart as one burst)."""
     for _ in range(5):
         await growing.service.create(SandboxCreate())
-        growing.clock.advance(QUIET_S * 1.1)
+        growing.clock.advance(apart_s)
     assert growing.pool.target(growing.clock.now()) == 2
+
+
+async def test_create_then_delete_in_a_row_never_grows_the_pool_past_the_node() -> None:
+    """The exploratory tester's leak (AGENTCELL_MAX_SANDBOXES=2, AGENTCELL_SANDBOX_POOL=1, 40
+    create-then-delete calls in a row): the pool stays at 1, never more than 2 instances live."""
+    async with running_service(1, max_size=64, max_sandboxes=2) as env:
+        await env.fill()
+        for _ in range(40):
+            sandbox = await env.service.create(SandboxCreate())
+            await env.service.kill(sandbox.id)
+            env.clock.advance(QUIET_S * 0.3)
+        assert env.pool.target(env.clock.now()) == 1
+        await env.fill()
+        assert env.pool.ready == 1
+        assert env.driver.most_alive <= 2
+
+
+async def test_the_target_leaves_room_for_live_sandboxes() -> None:
+    """Idle + live never exceed max_sandboxes, however large the burst the pool remembers."""
+    async with running_service(2, max_size=6, max_sandboxes=4) as env:
+        await burst(env, 4)
+        assert env.pool.target(env.clock.now()) == 0, "4 live on a node of 4: no room for idle ones"
+        await env.fill()
+        assert env.pool.ready == 0
+        for sandbox in env.service.all()[:3]:
+            await env.service.kill(sandbox.id)
+        assert env.pool.target(env.clock.now()) == 3, "the burst of 4, in the room 1 live one leaves"
+        await env.fill()
+        assert env.pool.ready == 3
+        assert env.driver.most_alive <= 4
+
+
+async def test_a_create_at_the_node_max_claims_an_idle_instance() -> None:
+    """Idle instances do not count against max_sandboxes: the last create the node takes claims
+    one, the next is refused."""
+    async with running_service(2, max_sandboxes=2) as env:
+        await env.fill()
+        first = await env.service.create(SandboxCreate())
+        last = await env.service.create(SandboxCreate())
+        assert env.metric('agentcell_sandbox_pool_claims_total{result="hit"}') == 2
+        assert {first.id, last.id} <= set(env.driver.alive) and env.pool.ready == 0
+        with pytest.raises(QuotaExceeded, match="at most 2 sandboxes"):
+            await env.service.create(SandboxCreate())
+
+
+@pytest.mark.parametrize(
+    "request_, sandbox_id",
+    [(SandboxCreate(disk_mb=64), None), (SandboxCreate(), "sbx_resumed0000000")],
+    ids=["a create the pool cannot serve", "a resume"],
+)
+async def test_a_spawn_on_a_full_node_stops_idle_instances_first(
+    request_: SandboxCreate, sandbox_id: str | None
+) -> None:
+    async with running_service(2, max_sandboxes=2) as env:
+        await env.fill()
+        pooled = env.pool.idle_ids()
+        await env.service.create(SandboxCreate(disk_mb=64))
+        assert env.pool.idle_ids() == pooled[1:], "one live, one idle"
+        sandbox = await env.service.create(request_, sandbox_id=sandbox_id)
+        assert env.pool.ready == 0 and sandbox.id not in pooled
+        assert env.driver.most_alive == 2
+
+
+async def test_the_pool_refills_when_a_sandbox_frees_room() -> None:
+    async with running_service(1, max_sandboxes=1, pool_loop=True) as env:
+        await wait_for(lambda: env.pool.ready == 1)
+        sandbox = await env.service.create(SandboxCreate())
+        env.clock.advance(QUIET_S)
+        await asyncio.sleep(0.05)
+        assert env.pool.ready == 0, "no room beside the live sandbox"
+        await env.service.kill(sandbox.id)
+        await wait_for(lambda: env.pool.ready == 1)
+        assert env.driver.most_alive == 1
+
+
+async def test_a_burst_the_pool_serves_whole_keeps_its_size(growing: Env) -> None:
+    """Claims are instant, so a burst served by the pool shows no concurrency; taking every idle
+    instance shows the pool is not too large."""
+    await burst(growing, 5)
+    await growing.fill()
+    growing.clock.advance(BURST_MEMORY_S - 1)
+    await burst(growing, 5)
+    growing.clock.advance(BURST_MEMORY_S - 1)
+    assert growing.pool.target(growing.clock.now()) == 5
+    growing.clock.advance(2)
+    assert growing.pool.target(growing.clock.now()) == 2, "forgotten"
 
 
 async def test_creates_the_pool_cannot_serve_do_not_grow_it(growing: Env) -> None:
@@ -344,7 +479,9 @@ async def test_a_fixed_pool_never_grows(env: Env) -> None:
 async def test_a_full_pool_waits_for_a_claim_and_then_refills() -> None:
     async with running_pool(1, max_size=4) as (pool, _, clock):
         await wait_for(lambda: pool.ready == 1)
-        for _ in range(3):  # a burst of 3 (the fake clock stands still)
-            await pool.claim(default_spec(PIDS))
+        with contextlib.ExitStack() as in_flight:  # a burst of 3
+            for _ in range(3):
+                in_flight.enter_context(pool.creating(default_spec(PIDS)))
+                await pool.claim(default_spec(PIDS))
         clock.advance(QUIET_S)  # (the loop sleeps the quiet period in real time, then refills)
         await wait_for(lambda: pool.ready == 3)

@@ -140,6 +140,26 @@ async def test_timeout_kills_and_says_so(env: tuple[SandboxService, FakeDriver, 
     assert isinstance(end, EndEvent) and end.timed_out and end.exit_code == 137 and end.signal == 9
 
 
+async def test_stopped_processes_end_with_the_reason(
+    env: tuple[SandboxService, FakeDriver, FakeClock],
+) -> None:
+    """stop_all (a server shutting down) kills every running process; each `end` gives the reason
+    to every reader, the foreground one included. Finished processes are not counted."""
+    service, _, _ = env
+    sandbox = await service.create(SandboxCreate())
+    done = await service.start_process(sandbox.id, CommandRequest(argv=["true"], background=True))
+    await done.wait()
+    sleep = CommandRequest(argv=["sleep", "30"])
+    foreground = asyncio.create_task(collect(service, sandbox.id, sleep))
+    background = await service.start_process(sandbox.id, sleep.model_copy(update={"background": True}))
+    await asyncio.sleep(0.05)
+    assert sandbox.processes.stop_all("going away") == 2
+    end = (await asyncio.wait_for(foreground, 5))[-1]
+    assert isinstance(end, EndEvent) and (end.exit_code, end.error) == (137, "going away")
+    assert (await background.wait()).error == "going away" and (await done.wait()).error is None
+    assert sandbox.processes.stop_all("again") == 0
+
+
 async def test_background_process_replays_output_and_takes_stdin(
     env: tuple[SandboxService, FakeDriver, FakeClock],
 ) -> None:

@@ -30,7 +30,12 @@ class SandboxCreate(WireModel):
         default=1.0, ge=0.01, le=64, description="CPU cores (a quota, fractions down to 0.01 allowed)"
     )
     memory_mb: int = Field(default=512, ge=32, le=262144)
-    disk_mb: int = Field(default=1024, ge=16, le=1048576, description="workspace + writable layer size")
+    disk_mb: int = Field(
+        default=1024,
+        ge=16,
+        le=1048576,
+        description="workspace + writable layer size; held in RAM, so at most memory_mb takes effect",
+    )
     timeout_s: int = Field(default=300, ge=1, le=MAX_TIMEOUT_S, description="seconds until the sandbox ends")
     code_kernel: bool = Field(
         default=False, description="start the default Python code kernel before the sandbox is returned"

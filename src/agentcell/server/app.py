@@ -82,13 +82,19 @@ def build_egress_config(settings: Settings) -> EgressConfig:
 
 
 def build_object_store(settings: Settings) -> ObjectStore:
-    return open_object_store(
+    from agentcell.server.storage.s3 import S3ObjectStore  # (as open_object_store: only if used)
+
+    store = open_object_store(
         settings.store or f"file://{settings.state_dir / 'objects'}",
         s3_endpoint=settings.s3_endpoint,
         s3_region=settings.s3_region,
         s3_access_key=settings.s3_access_key,
         s3_secret_key=settings.s3_secret_key,
     )
+    if isinstance(store, S3ObjectStore) and settings.s3_timeout_s is not None:
+        # (open_object_store takes no timeout; the unused client holds no connection yet)
+        return S3ObjectStore(store.config, timeout_s=settings.s3_timeout_s)
+    return store
 
 
 async def _start(work: Coroutine[Any, Any, None], name: str, started: asyncio.Event) -> asyncio.Task[None]:

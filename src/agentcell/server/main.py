@@ -1,8 +1,9 @@
 """The server's entry point: read settings once, then run the gateway on the public port in front of
 the control-plane app, which it calls in-process (uvicorn, on a private Unix socket, runs the app's
 lifespan and takes the requests the gateway does not serve in-process: upgrades, chunked uploads,
-`Expect`). The gateway owns signals and the order of shutdown: stop accepting and drain, then the
-app's lifespan stops sessions and instances."""
+`Expect`). The gateway owns signals and the order of shutdown: stop accepting and drain (commands
+still running near the drain's end are stopped, so that their streams end with an `end` event),
+then the app's lifespan stops sessions and instances."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from agentcell.server.gateway.router import GatewayRouter
 from agentcell.server.gateway.server import GatewayServer
 from agentcell.server.observability.access_log import AccessLog
 from agentcell.server.observability.logs import setup_logging
+from agentcell.server.scheduler.sandboxes import SandboxService
 from agentcell.server.settings import Settings
 
 log = logging.getLogger("agentcell")
@@ -69,6 +71,26 @@ def access_logger(access: AccessLog) -> Callable[[AccessRecord], None]:
         )
 
     return log_access
+
+
+SHUTTING_DOWN = "the server is shutting down"
+COMMANDS_STOP_BEFORE_S = 1.0
+"""commands still running this long before the drain's deadline are stopped, so that the `end`
+event of each one reaches its stream's client before the connections are cut"""
+
+
+def commands_stopper(sandboxes: SandboxService) -> Callable[[], None]:
+    """The gateway's last call before it cuts the connections still busy after the drain: kill
+    every command still running, with an `end` whose error says the server is shutting down
+    (as a kill, pause or timeout of its sandbox does), rather than cut its stream mid-chunk. The
+    sandboxes themselves stop afterwards, in the app's lifespan."""
+
+    def stop_commands() -> None:
+        stopped = sum(sandbox.processes.stop_all(SHUTTING_DOWN) for sandbox in sandboxes.all())
+        if stopped:
+            log.info("agentcell shutting down: stopped %d commands still running", stopped)
+
+    return stop_commands
 
 
 GC_THRESHOLDS = (20_000, 20, 10)
@@ -136,7 +158,11 @@ async def run(settings: Settings, access: AccessLog) -> None:
         loop.add_signal_handler(sig, stop.set)
     await asyncio.wait([control_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     log.info("agentcell shutting down: draining requests")
-    await gateway.aclose(drain_timeout_s=settings.drain_timeout_s)
+    await gateway.aclose(
+        drain_timeout_s=settings.drain_timeout_s,
+        before_abort=commands_stopper(app.state.sandboxes),
+        before_abort_s=COMMANDS_STOP_BEFORE_S,
+    )
     control.should_exit = True
     await control_task
     access.close()

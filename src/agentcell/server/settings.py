@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     )
     sandbox_pool_max: int = Field(
         default=64,
-        description="the pool grows to the largest burst of creates of the last 10 minutes, up to this",
+        description="the pool grows to the most creates in flight at once of the last 10 minutes, up to this",
     )
     stop_grace_s: float = Field(default=2.0, ge=0, description="SIGTERM → SIGKILL grace when a sandbox stops")
     reap_interval_s: float = Field(
@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     s3_region: str = Field(default="us-east-1", description="S3 region")
     s3_access_key: str | None = Field(default=None, description="S3 access key id")
     s3_secret_key: str | None = Field(default=None, description="S3 secret key", repr=False)
+    s3_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="how long one S3 request may take before the store counts as unreachable (default 60)",
+    )
     usage_interval_s: float = Field(default=60, gt=0, description="how often usage is written to the ledger")
     price_cpu_core_s: float = Field(default=0.0000125, ge=0, description="price of one core-second, active")
     price_memory_gib_s: float = Field(default=0.0000014, ge=0, description="price of a GiB-second, active")

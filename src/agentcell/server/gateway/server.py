@@ -128,8 +128,18 @@ class GatewayServer:
     def connection_count(self) -> int:
         return len(self._connections)
 
-    async def aclose(self, *, drain_timeout_s: float = 10.0) -> None:
-        """Stop accepting, let in-flight requests finish for up to `drain_timeout_s`, close all."""
+    async def aclose(
+        self,
+        *,
+        drain_timeout_s: float = 10.0,
+        before_abort: Callable[[], object] | None = None,
+        before_abort_s: float = 1.0,
+    ) -> None:
+        """Stop accepting, let in-flight requests finish for up to `drain_timeout_s`, close all.
+
+        `before_abort`, when given, is called `before_abort_s` (at most half the drain) before
+        that deadline if requests are still in flight: the last chance for responses that would
+        run on (streams) to end themselves cleanly instead of being cut off."""
         if self._loop is None:
             return
         self.draining = True
@@ -137,12 +147,12 @@ class GatewayServer:
             listener.close()
         for conn in list(self._connections):
             conn.close_if_idle()
-        if self._connections:
-            try:
-                await asyncio.wait_for(self._drained.wait(), drain_timeout_s)
-            except TimeoutError:
-                busy = len(self._connections)
-                log.warning("closing %d connections still busy after %ss", busy, drain_timeout_s)
+        last_call_s = 0.0 if before_abort is None else min(before_abort_s, drain_timeout_s / 2)
+        if not await self._drain(drain_timeout_s - last_call_s) and before_abort is not None:
+            before_abort()
+            await self._drain(last_call_s)
+        if busy := len(self._connections):
+            log.warning("closing %d connections still busy after %ss", busy, drain_timeout_s)
         for conn in list(self._connections):
             conn.abort()
         if self._connections:  # abort() reports connection_lost on the next loop turn
@@ -153,6 +163,13 @@ class GatewayServer:
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners.clear()
+
+    async def _drain(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for every connection to close; True once they all have."""
+        if self._connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), timeout_s)
+        return not self._connections
 
     async def _end_app_calls(self) -> None:
         """Every connection is gone, so every in-process app call has heard a disconnect; cancel

@@ -201,6 +201,24 @@ class SandboxDriver(Protocol):
         instance to the request that claims it). Raises NotFound."""
         ...
 
+    async def freeze(self, sandbox_id: str) -> bool:
+        """Stop every process of a running instance where it stands (the cgroup freezer) and
+        return once all have stopped, so that its files hold still while they are snapshotted.
+        False: this host cannot freeze (nothing changed; the caller goes on unfrozen). Raises
+        NotFound; Unavailable when they did not all stop within a few seconds (thawed again).
+        `thaw` undoes it; `stop` and `adopt` thaw first."""
+        ...
+
+    async def thaw(self, sandbox_id: str) -> None:
+        """Let a frozen instance run again (a no-op when it is not frozen)."""
+        ...
+
+    async def release(self, sandbox_id: str) -> None:
+        """Stop managing a running instance without stopping it: it outlives this driver's
+        `aclose` (and the server) for the next server's `adopt`, as after a crash. Used at a
+        shutdown that could not save the instance's workspace. A no-op for an unknown id."""
+        ...
+
     async def connect(self, sandbox_id: str, port: int) -> socket.socket:
         """A connected, non-blocking TCP socket to 127.0.0.1:port inside the instance's network
         namespace (the instance has no other network: this is how ingress reaches it).

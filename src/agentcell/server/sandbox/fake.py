@@ -67,6 +67,8 @@ class FakeDriver:
         self._specs: dict[str, SandboxSpec] = {}
         self.started: list[SandboxSpec] = []
         self.adoptable: set[str] = set()
+        self.frozen: set[str] = set()
+        self.released: set[str] = set()
 
     async def start(self, spec: SandboxSpec) -> None:
         (self._root / spec.sandbox_id / "home" / "user").mkdir(parents=True)
@@ -141,6 +143,21 @@ class FakeDriver:
             spec, cpu_millis=cpu_millis, memory_bytes=memory_bytes, pids_max=pids_max
         )
 
+    async def freeze(self, sandbox_id: str) -> bool:
+        """Nothing is stopped here; `frozen` records it (tests)."""
+        self._require(sandbox_id)
+        self.frozen.add(sandbox_id)
+        return True
+
+    async def thaw(self, sandbox_id: str) -> None:
+        self.frozen.discard(sandbox_id)
+
+    async def release(self, sandbox_id: str) -> None:
+        """Fake restarts reuse the driver object: a released instance stays running, adoptable."""
+        if sandbox_id in self._running:
+            self.released.add(sandbox_id)
+            self.adoptable.add(sandbox_id)
+
     def spec(self, sandbox_id: str) -> SandboxSpec:
         """The spec a running instance has now (tests)."""
         self._require(sandbox_id)
@@ -159,6 +176,8 @@ class FakeDriver:
 
     async def adopt(self, sandbox_id: str) -> bool:
         """Fake restarts reuse the driver object: an adoptable instance is simply still running."""
+        self.frozen.discard(sandbox_id)
+        self.released.discard(sandbox_id)
         return sandbox_id in self.adoptable and sandbox_id in self._running
 
     async def wait_exited(self, sandbox_id: str) -> None:
@@ -169,6 +188,8 @@ class FakeDriver:
         self._require(sandbox_id).set()
 
     async def stop(self, sandbox_id: str, grace_s: float = 2.0) -> None:
+        self.frozen.discard(sandbox_id)
+        self.released.discard(sandbox_id)
         exited = self._running.pop(sandbox_id, None)
         if exited is None:
             return

@@ -267,6 +267,22 @@ class InstanceManager:
             instance.mark_ready()
         return alive
 
+    async def freeze(self, instance: Instance) -> bool:
+        """Freeze the instance's processes (see SandboxDriver.freeze); False: not on this host."""
+        return await self._driver.freeze(instance.id)
+
+    async def thaw(self, instance: Instance) -> None:
+        with contextlib.suppress(NotFound):
+            await self._driver.thaw(instance.id)
+
+    async def release(self, instance: Instance) -> None:
+        """Leave the instance running past this server, for the next one to adopt. It counts as
+        gone here from now on (so that its watcher does not take it for a crash)."""
+        instance.state = "gone"
+        self._servers.pop(instance.id, None)
+        self._release_template(instance)
+        await self._driver.release(instance.id)
+
     async def stop(self, instance: Instance) -> None:
         instance.state = "gone" if instance.state == "gone" else "stopping"
         server = self._servers.pop(instance.id, None)

@@ -135,6 +135,7 @@ class ManagedProcess:
         self._log = EventLog()
         self._log.events.append(StartEvent(process_id=self.process_id, pid=process.pid))
         self.exit: EndEvent | None = None
+        self._stop_reason: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._stdin_backlog: asyncio.Task[None] | None = None
 
@@ -188,7 +189,7 @@ class ManagedProcess:
             raise
 
     async def _finish(self, status: ExitStatus, timed_out: bool) -> None:
-        error = f"timed out after {self._timeout_s:g} s" if timed_out else None
+        error = f"timed out after {self._timeout_s:g} s" if timed_out else self._stop_reason
         self.exit = EndEvent(exit_code=status.code, signal=status.signal, timed_out=timed_out, error=error)
         await self._log.append(self.exit)
 
@@ -275,6 +276,15 @@ class ManagedProcess:
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
+    def stop(self, reason: str) -> bool:
+        """Kill the process for `reason`, which its `end` event's `error` then gives (readers get
+        their `end` as soon as it has exited). False if it had exited already."""
+        if self.exit is not None:
+            return False
+        self._stop_reason = self._stop_reason or reason
+        self.kill()
+        return True
+
     async def wait(self) -> EndEvent:
         assert self._task is not None
         await asyncio.shield(self._task)
@@ -332,6 +342,10 @@ class ProcessTable:
 
     def all(self) -> list[ManagedProcess]:
         return list(self._by_id.values())
+
+    def stop_all(self, reason: str) -> int:
+        """Kill every running process for `reason` (see ManagedProcess.stop); how many were."""
+        return sum(process.stop(reason) for process in self.all())
 
     async def aclose(self) -> None:
         for process in self.all():

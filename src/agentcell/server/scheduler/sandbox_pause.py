@@ -7,6 +7,10 @@ to the meta store, and only then stops its instance. Memory is not saved: proces
 kernels end. A resume starts a new instance with the same id and request and restores the files into
 it before the sandbox is handed back; the snapshot is then deleted.
 
+The snapshot is point-in-time: the sandbox's processes are frozen (cgroup freezer) from just
+before it is taken until the instance is stopped, so a file rewritten in place while the sandbox
+pauses comes back as one version of it, never a mix; a pause that fails thaws them again.
+
 A paused sandbox holds no instance, cores or memory (it does not count against the node's
 `max_sandboxes` or the tenant's sandbox quotas). Its stored bytes count against the tenant's storage
 quota and show in usage like a workspace of the pseudo-function `_sandboxes` (path
@@ -29,7 +33,7 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from agentcell.errors import AgentcellError, Conflict, QuotaExceeded, WorkspaceCorrupt
+from agentcell.errors import AgentcellError, Conflict, QuotaExceeded, Unavailable, WorkspaceCorrupt
 from agentcell.protocol.sandboxes import SandboxCreate, SandboxState
 from agentcell.server.auth.principal import Principal, acting_as, current_or_none
 from agentcell.server.clock import Clock
@@ -37,7 +41,7 @@ from agentcell.server.meta.records import PausedSandboxRecord, WorkspaceRecord
 from agentcell.server.meta.store import MetaStore
 from agentcell.server.sandbox.driver import SANDBOX_HOME, WRITE_TEMPS, SandboxDriver, SandboxFiles
 from agentcell.server.scheduler.sandboxes import Sandbox, SandboxService
-from agentcell.server.scheduler.workspaces import Workspace, WorkspaceKeeper
+from agentcell.server.scheduler.workspaces import STORE_RETRY_AFTER_S, Workspace, WorkspaceKeeper
 from agentcell.server.storage.snapshots import SnapshotInfo, Snapshots
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,11 @@ T = TypeVar("T")
 SANDBOXES_SEGMENT = "_sandboxes"
 """the storage path segment of paused sandboxes (function names start with a letter: no clash)"""
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0
+TIMEOUT_PAUSE_ATTEMPTS = 10
+"""a pause at the timeout that fails is tried again this many times in all before the kill"""
+TIMEOUT_PAUSE_RETRY_S = 30.0
+"""the wait after its first failure; it doubles after each, up to TIMEOUT_PAUSE_RETRY_MAX_S"""
+TIMEOUT_PAUSE_RETRY_MAX_S = 600.0
 
 
 def storage_path(tenant: str, sandbox_id: str) -> str:
@@ -89,6 +98,8 @@ class SandboxPauses:
         clock: Clock,
         *,
         retention_s: float = DEFAULT_RETENTION_S,
+        timeout_pause_attempts: int = TIMEOUT_PAUSE_ATTEMPTS,
+        timeout_pause_retry_s: float = TIMEOUT_PAUSE_RETRY_S,
     ) -> None:
         self._sandboxes = sandboxes
         self._driver = driver
@@ -97,6 +108,9 @@ class SandboxPauses:
         self._keeper = keeper
         self._clock = clock
         self._retention_s = retention_s
+        self._timeout_pause_attempts = timeout_pause_attempts
+        self._timeout_pause_retry_s = timeout_pause_retry_s
+        self._timeout_pause_failures: dict[str, int] = {}
         self._paused: dict[str, PausedSandbox] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.labeller: Callable[[Sandbox], dict[str, str]] | None = None
@@ -180,7 +194,9 @@ class SandboxPauses:
 
     async def pause_at_timeout(self, sandbox: Sandbox) -> bool:
         """SandboxService's timeout hook: pause a sandbox created with `on_timeout="pause"`. False
-        (kill it) for any other, or when the pause fails."""
+        (kill it) for any other. A pause that fails (the object store down, the storage quota
+        full) keeps the sandbox running and is tried again later, backing off; only after
+        `timeout_pause_attempts` failures does the sandbox end without its files."""
         if sandbox.request.on_timeout != "pause":
             return False
         try:
@@ -189,8 +205,36 @@ class SandboxPauses:
                     await self._pause(sandbox)
                     log.info("sandbox %s: paused at its timeout", sandbox.id)
         except Exception as exc:
-            log.warning("sandbox %s: pause at its timeout failed, so it ends: %s", sandbox.id, exc)
+            return self._retry_pause_later(sandbox, exc)
+        self._timeout_pause_failures.pop(sandbox.id, None)
+        return True
+
+    def _retry_pause_later(self, sandbox: Sandbox, exc: Exception) -> bool:
+        """After a failed pause at the timeout: True (keep it running, with a new deadline to try
+        again), or False once the attempts are spent (the kill loses its files: said loudly)."""
+        failures = self._timeout_pause_failures.get(sandbox.id, 0) + 1
+        why = exc.message if isinstance(exc, AgentcellError) else repr(exc)
+        if failures >= self._timeout_pause_attempts:
+            self._timeout_pause_failures.pop(sandbox.id, None)
+            log.error(
+                "sandbox %s: pause at its timeout failed %d times, so it ends and its files are lost: %s",
+                sandbox.id,
+                failures,
+                why,
+            )
             return False
+        self._timeout_pause_failures[sandbox.id] = failures
+        delay = min(self._timeout_pause_retry_s * 2 ** (failures - 1), TIMEOUT_PAUSE_RETRY_MAX_S)
+        sandbox.expires_at = self._clock.now() + delay
+        log.warning(
+            "sandbox %s: pause at its timeout failed (attempt %d of %d); it keeps running and the "
+            "pause is tried again in %g s: %s",
+            sandbox.id,
+            failures,
+            self._timeout_pause_attempts,
+            delay,
+            why,
+        )
         return True
 
     async def resume(
@@ -199,7 +243,8 @@ class SandboxPauses:
         """Start the paused sandbox again with its id and request (`timeout_s`, when given, replaces
         its timeout) and restore its files before returning it. A running sandbox is returned as it
         is with `running_ok`, else Conflict. Raises NotFound, WorkspaceCorrupt (its snapshot is gone
-        or damaged: it stays paused), QuotaExceeded (no room for it now)."""
+        or damaged: it stays paused), Unavailable (the object store cannot be reached now: it
+        stays paused, retry), QuotaExceeded (no room for it now)."""
         async with self._lock(sandbox_id):
             paused = self.paused(sandbox_id)
             if paused is None:
@@ -229,6 +274,7 @@ class SandboxPauses:
         async with self._lock(sandbox_id):
             paused = self.paused(sandbox_id)
             if paused is None:
+                self._timeout_pause_failures.pop(sandbox_id, None)
                 await self._sandboxes.kill(sandbox_id)
                 return
             await self._forget(paused)
@@ -260,13 +306,17 @@ class SandboxPauses:
         await self._check_quota(sandbox.tenant)
         files = self._driver.files(sandbox.id)
         sandbox.pausing = True  # API writes finishing from now on fail: the snapshot may miss them
+        frozen = False
         try:
+            frozen = await self._driver.freeze(sandbox.id)  # its files hold still until it stops
             info = await _with_home(
                 files, lambda fd: self._snapshots.persist(path, fd, (WRITE_TEMPS,), keep=1)
             )
             await self._store.put_workspace(await self._workspace_record(sandbox, path, info))
         except BaseException:
             sandbox.pausing = False  # the sandbox keeps running
+            if frozen:
+                await self._driver.thaw(sandbox.id)
             raise
         now = self._clock.now()
         record = PausedSandboxRecord(
@@ -308,6 +358,11 @@ class SandboxPauses:
             )
         except WorkspaceCorrupt:
             raise
+        except Unavailable as exc:  # nothing wrong with the files: they are there for a later try
+            raise Unavailable(
+                f"sandbox {sandbox.id} cannot be resumed now: {exc.message}; it stays paused, retry later",
+                retry_after_s=STORE_RETRY_AFTER_S,
+            ) from exc
         except AgentcellError as exc:
             raise WorkspaceCorrupt(
                 f"sandbox {sandbox.id}: its files could not be restored: {exc.message}"

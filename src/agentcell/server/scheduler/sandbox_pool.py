@@ -15,11 +15,20 @@ refilled at once made sequential creates slower and bursts no faster). The app's
 `run()` after the sandbox service has reaped what an earlier server left (a crashed server's
 pooled instances are orphans like any other), and calls `aclose()` at shutdown.
 
-The pool sizes itself for bursts: `size` is its floor, and it holds as many as the largest burst
-of creates it could serve (creates less than `quiet_s` apart) in the last `BURST_MEMORY_S`, up to
-`max_size`. A node whose agents create 50 sandboxes at once pays the spawns once; the next burst
-claims. Once that burst is forgotten, the extra idle instances are stopped, again only while the
-node is quiet.
+The pool sizes itself for bursts: `size` is its floor, and it holds as many as the most creates
+it could serve that were in flight at once (asked the pool and not yet running) in the last
+`BURST_MEMORY_S`, up to `max_size`. A node whose agents create 50 sandboxes at once pays the spawns
+once; the next burst claims. Creates one after another are never a burst, however close together:
+each is alone in flight (an earlier pool counted creates less than `quiet_s` apart as one burst,
+and grew to 40 idle instances for 40 create-then-delete calls in a row). A claim is instant, so a
+burst the pool serves shows little concurrency; a burst that takes every idle instance keeps the
+remembered size instead. Once that burst is forgotten, the extra idle instances are stopped, again
+only while the node is quiet.
+
+Idle instances share the node's `max_sandboxes` with live sandboxes without counting against it:
+a create is refused only for live and starting sandboxes, and claims an idle instance if one fits.
+The pool never holds more than the room live sandboxes leave (`room`, set by the sandbox service),
+and a create about to spawn on a node without room stops idle instances first (`make_room`).
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from agentcell.errors import AgentcellError, NotFound
@@ -44,7 +53,7 @@ QUIET_S = 0.5
 RETRY_S = (1.0, 30.0)
 """backoff after a failed refill: first delay, longest delay"""
 BURST_MEMORY_S = 600.0
-"""the pool stays sized for the largest burst of creates seen within this long"""
+"""the pool stays sized for the largest burst of creates seen (or served) within this long"""
 
 
 def default_spec(pids_max: int) -> SandboxSpec:
@@ -91,10 +100,13 @@ class SandboxPool:
         """idle instance id → its death watcher, oldest first"""
         self._filling = 0
         self._last_create = float("-inf")
-        self._burst = 0
-        """creates of the pool's spec in the current burst (less than quiet_s apart)"""
+        self._in_flight = 0
+        """creates of the pool's spec that asked the pool and are not running yet"""
         self._peak, self._peak_at = 0, float("-inf")
-        """the largest burst remembered, and when it was last reached"""
+        """the largest burst remembered (creates in flight at once), and when it was last needed"""
+        self.room: Callable[[], int] = lambda: self.max_size
+        """How many instances the node holds beyond its live and starting sandboxes (its
+        max_sandboxes minus those); set by the sandbox service, unlimited on a pool alone."""
         self._retry_at = float("-inf")
         self._retry_s = RETRY_S[0]
         self._changed = asyncio.Event()
@@ -113,8 +125,7 @@ class SandboxPool:
         """How many idle instances the pool means to hold now."""
         if self.size == 0:
             return 0
-        peak = self._peak if now - self._peak_at <= BURST_MEMORY_S else 0
-        return min(self.max_size, max(self.size, peak))
+        return max(0, min(self.max_size, max(self.size, self._remembered_peak(now)), self.room()))
 
     def idle_ids(self) -> list[str]:
         """Ids of the idle instances (diagnostics and tests; never shown through the API)."""
@@ -134,23 +145,39 @@ class SandboxPool:
             and spec.egress == ours.egress
         )
 
+    @contextlib.contextmanager
+    def creating(self, spec: SandboxSpec) -> Iterator[None]:
+        """Count a create of `spec` as in flight while inside (the service holds it from its
+        claim until its instance runs, a spawn included): the pool sizes itself for the most
+        creates it could serve in flight at once."""
+        if not self.fits(spec):
+            yield
+            return
+        self._in_flight += 1
+        now = self._clock.now()
+        if self._in_flight >= self._remembered_peak(now):
+            self._peak, self._peak_at = self._in_flight, now
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
     async def claim(self, spec: SandboxSpec) -> str | None:
         """An idle instance adapted to `spec`, now the caller's (its id is the sandbox's id); None
         if the pool cannot serve `spec` or is empty (the caller starts one itself). Every create
         calls this, so that refills wait for a quiet period."""
         now = self._clock.now()
-        fits = self.fits(spec)
-        if fits:
-            self._count_burst(now)
         self._last_create = now
         self._changed.set()
-        if not self._idle or not fits:
+        if not self._idle or not self.fits(spec):
             self._misses.inc()
             return None
         sandbox_id = next(iter(self._idle))
         watcher = self._idle.pop(sandbox_id)  # before any await: no two claims get one instance
         if watcher is not None:
             watcher.cancel()
+        if not self._idle and self._remembered_peak(now):  # the pool was not too large: keep its size
+            self._peak_at = now
         try:
             await self._adapt(sandbox_id, spec)
         except Exception as e:  # the caller spawns instead: a claim never fails a create
@@ -164,10 +191,14 @@ class SandboxPool:
         self._hits.inc()
         return sandbox_id
 
-    def _count_burst(self, now: float) -> None:
-        self._burst = self._burst + 1 if now - self._last_create < self._quiet_s else 1
-        if self._burst >= self._peak or now - self._peak_at > BURST_MEMORY_S:
-            self._peak, self._peak_at = self._burst, now
+    def _remembered_peak(self, now: float) -> int:
+        return self._peak if now - self._peak_at <= BURST_MEMORY_S else 0
+
+    async def make_room(self) -> None:
+        """Stop the oldest idle instances the node has no room for: called by a create about to
+        spawn (it counts as starting), so that idle instances never take a live sandbox's place."""
+        while self._idle and len(self._idle) > self.room():
+            await self._stop_oldest()
 
     async def _adapt(self, sandbox_id: str, spec: SandboxSpec) -> None:
         ours = self._spec
@@ -202,23 +233,33 @@ class SandboxPool:
         finally:
             self._filling -= 1
         self._retry_s = RETRY_S[0]
-        if self._closed:
+        if self._closed or len(self._idle) >= self.room():  # creates took the room meanwhile
             await self._discard(sandbox_id)
             return False
         self._idle[sandbox_id] = self._watch(sandbox_id)
         return True
 
     async def trim_once(self, now: float) -> bool:
-        """Stop the oldest idle instance if the pool holds more than it means to (the burst it
-        grew for is forgotten) and the node is quiet. True if it did."""
-        if self._closed or len(self._idle) <= self.target(now) or now < self._last_create + self._quiet_s:
+        """Stop the oldest idle instance if the pool holds more than it means to: at once if live
+        sandboxes need its room, else (the burst it grew for is forgotten) once the node is quiet.
+        True if it did."""
+        if self._closed or len(self._idle) <= self.target(now):
             return False
+        if len(self._idle) <= self.room() and now < self._last_create + self._quiet_s:
+            return False
+        await self._stop_oldest()
+        return True
+
+    async def _stop_oldest(self) -> None:
         sandbox_id = next(iter(self._idle))
         watcher = self._idle.pop(sandbox_id)
         if watcher is not None:
             watcher.cancel()
         await self._discard(sandbox_id)
-        return True
+
+    def room_freed(self) -> None:
+        """A live sandbox ended (called by the sandbox service): the pool may refill into its room."""
+        self._changed.set()
 
     def _due_in(self, now: float) -> float | None:
         """Seconds until the pool may start or stop an instance; None when there is nothing to do
@@ -230,7 +271,7 @@ class SandboxPool:
             return self._peak_at + BURST_MEMORY_S - now if target > self.size else None
         quiet_in = self._last_create + self._quiet_s - now
         if held > target:
-            return max(0.0, quiet_in)
+            return 0.0 if len(self._idle) > self.room() else max(0.0, quiet_in)
         return max(0.0, quiet_in, self._retry_at - now)
 
     async def _wait(self, delay_s: float | None) -> None:
@@ -292,8 +333,9 @@ class SandboxPool:
         )
         registry.gauge(
             "agentcell_sandbox_pool_target",
-            "Idle sandboxes the pool means to hold: AGENTCELL_SANDBOX_POOL, or the largest recent burst"
-            " of creates up to AGENTCELL_SANDBOX_POOL_MAX",
+            "Idle sandboxes the pool means to hold: AGENTCELL_SANDBOX_POOL, or the most creates in flight"
+            " at once recently, up to AGENTCELL_SANDBOX_POOL_MAX and the room AGENTCELL_MAX_SANDBOXES"
+            " leaves beside live sandboxes",
             (),
             lambda: [((), float(self.target(self._clock.now())))],
         )

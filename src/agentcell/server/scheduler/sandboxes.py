@@ -112,6 +112,8 @@ class SandboxService:
     ) -> None:
         self._driver = driver
         self._pool = pool
+        if pool is not None:
+            pool.room = self._room
         self._quotas = quotas or unlimited()
         self._telemetry = telemetry or NullTelemetry()
         self._ledger = ledger
@@ -178,6 +180,8 @@ class SandboxService:
             await self._start_instance(sandbox, template, poolable)
         except BaseException:
             self._unhold(sandbox)
+            if self._pool is not None:
+                self._pool.room_freed()
             raise
         finally:
             self._starting -= 1
@@ -188,12 +192,28 @@ class SandboxService:
         log.info("sandbox %s started", sandbox.id)
         return sandbox
 
+    def _room(self) -> int:
+        """How many more instances this node takes beside its live and starting sandboxes."""
+        return self._max - len(self._sandboxes) - self._starting
+
     async def _start_instance(self, sandbox: Sandbox, template: ResolvedTemplate, poolable: bool) -> None:
         """Claim a pooled instance (the sandbox takes its id) or start a new one."""
         spec = self._spec(sandbox, template)
-        if poolable and self._pool is not None and (pooled := await self._pool.claim(spec)) is not None:
-            sandbox.id = pooled
+        if self._pool is None:
+            await self._spawn(sandbox, spec)
             return
+        if not poolable:
+            await self._pool.make_room()
+            await self._spawn(sandbox, spec)
+            return
+        with self._pool.creating(spec):
+            if (pooled := await self._pool.claim(spec)) is not None:
+                sandbox.id = pooled
+                return
+            await self._pool.make_room()
+            await self._spawn(sandbox, spec)
+
+    async def _spawn(self, sandbox: Sandbox, spec: SandboxSpec) -> None:
         spawn_started = self._telemetry.now()
         await self._driver.start(spec)
         self._telemetry.phase("sandbox_spawn", spawn_started, sandbox.id)
@@ -317,6 +337,8 @@ class SandboxService:
             sandbox.state = "ended"
             if self._sandboxes.pop(sandbox.id, None) is not None:
                 self._unhold(sandbox)
+                if self._pool is not None:
+                    self._pool.room_freed()
             log.info("sandbox %s ended", sandbox.id)
 
     # -- commands and files ----------------------------------------------------------------------

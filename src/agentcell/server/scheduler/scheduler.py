@@ -45,7 +45,7 @@ from agentcell.server.scheduler.metering import Resources, UsageLedger, instance
 from agentcell.server.scheduler.placement import find_room, free_instance, idle_instances, needs_instance
 from agentcell.server.scheduler.session_workspaces import SessionWorkspaces
 from agentcell.server.scheduler.sessions import SESSION_KEY, Session, SessionEnded, new_session_id
-from agentcell.server.scheduler.workspaces import WorkspaceKeeper
+from agentcell.server.scheduler.workspaces import STORE_RETRY_AFTER_S, WorkspaceKeeper
 from agentcell.server.storage.snapshots import SnapshotInfo
 from agentcell.server.templates.service import TemplateService
 
@@ -62,6 +62,13 @@ class SchedulerLimits:
     wait_timeout_s: float = 10.0
     start_concurrency: int = 8
     usage_interval_s: float = 60.0
+    final_save_attempts: int = 10
+    """how often the reaper tries an expired session's last snapshot before it gives up"""
+    final_save_retry_s: float = 30.0
+    """the wait after its first failure; it doubles after each, up to FINAL_SAVE_RETRY_MAX_S"""
+
+
+FINAL_SAVE_RETRY_MAX_S = 600.0
 
 
 @dataclass(slots=True, eq=False)
@@ -213,13 +220,22 @@ class Scheduler:
     async def delete_function(self, name: str) -> None:
         """End every live session as `delete_session` does (pre-stop hook, last snapshot,
         metering; reason `function_deleted`), stop the instances, then forget the function.
-        It takes no new requests from the start (they get NotFound)."""
+        It takes no new requests from the start (they get NotFound). When a session's last
+        snapshot cannot be written, that session is kept and so is the function (raises why)."""
         fn = self.function(name)
         fn.deleted = True
         del self._functions[name]
+        sessions = list(fn.sessions.values())
+        ends = [self._end_session(s, "function_deleted", fn=fn) for s in sessions]
+        outcomes = await asyncio.gather(*ends, return_exceptions=True)
+        if kept := [s for s in sessions if not s.has_ended]:
+            fn.deleted = False
+            self._functions.setdefault(name, fn)
+            failure = next(o for s, o in zip(sessions, outcomes, strict=True) if s in kept and o is not None)
+            raise _not_ended(f"function {_shown(name)} was not deleted: {len(kept)} session(s) kept", failure)
+        if errors := [o for o in outcomes if isinstance(o, BaseException)]:
+            raise errors[0]
         self._telemetry.function_deleted(name)
-        ends = [self._end_session(s, "function_deleted", fn=fn) for s in list(fn.sessions.values())]
-        await asyncio.gather(*ends)
         await asyncio.gather(*(self._stop_instance(fn, i) for i in list(fn.instances.values())))
         await self._store.delete_function(name)
         await asyncio.to_thread(shutil.rmtree, self._code_root / name, True)
@@ -234,6 +250,9 @@ class Scheduler:
             return await self._route_stateless(fn)
         issued = None
         session = fn.sessions.get(key) if key is not None else None
+        while session is not None and session.closing is not None and session.is_closing:
+            await asyncio.wait([session.closing])  # ending: it stays only if its last save fails
+            session = fn.sessions.get(session.key)
         if session is None:
             if fn.config.affinity.kind == "mcp":
                 raise NotFound(f"MCP session {key!r} not found or expired; initialize a new one")
@@ -312,7 +331,7 @@ class Scheduler:
         if fn is None or key is None or not self._accepting or fn.config.affinity.kind == "none":
             return None
         session = fn.sessions.get(key)
-        if session is None or not session.bound.done() or session.state == "ended":
+        if session is None or not session.bound.done() or session.state == "ended" or session.is_closing:
             return None
         instance = fn.instances.get(session.instance_id or "")
         if instance is None or not instance.is_ready:
@@ -574,8 +593,16 @@ class Scheduler:
         return session
 
     async def delete_session(self, session_id: str) -> None:
-        """Pre-stop hook, then release the instance (destroyed if it was exclusive)."""
-        await self._end_session(self.session(session_id), "deleted")
+        """Pre-stop hook, last snapshot, then release the instance (destroyed if it was
+        exclusive). When the snapshot cannot be written the session stays as it was (raises
+        Unavailable: a later delete tries again)."""
+        session = self.session(session_id)
+        try:
+            await self._end_session(session, "deleted")
+        except Unavailable as exc:
+            if session.has_ended:
+                raise
+            raise _not_ended(f"session {session_id} was not deleted", exc) from exc
 
     def _abandon(self, session: Session) -> None:
         """Every request waiting for a session still queued for room has gone: it ends now (no
@@ -611,12 +638,62 @@ class Scheduler:
         error: AgentcellError | None = None,
         *,
         fn: FunctionState | None = None,
+        save: bool = True,
     ) -> None:
-        """`error`: what requests still waiting for the session to bind get. `fn`: the session's
+        """End a session. A live one (idle or active, on a ready instance) first gets its pre-stop
+        hook and last snapshot while it is still live; when that snapshot cannot be written this
+        raises Unavailable and the session, its instance and its files stay
+        as they were. `save=False`: end it without either (the reaper gave up on it).
+        `error`: what requests still waiting for the session to bind get. `fn`: the session's
         function when it is no longer registered (being deleted)."""
+        if session.is_closing:  # another end of it is under way
+            await self._closed(session, saves=save and reason != "instance_failed")
         if session.state == "ended":
             return
         fn = fn or self._functions.get(session.function)
+        instance = fn.instances.get(session.instance_id or "") if fn is not None else None
+        closing: asyncio.Future[None] | None = None
+        if save and fn is not None and instance is not None and _closes(session, instance, reason):
+            closing = session.closing = asyncio.get_running_loop().create_future()
+            try:
+                await self._close(fn, instance, session, reason)
+            except BaseException as exc:
+                session.closing = None
+                _settle(closing, exc)
+                raise
+        try:
+            if not session.has_ended:  # (a placeholder MCP session may be dropped meanwhile)
+                await self._finish(session, reason, error, fn, hook=save and closing is None)
+        finally:
+            if closing is not None:
+                _settle(closing, None)
+
+    async def _closed(self, session: Session, *, saves: bool) -> None:
+        """Wait for the end of `session` under way. Its failure to save is this end's too, unless
+        this one does not save (its instance failed, or the reaper gave up)."""
+        assert session.closing is not None
+        closing = session.closing
+        await asyncio.wait([closing])
+        failure = None if closing.cancelled() else closing.exception()
+        if failure is not None and saves:
+            raise failure
+
+    async def _close(self, fn: FunctionState, instance: Instance, session: Session, reason: str) -> None:
+        """What may keep a live session from ending: its pre-stop hook (which may flush the
+        program's state into the workspace), then its last snapshot."""
+        config = fn.versions.get(instance.version, fn.latest).config
+        await self._pre_stop(config, instance, session, reason)
+        await self._workspaces.final_save(config, instance, session)
+
+    async def _finish(
+        self,
+        session: Session,
+        reason: EndReason,
+        error: AgentcellError | None,
+        fn: FunctionState | None,
+        *,
+        hook: bool,
+    ) -> None:
         was_bound = session.state != "pending"  # a key that never reached an instance stays free
         if fn is not None and fn.config.disable_session_id_reuse and was_bound:
             fn.ended_keys.add(session.key)
@@ -626,33 +703,43 @@ class Scheduler:
         try:
             if fn is not None and instance is not None:
                 await self._meter(fn, instance, ending=session)
-                await self._release_instance(fn, instance, session, reason)
+                await self._release_instance(fn, instance, session, reason, hook=hook)
         finally:
             self._workspaces.unclaim(session)
 
     async def _release_instance(
-        self, fn: FunctionState, instance: Instance, session: Session, reason: str
+        self, fn: FunctionState, instance: Instance, session: Session, reason: str, *, hook: bool
     ) -> None:
+        """After the session ended: its files leave the instance, which is destroyed if it was
+        exclusive. `hook`: run the pre-stop hook first (an end that did not run it before)."""
         version = fn.versions.get(instance.version, fn.latest)
-        hook = version.config.pre_stop
-        if hook is not None and instance.is_ready and reason != "instance_failed":
-            env = {
-                "AGENTCELL_SESSION_ID": session.id,
-                "AGENTCELL_SESSION_KEY": session.key,
-                "AGENTCELL_END_REASON": reason,
-            }
-            try:
-                await self._manager.run_hook(instance, hook.cmd, hook.timeout_s, env, "pre_stop")
-                log.info("session %s: pre_stop hook passed", session.id)
-            except Exception as exc:
-                log.warning("session %s: pre_stop hook failed: %s", session.id, exc)
-        await self._workspaces.save_and_detach(version.config, instance, session)
+        if hook:
+            await self._pre_stop(version.config, instance, session, reason)
+        await self._workspaces.detach(instance, session)
         instance.sessions.discard(session.id)
         if version.config.sessions_per_instance == 1:
             await self._stop_instance(fn, instance)  # exclusive: never serves another session
         elif self._is_spare(fn, instance):
             fn.warm.append(instance)  # a shared instance with no session left is warm again
         fn.notify_capacity()
+
+    async def _pre_stop(
+        self, config: FunctionConfig, instance: Instance, session: Session, reason: str
+    ) -> None:
+        """The pre-stop hook of an ending session; its failure is logged, and the session ends."""
+        hook = config.pre_stop
+        if hook is None or not instance.is_ready or reason == "instance_failed":
+            return
+        env = {
+            "AGENTCELL_SESSION_ID": session.id,
+            "AGENTCELL_SESSION_KEY": session.key,
+            "AGENTCELL_END_REASON": reason,
+        }
+        try:
+            await self._manager.run_hook(instance, hook.cmd, hook.timeout_s, env, "pre_stop")
+            log.info("session %s: pre_stop hook passed", session.id)
+        except Exception as exc:
+            log.warning("session %s: pre_stop hook failed: %s", session.id, exc)
 
     async def snapshot_session(self, session_id: str) -> SnapshotInfo:
         """Persist a live session's workspace now."""
@@ -839,7 +926,8 @@ class Scheduler:
         """End expired sessions, then stop idle spare instances, each batch concurrently (a slow
         pre_stop hook delays no other). Returns (id, reason) pairs."""
         expired = [(s, r) for s in list(self._sessions.values()) if (r := s.expiry_reason(now)) is not None]
-        await asyncio.gather(*(self._reap(self._end_session(s, r), s.id) for s, r in expired))
+        await asyncio.gather(*(self._reap(self._expire(s, r, now), s.id) for s, r in expired))
+        expired = [(s, r) for s, r in expired if s.has_ended]  # (one whose last save failed is kept)
         idle = [(fn, i) for fn in list(self._functions.values()) for i in idle_instances(fn, now)]
         await asyncio.gather(*(self._reap(self._stop_instance(fn, i), i.id) for fn, i in idle))
         reaped = [(s.id, str(r)) for s, r in expired] + [(i.id, "idle") for _, i in idle]
@@ -847,6 +935,48 @@ class Scheduler:
         if reaped:
             self._warm_wanted.set()
         return reaped
+
+    async def _expire(self, session: Session, reason: EndReason, now: float) -> None:
+        """End an expired session. When its last snapshot fails, the session and its instance are
+        kept and the reaper tries again later (backing off), `final_save_attempts` times in all;
+        then it ends without it. Either way the workspace records why."""
+        try:
+            await self._end_session(session, reason)
+            return
+        except Unavailable as exc:
+            if session.has_ended:
+                raise
+            failure = exc
+        session.save_failures += 1
+        attempts = self._limits.final_save_attempts
+        if session.save_failures < attempts:
+            delay = min(
+                self._limits.final_save_retry_s * 2 ** (session.save_failures - 1), FINAL_SAVE_RETRY_MAX_S
+            )
+            session.end_retry_at = now + delay
+            log.warning(
+                "session %s (%s): kept, its last snapshot failed: %s", session.id, reason, failure.message
+            )
+            await self._workspaces.note_error(
+                session,
+                f"{failure.message}; the session ({reason}) and its instance are kept and the save is "
+                f"tried again in {delay:g} s (attempt {session.save_failures} of {attempts})",
+            )
+            return
+        log.error(
+            "session %s (%s): ended without its last snapshot after %d attempts; changes since the "
+            "previous snapshot are lost: %s",
+            session.id,
+            reason,
+            attempts,
+            failure.message,
+        )
+        await self._workspaces.note_error(
+            session,
+            f"{failure.message}; after {attempts} attempts the session ended ({reason}) without it: "
+            "changes since the previous snapshot are lost",
+        )
+        await self._end_session(session, reason, save=False)
 
     @staticmethod
     async def _reap(work: Coroutine[Any, Any, None], what: str) -> None:
@@ -924,13 +1054,67 @@ class Scheduler:
         self._quotas.hold(split(fn.name)[0], "session", force=True)
 
     async def aclose(self) -> None:
-        """Graceful shutdown after the gateway drained: pre-stop every session, stop every instance."""
+        """Graceful shutdown after the gateway drained: end every session (pre-stop hook, last
+        snapshot) and stop every instance — except where a last snapshot could not be written:
+        that session stays live and its instance keeps running past this server, as after a
+        crash, for the next start to adopt; its workspace records why."""
         self._accepting = False
-        await asyncio.gather(*(self._end_session(s, "shutdown") for s in list(self._sessions.values())))
+        sessions = list(self._sessions.values())
+        ends = await asyncio.gather(
+            *(self._end_session(s, "shutdown") for s in sessions), return_exceptions=True
+        )
+        kept: set[str] = set()
+        for session, outcome in zip(sessions, ends, strict=True):
+            if isinstance(outcome, BaseException):
+                if not session.has_ended and session.instance_id is not None:
+                    kept.add(session.instance_id)
+                await self._left_running(session, outcome)
         for fn in list(self._functions.values()):
-            await asyncio.gather(*(self._stop_instance(fn, i) for i in list(fn.instances.values())))
+            instances = list(fn.instances.values())
+            await asyncio.gather(*(self._stop_instance(fn, i) for i in instances if i.id not in kept))
+            for instance in [i for i in instances if i.id in kept]:
+                await self._meter(fn, instance)
+                await self._manager.release(instance)
         await self.flush_once()
         await self.meter_once(self._clock.now())
+
+    async def _left_running(self, session: Session, failure: BaseException) -> None:
+        """Shutdown could not end `session`: say why, where its owner will look."""
+        if session.has_ended:
+            log.error("session %s: shutdown could not finish ending it: %s", session.id, failure)
+            return
+        session.dirty = True  # (its record, live, is what the next start adopts)
+        why = failure.message if isinstance(failure, AgentcellError) else repr(failure)
+        log.error("session %s: kept running for the next start: %s", session.id, why)
+        await self._workspaces.note_error(
+            session,
+            f"{why}; at the server's shutdown the session and its instance were left running for "
+            "the next start to adopt (its files are there)",
+        )
+
+
+def _closes(session: Session, instance: Instance, reason: EndReason) -> bool:
+    """Whether ending `session` runs its pre-stop hook and last snapshot before it ends."""
+    return session.state in ("idle", "active") and instance.is_ready and reason != "instance_failed"
+
+
+def _settle(future: asyncio.Future[None], failure: BaseException | None) -> None:
+    if future.done():
+        return
+    if failure is None:
+        future.set_result(None)
+    elif isinstance(failure, asyncio.CancelledError):
+        future.cancel()
+    else:
+        future.set_exception(failure)
+        future.exception()  # retrieved: nobody may be waiting
+
+
+def _not_ended(what: str, failure: BaseException) -> AgentcellError:
+    """Why an end the client asked for did not happen (a last snapshot failed): retry it."""
+    why = failure.message if isinstance(failure, AgentcellError) else repr(failure)
+    message = f"{what}: {why}; nothing was lost, retry later"
+    return Unavailable(message, retry_after_s=STORE_RETRY_AFTER_S)
 
 
 def _shown(qualified: str) -> str:

@@ -2,6 +2,12 @@
 when the session opens, restored into its instance before its first request (then the restore
 hook), saved periodically and on demand, saved one last time and removed when the session ends.
 
+The last save is point-in-time on an exclusive instance: its processes are frozen (cgroup
+freezer) while the snapshot is taken, so a file being rewritten in place is stored as one
+consistent version, never a mix; the instance is destroyed right after. A shared instance is not
+frozen (that would stall its other sessions), so its last save, like every periodic or on-demand
+snapshot of a live session, sees files as they are while the walk passes them.
+
 Storage mechanics (paths, snapshots, quotas) are the WorkspaceKeeper's; this module decides when.
 """
 
@@ -9,7 +15,13 @@ from __future__ import annotations
 
 import logging
 
-from agentcell.errors import AgentcellError, Conflict, InvalidArgument, WorkspaceCorrupt
+from agentcell.errors import (
+    AgentcellError,
+    Conflict,
+    InvalidArgument,
+    Unavailable,
+    WorkspaceCorrupt,
+)
 from agentcell.protocol.functions import FunctionConfig
 from agentcell.server.clock import Clock
 from agentcell.server.observability.telemetry import Telemetry
@@ -17,10 +29,18 @@ from agentcell.server.scheduler.functions import FunctionState
 from agentcell.server.scheduler.instances import Instance, InstanceFailed
 from agentcell.server.scheduler.lifecycle import InstanceManager
 from agentcell.server.scheduler.sessions import Session
-from agentcell.server.scheduler.workspaces import Workspace, WorkspaceKeeper, storage_path, workspace_for
+from agentcell.server.scheduler.workspaces import (
+    STORE_RETRY_AFTER_S,
+    Workspace,
+    WorkspaceKeeper,
+    storage_path,
+    workspace_for,
+)
 from agentcell.server.storage.snapshots import SnapshotInfo
 
 log = logging.getLogger(__name__)
+
+LOST = "its changes since the previous snapshot are lost"
 
 
 class SessionWorkspaces:
@@ -97,24 +117,49 @@ class SessionWorkspaces:
 
     def is_due(self, config: FunctionConfig, session: Session, now: float) -> bool:
         interval = config.workspace.sync_interval_s
-        alive = session.attached and session.state in ("idle", "active")
+        alive = session.attached and session.state in ("idle", "active") and not session.is_closing
         return alive and interval > 0 and now - session.synced_at >= interval
 
     def ending(self, session: Session) -> None:
         if session.workspace is not None:
             self._keeper.ending(session.workspace, session.id)
 
-    async def save_and_detach(self, config: FunctionConfig, instance: Instance, session: Session) -> None:
-        """The last snapshot of an ending session, then its files leave the instance."""
-        if session.workspace is None:
+    async def final_save(self, config: FunctionConfig, instance: Instance, session: Session) -> None:
+        """The last snapshot of an ending session (after its pre-stop hook), taken with an
+        exclusive instance frozen. Raises Unavailable when it could not be written for now (the
+        object store unreachable): the caller must then keep the session, its instance and its
+        files; the instance is thawed again. A failure that waiting cannot mend (the tenant's
+        storage quota, an unreadable workspace) is recorded on the workspace as a loss, and the
+        session ends."""
+        if session.workspace is None or not session.attached or not instance.is_ready:
             return
-        if session.attached and instance.is_ready:
+        try:
+            frozen = config.sessions_per_instance == 1 and await self._manager.freeze(instance)
             try:
                 info = await self._persist(instance, session.workspace, config)
-                log.info("session %s: workspace saved as snapshot %d", session.id, info.seq)
-            except Exception as exc:
-                log.warning("session %s: workspace could not be saved: %s", session.id, exc)
-        await self._keeper.detach(instance.id, session.workspace)
+            except BaseException:
+                if frozen:
+                    await self._manager.thaw(instance)
+                raise
+        except Exception as exc:
+            why = exc.message if isinstance(exc, AgentcellError) else str(exc) or type(exc).__name__
+            message = f"the workspace of session {session.key} could not be saved: {why}"
+            if isinstance(exc, Unavailable):
+                raise Unavailable(message, retry_after_s=STORE_RETRY_AFTER_S) from exc
+            log.error("session %s: %s; it ends without it", session.id, message)
+            await self.note_error(session, f"{message}; the session ended without it: {LOST}")
+            return
+        log.info("session %s: workspace saved as snapshot %d", session.id, info.seq)
+
+    async def note_error(self, session: Session, message: str) -> None:
+        """Record on the session's workspace why its files are not (or no longer) saved."""
+        if session.workspace is not None:
+            await self._keeper.note_error(session.workspace, message)
+
+    async def detach(self, instance: Instance, session: Session) -> None:
+        """An ended session's files leave its (shared) instance."""
+        if session.workspace is not None:
+            await self._keeper.detach(instance.id, session.workspace)
 
     def unclaim(self, session: Session) -> None:
         if session.workspace is not None:

@@ -66,6 +66,13 @@ class Session:
     meter: ActivityMeter = field(default_factory=lambda: ActivityMeter(0.0))
     waiters: int = 0
     """requests waiting for it to be bound"""
+    closing: asyncio.Future[None] | None = None
+    """while it ends: its pre-stop hook and last snapshot run with the session still live (a
+    failed snapshot keeps it); requests for its key wait for the outcome"""
+    save_failures: int = 0
+    """final snapshots that failed (each kept the session); the reaper gives up after a bound"""
+    end_retry_at: float = 0.0
+    """the reaper tries to end it again (a failed final snapshot) no earlier than this"""
 
     @property
     def expires_at(self) -> float:
@@ -80,6 +87,10 @@ class Session:
         return self.state == "ended"
 
     @property
+    def is_closing(self) -> bool:
+        return self.closing is not None and not self.closing.done()
+
+    @property
     def is_queued(self) -> bool:
         """Pending with no instance reserved yet: it waits for room (at max_instances)."""
         return self.state == "pending" and self.instance_id is None
@@ -92,7 +103,7 @@ class Session:
 
     def expiry_reason(self, now: float) -> EndReason | None:
         """Why this session should end at `now`, if it should."""
-        if self.state == "ended":
+        if self.state == "ended" or self.is_closing or now < self.end_retry_at:
             return None
         if now >= self.expires_at:
             return "ttl"

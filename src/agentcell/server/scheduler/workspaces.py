@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from agentcell.errors import AgentcellError, Conflict, QuotaExceeded, WorkspaceCorrupt
+from agentcell.errors import AgentcellError, Conflict, QuotaExceeded, Unavailable, WorkspaceCorrupt
 from agentcell.protocol.functions import FunctionConfig
 from agentcell.server.auth.names import split
 from agentcell.server.clock import Clock
@@ -35,6 +35,8 @@ T = TypeVar("T")
 
 SHARED_ROOT = f"{SANDBOX_HOME}/sessions"
 NAMED = "_named"  # function names start with a letter: no clash with this segment
+STORE_RETRY_AFTER_S = 5
+"""what a caller is told to wait when the object store could not be reached"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,9 @@ class WorkspaceKeeper:
         """Make the workspace's directory in the instance and restore its last snapshot into it.
         On a shared instance the directory is a tmpfs of its own, so the session's size limit
         holds at write time there too. Returns what was restored (None: a new workspace).
-        Raises WorkspaceCorrupt."""
+        Raises WorkspaceCorrupt (recorded on the workspace) when its snapshot is missing or
+        damaged, Unavailable (not recorded: nothing is wrong with it) when the object store
+        cannot be reached. A restore that succeeds clears an error recorded earlier."""
         files = self._driver.files(instance_id)
         if workspace.dir != SANDBOX_HOME:
             await files.make_dir(workspace.dir)
@@ -154,10 +158,17 @@ class WorkspaceKeeper:
         except WorkspaceCorrupt as exc:
             await self._record_error(record, exc.message)
             raise
+        except Unavailable as exc:
+            raise Unavailable(
+                f"workspace {workspace.storage_path} cannot be restored now: {exc.message}; retry later",
+                retry_after_s=STORE_RETRY_AFTER_S,
+            ) from exc
         except AgentcellError as exc:
             message = f"workspace {workspace.storage_path} could not be restored: {exc.message}"
             await self._record_error(record, message)
             raise WorkspaceCorrupt(message) from exc
+        if record.error is not None:
+            await self._record_error(record, None)
         return restored
 
     async def persist(self, instance_id: str, workspace: Workspace, config: FunctionConfig) -> SnapshotInfo:
@@ -242,7 +253,17 @@ class WorkspaceKeeper:
                 "quota (the tenant's max_storage_mb, or AGENTCELL_TENANT_STORAGE_QUOTA_MB)"
             )
 
-    async def _record_error(self, record: WorkspaceRecord, message: str) -> None:
+    async def note_error(self, workspace: Workspace, message: str) -> None:
+        """Record why saving the workspace failed (the workspaces API shows it until a snapshot or
+        a restore of it succeeds); a workspace never saved gets a record with no snapshot."""
+        record = await self._store.get_workspace(workspace.storage_path)
+        if record is None:
+            record = WorkspaceRecord(
+                workspace.storage_path, workspace.tenant, workspace.function, workspace.key
+            )
+        await self._record_error(record, message)
+
+    async def _record_error(self, record: WorkspaceRecord, message: str | None) -> None:
         record.error = message
         await self._store.put_workspace(record)
 

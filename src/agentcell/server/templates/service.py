@@ -185,7 +185,11 @@ class TemplateService:
     def build(self, build_id: str) -> Build:
         build = self._builds.get(build_id)
         if build is None:
-            raise NotFound(f"template build {build_id!r} not found (finished builds are kept for a while)")
+            raise NotFound(
+                f"template build {build_id!r} not found: builds are kept in memory only (the last"
+                f" {KEPT_BUILDS} finished ones) and are forgotten when the server restarts; a build"
+                " a restart interrupted published nothing, start it again"
+            )
         return build
 
     def _building(self, name: str) -> bool:

@@ -100,7 +100,16 @@ class Cgroups(Protocol):
         """Rewrite a live instance's limits (a claimed pool instance)."""
         ...
 
-    def freeze(self, sandbox_id: str) -> None: ...
+    @property
+    def can_freeze(self) -> bool:
+        """Whether this host has a freezer (v1 hosts may not mount one)."""
+        ...
+
+    def freeze(self, sandbox_id: str) -> None:
+        """Ask the kernel to freeze every process; `is_frozen` tells when it has."""
+        ...
+
+    def is_frozen(self, sandbox_id: str) -> bool: ...
 
     def thaw(self, sandbox_id: str) -> None: ...
 
@@ -324,8 +333,17 @@ class CgroupsV1(_Tree):
             raise Unavailable("this host has no v1 freezer hierarchy mounted")
         (self._dir("freezer", sandbox_id) / "freezer.state").write_text(state)
 
+    @property
+    def can_freeze(self) -> bool:
+        return "freezer" in self._by_controller
+
     def freeze(self, sandbox_id: str) -> None:
         self._freezer_state(sandbox_id, "FROZEN")
+
+    def is_frozen(self, sandbox_id: str) -> bool:
+        if not self.can_freeze:
+            return False
+        return (self._dir("freezer", sandbox_id) / "freezer.state").read_text().strip() == "FROZEN"
 
     def thaw(self, sandbox_id: str) -> None:
         self._freezer_state(sandbox_id, "THAWED")
@@ -381,8 +399,15 @@ class CgroupsV2(_Tree):
         for path, value in self.plan(sandbox_id, limits).limits:
             Path(path).write_text(value)
 
+    @property
+    def can_freeze(self) -> bool:
+        return True
+
     def freeze(self, sandbox_id: str) -> None:
         (self._root / sandbox_id / "cgroup.freeze").write_text("1")
+
+    def is_frozen(self, sandbox_id: str) -> bool:
+        return "frozen 1" in (self._root / sandbox_id / "cgroup.events").read_text().splitlines()
 
     def thaw(self, sandbox_id: str) -> None:
         (self._root / sandbox_id / "cgroup.freeze").write_text("0")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import hashlib
 import json
 import logging
@@ -47,6 +48,7 @@ from agentcell.server.sandbox.driver import (
 )
 from agentcell.server.sandbox.linux.build import helper_path
 from agentcell.server.sandbox.linux.cgroups import CgroupLimits, CgroupPlan, Cgroups, open_cgroups
+from agentcell.server.sandbox.linux.fscalls import resize_tmpfs
 from agentcell.server.sandbox.linux.netns import NetnsSockets
 from agentcell.server.sandbox.linux.process import (
     ControlPipe,
@@ -89,6 +91,8 @@ SETTLE_S = 1.0
 """how long killed processes and helpers get to leave the cgroup before SIGKILL rounds"""
 KILL_TIMEOUT_S = 10.0
 SPAWN_TIMEOUT_S = 30.0
+FREEZE_TIMEOUT_S = 5.0
+"""how long `freeze` waits for every process to stop (one in uninterruptible sleep delays it)"""
 RESERVED_MOUNT_TARGETS = (
     "/usr",
     "/etc",
@@ -109,6 +113,16 @@ def become_subreaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise Unavailable(f"prctl(PR_SET_CHILD_SUBREAPER) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def tmpfs_bytes(disk_bytes: int, memory_bytes: int) -> int:
+    """The size of an instance's tmpfs (its root, and so its workspace): its disk, but never more
+    than its memory. Pages the instance writes are charged to its memory cgroup, but those the
+    server writes into it (files API, workspace restores) are charged to the server's, from
+    the server's threads: only the tmpfs size bounds what they pin of the host's RAM, and capped
+    at the memory limit it is no more than the tenant's memory quota already counts. (From inside,
+    a file larger than the memory limit could never be written anyway: that write is OOM-killed.)"""
+    return min(disk_bytes, memory_bytes)
 
 
 def node_id_for(state_dir: Path) -> str:
@@ -133,6 +147,8 @@ class _Instance:
     hostname: str
     env: dict[str, str]
     egress: EgressPolicy = NO_EGRESS
+    disk_bytes: int | None = None
+    """the spec's (its tmpfs is smaller if the memory limit is); None: adopted from an old record"""
     processes: weakref.WeakSet[LinuxProcess] = field(default_factory=weakref.WeakSet)
     exited: asyncio.Future[None] | None = None
     files: SandboxFiles | None = None
@@ -163,6 +179,8 @@ class LinuxDriver:
         self._setup_lock = asyncio.Lock()
         self._instances: dict[str, _Instance] = {}
         self._stopping: dict[str, asyncio.Task[None]] = {}
+        self._released: set[str] = set()
+        """instances let go by `release`: left running when this driver closes"""
         self._netns = NetnsSockets()
         self._egress = NodeEgress(egress or EgressConfig())
 
@@ -209,19 +227,32 @@ class LinuxDriver:
         try:
             instance = self._make_instance(host, sandbox_id, pidfd, record["hostname"], record["env"])
             instance.egress = EgressPolicy.from_record(record.get("egress"))
+            instance.disk_bytes = _optional_int(record.get("disk_bytes"))
         except (OSError, KeyError, TypeError, ValueError):
             os.close(pidfd)
             await self.stop(sandbox_id, grace_s=0)
             return False
         self._instances[sandbox_id] = instance
+        self._released.discard(sandbox_id)
+        self._thaw(host, sandbox_id)  # an earlier server may have died with it frozen for a snapshot
         await self._reattach_egress(instance)
         log.info("sandbox %s adopted, init pid %d", sandbox_id, instance.init_pid)
         return True
 
+    async def release(self, sandbox_id: str) -> None:
+        instance = self._instances.get(sandbox_id)
+        if instance is None:
+            return
+        await self._egress.detach(sandbox_id)  # its listener dies with this server: adopt reopens it
+        self._forget(instance)
+        os.close(instance.pidfd)
+        self._released.add(sandbox_id)
+        log.info("sandbox %s released: it keeps running for the next server to adopt", sandbox_id)
+
     async def reap_orphans(self) -> list[str]:
         host = await self._ready()
         found = set(host.cgroups.list_ids()) | {p.stem for p in self._instances_dir().glob("*.json")}
-        orphans = sorted(found - set(self._instances) - set(self._stopping))
+        orphans = sorted(found - set(self._instances) - set(self._stopping) - self._released)
         for sandbox_id in orphans:
             log.warning("reaping orphaned sandbox %s", sandbox_id)
             await self.stop(sandbox_id, grace_s=0)
@@ -242,7 +273,7 @@ class LinuxDriver:
             await self._host.spawner.aclose()
             await settle_unreported_workers()
             await self._sweep_half_made(self._host)
-            if not self._instances:
+            if not self._instances and not self._released:
                 self._host.cgroups.remove_root()
         await self._egress.aclose()
         self._netns.close()
@@ -253,7 +284,7 @@ class LinuxDriver:
         """Remove what a start cut short by a lost spawner may have left: a worker forked in the
         instant before the spawner died was never reported, and may have made cgroups or a
         state file after the failed start had cleaned up."""
-        for sandbox_id in set(host.cgroups.list_ids()) - set(self._instances):
+        for sandbox_id in set(host.cgroups.list_ids()) - set(self._instances) - self._released:
             host.cgroups.kill_all(sandbox_id)
             await _wait_until(lambda: host.cgroups.remove(sandbox_id), KILL_TIMEOUT_S)  # noqa: B023
         for leftover in self._instances_dir().glob(".*.tmp"):
@@ -286,13 +317,60 @@ class LinuxDriver:
         return self._host.cgroups.usage(sandbox_id)
 
     async def set_limits(self, sandbox_id: str, cpu_millis: int, memory_bytes: int, pids_max: int) -> None:
-        self._get(sandbox_id)
+        """New cgroup limits, and the tmpfs resized to match the new memory limit (first: a tmpfs
+        that holds more than the new size refuses, and then nothing has changed)."""
+        instance = self._get(sandbox_id)
         assert self._host is not None
         limits = SandboxSpec(sandbox_id, cpu_millis=cpu_millis, memory_bytes=memory_bytes, pids_max=pids_max)
         _check_spec(limits)
+        disk_bytes = memory_bytes if instance.disk_bytes is None else instance.disk_bytes
+        self._resize_root(instance, tmpfs_bytes(disk_bytes, memory_bytes))
         self._host.cgroups.set_limits(sandbox_id, CgroupLimits(memory_bytes, cpu_millis, pids_max))
 
+    def _resize_root(self, instance: _Instance, size_bytes: int) -> None:
+        fd = os.open(f"/proc/{instance.init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if not instance.is_alive():  # the pid may have been recycled before the open
+                raise NotRunning(f"sandbox {instance.sandbox_id} is not running (its init has exited)")
+            resize_tmpfs(fd, size_bytes)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise Internal(f"cannot resize the disk of sandbox {instance.sandbox_id}: {e}") from e
+            raise Conflict(
+                f"sandbox {instance.sandbox_id} holds more files than {size_bytes} bytes, the disk "
+                "its new memory limit allows"
+            ) from e
+        finally:
+            os.close(fd)
+
+    async def freeze(self, sandbox_id: str) -> bool:
+        self._get(sandbox_id)
+        host = await self._ready()
+        if not host.cgroups.can_freeze:
+            return False
+        host.cgroups.freeze(sandbox_id)
+        if await _wait_until(lambda: host.cgroups.is_frozen(sandbox_id), FREEZE_TIMEOUT_S):
+            return True
+        self._thaw(host, sandbox_id)
+        raise Unavailable(
+            f"sandbox {sandbox_id} could not be frozen within {FREEZE_TIMEOUT_S:g} s (a process in "
+            "uninterruptible sleep?); retry"
+        )
+
+    async def thaw(self, sandbox_id: str) -> None:
+        self._thaw(await self._ready(), sandbox_id)
+
+    @staticmethod
+    def _thaw(host: _Host, sandbox_id: str) -> None:
+        if host.cgroups.can_freeze:
+            with contextlib.suppress(FileNotFoundError):  # gone: nothing left to thaw
+                host.cgroups.thaw(sandbox_id)
+
     async def mount_tmpfs(self, sandbox_id: str, path: str, size_bytes: int) -> None:
+        """A tmpfs of its own at `path`, never larger than the instance's root tmpfs (and so than
+        its memory limit: see tmpfs_bytes)."""
+        root = os.statvfs(f"/proc/{self._get(sandbox_id).init_pid}/root")
+        size_bytes = min(size_bytes, root.f_blocks * root.f_frsize)
         options = f"size={size_bytes},uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700,nosuid,nodev"
         await self._in_mount_ns(sandbox_id, ["mount", "-t", "tmpfs", "-o", options, "tmpfs", path])
 
@@ -374,7 +452,7 @@ class LinuxDriver:
 
     async def _spawn(self, host: _Host, spec: SandboxSpec, cgroups: CgroupPlan) -> _Instance:
         hostname = _hostname(spec.sandbox_id)
-        args = [*cgroups.helper_args(), "--disk-bytes", str(spec.disk_bytes)]
+        args = [*cgroups.helper_args(), "--disk-bytes", str(tmpfs_bytes(spec.disk_bytes, spec.memory_bytes))]
         args += ["--etc-skel", str(host.rootfs.etc_skel), "--root-mnt", str(host.rootfs.root_mnt)]
         args += ["--hostname", hostname, "--state-file", str(self._state_tmp(spec.sandbox_id))]
         args += _bind_args(spec.mounts)
@@ -383,7 +461,7 @@ class LinuxDriver:
         env = {**self._egress.env(spec.egress), **spec.env}
         try:
             instance = self._make_instance(host, spec.sandbox_id, pidfd, hostname, env, init)
-            instance.egress = spec.egress
+            instance.egress, instance.disk_bytes = spec.egress, spec.disk_bytes
             await self._attach_egress(instance)
             self._write_state(instance, init.start_ticks)
         except BaseException:
@@ -428,6 +506,8 @@ class LinuxDriver:
 
     async def _stop(self, sandbox_id: str, grace_s: float) -> None:
         host = await self._ready()
+        self._thaw(host, sandbox_id)  # frozen processes would sleep through SIGTERM and SIGKILL (v1)
+        self._released.discard(sandbox_id)
         instance = self._instances.get(sandbox_id)
         if instance is None:
             record = self._read_state(sandbox_id)
@@ -550,6 +630,7 @@ class LinuxDriver:
             "hostname": instance.hostname,
             "env": instance.env,
             "egress": instance.egress.to_record(),
+            "disk_bytes": instance.disk_bytes,
         }
         tmp = self._state_tmp(instance.sandbox_id)
         # No O_TRUNC: the worker's file is empty, and truncating to 0 makes ext4 flush it on close.
@@ -583,6 +664,14 @@ def _check_spec(spec: SandboxSpec) -> str:
     # A template other than base arrives resolved by the scheduler: its layer in `mounts` (read-only
     # at /opt/template) and its PATH/PYTHONPATH/NODE_PATH in `env`; the driver needs nothing else.
     return spec.sandbox_id
+
+
+def _optional_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int):
+        raise TypeError(f"expected an int, got {value!r}")
+    return value
 
 
 def _hostname(sandbox_id: str) -> str:

@@ -110,6 +110,9 @@ def _slots_for(root_path: str, loop: asyncio.AbstractEventLoop) -> _PoolSlots:
 
 # --- errors ---------------------------------------------------------------------------------------
 
+_LARGER_DISK = (
+    "delete files, or use a larger disk_mb; the disk is held in memory, so it is never larger than memory_mb"
+)
 _ERRORS: dict[int, tuple[type[AgentcellError], str]] = {
     errno.ENOENT: (NotFound, "no such file or directory: {path}"),
     errno.ENOTDIR: (InvalidArgument, "expected a directory, but a component of {path} is not one"),
@@ -117,8 +120,8 @@ _ERRORS: dict[int, tuple[type[AgentcellError], str]] = {
     errno.EACCES: (PermissionDenied, "the sandbox user may not {action} {path}"),
     errno.EPERM: (PermissionDenied, "the sandbox user may not {action} {path}"),
     errno.EROFS: (PermissionDenied, "the sandbox user may not {action} {path}"),
-    errno.ENOSPC: (QuotaExceeded, "the sandbox disk is full ({path}): delete files or use a larger disk"),
-    errno.EDQUOT: (QuotaExceeded, "the sandbox disk is full ({path}): delete files or use a larger disk"),
+    errno.ENOSPC: (QuotaExceeded, "the sandbox disk is full ({path}): " + _LARGER_DISK),
+    errno.EDQUOT: (QuotaExceeded, "the sandbox disk is full ({path}): " + _LARGER_DISK),
     errno.EFBIG: (QuotaExceeded, "{path} would exceed the largest file the sandbox allows"),
     errno.EXDEV: (InvalidArgument, "{path} leads across sandbox mounts or out of the sandbox root"),
     errno.ELOOP: (InvalidArgument, "too many symbolic links, or a /proc magic link, in {path}"),

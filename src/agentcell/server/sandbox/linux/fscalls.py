@@ -1,6 +1,7 @@
 """The per-thread syscalls that confined file access stands on: `openat2` and switching one
 thread's file credentials to the sandbox user (fsuid/fsgid, no supplementary groups, no effective
-capabilities) — all per-thread in the kernel, so other server threads keep root's.
+capabilities) — all per-thread in the kernel, so other server threads keep root's. And
+`resize_tmpfs`, which changes the size of an instance's tmpfs from outside its mount namespace.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from collections.abc import Callable, Iterator, Sequence
 from agentcell.errors import Internal
 
 _SYS_OPENAT2 = 437  # one number on every architecture: it postdates the unified syscall table
+_SYS_FSCONFIG, _SYS_FSPICK = 431, 433  # likewise
+_FSPICK_CLOEXEC, _FSPICK_NO_AUTOMOUNT, _FSPICK_EMPTY_PATH = 0x01, 0x04, 0x08
+_FSCONFIG_SET_STRING, _FSCONFIG_CMD_RECONFIGURE = 1, 7
 _SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159}
 _RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
@@ -71,6 +75,28 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int = IN_ROOT) -> int:
         if ctypes.get_errno() != errno.EAGAIN:
             break
     raise _errno_error(path)
+
+
+def resize_tmpfs(mount_root_fd: int, size_bytes: int) -> None:
+    """Set the size of the tmpfs whose mount has `mount_root_fd` (any fd, O_PATH will do) as its
+    root. fspick(2) takes the superblock through the fd, so the mount may be in another mount
+    namespace (an instance's, reached through /proc/<pid>/root) without entering it. Shrinking
+    below what the tmpfs holds fails with EINVAL, changing nothing."""
+    flags = ctypes.c_uint(_FSPICK_CLOEXEC | _FSPICK_NO_AUTOMOUNT | _FSPICK_EMPTY_PATH)
+    fs = int(_libc().syscall(ctypes.c_long(_SYS_FSPICK), ctypes.c_int(mount_root_fd), b"", flags))
+    if fs < 0:
+        raise _errno_error("fspick")
+    try:
+        _fsconfig(fs, _FSCONFIG_SET_STRING, b"size", str(size_bytes).encode())
+        _fsconfig(fs, _FSCONFIG_CMD_RECONFIGURE, None, None)
+    finally:
+        os.close(fs)
+
+
+def _fsconfig(fs: int, command: int, key: bytes | None, value: bytes | None) -> None:
+    number, aux = ctypes.c_long(_SYS_FSCONFIG), ctypes.c_int(0)
+    if _libc().syscall(number, ctypes.c_int(fs), ctypes.c_uint(command), key, value, aux) != 0:
+        raise _errno_error("fsconfig")
 
 
 def _set_thread_groups(groups: Sequence[int]) -> None:

@@ -561,15 +561,17 @@ static void build_dev(void) {
     };
     for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
         if (symlink(links[i][0], links[i][1]) < 0) die_errno("symlink %s", links[i][1]);
+    /* Not a tmpfs of its own (that would hold up to half the host's RAM): a directory of the
+     * size-limited one, so what anyone writes there counts against the instance's disk size. */
     make_dir("r/dev/shm", 01777);
-    do_mount("tmpfs", "r/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+    do_mount(".o/shm", "r/dev/shm", NULL, MS_BIND, NULL);
     make_dir("r/dev/pts", 0755);
     do_mount("devpts", "r/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
              "newinstance,ptmxmode=0666,mode=0620,max=64"); /* the host has kernel.pty.max for all */
 }
 
-/* Layout of the one size-limited tmpfs: .o/ holds the overlay upper and work dirs (reachable
- * only through the detached old root), r/ becomes the sandbox's "/". */
+/* Layout of the one size-limited tmpfs: .o/ holds the overlay upper and work dirs and /dev/shm
+ * (reachable only through the detached old root), r/ becomes the sandbox's "/". */
 static void build_root(const struct spawn_opts *o) {
     char opts[64], base[4096];
     if (strlen(o->root_mnt) >= sizeof base) die("root mount path too long");
@@ -581,6 +583,7 @@ static void build_root(const struct spawn_opts *o) {
     static const char *const private_dirs[] = {".o", ".o/usr.u", ".o/usr.w", ".o/etc.u", ".o/etc.w"};
     for (size_t i = 0; i < sizeof private_dirs / sizeof private_dirs[0]; i++)
         make_dir(private_dirs[i], 0700);
+    make_dir(".o/shm", 01777); /* bound on /dev/shm by build_dev */
     if (chmod(".o/usr.u", 0755) < 0 || chmod(".o/etc.u", 0755) < 0) die_errno("chmod upper");
     write_instance_etc(o->hostname);
 

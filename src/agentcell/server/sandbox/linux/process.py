@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import select
 import signal
@@ -18,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from agentcell.errors import Internal, InvalidArgument, NotRunning
+from agentcell.errors import Internal, InvalidArgument, NotRunning, QuotaExceeded
 from agentcell.server.sandbox.driver import ExitStatus, TerminalSize
 from agentcell.server.sandbox.linux.pty import Terminal, open_terminal
 from agentcell.server.sandbox.linux.spawner import Spawner, Worker
@@ -75,7 +76,7 @@ async def start_process(
     streams: _Streams | None = None
     try:
         streams = await pipes.connect()
-        host_pid, pid = await _read_started(control, worker)
+        host_pid, pid = await _read_started(control, worker, target)
     except BaseException:
         control.close()
         worker.kill()
@@ -195,7 +196,7 @@ def _command_memfd(argv: Sequence[str], env: Mapping[str, str]) -> int:
     return fd
 
 
-async def _read_started(control: ControlPipe, worker: Worker) -> tuple[int, int]:
+async def _read_started(control: ControlPipe, worker: Worker, target: Target) -> tuple[int, int]:
     line = await control.readline()
     fields = line.split()
     if len(fields) == 2 and all(f.lstrip("-").isdigit() for f in fields):
@@ -204,7 +205,35 @@ async def _read_started(control: ControlPipe, worker: Worker) -> tuple[int, int]
     reason = line.removeprefix("error ").strip() or f"the helper exited with {returncode}"
     if "is gone" in reason:
         raise NotRunning(f"the sandbox is not running: {reason}")
+    if _is_out_of_processes(reason):
+        raise QuotaExceeded(_out_of_processes_message(target))
     raise Internal(f"could not start the command in the sandbox: {reason}")
+
+
+def _is_out_of_processes(reason: str) -> bool:
+    """Whether the worker could not fork the command because the sandbox's pids cgroup is full
+    (fork and clone fail with EAGAIN at pids.max): the sandbox's limit, not a server fault."""
+    call, _, why = reason.partition(":")
+    return call in ("fork", "clone", "clone3") and why.strip() == os.strerror(errno.EAGAIN)
+
+
+def _out_of_processes_message(target: Target) -> str:
+    limit = _pids_max(target)
+    at_limit = f"its limit of {limit} processes (pids)" if limit is not None else "its process limit (pids)"
+    return (
+        f"the sandbox is at {at_limit}, so the command could not start; end some of its processes "
+        "(signal the commands that started them), or kill the sandbox: processes that outlived "
+        "their command end only with it"
+    )
+
+
+def _pids_max(target: Target) -> int | None:
+    """The instance's pids.max, read beside its cgroup procs files (None if unreadable or "max")."""
+    for procs in target.procs_files:
+        path = os.path.join(os.path.dirname(procs), "pids.max")  # (v1: only the pids hierarchy has it)
+        with contextlib.suppress(OSError, ValueError), open(path) as f:
+            return int(f.read())
+    return None
 
 
 def _open_pidfd(host_pid: int, control: ControlPipe) -> int | None:
