@@ -190,7 +190,11 @@ def test_usage_errors_exit_2(server_url: str) -> None:
     ]:
         done = agentcell(server_url, *args)
         assert done.returncode == 2 and f"Invalid value for {option}" in done.stderr, (args, done.stderr)
-    refused = agentcell(server_url, "sandbox", "create", "--memory-mb", "1")  # below the server's minimum
+    below = agentcell(server_url, "sandbox", "create", "--memory-mb", "1")  # the CLI knows the minimum
+    assert below.returncode == 2 and "'--memory-mb': 1 is not in the range x>=32" in below.stderr, (
+        below.stderr
+    )
+    refused = agentcell(server_url, "sandbox", "create", "--memory-mb", "300000")  # above the server's max
     assert refused.returncode == 1 and refused.stderr.startswith("error: memory_mb"), refused.stderr
 
 

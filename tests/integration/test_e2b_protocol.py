@@ -138,6 +138,8 @@ def test_control_plane_errors(api: httpx.Client, shared_server: ServerProcess) -
     assert no_key.status_code == 401
     bad = api.post("/v2/sandboxes", json={"templateID": "base", "timeout": -1})
     assert bad.status_code == 400 and bad.json()["code"] == 400
+    as_bool = api.post("/v2/sandboxes", json={"templateID": "base", "timeout": True})  # (was 1 s)
+    assert as_bool.status_code == 400 and "not true or false" in as_bool.json()["message"]
     resuming = api.post("/v2/sandboxes", json={"templateID": "base", "autoResume": {"enabled": True}})
     assert resuming.status_code == 400 and "autoResume" in resuming.json()["message"]
     assert api.post("/sandboxes/sbx_ffffffffffffffff/pause").status_code == 404

@@ -157,21 +157,30 @@ async def test_a_command_cut_off_by_its_sandbox_s_end_says_so(server_url: str) -
 async def test_commands_cut_off_by_a_graceful_shutdown_end_saying_so(server_factory: ServerFactory) -> None:
     """SIGTERM mid-command: a command that finishes within the drain ends as usual; one still
     running a second before the drain's deadline is stopped, and its stream ends with an `end`
-    whose error says the server is shutting down (not a cut connection); the server exits 0."""
+    whose error says the server is shutting down (not a cut connection), and so does a code run;
+    the server exits 0."""
     server = server_factory(env={"AGENTCELL_DRAIN_TIMEOUT_S": "3"})
     sbx = await AsyncSandbox.create(api_url=server.url, timeout_s=60)
     counting = "for i in $(seq 100); do echo $i; sleep .2; done"
+    assert (await sbx.run_code("1")).status == "ok"  # (the kernel is up before the signal)
     long = asyncio.create_task(sbx.commands.run(["bash", "-c", counting], timeout_s=None))
     short = asyncio.create_task(sbx.commands.run("sleep 1; echo done", timeout_s=None))
+    code = asyncio.create_task(
+        sbx.run_code(
+            "import time\nfor i in range(100):\n    print(i, flush=True); time.sleep(0.2)", timeout_s=None
+        )
+    )
     await asyncio.sleep(0.5)
     server.proc.send_signal(signal.SIGTERM)
     try:
-        finished, stopped = await asyncio.wait_for(asyncio.gather(short, long), 10)
+        finished, stopped, ran = await asyncio.wait_for(asyncio.gather(short, long, code), 10)
     finally:
         await sbx.aclose()
     assert (finished.stdout, finished.exit_code, finished.error) == ("done\n", 0, None)
     assert stopped.exit_code == 137 and stopped.error == "the server is shutting down"
     assert stopped.stdout.startswith("1\n2\n3\n")
+    assert ran.status == "kernel_died" and ran.error is not None, ran  # an end, not a cut stream
+    assert "the server is shutting down" in ran.error.value and ran.logs.stdout[:1] == ["0\n"]
     assert await asyncio.to_thread(server.proc.wait, 30) == 0, server.log()
 
 

@@ -79,6 +79,19 @@ async def test_stop_lets_processes_exit_on_sigterm(linux_driver: LinuxDriver, sa
     assert (await process.wait()).code == 7
 
 
+async def test_a_frozen_sandbox_stops_without_grace(linux_driver: LinuxDriver, sandbox: str) -> None:
+    """Frozen for a snapshot that was taken, it must not run past it: no SIGTERM grace (a process
+    ignoring SIGTERM kept it alive for the whole grace before), it dies as it thaws."""
+    stubborn = await linux_driver.exec(sandbox, ExecSpec(argv=["sh", "-c", "trap '' TERM; sleep 1000"]))
+    await asyncio.sleep(0.2)
+    assert await linux_driver.freeze(sandbox)
+    started = time.monotonic()
+    await linux_driver.stop(sandbox, grace_s=5)
+    assert time.monotonic() - started < 2
+    assert (await asyncio.wait_for(stubborn.wait(), 5)).code == 137
+    assert sandbox_traces(linux_driver, sandbox) == []
+
+
 async def test_idle_stop_is_quick(linux_driver: LinuxDriver, sandbox: str) -> None:
     started = time.monotonic()
     await linux_driver.stop(sandbox, grace_s=5)

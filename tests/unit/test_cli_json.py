@@ -98,6 +98,8 @@ def test_durations_have_a_ceiling_when_asked() -> None:
         (["sandbox", "timeout", "sbx_1", "-5"], "'DURATION': '-5' is negative"),
         (["sandbox", "create", "--cpu", "0"], "'--cpu'"),
         (["sandbox", "create", "--memory-mb", "-1"], "'--memory-mb'"),
+        (["sandbox", "create", "--memory-mb", "8"], "'--memory-mb': 8 is not in the range x>=32"),
+        (["fn", "deploy", ".", "--name", "x", "--cmd", "a", "--memory-mb", "8"], "'--memory-mb'"),
         (["sandbox", "create", "--disk-mb", "0"], "'--disk-mb'"),
         (["sandbox", "create", "--allow", "bad::dest"], "'--egress' / '--allow': allow[0]"),
         (["sandbox", "create", "--egress", "allowlist"], "needs at least one allow entry"),
@@ -115,6 +117,17 @@ def test_bad_option_values_are_usage_errors(args: list[str], says: str) -> None:
     result = CliRunner().invoke(cli, ["--url", NO_SERVER, *args])
     assert result.exit_code == 2, result.output
     assert says in result.output
+
+
+def test_zero_turns_periodic_snapshots_off(tmp_path: Path) -> None:
+    """--sync-interval's help says "0: off", and the server takes 0: the CLI must too."""
+    assert parse_duration("0", zero_means="off") == 0
+    with pytest.raises(ValueError, match="is zero"):
+        parse_duration("0")
+    deploy = ["fn", "deploy", str(tmp_path), "--name", "x", "--cmd", "a", "--sync-interval", "0"]
+    args = ["--url", NO_SERVER, *deploy]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "is zero" not in result.output, result.output  # (no server there)
 
 
 def test_bad_build_network_is_a_usage_error(tmp_path: Path) -> None:

@@ -182,6 +182,20 @@ async def test_a_killed_sandbox_refuses_commands(env: tuple[SandboxService, Fake
         await service.start_process(sandbox.id, CommandRequest(cmd="true"))
 
 
+async def test_a_sandbox_being_paused_takes_no_new_command(
+    env: tuple[SandboxService, FakeDriver, FakeClock],
+) -> None:
+    """Its files are being saved: a command started now would run frozen, then be stopped, and
+    what it did would be missing from the snapshot (it once answered exit code 0)."""
+    service, _, _ = env
+    sandbox = await service.create(SandboxCreate())
+    service.get(sandbox.id).pausing = True
+    with pytest.raises(NotRunning, match="being paused"):
+        await service.start_process(sandbox.id, CommandRequest(cmd="true"))
+    service.get(sandbox.id).pausing = False  # (a pause that failed: the sandbox runs on)
+    assert await (await service.start_process(sandbox.id, CommandRequest(cmd="true"))).wait() is not None
+
+
 async def test_stdin_to_an_exited_process_is_a_conflict(
     env: tuple[SandboxService, FakeDriver, FakeClock],
 ) -> None:

@@ -17,9 +17,9 @@ PATTERN = re.compile(r"(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>
 HOW_TO = "write seconds (90) or amounts with units d, h, m, s, largest first: 90s, 15m, 6h, 2d, 1h30m"
 
 
-def parse_duration(text: str, *, max_s: int | None = None) -> int:
+def parse_duration(text: str, *, max_s: int | None = None, zero_means: str | None = None) -> int:
     """Whole seconds in `text`; ValueError saying what to write instead when it is not a positive
-    duration (of at most `max_s`)."""
+    duration (of at most `max_s`), or zero where `zero_means` something (e.g. "off")."""
     compact = text.strip().lower().replace(" ", "")
     if compact.startswith("-"):
         raise ValueError(f"{text!r} is negative; a duration is positive: {HOW_TO}")
@@ -30,7 +30,7 @@ def parse_duration(text: str, *, max_s: int | None = None) -> int:
         if not compact or match is None:
             raise ValueError(f"{text!r} is not a duration; {HOW_TO}")
         seconds = sum(int(amount) * UNIT_S[unit] for unit, amount in match.groupdict().items() if amount)
-    if seconds == 0:
+    if seconds == 0 and zero_means is None:
         raise ValueError(f"{text!r} is zero; a duration is at least 1s: {HOW_TO}")
     if max_s is not None and seconds > max_s:
         raise ValueError(f"{text!r} is more than {format_duration(max_s)}, the longest allowed")
@@ -52,10 +52,15 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
-def duration_option(*names: str, help: str, max_s: int | None = None) -> Callable[[F], F]:
+def duration_option(
+    *names: str, help: str, max_s: int | None = None, zero_means: str | None = None
+) -> Callable[[F], F]:
     """A click option read with `parse_duration`: whole seconds, None when absent; a bad value is a
-    usage error (exit 2) naming the option and saying what to write instead."""
-    return click.option(*names, default=None, metavar="DURATION", callback=_to_seconds(max_s), help=help)
+    usage error (exit 2) naming the option and saying what to write instead. `zero_means`: 0 is
+    allowed, and means that."""
+    return click.option(
+        *names, default=None, metavar="DURATION", callback=_to_seconds(max_s, zero_means), help=help
+    )
 
 
 def duration_argument(name: str, *, max_s: int | None = None) -> Callable[[F], F]:
@@ -65,12 +70,14 @@ def duration_argument(name: str, *, max_s: int | None = None) -> Callable[[F], F
     return click.argument(name, metavar="DURATION", callback=_to_seconds(max_s))
 
 
-def _to_seconds(max_s: int | None) -> Callable[[click.Context, click.Parameter, str | None], int | None]:
+def _to_seconds(
+    max_s: int | None, zero_means: str | None = None
+) -> Callable[[click.Context, click.Parameter, str | None], int | None]:
     def to_seconds(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
         if value is None:
             return None
         try:
-            return parse_duration(value, max_s=max_s)
+            return parse_duration(value, max_s=max_s, zero_means=zero_means)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param=param) from None
 

@@ -17,6 +17,7 @@ from agentcell.cli.output import echo_json, json_always_option, json_option
 from agentcell.cli.progress import Progress
 from agentcell.cli.table import render_table
 from agentcell.client import FunctionInfo, Hook, HookSpec, WorkspaceConfig
+from agentcell.protocol.sandboxes import MIN_DISK_MB, MIN_MEMORY_MB
 
 POSITIVE = click.IntRange(min=1)
 
@@ -36,8 +37,8 @@ def function_group() -> None:
 @click.option("--env", "env", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable.")
 @click.option("--metadata", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable.")
 @click.option("--cpu", type=click.FloatRange(min=0, min_open=True), default=None, help="CPU cores.")
-@click.option("--memory-mb", type=POSITIVE, default=None)
-@click.option("--disk-mb", type=POSITIVE, default=None)
+@click.option("--memory-mb", type=click.IntRange(min=MIN_MEMORY_MB), default=None)
+@click.option("--disk-mb", type=click.IntRange(min=MIN_DISK_MB), default=None)
 @click.option(
     "--affinity",
     type=click.Choice(["header", "cookie", "mcp", "none"]),
@@ -69,7 +70,9 @@ def function_group() -> None:
     help="Not persisted (repeatable; default node_modules, .venv, …).",
 )
 @click.option("--keep-snapshots", type=POSITIVE, default=None, help="Snapshots kept per workspace (3).")
-@duration_option("--sync-interval", help="Periodic snapshot of live sessions (default 3m; 0: off).")
+@duration_option(
+    "--sync-interval", help="Periodic snapshot of live sessions (default 3m; 0: off).", zero_means="off"
+)
 @click.option("--restore-hook", default=None, metavar="CMD", help="Run after a workspace is restored.")
 @duration_option("--restore-timeout", help="Deadline of --restore-hook (default 30s).")
 @json_option

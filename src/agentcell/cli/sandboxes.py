@@ -14,7 +14,7 @@ from agentcell.cli.output import echo_json, json_always_option, json_option
 from agentcell.cli.table import render_table
 from agentcell.client import Sandbox, SandboxInfo
 from agentcell.protocol.egress import NetworkPolicy
-from agentcell.protocol.sandboxes import MAX_TIMEOUT_S, SandboxState
+from agentcell.protocol.sandboxes import MAX_TIMEOUT_S, MIN_DISK_MB, MIN_MEMORY_MB, SandboxState
 
 metadata_option = click.option(
     "--metadata", "metadata", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable."
@@ -33,8 +33,8 @@ def sandbox_group() -> None:
 @click.option(
     "--cpu", type=click.FloatRange(min=0, min_open=True), default=None, help="CPU cores (fractions allowed)."
 )
-@click.option("--memory-mb", type=click.IntRange(min=1), default=None)
-@click.option("--disk-mb", type=click.IntRange(min=1), default=None)
+@click.option("--memory-mb", type=click.IntRange(min=MIN_MEMORY_MB), default=None)
+@click.option("--disk-mb", type=click.IntRange(min=MIN_DISK_MB), default=None)
 @duration_option(
     "--timeout", "timeout_s", max_s=MAX_TIMEOUT_S, help="Until the sandbox ends: 600, 10m, 2h (default 5m)."
 )

@@ -10,11 +10,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, fiel
 _NUMBER_TYPES = (int, float)
 
 
-class WireModel(BaseModel):
-    """Base for request bodies: unknown fields are an error, so typos never pass silently; so is
-    true or false where a number is expected (pydantic would take them as 1 and 0)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class NumbersNotBooleans(BaseModel):
+    """A request model that refuses true or false where a number is expected (pydantic would
+    take them as 1 and 0: `{"timeout_s": true}` was a one-second timeout)."""
 
     @field_validator("*", mode="before")
     @classmethod
@@ -26,6 +24,13 @@ class WireModel(BaseModel):
         ):
             raise ValueError("must be a number, not true or false")
         return value
+
+
+class WireModel(NumbersNotBooleans):
+    """Base for request bodies: unknown fields are an error, so typos never pass silently; so is
+    true or false where a number is expected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _is_number_only(annotation: Any) -> bool:

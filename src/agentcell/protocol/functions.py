@@ -9,7 +9,14 @@ from pydantic import Field, StringConstraints, model_validator
 
 from agentcell.protocol.common import ReplyModel, WireModel
 from agentcell.protocol.egress import NetworkPolicy
-from agentcell.protocol.sandboxes import EnvName, MetaKey, MetaValue, TemplateName
+from agentcell.protocol.sandboxes import (
+    MIN_DISK_MB,
+    MIN_MEMORY_MB,
+    EnvName,
+    MetaKey,
+    MetaValue,
+    TemplateName,
+)
 
 FunctionName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$", to_lower=True)]
@@ -73,8 +80,8 @@ class FunctionConfig(WireModel):
         default_factory=dict, max_length=256
     )
     cpu: float = Field(default=1.0, ge=0.01, le=64, description="CPU cores, down to 0.01")
-    memory_mb: int = Field(default=512, ge=32, le=262144)
-    disk_mb: int = Field(default=1024, ge=16, le=1048576)
+    memory_mb: int = Field(default=512, ge=MIN_MEMORY_MB, le=262144)
+    disk_mb: int = Field(default=1024, ge=MIN_DISK_MB, le=1048576)
     affinity: Affinity = Field(default_factory=Affinity)
     sessions_per_instance: int = Field(default=1, ge=1, le=200, description="1: exclusive")
     session_ttl_s: int = Field(default=6 * 3600, ge=1, le=30 * DAY_S)

@@ -22,6 +22,10 @@ MAX_TIMEOUT_S = 7 * 24 * 3600
 MIN_KERNEL_MEMORY_MB = 128
 
 
+MIN_MEMORY_MB = 32
+MIN_DISK_MB = 16
+
+
 class SandboxCreate(WireModel):
     template: TemplateName = "base"
     env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=256)
@@ -29,10 +33,10 @@ class SandboxCreate(WireModel):
     cpu: float = Field(
         default=1.0, ge=0.01, le=64, description="CPU cores (a quota, fractions down to 0.01 allowed)"
     )
-    memory_mb: int = Field(default=512, ge=32, le=262144)
+    memory_mb: int = Field(default=512, ge=MIN_MEMORY_MB, le=262144)
     disk_mb: int = Field(
         default=1024,
-        ge=16,
+        ge=MIN_DISK_MB,
         le=1048576,
         description="workspace + writable layer size; held in RAM, so at most memory_mb takes effect",
     )

@@ -81,14 +81,18 @@ event of each one reaches its stream's client before the connections are cut"""
 
 def commands_stopper(sandboxes: SandboxService) -> Callable[[], None]:
     """The gateway's last call before it cuts the connections still busy after the drain: kill
-    every command still running, with an `end` whose error says the server is shutting down
-    (as a kill, pause or timeout of its sandbox does), rather than cut its stream mid-chunk. The
-    sandboxes themselves stop afterwards, in the app's lifespan."""
+    every command still running and end every code run, each with an `end` whose error says the
+    server is shutting down (as a kill, pause or timeout of its sandbox does), rather than cut its
+    stream mid-chunk. The sandboxes themselves stop afterwards, in the app's lifespan."""
+    ending: set[asyncio.Task[None]] = set()
 
     def stop_commands() -> None:
         stopped = sum(sandbox.processes.stop_all(SHUTTING_DOWN) for sandbox in sandboxes.all())
         if stopped:
             log.info("agentcell shutting down: stopped %d commands still running", stopped)
+        task = asyncio.get_running_loop().create_task(sandboxes.end_code_runs(SHUTTING_DOWN))
+        ending.add(task)
+        task.add_done_callback(ending.discard)
 
     return stop_commands
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from agentcell.protocol.common import NumbersNotBooleans
 from agentcell.protocol.sandboxes import MAX_TIMEOUT_S
 
 ENVD_VERSION = "0.5.7"
@@ -23,7 +24,9 @@ ALL_TRAFFIC = "0.0.0.0/0"
 """E2B's `ALL_TRAFFIC`: the one `denyOut` entry agentcell's allowlist egress can express"""
 
 
-class E2bRequest(BaseModel):
+class E2bRequest(NumbersNotBooleans):
+    """E2B's request bodies: fields agentcell does not use are ignored (the SDKs send more)."""
+
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
 

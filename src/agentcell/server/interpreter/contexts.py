@@ -161,6 +161,11 @@ class Interpreter:
         if found is not None:
             await found.aclose()
 
+    async def end_runs(self, because: str) -> None:
+        """Close every code context of every sandbox (graceful shutdown): runs in flight end with
+        an error naming `because`, as when a context is deleted."""
+        await asyncio.gather(*(contexts.aclose(because) for contexts in self._sandboxes.values()))
+
     async def aclose(self) -> None:
         for sandbox_id in list(self._sandboxes):
             await self.discard(sandbox_id)

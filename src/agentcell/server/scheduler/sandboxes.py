@@ -289,6 +289,19 @@ class SandboxService:
             raise NotRunning(f"sandbox {sandbox_id} is {sandbox.state}")
         return sandbox
 
+    def taking_work(self, sandbox_id: str) -> Sandbox:
+        """A running sandbox that is not being paused: a command or terminal started while its
+        files are saved would run frozen, then be stopped, its effects missing from the snapshot."""
+        sandbox = self.running(sandbox_id)
+        if sandbox.pausing:
+            raise NotRunning(f"sandbox {sandbox_id} is being paused; resume it once paused (POST .../resume)")
+        return sandbox
+
+    async def end_code_runs(self, because: str) -> None:
+        """End every code run in every sandbox, saying `because` (graceful shutdown)."""
+        if self._interpreter is not None:
+            await self._interpreter.end_runs(because)
+
     def all(self) -> list[Sandbox]:
         """Every live sandbox, of every tenant (for the server's own bookkeeping, never an answer)."""
         return list(self._sandboxes.values())
@@ -346,7 +359,7 @@ class SandboxService:
     async def start_process(self, sandbox_id: str, request: CommandRequest) -> ManagedProcess:
         if request.pty is not None:  # terminals have their own service (scheduler/terminals.py)
             raise InvalidArgument("start a command with `pty` through the terminals service")
-        sandbox = self.running(sandbox_id)
+        sandbox = self.taking_work(sandbox_id)
         argv = request.full_argv()
         spec = ExecSpec(argv=argv, env={**sandbox.request.env, **request.env}, cwd=request.cwd)
         process = ManagedProcess(

@@ -33,7 +33,7 @@ class TerminalService:
         """Start `request` (which names a `pty`) on a new terminal; `stdin`, if given, is typed in."""
         if request.pty is None:
             raise InvalidArgument("a terminal command needs pty: {rows, cols}")
-        sandbox = self._sandboxes.running(sandbox_id)
+        sandbox = self._sandboxes.taking_work(sandbox_id)
         argv = request.full_argv()
         env = {**TERMINAL_ENV, **sandbox.request.env, **request.env}
         spec = ExecSpec(argv=argv, env=env, cwd=request.cwd, terminal=terminal_size(request.pty))

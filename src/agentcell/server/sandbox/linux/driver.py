@@ -361,6 +361,13 @@ class LinuxDriver:
         self._thaw(await self._ready(), sandbox_id)
 
     @staticmethod
+    def _is_frozen(host: _Host, sandbox_id: str) -> bool:
+        try:
+            return host.cgroups.is_frozen(sandbox_id)
+        except FileNotFoundError:  # gone, or never made
+            return False
+
+    @staticmethod
     def _thaw(host: _Host, sandbox_id: str) -> None:
         if host.cgroups.can_freeze:
             with contextlib.suppress(FileNotFoundError):  # gone: nothing left to thaw
@@ -506,6 +513,11 @@ class LinuxDriver:
 
     async def _stop(self, sandbox_id: str, grace_s: float) -> None:
         host = await self._ready()
+        if self._is_frozen(host, sandbox_id):
+            # Frozen for a snapshot that was taken: nothing it does from now on is kept, so it gets
+            # no grace to run past the snapshot. SIGKILL while frozen, then thaw: it dies on waking.
+            host.cgroups.kill_all(sandbox_id)
+            grace_s = 0.0
         self._thaw(host, sandbox_id)  # frozen processes would sleep through SIGTERM and SIGKILL (v1)
         self._released.discard(sandbox_id)
         instance = self._instances.get(sandbox_id)
