@@ -4,17 +4,22 @@ same id, files back, error envelopes for the wrong states."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
 from agentcell.client import AsyncSandbox, ConflictError, NotFoundError, Sandbox
-from tests.conftest import AUTH
+from tests.conftest import AUTH, ServerFactory
 from tests.integration.test_cli import agentcell
+from tests.integration.test_workspaces import wait_for
 
 
 def test_sdk_pause_then_resume_by_id(server_url: str) -> None:
@@ -196,3 +201,46 @@ def test_a_1_tib_sparse_file_pauses_in_seconds_and_a_larger_one_is_refused(
     finally:
         api.delete(f"/v1/sandboxes/{sbx.id}")
         sbx.close()
+
+
+def test_a_server_killed_mid_pause_leaves_no_objects_after_its_restart(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """SIGKILL of the server while a pause uploads 300 MB: its blobs used to stay under
+    `_sandboxes/<id>/blobs/` for ever (no row, no quota, no listing). The restarted server sweeps
+    them (the pause was marked before its first upload), keeps nothing half-paused, and works."""
+    state = tmp_path / "kill-state"
+    server = server_factory(state)
+    sbx = Sandbox.create(api_url=server.url, memory_mb=512, disk_mb=512, timeout_s=300)
+    prefix = state / "objects" / "default" / "_sandboxes" / sbx.id
+    with httpx.Client(headers=AUTH, base_url=server.url, timeout=120) as api:
+        assert sbx.commands.run("cd; head -c 300M /dev/urandom > big").exit_code == 0
+        pausing = threading.Thread(target=_ignoring_errors, args=(api.post, f"/v1/sandboxes/{sbx.id}/pause"))
+        pausing.start()
+        wait_for(lambda: any((prefix / "blobs").glob("*")), what="the pause's first blobs")
+        server.stop(signal.SIGKILL)
+        pausing.join()
+    sbx.close()
+    assert not (prefix / "snapshots").exists(), "the kill came too late: the pause finished"
+    assert any((prefix / "blobs").iterdir())  # the leak, until the restart
+    restarted = server_factory(state)
+    with httpx.Client(headers=AUTH, base_url=restarted.url, timeout=120) as api:
+        wait_for(lambda: not prefix.exists(), what="the unfinished pause's objects to be swept")
+        assert api.get(f"/v1/sandboxes/{sbx.id}").status_code == 404
+        assert api.get("/v1/workspaces").json()["workspaces"] == []
+        again = Sandbox.create(api_url=restarted.url, timeout_s=60)
+        try:
+            again.files.write("/home/user/x", b"x")
+            assert api.post(f"/v1/sandboxes/{again.id}/pause").status_code == 200
+            assert api.post(f"/v1/sandboxes/{again.id}/resume").status_code == 200
+            assert again.files.read("/home/user/x") == b"x"
+        finally:
+            api.delete(f"/v1/sandboxes/{again.id}")
+            again.close()
+    assert "a pause begun at" in restarted.log() and "never finished" in restarted.log()
+
+
+def _ignoring_errors(post: Callable[[str], httpx.Response], url: str) -> None:
+    """(the server is killed while it answers)"""
+    with contextlib.suppress(httpx.HTTPError):
+        post(url)

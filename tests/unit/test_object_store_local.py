@@ -39,6 +39,23 @@ async def test_leftover_temp_files_are_invisible(store: LocalObjectStore) -> Non
         await store.get(f"dir/{TMP_MARK}deadbeef")
 
 
+async def test_delete_prefix_removes_temp_files_of_a_dead_process_only(store: LocalObjectStore) -> None:
+    """A temp file written before the store object was made (a killed server's write) goes with
+    its prefix, and its directory with it; a newer one (a write in flight) stays."""
+    await store.put("p/blobs/a", b"x")
+    stale = store.root / "p/blobs" / f"{TMP_MARK}0001"
+    stale.write_bytes(b"half")
+    os.utime(stale, ns=(store._opened_ns - 1, store._opened_ns - 1))
+    (store.root / "q").mkdir()
+    (store.root / "q" / f"{TMP_MARK}0002").write_bytes(b"other prefix")
+    assert await store.delete_prefix("p/") == 1
+    assert not (store.root / "p").exists()
+    await store.put("p/blobs/b", b"y")
+    (store.root / "p/blobs" / f"{TMP_MARK}0003").write_bytes(b"in flight")
+    await store.delete_prefix("p/")
+    assert all_files(store.root) == [f"p/blobs/{TMP_MARK}0003", f"q/{TMP_MARK}0002"]
+
+
 async def test_failed_stream_removes_its_temp_file(store: LocalObjectStore) -> None:
     """A producer failure leaves no temp file behind."""
 

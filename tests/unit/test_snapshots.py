@@ -279,6 +279,35 @@ async def test_delete_all_removes_every_object(snaps: Snapshots, store: LocalObj
     assert (await persist(snaps, work)).seq == 1
 
 
+async def test_sweep_deletes_only_what_no_snapshot_references(
+    snaps: Snapshots, store: LocalObjectStore, work: Path, target: Path
+) -> None:
+    """What a killed persist uploaded is collected, every snapshot (even beyond `keep`) and what it
+    references stays; with no snapshot at all everything under the prefix goes; an unreadable
+    snapshot makes it delete nothing."""
+    sample_workspace(work)
+    await persist(snaps, work)
+    kept = object_files(store, PREFIX)
+    await store.put(f"{PREFIX}/blobs/{'ab' * 32}", b"left by a killed persist")
+    await store.put(f"{PREFIX}/packs/000000000002-0000", b"and a pack")
+    swept = await snaps.sweep(PREFIX)
+    assert (swept.deleted_objects, swept.deleted_bytes) == (2, 34)
+    assert swept.newest is not None and swept.newest.seq == 1
+    assert object_files(store, PREFIX) == kept
+    await restore(snaps, target)
+    assert tree(target) == tree(work)
+
+    await store.put(f"{PREFIX}/blobs/{'cd' * 32}", b"x")
+    await store.put(f"{PREFIX}/snapshots/000000000002", b"not a manifest")
+    assert (await snaps.sweep(PREFIX)).deleted_objects == 0  # cannot tell what 2 needs
+
+    await snaps.delete_all(PREFIX)
+    await store.put(f"{PREFIX}/blobs/{'ef' * 32}", b"no snapshot references it")
+    swept = await snaps.sweep(PREFIX)
+    assert (swept.newest, swept.deleted_objects) == (None, 1)
+    assert await store.list(f"{PREFIX}/") == [] and not (store.root / PREFIX).exists()
+
+
 async def test_info_accounts_bytes(snaps: Snapshots, work: Path) -> None:
     """latest() reports what persist reported: files, logical and stored bytes."""
     sample_workspace(work)

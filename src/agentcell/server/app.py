@@ -109,7 +109,7 @@ async def _start(work: Coroutine[Any, Any, None], name: str, started: asyncio.Ev
     return task
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
+async def _cancel(task: asyncio.Task[Any]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -143,7 +143,9 @@ def create_app(
 
     history = HistoryRetention(store, clock, retention_s=settings.history_retention_days * 86400)
     snapshots = Snapshots(objects, clock)
-    workspaces = WorkspaceKeeper(driver, snapshots, store, clock, quota_bytes=storage_quota)
+    workspaces = WorkspaceKeeper(
+        driver, snapshots, store, clock, quota_bytes=storage_quota, node=str(settings.state_dir.resolve())
+    )
     templates = TemplateService(
         driver,
         clock,
@@ -242,10 +244,13 @@ def create_app(
             history.run(HISTORY_PRUNE_INTERVAL_S, ready := asyncio.Event()), "history", ready
         )
         pool_task = await _start(pool.run(ready := asyncio.Event()), "sandbox pool", ready)  # after the reap
+        # after the reap, the adopted sessions and the loaded paused sandboxes, which it spares
+        sweep_task = asyncio.create_task(workspaces.sweep_unfinished(), name="unfinished saves")
         try:
             async with mcp_server.session_manager.run():
                 yield
         finally:
+            await _cancel(sweep_task)
             await _cancel(templates_task)  # builds in progress stop their sandboxes and are dropped
             await _cancel(pool_task)
             await _cancel(history_task)

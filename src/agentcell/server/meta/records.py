@@ -78,6 +78,26 @@ class PausedSandboxRecord:
 
 
 @dataclass(slots=True)
+class UnfinishedSaveRecord:
+    """A storage path a node began writing before any record referencing it existed (a workspace
+    row, a paused sandbox): deleted once that record is written. One left by an earlier run of the
+    node (killed mid-save) marks objects that nothing references: its next start sweeps them."""
+
+    path: str
+    node: str
+    """the node that writes it (records of other nodes are never swept by this one)"""
+    run: str
+    """the server process that wrote it (each start is a new run)"""
+    tenant: str
+    function: str
+    key: str
+    """the workspace's, as its row will have them"""
+    kind: str
+    """'session': finished by its workspace row; 'pause': finished by its paused sandbox's record"""
+    started_at: float
+
+
+@dataclass(slots=True)
 class UsageRecord:
     """One period of one owner's usage (kind: session, instance, sandbox or storage)."""
 

@@ -20,6 +20,7 @@ from agentcell.server.meta.records import (
     PausedSandboxRecord,
     SessionRecord,
     TenantRecord,
+    UnfinishedSaveRecord,
     UsageRecord,
     WorkspaceRecord,
 )
@@ -64,6 +65,9 @@ CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 CREATE TABLE IF NOT EXISTS paused_sandboxes (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, request_json TEXT NOT NULL, storage_path TEXT NOT NULL,
     created_at REAL NOT NULL, paused_at REAL NOT NULL, keep_until REAL NOT NULL, labels_json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS unfinished_saves (
+    path TEXT NOT NULL, node TEXT NOT NULL, run TEXT NOT NULL, tenant TEXT NOT NULL, function TEXT NOT NULL,
+    key TEXT NOT NULL, kind TEXT NOT NULL, started_at REAL NOT NULL, PRIMARY KEY (path, node));
 """
 
 
@@ -235,6 +239,19 @@ class SqliteMetaStore:
 
     async def delete_paused_sandbox(self, sandbox_id: str) -> None:
         await self._run(lambda db: db.execute("DELETE FROM paused_sandboxes WHERE id = ?", (sandbox_id,)))
+
+    async def put_unfinished_save(self, record: UnfinishedSaveRecord) -> None:
+        sql = "INSERT OR REPLACE INTO unfinished_saves VALUES (?,?,?,?,?,?,?,?)"
+        await self._run(lambda db: db.execute(sql, astuple(record)))
+
+    async def unfinished_saves(self, node: str) -> list[UnfinishedSaveRecord]:
+        sql = "SELECT * FROM unfinished_saves WHERE node = ? ORDER BY path"
+        rows = await self._run(lambda db: db.execute(sql, (node,)).fetchall())
+        return [UnfinishedSaveRecord(*row) for row in rows]
+
+    async def delete_unfinished_save(self, path: str, node: str, run: str) -> None:
+        sql = "DELETE FROM unfinished_saves WHERE path = ? AND node = ? AND run = ?"
+        await self._run(lambda db: db.execute(sql, (path, node, run)))
 
     async def put_usage(self, records: list[UsageRecord]) -> None:
         rows = [astuple(r) for r in records]

@@ -14,6 +14,7 @@ from agentcell.server.meta.records import (
     PausedSandboxRecord,
     SessionRecord,
     TenantRecord,
+    UnfinishedSaveRecord,
     UsageRecord,
     WorkspaceRecord,
 )
@@ -89,6 +90,18 @@ class MetaStore(Protocol):
         ...
 
     async def delete_paused_sandbox(self, sandbox_id: str) -> None: ...
+
+    async def put_unfinished_save(self, record: UnfinishedSaveRecord) -> None:
+        """Insert or replace by (path, node); durable once this returns (before the save uploads)."""
+        ...
+
+    async def unfinished_saves(self, node: str) -> list[UnfinishedSaveRecord]:
+        """Every unfinished save of `node`, by path."""
+        ...
+
+    async def delete_unfinished_save(self, path: str, node: str, run: str) -> None:
+        """Delete the mark of `path` by `node` if `run` wrote it (a later run's stays)."""
+        ...
 
     async def put_usage(self, records: list[UsageRecord]) -> None:
         """Append usage periods (one transaction)."""

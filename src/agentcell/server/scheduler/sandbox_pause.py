@@ -41,7 +41,12 @@ from agentcell.server.meta.records import PausedSandboxRecord, WorkspaceRecord
 from agentcell.server.meta.store import MetaStore
 from agentcell.server.sandbox.driver import SANDBOX_HOME, WRITE_TEMPS, SandboxDriver, SandboxFiles
 from agentcell.server.scheduler.sandboxes import Sandbox, SandboxService
-from agentcell.server.scheduler.workspaces import STORE_RETRY_AFTER_S, Workspace, WorkspaceKeeper
+from agentcell.server.scheduler.workspaces import (
+    PAUSE_SAVE,
+    STORE_RETRY_AFTER_S,
+    Workspace,
+    WorkspaceKeeper,
+)
 from agentcell.server.storage.snapshots import SnapshotInfo, Snapshots
 
 log = logging.getLogger(__name__)
@@ -78,10 +83,7 @@ class PausedSandbox:
 
     @property
     def workspace(self) -> Workspace:
-        s = self.sandbox
-        return Workspace(
-            self.record.storage_path, SANDBOX_HOME, s.tenant, SANDBOXES_SEGMENT, s.id, s.request.disk_mb << 20
-        )
+        return _workspace(self.sandbox, self.record.storage_path)
 
 
 class SandboxPauses:
@@ -302,8 +304,15 @@ class SandboxPauses:
         return lock
 
     async def _pause(self, sandbox: Sandbox) -> PausedSandbox:
-        path = storage_path(sandbox.tenant, sandbox.id)
+        """Marked as a save in progress (`WorkspaceKeeper.saving`) until the paused sandbox's
+        record is written: a server killed before that leaves the mark, and its next start deletes
+        the snapshot (the sandbox ended with the server) instead of keeping unreachable objects."""
         await self._check_quota(sandbox.tenant)
+        async with self._keeper.saving(_workspace(sandbox), PAUSE_SAVE):
+            return await self._pause_marked(sandbox)
+
+    async def _pause_marked(self, sandbox: Sandbox) -> PausedSandbox:
+        path = storage_path(sandbox.tenant, sandbox.id)
         files = self._driver.files(sandbox.id)
         sandbox.pausing = True  # API writes finishing from now on fail: the snapshot may miss them
         frozen = False
@@ -393,6 +402,14 @@ class SandboxPauses:
                 f"of {quota}, so this sandbox cannot be paused; kill paused sandboxes or delete "
                 "workspaces it no longer needs, or raise the quota"
             )
+
+
+def _workspace(sandbox: Sandbox, path: str | None = None) -> Workspace:
+    """Where a sandbox's paused files are stored (`path`, by default where a pause puts them), as a
+    workspace of the pseudo-function."""
+    path = path or storage_path(sandbox.tenant, sandbox.id)
+    disk_bytes = sandbox.request.disk_mb << 20
+    return Workspace(path, SANDBOX_HOME, sandbox.tenant, SANDBOXES_SEGMENT, sandbox.id, disk_bytes)
 
 
 def _as_owner(sandbox: Sandbox) -> contextlib.AbstractContextManager[None]:

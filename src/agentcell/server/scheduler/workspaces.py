@@ -7,6 +7,12 @@ session's first request, and snapshotted back when it ends, periodically while i
 demand. An exclusive instance's workspace is `/home/user` itself; on a shared instance each
 session gets `/home/user/sessions/<key, with '/' as '~'>`, made when it arrives and removed when it
 leaves, so an instance only ever holds the workspaces of the sessions bound to it.
+
+Saves that upload before any record references their prefix (a workspace's first, every pause)
+are marked in the meta store first (`saving`); a mark that an earlier run of this node left (it
+was killed mid-save) is dealt with at the next start (`sweep_unfinished`): the snapshot is kept
+and recorded when a record wants it, the objects are deleted when none does. Nothing is ever
+deleted for lack of a record alone: another node, or a save in progress, may own such a prefix.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -23,11 +30,11 @@ from agentcell.errors import AgentcellError, Conflict, QuotaExceeded, Unavailabl
 from agentcell.protocol.functions import FunctionConfig
 from agentcell.server.auth.names import split
 from agentcell.server.clock import Clock
-from agentcell.server.meta.records import UsageRecord, WorkspaceRecord
+from agentcell.server.meta.records import UnfinishedSaveRecord, UsageRecord, WorkspaceRecord
 from agentcell.server.meta.store import MetaStore
 from agentcell.server.sandbox.driver import SANDBOX_HOME, WRITE_TEMPS, SandboxDriver, SandboxFiles
 from agentcell.server.scheduler.metering import Owner, storage_row
-from agentcell.server.storage.snapshots import SnapshotInfo, Snapshots
+from agentcell.server.storage.snapshots import SnapshotInfo, Snapshots, Swept
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,10 @@ SHARED_ROOT = f"{SANDBOX_HOME}/sessions"
 NAMED = "_named"  # function names start with a letter: no clash with this segment
 STORE_RETRY_AFTER_S = 5
 """what a caller is told to wait when the object store could not be reached"""
+SESSION_SAVE = "session"
+"""a save finished by its workspace row"""
+PAUSE_SAVE = "pause"
+"""a save finished by its paused sandbox's record (a workspace row alone does not finish it)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +101,20 @@ class WorkspaceKeeper:
         clock: Clock,
         *,
         quota_bytes: Callable[[str], int | None],
+        node: str = "local",
     ) -> None:
+        """`node` names this server in the marks of its unfinished saves (stable across restarts:
+        only its own marks are swept)."""
         self._driver = driver
         self._snapshots = snapshots
         self._store = store
         self._clock = clock
         self._quota_of = quota_bytes
+        self._node = node
+        self._run = secrets.token_hex(8)  # this process: marks of another run are not in flight
         self._users: dict[str, _Use] = {}  # storage path → the live session using it
+        self._saving: dict[str, int] = {}  # storage path → its saves in flight in this process
+        self._marked: set[str] = set()  # storage paths whose mark this run wrote and kept
         self._storage_metered_at: float | None = None
 
     async def claim(self, workspace: Workspace, session_id: str) -> None:
@@ -176,13 +194,20 @@ class WorkspaceKeeper:
         await self._check_quota(workspace.tenant)
         files = self._driver.files(instance_id)
         exclude = (*config.workspace.exclude, WRITE_TEMPS)
-        info = await self._with_dir(
-            files,
-            workspace.dir,
-            lambda fd: self._snapshots.persist(
-                workspace.storage_path, fd, exclude, keep=config.workspace.keep
-            ),
-        )
+        path = workspace.storage_path
+        recorded = await self._store.get_workspace(path)
+        marked = recorded is None or recorded.seq == 0  # else the row's snapshot holds the prefix
+        async with self.saving(workspace, SESSION_SAVE) if marked else contextlib.nullcontext():
+            info = await self._with_dir(
+                files,
+                workspace.dir,
+                lambda fd: self._snapshots.persist(path, fd, exclude, keep=config.workspace.keep),
+            )
+            await self._put_record(workspace, info, None)
+        return info
+
+    async def _put_record(self, workspace: Workspace, info: SnapshotInfo, error: str | None) -> None:
+        """The workspace's row, for its snapshot `info`."""
         await self._store.put_workspace(
             WorkspaceRecord(
                 path=workspace.storage_path,
@@ -195,9 +220,116 @@ class WorkspaceKeeper:
                 files=info.files,
                 logical_bytes=info.logical_bytes,
                 uploaded_bytes=info.uploaded_bytes,
+                error=error,
             )
         )
-        return info
+
+    @contextlib.asynccontextmanager
+    async def saving(self, workspace: Workspace, kind: str) -> AsyncIterator[None]:
+        """Around a save that uploads under its path before a record references it: the path is
+        marked in the meta store (durably) before the body runs, and the mark is deleted when the
+        body returns, its record written, and no other save of the path is in flight. A save that
+        fails or is cancelled leaves the mark: a later save of the path that finishes removes it
+        (the collection at the end of its persist takes the leftovers), or the next start sweeps
+        the leftovers (`sweep_unfinished`). Called by `persist` and by paused sandboxes' pause."""
+        path = workspace.storage_path
+        self._saving[path] = self._saving.get(path, 0) + 1
+        try:
+            if path not in self._marked:
+                await self._store.put_unfinished_save(
+                    UnfinishedSaveRecord(
+                        path,
+                        self._node,
+                        self._run,
+                        workspace.tenant,
+                        workspace.function,
+                        workspace.key,
+                        kind,
+                        self._clock.now(),
+                    )
+                )
+                self._marked.add(path)
+            yield
+        finally:
+            self._saving[path] -= 1
+            if not self._saving[path]:
+                del self._saving[path]
+        if path not in self._saving and path in self._marked:
+            self._marked.discard(path)
+            await self._store.delete_unfinished_save(path, self._node, self._run)
+
+    async def sweep_unfinished(self) -> list[str]:
+        """Once at start, after orphaned instances are reaped, sessions adopted and paused
+        sandboxes loaded: deal with the saves an earlier run of this node marked and never
+        finished (it was killed), each on its own (a failure leaves its mark for the next start).
+        Returns the paths dealt with.
+
+        - a paused sandbox's record references the path: the pause did finish; the mark goes.
+        - a live session holds the path (adopted after the restart): left to its next save.
+        - an unfinished pause (no paused sandbox record): the sandbox ended with the server, as
+          every running sandbox does, so its snapshot, its objects and its row are deleted.
+        - a session's save: the leftovers no snapshot references are deleted (`Snapshots.sweep`,
+          the collection a persist ends with); a snapshot that no row records yet is recorded (it
+          is the session's newest save: its key restores it).
+        """
+        try:
+            paused = {record.storage_path for record in await self._store.paused_sandboxes()}
+            marks = await self._store.unfinished_saves(self._node)
+        except Exception:
+            log.exception("unfinished saves could not be read; they are swept at the next start")
+            return []
+        done: list[str] = []
+        for mark in marks:
+            if mark.run == self._run:
+                continue  # in flight in this process
+            try:
+                if await self._sweep_one(mark, paused):
+                    done.append(mark.path)
+            except Exception:
+                log.exception("%s: the unfinished save could not be swept; next start again", mark.path)
+        return done
+
+    async def _sweep_one(self, mark: UnfinishedSaveRecord, paused: set[str]) -> bool:
+        if mark.path in paused:
+            log.info("%s: its pause finished before the server stopped; kept", mark.path)
+        elif (use := self._users.get(mark.path)) is not None:
+            log.info("%s: its save did not finish; left to the next save of %s", mark.path, use.session_id)
+            return False
+        elif mark.kind == PAUSE_SAVE:
+            await self._drop_unfinished_pause(mark)
+        else:
+            await self._finish_unfinished_save(mark)
+        await self._store.delete_unfinished_save(mark.path, mark.node, mark.run)
+        return True
+
+    async def _drop_unfinished_pause(self, mark: UnfinishedSaveRecord) -> None:
+        stored = await self._snapshots.stored_bytes(mark.path)
+        await self._snapshots.delete_all(mark.path)
+        await self._store.delete_workspace(mark.path)
+        log.warning(
+            "%s: a pause begun at %s never finished (the server stopped first); the sandbox ended "
+            "with that server like every running sandbox, so its unfinished snapshot is deleted "
+            "(%d bytes)",
+            mark.path,
+            mark.started_at,
+            stored,
+        )
+
+    async def _finish_unfinished_save(self, mark: UnfinishedSaveRecord) -> None:
+        swept = await self._snapshots.sweep(mark.path)
+        record = await self._store.get_workspace(mark.path)
+        recorded = ""
+        if swept.newest is not None and (record is None or record.seq == 0):
+            workspace = Workspace(mark.path, "", mark.tenant, mark.function, mark.key, 0)
+            await self._put_record(workspace, swept.newest, record.error if record else None)
+            recorded = f"; its snapshot {swept.newest.seq}, which no row recorded, is now recorded"
+        log.warning(
+            "%s: a save begun at %s never finished (the server stopped first); %s%s",
+            mark.path,
+            mark.started_at,
+            _swept(swept),
+            recorded,
+        )
 
     async def detach(self, instance_id: str, workspace: Workspace) -> None:
         """Remove a shared instance's copy of the workspace (an exclusive instance is destroyed)."""
@@ -274,3 +406,9 @@ class WorkspaceKeeper:
             return await work(fd)
         finally:
             os.close(fd)
+
+
+def _swept(swept: Swept) -> str:
+    if not swept.deleted_objects:
+        return "nothing was left to delete"
+    return f"{swept.deleted_objects} objects it left ({swept.deleted_bytes} bytes) are deleted"

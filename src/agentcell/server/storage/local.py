@@ -2,8 +2,9 @@
 
 A key maps to the file `root/key`. Writes go to a temporary file in the same directory, are
 fsynced and renamed over the target, then the directory is fsynced: a reader sees the old file or
-the new one, and a crash leaves at most a stray temporary file (ignored by `list`). Blocking file
-work runs in threads.
+the new one, and a crash leaves at most a stray temporary file (ignored by `list`; `delete_prefix`
+removes those under its prefix that are older than the store object). Blocking file work runs in
+threads.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -34,6 +36,7 @@ class LocalObjectStore:
         if not path.is_absolute():
             raise InvalidArgument(f"local object store directory must be an absolute path, got {str(root)!r}")
         self.root = path
+        self._opened_ns = time.time_ns()  # temporary files older than this are of a dead process
 
     def _path(self, key: str) -> Path:
         validate_key(key)
@@ -96,9 +99,16 @@ class LocalObjectStore:
         return await _in_thread(self._list, prefix)
 
     def _list(self, prefix: str) -> builtins.list[ObjectInfo]:
-        base = self.root / prefix.rpartition("/")[0]
-        found: list[ObjectInfo] = []
-        stack = [base]
+        found = [
+            ObjectInfo(key, entry.stat(follow_symlinks=False).st_size)
+            for key, entry in self._files(prefix)
+            if not entry.name.startswith(TMP_MARK)
+        ]
+        return sorted(found, key=lambda info: info.key)
+
+    def _files(self, prefix: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """(thread) Every regular file whose key starts with `prefix`, temporary ones included."""
+        stack = [self.root / prefix.rpartition("/")[0]]
         while stack:
             directory = stack.pop()
             try:
@@ -107,14 +117,20 @@ class LocalObjectStore:
                 continue
             for entry in entries:
                 key = os.path.relpath(entry.path, self.root)
-                if entry.name.startswith(TMP_MARK):
-                    continue
                 if entry.is_dir(follow_symlinks=False):
                     if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
                         stack.append(Path(entry.path))
                 elif entry.is_file(follow_symlinks=False) and key.startswith(prefix):
-                    found.append(ObjectInfo(key, entry.stat(follow_symlinks=False).st_size))
-        return sorted(found, key=lambda info: info.key)
+                    yield key, entry
+
+    def _remove_strays(self, prefix: str) -> None:
+        """(thread) Temporary files under `prefix` last written before this store object was made:
+        left by a process killed mid-write (a write of this one is newer)."""
+        for _, entry in list(self._files(prefix)):
+            if entry.name.startswith(TMP_MARK):
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat(follow_symlinks=False).st_mtime_ns < self._opened_ns:
+                        self._unlink_and_prune(Path(entry.path))
 
     async def delete(self, key: str) -> None:
         path = self._path(key)
@@ -137,6 +153,7 @@ class LocalObjectStore:
         infos = await self.list(prefix)
         for info in infos:
             await self.delete(info.key)
+        await _in_thread(self._remove_strays, prefix)
         return len(infos)
 
     async def aclose(self) -> None:

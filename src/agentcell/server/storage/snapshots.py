@@ -11,8 +11,9 @@ Layout under a prefix (e.g. `tenant/function/session`)::
 Persist uploads packs and blobs, then the manifest, then deletes manifests beyond the last `keep`
 and every pack or blob no kept manifest references. A crash at any point leaves the previous
 manifest and everything it references intact; leftovers of the crashed persist are collected by
-the next one. Persists and restores of one prefix are serialized inside this object (one server
-process owns a prefix at a time).
+the next one, or by `sweep` when none will come (the caller knows: scheduler/workspaces.py marks
+the prefixes it writes). Persists, restores and sweeps of one prefix are serialized inside this
+object (one server process owns a prefix at a time).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from agentcell.server.storage.pieces import SMALL_FILE_BYTES
 from agentcell.server.storage.restore import Restore, needed_bytes
 from agentcell.server.storage.tree import Excludes
 
-__all__ = ["SnapshotCorrupt", "SnapshotInfo", "Snapshots"]
+__all__ = ["SnapshotCorrupt", "SnapshotInfo", "Snapshots", "Swept"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,16 @@ class SnapshotInfo:
     stored_bytes: int  # bytes of every object this snapshot needs (shared ones included)
     hashed_files: int = 0  # files read and hashed by its persist (the rest were unchanged)
     skipped: int = 0  # fifos, sockets, devices, other mounts and vanished entries left out
+
+
+@dataclass(frozen=True, slots=True)
+class Swept:
+    """What `Snapshots.sweep` found and deleted under a prefix."""
+
+    newest: SnapshotInfo | None
+    """the newest readable snapshot left (None: there is none)"""
+    deleted_objects: int
+    deleted_bytes: int
 
 
 class Snapshots:
@@ -107,7 +118,8 @@ class Snapshots:
             raise InvalidArgument(f"keep must be at least 1, got {keep}")
         async with self._lock(prefix):
             seqs = await self._seqs(prefix)
-            previous = await self._newest_readable(prefix, seqs)
+            newest = await self._newest_readable(prefix, seqs)
+            previous = newest[0] if newest is not None else None
             seq = max(seqs, default=0) + 1
             job = Persist(
                 self._store, prefix, seq, previous, compress=self._compress, small_file_bytes=self._small
@@ -123,7 +135,7 @@ class Snapshots:
                 return _info(previous, len(encode(previous)), uploaded=0)
             data = encode(manifest)
             await self._store.put(_manifest_key(prefix, seq), data)
-            await self._collect(prefix, [*seqs, seq], manifest, keep)
+            await self._collect(prefix, [*seqs, seq], keep, manifest)
             return _info(manifest, len(data), uploaded=manifest.uploaded_bytes + len(data))
 
     async def restore(
@@ -181,6 +193,26 @@ class Snapshots:
         async with self._lock(prefix):
             await self._store.delete_prefix(f"{prefix}/")
 
+    async def sweep(self, prefix: str) -> Swept:
+        """Delete what persists that never finished left under `prefix`, keeping every snapshot:
+        the collection a persist ends with (packs and blobs that no snapshot references; nothing
+        when a snapshot cannot be read), or, when `prefix` holds no snapshot at all, every object
+        under it. Called for a prefix that a persist was writing when its server was killed and
+        that no later persist will collect; it deletes nothing a persist of this object would not.
+        """
+        validate_key(prefix)
+        async with self._lock(prefix):
+            seqs = await self._seqs(prefix)
+            if not seqs:
+                infos = await self._store.list(f"{prefix}/")
+                await self._store.delete_prefix(f"{prefix}/")
+                return Swept(None, len(infos), sum(info.size for info in infos))
+            newest = await self._newest_readable(prefix, seqs)
+            if newest is None:
+                return Swept(None, 0, 0)  # nothing readable to tell leftovers from: keep it all
+            objects, freed = await self._collect(prefix, seqs, len(seqs), newest[0])
+            return Swept(_info(*newest), objects, freed)
+
     # ---- internals --------------------------------------------------------------------------------
 
     async def _seqs(self, prefix: str) -> builtins.list[int]:
@@ -198,33 +230,42 @@ class Snapshots:
             raise SnapshotCorrupt(f"snapshot manifest {key!r} claims to be snapshot {manifest.seq}")
         return manifest, len(data)
 
-    async def _newest_readable(self, prefix: str, seqs: builtins.list[int]) -> Manifest | None:
-        """The base for an incremental persist; a bad newest snapshot only costs a full upload."""
+    async def _newest_readable(self, prefix: str, seqs: builtins.list[int]) -> tuple[Manifest, int] | None:
+        """The base for an incremental persist, and its size; a bad newest snapshot only costs a
+        full upload."""
         for seq in sorted(seqs, reverse=True):
             try:
-                return (await self._load(prefix, seq))[0]
+                return await self._load(prefix, seq)
             except SnapshotCorrupt as exc:
                 log.warning("persist of %s starts from scratch: %s", prefix, exc.message)
         return None
 
-    async def _collect(self, prefix: str, seqs: builtins.list[int], newest: Manifest, keep: int) -> None:
-        """Drop manifests beyond `keep`, then objects that no kept manifest references."""
+    async def _collect(
+        self, prefix: str, seqs: builtins.list[int], keep: int, loaded: Manifest
+    ) -> tuple[int, int]:
+        """Drop manifests beyond `keep`, then objects that no kept manifest references (`loaded`,
+        one of them, is already read). Returns how many objects went, and their bytes."""
         ordered = sorted(seqs)
         kept, dropped = ordered[-keep:], ordered[:-keep]
         for seq in dropped:
             await self._store.delete(_manifest_key(prefix, seq))
-        referenced = set(newest.objects)
+        referenced = set(loaded.objects)
         for seq in kept:
-            if seq == newest.seq:
+            if seq == loaded.seq:
                 continue
             try:
                 referenced |= set((await self._load(prefix, seq))[0].objects)
             except SnapshotCorrupt:
-                return  # cannot tell what it needs: keep every object until it ages out
-        for area in COLLECTED:
-            for info in await self._store.list(f"{prefix}/{area}"):
-                if info.key[len(prefix) + 1 :] not in referenced:
-                    await self._store.delete(info.key)
+                return 0, 0  # cannot tell what it needs: keep every object until it ages out
+        deleted = [
+            info
+            for area in COLLECTED
+            for info in await self._store.list(f"{prefix}/{area}")
+            if info.key[len(prefix) + 1 :] not in referenced
+        ]
+        for info in deleted:
+            await self._store.delete(info.key)
+        return len(deleted), sum(info.size for info in deleted)
 
 
 def _os_failure(exc: OSError, what: str, shortfall: str = "") -> AgentcellError:
