@@ -82,6 +82,9 @@ async def test_a_command_at_the_process_limit_is_refused_as_a_quota(linux_driver
             break
         await asyncio.sleep(0.05)
     assert (await run(linux_driver, "full", ["echo", "alive"])).stdout == "alive\n"
+    await linux_driver.stop("full")
+    for sleeper in sleepers:  # (collecting each one's status closes its stdin pipe)
+        await asyncio.wait_for(sleeper.wait(), 10)
 
 
 async def test_memory_hog_dies_alone(linux_driver: LinuxDriver) -> None:
