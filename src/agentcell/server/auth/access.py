@@ -10,6 +10,7 @@ from agentcell.errors import QuotaExceeded, Unauthenticated
 from agentcell.server.auth.keys import KeyRing
 from agentcell.server.auth.principal import LOCAL, Principal
 from agentcell.server.clock import Clock
+from agentcell.server.token_bucket import TokenBucket
 
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 # (path prefix, scope to read, scope to write), first match wins.
@@ -73,7 +74,7 @@ class RateLimiter:
     def __init__(self, clock: Clock, rate: Callable[[str], float | None]) -> None:
         self._clock = clock
         self._rate = rate
-        self._buckets: dict[str, tuple[float, float]] = {}  # tenant → (tokens, at)
+        self._buckets: dict[str, TokenBucket] = {}
 
     def take(self, tenant: str) -> None:
         rate = self._rate(tenant)
@@ -81,15 +82,14 @@ class RateLimiter:
             return
         now = self._clock.now()
         burst = max(1.0, rate)  # a bucket smaller than one token would refuse every request
-        tokens, at = self._buckets.get(tenant, (burst, now))
-        tokens = min(burst, tokens + (now - at) * rate)
-        if tokens < 1:
-            self._buckets[tenant] = (tokens, now)
-            wait = min(MAX_RETRY_AFTER_S, math.ceil((1 - tokens) / rate))
+        bucket = self._buckets.get(tenant)
+        if bucket is None:
+            bucket = self._buckets[tenant] = TokenBucket(burst, now)
+        if not bucket.take(now, rate, burst):
+            wait = min(MAX_RETRY_AFTER_S, math.ceil((1 - bucket.tokens) / rate))
             raise QuotaExceeded(
                 f"tenant {tenant} is over its {rate:g} requests per second", retry_after_s=wait
             )
-        self._buckets[tenant] = (tokens - 1, now)
 
 
 class RequestAuth:

@@ -14,6 +14,7 @@ from agentcell.errors import InvalidArgument
 from agentcell.server.clock import Clock
 from agentcell.server.meta.records import AuditRecord
 from agentcell.server.meta.store import MetaStore
+from agentcell.server.token_bucket import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,7 @@ class AuditLog:
         self._queued: list[AuditRecord] = []
         self._writer: asyncio.Task[None] | None = None
         self._write_now = asyncio.Event()
-        self._anonymous_budget = float(ANONYMOUS_BURST)
-        self._anonymous_at = clock.now()
+        self._anonymous = TokenBucket(ANONYMOUS_BURST, clock.now())
         self._dropped = 0
         self._dropped_since = 0.0
 
@@ -103,12 +103,8 @@ class AuditLog:
             self._writer = asyncio.get_running_loop().create_task(self._write_queued())
 
     def _anonymous_admitted(self, now: float) -> bool:
-        budget = min(ANONYMOUS_BURST, self._anonymous_budget + (now - self._anonymous_at) * ANONYMOUS_PER_S)
-        self._anonymous_at = now
-        if budget >= 1:
-            self._anonymous_budget = budget - 1
+        if self._anonymous.take(now, ANONYMOUS_PER_S, ANONYMOUS_BURST):
             return True
-        self._anonymous_budget = budget
         if not self._dropped:
             self._dropped_since = now
         self._dropped += 1

@@ -46,6 +46,7 @@ from agentcell.server.scheduler.workspaces import (
     STORE_RETRY_AFTER_S,
     Workspace,
     WorkspaceKeeper,
+    save_retry_delay_s,
 )
 from agentcell.server.storage.snapshots import SnapshotInfo, Snapshots
 
@@ -59,8 +60,7 @@ DEFAULT_RETENTION_S = 7 * 24 * 3600.0
 TIMEOUT_PAUSE_ATTEMPTS = 10
 """a pause at the timeout that fails is tried again this many times in all before the kill"""
 TIMEOUT_PAUSE_RETRY_S = 30.0
-"""the wait after its first failure; it doubles after each, up to TIMEOUT_PAUSE_RETRY_MAX_S"""
-TIMEOUT_PAUSE_RETRY_MAX_S = 600.0
+"""the wait after its first failure; it doubles after each (`save_retry_delay_s`)"""
 
 
 def storage_path(tenant: str, sandbox_id: str) -> str:
@@ -226,7 +226,7 @@ class SandboxPauses:
             )
             return False
         self._timeout_pause_failures[sandbox.id] = failures
-        delay = min(self._timeout_pause_retry_s * 2 ** (failures - 1), TIMEOUT_PAUSE_RETRY_MAX_S)
+        delay = save_retry_delay_s(failures, self._timeout_pause_retry_s)
         sandbox.expires_at = self._clock.now() + delay
         log.warning(
             "sandbox %s: pause at its timeout failed (attempt %d of %d); it keeps running and the "

@@ -45,7 +45,7 @@ from agentcell.server.scheduler.metering import Resources, UsageLedger, instance
 from agentcell.server.scheduler.placement import find_room, free_instance, idle_instances, needs_instance
 from agentcell.server.scheduler.session_workspaces import SessionWorkspaces
 from agentcell.server.scheduler.sessions import SESSION_KEY, Session, SessionEnded, new_session_id
-from agentcell.server.scheduler.workspaces import STORE_RETRY_AFTER_S, WorkspaceKeeper
+from agentcell.server.scheduler.workspaces import STORE_RETRY_AFTER_S, WorkspaceKeeper, save_retry_delay_s
 from agentcell.server.storage.snapshots import SnapshotInfo
 from agentcell.server.templates.service import TemplateService
 
@@ -65,10 +65,7 @@ class SchedulerLimits:
     final_save_attempts: int = 10
     """how often the reaper tries an expired session's last snapshot before it gives up"""
     final_save_retry_s: float = 30.0
-    """the wait after its first failure; it doubles after each, up to FINAL_SAVE_RETRY_MAX_S"""
-
-
-FINAL_SAVE_RETRY_MAX_S = 600.0
+    """the wait after its first failure; it doubles after each (`save_retry_delay_s`)"""
 
 
 @dataclass(slots=True, eq=False)
@@ -950,9 +947,7 @@ class Scheduler:
         session.save_failures += 1
         attempts = self._limits.final_save_attempts
         if session.save_failures < attempts:
-            delay = min(
-                self._limits.final_save_retry_s * 2 ** (session.save_failures - 1), FINAL_SAVE_RETRY_MAX_S
-            )
+            delay = save_retry_delay_s(session.save_failures, self._limits.final_save_retry_s)
             session.end_retry_at = now + delay
             log.warning(
                 "session %s (%s): kept, its last snapshot failed: %s", session.id, reason, failure.message

@@ -44,6 +44,15 @@ SHARED_ROOT = f"{SANDBOX_HOME}/sessions"
 NAMED = "_named"  # function names start with a letter: no clash with this segment
 STORE_RETRY_AFTER_S = 5
 """what a caller is told to wait when the object store could not be reached"""
+SAVE_RETRY_MAX_S = 600.0
+
+
+def save_retry_delay_s(failures: int, first_s: float) -> float:
+    """The wait before trying a failed save again: `first_s` after the first failure, doubling
+    after each, up to SAVE_RETRY_MAX_S."""
+    return min(first_s * 2.0 ** (failures - 1), SAVE_RETRY_MAX_S)
+
+
 SESSION_SAVE = "session"
 """a save finished by its workspace row"""
 PAUSE_SAVE = "pause"
