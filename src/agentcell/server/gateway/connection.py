@@ -1,7 +1,10 @@
 """One client connection: parse requests, keep them in order, hand each to an `Exchange`.
 
 Requests are parsed with httptools as bytes arrive. Pipelined requests queue behind the one in
-flight (reading pauses while more than one is queued) and are answered strictly in order. Reading
+flight (reading pauses while more than one is queued; past MAX_PIPELINED the connection closes
+after answering those) and are answered strictly in order. A head whose framing or target could
+be read two ways (no or two Host headers, a coding other than chunked, an upgrade with a body)
+is refused, so that an upstream only ever gets one unambiguous request. Reading
 also pauses while a request body cannot move on (routing, or the upstream not draining); the
 upstream stops being read while this client is not draining its responses. After an `Upgrade`
 request the parser stops; once the upstream answers 101 the connection becomes a byte tunnel.
@@ -37,13 +40,27 @@ WRITE_HIGH_WATER = 1024 * 1024
 WRITE_LOW_WATER = 256 * 1024
 LINGER_S = 2.0
 LINGER_BYTES = 8 * 1024 * 1024
+MAX_PIPELINED = 64  # requests queued on one connection; past that, it closes after answering them
 
 
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+_ONE_HOST = "an HTTP/1.1 request needs exactly one Host header"
 
 
 class _HeadTooLarge(Exception):
     pass
+
+
+class _PipelineFull(Exception):
+    pass
+
+
+class _BadHead(Exception):
+    """A request head the gateway refuses, raised in a parser callback (so parsing stops)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ClientConnection(asyncio.Protocol):
@@ -78,7 +95,7 @@ class ClientConnection(asyncio.Protocol):
         self._max_head = server.max_header_bytes
         self._keepalive_s = server.keepalive_timeout_s
         self._in_head = False
-        self._head_raw = 0  # bytes of reads that fell wholly inside a head (httptools buffers those)
+        self._head_raw = 0  # bytes of reads wholly inside a head or a body's framing (see below)
         self._linger_left = -1  # >= 0: closing after a response to an unfinished request
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
@@ -108,12 +125,16 @@ class ClientConnection(asyncio.Protocol):
         if self._read_blocked & self.STOPPED:
             return
         was_in_head = self._in_head
+        parsing = self._parsing  # a request whose body is being read
+        body_seen = parsing.bytes_in if parsing is not None else 0
         try:
             self._parser.feed_data(data)
             if was_in_head and self._in_head:
                 self._head_raw += len(data)
                 if self._head_raw > self._max_head:
                     raise HttpParserError("request head too large") from _HeadTooLarge()
+            elif parsing is not None and parsing is self._parsing:
+                self._count_framing(parsing.bytes_in == body_seen, len(data))
         except HttpParserUpgrade as exc:
             self._upgraded = True
             rest = data[exc.args[0] :]
@@ -124,6 +145,18 @@ class ClientConnection(asyncio.Protocol):
         exchanges = self._exchanges
         if exchanges and exchanges[0].state == NEW:
             exchanges[0].start()
+
+    def _count_framing(self, no_body: bool, size: int) -> None:
+        """Bound the reads that carried none of a body still being read: they fell wholly in a
+        chunked body's framing (chunk headers, trailers), whose trailer names and values the
+        parser holds until each ends, at a cost that grows with their square."""
+        if not no_body:
+            self._head_raw = 0  # (unused between heads: it counts these reads meanwhile)
+            return
+        self._head_raw += size
+        if self._head_raw > self._max_head:
+            message = f"chunk headers or trailers exceed {self._max_head} bytes"
+            raise HttpParserError(message) from _HeadTooLarge()
 
     def eof_received(self) -> bool:
         # Like nginx, a client's FIN counts as going away: requests in flight are cancelled
@@ -182,22 +215,40 @@ class ClientConnection(asyncio.Protocol):
             parsing.on_request_trailer(name, value)
 
     def on_headers_complete(self) -> None:
+        if len(self._exchanges) >= MAX_PIPELINED:
+            raise _PipelineFull  # (parsing stops: one read can hold thousands of small requests)
         parser = self._parser
-        path, _, query = self._url.partition(b"?")
-        version = _VERSIONS.get(parser.get_http_version()) or parser.get_http_version().encode()
+        version = _VERSIONS.get(parser.get_http_version()) or _version(parser.get_http_version())
         headers = tuple(self._headers)
         index = header_index(headers)
-        head = RequestHead(parser.get_method(), path, query, headers, index, self.client, version)
+        host = index.get(b"host")
+        # Repeated Host headers are joined with ", ", which no host name contains. (`0x2C in`
+        # is a memchr, 10x cheaper than `b"," in`; so is `path[0] != 0x2F` than a slice.)
+        if (0x2C in host) if host is not None else version == b"1.1":
+            raise _BadHead(400, _ONE_HOST)
+        path, _, query = self._url.partition(b"?")
+        method = parser.get_method()
+        if (not path or path[0] != 0x2F) and path != b"*" and method != b"CONNECT":  # (CONNECT: 405)
+            path, headers = _origin_form(path, headers)
+            index = header_index(headers)
+        head = RequestHead(method, path, query, headers, index, self.client, version)
         self._url = b""  # ready for the next head
         self._headers = []
         self._head_bytes = self._head_raw = 0
         self._in_head = False
         upgrade = index.get(b"upgrade") if b"upgrade" in index and parser.should_upgrade() else None
-        chunked = b"transfer-encoding" in index and b"chunked" in index[b"transfer-encoding"].lower()
+        chunked = b"transfer-encoding" in index and _is_chunked(index[b"transfer-encoding"])
+        if upgrade is not None and (chunked or index.get(b"content-length", b"0") != b"0"):
+            # The parser hands what follows an upgrade head to the tunnel, never as its body: the
+            # upstream would wait for a body that does not come, and read the next request as it.
+            raise _BadHead(400, "an Upgrade request cannot have a body; send it without one")
         exchange = Exchange(
             self,
             head,
-            keep_alive=parser.should_keep_alive() and not self.server.draining,
+            # (RFC 9112 §6.1: a chunked HTTP/1.0 request is framed by a guess; never reuse it)
+            keep_alive=parser.should_keep_alive()
+            and not self.server.draining
+            and not (chunked and version == b"1.0"),
             chunked=chunked,
             upgrade=upgrade,
         )
@@ -217,7 +268,13 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_parse_error(self, exc: HttpParserError) -> None:
         self.set_read_blocked(self.STOPPED, True)
-        too_large = isinstance(exc.__cause__ or exc.__context__, _HeadTooLarge)
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, _PipelineFull):
+            # Answer the requests queued, then close: a pipelining client sends the unanswered
+            # rest again on a new connection (RFC 9112 §9.3.2), as after nginx's keepalive_requests.
+            self._exchanges[-1].keep_alive = False
+            return
+        too_large = isinstance(cause, _HeadTooLarge)
         broken = self._parsing
         if broken is not None and not broken.request_complete:
             # A malformed body: this request cannot complete; answer 400 if nothing was sent yet.
@@ -235,6 +292,8 @@ class ClientConnection(asyncio.Protocol):
         status, message = (
             (431, f"request head exceeds {self.server.max_header_bytes} bytes; send fewer or smaller headers")
             if too_large
+            else (cause.status, str(cause))
+            if isinstance(cause, _BadHead)
             else (400, f"malformed HTTP request: {exc}")
         )
         headers = tuple(self._headers)
@@ -298,7 +357,10 @@ class ClientConnection(asyncio.Protocol):
         if exchanges and exchanges[0] is exchange:
             exchanges.popleft()
         if self._tunnel is exchange or not exchange.keep_alive or self.server.draining:
-            if exchange.request_complete or self._tunnel is exchange:
+            # Input may be left unread (a body, requests behind this one, or reading stopped):
+            # linger, so that closing does not reset the connection before the answers are read.
+            unread = not exchange.request_complete or exchanges or self._read_blocked & self.STOPPED
+            if self._tunnel is exchange or not unread:
                 self.close()
             else:
                 self._close_lingering()
@@ -386,3 +448,36 @@ class ClientConnection(asyncio.Protocol):
         exchange.on_timer(now)
         if self._exchanges and self._exchanges[0] is exchange and exchange.deadline != math.inf:
             self.arm_timer(exchange.deadline)
+
+
+def _version(version: str) -> bytes:
+    """A request's HTTP version other than 1.1 and 1.0: a later 1.x is served as 1.1 (RFC 9110
+    §2.5); anything else (0.9, 2.0 in a text head) is refused."""
+    major, dot, minor = version.partition(".")
+    if major == "1" and dot and minor.isdigit():
+        return b"1.1"
+    raise _BadHead(505, f"HTTP/{version} is not supported here; send HTTP/1.1")
+
+
+def _origin_form(
+    target: bytes, headers: tuple[tuple[bytes, bytes], ...]
+) -> tuple[bytes, tuple[tuple[bytes, bytes], ...]]:
+    """An absolute-form target (`http://host:port/path`) as a path and the headers with Host set
+    to its authority: the target's authority wins over the Host header (RFC 9112 §3.2.2), for
+    the routing and for the upstream alike, so that both see one target."""
+    scheme, sep, rest = target.partition(b"://")
+    authority, slash, path = rest.partition(b"/")
+    if not sep or scheme.lower() not in (b"http", b"https") or not authority or b"@" in authority:
+        raise _BadHead(400, "the request target must be a path starting with / or an http(s) URL with a host")
+    kept = tuple(header for header in headers if header[0].lower() != b"host")
+    return slash + path if slash else b"/", (*kept, (b"host", authority))
+
+
+def _is_chunked(transfer_encoding: bytes) -> bool:
+    """Whether a request's Transfer-Encoding is the one coding the gateway decodes (the parser
+    has checked that `chunked` comes last); any other coding is refused rather than dropped."""
+    if transfer_encoding.strip().lower() != b"chunked":
+        raise _BadHead(
+            501, "Transfer-Encoding other than chunked is not supported; send the body chunked only"
+        )
+    return True

@@ -141,7 +141,8 @@ class Exchange:
             conn.arm_timer(deadline)
         if self.preset is not None:
             self._respond(self.preset)
-        elif self.head.method == b"CONNECT":
+        elif self.head.method == b"CONNECT":  # (the parser reads nothing after it: close)
+            self.keep_alive = False
             self._fail(405, "invalid_argument", "CONNECT is not supported: this is not a forward proxy")
         else:
             route_nowait = self.server.route_nowait
@@ -331,7 +332,8 @@ class Exchange:
         if self.route is None:
             self.route = respond
         self.status = respond.status
-        if not self.request_complete or self.server.draining:
+        # (After an upgrade request the parser reads no more requests on this connection.)
+        if not self.request_complete or self.upgrade is not None or self.server.draining:
             self.keep_alive = False
         self.bytes_out += 0 if self.is_head else len(respond.body)
         self.conn.write(

@@ -30,6 +30,10 @@ HOP_BY_HOP = frozenset(
     }
 )
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Names a `Connection` header may not remove: dropping the Content-Length (or the Host) of a
+# message whose body is still forwarded would let its body be read as the next message (request
+# smuggling, or a response the client cannot delimit).
+_NEVER_NAMED = _CONNECTION_OPTIONS | {b"content-length", b"host", b""}
 
 # What the proxy does with a header, by its lowercase name.
 PLAIN = 0  # passed through
@@ -101,13 +105,14 @@ def status_line(status: int) -> bytes:
 
 
 def connection_tokens(value: bytes | None) -> frozenset[bytes]:
-    """Header names listed in a `Connection` value (beyond the standard options), lowercased;
-    cached, as clients send the same few values (`keep-alive`) on every request."""
+    """Header names listed in a `Connection` value (beyond the standard options, and never the
+    framing headers: see _NEVER_NAMED), lowercased; cached, as clients send the same few values
+    (`keep-alive`) on every request."""
     if not value:
         return _NO_TOKENS
     tokens = _TOKENS_CACHE.get(value)
     if tokens is None:
-        tokens = frozenset({t.strip().lower() for t in value.split(b",")} - _CONNECTION_OPTIONS - {b""})
+        tokens = frozenset({t.strip().lower() for t in value.split(b",")} - _NEVER_NAMED)
         if len(_TOKENS_CACHE) < _NAMES_CACHED:
             _TOKENS_CACHE[value] = tokens
     return tokens
@@ -246,7 +251,8 @@ def _plan_response(
             out += (name, b": ", value, b"\r\n")
         elif kind == CONTENT_LENGTH:
             length = int(value)
-            out += (name, b": ", value, b"\r\n")
+            if status != 204:  # (RFC 9110 §8.6: a 204 carries no Content-Length)
+                out += (name, b": ", value, b"\r\n")
         elif kind == TRANSFER_ENCODING:
             upstream_chunked = b"chunked" in value.lower()
         elif kind == CONNECTION:

@@ -4,7 +4,8 @@ An `UpstreamConnection` parses responses with httptools and hands every event to
 `ResponseSink` (an exchange) that currently owns it; between requests it sits idle in the
 `UpstreamPool`, which reuses the most recently released connection first and closes those idle
 longer than `idle_timeout_s` (keep it below the upstream's own keep-alive timeout: uvicorn's is
-5 s). A connection that is closed, broken, or left mid-message is never pooled.
+5 s). A connection that is closed, broken, or left mid-message is never pooled, and one that
+sends more than one answer to a request, or a head or trailers over MAX_FIELD_BYTES, is failed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 WRITE_HIGH_WATER = 1024 * 1024
 WRITE_LOW_WATER = 256 * 1024
+MAX_FIELD_BYTES = 256 * 1024  # a response head, or trailers, read before it is refused
 
 
 class ResponseSink(Protocol):
@@ -60,6 +62,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._tunnel = False
         self._read_paused = False
+        self._answered = False  # a final response ended in the bytes being parsed
+        self._unreported = 0  # bytes parsed since the last head, body bytes or end of a response
         # A Content-Length body is passed through without the parser once its head is parsed:
         # the sink sets body_length; _body_left counts down what is still to come.
         self.body_length = -1
@@ -83,6 +87,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self._tunnel:
             sink.on_tunnel_data(data)
+            return
+        self._answered = False
+        # Bytes read since the parser last reported anything (a head, body bytes, an end): a
+        # head or trailers, whose names and values it holds until each ends, at a cost that
+        # grows with their square. An instance must not be able to stall the gateway that way.
+        self._unreported += len(data)
+        if self._unreported > MAX_FIELD_BYTES:
+            self._fail(f"the upstream sent a response head or trailers over {MAX_FIELD_BYTES} bytes")
             return
         try:
             self._parser.feed_data(data)
@@ -136,10 +148,19 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- httptools callbacks ----------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._answered:
+            # A response begins in the bytes that ended this request's answer (an upstream that
+            # sent two answers, or a body its status forbids). The connection may already serve
+            # the next request, maybe another session's (it started when the answer ended): fail
+            # that one (a safe request is retried on a new connection) rather than answer it so.
+            self._fail("the upstream sent more than one answer to a request")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._unreported = 0
         status = self._status = self._parser.get_status_code()
         headers, self._headers = self._headers, []
         self._body_seen = 0
@@ -148,17 +169,20 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink.on_response_head(status, headers)
         if self.expect_no_body and status >= 200 and self.sink is not None:
             # httptools has no HEAD mode: it would wait for Content-Length bytes that never come.
-            self._parser_spent = True
+            self._parser_spent = self._answered = True
             self.sink.on_response_complete(self._parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
+        self._unreported = 0
         self._body_seen += len(body)
         if self.sink is not None:
             self.sink.on_response_body(body)
 
     def on_message_complete(self) -> None:
+        self._unreported = 0
         if self._status < 200 or self._parser_spent:
             return  # interim responses and 101 do not end the exchange
+        self._answered = True
         self._headers = []  # trailers of a chunked response (not passed on)
         self.body_length = -1
         sink = self.sink  # it releases this connection to the pool or closes it
