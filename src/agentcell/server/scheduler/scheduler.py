@@ -9,6 +9,7 @@ the one TaskGroup that `run()` owns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import shutil
@@ -111,6 +112,8 @@ class Scheduler:
         self._sessions: dict[str, Session] = {}
         self._deploying: list[tuple[str, str]] = []
         """(function, template) of each deploy in progress: its template is needed already"""
+        self._deleting: set[str] = set()
+        """functions whose delete is ending their sessions: their name is not free yet"""
         self._start_slots = asyncio.Semaphore(limits.start_concurrency)
         self._tasks: asyncio.TaskGroup | None = None
         self._accepting = False
@@ -159,6 +162,11 @@ class Scheduler:
     # -- functions ---------------------------------------------------------------------------------
 
     async def deploy(self, name: str, config: FunctionConfig, archive: Path) -> FunctionState:
+        if name in self._deleting:  # (its instances still run its code; its records go at the end)
+            raise Conflict(
+                f"function {_shown(name)!r} is being deleted (its sessions are ending); deploy it "
+                "again once the delete has finished"
+            )
         self._manager.check_template(config.template)
         deploying = (name, config.template)
         self._deploying.append(deploying)  # from the check on: the template must not go meanwhile
@@ -220,6 +228,15 @@ class Scheduler:
         It takes no new requests from the start (they get NotFound). When a session's last
         snapshot cannot be written, that session is kept and so is the function (raises why)."""
         fn = self.function(name)
+        if any(deploying == name for deploying, _ in self._deploying):
+            raise Conflict(f"function {_shown(name)!r} is being deployed; delete it once that has finished")
+        self._deleting.add(name)
+        try:
+            await self._delete_function(name, fn)
+        finally:
+            self._deleting.discard(name)
+
+    async def _delete_function(self, name: str, fn: FunctionState) -> None:
         fn.deleted = True
         del self._functions[name]
         sessions = list(fn.sessions.values())
@@ -468,6 +485,7 @@ class Scheduler:
         try:
             instance = await self._place(fn, session)
             self._telemetry.phase("claim", claim_started, instance.id)
+            await self._meter(fn, instance, joining=session)  # its time as a spare, or the old split, ends
             await asyncio.shield(instance.ready)
         except SessionEnded:
             return  # deleted or expired while waiting for room
@@ -521,8 +539,7 @@ class Scheduler:
                 instance = self._launch(fn, fn.latest)
             if instance is not None:
                 self._telemetry.session_started(warm=instance.is_ready)
-                if not instance.sessions:  # its time as a spare ends here
-                    self._ledger.add(self._instance_usage(fn, instance, [], 0.0))
+                session.meter.take(self._clock.now())  # its wait for room, with no instance, is not billed
                 instance.sessions.add(session.id)
                 session.instance_id = instance.id
                 self._warm_wanted.set()
@@ -841,14 +858,25 @@ class Scheduler:
         fn.notify_capacity()
         self._warm_wanted.set()
 
+    async def _stop_idle(self, fn: FunctionState, instance: Instance, now: float) -> None:
+        """Stop an instance the reaper found idle, unless a request or a session took it in the
+        same turn of the loop, before this task started."""
+        if instance in idle_instances(fn, now):
+            await self._stop_instance(fn, instance)
+
     async def _stop_instance(self, fn: FunctionState, instance: Instance) -> None:
         if instance in fn.warm:
             fn.warm.remove(instance)
         if instance.state == "stopping":
             await instance.stopped.wait()  # someone else stops it: shutdown must not outrun that
             return
-        await self._meter(fn, instance)
-        await self._manager.stop(instance)
+        measured = instance.is_ready
+        if instance.is_live:
+            instance.state = "stopping"  # from here on no request is routed to it
+        try:
+            await self._meter(fn, instance, measure=measured)
+        finally:
+            await self._manager.stop(instance)
         self._drop_instance(fn, instance)
         await self._store.delete_instance(instance.id)
         fn.notify_capacity()
@@ -871,11 +899,21 @@ class Scheduler:
         await self.meter_once(self._clock.now())
         return await self._ledger.read(tenant, since, until)
 
-    async def _meter(self, fn: FunctionState, instance: Instance, ending: Session | None = None) -> None:
-        """Queue the instance's usage since it was last metered, CPU read from its cgroup.
-        `ending`: a session on its way out (no longer listed as live) whose last stretch is its own."""
+    async def _meter(
+        self,
+        fn: FunctionState,
+        instance: Instance,
+        ending: Session | None = None,
+        *,
+        joining: Session | None = None,
+        measure: bool = False,
+    ) -> None:
+        """Queue the instance's usage since it was last metered, CPU read from its cgroup (when it
+        is ready, or `measure`: it was until its stop began). `ending`: a session on its way out
+        (no longer listed as live) whose last stretch is its own. `joining`: a session just placed
+        on it, whose time starts now (what came before is the instance's, or its other sessions')."""
         cpu_s, peak = 0.0, 0
-        if instance.is_ready:
+        if instance.is_ready or measure:
             try:
                 used = await self._manager.usage(instance)
             except AgentcellError:
@@ -883,10 +921,13 @@ class Scheduler:
             else:
                 cpu_s, instance.cpu_ns_metered = (used.cpu_ns - instance.cpu_ns_metered) / 1e9, used.cpu_ns
                 peak = used.memory_peak_bytes
-        sessions = [self._sessions[i] for i in instance.sessions if i in self._sessions]
+        sessions = [s for s in self._sessions_on(instance) if s is not joining]
         if ending is not None and ending.id in instance.sessions and ending not in sessions:
             sessions.append(ending)
         self._ledger.add(self._instance_usage(fn, instance, sessions, cpu_s, peak))
+
+    def _sessions_on(self, instance: Instance) -> list[Session]:
+        return [self._sessions[i] for i in instance.sessions if i in self._sessions]
 
     def _instance_usage(
         self, fn: FunctionState, instance: Instance, sessions: list[Session], cpu_s: float, peak: int = 0
@@ -926,7 +967,8 @@ class Scheduler:
         await asyncio.gather(*(self._reap(self._expire(s, r, now), s.id) for s, r in expired))
         expired = [(s, r) for s, r in expired if s.has_ended]  # (one whose last save failed is kept)
         idle = [(fn, i) for fn in list(self._functions.values()) for i in idle_instances(fn, now)]
-        await asyncio.gather(*(self._reap(self._stop_instance(fn, i), i.id) for fn, i in idle))
+        await asyncio.gather(*(self._reap(self._stop_idle(fn, i, now), i.id) for fn, i in idle))
+        idle = [(fn, i) for fn, i in idle if i.state == "gone"]  # (one taken meanwhile stays)
         reaped = [(s.id, str(r)) for s, r in expired] + [(i.id, "idle") for _, i in idle]
         self._telemetry.reaped_batch([str(r) for _, r in expired], instances_idle=len(idle))
         if reaped:
@@ -937,6 +979,8 @@ class Scheduler:
         """End an expired session. When its last snapshot fails, the session and its instance are
         kept and the reaper tries again later (backing off), `final_save_attempts` times in all;
         then it ends without it. Either way the workspace records why."""
+        if session.expiry_reason(now) is None:
+            return  # a request reached it after the reaper chose it (same turn of the loop): not idle now
         try:
             await self._end_session(session, reason)
             return
@@ -1011,10 +1055,36 @@ class Scheduler:
         for instance_record in await self._store.instances():
             await self._adopt(instance_record)
         for session_record in await self._store.live_sessions():
-            self._restore_session(session_record)
+            if session_record.state in ("pending", "restoring"):
+                await self._drop_unbound(session_record)
+            else:
+                self._restore_session(session_record)
         for fn in self._functions.values():
+            await self._stop_maybe_used(fn)
             fn.warm = [i for i in fn.instances.values() if not i.sessions and i.version == fn.latest.version]
         self._warm_wanted.set()
+
+    async def _drop_unbound(self, record: SessionRecord) -> None:
+        """A session recorded before it was bound (its workspace was coming back when the server
+        died) is not adopted: its files in the instance may be partial, and its next save would
+        write them over the good snapshot. It ends; its key's next request restores afresh."""
+        log.warning("session %s (%s): ended, %s when the server stopped", record.id, record.key, record.state)
+        record.state, record.end_reason = "ended", "restore_failed"
+        await self._store.put_session(record)
+        fn = self._functions.get(record.function)
+        instance = fn.instances.get(record.instance_id or "") if fn else None
+        if fn is not None and instance is not None and record.workspace is not None:
+            config = fn.versions.get(instance.version, fn.latest).config
+            await self._workspaces.discard(config, instance, record.key, record.workspace)
+
+    async def _stop_maybe_used(self, fn: FunctionState) -> None:
+        """After a restart, an exclusive instance of a persisting function with no session may hold
+        part of a workspace whose restore the crash cut short (a session is recorded once bound):
+        it is stopped, never handed to another session as a warm one."""
+        suspect = [i for i in fn.instances.values() if not i.sessions and _may_hold_a_restore(fn, i)]
+        for instance in suspect:
+            log.info("instance %s of %s: stopped, it may hold a restore's leftovers", instance.id, fn.name)
+        await asyncio.gather(*(self._stop_instance(fn, i) for i in suspect))
 
     async def _adopt(self, record: InstanceRecord) -> None:
         fn = self._functions.get(record.function)
@@ -1023,14 +1093,21 @@ class Scheduler:
             await self._store.delete_instance(record.id)
             return
         instance = Instance(record.id, fn.name, record.version, version.config.port, record.created_at)
-        instance.last_used_at = self._clock.now()
+        instance.last_used_at = instance.meter.since = self._clock.now()
         if await self._manager.adopt(instance, version.config.template):
+            await self._meter_from_here(instance)
             self._hold_instance(fn, version, force=True)
             fn.instances[instance.id] = instance
             self._spawn(self._watch(fn, instance), f"watch {instance.id}")
             log.info("instance %s of %s re-adopted", instance.id, fn.name)
         else:
             await self._store.delete_instance(record.id)
+
+    async def _meter_from_here(self, instance: Instance) -> None:
+        """An adopted instance's cgroup counted CPU before this server started, which the crashed
+        one billed (up to its last usage write): meter from what the counter says now."""
+        with contextlib.suppress(AgentcellError):  # gone meanwhile: its watcher ends it
+            instance.cpu_ns_metered = (await self._manager.usage(instance)).cpu_ns
 
     def _restore_session(self, record: SessionRecord) -> None:
         fn = self._functions.get(record.function)
@@ -1040,6 +1117,7 @@ class Scheduler:
             self._spawn(self._store.put_session(record), f"end {record.id}")
             return
         session = Session.from_record(record)
+        session.meter.since = self._clock.now()  # (time before this server is the old one's)
         if record.workspace is not None:
             config = fn.versions.get(instance.version, fn.latest).config
             self._workspaces.adopt(config, session, record.workspace)
@@ -1091,6 +1169,12 @@ class Scheduler:
 def _closes(session: Session, instance: Instance, reason: EndReason) -> bool:
     """Whether ending `session` runs its pre-stop hook and last snapshot before it ends."""
     return session.state in ("idle", "active") and instance.is_ready and reason != "instance_failed"
+
+
+def _may_hold_a_restore(fn: FunctionState, instance: Instance) -> bool:
+    """Whether a restore into `instance` could have begun before its session was recorded."""
+    config = fn.versions.get(instance.version, fn.latest).config
+    return config.sessions_per_instance == 1 and config.workspace.persist
 
 
 def _settle(future: asyncio.Future[None], failure: BaseException | None) -> None:

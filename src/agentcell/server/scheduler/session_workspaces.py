@@ -161,6 +161,10 @@ class SessionWorkspaces:
         if session.workspace is not None:
             await self._keeper.detach(instance.id, session.workspace)
 
+    async def discard(self, config: FunctionConfig, instance: Instance, key: str, path: str) -> None:
+        """A session not adopted after a restart: its (shared) instance's copy of its files goes."""
+        await self._keeper.detach(instance.id, workspace_for(config, instance.function, key, path))
+
     def unclaim(self, session: Session) -> None:
         if session.workspace is not None:
             self._keeper.unclaim(session.workspace, session.id)
