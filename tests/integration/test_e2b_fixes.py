@@ -124,7 +124,7 @@ def test_listing_too_many_entries_says_list_less_deep(code_sandbox: CodeSandbox)
     "rate limit exceeded" that a resource_exhausted code turns into."""
     made = code_sandbox.commands.run("mkdir -p many && cd many && seq 1 100001 | xargs touch", timeout=60)
     assert made.exit_code == 0
-    with pytest.raises(InvalidArgumentException, match="holds over 100000 entries; list less deep"):
+    with pytest.raises(InvalidArgumentException, match="holds over 100000 entries; list its subdirectories"):
         code_sandbox.files.list("/home/user/many")
     code_sandbox.commands.run("rm -rf many", timeout=60)
 

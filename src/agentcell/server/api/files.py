@@ -10,7 +10,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request, Response
 
 from agentcell.errors import InvalidArgument
-from agentcell.protocol.files import FileEntry, FileList, MakeDir, Rename
+from agentcell.protocol.files import FileEntry, FileList, MakeDir, Rename, wire_text
 from agentcell.server.api.archive import archive_entries, tar_stream
 from agentcell.server.api.deps import Sandboxes
 from agentcell.server.api.multipart import filename_of, multipart_files
@@ -89,6 +89,10 @@ async def upload_files(
 async def download_archive(sandbox_id: str, path: PathQuery, sandboxes: Sandboxes) -> StreamingResponse:
     files = sandboxes.files(sandbox_id)
     root = await files.stat(path)
+    if root.type == "other":  # a tar of it would hold nothing at all
+        raise InvalidArgument(
+            f"{wire_text(root.path)} is a FIFO, socket or device: archive a file or directory"
+        )
     name = posixpath.basename(root.path.rstrip("/")) or "root"
     return StreamingResponse(
         tar_stream(files, root, await archive_entries(files, root)),

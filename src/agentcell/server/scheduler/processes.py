@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from agentcell.errors import Conflict, InvalidArgument, NotFound, NotRunning
+from agentcell.errors import AgentcellError, Conflict, InvalidArgument, NotFound, NotRunning
 from agentcell.protocol.commands import EndEvent, OutputEvent, ProcessInfo, StartEvent
 from agentcell.server.sandbox.driver import ExitStatus, SandboxProcess, TerminalSize
 
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 Event = StartEvent | OutputEvent | EndEvent
 READ_CHUNK_BYTES = 64 * 1024
 BUFFER_LIMIT_BYTES = 1 << 20
+EVENT_OVERHEAD_BYTES = 512
+"""what an output event costs in memory besides its text (a model and its dict), counted against
+the buffer: a command writing a byte at a time must not make the server keep a million events"""
 OUTPUT_DRAIN_S = 0.25
 STDIN_WAIT_S = 1.0
 """how long a stdin write waits for the process to take it before the data is left queued"""
@@ -43,6 +46,7 @@ def new_process_id() -> str:
 @dataclass(slots=True)
 class EventLog:
     """Events so far (output trimmed to a byte budget, oldest first) and a wake-up for followers.
+    `output_bytes` is what the output events cost: their text plus EVENT_OVERHEAD_BYTES each.
 
     A held log (`held=True`: a foreground command's) never drops output its holder has not read
     (`consumed` says how far it got): its writer waits instead while the unread output is over the
@@ -63,7 +67,7 @@ class EventLog:
     async def append(self, event: Event) -> None:
         self.events.append(event)
         if isinstance(event, OutputEvent):
-            self.output_bytes += len(event.data)
+            self.output_bytes += _cost(event)
             self._trim()
         async with self.changed:
             self.changed.notify_all()
@@ -106,9 +110,13 @@ class EventLog:
         if not isinstance(oldest, OutputEvent):
             return False
         self.events.remove(oldest)
-        self.output_bytes -= len(oldest.data)
+        self.output_bytes -= _cost(oldest)
         self.first_index += 1
         return True
+
+
+def _cost(event: OutputEvent) -> int:
+    return len(event.data) + EVENT_OVERHEAD_BYTES
 
 
 class ManagedProcess:
@@ -242,13 +250,27 @@ class ManagedProcess:
             )
         write = asyncio.ensure_future(self._write(data, close))
         try:
-            await asyncio.wait_for(asyncio.shield(write), STDIN_WAIT_S)
-        except TimeoutError:
-            pass  # queued: the process reads it when it wants to
+            await asyncio.wait((write,), timeout=STDIN_WAIT_S)  # never cancels the write
         finally:
-            if not write.done():
+            if not write.done():  # queued: the process reads it when it wants to
                 self._stdin_backlog = write
-                write.add_done_callback(_retrieve)
+                write.add_done_callback(self._backlog_done)
+        error = _error_of(write)
+        del write  # the task keeps the error, whose traceback will hold this frame
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error  # nor may this frame hold the error: the cycle would keep `data`
+
+    def _backlog_done(self, task: asyncio.Future[None]) -> None:
+        """A queued stdin write ended. Its error (the process exited) is retrieved, as nobody waits
+        for it, and the task let go: the error's traceback holds this process and the data, so a
+        task kept here would make a cycle that only the cycle collector frees."""
+        if not task.cancelled():
+            task.exception()
+        if self._stdin_backlog is task:
+            self._stdin_backlog = None
 
     async def _write(self, data: bytes, close: bool) -> None:
         try:
@@ -310,10 +332,15 @@ class ManagedProcess:
                 await self._task
 
 
-def _retrieve(task: asyncio.Future[None]) -> None:
-    """A queued stdin write that failed (the process exited): nobody waits for its error."""
-    if not task.cancelled():
-        task.exception()
+def _error_of(task: asyncio.Future[None]) -> BaseException | None:
+    """What a finished task raised (None if it succeeded, or has not finished); a domain error's
+    traceback is dropped, as its frames hold what the task worked on."""
+    if not task.done() or task.cancelled():
+        return None
+    error = task.exception()
+    if isinstance(error, AgentcellError):  # expected: no traceback worth its cost
+        error.__traceback__ = None
+    return error
 
 
 class ProcessTable:

@@ -56,7 +56,14 @@ from agentcell.errors import (
 )
 from agentcell.protocol.files import wire_text
 from agentcell.server.sandbox.driver import SANDBOX_HOME, WRITE_TEMP_PREFIX, FileStat, FileType
-from agentcell.server.sandbox.linux.fscalls import IN_ROOT, RESOLVE_NO_SYMLINKS, as_sandbox_user, openat2
+from agentcell.server.sandbox.linux.fscalls import (
+    IN_ROOT,
+    PROC_SUPER_MAGIC,
+    RESOLVE_NO_SYMLINKS,
+    as_sandbox_user,
+    filesystem_type,
+    openat2,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,8 @@ T = TypeVar("T")
 
 MAX_CHUNK_BYTES = 1 << 20
 MAX_LIST_DEPTH = 16
+MAX_REMOVE_FDS = 64
+"""directories a recursive remove holds open at once, however deep the tree"""
 POOL_WORKERS = 16
 SANDBOX_POOL_SLOTS = 4
 """Pool threads one sandbox may hold at once: a quarter of the pool, so that however many calls
@@ -264,13 +273,16 @@ def _stat(root: int, parts: Sequence[str]) -> FileStat:
         os.close(parent)
 
 
-def _scan(base: int, rel: tuple[str, ...], prefix: str) -> Iterator[tuple[FileStat, tuple[str, ...]]]:
+def _scan(
+    base: int, rel: tuple[str, ...], prefix: str, budget: int
+) -> Iterator[tuple[FileStat, tuple[str, ...]]]:
     """Entries of one directory under the listed base, sorted, with their base-relative parts.
-    Descendants are opened with RESOLVE_NO_SYMLINKS: a listing never follows a symlinked dir."""
+    Descendants are opened with RESOLVE_NO_SYMLINKS: a listing never follows a symlinked dir.
+    Raises _OverBudget as soon as the directory holds more than `budget` names: before any
+    is stat'ed, so a huge directory costs at most `budget` names of memory."""
     fd = openat2(base, "/".join(rel) or ".", os.O_RDONLY | os.O_DIRECTORY, IN_ROOT | RESOLVE_NO_SYMLINKS)
     try:
-        with os.scandir(fd) as entries:
-            names = sorted(entry.name for entry in entries)
+        names = sorted(_names(fd, budget))
         for name in names:
             with contextlib.suppress(FileNotFoundError):  # deleted while we listed
                 yield _lstat_at(fd, name, f"{prefix.rstrip('/')}/{name}"), (*rel, name)
@@ -278,31 +290,60 @@ def _scan(base: int, rel: tuple[str, ...], prefix: str) -> Iterator[tuple[FileSt
         os.close(fd)
 
 
+class _OverBudget(Exception):
+    """A listing found more entries than it may return."""
+
+
+def _names(fd: int, budget: int) -> list[str]:
+    names: list[str] = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if len(names) == budget:
+                raise _OverBudget
+            names.append(entry.name)
+    return names
+
+
 def _list(root: int, parts: Sequence[str], depth: int, max_entries: int) -> list[FileStat]:
     """Breadth first: every entry of one level comes before any of the next."""
-    base = _open_dir(root, parts, os.O_RDONLY)
+    base = _open_listed(root, parts)
+    found: list[FileStat] = []
     try:
-        found: list[FileStat] = []
         level: list[tuple[str, ...]] = [()]
         for _ in range(depth):
             below: list[tuple[str, ...]] = []
             for rel in level:
-                found.extend(_list_level(base, rel, _shown((*parts, *rel)), below, first=not rel))
-                if len(found) > max_entries:
-                    raise PayloadTooLarge(f"{_shown(parts)} holds over {max_entries} entries; list less deep")
+                prefix, budget = _shown((*parts, *rel)), max_entries - len(found)
+                found.extend(_list_level(base, rel, prefix, below, budget, first=not rel))
             level = below
         return found
+    except _OverBudget:
+        advice = "list less deep" if depth > 1 else "list its subdirectories, or run `ls` as a command"
+        raise PayloadTooLarge(f"{_shown(parts)} holds over {max_entries} entries; {advice}") from None
     finally:
         os.close(base)
 
 
+def _open_listed(root: int, parts: Sequence[str]) -> int:
+    """The directory to list; a path that names something else is refused saying what it is."""
+    try:
+        return _open_dir(root, parts, os.O_RDONLY)
+    except NotADirectoryError:
+        fd = openat2(root, "/".join(parts) or ".", os.O_PATH)  # fails if a component is the culprit
+        try:
+            kind = _kind(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+        raise InvalidArgument(f"expected a directory, but {wire_text(_shown(parts))} is {kind}") from None
+
+
 def _list_level(
-    base: int, rel: tuple[str, ...], prefix: str, below: list[tuple[str, ...]], first: bool
+    base: int, rel: tuple[str, ...], prefix: str, below: list[tuple[str, ...]], budget: int, first: bool
 ) -> list[FileStat]:
     """One directory's entries; subdirectories are queued in `below`. A subdirectory the user may
     not read, or that vanished or turned into a symlink, is listed but not descended into."""
     try:
-        scanned = list(_scan(base, rel, prefix))
+        scanned = list(_scan(base, rel, prefix, budget))
     except OSError:
         if first:
             raise
@@ -312,17 +353,40 @@ def _list_level(
 
 
 def _open_regular(root: int, parts: Sequence[str]) -> int:
-    # O_NONBLOCK: a FIFO opens at once instead of waiting for a writer, and is refused below
-    fd = openat2(root, "/".join(parts) or ".", os.O_RDONLY | os.O_NONBLOCK)
+    """Open a regular file to read. What the path names is seen on an O_PATH fd, which opens
+    nothing: a FIFO, terminal or device is refused without the side effects of opening it (a
+    FIFO's waiting writer let through; a terminal that no session controls becoming the server's
+    controlling terminal, whose hangup would then kill the server). The file is then opened
+    through that fd, so it is the one checked."""
+    path_fd = openat2(root, "/".join(parts) or ".", os.O_PATH)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = "directory" if stat.S_ISDIR(st.st_mode) else "FIFO, socket or device"
-            raise InvalidArgument(f"expected a regular file, but {wire_text(_shown(parts))} is a {kind}")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        mode = os.fstat(path_fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise InvalidArgument(f"expected a regular file, but {wire_text(_shown(parts))} is {_kind(mode)}")
+        if filesystem_type(path_fd) == PROC_SUPER_MAGIC:
+            raise InvalidArgument(_PROC_IS_THE_READERS.format(path=wire_text(_shown(parts))))
+        return os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    finally:
+        os.close(path_fd)
+
+
+_PROC_IS_THE_READERS = (
+    "{path} is a /proc file, which shows the process that reads it (through this API, the server,"
+    " not the sandbox): read it with a command, e.g. `cat {path}`"
+)
+
+
+def _kind(mode: int) -> str:
+    kinds = {
+        stat.S_IFREG: "a regular file",
+        stat.S_IFDIR: "a directory",
+        stat.S_IFIFO: "a FIFO",
+        stat.S_IFSOCK: "a socket",
+        stat.S_IFCHR: "a character device",
+        stat.S_IFBLK: "a block device",
+        stat.S_IFLNK: "a symbolic link",
+    }
+    return kinds.get(stat.S_IFMT(mode), "not a regular file")
 
 
 def _make_dir(root: int, parts: Sequence[str]) -> FileStat:
@@ -349,19 +413,26 @@ def _refuse_non_dir(root: int, parts: Sequence[str]) -> None:
 
 @dataclass(slots=True)
 class _Doomed:
-    """A directory being emptied by `_remove_tree`."""
+    """A directory being emptied by `_remove_tree`. Its fd is closed (-1) while it sits deep in
+    the stack, and reopened through its child's '..' when the removal climbs back to it."""
 
-    parent_fd: int
     name: str
     fd: int
+    identity: tuple[int, int]
     subdirs: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _open_doomed(parent_fd: int, name: str) -> _Doomed:
     """Open a directory without following it and unlink everything in it but subdirectories."""
     fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
-    doomed = _Doomed(parent_fd, name, fd)
     try:
+        st = os.fstat(fd)
+        doomed = _Doomed(name, fd, (st.st_dev, st.st_ino))
         with os.scandir(fd) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
@@ -375,22 +446,43 @@ def _open_doomed(parent_fd: int, name: str) -> _Doomed:
     return doomed
 
 
+def _reopen_parent(parent: _Doomed, child: _Doomed) -> None:
+    """Give a closed `parent` its fd back through `child`'s '..', if that is still the directory
+    the removal came down through (the sandbox may move directories while it runs)."""
+    if parent.fd >= 0:
+        return
+    fd = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=child.fd)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != parent.identity:
+        os.close(fd)
+        raise Conflict(
+            "the tree changed while it was being removed (a directory in it moved); remove it again"
+        )
+    parent.fd = fd
+
+
 def _remove_tree(parent_fd: int, name: str) -> None:
     """rm -r with an explicit stack (a sandbox can nest deeper than Python's recursion limit) and
-    without following symlinks: each directory is opened O_NOFOLLOW relative to its parent."""
+    without following symlinks: each directory is opened O_NOFOLLOW relative to its parent. At
+    most MAX_REMOVE_FDS directories are open at once however deep the tree: the server's fds are
+    shared by every sandbox."""
     stack = [_open_doomed(parent_fd, name)]
     try:
         while stack:
             top = stack[-1]
             if top.subdirs:
                 stack.append(_open_doomed(top.fd, top.subdirs.pop()))
+                if len(stack) > MAX_REMOVE_FDS:
+                    stack[-MAX_REMOVE_FDS - 1].close()
                 continue
             stack.pop()
-            os.close(top.fd)
-            os.rmdir(top.name, dir_fd=top.parent_fd)
+            if stack:
+                _reopen_parent(stack[-1], top)
+            top.close()
+            os.rmdir(top.name, dir_fd=stack[-1].fd if stack else parent_fd)
     finally:
         for doomed in stack:
-            os.close(doomed.fd)
+            doomed.close()
 
 
 def _remove(root: int, parts: Sequence[str]) -> None:
@@ -414,8 +506,9 @@ def _rename(root: int, src: Sequence[str], dst: Sequence[str]) -> FileStat:
         with _blaming(_shown(dst)):
             dst_dir = _open_parent(root, dst, create=True)
         try:
+            # rename(2) itself fails for either path (or both): the error names the two
+            os.rename(src[-1], dst[-1], src_dir_fd=src_dir, dst_dir_fd=dst_dir)
             with _blaming(_shown(dst)):
-                os.rename(src[-1], dst[-1], src_dir_fd=src_dir, dst_dir_fd=dst_dir)
                 return _lstat_at(dst_dir, dst[-1], _shown(dst))
         finally:
             os.close(dst_dir)

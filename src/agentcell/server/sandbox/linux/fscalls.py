@@ -1,7 +1,8 @@
 """The per-thread syscalls that confined file access stands on: `openat2` and switching one
 thread's file credentials to the sandbox user (fsuid/fsgid, no supplementary groups, no effective
 capabilities) — all per-thread in the kernel, so other server threads keep root's. And
-`resize_tmpfs`, which changes the size of an instance's tmpfs from outside its mount namespace.
+`resize_tmpfs`, which changes the size of an instance's tmpfs from outside its mount namespace, and
+`filesystem_type` (fstatfs).
 """
 
 from __future__ import annotations
@@ -75,6 +76,18 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int = IN_ROOT) -> int:
         if ctypes.get_errno() != errno.EAGAIN:
             break
     raise _errno_error(path)
+
+
+PROC_SUPER_MAGIC = 0x9FA0
+_STATFS_BYTES = 256  # more than struct statfs takes on any architecture
+
+
+def filesystem_type(fd: int) -> int:
+    """The `f_type` of the filesystem `fd` (O_PATH will do) is on: fstatfs(2)."""
+    buf = ctypes.create_string_buffer(_STATFS_BYTES)
+    if _libc().fstatfs(ctypes.c_int(fd), buf) != 0:
+        raise _errno_error("fstatfs")
+    return ctypes.c_long.from_buffer(buf).value  # f_type is struct statfs's first field
 
 
 def resize_tmpfs(mount_root_fd: int, size_bytes: int) -> None:

@@ -25,6 +25,15 @@ from agentcell.server.sandbox.linux.pty import Terminal, open_terminal
 from agentcell.server.sandbox.linux.spawner import Spawner, Worker
 
 ORPHAN_EXIT_TIMEOUT_S = 1.0
+MAX_ARG_BYTES = 32 * 4096
+"""Linux's MAX_ARG_STRLEN: one argument or environment string, its NUL included"""
+MAX_EXEC_BYTES = 2 << 20
+"""what execve takes of arguments and environment (their strings and pointers) under the 8 MiB
+stack limit a sandbox has: a quarter of it"""
+POINTER_BYTES = 8
+_PASS_IT_ANOTHER_WAY = "pass long input on stdin or in a file"
+PIDFD_SIGNAL_PROCESS_GROUP = 1 << 2
+"""pidfd_send_signal flag (Linux 6.9): the target's whole process group"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +188,17 @@ def _command_memfd(argv: Sequence[str], env: Mapping[str, str]) -> int:
     for arg in argv:
         if "\0" in arg:
             raise InvalidArgument(f"argv may not contain NUL bytes: {arg[:80]!r}")
-        entries.append(arg.encode() + b"\0")
+        entries.append(_exec_string(arg.encode() + b"\0", "an argument of the command (a `cmd` is one)"))
     for key, value in env.items():
         if not key or "=" in key or "\0" in key or "\0" in value:
             raise InvalidArgument(f"environment variable names may not be empty or hold = or NUL: {key!r}")
-        entries.append(f"{key}={value}\0".encode())
+        entries.append(_exec_string(f"{key}={value}\0".encode(), f"environment variable {key}"))
+    exec_bytes = sum(len(entry) + POINTER_BYTES for entry in entries[1:])
+    if exec_bytes > MAX_EXEC_BYTES:
+        raise InvalidArgument(
+            f"the command's arguments and environment take {exec_bytes} bytes, and Linux runs a command"
+            f" with at most {MAX_EXEC_BYTES}: {_PASS_IT_ANOTHER_WAY}"
+        )
     fd = os.memfd_create("acell-command", os.MFD_CLOEXEC)
     try:
         data = memoryview(b"".join(entries))
@@ -194,6 +209,16 @@ def _command_memfd(argv: Sequence[str], env: Mapping[str, str]) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _exec_string(encoded: bytes, what: str) -> bytes:
+    """One NUL-terminated string for execve, refused if Linux would refuse it (E2BIG)."""
+    if len(encoded) > MAX_ARG_BYTES:
+        raise InvalidArgument(
+            f"{what} is {len(encoded) - 1} bytes, and Linux takes at most {MAX_ARG_BYTES - 1} in one:"
+            f" {_PASS_IT_ANOTHER_WAY}"
+        )
+    return encoded
 
 
 async def _read_started(control: ControlPipe, worker: Worker, target: Target) -> tuple[int, int]:
@@ -276,6 +301,13 @@ def reap_if_child(pidfd: int) -> bool:
         return True
 
 
+def _forget_frames(err: BaseException) -> None:
+    """Drop the traceback of a broken stdin pipe's error. The pipe's protocol keeps the error, and
+    its frames hold the process, which holds the pipe: a cycle that keeps the process, and the
+    input queued for it, until the cycle collector runs."""
+    err.__traceback__ = None
+
+
 class ControlPipe:
     """Line reader over a worker's control pipe, without a transport or protocol object."""
 
@@ -352,7 +384,8 @@ class LinuxProcess:
         try:
             self._stdin.write(data)
             await self._stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError) as err:
+            _forget_frames(err)
             raise NotRunning("the process no longer reads its stdin") from None
 
     async def close_stdin(self) -> None:
@@ -362,12 +395,26 @@ class LinuxProcess:
         if self._stdin.is_closing():
             return
         self._stdin.close()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        try:
             await self._stdin.wait_closed()
+        except (BrokenPipeError, ConnectionResetError) as err:
+            _forget_frames(err)
 
     def send_signal(self, signum: int) -> None:
+        """Signal the command's process group (it is a session leader), so that a timeout or a
+        kill also ends what a `bash -c` line started; just the command on kernels before 6.9.
+        The flag names the group whose id is the command's pid: until the command's setsid
+        there is none (ESRCH), and then the command has started nothing, so it alone is signalled."""
         if self._status is not None or self._pidfd is None:
             return
+        try:
+            signal.pidfd_send_signal(self._pidfd, signum, None, PIDFD_SIGNAL_PROCESS_GROUP)
+            return
+        except ProcessLookupError:
+            pass  # not a group leader yet, or gone
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: a kernel without the flag
+                raise
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(self._pidfd, signum)
 
