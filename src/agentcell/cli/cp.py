@@ -5,11 +5,13 @@
                                                       unpacked safely)
 
 Like `cp -r`: when the destination is an existing directory the source lands inside it under its
-own name; otherwise the destination is the copy's new name.
+own name; otherwise the destination is the copy's new name. A file copied to a destination written
+with a trailing `/` lands inside it, that directory made if missing (both ways).
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from collections.abc import Iterator
@@ -60,7 +62,7 @@ def copy(conn: Connection, source: str, destination: str, as_json: bool) -> None
             entry, landed = upload(conn, src, dst, progress)
         else:
             assert isinstance(src, Remote)
-            entry, landed = download(conn, src, dst, progress)
+            entry, landed = download(conn, src, dst, progress, names_dir(destination))
     finally:
         progress.finish()
     if as_json:
@@ -94,9 +96,19 @@ def _upload_tree(
     return entry, f"{sandbox.id}:{entry.path}"
 
 
-def download(conn: Connection, src: Remote, dst: Path, progress: Progress) -> tuple[FileEntry, str]:
+def names_dir(location: str) -> bool:
+    """`dir/`: a destination written as a directory (the slash that Path drops)."""
+    return location.endswith(("/", os.sep))
+
+
+def download(
+    conn: Connection, src: Remote, dst: Path, progress: Progress, dst_is_dir: bool = False
+) -> tuple[FileEntry, str]:
+    """Like `upload`: a file copied to `dir/` lands as dir/<name>, the directory made if missing."""
     with conn.sandbox(src.sandbox_id) as sandbox:
         entry = sandbox.files.stat(src.path)
+        if dst_is_dir and entry.type != "dir":
+            dst.mkdir(parents=True, exist_ok=True)
         target = dst / entry.name if dst.is_dir() else dst
         if entry.type == "dir" and target.exists() and not target.is_dir():
             raise CliError(f"{target}: exists and is not a directory")

@@ -17,7 +17,7 @@ from agentcell.cli.output import echo_json, json_always_option, json_option
 from agentcell.cli.table import render_table
 from agentcell.client import BuildEvent, TemplateBuildError, TemplateInfo, load_recipe
 from agentcell.protocol.egress import NetworkPolicy
-from agentcell.protocol.templates import BuildEndEvent, BuildLogEvent, BuildStepEvent
+from agentcell.protocol.templates import BuildLogEvent, BuildStepEvent
 
 
 @click.group("template")
@@ -81,8 +81,6 @@ def _printer(quiet: bool, *, log_to_stderr: bool) -> Callable[[BuildEvent], None
             stream = sys.stdout if event.stream == "stdout" and not log_to_stderr else sys.stderr
             stream.write(event.data)
             stream.flush()
-        elif isinstance(event, BuildEndEvent) and event.state == "failed":
-            click.echo(f"build failed: {event.error}", err=True)
 
     return show
 

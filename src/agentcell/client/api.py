@@ -16,12 +16,13 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from agentcell import __version__
-from agentcell.client.config import ClientConfig
+from agentcell.client.config import ClientConfig, missing_key_hint
 from agentcell.client.errors import (
     API_ERRORS_BY_CODE,
     CODE_BY_STATUS,
     AgentcellAPIError,
     AgentcellConnectionError,
+    AuthenticationError,
     InvalidArgumentError,
     ProtocolError,
 )
@@ -111,7 +112,7 @@ class ApiClient:
                 method, path, json=json, params=params, content=content, headers=headers
             )
         if response.is_error:
-            raise error_from_response(response)
+            raise self._refusal(response)
         return response
 
     async def call_model(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
@@ -127,21 +128,34 @@ class ApiClient:
         json: Any = None,
         params: Params | None = None,
         wait_forever: bool = False,
+        run_limit_s: float | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """An answer whose body is read as it arrives. `wait_forever` lifts the read timeout, for
-        command output that may be silent for as long as the command runs."""
+        command output that may be silent for as long as the command runs; `run_limit_s`, the
+        command's own timeout, bounds that silence again (plus `request_timeout_s`), so that a
+        server that hangs cannot hang a call whose command has a deadline."""
         limit_s = self.config.request_timeout_s
-        timeout = httpx.Timeout(limit_s, read=None) if wait_forever else httpx.Timeout(limit_s)
+        timeout = httpx.Timeout(limit_s)
+        if wait_forever:
+            timeout = httpx.Timeout(limit_s, read=None if run_limit_s is None else run_limit_s + limit_s)
         with self.translating_errors():
             request = self._http.build_request(method, path, json=json, params=params, timeout=timeout)
             response = await self._http.send(request, stream=True)
             try:
                 if response.is_error:
                     await response.aread()
-                    raise error_from_response(response)
+                    raise self._refusal(response)
                 yield response
             finally:
                 await response.aclose()
+
+    def _refusal(self, response: httpx.Response) -> AgentcellAPIError:
+        """The error for an error answer; a 401 to a request that carried no key says how to give one."""
+        error = error_from_response(response)
+        if isinstance(error, AuthenticationError) and not self.config.api_key:
+            error.message += f"; no API key was sent: {missing_key_hint(self.config.api_url)}"
+            error.args = (error.message,)
+        return error
 
     @contextlib.contextmanager
     def translating_errors(self) -> Iterator[None]:

@@ -222,7 +222,10 @@ class AsyncCode:
             return await collect(events, callbacks)
 
     async def _stream(self, body: dict[str, Any]) -> AsyncGenerator[CodeEvent, None]:
-        async with self._api.stream("POST", self._base, json=body, wait_forever=True) as response:
+        limit_s = body.get("timeout_s")
+        async with self._api.stream(
+            "POST", self._base, json=body, wait_forever=True, run_limit_s=limit_s
+        ) as response:
             async for event in parse_code_events(response.aiter_lines()):
                 yield event
 

@@ -216,7 +216,7 @@ class AsyncCommands:
 
     async def _stream(self, body: dict[str, Any]) -> AsyncGenerator[CommandEvent, None]:
         async with self._api.stream(
-            "POST", f"{self._base}/commands", json=body, wait_forever=True
+            "POST", f"{self._base}/commands", json=body, wait_forever=True, run_limit_s=body["timeout_s"]
         ) as response:
             async for event in parse_events(response.aiter_lines()):
                 yield event

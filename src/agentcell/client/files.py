@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import errno
 import os
 import posixpath
 import tempfile
@@ -148,9 +149,10 @@ class AsyncFiles:
     async def download(
         self, path: str, local_path: LocalPath, *, on_progress: ProgressCallback | None = None
     ) -> FileEntry:
-        """Copy a sandbox file to exactly `local_path` (replaced atomically), or a directory's
-        contents into `local_path` (made if missing; existing files in it are overwritten).
-        Archive members that would escape `local_path` raise UnsafeArchiveError."""
+        """Copy a sandbox file to exactly `local_path` (replaced atomically; its directory must
+        exist, else FileNotFoundError, and it must not be a directory, else IsADirectoryError), or
+        a directory's contents into `local_path` (made if missing; existing files in it are
+        overwritten). Archive members that would escape `local_path` raise UnsafeArchiveError."""
         entry = await self.stat(path)
         target = Path(local_path)
         if entry.type == "dir":
@@ -160,6 +162,7 @@ class AsyncFiles:
         return entry
 
     async def _download_file(self, entry: FileEntry, target: Path, progress: ProgressCallback | None) -> None:
+        await asyncio.to_thread(_require_file_target, target)
         spool = await asyncio.to_thread(_partial_file, target)
         try:
             with spool:
@@ -177,6 +180,16 @@ class AsyncFiles:
             await _spool(self.download_archive(path), spool, progress)
             await asyncio.to_thread(spool.seek, 0)
             await asyncio.to_thread(extract_tree, spool, target)
+
+
+def _require_file_target(target: Path) -> None:
+    """Refuse, naming the user's own path, a file download that could not land at `target`."""
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory; give the file's path inside it", str(target))
+    if not target.parent.is_dir():
+        raise FileNotFoundError(
+            errno.ENOENT, "no such directory to download into; make it first", str(target.parent)
+        )
 
 
 def _partial_file(target: Path) -> IO[bytes]:

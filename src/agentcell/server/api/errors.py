@@ -71,6 +71,11 @@ async def _on_domain_error(request: Request, exc: Exception) -> JSONResponse:
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     _count(request, "invalid_argument")
+    if any(err.get("loc") == ("body",) and isinstance(err.get("input"), bytes) for err in exc.errors()):
+        # a body that was not parsed as JSON: `curl -d` sends form encoding unless told otherwise
+        given = request.headers.get("content-type") or "none"
+        message = f"the body must be JSON sent with Content-Type: application/json (got {given!r})"
+        return error_response("invalid_argument", message)
     return error_response("invalid_argument", describe_validation(exc))
 
 

@@ -200,7 +200,9 @@ class BuildRunner:
         if code is None:
             raise BuildFailed(f"step '{step.name}' timed out after {build.request.recipe.step_timeout_s} s")
         if code != 0:
-            raise BuildFailed(f"step '{step.name}' exited with {code}: {build.log.tail(2000).strip()}")
+            output = build.log.tail(2000).strip()
+            said = f": {output}" if output else " and printed nothing"
+            raise BuildFailed(f"step '{step.name}' exited with {code}{said}")
 
     async def _watch_layer(self, build: Build, process: SandboxProcess) -> bool:
         """Kill the step once the layer passes its size limit (True then); runs until cancelled."""
