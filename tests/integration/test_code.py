@@ -223,6 +223,28 @@ def test_list_restart_and_remove_contexts(sbx: Sandbox) -> None:
         sbx.run_code("1", context=ctx)
 
 
+def test_a_kernel_that_exits_says_how(sbx: Sandbox) -> None:
+    """The KernelDied error names the exit code (or the signal) the kernel ended with, not only
+    the last line of its stderr (which is often an unrelated start-up warning)."""
+    ctx = sbx.create_code_context()
+    try:
+        exited = sbx.run_code("import os; os._exit(3)", context=ctx)
+        assert exited.status == "kernel_died" and exited.error is not None
+        assert "exit code 3" in exited.error.value, exited.error
+        killed = sbx.run_code("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", context=ctx)
+        assert killed.status == "kernel_died" and killed.error is not None
+        assert "killed by SIGKILL" in killed.error.value, killed.error
+    finally:
+        sbx.remove_code_context(ctx)
+    shell = sbx.create_code_context(language="bash")
+    try:
+        exited = sbx.run_code("echo hi; exit 7", context=shell)
+        assert exited.status == "kernel_died" and exited.error is not None
+        assert "exit code 7" in exited.error.value, exited.error
+    finally:
+        sbx.remove_code_context(shell)
+
+
 def test_deleting_a_context_ends_its_runs_saying_it_was_deleted(sbx: Sandbox) -> None:
     """A run in flight on a context being deleted, and one queued behind it, end with
     `kernel_died` and an error that says the context was deleted (not that the next run starts a

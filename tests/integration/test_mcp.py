@@ -19,6 +19,7 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
+from agentcell.server.api.mcp import MAX_OUTPUT_CHARS as MCP_OUTPUT_KEPT
 from tests.conftest import AUTH
 from tests.integration.conftest import FIXTURES, deploy
 
@@ -319,3 +320,21 @@ async def test_agentcell_s_own_mcp_server(server_url: str, mode: str) -> None:
         await client.call_tool("kill_sandbox", {"sandbox_id": sandbox_id})
         gone = await client.call_tool("run_command", {"sandbox_id": sandbox_id, "command": "true"})
         assert gone.is_error
+
+
+async def test_own_mcp_run_command_keeps_a_bounded_output(server_url: str) -> None:
+    """50 MB of stdout come back as the head and the tail of it, saying how much was left out;
+    the whole output never sits in the server (it once answered 1.75 GB for 500 MB of output)."""
+    async with Client(streamable(f"{server_url}/mcp")) as client:
+        created = await client.call_tool("create_sandbox", {"timeout_s": 120})
+        sandbox_id = json.loads(created.content[0].text)["id"]  # type: ignore[union-attr]
+        try:
+            command = "printf start; head -c 50000000 /dev/zero | tr '\\0' y; printf end; echo err >&2"
+            ran = await tool(client, "run_command", sandbox_id=sandbox_id, command=command)
+            assert ran["exit_code"] == 0 and ran["stderr"] == "err\n"
+            stdout = ran["stdout"]
+            assert stdout.startswith("start") and stdout.endswith("yend"), stdout[:50]
+            assert len(stdout) < 300_000
+            assert f"[agentcell: {50_000_008 - MCP_OUTPUT_KEPT} characters of output left out here]" in stdout
+        finally:
+            await client.call_tool("kill_sandbox", {"sandbox_id": sandbox_id})

@@ -5,6 +5,7 @@ spawns as before; the pool refills, stays invisible, and leaves nothing behind."
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -237,13 +238,14 @@ def test_a_negative_pool_size_stops_the_server_with_a_clear_error(server_factory
 
 
 def helper_pids(server: ServerProcess) -> list[int]:
-    """Host processes running this server's sandbox helper (spawner, inits, workers)."""
-    needle = str(server.state_dir).encode()
+    """Host processes running this server's sandbox helper (spawner, inits, workers): by their
+    executable, as an init renames itself."""
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for exe in Path("/proc").glob("[0-9]*/exe"):
         try:
-            if needle in cmdline.read_bytes() and b"acell-helper" in cmdline.read_bytes():
-                found.append(int(cmdline.parent.name))
+            target = os.readlink(exe)
         except OSError:
             continue
+        if target.startswith(str(server.state_dir)) and "acell-helper" in target:
+            found.append(int(exe.parent.name))
     return found

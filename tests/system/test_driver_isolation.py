@@ -204,3 +204,13 @@ async def test_init_is_out_of_reach(linux_driver: LinuxDriver, sandbox: str) -> 
     assert "Permission denied" in result.stderr
     assert (await run(linux_driver, sandbox, ["true"])).code == 0
     assert is_running(linux_driver.init_pid(sandbox))
+
+
+async def test_init_names_nothing_of_the_host(linux_driver: LinuxDriver, sandbox: str) -> None:
+    """`ps` inside shows PID 1 as `init`: not the helper's host path (the server's state dir) nor
+    the server's host pid, which its command line once held."""
+    result = await run(
+        linux_driver, sandbox, ["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline; cat /proc/1/comm"]
+    )
+    assert result.code == 0, result.stderr
+    assert result.stdout.split() == ["init", "init"], result.stdout

@@ -31,6 +31,9 @@ from agentcell.server.auth.principal import current_or_none
 from agentcell.server.scheduler.sandboxes import SandboxService
 
 MAX_READ_BYTES = 4 << 20
+MAX_OUTPUT_CHARS = 256 * 1024
+"""of each stream a `run_command` answer keeps: its head and its tail, half each (an agent's
+context cannot take more, and the whole output would sit in the server's memory)"""
 IMAGE_TYPES = {
     "png": "image/png",
     "jpg": "image/jpeg",
@@ -97,15 +100,15 @@ def build_mcp_server(sandboxes: SandboxService) -> MCPServer[Any]:
         """Run a bash command in the sandbox; returns its stdout, stderr and exit code."""
         request = CommandRequest(cmd=command, timeout_s=timeout_s)
         process = await sandboxes.start_process(sandbox_id, request)
-        out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        out = {"stdout": HeadAndTail(MAX_OUTPUT_CHARS), "stderr": HeadAndTail(MAX_OUTPUT_CHARS)}
         result: dict[str, Any] = {}
         async for event in sandboxes.run_foreground(process, sandbox_id):
             data = event.model_dump()
             if data.get("type") in out:
-                out[data["type"]].append(data.get("data", ""))
+                out[data["type"]].add(data.get("data", ""))
             elif data.get("type") == "end":
                 result = data
-        return {"stdout": "".join(out["stdout"]), "stderr": "".join(out["stderr"]), **result}
+        return {name: kept.text() for name, kept in out.items()} | result
 
     @tool()
     async def run_code(
@@ -245,13 +248,40 @@ def _result_content(data: dict[str, Any]) -> Content:
     return TextContent(type="text", text=str(data.get("text/plain", data)))
 
 
+class HeadAndTail:
+    """The first and the last `limit // 2` characters of a stream, and how many fell between."""
+
+    def __init__(self, limit: int) -> None:
+        self._half = limit // 2
+        self._head = ""
+        self._tail = ""
+        self._dropped = 0
+
+    def add(self, text: str) -> None:
+        if len(self._head) < self._half:
+            room = self._half - len(self._head)
+            self._head += text[:room]
+            text = text[room:]
+        if not text:
+            return
+        tail = self._tail + text
+        self._dropped += max(0, len(tail) - self._half)
+        self._tail = tail[-self._half :]
+
+    def text(self) -> str:
+        if not self._dropped:
+            return self._head + self._tail
+        marker = f"\n[agentcell: {self._dropped} characters of output left out here]\n"
+        return self._head + marker + self._tail
+
+
 async def _read(chunks: AsyncIterable[bytes]) -> bytes:
-    data = b""
+    data = bytearray()
     async for chunk in chunks:
         data += chunk
         if len(data) > MAX_READ_BYTES:
             raise ValueError(f"the file is larger than {MAX_READ_BYTES} bytes; use the files API")
-    return data
+    return bytes(data)
 
 
 async def _one(data: bytes) -> AsyncIterable[bytes]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agentcell.server.interpreter.wire import KernelMessage
-from agentcell.server.sandbox.driver import ExecSpec, SandboxDriver, SandboxProcess
+from agentcell.server.sandbox.driver import ExecSpec, ExitStatus, SandboxDriver, SandboxProcess
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class KernelProcess:
     link: SandboxLink
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    status: ExitStatus | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def watch(self, *, drain_stdout: bool) -> None:
@@ -111,7 +112,7 @@ class KernelProcess:
             self._tasks.append(asyncio.create_task(self._drain(self.process.stderr, self.stderr_tail)))
 
     async def _wait(self) -> None:
-        await self.process.wait()
+        self.status = await self.process.wait()
         self.exited.set()
 
     @staticmethod
@@ -121,8 +122,11 @@ class KernelProcess:
                 tail.append(line.decode(errors="replace").rstrip()[:500])
 
     def describe_exit(self) -> str:
+        """How the process ended (when known) and the last lines of its stderr, in parentheses."""
+        parts = [_describe_status(self.status)] if self.status is not None else []
         tail = "; ".join(line for line in self.stderr_tail if line)
-        return f" ({tail[-800:]})" if tail else ""
+        parts += [f"stderr: {tail[-800:]}"] if tail else []
+        return f" ({'; '.join(parts)})" if parts else ""
 
     async def aclose(self) -> None:
         """Kill the kernel's whole process group (what its code started too), then the kernel."""
@@ -140,3 +144,14 @@ class KernelProcess:
         with contextlib.suppress(Exception):
             await self.process.wait()
         self.exited.set()
+
+
+def _describe_status(status: ExitStatus) -> str:
+    if status.signal is None:
+        return f"exit code {status.code}"
+    try:
+        name = signal.Signals(status.signal).name
+    except ValueError:
+        name = f"signal {status.signal}"
+    hint = ": out of memory, or killed from inside the sandbox" if status.signal == signal.SIGKILL else ""
+    return f"killed by {name}{hint}"

@@ -30,6 +30,7 @@ READ_CHUNK_BYTES = 64 * 1024
 MAX_FRAME_BYTES = 16 << 20
 QUEUE_CHUNKS = 64
 START_TIMEOUT_S = 30.0
+EXIT_SETTLE_S = 1.0  # how long a kernel whose output ended may take to be reaped
 
 Stream = Literal["stdout", "stderr"]
 
@@ -190,9 +191,18 @@ class RunnerKernel:
                 item = await asyncio.wait_for(self._queue.get(), remaining)
             except TimeoutError:
                 return None
+            if item.exited:
+                await self._settle_exit()
             if message := self._accept(item, pending):
                 return message
         return None
+
+    async def _settle_exit(self) -> None:
+        """The kernel's output ended: give its process a moment to be reaped, so that the error
+        can say how it ended."""
+        if self._process is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._process.exited.wait(), EXIT_SETTLE_S)
 
     def _accept(self, item: _Item, pending: Pending) -> KernelMessage | None:
         if item.exited:

@@ -648,6 +648,21 @@ __attribute__((noreturn)) static void run_init(void) {
     }
 }
 
+/* The spawner's command line (set by main): the host path of this binary and the server's pid. */
+static char *args_area;
+static size_t args_len;
+
+/* What `ps` shows for PID 1 inside the sandbox: a plain name instead of the spawner's command
+ * line, which names host paths and the server's host pid. */
+static void rename_as_init(void) {
+    static const char name[] = "init";
+    if (args_area && args_len >= sizeof name) {
+        memset(args_area, 0, args_len);
+        memcpy(args_area, name, sizeof name);
+    }
+    prctl(PR_SET_NAME, name, 0, 0, 0);
+}
+
 __attribute__((noreturn)) static void init_child(const struct spawn_opts *o, int ready_fd) {
     /* Until ready, the init dies with the spawn process, so a failed start leaves nothing. */
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
@@ -660,6 +675,7 @@ __attribute__((noreturn)) static void init_child(const struct spawn_opts *o, int
     close(devnull);
     close_other_fds(&ready_fd, 1); /* the worker's control fd: an init never execs, so CLOEXEC won't */
     set_oom_score_adj("-1000"); /* an OOM in the sandbox should kill user code, not PID 1 */
+    rename_as_init();
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGCHLD);
@@ -1197,6 +1213,8 @@ static int cmd_serve(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+    args_area = argv[0];
+    args_len = (size_t)(argv[argc - 1] + strlen(argv[argc - 1]) - argv[0]);
     if (argc >= 2 && !strcmp(argv[1], "serve")) return cmd_serve(argc - 2, argv + 2);
     die("usage: acell-helper serve --sock-fd N --parent PID");
 }
