@@ -14,6 +14,7 @@ from agentcell.errors import InvalidArgument
 from agentcell.server.sandbox.driver import ExecSpec, SandboxSpec
 from agentcell.server.sandbox.linux.driver import LinuxDriver
 from agentcell.server.sandbox.linux.process import wait_readable
+from agentcell.server.sandbox.linux.spawner import UNREPORTED_WORKER_S
 from tests.system.conftest import is_running, make_driver, run
 
 pytestmark = pytest.mark.system
@@ -115,7 +116,7 @@ async def test_a_spawner_lost_mid_start_fails_the_start_cleanly(
     assert all(r is None or "spawner" in str(r) or "could not start" in str(r) for r in results), results
     await linux_driver.start(SandboxSpec(sandbox_id="after"))
     assert (await run(linux_driver, "after", ["true"])).code == 0
-    assert await no_zombies_within(2.0, test_start), described(zombie_children(test_start))
+    assert await no_zombies_within(UNREPORTED_WORKER_S, test_start), described(zombie_children(test_start))
 
 
 async def test_the_spawner_ends_with_the_driver(

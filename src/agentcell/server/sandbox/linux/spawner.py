@@ -40,6 +40,9 @@ MAX_REQUEST_BYTES = 64 << 10
 """the spawner's receive buffer; argv and env travel on a memfd, so only paths come near it"""
 MAX_REQUEST_STRINGS = 512
 REPLY_BYTES = 1024
+UNREPORTED_WORKER_S = 30.0
+"""how long, after the spawner died, its unreported workers are waited for (a start in flight
+ends within seconds, more on a loaded machine)"""
 
 
 class Worker:
@@ -170,8 +173,10 @@ class _Link:
         if not self._gone.done():  # the spawner ignored end of file: it must not outlive us
             self.process.kill()
             await asyncio.shield(self._gone)
-        if self._settler is not None:
-            await self._settler
+        if self._settler is not None:  # (the driver settles what is left once more as it closes)
+            self._settler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._settler
 
     # ------------------------------------------------------------------ sending
 
@@ -272,7 +277,9 @@ class _Link:
         known = set(self._workers)
         self._workers.clear()
         # a worker forked in the instant before the spawner died was never reported: reap it too
-        self._settler = self._loop.create_task(settle_unreported_workers(exclude=known))
+        self._settler = self._loop.create_task(
+            settle_unreported_workers(exclude=known, timeout_s=UNREPORTED_WORKER_S)
+        )
         self._gone.set_result(None)
 
 
@@ -350,8 +357,10 @@ def _pidns(pid: str) -> str | None:
 async def settle_unreported_workers(exclude: set[int] | None = None, timeout_s: float = 2.0) -> None:
     """Reap helper children that have exited but that nobody waits for: workers a lost spawner
     forked and never reported. Called when the driver closes and its spawner is gone, so the only
-    workers left are such ones; waits a little for running ones to finish."""
+    workers left are such ones; waits a little for running ones to finish (looking less often as
+    time passes: each look reads every process's stat)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
+    pause = 0.02
     while children := [(pid, state) for pid, state in _worker_children() if pid not in (exclude or ())]:
         for pid, state in children:
             if state == "Z":
@@ -359,4 +368,5 @@ async def settle_unreported_workers(exclude: set[int] | None = None, timeout_s: 
                     os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG on a zombie: never blocks
         if asyncio.get_running_loop().time() >= deadline:
             return
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.25)
