@@ -150,7 +150,12 @@ async def run(settings: Settings, access: AccessLog) -> None:
         control_app=app,  # plain requests in-process; upgrades, chunked bodies, Expect via uvicorn
     )
     gateway = GatewayServer(
-        router, request_timeout_s=settings.request_timeout_s, access_log=access_logger(access)
+        router,
+        request_timeout_s=settings.request_timeout_s,
+        header_timeout_s=settings.header_timeout_s,
+        max_connections=settings.connection_limit(),
+        max_connections_per_client=settings.max_connections_per_client,
+        access_log=access_logger(access),
     )
     await gateway.start(settings.host, settings.port)
     tune_garbage_collector()

@@ -9,8 +9,12 @@ also pauses while a request body cannot move on (routing, or the upstream not dr
 upstream stops being read while this client is not draining its responses. After an `Upgrade`
 request the parser stops; once the upstream answers 101 the connection becomes a byte tunnel.
 
-One timer per connection, re-armed lazily, covers the request deadline (no response head in time)
-and the keep-alive idle timeout, so a busy keep-alive connection creates no timer per request.
+One timer per connection, re-armed lazily, covers the request deadline (no response head in time),
+the keep-alive idle timeout and the request-head timeout, so a busy keep-alive connection creates
+no timer per request. A head's clock starts only when a read leaves it incomplete (a head that
+arrives in one read costs no clock reading), or when the connection goes idle with part of the
+next head already read; past the server's `header_timeout_s` it is answered 408 and closed.
+A connection past the server's connection caps is answered 503 and closed before it is read.
 A client's FIN or reset cancels its requests in flight (their upstream connections are closed).
 After answering a request whose body was not read to the end, the connection lingers (FIN sent,
 input dropped) briefly before closing, so that the answer is not destroyed by a reset.
@@ -23,13 +27,14 @@ import functools
 import logging
 import math
 from collections import deque
+from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from agentcell.server.gateway.exchange import NEW, Exchange
-from agentcell.server.gateway.headers import NAME_CACHE, PLAIN, header_index, name_info
-from agentcell.server.gateway.route import RequestHead
+from agentcell.server.gateway.headers import NAME_CACHE, PLAIN, header_index, name_info, respond_bytes
+from agentcell.server.gateway.route import RequestHead, new_request_id
 
 if TYPE_CHECKING:
     from agentcell.server.gateway.server import GatewayServer
@@ -94,6 +99,8 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._max_head = server.max_header_bytes
         self._keepalive_s = server.keepalive_timeout_s
+        self._head_timeout_s = server.header_timeout_s
+        self._head_since = 0.0  # when the head being read began (0: none is left unfinished)
         self._in_head = False
         self._head_raw = 0  # bytes of reads wholly inside a head or a body's framing (see below)
         self._linger_left = -1  # >= 0: closing after a response to an unfinished request
@@ -106,7 +113,10 @@ class ClientConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) and peer else ""
-        self.server.track(self)
+        refused = self.server.admit(self)
+        if refused is not None:
+            self._refuse_connection(refused)
+            return
         self.arm_timer(self._idle_since + self.server.keepalive_timeout_s)
 
     def data_received(self, data: bytes) -> None:
@@ -133,8 +143,12 @@ class ClientConnection(asyncio.Protocol):
                 self._head_raw += len(data)
                 if self._head_raw > self._max_head:
                     raise HttpParserError("request head too large") from _HeadTooLarge()
+                if not self._head_since:  # (the last head ended in this read; the next began)
+                    self._begin_head()
             elif parsing is not None and parsing is self._parsing:
                 self._count_framing(parsing.bytes_in == body_seen, len(data))
+            elif self._in_head or not self._exchanges:  # a head (or its method) is unfinished
+                self._begin_head()
         except HttpParserUpgrade as exc:
             self._upgraded = True
             rest = data[exc.args[0] :]
@@ -145,6 +159,13 @@ class ClientConnection(asyncio.Protocol):
         exchanges = self._exchanges
         if exchanges and exchanges[0].state == NEW:
             exchanges[0].start()
+
+    def _begin_head(self) -> None:
+        """A read left a request head unfinished: start its clock, unless already started."""
+        if not self._head_since and not self._closed:
+            self._head_since = now = self.loop.time()
+            if not self._exchanges:
+                self.arm_timer(now + self._head_timeout_s)
 
     def _count_framing(self, no_body: bool, size: int) -> None:
         """Bound the reads that carried none of a body still being read: they fell wholly in a
@@ -235,6 +256,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""  # ready for the next head
         self._headers = []
         self._head_bytes = self._head_raw = 0
+        self._head_since = 0.0
         self._in_head = False
         upgrade = index.get(b"upgrade") if b"upgrade" in index and parser.should_upgrade() else None
         chunked = b"transfer-encoding" in index and _is_chunked(index[b"transfer-encoding"])
@@ -296,9 +318,13 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(cause, _BadHead)
             else (400, f"malformed HTTP request: {exc}")
         )
+        self._answer_unread(status, "invalid_argument", message)
+
+    def _answer_unread(self, status: int, code: str, message: str) -> None:
+        """Queue an error answering the request head being read, after which the connection closes."""
         headers = tuple(self._headers)
         head = RequestHead(b"", self._url, b"", headers, header_index(headers), self.client)
-        error = self.server.error_responder(status, "invalid_argument", message, head.request_id)
+        error = self.server.error_responder(status, code, message, head.request_id)
         self._exchanges.append(Exchange(self, head, keep_alive=False, preset=error))
 
     # --- used by exchanges --------------------------------------------------------------------
@@ -374,7 +400,10 @@ class ClientConnection(asyncio.Protocol):
                 exchanges[0].start()
         else:
             self._idle_since = now = self.loop.time()
-            if now + self._keepalive_s < self.timer_at:
+            if self._head_since:  # the next head began behind this request: its time starts now
+                self._head_since = now
+                self.arm_timer(now + self._head_timeout_s)
+            elif now + self._keepalive_s < self.timer_at:
                 self.arm_timer(now + self._keepalive_s)
 
     def close(self) -> None:
@@ -438,6 +467,9 @@ class ClientConnection(asyncio.Protocol):
             return
         now = self.loop.time()
         if not self._exchanges:
+            if self._head_since:
+                self._check_head(now)
+                return
             idle_until = self._idle_since + self.server.keepalive_timeout_s
             if now >= idle_until:
                 self.close()
@@ -448,6 +480,24 @@ class ClientConnection(asyncio.Protocol):
         exchange.on_timer(now)
         if self._exchanges and self._exchanges[0] is exchange and exchange.deadline != math.inf:
             self.arm_timer(exchange.deadline)
+
+    def _check_head(self, now: float) -> None:
+        """The timer fired while a request head is unfinished: 408 past its time, else wait."""
+        head_until = self._head_since + self._head_timeout_s
+        if now < head_until:
+            self.arm_timer(head_until)
+            return
+        self.set_read_blocked(self.STOPPED, True)
+        message = f"the request head was not complete within {self._head_timeout_s:g} s; send it at once"
+        self._answer_unread(408, "timeout", message)
+        self._exchanges[0].start()
+
+    def _refuse_connection(self, reason: str) -> None:
+        """Answer a connection past a cap with 503 and close it, unread."""
+        respond = self.server.error_responder(503, "unavailable", f"{reason}; retry later", new_request_id())
+        respond = replace(respond, headers=(*respond.headers, (b"retry-after", b"1")))
+        self.write(respond_bytes(respond, keep_alive=False, client_http10=False, no_body=False))
+        self.close()
 
 
 def _version(version: str) -> bytes:

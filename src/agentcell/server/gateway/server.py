@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 from collections.abc import Callable
 from types import TracebackType
@@ -29,6 +30,9 @@ from agentcell.server.gateway.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 
+REFUSAL_LOG_S = 10.0
+"""connections refused over a cap are counted, and logged at most this often"""
+
 
 class GatewayServer:
     """Accepts HTTP/1.1 clients and proxies each request where `router` says.
@@ -39,11 +43,19 @@ class GatewayServer:
     `request_timeout_s`: a request with no response head this long after its last byte was read
     (routing included; the router's call is cancelled) gets a 504 envelope; a streaming response
     or an upgraded connection has no time limit. `keepalive_timeout_s`: an idle client connection
-    (or one that has not finished sending a request head) is closed after this long.
+    is closed after this long. `header_timeout_s`: a request head that has begun to arrive and is
+    not complete this long after gets 408 and the connection closes (nginx's
+    client_header_timeout; counted while no request is queued before it, and instead of the
+    keep-alive timeout). `max_connections`: client connections open at once;
+    `max_connections_per_client`: of those, from one peer address (0: no limit). The address is
+    the TCP peer's, forwarded headers never count: behind a reverse proxy every client is the
+    proxy, so set it to 0 or above the proxy's connections; Unix-socket clients are not counted
+    per address. A connection past either cap is answered 503 and closed at once, unread; the
+    others are not disturbed, and new ones are admitted again as soon as some close.
     `max_header_bytes`: a larger request head gets 431. `upstream_idle_timeout_s`: pooled
     upstream connections idle this long are closed. `trust_forwarded`: keep and extend the
     client's X-Forwarded-* headers (only when another proxy sits in front). `error_responder`
-    makes the bodies of the gateway's own errors (400, 405, 431, 500, 502, 504).
+    makes the bodies of the gateway's own errors (400, 405, 408, 431, 500, 502, 503, 504).
     """
 
     def __init__(
@@ -53,6 +65,9 @@ class GatewayServer:
         request_timeout_s: float = 60.0,
         max_header_bytes: int = 64 * 1024,
         keepalive_timeout_s: float = 75.0,
+        header_timeout_s: float = 30.0,
+        max_connections: int = 10_000,
+        max_connections_per_client: int = 0,
         upstream_idle_timeout_s: float = 4.0,
         max_idle_upstream_per_address: int = 64,
         access_log: AccessLog | None = None,
@@ -68,6 +83,9 @@ class GatewayServer:
         self.request_timeout_s = request_timeout_s
         self.max_header_bytes = max_header_bytes
         self.keepalive_timeout_s = keepalive_timeout_s
+        self.header_timeout_s = header_timeout_s
+        self.max_connections = max_connections
+        self.max_connections_per_client = max_connections_per_client
         self.access_log = access_log
         self.error_responder = error_responder
         self.trust_forwarded = trust_forwarded
@@ -80,6 +98,9 @@ class GatewayServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[asyncio.Server] = []
         self._connections: set[ClientConnection] = set()
+        self._per_client: dict[str, int] = {}  # open connections by peer address (when capped)
+        self._refused = 0  # connections refused since the last warning about it
+        self._refused_logged_at = -math.inf
         self._drained = asyncio.Event()
         self._app_calls: set[asyncio.Task[None]] = set()
 
@@ -199,10 +220,36 @@ class GatewayServer:
     def _new_connection(self) -> ClientConnection:
         return ClientConnection(self)
 
-    def track(self, conn: ClientConnection) -> None:
+    def admit(self, conn: ClientConnection) -> str | None:
+        """Count a new connection in, or say why it is refused (a cap is reached)."""
+        if len(self._connections) >= self.max_connections:
+            return self._refuse(f"the server has its maximum of {self.max_connections} connections open")
+        cap, client = self.max_connections_per_client, conn.client
+        if cap and client:
+            count = self._per_client.get(client, 0)
+            if count >= cap:
+                return self._refuse(f"{client} has its maximum of {cap} connections open")
+            self._per_client[client] = count + 1
         self._connections.add(conn)
+        return None
+
+    def _refuse(self, reason: str) -> str:
+        """Count a refusal; warn at most every REFUSAL_LOG_S (a flood must not flood the log)."""
+        self._refused += 1
+        now = self.loop.time()
+        if now - self._refused_logged_at >= REFUSAL_LOG_S:
+            log.warning("refused %d connections (503): %s", self._refused, reason)
+            self._refused, self._refused_logged_at = 0, now
+        return reason
 
     def forget(self, conn: ClientConnection) -> None:
+        if conn not in self._connections:
+            return  # (refused: never counted)
         self._connections.discard(conn)
+        client = conn.client
+        if self.max_connections_per_client and client:
+            left = self._per_client.pop(client, 1) - 1
+            if left:
+                self._per_client[client] = left
         if self.draining and not self._connections:
             self._drained.set()
