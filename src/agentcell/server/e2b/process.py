@@ -224,7 +224,9 @@ class ProcessService:
 
     async def stream_input(self, sandbox: Sandbox, messages: AsyncIterator[Message]) -> Message:
         """Client-streamed stdin: a `start` naming the process, then `data` events (keepalives
-        are skipped). The process's stdin stays open."""
+        are skipped). The process's stdin stays open. The stream is read no faster than the
+        process reads its input: each event waits for the one before it to be taken (no 409 for a
+        slow reader; the sandbox's stdin budget still bounds what the server holds)."""
         extras = self._registry.extras(sandbox)
         process: ManagedProcess | None = None
         async for message in messages:
@@ -237,7 +239,9 @@ class ProcessService:
                 if process is None:
                     raise InvalidArgument("the input stream must begin with a start event naming the process")
                 given = message["data"].get("input") if isinstance(message["data"], dict) else None
-                await process.write_stdin(_input(process, given), close=False)
+                data = _input(process, given)
+                await process.stdin_drained()
+                await process.write_stdin(data, close=False)
         return {}
 
     # -- helpers -----------------------------------------------------------------------------

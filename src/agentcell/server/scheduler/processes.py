@@ -13,16 +13,18 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import logging
 import secrets
 import signal
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
-from agentcell.errors import AgentcellError, Conflict, InvalidArgument, NotFound, NotRunning
+from agentcell.errors import AgentcellError, Conflict, InvalidArgument, NotFound, NotRunning, QuotaExceeded
 from agentcell.protocol.commands import EndEvent, OutputEvent, ProcessInfo, StartEvent
 from agentcell.server.sandbox.driver import ExitStatus, SandboxProcess, TerminalSize
+from agentcell.server.scheduler.stdin_budget import StdinBudget
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,27 @@ the buffer: a command writing a byte at a time must not make the server keep a m
 OUTPUT_DRAIN_S = 0.25
 STDIN_WAIT_S = 1.0
 """how long a stdin write waits for the process to take it before the data is left queued"""
+STDIN_ROOM_WAIT_S = 2.0
+"""how long a stdin write waits for room in its sandbox's StdinBudget (backpressure), then 429"""
 FINISHED_KEPT = 64
 """finished background processes a sandbox keeps (with their output) for late readers"""
+FINISHED_KEPT_BYTES = 16 << 20
+"""and the output those keep, at most (the oldest finished ones go first)"""
+DEFAULT_MAX_COMMANDS = 64
+DEFAULT_MAX_STDIN_BYTES = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class CommandLimits:
+    """What one sandbox's commands may hold in the server (settings: AGENTCELL_SANDBOX_MAX_COMMANDS,
+    AGENTCELL_SANDBOX_MAX_STDIN_BYTES). Each command costs the server file descriptors and an output
+    buffer; every tenant's sandboxes share the server's descriptors and memory."""
+
+    max_commands: int = DEFAULT_MAX_COMMANDS
+    max_stdin_bytes: int = DEFAULT_MAX_STDIN_BYTES
+
+    def table(self) -> ProcessTable:
+        return ProcessTable(self.max_commands, self.max_stdin_bytes)
 
 
 def new_process_id() -> str:
@@ -145,7 +166,15 @@ class ManagedProcess:
         self.exit: EndEvent | None = None
         self._stop_reason: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._feeder: asyncio.Task[None] | None = None
         self._stdin_backlog: asyncio.Task[None] | None = None
+        self.stdin_budget: StdinBudget | None = None
+        """the sandbox's, set by ProcessTable.add: every write takes its size from it until read"""
+
+    @property
+    def output_bytes(self) -> int:
+        """What the output kept for readers costs (see EventLog)."""
+        return self._log.output_bytes
 
     @property
     def pid(self) -> int:
@@ -156,15 +185,22 @@ class ManagedProcess:
 
         `stdin`, when given, is fed to the process as it reads it, then its stdin is closed; a
         process that exits or stops reading first does not get the rest, as with a shell pipe.
+        Its size is given back to `stdin_budget` once fed: the starter took it (ProcessTable.starting).
         """
-        self._task = asyncio.create_task(self._run(stdin), name=f"process {self.process_id}")
+        if stdin is not None:
+            self._feeder = asyncio.create_task(self._feed(stdin))
+            self._feeder.add_done_callback(functools.partial(self._stdin_read, len(stdin)))
+        self._task = asyncio.create_task(self._run(), name=f"process {self.process_id}")
 
-    async def _run(self, stdin: bytes | None) -> None:
+    def _stdin_read(self, size: int, _task: asyncio.Future[None]) -> None:
+        if self.stdin_budget is not None:
+            self.stdin_budget.give(size)
+
+    async def _run(self) -> None:
         pumps = [
             asyncio.create_task(self._pump(self._process.stdout, "stdout")),
             asyncio.create_task(self._pump(self._process.stderr, "stderr")),
         ]
-        feeder = None if stdin is None else asyncio.create_task(self._feed(stdin))
         try:
             status, timed_out = await self._wait_with_timeout()
             # Output still in the pipes belongs to this process; a background child that keeps
@@ -173,7 +209,7 @@ class ManagedProcess:
             while (await asyncio.wait(pumps, timeout=OUTPUT_DRAIN_S))[1] and self._log.writer_waiting:
                 pass
         finally:
-            for task in (*pumps, feeder, self._stdin_backlog):
+            for task in (*pumps, self._feeder, self._stdin_backlog):
                 if task is not None:
                     task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
@@ -239,16 +275,29 @@ class ManagedProcess:
 
     async def write_stdin(self, data: bytes, close: bool) -> None:
         """Hand `data` to the process. Waits up to STDIN_WAIT_S for it to be taken; past that it
-        stays queued (one write's worth at most: the next is refused until the process reads)."""
+        stays queued (one write's worth at most: the next waits up to STDIN_ROOM_WAIT_S for the
+        process to read it, then is refused with Conflict). Its size counts against the sandbox's
+        StdinBudget until the process has read it: a write that does not fit waits up to
+        STDIN_ROOM_WAIT_S for room, then raises QuotaExceeded (neither writes any of `data`)."""
         if close and self.terminal:
             raise InvalidArgument("a terminal's input cannot be closed; send ^D (\\x04) or exit")
-        backlog = self._stdin_backlog
-        if backlog is not None and not backlog.done():
-            raise Conflict(
-                f"process {self.process_id} has not yet read the input written before; "
-                "send more once it has (its stdin pipe is full)"
-            )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STDIN_ROOM_WAIT_S):
+                await self.stdin_drained()
+        self._refuse_if_backlogged()
+        budget = self.stdin_budget if data else None
+        if budget is not None:
+            if self.exit is not None:
+                raise NotRunning(f"process {self.process_id} no longer reads its stdin (exited)")
+            await budget.take(len(data), STDIN_ROOM_WAIT_S)
+            try:
+                self._refuse_if_backlogged()  # another write was left queued while this one waited
+            except Conflict:
+                budget.give(len(data))
+                raise
         write = asyncio.ensure_future(self._write(data, close))
+        if budget is not None:
+            write.add_done_callback(functools.partial(self._stdin_read, len(data)))
         try:
             await asyncio.wait((write,), timeout=STDIN_WAIT_S)  # never cancels the write
         finally:
@@ -262,6 +311,21 @@ class ManagedProcess:
                 raise error
             finally:
                 del error  # nor may this frame hold the error: the cycle would keep `data`
+
+    async def stdin_drained(self) -> None:
+        """Wait until the write left queued before (if any) has been read by the process, or has
+        failed; never cancels that write."""
+        backlog = self._stdin_backlog
+        if backlog is not None and not backlog.done():
+            await asyncio.wait((backlog,))
+
+    def _refuse_if_backlogged(self) -> None:
+        backlog = self._stdin_backlog
+        if backlog is not None and not backlog.done():
+            raise Conflict(
+                f"process {self.process_id} has not yet read the input written before; "
+                "send more once it has (its stdin pipe is full)"
+            )
 
     def _backlog_done(self, task: asyncio.Future[None]) -> None:
         """A queued stdin write ended. Its error (the process exited) is retrieved, as nobody waits
@@ -344,17 +408,61 @@ def _error_of(task: asyncio.Future[None]) -> BaseException | None:
 
 
 class ProcessTable:
-    """The processes of one sandbox, found by process id or in-sandbox pid. Of the finished
-    ones, the FINISHED_KEPT most recent stay (with their output) for late readers."""
+    """The processes of one sandbox, found by process id or in-sandbox pid, and its budgets: at
+    most `max_commands` running at once (foreground, background and terminals alike) and
+    `max_stdin_bytes` of stdin queued for them (`stdin`). Of the finished ones, the FINISHED_KEPT
+    most recent stay (with their output, FINISHED_KEPT_BYTES in all at most) for late readers."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, max_commands: int = DEFAULT_MAX_COMMANDS, max_stdin_bytes: int = DEFAULT_MAX_STDIN_BYTES
+    ) -> None:
         self._by_id: dict[str, ManagedProcess] = {}
+        self.max_commands = max_commands
+        self.stdin = StdinBudget(max_stdin_bytes)
+        self._starting = 0
+
+    @contextlib.contextmanager
+    def starting(self, stdin_bytes: int = 0) -> Iterator[None]:
+        """Room for one command about to start, held while it starts: the caller `add`s it
+        inside the block. `stdin_bytes` (its initial stdin) are taken from the stdin budget; its
+        feed gives them back (ManagedProcess.start), or this block if the start fails. Raises
+        QuotaExceeded when `max_commands` run (or start) already, or the stdin does not fit."""
+        busy = self.running_count() + self._starting
+        if busy >= self.max_commands:
+            raise QuotaExceeded(
+                f"this sandbox runs {busy} commands, its limit of {self.max_commands} commands at "
+                "once; wait for some to end or kill some (POST .../processes/{id}/signal) and "
+                "retry: a finished command frees its slot",
+                retry_after_s=1,
+            )
+        self.stdin.take_now(stdin_bytes)
+        self._starting += 1
+        try:
+            yield
+        except BaseException:
+            self.stdin.give(stdin_bytes)
+            raise
+        finally:
+            self._starting -= 1
+
+    def running_count(self) -> int:
+        return sum(1 for p in self._by_id.values() if p.exit is None)
 
     def add(self, process: ManagedProcess) -> None:
+        process.stdin_budget = self.stdin
         self._by_id[process.process_id] = process
+        self._forget_finished()
+
+    def _forget_finished(self) -> None:
+        """Past FINISHED_KEPT finished processes, or FINISHED_KEPT_BYTES of their output, the
+        oldest go."""
         finished = [p for p in self._by_id.values() if p.exit is not None]
-        for old in finished[: max(0, len(finished) - FINISHED_KEPT)]:
+        kept_bytes = sum(p.output_bytes for p in finished)
+        for kept, old in zip(range(len(finished), 0, -1), finished, strict=True):
+            if kept <= FINISHED_KEPT and kept_bytes <= FINISHED_KEPT_BYTES:
+                break
             del self._by_id[old.process_id]
+            kept_bytes -= old.output_bytes
 
     def discard(self, process: ManagedProcess) -> None:
         self._by_id.pop(process.process_id, None)

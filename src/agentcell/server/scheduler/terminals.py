@@ -38,21 +38,22 @@ class TerminalService:
         env = {**TERMINAL_ENV, **sandbox.request.env, **request.env}
         spec = ExecSpec(argv=argv, env=env, cwd=request.cwd, terminal=terminal_size(request.pty))
         meter = sandbox.meter
-        meter.begin(self._clock.now())
-        try:
-            started = await self._driver.exec(sandbox.id, spec)
-        except BaseException:
-            meter.end(self._clock.now())
-            raise
-        process = ManagedProcess(
-            started,
-            argv,
-            request.cwd,
-            request.timeout_s,
-            terminal=True,
-            on_exit=lambda: meter.end(self._clock.now()),
-        )
-        sandbox.processes.add(process)
+        with sandbox.processes.starting():  # a terminal counts against the sandbox's commands
+            meter.begin(self._clock.now())
+            try:
+                started = await self._driver.exec(sandbox.id, spec)
+            except BaseException:
+                meter.end(self._clock.now())
+                raise
+            process = ManagedProcess(
+                started,
+                argv,
+                request.cwd,
+                request.timeout_s,
+                terminal=True,
+                on_exit=lambda: meter.end(self._clock.now()),
+            )
+            sandbox.processes.add(process)
         process.start()
         if request.stdin:
             await process.write_stdin(request.stdin.encode(), close=False)
