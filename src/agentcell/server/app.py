@@ -38,6 +38,7 @@ from agentcell.server.observability.audit import AuditLog
 from agentcell.server.observability.telemetry import Telemetry, build_telemetry
 from agentcell.server.sandbox.driver import SandboxDriver
 from agentcell.server.scheduler.metering import UsageLedger
+from agentcell.server.scheduler.processes import CommandLimits
 from agentcell.server.scheduler.sandbox_metrics import SandboxMetrics
 from agentcell.server.scheduler.sandbox_pause import SandboxPauses
 from agentcell.server.scheduler.sandbox_pool import SandboxPool, default_spec
@@ -171,6 +172,7 @@ def create_app(
         new_id=new_sandbox_id,
         registry=telemetry.registry,
     )
+    ledger = UsageLedger(store)  # one for sessions and sandboxes: a usage read sees both's queued rows
     sandbox_service = SandboxService(
         driver,
         clock,
@@ -179,11 +181,12 @@ def create_app(
         stop_grace_s=settings.stop_grace_s,
         templates=templates,
         interpreter=interpreter,
-        ledger=UsageLedger(store),
+        ledger=ledger,
         usage_interval_s=settings.usage_interval_s,
         telemetry=telemetry,
         quotas=quotas,
         pool=pool,
+        command_limits=CommandLimits(settings.sandbox_max_commands, settings.sandbox_max_stdin_bytes),
     )
     pauses = SandboxPauses(
         sandbox_service,
@@ -214,6 +217,7 @@ def create_app(
         templates=templates,
         telemetry=telemetry,
         quotas=quotas,
+        ledger=ledger,
     )
     templates.add_dependents(scheduler, pauses)  # functions and paused sandboxes start from them later
 

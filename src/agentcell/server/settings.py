@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import resource
 from pathlib import Path
 from typing import Literal
 
@@ -64,6 +65,18 @@ class Settings(BaseSettings):
         default=10, ge=0, description="in-flight requests get this long at shutdown"
     )
     request_timeout_s: float = Field(default=300, gt=0, description="default wait for a response head")
+    header_timeout_s: float = Field(
+        default=30, gt=0, description="a request head begun but not complete this long after gets 408"
+    )
+    max_connections: int = Field(
+        default=0,
+        ge=0,
+        description="client connections open at once, past which new ones get 503 "
+        "(0: half the process's open-file limit, at most 10000)",
+    )
+    max_connections_per_client: int = Field(
+        default=1000, ge=0, description="client connections open at once from one address (0: no limit)"
+    )
     max_json_body_bytes: int = Field(default=32 << 20, ge=1024, description="largest JSON request body")
     max_template_builds: int = Field(default=2, ge=1, description="template builds running at once")
     max_template_mb: int = Field(default=8192, ge=1, description="largest template layer on disk, in MiB")
@@ -77,6 +90,17 @@ class Settings(BaseSettings):
     )
     trace_sample_ratio: float = Field(
         default=1.0, ge=0, le=1, description="share of function requests traced (session starts always are)"
+    )
+    sandbox_max_commands: int = Field(
+        default=64,
+        ge=1,
+        description="commands one sandbox runs at once (foreground, background, terminals); past it 429",
+    )
+    sandbox_max_stdin_bytes: int = Field(
+        default=64 << 20,
+        ge=64 << 10,
+        description="stdin written to one sandbox's commands that the server holds until they read it; "
+        "a write past it waits up to 2 s, then 429",
     )
     code_max_contexts: int = Field(default=16, ge=1, description="code contexts (kernels) per sandbox")
     code_max_output_bytes: int = Field(
@@ -152,7 +176,19 @@ class Settings(BaseSettings):
         """AGENTCELL_NPM_REGISTRY, else the host's npm configuration, else npm's own default."""
         return self.npm_registry or _npm_configured_registry() or NPM_DEFAULT_REGISTRY
 
+    def connection_limit(self) -> int:
+        """AGENTCELL_MAX_CONNECTIONS, else half the process's open-file limit (the rest is for
+        sandboxes, upstream connections and files), at most DEFAULT_MAX_CONNECTIONS."""
+        if self.max_connections:
+            return self.max_connections
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return DEFAULT_MAX_CONNECTIONS
+        return max(1, min(DEFAULT_MAX_CONNECTIONS, soft // 2))
 
+
+DEFAULT_MAX_CONNECTIONS = 10_000
+"""the default cap on client connections where the open-file limit allows it"""
 MAX_SANDBOX_POOL = 1000
 """a larger pool would hold more memory idle than any burst on one node needs"""
 PIP_DEFAULT_INDEX = "https://pypi.org/simple"

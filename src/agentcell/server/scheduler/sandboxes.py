@@ -23,11 +23,27 @@ from agentcell.server.auth.quotas import QuotaGuard, unlimited
 from agentcell.server.clock import Clock
 from agentcell.server.egress.policy import EgressPolicy
 from agentcell.server.interpreter.contexts import CodeContexts, Interpreter
+from agentcell.server.meta.records import UsageRecord
 from agentcell.server.observability.logs import bind as bind_log_ids
 from agentcell.server.observability.telemetry import NullTelemetry, Telemetry
-from agentcell.server.sandbox.driver import ExecSpec, FileStat, SandboxDriver, SandboxFiles, SandboxSpec
-from agentcell.server.scheduler.metering import ActivityMeter, Owner, Resources, UsageLedger, usage_row
-from agentcell.server.scheduler.processes import Event, ManagedProcess, ProcessTable
+from agentcell.server.sandbox.driver import (
+    ExecSpec,
+    FileStat,
+    ResourceUsage,
+    SandboxDriver,
+    SandboxFiles,
+    SandboxSpec,
+)
+from agentcell.server.scheduler.metering import (
+    ActivityMeter,
+    LiveUsage,
+    Owner,
+    Resources,
+    UsageLedger,
+    cpu_since,
+    usage_row,
+)
+from agentcell.server.scheduler.processes import CommandLimits, Event, ManagedProcess, ProcessTable
 from agentcell.server.scheduler.sandbox_pool import SandboxPool
 from agentcell.server.templates.service import ResolvedTemplate, TemplateService
 
@@ -109,9 +125,11 @@ class SandboxService:
         telemetry: Telemetry | None = None,
         quotas: QuotaGuard | None = None,
         pool: SandboxPool | None = None,
+        command_limits: CommandLimits | None = None,
     ) -> None:
         self._driver = driver
         self._pool = pool
+        self._command_limits = command_limits or CommandLimits()
         if pool is not None:
             pool.room = self._room
         self._quotas = quotas or unlimited()
@@ -174,6 +192,7 @@ class SandboxService:
         sandbox = Sandbox(sandbox_id, request, created_at or now, expires_at, started_at=now)
         sandbox.tenant = _requesting_tenant()
         sandbox.meter.since = now
+        sandbox.processes = self._command_limits.table()
         template = self._hold(sandbox)
         self._starting += 1
         try:
@@ -362,12 +381,14 @@ class SandboxService:
         sandbox = self.taking_work(sandbox_id)
         argv = request.full_argv()
         spec = ExecSpec(argv=argv, env={**sandbox.request.env, **request.env}, cwd=request.cwd)
-        process = ManagedProcess(
-            await self._driver.exec(sandbox.id, spec), argv, request.cwd, request.timeout_s
-        )
-        sandbox.processes.add(process)
-        if request.stdin is not None:
-            process.start(stdin=request.stdin.encode())
+        stdin = None if request.stdin is None else request.stdin.encode()
+        with sandbox.processes.starting(stdin_bytes=len(stdin or b"")):  # 429 past its budgets
+            process = ManagedProcess(
+                await self._driver.exec(sandbox.id, spec), argv, request.cwd, request.timeout_s
+            )
+            sandbox.processes.add(process)
+        if stdin is not None:
+            process.start(stdin=stdin)
         else:  # a foreground command reads an empty stdin; a background one's stays open
             process.start(stdin=None if request.background else b"")
         self._count_activity(sandbox, process)
@@ -412,26 +433,51 @@ class SandboxService:
 
     async def meter_once(self) -> int:
         """Write every running sandbox's usage since it was last metered to the ledger."""
-        for sandbox in [s for s in self._sandboxes.values() if s.state == "running"]:
+        for sandbox in self._running():
             await self._meter(sandbox)
         return await self._ledger.write() if self._ledger is not None else 0
+
+    async def live_usage(self) -> LiveUsage:
+        """The rows `meter_once` would write now, made when called, without taking a meter or
+        moving a CPU mark (CPU from each running sandbox's cgroup counter, read here)."""
+        if self._ledger is None:
+            return lambda: []
+        counters = {s.id: await self._counters(s) for s in self._running()}
+
+        def rows() -> list[UsageRecord]:
+            now = self._clock.now()
+            return [self._usage_row(s, counters.get(s.id), now, advance=False) for s in self._running()]
+
+        return rows
+
+    def _running(self) -> list[Sandbox]:
+        return [s for s in self._sandboxes.values() if s.state == "running"]
+
+    async def _counters(self, sandbox: Sandbox) -> ResourceUsage | None:
+        try:
+            return await self._driver.usage(sandbox.id)
+        except AgentcellError:
+            return None  # gone meanwhile: its wall time still counts
 
     async def _meter(self, sandbox: Sandbox) -> None:
         if self._ledger is None:
             return
+        used = await self._counters(sandbox)
+        self._ledger.add([self._usage_row(sandbox, used, self._clock.now(), advance=True)])
+
+    def _usage_row(
+        self, sandbox: Sandbox, used: ResourceUsage | None, now: float, *, advance: bool
+    ) -> UsageRecord:
+        """The sandbox's usage since it was last metered; `advance`: take it (it is being queued)."""
         cpu_s, peak = 0.0, 0
-        try:
-            used = await self._driver.usage(sandbox.id)
-        except AgentcellError:
-            pass  # gone meanwhile: its wall time still counts
-        else:
-            cpu_s, sandbox.cpu_ns_metered = (used.cpu_ns - sandbox.cpu_ns_metered) / 1e9, used.cpu_ns
-            peak = used.memory_peak_bytes
-        now = self._clock.now()
-        activity = sandbox.meter.take(now)
+        if used is not None:
+            cpu_s, peak = cpu_since(used.cpu_ns, sandbox.cpu_ns_metered), used.memory_peak_bytes
+            if advance:
+                sandbox.cpu_ns_metered = used.cpu_ns
+        activity = sandbox.meter.take(now) if advance else sandbox.meter.peek(now)
         owner = Owner(sandbox.tenant, "sandbox", sandbox_id=sandbox.id)
         resources = Resources(sandbox.request.cpu, sandbox.request.memory_mb << 20)
-        self._ledger.add([usage_row(owner, now - activity.wall_s, now, activity, resources, cpu_s, peak)])
+        return usage_row(owner, now - activity.wall_s, now, activity, resources, cpu_s, peak)
 
     # -- code contexts ---------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import logging
 import secrets
 import shutil
 import socket
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,19 @@ from agentcell.server.meta.records import InstanceRecord, SessionRecord, UsageRe
 from agentcell.server.meta.store import MetaStore
 from agentcell.server.observability.logs import bind as bind_log_ids
 from agentcell.server.observability.telemetry import NullTelemetry, Telemetry
-from agentcell.server.sandbox.driver import SandboxDriver
+from agentcell.server.sandbox.driver import ResourceUsage, SandboxDriver
 from agentcell.server.scheduler.code import unpack_code
 from agentcell.server.scheduler.functions import FunctionState, FunctionVersion
 from agentcell.server.scheduler.instances import Instance, InstanceFailed, new_instance_id
 from agentcell.server.scheduler.lifecycle import InstanceManager
-from agentcell.server.scheduler.metering import Resources, UsageLedger, instance_rows
+from agentcell.server.scheduler.metering import (
+    LiveUsage,
+    Metered,
+    Resources,
+    UsageLedger,
+    cpu_since,
+    instance_rows,
+)
 from agentcell.server.scheduler.placement import find_room, free_instance, idle_instances, needs_instance
 from agentcell.server.scheduler.session_workspaces import SessionWorkspaces
 from agentcell.server.scheduler.sessions import SESSION_KEY, Session, SessionEnded, new_session_id
@@ -91,7 +98,9 @@ class Scheduler:
         templates: TemplateService | None = None,
         telemetry: Telemetry | None = None,
         quotas: QuotaGuard | None = None,
+        ledger: UsageLedger | None = None,
     ) -> None:
+        """`ledger`: the one the sandbox service writes too (a usage read sees both's queued rows)."""
         self._store = store
         self._telemetry = telemetry or NullTelemetry()
         self._keeper = workspaces
@@ -118,7 +127,7 @@ class Scheduler:
         self._tasks: asyncio.TaskGroup | None = None
         self._accepting = False
         self._warm_wanted = asyncio.Event()
-        self._ledger = UsageLedger(store)
+        self._ledger = ledger or UsageLedger(store)
         self._metered_at = clock.now()
 
     # -- background --------------------------------------------------------------------------------
@@ -893,11 +902,44 @@ class Scheduler:
         self._ledger.add(await self._keeper.storage_usage(now))
         return await self._ledger.write()
 
-    async def usage(self, tenant: str | None, since: float, until: float) -> list[UsageRecord]:
-        """The ledger's rows of `tenant` (None: all) that started in [since, until), after
-        metering what runs now."""
-        await self.meter_once(self._clock.now())
-        return await self._ledger.read(tenant, since, until)
+    async def usage(
+        self, tenant: str | None, since: float, until: float, others: Sequence[Metered] = ()
+    ) -> list[UsageRecord]:
+        """The usage rows of `tenant` (None: all) that started in [since, until), up to now:
+        the ledger's, plus what live instances (and `others`: the sandbox service, on the same
+        ledger) hold that the next `meter_once` would write. Meters nothing, writes nothing."""
+        live = [await self.live_usage(), *[await other.live_usage() for other in others]]
+        return await self._ledger.read(tenant, since, until, live)
+
+    async def live_usage(self) -> LiveUsage:
+        """The rows `meter_once` would write now, made when called, without taking a meter:
+        CPU from each ready instance's cgroup counter read here, stored bytes read here."""
+        counters: dict[str, ResourceUsage] = {}
+        for _, instance in self._ready_instances():
+            with contextlib.suppress(AgentcellError):  # gone meanwhile: no CPU, its time still counts
+                counters[instance.id] = await self._manager.usage(instance)
+        stored = await self._store.workspaces(None)
+
+        def rows() -> list[UsageRecord]:
+            made = [
+                r for fn, i in self._ready_instances() for r in self._unmetered(fn, i, counters.get(i.id))
+            ]
+            return made + self._keeper.storage_since_metered(stored, self._clock.now())
+
+        return rows
+
+    def _ready_instances(self) -> list[tuple[FunctionState, Instance]]:
+        return [(fn, i) for fn in list(self._functions.values()) for i in fn.instances.values() if i.is_ready]
+
+    def _unmetered(
+        self, fn: FunctionState, instance: Instance, used: ResourceUsage | None
+    ) -> list[UsageRecord]:
+        """The rows `_meter` would queue for a ready instance now, no meter taken; `used`: its
+        cgroup's counters read a moment ago (None: unreadable, no CPU)."""
+        cpu_s = cpu_since(used.cpu_ns, instance.cpu_ns_metered) if used else 0.0
+        peak = used.memory_peak_bytes if used else 0
+        sessions = self._sessions_on(instance)
+        return self._instance_usage(fn, instance, sessions, cpu_s, peak, advance=False)
 
     async def _meter(
         self,
@@ -930,12 +972,20 @@ class Scheduler:
         return [self._sessions[i] for i in instance.sessions if i in self._sessions]
 
     def _instance_usage(
-        self, fn: FunctionState, instance: Instance, sessions: list[Session], cpu_s: float, peak: int = 0
+        self,
+        fn: FunctionState,
+        instance: Instance,
+        sessions: list[Session],
+        cpu_s: float,
+        peak: int = 0,
+        *,
+        advance: bool = True,
     ) -> list[UsageRecord]:
         config = fn.versions.get(instance.version, fn.latest).config
         resources = Resources(config.cpu, config.memory_mb << 20)
         tenant, name = split(fn.name)
-        return instance_rows(tenant, name, instance, sessions, resources, (cpu_s, peak), self._clock.now())
+        now = self._clock.now()
+        return instance_rows(tenant, name, instance, sessions, resources, (cpu_s, peak), now, advance=advance)
 
     # -- periodic work -------------------------------------------------------------------------------
 

@@ -350,12 +350,20 @@ class WorkspaceKeeper:
 
     async def storage_usage(self, now: float) -> list[UsageRecord]:
         """Stored bytes times time of every workspace since the last call (none at the first)."""
-        last, self._storage_metered_at = self._storage_metered_at, now
+        stored = await self._store.workspaces(None) if self._storage_metered_at is not None else []
+        rows = self.storage_since_metered(stored, now)
+        self._storage_metered_at = now
+        return rows
+
+    def storage_since_metered(self, stored: list[WorkspaceRecord], now: float) -> list[UsageRecord]:
+        """The rows `storage_usage(now)` would return for `stored` (read by the caller), nothing
+        advanced: the not-yet-written part of a usage read."""
+        last = self._storage_metered_at
         if last is None:
             return []
         return [
             storage_row(Owner(r.tenant, "storage", r.function, session_key=r.key), last, now, r.stored_bytes)
-            for r in await self._store.workspaces(None)
+            for r in stored
             if r.stored_bytes
         ]
 
