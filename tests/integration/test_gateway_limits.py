@@ -142,7 +142,7 @@ def test_a_slowloris_head_gets_408_after_the_header_timeout(
     sent = 0
     slow.settimeout(0.3)
     status = 0
-    while time.monotonic() - started < 5:
+    while time.monotonic() - started < 10:
         try:
             slow.sendall(b"x-slow-%d: v\r\n" % sent)  # a header every 0.3 s, never the end
             sent += 1
@@ -154,7 +154,7 @@ def test_a_slowloris_head_gets_408_after_the_header_timeout(
     assert status == 408, f"no 408 within {elapsed:.1f} s"
     assert json.loads(body)["code"] == "timeout"
     assert headers["connection"] == "close"
-    assert 0.9 <= elapsed < 3
+    assert 0.9 <= elapsed < 10  # after the head timeout, long before the 75 s keep-alive one
     slow.settimeout(10)
     assert is_closed(slow)
 
@@ -169,7 +169,7 @@ def test_a_method_trickling_in_also_times_out(
     slow.sendall(b"GE")
     status, _, _ = read_response(slow)
     assert status == 408
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10  # the head timeout, not the 75 s keep-alive one
 
 
 def test_heads_complete_in_time_are_served_and_keep_alive_idling_is_untouched(
