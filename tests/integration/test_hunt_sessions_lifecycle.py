@@ -43,3 +43,29 @@ def test_a_deploy_during_a_delete_is_refused_then_works(api: httpx.Client, serve
     whoami = api.get(f"/fn/{fn}/whoami", headers={KEY: "b"})
     assert whoami.status_code == 200 and whoami.json()["version"] == "1"
     assert api.delete(f"/v1/functions/{fn}").status_code == 204
+
+
+def _slow_request(url: str, fn: str, out: dict[str, httpx.Response]) -> None:
+    with httpx.Client(headers=AUTH, base_url=url, timeout=60) as api:
+        out["reply"] = api.get(f"/fn/{fn}/slow", params={"s": 5}, headers={KEY: "inflight"})
+
+
+def test_a_request_cut_by_its_session_s_end_says_so(api: httpx.Client, server_url: str) -> None:
+    """A request in flight when its session is deleted gets a 502 that says the session ended and
+    the instance was stopped (it said the instance had failed, and marked it failed)."""
+    fn = "cut-" + uuid.uuid4().hex[:6]
+    assert deploy(api, fn, {"cmd": "python3 app.py"}).status_code == 200
+    assert api.get(f"/fn/{fn}/slow", params={"s": 0}, headers={KEY: "inflight"}).status_code == 200
+    session = api.get(f"/v1/functions/{fn}/sessions").json()["sessions"][0]["id"]
+    out: dict[str, httpx.Response] = {}
+    waiting = threading.Thread(target=_slow_request, args=(server_url, fn, out))
+    waiting.start()
+    time.sleep(0.5)
+    assert api.delete(f"/v1/sessions/{session}").status_code == 204
+    waiting.join()
+    reply = out["reply"]
+    assert reply.status_code == 502, reply.text
+    message = reply.json()["message"]
+    assert f"its session {session} ended" in message and "stopped while this request" in message, message
+    assert "failed" not in message, message
+    api.delete(f"/v1/functions/{fn}")

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from agentcell.errors import AgentcellError
+from agentcell.errors import AgentcellError, NotFound
 from agentcell.protocol.common import STATUS_BY_CODE
 from agentcell.protocol.functions import Affinity
 from agentcell.server.auth.access import RequestAuth
@@ -242,7 +242,11 @@ class GatewayRouter:
     async def _connect(self, lease: Lease) -> socket.socket:
         try:
             return await self._scheduler.connect(lease)
-        except (ConnectionRefusedError, ConnectionResetError) as exc:
+        except (ConnectionRefusedError, ConnectionResetError, NotFound) as exc:
+            if not lease.instance.is_live:  # stopped on purpose while the request was on its way
+                raise UpstreamGone(_stopped_under(lease)) from exc
+            if isinstance(exc, NotFound):
+                raise
             self._scheduler.instance_unreachable(lease, str(exc))
             ended = f"; its session {lease.session.id} ended" if lease.session is not None else ""
             raise UpstreamGone(
@@ -275,3 +279,19 @@ class GatewayRouter:
             self._scheduler.end_mcp_session(lease)  # a legacy SSE session lives as long as its stream
         else:
             self._scheduler.release_unnamed(lease)
+
+
+def _stopped_under(lease: Lease) -> str:
+    """The 502 for a request whose instance was stopped while it was on its way (its session was
+    ended, idled out or its function deleted), rather than one that failed."""
+    session = lease.session
+    why = (
+        f"its session {session.id} ended"
+        if session is not None and (session.has_ended or session.is_closing)
+        else "it was stopped"
+    )
+    return (
+        f"instance {lease.instance.id} stopped while this request was on its way: {why} "
+        "(deleted, idled out, or its function deleted or redeployed). Send the request again: "
+        "it starts a new session."
+    )
