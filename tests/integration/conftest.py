@@ -43,6 +43,18 @@ def api(server_url: str) -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.fixture
+def rest_sandbox(api: httpx.Client) -> Iterator[str]:
+    """A sandbox made through the REST API for one test (its id), killed afterwards."""
+    reply = api.post("/v1/sandboxes", json={"timeout_s": 120})
+    assert reply.status_code == 201, reply.text
+    sid: str = reply.json()["id"]
+    try:
+        yield sid
+    finally:
+        api.delete(f"/v1/sandboxes/{sid}")
+
+
 @contextlib.contextmanager
 def e2b_variables(url: str, api_key: str = TEST_API_KEY) -> Iterator[str]:
     """The variables an E2B user sets (docs/e2b.md); E2B_CONNECTION_RETRIES=0 makes failures fast."""

@@ -55,6 +55,14 @@ def is_closed(sock: socket.socket) -> bool:
         return True
 
 
+def head_timeout_connection(server_factory: ServerFactory, sockets: list[socket.socket]) -> socket.socket:
+    """A connection to a new server whose request heads time out after 1 s (closed by `sockets`)."""
+    server = server_factory(driver="fake", env={"AGENTCELL_HEADER_TIMEOUT_S": "1"})
+    sock = connect(server)
+    sockets.append(sock)
+    return sock
+
+
 def health(sock: socket.socket) -> int:
     sock.sendall(HEALTH)
     return read_response(sock)[0]
@@ -134,9 +142,7 @@ def test_per_address_cap_of_zero_is_off(server_factory: ServerFactory, sockets: 
 def test_a_slowloris_head_gets_408_after_the_header_timeout(
     server_factory: ServerFactory, sockets: list[socket.socket]
 ) -> None:
-    server = server_factory(driver="fake", env={"AGENTCELL_HEADER_TIMEOUT_S": "1"})
-    slow = connect(server)
-    sockets.append(slow)
+    slow = head_timeout_connection(server_factory, sockets)
     started = time.monotonic()
     slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
     sent = 0
@@ -162,9 +168,7 @@ def test_a_slowloris_head_gets_408_after_the_header_timeout(
 def test_a_method_trickling_in_also_times_out(
     server_factory: ServerFactory, sockets: list[socket.socket]
 ) -> None:
-    server = server_factory(driver="fake", env={"AGENTCELL_HEADER_TIMEOUT_S": "1"})
-    slow = connect(server)
-    sockets.append(slow)
+    slow = head_timeout_connection(server_factory, sockets)
     started = time.monotonic()
     slow.sendall(b"GE")
     status, _, _ = read_response(slow)
@@ -175,9 +179,7 @@ def test_a_method_trickling_in_also_times_out(
 def test_heads_complete_in_time_are_served_and_keep_alive_idling_is_untouched(
     server_factory: ServerFactory, sockets: list[socket.socket]
 ) -> None:
-    server = server_factory(driver="fake", env={"AGENTCELL_HEADER_TIMEOUT_S": "1"})
-    sock = connect(server)
-    sockets.append(sock)
+    sock = head_timeout_connection(server_factory, sockets)
     for _ in range(2):
         # idle longer than the head timeout (a keep-alive wait, no head begun): still open
         time.sleep(1.5)
@@ -191,9 +193,7 @@ def test_heads_complete_in_time_are_served_and_keep_alive_idling_is_untouched(
 def test_a_head_unfinished_behind_a_request_gets_its_time_once_that_is_answered(
     server_factory: ServerFactory, sockets: list[socket.socket]
 ) -> None:
-    server = server_factory(driver="fake", env={"AGENTCELL_HEADER_TIMEOUT_S": "1"})
-    sock = connect(server)
-    sockets.append(sock)
+    sock = head_timeout_connection(server_factory, sockets)
     sock.sendall(HEALTH + b"GET /healthz HTTP/1.1\r\nHo")  # a request, then half of the next
     assert read_response(sock)[0] == 200
     answered = time.monotonic()

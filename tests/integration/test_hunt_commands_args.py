@@ -5,24 +5,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import AUTH
-
 
 @pytest.fixture
-def commands(server_url: str) -> Iterator[tuple[httpx.Client, str]]:
-    with httpx.Client(headers=AUTH, base_url=server_url, timeout=60) as api:
-        reply = api.post("/v1/sandboxes", json={"timeout_s": 120})
-        assert reply.status_code == 201, reply.text
-        sid = reply.json()["id"]
-        try:
-            yield api, f"/v1/sandboxes/{sid}/commands"
-        finally:
-            api.delete(f"/v1/sandboxes/{sid}")
+def commands(api: httpx.Client, rest_sandbox: str) -> tuple[httpx.Client, str]:
+    return api, f"/v1/sandboxes/{rest_sandbox}/commands"
 
 
 @pytest.mark.parametrize(

@@ -6,32 +6,19 @@ sandboxes; the trees are made by commands in them."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import AUTH
-
 
 @pytest.fixture
-def api(server_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(headers=AUTH, base_url=server_url, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture
-def sandbox(api: httpx.Client) -> Iterator[str]:
-    reply = api.post("/v1/sandboxes", json={"timeout_s": 120})
-    assert reply.status_code == 201, reply.text
-    sid: str = reply.json()["id"]
+def sandbox(api: httpx.Client, rest_sandbox: str) -> str:
     reply = api.post(
-        f"/v1/sandboxes/{sid}/commands",
+        f"/v1/sandboxes/{rest_sandbox}/commands",
         json={"cmd": "cd /tmp && mkfifo fifo && touch file && mkdir ro && touch ro/f && chmod 500 ro"},
     )
     assert json.loads(reply.text.splitlines()[-1])["exit_code"] == 0, reply.text
-    yield sid
-    api.delete(f"/v1/sandboxes/{sid}")
+    return rest_sandbox
 
 
 def error(reply: httpx.Response, status: int) -> str:

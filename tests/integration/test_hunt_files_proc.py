@@ -6,24 +6,14 @@ file failed with a 500 (EIO)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import AUTH
-
 
 @pytest.fixture
-def sandbox(server_url: str) -> Iterator[tuple[httpx.Client, str]]:
-    with httpx.Client(headers=AUTH, base_url=server_url, timeout=60) as api:
-        reply = api.post("/v1/sandboxes", json={"timeout_s": 120})
-        assert reply.status_code == 201, reply.text
-        sid = reply.json()["id"]
-        try:
-            yield api, sid
-        finally:
-            api.delete(f"/v1/sandboxes/{sid}")
+def sandbox(api: httpx.Client, rest_sandbox: str) -> tuple[httpx.Client, str]:
+    return api, rest_sandbox
 
 
 def refused(api: httpx.Client, sandbox: str, path: str, endpoint: str = "") -> str:
