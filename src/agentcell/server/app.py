@@ -18,6 +18,7 @@ from agentcell.server.api import tenants as tenants_api
 from agentcell.server.api import workspaces as workspaces_api
 from agentcell.server.api.auth import AuthMiddleware, audited_actor
 from agentcell.server.api.errors import RequestIdMiddleware, install_error_handlers
+from agentcell.server.api.lean import install_lean_routes
 from agentcell.server.api.limits import BodyLimitMiddleware
 from agentcell.server.api.mcp import build_mcp_server, mcp_routes
 from agentcell.server.api.observability import FASTAPI_TELEMETRY_OFF, install_observability
@@ -313,6 +314,7 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    install_lean_routes(app, [module.router for module in routers])
     app.add_middleware(AuthMiddleware, auth=request_auth)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_body_bytes)
     install_observability(app, telemetry, audit, metrics_enabled=settings.metrics, actor_of=audited_actor)

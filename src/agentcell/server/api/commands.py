@@ -18,6 +18,7 @@ from agentcell.protocol.commands import (
     StdinWrite,
 )
 from agentcell.server.api.deps import Sandboxes
+from agentcell.server.api.lean import lean
 from agentcell.server.api.streaming import StreamingResponse
 from agentcell.server.scheduler.processes import Event
 from agentcell.server.scheduler.terminals import TerminalService
@@ -47,6 +48,7 @@ async def ndjson(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
         201: {"model": ProcessInfo},
     },
 )
+@lean
 async def run_command(
     sandbox_id: str, body: CommandRequest, sandboxes: Sandboxes, terminals: Terminals
 ) -> Response:
@@ -72,12 +74,14 @@ async def follow_process(sandbox_id: str, process_id: str, sandboxes: Sandboxes)
 
 
 @router.post("/processes/{process_id}/stdin", status_code=204)
+@lean
 async def write_stdin(sandbox_id: str, process_id: str, body: StdinWrite, sandboxes: Sandboxes) -> Response:
     await sandboxes.process(sandbox_id, process_id).write_stdin(body.data.encode(), body.close)
     return Response(status_code=204)
 
 
 @router.post("/processes/{process_id}/signal", status_code=204)
+@lean
 async def signal_process(
     sandbox_id: str, process_id: str, body: SignalRequest, sandboxes: Sandboxes
 ) -> Response:

@@ -16,6 +16,7 @@ from agentcell.protocol.sandboxes import (
     SandboxTimeout,
 )
 from agentcell.server.api.deps import Pauses, Sandboxes
+from agentcell.server.api.lean import lean
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 SandboxId = Annotated[str, "sandbox id"]
@@ -32,6 +33,7 @@ def parse_metadata_filter(pairs: list[str]) -> dict[str, str]:
 
 
 @router.post("", status_code=201)
+@lean
 async def create_sandbox(body: SandboxCreate, sandboxes: Sandboxes) -> SandboxInfo:
     return (await sandboxes.create(body)).info()
 
@@ -47,11 +49,13 @@ async def list_sandboxes(
 
 
 @router.get("/{sandbox_id}")
+@lean
 async def get_sandbox(sandbox_id: str, pauses: Pauses) -> SandboxInfo:
     return pauses.get(sandbox_id).info()
 
 
 @router.post("/{sandbox_id}/timeout")
+@lean
 async def set_sandbox_timeout(
     sandbox_id: str, body: SandboxTimeout, sandboxes: Sandboxes, pauses: Pauses
 ) -> SandboxInfo:
@@ -73,6 +77,7 @@ async def resume_sandbox(sandbox_id: str, pauses: Pauses, body: SandboxResume | 
 
 
 @router.delete("/{sandbox_id}", status_code=204)
+@lean
 async def kill_sandbox(sandbox_id: str, pauses: Pauses) -> Response:
     """End a running sandbox, or delete a paused one with its saved files."""
     await pauses.kill(sandbox_id)

@@ -13,6 +13,7 @@ from agentcell.protocol.sessions import SessionCreate, SessionInfo, SessionList,
 from agentcell.protocol.workspaces import SnapshotInfo
 from agentcell.server.api.deps import Scheduler
 from agentcell.server.api.errors import describe_validation
+from agentcell.server.api.lean import lean
 from agentcell.server.api.sandboxes import parse_metadata_filter
 from agentcell.server.api.tenancy import function_name, is_mine, shown_session
 from agentcell.server.api.workspaces import snapshot_reply
@@ -54,6 +55,7 @@ async def parse_session_create(request: Request) -> SessionCreate:
 
 
 @router.post("/v1/functions/{name}/sessions", status_code=201, openapi_extra=SESSION_CREATE_BODY)
+@lean
 async def create_session(name: str, request: Request, scheduler: Scheduler) -> SessionInfo:
     body = await parse_session_create(request)
     return shown_session((await scheduler.create_session(function_name(name), body)).info())
@@ -94,6 +96,7 @@ async def list_sessions(
 
 
 @router.get("/v1/sessions/{session_id}")
+@lean
 async def get_session(session_id: str, scheduler: Scheduler) -> SessionInfo:
     return shown_session(await scheduler.session_info(session_id))
 
@@ -105,6 +108,7 @@ def _own_live(scheduler: FunctionScheduler, session_id: str) -> str:
 
 
 @router.patch("/v1/sessions/{session_id}")
+@lean
 async def update_session(session_id: str, body: SessionUpdate, scheduler: Scheduler) -> SessionInfo:
     session = await scheduler.update_session(_own_live(scheduler, session_id), body)
     return shown_session(session.info())
@@ -117,6 +121,7 @@ async def snapshot_session(session_id: str, scheduler: Scheduler) -> SnapshotInf
 
 
 @router.delete("/v1/sessions/{session_id}", status_code=204)
+@lean
 async def delete_session(session_id: str, scheduler: Scheduler) -> Response:
     await scheduler.delete_session(_own_live(scheduler, session_id))
     return Response(status_code=204)
