@@ -77,8 +77,8 @@ async def test_cwd(linux_driver: LinuxDriver, sandbox: str) -> None:
     assert (await run(linux_driver, sandbox, ["pwd"], cwd="/tmp")).stdout == "/tmp\n"
     await run(linux_driver, sandbox, ["mkdir", "project"])
     assert (await run(linux_driver, sandbox, ["pwd"], cwd="project")).stdout == "/home/user/project\n"
-    missing = await run(linux_driver, sandbox, ["pwd"], cwd="/nope")
-    assert missing.code == 127 and "/nope" in missing.stderr
+    with pytest.raises(InvalidArgument, match=f"cwd /nope does not exist in sandbox {sandbox}"):
+        await run(linux_driver, sandbox, ["pwd"], cwd="/nope")  # the start fails: it never ran
 
 
 async def test_env_layers(linux_driver: LinuxDriver) -> None:

@@ -44,6 +44,8 @@ class CommandRequest(WireModel):
     def _one_of_cmd_or_argv(self) -> CommandRequest:
         if (self.cmd is None) == (self.argv is None):
             raise ValueError("give exactly one of 'cmd' (a shell command line) or 'argv' (a list)")
+        if self.argv is not None and not self.argv[0]:
+            raise ValueError("argv[0] must name the program to run, got an empty string")
         return self
 
     def full_argv(self) -> list[str]:

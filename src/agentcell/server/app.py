@@ -38,6 +38,7 @@ from agentcell.server.meta.store import MetaStore
 from agentcell.server.observability.audit import AuditLog
 from agentcell.server.observability.telemetry import Telemetry, build_telemetry
 from agentcell.server.sandbox.driver import SandboxDriver
+from agentcell.server.scheduler.command_budget import CommandBudget, server_command_limit_of
 from agentcell.server.scheduler.metering import UsageLedger
 from agentcell.server.scheduler.processes import CommandLimits
 from agentcell.server.scheduler.sandbox_metrics import SandboxMetrics
@@ -187,7 +188,11 @@ def create_app(
         telemetry=telemetry,
         quotas=quotas,
         pool=pool,
-        command_limits=CommandLimits(settings.sandbox_max_commands, settings.sandbox_max_stdin_bytes),
+        command_limits=CommandLimits(
+            settings.sandbox_max_commands,
+            settings.sandbox_max_stdin_bytes,
+            server=CommandBudget(server_command_limit_of(settings)),
+        ),
     )
     pauses = SandboxPauses(
         sandbox_service,

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import resource
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from agentcell.server.gateway.router import GatewayRouter
 from agentcell.server.gateway.server import GatewayServer
 from agentcell.server.observability.access_log import AccessLog
 from agentcell.server.observability.logs import setup_logging
+from agentcell.server.scheduler.command_budget import MIN_COMMANDS, server_command_limit_of
 from agentcell.server.scheduler.sandboxes import SandboxService
 from agentcell.server.settings import Settings
 
@@ -114,7 +117,60 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+OPEN_FILES_WANTED = 1 << 20
+"""the open-file limit a root server sets itself (bounded by fs.nr_open): every running command
+and client connection holds some of the server's descriptors (see scheduler/command_budget.py)"""
+NR_OPEN_PATH = "/proc/sys/fs/nr_open"
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one and, as root, both to OPEN_FILES_WANTED
+    (bounded by fs.nr_open; a root without CAP_SYS_RESOURCE, as in some containers, keeps its hard
+    limit); the soft limit now in force. Sandboxed processes never inherit it: the helper sets
+    their own (helper.c, SANDBOX_NOFILE_*). The budgets derived from it (connections, commands)
+    are computed after this."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if os.geteuid() == 0 and hard != resource.RLIM_INFINITY and hard < OPEN_FILES_WANTED:
+        wanted = min(OPEN_FILES_WANTED, _nr_open())
+        with contextlib.suppress(ValueError, OSError):  # no CAP_SYS_RESOURCE (some containers)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(wanted, hard)))
+            return wanted
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _nr_open() -> int:
+    try:
+        with open(NR_OPEN_PATH) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return OPEN_FILES_WANTED
+
+
+def log_open_file_budget(settings: Settings, open_files: int) -> None:
+    commands = server_command_limit_of(settings)
+    log.info(
+        "agentcell open-file limit %d: %d client connections, %d commands at once in all sandboxes",
+        open_files,
+        settings.connection_limit(),
+        commands,
+    )
+    if not settings.max_commands and commands == MIN_COMMANDS:
+        log.warning(
+            "the open-file limit (%d) leaves room for fewer than %d commands at once besides %d "
+            "connections and %d sandboxes: raise the server's hard limit (LimitNOFILE=, ulimit -Hn) or "
+            "lower AGENTCELL_MAX_CONNECTIONS / AGENTCELL_MAX_SANDBOXES",
+            open_files,
+            MIN_COMMANDS,
+            settings.connection_limit(),
+            settings.max_sandboxes,
+        )
+
+
 async def run(settings: Settings, access: AccessLog) -> None:
+    log_open_file_budget(settings, raise_open_file_limit())
     app = create_app(settings)
     run_dir = settings.state_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     max_connections_per_client: int = Field(
         default=1000, ge=0, description="client connections open at once from one address (0: no limit)"
     )
+    max_commands: int = Field(
+        default=0,
+        ge=0,
+        description="commands (and terminals) running at once in all sandboxes together, past which a "
+        "start gets 503 (0: what the server's open-file limit leaves after connections and sandboxes)",
+    )
     max_json_body_bytes: int = Field(default=32 << 20, ge=1024, description="largest JSON request body")
     max_template_builds: int = Field(default=2, ge=1, description="template builds running at once")
     max_template_mb: int = Field(default=8192, ge=1, description="largest template layer on disk, in MiB")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from agentcell.errors import AgentcellError, Conflict, InvalidArgument, NotFound, NotRunning, QuotaExceeded
 from agentcell.protocol.commands import EndEvent, OutputEvent, ProcessInfo, StartEvent
 from agentcell.server.sandbox.driver import ExitStatus, SandboxProcess, TerminalSize
+from agentcell.server.scheduler.command_budget import CommandBudget
 from agentcell.server.scheduler.stdin_budget import StdinBudget
 
 log = logging.getLogger(__name__)
@@ -50,14 +51,17 @@ DEFAULT_MAX_STDIN_BYTES = 64 << 20
 @dataclass(frozen=True, slots=True)
 class CommandLimits:
     """What one sandbox's commands may hold in the server (settings: AGENTCELL_SANDBOX_MAX_COMMANDS,
-    AGENTCELL_SANDBOX_MAX_STDIN_BYTES). Each command costs the server file descriptors and an output
-    buffer; every tenant's sandboxes share the server's descriptors and memory."""
+    AGENTCELL_SANDBOX_MAX_STDIN_BYTES), and the budget every sandbox's commands share (`server`,
+    AGENTCELL_MAX_COMMANDS; None: no server-wide cap). Each command costs the server file
+    descriptors and an output buffer; every tenant's sandboxes share the server's descriptors and
+    memory."""
 
     max_commands: int = DEFAULT_MAX_COMMANDS
     max_stdin_bytes: int = DEFAULT_MAX_STDIN_BYTES
+    server: CommandBudget | None = None
 
     def table(self) -> ProcessTable:
-        return ProcessTable(self.max_commands, self.max_stdin_bytes)
+        return ProcessTable(self.max_commands, self.max_stdin_bytes, server=self.server)
 
 
 def new_process_id() -> str:
@@ -170,6 +174,8 @@ class ManagedProcess:
         self._stdin_backlog: asyncio.Task[None] | None = None
         self.stdin_budget: StdinBudget | None = None
         """the sandbox's, set by ProcessTable.add: every write takes its size from it until read"""
+        self.server_budget: CommandBudget | None = None
+        """the server's, set by ProcessTable.add: this process holds one slot of it until it ends"""
 
     @property
     def output_bytes(self) -> int:
@@ -213,9 +219,15 @@ class ManagedProcess:
                 if task is not None:
                     task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
+            self._free_server_slot()  # its pipes and pidfd are closed by now
             if self._on_exit is not None:
                 self._on_exit()
         await self._finish(status, timed_out)
+
+    def _free_server_slot(self) -> None:
+        budget, self.server_budget = self.server_budget, None
+        if budget is not None:
+            budget.give()
 
     async def _feed(self, data: bytes) -> None:
         with contextlib.suppress(NotRunning):
@@ -394,6 +406,7 @@ class ManagedProcess:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._free_server_slot()  # (never started: nothing else gives it back)
 
 
 def _error_of(task: asyncio.Future[None]) -> BaseException | None:
@@ -410,15 +423,21 @@ def _error_of(task: asyncio.Future[None]) -> BaseException | None:
 class ProcessTable:
     """The processes of one sandbox, found by process id or in-sandbox pid, and its budgets: at
     most `max_commands` running at once (foreground, background and terminals alike) and
-    `max_stdin_bytes` of stdin queued for them (`stdin`). Of the finished ones, the FINISHED_KEPT
-    most recent stay (with their output, FINISHED_KEPT_BYTES in all at most) for late readers."""
+    `max_stdin_bytes` of stdin queued for them (`stdin`); each running one also holds a slot of the
+    `server` budget that every sandbox shares. Of the finished ones, the FINISHED_KEPT most recent
+    stay (with their output, FINISHED_KEPT_BYTES in all at most) for late readers."""
 
     def __init__(
-        self, max_commands: int = DEFAULT_MAX_COMMANDS, max_stdin_bytes: int = DEFAULT_MAX_STDIN_BYTES
+        self,
+        max_commands: int = DEFAULT_MAX_COMMANDS,
+        max_stdin_bytes: int = DEFAULT_MAX_STDIN_BYTES,
+        *,
+        server: CommandBudget | None = None,
     ) -> None:
         self._by_id: dict[str, ManagedProcess] = {}
         self.max_commands = max_commands
         self.stdin = StdinBudget(max_stdin_bytes)
+        self.server = server
         self._starting = 0
 
     @contextlib.contextmanager
@@ -426,7 +445,9 @@ class ProcessTable:
         """Room for one command about to start, held while it starts: the caller `add`s it
         inside the block. `stdin_bytes` (its initial stdin) are taken from the stdin budget; its
         feed gives them back (ManagedProcess.start), or this block if the start fails. Raises
-        QuotaExceeded when `max_commands` run (or start) already, or the stdin does not fit."""
+        QuotaExceeded when `max_commands` run (or start) already, or the stdin does not fit;
+        Unavailable when the whole server runs its `server` budget of commands. A slot of that
+        budget is held by this block while the command starts, and by the process once `add`ed."""
         busy = self.running_count() + self._starting
         if busy >= self.max_commands:
             raise QuotaExceeded(
@@ -435,7 +456,13 @@ class ProcessTable:
                 "retry: a finished command frees its slot",
                 retry_after_s=1,
             )
-        self.stdin.take_now(stdin_bytes)
+        if self.server is not None:
+            self.server.take()
+        try:
+            self.stdin.take_now(stdin_bytes)
+        except BaseException:
+            self._give_server_slot()
+            raise
         self._starting += 1
         try:
             yield
@@ -444,12 +471,22 @@ class ProcessTable:
             raise
         finally:
             self._starting -= 1
+            self._give_server_slot()
+
+    def _give_server_slot(self) -> None:
+        if self.server is not None:
+            self.server.give()
 
     def running_count(self) -> int:
         return sum(1 for p in self._by_id.values() if p.exit is None)
 
     def add(self, process: ManagedProcess) -> None:
+        """Track a started process; it holds a slot of the server budget until it ends (taken
+        inside `starting`, whose own slot is given back as the block ends, with no await between)."""
         process.stdin_budget = self.stdin
+        if self.server is not None:
+            self.server.take_unchecked()
+            process.server_budget = self.server
         self._by_id[process.process_id] = process
         self._forget_finished()
 

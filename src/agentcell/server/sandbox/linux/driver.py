@@ -298,7 +298,9 @@ class LinuxDriver:
             raise NotRunning(f"sandbox {sandbox_id} is not running (its init has exited)")
         env = {**BASE_ENV, "HOSTNAME": instance.hostname, **instance.env, **spec.env}
         cwd = os.path.join(SANDBOX_HOME, spec.cwd)  # a relative cwd is relative to the home dir
-        process = await start_process(instance.target, spec.argv, cwd, env, spec.terminal)
+        process = await start_process(
+            instance.target, spec.argv, cwd, env, spec.terminal, sandbox_id=sandbox_id
+        )
         instance.processes.add(process)
         return process
 

@@ -21,7 +21,8 @@
  *   exec --pid P --cgroup-procs P... --cwd DIR [--tty 1]   fds: stdin, stdout, stderr, control,
  *                                                         command memfd, the init's pidfd
  *       Runs one command in a running sandbox. Writes "<host pid> <sandbox pid>\n" and later
- *       "exit <code> <signal>\n" (or "error <reason>\n") to the control fd. With --tty, stdin
+ *       "exit <code> <signal>\n" (or "error <reason>\n") to the control fd; "error cwd <errno>"
+ *       if the sandbox user cannot enter DIR (the command never ran). With --tty, stdin
  *       is a terminal (a pty slave of the sandbox's devpts, opened by the node): it becomes the
  *       command's controlling terminal.
  *
@@ -66,6 +67,14 @@
 #define EXIT_SETUP 125     /* the helper failed before the command ran */
 #define EXIT_NOTFOUND 127  /* shell convention: command or directory not found */
 #define EXIT_NOEXEC 126    /* shell convention: found but not executable */
+/* RLIMIT_NOFILE of every process in a sandbox, whatever the server's own (which it raises to
+ * ~1M for its many connections and commands; see server/main.py). The soft limit is the classic
+ * 1024 that Docker (moby#45534), containerd and systemd (>= 240) give too: select() works and a
+ * program that closes every possible fd stays quick. The hard limit is lower than their 524288:
+ * a program may raise its soft limit to it (Go and Java do by themselves), and 65536 is what
+ * servers usually ask for, while every sandbox shares the host's fs.file-max. */
+#define SANDBOX_NOFILE_SOFT 1024
+#define SANDBOX_NOFILE_HARD 65536
 
 #if defined(__x86_64__)
 #define AUDIT_ARCH_SELF AUDIT_ARCH_X86_64
@@ -174,6 +183,9 @@ static void do_mount(const char *src, const char *dst, const char *type, unsigne
     if (mount(src, dst, type, flags, data) < 0) die_errno("mount %s on %s", type ? type : src, dst);
 }
 
+/* The loop (kernels before 5.9) stops at 65536 even when the limit is higher (the server's is
+ * ~1M): the spawner starts with only its socket (Popen closes the rest) and closes what each
+ * request carried, so no fd of a helper process is numbered that high. */
 static void close_range_or_loop(unsigned int lo, unsigned int hi) {
     if (lo > hi || syscall(SYS_close_range, lo, hi, 0) == 0) return;
     struct rlimit rl; /* kernels before 5.9 */
@@ -192,6 +204,18 @@ static void close_other_fds(const int *keep, int nkeep) {
         next = (unsigned int)keep[i] + 1;
     }
     close_range_or_loop(next, ~0U);
+}
+
+/* Before anything of the sandbox runs: its processes never inherit the server's limit. Raising
+ * the hard limit (a server whose own is below it) needs CAP_SYS_RESOURCE, which some container
+ * hosts withhold: then the server's hard limit stays, and the soft one is at most it. */
+static void limit_open_files(void) {
+    struct rlimit rl = {SANDBOX_NOFILE_SOFT, SANDBOX_NOFILE_HARD};
+    if (setrlimit(RLIMIT_NOFILE, &rl) == 0) return;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) die_errno("getrlimit nofile");
+    rl.rlim_cur = rl.rlim_max < SANDBOX_NOFILE_SOFT ? rl.rlim_max : SANDBOX_NOFILE_SOFT;
+    if (rl.rlim_max > SANDBOX_NOFILE_HARD) rl.rlim_max = SANDBOX_NOFILE_HARD;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0) die_errno("setrlimit nofile");
 }
 
 static void join_cgroups(const char *const *paths, int n) {
@@ -674,6 +698,7 @@ __attribute__((noreturn)) static void init_child(const struct spawn_opts *o, int
     for (int fd = 0; fd < 3; fd++) dup2(devnull, fd); /* never hold the caller's pipes open */
     close(devnull);
     close_other_fds(&ready_fd, 1); /* the worker's control fd: an init never execs, so CLOEXEC won't */
+    limit_open_files();
     set_oom_score_adj("-1000"); /* an OOM in the sandbox should kill user code, not PID 1 */
     rename_as_init();
     sigset_t set;
@@ -961,18 +986,53 @@ static void enter_namespaces(pid_t pid, int given_pidfd) {
     }
 }
 
-/* The child's pid as the sandbox sees it, which only the child knows (getpid() there): it
- * writes it to a pipe before anything else. -1 if it died first. */
-static long sandbox_pid(int pid_pipe) {
-    pid_t pid = -1;
+/* The child reports on a pipe, one int at a time: its pid as the sandbox sees it (which only the
+ * child knows: getpid() there), at once; then, confined, the errno of its chdir into the working
+ * directory (0: it is in it, and execs next). 0 if the child died first (the pid: -1). */
+static int read_report(int fd, int *value) {
     ssize_t n;
-    do n = read(pid_pipe, &pid, sizeof pid);
+    do n = read(fd, value, sizeof *value);
     while (n < 0 && errno == EINTR);
-    close(pid_pipe);
-    return n == sizeof pid ? (long)pid : -1;
+    return n == sizeof *value;
 }
 
-__attribute__((noreturn)) static void exec_child(const struct exec_opts *o, const sigset_t *oldmask) {
+/* The file execvp would have run for `name`: `name` itself if it has a slash, else the first
+ * PATH entry holding it (an empty entry is the working directory). 0 if there is none. */
+static int find_program(const char *name, char *out, size_t size) {
+    if (strchr(name, '/')) return snprintf(out, size, "%s", name) < (int)size && access(out, F_OK) == 0;
+    const char *path = getenv("PATH");
+    for (const char *p = path ? path : "/bin:/usr/bin";; p++) {
+        const char *end = strchrnul(p, ':');
+        int dir_len = end > p ? (int)(end - p) : 1;
+        int n = snprintf(out, size, "%.*s/%s", dir_len, end > p ? p : ".", name);
+        if (n < (int)size && access(out, F_OK) == 0) return 1;
+        if (!*end) return 0;
+        p = end;
+    }
+}
+
+/* As a shell says it, on the command's stderr: "name: command not found" (127) when no such
+ * program exists, "path: bad interpreter..." (126) when it exists but its #! interpreter or its
+ * loader does not (execve's ENOENT for both), else "name: <why>" (126). */
+__attribute__((noreturn)) static void exec_failed(const char *name) {
+    int saved = errno, found = 0;
+    char line[600], program[4200];
+    if (saved == ENOENT) found = find_program(name, program, sizeof program);
+    int n;
+    if (saved == ENOENT && !found && !strchr(name, '/'))
+        n = snprintf(line, sizeof line, "%s: command not found\n", name);
+    else if (saved == ENOENT && found)
+        n = snprintf(line, sizeof line, "%s: bad interpreter (its #! line) or loader: %s\n", program,
+                     strerror(saved));
+    else
+        n = snprintf(line, sizeof line, "%s: %s\n", name, strerror(saved));
+    if (n > (int)sizeof line - 1) n = (int)sizeof line - 1;
+    if (n > 0) write_all(2, line, (size_t)n);
+    _exit(saved == ENOENT && !found ? EXIT_NOTFOUND : EXIT_NOEXEC);
+}
+
+__attribute__((noreturn)) static void exec_child(const struct exec_opts *o, const sigset_t *oldmask,
+                                                 int report_fd) {
     err_style = ERR_STDERR;
     err_fd = 2;
     err_code = EXIT_SETUP;
@@ -982,12 +1042,16 @@ __attribute__((noreturn)) static void exec_child(const struct exec_opts *o, cons
     if (o->tty && ioctl(0, TIOCSCTTY, 0) < 0) die_errno("controlling terminal");
     confine();
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); /* after setresuid, which clears it */
-    err_code = EXIT_NOTFOUND;
-    if (chdir(o->cwd) < 0) die_errno("cannot enter working directory %s", o->cwd);
+    /* As the sandbox user: a directory it may not enter is as bad as one that does not exist. The
+     * worker turns a failure into an error the node answers the start request with (400). */
+    int cwd_errno = chdir(o->cwd) < 0 ? errno : 0;
+    write_all(report_fd, (const char *)&cwd_errno, sizeof cwd_errno);
+    close(report_fd);
+    if (cwd_errno) _exit(EXIT_NOTFOUND);
     sigprocmask(SIG_SETMASK, oldmask, NULL);
-    execvpe(o->argv[0], o->argv, o->env);
-    err_code = errno == ENOENT ? EXIT_NOTFOUND : EXIT_NOEXEC;
-    die_errno("%s", o->argv[0]);
+    environ = o->env; /* execvp looks the program up on the command's PATH, as its shell would */
+    execvp(o->argv[0], o->argv);
+    exec_failed(o->argv[0]);
 }
 
 /* The exit line is written before the child is reaped: until then its pid cannot be reused, so a
@@ -1035,6 +1099,7 @@ static int run_exec(int argc, char **argv, const int *fds) {
     int keep[3] = {o.ctl_fd, o.cmd_fd, o.init_pidfd};
     sort3(keep);
     close_other_fds(keep, 3);
+    limit_open_files(); /* inherited by the command */
     parse_exec(argc, argv, &o);
     read_command(&o);
     o.oom_protected = set_oom_score_adj("-1000");
@@ -1055,12 +1120,19 @@ static int run_exec(int argc, char **argv, const int *fds) {
         pid_t self = getpid();
         close(pid_pipe[0]);
         write_all(pid_pipe[1], (const char *)&self, sizeof self);
-        close(pid_pipe[1]);
-        exec_child(&o, &oldmask);
+        exec_child(&o, &oldmask, pid_pipe[1]);
     }
     close(pid_pipe[1]);
+    int pid = -1, cwd_errno = 0;
+    if (!read_report(pid_pipe[0], &pid)) pid = -1;
+    else if (!read_report(pid_pipe[0], &cwd_errno)) cwd_errno = 0; /* its exit status tells why */
+    close(pid_pipe[0]);
+    if (cwd_errno) {
+        waitpid(child, NULL, 0);
+        die("cwd %d", cwd_errno); /* the node knows the path, and words the error */
+    }
     char line[64];
-    int n = snprintf(line, sizeof line, "%d %ld\n", child, sandbox_pid(pid_pipe[0]));
+    int n = snprintf(line, sizeof line, "%d %d\n", child, pid);
     write_all(o.ctl_fd, line, (size_t)n);
     return forward_until_exit(child, &set, o.ctl_fd);
 }

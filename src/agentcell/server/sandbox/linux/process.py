@@ -1,10 +1,11 @@
 """One command running in a sandbox: the node side of an exec worker (see spawner.py).
 
 The spawner forks the worker; the command is the worker's child, inside the sandbox. The worker
-reports on a control pipe: `<host pid> <sandbox pid>` once forked, `exit <code> <signal>` when
-the command ends, or `error <reason>` if it could not start it. The command's stdin, stdout and
-stderr are pipes made here and handed to the worker, or one pseudo-terminal (pty.py) whose
-master stays here; its argv and env travel on a memfd.
+reports on a control pipe: `<host pid> <sandbox pid>` once forked (and in its working directory),
+`exit <code> <signal>` when the command ends, or `error <reason>` if it could not start it
+(`error cwd <errno>`: the sandbox user cannot enter the working directory). The command's stdin,
+stdout and stderr are pipes made here and handed to the worker, or one pseudo-terminal (pty.py)
+whose master stays here; its argv and env travel on a memfd.
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ async def start_process(
     cwd: str,
     env: Mapping[str, str],
     terminal: TerminalSize | None = None,
+    *,
+    sandbox_id: str = "",
 ) -> LinuxProcess:
     """Run argv in the sandbox (on a new terminal of that size, if given); return once it has been
-    forked there."""
+    forked there and has entered `cwd` (InvalidArgument if it cannot: `sandbox_id` names the
+    sandbox in that error)."""
     if not argv:
         raise InvalidArgument("argv must name a command")
     command_fd = _command_memfd(argv, env)
@@ -85,7 +89,7 @@ async def start_process(
     streams: _Streams | None = None
     try:
         streams = await pipes.connect()
-        host_pid, pid = await _read_started(control, worker, target)
+        host_pid, pid = await _read_started(control, worker, target, _Where(cwd, sandbox_id))
     except BaseException:
         control.close()
         worker.kill()
@@ -221,13 +225,43 @@ def _exec_string(encoded: bytes, what: str) -> bytes:
     return encoded
 
 
-async def _read_started(control: ControlPipe, worker: Worker, target: Target) -> tuple[int, int]:
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """Where a command was to start, for the errors that say so."""
+
+    cwd: str
+    sandbox_id: str
+
+    def cwd_error(self, reason: str) -> InvalidArgument | None:
+        """The error for an `error cwd <errno>` reason; None for any other reason."""
+        kind, _, number = reason.partition(" ")
+        if kind != "cwd" or not number.isdigit():
+            return None
+        code = int(number)
+        sandbox = f"sandbox {self.sandbox_id}" if self.sandbox_id else "the sandbox"
+        why, what_to_do = _CWD_ERRORS.get(code, (f"cannot be entered ({os.strerror(code)})", "pick another"))
+        return InvalidArgument(f"cwd {self.cwd} {why} in {sandbox}: {what_to_do}")
+
+
+_CWD_ERRORS = {
+    errno.ENOENT: ("does not exist", "create it first (mkdir -p), or pick another"),
+    errno.ENOTDIR: ("is not a directory", "pick a directory"),
+    errno.EACCES: ("may not be entered by the sandbox's user (uid 1000)", "chmod it, or pick another"),
+}
+"""why the sandbox's user could not enter a working directory, and what to change, by errno"""
+
+
+async def _read_started(
+    control: ControlPipe, worker: Worker, target: Target, where: _Where
+) -> tuple[int, int]:
     line = await control.readline()
     fields = line.split()
     if len(fields) == 2 and all(f.lstrip("-").isdigit() for f in fields):
         return int(fields[0]), int(fields[1])
     returncode = await worker.wait()
     reason = line.removeprefix("error ").strip() or f"the helper exited with {returncode}"
+    if (bad_cwd := where.cwd_error(reason)) is not None:
+        raise bad_cwd
     if "is gone" in reason:
         raise NotRunning(f"the sandbox is not running: {reason}")
     if _is_out_of_processes(reason):

@@ -332,18 +332,19 @@ def _worker_children() -> list[tuple[int, str]]:
     """(pid, state) of this process's children that are helper workers: helper processes in our
     own pid namespace (a sandbox's init, re-parented to this subreaper, lives in its own)."""
     me, our_pidns, found = os.getpid(), os.readlink("/proc/self/ns/pid"), []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as stat_file:
-                stat = stat_file.read()
-        except OSError:
-            continue
-        comm, _, rest = stat[stat.index("(") + 1 :].rpartition(")")
-        state, ppid = rest.split()[:2]
-        if int(ppid) == me and comm.startswith("acell-helper") and _pidns(entry.name) == our_pidns:
-            found.append((int(entry.name), state))
+    with os.scandir("/proc") as entries:  # closed even if a read below fails
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as stat_file:
+                    stat = stat_file.read()
+            except OSError:
+                continue
+            comm, _, rest = stat[stat.index("(") + 1 :].rpartition(")")
+            state, ppid = rest.split()[:2]
+            if int(ppid) == me and comm.startswith("acell-helper") and _pidns(entry.name) == our_pidns:
+                found.append((int(entry.name), state))
     return found
 
 
