@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from agentcell.errors import Conflict, InvalidArgument
 from agentcell.protocol.egress import NetworkPolicy
 from agentcell.protocol.sandboxes import SandboxCreate
+from agentcell.server.api.lean import lean
 from agentcell.server.e2b.errors import NotImplementedE2b
 from agentcell.server.e2b.models import (
     CLIENT_ID,
@@ -119,6 +120,7 @@ def _create_request(body: SandboxCreateE2b) -> SandboxCreate:
 
 @router.post("/sandboxes", status_code=201)
 @router.post("/v2/sandboxes", status_code=201)
+@lean
 async def create_sandbox(request: Request, body: SandboxCreateE2b) -> dict[str, Any]:
     reg = registry(request)
     sandbox = await reg.sandboxes.create(_create_request(body))
@@ -129,6 +131,7 @@ async def create_sandbox(request: Request, body: SandboxCreateE2b) -> dict[str, 
 @router.post("/sandboxes/{sandbox_id}/connect")
 @router.post("/v2/sandboxes/{sandbox_id}/connect")
 @router.post("/sandboxes/{sandbox_id}/resume")
+@lean
 async def connect_sandbox(request: Request, sandbox_id: str, body: ConnectE2b | None = None) -> JSONResponse:
     """A running sandbox answers 200 (its timeout extended when `timeout` is longer than what is
     left); a paused one is resumed (with `timeout`, else its own) and answers 201."""
@@ -156,6 +159,7 @@ def _live(reg: E2bRegistry, sandbox_id: str) -> Sandbox:
 
 
 @router.get("/sandboxes/{sandbox_id}")
+@lean
 async def get_sandbox(request: Request, sandbox_id: str) -> dict[str, Any]:
     reg = registry(request)
     paused = reg.pauses.paused(sandbox_id)
@@ -163,6 +167,7 @@ async def get_sandbox(request: Request, sandbox_id: str) -> dict[str, Any]:
 
 
 @router.delete("/sandboxes/{sandbox_id}", status_code=204)
+@lean
 async def kill_sandbox(request: Request, sandbox_id: str) -> Response:
     """Ends a running sandbox; deletes a paused one with its saved files."""
     await registry(request).pauses.kill(sandbox_id)
@@ -170,6 +175,7 @@ async def kill_sandbox(request: Request, sandbox_id: str) -> Response:
 
 
 @router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
+@lean
 async def set_timeout(request: Request, sandbox_id: str, body: TimeoutE2b) -> Response:
     reg = registry(request)
     reg.sandboxes.set_timeout(_live(reg, sandbox_id).id, body.timeout)
@@ -177,6 +183,7 @@ async def set_timeout(request: Request, sandbox_id: str, body: TimeoutE2b) -> Re
 
 
 @router.post("/sandboxes/{sandbox_id}/refreshes", status_code=204)
+@lean
 async def refresh(request: Request, sandbox_id: str) -> Response:
     """Keep-alive of older SDKs: the sandbox must exist; its deadline is not moved."""
     _live(registry(request), sandbox_id)

@@ -13,6 +13,7 @@ import json
 from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agentcell.server.api.lean import install_lean_routes
 from agentcell.server.api.observability import FASTAPI_TELEMETRY_OFF
 from agentcell.server.auth.principal import acting_as
 from agentcell.server.clock import Clock
@@ -44,6 +45,7 @@ def _part(registry: E2bRegistry, *routers: APIRouter, terminals: TerminalService
     app.state.envd = envd.Services(registry, terminals)
     for router in routers:
         app.include_router(router)
+    install_lean_routes(app, routers)
     return app
 
 
