@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from agentcell.errors import Conflict, PayloadTooLarge
+from agentcell.server.api.archive import archive_entries
 from agentcell.server.sandbox.linux.files import RootedFiles, _open_doomed, _reopen_parent
 
 pytestmark = pytest.mark.system
@@ -128,3 +129,26 @@ async def test_listing_a_huge_directory_stops_at_the_entry_limit(home: Path) -> 
     with pytest.raises(PayloadTooLarge, match="less deep"):
         await files.list("/home/user", depth=2)
     assert len(await RootedFiles(str(home.parent.parent), UID, GID).list("/home/user/big")) == 20001
+
+
+async def test_an_archive_of_a_tree_past_the_listing_limit_says_how_to_get_it(home: Path) -> None:
+    """An archive lists its tree first: past the listing limit the refusal gives an archive's
+    advice (download parts, or tar it inside the sandbox), not a listing's ("list less deep")."""
+    tree = home / "tree" / "deeper"
+    tree.mkdir(parents=True)
+    for i in range(150):
+        (tree / f"f{i}").touch()
+    for path in (home / "tree", tree, *tree.iterdir()):
+        os.chown(path, UID, GID)
+    files = RootedFiles(str(home.parent.parent), UID, GID, max_list_entries=100)
+    root = await files.stat("/home/user/tree")
+    with pytest.raises(PayloadTooLarge) as refused:
+        await archive_entries(files, root)
+    message = refused.value.message
+    assert message.startswith("/home/user/tree holds more entries than one archive may")
+    assert "tar czf" in message and "less deep" not in message
+    smaller = await files.stat("/home/user/tree/deeper")
+    with pytest.raises(PayloadTooLarge):  # 150 entries: still too many, the same advice
+        await archive_entries(files, smaller)
+    (tree / "f0").unlink()
+    assert len(await archive_entries(RootedFiles(str(home.parent.parent), UID, GID), root)) == 151

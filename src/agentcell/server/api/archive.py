@@ -17,7 +17,7 @@ import posixpath
 import tarfile
 from collections.abc import AsyncIterator
 
-from agentcell.errors import NotFound, PermissionDenied
+from agentcell.errors import NotFound, PayloadTooLarge, PermissionDenied
 from agentcell.protocol.files import wire_text
 from agentcell.server.sandbox.driver import FileStat, SandboxFiles
 
@@ -56,7 +56,7 @@ async def archive_entries(files: SandboxFiles, root: FileStat, max_depth: int = 
     """What an archive of `root` holds, listed and checked readable before the answer starts (so a
     tree too large to list, or holding a file the user may not read, is a clean error rather than
     a broken stream)."""
-    entries = [root] + (await files.list(root.path, max_depth) if root.type == "dir" else [])
+    entries = [root] + (await _tree(files, root, max_depth) if root.type == "dir" else [])
     kept: list[FileStat] = []
     for start in range(0, len(entries), PROBES_AT_ONCE):
         batch = entries[start : start + PROBES_AT_ONCE]
@@ -68,6 +68,17 @@ async def archive_entries(files: SandboxFiles, root: FileStat, max_depth: int = 
     if not kept or kept[0] is not root:
         raise NotFound(f"no such file or directory: {wire_text(root.path)}")
     return kept
+
+
+async def _tree(files: SandboxFiles, root: FileStat, max_depth: int) -> list[FileStat]:
+    try:
+        return await files.list(root.path, max_depth)
+    except PayloadTooLarge:  # its advice is a listing's ("list less deep")
+        raise PayloadTooLarge(
+            f"{wire_text(root.path)} holds more entries than one archive may (the listing limit); "
+            "download its subdirectories one by one, or pack it inside the sandbox (a command: "
+            "tar czf /tmp/out.tgz DIR) and download that file"
+        ) from None
 
 
 async def _is_there(files: SandboxFiles, entry: FileStat) -> bool:
