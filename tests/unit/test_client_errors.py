@@ -13,6 +13,7 @@ from agentcell.client import (
     AgentcellClientError,
     AgentcellConnectionError,
     AsyncSandbox,
+    ClientClosedError,
     CommandExitError,
     CommandResult,
     ConflictError,
@@ -167,3 +168,23 @@ def test_command_exit_error_carries_the_result() -> None:
     exc = CommandExitError(result)
     assert exc.result is result and exc.exit_code == 3
     assert "exited with code 3" in str(exc) and "boom" in str(exc)
+
+
+async def test_a_call_after_aclose_says_the_object_was_closed_and_sends_nothing() -> None:
+    """httpx's own error says only "Cannot send a request, as the client has been closed"."""
+    sent: list[httpx.Request] = []
+
+    def sandbox_info(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        info = {"id": "sbx_x", "template": "base", "state": "running", "env_keys": [], "metadata": {}}
+        times = {"created_at": "2026-11-23T00:00:00Z", "expires_at": "2026-11-23T00:05:00Z"}
+        limits = {"cpu": 1.0, "memory_mb": 512, "disk_mb": 1024, "network": {"egress": "none", "allow": []}}
+        return httpx.Response(200, json={**info, **times, **limits})
+
+    sandbox = await AsyncSandbox.connect("sbx_x", transport=httpx.MockTransport(sandbox_info))
+    await sandbox.aclose()
+    with pytest.raises(ClientClosedError, match=r"was closed .* Sandbox\.connect\(sandbox_id\) reattaches"):
+        await sandbox.commands.run("echo hi")
+    with pytest.raises(AgentcellClientError, match="was closed"):
+        await sandbox.files.read("/home/user/x")
+    assert len(sent) == 1

@@ -23,6 +23,7 @@ from agentcell.client.errors import (
     AgentcellAPIError,
     AgentcellConnectionError,
     AuthenticationError,
+    ClientClosedError,
     InvalidArgumentError,
     ProtocolError,
 )
@@ -159,8 +160,15 @@ class ApiClient:
 
     @contextlib.contextmanager
     def translating_errors(self) -> Iterator[None]:
-        """httpx transport failures become AgentcellConnectionError naming the server URL."""
+        """httpx transport failures become AgentcellConnectionError naming the server URL; a call
+        after aclose() is a ClientClosedError (httpx's own says only that the client is closed)."""
         url = self.config.api_url
+        if self._http.is_closed:
+            raise ClientClosedError(
+                "this SDK object was closed (aclose()/close(), or its `with` block ended) and sends "
+                "nothing more; make a new one. A sandbox closed with aclose()/close() still runs "
+                "until killed or its timeout: Sandbox.connect(sandbox_id) reattaches to it"
+            )
         try:
             yield
         except httpx.ConnectError as exc:

@@ -125,6 +125,10 @@ class AgentcellConnectionError(AgentcellClientError, ConnectionError):
         self.url = url
 
 
+class ClientClosedError(AgentcellClientError):
+    """A call on an SDK object after its `aclose()`/`close()` (or its `with` block ended)."""
+
+
 class ProtocolError(AgentcellClientError):
     """An answer did not follow docs/api.md (e.g. a command stream ended without its `end` event)."""
 
