@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agentcell.errors import Internal, Unavailable
+from agentcell.errors import Conflict, Internal, Unavailable
 from agentcell.server.sandbox.driver import ExecSpec, SandboxSpec
 from agentcell.server.sandbox.linux.driver import LinuxDriver
 from tests.system.conftest import CGROUP_ROOT, is_running, make_driver, node_leftovers, run
@@ -170,3 +170,29 @@ async def test_stop_reaps_a_command_whose_helper_was_killed(linux_driver: LinuxD
     assert time.monotonic() - started < 1.5
     assert sandbox_traces(linux_driver, sandbox) == []
     del process
+
+
+async def test_a_start_of_an_id_an_untracked_instance_holds_is_a_conflict(
+    linux_driver: LinuxDriver, prebuilt_helper: Path
+) -> None:
+    """A restarted server that has not adopted or reaped an instance yet knows it only by its
+    cgroups: starting its id again is refused (the spawn worker's cgroup conflict), and the
+    instance keeps running with its files, state record and cgroups."""
+    await linux_driver.start(SandboxSpec(sandbox_id="held"))
+    await run(linux_driver, "held", ["sh", "-c", "echo mine > ~/state"])
+    init = linux_driver.init_pid("held")
+    restarted = make_driver(linux_driver.state_dir, prebuilt_helper)
+    try:
+        with pytest.raises(Conflict):
+            await restarted.start(SandboxSpec(sandbox_id="held"))
+        twice = await asyncio.gather(
+            *(restarted.start(SandboxSpec(sandbox_id="twice")) for _ in range(2)), return_exceptions=True
+        )
+        assert sorted(type(outcome).__name__ for outcome in twice) == ["Conflict", "NoneType"]
+        assert is_running(init)
+        assert (linux_driver.state_dir / "instances" / "held.json").exists()
+        assert await restarted.adopt("held") is True
+        assert (await run(restarted, "held", ["cat", "/home/user/state"])).stdout == "mine\n"
+    finally:
+        await restarted.aclose()
+    assert node_leftovers(restarted) == []
