@@ -287,7 +287,8 @@ class LinuxDriver:
         for sandbox_id in set(host.cgroups.list_ids()) - set(self._instances) - self._released:
             host.cgroups.kill_all(sandbox_id)
             await _wait_until(lambda: host.cgroups.remove(sandbox_id), KILL_TIMEOUT_S)  # noqa: B023
-        for leftover in self._instances_dir().glob(".*.tmp"):
+            self._state_file(sandbox_id).unlink(missing_ok=True)  # its worker made it, empty
+        for leftover in self._instances_dir().glob(".*.tmp"):  # state files of older versions
             leftover.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ using an instance
@@ -463,7 +464,7 @@ class LinuxDriver:
         hostname = _hostname(spec.sandbox_id)
         args = [*cgroups.helper_args(), "--disk-bytes", str(tmpfs_bytes(spec.disk_bytes, spec.memory_bytes))]
         args += ["--etc-skel", str(host.rootfs.etc_skel), "--root-mnt", str(host.rootfs.root_mnt)]
-        args += ["--hostname", hostname, "--state-file", str(self._state_tmp(spec.sandbox_id))]
+        args += ["--hostname", hostname, "--state-file", str(self._state_file(spec.sandbox_id))]
         args += _bind_args(spec.mounts)
         init = await _run_spawn_worker(host.spawner, spec.sandbox_id, args)
         pidfd = os.pidfd_open(init.pid)  # safe: an orphaned init is our child until we reap it
@@ -565,7 +566,6 @@ class LinuxDriver:
         if not await _wait_until(lambda: host.cgroups.remove(sandbox_id), KILL_TIMEOUT_S):
             raise Internal(f"the cgroups of sandbox {sandbox_id} could not be removed")
         self._state_file(sandbox_id).unlink(missing_ok=True)
-        self._state_tmp(sandbox_id).unlink(missing_ok=True)  # a start that failed midway
 
     async def _kill_and_reap(self, host: _Host, sandbox_id: str) -> None:
         strays: dict[int, int] = {}  # pid -> pidfd, for sandbox processes that may be our children
@@ -631,12 +631,13 @@ class LinuxDriver:
     def _state_file(self, sandbox_id: str) -> Path:
         return self._instances_dir() / f"{sandbox_id}.json"
 
-    def _state_tmp(self, sandbox_id: str) -> Path:
-        return self._instances_dir() / f".{sandbox_id}.json.tmp"
-
     def _write_state(self, instance: _Instance, init_start_ticks: int) -> None:
-        """Atomically, mode 0600: the env may hold the user's secrets. (The spawn worker has made
-        the temporary file already: allocating its inode is the slow part on a busy ext4.)"""
+        """Mode 0600: the env may hold the user's secrets. The spawn worker has made the file,
+        empty (allocating an inode is the slow part on a busy ext4, and so is a rename: both
+        take the directory's lock, for which the event loop's thread waited on the workers'
+        creations under a burst). Written in place: a server that dies before the record is
+        whole leaves an instance whose record does not parse, which the next server reaps
+        rather than adopts, as it would one whose start never finished."""
         record = {
             "sandbox_id": instance.sandbox_id,
             "init_pid": instance.init_pid,
@@ -646,12 +647,11 @@ class LinuxDriver:
             "egress": instance.egress.to_record(),
             "disk_bytes": instance.disk_bytes,
         }
-        tmp = self._state_tmp(instance.sandbox_id)
         # No O_TRUNC: the worker's file is empty, and truncating to 0 makes ext4 flush it on close.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(record))  # one write(2), not one per token
-        os.replace(tmp, self._state_file(instance.sandbox_id))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(self._state_file(instance.sandbox_id), flags, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(json.dumps(record).encode())
 
     def _read_state(self, sandbox_id: str) -> dict[str, Any] | None:
         try:
