@@ -163,7 +163,7 @@ class CountingFetcher(Fetcher):
         self.body = body
         self.calls = 0
 
-    async def download(self, url: str, dest: Path, algorithm: str) -> str:
+    async def download(self, url: str, dest: Path, algorithm: str, max_bytes: int = 1 << 62) -> str:
         self.calls += 1
         await asyncio.sleep(0.05)
         dest.write_bytes(self.body)  # noqa: ASYNC240 - a few bytes

@@ -29,7 +29,7 @@ from agentcell.server.clock import Clock, SystemClock
 from agentcell.server.e2b.mount import PREFIX as E2B_PREFIX
 from agentcell.server.e2b.mount import e2b_app
 from agentcell.server.e2b.ports import E2bPorts
-from agentcell.server.egress.node import EgressConfig
+from agentcell.server.egress.node import EgressConfig, ports_of
 from agentcell.server.interpreter.context import InterpreterLimits
 from agentcell.server.interpreter.contexts import Interpreter
 from agentcell.server.meta.history import HistoryRetention
@@ -80,7 +80,9 @@ def build_egress_config(settings: Settings) -> EgressConfig:
         cache_dir=settings.state_dir / "package-cache" if cache else None,
         pip_index_url=settings.host_pip_index_url() if cache else None,
         npm_registry_url=settings.host_npm_registry() if cache else None,
-        protected_ports=(settings.port,) if settings.port else (),
+        # the API, and the backends holding every tenant's data when they run on this host
+        protected_ports=((settings.port,) if settings.port else ())
+        + ports_of(settings.s3_endpoint, settings.otlp_endpoint),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -19,8 +20,14 @@ REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     502: "Bad Gateway",
+    503: "Service Unavailable",
     504: "Gateway Timeout",
 }
+
+
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""never in a request head but as its line ends (CR LF) and in header values (HTAB): a bare LF
+would forge lines in the server's log or smuggle headers past an origin, a NUL cut names short"""
 
 
 class BadRequest(ValueError):
@@ -44,6 +51,8 @@ def parse_request_head(raw: bytes) -> RequestHead:
         text = raw.decode("latin-1")
     except UnicodeDecodeError as e:  # pragma: no cover - latin-1 decodes every byte
         raise BadRequest("undecodable request head") from e
+    if bad := CONTROL.search(text.replace("\r\n", "").replace("\t", "")):
+        raise BadRequest(f"control character {bad.group()!r} in the request head")
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):

@@ -29,7 +29,7 @@ async def serve_mirror(
     try:
         check_allowed(sandbox_id, policy, host, port)
         await route()
-    except EgressDenied as e:
-        await send_text(writer, 403, f"{e} (the {label} fetches from {url})\n")
+    except EgressDenied as e:  # answered and logged by the proxy, like its own denials
+        raise EgressDenied(f"{e} (the {label} fetches from {url})", e.what) from None
     except FetchError as e:
         await send_text(writer, 502, f"agentcell {label}: {e}\n")

@@ -24,8 +24,10 @@ from agentcell.server.egress.cache import Artifact, ArtifactCache, is_key
 from agentcell.server.egress.fetch import Fetcher, FetchError
 from agentcell.server.egress.http import RequestHead, send_bytes, send_file, send_text
 from agentcell.server.egress.mirror import serve_mirror
+from agentcell.server.egress.pagecache import PageCache
 from agentcell.server.egress.policy import EgressPolicy
 from agentcell.server.egress.proxy import deny
+from agentcell.server.egress.slots import PAGES_PER_SANDBOX, HolderSlots
 
 PREFIX = "/npm/"
 PACKAGE = re.compile(r"^/npm/((?:@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*)$")
@@ -43,6 +45,25 @@ def integrity_artifact(url: str, integrity: object) -> Artifact:
             except (binascii.Error, ValueError):
                 break
     return Artifact(url)
+
+
+def rewrite_document(name: str, raw: bytes, local_url: str) -> tuple[bytes, list[Artifact]]:
+    """The document with every version's `dist.tarball` pointed here, and those tarballs."""
+    try:
+        document: Any = json.loads(raw)
+    except ValueError as e:
+        raise FetchError(f"the registry's answer for {name} is not JSON: {e}") from None
+    artifacts = []
+    versions = document.get("versions") if isinstance(document, dict) else None
+    for version in (versions if isinstance(versions, dict) else {}).values():
+        dist = version.get("dist") if isinstance(version, dict) else None
+        if not isinstance(dist, dict) or not isinstance(dist.get("tarball"), str):
+            continue
+        artifact = integrity_artifact(dist["tarball"], dist.get("integrity"))
+        artifacts.append(artifact)
+        filename = urlsplit(artifact.url).path.rpartition("/")[2] or "package.tgz"
+        dist["tarball"] = f"{local_url}/npm/-/files/{artifact.key}/{filename}"
+    return json.dumps(document).encode(), artifacts
 
 
 class NpmMirror:
@@ -63,11 +84,9 @@ class NpmMirror:
         self._port = upstream.port or (443 if upstream.scheme == "https" else 80)
         self._cache = cache
         self._fetcher = fetcher
-        self._clock = clock
         self._local_url = local_url
-        self._ttl_s = page_ttl_s
-        self._documents: dict[str, tuple[float, bytes]] = {}
-        self._artifacts: dict[str, Artifact] = {}
+        self.documents = PageCache(clock, page_ttl_s)
+        self._fetching = HolderSlots(PAGES_PER_SANDBOX)
 
     def env(self, policy: EgressPolicy, local_url: str) -> dict[str, str]:
         if not policy.allows_name(self._host, self._port):
@@ -89,47 +108,33 @@ class NpmMirror:
             cached = await self._tarball(sandbox_id, policy, file.group(1))
             await send_file(writer, head, str(cached), "application/octet-stream")
         elif package := PACKAGE.fullmatch(path):
-            body = await self._document(package.group(1))
+            body = await self._document(sandbox_id, package.group(1))
             await send_bytes(writer, head, body, "application/json")
         else:
             await send_text(writer, 404, f"the npm mirror has nothing at {path[:100]!r}\n")
 
-    async def _document(self, name: str) -> bytes:
-        now = self._clock.now()
-        cached = self._documents.get(name)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        page = await self._fetcher.page(self._registry + name.replace("/", "%2f"), ACCEPT)
-        try:
-            document = json.loads(page.body)
-        except ValueError as e:
-            raise FetchError(f"the registry's answer for {name} is not JSON: {e}") from None
-        body = json.dumps(self._rewrite(document)).encode()
-        self._documents[name] = (now + self._ttl_s, body)
+    async def _document(self, sandbox_id: str, name: str) -> bytes:
+        cached = self.documents.get(name)
+        if cached is not None:
+            return cached
+        async with self._fetching.hold(sandbox_id):  # a few at a time: the page threads are shared
+            page = await self._fetcher.page(self._registry + name.replace("/", "%2f"), ACCEPT)
+            # documents run to tens of MiB: parsed and written again off the loop
+            rewrite = partial(rewrite_document, name, page.body, self._local_url)
+            body, artifacts = await self._fetcher.off_loop(rewrite)
+        self.documents.put(name, body, artifacts)
         return body
-
-    def _rewrite(self, document: Any) -> Any:
-        versions = document.get("versions") if isinstance(document, dict) else None
-        for version in (versions or {}).values():
-            dist = version.get("dist") if isinstance(version, dict) else None
-            if not isinstance(dist, dict) or not isinstance(dist.get("tarball"), str):
-                continue
-            artifact = integrity_artifact(dist["tarball"], dist.get("integrity"))
-            self._artifacts[artifact.key] = artifact
-            filename = urlsplit(artifact.url).path.rpartition("/")[2] or "package.tgz"
-            dist["tarball"] = f"{self._local_url}/npm/-/files/{artifact.key}/{filename}"
-        return document
 
     async def _tarball(self, sandbox_id: str, policy: EgressPolicy, key: str) -> Path:
         cached = self._cache.cached(key)
         if cached is not None:
             self._cache.hits += 1
             return cached
-        artifact = self._artifacts.get(key)
+        artifact = self.documents.artifact(key)
         if artifact is None:
             raise FetchError(f"unknown tarball {key}: ask for its package document first")
         where = urlsplit(artifact.url)
         port = where.port or (443 if where.scheme == "https" else 80)
         if not policy.allows_name(where.hostname or "", port):
             raise deny(sandbox_id, policy, f"{where.hostname}:{port}")
-        return await self._cache.ensure(artifact)
+        return await self._cache.ensure(artifact, sandbox_id)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agentcell.server.clock import Clock, SystemClock
+from agentcell.server.egress.denials import DenialLog
 from agentcell.server.egress.hostaddr import is_host_address
 from agentcell.server.egress.http import (
     MAX_HEAD_BYTES,
@@ -32,7 +33,8 @@ from agentcell.server.egress.http import (
     send_text,
     split_authority,
 )
-from agentcell.server.egress.policy import EgressPolicy, IPAddress, parse_address, reached
+from agentcell.server.egress.policy import EgressPolicy, IPAddress, parse_address
+from agentcell.server.egress.resolver import Resolver
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,12 @@ class LocalService(Protocol):
 
 
 class EgressDenied(Exception):
-    """The policy refuses this destination; the message is what the sandbox is told."""
+    """The policy refuses this destination; the message is what the sandbox is told, `what` the
+    destination the server's log names."""
+
+    def __init__(self, message: str, what: str) -> None:
+        super().__init__(message)
+        self.what = what
 
 
 @dataclass(slots=True)
@@ -63,6 +70,8 @@ class _Proxied:
     policy: EgressPolicy
     server: asyncio.Server | None = None
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    closing: bool = False
 
 
 class EgressProxy:
@@ -74,16 +83,24 @@ class EgressProxy:
         *,
         connect_timeout_s: float = 10.0,
         max_connections: int = 256,
+        max_total_connections: int = 4096,
         protected_ports: Sequence[int] = (),
+        clock: Clock | None = None,
     ) -> None:
-        """`max_connections` per sandbox; `protected_ports`: ports of this host (the server's own
-        API) that no policy but an allowlist naming the address itself may reach at any of this host's
-        own addresses."""
+        """`max_connections` per sandbox, `max_total_connections` for all sandboxes together
+        (each holds up to two of the server's file descriptors, which its API and every other
+        sandbox need too); `protected_ports`: ports of this host (the server's own API) that no
+        policy but an allowlist naming the address itself may reach at any of this host's own
+        addresses."""
         self._services = tuple(services)
         self._connect_timeout_s = connect_timeout_s
         self._max_connections = max_connections
-        self._protected_ports = frozenset(protected_ports)
+        self._max_total = max_total_connections
+        self._total = 0
+        self._protected_ports = set(protected_ports)
         self._sandboxes: dict[str, _Proxied] = {}
+        self._resolver = Resolver()
+        self._denials = DenialLog(clock or SystemClock())
 
     async def serve(self, sandbox_id: str, policy: EgressPolicy, listener: socket.socket) -> None:
         """Start answering on `listener` (a listening socket; the proxy now owns it)."""
@@ -97,17 +114,36 @@ class EgressProxy:
             raise
         self._sandboxes[sandbox_id] = proxied
 
+    def protect(self, ports: Sequence[int]) -> None:
+        """Protect more of this host's ports from now on (a server started on port 0 learns its
+        own only once it listens)."""
+        self._protected_ports.update(ports)
+
+    @property
+    def open_connections(self) -> int:
+        """Proxied connections of all sandboxes now open."""
+        return self._total
+
     def is_serving(self, sandbox_id: str) -> bool:
         return sandbox_id in self._sandboxes
 
     async def close(self, sandbox_id: str) -> None:
         """Stop listening for the sandbox and cut its open connections. Idempotent."""
         proxied = self._sandboxes.pop(sandbox_id, None)
+        self._resolver.forget(sandbox_id)
+        self._denials.forget(sandbox_id)
         if proxied is None or proxied.server is None:
             return
+        proxied.closing = True
         proxied.server.close()
         for writer in list(proxied.writers):
             writer.close()
+        # A connection still resolving, connecting or waiting on a silent upstream would outlive
+        # the sandbox (and hold its upstream socket and a slot of the node's budget) otherwise.
+        for task in list(proxied.tasks):
+            task.cancel()
+        if proxied.tasks:
+            await asyncio.wait(list(proxied.tasks), timeout=1.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(proxied.server.wait_closed(), 1.0)
 
@@ -120,22 +156,41 @@ class EgressProxy:
     async def _handle(
         self, proxied: _Proxied, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        if len(proxied.writers) >= self._max_connections:
-            log.warning(
-                "sandbox %s: more than %d proxied connections", proxied.sandbox_id, self._max_connections
-            )
+        refusal = self._over_limit(proxied)
+        if refusal is not None:
+            log.warning("sandbox %s: egress connection refused: %s", proxied.sandbox_id, refusal)
+            with contextlib.suppress(ConnectionError):
+                await send_text(writer, 503, f"agentcell egress proxy: {refusal}\n")
             writer.close()
             return
+        task = asyncio.current_task()
+        assert task is not None
         proxied.writers.add(writer)
+        proxied.tasks.add(task)
+        self._total += 1
         try:
             await self._serve_connection(proxied, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
+        except asyncio.CancelledError:
+            if not proxied.closing:
+                raise
+            # cut by close(): the task ends here (nothing awaits it, and Python 3.11's
+            # start_server would log a cancelled connection task as an error)
         except Exception:
             log.exception("sandbox %s: egress proxy connection failed", proxied.sandbox_id)
         finally:
+            self._total -= 1
             proxied.writers.discard(writer)
+            proxied.tasks.discard(task)
             writer.close()
+
+    def _over_limit(self, proxied: _Proxied) -> str | None:
+        if len(proxied.writers) >= self._max_connections:
+            return f"this sandbox holds {self._max_connections} proxied connections, its limit"
+        if self._total >= self._max_total:
+            return f"the node's sandboxes hold {self._max_total} proxied connections, its limit; retry later"
+        return None
 
     async def _serve_connection(
         self, proxied: _Proxied, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -153,6 +208,7 @@ class EgressProxy:
         except BadRequest as e:
             await send_text(writer, 400, f"agentcell egress proxy: {e}\n")
         except EgressDenied as e:
+            self._denials.record(proxied.sandbox_id, proxied.policy.kind, e.what)
             await send_text(writer, 403, f"{e}\n", DENIED_HEADER)
         except UpstreamError as e:
             await send_text(writer, 502, f"agentcell egress proxy: {e}\n")
@@ -204,7 +260,7 @@ class EgressProxy:
         self, proxied: _Proxied, host: str, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         check_allowed(proxied.sandbox_id, proxied.policy, host, port)
-        addresses = await self._resolve(host, port)
+        addresses = await self._resolve(proxied.sandbox_id, host, port)
         check_resolved(proxied.sandbox_id, proxied.policy, host, port, addresses)
         self._check_protected(proxied, port, addresses)
         last: OSError | None = None
@@ -228,23 +284,23 @@ class EgressProxy:
             return
         for address in addresses:
             if is_host_address(address) and not _names_itself(proxied.policy, address, port):
-                raise deny(
-                    proxied.sandbox_id, proxied.policy, f"{address}:{port} (the agentcell server itself)"
-                )
+                what = f"{address}:{port} (the agentcell server itself or a backend of it)"
+                raise deny(proxied.sandbox_id, proxied.policy, what)
 
-    async def _resolve(self, host: str, port: int) -> list[IPAddress]:
+    async def _resolve(self, sandbox_id: str, host: str, port: int) -> list[IPAddress]:
         literal = parse_address(host)
         if literal is not None:
             return [literal]
-        loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), self._connect_timeout_s
+            return await asyncio.wait_for(
+                self._resolver.resolve(sandbox_id, host, port), self._connect_timeout_s
             )
-        except (OSError, TimeoutError) as e:
+        except TimeoutError:
+            raise UpstreamError(
+                f"cannot resolve {host}: no answer within {self._connect_timeout_s:g} s"
+            ) from None
+        except OSError as e:
             raise UpstreamError(f"cannot resolve {host}: {e}") from None
-        found = [reached(ipaddress.ip_address(str(info[4][0]).partition("%")[0])) for info in infos]
-        return list(dict.fromkeys(found))
 
 
 class UpstreamError(Exception):
@@ -252,9 +308,9 @@ class UpstreamError(Exception):
 
 
 def deny(sandbox_id: str, policy: EgressPolicy, what: str) -> EgressDenied:
-    log.warning("sandbox %s: egress to %s denied by policy %s", sandbox_id, what, policy.kind)
+    """The denial to raise; the proxy answers it and logs it (see DenialLog)."""
     return EgressDenied(
-        f"agentcell: egress to {what} is denied by this sandbox's network policy: {policy.describe()}"
+        f"agentcell: egress to {what} is denied by this sandbox's network policy: {policy.describe()}", what
     )
 
 
@@ -266,12 +322,13 @@ def check_allowed(sandbox_id: str, policy: EgressPolicy, host: str, port: int) -
 def check_resolved(
     sandbox_id: str, policy: EgressPolicy, host: str, port: int, addresses: list[IPAddress]
 ) -> None:
-    """A name allowed by name must not lead to the host's own loopback or link-local addresses
+    """A name allowed by name must not lead to the host itself (loopback, or any address of any
+    of its interfaces: a service bound to 0.0.0.0 answers on each) nor to link-local addresses
     (a DNS answer is not the operator's word); listing the address itself allows it."""
     if policy.kind != "allowlist" or parse_address(host) is not None:
         return
     for address in addresses:
-        if _is_local(address) and not policy.allows_address(address, port):
+        if (_is_local(address) or is_host_address(address)) and not policy.allows_address(address, port):
             raise deny(
                 sandbox_id, policy, f"{host}:{port} (it resolves to {address}; list that address to allow it)"
             )

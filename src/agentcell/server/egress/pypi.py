@@ -21,11 +21,13 @@ from urllib.parse import quote, unquote, urldefrag, urljoin, urlsplit
 
 from agentcell.server.clock import Clock
 from agentcell.server.egress.cache import Artifact, ArtifactCache, is_key
-from agentcell.server.egress.fetch import Fetcher, FetchError
+from agentcell.server.egress.fetch import Fetcher, FetchError, Page
 from agentcell.server.egress.http import RequestHead, send_bytes, send_file, send_text
 from agentcell.server.egress.mirror import serve_mirror
+from agentcell.server.egress.pagecache import PageCache
 from agentcell.server.egress.policy import EgressPolicy
 from agentcell.server.egress.proxy import deny
+from agentcell.server.egress.slots import PAGES_PER_SANDBOX, HolderSlots
 
 PREFIX = "/pypi/"
 SIMPLE = re.compile(r"^/pypi/simple/([A-Za-z0-9._-]+)/?$")
@@ -101,6 +103,12 @@ def render_page(project: str, links: list[Link]) -> bytes:
     return (page + "\n".join(rows) + "\n</body></html>\n").encode()
 
 
+def rewrite_page(project: str, page: Page) -> tuple[list[Link], bytes]:
+    """The file links of an upstream project page, and the page that points them here."""
+    links = parse_links(page.url, page.body.decode("utf-8", errors="replace"))
+    return links, render_page(project, links)
+
+
 class PypiMirror:
     prefix = PREFIX
 
@@ -113,10 +121,8 @@ class PypiMirror:
         self._port = upstream.port or (443 if upstream.scheme == "https" else 80)
         self._cache = cache
         self._fetcher = fetcher
-        self._clock = clock
-        self._ttl_s = page_ttl_s
-        self._pages: dict[str, tuple[float, bytes]] = {}
-        self._artifacts: dict[str, Artifact] = {}
+        self.pages = PageCache(clock, page_ttl_s)
+        self._fetching = HolderSlots(PAGES_PER_SANDBOX)
 
     def env(self, policy: EgressPolicy, local_url: str) -> dict[str, str]:
         """What points pip in the sandbox at this mirror (nothing if the policy forbids the index)."""
@@ -139,7 +145,7 @@ class PypiMirror:
     ) -> None:
         path = unquote(head.target.partition("?")[0])
         if page := SIMPLE.fullmatch(path):
-            body = await self._page(normalize(page.group(1)))
+            body = await self._page(sandbox_id, normalize(page.group(1)))
             await send_bytes(writer, head, body, "text/html; charset=utf-8")
         elif (file := FILE.fullmatch(path)) and is_key(file.group(1)):
             cached = await self._file(sandbox_id, policy, file.group(1))
@@ -147,17 +153,15 @@ class PypiMirror:
         else:
             await send_text(writer, 404, f"the package mirror has nothing at {path[:100]!r}\n")
 
-    async def _page(self, project: str) -> bytes:
-        now = self._clock.now()
-        cached = self._pages.get(project)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        page = await self._fetcher.page(f"{self._index}{project}/", ACCEPT_HTML)
-        links = parse_links(page.url, page.body.decode("utf-8", errors="replace"))
-        for link in links:
-            self._artifacts[link.artifact.key] = link.artifact
-        body = render_page(project, links)
-        self._pages[project] = (now + self._ttl_s, body)
+    async def _page(self, sandbox_id: str, project: str) -> bytes:
+        cached = self.pages.get(project)
+        if cached is not None:
+            return cached
+        async with self._fetching.hold(sandbox_id):  # a few at a time: the page threads are shared
+            page = await self._fetcher.page(f"{self._index}{project}/", ACCEPT_HTML)
+            # Python's HTML parser takes ~0.2 s per MiB (big projects' pages are several): off the loop
+            links, body = await self._fetcher.off_loop(partial(rewrite_page, project, page))
+        self.pages.put(project, body, [link.artifact for link in links])
         return body
 
     async def _file(self, sandbox_id: str, policy: EgressPolicy, key: str) -> Path:
@@ -165,11 +169,11 @@ class PypiMirror:
         if cached is not None:
             self._cache.hits += 1
             return cached
-        artifact = self._artifacts.get(key)
+        artifact = self.pages.artifact(key)
         if artifact is None:
             raise FetchError(f"unknown file {key}: ask for its project page first")
         where = urlsplit(artifact.url)
         port = where.port or (443 if where.scheme == "https" else 80)
         if not policy.allows_name(where.hostname or "", port):
             raise deny(sandbox_id, policy, f"{where.hostname}:{port}")
-        return await self._cache.ensure(artifact)
+        return await self._cache.ensure(artifact, sandbox_id)

@@ -1,0 +1,58 @@
+"""The server's own backends on this host are as closed to sandboxes as its API: an `open`
+sandbox reaches anything through its proxy, but not the object store that holds every tenant's
+workspaces (an S3 service on the host's loopback, often without auth) nor the trace collector."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from threading import Thread
+
+import pytest
+
+from agentcell.client import AsyncSandbox
+from tests.conftest import ServerFactory
+
+pytestmark = pytest.mark.system
+
+VIA_PROXY = {"NO_PROXY": "", "no_proxy": ""}
+
+
+class _Backend(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"every tenant's objects\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def backend() -> Iterator[int]:
+    """Stands in for an S3 service and a trace collector on the host's loopback."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_open_does_not_reach_the_servers_object_store_on_this_host(
+    server_factory: ServerFactory, backend: int
+) -> None:
+    endpoint = f"http://127.0.0.1:{backend}"
+    env = {"AGENTCELL_STORE": "s3://workspaces/hunt", "AGENTCELL_S3_ENDPOINT": endpoint}
+    server = server_factory(env=env)
+    async with AsyncSandbox.create(network="open", api_url=server.url) as sbx:
+        for how in ([], ["-p"]):
+            result = await sbx.commands.run(
+                ["curl", "-sS", "--max-time", "5", *how, f"{endpoint}/"], env=VIA_PROXY
+            )
+            reply = result.stdout + result.stderr
+            assert "every tenant's objects" not in reply, (how, reply)
+            assert "the agentcell server itself" in reply or "response 403" in reply, reply

@@ -1,0 +1,93 @@
+"""A sandbox asking the pip mirror for large project pages must not stall the server's event loop
+(which serves every API request and every other sandbox's proxy): a page of 20,000 links takes
+Python's HTML parser over half a second, which has to happen off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from threading import Thread
+
+import pytest
+
+from agentcell.protocol.egress import NetworkPolicy
+from agentcell.server.egress.node import EgressConfig
+from agentcell.server.egress.policy import EgressPolicy
+from agentcell.server.sandbox.driver import SandboxSpec
+from tests.system.conftest import make_driver, node_leftovers, run
+
+pytestmark = pytest.mark.system
+
+LINKS = 20_000
+PAGES = 6
+
+
+def big_page(name: str) -> bytes:
+    digest = "a" * 64
+    rows = (
+        f'<a href="/files/{name}-1.{i}.tar.gz#sha256={digest}" data-requires-python="&gt;=3.8">'
+        f"{name}-1.{i}.tar.gz</a><br/>"
+        for i in range(LINKS)
+    )
+    return ("<html><body>" + "\n".join(rows) + "</body></html>").encode()
+
+
+class _BigPages(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = big_page(self.path.strip("/").rpartition("/")[2])
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def big_index() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BigPages)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def worst_lag(stop: asyncio.Event) -> float:
+    """The longest the event loop was late for a 10 ms timer while `stop` was not set."""
+    worst = 0.0
+    while not stop.is_set():
+        started = time.monotonic()
+        await asyncio.sleep(0.01)
+        worst = max(worst, time.monotonic() - started - 0.01)
+    return worst
+
+
+async def test_large_pages_are_rewritten_off_the_event_loop(
+    tmp_path: Path, prebuilt_helper: Path, big_index: int
+) -> None:
+    """A sandbox fetches 6 different pages of 20,000 links each through the mirror: all arrive
+    whole, and meanwhile the server's event loop is never late by more than 0.25 s."""
+    state = tmp_path / "state"
+    config = EgressConfig(
+        cache_dir=state / "package-cache", pip_index_url=f"http://127.0.0.1:{big_index}/simple/"
+    )
+    driver = make_driver(state, prebuilt_helper, config)
+    policy = EgressPolicy.from_wire(NetworkPolicy(egress="allowlist", allow=[f"127.0.0.1:{big_index}"]))
+    try:
+        await driver.start(SandboxSpec(sandbox_id="hunt-pages", egress=policy))
+        fetch = f'for i in $(seq {PAGES}); do curl -sS "$PIP_INDEX_URL"big$i/ | grep -c "<a " ; done'
+        stop = asyncio.Event()
+        lag = asyncio.ensure_future(worst_lag(stop))
+        fetched = await run(driver, "hunt-pages", ["sh", "-c", fetch], timeout_s=120)
+        stop.set()
+        assert fetched.stdout.split() == [str(LINKS)] * PAGES, fetched
+        assert await lag < 0.25, f"the event loop was {await lag:.2f} s late"
+    finally:
+        await driver.aclose()
+    assert node_leftovers(driver) == []
