@@ -158,6 +158,7 @@ def create_app(
         max_builds=settings.max_template_builds,
         resources=BuildResources(layer_bytes=settings.max_template_mb << 20),
     )
+    command_budget = CommandBudget(server_command_limit_of(settings))  # commands and kernels share it
     interpreter = Interpreter(
         driver,
         clock,
@@ -166,6 +167,7 @@ def create_app(
             max_output_bytes=settings.code_max_output_bytes,
             interrupt_grace_s=settings.code_interrupt_grace_s,
         ),
+        budget=command_budget,
     )
     pool = SandboxPool(
         driver,
@@ -193,7 +195,7 @@ def create_app(
         command_limits=CommandLimits(
             settings.sandbox_max_commands,
             settings.sandbox_max_stdin_bytes,
-            server=CommandBudget(server_command_limit_of(settings)),
+            server=command_budget,
         ),
     )
     pauses = SandboxPauses(

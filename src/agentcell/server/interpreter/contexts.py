@@ -21,7 +21,7 @@ from agentcell.server.interpreter.context import (
     KernelFactory,
 )
 from agentcell.server.interpreter.jupyter import JupyterKernel
-from agentcell.server.interpreter.kernel import Kernel, SandboxLink
+from agentcell.server.interpreter.kernel import CommandSlots, Kernel, SandboxLink
 from agentcell.server.interpreter.runner import RunnerKernel
 from agentcell.server.sandbox.driver import SandboxDriver
 
@@ -44,7 +44,7 @@ class CodeContexts:
     ) -> None:
         self._interpreter = interpreter
         self._activity = activity
-        self._link = SandboxLink(interpreter.driver, sandbox_id)
+        self._link = SandboxLink(interpreter.driver, sandbox_id, interpreter.budget)
         self._env = dict(env)
         self._contexts: dict[str, CodeContext] = {}
         self._default_lock = asyncio.Lock()  # two first runs at once make one default context
@@ -133,12 +133,22 @@ class CodeContexts:
 
 class Interpreter:
     """Node-wide: one ZMQ context shared by every kernel connection, the limits, and the
-    CodeContexts of each running sandbox. The sandbox service calls `discard` when a sandbox ends."""
+    CodeContexts of each running sandbox. The sandbox service calls `discard` when a sandbox ends.
+    Every kernel process holds a slot of `budget` (the server's command budget, shared with every
+    sandbox's commands; None: no cap) from before it starts until it is closed: a start past it is
+    Unavailable (503), and kernels already running are untouched."""
 
-    def __init__(self, driver: SandboxDriver, clock: Clock, limits: InterpreterLimits | None = None) -> None:
+    def __init__(
+        self,
+        driver: SandboxDriver,
+        clock: Clock,
+        limits: InterpreterLimits | None = None,
+        budget: CommandSlots | None = None,
+    ) -> None:
         self.driver = driver
         self.clock = clock
         self.limits = limits or InterpreterLimits()
+        self.budget = budget
         self._zmq: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sandboxes: dict[str, CodeContexts] = {}
 

@@ -35,6 +35,10 @@ HANDSHAKE_INTERVAL_S = 0.05
 EXIT_POLL_S = 0.25
 IDLE_GRACE_S = 1.0
 """after the reply, how long to wait for the `idle` status that closes an execution's outputs"""
+KERNEL_SLOTS = 3
+"""slots of the server's command budget (5 fds each, FDS_PER_COMMAND) one kernel holds until it
+is closed: measured 11 fds — its stdout, stderr and control pipes, its pidfd, its root and two
+socket-file O_PATH fds, two ZMQ sockets with a mailbox eventfd each (test_budget_kernels.py)"""
 
 
 def open_socket_file(root: int, path: str) -> int:
@@ -71,6 +75,7 @@ class JupyterKernel:
         self._max_message_bytes = max_message_bytes
         self._session = JupyterSession(secrets.token_hex(32).encode())
         self._process: KernelProcess | None = None
+        self._slots = link.hold()
         self._fds: list[int] = []
         self._channel: KernelChannel | None = None
         self._loop_time = asyncio.get_running_loop().time
@@ -99,6 +104,7 @@ class JupyterKernel:
         self._session = JupyterSession(key.encode())
         source = runtime_source("python_kernel.py")
         argv = [PYTHON, "-c", source, self._prefix, key, str(self._max_message_bytes)]
+        self._slots.take(KERNEL_SLOTS)
         process = await self._link.exec(ExecSpec(argv=argv, env=self._env, cwd=self._cwd))
         self._process = KernelProcess(process, self._link)
         root = os.open(f"/proc/{process.host_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -222,16 +228,19 @@ class JupyterKernel:
             await self._link.signal_group(self._process.process.pid, signal.SIGINT)
 
     async def aclose(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-        if self._process is not None:
-            await self._process.aclose()
-        if self._fds:
-            remove_socket_files(self._fds[0], self._prefix)
-        for fd in self._fds:
-            os.close(fd)
-        self._fds.clear()
+        try:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+            if self._process is not None:
+                await self._process.aclose()
+            if self._fds:
+                remove_socket_files(self._fds[0], self._prefix)
+            for fd in self._fds:
+                os.close(fd)
+            self._fds.clear()
+        finally:
+            self._slots.give()  # (even if cancelled: a slot must never leak)
 
 
 def remove_socket_files(root: int, prefix: str) -> None:

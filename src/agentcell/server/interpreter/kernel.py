@@ -73,25 +73,83 @@ class Kernel(Protocol):
         ...
 
 
+class CommandSlots(Protocol):
+    """The server-wide budget of commands at once (scheduler/command_budget.py's CommandBudget),
+    which kernels share with every sandbox's commands: each slot stands for FDS_PER_COMMAND of the
+    server's file descriptors."""
+
+    def take(self) -> None:
+        """One slot, or Unavailable (503) when the server is at its limit."""
+        ...
+
+    def take_unchecked(self) -> None:
+        """One slot that is never refused (a short control command that must run)."""
+        ...
+
+    def give(self) -> None: ...
+
+
+@dataclass(slots=True)
+class SlotHold:
+    """The slots one kernel holds: taken, all or none, before its process starts; given back once
+    it is closed (its process reaped, its pipes, pidfd and sockets closed)."""
+
+    budget: CommandSlots | None
+    held: int = 0
+
+    def take(self, count: int) -> None:
+        """`count` more slots, or Unavailable with none of them taken."""
+        if self.budget is None:
+            return
+        try:
+            for _ in range(count):
+                self.budget.take()
+                self.held += 1
+        except BaseException:
+            self.give()
+            raise
+
+    def give(self) -> None:
+        """Every slot held (idempotent)."""
+        held, self.held = self.held, 0
+        if self.budget is not None:
+            for _ in range(held):
+                self.budget.give()
+
+
 @dataclass(slots=True)
 class SandboxLink:
-    """How a kernel reaches its sandbox: the driver and the sandbox id."""
+    """How a kernel reaches its sandbox: the driver, the sandbox id and the server's command
+    budget (None: no server-wide cap)."""
 
     driver: SandboxDriver
     sandbox_id: str
+    budget: CommandSlots | None = None
+
+    def hold(self) -> SlotHold:
+        """An empty hold on the budget, for one kernel process to fill before it starts."""
+        return SlotHold(self.budget)
 
     async def exec(self, spec: ExecSpec) -> SandboxProcess:
         return await self.driver.exec(self.sandbox_id, spec)
 
     async def signal_group(self, pid: int, signum: int) -> None:
         """Signal the process group led by in-sandbox `pid` (every kernel is a session leader).
-        Done from inside the sandbox, so a recycled pid can only name the sandbox's own processes."""
+        Done from inside the sandbox, so a recycled pid can only name the sandbox's own processes.
+        The short `kill` holds a slot of the budget while it runs, never refused: an interrupt or a
+        kernel's stop must work when the server is at its limit."""
         name = signal.Signals(signum).name.removeprefix("SIG")
         argv = ["/bin/bash", "-c", 'kill -s "$1" -- "-$2" 2>/dev/null', "signal", name, str(pid)]
-        process = await self.exec(ExecSpec(argv=argv, cwd="/"))
-        await process.close_stdin()
-        await asyncio.gather(process.stdout.read(), process.stderr.read())
-        await process.wait()
+        if self.budget is not None:
+            self.budget.take_unchecked()
+        try:
+            process = await self.exec(ExecSpec(argv=argv, cwd="/"))
+            await process.close_stdin()
+            await asyncio.gather(process.stdout.read(), process.stderr.read())
+            await process.wait()
+        finally:
+            if self.budget is not None:
+                self.budget.give()
 
 
 @dataclass(slots=True)

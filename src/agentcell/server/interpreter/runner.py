@@ -31,6 +31,9 @@ MAX_FRAME_BYTES = 16 << 20
 QUEUE_CHUNKS = 64
 START_TIMEOUT_S = 30.0
 EXIT_SETTLE_S = 1.0  # how long a kernel whose output ended may take to be reaped
+RUNNER_SLOTS = 1
+"""slots of the server's command budget a runner holds until it is closed: measured 5 fds, as any
+command — its 3 stdio pipes, the worker's control pipe, its pidfd (test_budget_kernels.py)"""
 
 Stream = Literal["stdout", "stderr"]
 
@@ -99,6 +102,7 @@ class RunnerKernel:
         self._cwd = cwd
         self._env = dict(env)
         self._process: KernelProcess | None = None
+        self._slots = link.hold()
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(QUEUE_CHUNKS)
         self._readers: list[asyncio.Task[None]] = []
         self._loop_time = asyncio.get_running_loop().time
@@ -118,6 +122,7 @@ class RunnerKernel:
 
     async def start(self) -> None:
         try:
+            self._slots.take(RUNNER_SLOTS)
             process = await self._link.exec(ExecSpec(argv=self._argv(), env=self._env, cwd=self._cwd))
             self._process = KernelProcess(process, self._link)
             self._process.watch(drain_stdout=False)
@@ -228,8 +233,11 @@ class RunnerKernel:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._readers.clear()
-        if self._process is not None:
-            await self._process.aclose()
+        try:
+            if self._process is not None:
+                await self._process.aclose()
+        finally:
+            self._slots.give()  # its pipes and pidfd are closed once it is reaped (or cancelled)
         while not self._queue.empty():  # a receive still waiting learns that the kernel is gone
             self._queue.get_nowait()
         self._queue.put_nowait(_Item(exited=True))

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agentcell.server.scheduler.metering import ActivityMeter
+from agentcell.server.scheduler.metering import ActivityMeter, StatelessTime
 
 InstanceState = Literal["starting", "ready", "stopping", "gone"]
 
@@ -33,6 +33,8 @@ class Instance:
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     """set once its sandbox is gone (after a stop, whoever started it)"""
     meter: ActivityMeter = field(default_factory=lambda: ActivityMeter(0.0))
+    stateless: StatelessTime = field(default_factory=StatelessTime)
+    """while requests of no session are in flight on it: its sessions' meters lend it idle time"""
     cpu_ns_metered: int = 0
     """the cgroup's CPU time already in the usage ledger"""
 

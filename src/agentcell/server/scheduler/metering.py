@@ -6,6 +6,12 @@ scheduler and the sandbox service turn those, plus CPU from the cgroup and memor
 `UsageRecord`s periodically and when things end; costs are computed at query time from the price
 table (idle time pays memory at the idle rate and no CPU: the seeds' active/idle model).
 
+An instance that sessions hold is billed per session, each for an equal share of it. Requests of
+no session on it (MCP's stateless ones) are billed to the instance: while one is in flight, the
+shares of the sessions idle meanwhile are its active time (`StatelessTime`, the sessions'
+meters' `lent_s`), on a row of the instance's own; so each second of the instance is billed once,
+and as active whenever a request is in flight.
+
 Reading usage writes nothing: `UsageLedger.read` adds to the stored rows the queued ones and what
 each live meter holds (`peek`: the rows the next write would make, computed in memory).
 """
@@ -31,17 +37,24 @@ GIB = float(1 << 30)
 class Activity:
     active_s: float = 0.0
     idle_s: float = 0.0
+    lent_s: float = 0.0
+    """time the owner was idle while its instance served requests of no session (stateless):
+    that stretch of its share is the instance's active time, billed once, on the instance's row"""
 
     @property
     def wall_s(self) -> float:
-        return self.active_s + self.idle_s
+        return self.active_s + self.idle_s + self.lent_s
 
 
 @dataclass(slots=True)
-class ActivityMeter:
-    since: float
+class StatelessTime:
+    """How long an instance has had at least one request of no session in flight (MCP's stateless
+    requests), counted up over its life. The meters of the sessions bound to it read it (see
+    `ActivityMeter.lend_idle_to`): their idle time while it counts is lent to that work."""
+
+    since: float = 0.0
     busy: int = 0
-    pending: Activity = field(default_factory=Activity)
+    total_s: float = 0.0
 
     def begin(self, now: float) -> None:
         self._advance(now)
@@ -51,6 +64,38 @@ class ActivityMeter:
         self._advance(now)
         self.busy = max(0, self.busy - 1)
 
+    def reading(self, now: float) -> float:
+        return self.total_s + (max(0.0, now - self.since) if self.busy else 0.0)
+
+    def _advance(self, now: float) -> None:
+        self.total_s, self.since = self.reading(now), now
+
+
+@dataclass(slots=True)
+class ActivityMeter:
+    """Active while `busy`, else idle — or, once lent to an instance's `StatelessTime`, lent for
+    the part of its idle time during which that instance served requests of no session."""
+
+    since: float
+    busy: int = 0
+    pending: Activity = field(default_factory=Activity)
+    stateless: StatelessTime | None = None
+    stateless_mark: float = 0.0
+    """`stateless`'s reading at `since`"""
+
+    def begin(self, now: float) -> None:
+        self._advance(now)
+        self.busy += 1
+
+    def end(self, now: float) -> None:
+        self._advance(now)
+        self.busy = max(0, self.busy - 1)
+
+    def lend_idle_to(self, stateless: StatelessTime, now: float) -> None:
+        """From `now`, idle time while `stateless` counts is lent (a session bound to an instance)."""
+        self._advance(now)
+        self.stateless, self.stateless_mark = stateless, stateless.reading(now)
+
     def take(self, now: float) -> Activity:
         self._advance(now)
         taken, self.pending = self.pending, Activity()
@@ -58,17 +103,29 @@ class ActivityMeter:
 
     def peek(self, now: float) -> Activity:
         """What `take(now)` would hand over, leaving the meter as it is."""
-        elapsed = max(0.0, now - self.since)
+        elapsed, (lent, _) = max(0.0, now - self.since), self._lent(now)
         if self.busy:
-            return Activity(self.pending.active_s + elapsed, self.pending.idle_s)
-        return Activity(self.pending.active_s, self.pending.idle_s + elapsed)
+            return Activity(self.pending.active_s + elapsed, self.pending.idle_s, self.pending.lent_s)
+        return Activity(
+            self.pending.active_s, self.pending.idle_s + elapsed - lent, self.pending.lent_s + lent
+        )
+
+    def _lent(self, now: float) -> tuple[float, float]:
+        """(idle seconds lent since `since`, `stateless`'s reading now)."""
+        if self.stateless is None:
+            return 0.0, 0.0
+        reading = self.stateless.reading(now)
+        if self.busy:
+            return 0.0, reading
+        return min(max(0.0, now - self.since), max(0.0, reading - self.stateless_mark)), reading
 
     def _advance(self, now: float) -> None:
-        elapsed = max(0.0, now - self.since)
+        elapsed, (lent, self.stateless_mark) = max(0.0, now - self.since), self._lent(now)
         if self.busy:
             self.pending.active_s += elapsed
         else:
-            self.pending.idle_s += elapsed
+            self.pending.idle_s += elapsed - lent
+            self.pending.lent_s += lent
         self.since = now
 
 
@@ -147,23 +204,41 @@ def instance_rows(
     equal share of the instance's CPU, memory and cores), or one row for the instance itself
     when no session holds it (a warm or spare instance). `measured`: (CPU seconds since the last
     time, memory peak in bytes) from the instance's cgroup. `advance=False`: the same rows, with
-    no meter taken (a usage read's not-yet-written part)."""
+    no meter taken (a usage read's not-yet-written part).
+
+    Requests of no session (MCP's stateless ones) on an instance that sessions hold: the shares
+    of the sessions idle meanwhile are lent to that work, billed as active time on one more row,
+    the instance's (its whole cores and memory, so its seconds are the instance's); a session
+    busy itself meanwhile keeps its share, active. Each second of the instance is billed once,
+    and CPU is split by each row's part of the time."""
     cpu_s, peak = measured
 
     def activity_of(meter: ActivityMeter) -> Activity:
         return meter.take(now) if advance else meter.peek(now)
 
     whole = activity_of(instance.meter)
+    instance_owner = Owner(tenant, "instance", function, instance_id=instance.id)
     if not sessions:
-        owner = Owner(tenant, "instance", function, instance_id=instance.id)
-        return [usage_row(owner, now - whole.wall_s, now, whole, resources, cpu_s, peak)]
+        return [usage_row(instance_owner, now - whole.wall_s, now, whole, resources, cpu_s, peak)]
     parts = len(sessions)
     share = Resources(resources.cpu_cores / parts, resources.memory_bytes // parts)
+    activities = [(session, activity_of(session.meter)) for session in sessions]
+    lent_s = sum(activity.lent_s for _, activity in activities) / parts
+    total_s = sum(activity.wall_s for _, activity in activities) / parts
+
+    def cpu_of(seconds: float) -> float:
+        """CPU for a row holding `seconds` of the instance (an equal split when none is lent)."""
+        return cpu_s * seconds / total_s if lent_s else cpu_s / parts
+
     rows = []
-    for session in sessions:
-        activity = activity_of(session.meter)
+    for session, activity in activities:
         owner = Owner(tenant, "session", function, session.id, session.key, instance.id)
-        rows.append(usage_row(owner, now - activity.wall_s, now, activity, share, cpu_s / parts, peak))
+        cpu = cpu_of((activity.wall_s - activity.lent_s) / parts)
+        rows.append(usage_row(owner, now - activity.wall_s, now, activity, share, cpu, peak))
+    if lent_s:
+        start = now - max(activity.wall_s for _, activity in activities)
+        stateless = Activity(active_s=lent_s)
+        rows.append(usage_row(instance_owner, start, now, stateless, resources, cpu_of(lent_s), peak))
     return rows
 
 

@@ -367,7 +367,9 @@ class Scheduler:
     def release(self, lease: Lease) -> None:
         now = self._clock.now()
         lease.instance.end(now)
-        if lease.session is not None and lease.session.state != "ended":
+        if lease.session is None:
+            lease.instance.stateless.end(now)
+        elif lease.session.state != "ended":
             lease.session.release(now)
         if lease.function.waiting:
             lease.function.notify_capacity()
@@ -416,7 +418,9 @@ class Scheduler:
             _require_live(fn)
             instance = free_instance(fn)
             if instance is not None:
-                instance.begin(self._clock.now())
+                now = self._clock.now()
+                instance.begin(now)
+                instance.stateless.begin(now)  # its sessions' idle time meanwhile is lent to it
                 return Lease(fn, instance, None)
             if launched is not None and launched.failure is not None:
                 raise Unavailable(
@@ -549,6 +553,7 @@ class Scheduler:
             if instance is not None:
                 self._telemetry.session_started(warm=instance.is_ready)
                 session.meter.take(self._clock.now())  # its wait for room, with no instance, is not billed
+                session.meter.lend_idle_to(instance.stateless, self._clock.now())
                 instance.sessions.add(session.id)
                 session.instance_id = instance.id
                 self._warm_wanted.set()
@@ -1171,6 +1176,7 @@ class Scheduler:
         if record.workspace is not None:
             config = fn.versions.get(instance.version, fn.latest).config
             self._workspaces.adopt(config, session, record.workspace)
+        session.meter.lend_idle_to(instance.stateless, self._clock.now())
         instance.sessions.add(session.id)
         fn.sessions[session.key] = session
         self._sessions[session.id] = session
