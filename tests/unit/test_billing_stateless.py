@@ -119,7 +119,8 @@ async def test_with_nothing_lent_the_rows_are_the_sessions_alone() -> None:
 async def h(tmp_path: Path, archive: Path) -> AsyncIterator[Harness]:
     harness = Harness(tmp_path)
     await harness.start()
-    config = FunctionConfig(cmd="python3 app.py", cpu=2, memory_mb=1024, **MCP_SHARED)  # type: ignore[arg-type]
+    shape = {"cmd": "python3 app.py", "cpu": 2, "memory_mb": 1024, **MCP_SHARED}
+    config = FunctionConfig.model_validate(shape)
     await harness.scheduler.deploy("mcp", config, archive)
     yield harness
     await harness.stop()
