@@ -48,7 +48,8 @@ def test_a_sandbox_tracks_at_most_its_command_budget(server_factory: ServerFacto
     """With the default budget, 64 background `sleep`s fill the sandbox; the 65th start — and a
     foreground command or a terminal — is a 429 quota_exceeded that names the limit and what to do.
     Killing one frees its slot. The server's open fds stay bounded by the budget."""
-    server = server_factory(env={"AGENTCELL_SANDBOX_POOL": "0"})
+    # (the server-wide budget out of the way: derived from a 20,000-fd limit it is the floor, 64)
+    server = server_factory(env={"AGENTCELL_SANDBOX_POOL": "0", "AGENTCELL_MAX_COMMANDS": "1000"})
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as api:
         base = new_sandbox(api)
         started = [api.post(f"{base}/commands", json=SLEEPER) for _ in range(DEFAULT_MAX_COMMANDS)]

@@ -1,7 +1,9 @@
 """Network egress policy of process-tier sandboxes, end to end through the real driver: `none`
-has no way out at all, `allowlist` reaches what it lists and nothing else, `open` reaches anything
-(through the proxy) but the server's own port at any of the host's addresses. Every server here is
-one the test starts, on the host's loopback or on addresses the test gives the host for a moment."""
+has no way out at all, `allowlist` reaches what it lists and nothing else (but the server's own port
+at any of the host's addresses unless it names the address), `open` reaches the public internet
+through the proxy and nothing of the node (test_egress_open_node.py has it reach an upstream). Every
+server here is one the test starts, on the host's loopback or on addresses the test gives the host
+for a moment."""
 
 from __future__ import annotations
 
@@ -140,15 +142,18 @@ async def test_allowlist_checks_names_before_resolving_them(
     assert direct.stdout.strip() == "101" and time.monotonic() - started < FAST_S
 
 
-async def test_open_reaches_both(linux_driver: LinuxDriver, host_servers: tuple[int, int]) -> None:
+async def test_open_does_not_reach_the_hosts_loopback(
+    linux_driver: LinuxDriver, host_servers: tuple[int, int]
+) -> None:
     one, two = host_servers
     sid = await start(linux_driver, "egress-open", "open")
-    assert (await curl(linux_driver, sid, f"http://127.0.0.1:{one}/"))[:2] == ("hello from one\n", "200")
-    assert (await curl(linux_driver, sid, f"http://127.0.0.1:{two}/"))[:2] == ("hello from two\n", "200")
-    assert (await curl(linux_driver, sid, "-p", f"http://localhost:{two}/"))[:2] == (
-        "hello from two\n",
-        "200",
-    )
+    body, code, elapsed = await curl(linux_driver, sid, f"http://127.0.0.1:{one}/")
+    assert code == "403" and "(loopback;" in body and elapsed < FAST_S, body
+    body, _, _ = await curl(linux_driver, sid, "-p", f"http://localhost:{two}/")
+    assert "hello" not in body and "response 403" in body, body
+    # an allowlist naming the loopback address is how a host service is opened on purpose
+    listed = await start(linux_driver, "egress-open-listed", "allowlist", [f"127.0.0.1:{one}"])
+    assert (await curl(linux_driver, listed, f"http://127.0.0.1:{one}/"))[:2] == ("hello from one\n", "200")
     # the sandbox's own loopback stays its own (NO_PROXY), for servers it runs itself
     env = (await run(linux_driver, sid, ["sh", "-c", "echo $HTTPS_PROXY $NO_PROXY"])).stdout
     assert env == "http://127.0.0.1:3128 localhost,127.0.0.1,::1\n"
@@ -246,10 +251,12 @@ async def test_the_server_itself_is_refused_at_every_address_of_the_host(
                     assert code == "403" and "the agentcell server itself" in body, (sid, url, body)
                 body, code, _ = await curl(driver, sid, "-g", "--proxytunnel", v6)
                 assert "403" in body, (sid, body)
-            assert (await curl(driver, opened, f"http://{HOST_V4}:{other}/"))[:2] == (
+            assert (await curl(driver, catch_all, f"http://{HOST_V4}:{other}/"))[:2] == (
                 f"hello from {HOST_V4}\n",
                 "200",
             )
+            body, code, _ = await curl(driver, opened, f"http://{HOST_V4}:{other}/")  # open: not the host
+            assert code == "403" and "an address of this host" in body, body
             assert (await curl(driver, named, v4))[:2] == (f"hello from {HOST_V4}\n", "200")
             assert (await curl(driver, named, "-g", v6))[1] == "403"
     finally:

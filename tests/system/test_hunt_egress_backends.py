@@ -1,12 +1,14 @@
-"""The server's own backends on this host are as closed to sandboxes as its API: an `open`
-sandbox reaches anything through its proxy, but not the object store that holds every tenant's
-workspaces (an S3 service on the host's loopback, often without auth) nor the trace collector."""
+"""The server's own backends on this host are as closed to sandboxes as its API: a catch-all
+allowlist reaches the host's loopback, but not the object store that holds every tenant's
+workspaces (an S3 service on the host's loopback, often without auth) nor the trace collector;
+`open` reaches nothing of the node at all."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from threading import Thread
+from typing import Any
 
 import pytest
 
@@ -42,17 +44,23 @@ def backend() -> Iterator[int]:
         server.server_close()
 
 
-async def test_open_does_not_reach_the_servers_object_store_on_this_host(
+async def test_no_policy_but_naming_it_reaches_the_servers_object_store_on_this_host(
     server_factory: ServerFactory, backend: int
 ) -> None:
     endpoint = f"http://127.0.0.1:{backend}"
     env = {"AGENTCELL_STORE": "s3://workspaces/hunt", "AGENTCELL_S3_ENDPOINT": endpoint}
     server = server_factory(env=env)
-    async with AsyncSandbox.create(network="open", api_url=server.url) as sbx:
+    catch_all = {"egress": "allowlist", "allow": ["0.0.0.0/0"]}
+    for network in ("open", catch_all):
+        await _refused(server.url, network, endpoint)
+
+
+async def _refused(api_url: str, network: str | Mapping[str, Any], endpoint: str) -> None:
+    async with AsyncSandbox.create(network=network, api_url=api_url) as sbx:
         for how in ([], ["-p"]):
             result = await sbx.commands.run(
                 ["curl", "-sS", "--max-time", "5", *how, f"{endpoint}/"], env=VIA_PROXY
             )
             reply = result.stdout + result.stderr
-            assert "every tenant's objects" not in reply, (how, reply)
+            assert "every tenant's objects" not in reply, (network, how, reply)
             assert "the agentcell server itself" in reply or "response 403" in reply, reply

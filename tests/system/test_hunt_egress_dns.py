@@ -68,10 +68,12 @@ async def test_one_sandbox_slow_lookups_do_not_stall_another_sandbox(
     name (answered at once from /etc/hosts) still resolves and connects at once."""
     port = free_port()
     url = slow_dns_server.url
+    # every name of the test's domain, and the loopback server its fast name leads to
+    policy = {"egress": "allowlist", "allow": ["*.hunt.test", f"127.0.0.1:{port}"]}
     with named_servers((ThreadingHTTPServer, "127.0.0.1", port)):
         async with (
-            AsyncSandbox.create(network="open", api_url=url) as hostile,
-            AsyncSandbox.create(network="open", api_url=url) as victim,
+            AsyncSandbox.create(network=policy, api_url=url) as hostile,
+            AsyncSandbox.create(network=policy, api_url=url) as victim,
         ):
             slow = await hostile.commands.run(
                 ["/usr/bin/python3", "-c", SLOW_CONNECTS, str(SLOW_LOOKUPS)], background=True

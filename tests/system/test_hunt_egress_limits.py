@@ -102,7 +102,8 @@ async def test_connections_held_by_sandboxes_cannot_starve_the_server(
     each), but all of them together stay within a share of the server's open-file limit, so the
     API still answers and a new sandbox still starts and runs."""
     url = limited_server.url
-    holders = [await AsyncSandbox.create(network="open", api_url=url) for _ in range(3)]
+    sink_listed = {"egress": "allowlist", "allow": [f"127.0.0.1:{sink}"]}  # (`open` reaches no loopback)
+    holders = [await AsyncSandbox.create(network=sink_listed, api_url=url) for _ in range(3)]
     try:
         counts = []
         for sbx in holders:

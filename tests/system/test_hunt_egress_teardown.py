@@ -86,9 +86,8 @@ async def test_a_stopped_sandbox_leaves_no_upstream_connection_open(
     every upstream connection is closed too and the node's connection count is back to zero."""
     driver = make_driver(tmp_path / "state", prebuilt_helper, EgressConfig())
     try:
-        await driver.start(
-            SandboxSpec(sandbox_id="hunt-tarpit", egress=EgressPolicy.from_wire(NetworkPolicy(egress="open")))
-        )
+        listed = NetworkPolicy(egress="allowlist", allow=[f"127.0.0.1:{tarpit.port}"])
+        await driver.start(SandboxSpec(sandbox_id="hunt-tarpit", egress=EgressPolicy.from_wire(listed)))
         opened = await run(
             driver, "hunt-tarpit", ["python3", "-c", OPEN_AND_LEAVE, str(tarpit.port), str(TUNNELS)]
         )

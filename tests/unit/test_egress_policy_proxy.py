@@ -87,7 +87,7 @@ async def test_denied_requests_get_403_at_once_with_the_policy(origin_port: int)
 
 
 async def test_connect_tunnels_bytes_both_ways(origin_port: int) -> None:
-    proxy, port = await proxy_for(EgressPolicy("open"))
+    proxy, port = await proxy_for(allow(f"127.0.0.1:{origin_port}"))
     try:
         reply = await ask(
             port, f"CONNECT 127.0.0.1:{origin_port} HTTP/1.1\r\n\r\nGET /t HTTP/1.1\r\n\r\n".encode()
@@ -99,11 +99,11 @@ async def test_connect_tunnels_bytes_both_ways(origin_port: int) -> None:
 
 
 async def test_unreachable_malformed_and_unknown_requests(origin_port: int) -> None:
-    proxy, port = await proxy_for(EgressPolicy("open"))
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     dead_port = closed.getsockname()[1]
     closed.close()
+    proxy, port = await proxy_for(allow(f"127.0.0.1:{dead_port}"))
     try:
         reply = await ask(port, f"CONNECT 127.0.0.1:{dead_port} HTTP/1.1\r\n\r\n".encode())
         assert reply.startswith(b"HTTP/1.1 502") and b"cannot connect" in reply

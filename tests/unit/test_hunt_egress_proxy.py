@@ -43,11 +43,13 @@ async def proxy() -> AsyncIterator[tuple[EgressProxy, int]]:
     await egress.aclose()
 
 
-async def open_proxy() -> tuple[EgressProxy, int]:
+async def catch_all_proxy() -> tuple[EgressProxy, int]:
+    """A proxy whose allowlist is every IPv4 address: loopback too, but not the protected ports."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setblocking(False)
     egress = EgressProxy()
-    await egress.serve("sbx_open", EgressPolicy.from_wire(NetworkPolicy(egress="open")), listener)
+    policy = EgressPolicy.from_wire(NetworkPolicy(egress="allowlist", allow=["0.0.0.0/0"]))
+    await egress.serve("sbx_all", policy, listener)
     return egress, listener.getsockname()[1]
 
 
@@ -86,8 +88,8 @@ async def test_control_characters_are_refused_before_the_policy_and_never_logged
 
 async def test_ports_protected_after_the_start_are_refused_at_once(origin_port: int) -> None:
     """A server started on port 0 knows its own port only once it listens: `protect` from then
-    on refuses that port at the host's own addresses, even to `open`."""
-    egress, port = await open_proxy()
+    on refuses that port at the host's own addresses, even to a catch-all allowlist."""
+    egress, port = await catch_all_proxy()
     try:
         request = f"GET http://127.0.0.1:{origin_port}/ HTTP/1.1\r\n\r\n".encode()
         assert (await ask(port, request)).endswith(b"ok")

@@ -29,7 +29,7 @@ from agentcell.server.clock import Clock, SystemClock
 from agentcell.server.e2b.mount import PREFIX as E2B_PREFIX
 from agentcell.server.e2b.mount import e2b_app
 from agentcell.server.e2b.ports import E2bPorts
-from agentcell.server.egress.node import EgressConfig, ports_of
+from agentcell.server.egress.node import EgressConfig, NodeEgress, ports_of
 from agentcell.server.interpreter.context import InterpreterLimits
 from agentcell.server.interpreter.contexts import Interpreter
 from agentcell.server.meta.history import HistoryRetention
@@ -84,6 +84,12 @@ def build_egress_config(settings: Settings) -> EgressConfig:
         protected_ports=((settings.port,) if settings.port else ())
         + ports_of(settings.s3_endpoint, settings.otlp_endpoint),
     )
+
+
+def node_egress_of(driver: SandboxDriver) -> NodeEgress | None:
+    """The driver's egress proxy, if it runs one (the Linux driver's; the fake driver has none)."""
+    egress = getattr(driver, "egress", None)
+    return egress if isinstance(egress, NodeEgress) else None
 
 
 def build_object_store(settings: Settings) -> ObjectStore:
@@ -288,6 +294,7 @@ def create_app(
     app.state.terminals = terminals
     app.state.e2b_ports = E2bPorts(sandbox_service, driver, settings.e2b_domain)
     app.state.scheduler = scheduler
+    app.state.node_egress = node_egress_of(driver)  # main.py protects the ports it binds
     app.state.workspaces = workspaces
     app.state.prices = PriceTable(
         cpu_core_s=settings.price_cpu_core_s,

@@ -23,6 +23,7 @@ import uvloop
 
 from agentcell.server.api.errors import request_id_var
 from agentcell.server.app import create_app
+from agentcell.server.egress.node import NodeEgress
 from agentcell.server.gateway.route import AccessRecord, UnixUpstream
 from agentcell.server.gateway.router import GatewayRouter
 from agentcell.server.gateway.server import GatewayServer
@@ -169,6 +170,14 @@ def log_open_file_budget(settings: Settings, open_files: int) -> None:
         )
 
 
+def protect_own_ports(egress: NodeEgress | None, gateway: GatewayServer) -> None:
+    """Refuse sandboxes the ports the gateway really listens on (with `--port 0` the settings
+    do not know them), as the configured API port is refused from the start."""
+    ports = [address[1] for address in gateway.addresses if isinstance(address, tuple)]
+    if egress is not None and ports:
+        egress.protect_ports(ports)
+
+
 async def run(settings: Settings, access: AccessLog) -> None:
     log_open_file_budget(settings, raise_open_file_limit())
     app = create_app(settings)
@@ -214,6 +223,7 @@ async def run(settings: Settings, access: AccessLog) -> None:
         access_log=access_logger(access),
     )
     await gateway.start(settings.host, settings.port)
+    protect_own_ports(app.state.node_egress, gateway)
     tune_garbage_collector()
     log.info("agentcell listening on %s", gateway.addresses)
 

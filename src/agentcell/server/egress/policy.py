@@ -38,7 +38,8 @@ class EgressPolicy:
 
     def allows_name(self, name: str, port: int) -> bool:
         """May the sandbox reach `name:port`? An IP literal is matched as an address; a name is
-        matched before it is resolved, so a denied name is never looked up."""
+        matched before it is resolved, so a denied name is never looked up. (`open` allows every
+        name here; the proxy refuses what it resolves to if that is not the public internet.)"""
         if self.kind != "allowlist":
             return self.kind == "open"
         address = parse_address(name)

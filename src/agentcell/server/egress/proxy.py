@@ -6,8 +6,10 @@ A sandbox's own network has loopback only, so anything that does not ask the pro
 (ENETUNREACH; names do not resolve). Through the proxy, `CONNECT host:port` (https and any TCP)
 and absolute-URI requests (`GET http://host/...`) are checked against the sandbox's policy before
 the name is resolved; a denied request gets `403` with a body that names the policy, and is logged
-with the sandbox id. Origin-form requests (`GET /pypi/...`) go to the node's local services (the
-package mirrors), which apply the same policy to what they fetch.
+with the sandbox id. `open` reaches the public internet only: once resolved, an address of the
+node, of loopback, link-local or a private network is refused (internal.py). Origin-form requests
+(`GET /pypi/...`) go to the node's local services (the package mirrors), which apply the same
+policy to what they fetch.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from agentcell.server.egress.http import (
     send_text,
     split_authority,
 )
+from agentcell.server.egress.internal import internal_reason
 from agentcell.server.egress.policy import EgressPolicy, IPAddress, parse_address
 from agentcell.server.egress.resolver import Resolver
 
@@ -263,6 +266,7 @@ class EgressProxy:
         addresses = await self._resolve(proxied.sandbox_id, host, port)
         check_resolved(proxied.sandbox_id, proxied.policy, host, port, addresses)
         self._check_protected(proxied, port, addresses)
+        check_public(proxied.sandbox_id, proxied.policy, host, port, addresses)
         last: OSError | None = None
         for address in addresses:
             try:
@@ -332,6 +336,31 @@ def check_resolved(
             raise deny(
                 sandbox_id, policy, f"{host}:{port} (it resolves to {address}; list that address to allow it)"
             )
+
+
+def check_public(
+    sandbox_id: str, policy: EgressPolicy, host: str, port: int, addresses: list[IPAddress]
+) -> None:
+    """`open` reaches the public internet, not the node: an address of the host, of loopback,
+    link-local, multicast or a private network is refused, whether written literally (in any
+    spelling: it is checked once parsed or resolved) or reached through a name."""
+    if policy.kind != "open":
+        return
+    literal = parse_address(host)
+    for address in addresses:
+        reason = internal_reason(address)
+        if reason is None:
+            continue
+        if literal is None:
+            reason = f"it resolves to {address}, {reason}"
+        elif str(address) != host.strip("[]"):
+            reason = f"that is {address}, {reason}"
+        raise deny(
+            sandbox_id,
+            policy,
+            f"{host}:{port} ({reason}; 'open' reaches the public internet only, "
+            "an allowlist naming the address reaches it)",
+        )
 
 
 def _names_itself(policy: EgressPolicy, address: IPAddress, port: int) -> bool:

@@ -9,7 +9,8 @@ so the start that would go past it is refused with a clear error and nothing els
 
 The limit comes from the server's open-file limit (`server_command_limit`): what is left after the
 client connections (`Settings.connection_limit`), the sandboxes themselves (each holds a few fds
-while it runs) and a reserve, divided by what one command holds. AGENTCELL_MAX_COMMANDS sets it.
+while it runs), the egress proxy's connections (the node-wide cap, two fds each) and a reserve,
+divided by what one command holds. AGENTCELL_MAX_COMMANDS sets it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import resource
 
 from agentcell.errors import Unavailable
+from agentcell.server.egress.node import total_connection_limit
 from agentcell.server.settings import Settings
 
 FDS_PER_COMMAND = 5
@@ -25,6 +27,8 @@ pipe and the command's pidfd (measured: 5.0 per background `sleep`; a terminal h
 FDS_PER_SANDBOX = 2
 """server fds one running sandbox holds: its init's pidfd (measured: 1.08 per idle sandbox), and
 one for a file transfer in flight"""
+FDS_PER_PROXIED_CONNECTION = 2
+"""server fds one connection through the egress proxy holds: the sandbox's end and the upstream"""
 FDS_RESERVED = 1024
 """for the rest of the server: listeners, the database, logs, the spawner, the gateway's upstream
 pool"""
@@ -44,7 +48,8 @@ def server_command_limit(
         open_files, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if open_files == resource.RLIM_INFINITY:
             open_files = 1 << 20
-    spare = open_files - connections - sandboxes * FDS_PER_SANDBOX - FDS_RESERVED
+    proxied = total_connection_limit(open_files) * FDS_PER_PROXIED_CONNECTION
+    spare = open_files - connections - sandboxes * FDS_PER_SANDBOX - proxied - FDS_RESERVED
     return max(MIN_COMMANDS, spare // FDS_PER_COMMAND)
 
 
