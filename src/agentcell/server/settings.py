@@ -72,7 +72,7 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="client connections open at once, past which new ones get 503 "
-        "(0: half the process's open-file limit, at most 10000)",
+        "(0: a quarter of the process's open-file limit, at most 10000)",
     )
     max_connections_per_client: int = Field(
         default=1000, ge=0, description="client connections open at once from one address (0: no limit)"
@@ -183,14 +183,14 @@ class Settings(BaseSettings):
         return self.npm_registry or _npm_configured_registry() or NPM_DEFAULT_REGISTRY
 
     def connection_limit(self) -> int:
-        """AGENTCELL_MAX_CONNECTIONS, else half the process's open-file limit (the rest is for
+        """AGENTCELL_MAX_CONNECTIONS, else a quarter of the process's open-file limit (the rest is for
         sandboxes, upstream connections and files), at most DEFAULT_MAX_CONNECTIONS."""
         if self.max_connections:
             return self.max_connections
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             return DEFAULT_MAX_CONNECTIONS
-        return max(1, min(DEFAULT_MAX_CONNECTIONS, soft // 2))
+        return max(1, min(DEFAULT_MAX_CONNECTIONS, soft // 4))
 
 
 DEFAULT_MAX_CONNECTIONS = 10_000
