@@ -33,7 +33,14 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from agentcell.errors import AgentcellError, Conflict, QuotaExceeded, Unavailable, WorkspaceCorrupt
+from agentcell.errors import (
+    AgentcellError,
+    Conflict,
+    NotFound,
+    QuotaExceeded,
+    Unavailable,
+    WorkspaceCorrupt,
+)
 from agentcell.protocol.sandboxes import SandboxCreate, SandboxState
 from agentcell.server.auth.principal import Principal, acting_as, current_or_none
 from agentcell.server.clock import Clock
@@ -198,7 +205,14 @@ class SandboxPauses:
         """SandboxService's timeout hook: pause a sandbox created with `on_timeout="pause"`. False
         (kill it) for any other. A pause that fails (the object store down, the storage quota
         full) keeps the sandbox running and is tried again later, backing off; only after
-        `timeout_pause_attempts` failures does the sandbox end without its files."""
+        `timeout_pause_attempts` failures does the sandbox end without its files.
+
+        A sandbox that a pause, resume or kill is working on right now is left to it (True): the
+        reaper must not stop it under a pause that is saving its files (the pause would end in
+        an error with the sandbox paused after all). Its deadline has passed, so a pause that
+        fails leaves it to the next round of the reaper."""
+        if self._lock(sandbox.id).locked():
+            return True
         if sandbox.request.on_timeout != "pause":
             return False
         try:
@@ -313,20 +327,29 @@ class SandboxPauses:
 
     async def _pause_marked(self, sandbox: Sandbox) -> PausedSandbox:
         path = storage_path(sandbox.tenant, sandbox.id)
-        files = self._driver.files(sandbox.id)
         sandbox.pausing = True  # API writes finishing from now on fail: the snapshot may miss them
         frozen = False
         try:
             frozen = await self._driver.freeze(sandbox.id)  # its files hold still until it stops
-            info = await _with_home(
-                files, lambda fd: self._snapshots.persist(path, fd, (WRITE_TEMPS,), keep=1)
-            )
-            await self._store.put_workspace(await self._workspace_record(sandbox, path, info))
-        except BaseException:
+            info, record = await self._save(sandbox, path)
+        except BaseException:  # the snapshot, its workspace row or the paused record failed
             sandbox.pausing = False  # the sandbox keeps running
             if frozen:
                 await self._driver.thaw(sandbox.id)
             raise
+        paused = self._paused[sandbox.id] = _from_record(record)
+        self._keeper.adopt(paused.workspace, sandbox.id, paused_sandbox=True)
+        with contextlib.suppress(NotFound):  # ended meanwhile by a door that takes no lock (MCP)
+            await self._sandboxes.kill(sandbox.id)
+        log.info("sandbox %s paused: %d files, %d bytes stored", sandbox.id, info.files, info.stored_bytes)
+        return paused
+
+    async def _save(self, sandbox: Sandbox, path: str) -> tuple[SnapshotInfo, PausedSandboxRecord]:
+        """The snapshot of the sandbox's home, its workspace row, then the paused sandbox's record
+        (written after its snapshot: never one without)."""
+        files = self._driver.files(sandbox.id)
+        info = await _with_home(files, lambda fd: self._snapshots.persist(path, fd, (WRITE_TEMPS,), keep=1))
+        await self._store.put_workspace(await self._workspace_record(sandbox, path, info))
         now = self._clock.now()
         record = PausedSandboxRecord(
             id=sandbox.id,
@@ -338,12 +361,8 @@ class SandboxPauses:
             keep_until=now + self._retention_s,
             labels_json=json.dumps(self.labeller(sandbox) if self.labeller is not None else {}),
         )
-        await self._store.put_paused_sandbox(record)  # written after its snapshot: never one without
-        paused = self._paused[sandbox.id] = _from_record(record)
-        self._keeper.adopt(paused.workspace, sandbox.id, paused_sandbox=True)
-        await self._sandboxes.kill(sandbox.id)
-        log.info("sandbox %s paused: %d files, %d bytes stored", sandbox.id, info.files, info.stored_bytes)
-        return paused
+        await self._store.put_paused_sandbox(record)
+        return info, record
 
     async def _workspace_record(self, sandbox: Sandbox, path: str, info: SnapshotInfo) -> WorkspaceRecord:
         return WorkspaceRecord(

@@ -17,6 +17,12 @@ such file but the first, the first one, so that a restore links them again. The 
 only when there are some: a manifest without it (every one written before links were kept) restores
 each file on its own, and a server that does not know `links` ignores it and does the same.
 
+Each file's inode change time when it was read is kept in `ctimes` (one per entry, 0 for others),
+only when known: a persist trusts a file unchanged only when its change time is the one recorded
+(an mtime is the file owner's to set back, as `cp -p` does). A manifest without it (every one
+written before) makes the next persist read every file once; a server that does not know `ctimes`
+ignores it.
+
 Stored form: `MAGIC`, the length of the zlib-compressed JSON (8 bytes, big-endian), that JSON, then
 the inline bytes. A manifest read back from the store is
 hostile until `decode` has validated all of it: nothing is written before that.
@@ -30,7 +36,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agentcell.errors import WorkspaceCorrupt
+from agentcell.errors import Conflict, WorkspaceCorrupt
 
 FORMAT_VERSION = 1
 MAX_ENTRIES = 1_000_000
@@ -82,6 +88,7 @@ class Entry:
     hash: str = ""  # a file's content hash (pieces.py: packed: sha256; chunked: over its chunks)
     target: str = ""  # a symlink's target text
     pieces: tuple[Piece, ...] = ()
+    ctime_ns: int = 0  # a file's inode change time when it was read (0: not known)
 
     def to_json(self) -> list[Any]:
         pieces = [piece.to_json() for piece in self.pieces]
@@ -124,7 +131,15 @@ def encode(manifest: Manifest) -> bytes:
     }
     if manifest.links:
         body["links"] = sorted(manifest.links.items())
-    packed = zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
+    if any(entry.ctime_ns for entry in manifest.entries):
+        body["ctimes"] = [entry.ctime_ns for entry in manifest.entries]
+    text = json.dumps(body, separators=(",", ":")).encode()
+    if len(text) > MAX_MANIFEST_BYTES:  # a restore would refuse it: never store it
+        raise Conflict(
+            f"the workspace's list of files takes {len(text) >> 20} MiB, more than a snapshot keeps "
+            f"({MAX_MANIFEST_BYTES >> 20} MiB): delete (or exclude) some of its files and try again"
+        )
+    packed = zlib.compress(text, 6)
     return MAGIC + len(packed).to_bytes(8, "big") + packed + manifest.inline
 
 
@@ -154,6 +169,11 @@ def _from_json(body: dict[str, Any]) -> Manifest:
     if body["version"] != FORMAT_VERSION:
         raise SnapshotCorrupt(f"unknown format version {body['version']!r}")
     entries = tuple(_entry(item) for item in _list(body["entries"]))
+    if "ctimes" in body:
+        ctimes = [_int(ctime) for ctime in _list(body["ctimes"])]
+        if len(ctimes) != len(entries):
+            raise SnapshotCorrupt("ctimes do not match its entries")
+        entries = tuple(replace(entry, ctime_ns=ctime) for entry, ctime in zip(entries, ctimes, strict=True))
     objects = body["objects"]
     if not isinstance(objects, dict):
         raise TypeError("objects")
@@ -239,16 +259,17 @@ def validate(manifest: Manifest) -> None:
     _validate_links(manifest)
 
 
+def byte_length(text: str) -> int:
+    """The length of a name, path or link target as the file system has it: bytes that are not
+    UTF-8 come as surrogate escapes (as `os` gives them), one byte each."""
+    return len(text.encode("utf-8", "surrogateescape"))
+
+
 def _validate_path(path: str) -> None:
-    if (
-        not path
-        or "\0" in path
-        or path.startswith("/")
-        or len(path.encode("utf-8", "surrogateescape")) > (MAX_PATH_BYTES)
-    ):
+    if not path or "\0" in path or path.startswith("/") or byte_length(path) > MAX_PATH_BYTES:
         raise SnapshotCorrupt(f"bad path {path[:200]!r}")
     for name in path.split("/"):
-        if name in ("", ".", "..") or len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        if name in ("", ".", "..") or byte_length(name) > MAX_NAME_BYTES:
             raise SnapshotCorrupt(f"bad path {path[:200]!r}")
 
 
@@ -259,7 +280,7 @@ def _validate_entry(entry: Entry, objects: dict[str, int]) -> None:
     if not 0 <= entry.mode <= 0o7777:
         raise SnapshotCorrupt(f"{where} has bad mode {entry.mode!r}")
     if entry.kind == "l":
-        if not entry.target or "\0" in entry.target or len(entry.target.encode()) >= MAX_PATH_BYTES:
+        if not entry.target or "\0" in entry.target or byte_length(entry.target) >= MAX_PATH_BYTES:
             raise SnapshotCorrupt(f"{where} has a bad link target")
     elif entry.target:
         raise SnapshotCorrupt(f"{where} has a link target but is not a link")

@@ -1,19 +1,23 @@
 """One persist of one workspace: walk it, decide what changed, upload only that, build the manifest.
 
-A file whose size, mtime and mode equal its entry in the previous manifest is reused without being
-read, unless its mtime was too close to the previous walk to be trusted (the "racy clean" case:
-a write in the same timestamp tick would not have changed the mtime). Content already stored
-(renamed files, identical files, unchanged chunks of a large file) is not uploaded again. Packs that
-have become mostly dead are rewritten so stored bytes stay close to live bytes. Files that share an
-inode are each stored as usual (their content is stored once) and recorded as hard links of the
-first of them, so that a restore links them again instead of writing copies.
+A file whose size, mtime, mode and inode change time equal its entry in the previous manifest is
+reused without being read, unless its mtime was too close to the previous walk to be trusted (the
+"racy clean" case: a write in the same timestamp tick would not have changed the mtime). The
+change time is what a sandbox cannot put back (`cp -p`, `touch -r` restore an mtime); after a
+restore, when every file has a new one, a file changed last by that restore counts as unchanged.
+Content already stored (renamed files, identical files, unchanged chunks of a large file) is not
+uploaded again. Packs that have become mostly dead are rewritten so stored bytes stay close to
+live bytes. Files that share an inode are each stored as usual (their content is stored once) and
+recorded as hard links of the first of them, so that a restore links them again instead of
+writing copies.
 
 A persist costs time in proportion to the data of a file, not its size: the holes of a sparse file
-are found with SEEK_DATA and are neither read nor hashed (pieces.py: the chunked hash), so a run of
-them is one hole piece whatever its length. Files are read up to the size they had when opened (a
-file growing as fast as it is read cannot stall a persist), and a file larger than the manifest's
-MAX_FILE_BYTES (holes count: a restore recreates the size) stops the persist before anything is
-uploaded, with an error naming it.
+are found with SEEK_DATA and SEEK_HOLE and are neither read nor hashed (pieces.py: the chunked
+hash), so a run of them is one hole piece whatever its length, and a piece of data ends where a
+hole of MIN_HOLE_BYTES or more begins (a byte every 4 MiB is read as a block, not as 4 MiB).
+Files are read up to the size they had when opened (a file growing as fast as it is read cannot
+stall a persist), and a file larger than the manifest's MAX_FILE_BYTES (holes count: a restore
+recreates the size) stops the persist before anything is uploaded, with an error naming it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from agentcell.server.storage.threads import settled
 from agentcell.server.storage.tree import Excludes, Found, Reader, Scan, scan
 
 RACY_NS = 1_000_000_000  # mtimes this close to the previous walk are re-hashed
+HOLE_BLOCK_BYTES = 4096  # holes are found and stored in whole blocks of this size
+MIN_HOLE_BYTES = 64 << 10  # a hole inside data smaller than this is read as zeros
 SPARSE = 0.5  # rewrite a pack whose live bytes fall under half of it
 
 
@@ -66,9 +72,14 @@ class Persist:
         *,
         compress: bool,
         small_file_bytes: int = SMALL_FILE_BYTES,
+        restored_before: int = 0,
     ) -> None:
+        """`restored_before`: files whose change time is below this (file-system ns) were last
+        written by a restore of `previous` (their recorded change times are those of an earlier
+        life); 0 when unknown."""
         self._store, self._prefix, self._seq = store, prefix, seq
         self._previous = previous
+        self._restored_before = restored_before
         self._compress = compress
         self._small = small_file_bytes
         self._totals = Totals()
@@ -116,9 +127,10 @@ class Persist:
                 and old.kind == "f"
                 and (old.size, old.mtime_ns, old.mode) == (found.size, found.mtime_ns, found.mode)
                 and found.mtime_ns < trusted_before
+                and (0 != old.ctime_ns == found.ctime_ns or found.ctime_ns < self._restored_before)
             )
             if unchanged and old is not None and not _is_inline(old):
-                done[found.path] = _current(old)
+                done[found.path] = replace(_current(old), ctime_ns=found.ctime_ns)
             else:
                 to_read.append(found)
         self._index_previous()
@@ -218,7 +230,9 @@ class Persist:
                     self._by_hash[hash_] = pack.add(data, hash_, self._compress)
                 pieces = (self._by_hash[hash_],)
             mode = st.st_mode & 0o7777
-            entries[found.path] = Entry(found.path, "f", mode, len(data), st.st_mtime_ns, hash_, "", pieces)
+            entries[found.path] = Entry(
+                found.path, "f", mode, len(data), st.st_mtime_ns, hash_, "", pieces, st.st_ctime_ns
+            )
         return entries, grown
 
     # ---- large files: chunk blobs -----------------------------------------------------------------
@@ -245,7 +259,8 @@ class Persist:
             os.close(fd)
         self._totals.hashed_files += 1
         mode = st.st_mode & 0o7777
-        return Entry(found.path, "f", mode, offset, st.st_mtime_ns, chunked_hash(pieces), "", tuple(pieces))
+        hash_ = chunked_hash(pieces)
+        return Entry(found.path, "f", mode, offset, st.st_mtime_ns, hash_, "", tuple(pieces), st.st_ctime_ns)
 
     # ---- result -----------------------------------------------------------------------------------
 
@@ -314,14 +329,17 @@ def _read_up_to(fd: int, limit: int) -> bytes:
 
 
 def _next_piece(fd: int, offset: int, end: int, compress: bool) -> tuple[Piece, bytes] | None:
-    """(thread) The piece of a large file at `offset` (a multiple of CHUNK_BYTES) and its stored
-    bytes; None at `end` or the end of the file. The whole chunks from `offset` that hold no data
-    are one hole, found without reading them; a chunk read and found to be all zeros is a hole too
-    (so that zeros written out and holes store alike: not at all)."""
+    """(thread) The piece of a large file at `offset` and its stored bytes; None at `end` or the
+    end of the file. The blocks from `offset` that hold no data are one hole, found without
+    reading them; otherwise the piece is data up to CHUNK_BYTES, ending early where a hole of at
+    least MIN_HOLE_BYTES begins, so that reading costs about what the file's data holds, not its
+    size (a byte every 4 MiB must not mean reading 4 MiB per byte). A dense file is cut into the
+    fixed chunks it always was. A data piece read and found to be all zeros is a hole too (zeros
+    written out and holes store alike: not at all)."""
     holes = _hole_bytes(fd, offset, end)
     if holes:
         return hole(holes), b""
-    data = _pread_up_to(fd, offset, min(CHUNK_BYTES, end - offset))
+    data = _pread_up_to(fd, offset, _data_bytes(fd, offset, end))
     if not data:
         return None
     if data == bytes(len(data)):
@@ -332,15 +350,37 @@ def _next_piece(fd: int, offset: int, end: int, compress: bool) -> tuple[Piece, 
 
 
 def _hole_bytes(fd: int, offset: int, end: int) -> int:
-    """(thread) How many bytes of whole chunks from `offset` up to `end` hold no data, by
+    """(thread) How many bytes of whole blocks from `offset` up to `end` hold no data, by
     SEEK_DATA (a file system without holes says every byte is data)."""
+    data_at = _seek(fd, offset, os.SEEK_DATA)
+    return max(0, min(data_at, end) - offset) // HOLE_BLOCK_BYTES * HOLE_BLOCK_BYTES
+
+
+def _data_bytes(fd: int, offset: int, end: int) -> int:
+    """(thread) How many bytes from `offset` (where data begins) to read as one piece: up to
+    CHUNK_BYTES or `end`, or up to the first hole of at least MIN_HOLE_BYTES (smaller holes are
+    read as zeros: a piece per small hole would cost more objects than the reading it saves)."""
+    limit = min(end, offset + CHUNK_BYTES)
+    at = offset
+    while True:
+        hole_at = _seek(fd, at, os.SEEK_HOLE)
+        if hole_at >= limit:
+            return limit - offset
+        data_at = _seek(fd, hole_at, os.SEEK_DATA)
+        if data_at - hole_at >= MIN_HOLE_BYTES or data_at >= limit or data_at <= at:
+            return max(hole_at - offset, min(HOLE_BLOCK_BYTES, limit - offset))
+        at = data_at  # a small hole: read on, up to the next one
+
+
+def _seek(fd: int, offset: int, whence: int) -> int:
+    """(thread) lseek for SEEK_DATA or SEEK_HOLE; past the last data (ENXIO), the file's size.
+    A file system that knows no holes has one at the end of the file."""
     try:
-        data_at = os.lseek(fd, offset, os.SEEK_DATA)
+        return os.lseek(fd, offset, whence)
     except OSError as exc:
-        if exc.errno != errno.ENXIO:  # ENXIO: no data from `offset` to the end of the file
-            return 0
-        data_at = os.fstat(fd).st_size
-    return max(0, min(data_at, end) - offset) // CHUNK_BYTES * CHUNK_BYTES
+        if exc.errno != errno.ENXIO:
+            return offset if whence == os.SEEK_DATA else os.fstat(fd).st_size
+        return max(offset, os.fstat(fd).st_size)
 
 
 def _pread_up_to(fd: int, offset: int, limit: int) -> bytes:

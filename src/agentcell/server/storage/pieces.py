@@ -1,8 +1,9 @@
 """How file bytes become stored pieces and back: hashing, optional zlib, packs and chunk blobs.
 
 Small files (≤ SMALL_FILE_BYTES) of one snapshot are concatenated into pack objects of up to
-PACK_BYTES; larger files are cut into fixed CHUNK_BYTES chunks, each stored once as a
-content-addressed blob, except that a run of chunks of zeros is one hole piece, stored nowhere.
+PACK_BYTES; larger files are cut into chunks of up to CHUNK_BYTES (fixed ones where the file is
+dense), each stored once as a content-addressed blob, and a run of blocks of zeros is one hole
+piece, stored nowhere (persist.py: where a piece of data ends early at a hole).
 Why these shapes and sizes: docs/design.md, "Session storage".
 
 A file's content hash is the sha256 of its bytes when it is packed (the hash of its one piece),

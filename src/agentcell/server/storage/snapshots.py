@@ -23,18 +23,21 @@ import builtins
 import errno
 import logging
 import os
+import stat
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agentcell.errors import AgentcellError, Internal, InvalidArgument, NotFound, QuotaExceeded
 from agentcell.server.clock import Clock
-from agentcell.server.storage.manifest import Manifest, SnapshotCorrupt, decode, encode
+from agentcell.server.storage.manifest import Manifest, SnapshotCorrupt, decode, encode, validate
 from agentcell.server.storage.objects import ObjectStore, validate_key
 from agentcell.server.storage.persist import Persist
 from agentcell.server.storage.pieces import SMALL_FILE_BYTES
 from agentcell.server.storage.restore import Restore, needed_bytes
-from agentcell.server.storage.tree import Excludes
+from agentcell.server.storage.threads import settled
+from agentcell.server.storage.tree import Excludes, open_root
 
 __all__ = ["SnapshotCorrupt", "SnapshotInfo", "Snapshots", "Swept"]
 
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 MANIFESTS = "snapshots/"
 COLLECTED = ("packs/", "blobs/")
 MiB = 1 << 20
+TICK_WAIT_S = 0.001
+TICK_TRIES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +94,9 @@ class Snapshots:
         self._store, self._clock, self._keep, self._compress = store, clock, keep, compress
         self._small = small_file_bytes
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._restored: dict[str, tuple[int, int]] = {}
+        """prefix → (seq, ns): snapshot `seq` was restored in this process, and files whose change
+        time is below `ns` are as it holds them (until the prefix's next snapshot)"""
 
     def _lock(self, prefix: str) -> asyncio.Lock:
         lock = self._locks.get(prefix)
@@ -121,8 +129,15 @@ class Snapshots:
             newest = await self._newest_readable(prefix, seqs)
             previous = newest[0] if newest is not None else None
             seq = max(seqs, default=0) + 1
+            restored = self._restored.get(prefix, (0, 0))
             job = Persist(
-                self._store, prefix, seq, previous, compress=self._compress, small_file_bytes=self._small
+                self._store,
+                prefix,
+                seq,
+                previous,
+                compress=self._compress,
+                small_file_bytes=self._small,
+                restored_before=restored[1] if previous is not None and previous.seq == restored[0] else 0,
             )
             try:
                 manifest = await job.run(dir_fd, excludes, self._clock.now())
@@ -134,7 +149,9 @@ class Snapshots:
                 assert previous is not None
                 return _info(previous, len(encode(previous)), uploaded=0)
             data = encode(manifest)
+            _check_restorable(manifest, prefix)
             await self._store.put(_manifest_key(prefix, seq), data)
+            self._restored.pop(prefix, None)  # the new snapshot records the files' change times
             await self._collect(prefix, [*seqs, seq], keep, manifest)
             return _info(manifest, len(data), uploaded=manifest.uploaded_bytes + len(data))
 
@@ -159,11 +176,13 @@ class Snapshots:
             if not seqs:
                 return None
             manifest, size = await self._load(prefix, seq if seq is not None else max(seqs))
+            self._restored.pop(prefix, None)
             try:
                 await Restore(self._store, prefix, manifest, owner).run(dir_fd)
             except OSError as exc:
                 what = f"restore of snapshot {manifest.seq} of {prefix!r}"
                 raise _os_failure(exc, what, _shortfall(dir_fd, manifest)) from exc
+            self._restored[prefix] = (manifest.seq, await settled(_change_time_after, dir_fd))
             return _info(manifest, size)
 
     async def latest(self, prefix: str) -> SnapshotInfo | None:
@@ -191,6 +210,7 @@ class Snapshots:
     async def delete_all(self, prefix: str) -> None:
         validate_key(prefix)
         async with self._lock(prefix):
+            self._restored.pop(prefix, None)
             await self._store.delete_prefix(f"{prefix}/")
 
     async def sweep(self, prefix: str) -> Swept:
@@ -273,6 +293,38 @@ def _os_failure(exc: OSError, what: str, shortfall: str = "") -> AgentcellError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return QuotaExceeded(f"{what}: the workspace ran out of space ({exc.strerror}){shortfall}")
     return Internal(f"{what} failed on the workspace: {exc.strerror or exc}")
+
+
+def _change_time_after(dir_fd: int) -> int:
+    """(thread) A change time of the file system of `dir_fd` later than every change made in it so
+    far, in a tick of its clock of its own: any later change gets this or a later one, while what
+    came before is below it. Found by changing the directory's ctime (a chmod to its own mode)
+    until its clock moves on (a tick: a few ms). 0 (nothing trusted) if it never does."""
+    fd = open_root(dir_fd)
+    try:
+        first = _touch(fd)
+        for _ in range(TICK_TRIES):
+            if (now := _touch(fd)) > first:
+                return now
+            time.sleep(TICK_WAIT_S)
+        return 0
+    finally:
+        os.close(fd)
+
+
+def _touch(fd: int) -> int:
+    """(thread) Set the directory's change time to now (its mode to what it is); returns it."""
+    os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode))
+    return os.fstat(fd).st_ctime_ns
+
+
+def _check_restorable(manifest: Manifest, prefix: str) -> None:
+    """A persist stores only what a restore accepts (the walk leaves out what it could not hold):
+    a snapshot that cannot be read back would lose every file of the workspace, not just one."""
+    try:
+        validate(manifest)
+    except SnapshotCorrupt as exc:
+        raise Internal(f"persist of {prefix!r} made a snapshot it could not restore: {exc.message}") from exc
 
 
 def _shortfall(dir_fd: int, manifest: Manifest) -> str:

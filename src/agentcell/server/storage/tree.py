@@ -3,7 +3,9 @@
 Every step goes through directory file descriptors and `*at` calls, one path component at a
 time, with O_NOFOLLOW: a symlink is recorded as a link and never followed, a directory swapped for
 a link between two calls is refused by the kernel, and nothing outside the root's mount is read
-(a change of st_dev stops the walk). FIFOs, sockets and devices are counted and skipped.
+(a change of st_dev stops the walk). FIFOs, sockets and devices are counted and skipped, and so
+are entries whose path is longer than a snapshot may hold (MAX_PATH_BYTES: a program can make
+them with relative paths), so that one such entry never makes the whole snapshot unrestorable.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agentcell.errors import InvalidArgument
+from agentcell.errors import Conflict, InvalidArgument
+from agentcell.server.storage.manifest import MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_PATH_BYTES, byte_length
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 MAX_DEPTH = 512
+MAX_TEXT_BYTES = MAX_MANIFEST_BYTES // 4
+"""paths and link targets of one walk together (escaped in the manifest's JSON, they grow)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,7 @@ class Found:
     mtime_ns: int
     target: str = ""
     inode: int = 0  # a regular file with more than one link: its inode number (else 0)
+    ctime_ns: int = 0  # a regular file's inode change time (its owner cannot set it, unlike mtime)
 
 
 @dataclass(slots=True)
@@ -40,6 +46,23 @@ class Scan:
     entries: list[Found]
     skipped: int
     root_dev: int
+    listed: int = 0
+    """directory entries listed and not yet visited"""
+    text_bytes: int = 0
+    """bytes of the paths and link targets found"""
+
+    def room(self) -> int:
+        """How many more directory entries the walk may list."""
+        return MAX_ENTRIES - len(self.entries) - self.listed
+
+    def count(self, found: Found) -> None:
+        self.entries.append(found)
+        self.text_bytes += byte_length(found.path) + byte_length(found.target)
+        if self.text_bytes > MAX_TEXT_BYTES:
+            raise Conflict(
+                f"the paths and link targets of the workspace add up to more than {MAX_TEXT_BYTES >> 20} "
+                "MiB, more than a snapshot keeps: delete (or exclude) some of its files and try again"
+            )
 
 
 class Excludes:
@@ -70,13 +93,15 @@ def scan(dir_fd: int, excludes: Excludes) -> Scan:
     """Every entry under `dir_fd`, parents before children, excluded directories never entered.
 
     Depth-first with one open fd per level (never one per sibling); entries deeper than
-    MAX_DEPTH levels are skipped rather than exhausting file descriptors.
+    MAX_DEPTH levels are skipped rather than exhausting file descriptors, and entries whose path
+    is longer than MAX_PATH_BYTES are skipped (with their subtree) rather than stored unrestorable.
     """
     root = open_root(dir_fd)
     result = Scan([], 0, os.fstat(root).st_dev)
     stack: list[tuple[str, int, list[os.DirEntry[str]]]] = []
     try:
-        stack.append(("", root, _listing(root)))
+        stack.append(("", root, []))  # on the stack before its listing: closed if that fails
+        stack[-1] = ("", root, _listing(root, result))
         while stack:
             rel, fd, items = stack[-1]
             if not items:
@@ -84,25 +109,42 @@ def scan(dir_fd: int, excludes: Excludes) -> Scan:
                 stack.pop()
                 continue
             item = items.pop()
+            result.listed -= 1
             path = f"{rel}/{item.name}" if rel else item.name
             if excludes.matches(path, item.name):
+                continue
+            if byte_length(path) > MAX_PATH_BYTES:  # a snapshot could not hold it, nor its subtree
+                result.skipped += 1
                 continue
             child = _visit(fd, item, path, result)
             if child is not None and len(stack) >= MAX_DEPTH:
                 os.close(child)
                 result.skipped += 1
             elif child is not None:
-                stack.append((path, child, _listing(child)))
+                stack.append((path, child, []))  # as the root: closed if its listing fails
+                stack[-1] = (path, child, _listing(child, result))
     finally:
         for _, fd, _ in stack:
             os.close(fd)
     return result
 
 
-def _listing(fd: int) -> list[os.DirEntry[str]]:
-    """A directory's entries, sorted by name in reverse (so that `pop()` yields them in order)."""
+def _listing(fd: int, result: Scan) -> list[os.DirEntry[str]]:
+    """A directory's entries, sorted by name in reverse (so that `pop()` yields them in order).
+    Raises Conflict as soon as the walk holds more entries than a snapshot keeps (MAX_ENTRIES):
+    before it lists them all, so that a directory of millions of files costs no memory."""
+    items: list[os.DirEntry[str]] = []
+    room = result.room()
     with os.scandir(fd) as listing:
-        return sorted(listing, key=lambda item: item.name, reverse=True)
+        for item in listing:
+            if len(items) >= room:
+                raise Conflict(
+                    f"the workspace holds more than {MAX_ENTRIES} files, directories and links, "
+                    "more than a snapshot keeps: delete (or exclude) some of them and try again"
+                )
+            items.append(item)
+    result.listed += len(items)
+    return sorted(items, key=lambda item: item.name, reverse=True)
 
 
 def _visit(parent: int, item: os.DirEntry[str], path: str, result: Scan) -> int | None:
@@ -111,18 +153,20 @@ def _visit(parent: int, item: os.DirEntry[str], path: str, result: Scan) -> int 
         st = item.stat(follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):
             target = os.readlink(item.name, dir_fd=parent)
-            result.entries.append(Found(path, "l", 0o777, 0, st.st_mtime_ns, target))
+            result.count(Found(path, "l", 0o777, 0, st.st_mtime_ns, target))
         elif stat.S_ISDIR(st.st_mode) and st.st_dev == result.root_dev:
             child = os.open(item.name, DIR_FLAGS, dir_fd=parent)
             if _same_inode(os.fstat(child), st):
-                result.entries.append(Found(path, "d", stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns))
+                result.count(Found(path, "d", stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns))
                 return child
             os.close(child)
             result.skipped += 1
         elif stat.S_ISREG(st.st_mode) and st.st_dev == result.root_dev:
             inode = st.st_ino if st.st_nlink > 1 else 0
             mode = stat.S_IMODE(st.st_mode)
-            result.entries.append(Found(path, "f", mode, st.st_size, st.st_mtime_ns, inode=inode))
+            result.count(
+                Found(path, "f", mode, st.st_size, st.st_mtime_ns, inode=inode, ctime_ns=st.st_ctime_ns)
+            )
         else:
             result.skipped += 1
     except OSError as exc:
@@ -143,37 +187,37 @@ def _vanished(exc: OSError) -> bool:
 
 class DirCursor:
     """Opens directories of a tree by relative path from its root, one component at a time with
-    O_NOFOLLOW, keeping the last one open: callers visit paths in sorted order, so neighbours
-    share a parent."""
+    O_NOFOLLOW, keeping an fd for each component of the last path: callers visit paths in sorted
+    (depth-first) order, so the next path shares most of its parents and only the components that
+    differ are opened (a file 400 levels down costs one open, not 400)."""
 
     def __init__(self, root_fd: int) -> None:
         self.root = root_fd
-        self._path: str | None = None
-        self._fd = -1
+        self._names: list[str] = []
+        self._fds: list[int] = []  # _fds[i]: the directory at _names[: i + 1]
 
     def at(self, path: str) -> int:
         """An fd of the directory at `path` ("" is the root); valid until the next call."""
-        if path == "":
-            return self.root
-        if path == self._path:
-            return self._fd
-        self.close()
-        fd = os.dup(self.root)
-        try:
-            for name in path.split("/"):
-                next_fd = os.open(name, DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = next_fd
-        except BaseException:
-            os.close(fd)
-            raise
-        self._path, self._fd = path, fd
+        names = path.split("/") if path else []
+        common = 0
+        for have, want in zip(self._names, names, strict=False):
+            if have != want:
+                break
+            common += 1
+        while len(self._fds) > common:
+            os.close(self._fds.pop())
+            self._names.pop()
+        fd = self._fds[-1] if self._fds else self.root
+        for name in names[common:]:
+            fd = os.open(name, DIR_FLAGS, dir_fd=fd)
+            self._fds.append(fd)
+            self._names.append(name)
         return fd
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._path, self._fd = None, -1
+        while self._fds:
+            os.close(self._fds.pop())
+        self._names.clear()
 
 
 class Reader:

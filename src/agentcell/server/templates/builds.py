@@ -36,7 +36,7 @@ from agentcell.server.clock import Clock
 from agentcell.server.egress.policy import EgressPolicy
 from agentcell.server.sandbox.driver import ExecSpec, Mount, SandboxDriver, SandboxProcess, SandboxSpec
 from agentcell.server.templates.buildlog import BuildLog, Event
-from agentcell.server.templates.layers import tree_bytes
+from agentcell.server.templates.layers import LayerRefused, tree_bytes
 from agentcell.server.templates.recipe import BuildStep, build_steps, template_env
 
 log = logging.getLogger(__name__)
@@ -194,9 +194,8 @@ class BuildRunner:
             for task in [*pumps, watchdog]:
                 task.cancel()
             await asyncio.gather(*pumps, watchdog, return_exceptions=True)
-        if watchdog.done() and not watchdog.cancelled() and watchdog.result():
-            limit_mib = self._resources.layer_bytes >> 20
-            raise BuildFailed(f"step '{step.name}' made the layer larger than {limit_mib} MiB")
+        if watchdog.done() and not watchdog.cancelled() and (why := watchdog.result()):
+            raise BuildFailed(f"step '{step.name}' made {why}")
         if code is None:
             raise BuildFailed(f"step '{step.name}' timed out after {build.request.recipe.step_timeout_s} s")
         if code != 0:
@@ -204,15 +203,29 @@ class BuildRunner:
             said = f": {output}" if output else " and printed nothing"
             raise BuildFailed(f"step '{step.name}' exited with {code}{said}")
 
-    async def _watch_layer(self, build: Build, process: SandboxProcess) -> bool:
-        """Kill the step once the layer passes its size limit (True then); runs until cancelled."""
+    async def _watch_layer(self, build: Build, process: SandboxProcess) -> str | None:
+        """Kill the step once the layer breaks a limit (`layer_problem`, returned then); runs
+        until cancelled."""
         if build.staging is None:
-            return False
+            return None
         while True:
             await asyncio.sleep(self._resources.layer_check_s)
-            if await asyncio.to_thread(tree_bytes, build.staging) > self._resources.layer_bytes:
+            if why := await asyncio.to_thread(self.layer_problem, build.staging):
                 process.send_signal(signal.SIGKILL)
-                return True
+                return why
+
+    def layer_problem(self, layer: Path, size: int | None = None) -> str | None:
+        """(thread) What is wrong with the layer (`size`: its size, already measured), as the end
+        of "step X made ...", or None. Checked while each step runs and once more when it is
+        sealed: a step may well end before the watchdog looks."""
+        if size is None:
+            try:
+                size = tree_bytes(layer)
+            except LayerRefused as exc:
+                return str(exc)
+        if size > self._resources.layer_bytes:
+            return f"the layer larger than {self._resources.layer_bytes >> 20} MiB"
+        return None
 
     async def _wait(self, process: SandboxProcess, timeout_s: float) -> int | None:
         """The exit code, or None after a timeout (the process is killed)."""

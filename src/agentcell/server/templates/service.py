@@ -32,7 +32,7 @@ from agentcell.protocol.templates import (
 from agentcell.server.clock import Clock
 from agentcell.server.sandbox.driver import Mount, SandboxDriver
 from agentcell.server.templates.builds import Build, BuildFailed, BuildResources, BuildRunner
-from agentcell.server.templates.layers import LayerStore
+from agentcell.server.templates.layers import LayerRefused, LayerStore
 from agentcell.server.templates.recipe import layer_dirs_of, template_env
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ class TemplateService:
         try:
             build_s = await self._runner.run(build, staging)
             info = await self._publish(build, build_s)
-        except (BuildFailed, OSError) as exc:
+        except (BuildFailed, LayerRefused, OSError) as exc:
             await asyncio.to_thread(self._layers.discard, build.id)
             log.info("template build %s (%s) failed", build.id, build.name)  # its output: DEBUG only
             log.debug("template build %s failed: %s", build.id, exc)
@@ -221,7 +221,12 @@ class TemplateService:
         log.info("template %s built in %.1f s (%d bytes)", build.name, build_s, info.size_bytes)
 
     async def _publish(self, build: Build, build_s: float) -> TemplateInfo:
-        size = await asyncio.to_thread(self._layers.seal, build.id)
+        try:
+            size = await asyncio.to_thread(self._layers.seal, build.id)
+        except LayerRefused as exc:
+            raise BuildFailed(f"the build made {exc}") from None
+        if why := self._runner.layer_problem(self._layers.staging(build.id), size):
+            raise BuildFailed(f"the build made {why}")
         layer_dirs = await asyncio.to_thread(layer_dirs_of, self._layers.staging(build.id))
         recipe = build.request.recipe
         info = TemplateInfo(

@@ -48,7 +48,7 @@ from agentcell.server.sandbox.driver import (
 )
 from agentcell.server.sandbox.linux.build import helper_path
 from agentcell.server.sandbox.linux.cgroups import CgroupLimits, CgroupPlan, Cgroups, open_cgroups
-from agentcell.server.sandbox.linux.fscalls import resize_tmpfs
+from agentcell.server.sandbox.linux.fscalls import IN_ROOT, RESOLVE_NO_SYMLINKS, openat2, resize_tmpfs
 from agentcell.server.sandbox.linux.netns import NetnsSockets
 from agentcell.server.sandbox.linux.process import (
     ControlPipe,
@@ -382,23 +382,45 @@ class LinuxDriver:
         root = os.statvfs(f"/proc/{self._get(sandbox_id).init_pid}/root")
         size_bytes = min(size_bytes, root.f_blocks * root.f_frsize)
         options = f"size={size_bytes},uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700,nosuid,nodev"
-        await self._in_mount_ns(sandbox_id, ["mount", "-t", "tmpfs", "-o", options, "tmpfs", path])
+        mount = ["mount", "--no-canonicalize", "-t", "tmpfs", "-o", options, "tmpfs"]
+        await self._at_dir(sandbox_id, path, mount)
 
     async def unmount(self, sandbox_id: str, path: str) -> None:
-        with contextlib.suppress(Unavailable):
-            await self._in_mount_ns(sandbox_id, ["umount", "--lazy", path])
+        with contextlib.suppress(Unavailable, Conflict):
+            await self._at_dir(sandbox_id, path, ["umount", "--lazy", "--no-canonicalize"])
 
-    async def _in_mount_ns(self, sandbox_id: str, argv: list[str]) -> None:
-        """Run a host tool in the instance's mount namespace and under its root (so paths,
-        symlinks included, resolve inside the instance and nowhere else)."""
+    async def _at_dir(self, sandbox_id: str, path: str, argv: list[str]) -> None:
+        """`argv` + the directory at `path` of the instance, given as /proc/self/fd/N of an fd
+        opened here without following any symlink: the path's parents belong to the sandbox user,
+        who could swap one for a link (to /usr/local, say: root would mount a tmpfs the user owns
+        there, and then run the user's `umount` from it). Raises Conflict when `path` is reached
+        only through a symlink."""
+        root_path = f"/proc/{self._get(sandbox_id).init_pid}/root"
+        root = os.open(root_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = openat2(root, path, os.O_PATH | os.O_DIRECTORY, IN_ROOT | RESOLVE_NO_SYMLINKS)
+        except OSError as exc:
+            raise Conflict(f"{path} in sandbox {sandbox_id}: not a directory reached without links") from exc
+        finally:
+            os.close(root)
+        try:
+            await self._in_mount_ns(sandbox_id, [*argv, f"/proc/self/fd/{fd}"], fd)
+        finally:
+            os.close(fd)
+
+    async def _in_mount_ns(self, sandbox_id: str, argv: list[str], fd: int) -> None:
+        """Run a host tool in the instance's mount and pid namespaces and under its root, with
+        `fd` open (its /proc/self/fd/N, in the instance's /proc, is the directory it names)."""
         instance = self._get(sandbox_id)
-        enter = ["nsenter", f"--target={instance.init_pid}", "--mount", "--root", "--wd", "--"]
+        enter = ["nsenter", f"--target={instance.init_pid}", "--mount", "--pid", "--root", "--wd", "--"]
         proc = await asyncio.create_subprocess_exec(
             *enter,
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            pass_fds=(fd,),
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},  # the tool is found in the instance's root
         )
         _, err = await proc.communicate()
         if proc.returncode != 0:
