@@ -338,3 +338,17 @@ async def test_own_mcp_run_command_keeps_a_bounded_output(server_url: str) -> No
             assert f"[agentcell: {50_000_008 - MCP_OUTPUT_KEPT} characters of output left out here]" in stdout
         finally:
             await client.call_tool("kill_sandbox", {"sandbox_id": sandbox_id})
+
+
+async def test_own_mcp_kill_deletes_a_paused_sandbox(server_url: str) -> None:
+    """As DELETE /v1/sandboxes/{id} does: a paused sandbox is deleted with its saved files (the
+    tool once answered "not found" for it, and its snapshot stayed, counted against storage)."""
+    async with httpx.AsyncClient(base_url=server_url, headers=AUTH, timeout=60) as api:
+        sandbox_id = (await api.post("/v1/sandboxes", json={"timeout_s": 120})).json()["id"]
+        paused = await api.post(f"/v1/sandboxes/{sandbox_id}/pause")
+        assert paused.status_code == 200 and paused.json()["state"] == "paused", paused.text
+        async with Client(streamable(f"{server_url}/mcp")) as client:
+            killed = await client.call_tool("kill_sandbox", {"sandbox_id": sandbox_id})
+            assert not killed.is_error, killed.content
+        assert (await api.get(f"/v1/sandboxes/{sandbox_id}")).status_code == 404
+        assert (await api.post(f"/v1/sandboxes/{sandbox_id}/resume")).status_code == 404

@@ -215,7 +215,7 @@ def create_app(
     )
     sandbox_metrics = SandboxMetrics(sandbox_service, driver, clock)
     terminals = TerminalService(driver, sandbox_service, clock)
-    mcp_server = build_mcp_server(sandbox_service)
+    mcp_server = build_mcp_server(sandbox_service, pauses)
     scheduler = Scheduler(
         driver,
         store,

@@ -28,6 +28,7 @@ from agentcell.protocol.commands import CommandRequest
 from agentcell.protocol.files import wire_text
 from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.auth.principal import current_or_none
+from agentcell.server.scheduler.sandbox_pause import SandboxPauses
 from agentcell.server.scheduler.sandboxes import SandboxService
 
 MAX_READ_BYTES = 4 << 20
@@ -50,7 +51,7 @@ ToolFn = Callable[..., Awaitable[Any]]
 Owner = tuple[str, str]
 
 
-def build_mcp_server(sandboxes: SandboxService) -> MCPServer[Any]:
+def build_mcp_server(sandboxes: SandboxService, pauses: SandboxPauses) -> MCPServer[Any]:
     server: MCPServer[Any] = MCPServer(
         "agentcell", instructions="Isolated Linux sandboxes: run commands and code, read and write files."
     )
@@ -86,8 +87,8 @@ def build_mcp_server(sandboxes: SandboxService) -> MCPServer[Any]:
 
     @tool()
     async def kill_sandbox(sandbox_id: str) -> str:
-        """Stop a sandbox now; its files are gone."""
-        await sandboxes.kill(sandbox_id)
+        """Stop a sandbox now (or delete a paused one); its files are gone."""
+        await pauses.kill(sandbox_id)
         return f"sandbox {sandbox_id} killed"
 
     @tool()
