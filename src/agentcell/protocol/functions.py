@@ -7,12 +7,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
-from agentcell.protocol.common import ReplyModel, WireModel
+from agentcell.protocol.common import NoNul, ReplyModel, WireModel
 from agentcell.protocol.egress import NetworkPolicy
 from agentcell.protocol.sandboxes import (
     MIN_DISK_MB,
     MIN_MEMORY_MB,
     EnvName,
+    EnvValue,
     MetaKey,
     MetaValue,
     TemplateName,
@@ -36,7 +37,7 @@ class Affinity(WireModel):
 class Hook(WireModel):
     """A command run inside the instance, killed at its deadline."""
 
-    cmd: Annotated[str, StringConstraints(min_length=1, max_length=65536)]
+    cmd: Annotated[str, StringConstraints(min_length=1, max_length=65536), NoNul]
     timeout_s: float = Field(default=30, gt=0, le=3600)
 
 
@@ -64,10 +65,10 @@ class WorkspaceConfig(WireModel):
 
 
 class FunctionConfig(WireModel):
-    cmd: Annotated[str, StringConstraints(min_length=1, max_length=65536)] | None = Field(
+    cmd: Annotated[str, StringConstraints(min_length=1, max_length=65536), NoNul] | None = Field(
         default=None, description="serves HTTP on $PORT inside the instance; run by bash -c in /code"
     )
-    stdio: Annotated[str, StringConstraints(min_length=1, max_length=65536)] | None = Field(
+    stdio: Annotated[str, StringConstraints(min_length=1, max_length=65536), NoNul] | None = Field(
         default=None,
         description="instead of cmd: a stdio MCP server (bash -c in /code), served over Streamable HTTP "
         "and legacy SSE by a bridge, one process per MCP session",
@@ -76,9 +77,7 @@ class FunctionConfig(WireModel):
     template: TemplateName = Field(
         default="base", description="what instances start from: base, or a built template (see /v1/templates)"
     )
-    env: dict[EnvName, Annotated[str, StringConstraints(max_length=32768)]] = Field(
-        default_factory=dict, max_length=256
-    )
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=256)
     cpu: float = Field(default=1.0, ge=0.01, le=64, description="CPU cores, down to 0.01")
     memory_mb: int = Field(default=512, ge=MIN_MEMORY_MB, le=262144)
     disk_mb: int = Field(default=1024, ge=MIN_DISK_MB, le=1048576)

@@ -10,6 +10,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.types import Message
 
 from agentcell.errors import InvalidArgument, PayloadTooLarge
 from agentcell.protocol.functions import FunctionConfig, FunctionInfo, FunctionList, FunctionName
@@ -19,6 +20,9 @@ from agentcell.server.api.tenancy import function_name, is_mine, shown_function
 
 router = APIRouter(prefix="/v1/functions", tags=["functions"])
 MAX_ARCHIVE_BYTES = 512 << 20
+MAX_CONFIG_BYTES = 16 << 20
+"""room for the largest valid config: 256 env values of 32 KiB, JSON-escaped"""
+MAX_DEPLOY_BYTES = MAX_ARCHIVE_BYTES + MAX_CONFIG_BYTES + (64 << 10)
 CHUNK_BYTES = 1 << 20
 DEPLOY_BODY = {
     "requestBody": {
@@ -70,6 +74,34 @@ async def save_upload(upload: UploadFile, directory: Path) -> Path:
     return Path(name)
 
 
+def _too_large() -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"deploy body is larger than {MAX_DEPLOY_BYTES >> 20} MiB: the code archive may be at most "
+        f"{MAX_ARCHIVE_BYTES >> 20} MiB (leave dependencies out: install them at start-up, or build "
+        "a template)"
+    )
+
+
+def bounded(request: Request) -> Request:
+    """The request with its body cut off at MAX_DEPLOY_BYTES: the form parser spools file parts to
+    a temporary file, which must not take a whole upload of any size first."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_DEPLOY_BYTES:
+        raise _too_large()
+    seen = 0
+    receive = request.receive
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > MAX_DEPLOY_BYTES:
+            raise _too_large()
+        return message
+
+    return Request(request.scope, counted)
+
+
 FUNCTION_NAME: TypeAdapter[str] = TypeAdapter(FunctionName)
 
 
@@ -92,7 +124,7 @@ async def deploy_function(name: str, request: Request, scheduler: Scheduler) -> 
         )
     uploads = Path(request.app.state.settings.state_dir) / "uploads"
     os.makedirs(uploads, exist_ok=True)
-    async with request.form(max_files=1, max_fields=4) as form:
+    async with bounded(request).form(max_files=1, max_fields=4, max_part_size=MAX_CONFIG_BYTES) as form:
         config = parse_config(form.get("config"))
         code = form.get("code")
         if not isinstance(code, UploadFile):

@@ -167,6 +167,10 @@ class SqliteMetaStore:
     async def delete_function(self, name: str) -> None:
         await self._run(lambda db: db.execute("DELETE FROM functions WHERE name = ?", (name,)))
 
+    async def delete_function_versions(self, name: str, versions: Sequence[int]) -> None:
+        query = "DELETE FROM functions WHERE name = ? AND version = ?"
+        await self._run(lambda db: db.executemany(query, [(name, v) for v in versions]))
+
     async def put_session(self, record: SessionRecord) -> None:
         await self.put_sessions([record])
 

@@ -43,6 +43,10 @@ class MetaStore(Protocol):
         """Remove the function and all its versions (its sessions are the caller's business)."""
         ...
 
+    async def delete_function_versions(self, name: str, versions: Sequence[int]) -> None:
+        """Remove some (older, no longer running) versions of a function."""
+        ...
+
     async def put_session(self, record: SessionRecord) -> None:
         """Insert or replace by id."""
         ...

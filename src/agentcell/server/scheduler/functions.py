@@ -12,6 +12,8 @@ from agentcell.server.meta.records import FunctionRecord
 from agentcell.server.scheduler.instances import Instance
 from agentcell.server.scheduler.sessions import Session
 
+MAX_WARM_BACKOFF_S = 60.0
+
 
 @dataclass(frozen=True, slots=True)
 class FunctionVersion:
@@ -51,6 +53,11 @@ class FunctionState:
     waiting: int = 0
     capacity_changed: asyncio.Event = field(default_factory=asyncio.Event)
     deleted: bool = False
+    failed_starts: int = 0
+    """instances in a row that failed to start or died: the warm pool backs off (warm_retry_at)"""
+    warm_retry_at: float = 0.0
+    code_removed: set[int] = field(default_factory=set)
+    """versions kept (the first) whose code directory is gone (or going): see drop_unused"""
 
     @property
     def name(self) -> str:
@@ -64,6 +71,32 @@ class FunctionState:
         self.versions[version.version] = version
         if version.version >= self.latest.version:
             self.latest = version
+
+    def drop_unused(self) -> tuple[list[str], list[int]]:
+        """Older versions no instance runs any more (a version's sessions live on its instances):
+        (their code directories, each given once; the numbers forgotten here, whose records go
+        too). The latest stays, and the first's record (the function's creation time) without its
+        code: memory, records and disk hold what is in use, however often a function is deployed."""
+        running = {i.version for i in self.instances.values()}
+        unused = [n for n in self.versions if n != self.latest.version and n not in running]
+        code = [self.versions[n].code_dir for n in unused if n not in self.code_removed]
+        first = min(self.versions)
+        forgotten = [n for n in unused if n != first]
+        for number in forgotten:
+            del self.versions[number]
+        self.code_removed = {n for n in (*self.code_removed, *unused) if n in self.versions}
+        return code, forgotten
+
+    def start_failed(self, now: float) -> float:
+        """An instance failed to start (or died): the warm pool starts no more for 1 s, doubling
+        with each failure in a row up to MAX_WARM_BACKOFF_S. Returns the wait."""
+        self.failed_starts += 1
+        wait = min(MAX_WARM_BACKOFF_S, 2.0 ** (self.failed_starts - 1))
+        self.warm_retry_at = now + wait
+        return wait
+
+    def start_succeeded(self) -> None:
+        self.failed_starts, self.warm_retry_at = 0, 0.0
 
     def live_instances(self) -> list[Instance]:
         return [i for i in self.instances.values() if i.is_live]

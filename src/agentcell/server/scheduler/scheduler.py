@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import shutil
 import socket
@@ -38,7 +39,7 @@ from agentcell.server.meta.store import MetaStore
 from agentcell.server.observability.logs import bind as bind_log_ids
 from agentcell.server.observability.telemetry import NullTelemetry, Telemetry
 from agentcell.server.sandbox.driver import ResourceUsage, SandboxDriver
-from agentcell.server.scheduler.code import unpack_code
+from agentcell.server.scheduler.code import install_code, remove_code, stale_code, unpack_staged
 from agentcell.server.scheduler.functions import FunctionState, FunctionVersion
 from agentcell.server.scheduler.instances import Instance, InstanceFailed, new_instance_id
 from agentcell.server.scheduler.lifecycle import InstanceManager
@@ -122,6 +123,8 @@ class Scheduler:
         self._deploying: list[tuple[str, str]] = []
         """(function, template) of each deploy in progress: its template is needed already"""
         self._deleting: set[str] = set()
+        self._registering = asyncio.Lock()
+        """numbers a deploy's version and moves its code into place (one deploy at a time)"""
         """functions whose delete is ending their sessions: their name is not free yet"""
         self._start_slots = asyncio.Semaphore(limits.start_concurrency)
         self._tasks: asyncio.TaskGroup | None = None
@@ -185,13 +188,26 @@ class Scheduler:
             self._deploying.remove(deploying)
 
     async def _deploy(self, name: str, config: FunctionConfig, archive: Path) -> FunctionState:
+        try:
+            staging = await asyncio.to_thread(unpack_staged, archive, self._code_root / name)
+        except BaseException:
+            if name not in self._functions and [d for d, _ in self._deploying].count(name) == 1:
+                with contextlib.suppress(OSError):  # a first deploy that failed leaves no directory
+                    os.rmdir(self._code_root / name)
+            raise
+        try:
+            async with self._registering:  # concurrent deploys of one function: a number each
+                return await self._register(name, config, staging)
+        finally:
+            if staging.exists():
+                await asyncio.to_thread(remove_code, [staging])
+
+    async def _register(self, name: str, config: FunctionConfig, staging: Path) -> FunctionState:
         current = self._functions.get(name)
         number = current.latest.version + 1 if current else 1
         now = self._clock.now()
         code_dir = self._code_root / name / f"v{number}"
-        if code_dir.exists():
-            shutil.rmtree(code_dir)
-        await asyncio.to_thread(unpack_code, archive, code_dir)
+        await asyncio.to_thread(install_code, staging, code_dir)
         version = FunctionVersion(name, number, config, str(code_dir), now)
         await self._store.put_function(version.record(now))
         if current is None:
@@ -200,6 +216,7 @@ class Scheduler:
         else:
             current.add_version(version)
             self._retire_old_warm(current)
+            self._drop_unused_versions(current)
         self._warm_wanted.set()
         log.info("function %s: version %d deployed", name, number)
         return current
@@ -216,6 +233,20 @@ class Scheduler:
             f"used by deployed function(s) {_listed(sorted(deployed))} (delete them, or redeploy them "
             "with another template, first)"
         )
+
+    def _drop_unused_versions(self, fn: FunctionState) -> None:
+        """Forget older versions no instance runs any more, with their code (while shutting down
+        or deleting the function, the next start or the delete does it)."""
+        if self._accepting and not fn.deleted:
+            code, numbers = fn.drop_unused()
+            if code or numbers:
+                self._spawn(self._remove_versions(fn, code, numbers), f"remove old versions of {fn.name}")
+
+    async def _remove_versions(self, fn: FunctionState, code: list[str], numbers: list[int]) -> None:
+        if numbers and self._functions.get(fn.name) is fn:  # (not a function deleted meanwhile)
+            await self._store.delete_function_versions(fn.name, numbers)
+        if code and self._functions.get(fn.name) is fn:
+            await asyncio.to_thread(remove_code, code)
 
     def _retire_old_warm(self, fn: FunctionState) -> None:
         for instance in [i for i in fn.warm if i.version != fn.latest.version]:
@@ -829,6 +860,7 @@ class Scheduler:
             return
         config = fn.versions.get(instance.version, fn.latest).config
         self._quotas.release(split(fn.name)[0], "instance", config.cpu, config.memory_mb)
+        self._drop_unused_versions(fn)
 
     async def _boot(self, fn: FunctionState, version: FunctionVersion, instance: Instance) -> None:
         bind_log_ids(instance=instance.id)
@@ -839,8 +871,10 @@ class Scheduler:
                 await self._manager.boot(instance, version)
         except Exception as exc:
             log.warning("instance %s of %s failed to start: %s", instance.id, fn.name, exc)
+            self._back_off_warm(fn)
             await self._forget_instance(fn, instance, "instance_failed")
             return
+        fn.start_succeeded()
         await self._store.put_instance(
             InstanceRecord(instance.id, fn.name, instance.version, instance.state, instance.created_at)
         )
@@ -854,6 +888,7 @@ class Scheduler:
 
     async def _fail_instance(self, fn: FunctionState, instance: Instance, reason: str) -> None:
         log.warning("instance %s of %s failed: %s", instance.id, fn.name, reason)
+        self._back_off_warm(fn)
         instance.mark_failed(reason)
         await self._forget_instance(fn, instance, "instance_failed")
         await self._manager.stop(instance)
@@ -994,10 +1029,19 @@ class Scheduler:
 
     # -- periodic work -------------------------------------------------------------------------------
 
+    def _back_off_warm(self, fn: FunctionState) -> None:
+        """A function whose instances fail does not refill its warm pool in a loop (a command that
+        exits at once cost ~100 starts a second): the next fill waits, 1 s doubling up to 60 s."""
+        wait = fn.start_failed(self._clock.now())
+        asyncio.get_running_loop().call_later(wait, self._warm_wanted.set)
+
     def fill_once(self) -> int:
-        """Start instances until every function has min_warm spare ones. Returns how many started."""
+        """Start instances until every function has min_warm spare ones (a function whose starts
+        keep failing waits for its warm_retry_at). Returns how many started."""
         started = 0
         for fn in list(self._functions.values()):
+            if self._clock.now() < fn.warm_retry_at:
+                continue
             spare = (
                 [i for i in fn.warm if i.is_live]
                 if fn.config.affinity.kind != "none"
@@ -1117,6 +1161,16 @@ class Scheduler:
         for fn in self._functions.values():
             await self._stop_maybe_used(fn)
             fn.warm = [i for i in fn.instances.values() if not i.sessions and i.version == fn.latest.version]
+        for f in self._functions.values():
+            if numbers := f.drop_unused()[1]:
+                await self._store.delete_function_versions(f.name, numbers)
+        kept = [
+            v.code_dir
+            for f in self._functions.values()
+            for n, v in f.versions.items()
+            if n not in f.code_removed
+        ]
+        await asyncio.to_thread(lambda: remove_code(stale_code(self._code_root, kept)))
         self._warm_wanted.set()
 
     async def _drop_unbound(self, record: SessionRecord) -> None:
