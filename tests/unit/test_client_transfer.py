@@ -78,6 +78,35 @@ def test_writing_through_a_symlink_to_outside_is_refused(tmp_path: Path) -> None
     assert not (outside / "pwned").exists()
 
 
+def test_a_member_below_any_symlink_or_named_twice_is_refused(tmp_path: Path) -> None:
+    """A tree's archive never has either. tarfile's own filter allows writing through a link that
+    stays inside dest, and on some Python versions misses a chain of links that leaves it
+    (CVE-2025-4517): so no member is ever written through a link of the archive."""
+    through_inner_link = tar_of(
+        ("proj", None, None), ("proj/sub", None, None), ("proj/l", None, "sub"), ("proj/l/f", b"x", None)
+    )
+    with pytest.raises(UnsafeArchiveError, match="below a symlink"):
+        extract_tree(through_inner_link, tmp_path / "one")
+    assert not (tmp_path / "one" / "sub" / "f").exists()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    renamed = tar_of(
+        ("proj", None, None), ("proj/d", None, str(outside)), ("proj/d", None, None), ("proj/d/f", b"x", None)
+    )
+    with pytest.raises(UnsafeArchiveError, match="named twice"):
+        extract_tree(renamed, tmp_path / "two")
+    assert list(outside.iterdir()) == []
+
+
+def test_symlinks_are_made_after_the_files_whatever_their_order(tmp_path: Path) -> None:
+    archive = tar_of(
+        ("proj", None, None), ("proj/l", None, "sub/f"), ("proj/sub", None, None), ("proj/sub/f", b"F", None)
+    )
+    extract_tree(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "l").readlink() == Path("sub/f")
+    assert (tmp_path / "out" / "l").read_bytes() == b"F"
+
+
 def test_upload_plan_keeps_tree_names_and_empty_dirs(tmp_path: Path) -> None:
     """Files keep their path under their top directory; empty dirs are listed; missing sources raise."""
     (tmp_path / "proj" / "sub").mkdir(parents=True)

@@ -4,7 +4,9 @@ encoding multipart uploads, and unpacking downloaded tar archives safely.
 Safety of extraction: a member whose name is absolute or has a `..` component is refused
 (UnsafeArchiveError) before anything is written; every other member goes through tarfile's
 `data` filter, which also refuses writing through a symlink to outside the destination. Symlinks
-themselves are kept as they are in the sandbox (like `tar` and `docker cp`), never followed.
+themselves are kept as they are in the sandbox (like `tar` and `docker cp`), never followed: they
+are made after everything else, and a member named twice or below a symlink is refused (a tree's
+archive has neither), so no member is written through a link whatever tarfile's version.
 Names come as the sandbox's exact bytes, so a name that is not UTF-8 keeps its bytes here too.
 
 Safety of uploads: inside a directory being copied, a symlink is followed only when its target
@@ -202,11 +204,32 @@ def _extract_tree(archive: IO[bytes], dest: Path) -> None:
         if not members:
             raise ProtocolError("the archive is empty: expected at least the tree's root")
         root = members[0].name.rstrip("/")
+        links: list[tarfile.TarInfo] = []
+        seen: set[str] = set()
         for member in members[1:]:
             if not member.name.startswith(root + "/"):
                 raise ProtocolError(f"archive member {member.name!r} is outside its root {root!r}")
             member.name = member.name[len(root) + 1 :]
+            _refuse_repeat_or_below_link(member, seen, {link.name for link in links})
+            if member.issym():
+                links.append(member)  # made last: nothing of the archive is written through one
+                continue
             tar.extract(member, dest, filter=_filter)
+        for link in links:
+            tar.extract(link, dest, filter=_filter)
+
+
+def _refuse_repeat_or_below_link(member: tarfile.TarInfo, seen: set[str], links: set[str]) -> None:
+    """A tree's archive names each path once and never one below a symlink (tar does not follow
+    them): either would be a way to write outside `dest` that tarfile's own filter misses on some
+    Python versions (a chain of links longer than PATH_MAX, CVE-2025-4517)."""
+    name = member.name.rstrip("/")
+    if name in seen:
+        raise UnsafeArchiveError(f"refusing archive member named twice: {name!r}")
+    seen.add(name)
+    parents = PurePosixPath(name).parents
+    if any(str(parent) in links for parent in parents):
+        raise UnsafeArchiveError(f"refusing archive member below a symlink: {name!r}")
 
 
 def refuse_unsafe(member: tarfile.TarInfo) -> None:
