@@ -31,6 +31,8 @@ def test_package_names_travel_as_arguments_after_a_double_dash() -> None:
         {"pip": ["x @ https://evil/x.whl"]},
         {"npm": ["--prefix=/"]},
         {"apt": ["../x"]},
+        {"env": {"A": "x\x00y"}},  # a NUL cannot reach a process's environment or arguments
+        {"commands": ["echo a\x00b"]},
     ):
         with pytest.raises(ValidationError):
             Recipe.model_validate(bad)

@@ -17,9 +17,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints, field_validator, model_validator
 
-from agentcell.protocol.common import ReplyModel, WireModel
+from agentcell.protocol.common import NoNul, ReplyModel, WireModel
 from agentcell.protocol.egress import NetworkPolicy
-from agentcell.protocol.sandboxes import EnvName, TemplateName
+from agentcell.protocol.sandboxes import EnvName, EnvValue, TemplateName
 
 TEMPLATE_ROOT = "/opt/template"
 """where an instance sees its template's layer (read-only), and a build writes it"""
@@ -67,7 +67,7 @@ NpmPackage = Annotated[
         _NPM, "an npm package, optionally @version (e.g. lodash@4, @scope/pkg), or ./file.tgz from the files"
     ),
 ]
-Command = Annotated[str, StringConstraints(min_length=1, max_length=65536)]
+Command = Annotated[str, StringConstraints(min_length=1, max_length=65536), NoNul]
 IndexUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]{1,2000}$")]
 
 
@@ -137,7 +137,7 @@ class Recipe(WireModel):
     commands: list[Command] = Field(
         default_factory=list, max_length=32, description="bash -c, in /home/user/build"
     )
-    env: dict[EnvName, Annotated[str, StringConstraints(max_length=32768)]] = Field(
+    env: dict[EnvName, EnvValue] = Field(
         default_factory=dict, max_length=64, description="set in every instance of the template"
     )
     step_timeout_s: int = Field(default=1800, ge=1, le=7200)
