@@ -1,6 +1,6 @@
 """A sandbox asking the pip mirror for large project pages must not stall the server's event loop
-(which serves every API request and every other sandbox's proxy): a page of 20,000 links takes
-Python's HTML parser over half a second, which has to happen off the loop."""
+(which serves every API request and every other sandbox's proxy): a page of 60,000 links takes
+Python's HTML parser over a second here, which has to happen off the loop."""
 
 from __future__ import annotations
 
@@ -14,15 +14,17 @@ from threading import Thread
 import pytest
 
 from agentcell.protocol.egress import NetworkPolicy
+from agentcell.server.egress.fetch import Page
 from agentcell.server.egress.node import EgressConfig
 from agentcell.server.egress.policy import EgressPolicy
+from agentcell.server.egress.pypi import rewrite_page
 from agentcell.server.sandbox.driver import SandboxSpec
 from tests.system.conftest import make_driver, node_leftovers, run
 
 pytestmark = pytest.mark.system
 
-LINKS = 20_000
-PAGES = 6
+LINKS = 60_000
+PAGES = 3
 
 
 def big_page(name: str) -> bytes:
@@ -68,11 +70,26 @@ async def worst_lag(stop: asyncio.Event) -> float:
     return worst
 
 
+def rewrite_cost_s() -> float:
+    """The least time rewriting one big page took, in three tries."""
+    page = Page("http://127.0.0.1/simple/big1/", big_page("big1"), "text/html")
+    costs = []
+    for _ in range(3):
+        started = time.monotonic()
+        rewrite_page("big1", page)
+        costs.append(time.monotonic() - started)
+    return min(costs)
+
+
 async def test_large_pages_are_rewritten_off_the_event_loop(
     tmp_path: Path, prebuilt_helper: Path, big_index: int
 ) -> None:
-    """A sandbox fetches 6 different pages of 20,000 links each through the mirror: all arrive
-    whole, and meanwhile the server's event loop is never late by more than 0.25 s."""
+    """A sandbox fetches 3 different pages of 60,000 links each through the mirror: all arrive
+    whole, and meanwhile the server's event loop is never late by a third of what rewriting one
+    page takes on this machine (measured here, ~1.8 s, so that a slow or busy machine does not
+    fail the test: with the rewrite on the loop, the loop was late by all of it for each page;
+    on a busy 2-core VM the loop is sometimes late by 0.25 s anyway)."""
+    one_page = rewrite_cost_s()
     state = tmp_path / "state"
     config = EgressConfig(
         cache_dir=state / "package-cache", pip_index_url=f"http://127.0.0.1:{big_index}/simple/"
@@ -87,7 +104,7 @@ async def test_large_pages_are_rewritten_off_the_event_loop(
         fetched = await run(driver, "hunt-pages", ["sh", "-c", fetch], timeout_s=120)
         stop.set()
         assert fetched.stdout.split() == [str(LINKS)] * PAGES, fetched
-        assert await lag < 0.25, f"the event loop was {await lag:.2f} s late"
+        assert await lag < one_page / 3, f"the loop was {await lag:.2f} s late; a page takes {one_page:.2f} s"
     finally:
         await driver.aclose()
     assert node_leftovers(driver) == []
