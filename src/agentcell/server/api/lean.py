@@ -94,7 +94,7 @@ class LeanRoute:
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             arguments = await self._arguments(request, params)
             if arguments is None:  # FastAPI's path says what is wrong with the body
-                await self.route.handle(scope, _replay(request), send)
+                await self.route.handle(scope, _replay(request, await request.body()), send)
                 return
             response = await self._respond(await self.route.endpoint(**arguments))
             await response(scope, receive, send)
@@ -172,9 +172,9 @@ def _json_body(request: Request, raw: bytes, field: Any) -> Any | None:
     return None if errors else value
 
 
-def _replay(request: Request) -> Receive:
+def _replay(request: Request, body: bytes) -> Receive:
     """`receive` for FastAPI's path: the body already read, then the client's own messages."""
-    pending = [{"type": "http.request", "body": request._body, "more_body": False}]
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def receive() -> Message:
         return pending.pop() if pending else await request.receive()
