@@ -34,7 +34,7 @@ from agentcell.protocol.sessions import EndReason, SessionCreate, SessionInfo, S
 from agentcell.server.auth.names import DEFAULT_TENANT, split
 from agentcell.server.auth.quotas import QuotaGuard, unlimited
 from agentcell.server.clock import Clock
-from agentcell.server.meta.records import InstanceRecord, SessionRecord, UsageRecord
+from agentcell.server.meta.records import FunctionRecord, InstanceRecord, SessionRecord, UsageRecord
 from agentcell.server.meta.store import MetaStore
 from agentcell.server.observability.logs import bind as bind_log_ids
 from agentcell.server.observability.telemetry import NullTelemetry, Telemetry
@@ -121,6 +121,9 @@ class Scheduler:
         self._functions: dict[str, FunctionState] = {}
         self._sessions: dict[str, Session] = {}
         self._deploying: list[tuple[str, str]] = []
+        self._unloadable: dict[str, int] = {}
+        """functions whose latest stored config no longer validates (left out at restore), with
+        that version's number: a redeploy under the name numbers its version after it"""
         """(function, template) of each deploy in progress: its template is needed already"""
         self._deleting: set[str] = set()
         self._registering = asyncio.Lock()
@@ -204,7 +207,7 @@ class Scheduler:
 
     async def _register(self, name: str, config: FunctionConfig, staging: Path) -> FunctionState:
         current = self._functions.get(name)
-        number = current.latest.version + 1 if current else 1
+        number = (current.latest.version if current else self._unloadable.pop(name, 0)) + 1
         now = self._clock.now()
         code_dir = self._code_root / name / f"v{number}"
         await asyncio.to_thread(install_code, staging, code_dir)
@@ -1135,18 +1138,39 @@ class Scheduler:
 
     # -- restart and shutdown ------------------------------------------------------------------------
 
+    def _loaded(self, latest: FunctionRecord, records: list[FunctionRecord]) -> FunctionState | None:
+        """A stored function as this server's validation reads it. A version whose config no
+        longer validates (written by an older server that accepted it) is left out with an error
+        in the log, so that one record cannot keep the server from starting; without its latest
+        version the function is left out whole until it is redeployed."""
+        versions = []
+        for record in records:
+            try:
+                versions.append(FunctionVersion.from_record(record))
+            except ValueError as exc:
+                log.error(
+                    "function %s version %d not loaded: its stored config: %s",
+                    record.name,
+                    record.version,
+                    exc,
+                )
+        if not versions or versions[-1].version != latest.version:
+            log.error(
+                "function %s is not served: redeploy it (its latest config no longer validates)", latest.name
+            )
+            self._unloadable[latest.name] = latest.version
+            return None
+        return FunctionState(
+            latest=versions[-1], created_at=versions[0].created_at, versions={v.version: v for v in versions}
+        )
+
     async def restore(self) -> None:
         """Reload functions; re-adopt instances a crashed server left running, with their sessions.
         Sessions whose instance is gone end with `instance_failed`."""
         for latest in await self._store.latest_functions():
-            versions = [
-                FunctionVersion.from_record(r) for r in await self._store.function_versions(latest.name)
-            ]
-            fn = FunctionState(
-                latest=versions[-1],
-                created_at=versions[0].created_at,
-                versions={v.version: v for v in versions},
-            )
+            fn = self._loaded(latest, await self._store.function_versions(latest.name))
+            if fn is None:
+                continue
             fn.ended_keys = (
                 await self._store.ended_session_keys(fn.name) if fn.config.disable_session_id_reuse else set()
             )
