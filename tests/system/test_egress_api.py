@@ -9,9 +9,8 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from threading import Thread
 
 import httpx
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from agentcell.client import AsyncSandbox
 from agentcell.client.errors import InvalidArgumentError
 from tests.conftest import AUTH
+from tests.loopback_http import serving
 
 pytestmark = pytest.mark.system
 
@@ -36,13 +36,8 @@ class _Hello(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def host_server() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
-    Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Hello) as port:
+        yield port
 
 
 @pytest.mark.parametrize(

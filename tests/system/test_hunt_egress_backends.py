@@ -6,14 +6,14 @@ workspaces (an S3 service on the host's loopback, often without auth) nor the tr
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from threading import Thread
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
 from agentcell.client import AsyncSandbox
 from tests.conftest import ServerFactory
+from tests.loopback_http import serving
 
 pytestmark = pytest.mark.system
 
@@ -35,13 +35,8 @@ class _Backend(BaseHTTPRequestHandler):
 @pytest.fixture
 def backend() -> Iterator[int]:
     """Stands in for an S3 service and a trace collector on the host's loopback."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
-    Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Backend) as port:
+        yield port
 
 
 async def test_no_policy_but_naming_it_reaches_the_servers_object_store_on_this_host(

@@ -22,6 +22,7 @@ from agentcell.server.egress.node import EgressConfig
 from agentcell.server.egress.policy import EgressPolicy
 from agentcell.server.sandbox.driver import SandboxSpec
 from tests.conftest import ServerFactory
+from tests.loopback_http import serving
 from tests.system.conftest import make_driver, node_leftovers, run
 
 pytestmark = pytest.mark.system
@@ -50,13 +51,8 @@ class _Registry(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def registry() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
-    Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Registry) as port:
+        yield port
 
 
 def rss_bytes(pid: int) -> int:
@@ -121,13 +117,8 @@ class _Index(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def index() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Index)
-    Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Index) as port:
+        yield port
 
 
 def stored_bytes(root: Path) -> int:

@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from threading import Thread
 
 import pytest
 
@@ -19,6 +18,7 @@ from agentcell.server.egress.node import EgressConfig
 from agentcell.server.egress.policy import EgressPolicy
 from agentcell.server.egress.pypi import rewrite_page
 from agentcell.server.sandbox.driver import SandboxSpec
+from tests.loopback_http import serving
 from tests.system.conftest import make_driver, node_leftovers, run
 
 pytestmark = pytest.mark.system
@@ -51,13 +51,8 @@ class _BigPages(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def big_index() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _BigPages)
-    Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_BigPages) as port:
+        yield port
 
 
 async def worst_lag(stop: asyncio.Event) -> float:
