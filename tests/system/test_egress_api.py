@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -18,20 +17,14 @@ import pytest
 from agentcell.client import AsyncSandbox
 from agentcell.client.errors import InvalidArgumentError
 from tests.conftest import AUTH
-from tests.loopback_http import serving
+from tests.loopback_http import QuietHandler, serving
 
 pytestmark = pytest.mark.system
 
 
-class _Hello(BaseHTTPRequestHandler):
+class _Hello(QuietHandler):
     def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "6")
-        self.end_headers()
-        self.wfile.write(b"hello\n")
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.answer(b"hello\n")
 
 
 @pytest.fixture

@@ -6,30 +6,23 @@ workspaces (an S3 service on the host's loopback, often without auth) nor the tr
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
 from agentcell.client import AsyncSandbox
 from tests.conftest import ServerFactory
-from tests.loopback_http import serving
+from tests.loopback_http import QuietHandler, serving
 
 pytestmark = pytest.mark.system
 
 VIA_PROXY = {"NO_PROXY": "", "no_proxy": ""}
 
 
-class _Backend(BaseHTTPRequestHandler):
+class _Backend(QuietHandler):
     def do_GET(self) -> None:
         body = b"every tenant's objects\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.answer(body)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
 
@@ -22,7 +22,7 @@ from agentcell.server.egress.node import EgressConfig
 from agentcell.server.egress.policy import EgressPolicy
 from agentcell.server.sandbox.driver import SandboxSpec
 from tests.conftest import ServerFactory
-from tests.loopback_http import serving
+from tests.loopback_http import QuietHandler, serving
 from tests.system.conftest import make_driver, node_leftovers, run
 
 pytestmark = pytest.mark.system
@@ -32,21 +32,14 @@ DOCUMENTS = 100
 """100 documents of 4 MiB: 400 MiB if the mirror kept them all"""
 
 
-class _Registry(BaseHTTPRequestHandler):
+class _Registry(QuietHandler):
     """An npm registry that has every package: each document carries a 4 MiB readme (real
     packuments of busy packages are this large)."""
 
     def do_GET(self) -> None:
         name = self.path.strip("/")
         body = json.dumps({"name": name, "readme": "x" * DOCUMENT_BYTES, "versions": {}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.answer(body, "application/json")
 
 
 @pytest.fixture
@@ -95,7 +88,7 @@ def file_body(name: str) -> bytes:
     return name.encode().ljust(FILE_BYTES, b".")
 
 
-class _Index(BaseHTTPRequestHandler):
+class _Index(QuietHandler):
     """A PEP 503 index that has every project: one 8 MiB file each, with its true sha256."""
 
     def do_GET(self) -> None:
@@ -106,13 +99,7 @@ class _Index(BaseHTTPRequestHandler):
             body = f"<html><body>{link}</body></html>".encode()
         else:
             body = file_body(self.path.rpartition("/")[2].removesuffix("-1.0.tar.gz"))
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.answer(body)
 
 
 @pytest.fixture
@@ -159,7 +146,7 @@ async def test_many_package_files_do_not_fill_the_node_disk(
     assert node_leftovers(driver) == []
 
 
-class _SlowFiles(BaseHTTPRequestHandler):
+class _SlowFiles(QuietHandler):
     """An index whose pages answer at once and whose files trickle (one byte every 0.2 s)."""
 
     def do_GET(self) -> None:
@@ -167,10 +154,7 @@ class _SlowFiles(BaseHTTPRequestHandler):
             name = self.path.strip("/").rpartition("/")[2]
             link = f'<a href="/files/{name}-1.0.tar.gz">{name}-1.0.tar.gz</a>'
             body = f"<html><body>{link}</body></html>".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.answer(body)
             return
         self.send_response(200)
         self.send_header("Content-Length", "100")
@@ -182,9 +166,6 @@ class _SlowFiles(BaseHTTPRequestHandler):
             except OSError:
                 return
             time.sleep(0.2)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
@@ -244,7 +225,7 @@ async def test_slow_downloads_of_one_sandbox_do_not_hold_up_the_pages_of_another
     assert node_leftovers(driver) == []
 
 
-class _SlowPages(BaseHTTPRequestHandler):
+class _SlowPages(QuietHandler):
     """An index that takes a second to answer any page (a busy or distant upstream)."""
 
     def do_GET(self) -> None:
@@ -252,13 +233,7 @@ class _SlowPages(BaseHTTPRequestHandler):
         name = self.path.strip("/").rpartition("/")[2]
         body = f'<html><body><a href="/files/{name}-1.0.tar.gz">{name}-1.0.tar.gz</a></body></html>'.encode()
         with contextlib.suppress(OSError):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+            self.answer(body)
 
 
 @pytest.fixture

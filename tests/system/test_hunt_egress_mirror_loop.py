@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from agentcell.server.egress.node import EgressConfig
 from agentcell.server.egress.policy import EgressPolicy
 from agentcell.server.egress.pypi import rewrite_page
 from agentcell.server.sandbox.driver import SandboxSpec
-from tests.loopback_http import serving
+from tests.loopback_http import QuietHandler, serving
 from tests.system.conftest import make_driver, node_leftovers, run
 
 pytestmark = pytest.mark.system
@@ -37,16 +36,10 @@ def big_page(name: str) -> bytes:
     return ("<html><body>" + "\n".join(rows) + "</body></html>").encode()
 
 
-class _BigPages(BaseHTTPRequestHandler):
+class _BigPages(QuietHandler):
     def do_GET(self) -> None:
         body = big_page(self.path.strip("/").rpartition("/")[2])
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.answer(body)
 
 
 @pytest.fixture
