@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -32,7 +32,14 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m agentcell.server` with its own state dir; stopped by pid, its log kept for failures."""
 
-    def __init__(self, state_dir: Path, driver: str = "linux", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        driver: str = "linux",
+        env: dict[str, str] | None = None,
+        launcher: Sequence[str] = (),
+    ) -> None:
+        """`launcher`: a command line the server's is appended to (prlimit, unshare…)."""
         self.state_dir = state_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -40,7 +47,7 @@ class ServerProcess:
         args = ["--port", str(self.port), "--state-dir", str(state_dir), "--driver", driver]
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agentcell.server", *args],
+            [*launcher, sys.executable, "-m", "agentcell.server", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "AGENTCELL_ADMIN_KEY": TEST_API_KEY, **(env or {})},

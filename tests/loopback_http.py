@@ -12,6 +12,7 @@ from threading import Thread
 def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
     """Serve `handler` on 127.0.0.1 while inside; yields the port. Stopped and closed after."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True  # a handler still sleeping does not hold up the shutdown
     Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield server.server_address[1]

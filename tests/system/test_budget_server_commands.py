@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import resource
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import AUTH, ServerFactory
+from tests.system.test_budget_commands import new_sandbox, wait_not_running
 
 pytestmark = pytest.mark.system
 CAP_SYS_RESOURCE = 24
@@ -57,12 +57,6 @@ def lowered_soft_limit(soft: int) -> Iterator[int]:
         resource.setrlimit(resource.RLIMIT_NOFILE, before)
 
 
-def new_sandbox(api: httpx.Client) -> str:
-    created = api.post("/v1/sandboxes", json={"timeout_s": 300})
-    assert created.status_code == 201, created.text
-    return f"/v1/sandboxes/{created.json()['id']}"
-
-
 def run(api: httpx.Client, base: str, cmd: str) -> tuple[int, str]:
     reply = api.post(f"{base}/commands", json={"cmd": cmd})
     assert reply.status_code == 200, reply.text
@@ -92,16 +86,6 @@ def test_the_server_raises_its_limit_and_sandboxes_get_their_own(server_factory:
         assert init_line.split()[3:5] == [str(SANDBOX_NOFILE[0]), str(sandbox_hard)], init_line
         code, output = run(api, base, f"ulimit -Sn {sandbox_hard} && ulimit -Sn && ulimit -Hn {hard + 1}")
         assert code != 0 and output.startswith(f"{sandbox_hard}\n"), output
-
-
-def wait_not_running(api: httpx.Client, base: str, process_id: str) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        listed = api.get(f"{base}/processes").json()["processes"]
-        if not [p for p in listed if p["process_id"] == process_id and p["running"]]:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{process_id} still runs 10 s after SIGKILL")
 
 
 def test_the_server_wide_command_budget_refuses_past_it_and_nothing_else(

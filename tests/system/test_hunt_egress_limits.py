@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import httpx
 import pytest
 
 from agentcell.client import AsyncSandbox
-from tests.conftest import AUTH, TEST_API_KEY, ServerProcess, free_port
+from tests.conftest import AUTH, ServerProcess
 
 pytestmark = pytest.mark.system
 
@@ -44,22 +41,9 @@ class LimitedServer(ServerProcess):
     """A real server whose open-file limit is OPEN_FILES (set by prlimit before it starts)."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = state_dir.parent / f"server-{self.port}.log"
-        self._log = self.log_path.open("wb")
-        command = [sys.executable, "-m", "agentcell.server", "--port", str(self.port)]
-        command += ["--state-dir", str(state_dir), "--driver", "linux"]
         limit = ["prlimit", f"--nofile={OPEN_FILES}:{OPEN_FILES}", "--"]
         keep = ["setpriv", "--bounding-set=-sys_resource", "--"]  # (a root server raises its own)
-        self.proc = subprocess.Popen(
-            [*limit, *keep, *command],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "AGENTCELL_ADMIN_KEY": TEST_API_KEY},
-        )
-        self._wait_ready()
+        super().__init__(state_dir, launcher=[*limit, *keep])
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
-from threading import Thread
 
 import pytest
 
@@ -170,14 +168,8 @@ class _SlowFiles(QuietHandler):
 
 @pytest.fixture
 def slow_index() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowFiles)
-    server.daemon_threads = True
-    Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_SlowFiles) as port:
+        yield port
 
 
 SLOW_DOWNLOADS = """
@@ -238,14 +230,8 @@ class _SlowPages(QuietHandler):
 
 @pytest.fixture
 def slow_pages() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowPages)
-    server.daemon_threads = True
-    Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_SlowPages) as port:
+        yield port
 
 
 MANY_PAGES = """

@@ -7,10 +7,7 @@ host's real resolver answers them without touching the machine's /etc/hosts."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -18,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agentcell.client import AsyncSandbox
-from tests.conftest import TEST_API_KEY, ServerProcess, free_port
+from tests.conftest import ServerProcess, free_port
 from tests.system.test_egress import HOST_V4, HOST_V6, host_addresses, named_servers
 
 pytestmark = pytest.mark.system
@@ -37,25 +34,12 @@ class ResolvingServer(ServerProcess):
     /etc/resolv.conf (private bind mounts)."""
 
     def __init__(self, state_dir: Path, hosts: Path, resolv_conf: Path | None = None) -> None:
-        self.state_dir = state_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = state_dir.parent / f"server-{self.port}.log"
-        self._log = self.log_path.open("wb")
-        command = [sys.executable, "-m", "agentcell.server", "--port", str(self.port)]
-        command += ["--state-dir", str(state_dir), "--driver", "linux"]
         unshare = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
         if resolv_conf is None:
             unshare += [MOUNT_HOSTS, str(hosts)]
         else:
             unshare += [MOUNT_BOTH, str(hosts), str(resolv_conf)]
-        self.proc = subprocess.Popen(
-            [*unshare, *command],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "AGENTCELL_ADMIN_KEY": TEST_API_KEY},
-        )
-        self._wait_ready()
+        super().__init__(state_dir, launcher=unshare)
 
 
 @pytest.fixture

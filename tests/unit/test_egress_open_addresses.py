@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,6 +15,7 @@ from agentcell.protocol.egress import NetworkPolicy
 from agentcell.server.egress.internal import internal_reason
 from agentcell.server.egress.policy import EgressPolicy
 from agentcell.server.egress.proxy import EgressProxy
+from tests.unit.test_egress_policy_proxy import ask, proxy_for
 
 
 async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -32,21 +32,8 @@ async def origin_port() -> AsyncIterator[int]:
         yield server.sockets[0].getsockname()[1]
 
 
-async def proxy_for(policy: NetworkPolicy) -> tuple[EgressProxy, int]:
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
-    proxy = EgressProxy(connect_timeout_s=2.0)
-    await proxy.serve("sbx_open", EgressPolicy.from_wire(policy), listener)
-    return proxy, listener.getsockname()[1]
-
-
-async def ask(port: int, request: str) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request.encode())
-    try:
-        return await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
+async def open_proxy(policy: NetworkPolicy) -> tuple[EgressProxy, int]:
+    return await proxy_for(EgressPolicy.from_wire(policy), "sbx_open", connect_timeout_s=2.0)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +65,7 @@ async def ask(port: int, request: str) -> bytes:
     ],
 )
 async def test_open_refuses_the_node_and_its_neighbours(origin_port: int, host: str, why: bytes) -> None:
-    proxy, port = await proxy_for(NetworkPolicy(egress="open"))
+    proxy, port = await open_proxy(NetworkPolicy(egress="open"))
     try:
         for request in (
             f"GET http://{host}:{origin_port}/ HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -96,7 +83,7 @@ async def test_open_refuses_the_node_and_its_neighbours(origin_port: int, host: 
 
 async def test_an_allowlist_naming_loopback_still_reaches_it(origin_port: int) -> None:
     for allow in (f"127.0.0.1:{origin_port}", "127.0.0.0/8", "127.0.0.1"):
-        proxy, port = await proxy_for(NetworkPolicy(egress="allowlist", allow=[allow]))
+        proxy, port = await open_proxy(NetworkPolicy(egress="allowlist", allow=[allow]))
         try:
             reply = await ask(port, f"GET http://127.0.0.1:{origin_port}/ HTTP/1.1\r\n\r\n")
             assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"ok"), (allow, reply)

@@ -41,17 +41,21 @@ async def origin_port() -> AsyncIterator[int]:
         yield server.sockets[0].getsockname()[1]
 
 
-async def proxy_for(rules: EgressPolicy) -> tuple[EgressProxy, int]:
+async def proxy_for(
+    rules: EgressPolicy, sandbox_id: str = "sbx_test", connect_timeout_s: float = 10.0
+) -> tuple[EgressProxy, int]:
+    """A proxy serving one sandbox's `rules` on a loopback listener: (proxy, its port)."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setblocking(False)
-    proxy = EgressProxy()
-    await proxy.serve("sbx_test", rules, listener)
+    proxy = EgressProxy(connect_timeout_s=connect_timeout_s)
+    await proxy.serve(sandbox_id, rules, listener)
     return proxy, listener.getsockname()[1]
 
 
-async def ask(port: int, request: bytes) -> bytes:
+async def ask(port: int, request: bytes | str) -> bytes:
+    """Send one raw request to the proxy and read its whole answer."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request)
+    writer.write(request.encode() if isinstance(request, str) else request)
     try:
         return await asyncio.wait_for(reader.read(), 5)
     finally:

@@ -16,6 +16,7 @@ from agentcell.server.clock import FakeClock
 from agentcell.server.egress.denials import DENIALS_LOGGED, DENIALS_WINDOW_S
 from agentcell.server.egress.policy import EgressPolicy
 from agentcell.server.egress.proxy import EgressProxy
+from tests.unit.test_egress_policy_proxy import ask, proxy_for
 
 
 async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -34,32 +35,17 @@ async def origin_port() -> AsyncIterator[int]:
 
 @pytest.fixture
 async def proxy() -> AsyncIterator[tuple[EgressProxy, int]]:
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
-    egress = EgressProxy()
     policy = EgressPolicy.from_wire(NetworkPolicy(egress="allowlist", allow=["*.example.test"]))
-    await egress.serve("sbx_hunt", policy, listener)
-    yield egress, listener.getsockname()[1]
+    egress, port = await proxy_for(policy, "sbx_hunt")
+    yield egress, port
     await egress.aclose()
 
 
 async def catch_all_proxy() -> tuple[EgressProxy, int]:
     """A proxy whose allowlist is every IPv4 address: loopback too, but not the protected ports."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
-    egress = EgressProxy()
-    policy = EgressPolicy.from_wire(NetworkPolicy(egress="allowlist", allow=["0.0.0.0/0"]))
-    await egress.serve("sbx_all", policy, listener)
-    return egress, listener.getsockname()[1]
-
-
-async def ask(port: int, request: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request)
-    try:
-        return await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
+    return await proxy_for(
+        EgressPolicy.from_wire(NetworkPolicy(egress="allowlist", allow=["0.0.0.0/0"])), "sbx_all"
+    )
 
 
 @pytest.mark.parametrize(

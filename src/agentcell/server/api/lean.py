@@ -80,8 +80,7 @@ class LeanRoute:
         return cls(route, body, providers)
 
     def matches(self, scope: Scope) -> dict[str, str] | None:
-        if scope["method"] not in (self.route.methods or ()):
-            return None
+        """The path parameters, if the path is this route's (the method is checked by the caller)."""
         found = self.route.path_regex.match(get_route_path(scope))
         return found.groupdict() if found else None
 
@@ -188,11 +187,14 @@ class LeanDispatch:
     def __init__(self, router: APIRouter, routes: Sequence[LeanRoute]) -> None:
         self.router = router
         self.app = router.middleware_stack
-        self.routes = tuple(routes)
+        self.by_method: dict[str, list[LeanRoute]] = {}
+        for route in routes:
+            for method in route.route.methods or ():
+                self.by_method.setdefault(method, []).append(route)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            for route in self.routes:
+            for route in self.by_method.get(scope["method"], ()):
                 params = route.matches(scope)
                 if params is not None:
                     scope.setdefault("router", self.router)  # as the router sets it (url_for)
