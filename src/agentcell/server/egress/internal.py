@@ -35,6 +35,22 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 def internal_reason(address: IPAddress) -> str | None:
     """Why `address` is not the public internet (a few words for the denial), or None if it is."""
     address = embedded_ipv4(address)
+    private = next((network for network in PRIVATE_NETWORKS if address in network), None)
+    if private is not None:
+        return _local_reason(address) or f"a private network, {private}"
+    return node_reason(address)
+
+
+def node_reason(address: IPAddress) -> str | None:
+    """Why `address` leads to this node itself (loopback, link-local, multicast, any address of
+    its interfaces), or None: what a name allowed by name must not resolve to either."""
+    address = embedded_ipv4(address)
+    if (local := _local_reason(address)) is not None:
+        return local
+    return "an address of this host" if is_host_address(address) else None
+
+
+def _local_reason(address: IPAddress) -> str | None:
     if address.is_loopback:
         return "loopback"
     if address.is_unspecified:
@@ -43,11 +59,6 @@ def internal_reason(address: IPAddress) -> str | None:
         return "link-local, where the cloud metadata service answers"
     if address.is_multicast:
         return "multicast"
-    for network in PRIVATE_NETWORKS:
-        if address in network:
-            return f"a private network, {network}"
-    if is_host_address(address):
-        return "an address of this host"
     return None
 
 

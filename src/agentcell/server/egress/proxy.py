@@ -35,7 +35,7 @@ from agentcell.server.egress.http import (
     send_text,
     split_authority,
 )
-from agentcell.server.egress.internal import internal_reason
+from agentcell.server.egress.internal import internal_reason, node_reason
 from agentcell.server.egress.policy import EgressPolicy, IPAddress, parse_address
 from agentcell.server.egress.resolver import Resolver
 
@@ -332,7 +332,7 @@ def check_resolved(
     if policy.kind != "allowlist" or parse_address(host) is not None:
         return
     for address in addresses:
-        if (_is_local(address) or is_host_address(address)) and not policy.allows_address(address, port):
+        if node_reason(address) is not None and not policy.allows_address(address, port):
             raise deny(
                 sandbox_id, policy, f"{host}:{port} (it resolves to {address}; list that address to allow it)"
             )
@@ -371,10 +371,6 @@ def _names_itself(policy: EgressPolicy, address: IPAddress, port: int) -> bool:
         and e.matches_address(address, port)
         for e in policy.entries
     )
-
-
-def _is_local(address: IPAddress) -> bool:
-    return address.is_loopback or address.is_link_local or address.is_unspecified or address.is_multicast
 
 
 async def _splice(
