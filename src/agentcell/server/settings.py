@@ -187,10 +187,14 @@ class Settings(BaseSettings):
         sandboxes, upstream connections and files), at most DEFAULT_MAX_CONNECTIONS."""
         if self.max_connections:
             return self.max_connections
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft == resource.RLIM_INFINITY:
-            return DEFAULT_MAX_CONNECTIONS
-        return max(1, min(DEFAULT_MAX_CONNECTIONS, soft // 4))
+        return max(1, min(DEFAULT_MAX_CONNECTIONS, soft_open_files() // 4))
+
+
+def soft_open_files() -> int:
+    """The process's soft RLIMIT_NOFILE, which the budgets of connections, proxied connections
+    and commands share (an unlimited one counts as 1,048,576)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
 
 
 DEFAULT_MAX_CONNECTIONS = 10_000

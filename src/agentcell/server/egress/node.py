@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from agentcell.server.egress.npm import NpmMirror
 from agentcell.server.egress.policy import EgressPolicy
 from agentcell.server.egress.proxy import EgressProxy, LocalService
 from agentcell.server.egress.pypi import PypiMirror
+from agentcell.server.settings import soft_open_files
 
 NO_PROXY = "localhost,127.0.0.1,::1"
 
@@ -133,11 +133,7 @@ def total_connection_limit(open_files: int | None = None) -> int:
     """The default cap on all sandboxes' proxied connections: an eighth of the server's
     descriptors (`open_files`, its soft RLIMIT_NOFILE if None), two per connection (a sixteenth
     of the limit in connections: 1,250 on a 20,000-fd host, 65,536 at 1,048,576)."""
-    if open_files is None:
-        open_files, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if open_files == resource.RLIM_INFINITY:
-            open_files = 1 << 20
-    return max(MIN_TOTAL_CONNECTIONS, open_files // 16)
+    return max(MIN_TOTAL_CONNECTIONS, (open_files or soft_open_files()) // 16)
 
 
 def default_cache_bytes(cache_dir: Path) -> int:

@@ -15,11 +15,9 @@ divided by what one command holds. AGENTCELL_MAX_COMMANDS sets it.
 
 from __future__ import annotations
 
-import resource
-
 from agentcell.errors import Unavailable
 from agentcell.server.egress.node import total_connection_limit
-from agentcell.server.settings import Settings
+from agentcell.server.settings import Settings, soft_open_files
 
 FDS_PER_COMMAND = 5
 """server fds one running command holds: its stdin, stdout and stderr pipes, the worker's control
@@ -44,10 +42,7 @@ def server_command_limit(
     server's soft RLIMIT_NOFILE, read now if None) as the module docstring says."""
     if configured > 0:
         return configured
-    if open_files is None:
-        open_files, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if open_files == resource.RLIM_INFINITY:
-            open_files = 1 << 20
+    open_files = open_files or soft_open_files()
     proxied = total_connection_limit(open_files) * FDS_PER_PROXIED_CONNECTION
     spare = open_files - connections - sandboxes * FDS_PER_SANDBOX - proxied - FDS_RESERVED
     return max(MIN_COMMANDS, spare // FDS_PER_COMMAND)
