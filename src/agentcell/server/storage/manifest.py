@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -118,7 +119,11 @@ class Manifest:
 
 
 def encode(manifest: Manifest) -> bytes:
-    body = {
+    """The stored form. CPU-bound for a large workspace (seconds at a million entries): call it in
+    a thread, where its long arrays are dumped a slice at a time so that the event loop's thread
+    gets the GIL back between slices (one json.dumps would hold it throughout)."""
+    entries = manifest.entries
+    body: dict[str, Any] = {
         "version": FORMAT_VERSION,
         "seq": manifest.seq,
         "created_at": manifest.created_at,
@@ -127,13 +132,13 @@ def encode(manifest: Manifest) -> bytes:
         "uploaded_bytes": manifest.uploaded_bytes,
         "hashed_files": manifest.hashed_files,
         "skipped": manifest.skipped,
-        "entries": [entry.to_json() for entry in manifest.entries],
+        "entries": _Sliced(entries, Entry.to_json),
     }
     if manifest.links:
         body["links"] = sorted(manifest.links.items())
-    if any(entry.ctime_ns for entry in manifest.entries):
-        body["ctimes"] = [entry.ctime_ns for entry in manifest.entries]
-    text = json.dumps(body, separators=(",", ":")).encode()
+    if any(entry.ctime_ns for entry in entries):
+        body["ctimes"] = _Sliced(entries, _ctime)
+    text = _dumps(body).encode()
     if len(text) > MAX_MANIFEST_BYTES:  # a restore would refuse it: never store it
         raise Conflict(
             f"the workspace's list of files takes {len(text) >> 20} MiB, more than a snapshot keeps "
@@ -144,7 +149,8 @@ def encode(manifest: Manifest) -> bytes:
 
 
 def decode(data: bytes, key: str) -> Manifest:
-    """Parse and validate a stored manifest; SnapshotCorrupt (naming `key`) on any defect."""
+    """Parse and validate a stored manifest; SnapshotCorrupt (naming `key`) on any defect. Like
+    `encode`, for a thread: its long arrays are parsed an item at a time."""
     try:
         if data[: len(MAGIC)] != MAGIC or len(data) < HEADER_BYTES:
             raise ValueError("not a manifest")
@@ -155,7 +161,7 @@ def decode(data: bytes, key: str) -> Manifest:
         raw = inflater.decompress(data[HEADER_BYTES:end], MAX_MANIFEST_BYTES)
         if inflater.unconsumed_tail or not inflater.eof:
             raise ValueError("truncated or oversize")
-        body = json.loads(raw)
+        body = _loads(raw.decode())
         manifest = replace(_from_json(body), inline=data[end:])
         validate(manifest)
     except SnapshotCorrupt as exc:
@@ -163,6 +169,103 @@ def decode(data: bytes, key: str) -> Manifest:
     except (ValueError, TypeError, KeyError, IndexError, zlib.error, RecursionError) as exc:
         raise SnapshotCorrupt(f"snapshot manifest {key!r} is corrupt: {type(exc).__name__}") from exc
     return manifest
+
+
+# ---- JSON a slice at a time -----------------------------------------------------------------------
+
+SLICE = 2000
+"""array items dumped per json.dumps call: a few ms of holding the GIL"""
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Sliced:
+    """An array of `to_json(item)` for each item, dumped SLICE items at a time."""
+
+    items: Sequence[Any]
+    to_json: Callable[[Any], Any]
+
+    def dumps(self) -> str:
+        items, to_json = self.items, self.to_json
+        slices = (
+            _compact([to_json(item) for item in items[start : start + SLICE]])[1:-1]
+            for start in range(0, len(items), SLICE)
+        )
+        return "[" + ",".join(slices) + "]"
+
+
+def _ctime(entry: Entry) -> int:
+    return entry.ctime_ns
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    """`json.dumps(body, separators=(",", ":"))`, the same text, with `_Sliced` values dumped a
+    slice at a time."""
+    fields = (
+        f"{_compact(key)}:{value.dumps() if isinstance(value, _Sliced) else _compact(value)}"
+        for key, value in body.items()
+    )
+    return "{" + ",".join(fields) + "}"
+
+
+def _loads(text: str) -> Any:
+    """`json.loads(text)` for a JSON object, its arrays parsed an item at a time (see `encode`);
+    ValueError on malformed JSON, as json.loads."""
+    at = _skip(text, 0)
+    if not text.startswith("{", at):
+        return json.loads(text)  # not an object: the same answer, or json's error
+    body: dict[str, Any] = {}
+    at = _skip(text, at + 1)
+    if text.startswith("}", at):
+        return _ended(text, at + 1, body)
+    while True:
+        key, at = _DECODER.raw_decode(text, at)
+        if not isinstance(key, str):
+            raise ValueError(f"an object key is not a string at {at}")
+        at = _skip(text, at)
+        if not text.startswith(":", at):
+            raise ValueError(f"expected ':' at {at}")
+        at = _skip(text, at + 1)
+        body[key], at = _array(text, at) if text.startswith("[", at) else _DECODER.raw_decode(text, at)
+        at = _skip(text, at)
+        if text.startswith("}", at):
+            return _ended(text, at + 1, body)
+        if not text.startswith(",", at):
+            raise ValueError(f"expected ',' or '}}' at {at}")
+        at = _skip(text, at + 1)
+
+
+def _array(text: str, at: int) -> tuple[list[Any], int]:
+    items: list[Any] = []
+    at = _skip(text, at + 1)
+    if text.startswith("]", at):
+        return items, at + 1
+    while True:
+        item, at = _DECODER.raw_decode(text, at)
+        items.append(item)
+        at = _skip(text, at)
+        if text.startswith("]", at):
+            return items, at + 1
+        if not text.startswith(",", at):
+            raise ValueError(f"expected ',' or ']' at {at}")
+        at = _skip(text, at + 1)
+
+
+def _ended(text: str, at: int, body: dict[str, Any]) -> dict[str, Any]:
+    if _skip(text, at) != len(text):
+        raise ValueError(f"extra data at {at}")
+    return body
+
+
+def _skip(text: str, at: int) -> int:
+    match = _WHITESPACE.match(text, at)
+    assert match is not None  # (the pattern matches the empty string)
+    return match.end()
 
 
 def _from_json(body: dict[str, Any]) -> Manifest:

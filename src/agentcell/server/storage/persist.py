@@ -90,26 +90,25 @@ class Persist:
 
     async def run(self, dir_fd: int, excludes: Excludes, created_at: float) -> Manifest:
         scan_ns = time.time_ns()  # file-system time, compared with file mtimes (not a deadline)
+        # Every step over all of the workspace's entries runs in a thread (a million entries take
+        # seconds of CPU), so that the event loop serves everyone else meanwhile.
         tree = await settled(scan, dir_fd, excludes)
-        done, to_read = self._plan(tree)
+        done, small, large = await settled(self._plan, tree)
         reader = await settled(Reader, dir_fd, tree.root_dev)
         try:
-            large = await self._store_small(reader, [f for f in to_read if f.size <= self._small])
-            large += [f for f in to_read if f.size > self._small]
-            for found in sorted(large, key=lambda f: f.path):
+            large = sorted(large + await self._store_small(reader, small), key=lambda f: f.path)
+            for found in large:
                 entry = await self._store_large(reader, found)
                 if entry is not None:
                     done[found.path] = entry
-            done.update(self._read_entries)
         finally:
             await settled(reader.close)
-        entries = tuple(done[f.path] for f in tree.entries if f.path in done)
-        return self._manifest(entries, tree, created_at, scan_ns, _hard_links(tree, done))
+        return await settled(self._manifest, done, tree, created_at, scan_ns)
 
     # ---- planning ---------------------------------------------------------------------------------
 
-    def _plan(self, tree: Scan) -> tuple[dict[str, Entry], list[Found]]:
-        """Entries that need no reading, and the files that must be read."""
+    def _plan(self, tree: Scan) -> tuple[dict[str, Entry], list[Found], list[Found]]:
+        """(thread) Entries that need no reading, and the small and the large files to read."""
         previous = {e.path: e for e in self._previous.entries} if self._previous else {}
         trusted_before = self._previous.scan_ns - RACY_NS if self._previous else 0
         done: dict[str, Entry] = {}
@@ -135,7 +134,8 @@ class Persist:
                 to_read.append(found)
         self._index_previous()
         self._move_out_of_sparse(done, to_read)
-        return done, to_read
+        small = [found for found in to_read if found.size <= self._small]
+        return done, small, [found for found in to_read if found.size > self._small]
 
     def _index_previous(self) -> None:
         """Every small-file content the previous snapshot stored, to reference instead of re-upload."""
@@ -181,27 +181,33 @@ class Persist:
         for index, batch in enumerate(batches):
             pack = Pack(INLINE)
             entries, grown_here = await settled(self._fill_pack, reader, batch, pack)
-            self._read_entries.update(entries)
             grown += grown_here
             if len(batches) == 1 and len(pack.data) <= INLINE_BYTES:
                 self._inline = bytes(pack.data)
             elif pack.data:
-                await self._publish(pack, pack_key(self._seq, index))
+                entries = await self._publish(pack, pack_key(self._seq, index), entries)
+            self._read_entries.update(entries)
         return grown
 
-    async def _publish(self, pack: Pack, key: str) -> None:
-        """Store a filled pack under `key` and point its pieces there instead of INLINE."""
+    async def _publish(self, pack: Pack, key: str, entries: dict[str, Entry]) -> dict[str, Entry]:
+        """Store a filled pack under `key`; returns its `entries` with their pieces pointing
+        there instead of INLINE."""
         await self._store.put(f"{self._prefix}/{key}", bytes(pack.data))
         self._totals.uploaded_bytes += len(pack.data)
         self._known[key] = len(pack.data)
+        return await settled(self._point_to, key, entries)
+
+    def _point_to(self, key: str, entries: dict[str, Entry]) -> dict[str, Entry]:
+        """(thread) The pieces of the pack just stored point at `key` instead of INLINE: in the
+        index of stored contents, and in `entries` (the pack's files), which are returned."""
 
         def moved(piece: Piece) -> Piece:
             return replace(piece, obj=key) if piece.obj == INLINE else piece
 
         self._by_hash = {h: moved(p) for h, p in self._by_hash.items()}
-        self._read_entries = {
+        return {
             path: replace(e, pieces=tuple(moved(p) for p in e.pieces)) if _is_inline(e) else e
-            for path, e in self._read_entries.items()
+            for path, e in entries.items()
         }
 
     def _fill_pack(
@@ -264,9 +270,10 @@ class Persist:
 
     # ---- result -----------------------------------------------------------------------------------
 
-    def _manifest(
-        self, entries: tuple[Entry, ...], tree: Scan, created_at: float, scan_ns: int, links: dict[str, str]
-    ) -> Manifest:
+    def _manifest(self, done: dict[str, Entry], tree: Scan, created_at: float, scan_ns: int) -> Manifest:
+        """(thread) The new manifest: every entry stored (`done` and the files read), in walk order."""
+        done.update(self._read_entries)
+        entries = tuple(done[f.path] for f in tree.entries if f.path in done)
         objects = {
             p.obj: self._known[p.obj] for e in entries for p in e.pieces if p.obj not in (INLINE, HOLE)
         }
@@ -280,7 +287,7 @@ class Persist:
             hashed_files=self._totals.hashed_files,
             skipped=tree.skipped,
             inline=self._inline,
-            links=links,
+            links=_hard_links(tree, done),
         )
 
 

@@ -124,15 +124,7 @@ class Restore:
 
     async def _write_files(self, cursor: DirCursor) -> None:
         """Packed small files one pack at a time (one get each); other files piece by piece."""
-        by_pack: dict[str, list[Entry]] = defaultdict(list)
-        others: list[Entry] = []
-        for entry in self._manifest.entries:
-            if entry.kind != "f" or entry.path in self._manifest.links:
-                continue
-            if len(entry.pieces) == 1 and _is_packed(entry.pieces[0].obj):
-                by_pack[entry.pieces[0].obj].append(entry)
-            else:
-                others.append(entry)
+        by_pack, others = await settled(self._files_by_pack)
         packs = sorted(by_pack)
         fetch = asyncio.ensure_future(self._get(packs[0])) if packs else None
         try:
@@ -148,6 +140,20 @@ class Restore:
                     await fetch
         for entry in others:
             await self._write_pieces(cursor, entry)
+
+    def _files_by_pack(self) -> tuple[dict[str, list[Entry]], list[Entry]]:
+        """(thread: a million entries take a while) The files to write that live in a pack, by
+        pack; the others."""
+        by_pack: dict[str, list[Entry]] = defaultdict(list)
+        others: list[Entry] = []
+        for entry in self._manifest.entries:
+            if entry.kind != "f" or entry.path in self._manifest.links:
+                continue
+            if len(entry.pieces) == 1 and _is_packed(entry.pieces[0].obj):
+                by_pack[entry.pieces[0].obj].append(entry)
+            else:
+                others.append(entry)
+        return by_pack, others
 
     async def _write_pack(self, cursor: DirCursor, entries: list[Entry], data: bytes) -> None:
         """Files of one pack, in WORKERS threads (zlib and sha256 release the GIL), each with

@@ -13,7 +13,10 @@ and every pack or blob no kept manifest references. A crash at any point leaves 
 manifest and everything it references intact; leftovers of the crashed persist are collected by
 the next one, or by `sweep` when none will come (the caller knows: scheduler/workspaces.py marks
 the prefixes it writes). Persists, restores and sweeps of one prefix are serialized inside this
-object (one server process owns a prefix at a time).
+object (one server process owns a prefix at a time). At most `max_jobs` persists and restores
+of all prefixes run at once: each holds its workspace's list of files in memory, up to ~2.5 KB
+an entry (a snapshot keeps up to a million: a few GB), so sessions ending together, or a tenant
+filling workspaces with tiny files, cannot take the server's memory.
 """
 
 from __future__ import annotations
@@ -72,6 +75,11 @@ class Swept:
     deleted_bytes: int
 
 
+MAX_JOBS = 4
+"""persists and restores at once on a node (see the module docstring): at a million entries each
+they hold ~10 GB together, the worst case; the usual workspace's few thousand cost a few MB"""
+
+
 class Snapshots:
     """Owns the snapshot objects of every prefix it is given; called by the scheduler on pre-stop,
     on demand and periodically (persist), and before a resumed session's first request (restore)."""
@@ -84,15 +92,20 @@ class Snapshots:
         keep: int = 3,
         compress: bool = True,
         small_file_bytes: int = SMALL_FILE_BYTES,
+        max_jobs: int = MAX_JOBS,
     ) -> None:
         """`compress`: zlib level 1 where a probe shows it pays; `small_file_bytes`: files up to this
-        size share pack objects (0: every file is its own content-addressed blob)."""
+        size share pack objects (0: every file is its own content-addressed blob); `max_jobs`:
+        persists and restores running at once (the others wait their turn)."""
+        if max_jobs < 1:
+            raise InvalidArgument(f"max_jobs must be at least 1, got {max_jobs}")
         if keep < 1:
             raise InvalidArgument(f"keep must be at least 1, got {keep}")
         if not 0 <= small_file_bytes <= SMALL_FILE_BYTES:
             raise InvalidArgument(f"small_file_bytes must be between 0 and {SMALL_FILE_BYTES}")
         self._store, self._clock, self._keep, self._compress = store, clock, keep, compress
         self._small = small_file_bytes
+        self._jobs = asyncio.Semaphore(max_jobs)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._restored: dict[str, tuple[int, int]] = {}
         """prefix → (seq, ns): snapshot `seq` was restored in this process, and files whose change
@@ -124,7 +137,7 @@ class Snapshots:
         keep = self._keep if keep is None else keep
         if keep < 1:
             raise InvalidArgument(f"keep must be at least 1, got {keep}")
-        async with self._lock(prefix):
+        async with self._lock(prefix), self._jobs:
             seqs = await self._seqs(prefix)
             newest = await self._newest_readable(prefix, seqs)
             previous = newest[0] if newest is not None else None
@@ -143,17 +156,16 @@ class Snapshots:
                 manifest = await job.run(dir_fd, excludes, self._clock.now())
             except OSError as exc:
                 raise _os_failure(exc, f"persist of {prefix!r}") from exc
-            if _unchanged(manifest, previous, seqs):
+            if await settled(_unchanged, manifest, previous, seqs):
                 # Nothing changed: a copy of the newest snapshot would only push an older,
                 # different one out of the `keep` window (periodic syncs of an idle session).
-                assert previous is not None
-                return _info(previous, len(encode(previous)), uploaded=0)
-            data = encode(manifest)
-            _check_restorable(manifest, prefix)
+                assert newest is not None
+                return await settled(_info, *newest, uploaded=0)
+            data = await settled(_stored_form, manifest, prefix)
             await self._store.put(_manifest_key(prefix, seq), data)
             self._restored.pop(prefix, None)  # the new snapshot records the files' change times
             await self._collect(prefix, [*seqs, seq], keep, manifest)
-            return _info(manifest, len(data), uploaded=manifest.uploaded_bytes + len(data))
+            return await settled(_info, manifest, len(data), uploaded=manifest.uploaded_bytes + len(data))
 
     async def restore(
         self,
@@ -169,7 +181,7 @@ class Snapshots:
         manifest or an object is missing or bad; NotFound when an explicit `seq` does not exist.
         """
         validate_key(prefix)
-        async with self._lock(prefix):
+        async with self._lock(prefix), self._jobs:
             seqs = await self._seqs(prefix)
             if seq is not None and seq not in seqs:
                 raise NotFound(f"snapshot {seq} of {prefix!r} does not exist (have {sorted(seqs)})")
@@ -183,23 +195,21 @@ class Snapshots:
                 what = f"restore of snapshot {manifest.seq} of {prefix!r}"
                 raise _os_failure(exc, what, _shortfall(dir_fd, manifest)) from exc
             self._restored[prefix] = (manifest.seq, await settled(_change_time_after, dir_fd))
-            return _info(manifest, size)
+            return await settled(_info, manifest, size)
 
     async def latest(self, prefix: str) -> SnapshotInfo | None:
         validate_key(prefix)
         seqs = await self._seqs(prefix)
         if not seqs:
             return None
-        manifest, size = await self._load(prefix, max(seqs))
-        return _info(manifest, size)
+        return await settled(_info, *await self._load(prefix, max(seqs)))
 
     async def list(self, prefix: str) -> list[SnapshotInfo]:
         """Every kept snapshot of `prefix`, oldest first."""
         validate_key(prefix)
         infos = []
         for seq in sorted(await self._seqs(prefix)):
-            manifest, size = await self._load(prefix, seq)
-            infos.append(_info(manifest, size))
+            infos.append(await settled(_info, *await self._load(prefix, seq)))
         return infos
 
     async def stored_bytes(self, prefix: str) -> int:
@@ -231,7 +241,7 @@ class Snapshots:
             if newest is None:
                 return Swept(None, 0, 0)  # nothing readable to tell leftovers from: keep it all
             objects, freed = await self._collect(prefix, seqs, len(seqs), newest[0])
-            return Swept(_info(*newest), objects, freed)
+            return Swept(await settled(_info, *newest), objects, freed)
 
     # ---- internals --------------------------------------------------------------------------------
 
@@ -245,7 +255,7 @@ class Snapshots:
             data = await self._store.get(key)
         except NotFound as exc:
             raise SnapshotCorrupt(f"snapshot manifest {key!r} is missing") from exc
-        manifest = decode(data, key)
+        manifest = await settled(decode, data, key)
         if manifest.seq != seq:
             raise SnapshotCorrupt(f"snapshot manifest {key!r} claims to be snapshot {manifest.seq}")
         return manifest, len(data)
@@ -318,13 +328,15 @@ def _touch(fd: int) -> int:
     return os.fstat(fd).st_ctime_ns
 
 
-def _check_restorable(manifest: Manifest, prefix: str) -> None:
-    """A persist stores only what a restore accepts (the walk leaves out what it could not hold):
-    a snapshot that cannot be read back would lose every file of the workspace, not just one."""
+def _stored_form(manifest: Manifest, prefix: str) -> bytes:
+    """(thread) The manifest's stored form, once it is known that a restore accepts it (the walk
+    leaves out what it could not hold): a snapshot that cannot be read back would lose every file
+    of the workspace, not just one."""
     try:
         validate(manifest)
     except SnapshotCorrupt as exc:
         raise Internal(f"persist of {prefix!r} made a snapshot it could not restore: {exc.message}") from exc
+    return encode(manifest)
 
 
 def _shortfall(dir_fd: int, manifest: Manifest) -> str:
