@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 
-from agentcell.errors import InvalidArgument
+from agentcell.errors import InvalidArgument, NotFound
 from agentcell.protocol.sessions import SessionCreate, SessionInfo, SessionList, SessionState, SessionUpdate
 from agentcell.protocol.workspaces import SnapshotInfo
 from agentcell.server.api.deps import Scheduler
@@ -102,8 +102,11 @@ async def get_session(session_id: str, scheduler: Scheduler) -> SessionInfo:
 
 
 def _own_live(scheduler: FunctionScheduler, session_id: str) -> str:
-    """The id of a live session of the caller's (NotFound for anything else)."""
-    shown_session(scheduler.session(session_id).info())
+    """The id of a live session of the caller's (NotFound for anything else). Another tenant's
+    answers with the words of `scheduler.session` for an unknown id: other words would tell that
+    the id is a live session somewhere."""
+    if not is_mine(scheduler.session(session_id).function):
+        raise NotFound(f"session {session_id!r} not found or ended")
     return session_id
 
 

@@ -12,7 +12,11 @@ from agentcell.server.auth.principal import current_tenant
 
 
 def function_name(name: str) -> str:
-    """The scheduler's name for the caller's function `name`."""
+    """The scheduler's name for the caller's function `name`. A name with a dot is no function's
+    (they cannot hold one) and is not qualified: the default tenant's names are bare, so its
+    `acme.chat` would be tenant acme's `chat`."""
+    if "." in name:
+        raise NotFound(f"function {name!r} not found: function names hold no '.'")
     return qualify(current_tenant(), name)
 
 

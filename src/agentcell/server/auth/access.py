@@ -50,12 +50,19 @@ def required_scope(method: str, path: str) -> str | None:
     if path in PUBLIC_PATHS or path.startswith(E2B_IN_SANDBOX):
         return None
     read = method in READ_METHODS
-    if path.startswith("/v1/functions/") and "/sessions" in path:
+    if _is_function_sessions(path):
         return "sessions:read" if read else "sessions:write"
     for prefix, read_scope, write_scope in RULES:
         if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
             return read_scope if read else write_scope
     return "sandboxes:read" if read else FALLBACK
+
+
+def _is_function_sessions(path: str) -> bool:
+    """`/v1/functions/{name}/sessions[/…]`: the segment after the name, not `/sessions` anywhere
+    (a function may be named `sessions-bot`, and deploying it needs functions:write)."""
+    segments = path.split("/")
+    return path.startswith("/v1/functions/") and len(segments) > 4 and segments[4] == "sessions"
 
 
 def key_from_headers(x_api_key: str | None, authorization: str | None) -> str | None:

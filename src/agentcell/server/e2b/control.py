@@ -23,6 +23,7 @@ from agentcell.errors import Conflict, InvalidArgument
 from agentcell.protocol.egress import NetworkPolicy
 from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.api.lean import lean
+from agentcell.server.auth.principal import current_or_none
 from agentcell.server.e2b.errors import NotImplementedE2b
 from agentcell.server.e2b.models import (
     CLIENT_ID,
@@ -39,6 +40,7 @@ from agentcell.server.scheduler.sandboxes import Sandbox
 router = APIRouter(tags=["e2b"])
 MAX_PAGE = 100
 NEXT_TOKEN_HEADER = "x-next-token"
+DRIVE_SCOPE = "sandboxes:write"
 
 
 def registry(request: Request) -> E2bRegistry:
@@ -83,12 +85,20 @@ def listed_reply(reg: E2bRegistry, sandbox: Sandbox) -> dict[str, Any]:
 
 
 def detail_reply(reg: E2bRegistry, sandbox: Sandbox) -> dict[str, Any]:
+    token = {"envdAccessToken": reg.token(sandbox.id)} if _may_drive() else {}  # optional in E2B's schema
     return {
         **listed_reply(reg, sandbox),
-        "envdAccessToken": reg.token(sandbox.id),
+        **token,
         "allowInternetAccess": sandbox.request.network.egress != "none",
         "lifecycle": {"onTimeout": sandbox.request.on_timeout, "autoResume": False},
     }
+
+
+def _may_drive() -> bool:
+    """Whether the caller's key may have a sandbox's envd token: with it, envd runs commands and
+    writes files, so a `sandboxes:read` key that describes a sandbox does not get it."""
+    principal = current_or_none()
+    return principal is None or principal.allows(DRIVE_SCOPE)
 
 
 def _network(body: SandboxCreateE2b) -> NetworkPolicy:
