@@ -1,6 +1,7 @@
 """`agentcell tenant …` and `agentcell key …` (admin keys only).
 
-agentcell tenant create acme --max-sessions 500 --max-memory 64GiB --max-storage 100GiB
+agentcell tenant create acme --max-sessions 500 --max-memory 64GiB --max-storage 100GiB \
+    --max-functions 20 --max-code 2GiB
 agentcell key create acme --scope sandboxes:write,sessions:write     # the key is printed once
 """
 
@@ -50,6 +51,10 @@ def quota_options(command: Any) -> Any:
             click.option("--max-cpu", type=click.FloatRange(min=0), default=None, help="Cores."),
             click.option("--max-memory", callback=parse_mib, default=None, help="e.g. 64GiB"),
             click.option("--max-storage", callback=parse_mib, default=None, help="e.g. 100GiB"),
+            click.option("--max-functions", type=click.IntRange(min=0), default=None),
+            click.option(
+                "--max-code", callback=parse_mib, default=None, help="Function code on disk, e.g. 2GiB."
+            ),
             click.option("--max-rps", type=click.FloatRange(min=0, min_open=True), default=None),
         ]
     ):
@@ -66,6 +71,8 @@ def _quotas(options: dict[str, Any]) -> TenantQuotas:
             max_cpu=options["max_cpu"],
             max_memory_mb=options["max_memory"],
             max_storage_mb=options["max_storage"],
+            max_functions=options["max_functions"],
+            max_code_mb=options["max_code"],
             max_rps=options["max_rps"],
         )
     except ValidationError as exc:

@@ -1,6 +1,6 @@
 """Tenants and API keys (async core; admin keys only).
 
-acme = await client.tenants.create("acme", TenantQuotas(max_sessions=500))
+acme = await client.tenants.create("acme", TenantQuotas(max_sessions=500, max_functions=20))
 key = await client.tenants.create_key("acme", scopes=["sandboxes:write"])   # key.key: shown once
 await client.tenants.revoke_key(key.id)
 """

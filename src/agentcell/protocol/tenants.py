@@ -35,6 +35,13 @@ class TenantQuotas(WireModel):
     )
     max_memory_mb: int | None = Field(default=None, ge=0, le=1 << 40)
     max_storage_mb: int | None = Field(default=None, ge=0, le=1 << 40, description="stored workspace bytes")
+    max_functions: int | None = Field(default=None, ge=0, le=1_000_000, description="functions deployed")
+    max_code_mb: int | None = Field(
+        default=None,
+        ge=0,
+        le=1 << 40,
+        description="function code on the node's disk, every version kept (until no instance runs it)",
+    )
     max_rps: float | None = Field(default=None, ge=0.01, le=1_000_000, description="requests per second")
 
 

@@ -39,7 +39,9 @@ from agentcell.server.observability.audit import AuditLog
 from agentcell.server.observability.telemetry import Telemetry, build_telemetry
 from agentcell.server.sandbox.driver import SandboxDriver
 from agentcell.server.scheduler.command_budget import CommandBudget, server_command_limit_of
+from agentcell.server.scheduler.function_quota import FunctionQuota
 from agentcell.server.scheduler.metering import UsageLedger
+from agentcell.server.scheduler.node_capacity import NodeCapacity
 from agentcell.server.scheduler.processes import CommandLimits
 from agentcell.server.scheduler.sandbox_metrics import SandboxMetrics
 from agentcell.server.scheduler.sandbox_pause import SandboxPauses
@@ -185,10 +187,11 @@ def create_app(
         registry=telemetry.registry,
     )
     ledger = UsageLedger(store)  # one for sessions and sandboxes: a usage read sees both's queued rows
+    # sandboxes and function instances share the node's room (the pool's idle ones live in what is left)
+    capacity = NodeCapacity(settings.max_sandboxes, registry=telemetry.registry)
     sandbox_service = SandboxService(
         driver,
         clock,
-        max_sandboxes=settings.max_sandboxes,
         pids_max=settings.default_pids_max,
         stop_grace_s=settings.stop_grace_s,
         templates=templates,
@@ -198,6 +201,7 @@ def create_app(
         telemetry=telemetry,
         quotas=quotas,
         pool=pool,
+        capacity=capacity,
         command_limits=CommandLimits(
             settings.sandbox_max_commands,
             settings.sandbox_max_stdin_bytes,
@@ -234,6 +238,7 @@ def create_app(
         telemetry=telemetry,
         quotas=quotas,
         ledger=ledger,
+        capacity=capacity,
     )
     templates.add_dependents(scheduler, pauses)  # functions and paused sandboxes start from them later
 
@@ -304,6 +309,9 @@ def create_app(
     )
     app.state.templates = templates
     app.state.tenants = tenants
+    app.state.function_quota = FunctionQuota(  # tenants' max_functions and max_code_mb, at deploys
+        settings.state_dir / "functions", tenants.quotas, lambda: [f.name for f in scheduler.functions()]
+    )
     limiter = RateLimiter(clock, lambda tenant: tenants.quotas(tenant).max_rps)
     request_auth = RequestAuth(tenants.ring, limiter, required=settings.auth == "keys")
     app.state.request_auth = request_auth

@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     driver: Literal["linux", "fake"] = Field(
         default="linux", description="sandbox driver (fake: no isolation, tests)"
     )
-    max_sandboxes: int = Field(default=4000, ge=1, description="running sandboxes this node accepts")
+    max_sandboxes: int = Field(
+        default=4000, ge=1, description="sandboxes and function instances this node runs at once, together"
+    )
     default_pids_max: int = Field(default=512, ge=16, description="processes per sandbox")
     sandbox_pool: int = Field(
         default=4,

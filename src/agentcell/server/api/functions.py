@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from fastapi import APIRouter, Request, Response
 from pydantic import TypeAdapter, ValidationError
@@ -17,6 +19,8 @@ from agentcell.protocol.functions import FunctionConfig, FunctionInfo, FunctionL
 from agentcell.server.api.deps import Scheduler
 from agentcell.server.api.errors import describe_validation
 from agentcell.server.api.tenancy import function_name, is_mine, shown_function
+from agentcell.server.scheduler.code import room_bytes, short_of_disk
+from agentcell.server.scheduler.function_quota import FunctionQuota
 
 router = APIRouter(prefix="/v1/functions", tags=["functions"])
 MAX_ARCHIVE_BYTES = 512 << 20
@@ -58,20 +62,30 @@ def parse_config(raw: object) -> FunctionConfig:
         raise InvalidArgument(f"config: {describe_validation(exc)}") from None
 
 
-async def save_upload(upload: UploadFile, directory: Path) -> Path:
-    """Copy the uploaded archive to a file of ours (bounded in size) for unpacking."""
+async def save_upload(upload: UploadFile, directory: Path, room: Callable[[Path], int] = room_bytes) -> Path:
+    """Copy the uploaded archive to a file of ours (bounded in size, and above the node's
+    free-space floor: `room`) for unpacking."""
     fd, name = tempfile.mkstemp(dir=directory, suffix=".tar")
-    size = 0
-    with os.fdopen(fd, "wb") as out:
-        while chunk := await upload.read(CHUNK_BYTES):
-            size += len(chunk)
-            if size > MAX_ARCHIVE_BYTES:
-                break
-            out.write(chunk)
-    if size > MAX_ARCHIVE_BYTES:
+    try:
+        with os.fdopen(fd, "wb") as out:
+            await _copy_upload(upload, out, room, directory)
+    except BaseException:
         os.unlink(name)
-        raise PayloadTooLarge(f"code archive is larger than {MAX_ARCHIVE_BYTES >> 20} MiB")
+        raise
     return Path(name)
+
+
+async def _copy_upload(
+    upload: UploadFile, out: BinaryIO, room: Callable[[Path], int], directory: Path
+) -> None:
+    size = 0
+    while chunk := await upload.read(CHUNK_BYTES):
+        size += len(chunk)
+        if size > MAX_ARCHIVE_BYTES:
+            raise PayloadTooLarge(f"code archive is larger than {MAX_ARCHIVE_BYTES >> 20} MiB")
+        if len(chunk) > room(directory):
+            raise short_of_disk()
+        out.write(chunk)
 
 
 def _too_large() -> PayloadTooLarge:
@@ -82,21 +96,26 @@ def _too_large() -> PayloadTooLarge:
     )
 
 
-def bounded(request: Request) -> Request:
-    """The request with its body cut off at MAX_DEPLOY_BYTES: the form parser spools file parts to
-    a temporary file, which must not take a whole upload of any size first."""
+def bounded(request: Request, room: Callable[[Path], int] = room_bytes) -> Request:
+    """The request with its body cut off at MAX_DEPLOY_BYTES, and at the free-space floor of the
+    temporary directory (`room`, checked each MiB): the form parser spools file parts to a
+    temporary file there, which must take neither a whole upload of any size first nor the
+    disk's last space."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_DEPLOY_BYTES:
         raise _too_large()
     seen = 0
     receive = request.receive
+    spool = Path(tempfile.gettempdir())
 
     async def counted() -> Message:
         nonlocal seen
         message = await receive()
-        seen += len(message.get("body", b""))
+        before, seen = seen, seen + len(message.get("body", b""))
         if seen > MAX_DEPLOY_BYTES:
             raise _too_large()
+        if seen // CHUNK_BYTES > before // CHUNK_BYTES and room(spool) < CHUNK_BYTES:
+            raise short_of_disk()
         return message
 
     return Request(request.scope, counted)
@@ -122,6 +141,8 @@ async def deploy_function(name: str, request: Request, scheduler: Scheduler) -> 
         raise InvalidArgument(
             "deploy needs multipart/form-data with a 'config' JSON field and a 'code' tar file"
         )
+    qualified = function_name(name)
+    function_quota(request).check_count(qualified)  # before the upload: it may be large
     uploads = Path(request.app.state.settings.state_dir) / "uploads"
     os.makedirs(uploads, exist_ok=True)
     async with bounded(request).form(max_files=1, max_fields=4, max_part_size=MAX_CONFIG_BYTES) as form:
@@ -133,9 +154,16 @@ async def deploy_function(name: str, request: Request, scheduler: Scheduler) -> 
             )
         archive = await save_upload(code, uploads)
     try:
-        return shown_function((await scheduler.deploy(function_name(name), config, archive)).info())
+        async with function_quota(request).deploying(qualified):
+            return shown_function((await scheduler.deploy(qualified, config, archive)).info())
     finally:
         archive.unlink(missing_ok=True)
+
+
+def function_quota(request: Request) -> FunctionQuota:
+    """The app's FunctionQuota (tenants' max_functions and max_code_mb; app.py)."""
+    quota: FunctionQuota = request.app.state.function_quota
+    return quota
 
 
 @router.get("")

@@ -6,12 +6,18 @@ CVE-2025-4517) is not used. Entries are checked as they stream by (count, size, 
 given once, never below a file or a symlink), written through directory fds opened with
 O_NOFOLLOW one component at a time, and symlinks are made last: nothing is ever written through a
 link. Symlinks are kept as links; they resolve inside the instance, where /code is read-only.
+
+What the code costs the node's disk is counted as it is written (`code_bytes` counts stored code
+the same way): each entry at least ENTRY_BYTES, a file its size rounded up to it. A deploy stops
+when its tenant's code quota (a CodeBudget) or the node's free-space floor (`room_bytes`) would be
+passed, and what it unpacked is removed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import lzma
 import os
 import shutil
@@ -19,17 +25,35 @@ import stat
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
-from agentcell.errors import InvalidArgument, PayloadTooLarge, Unavailable
+from agentcell.errors import InvalidArgument, PayloadTooLarge, QuotaExceeded, Unavailable
+from agentcell.server.templates.layers import remove_tree
+
+log = logging.getLogger(__name__)
 
 MAX_CODE_BYTES = 1 << 30
 MAX_CODE_FILES = 100_000
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4089
 """so that /code/<path> fits in PATH_MAX inside the instance"""
+MAX_CODE_DEPTH = 256
+"""directory levels below /code (node_modules tops out near 30): the read-only pass and removal
+walk one Python frame per level, and a tree deeper than the interpreter's recursion limit (a
+1500-level path fits in MAX_PATH_BYTES) could be neither sealed nor removed"""
+ENTRY_BYTES = 4096
+"""what an entry costs the node's disk at least: an inode, a block for most file systems"""
+FLOOR_FRACTION = 0.05
+FLOOR_MAX_BYTES = 1 << 30
+"""Code is not written once the file system holding it would have less than the smaller of 5 % of
+its size and 1 GiB free (`room_bytes`). Whatever tenants' quotas say, the node's own writes must
+go on: the metadata database (SQLite fails a commit on a full disk), logs, uploads in flight,
+templates and snapshots share the disk. 5 % keeps a small disk usable; on a large one 1 GiB is
+headroom enough for those writes, where 5 % would hold back many deploys' worth of space."""
 CHUNK_BYTES = 1 << 20
 STAGING_PREFIX = ".staging-"
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -40,24 +64,85 @@ CORRUPT = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
 Kind = Literal["file", "directory", "symlink"]
 
 
+def entry_bytes(size: int) -> int:
+    """What an entry of `size` bytes costs the disk: whole blocks, at least one."""
+    return max(ENTRY_BYTES, -(-size // ENTRY_BYTES) * ENTRY_BYTES)
+
+
+def room_bytes(path: Path, statvfs: Callable[[Path], os.statvfs_result] = os.statvfs) -> int:
+    """Bytes that may still be written to `path`'s file system before its free space falls below
+    the node's floor (FLOOR_FRACTION of it, at most FLOOR_MAX_BYTES); negative: below already.
+    Counts only what unprivileged users may use (root's reserve is extra headroom)."""
+    stats = statvfs(path)
+    floor = min(int(stats.f_blocks * stats.f_frsize * FLOOR_FRACTION), FLOOR_MAX_BYTES)
+    return stats.f_bavail * stats.f_frsize - floor
+
+
+def short_of_disk() -> Unavailable:
+    return Unavailable(
+        "the node is short of disk: this code would leave it less free space than it keeps in "
+        f"reserve ({FLOOR_FRACTION:.0%} of the disk, at most {FLOOR_MAX_BYTES >> 30} GiB); retry "
+        "later, or ship less",
+        retry_after_s=60,
+    )
+
+
+@dataclass(slots=True)
+class CodeBudget:
+    """What one deploy may write under its tenant's code quota: the deploy route sets it (in
+    DEPLOY_BUDGET) around Scheduler.deploy; the unpacker charges each entry before writing it."""
+
+    tenant: str
+    quota_bytes: int
+    stored_bytes: int
+    """the tenant's code on disk before this deploy"""
+    written_bytes: int = 0
+
+    def charge(self, nbytes: int) -> None:
+        self.written_bytes += nbytes
+        if self.stored_bytes + self.written_bytes > self.quota_bytes:
+            raise self.exceeded()
+
+    def exceeded(self) -> QuotaExceeded:
+        stored_mib = self.stored_bytes / (1 << 20)
+        return QuotaExceeded(
+            f"tenant {self.tenant}'s function code would pass its quota of {self.quota_bytes >> 20} "
+            f"MiB on disk (max_code_mb; {stored_mib:.1f} MiB stored already, each version counted "
+            "until no instance runs it); delete functions it no longer needs, ship less code "
+            "(install dependencies at start-up, or build a template), or raise the quota"
+        )
+
+
+DEPLOY_BUDGET: ContextVar[CodeBudget | None] = ContextVar("deploy_budget", default=None)
+"""The code budget of the deploy this task runs (None: no code quota). Read by `unpack_staged`,
+which the scheduler runs in asyncio.to_thread: that carries the caller's context along."""
+
+
 def unpack_staged(archive: Path, function_dir: Path) -> Path:
     """Unpack into a new staging directory inside `function_dir` (made if needed), to be moved
-    into place by `install_code`; on any failure nothing is left."""
+    into place by `install_code`, within the deploy's DEPLOY_BUDGET; on any failure nothing is
+    left."""
     try:
         function_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=function_dir))
     except OSError as exc:
         raise _no_room(exc) from None
-    unpack_code(archive, staging)
+    unpack_code(archive, staging, DEPLOY_BUDGET.get())
     return staging
 
 
-def unpack_code(archive: Path, target: Path) -> int:
-    """Unpack a tar (optionally gzip/bz2/xz) into `target`, an empty directory; returns the number
-    of entries. On any failure `target` is removed."""
+def unpack_code(
+    archive: Path,
+    target: Path,
+    budget: CodeBudget | None = None,
+    room: Callable[[Path], int] = room_bytes,
+) -> int:
+    """Unpack a tar (optionally gzip/bz2/xz) into `target`, an empty directory, charging `budget`
+    and keeping `room(target)` above 0; returns the number of entries. On any failure `target`
+    is removed."""
     try:
         with _opened(archive) as tar:
-            count = _Unpacker(tar, target).run()
+            count = _Unpacker(tar, target, budget, room).run()
         _make_read_only(target)
     except BaseException as exc:
         shutil.rmtree(target, ignore_errors=True)
@@ -76,9 +161,14 @@ def install_code(staging: Path, code_dir: Path) -> None:
 
 
 def remove_code(directories: Iterable[str | Path]) -> None:
-    """Remove versions' code (no instance runs them) or a deploy's staging directory."""
+    """Remove versions' code (no instance runs them) or a deploy's staging directory. Whatever
+    the depth: code unpacked before MAX_CODE_DEPTH may be deeper than shutil.rmtree can recurse
+    (its RecursionError at start-up stopped the server)."""
     for directory in directories:
-        shutil.rmtree(directory, ignore_errors=True)
+        try:
+            remove_tree(Path(directory))
+        except OSError as exc:
+            log.warning("could not remove code %s: %s", directory, exc)
 
 
 def stale_code(code_root: Path, kept: Iterable[str]) -> list[Path]:
@@ -98,6 +188,19 @@ def stale_code(code_root: Path, kept: Iterable[str]) -> list[Path]:
     return stale
 
 
+def code_bytes(directory: Path) -> int:
+    """What stored code costs the disk, counted as the unpacker counts it (`entry_bytes` of each
+    file's size, ENTRY_BYTES for each directory and symlink, the top one included)."""
+    total = ENTRY_BYTES
+    for _dirpath, dirnames, filenames, dirfd in os.fwalk(directory):
+        total += ENTRY_BYTES * len(dirnames)  # (symlinks to directories among them)
+        for name in filenames:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(name, dir_fd=dirfd)
+                total += entry_bytes(st.st_size) if stat.S_ISREG(st.st_mode) else ENTRY_BYTES
+    return total
+
+
 def _opened(archive: Path) -> tarfile.TarFile:
     try:
         return tarfile.open(archive, "r:*")
@@ -115,15 +218,20 @@ def _corrupt(exc: BaseException) -> InvalidArgument:
 class _Unpacker:
     """One pass over the archive's entries."""
 
-    def __init__(self, tar: tarfile.TarFile, target: Path) -> None:
+    def __init__(
+        self, tar: tarfile.TarFile, target: Path, budget: CodeBudget | None, room: Callable[[Path], int]
+    ) -> None:
         self._tar = tar
         self._target = target
+        self._budget = budget
+        self._room = room
         self._kinds: dict[PurePosixPath, Kind] = {}
         self._links: list[tuple[PurePosixPath, str]] = []
         self._count = 0
         self._bytes = 0
 
     def run(self) -> int:
+        self._charge(ENTRY_BYTES)  # the code directory itself
         for member in self._members():
             self._count += 1
             if self._count > MAX_CODE_FILES:
@@ -167,11 +275,28 @@ class _Unpacker:
             self._bytes += member.size
             if self._bytes > MAX_CODE_BYTES:
                 raise PayloadTooLarge(f"code unpacks to more than {MAX_CODE_BYTES >> 20} MiB; ship less")
+            # tarfile hands over exactly member.size bytes or raises: this is what gets written
+            self._charge(entry_bytes(member.size))
             self._write(member, path)
 
+    def _charge(self, nbytes: int) -> None:
+        """Before an entry is made: it fits the tenant's quota and the node's free-space floor."""
+        if self._budget is not None:
+            self._budget.charge(nbytes)
+        if nbytes > self._room(self._target):
+            raise short_of_disk()
+
     def _claim(self, path: PurePosixPath, kind: Kind) -> None:
-        """Each path once (a directory may repeat); every parent a directory, made as needed."""
+        """Each path once (a directory may repeat); every parent a directory, made as needed.
+        Each new one is charged (a file when written, once its size is known)."""
+        if len(path.parts) > MAX_CODE_DEPTH:
+            raise InvalidArgument(
+                f"code archive entry {str(path)[:64]!r}... is {len(path.parts)} levels deep; at most "
+                f"{MAX_CODE_DEPTH} are allowed"
+            )
         for parent in reversed(path.parents[:-1]):
+            if parent not in self._kinds:
+                self._charge(ENTRY_BYTES)
             seen = self._kinds.setdefault(parent, "directory")
             if seen == "symlink":
                 raise InvalidArgument(
@@ -188,6 +313,8 @@ class _Unpacker:
             raise InvalidArgument(
                 f"code archive has {str(path)!r} twice (as a {given} and a {kind}); each path may appear once"
             )
+        if given is None and kind != "file":
+            self._charge(ENTRY_BYTES)
         self._kinds[path] = kind
 
     def _write(self, member: tarfile.TarInfo, path: PurePosixPath) -> None:

@@ -25,10 +25,11 @@ burst the pool serves shows little concurrency; a burst that takes every idle in
 remembered size instead. Once that burst is forgotten, the extra idle instances are stopped, again
 only while the node is quiet.
 
-Idle instances share the node's `max_sandboxes` with live sandboxes without counting against it:
-a create is refused only for live and starting sandboxes, and claims an idle instance if one fits.
-The pool never holds more than the room live sandboxes leave (`room`, set by the sandbox service),
-and a create about to spawn on a node without room stops idle instances first (`make_room`).
+Idle instances share the node's `max_sandboxes` with live sandboxes and function instances
+without counting against it (scheduler/node_capacity.py): a create is refused only for live and
+starting sandboxes and instances, and claims an idle instance if one fits. The pool never holds
+more than the room those leave (`room`, the node capacity's), and a sandbox or function instance
+about to spawn on a node without room stops idle instances first (`make_room`).
 """
 
 from __future__ import annotations
@@ -105,8 +106,9 @@ class SandboxPool:
         self._peak, self._peak_at = 0, float("-inf")
         """the largest burst remembered (creates in flight at once), and when it was last needed"""
         self.room: Callable[[], int] = lambda: self.max_size
-        """How many instances the node holds beyond its live and starting sandboxes (its
-        max_sandboxes minus those); set by the sandbox service, unlimited on a pool alone."""
+        """How many instances the node holds beyond its live and starting sandboxes and function
+        instances (its max_sandboxes minus those); set by the sandbox service, unlimited on a pool
+        alone."""
         self._retry_at = float("-inf")
         self._retry_s = RETRY_S[0]
         self._changed = asyncio.Event()
@@ -195,8 +197,9 @@ class SandboxPool:
         return self._peak if now - self._peak_at <= BURST_MEMORY_S else 0
 
     async def make_room(self) -> None:
-        """Stop the oldest idle instances the node has no room for: called by a create about to
-        spawn (it counts as starting), so that idle instances never take a live sandbox's place."""
+        """Stop the oldest idle instances the node has no room for: called by a sandbox or function
+        instance about to spawn (it holds its slot already), so that idle instances never take a
+        live one's place."""
         while self._idle and len(self._idle) > self.room():
             await self._stop_oldest()
 
@@ -258,7 +261,8 @@ class SandboxPool:
         await self._discard(sandbox_id)
 
     def room_freed(self) -> None:
-        """A live sandbox ended (called by the sandbox service): the pool may refill into its room."""
+        """A live sandbox or function instance ended (called by the node's capacity): the pool may
+        refill into its room."""
         self._changed.set()
 
     def _due_in(self, now: float) -> float | None:
@@ -335,7 +339,7 @@ class SandboxPool:
             "agentcell_sandbox_pool_target",
             "Idle sandboxes the pool means to hold: AGENTCELL_SANDBOX_POOL, or the most creates in flight"
             " at once recently, up to AGENTCELL_SANDBOX_POOL_MAX and the room AGENTCELL_MAX_SANDBOXES"
-            " leaves beside live sandboxes",
+            " leaves beside live sandboxes and function instances",
             (),
             lambda: [((), float(self.target(self._clock.now())))],
         )

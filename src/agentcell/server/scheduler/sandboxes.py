@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaita
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from agentcell.errors import AgentcellError, InvalidArgument, NotFound, NotRunning, QuotaExceeded, Unavailable
+from agentcell.errors import AgentcellError, InvalidArgument, NotFound, NotRunning, Unavailable
 from agentcell.protocol.commands import CommandRequest, EndEvent
 from agentcell.protocol.sandboxes import SandboxCreate, SandboxInfo, SandboxState
 from agentcell.server.auth.names import DEFAULT_TENANT
@@ -43,6 +43,7 @@ from agentcell.server.scheduler.metering import (
     cpu_since,
     usage_row,
 )
+from agentcell.server.scheduler.node_capacity import NodeCapacity
 from agentcell.server.scheduler.processes import CommandLimits, Event, ManagedProcess, ProcessTable
 from agentcell.server.scheduler.sandbox_pool import SandboxPool
 from agentcell.server.templates.service import ResolvedTemplate, TemplateService
@@ -115,7 +116,6 @@ class SandboxService:
         driver: SandboxDriver,
         clock: Clock,
         *,
-        max_sandboxes: int,
         pids_max: int,
         stop_grace_s: float,
         templates: TemplateService | None = None,
@@ -126,12 +126,18 @@ class SandboxService:
         quotas: QuotaGuard | None = None,
         pool: SandboxPool | None = None,
         command_limits: CommandLimits | None = None,
+        capacity: NodeCapacity | None = None,
+        max_sandboxes: int | None = None,
     ) -> None:
+        """`capacity`: the node's, shared with the function scheduler (app.py); without it the
+        service has one of `max_sandboxes` (unlimited: None) to itself."""
         self._driver = driver
         self._pool = pool
         self._command_limits = command_limits or CommandLimits()
-        if pool is not None:
-            pool.room = self._room
+        self._capacity = capacity or NodeCapacity(max_sandboxes)
+        if pool is not None:  # idle instances live in the room the node's slots leave
+            pool.room = self._capacity.room
+            self._capacity.spare = pool
         self._quotas = quotas or unlimited()
         self._telemetry = telemetry or NullTelemetry()
         self._ledger = ledger
@@ -139,11 +145,9 @@ class SandboxService:
         self._templates = templates
         self._interpreter = interpreter
         self._clock = clock
-        self._max = max_sandboxes
         self._pids_max = pids_max
         self._grace_s = stop_grace_s
         self._sandboxes: dict[str, Sandbox] = {}
-        self._starting = 0
         self._tasks: asyncio.TaskGroup | None = None
         self.on_timeout: Callable[[Sandbox], Awaitable[bool]] | None = None
         """Called for a sandbox past its deadline; True: it was dealt with (paused), do not kill it."""
@@ -180,11 +184,8 @@ class SandboxService:
         self, request: SandboxCreate, *, sandbox_id: str | None = None, created_at: float | None = None
     ) -> Sandbox:
         """A new sandbox; `sandbox_id` and `created_at` are given only by a resume
-        (scheduler/sandbox_pause.py)."""
-        if len(self._sandboxes) + self._starting >= self._max:
-            raise QuotaExceeded(
-                f"this node runs at most {self._max} sandboxes; kill one first", retry_after_s=1
-            )
+        (scheduler/sandbox_pause.py). QuotaExceeded when the node runs its most sandboxes and
+        function instances (NodeCapacity) or the tenant its quota."""
         now = self._clock.now()
         poolable = sandbox_id is None  # a resume keeps its id: it never takes a pooled instance
         sandbox_id = sandbox_id or new_sandbox_id()
@@ -194,26 +195,17 @@ class SandboxService:
         sandbox.meter.since = now
         sandbox.processes = self._command_limits.table()
         template = self._hold(sandbox)
-        self._starting += 1
         try:
             await self._start_instance(sandbox, template, poolable)
         except BaseException:
             self._unhold(sandbox)
-            if self._pool is not None:
-                self._pool.room_freed()
             raise
-        finally:
-            self._starting -= 1
         self._sandboxes[sandbox.id] = sandbox
         self._watch(sandbox)
         if request.code_kernel:
             await self._prestart_kernel(sandbox)
         log.info("sandbox %s started", sandbox.id)
         return sandbox
-
-    def _room(self) -> int:
-        """How many more instances this node takes beside its live and starting sandboxes."""
-        return self._max - len(self._sandboxes) - self._starting
 
     async def _start_instance(self, sandbox: Sandbox, template: ResolvedTemplate, poolable: bool) -> None:
         """Claim a pooled instance (the sandbox takes its id) or start a new one."""
@@ -252,19 +244,28 @@ class SandboxService:
         )
 
     def _hold(self, sandbox: Sandbox) -> ResolvedTemplate:
-        """Count the sandbox against its tenant's quotas and its template's users."""
+        """Count the sandbox against the node's capacity (from before its spawn: a start in
+        progress holds its slot), its tenant's quotas and its template's users."""
         req = sandbox.request
-        self._quotas.hold(sandbox.tenant, "sandbox", req.cpu, req.memory_mb)
+        self._capacity.take("sandbox")
+        try:
+            self._quotas.hold(sandbox.tenant, "sandbox", req.cpu, req.memory_mb)
+        except BaseException:
+            self._capacity.give("sandbox")
+            raise
         try:
             return self._acquire_template(req.template)
         except BaseException:
             self._quotas.release(sandbox.tenant, "sandbox", req.cpu, req.memory_mb)
+            self._capacity.give("sandbox")
             raise
 
     def _unhold(self, sandbox: Sandbox) -> None:
+        """Undo `_hold`, once the sandbox's instance is gone (or never started)."""
         req = sandbox.request
         self._release_template(req.template)
         self._quotas.release(sandbox.tenant, "sandbox", req.cpu, req.memory_mb)
+        self._capacity.give("sandbox")  # (the pool may refill into its room)
 
     def _acquire_template(self, name: str) -> ResolvedTemplate:
         """The template's layer and env; counted as in use until the sandbox ends."""
@@ -369,8 +370,6 @@ class SandboxService:
             sandbox.state = "ended"
             if self._sandboxes.pop(sandbox.id, None) is not None:
                 self._unhold(sandbox)
-                if self._pool is not None:
-                    self._pool.room_freed()
             log.info("sandbox %s ended", sandbox.id)
 
     # -- commands and files ----------------------------------------------------------------------

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import secrets
-import shutil
 import socket
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from agentcell.server.scheduler.metering import (
     cpu_since,
     instance_rows,
 )
+from agentcell.server.scheduler.node_capacity import NodeCapacity, NodeFull
 from agentcell.server.scheduler.placement import find_room, free_instance, idle_instances, needs_instance
 from agentcell.server.scheduler.session_workspaces import SessionWorkspaces
 from agentcell.server.scheduler.sessions import SESSION_KEY, Session, SessionEnded, new_session_id
@@ -100,9 +100,12 @@ class Scheduler:
         telemetry: Telemetry | None = None,
         quotas: QuotaGuard | None = None,
         ledger: UsageLedger | None = None,
+        capacity: NodeCapacity | None = None,
     ) -> None:
-        """`ledger`: the one the sandbox service writes too (a usage read sees both's queued rows)."""
+        """`ledger`: the one the sandbox service writes too (a usage read sees both's queued rows).
+        `capacity`: the node's, which the sandbox service shares (unlimited without it)."""
         self._store = store
+        self._capacity = capacity or NodeCapacity()
         self._telemetry = telemetry or NullTelemetry()
         self._keeper = workspaces
         self._quotas = quotas or unlimited()
@@ -295,7 +298,7 @@ class Scheduler:
         self._telemetry.function_deleted(name)
         await asyncio.gather(*(self._stop_instance(fn, i) for i in list(fn.instances.values())))
         await self._store.delete_function(name)
-        await asyncio.to_thread(shutil.rmtree, self._code_root / name, True)
+        await asyncio.to_thread(remove_code, [self._code_root / name])  # any depth
 
     # -- the request path ----------------------------------------------------------------------------
 
@@ -461,7 +464,7 @@ class Scheduler:
                     f"could not start an instance of {_shown(fn.name)}: {launched.failure}", retry_after_s=1
                 )
             if needs_instance(fn):
-                launched = self._launch(fn, fn.latest)
+                launched = self._launch_or_queue(fn) or launched
             await self._wait_capacity(fn, deadline)
 
     # -- sessions ------------------------------------------------------------------------------------
@@ -842,8 +845,19 @@ class Scheduler:
 
     # -- instances -----------------------------------------------------------------------------------
 
+    def _launch_or_queue(self, fn: FunctionState) -> Instance | None:
+        """A new instance for a request of no session; None when the node is full but `fn` has
+        instances whose requests end (the request waits for one of them, as at max_instances)."""
+        try:
+            return self._launch(fn, fn.latest)
+        except NodeFull:
+            if not fn.live_instances():
+                raise
+            return None
+
     def _launch(self, fn: FunctionState, version: FunctionVersion) -> Instance:
-        """Start one more instance (QuotaExceeded when its tenant has no room for it)."""
+        """Start one more instance (QuotaExceeded when its tenant has no room for it, NodeFull
+        when the node has none)."""
         self._hold_instance(fn, version, force=False)
         instance = Instance(
             new_instance_id(), fn.name, version.version, version.config.port, self._clock.now()
@@ -854,15 +868,26 @@ class Scheduler:
         return instance
 
     def _hold_instance(self, fn: FunctionState, version: FunctionVersion, *, force: bool) -> None:
+        """Count one more instance against the node's capacity and its tenant's quotas; `force`:
+        it runs already (re-adopted), never refused."""
         config = version.config
-        self._quotas.hold(split(fn.name)[0], "instance", config.cpu, config.memory_mb, force=force)
+        if force:
+            self._capacity.take_unchecked("instance")
+        else:
+            self._capacity.take("instance")
+        try:
+            self._quotas.hold(split(fn.name)[0], "instance", config.cpu, config.memory_mb, force=force)
+        except BaseException:
+            self._capacity.give("instance")
+            raise
 
     def _drop_instance(self, fn: FunctionState, instance: Instance) -> None:
-        """Forget an instance (once) and give its tenant back its room."""
+        """Forget an instance (once) and give its tenant and the node back its room."""
         if fn.instances.pop(instance.id, None) is None:
             return
         config = fn.versions.get(instance.version, fn.latest).config
         self._quotas.release(split(fn.name)[0], "instance", config.cpu, config.memory_mb)
+        self._capacity.give("instance")
         self._drop_unused_versions(fn)
 
     async def _boot(self, fn: FunctionState, version: FunctionVersion, instance: Instance) -> None:
@@ -871,6 +896,7 @@ class Scheduler:
             async with self._start_slots:
                 if instance.state != "starting":
                     return
+                await self._capacity.make_room()  # idle pooled sandboxes give up its room
                 await self._manager.boot(instance, version)
         except Exception as exc:
             log.warning("instance %s of %s failed to start: %s", instance.id, fn.name, exc)
@@ -1056,6 +1082,10 @@ class Scheduler:
                     instance = self._launch(fn, fn.latest)
                 except QuotaExceeded as exc:
                     log.info("function %s: no warm instance: %s", fn.name, exc.message)
+                    break
+                except NodeFull as exc:  # not retried at every change: the node may stay full
+                    log.info("function %s: no warm instance: %s", fn.name, exc.message)
+                    self._back_off_warm(fn)
                     break
                 if fn.config.affinity.kind != "none":
                     fn.warm.append(instance)
