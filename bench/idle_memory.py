@@ -101,7 +101,9 @@ async def measure(url: str) -> tuple[float, int]:
 def main() -> None:
     progress(f"{NAME}: baseline, {COUNT} bare namespace sandboxes")
     baseline = baseline_mb_each()
-    with BenchServer(AGENTCELL_MAX_SANDBOXES=str(CAPACITY + 10)) as server:
+    # The pool off: its idle sandboxes would be started before the memory is first read and then
+    # claimed, so they would not count.
+    with BenchServer(AGENTCELL_MAX_SANDBOXES=str(CAPACITY + 10), AGENTCELL_SANDBOX_POOL="0") as server:
         per_sandbox, answered = asyncio.run(measure(server.url))
     emit(NAME, "platform_mb_per_idle_sandbox", per_sandbox, "MB", baseline)
     emit(NAME, "idle_sandboxes_all_answering", answered, "count", None)

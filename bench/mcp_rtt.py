@@ -6,7 +6,9 @@ keep-alive connection with a lean client, the two paths interleaved call by call
 - the bridged stdio fixture (standard library, answers in ~0.25 ms): the worst case, where the
   gateway's hop is a large share of the call (`tool_call_p50_ms`, `tool_call_p99_ms`);
 - a server written with the official `mcp` SDK (Streamable HTTP under uvicorn, ~0.9 ms per call),
-  what a deployed MCP server typically is (`tool_call_sdk_p50_ms`, `tool_call_sdk_p99_ms`).
+  what a deployed MCP server typically is (`tool_call_sdk_p50_ms`, `tool_call_sdk_p99_ms`);
+- the SDK server called with the official `mcp` client instead of the lean one, as an agent calls
+  a tool (`tool_call_sdk_client_*`, bench/mcp_sdk_client.py).
 
 A third path, interleaved with the other two: Debian's nginx as a plain reverse proxy, run inside
 the instance's network namespace (`tool_call[_sdk]_nginx_p50_ms`): the same hop made by the
@@ -40,12 +42,14 @@ from bench.mcp_common import (
     initialize,
     sdk_server_dir,
 )
+from bench.mcp_sdk_client import round_trips
 from bench.procs import children, cpu_ms
 from bench.report import emit, median, percentile, progress
 from bench.server import BenchServer
 
 NAME = "mcp_rtt"
 CALLS = 1000
+SDK_CLIENT_CALLS = 300
 HEADERS = {**JSON_AND_SSE, "mcp-protocol-version": "2025-11-25"}
 NGINX_PORT = 18081  # inside the instance's network namespace, where only its server listens
 PATHS = ("direct", "gateway", "nginx")
@@ -161,6 +165,7 @@ def main() -> None:
             deploy_sdk_mcp(client, "sdk", directory)
             measure(client, server, "rtt", "", Path(tmp))
             measure(client, server, "sdk", "_sdk", Path(tmp))
+            measure_sdk_client(server, "sdk", Path(tmp))
 
 
 def measure(client: httpx.Client, server: BenchServer, function: str, suffix: str, tmp: Path) -> None:
@@ -179,6 +184,19 @@ def measure(client: httpx.Client, server: BenchServer, function: str, suffix: st
     gateway_cpu, nginx_cpu = samples.cpu_ms["gateway"] / calls, samples.cpu_ms["nginx"] / calls
     emit(NAME, f"cpu_per_call{suffix}_nginx_ms", nginx_cpu, "ms")
     emit(NAME, f"cpu_per_call{suffix}_gateway_ms", gateway_cpu, "ms", nginx_cpu)
+
+
+def measure_sdk_client(server: BenchServer, function: str, tmp: Path) -> None:
+    """The same tool calls made with the official `mcp` client (bench/mcp_sdk_client.py)."""
+    progress(f"{NAME}: {SDK_CLIENT_CALLS} tool calls each with the mcp SDK client, three paths")
+    url = f"{server.url}/fn/{function}/mcp"
+    ms = asyncio.run(round_trips(url, SDK_CLIENT_CALLS, instance_server, nginx_inside, NGINX_PORT, tmp))
+    direct = median(ms["direct"])
+    emit(NAME, "tool_call_sdk_client_p50_ms", median(ms["gateway"]), "ms", direct)
+    emit(
+        NAME, "tool_call_sdk_client_p99_ms", percentile(ms["gateway"], 99), "ms", percentile(ms["direct"], 99)
+    )
+    emit(NAME, "tool_call_sdk_client_nginx_p50_ms", median(ms["nginx"]), "ms", direct)
 
 
 def instance_server(instance_id: str) -> tuple[int, int]:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
@@ -62,13 +63,39 @@ class BenchServer:
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1):
-                    return self
+                    pass
+                self._wait_pool_filled(deadline)
+                return self
             except OSError:
                 if self.proc.poll() is not None:
                     break
                 time.sleep(0.05)
         self.__exit__(None, None, None)
         raise RuntimeError("bench server did not start: " + (self.tmp / "server.log").read_text()[-2000:])
+
+    def _wait_pool_filled(self, deadline: float) -> None:
+        """Until the sandbox pool holds what it means to: its refill spawns sandboxes in the
+        background, which must not run while a benchmark measures (no wait when metrics are off)."""
+        while time.monotonic() < deadline:
+            pool = self._pool_metrics()
+            if pool.get("ready", 0) >= pool.get("target", 0):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the bench server's sandbox pool did not fill in 60 s")
+
+    def _pool_metrics(self) -> dict[str, float]:
+        request = urllib.request.Request(self.url + "/metrics", headers=AUTH)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                text = reply.read().decode()
+        except urllib.error.HTTPError:  # metrics off
+            return {}
+        prefix = "agentcell_sandbox_pool_"
+        return {
+            line[len(prefix) :].split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith(prefix) and not line.startswith(prefix + "claims")
+        }
 
     @property
     def pid(self) -> int:
