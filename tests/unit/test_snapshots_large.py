@@ -1,6 +1,7 @@
 """Large workspaces do not take the server: persists, restores and listings of one with many files
-leave the event loop serving (their work over all entries runs in threads, and the manifest's JSON
-is made and parsed a slice at a time), and at most `max_jobs` of them run at once on a node."""
+leave the event loop serving (their work over all entries runs in threads, the manifest's JSON is
+made and parsed a slice at a time, the GC's full collections wait), and at most `max_jobs` of them
+run at once on a node."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agentcell.server.clock import SystemClock
+from agentcell.server.clock import FakeClock, SystemClock
 from agentcell.server.storage import manifest
+from agentcell.server.storage.full_gc import HELD_MAX_S, FullGcHold
 from agentcell.server.storage.local import LocalObjectStore
 from agentcell.server.storage.snapshots import Snapshots
 from tests.unit.snapshot_helpers import dir_fd, tree, write
@@ -99,15 +101,11 @@ def test_a_large_workspace_leaves_the_event_loop_serving(tmp_path: Path) -> None
                 seen.append((what, longest, took))
         return seen
 
-    # The cyclic GC's pauses grow with the heap whatever runs where: not what this test is about.
-    gc.disable()
-    try:
-        seen = asyncio.run(scenario())
-    finally:
-        gc.enable()
+    seen = asyncio.run(scenario())
     for what, longest, took in seen:
         # Before, each held the loop for a quarter or more of its time in one piece (the manifest's
-        # JSON, the plan over all entries); now the longest gap is a GIL switch or a slice.
+        # JSON, the plan over all entries, full collections of the GC walking all of them); now
+        # the longest gap is a GIL switch or a slice.
         assert longest < took / 10, f"{what} held the event loop for {longest:.3f} s of {took:.3f} s"
     assert tree(restored) == tree(workspace)
 
@@ -152,3 +150,31 @@ def test_persists_of_a_node_run_at_most_max_jobs_at_once(tmp_path: Path, max_job
     asyncio.run(all_at_once())
     assert store.most_at_once == max_jobs
     assert all(len(asyncio.run(snapshots.list(f"t/ws{index}"))) == 1 for index in range(4))
+
+
+def test_full_collections_wait_while_jobs_run_and_at_most_held_max_s() -> None:
+    clock = FakeClock()
+    hold = FullGcHold(clock)
+    before = gc.get_threshold()
+    full: list[float] = []
+
+    def count_full(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(clock.now())
+
+    gc.callbacks.append(count_full)
+    try:
+        with hold.held():
+            assert gc.get_threshold()[:2] == before[:2] and gc.get_threshold()[2] > before[2]
+            clock.advance(HELD_MAX_S / 2)
+            with hold.held():  # overlapping jobs: one hold
+                pass
+            assert gc.get_threshold()[2] > before[2] and not full
+            clock.advance(HELD_MAX_S)
+            with hold.held():  # held too long: this job lets one full collection through first
+                assert len(full) == 1
+            assert gc.get_threshold()[2] > before[2]
+        assert gc.get_threshold() == before
+    finally:
+        gc.callbacks.remove(count_full)
+        gc.set_threshold(*before)

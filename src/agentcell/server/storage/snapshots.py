@@ -13,27 +13,30 @@ and every pack or blob no kept manifest references. A crash at any point leaves 
 manifest and everything it references intact; leftovers of the crashed persist are collected by
 the next one, or by `sweep` when none will come (the caller knows: scheduler/workspaces.py marks
 the prefixes it writes). Persists, restores and sweeps of one prefix are serialized inside this
-object (one server process owns a prefix at a time). At most `max_jobs` persists and restores
-of all prefixes run at once: each holds its workspace's list of files in memory, up to ~2.5 KB
-an entry (a snapshot keeps up to a million: a few GB), so sessions ending together, or a tenant
-filling workspaces with tiny files, cannot take the server's memory.
+object (one server process owns a prefix at a time). At most `max_jobs` persists, restores,
+listings and sweeps of all prefixes run at once: each holds manifests in memory, up to ~2.5 KB an
+entry (a snapshot keeps up to a million: a few GB), so sessions ending together, or a tenant
+filling workspaces with tiny files, cannot take the server's memory; while any runs, the cyclic
+GC's full collections wait (full_gc.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import errno
 import logging
 import os
 import stat
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from agentcell.errors import AgentcellError, Internal, InvalidArgument, NotFound, QuotaExceeded
 from agentcell.server.clock import Clock
+from agentcell.server.storage.full_gc import FullGcHold
 from agentcell.server.storage.manifest import Manifest, SnapshotCorrupt, decode, encode, validate
 from agentcell.server.storage.objects import ObjectStore, validate_key
 from agentcell.server.storage.persist import Persist
@@ -106,6 +109,7 @@ class Snapshots:
         self._store, self._clock, self._keep, self._compress = store, clock, keep, compress
         self._small = small_file_bytes
         self._jobs = asyncio.Semaphore(max_jobs)
+        self._full_gc = FullGcHold(clock)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._restored: dict[str, tuple[int, int]] = {}
         """prefix → (seq, ns): snapshot `seq` was restored in this process, and files whose change
@@ -137,7 +141,7 @@ class Snapshots:
         keep = self._keep if keep is None else keep
         if keep < 1:
             raise InvalidArgument(f"keep must be at least 1, got {keep}")
-        async with self._lock(prefix), self._jobs:
+        async with self._lock(prefix), self._job():
             seqs = await self._seqs(prefix)
             newest = await self._newest_readable(prefix, seqs)
             previous = newest[0] if newest is not None else None
@@ -181,7 +185,7 @@ class Snapshots:
         manifest or an object is missing or bad; NotFound when an explicit `seq` does not exist.
         """
         validate_key(prefix)
-        async with self._lock(prefix), self._jobs:
+        async with self._lock(prefix), self._job():
             seqs = await self._seqs(prefix)
             if seq is not None and seq not in seqs:
                 raise NotFound(f"snapshot {seq} of {prefix!r} does not exist (have {sorted(seqs)})")
@@ -202,14 +206,16 @@ class Snapshots:
         seqs = await self._seqs(prefix)
         if not seqs:
             return None
-        return await settled(_info, *await self._load(prefix, max(seqs)))
+        async with self._job():
+            return await settled(_info, *await self._load(prefix, max(seqs)))
 
     async def list(self, prefix: str) -> list[SnapshotInfo]:
         """Every kept snapshot of `prefix`, oldest first."""
         validate_key(prefix)
         infos = []
-        for seq in sorted(await self._seqs(prefix)):
-            infos.append(await settled(_info, *await self._load(prefix, seq)))
+        async with self._job():
+            for seq in sorted(await self._seqs(prefix)):
+                infos.append(await settled(_info, *await self._load(prefix, seq)))
         return infos
 
     async def stored_bytes(self, prefix: str) -> int:
@@ -231,7 +237,7 @@ class Snapshots:
         that no later persist will collect; it deletes nothing a persist of this object would not.
         """
         validate_key(prefix)
-        async with self._lock(prefix):
+        async with self._lock(prefix), self._job():
             seqs = await self._seqs(prefix)
             if not seqs:
                 infos = await self._store.list(f"{prefix}/")
@@ -244,6 +250,14 @@ class Snapshots:
             return Swept(await settled(_info, *newest), objects, freed)
 
     # ---- internals --------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _job(self) -> AsyncIterator[None]:
+        """One of the node's `max_jobs` slots (for work over a whole manifest), with the cyclic
+        GC's full collections held off meanwhile (full_gc.py)."""
+        async with self._jobs:
+            with self._full_gc.held():
+                yield
 
     async def _seqs(self, prefix: str) -> builtins.list[int]:
         names = [info.key.rsplit("/", 1)[1] for info in await self._store.list(f"{prefix}/{MANIFESTS}")]
