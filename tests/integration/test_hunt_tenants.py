@@ -19,20 +19,11 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.integration.conftest import deploy
+from tests.integration.test_mcp import INIT as MCP_INIT
+from tests.integration.test_mcp import JSON_AND_SSE
 
 ADMIN_KEY = "ac_testhunt01_" + "k" * 32
 SESSION = "x-agentcell-session-id"
-MCP_INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "hunt", "version": "1"},
-    },
-}
-JSON_AND_SSE = {"accept": "application/json, text/event-stream"}
 FN_DOMAIN, E2B_DOMAIN = "fn.hunt.test", "sbx.hunt.test"
 
 
