@@ -5,7 +5,8 @@ from __future__ import annotations
 import types
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
+from annotated_types import MaxLen
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
 _NUMBER_TYPES = (int, float)
 
@@ -25,12 +26,38 @@ class NumbersNotBooleans(BaseModel):
             raise ValueError("must be a number, not true or false")
         return value
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_past_max_length(cls, value: object, info: ValidationInfo) -> object:
+        """A list or dict longer than its max_length is refused before its items are validated:
+        pydantic counts after validating every item, and a body of a million bad keys made a
+        million errors, whose listing held the server's event loop for ~10 s per request."""
+        if isinstance(value, dict | list) and info.field_name:
+            limit = _max_length(cls.model_fields[info.field_name].metadata)
+            if limit is not None and len(value) > limit:
+                raise ValueError(f"at most {limit} entries, got {len(value)}")
+        return value
+
 
 class WireModel(NumbersNotBooleans):
     """Base for request bodies: unknown fields are an error, so typos never pass silently; so is
     true or false where a number is expected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_flooded_with_fields(cls, data: object) -> object:
+        """Refused whole, before pydantic makes an error of each unknown field (as for a list or
+        dict past its max_length, in NumbersNotBooleans)."""
+        if isinstance(data, dict) and len(data) > 2 * len(cls.model_fields) + 8:
+            known = ", ".join(cls.model_fields)
+            raise ValueError(f"{len(data)} fields given; this object takes only these: {known}")
+        return data
+
+
+def _max_length(metadata: list[Any]) -> int | None:
+    return next((item.max_length for item in metadata if isinstance(item, MaxLen)), None)
 
 
 def _is_number_only(annotation: Any) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import secrets
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +27,8 @@ CODE_BY_STATUS = {
     415: "invalid_argument",
 }
 
+_FASTAPI_UNPARSED = "There was an error parsing the body"
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
@@ -38,6 +41,9 @@ def describe_validation(exc: RequestValidationError | ValidationError) -> str:
     """One line per problem, naming the field and what it must be."""
     parts = []
     for err in exc.errors()[:8]:
+        if err.get("type") == "json_invalid" and tuple(err.get("loc", ()))[:1] == ("body",):
+            parts.append(_not_json(_json_problem(err)))  # FastAPI's: loc ("body", offset), msg vague
+            continue
         where = list(err.get("loc", ()))
         if where and where[0] in ("body", "query", "path", "header"):
             where = where[1:]
@@ -45,10 +51,23 @@ def describe_validation(exc: RequestValidationError | ValidationError) -> str:
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         given = err.get("input")
         shown = (
-            "" if err.get("type") == "missing" or isinstance(given, dict) else f" (got {str(given)[:60]!r})"
+            ""
+            if err.get("type") == "missing" or isinstance(given, dict | list)  # str() of it all: slow
+            else f" (got {str(given)[:60]!r})"
         )
         parts.append(f"{loc or 'body'}: {msg}{shown}")
     return "; ".join(parts)
+
+
+def _json_problem(err: Any) -> str:
+    why = str(err.get("ctx", {}).get("error") or err.get("msg", "invalid"))
+    offset = (err.get("loc") or (None,))[-1]
+    return f"{why} at character {offset}" if isinstance(offset, int) else why
+
+
+def _not_json(why: object) -> str:
+    send = "send one JSON document, UTF-8, with Content-Type: application/json"
+    return f"the body is not valid JSON ({why}); {send}"
 
 
 def _count(request: Request, code: str) -> None:
@@ -81,12 +100,20 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, errors.AgentcellError):
+        # ours, raised while FastAPI read the body (BodyLimitMiddleware's 413 on a chunked body),
+        # which FastAPI wraps as "There was an error parsing the body"
+        return await _on_domain_error(request, exc.__cause__)
     code = CODE_BY_STATUS.get(exc.status_code, "invalid_argument")
     _count(request, code)
     if exc.status_code == 404:
         message = f"no route {request.method} {request.url.path}; see /openapi.json"
     elif exc.status_code == 405:
         message = f"{request.method} is not allowed on {request.url.path}; see /openapi.json"
+    elif exc.detail == _FASTAPI_UNPARSED and exc.__cause__ is not None:
+        # a body json.loads refused with something other than a JSONDecodeError (not UTF-8, an
+        # integer of thousands of digits, nested deeper than the parser goes): the cause says which
+        message = _not_json(str(exc.__cause__)[:200])
     else:
         message = str(exc.detail)
     response = error_response(code, message)

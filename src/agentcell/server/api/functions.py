@@ -56,10 +56,10 @@ def parse_config(raw: object) -> FunctionConfig:
         raise InvalidArgument("the 'config' part must be a FunctionConfig JSON text field")
     try:
         return FunctionConfig.model_validate(json.loads(raw))
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"config is not valid JSON: {exc}") from None
-    except ValidationError as exc:
+    except ValidationError as exc:  # (a ValueError: first)
         raise InvalidArgument(f"config: {describe_validation(exc)}") from None
+    except (ValueError, RecursionError) as exc:  # syntax, a 4300-digit integer, nesting too deep
+        raise InvalidArgument(f"config is not valid JSON: {exc}") from None
 
 
 async def save_upload(upload: UploadFile, directory: Path, room: Callable[[Path], int] = room_bytes) -> Path:

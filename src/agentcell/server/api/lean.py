@@ -165,7 +165,7 @@ def _json_body(request: Request, raw: bytes, field: Any) -> Any | None:
         return None
     try:
         decoded = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return None
     value, errors = field.validate(decoded, {}, loc=("body",))
     return None if errors else value

@@ -33,7 +33,7 @@ async def get_usage(
     long (AGENTCELL_USAGE_INTERVAL_S); what is still running is counted up to now (computed for
     the answer, not written: reading usage changes nothing)."""
     end = _aware(until) if until else datetime.now(UTC)
-    start = _aware(since) if since else end - DEFAULT_WINDOW
+    start = _aware(since) if since else _day_before(end)
     if start >= end:
         raise InvalidArgument(f"since ({start.isoformat()}) must be before until ({end.isoformat()})")
     rows = await scheduler.usage(
@@ -61,6 +61,13 @@ def _tenant_asked(request: Request, tenant: str | None) -> str | None:
         return None
     tenants: TenantService = request.app.state.tenants
     return tenants.with_history(tenant)  # NotFound names it
+
+
+def _day_before(end: datetime) -> datetime:
+    try:
+        return end - DEFAULT_WINDOW
+    except OverflowError:  # until= in the first day of year 1
+        raise InvalidArgument(f"until ({end.isoformat()}) has no day before it; give since= too") from None
 
 
 def _aware(moment: datetime) -> datetime:

@@ -94,7 +94,7 @@ def decode_message(data: bytes) -> dict[str, Any]:
     """One JSON message; anything but a JSON object is `invalid_argument`."""
     try:
         message = json.loads(data) if data.strip() else {}
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError is a ValueError; depth: Recursion)
         raise RpcError("invalid_argument", f"the request message is not valid JSON: {exc}") from None
     if not isinstance(message, dict):
         raise RpcError("invalid_argument", "the request message must be a JSON object")
