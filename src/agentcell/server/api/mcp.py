@@ -8,15 +8,18 @@ the API's message. An MCP session belongs to the API key that opened it (`Sessio
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterable, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
 from mcp_types import ImageContent, TextContent
 from pydantic import ValidationError
 from starlette.routing import BaseRoute, Route
@@ -26,8 +29,9 @@ from agentcell.errors import AgentcellError
 from agentcell.protocol.code import CodeRun
 from agentcell.protocol.commands import CommandRequest
 from agentcell.protocol.files import wire_text
-from agentcell.protocol.sandboxes import SandboxCreate
+from agentcell.protocol.sandboxes import SandboxCreate, SandboxTimeout
 from agentcell.server.auth.principal import current_or_none
+from agentcell.server.interpreter.context import CodeContext
 from agentcell.server.scheduler.sandbox_pause import SandboxPauses
 from agentcell.server.scheduler.sandboxes import SandboxService
 
@@ -43,6 +47,12 @@ IMAGE_TYPES = {
     "webp": "image/webp",
 }
 
+MAX_REQUEST_BYTES = DEFAULT_MAX_REQUEST_BODY_SIZE
+"""the most one MCP request may be (the transport's limit)"""
+TOO_LARGE = (
+    f"the request is larger than {MAX_REQUEST_BYTES} bytes, the most an MCP request may be here; "
+    "write a larger file through the files API (PUT /v1/sandboxes/{id}/files)"
+)
 MAX_OWNED_SESSIONS = 20_000  # twice the SDK's own limit on live sessions
 SESSION_HEADER = b"mcp-session-id"
 
@@ -94,7 +104,8 @@ def build_mcp_server(sandboxes: SandboxService, pauses: SandboxPauses) -> MCPSer
     @tool()
     async def set_sandbox_timeout(sandbox_id: str, timeout_s: int) -> dict[str, Any]:
         """The sandbox ends timeout_s seconds from now."""
-        return sandboxes.set_timeout(sandbox_id, timeout_s).info().model_dump(mode="json")
+        valid = SandboxTimeout(timeout_s=timeout_s)  # as the REST route: a deadline past it broke the sandbox
+        return sandboxes.set_timeout(sandbox_id, valid.timeout_s).info().model_dump(mode="json")
 
     @tool()
     async def run_command(sandbox_id: str, command: str, timeout_s: float = 60) -> dict[str, Any]:
@@ -120,7 +131,7 @@ def build_mcp_server(sandboxes: SandboxService, pauses: SandboxPauses) -> MCPSer
         request = CodeRun(code=code, language=language, timeout_s=timeout_s)
         context = await sandboxes.code(sandbox_id).for_run(request)
         await context.ensure_started()
-        return await _code_content(context.run(request.code, request.env, request.timeout_s))
+        return await _run_code(context, request)
 
     @tool()
     async def read_file(sandbox_id: str, path: str) -> Content:
@@ -133,7 +144,7 @@ def build_mcp_server(sandboxes: SandboxService, pauses: SandboxPauses) -> MCPSer
 
     @tool()
     async def write_file(sandbox_id: str, path: str, text: str) -> dict[str, Any]:
-        """Create or replace a text file (parents are made)."""
+        """Create or replace a text file (parents are made); a request holds at most 4 MiB."""
         entry = await sandboxes.files(sandbox_id).write(path, _one(text.encode()))
         return {"path": entry.path, "size": entry.size}
 
@@ -184,6 +195,7 @@ class SessionOwners:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        send = _explaining_too_large(send)
         principal = current_or_none()
         owner = (principal.tenant, principal.key_id) if principal is not None else ("", "")
         session_id = _session_id(scope)
@@ -221,26 +233,68 @@ def _session_id(scope_or_message: Scope | Message) -> str | None:
 
 
 async def _session_not_found(send: Send) -> None:
-    error = {"code": -32600, "message": "Session not found: initialize a new one"}
+    await _json_rpc_error(send, 404, "Session not found: initialize a new one")
+
+
+def _explaining_too_large(send: Send) -> Send:
+    """`send`, but the transport's bare text 413 for an oversized request becomes a JSON-RPC
+    error that gives the limit and the way round it."""
+    replaced = False
+
+    async def explained(message: Message) -> None:
+        nonlocal replaced
+        if message["type"] == "http.response.start" and message["status"] == 413:
+            replaced = True
+            await _json_rpc_error(send, 413, TOO_LARGE)
+        elif not replaced:
+            await send(message)
+
+    return explained
+
+
+async def _json_rpc_error(send: Send, status: int, text: str) -> None:
+    error = {"code": -32600, "message": text}  # Invalid Request
     body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 404, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
+async def _run_code(context: CodeContext, request: CodeRun) -> list[Content]:
+    """The answer of one execution. A call cancelled (notifications/cancelled) interrupts it: the
+    kernel went on running the code, and the context's next run waited behind it. Shielded, as
+    the cancellation would cut the interrupt short too (anyio cancels every await after it)."""
+    ended = False
+    try:
+        async with aclosing(context.run(request.code, request.env, request.timeout_s)) as events:
+            content = await _code_content(events)
+            ended = True
+            return content
+    finally:
+        if not ended:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await context.interrupt()
+
+
 async def _code_content(events: AsyncIterable[Any]) -> list[Content]:
+    """The answer of `run_code`: each stream's text as one item, its head and tail kept as
+    `run_command` keeps them (one item per output message made a flood of prints answer tens of
+    thousands of items and megabytes), then results and errors in order."""
+    streams = {"stdout": HeadAndTail(MAX_OUTPUT_CHARS), "stderr": HeadAndTail(MAX_OUTPUT_CHARS)}
     content: list[Content] = []
     async for event in events:
         kind = event.type
-        if kind in ("stdout", "stderr"):
-            content.append(TextContent(type="text", text=f"[{kind}] {event.text}"))
+        if kind in streams:
+            streams[kind].add(event.text)
         elif kind == "result":
             content.append(_result_content(event.data))
         elif kind == "error":
             content.append(TextContent(type="text", text=f"{event.name}: {event.value}\n{event.traceback}"))
         elif kind == "end" and event.status != "ok":
             content.append(TextContent(type="text", text=f"execution ended: {event.status}"))
-    return content or [TextContent(type="text", text="")]
+    texts = [(kind, kept.text()) for kind, kept in streams.items()]
+    output = [TextContent(type="text", text=f"[{kind}] {text}") for kind, text in texts if text]
+    return output + content or [TextContent(type="text", text="")]
 
 
 def _result_content(data: dict[str, Any]) -> Content:
@@ -250,13 +304,16 @@ def _result_content(data: dict[str, Any]) -> Content:
 
 
 class HeadAndTail:
-    """The first and the last `limit // 2` characters of a stream, and how many fell between."""
+    """The first and the last `limit // 2` characters of a stream, and how many fell between.
+    The tail is kept as pieces, trimmed whole, so that each piece added costs its own length
+    (joining it to a kept tail cost the tail's, for every one of a flood of small prints)."""
 
     def __init__(self, limit: int) -> None:
         self._half = limit // 2
         self._head = ""
-        self._tail = ""
-        self._dropped = 0
+        self._tail: deque[str] = deque()
+        self._tail_chars = 0
+        self._past_head = 0
 
     def add(self, text: str) -> None:
         if len(self._head) < self._half:
@@ -265,15 +322,19 @@ class HeadAndTail:
             text = text[room:]
         if not text:
             return
-        tail = self._tail + text
-        self._dropped += max(0, len(tail) - self._half)
-        self._tail = tail[-self._half :]
+        self._past_head += len(text)
+        self._tail.append(text)
+        self._tail_chars += len(text)
+        while self._tail and self._tail_chars - len(self._tail[0]) >= self._half:
+            self._tail_chars -= len(self._tail.popleft())
 
     def text(self) -> str:
-        if not self._dropped:
-            return self._head + self._tail
-        marker = f"\n[agentcell: {self._dropped} characters of output left out here]\n"
-        return self._head + marker + self._tail
+        tail = "".join(self._tail)[-self._half :] if self._half else ""
+        dropped = self._past_head - len(tail)
+        if not dropped:
+            return self._head + tail
+        marker = f"\n[agentcell: {dropped} characters of output left out here]\n"
+        return self._head + marker + tail
 
 
 async def _read(chunks: AsyncIterable[bytes]) -> bytes:

@@ -16,7 +16,7 @@ import anyio
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentcell.errors import NotFound
+from agentcell.errors import NotFound, QuotaExceeded
 from agentcell.protocol.code import (
     CodeContextCreate,
     CodeEndEvent,
@@ -204,7 +204,8 @@ async def list_contexts(request: Request) -> list[dict[str, str]]:
     kernels start on first use)."""
     found = contexts(request)
     for language in DEFAULT_LANGUAGES:
-        await found.default(language)
+        with contextlib.suppress(QuotaExceeded):  # a sandbox at its context limit lists what it has
+            await found.default(language)
     # the defaults first, then the others in the order they were made (E2B's order)
     return [context_reply(c) for c in sorted(found.all(), key=lambda c: not c.spec.is_default)]
 

@@ -4,6 +4,11 @@ Readiness comes from `loop.add_reader` on each socket's ZMQ_FD. That descriptor 
 level: it fires when the socket *may* have news and is reset by reading ZMQ_EVENTS. So every wait
 is preceded by draining both sockets, and a wake-up only reads EVENTS and resolves the waiter.
 Measured against zmq.asyncio's Poller (a future per socket per poll): see docs/design.md.
+
+Iopub has no backpressure (a kernel's PUB drops what its subscriber does not take), so the node
+holds little of it: at most IOPUB_HWM messages wait in the node (the rest wait in the kernel's own
+queue, charged to its sandbox), and while no execution is in flight they are dropped as they come —
+a thread left printing after its cell ended filled the server's memory at the speed it printed.
 """
 
 from __future__ import annotations
@@ -14,6 +19,11 @@ import zmq
 
 from agentcell.server.interpreter.kernel import KernelExited
 
+IOPUB_HWM = 8
+"""iopub messages the node queues for one kernel (each up to its max message size)"""
+DROP_BATCH = 64
+"""messages dropped per loop callback, so that a flood does not hold the event loop"""
+
 
 class KernelChannel:
     def __init__(self, shell: zmq.Socket[bytes], iopub: zmq.Socket[bytes]) -> None:
@@ -22,6 +32,7 @@ class KernelChannel:
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        self._dropping = False
         self._fds: list[int] = []
         for sock in (iopub, shell):
             fd = int(sock.getsockopt(zmq.FD))
@@ -30,8 +41,26 @@ class KernelChannel:
 
     def _wake(self, sock: zmq.Socket[bytes]) -> None:
         sock.getsockopt(zmq.EVENTS)  # resets the signal; messages stay queued until received
+        if self._dropping:
+            self._drop_iopub()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def drop_iopub(self, dropping: bool) -> None:
+        """While `dropping` (no execution in flight), iopub messages are dropped as they arrive."""
+        self._dropping = dropping
+        if dropping:
+            self._drop_iopub()
+
+    def _drop_iopub(self) -> None:
+        if self._closed or not self._dropping:
+            return
+        for _ in range(DROP_BATCH):
+            try:
+                self._iopub.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+        self._loop.call_soon(self._drop_iopub)  # more queued: go on after other callbacks
 
     def send(self, frames: list[bytes]) -> None:
         self._raise_if_closed()

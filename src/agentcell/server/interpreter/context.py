@@ -10,12 +10,20 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from agentcell.errors import NotFound
 from agentcell.protocol.code import CodeContextInfo, ContextState, EndStatus
 from agentcell.server.clock import Clock
 from agentcell.server.interpreter.execution import CodeEventModel, Execution
 from agentcell.server.interpreter.kernel import Kernel, KernelExited, Pending
 
 log = logging.getLogger(__name__)
+
+
+class ContextClosed(KernelExited, NotFound):
+    """The context was closed for good (deleted, or its sandbox ended). A run queued on it ends
+    with `kernel_died` (it is a KernelExited); a request that would start or restart its kernel,
+    racing the delete, is a 404 that says so (it was a 500)."""
+
 
 KernelFactory = Callable[[str], Kernel]
 """Makes an unstarted kernel; the argument names this generation (for its socket paths)."""
@@ -68,6 +76,9 @@ class CodeContext:
         self._generation = 0
         self._start_lock = asyncio.Lock()
         self._run_lock = asyncio.Lock()
+        self._interrupt_lock = asyncio.Lock()
+        """one interrupt at a time: each runs a process in the sandbox, and holds server fds past
+        the command budget (it must work at the limit), so a flood of them may not run at once"""
         self._starting = False
         self._closed_because: str | None = None
         """why the context was closed for good (deleted, its sandbox gone): it starts no kernel"""
@@ -110,10 +121,13 @@ class CodeContext:
 
     async def ensure_started(self) -> Kernel:
         """The running kernel, started (or, if it died, started again) first. Raises Unavailable,
-        or KernelExited once the context is closed."""
+        or ContextClosed once the context is closed."""
         async with self._start_lock:
             if self._closed_because is not None:
-                raise KernelExited(f"the {self.spec.language} kernel was stopped")
+                raise ContextClosed(
+                    f"the {self.spec.language} kernel was stopped: {self._closed_because}; its state "
+                    "is gone (create a new context to run code)"
+                )
             if self._kernel is not None and self._kernel.is_alive:
                 return self._kernel
             if self._kernel is not None:
@@ -144,8 +158,9 @@ class CodeContext:
 
     async def interrupt(self) -> None:
         """SIGINT to the running execution (a no-op when idle)."""
-        if self._kernel is not None and self._kernel.is_alive:
-            await self._kernel.interrupt()
+        async with self._interrupt_lock:
+            if self._kernel is not None and self._kernel.is_alive:
+                await self._kernel.interrupt()
 
     async def aclose(self, because: str = "the code context was closed") -> None:
         """Stop the kernel for good. A running execution, and any queued behind it, ends with
@@ -173,9 +188,12 @@ class CodeContext:
             return
         if self._activity is not None:
             self._activity.begin(self._clock.now())
-        try:
-            async for event in self._run_locked(execution, code, env, timeout_s, deadline):
-                yield event
+        try:  # closed with this generator: its finally interrupts an execution left running
+            async with contextlib.aclosing(
+                self._run_locked(execution, code, env, timeout_s, deadline)
+            ) as events:
+                async for event in events:
+                    yield event
         finally:
             if self._activity is not None:
                 self._activity.end(self._clock.now())
@@ -188,10 +206,11 @@ class CodeContext:
         env: Mapping[str, str],
         timeout_s: float | None,
         deadline: float | None,
-    ) -> AsyncIterator[CodeEventModel]:
+    ) -> AsyncGenerator[CodeEventModel, None]:
         status: EndStatus | None = None
         restarted = False
         pending: Pending | None = None
+        kernel: Kernel | None = None
         try:
             kernel = await self.ensure_started()
             pending = await kernel.send(code, env)
@@ -208,6 +227,8 @@ class CodeContext:
             status = "kernel_died"
             yield Execution.error("KernelUnavailable", getattr(exc, "message", None) or repr(exc))
         finally:
+            if kernel is not None:
+                kernel.end_execution()
             if pending is not None and not pending.done and status is None:
                 with contextlib.suppress(Exception):  # the client left mid-execution: stop it
                     await self.interrupt()
@@ -227,21 +248,25 @@ class CodeContext:
                 yield event
 
     async def _stop_after_timeout(self, kernel: Kernel, pending: Pending) -> bool:
-        """Interrupt; True if the kernel answered within the grace period, else it is replaced.
-        Output that arrives meanwhile is dropped (the call is over)."""
+        """Interrupt; True if the kernel finished its answer within the grace period, else it is
+        replaced. Output that arrives meanwhile is dropped (the call is over). A reply without
+        the end of its output counts as no answer: a bash context whose code closed the fd its
+        end markers go to replied to every later run, then timed out, for good."""
         await kernel.interrupt()
         loop = asyncio.get_running_loop()
         grace_end = loop.time() + self._limits.interrupt_grace_s
-        while not pending.replied:
+        while not pending.done:
             if await kernel.receive(pending, max(0.0, grace_end - loop.time())) is None:
                 break
-        if pending.replied:
+        if pending.done:
             return True
         async with self._start_lock:
             await self._drop_kernel("it ignored the interrupt after a timeout")
         return False
 
     def _kernel_died(self, exc: KernelExited) -> str:
+        if isinstance(exc, ContextClosed):
+            return str(exc)
         if self._closed_because is not None:
             return f"{exc}: {self._closed_because}; its state is gone (create a new context to run code)"
         return f"{exc}; its state is lost (the next run starts a new one)"

@@ -50,10 +50,10 @@ class CodeContexts:
         self._default_lock = asyncio.Lock()  # two first runs at once make one default context
 
     async def create(self, request: CodeContextCreate, *, is_default: bool = False) -> CodeContext:
-        limit = self._interpreter.limits.max_contexts
+        await self._check_cwd(request.cwd)
+        limit = self._interpreter.limits.max_contexts  # counted after the await: creates interleave
         if len(self._contexts) >= limit:
             raise QuotaExceeded(f"a sandbox holds at most {limit} code contexts; remove one first")
-        await self._check_cwd(request.cwd)
         spec = ContextSpec(new_context_id(), request.language, request.cwd, dict(request.env), is_default)
         limits, clock = self._interpreter.limits, self._interpreter.clock
         context = CodeContext(spec, self._kernel_factory(spec), limits, clock, self._activity)

@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from agentcell.errors import Unavailable
-from agentcell.server.interpreter.channel import KernelChannel
+from agentcell.server.interpreter.channel import IOPUB_HWM, KernelChannel
 from agentcell.server.interpreter.kernel import KernelExited, KernelProcess, Pending, SandboxLink
 from agentcell.server.interpreter.sources import PYTHON, runtime_source
 from agentcell.server.interpreter.wire import JupyterSession, KernelMessage
@@ -141,6 +141,8 @@ class JupyterKernel:
         sock = self._zmq.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
+        if kind == zmq.SUB:
+            sock.setsockopt(zmq.RCVHWM, IOPUB_HWM)
         sock.connect(f"ipc:///proc/self/fd/{fd}")
         return sock
 
@@ -165,6 +167,7 @@ class JupyterKernel:
                     if not got[0] and message.parent_id in sent:
                         while await channel.receive(0.005):  # the rest of the handshake's answers
                             pass
+                        channel.drop_iopub(True)
                         return
                 self._raise_if_exited()
 
@@ -185,8 +188,13 @@ class JupyterKernel:
             "agentcell_env": dict(env),
         }
         frames, msg_id = self._session.request("execute_request", content)
+        self._open_channel.drop_iopub(False)
         self._open_channel.send(frames)
         return Pending(msg_id, idle=False)
+
+    def end_execution(self) -> None:
+        if self._channel is not None:
+            self._channel.drop_iopub(True)
 
     async def receive(self, pending: Pending, timeout_s: float | None) -> KernelMessage | None:
         deadline = None if timeout_s is None else self._loop_time() + timeout_s

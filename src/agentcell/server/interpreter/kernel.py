@@ -64,6 +64,11 @@ class Kernel(Protocol):
         first. Raises KernelExited when the process is gone."""
         ...
 
+    def end_execution(self) -> None:
+        """The execution `send` began is over for its caller (done, timed out or abandoned):
+        output that still comes before the next `send` may be dropped as it arrives."""
+        ...
+
     async def interrupt(self) -> None:
         """SIGINT to the kernel's process group, as Jupyter does for local kernels."""
         ...

@@ -53,7 +53,10 @@ class _Framer:
 
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scanned = 1
+        """how far the frame at the buffer's start has been searched for its newline: a frame that
+        comes in many reads is searched once, not from its start at every read"""
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def feed(self, data: bytes) -> list[_Item]:
@@ -63,16 +66,20 @@ class _Framer:
             start = self._buffer.find(RS)
             if start != 0:
                 cut = len(self._buffer) if start < 0 else start
-                items += self._raw(self._buffer[:cut])
-                self._buffer = self._buffer[cut:]
+                items += self._raw(bytes(self._buffer[:cut]))
+                del self._buffer[:cut]
                 continue
-            end = self._buffer.find(b"\n")
+            end = self._buffer.find(b"\n", self._scanned)
             if end < 0:
+                self._scanned = len(self._buffer)
                 if len(self._buffer) > MAX_FRAME_BYTES:  # not a frame after all
-                    items += self._raw(self._buffer)
-                    self._buffer = b""
+                    items += self._raw(bytes(self._buffer))
+                    self._buffer.clear()
+                    self._scanned = 1
                 break
-            frame, self._buffer = self._buffer[1:end], self._buffer[end + 1 :]
+            frame = bytes(self._buffer[1:end])
+            del self._buffer[: end + 1]
+            self._scanned = 1
             items.append(self._parse(frame))
         return items
 
@@ -221,6 +228,9 @@ class RunnerKernel:
             return None
         pending.replied |= item.message.msg_type == "execute_reply"
         return item.message
+
+    def end_execution(self) -> None:
+        pass  # its pipes push back: output waits in the sandbox until the next send drops it
 
     async def interrupt(self) -> None:
         if self._process is not None and self.is_alive:
