@@ -22,6 +22,7 @@ import uvicorn
 import uvloop
 
 from agentcell.server.api.errors import request_id_var
+from agentcell.server.api.functions import uploads_dir
 from agentcell.server.app import create_app
 from agentcell.server.egress.node import NodeEgress
 from agentcell.server.gateway.route import AccessRecord, UnixUpstream
@@ -170,6 +171,17 @@ def log_open_file_budget(settings: Settings, open_files: int) -> None:
         )
 
 
+def remove_stale_uploads(state_dir: Path) -> None:
+    """Remove the deploy archives a killed server left in `uploads_dir` (api/functions.py saves
+    each there, and removes it when its deploy ends: a crash mid-unpack left it for good). Called
+    before the app starts, so that no deploy of this server is using one."""
+    for leftover in uploads_dir(state_dir).glob("*"):
+        try:
+            leftover.unlink()
+        except OSError as exc:
+            log.warning("could not remove the stale upload %s: %s", leftover, exc)
+
+
 def protect_own_ports(egress: NodeEgress | None, gateway: GatewayServer) -> None:
     """Refuse sandboxes the ports the gateway really listens on (with `--port 0` the settings
     do not know them), as the configured API port is refused from the start."""
@@ -180,6 +192,7 @@ def protect_own_ports(egress: NodeEgress | None, gateway: GatewayServer) -> None
 
 async def run(settings: Settings, access: AccessLog) -> None:
     log_open_file_budget(settings, raise_open_file_limit())
+    remove_stale_uploads(settings.state_dir)
     app = create_app(settings)
     run_dir = settings.state_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

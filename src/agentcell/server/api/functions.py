@@ -51,6 +51,12 @@ DEPLOY_BODY = {
 }
 
 
+def uploads_dir(state_dir: Path) -> Path:
+    """Where a deploy's archive waits while it is unpacked (a killed server's leftovers there are
+    removed at the next start: main.remove_stale_uploads)."""
+    return state_dir / "uploads"
+
+
 def parse_config(raw: object) -> FunctionConfig:
     if not isinstance(raw, str):
         raise InvalidArgument("the 'config' part must be a FunctionConfig JSON text field")
@@ -143,7 +149,7 @@ async def deploy_function(name: str, request: Request, scheduler: Scheduler) -> 
         )
     qualified = function_name(name)
     function_quota(request).check_count(qualified)  # before the upload: it may be large
-    uploads = Path(request.app.state.settings.state_dir) / "uploads"
+    uploads = uploads_dir(Path(request.app.state.settings.state_dir))
     os.makedirs(uploads, exist_ok=True)
     async with bounded(request).form(max_files=1, max_fields=4, max_part_size=MAX_CONFIG_BYTES) as form:
         config = parse_config(form.get("config"))

@@ -29,11 +29,13 @@ def helper_path(state_dir: Path) -> Path:
     """Return the compiled helper for the current source, compiling it if needed."""
     source = helper_source()
     target = state_dir / "bin" / f"acell-helper-{hashlib.sha256(source).hexdigest()[:12]}"
+    remove_dead_builds(target.parent)
     if target.exists():
         return target
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # A unique temporary name and rename(2): concurrent builders never see half a binary.
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+    # A unique temporary name and rename(2): concurrent builders never see half a binary. The
+    # builder's pid in it tells a later one whether the file is still being written.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}")
     try:
         _compile(source, tmp)
         os.chmod(tmp, 0o700)
@@ -41,6 +43,27 @@ def helper_path(state_dir: Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def remove_dead_builds(bin_dir: Path) -> None:
+    """Remove the half-built binaries of builders that died while compiling: a server SIGKILLed
+    then left its `.acell-helper-<hash>.<pid>.<random>` for good (older versions named it
+    without the pid). Those of a builder still running are its own to rename or remove."""
+    for leftover in bin_dir.glob(".acell-helper-*"):
+        fields = leftover.name.split(".")  # ['', 'acell-helper-<hash>', '<pid>', '<random>']
+        builder = fields[2] if len(fields) == 4 else ""
+        if not (builder.isdigit() and _is_running(int(builder))):
+            leftover.unlink(missing_ok=True)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: running
+        pass
+    return True
 
 
 def _compile(source: bytes, output: Path) -> None:
