@@ -80,6 +80,7 @@ def test_the_e2b_api_answers_deep_json_with_a_400(api: httpx.Client) -> None:
         reply = send_json(api, "POST", path, DEEP)
         assert reply.status_code == 400, reply.text
         assert reply.json()["code"] == 400
+        assert reply.json()["message"].startswith(NOT_JSON), reply.text  # not FastAPI's vague words
 
 
 @pytest.mark.parametrize(

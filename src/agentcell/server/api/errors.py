@@ -70,6 +70,15 @@ def _not_json(why: object) -> str:
     return f"the body is not valid JSON ({why}); {send}"
 
 
+def http_error_message(exc: StarletteHTTPException) -> str:
+    """The message of an HTTP error raised by FastAPI or Starlette (also the E2B API's)."""
+    if exc.detail == _FASTAPI_UNPARSED and exc.__cause__ is not None:
+        # a body json.loads refused with something other than a JSONDecodeError (not UTF-8, an
+        # integer of thousands of digits, nested deeper than the parser goes): the cause says which
+        return _not_json(str(exc.__cause__)[:200])
+    return str(exc.detail)
+
+
 def _count(request: Request, code: str) -> None:
     """Errors by code, for /metrics (every error answer of the control plane passes here)."""
     telemetry = getattr(request.app.state, "telemetry", None)
@@ -110,12 +119,8 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"no route {request.method} {request.url.path}; see /openapi.json"
     elif exc.status_code == 405:
         message = f"{request.method} is not allowed on {request.url.path}; see /openapi.json"
-    elif exc.detail == _FASTAPI_UNPARSED and exc.__cause__ is not None:
-        # a body json.loads refused with something other than a JSONDecodeError (not UTF-8, an
-        # integer of thousands of digits, nested deeper than the parser goes): the cause says which
-        message = _not_json(str(exc.__cause__)[:200])
     else:
-        message = str(exc.detail)
+        message = http_error_message(exc)
     response = error_response(code, message)
     response.status_code = exc.status_code
     return response

@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from agentcell import errors
 from agentcell.protocol.common import STATUS_BY_CODE
-from agentcell.server.api.errors import describe_validation
+from agentcell.server.api.errors import describe_validation, http_error_message
 from agentcell.server.e2b.connect import RpcError
 from agentcell.server.e2b.registry import SandboxGone
 
@@ -54,8 +54,10 @@ def status_and_message(exc: Exception, full_disk_status: int = 429) -> tuple[int
         # a model built inside a route (e.g. the code run from /execute's body) is bad input too
         return 400, "invalid_argument", describe_validation(exc)
     if isinstance(exc, StarletteHTTPException):
+        if isinstance(exc.__cause__, errors.AgentcellError):  # ours, wrapped while FastAPI read the body
+            return status_and_message(exc.__cause__, full_disk_status)
         code = "unimplemented" if exc.status_code in (404, 405) else "invalid_argument"
-        return exc.status_code, code, str(exc.detail)
+        return exc.status_code, code, http_error_message(exc)
     log.exception("unexpected error in the E2B API", exc_info=exc)
     return 500, "internal", INTERNAL_MESSAGE
 
