@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(
         default=30, gt=0, description="a request head begun but not complete this long after gets 408"
     )
+    body_timeout_s: float = Field(
+        default=60,
+        gt=0,
+        description="a request body that stops arriving this long (between two reads) gets 408",
+    )
     max_connections: int = Field(
         default=0,
         ge=0,

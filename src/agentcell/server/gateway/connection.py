@@ -10,10 +10,16 @@ upstream stops being read while this client is not draining its responses. After
 request the parser stops; once the upstream answers 101 the connection becomes a byte tunnel.
 
 One timer per connection, re-armed lazily, covers the request deadline (no response head in time),
-the keep-alive idle timeout and the request-head timeout, so a busy keep-alive connection creates
-no timer per request. A head's clock starts only when a read leaves it incomplete (a head that
-arrives in one read costs no clock reading), or when the connection goes idle with part of the
-next head already read; past the server's `header_timeout_s` it is answered 408 and closed.
+the keep-alive idle timeout, the request-head timeout and the body-read timeout, so a busy
+keep-alive connection creates no timer per request. A head's clock starts only when a read leaves
+it incomplete (a head that arrives in one read costs no clock reading), or when the connection goes
+idle with part of the next head already read; past the server's `header_timeout_s` it is answered
+408 and closed. Likewise a body's clock restarts at each read that leaves it incomplete, and when
+reading resumes after a pause: it runs only while the gateway is waiting for the client, never
+while reading is paused (a body that cannot move on, a request queued behind another), and not
+before a 100 Continue that an `Expect` asks for was relayed. A body silent past the server's
+`body_timeout_s` ends its request (408 if no response began) and the connection (nginx's
+client_body_timeout).
 A connection past the server's connection caps is answered 503 and closed before it is read.
 A client's FIN or reset cancels its requests in flight (their upstream connections are closed).
 After answering a request whose body was not read to the end, the connection lingers (FIN sent,
@@ -101,6 +107,8 @@ class ClientConnection(asyncio.Protocol):
         self._keepalive_s = server.keepalive_timeout_s
         self._head_timeout_s = server.header_timeout_s
         self._head_since = 0.0  # when the head being read began (0: none is left unfinished)
+        self._body_timeout_s = server.body_timeout_s
+        self._body_since = 0.0  # the last read of the body being read (0: its clock has not started)
         self._in_head = False
         self._head_raw = 0  # bytes of reads wholly inside a head or a body's framing (see below)
         self._linger_left = -1  # >= 0: closing after a response to an unfinished request
@@ -147,6 +155,9 @@ class ClientConnection(asyncio.Protocol):
                     self._begin_head()
             elif parsing is not None and parsing is self._parsing:
                 self._count_framing(parsing.bytes_in == body_seen, len(data))
+                self._body_waited(parsing)
+            elif self._parsing is not None:  # a head ended in this read, its body did not
+                self._body_waited(self._parsing)
             elif self._in_head or not self._exchanges:  # a head (or its method) is unfinished
                 self._begin_head()
         except HttpParserUpgrade as exc:
@@ -166,6 +177,16 @@ class ClientConnection(asyncio.Protocol):
             self._head_since = now = self.loop.time()
             if not self._exchanges:
                 self.arm_timer(now + self._head_timeout_s)
+
+    def _body_waited(self, parsing: Exchange) -> None:
+        """A read left a request body unfinished, or reading it resumed: its clock restarts.
+
+        Not while a client that sent `Expect` waits for its 100 Continue (the body clock starts
+        when one is relayed, or with the first body byte): until then the client is not late."""
+        if not self._body_since and not parsing.bytes_in and b"expect" in parsing.head.index:
+            return
+        self._body_since = now = self.loop.time()
+        self.arm_timer(now + self._body_timeout_s)
 
     def _count_framing(self, no_body: bool, size: int) -> None:
         """Bound the reads that carried none of a body still being read: they fell wholly in a
@@ -256,7 +277,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""  # ready for the next head
         self._headers = []
         self._head_bytes = self._head_raw = 0
-        self._head_since = 0.0
+        self._head_since = self._body_since = 0.0
         self._in_head = False
         upgrade = index.get(b"upgrade") if b"upgrade" in index and parser.should_upgrade() else None
         chunked = b"transfer-encoding" in index and _is_chunked(index[b"transfer-encoding"])
@@ -368,6 +389,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()
+            if self._parsing is not None:  # the time paused was the gateway's, not the client's
+                self._body_waited(self._parsing)
 
     def enter_tunnel(self, exchange: Exchange) -> None:
         """The upstream accepted an upgrade: from now on bytes pass through unparsed."""
@@ -376,6 +399,12 @@ class ClientConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
             self.timer_at = math.inf
+
+    def on_interim_response(self, exchange: Exchange) -> None:
+        """A 1xx (such as 100 Continue) reached the client: a body still to come is now due."""
+        if exchange is self._parsing and not self._closed:
+            self._body_since = now = self.loop.time()
+            self.arm_timer(now + self._body_timeout_s)
 
     def on_exchange_done(self, exchange: Exchange) -> None:
         """The first queued exchange wrote its whole response: close, or start the next one."""
@@ -477,6 +506,12 @@ class ClientConnection(asyncio.Protocol):
                 self.arm_timer(idle_until)
             return
         exchange = self._exchanges[0]
+        if self._body_since and exchange is self._parsing and not self._read_blocked:
+            body_until = self._body_since + self._body_timeout_s
+            if now >= body_until:
+                exchange.on_body_timeout(self._body_timeout_s)
+                return
+            self.arm_timer(body_until)
         exchange.on_timer(now)
         if self._exchanges and self._exchanges[0] is exchange and exchange.deadline != math.inf:
             self.arm_timer(exchange.deadline)

@@ -440,6 +440,17 @@ class Exchange:
         self.keep_alive = False
         self._finish(client_gone=True)
 
+    def on_body_timeout(self, timeout_s: float) -> None:
+        """The client stopped sending the request body: 408 if no response began, else the
+        exchange ends as if the client were gone, and the connection is dropped (its response
+        cannot be finished, and a client that sends nothing may read nothing either)."""
+        if not self.status:
+            message = f"the request body stopped arriving for {timeout_s:g} s"
+            self.fail_request(408, "timeout", f"{message}; send it faster or in smaller requests")
+            return
+        self.on_client_lost()
+        self.conn.abort()
+
     def on_timer(self, now: float) -> None:
         """The connection's timer fired; time out if no response head arrived in time."""
         if now >= self.deadline and self.state < STREAMING:
@@ -457,6 +468,8 @@ class Exchange:
         elif status < 200:
             if self.head.http_version != b"1.0":
                 self.conn.queue(interim_head(status, headers))
+                if not self.request_complete:
+                    self.conn.on_interim_response(self)
         else:
             if route.on_response_head is not None:
                 self._call_response_hook(route, status, headers)

@@ -46,7 +46,12 @@ class GatewayServer:
     is closed after this long. `header_timeout_s`: a request head that has begun to arrive and is
     not complete this long after gets 408 and the connection closes (nginx's
     client_header_timeout; counted while no request is queued before it, and instead of the
-    keep-alive timeout). `max_connections`: client connections open at once;
+    keep-alive timeout). `body_timeout_s`: when no byte of a request body still due arrives for
+    this long while the gateway waits for it, the request gets 408 (or is cut off, if its
+    response began) and the connection closes (nginx's client_body_timeout: the time between two
+    reads, so a slow but steady upload of any size goes on; time that reading is paused because
+    the upstream is not taking the body, or before a 100 Continue is relayed, does not count).
+    `max_connections`: client connections open at once;
     `max_connections_per_client`: of those, from one peer address (0: no limit). The address is
     the TCP peer's, forwarded headers never count: behind a reverse proxy every client is the
     proxy, so set it to 0 or above the proxy's connections; Unix-socket clients are not counted
@@ -66,6 +71,7 @@ class GatewayServer:
         max_header_bytes: int = 64 * 1024,
         keepalive_timeout_s: float = 75.0,
         header_timeout_s: float = 30.0,
+        body_timeout_s: float = 60.0,
         max_connections: int = 10_000,
         max_connections_per_client: int = 0,
         upstream_idle_timeout_s: float = 4.0,
@@ -84,6 +90,7 @@ class GatewayServer:
         self.max_header_bytes = max_header_bytes
         self.keepalive_timeout_s = keepalive_timeout_s
         self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client
         self.access_log = access_log
