@@ -30,7 +30,8 @@ def test_the_limit_is_what_the_open_files_leave_per_command() -> None:
     proxied = 1_048_576 // 16 * FDS_PER_PROXIED_CONNECTION  # the egress proxy's node-wide cap
     spare = 1_048_576 - 10_000 - 4000 * FDS_PER_SANDBOX - proxied - FDS_RESERVED
     assert server_command_limit(0, 10_000, 4000, open_files=1_048_576) == spare // FDS_PER_COMMAND
-    assert server_command_limit(0, 10_000, 4000, open_files=40_000) == (40_000 - 18_000 - 5_000 - 1024) // 5
+    left_at_40k = 40_000 - 10_000 - 4000 * FDS_PER_SANDBOX - 5_000 - FDS_RESERVED
+    assert server_command_limit(0, 10_000, 4000, open_files=40_000) == left_at_40k // FDS_PER_COMMAND
     assert server_command_limit(0, 10_000, 4000, open_files=4096) == MIN_COMMANDS  # the floor
     assert server_command_limit(7, 10_000, 4000, open_files=4096) == 7  # AGENTCELL_MAX_COMMANDS
 
@@ -42,7 +43,8 @@ def test_the_limit_leaves_the_egress_proxys_connections_their_descriptors() -> N
     held_by_proxy = total_connection_limit(open_files) * FDS_PER_PROXIED_CONNECTION
     assert held_by_proxy == 8_192  # an eighth of the open files
     commands = server_command_limit(0, 1000, 100, open_files=open_files)
-    assert commands == (open_files - 1000 - 100 * FDS_PER_SANDBOX - held_by_proxy - FDS_RESERVED) // 5
+    left = open_files - 1000 - 100 * FDS_PER_SANDBOX - held_by_proxy - FDS_RESERVED
+    assert commands == left // FDS_PER_COMMAND
     everything = commands * FDS_PER_COMMAND + held_by_proxy + 1000 + 100 * FDS_PER_SANDBOX + FDS_RESERVED
     assert everything <= open_files
 
@@ -51,7 +53,7 @@ def test_this_hosts_limit_leaves_commands_more_than_the_floor() -> None:
     """20,000 fds (these VMs, whose root may not raise its hard limit): the default shares of
     client connections, sandboxes and proxied connections leave commands hundreds of slots."""
     connections = 20_000 // 4  # Settings.connection_limit's default share
-    assert server_command_limit(0, connections, 4000, open_files=20_000) == 695
+    assert server_command_limit(0, connections, 4000, open_files=20_000) == 869
 
 
 def test_a_full_budget_refuses_with_unavailable_naming_the_limit() -> None:

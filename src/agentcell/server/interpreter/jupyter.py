@@ -36,9 +36,9 @@ EXIT_POLL_S = 0.25
 IDLE_GRACE_S = 1.0
 """after the reply, how long to wait for the `idle` status that closes an execution's outputs"""
 KERNEL_SLOTS = 3
-"""slots of the server's command budget (5 fds each, FDS_PER_COMMAND) one kernel holds until it
-is closed: measured 11 fds — its stdout, stderr and control pipes, its pidfd, its root and two
-socket-file O_PATH fds, two ZMQ sockets with a mailbox eventfd each (test_budget_kernels.py)"""
+"""slots of the server's command budget (4 fds each, FDS_PER_COMMAND) one kernel holds until it
+is closed: measured 10 fds — its stdout, stderr and control pipes, its root and two socket-file
+O_PATH fds, two ZMQ sockets with a mailbox eventfd each (test_budget_kernels.py)"""
 
 
 def open_socket_file(root: int, path: str) -> int:

@@ -32,8 +32,8 @@ QUEUE_CHUNKS = 64
 START_TIMEOUT_S = 30.0
 EXIT_SETTLE_S = 1.0  # how long a kernel whose output ended may take to be reaped
 RUNNER_SLOTS = 1
-"""slots of the server's command budget a runner holds until it is closed: measured 5 fds, as any
-command — its 3 stdio pipes, the worker's control pipe, its pidfd (test_budget_kernels.py)"""
+"""slots of the server's command budget a runner holds until it is closed: measured 4 fds, as any
+command — its 3 stdio pipes and the worker's control pipe (test_budget_kernels.py)"""
 
 Stream = Literal["stdout", "stderr"]
 

@@ -63,6 +63,11 @@ class ExecSpec:
     terminal: TerminalSize | None = None
     """run on a new pseudo-terminal of the instance (its controlling terminal, stdin, stdout and
     stderr): output arrives on `stdout`, `stderr` stays empty, input cannot be closed"""
+    stdio: bool = True
+    """False: stdin, stdout and stderr are /dev/null inside the instance and the node holds no pipe
+    of the process (`stdout` and `stderr` are at end of file, `close_stdin` does nothing,
+    `write_stdin` is refused). For a long-lived process that writes its own log (a function
+    instance's server): it costs the node only the fds that track its exit. Not with `terminal`."""
 
 
 @dataclass(frozen=True, slots=True)

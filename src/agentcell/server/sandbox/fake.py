@@ -29,21 +29,22 @@ from agentcell.server.sandbox.driver import (
 
 class FakeProcess:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        """`proc` has pipes for all of stdin, stdout and stderr, or none (ExecSpec.stdio)."""
         self._proc = proc
         self.pid = proc.pid
         self.host_pid = proc.pid
-        assert proc.stdout is not None and proc.stderr is not None
-        self.stdout: asyncio.StreamReader = proc.stdout
-        self.stderr: asyncio.StreamReader = proc.stderr
+        self.stdout: asyncio.StreamReader = proc.stdout or _at_eof()
+        self.stderr: asyncio.StreamReader = proc.stderr or _at_eof()
 
     async def write_stdin(self, data: bytes) -> None:
-        assert self._proc.stdin is not None
+        if self._proc.stdin is None:
+            raise InvalidArgument("this process was started without stdin (it reads /dev/null)")
         self._proc.stdin.write(data)
         await self._proc.stdin.drain()
 
     async def close_stdin(self) -> None:
-        assert self._proc.stdin is not None
-        self._proc.stdin.close()
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
 
     def send_signal(self, signum: int) -> None:
         if self._proc.returncode is None:
@@ -88,6 +89,7 @@ class FakeDriver:
         self._require(sandbox_id)
         if spec.terminal is not None:
             raise InvalidArgument("the fake driver has no terminals; use the linux driver")
+        stdio = asyncio.subprocess.PIPE if spec.stdio else asyncio.subprocess.DEVNULL
         home = self._root / sandbox_id / "home" / "user"
         mounts = {m.target: m.host_path for m in self._specs[sandbox_id].mounts}
         cwd = mounts.get(spec.cwd) or (home if spec.cwd in ("/home/user", "~") else spec.cwd)
@@ -105,9 +107,9 @@ class FakeDriver:
             cwd=cwd,
             env=env,
             start_new_session=True,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stdin=stdio,
+            stdout=stdio,
+            stderr=stdio,
         )
         fake = FakeProcess(proc)
         procs = self._procs.get(sandbox_id)
@@ -212,6 +214,12 @@ class FakeDriver:
             await self.stop(sandbox_id)
         if self._owns_root:
             shutil.rmtree(self._root, ignore_errors=True)
+
+
+def _at_eof() -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    reader.feed_eof()
+    return reader
 
 
 def _free_port() -> int:

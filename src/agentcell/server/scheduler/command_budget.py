@@ -1,16 +1,17 @@
 """CommandBudget: the commands running at once in the whole server, all sandboxes together, capped.
 
 Every running command (and terminal) holds about FDS_PER_COMMAND of the server's file descriptors
-(its stdio pipes or terminal, the worker's control pipe, a pidfd) until it ends. The per-sandbox
-budget (ProcessTable.max_commands) bounds one sandbox, not the sum: enough busy sandboxes would
-spend the server's whole open-file limit, after which every tenant's requests fail (accept, pipe2,
+(its stdio pipes or terminal, the worker's control pipe) until it ends. The per-sandbox budget
+(ProcessTable.max_commands) bounds one sandbox, not the sum: enough busy sandboxes would spend the
+server's whole open-file limit, after which every tenant's requests fail (accept, pipe2,
 pidfd_open with EMFILE). This budget is taken before a command starts, next to its sandbox's own,
 so the start that would go past it is refused with a clear error and nothing else breaks.
 
 The limit comes from the server's open-file limit (`server_command_limit`): what is left after the
-client connections (`Settings.connection_limit`), the sandboxes themselves (each holds a few fds
-while it runs), the egress proxy's connections (the node-wide cap, two fds each) and a reserve,
-divided by what one command holds. AGENTCELL_MAX_COMMANDS sets it.
+client connections (`Settings.connection_limit`), the node's slots (AGENTCELL_MAX_SANDBOXES: each
+sandbox or function instance holds a few fds while it runs), the egress proxy's connections (the
+node-wide cap, two fds each) and a reserve, divided by what one command holds.
+AGENTCELL_MAX_COMMANDS sets it.
 """
 
 from __future__ import annotations
@@ -19,12 +20,20 @@ from agentcell.errors import Unavailable
 from agentcell.server.egress.node import total_connection_limit
 from agentcell.server.settings import Settings, soft_open_files
 
-FDS_PER_COMMAND = 5
-"""server fds one running command holds: its stdin, stdout and stderr pipes, the worker's control
-pipe and the command's pidfd (measured: 5.0 per background `sleep`; a terminal holds 3)"""
+FDS_PER_COMMAND = 4
+"""server fds one running command holds: its stdin, stdout and stderr pipes and the worker's control
+pipe (measured: 4.0 per background `sleep`, 5.0 while each also held its pidfd, now opened only to
+signal it); a terminal holds its master instead of the three pipes"""
 FDS_PER_SANDBOX = 2
-"""server fds one running sandbox holds: its init's pidfd (measured: 1.08 per idle sandbox), and
-one for a file transfer in flight"""
+"""server fds one slot of the node (a sandbox or a function instance) is counted at. A sandbox
+holds its init's pidfd (measured: 1.0 per idle sandbox), and one more while a file transfer runs. A
+function instance holds its init's pidfd and its server process's control pipe (that process runs
+on /dev/null, ExecSpec.stdio; measured: 2.15 per instance with 20 instances, 3.15 once each has
+served a request and the gateway pools a keep-alive connection to it, closed after 4 s idle;
+before, 5.15 and 6.15). Counted at 2, the mix a node runs: at 3, this machine's 20,000 fds (root
+without CAP_SYS_RESOURCE) would leave the command budget at its floor of 64 with the default 4,000
+slots; a node full of instances that were all just used would lack ~4,000 fds, about the
+commands' share."""
 FDS_PER_PROXIED_CONNECTION = 2
 """server fds one connection through the egress proxy holds: the sandbox's end and the upstream"""
 FDS_RESERVED = 1024

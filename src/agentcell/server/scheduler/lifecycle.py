@@ -141,14 +141,11 @@ class InstanceManager:
             self._telemetry.phase("sandbox_spawn", spawn_started, instance.id)
             server = await self._driver.exec(
                 instance.id,
-                ExecSpec(
-                    argv=SERVER_ARGV,
-                    env=_server_env(config),
-                    cwd=CODE_DIR,
-                ),
+                # No stdio: it writes its own log (SERVER_ARGV), so pipes held for its whole life
+                # would only cost the node two fds per instance.
+                ExecSpec(argv=SERVER_ARGV, env=_server_env(config), cwd=CODE_DIR, stdio=False),
             )
             self._servers[instance.id] = server
-            await server.close_stdin()
             listen_started = self._telemetry.now()
             log_path = posixpath.join(config.env.get("TMPDIR", "/tmp"), SERVER_LOG_NAME)
             await self._wait_listening(instance, server, config.ready_timeout_s, log_path)

@@ -300,7 +300,7 @@ class LinuxDriver:
         env = {**BASE_ENV, "HOSTNAME": instance.hostname, **instance.env, **spec.env}
         cwd = os.path.join(SANDBOX_HOME, spec.cwd)  # a relative cwd is relative to the home dir
         process = await start_process(
-            instance.target, spec.argv, cwd, env, spec.terminal, sandbox_id=sandbox_id
+            instance.target, spec.argv, cwd, env, spec.terminal, stdio=spec.stdio, sandbox_id=sandbox_id
         )
         instance.processes.add(process)
         return process

@@ -4,8 +4,8 @@ The spawner forks the worker; the command is the worker's child, inside the sand
 reports on a control pipe: `<host pid> <sandbox pid>` once forked (and in its working directory),
 `exit <code> <signal>` when the command ends, or `error <reason>` if it could not start it
 (`error cwd <errno>`: the sandbox user cannot enter the working directory). The command's stdin,
-stdout and stderr are pipes made here and handed to the worker, or one pseudo-terminal (pty.py)
-whose master stays here; its argv and env travel on a memfd.
+stdout and stderr are pipes made here and handed to the worker, one pseudo-terminal (pty.py)
+whose master stays here, or /dev/null (nothing stays here); its argv and env travel on a memfd.
 """
 
 from __future__ import annotations
@@ -55,20 +55,21 @@ async def start_process(
     env: Mapping[str, str],
     terminal: TerminalSize | None = None,
     *,
+    stdio: bool = True,
     sandbox_id: str = "",
 ) -> LinuxProcess:
-    """Run argv in the sandbox (on a new terminal of that size, if given); return once it has been
-    forked there and has entered `cwd` (InvalidArgument if it cannot: `sandbox_id` names the
-    sandbox in that error)."""
+    """Run argv in the sandbox (on a new terminal of that size, if given; on /dev/null without
+    `stdio`); return once it has been forked there and has entered `cwd` (InvalidArgument if it
+    cannot: `sandbox_id` names the sandbox in that error)."""
     if not argv:
         raise InvalidArgument("argv must name a command")
+    if terminal is not None and not stdio:
+        raise InvalidArgument("a command on a terminal has its stdio there: drop stdio=False")
     command_fd = _command_memfd(argv, env)
     ctl_read, ctl_write = os.pipe2(os.O_CLOEXEC)
     control = ControlPipe(ctl_read)
     try:
-        pipes: _StdioPipes | _TerminalFds = (
-            _StdioPipes() if terminal is None else _TerminalFds(target, terminal)
-        )
+        pipes = _stdio_of(target, terminal, stdio)
     except BaseException:
         control.close()
         os.close(ctl_write)
@@ -100,7 +101,15 @@ async def start_process(
         elif streams.terminal is not None:
             streams.terminal.hang_up_later()
         raise
-    return LinuxProcess(worker, streams, control, host_pid, pid, _open_pidfd(host_pid, control))
+    return LinuxProcess(worker, streams, control, host_pid, pid)
+
+
+def _stdio_of(
+    target: Target, terminal: TerminalSize | None, stdio: bool
+) -> _StdioPipes | _TerminalFds | _NullStdio:
+    if terminal is not None:
+        return _TerminalFds(target, terminal)
+    return _StdioPipes() if stdio else _NullStdio()
 
 
 class _StdioPipes:
@@ -145,9 +154,32 @@ class _TerminalFds:
 
     async def connect(self) -> _Streams:
         terminal = Terminal(self._master)
-        stderr = asyncio.StreamReader()
-        stderr.feed_eof()  # a terminal has one output stream
-        return _Streams(None, terminal.output, stderr, terminal)
+        return _Streams(None, terminal.output, _at_eof(), terminal)  # a terminal has one output stream
+
+
+class _NullStdio:
+    """/dev/null as the command's stdin, stdout and stderr; the node keeps nothing of it. The
+    host's /dev/null is handed in: the sandbox's /dev/null is a bind mount of that very device
+    (helper.c, build_dev), so the command gets nothing it could not open itself."""
+
+    def __init__(self) -> None:
+        self._null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.theirs = (self._null, self._null, self._null)
+
+    def close_theirs(self) -> None:
+        os.close(self._null)
+
+    def close_ours(self) -> None:
+        pass
+
+    async def connect(self) -> _Streams:
+        return _Streams(None, _at_eof(), _at_eof())
+
+
+def _at_eof() -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    reader.feed_eof()
+    return reader
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +330,8 @@ def _pids_max(target: Target) -> int | None:
 def _open_pidfd(host_pid: int, control: ControlPipe) -> int | None:
     """A pidfd for the command, or None once it has ended. The worker reaps the command only after
     writing its exit line, so while no line is waiting the pid is still the command's: a pidfd
-    opened first cannot name a process that took the pid over later."""
+    opened first cannot name a process that took the pid over later. (The caller must not have
+    read the exit line already.)"""
     try:
         fd = os.pidfd_open(host_pid)
     except ProcessLookupError:
@@ -388,7 +421,6 @@ class LinuxProcess:
         control: ControlPipe,
         host_pid: int,
         pid: int,
-        pidfd: int | None,
     ) -> None:
         self.pid = pid
         self.host_pid = host_pid
@@ -398,7 +430,8 @@ class LinuxProcess:
         self._terminal = streams.terminal
         self._worker = worker
         self._control = control
-        self._pidfd = pidfd
+        self._ended = False
+        """its control pipe's last line has been read: the command has exited (or its worker died)"""
         self._status: ExitStatus | None = None
         self._wait_lock = asyncio.Lock()
 
@@ -414,7 +447,8 @@ class LinuxProcess:
         if self._terminal is not None:
             await self._terminal.write(data)
             return
-        assert self._stdin is not None
+        if self._stdin is None:
+            raise InvalidArgument("this process was started without stdin (it reads /dev/null)")
         try:
             self._stdin.write(data)
             await self._stdin.drain()
@@ -425,8 +459,7 @@ class LinuxProcess:
     async def close_stdin(self) -> None:
         if self._terminal is not None:
             raise InvalidArgument("a terminal's input cannot be closed; send ^D (\\x04) or exit")
-        assert self._stdin is not None
-        if self._stdin.is_closing():
+        if self._stdin is None or self._stdin.is_closing():  # None: /dev/null, nothing to close
             return
         self._stdin.close()
         try:
@@ -438,19 +471,18 @@ class LinuxProcess:
         """Signal the command's process group (it is a session leader), so that a timeout or a
         kill also ends what a `bash -c` line started; just the command on kernels before 6.9.
         The flag names the group whose id is the command's pid: until the command's setsid
-        there is none (ESRCH), and then the command has started nothing, so it alone is signalled."""
-        if self._status is not None or self._pidfd is None:
+        there is none (ESRCH), and then the command has started nothing, so it alone is signalled.
+        The pidfd is opened here, not held for the command's life: one fd fewer per running
+        command and per function instance (command_budget.py)."""
+        if self._status is not None or self._ended:
+            return
+        pidfd = _open_pidfd(self.host_pid, self._control)
+        if pidfd is None:
             return
         try:
-            signal.pidfd_send_signal(self._pidfd, signum, None, PIDFD_SIGNAL_PROCESS_GROUP)
-            return
-        except ProcessLookupError:
-            pass  # not a group leader yet, or gone
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:  # EINVAL: a kernel without the flag
-                raise
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(self._pidfd, signum)
+            _signal_group(pidfd, signum)
+        finally:
+            os.close(pidfd)
 
     def resize(self, size: TerminalSize) -> None:
         if self._terminal is None:
@@ -467,6 +499,7 @@ class LinuxProcess:
         # Cancellation-safe: a caller may give up waiting (a timeout) and then send SIGKILL, so
         # nothing is torn down until the status is known.
         line = await self._control.readline()
+        self._ended = True  # no await since the line was taken: send_signal sees it at once
         returncode = await self._worker.wait()
         fields = line.split()
         if len(fields) == 3 and fields[0] == "exit":
@@ -482,14 +515,33 @@ class LinuxProcess:
             self._stdin.close()
         if self._terminal is not None:
             self._terminal.hang_up_later()  # output still in the terminal is read meanwhile
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
         return status
 
     async def _reap_orphaned_command(self) -> None:
-        if self._pidfd is None:
+        """Reap the command left by a dead worker. Its pid stays its own until it is reaped, and
+        we (the subreaper) are who reaps it, so opening its pidfd only now is safe."""
+        try:
+            pidfd = os.pidfd_open(self.host_pid)
+        except ProcessLookupError:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wait_readable(self._pidfd), ORPHAN_EXIT_TIMEOUT_S)
-        reap_if_child(self._pidfd)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wait_readable(pidfd), ORPHAN_EXIT_TIMEOUT_S)
+            reap_if_child(pidfd)
+        finally:
+            os.close(pidfd)
+
+
+def _signal_group(pidfd: int, signum: int) -> None:
+    """Signal the process group led by pidfd's process, or that process alone when it leads none
+    (yet) or the kernel lacks the flag; nothing once it is gone."""
+    try:
+        signal.pidfd_send_signal(pidfd, signum, None, PIDFD_SIGNAL_PROCESS_GROUP)
+        return
+    except ProcessLookupError:
+        pass  # not a group leader yet, or gone
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: a kernel without the flag
+            raise
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signum)
