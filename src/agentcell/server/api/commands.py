@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -40,6 +41,25 @@ async def ndjson(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
         yield event.model_dump_json().encode() + b"\n"
 
 
+_LINES: weakref.WeakKeyDictionary[Event, bytes] = weakref.WeakKeyDictionary()
+"""each followed event's NDJSON line, encoded once for all its followers (a flood's output events
+are 64 KiB each, and encoding them again for every follower was most of what a follower cost);
+an entry goes with its event, once the log has dropped it and no follower holds it"""
+
+
+def ndjson_line(event: Event) -> bytes:
+    line = _LINES.get(event)
+    if line is None:
+        line = _LINES[event] = event.model_dump_json().encode() + b"\n"
+    return line
+
+
+async def ndjson_batches(batches: AsyncIterator[list[Event]]) -> AsyncIterator[bytes]:
+    """One chunk (one write) per batch of events: a follower that fell behind catches up in one."""
+    async for batch in batches:
+        yield b"".join(ndjson_line(event) for event in batch)
+
+
 @router.post(
     "/commands",
     response_model=None,
@@ -69,8 +89,9 @@ async def list_processes(sandbox_id: str, sandboxes: Sandboxes) -> ProcessList:
 
 @router.get("/processes/{process_id}/events", response_class=StreamingResponse)
 async def follow_process(sandbox_id: str, process_id: str, sandboxes: Sandboxes) -> StreamingResponse:
-    process = sandboxes.process(sandbox_id, process_id)
-    return StreamingResponse(ndjson(process.events()), media_type=NDJSON)
+    """429 `quota_exceeded` past MAX_FOLLOWERS readers of the process at once."""
+    batches = sandboxes.process(sandbox_id, process_id).follow()
+    return StreamingResponse(ndjson_batches(batches), media_type=NDJSON)
 
 
 @router.post("/processes/{process_id}/stdin", status_code=204)

@@ -34,6 +34,7 @@ this long: E2B's SDK starts every command the same way, and a `background=True` 
 be read only at `wait()`, so holding it forever would stall a chatty background process."""
 SIGNALS = {"SIGNAL_SIGKILL": signal.SIGKILL, "SIGNAL_SIGTERM": signal.SIGTERM}
 Message = dict[str, Any]
+Batch = list[Event]
 
 
 @dataclass(slots=True)
@@ -134,7 +135,8 @@ class ProcessService:
         process = await self._start(sandbox, request, stdin=bool(message.get("stdin")))
         extras = self._registry.extras(sandbox)
         self._remember(extras, process, config)
-        return self._follow(process, extras, owned=True)
+        batches = process.batches(holder=True, stall_s=OWNER_STALL_S)
+        return self._follow(process, batches, extras, owned=True)
 
     async def _start(self, sandbox: Sandbox, request: CommandRequest, stdin: bool) -> ManagedProcess:
         if request.pty is not None:
@@ -147,29 +149,33 @@ class ProcessService:
         return process
 
     def connect(self, sandbox: Sandbox, message: Message) -> AsyncIterator[Message]:
+        """Past MAX_FOLLOWERS streams of the process at once, `resource_exhausted` (raised here,
+        so that it is the stream's only message)."""
         extras = self._registry.extras(sandbox)
         process = self._find(sandbox, extras, message.get("process"))
-        return self._follow(process, extras, owned=False)
+        return self._follow(process, process.follow(), extras, owned=False)
 
     async def _follow(
-        self, process: ManagedProcess, extras: Extras, *, owned: bool
+        self, process: ManagedProcess, batches: AsyncIterator[Batch], extras: Extras, *, owned: bool
     ) -> AsyncIterator[Message]:
         try:
-            async for event in keepalive(process.events(holder=owned, stall_s=OWNER_STALL_S)):
-                if event is None:
+            async for batch in keepalive(batches):
+                if batch is None:
                     yield {"event": {"keepalive": {}}}
                     continue
-                if isinstance(event, EndEvent) and event.timed_out:
-                    raise RpcError("deadline_exceeded", f"the command {event.error}; it was killed")
-                if isinstance(event, EndEvent) and self._ended(extras.sandbox_id):
-                    # as when envd dies with its sandbox: the SDK probes /health and reports it gone
-                    raise RpcError(
-                        "unavailable", f"the sandbox {extras.sandbox_id} stopped while the command ran"
-                    )
-                yield event_message(event, process.terminal)
+                for event in batch:
+                    yield self._message(event, process, extras)
         finally:
             if owned and process.exit is not None:
                 self._forget(extras, process)
+
+    def _message(self, event: Event, process: ManagedProcess, extras: Extras) -> Message:
+        if isinstance(event, EndEvent) and event.timed_out:
+            raise RpcError("deadline_exceeded", f"the command {event.error}; it was killed")
+        if isinstance(event, EndEvent) and self._ended(extras.sandbox_id):
+            # as when envd dies with its sandbox: the SDK probes /health and reports it gone
+            raise RpcError("unavailable", f"the sandbox {extras.sandbox_id} stopped while the command ran")
+        return event_message(event, process.terminal)
 
     def _ended(self, sandbox_id: str) -> bool:
         try:
@@ -303,12 +309,12 @@ def _b64(value: object, name: str) -> bytes:
 
 
 async def keepalive(
-    events: AsyncIterator[Event], interval_s: float = KEEPALIVE_S
-) -> AsyncIterator[Event | None]:
-    """The events, with None whenever `interval_s` passes without one. The pending read is never
+    events: AsyncIterator[Batch], interval_s: float = KEEPALIVE_S
+) -> AsyncIterator[Batch | None]:
+    """The batches of events, with None whenever `interval_s` passes without one. The pending read is never
     cancelled by the timer (that would close the generator), only when the consumer stops; `events`
     is closed then, through that cancellation or directly."""
-    pending: asyncio.Future[Event] | None = None
+    pending: asyncio.Future[Batch] | None = None
     try:
         while True:
             if pending is None:
@@ -333,6 +339,6 @@ async def keepalive(
             pending.add_done_callback(_retrieved)
 
 
-def _retrieved(future: asyncio.Future[Event]) -> None:
+def _retrieved(future: asyncio.Future[Batch]) -> None:
     if not future.cancelled():
         future.exception()

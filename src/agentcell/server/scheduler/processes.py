@@ -6,6 +6,11 @@ a background process) sees what it missed, then follows live. The output of a co
 starter waits for its result is never dropped: that reader holds the buffer, and while it lags a
 buffer's worth behind, the output is not read, so the command blocks on its full pipe as it would
 writing into a slow shell pipe.
+
+Other readers (followers: a client reconnecting, a second terminal tab) are at most MAX_FOLLOWERS
+per process, each woken at most every FOLLOWER_BATCH_S: it takes what came since its last wake
+from the log's tail as one batch, so a chatty process costs each follower a short slice of the log
+a few dozen times a second, not a copy of the whole buffer per line.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import asyncio
 import codecs
 import contextlib
 import functools
+import itertools
 import logging
 import secrets
 import signal
+import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 from agentcell.errors import AgentcellError, Conflict, InvalidArgument, NotFound, NotRunning, QuotaExceeded
@@ -45,6 +52,14 @@ FINISHED_KEPT = 64
 FINISHED_KEPT_BYTES = 16 << 20
 """and the output those keep, at most (the oldest finished ones go first)"""
 DEFAULT_MAX_COMMANDS = 64
+MAX_FOLLOWERS = 16
+"""readers of one process's events at once, besides the one that started it and waits for its
+result: each output event wakes every one of them, and hundreds of followers of a chatty process
+slowed every other request of the server by seconds. More readers can share one follower's stream."""
+FOLLOWER_BATCH_S = 0.02
+"""a follower is woken at most this often: what came meanwhile goes in one batch (one write). A
+process printing a line per write otherwise woke each follower for every line, and its followers
+took the server's loop from every other request"""
 DEFAULT_MAX_STDIN_BYTES = 64 << 20
 
 
@@ -82,20 +97,46 @@ class EventLog:
     events: deque[Event] = field(default_factory=deque)
     output_bytes: int = 0
     first_index: int = 0
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    followers: weakref.WeakSet[Follower] = field(default_factory=weakref.WeakSet)
     held: bool = False
     held_index: int = 0  # the holder has read every event before this one
     stall_s: float | None = None
     writer_waiting: bool = False
     _space: asyncio.Event = field(default_factory=asyncio.Event)
+    _appended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def end_index(self) -> int:
+        """The index the next event appended will have."""
+        return self.first_index + len(self.events)
+
+    def since(self, index: int) -> list[Event]:
+        """The events from `index` on, taken from the tail (a follower that keeps up reads a few
+        events, never the whole buffer). A reader whose next event was dropped (`index` at or
+        before `first_index`) gets the whole buffer from the start event again: that repeated
+        `start` is how a reader that fell behind learns it missed output."""
+        count = self.end_index - max(index, self.first_index)
+        if count <= 0:
+            return []
+        if count >= len(self.events):
+            return list(self.events)
+        tail = list(itertools.islice(reversed(self.events), count))
+        tail.reverse()
+        return tail
+
+    async def read(self, index: int) -> tuple[list[Event], int]:
+        """`since(index)`, waiting for an event if there is none yet, and the index after it."""
+        while not (batch := self.since(index)):
+            await self._appended.wait()
+        return batch, self.end_index
 
     async def append(self, event: Event) -> None:
         self.events.append(event)
         if isinstance(event, OutputEvent):
             self.output_bytes += _cost(event)
             self._trim()
-        async with self.changed:
-            self.changed.notify_all()
+        self._appended.set()  # wakes every reader waiting now; the next ones wait for the next event
+        self._appended.clear()
         while self.held and self.output_bytes > BUFFER_LIMIT_BYTES:
             self._space.clear()
             self.writer_waiting = True
@@ -142,6 +183,14 @@ class EventLog:
 
 def _cost(event: OutputEvent) -> int:
     return len(event.data) + EVENT_OVERHEAD_BYTES
+
+
+class Follower:
+    """One follower's place among its process's MAX_FOLLOWERS, held (in a WeakSet) as long as its
+    iterator exists: an iterator that is never started (its client left before the response
+    began) frees the place when it is dropped, as its `finally` never runs."""
+
+    __slots__ = ("__weakref__",)
 
 
 class ManagedProcess:
@@ -258,32 +307,57 @@ class ManagedProcess:
             await self._log.append(OutputEvent(type=kind, data=tail))
 
     async def events(self, *, holder: bool = False, stall_s: float | None = None) -> AsyncIterator[Event]:
-        """Everything still buffered, then live events, ending with the `end` event. The
-        `holder` (the client that started the command and waits for its result) holds the log:
-        no output is dropped before it has read it; it is released when the holder stops, or
-        when it reads nothing for `stall_s` (see EventLog)."""
+        """Everything still buffered, then live events, ending with the `end` event (see
+        `batches`). Not counted against MAX_FOLLOWERS: for the starter and the server itself."""
+        async with contextlib.aclosing(self.batches(holder=holder, stall_s=stall_s)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    def follow(self) -> AsyncGenerator[list[Event]]:
+        """A follower's `batches`, holding one of MAX_FOLLOWERS places from this call until the
+        iterator ends, is closed or is dropped. Raises QuotaExceeded when all are taken (checked
+        here, not at the first read: a streaming answer must be refused before it begins)."""
+        followers = self._log.followers
+        if len(followers) >= MAX_FOLLOWERS:
+            raise QuotaExceeded(
+                f"process {self.process_id} has {len(followers)} followers reading its events, its "
+                f"limit of {MAX_FOLLOWERS} at once; close one of those streams and retry, or share "
+                "one stream among your readers",
+                retry_after_s=1,
+            )
+        follower = Follower()
+        followers.add(follower)
+        return self.batches(follower=follower)
+
+    async def batches(
+        self, *, holder: bool = False, stall_s: float | None = None, follower: Follower | None = None
+    ) -> AsyncGenerator[list[Event]]:
+        """Everything still buffered, then live events, each batch what came since the one
+        before, the last one ending with the `end` event. A reader that fell behind what the log
+        keeps gets the start event again (EventLog.since). The `holder` (the client that started
+        the command and waits for its result) holds the log: no output is dropped before it has
+        read it; it is released when the holder stops, or when it reads nothing for `stall_s`
+        (see EventLog). `follower` is the place this reader holds (see `follow`)."""
         log = self._log
         if holder:
             log.held, log.stall_s = True, stall_s
         index = log.first_index
         try:
             while True:
-                async with log.changed:
-                    index = max(index, log.first_index)
-                    pending = list(log.events)[index - log.first_index :]
-                    if not pending:
-                        await log.changed.wait()
-                        continue
-                for event in pending:
-                    yield event
-                    if isinstance(event, EndEvent):
-                        return
-                index += len(pending)
+                batch, index = await log.read(index)
+                yield batch
+                if isinstance(batch[-1], EndEvent):
+                    return
                 if holder:
                     log.consumed(index)
+                if follower is not None:
+                    await asyncio.sleep(FOLLOWER_BATCH_S)
         finally:
             if holder:
                 log.release()
+            if follower is not None:
+                log.followers.discard(follower)
 
     async def write_stdin(self, data: bytes, close: bool) -> None:
         """Hand `data` to the process. Waits up to STDIN_WAIT_S for it to be taken; past that it
