@@ -11,7 +11,6 @@ import json
 import os
 import stat
 import tarfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,12 +114,11 @@ def test_millions_of_entries_are_refused_without_reading_them_all(
             gz.write(block)
         gz.write(b"\0" * 1024)
     before = vm_hwm_mb(shared_server.proc.pid)
-    started = time.monotonic()
     reply = put(api, fn_name, body.getvalue())
-    took = time.monotonic() - started
     assert reply.status_code == 413, reply.text
     assert "100000 entries" in reply.json()["message"]
-    assert took < 15, f"took {took:.1f} s"
+    # Its memory tells that it stopped early, however busy the machine (a wall-clock bound of
+    # 15 s failed with other tests running beside it: 19.9 s, for ~9 s alone).
     assert vm_hwm_mb(shared_server.proc.pid) - before < 300
 
 
