@@ -27,17 +27,6 @@ def api(shared_server: ServerProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture
-def sandbox(api: httpx.Client) -> Iterator[str]:
-    reply = api.post("/v1/sandboxes", json={"timeout_s": 120})
-    assert reply.status_code == 201, reply.text
-    sid: str = reply.json()["id"]
-    try:
-        yield sid
-    finally:
-        api.delete(f"/v1/sandboxes/{sid}")
-
-
 def background(api: httpx.Client, sid: str, cmd: str) -> dict[str, object]:
     reply = api.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": cmd, "background": True})
     assert reply.status_code == 201, reply.text
@@ -49,7 +38,8 @@ def follow(api: httpx.Client, stack: contextlib.ExitStack, url: str) -> httpx.Re
     return stack.enter_context(api.stream("GET", url))
 
 
-def test_past_the_cap_a_follower_is_refused_until_one_leaves(api: httpx.Client, sandbox: str) -> None:
+def test_past_the_cap_a_follower_is_refused_until_one_leaves(api: httpx.Client, rest_sandbox: str) -> None:
+    sandbox = rest_sandbox
     """The first MAX_FOLLOWERS followers stream; the next is a 429 `quota_exceeded` with
     Retry-After that says how many follow and what to do (E2B's Connect too, in its own shape:
     the cap counts both APIs' followers); once one disconnects, a new follower is accepted."""
