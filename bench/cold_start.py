@@ -25,7 +25,7 @@ from bench.baselines import UNSHARE, burst_ms, samples_ms
 from bench.client import LeanClient
 from bench.procs import children, cpu_ms
 from bench.report import emit, median, percentile, progress
-from bench.server import BenchServer
+from bench.server import BenchServer, pool_gauges
 
 NAME = "cold_start"
 RUNS = 60
@@ -71,10 +71,9 @@ async def cycle(client: LeanClient) -> float:
 async def pool_metric(client: LeanClient, name: str = "ready") -> int:
     status, body = await client.request("GET", "/metrics")
     assert status == 200, body
-    for line in body.decode().splitlines():
-        if line.startswith(f"agentcell_sandbox_pool_{name} "):
-            return int(float(line.split()[1]))
-    raise AssertionError(f"the server exports no agentcell_sandbox_pool_{name}")
+    gauges = pool_gauges(body.decode())
+    assert name in gauges, f"the server exports no agentcell_sandbox_pool_{name}"
+    return int(gauges[name])
 
 
 async def wait_pool_full(client: LeanClient, size: int | None = None) -> None:

@@ -90,12 +90,7 @@ class BenchServer:
                 text = reply.read().decode()
         except urllib.error.HTTPError:  # metrics off
             return {}
-        prefix = "agentcell_sandbox_pool_"
-        return {
-            line[len(prefix) :].split()[0]: float(line.split()[1])
-            for line in text.splitlines()
-            if line.startswith(prefix) and not line.startswith(prefix + "claims")
-        }
+        return pool_gauges(text)
 
     @property
     def pid(self) -> int:
@@ -113,3 +108,13 @@ class BenchServer:
                 self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def pool_gauges(metrics: str) -> dict[str, float]:
+    """The sandbox pool's gauges in a /metrics text, by name: `ready`, `target`."""
+    prefix = "agentcell_sandbox_pool_"
+    return {
+        line[len(prefix) :].split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith(prefix) and not line.startswith(prefix + "claims")
+    }

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import tarfile
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,14 @@ def deploy(
 def api(server_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server_url, timeout=60, headers=AUTH) as client:
         yield client
+
+
+@pytest.fixture
+def fn_name(api: httpx.Client) -> Iterator[str]:
+    """A name no function has yet (its function, if a test deploys one, is deleted afterwards)."""
+    name = "fn-" + uuid.uuid4().hex[:8]
+    yield name
+    api.delete(f"/v1/functions/{name}")
 
 
 @pytest.fixture

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import os
 import stat
 import tarfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,8 +17,8 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.integration.conftest import FIXTURES
+from tests.integration.test_hunt_deploy_versions import put
 
-ECHO = {"cmd": "python3 app.py"}
 APP = (FIXTURES / "echo_fn" / "app.py").read_bytes()
 
 
@@ -43,21 +40,6 @@ def tar_of(*members: tuple[tarfile.TarInfo, bytes | None], fmt: int = tarfile.PA
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
-
-
-def put(api: httpx.Client, name: str, code: bytes, config: dict[str, object] | None = None) -> httpx.Response:
-    files: dict[str, tuple[str | None, str | bytes]] = {
-        "config": (None, json.dumps(config or ECHO)),
-        "code": ("code.tar", code),
-    }
-    return api.put(f"/v1/functions/{name}", files=files)
-
-
-@pytest.fixture
-def fn_name(api: httpx.Client) -> Iterator[str]:
-    name = "hunt-" + uuid.uuid4().hex[:8]
-    yield name
-    api.delete(f"/v1/functions/{name}")
 
 
 def code_root(server: ServerProcess, name: str) -> Path:

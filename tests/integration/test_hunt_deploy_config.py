@@ -6,21 +6,11 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
 
 import httpx
-import pytest
 
 from tests.conftest import ServerProcess
 from tests.integration.test_hunt_deploy_versions import code_with
-
-
-@pytest.fixture
-def fn_name(api: httpx.Client) -> Iterator[str]:
-    name = "cfg-" + uuid.uuid4().hex[:8]
-    yield name
-    api.delete(f"/v1/functions/{name}")
 
 
 def failed_starts(server: ServerProcess, name: str) -> int:

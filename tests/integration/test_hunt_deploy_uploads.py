@@ -8,7 +8,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,13 +61,6 @@ class LargestSpool:
     def __exit__(self, *_: object) -> None:
         self._done.set()
         self._thread.join()
-
-
-@pytest.fixture
-def fn_name(api: httpx.Client) -> Iterator[str]:
-    name = "upl-" + uuid.uuid4().hex[:8]
-    yield name
-    api.delete(f"/v1/functions/{name}")
 
 
 @pytest.mark.parametrize("declared", [False, True], ids=["chunked", "content-length"])

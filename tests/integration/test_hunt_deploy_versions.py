@@ -12,8 +12,7 @@ import signal
 import sqlite3
 import tarfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -54,13 +53,6 @@ def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 20) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout_s} s")
         time.sleep(0.05)
-
-
-@pytest.fixture
-def fn_name(api: httpx.Client) -> Iterator[str]:
-    name = "vers-" + uuid.uuid4().hex[:8]
-    yield name
-    api.delete(f"/v1/functions/{name}")
 
 
 def versions_on_disk(server: ServerProcess, name: str) -> list[str]:

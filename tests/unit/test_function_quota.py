@@ -153,8 +153,8 @@ class Quotas:
 async def deploy(quota: FunctionQuota, code_root: Path, name: str, code: Path, deployed: list[str]) -> None:
     """What the deploy route and Scheduler.deploy do with the code: unpack it within the budget
     (in a thread, as the scheduler does), then move it into place as the next version, deployed."""
-    async with quota.deploying(name):
-        staging = await asyncio.to_thread(unpack_staged, code, code_root / name)
+    async with quota.deploying(name) as budget:
+        staging = await asyncio.to_thread(unpack_staged, code, code_root / name, budget)
         versions = [p for p in (code_root / name).iterdir() if p.name.startswith("v")]
         staging.rename(code_root / name / f"v{len(versions) + 1}")
         if name not in deployed:

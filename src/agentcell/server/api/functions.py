@@ -160,8 +160,8 @@ async def deploy_function(name: str, request: Request, scheduler: Scheduler) -> 
             )
         archive = await save_upload(code, uploads)
     try:
-        async with function_quota(request).deploying(qualified):
-            return shown_function((await scheduler.deploy(qualified, config, archive)).info())
+        async with function_quota(request).deploying(qualified) as budget:
+            return shown_function((await scheduler.deploy(qualified, config, archive, budget)).info())
     finally:
         archive.unlink(missing_ok=True)
 

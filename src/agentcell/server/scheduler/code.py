@@ -26,7 +26,6 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
@@ -89,8 +88,8 @@ def short_of_disk() -> Unavailable:
 
 @dataclass(slots=True)
 class CodeBudget:
-    """What one deploy may write under its tenant's code quota: the deploy route sets it (in
-    DEPLOY_BUDGET) around Scheduler.deploy; the unpacker charges each entry before writing it."""
+    """What one deploy may write under its tenant's code quota: FunctionQuota.deploying gives it,
+    Scheduler.deploy hands it to the unpacker, which charges each entry before writing it."""
 
     tenant: str
     quota_bytes: int
@@ -113,21 +112,16 @@ class CodeBudget:
         )
 
 
-DEPLOY_BUDGET: ContextVar[CodeBudget | None] = ContextVar("deploy_budget", default=None)
-"""The code budget of the deploy this task runs (None: no code quota). Read by `unpack_staged`,
-which the scheduler runs in asyncio.to_thread: that carries the caller's context along."""
-
-
-def unpack_staged(archive: Path, function_dir: Path) -> Path:
+def unpack_staged(archive: Path, function_dir: Path, budget: CodeBudget | None = None) -> Path:
     """Unpack into a new staging directory inside `function_dir` (made if needed), to be moved
-    into place by `install_code`, within the deploy's DEPLOY_BUDGET; on any failure nothing is
-    left."""
+    into place by `install_code`, within `budget` (None: no code quota); on any failure nothing
+    is left."""
     try:
         function_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=function_dir))
     except OSError as exc:
         raise _no_room(exc) from None
-    unpack_code(archive, staging, DEPLOY_BUDGET.get())
+    unpack_code(archive, staging, budget)
     return staging
 
 
@@ -225,6 +219,8 @@ class _Unpacker:
         self._target = target
         self._budget = budget
         self._room = room
+        self._room_left = 0
+        """what may still be written before the floor, by the last reading of the disk"""
         self._kinds: dict[PurePosixPath, Kind] = {}
         self._links: list[tuple[PurePosixPath, str]] = []
         self._count = 0
@@ -280,11 +276,16 @@ class _Unpacker:
             self._write(member, path)
 
     def _charge(self, nbytes: int) -> None:
-        """Before an entry is made: it fits the tenant's quota and the node's free-space floor."""
+        """Before an entry is made: it fits the tenant's quota and the node's free-space floor.
+        The disk is read again only once the last reading's room is spent (not for each of up to
+        100,000 entries): what others wrote meanwhile is seen then."""
         if self._budget is not None:
             self._budget.charge(nbytes)
-        if nbytes > self._room(self._target):
-            raise short_of_disk()
+        self._room_left -= nbytes
+        if self._room_left < 0:
+            self._room_left = self._room(self._target) - nbytes
+            if self._room_left < 0:
+                raise short_of_disk()
 
     def _claim(self, path: PurePosixPath, kind: Kind) -> None:
         """Each path once (a directory may repeat); every parent a directory, made as needed.

@@ -19,7 +19,7 @@ from pathlib import Path
 from agentcell.errors import QuotaExceeded
 from agentcell.protocol.tenants import TenantQuotas
 from agentcell.server.auth.names import split
-from agentcell.server.scheduler.code import DEPLOY_BUDGET, STAGING_PREFIX, CodeBudget, code_bytes
+from agentcell.server.scheduler.code import STAGING_PREFIX, CodeBudget, code_bytes
 
 VersionKey = tuple[str, int, int]
 """a version directory's path, inode and change time (ns)"""
@@ -38,23 +38,18 @@ class FunctionQuota:
         self._sizes: dict[str, dict[VersionKey, int]] = {}
 
     @contextlib.asynccontextmanager
-    async def deploying(self, name: str) -> AsyncIterator[None]:
+    async def deploying(self, name: str) -> AsyncIterator[CodeBudget | None]:
         """Around Scheduler.deploy of function `name` (qualified): refuses a new function past
-        max_functions (QuotaExceeded), and gives the deploy its code budget (DEPLOY_BUDGET),
-        which the unpacker charges."""
+        max_functions (QuotaExceeded), and yields the deploy's code budget for the unpacker to
+        charge (None: no code quota)."""
         tenant = split(name)[0]
         if not _is_limited(self._quotas(tenant)):
-            yield
+            yield None
             return
         async with self._locks.setdefault(tenant, asyncio.Lock()):
             quotas = self._quotas(tenant)  # as they are now, after any wait
             _check_count(tenant, name, self._deployed(), quotas.max_functions)
-            budget = await self._budget(tenant, quotas.max_code_mb)
-            token = DEPLOY_BUDGET.set(budget)
-            try:
-                yield
-            finally:
-                DEPLOY_BUDGET.reset(token)
+            yield await self._budget(tenant, quotas.max_code_mb)
 
     def check_count(self, name: str) -> None:
         """Early, before the upload is read: a new function past max_functions is refused at

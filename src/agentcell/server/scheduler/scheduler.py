@@ -38,7 +38,7 @@ from agentcell.server.meta.store import MetaStore
 from agentcell.server.observability.logs import bind as bind_log_ids
 from agentcell.server.observability.telemetry import NullTelemetry, Telemetry
 from agentcell.server.sandbox.driver import ResourceUsage, SandboxDriver
-from agentcell.server.scheduler.code import install_code, remove_code, stale_code, unpack_staged
+from agentcell.server.scheduler.code import CodeBudget, install_code, remove_code, stale_code, unpack_staged
 from agentcell.server.scheduler.functions import FunctionState, FunctionVersion
 from agentcell.server.scheduler.instances import Instance, InstanceFailed, new_instance_id
 from agentcell.server.scheduler.lifecycle import InstanceManager
@@ -179,7 +179,11 @@ class Scheduler:
 
     # -- functions ---------------------------------------------------------------------------------
 
-    async def deploy(self, name: str, config: FunctionConfig, archive: Path) -> FunctionState:
+    async def deploy(
+        self, name: str, config: FunctionConfig, archive: Path, budget: CodeBudget | None = None
+    ) -> FunctionState:
+        """Unpack `archive` (within the tenant's code `budget`, FunctionQuota) as the function's
+        next version."""
         if name in self._deleting:  # (its instances still run its code; its records go at the end)
             raise Conflict(
                 f"function {_shown(name)!r} is being deleted (its sessions are ending); deploy it "
@@ -189,13 +193,15 @@ class Scheduler:
         deploying = (name, config.template)
         self._deploying.append(deploying)  # from the check on: the template must not go meanwhile
         try:
-            return await self._deploy(name, config, archive)
+            return await self._deploy(name, config, archive, budget)
         finally:
             self._deploying.remove(deploying)
 
-    async def _deploy(self, name: str, config: FunctionConfig, archive: Path) -> FunctionState:
+    async def _deploy(
+        self, name: str, config: FunctionConfig, archive: Path, budget: CodeBudget | None
+    ) -> FunctionState:
         try:
-            staging = await asyncio.to_thread(unpack_staged, archive, self._code_root / name)
+            staging = await asyncio.to_thread(unpack_staged, archive, self._code_root / name, budget)
         except BaseException:
             if name not in self._functions and [d for d, _ in self._deploying].count(name) == 1:
                 with contextlib.suppress(OSError):  # a first deploy that failed leaves no directory
