@@ -21,7 +21,7 @@ run: setup
 	$(BIN)/agentcell serve
 
 test: setup lint
-	$(BIN)/pytest -p no:cacheprovider tests
+	$(BIN)/pytest -p no:cacheprovider --durations=25 tests
 
 test-unit: setup
 	$(BIN)/pytest -p no:cacheprovider tests/unit

@@ -28,6 +28,7 @@ ALL = [
     "e2b_overhead",
     "pty_rtt",
     "sandbox_pause",
+    "cli_start",
 ]
 
 

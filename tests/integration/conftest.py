@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2b import Sandbox
+from e2b import Sandbox, SandboxNetworkOpts
 
 from tests.conftest import AUTH, TEST_API_KEY, ServerProcess
 
@@ -96,3 +96,40 @@ def make_sandbox(e2b_env: str) -> Iterator[Callable[..., Sandbox]]:
     yield make
     for sandbox in made:
         sandbox.kill()
+
+
+E2B_DOMAIN = "sbx.agentcell.test"
+PRIVATE_TRAFFIC_ENV = {"AGENTCELL_E2B_DOMAIN": E2B_DOMAIN, "AGENTCELL_AUTH": "keys"}
+"""a server whose sandboxes' ports are reached on `{port}-{id}.E2B_DOMAIN`; the admin key: TEST_API_KEY"""
+TRAFFIC_TOKEN_HEADER = "e2b-traffic-access-token"
+PRIVATE: SandboxNetworkOpts = {"allow_public_traffic": False}
+
+
+@contextlib.contextmanager
+def sdk_pointed_at(url: str) -> Iterator[None]:
+    """The E2B variables (docs/e2b.md) for one server, with the domain `get_host` builds on."""
+    with e2b_variables(url), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("E2B_DOMAIN", E2B_DOMAIN)
+        yield
+
+
+@pytest.fixture(scope="session")
+def private_traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, list[str]]]:
+    """A PRIVATE_TRAFFIC_ENV server started on the state of one that paused two private sandboxes
+    through E2B (their ids come along: one for each module whose test resumes one after a
+    restart), so that those modules share two server starts."""
+    state = tmp_path_factory.mktemp("private-traffic") / "state"
+    first = ServerProcess(state, env=PRIVATE_TRAFFIC_ENV)
+    paused: list[str] = []
+    try:
+        with sdk_pointed_at(first.url):
+            for _ in range(2):
+                sandbox = Sandbox.create(timeout=60, network=PRIVATE)
+                sandbox.pause()
+                paused.append(sandbox.sandbox_id)
+    finally:
+        code = first.stop()
+    assert code == 0, first.log()
+    server = ServerProcess(state, env=PRIVATE_TRAFFIC_ENV)
+    yield server, paused
+    assert server.stop() == 0, server.log()

@@ -331,10 +331,10 @@ def test_prestarted_kernel_answers_the_first_run_quickly(shared_server: ServerPr
     """`code_kernel=True` returns the sandbox with its default Python kernel already running."""
     with Sandbox.create(api_url=shared_server.url, code_kernel=True) as sandbox:
         (default,) = sandbox.list_code_contexts()
+        # idle before any run: the kernel is already up, so the first run does not wait for one
         assert (default.language, default.state, default.is_default) == ("python", "idle", True)
-        started = time.monotonic()
         assert sandbox.run_code("6 * 7").text == "42"
-        assert time.monotonic() - started < 1.0
+        assert [c.restarts for c in sandbox.list_code_contexts()] == [0]
 
 
 def test_limits_server_truncates_output_and_restarts_hung_kernels(

@@ -191,12 +191,16 @@ def test_a_background_command_times_out_while_iterated(sbx: Sandbox) -> None:
 
 
 def test_listed_connected_and_killed_processes(sbx: Sandbox) -> None:
+    """`kill` returns once the signal is sent, as envd's SendSignal does, not once the process
+    is gone: its handle's `wait` is what says it has ended (then its pid is free)."""
     first = sbx.commands.run("sleep 30", background=True, timeout=0)
     second = sbx.commands.run("sleep 30", background=True, timeout=0)
     assert {first.pid, second.pid} <= {p.pid for p in sbx.commands.list()}
     assert sbx.commands.connect(first.pid).pid == first.pid
     for handle in (first, second):
         assert sbx.commands.kill(handle.pid) is True
+        with pytest.raises(CommandExitException):
+            handle.wait()
         with pytest.raises(CommandExitException):
             sbx.commands.run(f"kill -0 {handle.pid}")
     with pytest.raises(NotFoundException):

@@ -66,7 +66,9 @@ def test_pause_and_connect_bring_the_files_back_under_the_same_id(e2b_env: Serve
             sbx.files.read("notes/a.txt")  # in-sandbox calls need a resume first
         assert _saved_files(e2b_env, sbx.sandbox_id).is_dir()
 
+        resumed_from = datetime.now(UTC)
         again = Sandbox.connect(sbx.sandbox_id, timeout=60)
+        resumed_by = datetime.now(UTC)
         assert again.sandbox_id == sbx.sandbox_id
         assert again.files.read("notes/a.txt") == "hello"
         assert again.files.read("blob.bin", format="bytes") == bytes(range(256)) * 40
@@ -78,7 +80,9 @@ def test_pause_and_connect_bring_the_files_back_under_the_same_id(e2b_env: Serve
         assert again.run_code("x = 1; x + 1").text == "2"
         info = again.get_info()
         assert (info.state, info.template_id) == (SandboxState.RUNNING, "code-interpreter-v1")
-        assert 50 < (info.end_at - info.started_at).total_seconds() <= 61
+        # the connect's timeout counts from the resume (started_at stays the create's time)
+        assert (info.end_at - resumed_from).total_seconds() >= 59
+        assert (info.end_at - resumed_by).total_seconds() <= 61
         assert not _saved_files(e2b_env, sbx.sandbox_id).exists()  # a running sandbox keeps no snapshot
         assert Sandbox.connect(sbx.sandbox_id).sandbox_id == sbx.sandbox_id  # running: plain connect
     finally:

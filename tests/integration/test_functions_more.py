@@ -440,9 +440,8 @@ def test_a_client_disconnect_frees_a_stateless_slot(
     time.sleep(0.5)
     sock.close()
     time.sleep(0.2)
-    started = time.monotonic()
+    # a leaked count would hold this request for the function's wait_timeout_s, then refuse it
     assert get(api, fn, "/whoami").status_code == 200
-    assert time.monotonic() - started < 2
 
 
 def test_a_client_that_gives_up_during_a_cold_start_does_not_end_the_session(

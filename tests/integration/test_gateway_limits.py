@@ -200,5 +200,5 @@ def test_a_head_unfinished_behind_a_request_gets_its_time_once_that_is_answered(
     status, _, body = read_response(sock)
     assert status == 408
     assert json.loads(body)["code"] == "timeout"
-    assert 0.9 <= time.monotonic() - answered < 3
+    assert 0.9 <= time.monotonic() - answered < 10  # its own 1 s, not the 75 s keep-alive one
     assert is_closed(sock)

@@ -50,6 +50,16 @@ def _slow_request(url: str, fn: str, out: dict[str, httpx.Response]) -> None:
         out["reply"] = api.get(f"/fn/{fn}/slow", params={"s": 5}, headers={KEY: "inflight"})
 
 
+def _wait_until_active(api: httpx.Client, session: str, timeout_s: float = 30) -> None:
+    """Wait until the session has a request in flight (it is `active` while the gateway holds
+    one). Asked of the API, not of the instance: a request of the session's own would take the
+    instance connection that the slow one is to reuse, and change how its cut is reported."""
+    deadline = time.monotonic() + timeout_s
+    while (state := api.get(f"/v1/sessions/{session}").json()["state"]) != "active":
+        assert time.monotonic() < deadline, f"the slow request never reached its session ({state})"
+        time.sleep(0.02)
+
+
 def test_a_request_cut_by_its_session_s_end_says_so(api: httpx.Client, server_url: str) -> None:
     """A request in flight when its session is deleted gets a 502 that says the session ended and
     the instance was stopped (it said the instance had failed, and marked it failed)."""
@@ -60,7 +70,7 @@ def test_a_request_cut_by_its_session_s_end_says_so(api: httpx.Client, server_ur
     out: dict[str, httpx.Response] = {}
     waiting = threading.Thread(target=_slow_request, args=(server_url, fn, out))
     waiting.start()
-    time.sleep(0.5)
+    _wait_until_active(api, session)
     assert api.delete(f"/v1/sessions/{session}").status_code == 204
     waiting.join()
     reply = out["reply"]

@@ -96,6 +96,7 @@ async def test_kernels_take_slots_refuse_past_the_budget_and_give_them_back(
     assert budget.running == 0
 
 
+@pytest.mark.usefixtures("steady_fds")
 async def test_a_kernel_holds_no_more_fds_than_its_slots(
     linux_driver: LinuxDriver, sandbox: str, budget_and_interpreter: tuple[CommandBudget, Interpreter]
 ) -> None:

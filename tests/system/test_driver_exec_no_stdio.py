@@ -38,6 +38,7 @@ async def test_its_stdio_is_the_sandboxs_dev_null(linux_driver: LinuxDriver, san
     assert report.stdout == "cat 0\n" + "1:3\n" * 4  # char device 1,3: /dev/null, as the sandbox's own
 
 
+@pytest.mark.usefixtures("steady_fds")
 async def test_the_node_holds_only_its_control_pipe_and_signals_still_reach_it(
     linux_driver: LinuxDriver, sandbox: str
 ) -> None:

@@ -111,40 +111,6 @@ def settled(condition: Callable[[], bool], timeout_s: float = 10) -> None:
         time.sleep(0.05)
 
 
-@contextlib.contextmanager
-def reaping_orphans() -> Iterator[None]:
-    """Reap, as a host's init would, the sandbox processes a SIGKILLed server left to this test
-    process (a subreaper in the system tests): unreaped, a killed sandbox's pid namespace never
-    finishes dying, and the next server waits on it."""
-    done = threading.Event()
-
-    def reap() -> None:
-        while not done.wait(0.01):
-            for pid in _sandbox_zombies():
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
-
-    reaper = threading.Thread(target=reap)
-    reaper.start()
-    try:
-        yield
-    finally:
-        done.set()
-        reaper.join()
-
-
-def _sandbox_zombies() -> Iterator[int]:
-    """Exited children of this process that lived in a pid namespace of their own (a sandbox's)."""
-    for task in os.scandir("/proc/self/task"):
-        with contextlib.suppress(OSError):
-            for pid in Path(task.path, "children").read_text().split():
-                with contextlib.suppress(OSError):
-                    status = Path(f"/proc/{pid}/status").read_text()
-                    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-                    if fields.get("State", "").startswith("Z") and len(fields.get("NSpid", "").split()) > 1:
-                        yield int(pid)
-
-
 @pytest.fixture
 def state_dir(tmp_path: Path, prebuilt_helper: Path) -> Path:
     """A state dir holding the helper already built (no compiler run at the server's start)."""
@@ -262,13 +228,12 @@ def test_a_server_killed_with_everything_live_is_reaped_by_the_next(
         assert api.http.get("/fn/leaky/whoami", headers={KEY: "alice"}).status_code == 200
         _function_instances(server.state_dir)
     deploying = _deploy_until_unpacking(server)
-    with reaping_orphans():
-        server.stop(signal.SIGKILL)
-        deploying.join()
-        assert list((state_dir / "uploads").iterdir()) != []  # the archive being unpacked
-        again = server_factory(state_dir=server.state_dir, env=env)
-        assert list((state_dir / "uploads").iterdir()) == []  # it stayed there for good
-        _check_restart(again, busy, paused)
+    server.stop(signal.SIGKILL)  # what it leaves to this process is reaped (tests/conftest.py)
+    deploying.join()
+    assert list((state_dir / "uploads").iterdir()) != []  # the archive being unpacked
+    again = server_factory(state_dir=server.state_dir, env=env)
+    assert list((state_dir / "uploads").iterdir()) == []  # it stayed there for good
+    _check_restart(again, busy, paused)
     assert host_of(again.state_dir, tmp_dir) == before
 
 

@@ -17,6 +17,7 @@ from agentcell.errors import Conflict, NotFound, QuotaExceeded, Unavailable, Wor
 from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.auth.principal import Principal, acting_as
 from agentcell.server.clock import FakeClock
+from agentcell.server.interpreter.contexts import Interpreter
 from agentcell.server.meta.sqlite import SqliteMetaStore
 from agentcell.server.sandbox.fake import FakeDriver
 from agentcell.server.scheduler.sandbox_metrics import SandboxMetrics, _cpu_pct
@@ -55,16 +56,21 @@ class World:
         )
 
 
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
+@contextlib.asynccontextmanager
+async def built_world(tmp_path: Path, code: bool = False) -> AsyncIterator[World]:
+    """A sandbox service on the fake driver with pauses over a local object store; with `code`,
+    a code interpreter too."""
     driver, clock = FakeDriver(), FakeClock()
+    interpreter = Interpreter(driver, clock) if code else None
     store = SqliteMetaStore(tmp_path / "meta.db")
     await store.open()
     objects = LocalObjectStore(tmp_path / "objects")
     snapshots = Snapshots(objects, clock)
     quota: list[int | None] = [None]
     keeper = WorkspaceKeeper(driver, snapshots, store, clock, quota_bytes=lambda _: quota[0])
-    service = SandboxService(driver, clock, max_sandboxes=4, pids_max=64, stop_grace_s=0.1)
+    service = SandboxService(
+        driver, clock, max_sandboxes=4, pids_max=64, stop_grace_s=0.1, interpreter=interpreter
+    )
     pauses = SandboxPauses(service, driver, snapshots, store, keeper, clock, retention_s=RETENTION_S)
     started = asyncio.Event()
     task = asyncio.create_task(service.run(3600, started))
@@ -74,9 +80,17 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if interpreter is not None:
+        await interpreter.aclose()
     await driver.aclose()
     await objects.aclose()
     await store.aclose()
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async with built_world(tmp_path) as built:
+        yield built
 
 
 async def write(world: World, sandbox_id: str, path: str, data: bytes) -> None:

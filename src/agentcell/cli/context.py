@@ -3,6 +3,9 @@
 Errors the CLI expects (the server refused, it is unreachable, a local file is missing) print
 `error: <message>` on stderr and exit 1; usage errors (an unknown flag, a missing argument, a
 value an option does not take) are click's: a message naming the option, exit 2.
+
+Every run of `agentcell` imports this module, `--version` included, so it imports neither pydantic
+nor the SDK's client classes at module level; a command that uses them has imported them already.
 """
 
 from __future__ import annotations
@@ -10,18 +13,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from pydantic import BaseModel, ValidationError
 
-from agentcell.client import (
-    Agentcell,
-    AgentcellAPIError,
-    AgentcellClientError,
-    InternalServerError,
-    Sandbox,
-)
+from agentcell.client.errors import AgentcellAPIError, AgentcellClientError, InternalServerError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from agentcell.client import Agentcell, Sandbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,8 @@ class Connection:
     @contextlib.contextmanager
     def sandbox(self, sandbox_id: str) -> Iterator[Sandbox]:
         """A connected Sandbox that is closed, not killed, afterwards."""
+        from agentcell.client import Sandbox
+
         sandbox = Sandbox.connect(sandbox_id, api_url=self.api_url, api_key=self.api_key)
         try:
             yield sandbox
@@ -42,11 +45,13 @@ class Connection:
 
     def agentcell(self) -> Agentcell:
         """A client for functions and sessions; use it in `with`, which closes it."""
+        from agentcell.client import Agentcell
+
         return Agentcell(api_url=self.api_url, api_key=self.api_key)
 
 
 pass_connection = click.make_pass_decorator(Connection)
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound="BaseModel")
 
 
 class CliError(click.ClickException):
@@ -92,6 +97,8 @@ def parse_pairs(_ctx: click.Context, param: click.Parameter, values: tuple[str, 
 def validate_options(model: type[M], fields: Mapping[str, Any], *options: str) -> M:
     """`model` built from option values here, so that a value it refuses is a usage error (exit 2)
     naming `options` rather than the SDK's refusal (exit 1) naming a wire field."""
+    from pydantic import ValidationError
+
     try:
         return model.model_validate(fields)
     except ValidationError as exc:

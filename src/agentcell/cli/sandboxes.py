@@ -1,4 +1,4 @@
-"""`agentcell sandbox …`: create, ls, get, kill, timeout, pause, resume."""
+"""`agentcell sandbox …`: create, ls, get, kill, timeout, pause, resume, snapshot, fork."""
 
 from __future__ import annotations
 
@@ -8,13 +8,20 @@ from typing import Literal, cast
 
 import click
 
-from agentcell.cli.context import Connection, parse_pairs, pass_connection, validate_options
+from agentcell.cli.context import CliError, Connection, parse_pairs, pass_connection, validate_options
 from agentcell.cli.durations import duration_argument, duration_option
 from agentcell.cli.output import echo_json, json_always_option, json_option
 from agentcell.cli.table import render_table
-from agentcell.client import Sandbox, SandboxInfo
+from agentcell.client import AgentcellAPIError, Sandbox, SandboxInfo
 from agentcell.protocol.egress import NetworkPolicy
-from agentcell.protocol.sandboxes import MAX_TIMEOUT_S, MIN_DISK_MB, MIN_MEMORY_MB, SandboxState
+from agentcell.protocol.sandboxes import (
+    MAX_FORKS,
+    MAX_TIMEOUT_S,
+    MIN_DISK_MB,
+    MIN_MEMORY_MB,
+    PortsAccess,
+    SandboxState,
+)
 
 metadata_option = click.option(
     "--metadata", "metadata", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable."
@@ -28,6 +35,13 @@ def sandbox_group() -> None:
 
 @sandbox_group.command("create")
 @click.option("--template", default=None, help="Template name (server default: base).")
+@click.option(
+    "--snapshot",
+    default=None,
+    metavar="SNAPSHOT_ID",
+    help="Start from a snapshot (`agentcell sandbox snapshot`): its template, resources, env and "
+    "files; other options given replace the snapshot's. Not with --template.",
+)
 @click.option("--env", "env", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable.")
 @metadata_option
 @click.option(
@@ -56,11 +70,20 @@ def sandbox_group() -> None:
     metavar="DEST",
     help="Repeatable: host, *.domain, IP or CIDR, each with an optional :port.",
 )
+@click.option(
+    "--ports",
+    type=click.Choice(["public", "private"]),
+    default=None,
+    help="Who reaches its ports' {port}-{id}.{domain} hosts: anyone (default), or only requests "
+    "with its traffic token (printed on stderr; --json: traffic_token) in the "
+    "e2b-traffic-access-token header.",
+)
 @json_option
 @pass_connection
 def create(
     conn: Connection,
     template: str | None,
+    snapshot: str | None,
     env: dict[str, str],
     metadata: dict[str, str],
     cpu: float | None,
@@ -70,9 +93,14 @@ def create(
     on_timeout: str | None,
     egress: str | None,
     allow: tuple[str, ...],
+    ports: str | None,
     as_json: bool,
 ) -> None:
     """Start a sandbox and print its id (--json: its details)."""
+    if template is not None and snapshot is not None:
+        raise click.UsageError(
+            "give --template or --snapshot, not both: a sandbox from a snapshot runs the snapshot's template"
+        )
     network = _network(egress, allow)
     sandbox = Sandbox.create(
         template,
@@ -84,14 +112,18 @@ def create(
         timeout_s=timeout_s,
         on_timeout=cast(Literal["kill", "pause"] | None, on_timeout),
         network=network,
+        ports=cast(PortsAccess | None, ports),
+        snapshot=snapshot,
         api_url=conn.api_url,
         api_key=conn.api_key,
     )
     sandbox.close()
     if as_json:
         echo_json(sandbox.info)
-    else:
-        click.echo(sandbox.id)
+        return
+    click.echo(sandbox.id)
+    if sandbox.info.traffic_token is not None:  # stdout stays the id alone, for scripts
+        click.echo(f"traffic token: {sandbox.info.traffic_token}", err=True)
 
 
 def _network(egress: str | None, allow: tuple[str, ...]) -> NetworkPolicy | None:
@@ -176,6 +208,58 @@ def resume(conn: Connection, sandbox_id: str, timeout_s: int | None, as_json: bo
     sandbox = Sandbox.resume(sandbox_id, timeout_s=timeout_s, api_url=conn.api_url, api_key=conn.api_key)
     sandbox.close()
     _echo_end_time(sandbox.info, as_json)
+
+
+@sandbox_group.command("snapshot")
+@click.argument("sandbox_id")
+@click.option("--name", default=None, help="A name for it; a snapshot of this name gets the new files.")
+@json_option
+@pass_connection
+def snapshot(conn: Connection, sandbox_id: str, name: str | None, as_json: bool) -> None:
+    """Keep a running sandbox's /home/user as a snapshot (it keeps running); prints its id
+    (--json: its details). Start sandboxes from it with `create --snapshot ID`."""
+    with conn.sandbox(sandbox_id) as sandbox:
+        info = sandbox.create_snapshot(name)
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(info.id)
+
+
+@sandbox_group.command("fork")
+@click.argument("sandbox_id")
+@click.option(
+    "--count", type=click.IntRange(1, MAX_FORKS), default=1, show_default=True, help="Sandboxes to start."
+)
+@duration_option("--timeout", "timeout_s", max_s=MAX_TIMEOUT_S, help="Their timeout (default: the source's).")
+@json_option
+@pass_connection
+def fork(conn: Connection, sandbox_id: str, count: int, timeout_s: int | None, as_json: bool) -> None:
+    """Start COUNT sandboxes with a running sandbox's settings and files as of now (it keeps
+    running); prints their ids, one a line (--json: each fork's sandbox or error). A fork that
+    did not start is reported on stderr and the exit status is 1; the others keep running."""
+    with conn.sandbox(sandbox_id) as sandbox:
+        forks = sandbox.fork(count, timeout_s=timeout_s)
+    for one in forks:
+        if not isinstance(one, AgentcellAPIError):
+            one.close()  # they run on: closed, not killed
+    failed = [one for one in forks if isinstance(one, AgentcellAPIError)]
+    if as_json:
+        echo_json([_fork_document(one) for one in forks])
+    else:
+        for one in forks:
+            if not isinstance(one, AgentcellAPIError):
+                click.echo(one.id)
+    if failed:
+        raise CliError(
+            f"{len(failed)} of {count} forks did not start: " + "; ".join(e.message for e in failed)
+        )
+
+
+def _fork_document(fork: Sandbox | AgentcellAPIError) -> dict[str, object]:
+    if isinstance(fork, AgentcellAPIError):
+        return {"error": {"code": fork.code, "message": fork.message, "request_id": fork.request_id}}
+    return {"sandbox": fork.info}
 
 
 def _echo_end_time(info: SandboxInfo, as_json: bool) -> None:

@@ -18,50 +18,111 @@ Commands never raise for a non-zero exit unless asked (`check=True`). Server ref
 `AgentcellAPIError` subclass of their code; an unreachable server raises AgentcellConnectionError.
 """
 
-from agentcell.client.agentcell import AsyncAgentcell
-from agentcell.client.code import Execution, ExecutionError, Logs, Result
-from agentcell.client.commands import AsyncCommandHandle, AsyncCommands
-from agentcell.client.config import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
-from agentcell.client.errors import (
-    AgentcellAPIError,
-    AgentcellClientError,
-    AgentcellConnectionError,
-    AuthenticationError,
-    ClientClosedError,
-    CommandExitError,
-    ConflictError,
-    InternalServerError,
-    InvalidArgumentError,
-    NotFoundError,
-    NotRunningError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    ProtocolError,
-    QuotaExceededError,
-    SandboxTimeoutError,
-    UnavailableError,
-    UnsafeArchiveError,
-    WorkspaceCorruptError,
-)
-from agentcell.client.events import CommandResult
-from agentcell.client.files import AsyncFiles
-from agentcell.client.functions import AsyncFunctions, HookSpec
-from agentcell.client.sandbox import AsyncSandbox, SandboxOpening
-from agentcell.client.sessions import AsyncSessions, AsyncWorkspaces
-from agentcell.client.sync import CommandHandle, Commands, Files, Sandbox
-from agentcell.client.sync_agentcell import Agentcell, Functions, Sessions, Workspaces
-from agentcell.client.sync_templates import Templates
-from agentcell.client.templates import AsyncTemplates, TemplateBuildError, load_recipe
-from agentcell.protocol.code import CodeContextInfo
-from agentcell.protocol.commands import CommandEvent, EndEvent, OutputEvent, ProcessInfo, StartEvent
-from agentcell.protocol.files import FileEntry
-from agentcell.protocol.functions import Affinity, FunctionConfig, FunctionInfo, Hook, WorkspaceConfig
-from agentcell.protocol.sandboxes import SandboxInfo
-from agentcell.protocol.sessions import SessionInfo
-from agentcell.protocol.templates import BuildEvent, Recipe, TemplateBuildInfo, TemplateInfo
-from agentcell.protocol.tenants import KeyCreated, KeyInfo, TenantInfo, TenantQuotas
-from agentcell.protocol.usage import UsageLine, UsageReport
-from agentcell.protocol.workspaces import SnapshotInfo, WorkspaceInfo, WorkspaceList
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agentcell.client.agentcell import AsyncAgentcell
+    from agentcell.client.code import Execution, ExecutionError, Logs, Result
+    from agentcell.client.commands import AsyncCommandHandle, AsyncCommands
+    from agentcell.client.config import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
+    from agentcell.client.errors import (
+        AgentcellAPIError,
+        AgentcellClientError,
+        AgentcellConnectionError,
+        AuthenticationError,
+        ClientClosedError,
+        CommandExitError,
+        ConflictError,
+        InternalServerError,
+        InvalidArgumentError,
+        NotFoundError,
+        NotRunningError,
+        PayloadTooLargeError,
+        PermissionDeniedError,
+        ProtocolError,
+        QuotaExceededError,
+        SandboxTimeoutError,
+        UnavailableError,
+        UnsafeArchiveError,
+        WorkspaceCorruptError,
+    )
+    from agentcell.client.events import CommandResult
+    from agentcell.client.files import AsyncFiles
+    from agentcell.client.functions import AsyncFunctions, HookSpec
+    from agentcell.client.sandbox import AsyncSandbox, SandboxOpening
+    from agentcell.client.sessions import AsyncSessions, AsyncWorkspaces
+    from agentcell.client.snapshots import AsyncSnapshots
+    from agentcell.client.sync import CommandHandle, Commands, Files, Sandbox, Snapshots
+    from agentcell.client.sync_agentcell import Agentcell, Functions, Sessions, Workspaces
+    from agentcell.client.sync_templates import Templates
+    from agentcell.client.templates import AsyncTemplates, TemplateBuildError, load_recipe
+    from agentcell.protocol.code import CodeContextInfo
+    from agentcell.protocol.commands import CommandEvent, EndEvent, OutputEvent, ProcessInfo, StartEvent
+    from agentcell.protocol.files import FileEntry
+    from agentcell.protocol.functions import Affinity, FunctionConfig, FunctionInfo, Hook, WorkspaceConfig
+    from agentcell.protocol.sandboxes import SandboxInfo
+    from agentcell.protocol.sessions import SessionInfo
+    from agentcell.protocol.snapshots import SandboxSnapshotInfo
+    from agentcell.protocol.templates import BuildEvent, Recipe, TemplateBuildInfo, TemplateInfo
+    from agentcell.protocol.tenants import KeyCreated, KeyInfo, TenantInfo, TenantQuotas
+    from agentcell.protocol.usage import UsageLine, UsageReport
+    from agentcell.protocol.workspaces import SnapshotInfo, WorkspaceInfo, WorkspaceList
+
+# Where each public name lives. A name is imported on first use (PEP 562 `__getattr__`), so
+# `from agentcell.client import Sandbox` loads what a Sandbox needs and not the whole SDK: every
+# module here builds pydantic models at import, and the `agentcell` CLI pays that on each run.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "agentcell.client.agentcell": ("AsyncAgentcell",),
+    "agentcell.client.code": ("Execution", "ExecutionError", "Logs", "Result"),
+    "agentcell.client.commands": ("AsyncCommandHandle", "AsyncCommands"),
+    "agentcell.client.config": ("API_KEY_ENV", "API_URL_ENV", "DEFAULT_API_URL"),
+    "agentcell.client.errors": (
+        "AgentcellAPIError",
+        "AgentcellClientError",
+        "AgentcellConnectionError",
+        "AuthenticationError",
+        "ClientClosedError",
+        "CommandExitError",
+        "ConflictError",
+        "InternalServerError",
+        "InvalidArgumentError",
+        "NotFoundError",
+        "NotRunningError",
+        "PayloadTooLargeError",
+        "PermissionDeniedError",
+        "ProtocolError",
+        "QuotaExceededError",
+        "SandboxTimeoutError",
+        "UnavailableError",
+        "UnsafeArchiveError",
+        "WorkspaceCorruptError",
+    ),
+    "agentcell.client.events": ("CommandResult",),
+    "agentcell.client.files": ("AsyncFiles",),
+    "agentcell.client.functions": ("AsyncFunctions", "HookSpec"),
+    "agentcell.client.sandbox": ("AsyncSandbox", "SandboxOpening"),
+    "agentcell.client.sessions": ("AsyncSessions", "AsyncWorkspaces"),
+    "agentcell.client.snapshots": ("AsyncSnapshots",),
+    "agentcell.client.sync": ("CommandHandle", "Commands", "Files", "Sandbox", "Snapshots"),
+    "agentcell.client.sync_agentcell": ("Agentcell", "Functions", "Sessions", "Workspaces"),
+    "agentcell.client.sync_templates": ("Templates",),
+    "agentcell.client.templates": ("AsyncTemplates", "TemplateBuildError", "load_recipe"),
+    "agentcell.protocol.code": ("CodeContextInfo",),
+    "agentcell.protocol.commands": ("CommandEvent", "EndEvent", "OutputEvent", "ProcessInfo", "StartEvent"),
+    "agentcell.protocol.files": ("FileEntry",),
+    "agentcell.protocol.functions": ("Affinity", "FunctionConfig", "FunctionInfo", "Hook", "WorkspaceConfig"),
+    "agentcell.protocol.sandboxes": ("SandboxInfo",),
+    "agentcell.protocol.sessions": ("SessionInfo",),
+    "agentcell.protocol.snapshots": ("SandboxSnapshotInfo",),
+    "agentcell.protocol.templates": ("BuildEvent", "Recipe", "TemplateBuildInfo", "TemplateInfo"),
+    "agentcell.protocol.tenants": ("KeyCreated", "KeyInfo", "TenantInfo", "TenantQuotas"),
+    "agentcell.protocol.usage": ("UsageLine", "UsageReport"),
+    "agentcell.protocol.workspaces": ("SnapshotInfo", "WorkspaceInfo", "WorkspaceList"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "API_KEY_ENV",
@@ -79,6 +140,7 @@ __all__ = [
     "AsyncFunctions",
     "AsyncSandbox",
     "AsyncSessions",
+    "AsyncSnapshots",
     "AsyncTemplates",
     "AsyncWorkspaces",
     "AuthenticationError",
@@ -119,10 +181,12 @@ __all__ = [
     "Sandbox",
     "SandboxInfo",
     "SandboxOpening",
+    "SandboxSnapshotInfo",
     "SandboxTimeoutError",
     "SessionInfo",
     "Sessions",
     "SnapshotInfo",
+    "Snapshots",
     "StartEvent",
     "TemplateBuildError",
     "TemplateBuildInfo",
@@ -141,3 +205,16 @@ __all__ = [
     "Workspaces",
     "load_recipe",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

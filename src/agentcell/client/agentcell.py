@@ -4,7 +4,8 @@
         await client.functions.deploy("chat", "./my-agent", cmd="python3 app.py")
         session = await client.sessions.create("chat", key="alice-1")
 
-Sandboxes keep their own entry point (`AsyncSandbox.create`), each owning its connection pool.
+Sandboxes keep their own entry point (`AsyncSandbox.create`), each owning its connection pool;
+their snapshots are listed and deleted here (`client.snapshots`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from agentcell.client.api import ApiClient
 from agentcell.client.config import ClientConfig
 from agentcell.client.functions import AsyncFunctions
 from agentcell.client.sessions import AsyncSessions, AsyncWorkspaces
+from agentcell.client.snapshots import AsyncSnapshots
 from agentcell.client.templates import AsyncTemplates
 from agentcell.client.tenants import AsyncTenants
 from agentcell.client.usage import AsyncUsage
@@ -44,6 +46,7 @@ class AsyncAgentcell:
         self.usage = AsyncUsage(self._api)
         self.tenants = AsyncTenants(self._api)
         self.templates = AsyncTemplates(self._api)
+        self.snapshots = AsyncSnapshots(self._api)
 
     @property
     def api_url(self) -> str:

@@ -8,9 +8,23 @@ answers become the `AgentcellAPIError` subclass of their `code`.
 from __future__ import annotations
 
 import contextlib
+import functools
+import ssl
+import sys
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
+
+if "httpx" not in sys.modules and "httpx._main" not in sys.modules:
+    # `import httpx` imports httpx's own command line (click, rich, pygments: ~90 ms of CPU, when
+    # they are installed) unless that import fails, as it does for a None in sys.modules. The SDK
+    # never uses it; the stand-in goes once httpx is in, so a later `import httpx._main` works as
+    # usual (only `httpx.main` stays the stub httpx keeps for a missing CLI).
+    sys.modules["httpx._main"] = None  # type: ignore[assignment]
+    try:
+        import httpx
+    finally:
+        del sys.modules["httpx._main"]
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -82,6 +96,22 @@ def _retry_after_s(value: str | None) -> float | None:
         return None  # an HTTP date: rare enough not to parse
 
 
+def tls_verification(api_url: str) -> ssl.SSLContext | bool:
+    """httpx's `verify` for a client of `api_url`: its default (certifi's CAs, or SSL_CERT_FILE /
+    SSL_CERT_DIR) for https://; for http://, a context that trusts nothing. httpx builds the
+    context when the client is made, TLS or not, and loading the CA bundle costs more CPU than a
+    short script's requests. The client never speaks TLS to an http:// server (its paths are
+    relative and it follows no redirect), and if it did, this context could only refuse. An https
+    proxy from the environment is still verified with the default context (httpx gives proxies
+    their own)."""
+    return True if urlsplit(api_url).scheme != "http" else _trusting_nothing()
+
+
+@functools.cache
+def _trusting_nothing() -> ssl.SSLContext:
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, hostname checked, no CA loaded
+
+
 class ApiClient:
     """Owns one httpx.AsyncClient, hence one connection pool, for one SDK object."""
 
@@ -91,7 +121,11 @@ class ApiClient:
             headers["authorization"] = f"Bearer {config.api_key}"
         self.config = config
         self._http = httpx.AsyncClient(
-            base_url=config.api_url, headers=headers, timeout=config.request_timeout_s, transport=transport
+            base_url=config.api_url,
+            headers=headers,
+            timeout=config.request_timeout_s,
+            transport=transport,
+            verify=tls_verification(config.api_url),
         )
 
     async def aclose(self) -> None:

@@ -14,28 +14,24 @@ import contextlib
 import inspect
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pydantic import ValidationError
 
 from agentcell.client.api import ApiClient, request_body, segment
 from agentcell.client.errors import ProtocolError
-from agentcell.protocol.code import (
-    CODE_EVENT,
-    CodeContextCreate,
-    CodeContextInfo,
-    CodeContextList,
-    CodeEndEvent,
-    CodeErrorEvent,
-    CodeEvent,
-    CodeOutputEvent,
-    CodeResultEvent,
-    CodeRun,
-)
 
+# The wire models of code (agentcell.protocol.code) are imported by the functions that use them:
+# every sandbox has an AsyncCode, and most scripts never run code, so they would build these
+# pydantic models for nothing.
+if TYPE_CHECKING:
+    from agentcell.protocol.code import CodeContextInfo, CodeEndEvent, CodeEvent
+
+DEFAULT_CODE_TIMEOUT_S = 60.0
+"""`run_code`'s default timeout (agentcell.protocol.code.DEFAULT_TIMEOUT_S, the server's too)."""
 Callback = Callable[[Any], object]
 """Called with each stdout/stderr chunk (str), Result or ExecutionError; plain or async."""
-ContextRef = CodeContextInfo | str
+ContextRef: TypeAlias = "CodeContextInfo | str"
 """A context, or its id."""
 
 
@@ -156,6 +152,8 @@ async def _call(callback: Callback | None, value: Any) -> None:
 
 async def parse_code_events(lines: AsyncIterable[str]) -> AsyncGenerator[CodeEvent, None]:
     """Events of one NDJSON stream up to its `end`; a stream cut short raises ProtocolError."""
+    from agentcell.protocol.code import CODE_EVENT, CodeEndEvent
+
     async for line in lines:
         if not line.strip():
             continue
@@ -171,6 +169,8 @@ async def parse_code_events(lines: AsyncIterable[str]) -> AsyncGenerator[CodeEve
 
 async def collect(events: AsyncIterable[CodeEvent], callbacks: Callbacks) -> Execution:
     """Add a stream up into an Execution, handing each piece to its callback as it comes."""
+    from agentcell.protocol.code import CodeErrorEvent, CodeOutputEvent, CodeResultEvent
+
     execution = Execution()
     async for event in events:
         if isinstance(event, CodeOutputEvent):
@@ -210,6 +210,8 @@ class AsyncCode:
         timeout_s: float | None,
         callbacks: Callbacks,
     ) -> Execution:
+        from agentcell.protocol.code import CodeRun
+
         fields: dict[str, Any] = {"code": code, "timeout_s": timeout_s}
         optional = {
             "context_id": context_id(context) if context is not None else None,
@@ -232,17 +234,23 @@ class AsyncCode:
     async def create_context(
         self, language: str, cwd: str | None, env: Mapping[str, str] | None
     ) -> CodeContextInfo:
+        from agentcell.protocol.code import CodeContextCreate, CodeContextInfo
+
         given = {"language": language, "cwd": cwd, "env": dict(env) if env else None}
         body = request_body(CodeContextCreate, {k: v for k, v in given.items() if v is not None})
         return await self._api.call_model(CodeContextInfo, "POST", f"{self._base}/contexts", json=body)
 
     async def list_contexts(self) -> list[CodeContextInfo]:
+        from agentcell.protocol.code import CodeContextList
+
         return (await self._api.call_model(CodeContextList, "GET", f"{self._base}/contexts")).contexts
 
     def _context_path(self, context: ContextRef) -> str:
         return f"{self._base}/contexts/{segment(context_id(context))}"
 
     async def restart_context(self, context: ContextRef) -> CodeContextInfo:
+        from agentcell.protocol.code import CodeContextInfo
+
         return await self._api.call_model(CodeContextInfo, "POST", f"{self._context_path(context)}/restart")
 
     async def interrupt_context(self, context: ContextRef) -> None:

@@ -10,20 +10,16 @@ import contextlib
 import enum
 import signal as signals
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any, Final, Literal, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
 from agentcell.client.api import ApiClient, parse_model, request_body, segment
 from agentcell.client.errors import NotFoundError
-from agentcell.client.events import CommandResult, OutputCallback, collect, parse_events
-from agentcell.protocol.commands import (
-    CommandEvent,
-    CommandRequest,
-    ProcessInfo,
-    ProcessList,
-    PtySize,
-    SignalRequest,
-    StdinWrite,
-)
+
+# The wire models of commands (and client.events, built on them) are imported by the functions
+# that use them: every sandbox has an AsyncCommands, and `Sandbox.create()` alone needs neither.
+if TYPE_CHECKING:
+    from agentcell.client.events import CommandResult, OutputCallback
+    from agentcell.protocol.commands import CommandEvent, ProcessInfo
 
 FOREGROUND_TIMEOUT_S: Final = 60.0
 Signal = str | int
@@ -43,11 +39,15 @@ def signal_name(sig: Signal) -> str:
 
 
 async def send_signal(api: ApiClient, process_path: str, sig: Signal) -> None:
+    from agentcell.protocol.commands import SignalRequest
+
     body = request_body(SignalRequest, {"signal": signal_name(sig)})
     await api.call("POST", f"{process_path}/signal", json=body)
 
 
 async def write_stdin(api: ApiClient, process_path: str, data: str, close: bool) -> None:
+    from agentcell.protocol.commands import StdinWrite
+
     body = request_body(StdinWrite, {"data": data, "close": close})
     await api.call("POST", f"{process_path}/stdin", json=body)
 
@@ -73,6 +73,8 @@ class AsyncCommandHandle:
 
     async def events(self) -> AsyncGenerator[CommandEvent, None]:
         """The output still buffered by the server, then live output, then the one `end` event."""
+        from agentcell.client.events import parse_events
+
         async with self._api.stream("GET", f"{self._base}/events", wait_forever=True) as response:
             async for event in parse_events(response.aiter_lines()):
                 yield event
@@ -86,6 +88,8 @@ class AsyncCommandHandle:
     ) -> CommandResult:
         """Block until the process ends. The output is what the server still buffers (a bounded
         window), so a chatty process's early output may be missing."""
+        from agentcell.client.events import collect
+
         async with contextlib.aclosing(self.events()) as events:
             result = await collect(events, on_stdout, on_stderr)
         return result.check() if check else result
@@ -105,6 +109,8 @@ class AsyncCommandHandle:
 
     async def resize(self, rows: int, cols: int) -> None:
         """Set the window of a terminal (see AsyncCommands.open_terminal); it gets SIGWINCH."""
+        from agentcell.protocol.commands import PtySize
+
         body = request_body(PtySize, {"rows": rows, "cols": cols})
         await self._api.call("POST", f"{self._base}/resize", json=body)
 
@@ -204,6 +210,9 @@ class AsyncCommands:
     ) -> CommandResult | AsyncCommandHandle:
         """The one implementation behind `run`, here and in the sync twin (which cannot call an
         overloaded `run` with a plain `bool`)."""
+        from agentcell.client.events import collect
+        from agentcell.protocol.commands import ProcessInfo
+
         if background and (on_stdout or on_stderr or check):
             raise TypeError("on_stdout, on_stderr and check belong to handle.wait() for background commands")
         body = command_body(cmd, background, env, cwd, timeout_s, stdin)
@@ -215,6 +224,8 @@ class AsyncCommands:
         return result.check() if check else result
 
     async def _stream(self, body: dict[str, Any]) -> AsyncGenerator[CommandEvent, None]:
+        from agentcell.client.events import parse_events
+
         async with self._api.stream(
             "POST", f"{self._base}/commands", json=body, wait_forever=True, run_limit_s=body["timeout_s"]
         ) as response:
@@ -235,6 +246,8 @@ class AsyncCommands:
         sandbox, in the background: type into it with `send_stdin` (a terminal's input is never
         closed), read its output (one `stdout` stream, with the terminal's echo and \\r\\n) from
         `events()`/`wait()`, `resize` it, `kill` it. TERM is xterm-256color unless `env` says."""
+        from agentcell.protocol.commands import ProcessInfo, PtySize
+
         body = command_body(cmd, True, env, cwd, timeout_s, None)
         body["pty"] = request_body(PtySize, {"rows": rows, "cols": cols})
         response = await self._api.call("POST", f"{self._base}/commands", json=body)
@@ -242,6 +255,8 @@ class AsyncCommands:
 
     async def list(self) -> list[ProcessInfo]:
         """Background processes, running and ended."""
+        from agentcell.protocol.commands import ProcessList
+
         return (await self._api.call_model(ProcessList, "GET", f"{self._base}/processes")).processes
 
     async def connect(self, process: str | int) -> AsyncCommandHandle:
@@ -278,6 +293,8 @@ def command_body(
     timeout_s: float | _Default | None,
     stdin: str | None,
 ) -> dict[str, Any]:
+    from agentcell.protocol.commands import CommandRequest
+
     if timeout_s is DEFAULT:
         timeout_s = None if background else FOREGROUND_TIMEOUT_S
     fields: dict[str, Any] = {"cmd": cmd} if isinstance(cmd, str) else {"argv": list(cmd)}

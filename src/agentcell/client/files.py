@@ -12,7 +12,7 @@ import posixpath
 import tempfile
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from agentcell.client.api import ApiClient, Params, parse_model, request_body, segment
 from agentcell.client.errors import NotFoundError
@@ -29,7 +29,11 @@ from agentcell.client.transfer import (
     plan_upload,
     require_utf8,
 )
-from agentcell.protocol.files import FileEntry, FileList, MakeDir, Rename
+
+# The wire models of files are imported by the methods that use them: every sandbox has an
+# AsyncFiles, and a script that only runs commands would build these pydantic models for nothing.
+if TYPE_CHECKING:
+    from agentcell.protocol.files import FileEntry
 
 FILES_PER_UPLOAD = 500
 
@@ -57,6 +61,8 @@ class AsyncFiles:
     async def write(self, path: str, data: WriteData) -> FileEntry:
         """Create or replace a file, atomically, parents made as needed. `data` is streamed:
         bytes, str (UTF-8), a file object open for reading, or an (async) iterable of chunks."""
+        from agentcell.protocol.files import FileEntry
+
         require_utf8(path)  # e.g. a local file's name made into the remote path
         content = bytes(data) if isinstance(data, bytes | bytearray | memoryview) else iter_write_data(data)
         response = await self._api.call(
@@ -70,10 +76,14 @@ class AsyncFiles:
 
     async def list(self, path: str = "/home/user", depth: int = 1) -> builtins.list[FileEntry]:
         """Entries under `path`, `depth` levels down (1..16)."""
+        from agentcell.protocol.files import FileList
+
         params: Params = {"path": path, "depth": depth}
         return (await self._api.call_model(FileList, "GET", f"{self._base}/list", params=params)).entries
 
     async def stat(self, path: str) -> FileEntry:
+        from agentcell.protocol.files import FileEntry
+
         return await self._api.call_model(FileEntry, "GET", f"{self._base}/stat", params={"path": path})
 
     async def exists(self, path: str) -> bool:
@@ -85,10 +95,14 @@ class AsyncFiles:
 
     async def make_dir(self, path: str) -> FileEntry:
         """mkdir -p: parents made as needed, an existing directory is fine."""
+        from agentcell.protocol.files import FileEntry, MakeDir
+
         body = request_body(MakeDir, {"path": path})
         return await self._api.call_model(FileEntry, "POST", f"{self._base}/mkdir", json=body)
 
     async def rename(self, src: str, dst: str) -> FileEntry:
+        from agentcell.protocol.files import FileEntry, Rename
+
         body = request_body(Rename, {"src": src, "dst": dst})
         return await self._api.call_model(FileEntry, "POST", f"{self._base}/rename", json=body)
 
@@ -129,6 +143,8 @@ class AsyncFiles:
     async def _upload_batch(
         self, remote_dir: str, files: Sequence[tuple[Path, str]], progress: ProgressCallback | None
     ) -> builtins.list[FileEntry]:
+        from agentcell.protocol.files import FileList
+
         boundary = new_boundary()
         response = await self._api.call(
             "POST",

@@ -5,6 +5,10 @@
 
 `create` and `connect` return a `SandboxOpening`: await it for a sandbox you will `kill()` and
 `aclose()` yourself, or enter it with `async with` (directly or after awaiting).
+
+    snap = await sbx.create_snapshot()                 # its files; it keeps running
+    copy = await AsyncSandbox.create(snapshot=snap.id)  # a new sandbox with those files
+    forks = await sbx.fork(2)                          # one snapshot, started twice
 """
 
 from __future__ import annotations
@@ -12,20 +16,17 @@ from __future__ import annotations
 import builtins
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar
-
-import httpx
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from agentcell.client.api import ApiClient, Params, request_body, segment
-from agentcell.client.code import AsyncCode, Callback, Callbacks, ContextRef, Execution
+from agentcell.client.code import DEFAULT_CODE_TIMEOUT_S, AsyncCode, Callbacks
 from agentcell.client.commands import AsyncCommands
 from agentcell.client.config import ClientConfig
-from agentcell.client.errors import NotFoundError
+from agentcell.client.errors import AgentcellAPIError, NotFoundError
 from agentcell.client.files import AsyncFiles
-from agentcell.protocol.code import DEFAULT_TIMEOUT_S as DEFAULT_CODE_TIMEOUT_S
-from agentcell.protocol.code import CodeContextInfo
 from agentcell.protocol.egress import NetworkPolicy
 from agentcell.protocol.sandboxes import (
+    PortsAccess,
     SandboxCreate,
     SandboxInfo,
     SandboxList,
@@ -33,6 +34,14 @@ from agentcell.protocol.sandboxes import (
     SandboxState,
     SandboxTimeout,
 )
+
+# only named in annotations: what a sandbox's parts need is imported when a part is first used
+if TYPE_CHECKING:
+    import httpx
+
+    from agentcell.client.code import Callback, ContextRef, Execution
+    from agentcell.protocol.code import CodeContextInfo
+    from agentcell.protocol.snapshots import SandboxSnapshotInfo
 
 S = TypeVar("S", bound="AsyncSandbox")
 
@@ -75,9 +84,12 @@ class AsyncSandbox:
     """One sandbox. Owns its ApiClient (one connection pool): `aclose()` closes the pool, `kill()`
     ends the sandbox, leaving an `async with` block does both."""
 
-    def __init__(self, info: SandboxInfo, api: ApiClient) -> None:
+    def __init__(
+        self, info: SandboxInfo, api: ApiClient, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.info = info
         self._api = api
+        self._transport = transport  # a fork's own ApiClient uses it too
         self._path = f"/v1/sandboxes/{segment(info.id)}"
         self.commands = AsyncCommands(api, info.id)
         self.files = AsyncFiles(api, info.id)
@@ -104,6 +116,8 @@ class AsyncSandbox:
         network: NetworkPolicy | Mapping[str, Any] | str | None = None,
         code_kernel: bool | None = None,
         on_timeout: Literal["kill", "pause"] | None = None,
+        ports: PortsAccess | None = None,
+        snapshot: str | None = None,
         api_url: str | None = None,
         api_key: str | None = None,
         request_timeout_s: float | None = None,
@@ -114,7 +128,11 @@ class AsyncSandbox:
         AGENTCELL_URL then http://127.0.0.1:8700; `api_key` to AGENTCELL_API_KEY. `network` is the
         egress policy: "none" (default), "open", or {"egress": "allowlist", "allow": [...]}.
         `code_kernel=True` starts the default Python kernel before returning (first run_code fast).
-        `on_timeout="pause"` pauses the sandbox at its timeout instead of ending it (see `pause`)."""
+        `on_timeout="pause"` pauses the sandbox at its timeout instead of ending it (see `pause`).
+        `ports="private"`: its ports' hosts (`{port}-{id}.{domain}`) answer only requests with
+        `info.traffic_token` in the `e2b-traffic-access-token` header. `snapshot` (a snapshot's id,
+        not with `template`) starts from a snapshot (`create_snapshot`): its template, resources,
+        env, network and /home/user files, the values given here over them (env merged)."""
         given = {
             "template": template,
             "env": env,
@@ -126,6 +144,8 @@ class AsyncSandbox:
             "network": network_body(network),
             "code_kernel": code_kernel,
             "on_timeout": on_timeout,
+            "ports": ports,
+            "snapshot": snapshot,
         }
         body = request_body(SandboxCreate, {k: v for k, v in given.items() if v is not None})
         config = ClientConfig.resolve(api_url, api_key, request_timeout_s)
@@ -191,7 +211,7 @@ class AsyncSandbox:
         except BaseException:
             await api.aclose()
             raise
-        return cls(info, api)
+        return cls(info, api, transport=transport)
 
     @staticmethod
     async def list(
@@ -234,6 +254,33 @@ class AsyncSandbox:
         processes and code state end). Resume it with `AsyncSandbox.resume(id)`, or kill it."""
         self.info = await self._api.call_model(SandboxInfo, "POST", f"{self._path}/pause")
         return self.info
+
+    async def create_snapshot(self, name: str | None = None) -> SandboxSnapshotInfo:
+        """Keep the sandbox's /home/user as a snapshot, to start sandboxes from (`create(snapshot=
+        id)`); the sandbox keeps running (frozen only while its files are read). Processes and code
+        state are not kept. A `name` one of the tenant's snapshots already has gives that snapshot
+        (same id) the new files. Snapshots are kept until deleted (`client.snapshots.delete`)."""
+        from agentcell.client.snapshots import take_snapshot  # its wire models, when first used
+
+        return await take_snapshot(self._api, self.id, name)
+
+    async def fork(
+        self: S, count: int = 1, *, timeout_s: int | None = None
+    ) -> builtins.list[S | AgentcellAPIError]:
+        """`count` (1-20) new sandboxes with this one's request and files, as of now (one snapshot,
+        deleted once they have started; this sandbox keeps running). Each fork is a sandbox object
+        with its own pool (kill or aclose it, or use it in `async with`), or the AgentcellAPIError
+        that kept it from starting, returned, not raised: one failing does not undo the others.
+        `timeout_s`: their timeout (default: this sandbox's at create)."""
+        from agentcell.client.snapshots import fork_sandbox  # its wire models, when first used
+
+        forks = await fork_sandbox(self._api, self.id, count, timeout_s)
+        return [fork if isinstance(fork, AgentcellAPIError) else self._sibling(fork) for fork in forks]
+
+    def _sibling(self: S, info: SandboxInfo) -> S:
+        """Another sandbox of the same server and key, with a connection pool of its own."""
+        api = ApiClient(self._api.config, transport=self._transport)
+        return type(self)(info, api, transport=self._transport)
 
     async def kill(self) -> bool:
         """End the sandbox now. False when it had already ended and was gone."""

@@ -10,11 +10,9 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-import httpx
-
-from agentcell.client.code import Callback, ContextRef, Execution
+from agentcell.client.code import DEFAULT_CODE_TIMEOUT_S
 from agentcell.client.commands import (
     DEFAULT,
     FOREGROUND_TIMEOUT_S,
@@ -23,17 +21,25 @@ from agentcell.client.commands import (
     Signal,
     _Default,
 )
-from agentcell.client.events import CommandResult, OutputCallback
-from agentcell.client.files import AsyncFiles
+from agentcell.client.errors import AgentcellAPIError
 from agentcell.client.portal import EventLoopThread
 from agentcell.client.sandbox import AsyncSandbox, SandboxOpening
-from agentcell.client.transfer import LocalPath, ProgressCallback, WriteData
-from agentcell.protocol.code import DEFAULT_TIMEOUT_S as DEFAULT_CODE_TIMEOUT_S
-from agentcell.protocol.code import CodeContextInfo
-from agentcell.protocol.commands import CommandEvent, ProcessInfo
 from agentcell.protocol.egress import NetworkPolicy
-from agentcell.protocol.files import FileEntry
-from agentcell.protocol.sandboxes import SandboxInfo, SandboxState
+from agentcell.protocol.sandboxes import PortsAccess, SandboxInfo, SandboxState
+
+# only named in annotations: the parts' wire models are imported when a part is first used
+if TYPE_CHECKING:
+    import httpx
+
+    from agentcell.client.code import Callback, ContextRef, Execution
+    from agentcell.client.events import CommandResult, OutputCallback
+    from agentcell.client.files import AsyncFiles
+    from agentcell.client.snapshots import AsyncSnapshots
+    from agentcell.client.transfer import LocalPath, ProgressCallback, WriteData
+    from agentcell.protocol.code import CodeContextInfo
+    from agentcell.protocol.commands import CommandEvent, ProcessInfo
+    from agentcell.protocol.files import FileEntry
+    from agentcell.protocol.snapshots import SandboxSnapshotInfo
 
 
 class CommandHandle:
@@ -284,6 +290,8 @@ class Sandbox:
         network: NetworkPolicy | Mapping[str, Any] | str | None = None,
         code_kernel: bool | None = None,
         on_timeout: Literal["kill", "pause"] | None = None,
+        ports: PortsAccess | None = None,
+        snapshot: str | None = None,
         api_url: str | None = None,
         api_key: str | None = None,
         request_timeout_s: float | None = None,
@@ -302,6 +310,8 @@ class Sandbox:
                 network=network,
                 code_kernel=code_kernel,
                 on_timeout=on_timeout,
+                ports=ports,
+                snapshot=snapshot,
                 api_url=api_url,
                 api_key=api_key,
                 request_timeout_s=request_timeout_s,
@@ -360,6 +370,12 @@ class Sandbox:
         except BaseException:
             portal.close()
             raise
+
+    @classmethod
+    def _adopt(cls, core: AsyncSandbox) -> Sandbox:
+        """A sync twin, with a loop thread of its own, of a core made on another (a fork's, whose
+        pool has not been used yet: httpx binds it to a loop at its first request)."""
+        return cls(core, EventLoopThread())
 
     @staticmethod
     def list(
@@ -444,6 +460,17 @@ class Sandbox:
         """See AsyncSandbox.pause."""
         return self._portal.run(self._core.pause())
 
+    def create_snapshot(self, name: str | None = None) -> SandboxSnapshotInfo:
+        """See AsyncSandbox.create_snapshot."""
+        return self._portal.run(self._core.create_snapshot(name))
+
+    def fork(
+        self, count: int = 1, *, timeout_s: int | None = None
+    ) -> builtins.list[Sandbox | AgentcellAPIError]:
+        """See AsyncSandbox.fork: each fork a Sandbox of its own (kill or close it), or its error."""
+        forks = self._portal.run(self._core.fork(count, timeout_s=timeout_s))
+        return [fork if isinstance(fork, AgentcellAPIError) else Sandbox._adopt(fork) for fork in forks]
+
     def kill(self) -> bool:
         return self._portal.run(self._core.kill())
 
@@ -466,6 +493,28 @@ class Sandbox:
             self.kill()
         finally:
             self.close()
+
+
+class Snapshots:
+    """`client.snapshots` (see AsyncSnapshots)."""
+
+    def __init__(self, core: AsyncSnapshots, portal: EventLoopThread) -> None:
+        self._core = core
+        self._portal = portal
+
+    def create(self, sandbox_id: str, *, name: str | None = None) -> SandboxSnapshotInfo:
+        return self._portal.run(self._core.create(sandbox_id, name=name))
+
+    def list(
+        self, *, sandbox_id: str | None = None, name: str | None = None
+    ) -> builtins.list[SandboxSnapshotInfo]:
+        return self._portal.run(self._core.list(sandbox_id=sandbox_id, name=name))
+
+    def get(self, snapshot_id: str) -> SandboxSnapshotInfo:
+        return self._portal.run(self._core.get(snapshot_id))
+
+    def delete(self, snapshot_id: str) -> bool:
+        return self._portal.run(self._core.delete(snapshot_id))
 
 
 async def _awaited(opening: SandboxOpening[AsyncSandbox]) -> AsyncSandbox:

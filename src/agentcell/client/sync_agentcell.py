@@ -19,6 +19,7 @@ from agentcell.client.agentcell import AsyncAgentcell
 from agentcell.client.functions import AsyncFunctions, HookSpec
 from agentcell.client.portal import EventLoopThread
 from agentcell.client.sessions import AsyncSessions, AsyncWorkspaces
+from agentcell.client.sync import Snapshots
 from agentcell.client.sync_templates import Templates
 from agentcell.client.tenants import AsyncTenants
 from agentcell.client.transfer import LocalPath, ProgressCallback
@@ -284,6 +285,7 @@ class Agentcell:
         self.usage = Usage(self._core.usage, self._portal)
         self.tenants = Tenants(self._core.tenants, self._portal)
         self.templates = Templates(self._core.templates, self._portal)
+        self.snapshots = Snapshots(self._core.snapshots, self._portal)
 
     @property
     def api_url(self) -> str:

@@ -19,13 +19,15 @@ import asyncio
 import logging
 import os
 import secrets
-import tarfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from agentcell.client.errors import InvalidArgumentError, ProtocolError, UnsafeArchiveError
+
+if TYPE_CHECKING:
+    import tarfile
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,8 @@ async def multipart_body(
 def extract_tree(archive: IO[bytes], dest: Path) -> None:
     """Unpack a tar whose first member is the tree's root (as the archive endpoint sends it) into
     `dest`: the root's contents land directly in `dest`, which is made if missing."""
+    import tarfile  # here, not at the top: every SDK script imports this module, few download trees
+
     try:
         _extract_tree(archive, dest)
     except tarfile.FilterError as exc:
@@ -196,6 +200,8 @@ def extract_tree(archive: IO[bytes], dest: Path) -> None:
 
 
 def _extract_tree(archive: IO[bytes], dest: Path) -> None:
+    import tarfile
+
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=archive, mode="r:") as tar:
         members = tar.getmembers()
@@ -245,6 +251,8 @@ def refuse_unsafe(member: tarfile.TarInfo) -> None:
 
 
 def _filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    import tarfile
+
     if member.issym():
         # `tar` filter: keeps the link's target as it is, still refuses a name outside `dest`
         return tarfile.tar_filter(member, dest)

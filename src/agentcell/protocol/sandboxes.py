@@ -15,6 +15,10 @@ EnvValue = Annotated[str, StringConstraints(max_length=32768), NoNul]
 MetaKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$")]
 MetaValue = Annotated[str, StringConstraints(max_length=512)]
 TemplateName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+SnapshotId = Annotated[str, StringConstraints(max_length=64)]
+SNAPSHOT_ID_PREFIX = "snap_"
+MAX_FORKS = 20
+"""sandboxes one fork starts at most"""
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
 
@@ -24,6 +28,11 @@ MIN_KERNEL_MEMORY_MB = 128
 
 MIN_MEMORY_MB = 32
 MIN_DISK_MB = 16
+
+PortsAccess = Literal["public", "private"]
+"""Who reaches servers listening in a sandbox through the gateway's `{port}-{id}.{domain}` hosts:
+anyone who knows the host (public), or only requests with the sandbox's `traffic_token` in the
+`e2b-traffic-access-token` header (private; E2B's `allowPublicTraffic: false`)."""
 
 
 class SandboxCreate(WireModel):
@@ -50,6 +59,30 @@ class SandboxCreate(WireModel):
     on_timeout: Literal["kill", "pause"] = Field(
         default="kill", description="at its timeout the sandbox ends (kill) or is paused (/home/user kept)"
     )
+    ports: PortsAccess = Field(
+        default="public",
+        description="public: its ports' hosts answer anyone; private: only requests carrying its "
+        "traffic_token (in the create answer) in the e2b-traffic-access-token header",
+    )
+    snapshot: SnapshotId | None = Field(
+        default=None,
+        description="start from this snapshot (its id, snap_…): its template, resources, env and "
+        "network and its /home/user files; fields given here replace the snapshot's (env is "
+        "merged over it; ports are private when either asks). Not with template",
+    )
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> SandboxCreate:
+        if self.snapshot is None:
+            return self
+        if not self.snapshot.startswith(SNAPSHOT_ID_PREFIX):
+            raise ValueError(f"snapshot must be a snapshot id ({SNAPSHOT_ID_PREFIX}…), got {self.snapshot!r}")
+        if "template" in self.model_fields_set:
+            raise ValueError(
+                "give template or snapshot, not both: a sandbox started from a snapshot runs the "
+                "template of the sandbox the snapshot was taken of"
+            )
+        return self
 
     @model_validator(mode="after")
     def _kernel_fits(self) -> SandboxCreate:
@@ -85,6 +118,12 @@ class SandboxInfo(ReplyModel):
     memory_mb: int
     disk_mb: int
     network: NetworkPolicy = Field(default_factory=NetworkPolicy)
+    ports: PortsAccess = "public"
+    traffic_token: str | None = Field(
+        default=None,
+        description="a private sandbox's token for its ports, to keys that may write to it (create, "
+        "get, resume); a new one after a server restart",
+    )
     created_at: datetime
     expires_at: datetime
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from agentcell import __version__
 from agentcell.server.api import code, commands, files, functions, sandboxes, sessions, usage
+from agentcell.server.api import snapshots as snapshots_api
 from agentcell.server.api import templates as templates_api
 from agentcell.server.api import tenants as tenants_api
 from agentcell.server.api import workspaces as workspaces_api
@@ -20,7 +21,7 @@ from agentcell.server.api.auth import AuthMiddleware, audited_actor
 from agentcell.server.api.errors import RequestIdMiddleware, install_error_handlers
 from agentcell.server.api.lean import install_lean_routes
 from agentcell.server.api.limits import BodyLimitMiddleware
-from agentcell.server.api.mcp import build_mcp_server, mcp_routes
+from agentcell.server.api.mcp_lazy import LazyMcp
 from agentcell.server.api.observability import FASTAPI_TELEMETRY_OFF, install_observability
 from agentcell.server.auth.access import RateLimiter, RequestAuth
 from agentcell.server.auth.quotas import QuotaGuard
@@ -46,6 +47,7 @@ from agentcell.server.scheduler.processes import CommandLimits
 from agentcell.server.scheduler.sandbox_metrics import SandboxMetrics
 from agentcell.server.scheduler.sandbox_pause import SandboxPauses
 from agentcell.server.scheduler.sandbox_pool import SandboxPool, default_spec
+from agentcell.server.scheduler.sandbox_snapshots import SandboxSnapshots
 from agentcell.server.scheduler.sandboxes import SandboxService, new_sandbox_id
 from agentcell.server.scheduler.scheduler import Scheduler, SchedulerLimits
 from agentcell.server.scheduler.terminals import TerminalService
@@ -66,7 +68,9 @@ def build_driver(settings: Settings) -> SandboxDriver:
     if settings.driver == "fake":
         from agentcell.server.sandbox.fake import FakeDriver
 
-        return FakeDriver()
+        # under the state dir, not a temp dir of its own: a server killed before its shutdown
+        # (tests kill many) left that temp dir behind for good
+        return FakeDriver(settings.state_dir / "fake-sandboxes")
     from agentcell.server.sandbox.linux.driver import LinuxDriver, become_subreaper
 
     become_subreaper()
@@ -217,9 +221,10 @@ def create_app(
         clock,
         retention_s=settings.paused_sandbox_retention_s,
     )
+    sandbox_snapshots = SandboxSnapshots(sandbox_service, pauses, driver, snapshots, store, workspaces, clock)
     sandbox_metrics = SandboxMetrics(sandbox_service, driver, clock)
     terminals = TerminalService(driver, sandbox_service, clock)
-    mcp_server = build_mcp_server(sandbox_service, pauses)
+    mcp = LazyMcp(sandbox_service, pauses)  # built on the first /mcp request
     scheduler = Scheduler(
         driver,
         store,
@@ -241,6 +246,7 @@ def create_app(
         capacity=capacity,
     )
     templates.add_dependents(scheduler, pauses)  # functions and paused sandboxes start from them later
+    templates.add_dependents(sandbox_snapshots)  # and sandboxes from snapshots
 
     audit = AuditLog(store, clock)
 
@@ -265,6 +271,7 @@ def create_app(
         pauses_task = await _start(
             pauses.run(settings.reap_interval_s, ready := asyncio.Event()), "paused sandboxes", ready
         )
+        await sandbox_snapshots.load()  # before the sweep of unfinished saves
         history_task = await _start(
             history.run(HISTORY_PRUNE_INTERVAL_S, ready := asyncio.Event()), "history", ready
         )
@@ -272,9 +279,9 @@ def create_app(
         # after the reap, the adopted sessions and the loaded paused sandboxes, which it spares
         sweep_task = asyncio.create_task(workspaces.sweep_unfinished(), name="unfinished saves")
         try:
-            async with mcp_server.session_manager.run():
-                yield
+            yield
         finally:
+            await mcp.aclose()
             await _cancel(sweep_task)
             await _cancel(templates_task)  # builds in progress stop their sandboxes and are dropped
             await _cancel(pool_task)
@@ -297,7 +304,11 @@ def create_app(
     app.state.sandboxes = sandbox_service
     app.state.pauses = pauses
     app.state.terminals = terminals
-    app.state.e2b_ports = E2bPorts(sandbox_service, driver, settings.e2b_domain)
+    e2b = e2b_app(sandbox_service, clock, pauses, sandbox_metrics, terminals)
+    app.state.traffic = e2b.registry.traffic  # private sandboxes of both APIs; resumes re-restrict
+    e2b.control.state.snapshots = sandbox_snapshots  # E2B's snapshots and fork
+    app.state.snapshots = sandbox_snapshots  # the native API's (api/snapshots.py)
+    app.state.e2b_ports = E2bPorts(sandbox_service, driver, settings.e2b_domain, app.state.traffic)
     app.state.scheduler = scheduler
     app.state.node_egress = node_egress_of(driver)  # main.py protects the ports it binds
     app.state.workspaces = workspaces
@@ -318,6 +329,7 @@ def create_app(
     install_error_handlers(app)
     routers = (
         sandboxes,
+        snapshots_api,
         commands,
         code,
         files,
@@ -330,9 +342,9 @@ def create_app(
     )
     for module in routers:
         app.include_router(module.router)
-    app.router.routes.extend(mcp_routes(mcp_server))
+    app.router.routes.extend(mcp.routes())
     # the E2B-compatible API (docs/e2b.md)
-    app.mount(E2B_PREFIX, e2b_app(sandbox_service, clock, pauses, sandbox_metrics, terminals))
+    app.mount(E2B_PREFIX, e2b)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -232,6 +232,7 @@ async def run(settings: Settings, access: AccessLog) -> None:
         request_timeout_s=settings.request_timeout_s,
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
+        send_timeout_s=settings.send_timeout_s,
         max_connections=settings.connection_limit(),
         max_connections_per_client=settings.max_connections_per_client,
         access_log=access_logger(access),

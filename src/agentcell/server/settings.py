@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         gt=0,
         description="a request body that stops arriving this long (between two reads) gets 408",
     )
+    send_timeout_s: float = Field(
+        default=60,
+        gt=0,
+        description="a client (or upstream) that takes no bytes sent to it this long is disconnected",
+    )
     max_connections: int = Field(
         default=0,
         ge=0,

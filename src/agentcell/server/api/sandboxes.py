@@ -1,10 +1,16 @@
-"""/v1/sandboxes: create, list, get, renew, pause, resume, kill."""
+"""/v1/sandboxes: create (from a template or a snapshot), list, get, renew, pause, resume, kill.
+
+A sandbox created with `"ports": "private"` answers on its ports' hosts only requests that carry its
+`traffic_token` (scheduler/traffic.py). The token is in the answers of keys that may write to the
+sandbox (create, get, resume, pause, timeout), never of read-only keys, nor in lists.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import ValidationError
 
 from agentcell.errors import Conflict, InvalidArgument
 from agentcell.protocol.sandboxes import (
@@ -16,10 +22,48 @@ from agentcell.protocol.sandboxes import (
     SandboxTimeout,
 )
 from agentcell.server.api.deps import Pauses, Sandboxes
+from agentcell.server.api.errors import describe_validation
 from agentcell.server.api.lean import lean
+from agentcell.server.auth.principal import current_or_none
+from agentcell.server.scheduler.sandbox_snapshots import Adjust, SandboxSnapshots
+from agentcell.server.scheduler.sandboxes import Sandbox
+from agentcell.server.scheduler.traffic import PrivateTraffic
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 SandboxId = Annotated[str, "sandbox id"]
+WRITE_SCOPE = "sandboxes:write"
+
+
+async def _traffic(request: Request) -> PrivateTraffic:
+    traffic: PrivateTraffic = request.app.state.traffic
+    return traffic
+
+
+Traffic = Annotated[PrivateTraffic, Depends(_traffic)]
+
+
+async def _snapshots(request: Request) -> SandboxSnapshots:
+    snapshots: SandboxSnapshots = request.app.state.snapshots
+    return snapshots
+
+
+Snapshots = Annotated[SandboxSnapshots, Depends(_snapshots)]
+
+
+def described(sandbox: Sandbox, traffic: PrivateTraffic, *, with_token: bool) -> SandboxInfo:
+    """Its info; a private sandbox's with its traffic token when `with_token`."""
+    info = sandbox.info()
+    if sandbox.request.ports == "public" and not traffic.is_private(sandbox.id):
+        return info  # (private without saying so in its request: resumed from a record of 366ec23)
+    token = traffic.token(sandbox.id) if with_token else None
+    return info.model_copy(update={"ports": "private", "traffic_token": token})
+
+
+def answer(sandbox: Sandbox, traffic: PrivateTraffic) -> SandboxInfo:
+    """The token only to a key that may write to the sandbox: with it, its ports (and E2B's envd,
+    which takes the same token) are open to whoever holds it."""
+    principal = current_or_none()
+    return described(sandbox, traffic, with_token=principal is None or principal.allows(WRITE_SCOPE))
 
 
 def parse_metadata_filter(pairs: list[str]) -> dict[str, str]:
@@ -34,46 +78,82 @@ def parse_metadata_filter(pairs: list[str]) -> dict[str, str]:
 
 @router.post("", status_code=201)
 @lean
-async def create_sandbox(body: SandboxCreate, sandboxes: Sandboxes) -> SandboxInfo:
-    return (await sandboxes.create(body)).info()
+async def create_sandbox(
+    body: SandboxCreate, sandboxes: Sandboxes, snapshots: Snapshots, traffic: Traffic
+) -> SandboxInfo:
+    if body.snapshot is not None:
+        sandbox = await snapshots.start(body.snapshot, from_snapshot(body))
+    else:
+        sandbox = await sandboxes.create(body)
+    if sandbox.request.ports == "private":
+        traffic.restrict(sandbox.id)  # its id is not known to anyone before this answer
+    return answer(sandbox, traffic)
+
+
+def from_snapshot(body: SandboxCreate) -> Adjust:
+    """The request of a sandbox started from a snapshot: the snapshot's (its source's), with the
+    fields this create gives over it; env merged over the snapshot's, ports private when either
+    asks, never less disk than the files were taken from."""
+    given = body.model_dump(include=body.model_fields_set - {"snapshot"})
+
+    def adjust(taken: SandboxCreate) -> SandboxCreate:
+        if body.disk_mb < taken.disk_mb and "disk_mb" in given:
+            raise InvalidArgument(
+                f"disk_mb must be at least the snapshot's {taken.disk_mb} (its files come from a "
+                f"sandbox of that size), got {body.disk_mb}; leave it out to keep the snapshot's"
+            )
+        fields = {**taken.model_dump(), **given, "snapshot": None}
+        fields["env"] = {**taken.env, **body.env}
+        fields["ports"] = "private" if "private" in (taken.ports, body.ports) else "public"
+        try:
+            return SandboxCreate.model_validate(fields)
+        except ValidationError as exc:  # e.g. code_kernel with the snapshot's too small memory_mb
+            raise InvalidArgument(f"with snapshot {body.snapshot}: {describe_validation(exc)}") from None
+
+    return adjust
 
 
 @router.get("")
 async def list_sandboxes(
     pauses: Pauses,
+    traffic: Traffic,
     metadata: Annotated[list[str], Query(max_length=64, description="key=value; all must match")] = [],  # noqa: B006
     state: SandboxState | None = None,
 ) -> SandboxList:
     found = pauses.find(parse_metadata_filter(metadata), state)
-    return SandboxList(sandboxes=[s.info() for s in found])
+    return SandboxList(sandboxes=[described(s, traffic, with_token=False) for s in found])
 
 
 @router.get("/{sandbox_id}")
 @lean
-async def get_sandbox(sandbox_id: str, pauses: Pauses) -> SandboxInfo:
-    return pauses.get(sandbox_id).info()
+async def get_sandbox(sandbox_id: str, pauses: Pauses, traffic: Traffic) -> SandboxInfo:
+    return answer(pauses.get(sandbox_id), traffic)
 
 
 @router.post("/{sandbox_id}/timeout")
 @lean
 async def set_sandbox_timeout(
-    sandbox_id: str, body: SandboxTimeout, sandboxes: Sandboxes, pauses: Pauses
+    sandbox_id: str, body: SandboxTimeout, sandboxes: Sandboxes, pauses: Pauses, traffic: Traffic
 ) -> SandboxInfo:
     if pauses.paused(sandbox_id) is not None:
         raise Conflict(f"sandbox {sandbox_id} is paused; resume it first (POST .../resume takes a timeout_s)")
-    return sandboxes.set_timeout(sandbox_id, body.timeout_s).info()
+    return answer(sandboxes.set_timeout(sandbox_id, body.timeout_s), traffic)
 
 
 @router.post("/{sandbox_id}/pause")
-async def pause_sandbox(sandbox_id: str, pauses: Pauses) -> SandboxInfo:
+async def pause_sandbox(sandbox_id: str, pauses: Pauses, traffic: Traffic) -> SandboxInfo:
     """Save /home/user to object storage and stop the sandbox (its processes end)."""
-    return (await pauses.pause(sandbox_id)).sandbox.info()
+    return answer((await pauses.pause(sandbox_id)).sandbox, traffic)
 
 
 @router.post("/{sandbox_id}/resume")
-async def resume_sandbox(sandbox_id: str, pauses: Pauses, body: SandboxResume | None = None) -> SandboxInfo:
-    """Start a paused sandbox again, same id, its files restored before this answers."""
-    return (await pauses.resume(sandbox_id, body.timeout_s if body is not None else None)).info()
+async def resume_sandbox(
+    sandbox_id: str, pauses: Pauses, traffic: Traffic, body: SandboxResume | None = None
+) -> SandboxInfo:
+    """Start a paused sandbox again, same id, its files restored before this answers (a private
+    one private again before it runs: SandboxPauses.resuming; its token new after a restart)."""
+    sandbox = await pauses.resume(sandbox_id, body.timeout_s if body is not None else None)
+    return answer(sandbox, traffic)
 
 
 @router.delete("/{sandbox_id}", status_code=204)

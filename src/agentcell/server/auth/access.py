@@ -26,6 +26,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("/v1/functions/", "functions:read", "functions:write"),  # (…/sessions: see required_scope)
     ("/v1/functions", "functions:read", "functions:write"),
     ("/v1/sandboxes", "sandboxes:read", "sandboxes:write"),
+    ("/v1/snapshots", "sandboxes:read", "sandboxes:write"),
     ("/mcp", "sandboxes:write", "sandboxes:write"),
 )
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -19,22 +19,25 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from agentcell.errors import Conflict, InvalidArgument
+from agentcell.errors import AgentcellError, Conflict, InvalidArgument
 from agentcell.protocol.egress import NetworkPolicy
 from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.api.lean import lean
 from agentcell.server.auth.principal import current_or_none
-from agentcell.server.e2b.errors import NotImplementedE2b
+from agentcell.server.e2b.errors import NotImplementedE2b, status_and_message
 from agentcell.server.e2b.models import (
     CLIENT_ID,
     ENVD_VERSION,
     ConnectE2b,
+    ForkE2b,
     PauseE2b,
     SandboxCreateE2b,
+    SnapshotE2b,
     TimeoutE2b,
 )
 from agentcell.server.e2b.registry import TEMPLATE_LABEL, E2bRegistry, our_template
 from agentcell.server.scheduler.sandbox_metrics import MetricSample
+from agentcell.server.scheduler.sandbox_snapshots import SandboxSnapshot, SandboxSnapshots, is_snapshot_id
 from agentcell.server.scheduler.sandboxes import Sandbox
 
 router = APIRouter(tags=["e2b"])
@@ -61,7 +64,8 @@ def sandbox_reply(reg: E2bRegistry, sandbox: Sandbox) -> dict[str, Any]:
         "alias": template_id,
         "envdVersion": ENVD_VERSION,
         "envdAccessToken": reg.token(sandbox.id),
-        "trafficAccessToken": reg.token(sandbox.id),  # the code interpreter's SDK sends it on every call
+        # the code interpreter's SDK sends it on every call; a private sandbox's ports need it
+        "trafficAccessToken": reg.token(sandbox.id),
         "domain": None,
     }
 
@@ -91,6 +95,7 @@ def detail_reply(reg: E2bRegistry, sandbox: Sandbox) -> dict[str, Any]:
         **token,
         "allowInternetAccess": sandbox.request.network.egress != "none",
         "lifecycle": {"onTimeout": sandbox.request.on_timeout, "autoResume": False},
+        "network": {"allowPublicTraffic": reg.allows_public_traffic(sandbox)},
     }
 
 
@@ -124,6 +129,7 @@ def _create_request(body: SandboxCreateE2b) -> SandboxCreate:
             "env": body.env_vars,
             "network": _network(body),
             "on_timeout": "pause" if body.auto_pause else "kill",
+            "ports": "private" if body.network and body.network.allow_public_traffic is False else "public",
         }
     )
 
@@ -133,8 +139,13 @@ def _create_request(body: SandboxCreateE2b) -> SandboxCreate:
 @lean
 async def create_sandbox(request: Request, body: SandboxCreateE2b) -> dict[str, Any]:
     reg = registry(request)
-    sandbox = await reg.sandboxes.create(_create_request(body))
+    if is_snapshot_id(body.template_id):  # a snapshot's id is its template's (template names have no '_')
+        sandbox = await snapshots(request).start(body.template_id, _from_snapshot(body))
+    else:
+        sandbox = await reg.sandboxes.create(_create_request(body))
     reg.remember(sandbox, body.template_id)
+    if sandbox.request.ports == "private":
+        reg.traffic.restrict(sandbox.id)  # its id is not known to anyone before this answer
     return sandbox_reply(reg, sandbox)
 
 
@@ -233,7 +244,11 @@ def _parse_time(text: str | None) -> float | None:
 
 
 def _token(sandbox: Sandbox) -> str:
-    return base64.urlsafe_b64encode(f"{sandbox.created_at!r}|{sandbox.id}".encode()).decode()
+    return _page_token(sandbox.created_at, sandbox.id)
+
+
+def _page_token(created_at: float, item_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at!r}|{item_id}".encode()).decode()
 
 
 def _after_token(token: str) -> tuple[float, str]:
@@ -327,11 +342,106 @@ def _metric(sample: MetricSample) -> dict[str, Any]:
     }
 
 
-UNSUPPORTED = (
-    ("POST", "/sandboxes/{sandbox_id}/fork", "forking a running sandbox"),
-    ("POST", "/sandboxes/{sandbox_id}/snapshots", "sandbox snapshots"),
-    ("PUT", "/sandboxes/{sandbox_id}/network", "changing a running sandbox's network"),
-)
+# -- snapshots and fork (files only: see scheduler/sandbox_snapshots.py) ---------------------------
+
+
+def snapshots(request: Request) -> SandboxSnapshots:
+    found: SandboxSnapshots = request.app.state.snapshots
+    return found
+
+
+def _from_snapshot(body: SandboxCreateE2b) -> Callable[[SandboxCreate], SandboxCreate]:
+    """A create from a snapshot: the snapshot's template, resources, env and network, with this
+    create's timeout, metadata, env vars (over the snapshot's) and timeout action; private ports
+    when either the snapshot's sandbox had them or this create asks for them."""
+    reason = body.unsupported()
+    if reason:
+        raise InvalidArgument(reason)
+    private = body.network is not None and body.network.allow_public_traffic is False
+
+    def adjust(taken: SandboxCreate) -> SandboxCreate:
+        return SandboxCreate.model_validate(
+            {
+                **taken.model_dump(),
+                "timeout_s": body.timeout,
+                "metadata": body.metadata,
+                "env": {**taken.env, **body.env_vars},
+                "on_timeout": "pause" if body.auto_pause else "kill",
+                "ports": "private" if private else taken.ports,
+            }
+        )
+
+    return adjust
+
+
+def _snapshot_reply(snapshot: SandboxSnapshot) -> dict[str, Any]:
+    name = snapshot.record.name
+    return {"snapshotID": snapshot.id, "names": [name] if name else []}
+
+
+@router.post("/sandboxes/{sandbox_id}/snapshots", status_code=201)
+async def create_snapshot(
+    request: Request, sandbox_id: str, body: SnapshotE2b | None = None
+) -> dict[str, Any]:
+    """The running sandbox's files, kept as a snapshot its id names (`Sandbox.create(snapshot_id)`);
+    the sandbox keeps running. `memory` changes nothing: processes and kernels are not kept."""
+    taken = await snapshots(request).take(sandbox_id, body.name if body is not None else None)
+    return _snapshot_reply(taken)
+
+
+@router.get("/snapshots")
+async def list_snapshots(
+    request: Request,
+    sandbox_id: Annotated[str | None, Query(alias="sandboxID")] = None,
+    name: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+    next_token: Annotated[str | None, Query(alias="nextToken")] = None,
+) -> JSONResponse:
+    """The caller's snapshots, oldest first, a page of `limit` (the next named by `x-next-token`)."""
+    found = snapshots(request).find(sandbox_id or None, name or None)
+    if next_token:
+        mark = _after_token(next_token)
+        found = [s for s in found if (s.record.created_at, s.id) > mark]
+    page, rest = found[:limit], found[limit:]
+    last = page[-1] if rest else None
+    headers = {NEXT_TOKEN_HEADER: _page_token(last.record.created_at, last.id)} if last else {}
+    return JSONResponse([_snapshot_reply(s) for s in page], headers=headers)
+
+
+@router.delete("/templates/{template_id}", status_code=204)
+async def delete_snapshot(request: Request, template_id: str) -> Response:
+    """`Sandbox.delete_snapshot(id)`: the SDK deletes a snapshot as a template. Other templates
+    are not E2B's to delete here (agentcell's are managed with `agentcell templates`)."""
+    if not is_snapshot_id(template_id):
+        raise NotImplementedE2b("templates (an E2B-cloud service) are not available on agentcell's E2B API")
+    await snapshots(request).delete(template_id)
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/fork", status_code=201)
+async def fork_sandbox(
+    request: Request, sandbox_id: str, body: ForkE2b | None = None
+) -> list[dict[str, Any]]:
+    """One snapshot of the running sandbox, `count` sandboxes started from it: each entry is
+    `{"sandbox": …}` or `{"error": {"code", "message"}}` (per fork, as on E2B)."""
+    reg = registry(request)
+    body = body or ForkE2b()
+    template_id = reg.template_id(reg.pauses.get(sandbox_id))  # a paused one: the fork's Conflict
+    forks = await snapshots(request).fork(sandbox_id, body.count, body.timeout)
+    return [_fork_reply(reg, fork, template_id) for fork in forks]
+
+
+def _fork_reply(reg: E2bRegistry, fork: Sandbox | AgentcellError, template_id: str) -> dict[str, Any]:
+    if isinstance(fork, AgentcellError):
+        status, _code, message = status_and_message(fork)
+        return {"error": {"code": status, "message": message}}
+    reg.remember(fork, template_id)
+    if fork.request.ports == "private":
+        reg.traffic.restrict(fork.id)  # before its id is known to anyone
+    return {"sandbox": sandbox_reply(reg, fork)}
+
+
+UNSUPPORTED = (("PUT", "/sandboxes/{sandbox_id}/network", "changing a running sandbox's network"),)
 CLOUD_ONLY = ("/templates", "/v2/templates", "/v3/templates", "/snapshots", "/volumes", "/secrets")
 
 

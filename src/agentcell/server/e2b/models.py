@@ -90,3 +90,17 @@ class PauseE2b(E2bRequest):
 
 class TimeoutE2b(E2bRequest):
     timeout: int = Field(ge=0, le=MAX_TIMEOUT_S)
+
+
+class SnapshotE2b(E2bRequest):
+    """`memory` is accepted and changes nothing: a snapshot keeps the filesystem only."""
+
+    name: str | None = None
+    memory: bool | None = None
+
+
+class ForkE2b(E2bRequest):
+    timeout: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT_S)
+    """the forks' timeout; without it, the source sandbox's (what it was created with)"""
+    count: int = 1
+    """checked by the scheduler (1..20), which says so in its message"""

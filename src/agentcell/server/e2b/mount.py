@@ -11,7 +11,7 @@ import contextlib
 import json
 
 from fastapi import APIRouter, FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from agentcell.server.api.lean import install_lean_routes
 from agentcell.server.api.observability import FASTAPI_TELEMETRY_OFF
@@ -157,5 +157,6 @@ def e2b_app(
     pauses: SandboxPauses,
     metrics: SandboxMetrics,
     terminals: TerminalService | None = None,
-) -> ASGIApp:
+) -> E2bMount:
+    """The mount; its `registry.traffic` is what the gateway's E2bPorts checks private sandboxes by."""
     return E2bMount(sandboxes, clock, pauses, metrics, terminals)

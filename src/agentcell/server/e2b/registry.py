@@ -1,24 +1,27 @@
 """E2bRegistry: what the E2B API adds to agentcell's sandboxes — template names as the client gave
-them, envd access tokens, process tags and directory watchers.
+them, envd access tokens, process tags and directory watchers, and which sandboxes' ports are private.
 
-Tokens are derived (HMAC of the sandbox id under a per-server secret), so every sandbox has one
-without any state, and a signed file URL can be matched to its sandbox by trying each live one.
-Per-sandbox extras live here until their sandbox is gone (dropped lazily on lookup and on create).
+Tokens are derived (HMAC of the sandbox id under a per-server secret, by PrivateTraffic), so every
+sandbox has one without any state, and a signed file URL can be matched to its sandbox by trying
+each live one. Per-sandbox extras live here until their sandbox is gone (dropped lazily on lookup
+and on create). A private sandbox stays private while it is paused (its request says so, in its
+paused record across a server restart), and this registry makes it private again on every resume,
+whoever asks for it (SandboxPauses.resuming).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agentcell.errors import NotFound
+from agentcell.server.auth.principal import acting_as
 from agentcell.server.clock import Clock
 from agentcell.server.scheduler.sandbox_metrics import SandboxMetrics
-from agentcell.server.scheduler.sandbox_pause import SandboxPauses
+from agentcell.server.scheduler.sandbox_pause import PausedSandbox, SandboxPauses
 from agentcell.server.scheduler.sandboxes import Sandbox, SandboxService
+from agentcell.server.scheduler.traffic import PrivateTraffic
 
 if TYPE_CHECKING:
     from agentcell.server.e2b.process import ProcessConfig
@@ -54,6 +57,13 @@ class SandboxGone(Exception):
 
 TEMPLATE_LABEL = "e2b_template"
 """the label a paused sandbox keeps its E2B template name under (see SandboxPauses.labeller)"""
+PUBLIC_TRAFFIC_LABEL = "e2b_public_traffic"
+"""`false` on a paused private sandbox. Its request's `ports` says so too, except for one paused
+before `ports` existed (366ec23), or resumed from such a record: for those the label is the record."""
+
+
+def _was_private(paused: PausedSandbox) -> bool:
+    return paused.sandbox.request.ports == "private" or paused.labels.get(PUBLIC_TRAFFIC_LABEL) == "false"
 
 
 class E2bRegistry:
@@ -69,15 +79,49 @@ class E2bRegistry:
         self.pauses = pauses
         self.metrics = metrics
         self.clock = clock
-        self._secret = secret or secrets.token_bytes(32)
         self._extras: dict[str, Extras] = {}
-        pauses.labeller = lambda sandbox: {TEMPLATE_LABEL: self.template_id(sandbox)}
+        self.traffic = PrivateTraffic(self._exists, secret)
+        """the private sandboxes of every API (the native one's too): the gateway checks by it"""
+        pauses.labeller = self._labels
+        pauses.resuming = self._restrict_resumed
 
     def token(self, sandbox_id: str) -> str:
-        return hmac.new(self._secret, sandbox_id.encode(), hashlib.sha256).hexdigest()[:40]
+        """envdAccessToken and trafficAccessToken: the sandbox's one token (PrivateTraffic's)."""
+        return self.traffic.token(sandbox_id)
 
     def is_token(self, sandbox_id: str, given: str | None) -> bool:
         return given is not None and hmac.compare_digest(self.token(sandbox_id), given)
+
+    def _restrict_resumed(self, paused: PausedSandbox) -> None:
+        """SandboxPauses.resuming: a private sandbox is private again before it runs (after a
+        server restart only its paused record knows), whichever API resumes it."""
+        if _was_private(paused):
+            self.traffic.restrict(paused.sandbox.id)
+
+    def allows_public_traffic(self, sandbox: Sandbox) -> bool:
+        """False for a private sandbox, live or paused."""
+        if sandbox.request.ports == "private" or self.traffic.is_private(sandbox.id):
+            return False
+        paused = self.pauses.paused(sandbox.id)
+        return paused is None or not _was_private(paused)
+
+    def _labels(self, sandbox: Sandbox) -> dict[str, str]:
+        """What a paused sandbox keeps (SandboxPauses.labeller)."""
+        labels = {TEMPLATE_LABEL: self.template_id(sandbox)}
+        if self.traffic.is_private(sandbox.id):
+            labels[PUBLIC_TRAFFIC_LABEL] = "false"
+        return labels
+
+    def _exists(self, sandbox_id: str) -> bool:
+        """Live or paused, of any tenant (PrivateTraffic forgets the others)."""
+        with acting_as(None):
+            if self.pauses.paused(sandbox_id) is not None:
+                return True
+            try:
+                self.sandboxes.get(sandbox_id)
+            except NotFound:
+                return False
+            return True
 
     def remember(self, sandbox: Sandbox, template_id: str) -> None:
         self.forget_ended()
@@ -112,11 +156,11 @@ class E2bRegistry:
         return sandbox
 
     def forget_ended(self) -> None:
-        for sandbox_id in list(self._extras):
-            try:
-                self.sandboxes.get(sandbox_id)
-            except NotFound:
-                self._drop(sandbox_id)
+        """Drop what is kept for sandboxes that have ended, of every tenant: the request that calls
+        this sees its own tenant's sandboxes only, and another tenant's are not ended."""
+        live = {sandbox.id for sandbox in self.sandboxes.all()}
+        for sandbox_id in [s for s in self._extras if s not in live]:
+            self._drop(sandbox_id)
 
     def _drop(self, sandbox_id: str) -> None:
         extras = self._extras.pop(sandbox_id, None)

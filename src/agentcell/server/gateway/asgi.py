@@ -121,6 +121,10 @@ class AppCall:
         for part in parts:
             self.write(part)
 
+    def unsent_bytes(self) -> int:
+        """Request body bytes the app has not taken yet (the gateway's send timeout reads it)."""
+        return self._queued
+
     def set_reading(self, reading: bool) -> None:
         """The client is (not) draining the response: the app's body sends wait meanwhile."""
         if reading:

@@ -20,6 +20,14 @@ while reading is paused (a body that cannot move on, a request queued behind ano
 before a 100 Continue that an `Expect` asks for was relayed. A body silent past the server's
 `body_timeout_s` ends its request (408 if no response began) and the connection (nginx's
 client_body_timeout).
+The same timer covers the send timeout (nginx's send_timeout and proxy_send_timeout): when the
+client's write buffer fills (pause_writing), or the upstream's does while it is sent a body or
+tunnel bytes, a `WriteStall` clock starts, checked every quarter of the server's `send_timeout_s`
+until that side drains; a check that finds fewer bytes unsent than the last one restarts it. A
+client that took nothing for the whole timeout is dropped (its requests end as if it had gone),
+and so is one that never reads what was left to send when its connection closes; an upstream
+that took nothing gets its request 504 (or cut off, if its response began). Nothing of this runs
+on a connection whose writes never pause.
 A connection past the server's connection caps is answered 503 and closed before it is read.
 A client's FIN or reset cancels its requests in flight (their upstream connections are closed).
 After answering a request whose body was not read to the end, the connection lingers (FIN sent,
@@ -41,6 +49,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from agentcell.server.gateway.exchange import NEW, Exchange
 from agentcell.server.gateway.headers import NAME_CACHE, PLAIN, header_index, name_info, respond_bytes
 from agentcell.server.gateway.route import RequestHead, new_request_id
+from agentcell.server.gateway.upstream import queued_bytes
 
 if TYPE_CHECKING:
     from agentcell.server.gateway.server import GatewayServer
@@ -72,6 +81,27 @@ class _BadHead(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class WriteStall:
+    """How long a peer has taken none of the bytes queued for it: the clock of the send timeout.
+
+    Started when a write side pauses. Each check compares the bytes still unsent with the last
+    check's: any fewer means the peer read something, and the clock restarts. So only a peer that
+    took nothing between two checks a whole timeout apart is late (nginx measures between two
+    writes; a write here is the transport's, so checks are what see them)."""
+
+    __slots__ = ("since", "unsent")
+
+    def __init__(self, now: float, unsent: int) -> None:
+        self.since = now
+        self.unsent = unsent
+
+    def is_late(self, now: float, unsent: int, timeout_s: float) -> bool:
+        if unsent < self.unsent:
+            self.since = now
+        self.unsent = unsent
+        return now - self.since >= timeout_s
 
 
 class ClientConnection(asyncio.Protocol):
@@ -109,6 +139,9 @@ class ClientConnection(asyncio.Protocol):
         self._head_since = 0.0  # when the head being read began (0: none is left unfinished)
         self._body_timeout_s = server.body_timeout_s
         self._body_since = 0.0  # the last read of the body being read (0: its clock has not started)
+        self._send_timeout_s = server.send_timeout_s
+        self._client_stall: WriteStall | None = None  # the client is not taking what is sent to it
+        self._upstream_stall: WriteStall | None = None  # nor the active exchange's upstream
         self._in_head = False
         self._head_raw = 0  # bytes of reads wholly inside a head or a body's framing (see below)
         self._linger_left = -1  # >= 0: closing after a response to an unfinished request
@@ -227,15 +260,24 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        active = self._tunnel or (self._exchanges[0] if self._exchanges else None)
+        if self.transport is not None:
+            self._client_stall = WriteStall(now := self.loop.time(), queued_bytes(self.transport))
+            self._arm_stall_check(now)
+        active = self._active()
         if active is not None:
             active.on_client_writable(False)
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        active = self._tunnel or (self._exchanges[0] if self._exchanges else None)
+        if not self._closed:  # (closing, the rest must still leave in time: see _watch_unsent)
+            self._client_stall = None
+        active = self._active()
         if active is not None:
             active.on_client_writable(True)
+
+    def _active(self) -> Exchange | None:
+        """The exchange whose bytes are moving: the tunnel, or the first request in the queue."""
+        return self._tunnel or (self._exchanges[0] if self._exchanges else None)
 
     # --- httptools callbacks ------------------------------------------------------------------
 
@@ -379,6 +421,18 @@ class ClientConnection(asyncio.Protocol):
         elif not self._closed and self.transport is not None:
             self.transport.write(data)
 
+    def on_upstream_writable(self, writable: bool) -> None:
+        """The active exchange's upstream stopped (or resumed) taking the bytes sent to it: the
+        client is not read meanwhile, and the upstream's send-timeout clock runs."""
+        self.set_read_blocked(self.BODY, not writable)
+        if writable:
+            self._upstream_stall = None
+            return
+        active = self._active()
+        if active is not None and active.upstream is not None and not self._closed:
+            self._upstream_stall = WriteStall(now := self.loop.time(), active.upstream.unsent_bytes())
+            self._arm_stall_check(now)
+
     def set_read_blocked(self, reason: int, blocked: bool) -> None:
         before = self._read_blocked
         after = before | reason if blocked else before & ~reason
@@ -399,6 +453,8 @@ class ClientConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
             self.timer_at = math.inf
+        if self._client_stall is not None or self._upstream_stall is not None:
+            self._arm_stall_check(self.loop.time())
 
     def on_interim_response(self, exchange: Exchange) -> None:
         """A 1xx (such as 100 Continue) reached the client: a body still to come is now due."""
@@ -408,6 +464,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_exchange_done(self, exchange: Exchange) -> None:
         """The first queued exchange wrote its whole response: close, or start the next one."""
+        self._upstream_stall = None
         exchanges = self._exchanges
         if exchanges and exchanges[0] is exchange:
             exchanges.popleft()
@@ -443,6 +500,7 @@ class ClientConnection(asyncio.Protocol):
         self._closed = True
         self._read_blocked |= self.STOPPED
         if self.transport is not None:
+            self._watch_unsent()
             self.transport.close()
 
     def _close_lingering(self) -> None:
@@ -465,8 +523,26 @@ class ClientConnection(asyncio.Protocol):
             transport.resume_reading()
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self.loop.call_later(LINGER_S, transport.close)
+        self._timer = self.loop.call_later(LINGER_S, self._end_linger)
         self.timer_at = -math.inf  # nothing else may re-arm it
+
+    def _end_linger(self) -> None:
+        self._timer = None
+        self.timer_at = math.inf
+        if self.transport is not None:
+            self._watch_unsent()
+            self.transport.close()
+
+    def _watch_unsent(self) -> None:
+        """Closing with bytes still unsent: the transport closes once they are written, so a
+        client that never reads them would hold the connection forever; time it like a pause."""
+        transport = self.transport
+        assert transport is not None
+        if transport.get_write_buffer_size():  # (what the socket holds is the kernel's to send)
+            now = self.loop.time()
+            if self._client_stall is None:  # (else it has been paused since then)
+                self._client_stall = WriteStall(now, queued_bytes(transport))
+            self._arm_stall_check(now)
 
     def abort(self) -> None:
         """Drop the connection now (shutdown deadline passed): exchanges end as client-gone."""
@@ -484,6 +560,16 @@ class ClientConnection(asyncio.Protocol):
         """Make sure the timer fires no later than `when` (cheap when it already does)."""
         if when >= self.timer_at or self._closed:
             return
+        self._set_timer(when)
+
+    def _arm_stall_check(self, now: float) -> None:
+        """Check a stalled write side a quarter timeout from now (on a closing connection too:
+        its unsent bytes must leave in time, see _watch_unsent)."""
+        when = now + self._send_timeout_s / 4
+        if when < self.timer_at:
+            self._set_timer(when)
+
+    def _set_timer(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self.loop.call_at(when, self._on_timer)
@@ -492,9 +578,11 @@ class ClientConnection(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         self.timer_at = math.inf
+        now = self.loop.time()
+        if (self._client_stall is not None or self._upstream_stall is not None) and self._check_stalls(now):
+            return
         if self._closed or self._tunnel is not None:
             return
-        now = self.loop.time()
         if not self._exchanges:
             if self._head_since:
                 self._check_head(now)
@@ -515,6 +603,38 @@ class ClientConnection(asyncio.Protocol):
         exchange.on_timer(now)
         if self._exchanges and self._exchanges[0] is exchange and exchange.deadline != math.inf:
             self.arm_timer(exchange.deadline)
+
+    def _check_stalls(self, now: float) -> bool:
+        """The timer fired while a write side was stalled: end what waited past the send timeout
+        (True: the connection or its exchange ended), or check again later."""
+        timeout_s = self._send_timeout_s
+        stall = self._client_stall
+        if stall is not None and self.transport is not None:
+            unsent = queued_bytes(self.transport)
+            if not unsent:
+                self._client_stall = None
+            elif stall.is_late(now, unsent, timeout_s):
+                log.info(
+                    "%s took nothing sent to it for %g s: dropping its connection", self.client, timeout_s
+                )
+                self._client_stall = None
+                self.abort()  # (its exchanges end in connection_lost, as for a client gone)
+                return True
+            else:
+                self._arm_stall_check(now)
+        stall = self._upstream_stall
+        if stall is not None:
+            active = self._active()
+            upstream = active.upstream if active is not None else None
+            if active is None or upstream is None or not upstream.write_paused or self._closed:
+                self._upstream_stall = None
+            elif stall.is_late(now, upstream.unsent_bytes(), timeout_s):
+                self._upstream_stall = None
+                active.on_upstream_send_timeout(timeout_s)
+                return True
+            else:
+                self._arm_stall_check(now)
+        return False
 
     def _check_head(self, now: float) -> None:
         """The timer fired while a request head is unfinished: 408 past its time, else wait."""

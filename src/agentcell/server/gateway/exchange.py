@@ -282,7 +282,7 @@ class Exchange:
         if self.conn.write_paused:
             upstream.set_reading(False)
         if upstream.write_paused:  # a reused connection still flushing, or this request's body
-            self.conn.set_read_blocked(self.conn.BODY, True)
+            self.conn.on_upstream_writable(False)
 
     def _remember(self, sent: list[bytes], size: int) -> None:
         """Keep what was sent upstream so a stale pooled connection can be retried once."""
@@ -451,6 +451,15 @@ class Exchange:
         self.on_client_lost()
         self.conn.abort()
 
+    def on_upstream_send_timeout(self, timeout_s: float) -> None:
+        """The upstream took none of the request body (or tunnel bytes) sent to it for `timeout_s`
+        (nginx's proxy_send_timeout): 504 if no response began, else the response is cut off; the
+        upstream connection is dropped and the client's closes (its body cannot be read on)."""
+        log.info("the upstream took nothing sent to it for %g s: ending %r", timeout_s, self.head)
+        self.keep_alive = False
+        message = f"the upstream took none of the request body for {timeout_s:g} s; retry later"
+        self._fail(504, "timeout", message)
+
     def on_timer(self, now: float) -> None:
         """The connection's timer fired; time out if no response head arrived in time."""
         if now >= self.deadline and self.state < STREAMING:
@@ -599,7 +608,7 @@ class Exchange:
         self.conn.write(data)
 
     def on_upstream_writable(self, writable: bool) -> None:
-        self.conn.set_read_blocked(self.conn.BODY, not writable)
+        self.conn.on_upstream_writable(writable)
 
     def on_app_error(self, message: str) -> None:
         """An in-process app failed, or returned without finishing its answer."""

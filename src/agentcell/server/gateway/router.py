@@ -136,8 +136,9 @@ class GatewayRouter:
             return Forward(self._control_for(head), rewrite_path=e2b.SIGNED_FILES_PATH) if signed else None
         if found.port in e2b.IN_SANDBOX_PORTS:
             return Forward(self._control_for(head), rewrite_path=e2b.control_path(found, head.raw_path))
-        if not self._e2b.is_running(found.sandbox_id):
-            return Respond(502, [(b"content-type", b"application/json")], e2b.gone_body(found))
+        refused = e2b.refusal(self._e2b, found, head.header(e2b.TRAFFIC_TOKEN_HEADER))
+        if refused is not None:
+            return refused
         connect = partial(self._e2b.connect, found.sandbox_id, found.port)
         return Forward(SocketUpstream(f"e2b:{found.sandbox_id}:{found.port}", connect))
 

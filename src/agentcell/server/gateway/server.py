@@ -51,6 +51,13 @@ class GatewayServer:
     response began) and the connection closes (nginx's client_body_timeout: the time between two
     reads, so a slow but steady upload of any size goes on; time that reading is paused because
     the upstream is not taking the body, or before a 100 Continue is relayed, does not count).
+    `send_timeout_s`: when a client takes none of the bytes sent to it for this long (its
+    connection's write buffer stays full: a download, an event stream it stopped reading), the
+    connection is dropped and its requests end as if the client had gone; when an upstream takes
+    none of a request body (or tunnel bytes) for this long, the request gets 504 (or is cut off, if
+    its response began) and the client connection closes (nginx's send_timeout and
+    proxy_send_timeout: any bytes taken restart the clock, so a slow but steady reader of any
+    size goes on; a stalled side is looked at every quarter timeout, at no cost to the others).
     `max_connections`: client connections open at once;
     `max_connections_per_client`: of those, from one peer address (0: no limit). The address is
     the TCP peer's, forwarded headers never count: behind a reverse proxy every client is the
@@ -72,6 +79,7 @@ class GatewayServer:
         keepalive_timeout_s: float = 75.0,
         header_timeout_s: float = 30.0,
         body_timeout_s: float = 60.0,
+        send_timeout_s: float = 60.0,
         max_connections: int = 10_000,
         max_connections_per_client: int = 0,
         upstream_idle_timeout_s: float = 4.0,
@@ -91,6 +99,7 @@ class GatewayServer:
         self.keepalive_timeout_s = keepalive_timeout_s
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
+        self.send_timeout_s = send_timeout_s
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client
         self.access_log = access_log

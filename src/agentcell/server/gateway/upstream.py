@@ -11,9 +11,13 @@ sends more than one answer to a request, or a head or trailers over MAX_FIELD_BY
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import math
 import socket
+import sys
+import termios
 from typing import Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
@@ -208,6 +212,10 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.writelines(data)
 
+    def unsent_bytes(self) -> int:
+        """Bytes written to this connection that the upstream has not taken yet (send timeout)."""
+        return queued_bytes(self.transport) if self.transport is not None else 0
+
     def set_reading(self, reading: bool) -> None:
         """Backpressure from the client side: stop reading while the client is not draining."""
         if self.transport is None or reading != self._read_paused or self.is_closed:
@@ -226,17 +234,36 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.release(self)
 
     def close(self) -> None:
-        """Close without returning to the pool (broken, cancelled or mid-message)."""
+        """Close without returning to the pool (broken, cancelled or mid-message). Bytes still
+        unsent are dropped: a transport closes only once they are written, which an upstream
+        that stopped reading (see the send timeout) would put off forever."""
         self.sink = None
         self.is_closed = True
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
 
     def _fail(self, message: str) -> None:
         sink = self.sink
         self.close()
         if sink is not None:
             sink.on_upstream_lost(message)
+
+
+def queued_bytes(transport: asyncio.Transport) -> int:
+    """Bytes written to `transport` that its peer has not taken: those in its buffer, and those
+    in the socket's send queue (unacknowledged over TCP, unread over a Unix socket), so that a
+    peer that reads a little at a time is seen to (the buffer alone only moves when the kernel
+    frees a third of its send buffer: megabytes)."""
+    unsent = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # (closed meanwhile: the buffer alone)
+            unsent += int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)), sys.byteorder)
+    return unsent
 
 
 class UpstreamPool:

@@ -78,6 +78,23 @@ class PausedSandboxRecord:
 
 
 @dataclass(slots=True)
+class SandboxSnapshotRecord:
+    """A sandbox's snapshot: its /home/user at `storage_path` and the request a sandbox created
+    from it starts with. Kept until deleted, whatever becomes of the sandbox it was taken of."""
+
+    id: str
+    tenant: str
+    name: str | None
+    """the name it was given (unique per tenant), or None"""
+    sandbox_id: str
+    """the sandbox it was taken of"""
+    request_json: str
+    """that sandbox's SandboxCreate"""
+    storage_path: str
+    created_at: float
+
+
+@dataclass(slots=True)
 class UnfinishedSaveRecord:
     """A storage path a node began writing before any record referencing it existed (a workspace
     row, a paused sandbox): deleted once that record is written. One left by an earlier run of the

@@ -18,6 +18,7 @@ from agentcell.server.meta.records import (
     InstanceRecord,
     KeyRecord,
     PausedSandboxRecord,
+    SandboxSnapshotRecord,
     SessionRecord,
     TenantRecord,
     UnfinishedSaveRecord,
@@ -65,6 +66,9 @@ CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 CREATE TABLE IF NOT EXISTS paused_sandboxes (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, request_json TEXT NOT NULL, storage_path TEXT NOT NULL,
     created_at REAL NOT NULL, paused_at REAL NOT NULL, keep_until REAL NOT NULL, labels_json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sandbox_snapshots (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT, sandbox_id TEXT NOT NULL,
+    request_json TEXT NOT NULL, storage_path TEXT NOT NULL, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS unfinished_saves (
     path TEXT NOT NULL, node TEXT NOT NULL, run TEXT NOT NULL, tenant TEXT NOT NULL, function TEXT NOT NULL,
     key TEXT NOT NULL, kind TEXT NOT NULL, started_at REAL NOT NULL, PRIMARY KEY (path, node));
@@ -243,6 +247,18 @@ class SqliteMetaStore:
 
     async def delete_paused_sandbox(self, sandbox_id: str) -> None:
         await self._run(lambda db: db.execute("DELETE FROM paused_sandboxes WHERE id = ?", (sandbox_id,)))
+
+    async def put_sandbox_snapshot(self, record: SandboxSnapshotRecord) -> None:
+        sql = "INSERT OR REPLACE INTO sandbox_snapshots VALUES (?,?,?,?,?,?,?)"
+        await self._run(lambda db: db.execute(sql, astuple(record)))
+
+    async def sandbox_snapshots(self) -> list[SandboxSnapshotRecord]:
+        sql = "SELECT * FROM sandbox_snapshots ORDER BY created_at, id"
+        rows = await self._run(lambda db: db.execute(sql).fetchall())
+        return [SandboxSnapshotRecord(*row) for row in rows]
+
+    async def delete_sandbox_snapshot(self, snapshot_id: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM sandbox_snapshots WHERE id = ?", (snapshot_id,)))
 
     async def put_unfinished_save(self, record: UnfinishedSaveRecord) -> None:
         sql = "INSERT OR REPLACE INTO unfinished_saves VALUES (?,?,?,?,?,?,?,?)"

@@ -12,6 +12,7 @@ from agentcell.server.meta.records import (
     InstanceRecord,
     KeyRecord,
     PausedSandboxRecord,
+    SandboxSnapshotRecord,
     SessionRecord,
     TenantRecord,
     UnfinishedSaveRecord,
@@ -94,6 +95,16 @@ class MetaStore(Protocol):
         ...
 
     async def delete_paused_sandbox(self, sandbox_id: str) -> None: ...
+
+    async def put_sandbox_snapshot(self, record: SandboxSnapshotRecord) -> None:
+        """Insert or replace by id."""
+        ...
+
+    async def sandbox_snapshots(self) -> list[SandboxSnapshotRecord]:
+        """Every sandbox snapshot of every tenant, oldest first."""
+        ...
+
+    async def delete_sandbox_snapshot(self, snapshot_id: str) -> None: ...
 
     async def put_unfinished_save(self, record: UnfinishedSaveRecord) -> None:
         """Insert or replace by (path, node); durable once this returns (before the save uploads)."""

@@ -61,6 +61,12 @@ FOLLOWER_BATCH_S = 0.02
 process printing a line per write otherwise woke each follower for every line, and its followers
 took the server's loop from every other request"""
 DEFAULT_MAX_STDIN_BYTES = 64 << 20
+UNREAD_OUTPUT_BYTES_PER_S = 1 << 20
+"""how fast the server takes the output of a process nobody reads (no follower, no holder: a
+background command, an unattended terminal), after a first BUFFER_LIMIT_BYTES at once. Past it the
+process's pipe fills and its writes wait, as on a terminal nobody reads. Taken at full speed, one
+background `yes` made the server spend two thirds of a core decoding and dropping output: a cost
+outside the sandbox's own CPU quota, and three such sandboxes took the server from every tenant"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +170,10 @@ class EventLog:
         while self.output_bytes > BUFFER_LIMIT_BYTES and self._may_drop() and self._drop_oldest_output():
             pass
 
+    def is_read(self) -> bool:
+        """Whether anybody reads these events now: a holder or a follower."""
+        return self.held or bool(self.followers)
+
     def _may_drop(self) -> bool:
         # the oldest output is the event after the start event: logical index first_index + 1
         return not self.held or self.held_index > self.first_index + 1
@@ -183,6 +193,25 @@ class EventLog:
 
 def _cost(event: OutputEvent) -> int:
     return len(event.data) + EVENT_OVERHEAD_BYTES
+
+
+@dataclass(slots=True)
+class UnreadPace:
+    """The pace of a process's output while nobody reads it (UNREAD_OUTPUT_BYTES_PER_S): a
+    token bucket of bytes, full (BUFFER_LIMIT_BYTES) at first and refilled at that rate."""
+
+    at: float
+    tokens: float = BUFFER_LIMIT_BYTES
+
+    def delay(self, now: float, size: int) -> float:
+        """Seconds to wait before reading more, having taken `size` bytes nobody reads."""
+        self._refill(now)
+        self.tokens -= size
+        return max(0.0, -self.tokens / UNREAD_OUTPUT_BYTES_PER_S)
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(BUFFER_LIMIT_BYTES, self.tokens + (now - self.at) * UNREAD_OUTPUT_BYTES_PER_S)
+        self.at = now
 
 
 class Follower:
@@ -252,9 +281,10 @@ class ManagedProcess:
             self.stdin_budget.give(size)
 
     async def _run(self) -> None:
+        pace = UnreadPace(asyncio.get_running_loop().time())  # one for both streams
         pumps = [
-            asyncio.create_task(self._pump(self._process.stdout, "stdout")),
-            asyncio.create_task(self._pump(self._process.stderr, "stderr")),
+            asyncio.create_task(self._pump(self._process.stdout, "stdout", pace)),
+            asyncio.create_task(self._pump(self._process.stderr, "stderr", pace)),
         ]
         try:
             status, timed_out = await self._wait_with_timeout()
@@ -298,11 +328,14 @@ class ManagedProcess:
         self.exit = EndEvent(exit_code=status.code, signal=status.signal, timed_out=timed_out, error=error)
         await self._log.append(self.exit)
 
-    async def _pump(self, stream: asyncio.StreamReader, kind: str) -> None:
+    async def _pump(self, stream: asyncio.StreamReader, kind: str, pace: UnreadPace) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        loop = asyncio.get_running_loop()
         while chunk := await stream.read(READ_CHUNK_BYTES):
             if text := decoder.decode(chunk):
                 await self._log.append(OutputEvent(type=kind, data=text))
+            if not self._log.is_read() and (delay := pace.delay(loop.time(), len(chunk))):
+                await asyncio.sleep(delay)
         if tail := decoder.decode(b"", final=True):
             await self._log.append(OutputEvent(type=kind, data=tail))
 

@@ -44,7 +44,7 @@ from agentcell.errors import (
 from agentcell.protocol.sandboxes import SandboxCreate, SandboxState
 from agentcell.server.auth.principal import Principal, acting_as, current_or_none
 from agentcell.server.clock import Clock
-from agentcell.server.meta.records import PausedSandboxRecord, WorkspaceRecord
+from agentcell.server.meta.records import PausedSandboxRecord
 from agentcell.server.meta.store import MetaStore
 from agentcell.server.sandbox.driver import SANDBOX_HOME, WRITE_TEMPS, SandboxDriver, SandboxFiles
 from agentcell.server.scheduler.sandboxes import Sandbox, SandboxService
@@ -124,6 +124,10 @@ class SandboxPauses:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.labeller: Callable[[Sandbox], dict[str, str]] | None = None
         """What an API layer keeps with a sandbox it pauses (the E2B template name), or None."""
+        self.resuming: Callable[[PausedSandbox], None] | None = None
+        """What is restored of a sandbox before it runs again, on every resume whoever asks for it
+        (the E2B registry makes a private sandbox private again before its ports can be reached),
+        or None."""
         sandboxes.on_timeout = self.pause_at_timeout
         sandboxes.is_paused = lambda sandbox_id: self.paused(sandbox_id) is not None
 
@@ -268,6 +272,8 @@ class SandboxPauses:
                 if not running_ok:
                     raise Conflict(f"sandbox {sandbox_id} is running, not paused")
                 return running
+            if self.resuming is not None:
+                self.resuming(paused)
             request = paused.sandbox.request
             if timeout_s is not None:
                 request = request.model_copy(update={"timeout_s": timeout_s})
@@ -311,6 +317,11 @@ class SandboxPauses:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def lock(self, sandbox_id: str) -> asyncio.Lock:
+        """The lock a pause, resume or kill of this sandbox runs under: a snapshot of it
+        (scheduler/sandbox_snapshots.py) holds it too, so that none of them interleaves with one."""
+        return self._lock(sandbox_id)
+
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         lock = self._locks.get(sandbox_id)
         if lock is None:
@@ -347,9 +358,8 @@ class SandboxPauses:
     async def _save(self, sandbox: Sandbox, path: str) -> tuple[SnapshotInfo, PausedSandboxRecord]:
         """The snapshot of the sandbox's home, its workspace row, then the paused sandbox's record
         (written after its snapshot: never one without)."""
-        files = self._driver.files(sandbox.id)
-        info = await _with_home(files, lambda fd: self._snapshots.persist(path, fd, (WRITE_TEMPS,), keep=1))
-        await self._store.put_workspace(await self._workspace_record(sandbox, path, info))
+        info = await save_home(self._driver, self._snapshots, sandbox.id, path)
+        await self._keeper.put_record(_workspace(sandbox, path), info)
         now = self._clock.now()
         record = PausedSandboxRecord(
             id=sandbox.id,
@@ -364,26 +374,9 @@ class SandboxPauses:
         await self._store.put_paused_sandbox(record)
         return info, record
 
-    async def _workspace_record(self, sandbox: Sandbox, path: str, info: SnapshotInfo) -> WorkspaceRecord:
-        return WorkspaceRecord(
-            path=path,
-            tenant=sandbox.tenant,
-            function=SANDBOXES_SEGMENT,
-            key=sandbox.id,
-            stored_bytes=await self._snapshots.stored_bytes(path),
-            seq=info.seq,
-            snapshot_at=info.created_at,
-            files=info.files,
-            logical_bytes=info.logical_bytes,
-            uploaded_bytes=info.uploaded_bytes,
-        )
-
     async def _restore(self, sandbox: Sandbox, path: str) -> None:
-        files = self._driver.files(sandbox.id)
         try:
-            restored = await _with_home(
-                files, lambda fd: self._snapshots.restore(path, fd, owner=files.owner)
-            )
+            restored = await restore_home(self._driver, self._snapshots, sandbox.id, path)
         except WorkspaceCorrupt:
             raise
         except Unavailable as exc:  # nothing wrong with the files: they are there for a later try
@@ -411,11 +404,8 @@ class SandboxPauses:
         self._paused.pop(paused.sandbox.id, None)
 
     async def _check_quota(self, tenant: str) -> None:
-        quota = self._keeper.quota_bytes(tenant)
-        if quota is None:
-            return
-        used = await self._store.tenant_stored_bytes(tenant)
-        if used >= quota:
+        if over := await self._keeper.over_quota(tenant):
+            used, quota = over
             raise QuotaExceeded(
                 f"tenant {tenant} stores {used} bytes of workspaces and paused sandboxes, at its quota "
                 f"of {quota}, so this sandbox cannot be paused; kill paused sandboxes or delete "
@@ -449,6 +439,21 @@ def _from_record(record: PausedSandboxRecord) -> PausedSandbox:
     if not isinstance(labels, dict):
         raise ValueError("labels are not an object")
     return PausedSandbox(sandbox, record, {str(k): str(v) for k, v in labels.items()})
+
+
+async def save_home(driver: SandboxDriver, snapshots: Snapshots, sandbox_id: str, path: str) -> SnapshotInfo:
+    """Snapshot a running sandbox's /home/user under `path`, one kept (a pause's and a sandbox
+    snapshot's save; the caller freezes the sandbox around it)."""
+    files = driver.files(sandbox_id)
+    return await _with_home(files, lambda fd: snapshots.persist(path, fd, (WRITE_TEMPS,), keep=1))
+
+
+async def restore_home(
+    driver: SandboxDriver, snapshots: Snapshots, sandbox_id: str, path: str
+) -> SnapshotInfo | None:
+    """Replace a new sandbox's /home/user with the snapshot under `path` (None: there is none)."""
+    files = driver.files(sandbox_id)
+    return await _with_home(files, lambda fd: snapshots.restore(path, fd, owner=files.owner))
 
 
 async def _with_home(files: SandboxFiles, work: Callable[[int], Awaitable[T]]) -> T:

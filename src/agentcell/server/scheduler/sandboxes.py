@@ -481,8 +481,10 @@ class SandboxService:
     # -- code contexts ---------------------------------------------------------------------------
 
     def code(self, sandbox_id: str) -> CodeContexts:
-        """The code contexts of a running sandbox (kernels get the sandbox's env, like commands)."""
-        sandbox = self.running(sandbox_id)
+        """The code contexts of a running sandbox that is not being paused (kernels get the
+        sandbox's env, like commands): a run started while its files are saved would run frozen,
+        or not at all, then end with the sandbox, its effects missing from the snapshot."""
+        sandbox = self.taking_work(sandbox_id)
         if self._interpreter is None:
             raise Unavailable("this server runs no code interpreter")
         return self._interpreter.contexts(sandbox.id, sandbox.request.env, sandbox.meter)

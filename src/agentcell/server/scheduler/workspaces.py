@@ -24,7 +24,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from agentcell.errors import AgentcellError, Conflict, QuotaExceeded, Unavailable, WorkspaceCorrupt
 from agentcell.protocol.functions import FunctionConfig
@@ -57,6 +57,12 @@ SESSION_SAVE = "session"
 """a save finished by its workspace row"""
 PAUSE_SAVE = "pause"
 """a save finished by its paused sandbox's record (a workspace row alone does not finish it)"""
+SNAPSHOT_SAVE = "snapshot"
+"""a sandbox snapshot's save, finished by the snapshot's record (as a pause's)"""
+FORK_SAVE = "fork"
+"""a fork's snapshot, deleted once its sandboxes have started: never finished by a record"""
+Holder = Literal["session", "paused sandbox", "snapshot"]
+"""what holds a workspace's storage path (a snapshot's files are a workspace of `_snapshots`)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +101,24 @@ def workspace_for(config: FunctionConfig, function: str, key: str, path: str) ->
 @dataclass(slots=True)
 class _Use:
     session_id: str
-    """the live session's id, or the paused sandbox's"""
+    """the live session's id, or the paused sandbox's, or the snapshot's"""
     ending: bool = False
-    paused_sandbox: bool = False
+    holder: Holder = "session"
     released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def busy(self, path: str) -> Conflict:
+        """Why the workspace at `path` cannot be taken or deleted now, and what to do instead."""
+        if self.holder == "paused sandbox":
+            return Conflict(
+                f"workspace {path} holds the files of paused sandbox {self.session_id}; "
+                "resume it or kill it (which deletes them) first"
+            )
+        if self.holder == "snapshot":
+            return Conflict(
+                f"workspace {path} holds the files of snapshot {self.session_id}; delete the "
+                f"snapshot instead (DELETE /v1/snapshots/{self.session_id})"
+            )
+        return Conflict(f"workspace {path} is in use by session {self.session_id}; end that session first")
 
 
 class WorkspaceKeeper:
@@ -131,17 +151,23 @@ class WorkspaceKeeper:
         until its last snapshot is written: wait for that rather than restore an older one."""
         while (use := self._users.get(workspace.storage_path)) is not None:
             if not use.ending:
-                raise Conflict(
-                    f"workspace {workspace.storage_path} is in use by session {use.session_id}; "
-                    "end that session first"
-                )
+                raise use.busy(workspace.storage_path)
             await use.released.wait()
         self._users[workspace.storage_path] = _Use(session_id)
 
-    def adopt(self, workspace: Workspace, session_id: str, *, paused_sandbox: bool = False) -> None:
+    def adopt(
+        self,
+        workspace: Workspace,
+        session_id: str,
+        *,
+        paused_sandbox: bool = False,
+        holder: Holder = "session",
+    ) -> None:
         """A session found live after a restart keeps its claim; a paused sandbox (`session_id`
-        is then its id) holds its files' workspace until it is resumed or killed."""
-        self._users[workspace.storage_path] = _Use(session_id, paused_sandbox=paused_sandbox)
+        is then its id) holds its files' workspace until it is resumed or killed, a snapshot
+        until it is deleted. (`paused_sandbox=True` is `holder="paused sandbox"`.)"""
+        kind: Holder = "paused sandbox" if paused_sandbox else holder
+        self._users[workspace.storage_path] = _Use(session_id, holder=kind)
 
     def ending(self, workspace: Workspace, session_id: str) -> None:
         if (use := self._users.get(workspace.storage_path)) is not None and use.session_id == session_id:
@@ -212,11 +238,12 @@ class WorkspaceKeeper:
                 workspace.dir,
                 lambda fd: self._snapshots.persist(path, fd, exclude, keep=config.workspace.keep),
             )
-            await self._put_record(workspace, info, None)
+            await self.put_record(workspace, info, None)
         return info
 
-    async def _put_record(self, workspace: Workspace, info: SnapshotInfo, error: str | None) -> None:
-        """The workspace's row, for its snapshot `info`."""
+    async def put_record(self, workspace: Workspace, info: SnapshotInfo, error: str | None = None) -> None:
+        """The workspace's row, for its snapshot `info` (a session's, a paused sandbox's, a
+        sandbox snapshot's)."""
         await self._store.put_workspace(
             WorkspaceRecord(
                 path=workspace.storage_path,
@@ -273,16 +300,20 @@ class WorkspaceKeeper:
         finished (it was killed), each on its own (a failure leaves its mark for the next start).
         Returns the paths dealt with.
 
-        - a paused sandbox's record references the path: the pause did finish; the mark goes.
+        - a paused sandbox's or a sandbox snapshot's record references the path: the pause or
+          the snapshot did finish; the mark goes.
         - a live session holds the path (adopted after the restart): left to its next save.
         - an unfinished pause (no paused sandbox record): the sandbox ended with the server, as
           every running sandbox does, so its snapshot, its objects and its row are deleted.
+        - an unfinished sandbox snapshot (no record), or a fork's snapshot (the forks started or
+          not, nothing refers to it): its objects and its row are deleted.
         - a session's save: the leftovers no snapshot references are deleted (`Snapshots.sweep`,
           the collection a persist ends with); a snapshot that no row records yet is recorded (it
           is the session's newest save: its key restores it).
         """
         try:
             paused = {record.storage_path for record in await self._store.paused_sandboxes()}
+            taken = {record.storage_path for record in await self._store.sandbox_snapshots()}
             marks = await self._store.unfinished_saves(self._node)
         except Exception:
             log.exception("unfinished saves could not be read; they are swept at the next start")
@@ -292,37 +323,32 @@ class WorkspaceKeeper:
             if mark.run == self._run:
                 continue  # in flight in this process
             try:
-                if await self._sweep_one(mark, paused):
+                if await self._sweep_one(mark, paused, taken):
                     done.append(mark.path)
             except Exception:
                 log.exception("%s: the unfinished save could not be swept; next start again", mark.path)
         return done
 
-    async def _sweep_one(self, mark: UnfinishedSaveRecord, paused: set[str]) -> bool:
+    async def _sweep_one(self, mark: UnfinishedSaveRecord, paused: set[str], taken: set[str]) -> bool:
         if mark.path in paused:
             log.info("%s: its pause finished before the server stopped; kept", mark.path)
+        elif mark.path in taken:
+            log.info("%s: its snapshot was taken before the server stopped; kept", mark.path)
         elif (use := self._users.get(mark.path)) is not None:
             log.info("%s: its save did not finish; left to the next save of %s", mark.path, use.session_id)
             return False
-        elif mark.kind == PAUSE_SAVE:
-            await self._drop_unfinished_pause(mark)
+        elif mark.kind in (PAUSE_SAVE, SNAPSHOT_SAVE, FORK_SAVE):
+            await self._drop_unfinished(mark)
         else:
             await self._finish_unfinished_save(mark)
         await self._store.delete_unfinished_save(mark.path, mark.node, mark.run)
         return True
 
-    async def _drop_unfinished_pause(self, mark: UnfinishedSaveRecord) -> None:
+    async def _drop_unfinished(self, mark: UnfinishedSaveRecord) -> None:
         stored = await self._snapshots.stored_bytes(mark.path)
         await self._snapshots.delete_all(mark.path)
         await self._store.delete_workspace(mark.path)
-        log.warning(
-            "%s: a pause begun at %s never finished (the server stopped first); the sandbox ended "
-            "with that server like every running sandbox, so its unfinished snapshot is deleted "
-            "(%d bytes)",
-            mark.path,
-            mark.started_at,
-            stored,
-        )
+        log.warning("%s: %s (%d bytes)", mark.path, _UNFINISHED[mark.kind].format(at=mark.started_at), stored)
 
     async def _finish_unfinished_save(self, mark: UnfinishedSaveRecord) -> None:
         swept = await self._snapshots.sweep(mark.path)
@@ -330,7 +356,7 @@ class WorkspaceKeeper:
         recorded = ""
         if swept.newest is not None and (record is None or record.seq == 0):
             workspace = Workspace(mark.path, "", mark.tenant, mark.function, mark.key, 0)
-            await self._put_record(workspace, swept.newest, record.error if record else None)
+            await self.put_record(workspace, swept.newest, record.error if record else None)
             recorded = f"; its snapshot {swept.newest.seq}, which no row recorded, is now recorded"
         log.warning(
             "%s: a save begun at %s never finished (the server stopped first); %s%s",
@@ -381,21 +407,22 @@ class WorkspaceKeeper:
     async def delete(self, path: str) -> None:
         """Drop every snapshot of a stored workspace that no live session uses."""
         if (use := self._users.get(path)) is not None:
-            if use.paused_sandbox:
-                raise Conflict(
-                    f"workspace {path} holds the files of paused sandbox {use.session_id}; "
-                    "resume it or kill it (which deletes them) first"
-                )
-            raise Conflict(f"workspace {path} is in use by session {use.session_id}; end the session first")
+            raise use.busy(path)
         await self._snapshots.delete_all(path)
         await self._store.delete_workspace(path)
 
-    async def _check_quota(self, tenant: str) -> None:
+    async def over_quota(self, tenant: str) -> tuple[int, int] | None:
+        """(bytes stored, quota) when the tenant stores its quota or more, else None: no new
+        save of any kind (workspace, pause, snapshot) may start then."""
         quota = self._quota_of(tenant)
         if quota is None:
-            return
+            return None
         used = await self._store.tenant_stored_bytes(tenant)
-        if used >= quota:
+        return (used, quota) if used >= quota else None
+
+    async def _check_quota(self, tenant: str) -> None:
+        if over := await self.over_quota(tenant):
+            used, quota = over
             raise QuotaExceeded(
                 f"tenant {tenant} stores {used} bytes of workspaces, at its quota of {quota}; "
                 "delete workspaces it no longer needs (DELETE /v1/workspaces/{path}) or raise the "
@@ -423,6 +450,16 @@ class WorkspaceKeeper:
             return await work(fd)
         finally:
             os.close(fd)
+
+
+_UNFINISHED = {
+    PAUSE_SAVE: "a pause begun at {at} never finished (the server stopped first); the sandbox ended "
+    "with that server like every running sandbox, so its unfinished snapshot is deleted",
+    SNAPSHOT_SAVE: "a sandbox snapshot begun at {at} was never recorded (the server stopped first), "
+    "so nothing refers to its files and they are deleted",
+    FORK_SAVE: "a fork's snapshot, begun at {at}, was left when the server stopped or could not be "
+    "deleted after its sandboxes started; nothing refers to it, so it is deleted",
+}
 
 
 def _swept(swept: Swept) -> str:

@@ -115,6 +115,69 @@ def become_subreaper() -> None:
         raise Unavailable(f"prctl(PR_SET_CHILD_SUBREAPER) failed: {os.strerror(ctypes.get_errno())}")
 
 
+UNLIMITED_COUNT = (1 << 31) - 1
+"""far beyond what any memory limit lets one sandbox allocate of these kernel objects"""
+PER_UID = "counted per uid, and every sandbox runs as uid 1000: one sandbox took all of it from the others"
+HOST_WIDE = "counted for the whole host, root included: one sandbox took all of it"
+
+
+@dataclass(frozen=True, slots=True)
+class HostLimit:
+    """A host sysctl (path under /proc/sys) that sandboxes would otherwise share."""
+
+    name: str
+    wanted: int
+    """0 where 0 means no limit"""
+    why: str
+
+    def needs_raising(self, current: int) -> bool:
+        return current != 0 if self.wanted == 0 else current < self.wanted
+
+
+SHARED_HOST_LIMITS = (
+    HostLimit("fs/inotify/max_user_instances", UNLIMITED_COUNT, f"{PER_UID} (default 128)"),
+    HostLimit("fs/inotify/max_user_watches", UNLIMITED_COUNT, PER_UID),
+    HostLimit("fs/epoll/max_user_watches", UNLIMITED_COUNT, PER_UID),
+    HostLimit("fs/pipe-user-pages-soft", 0, f"{PER_UID} (past it every new pipe holds 8 KiB)"),
+    HostLimit("fs/pipe-user-pages-hard", 0, PER_UID),
+    HostLimit("fs/aio-max-nr", UNLIMITED_COUNT, f"{HOST_WIDE} (io_setup, default 65536 events)"),
+    HostLimit("fs/file-max", UNLIMITED_COUNT, f"{HOST_WIDE} (systemd sets the maximum too)"),
+    HostLimit("kernel/pty/max", 1 << 20, "shared by every sandbox's devpts (each holds at most 64)"),
+    HostLimit("kernel/pid_max", 1 << 22, "shared by every sandbox's processes (each at most its pids.max)"),
+)
+"""Each caps kernel objects that the memory cgroup of whoever allocates them is charged for (or,
+for ptys and pids, that each sandbox's own limit bounds): lifted, a sandbox is bounded by its own
+cgroup, not by what the other sandboxes left."""
+MEMCG_CHARGES_SINCE = (5, 14)
+"""the kernel that charges the last of those objects to the allocator's memory cgroup"""
+
+
+def raise_shared_host_limits(proc_sys: Path = Path("/proc/sys"), release: str | None = None) -> None:
+    """Lift, at start, the kernel's counts that every sandbox would share (SHARED_HOST_LIMITS):
+    inotify instances and watches, epoll watches and pipe pages per uid; AIO contexts, open files,
+    ptys and pids for the whole host. Only ever raised, each with a log line; a host that keeps
+    /proc/sys read-only (some containers) or runs an older kernel keeps the shared counts."""
+    if _kernel_version(release or os.uname().release) < MEMCG_CHARGES_SINCE:
+        log.warning("kernel before 5.14: sandboxes share the per-uid limits (inotify, pipe pages...)")
+        return
+    for limit in SHARED_HOST_LIMITS:
+        sysctl = limit.name.replace("/", ".")
+        try:
+            current = int((proc_sys / limit.name).read_text())
+            if not limit.needs_raising(current):
+                continue
+            (proc_sys / limit.name).write_text(str(limit.wanted))
+        except (OSError, ValueError) as e:
+            log.warning("cannot raise host sysctl %s (%s): sandboxes share it", sysctl, e)
+            continue
+        log.info("raised host sysctl %s from %d to %d: %s", sysctl, current, limit.wanted, limit.why)
+
+
+def _kernel_version(release: str) -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", release)
+    return (int(match[1]), int(match[2])) if match else (0, 0)
+
+
 def tmpfs_bytes(disk_bytes: int, memory_bytes: int) -> int:
     """The size of an instance's tmpfs (its root, and so its workspace): its disk, but never more
     than its memory. Pages the instance writes are charged to its memory cgroup, but those the
@@ -473,6 +536,7 @@ class LinuxDriver:
             raise Unavailable(f"cannot prepare the sandbox state dir {self._state_dir}: {e}") from e
 
     def _prepare_host_as_root(self) -> _Host:
+        raise_shared_host_limits()
         self._state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._instances_dir().mkdir(mode=0o700, exist_ok=True)
         return _Host(

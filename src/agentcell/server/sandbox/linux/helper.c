@@ -53,6 +53,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -216,6 +217,37 @@ static void limit_open_files(void) {
     rl.rlim_cur = rl.rlim_max < SANDBOX_NOFILE_SOFT ? rl.rlim_max : SANDBOX_NOFILE_SOFT;
     if (rl.rlim_max > SANDBOX_NOFILE_HARD) rl.rlim_max = SANDBOX_NOFILE_HARD;
     if (setrlimit(RLIMIT_NOFILE, &rl) < 0) die_errno("setrlimit nofile");
+}
+
+/* 1 if the running kernel is at least major.minor. */
+static int kernel_at_least(int major, int minor) {
+    struct utsname u;
+    char *end;
+    if (uname(&u) < 0) return 0;
+    long ma = strtol(u.release, &end, 10), mi = *end == '.' ? strtol(end + 1, NULL, 10) : 0;
+    return ma > major || (ma == major && mi >= minor);
+}
+
+/* Limits the kernel checks against a count it keeps per host uid, which every sandbox shares
+ * (all run as uid 1000 in the host's user namespace): one sandbox holding the whole count made
+ * mq_open (queue bytes: 9 default queues) or timer_create and sigqueue (queued signals) fail in
+ * every other, and the processes of all of them together count against one RLIMIT_NPROC (fork
+ * and, after setresuid, execve fail past it). Unlimited here, a sandbox is bounded by its own
+ * cgroups instead: processes by pids.max; message queues by its ipc namespace (256 queues of at
+ * most 10 x 8 KiB); queued signals by its memory cgroup, which charges them since Linux 5.14
+ * (before, the shared count stays). Best effort: raising a hard limit needs CAP_SYS_RESOURCE
+ * (see limit_open_files), which some hosts withhold from root (these VMs do). */
+static void unlimit_shared_counts(void) {
+    static const struct rlimit unlimited = {RLIM_INFINITY, RLIM_INFINITY};
+    setrlimit(RLIMIT_NPROC, &unlimited);
+    setrlimit(RLIMIT_MSGQUEUE, &unlimited);
+    if (kernel_at_least(5, 14)) setrlimit(RLIMIT_SIGPENDING, &unlimited);
+}
+
+/* Before anything of the sandbox runs, inherited by all of it. */
+static void set_sandbox_rlimits(void) {
+    limit_open_files();
+    unlimit_shared_counts();
 }
 
 static void join_cgroups(const char *const *paths, int n) {
@@ -382,6 +414,10 @@ static const long denied_syscalls[] = {
 #endif
 #ifdef __NR_nfsservctl
     __NR_nfsservctl,
+#endif
+#ifdef __NR_fanotify_init
+    __NR_fanotify_init, /* Docker's profile allows it only with CAP_SYS_ADMIN; unprivileged
+                         * (5.13+), its groups are counted per uid: one sandbox took all 128 */
 #endif
 #ifdef __NR_io_uring_setup
     __NR_io_uring_setup, /* a large, often-patched surface; programs fall back to epoll */
@@ -698,7 +734,7 @@ __attribute__((noreturn)) static void init_child(const struct spawn_opts *o, int
     for (int fd = 0; fd < 3; fd++) dup2(devnull, fd); /* never hold the caller's pipes open */
     close(devnull);
     close_other_fds(&ready_fd, 1); /* the worker's control fd: an init never execs, so CLOEXEC won't */
-    limit_open_files();
+    set_sandbox_rlimits();
     set_oom_score_adj("-1000"); /* an OOM in the sandbox should kill user code, not PID 1 */
     rename_as_init();
     sigset_t set;
@@ -1099,7 +1135,7 @@ static int run_exec(int argc, char **argv, const int *fds) {
     int keep[3] = {o.ctl_fd, o.cmd_fd, o.init_pidfd};
     sort3(keep);
     close_other_fds(keep, 3);
-    limit_open_files(); /* inherited by the command */
+    set_sandbox_rlimits(); /* inherited by the command */
     parse_exec(argc, argv, &o);
     read_command(&o);
     o.oom_protected = set_oom_score_adj("-1000");

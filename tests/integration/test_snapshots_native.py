@@ -1,0 +1,242 @@
+"""Sandbox snapshots and fork on agentcell's own API, SDK and CLI against the shared real server: a
+sandbox from a snapshot has the files of then (not those written after), a fork has the files of
+now, snapshots are listed, fetched and deleted, another tenant finds none of them, and bad input
+is a 4xx that says what to change."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+
+from agentcell.cli.main import cli as main
+from agentcell.client import AsyncAgentcell, AsyncSandbox, NotFoundError
+from agentcell.errors import Conflict
+from agentcell.protocol.sandboxes import SandboxCreate
+from agentcell.server.clock import FakeClock
+from agentcell.server.meta.records import UnfinishedSaveRecord
+from agentcell.server.meta.sqlite import SqliteMetaStore
+from agentcell.server.sandbox.fake import FakeDriver
+from agentcell.server.scheduler.sandbox_pause import SandboxPauses
+from agentcell.server.scheduler.sandbox_snapshots import SandboxSnapshots
+from agentcell.server.scheduler.sandboxes import SandboxService
+from agentcell.server.scheduler.workspaces import WorkspaceKeeper
+from agentcell.server.storage.local import LocalObjectStore
+from agentcell.server.storage.snapshots import Snapshots
+from tests.conftest import ServerProcess
+
+
+async def test_a_snapshot_starts_sandboxes_with_the_files_of_then_and_forks_have_those_of_now(
+    server_url: str,
+) -> None:
+    name = "setup-" + uuid.uuid4().hex[:8]
+    async with (
+        AsyncAgentcell(api_url=server_url) as client,
+        AsyncSandbox.create(api_url=server_url, timeout_s=120, env={"FROM_SOURCE": "1"}) as sbx,
+    ):
+        await sbx.files.write("/home/user/notes/before.txt", "then")
+        snap = await sbx.create_snapshot(name=name)
+        assert (snap.id[:5], snap.name, snap.sandbox_id, snap.template) == ("snap_", name, sbx.id, "base")
+        await sbx.files.write("/home/user/notes/after.txt", "later")
+        await sbx.files.write("/home/user/notes/before.txt", "changed")
+
+        async with AsyncSandbox.create(api_url=server_url, snapshot=snap.id, env={"MINE": "2"}) as copy:
+            assert await copy.files.read_text("/home/user/notes/before.txt") == "then"
+            assert not await copy.files.exists("/home/user/notes/after.txt")
+            assert copy.info.template == "base" and copy.info.env_keys == ["FROM_SOURCE", "MINE"]
+        assert await sbx.is_running()  # the source runs on
+
+        forks = await sbx.fork(2, timeout_s=60)
+        try:
+            assert len({f.id for f in forks if isinstance(f, AsyncSandbox)} - {sbx.id}) == 2, forks
+            for fork in forks:
+                assert isinstance(fork, AsyncSandbox)
+                assert await fork.files.read_text("/home/user/notes/after.txt") == "later"
+        finally:
+            for fork in forks:
+                if isinstance(fork, AsyncSandbox):
+                    await fork.__aexit__(None, None, None)
+
+        assert [s.id for s in await client.snapshots.list(sandbox_id=sbx.id)] == [snap.id]  # forks' are gone
+        assert [s.id for s in await client.snapshots.list(name=name)] == [snap.id]
+        assert (await client.snapshots.get(snap.id)).created_at == snap.created_at
+        assert await client.snapshots.delete(snap.id) is True
+        with pytest.raises(NotFoundError, match="not found"):
+            await client.snapshots.get(snap.id)
+        assert await client.snapshots.delete(snap.id) is False
+
+
+@pytest.fixture
+def sandbox(api: httpx.Client) -> Iterator[str]:
+    reply = api.post("/v1/sandboxes", json={"timeout_s": 60})
+    assert reply.status_code == 201, reply.text
+    yield reply.json()["id"]
+    api.delete(f"/v1/sandboxes/{reply.json()['id']}")
+
+
+def _refused(reply: httpx.Response, status: int, *phrases: str) -> None:
+    assert reply.status_code == status, reply.text
+    body = reply.json()
+    assert set(body) == {"code", "message", "request_id"}, body
+    assert all(phrase in body["message"] for phrase in phrases), body["message"]
+
+
+def test_bad_input_is_refused_with_what_to_change(api: httpx.Client, sandbox: str) -> None:
+    both = api.post("/v1/sandboxes", json={"template": "base", "snapshot": "snap_0123"})
+    _refused(both, 400, "template or snapshot, not both")
+    _refused(api.post("/v1/sandboxes", json={"snapshot": "base"}), 400, "snapshot must be a snapshot id")
+    _refused(api.post("/v1/sandboxes", json={"snapshot": "snap_0123"}), 404, "snapshot 'snap_0123' not found")
+    for count in (0, 21):
+        _refused(api.post(f"/v1/sandboxes/{sandbox}/fork", json={"count": count}), 400, "count")
+    _refused(api.post("/v1/sandboxes/sbx_nope/fork", json={"count": 1}), 404, "sbx_nope")
+    _refused(api.post(f"/v1/sandboxes/{sandbox}/snapshots", json={"name": "-x"}), 400, "snapshot name is")
+    _refused(api.get("/v1/snapshots/snap_0123"), 404, "not found")
+    _refused(api.delete("/v1/snapshots/snap_0123"), 404, "not found")
+
+    snap = api.post(f"/v1/sandboxes/{sandbox}/snapshots", json={"memory_mb": 64})
+    _refused(snap, 400, "memory_mb")  # an unknown field
+    snap = api.post(f"/v1/sandboxes/{sandbox}/snapshots")
+    assert snap.status_code == 201, snap.text
+    smaller = api.post("/v1/sandboxes", json={"snapshot": snap.json()["id"], "disk_mb": 16})
+    _refused(smaller, 400, "disk_mb must be at least the snapshot's 1024")
+    assert api.delete(f"/v1/snapshots/{snap.json()['id']}").status_code == 204
+
+
+def test_another_tenant_finds_none_of_it_and_a_read_key_only_reads(
+    api: httpx.Client, sandbox: str, shared_server: ServerProcess
+) -> None:
+    tenant = "snaps-" + uuid.uuid4().hex[:8]
+    assert api.post("/v1/tenants", json={"name": tenant}).status_code == 201
+    snap = api.post(f"/v1/sandboxes/{sandbox}/snapshots", json={"name": "mine"}).json()
+    try:
+        key = api.post(f"/v1/tenants/{tenant}/keys", json={"scopes": ["*"]}).json()["key"]
+        with httpx.Client(base_url=shared_server.url, timeout=60, headers={"x-api-key": key}) as other:
+            assert other.get("/v1/snapshots").json() == {"snapshots": []}
+            _refused(other.get(f"/v1/snapshots/{snap['id']}"), 404, "not found")
+            _refused(other.delete(f"/v1/snapshots/{snap['id']}"), 404, "not found")
+            _refused(other.post("/v1/sandboxes", json={"snapshot": snap["id"]}), 404, "not found")
+            _refused(other.post(f"/v1/sandboxes/{sandbox}/snapshots"), 404, "not found")
+            _refused(other.post(f"/v1/sandboxes/{sandbox}/fork"), 404, "not found")
+        reader = api.post("/v1/tenants/default/keys", json={"scopes": ["sandboxes:read"]}).json()
+        with httpx.Client(base_url=shared_server.url, timeout=60, headers={"x-api-key": reader["key"]}) as ro:
+            assert ro.get(f"/v1/snapshots/{snap['id']}").json()["name"] == "mine"
+            _refused(ro.delete(f"/v1/snapshots/{snap['id']}"), 403, "sandboxes:write")
+            _refused(ro.post(f"/v1/sandboxes/{sandbox}/fork"), 403, "sandboxes:write")
+        api.delete(f"/v1/keys/{reader['id']}")
+    finally:
+        api.delete(f"/v1/snapshots/{snap['id']}")
+        api.delete(f"/v1/tenants/{tenant}")
+
+
+def cli(server_url: str, *args: str) -> Result:
+    """`agentcell ARGS` in this process (the subprocess start-up, ~0.7 s a run, is test_cli.py's)."""
+    return CliRunner().invoke(main, ["--url", server_url, *args])
+
+
+def cli_ok(server_url: str, *args: str) -> str:
+    done = cli(server_url, *args)
+    assert done.exit_code == 0, f"agentcell {' '.join(args)}: {done.output}"
+    return done.stdout
+
+
+def test_the_cli_takes_lists_starts_forks_and_deletes(
+    api: httpx.Client, server_url: str, sandbox: str
+) -> None:
+    snap = cli_ok(server_url, "sandbox", "snapshot", sandbox, "--name", "cli-" + uuid.uuid4().hex[:8]).strip()
+    started: list[str] = []
+    try:
+        listed = json.loads(cli_ok(server_url, "snapshot", "ls", "--sandbox", sandbox, "--json"))
+        assert [s["id"] for s in listed] == [snap]
+        assert snap in cli_ok(server_url, "snapshot", "ls")
+        assert json.loads(cli_ok(server_url, "snapshot", "get", snap))["sandbox_id"] == sandbox
+        started.append(cli_ok(server_url, "sandbox", "create", "--snapshot", snap, "--timeout", "1m").strip())
+        forks = json.loads(cli_ok(server_url, "sandbox", "fork", sandbox, "--count", "1", "--json"))
+        started += [fork["sandbox"]["id"] for fork in forks]
+        assert len(started) == 2 and all(s.startswith("sbx_") for s in started), started
+        both = cli(server_url, "sandbox", "create", "--template", "base", "--snapshot", snap)
+        assert both.exit_code == 2 and "not both" in both.stderr
+        assert json.loads(cli_ok(server_url, "snapshot", "rm", snap, "--json")) == {
+            "id": snap,
+            "deleted": True,
+        }
+        again = cli(server_url, "snapshot", "rm", snap)
+        assert again.exit_code == 1 and f"snapshot {snap!r} not found" in again.stderr
+    finally:
+        api.delete(f"/v1/snapshots/{snap}")
+        for sid in started:
+            api.delete(f"/v1/sandboxes/{sid}")
+
+
+# -- the workspace keeper's words for snapshots (a fake driver: no server needed) --------------------
+
+
+def _snapshots_on(store: SqliteMetaStore, objects: Path) -> SandboxSnapshots:
+    """SandboxSnapshots over a FakeDriver, `store` and a local object store at `objects`: a new
+    keeper on the same stores is a new run of the node (whose marks are then an earlier run's)."""
+    driver, clock = FakeDriver(), FakeClock()
+    snapshots = Snapshots(LocalObjectStore(objects), clock)
+    keeper = WorkspaceKeeper(driver, snapshots, store, clock, quota_bytes=lambda _: None, node="n")
+    service = SandboxService(driver, clock, max_sandboxes=4, pids_max=64, stop_grace_s=0.1)
+    pauses = SandboxPauses(service, driver, snapshots, store, keeper, clock)
+    return SandboxSnapshots(service, pauses, driver, snapshots, store, keeper, clock)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteMetaStore]:
+    store = SqliteMetaStore(tmp_path / "meta.db")
+    await store.open()
+    yield store
+    await store.aclose()
+
+
+async def test_the_keeper_names_snapshots_as_snapshots(
+    store: SqliteMetaStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deleting a snapshot's workspace is refused naming the snapshot; after a restart, the mark a
+    recorded snapshot left goes (its files kept), and an unrecorded snapshot's and a fork's
+    leftovers are deleted, each said as what it was (never "a pause", nor "the next save")."""
+    snapshots = _snapshots_on(store, tmp_path / "objects")
+    started = asyncio.Event()
+    runner = asyncio.create_task(snapshots._sandboxes.run(3600, started))
+    await started.wait()
+    try:
+        sandbox = await snapshots._sandboxes.create(SandboxCreate())
+        kept = await snapshots.take(sandbox.id)
+        with pytest.raises(Conflict, match=f"holds the files of snapshot {kept.id}; delete the snapshot"):
+            await snapshots._keeper.delete(kept.record.storage_path)
+    finally:
+        await snapshots._sandboxes.aclose()
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await snapshots._driver.aclose()
+    for path, kind in (
+        (kept.record.storage_path, "snapshot"),  # killed after its record, before the mark went
+        ("default/_snapshots/snap_00-aa", "snapshot"),  # killed before its record
+        (f"default/_snapshots/fork-{sandbox.id}-bb", "fork"),  # a fork's, not deleted
+    ):
+        (tmp_path / "objects" / path).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "objects" / path / "leftover").write_bytes(b"x")
+        key = path.rsplit("/", 1)[1]
+        await store.put_unfinished_save(
+            UnfinishedSaveRecord(path, "n", "r0", "default", "_snapshots", key, kind, 0.0)
+        )
+    again = _snapshots_on(store, tmp_path / "objects")
+    assert await again.load() == 1
+    with caplog.at_level(logging.INFO, logger="agentcell.server.scheduler.workspaces"):
+        assert len(await again._keeper.sweep_unfinished()) == 3
+    said = caplog.text
+    assert "its snapshot was taken before the server stopped; kept" in said
+    assert "a sandbox snapshot begun at 0.0 was never recorded" in said and "a fork's snapshot" in said
+    assert "pause" not in said and "next save" not in said
+    assert await store.unfinished_saves("n") == []
+    assert (tmp_path / "objects" / kept.record.storage_path / "leftover").exists()
+    assert not (tmp_path / "objects" / "default/_snapshots/snap_00-aa").exists()
