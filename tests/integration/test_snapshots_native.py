@@ -181,7 +181,7 @@ def test_the_cli_takes_lists_starts_forks_and_deletes(
 def _snapshots_on(store: SqliteMetaStore, objects: Path) -> SandboxSnapshots:
     """SandboxSnapshots over a FakeDriver, `store` and a local object store at `objects`: a new
     keeper on the same stores is a new run of the node (whose marks are then an earlier run's)."""
-    driver, clock = FakeDriver(), FakeClock()
+    driver, clock = FakeDriver(objects.parent / "sandboxes"), FakeClock()
     snapshots = Snapshots(LocalObjectStore(objects), clock)
     keeper = WorkspaceKeeper(driver, snapshots, store, clock, quota_bytes=lambda _: None, node="n")
     service = SandboxService(driver, clock, max_sandboxes=4, pids_max=64, stop_grace_s=0.1)

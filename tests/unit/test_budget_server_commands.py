@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -69,8 +70,8 @@ def test_a_full_budget_refuses_with_unavailable_naming_the_limit() -> None:
 
 
 @pytest.fixture
-async def driver() -> AsyncIterator[FakeDriver]:
-    fake = FakeDriver()
+async def driver(tmp_path: Path) -> AsyncIterator[FakeDriver]:
+    fake = FakeDriver(tmp_path)
     for sandbox_id in ("sbx_a", "sbx_b"):
         await fake.start(SandboxSpec(sandbox_id=sandbox_id))
     try:

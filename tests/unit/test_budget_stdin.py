@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -50,8 +51,8 @@ async def test_one_write_larger_than_the_budget_goes_when_nothing_is_queued() ->
 
 
 @pytest.fixture
-async def driver() -> AsyncIterator[FakeDriver]:
-    fake = FakeDriver()
+async def driver(tmp_path: Path) -> AsyncIterator[FakeDriver]:
+    fake = FakeDriver(tmp_path)
     await fake.start(SandboxSpec(sandbox_id="sbx_budget"))
     try:
         yield fake

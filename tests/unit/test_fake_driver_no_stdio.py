@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +16,8 @@ from agentcell.server.sandbox.fake import FakeDriver
 
 
 @pytest.fixture
-async def driver() -> AsyncIterator[FakeDriver]:
-    fake = FakeDriver()
+async def driver(tmp_path: Path) -> AsyncIterator[FakeDriver]:
+    fake = FakeDriver(tmp_path)
     await fake.start(SandboxSpec(sandbox_id="sbx"))
     try:
         yield fake

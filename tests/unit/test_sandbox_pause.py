@@ -60,7 +60,7 @@ class World:
 async def built_world(tmp_path: Path, code: bool = False) -> AsyncIterator[World]:
     """A sandbox service on the fake driver with pauses over a local object store; with `code`,
     a code interpreter too."""
-    driver, clock = FakeDriver(), FakeClock()
+    driver, clock = FakeDriver(tmp_path / "sandboxes"), FakeClock()
     interpreter = Interpreter(driver, clock) if code else None
     store = SqliteMetaStore(tmp_path / "meta.db")
     await store.open()

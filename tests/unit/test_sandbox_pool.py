@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +28,8 @@ class GatedDriver(FakeDriver):
     together), and which knows its live instances."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self._scratch = tempfile.TemporaryDirectory(prefix="agentcell-test-")
+        super().__init__(Path(self._scratch.name))
         self.gate = asyncio.Event()
         self.gate.set()
         self.waiting = 0
@@ -47,6 +49,10 @@ class GatedDriver(FakeDriver):
     async def stop(self, sandbox_id: str, grace_s: float = 2.0) -> None:
         self.alive.discard(sandbox_id)
         await super().stop(sandbox_id, grace_s)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        self._scratch.cleanup()
 
 
 @dataclass
@@ -207,10 +213,10 @@ async def test_a_resume_keeps_its_own_id(env: Env) -> None:
 
 @contextlib.asynccontextmanager
 async def running_pool(
-    size: int, max_size: int | None = None
+    root: Path, size: int, max_size: int | None = None
 ) -> AsyncIterator[tuple[SandboxPool, FakeDriver, FakeClock]]:
     """A pool on a FakeDriver (and a FakeClock that stands still) with its own loop running."""
-    driver, clock = FakeDriver(), FakeClock()
+    driver, clock = FakeDriver(root), FakeClock()
     pool = make_pool(driver, clock, size, max_size=max_size)
     started = asyncio.Event()
     task = asyncio.create_task(pool.run(started))
@@ -225,8 +231,8 @@ async def running_pool(
         await driver.aclose()
 
 
-async def test_an_idle_instance_that_dies_is_removed() -> None:
-    async with running_pool(2) as (pool, driver, _):
+async def test_an_idle_instance_that_dies_is_removed(tmp_path: Path) -> None:
+    async with running_pool(tmp_path, 2) as (pool, driver, _):
         await wait_for(lambda: pool.ready == 2)
         dead = pool.idle_ids()[0]
         driver.crash(dead)
@@ -234,8 +240,8 @@ async def test_an_idle_instance_that_dies_is_removed() -> None:
         await wait_for(lambda: pool.ready == 2)  # refilled (the fake clock stands still: quiet)
 
 
-async def test_aclose_stops_every_idle_instance() -> None:
-    driver, clock = FakeDriver(), FakeClock()
+async def test_aclose_stops_every_idle_instance(tmp_path: Path) -> None:
+    driver, clock = FakeDriver(tmp_path), FakeClock()
     pool = make_pool(driver, clock, 2)
     clock.advance(QUIET_S)
     while await pool.refill_once(clock.now()):
@@ -255,8 +261,8 @@ class BrokenDriver(FakeDriver):
         raise Unavailable("no namespaces here")
 
 
-async def test_failed_refills_back_off() -> None:
-    driver, clock = BrokenDriver(), FakeClock()
+async def test_failed_refills_back_off(tmp_path: Path) -> None:
+    driver, clock = BrokenDriver(tmp_path), FakeClock()
     pool = make_pool(driver, clock, 2)
     assert not await pool.refill_once(clock.now())
     assert not await pool.refill_once(clock.now() + 0.5), "backing off"
@@ -476,8 +482,8 @@ async def test_a_fixed_pool_never_grows(env: Env) -> None:
     assert env.pool.target(env.clock.now()) == 3
 
 
-async def test_a_full_pool_waits_for_a_claim_and_then_refills() -> None:
-    async with running_pool(1, max_size=4) as (pool, _, clock):
+async def test_a_full_pool_waits_for_a_claim_and_then_refills(tmp_path: Path) -> None:
+    async with running_pool(tmp_path, 1, max_size=4) as (pool, _, clock):
         await wait_for(lambda: pool.ready == 1)
         with contextlib.ExitStack() as in_flight:  # a burst of 3
             for _ in range(3):

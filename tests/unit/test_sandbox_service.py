@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +18,8 @@ from agentcell.server.scheduler.sandboxes import SandboxService
 
 
 @pytest.fixture
-async def env() -> AsyncIterator[tuple[SandboxService, FakeDriver, FakeClock]]:
-    driver, clock = FakeDriver(), FakeClock()
+async def env(tmp_path: Path) -> AsyncIterator[tuple[SandboxService, FakeDriver, FakeClock]]:
+    driver, clock = FakeDriver(tmp_path), FakeClock()
     service = SandboxService(driver, clock, max_sandboxes=3, pids_max=64, stop_grace_s=0.1)
     started = asyncio.Event()
     task = asyncio.create_task(service.run(3600, started))

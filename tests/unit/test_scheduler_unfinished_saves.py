@@ -104,7 +104,7 @@ def no_quota(_: str) -> int | None:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    driver, clock = FakeDriver(), FakeClock()
+    driver, clock = FakeDriver(tmp_path / "sandboxes"), FakeClock()
     store = SqliteMetaStore(tmp_path / "meta.db")
     await store.open()
     objects = KillableStore(tmp_path / "objects")

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,9 +58,10 @@ class FakeProcess:
 
 
 class FakeDriver:
-    def __init__(self, root: Path | None = None) -> None:
-        self._root = root or Path(tempfile.mkdtemp(prefix="agentcell-fake-"))
-        self._owns_root = root is None
+    def __init__(self, root: Path) -> None:
+        """`root` holds the sandboxes' files; the caller owns it (a temp dir of the driver's own
+        was left behind by every test that did not close the driver)."""
+        self._root = root
         self._running: dict[str, asyncio.Event] = {}
         self._procs: dict[str, list[FakeProcess]] = {}
         self._ports: dict[str, int] = {}
@@ -212,8 +212,6 @@ class FakeDriver:
     async def aclose(self) -> None:
         for sandbox_id in list(self._running):
             await self.stop(sandbox_id)
-        if self._owns_root:
-            shutil.rmtree(self._root, ignore_errors=True)
 
 
 def _at_eof() -> asyncio.StreamReader:
