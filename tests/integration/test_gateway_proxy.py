@@ -912,6 +912,34 @@ async def test_unreachable_upstream_gives_502(tmp_path: Path) -> None:
     assert router.completions[0][0] == 502
 
 
+async def close_without_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+    await read_request(reader)
+
+
+async def test_the_router_words_an_upstream_lost_before_answering(tmp_path: Path) -> None:
+    """`explain_loss` replaces the engine's words for an upstream that closed before answering or
+    took no connection (an instance stopped on purpose); returning None keeps them."""
+    says: list[str | None] = ["instance ins_1 stopped while this request was on its way"]
+
+    def explain() -> str | None:
+        return says[0]
+
+    upstream = RawUpstream(close_without_answering)
+    async with upstream, running_gateway(StaticRouter(upstream.address, explain_loss=explain)) as (_, address):
+        client = await Client.connect(address)
+        got = await client.request("GET", "/x")
+        assert got.status == 502 and got.json()["message"] == says[0]
+        await client.aclose()
+    refusing = StaticRouter(UnixUpstream(str(tmp_path / "nobody.sock")), explain_loss=explain)
+    async with running_gateway(refusing) as (_, address):
+        client = await Client.connect(address)
+        assert (await client.request("GET", "/x")).json()["message"] == says[0]
+        says[0] = None
+        got = await client.request("GET", "/x")
+        assert got.json()["message"] == "the upstream is not accepting connections"
+        await client.aclose()
+
+
 async def test_malformed_request_gets_400_and_close(tmp_path: Path) -> None:
     """Bytes that are not HTTP get a 400 envelope and the connection is closed."""
     router = StaticRouter(TcpUpstream("127.0.0.1", 9))

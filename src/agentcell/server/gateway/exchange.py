@@ -218,8 +218,10 @@ class Exchange:
             return
         if exc is not None:
             log.info("cannot connect to upstream for %r: %s", self.head, exc)
-            gone = isinstance(exc, UpstreamGone)
-            self._fail(502, "unavailable", str(exc) if gone else "the upstream is not accepting connections")
+            refused = "the upstream is not accepting connections"
+            # an UpstreamGone was worded by the router already
+            message = str(exc) if isinstance(exc, UpstreamGone) else self._loss_message(refused)
+            self._fail(502, "unavailable", message)
             return
         self._attach(task.result())
 
@@ -571,7 +573,8 @@ class Exchange:
                 self._retry()
             else:
                 log.info("upstream failed before responding to %r: %s", self.head, error)
-                self._fail(502, "unavailable", "the upstream closed the connection before responding")
+                closed = "the upstream closed the connection before responding"
+                self._fail(502, "unavailable", self._loss_message(closed))
         elif state == STREAMING and self.until_close:
             if self.framing == Framing.CHUNKED:
                 self.conn.queue(b"0\r\n\r\n")
@@ -582,6 +585,11 @@ class Exchange:
             self.keep_alive = False
             self.conn.close()
             self._finish()
+
+    def _loss_message(self, default: str) -> str:
+        route = self.route
+        explain = route.explain_loss if isinstance(route, Forward) else None
+        return (explain() if explain is not None else None) or default
 
     def _may_retry(self, upstream: UpstreamConnection | AppCall | None) -> bool:
         """Only a reused connection, only once, only a replayable request (Go's net/http rule:

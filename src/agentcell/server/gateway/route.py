@@ -156,6 +156,9 @@ class Forward:
     body_filter: Callable[[bytes], bytes] | None = None
     drop_headers: frozenset[bytes] = frozenset()
     """request headers (lowercase names) not sent upstream, e.g. the caller's agentcell API key"""
+    explain_loss: Callable[[], str | None] | None = None
+    """why the upstream was lost before it answered, when the integrator knows better than the
+    engine (its instance was stopped on purpose); None keeps the engine's own words"""
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from agentcell.errors import AgentcellError, NotFound
+from agentcell.errors import AgentcellError, NotFound, NotRunning
 from agentcell.protocol.common import STATUS_BY_CODE
 from agentcell.protocol.functions import Affinity
 from agentcell.server.auth.access import RequestAuth
@@ -221,6 +221,7 @@ class GatewayRouter:
             body_filter=body_filter,
             context=context,
             timeout_s=lease.function.config.request_timeout_s,
+            explain_loss=partial(_stopped_or_none, lease),
         )
 
     @staticmethod
@@ -243,10 +244,10 @@ class GatewayRouter:
     async def _connect(self, lease: Lease) -> socket.socket:
         try:
             return await self._scheduler.connect(lease)
-        except (ConnectionRefusedError, ConnectionResetError, NotFound) as exc:
+        except (OSError, NotFound, NotRunning) as exc:  # the instance's init may be gone already
             if not lease.instance.is_live:  # stopped on purpose while the request was on its way
                 raise UpstreamGone(_stopped_under(lease)) from exc
-            if isinstance(exc, NotFound):
+            if not isinstance(exc, (ConnectionRefusedError, ConnectionResetError)):
                 raise
             self._scheduler.instance_unreachable(lease, str(exc))
             ended = f"; its session {lease.session.id} ended" if lease.session is not None else ""
@@ -280,6 +281,13 @@ class GatewayRouter:
             self._scheduler.end_mcp_session(lease)  # a legacy SSE session lives as long as its stream
         else:
             self._scheduler.release_unnamed(lease)
+
+
+def _stopped_or_none(lease: Lease) -> str | None:
+    """Why a request lost its upstream, if its instance was stopped on purpose meanwhile (not
+    live, and not failed)."""
+    instance = lease.instance
+    return None if instance.is_live or instance.failure is not None else _stopped_under(lease)
 
 
 def _stopped_under(lease: Lease) -> str:
