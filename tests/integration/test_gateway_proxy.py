@@ -925,7 +925,8 @@ async def test_the_router_words_an_upstream_lost_before_answering(tmp_path: Path
         return says[0]
 
     upstream = RawUpstream(close_without_answering)
-    async with upstream, running_gateway(StaticRouter(upstream.address, explain_loss=explain)) as (_, address):
+    closing = StaticRouter(upstream.address, explain_loss=explain)
+    async with upstream, running_gateway(closing) as (_, address):
         client = await Client.connect(address)
         got = await client.request("GET", "/x")
         assert got.status == 502 and got.json()["message"] == says[0]
