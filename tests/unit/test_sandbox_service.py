@@ -206,3 +206,18 @@ async def test_stdin_to_an_exited_process_is_a_conflict(
     await process.wait()
     with pytest.raises(NotRunning):
         await process.write_stdin(b"late", close=False)
+
+
+async def test_a_private_create_is_private_before_its_id_is_answered(
+    env: tuple[SandboxService, FakeDriver, FakeClock],
+) -> None:
+    """Every create-like path (native, E2B, fork, snapshot start, resume) goes through create,
+    which restricts the sandbox's ports itself; a public one is left alone."""
+    service, _, _ = env
+    private = await service.create(SandboxCreate(ports="private"))
+    public = await service.create(SandboxCreate())
+    resumed = await service.create(SandboxCreate(ports="private"), sandbox_id="sbx_resumed")
+    assert service.traffic.is_private(private.id) and service.traffic.is_private(resumed.id)
+    assert not service.traffic.is_private(public.id)
+    assert not service.traffic.admits(private.id, None)
+    assert service.traffic.admits(private.id, service.traffic.token(private.id).encode())

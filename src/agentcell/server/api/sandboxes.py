@@ -85,8 +85,6 @@ async def create_sandbox(
         sandbox = await snapshots.start(body.snapshot, from_snapshot(body))
     else:
         sandbox = await sandboxes.create(body)
-    if sandbox.request.ports == "private":
-        traffic.restrict(sandbox.id)  # its id is not known to anyone before this answer
     return answer(sandbox, traffic)
 
 

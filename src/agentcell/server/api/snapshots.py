@@ -99,6 +99,4 @@ def _outcome(fork: Sandbox | AgentcellError, traffic: PrivateTraffic) -> ForkOut
     if isinstance(fork, AgentcellError):
         error = ErrorEnvelope(code=fork.code, message=fork.message, request_id=request_id_var.get())
         return ForkOutcome(error=error)
-    if fork.request.ports == "private":
-        traffic.restrict(fork.id)  # before its id is known to anyone
     return ForkOutcome(sandbox=answer(fork, traffic))

@@ -144,8 +144,6 @@ async def create_sandbox(request: Request, body: SandboxCreateE2b) -> dict[str, 
     else:
         sandbox = await reg.sandboxes.create(_create_request(body))
     reg.remember(sandbox, body.template_id)
-    if sandbox.request.ports == "private":
-        reg.traffic.restrict(sandbox.id)  # its id is not known to anyone before this answer
     return sandbox_reply(reg, sandbox)
 
 
@@ -436,8 +434,6 @@ def _fork_reply(reg: E2bRegistry, fork: Sandbox | AgentcellError, template_id: s
         status, _code, message = status_and_message(fork)
         return {"error": {"code": status, "message": message}}
     reg.remember(fork, template_id)
-    if fork.request.ports == "private":
-        reg.traffic.restrict(fork.id)  # before its id is known to anyone
     return {"sandbox": sandbox_reply(reg, fork)}
 
 

@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agentcell.errors import NotFound
-from agentcell.server.auth.principal import acting_as
 from agentcell.server.clock import Clock
 from agentcell.server.scheduler.sandbox_metrics import SandboxMetrics
 from agentcell.server.scheduler.sandbox_pause import PausedSandbox, SandboxPauses
 from agentcell.server.scheduler.sandboxes import Sandbox, SandboxService
-from agentcell.server.scheduler.traffic import PrivateTraffic
 
 if TYPE_CHECKING:
     from agentcell.server.e2b.process import ProcessConfig
@@ -73,14 +71,13 @@ class E2bRegistry:
         clock: Clock,
         pauses: SandboxPauses,
         metrics: SandboxMetrics,
-        secret: bytes | None = None,
     ) -> None:
         self.sandboxes = sandboxes
         self.pauses = pauses
         self.metrics = metrics
         self.clock = clock
         self._extras: dict[str, Extras] = {}
-        self.traffic = PrivateTraffic(self._exists, secret)
+        self.traffic = sandboxes.traffic
         """the private sandboxes of every API (the native one's too): the gateway checks by it"""
         pauses.labeller = self._labels
         pauses.resuming = self._restrict_resumed
@@ -111,17 +108,6 @@ class E2bRegistry:
         if self.traffic.is_private(sandbox.id):
             labels[PUBLIC_TRAFFIC_LABEL] = "false"
         return labels
-
-    def _exists(self, sandbox_id: str) -> bool:
-        """Live or paused, of any tenant (PrivateTraffic forgets the others)."""
-        with acting_as(None):
-            if self.pauses.paused(sandbox_id) is not None:
-                return True
-            try:
-                self.sandboxes.get(sandbox_id)
-            except NotFound:
-                return False
-            return True
 
     def remember(self, sandbox: Sandbox, template_id: str) -> None:
         self.forget_ended()

@@ -18,7 +18,7 @@ from agentcell.errors import AgentcellError, InvalidArgument, NotFound, NotRunni
 from agentcell.protocol.commands import CommandRequest, EndEvent
 from agentcell.protocol.sandboxes import SandboxCreate, SandboxInfo, SandboxState
 from agentcell.server.auth.names import DEFAULT_TENANT
-from agentcell.server.auth.principal import current_or_none
+from agentcell.server.auth.principal import acting_as, current_or_none
 from agentcell.server.auth.quotas import QuotaGuard, unlimited
 from agentcell.server.clock import Clock
 from agentcell.server.egress.policy import EgressPolicy
@@ -46,6 +46,7 @@ from agentcell.server.scheduler.metering import (
 from agentcell.server.scheduler.node_capacity import NodeCapacity
 from agentcell.server.scheduler.processes import CommandLimits, Event, ManagedProcess, ProcessTable
 from agentcell.server.scheduler.sandbox_pool import SandboxPool
+from agentcell.server.scheduler.traffic import PrivateTraffic
 from agentcell.server.templates.service import ResolvedTemplate, TemplateService
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,8 @@ class SandboxService:
         """Called for a sandbox past its deadline; True: it was dealt with (paused), do not kill it."""
         self.is_paused: Callable[[str], bool] = lambda sandbox_id: False
         """Whether the caller's sandbox of this id is paused (set by scheduler/sandbox_pause.py)."""
+        self.traffic = PrivateTraffic(self._live_or_paused)
+        """the private sandboxes (every API's), which the gateway checks each port request by"""
 
     # -- lifecycle of the service ---------------------------------------------------------------
 
@@ -200,6 +203,8 @@ class SandboxService:
         except BaseException:
             self._unhold(sandbox)
             raise
+        if request.ports == "private":  # before its id can be known: every create-like path comes here
+            self.traffic.restrict(sandbox.id)
         self._sandboxes[sandbox.id] = sandbox
         self._watch(sandbox)
         if request.code_kernel:
@@ -300,6 +305,13 @@ class SandboxService:
         if sandbox is None or not _visible(sandbox):
             raise NotFound(f"sandbox {sandbox_id!r} not found (it may have ended)")
         return sandbox
+
+    def _live_or_paused(self, sandbox_id: str) -> bool:
+        """Of any tenant (PrivateTraffic forgets the others)."""
+        if sandbox_id in self._sandboxes:
+            return True
+        with acting_as(None):
+            return self.is_paused(sandbox_id)
 
     def running(self, sandbox_id: str) -> Sandbox:
         if sandbox_id not in self._sandboxes and self.is_paused(sandbox_id):

@@ -10,9 +10,11 @@ themselves (E2B's envd access token is this token).
 
 Tokens are derived (HMAC of the sandbox id under a per-server secret), so a sandbox has the same one
 from its create through pauses and resumes, until the server restarts (a new secret: the resume's
-answer has the new token). Private sandboxes live in memory only; whoever creates or resumes one
-makes it private here before its id or its ports can be reached (the create routes; the resume hook
-of SandboxPauses, set by the E2B registry, for every resume).
+answer has the new token). Private sandboxes live in memory only. SandboxService owns this and makes
+a sandbox created private (every create, fork, snapshot start and resume goes through its
+`create`) private here before its id or its ports can be reached; the E2B registry's resume hook
+(SandboxPauses.resuming) also restricts a sandbox paused before `ports` existed, whose paused
+record says so only by an E2B label.
 """
 
 from __future__ import annotations
