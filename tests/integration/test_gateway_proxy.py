@@ -924,13 +924,13 @@ async def test_the_router_words_an_upstream_lost_before_answering(tmp_path: Path
     def explain() -> str | None:
         return says[0]
 
-    upstream = RawUpstream(close_without_answering)
-    closing = StaticRouter(upstream.address, explain_loss=explain)
-    async with upstream, running_gateway(closing) as (_, address):
-        client = await Client.connect(address)
-        got = await client.request("GET", "/x")
-        assert got.status == 502 and got.json()["message"] == says[0]
-        await client.aclose()
+    async with RawUpstream(close_without_answering) as upstream:
+        closing = StaticRouter(upstream.address, explain_loss=explain)
+        async with running_gateway(closing) as (_, address):
+            client = await Client.connect(address)
+            got = await client.request("GET", "/x")
+            assert got.status == 502 and got.json()["message"] == says[0]
+            await client.aclose()
     refusing = StaticRouter(UnixUpstream(str(tmp_path / "nobody.sock")), explain_loss=explain)
     async with running_gateway(refusing) as (_, address):
         client = await Client.connect(address)
