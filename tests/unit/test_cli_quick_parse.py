@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agentcell.cli.quick import _parse
+from agentcell.client.quick import NotQuick, create_sandbox
 
 EMPTY: dict[str, dict[str, str]] = {"env": {}, "metadata": {}}
 
@@ -55,3 +56,18 @@ def test_plain_creates_are_answered_here(
 )
 def test_everything_else_goes_to_the_full_command(argv: list[str]) -> None:
     assert _parse(argv) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1:1",  # TLS: httpx's CA handling
+        "http://user:secret@127.0.0.1:1",  # httpx sends these as Basic auth
+        "http://127.0.0.1:1/?x=1",
+        "ftp://127.0.0.1:1",  # the SDK's refusal, in its words
+    ],
+)
+def test_servers_the_sdk_reaches_differently_are_left_to_it(url: str) -> None:
+    """Decided before any connection is tried (port 1: nothing listens there)."""
+    with pytest.raises(NotQuick):
+        create_sandbox({}, url, "key")

@@ -34,6 +34,9 @@ def run(argv: Sequence[str]) -> int | None:
     except AgentcellClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("Aborted!", file=sys.stderr)  # as click ends the full command
+        return 1
     print(created["id"])
     if created.get("traffic_token") is not None:  # stdout stays the id alone, for scripts
         print(f"traffic token: {created['traffic_token']}", file=sys.stderr)

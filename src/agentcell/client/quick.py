@@ -40,8 +40,8 @@ def create_sandbox(body: dict[str, Any], api_url: str | None, api_key: str | Non
     except AgentcellClientError:
         raise NotQuick from None  # a URL the SDK refuses, in its words
     url = urlsplit(config.api_url)
-    if url.scheme != "http" or url.query or _proxied():
-        raise NotQuick
+    if url.scheme != "http" or url.query or url.username is not None or _proxied():
+        raise NotQuick  # (credentials in the URL: httpx sends them as Basic auth)
     try:
         connection = socket.create_connection((url.hostname or "", url.port or 80), config.request_timeout_s)
     except OSError:
