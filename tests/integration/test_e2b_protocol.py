@@ -176,3 +176,31 @@ def test_files_upload_writes_each_file_part_as_it_streams(api: httpx.Client, san
     for params, files, needle in mistakes:
         reply = api.post("/files", params=params, files=files, headers=sandbox)
         assert reply.status_code == 400 and needle in reply.text, reply.text
+
+
+def test_the_traffic_token_opens_ports_but_drives_neither_envd_nor_code(api: httpx.Client) -> None:
+    """E2B's two tokens are two: whoever is given a sandbox's trafficAccessToken (to reach a web
+    app on its ports) cannot run commands, read files or run code with it. The code
+    interpreter's context calls take it, as E2B's SDK sends nothing else for them."""
+    created = api.post("/sandboxes", json={"templateID": "base", "timeout": 120}).json()
+    envd, traffic = created["envdAccessToken"], created["trafficAccessToken"]
+    assert envd != traffic
+    sid = {"E2b-Sandbox-Id": created["sandboxID"]}
+    kernel = {**sid, "E2b-Sandbox-Port": "49999"}
+
+    def stat(token: Mapping[str, str]) -> httpx.Response:
+        return api.post("/filesystem.Filesystem/Stat", json={"path": "/"}, headers={**sid, **token})
+
+    def execute(token: Mapping[str, str]) -> httpx.Response:
+        return api.post("/execute", json={"code": "1"}, headers={**kernel, **token})
+
+    try:
+        for token in ({"E2B-Traffic-Access-Token": traffic}, {"X-Access-Token": traffic}):
+            assert (stat(token).status_code, stat(token).json()["code"]) == (401, "unauthenticated")
+            assert execute(token).status_code == 401, execute(token).text
+        assert stat({"X-Access-Token": envd}).status_code == 200
+        listed = api.get("/contexts", headers={**kernel, "E2B-Traffic-Access-Token": traffic})
+        assert listed.status_code == 200, listed.text
+        assert execute({"X-Access-Token": envd}).status_code == 200
+    finally:
+        api.delete(f"/sandboxes/{created['sandboxID']}")

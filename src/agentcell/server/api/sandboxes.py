@@ -60,8 +60,8 @@ def described(sandbox: Sandbox, traffic: PrivateTraffic, *, with_token: bool) ->
 
 
 def answer(sandbox: Sandbox, traffic: PrivateTraffic) -> SandboxInfo:
-    """The token only to a key that may write to the sandbox: with it, its ports (and E2B's envd,
-    which takes the same token) are open to whoever holds it."""
+    """The token only to a key that may write to the sandbox: with it, its ports are open to
+    whoever holds it (not its envd or code interpreter: they take E2B's envd access token)."""
     principal = current_or_none()
     return described(sandbox, traffic, with_token=principal is None or principal.allows(WRITE_SCOPE))
 

@@ -64,8 +64,8 @@ def sandbox_reply(reg: E2bRegistry, sandbox: Sandbox) -> dict[str, Any]:
         "alias": template_id,
         "envdVersion": ENVD_VERSION,
         "envdAccessToken": reg.token(sandbox.id),
-        # the code interpreter's SDK sends it on every call; a private sandbox's ports need it
-        "trafficAccessToken": reg.token(sandbox.id),
+        # a private sandbox's ports need it (the code interpreter's SDK sends it on every call)
+        "trafficAccessToken": reg.traffic.token(sandbox.id),
         "domain": None,
     }
 

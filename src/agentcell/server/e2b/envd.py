@@ -126,13 +126,17 @@ def check_user(request: Request) -> None:
         )
 
 
-def authorized_sandbox(request: Request) -> Sandbox:
-    """The request's running sandbox, once its access token checks out."""
+def authorized_sandbox(request: Request, *, traffic_ok: bool = False) -> Sandbox:
+    """The request's running sandbox, once its envd access token checks out; with `traffic_ok`,
+    its traffic access token does too (the code interpreter's context calls, which E2B's SDK
+    makes with that token alone)."""
     target = target_of(request)
     registry = services(request).registry
     sandbox = registry.running(target.sandbox_id)
-    given = request.headers.get(ACCESS_TOKEN_HEADER) or request.headers.get(TRAFFIC_TOKEN_HEADER)
-    if not registry.is_token(sandbox.id, given):
+    traffic = request.headers.get(TRAFFIC_TOKEN_HEADER) if traffic_ok else None
+    if traffic is not None and registry.traffic.is_token(sandbox.id, traffic):
+        return sandbox
+    if not registry.is_token(sandbox.id, request.headers.get(ACCESS_TOKEN_HEADER)):
         raise Unauthenticated("missing or wrong X-Access-Token for this sandbox (see envdAccessToken)")
     return sandbox
 

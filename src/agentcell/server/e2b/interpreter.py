@@ -75,7 +75,9 @@ def registry(request: Request) -> E2bRegistry:
 
 
 def contexts(request: Request) -> CodeContexts:
-    return registry(request).sandboxes.code(authorized_sandbox(request).id)
+    """The code contexts of the request's sandbox: with its envd or its traffic access token, as
+    E2B's SDK sends only the latter for them. Running code takes the envd token (/execute)."""
+    return registry(request).sandboxes.code(authorized_sandbox(request, traffic_ok=True).id)
 
 
 def context_reply(context: CodeContext) -> dict[str, str]:
@@ -183,7 +185,7 @@ async def create_context(request: Request, body: ContextCreateE2b) -> dict[str, 
     (as the sandbox user, so only where that user may write)."""
     wanted = {k: v for k, v in (("language", body.language), ("cwd", body.cwd)) if v}
     if body.cwd:
-        files = registry(request).sandboxes.files(authorized_sandbox(request).id)
+        files = registry(request).sandboxes.files(authorized_sandbox(request, traffic_ok=True).id)
         if not await _exists(files, body.cwd):
             await files.make_dir(body.cwd)
     context = await contexts(request).create(CodeContextCreate.model_validate(wanted))

@@ -1,17 +1,20 @@
 """E2bRegistry: what the E2B API adds to agentcell's sandboxes — template names as the client gave
 them, envd access tokens, process tags and directory watchers, and which sandboxes' ports are private.
 
-Tokens are derived (HMAC of the sandbox id under a per-server secret, by PrivateTraffic), so every
-sandbox has one without any state, and a signed file URL can be matched to its sandbox by trying
-each live one. Per-sandbox extras live here until their sandbox is gone (dropped lazily on lookup
-and on create). A private sandbox stays private while it is paused (its request says so, in its
-paused record across a server restart), and this registry makes it private again on every resume,
-whoever asks for it (SandboxPauses.resuming).
+envd access tokens are derived (HMAC of the sandbox id under a per-server secret of their own;
+traffic tokens likewise, under PrivateTraffic's), so every sandbox has them without any state, and
+a signed file URL can be matched to its sandbox by trying each live one. Per-sandbox extras live
+here until their sandbox is gone (dropped lazily on lookup and on create). A private sandbox stays
+private while it is paused (its request says so, in its paused record across a server restart),
+and this registry makes it private again on every resume, whoever asks for it
+(SandboxPauses.resuming).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +23,7 @@ from agentcell.server.clock import Clock
 from agentcell.server.scheduler.sandbox_metrics import SandboxMetrics
 from agentcell.server.scheduler.sandbox_pause import PausedSandbox, SandboxPauses
 from agentcell.server.scheduler.sandboxes import Sandbox, SandboxService
+from agentcell.server.scheduler.traffic import TOKEN_CHARS
 
 if TYPE_CHECKING:
     from agentcell.server.e2b.process import ProcessConfig
@@ -77,14 +81,17 @@ class E2bRegistry:
         self.metrics = metrics
         self.clock = clock
         self._extras: dict[str, Extras] = {}
+        self._envd_secret = secrets.token_bytes(32)
         self.traffic = sandboxes.traffic
         """the private sandboxes of every API (the native one's too): the gateway checks by it"""
         pauses.labeller = self._labels
         pauses.resuming = self._restrict_resumed
 
     def token(self, sandbox_id: str) -> str:
-        """envdAccessToken and trafficAccessToken: the sandbox's one token (PrivateTraffic's)."""
-        return self.traffic.token(sandbox_id)
+        """envdAccessToken: drives the sandbox's envd and code interpreter, and signs its file
+        URLs. Not its trafficAccessToken (PrivateTraffic's), which only opens a private sandbox's
+        ports: whoever is given that one to reach a web app must not run commands with it."""
+        return hmac.new(self._envd_secret, sandbox_id.encode(), hashlib.sha256).hexdigest()[:TOKEN_CHARS]
 
     def is_token(self, sandbox_id: str, given: str | None) -> bool:
         return given is not None and hmac.compare_digest(self.token(sandbox_id), given)

@@ -16,9 +16,10 @@ JUPYTER_PORT = 49999
 SANDBOX_ID_HEADER = b"e2b-sandbox-id"
 SANDBOX_PORT_HEADER = b"e2b-sandbox-port"
 ACCESS_TOKEN_HEADER = "x-access-token"
+"""the envd access token, which E2B's SDKs send to envd and to the code interpreter's /execute"""
 TRAFFIC_TOKEN_HEADER = "e2b-traffic-access-token"
-"""what the code interpreter's SDK sends (on every call, `/contexts` too) when the sandbox has a
-`trafficAccessToken`; agentcell gives the same token as both"""
+"""what the code interpreter's SDK sends on every call when the sandbox has a
+`trafficAccessToken` (its context calls carry nothing else)"""
 HOST_PREFIX = "/_sandbox/"
 SIGNED_FILES = "/_signed/files"
 SCOPE_KEY = "e2b.target"

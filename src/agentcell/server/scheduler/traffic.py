@@ -5,8 +5,8 @@ A sandbox is private when it was created so (`"ports": "private"` on agentcell's
 `network.allowPublicTraffic: false`; both are its request's `ports`). A request through a private
 sandbox's host, `{port}-{sandboxId}.{domain}`, reaches a port only with the sandbox's token in the
 `e2b-traffic-access-token` header; the gateway answers 403 otherwise (server/gateway/e2b.py). envd
-(49983) and the code interpreter (49999) are not checked here, as on E2B: they take that same token
-themselves (E2B's envd access token is this token).
+(49983) and the code interpreter (49999) are not checked here, as on E2B: they take the sandbox's
+envd access token themselves (e2b/registry.py), never this one.
 
 Tokens are derived (HMAC of the sandbox id under a per-server secret), so a sandbox has the same one
 from its create through pauses and resumes, until the server restarts (a new secret: the resume's
@@ -56,6 +56,10 @@ class PrivateTraffic:
 
     def is_private(self, sandbox_id: str) -> bool:
         return sandbox_id in self._tokens
+
+    def is_token(self, sandbox_id: str, given: str) -> bool:
+        """Whether `given` is the sandbox's traffic access token (private or not)."""
+        return hmac.compare_digest(self.token(sandbox_id), given)
 
     def admits(self, sandbox_id: str, given: bytes | None) -> bool:
         """Whether a request carrying `given` (the header's value, None when absent) may reach the
