@@ -85,5 +85,5 @@ async def test_one_sandbox_slow_lookups_do_not_stall_another_sandbox(
             )
             took = time.monotonic() - started
             await slow.kill()
+    # curl's --max-time 4 is the bound: queued behind A's lookups (5 s each, twice) it fails
     assert reply.stdout == "hello from 127.0.0.1\n", (reply, took)
-    assert took < 2.0, took

