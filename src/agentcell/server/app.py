@@ -305,10 +305,9 @@ def create_app(
     app.state.pauses = pauses
     app.state.terminals = terminals
     e2b = e2b_app(sandbox_service, clock, pauses, sandbox_metrics, terminals)
-    app.state.traffic = sandbox_service.traffic  # private sandboxes of every API
     e2b.control.state.snapshots = sandbox_snapshots  # E2B's snapshots and fork
     app.state.snapshots = sandbox_snapshots  # the native API's (api/snapshots.py)
-    app.state.e2b_ports = E2bPorts(sandbox_service, driver, settings.e2b_domain, app.state.traffic)
+    app.state.e2b_ports = E2bPorts(sandbox_service, driver, settings.e2b_domain, sandbox_service.traffic)
     app.state.scheduler = scheduler
     app.state.node_egress = node_egress_of(driver)  # main.py protects the ports it binds
     app.state.workspaces = workspaces

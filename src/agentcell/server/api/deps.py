@@ -10,8 +10,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from agentcell.server.scheduler.sandbox_pause import SandboxPauses
+from agentcell.server.scheduler.sandbox_snapshots import SandboxSnapshots
 from agentcell.server.scheduler.sandboxes import SandboxService
 from agentcell.server.scheduler.scheduler import Scheduler as FunctionScheduler
+from agentcell.server.scheduler.traffic import PrivateTraffic
 from agentcell.server.scheduler.workspaces import WorkspaceKeeper
 
 
@@ -37,6 +39,23 @@ async def _scheduler(request: Request) -> FunctionScheduler:
 
 
 Scheduler = Annotated[FunctionScheduler, Depends(_scheduler)]
+
+
+async def _traffic(request: Request) -> PrivateTraffic:
+    """The sandbox service's: which sandboxes' ports are private, and their tokens."""
+    sandboxes: SandboxService = request.app.state.sandboxes
+    return sandboxes.traffic
+
+
+Traffic = Annotated[PrivateTraffic, Depends(_traffic)]
+
+
+async def _snapshots(request: Request) -> SandboxSnapshots:
+    snapshots: SandboxSnapshots = request.app.state.snapshots
+    return snapshots
+
+
+Snapshots = Annotated[SandboxSnapshots, Depends(_snapshots)]
 
 
 async def _workspaces(request: Request) -> WorkspaceKeeper:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import ValidationError
 
 from agentcell.errors import Conflict, InvalidArgument
@@ -21,33 +21,17 @@ from agentcell.protocol.sandboxes import (
     SandboxState,
     SandboxTimeout,
 )
-from agentcell.server.api.deps import Pauses, Sandboxes
+from agentcell.server.api.deps import Pauses, Sandboxes, Snapshots, Traffic
 from agentcell.server.api.errors import describe_validation
 from agentcell.server.api.lean import lean
 from agentcell.server.auth.principal import current_or_none
-from agentcell.server.scheduler.sandbox_snapshots import Adjust, SandboxSnapshots
+from agentcell.server.scheduler.sandbox_snapshots import Adjust
 from agentcell.server.scheduler.sandboxes import Sandbox
 from agentcell.server.scheduler.traffic import PrivateTraffic
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 SandboxId = Annotated[str, "sandbox id"]
 WRITE_SCOPE = "sandboxes:write"
-
-
-async def _traffic(request: Request) -> PrivateTraffic:
-    traffic: PrivateTraffic = request.app.state.traffic
-    return traffic
-
-
-Traffic = Annotated[PrivateTraffic, Depends(_traffic)]
-
-
-async def _snapshots(request: Request) -> SandboxSnapshots:
-    snapshots: SandboxSnapshots = request.app.state.snapshots
-    return snapshots
-
-
-Snapshots = Annotated[SandboxSnapshots, Depends(_snapshots)]
 
 
 def described(sandbox: Sandbox, traffic: PrivateTraffic, *, with_token: bool) -> SandboxInfo:

@@ -23,9 +23,10 @@ from agentcell.protocol.snapshots import (
     SandboxSnapshotInfo,
     SandboxSnapshotList,
 )
+from agentcell.server.api.deps import Snapshots, Traffic
 from agentcell.server.api.errors import request_id_var
 from agentcell.server.api.lean import lean
-from agentcell.server.api.sandboxes import Snapshots, Traffic, answer
+from agentcell.server.api.sandboxes import answer
 from agentcell.server.scheduler.sandbox_snapshots import SandboxSnapshot
 from agentcell.server.scheduler.sandboxes import Sandbox
 from agentcell.server.scheduler.traffic import PrivateTraffic
