@@ -14,6 +14,11 @@ A third path, interleaved with the other two: Debian's nginx as a plain reverse 
 the instance's network namespace (`tool_call[_sdk]_nginx_p50_ms`): the same hop made by the
 reference proxy, so the machine's share of the hop's cost (on this VM a cross-CPU wake-up is a VM
 exit) can be told from the gateway's (`tool_call[_sdk]_gateway_vs_nginx_p50`).
+
+A fourth path, interleaved too: a minimal Python proxy (bench/lean_proxy.py: bytes forwarded, nothing
+parsed) on the host (`tool_call[_sdk]_lean_proxy_p50_ms`): what a Python hop costs on this machine
+when it does nothing else, so the share of the gateway's own work (routing, sessions, metering,
+rewriting) can be told from Python's.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -45,14 +51,14 @@ from bench.mcp_common import (
 from bench.mcp_sdk_client import round_trips
 from bench.procs import children, cpu_ms
 from bench.report import emit, median, percentile, progress
-from bench.server import BenchServer
+from bench.server import BenchServer, free_port
 
 NAME = "mcp_rtt"
 CALLS = 1000
 SDK_CLIENT_CALLS = 300
 HEADERS = {**JSON_AND_SSE, "mcp-protocol-version": "2025-11-25"}
 NGINX_PORT = 18081  # inside the instance's network namespace, where only its server listens
-PATHS = ("direct", "gateway", "nginx")
+PATHS = ("direct", "gateway", "nginx", "lean_proxy")
 
 
 @dataclass(slots=True)
@@ -67,30 +73,33 @@ class Samples:
     ms: dict[str, list[float]]
     """round trips per path, ms"""
     cpu_ms: dict[str, float]
-    """CPU time of the gateway's process and of nginx's worker over all calls, ms"""
+    """CPU time of the gateway's process, of nginx's worker and of the lean proxy over all calls, ms"""
 
 
 async def interleaved(instance_id: str, gateway: Target, tmp: Path, server_pid: int) -> Samples:
     """CALLS tool calls on each path, alternating one by one over three keep-alive connections,
     so that all see the same machine (this VM's latency drifts between runs): one straight into
     the instance's server through a socket made in its network namespace (as the gateway's driver
-    makes its own), one through the gateway, one through nginx in the instance's namespace.
-    Round trips in ms per path, the first tenth (warm-up) dropped; the CPU each proxy spent."""
+    makes its own), one through the gateway, one through nginx in the instance's namespace, one
+    through the lean proxy. Round trips in ms per path, the first tenth (warm-up) dropped; the CPU
+    each proxy spent."""
     pid, port = instance_server(instance_id)
     inside = Target(port, "/mcp", gateway.session_id)
     samples: dict[str, list[float]] = {path: [] for path in PATHS}
-    with nginx_inside(pid, port, tmp) as nginx_worker:
+    with nginx_inside(pid, port, tmp) as nginx_worker, lean_proxy(pid, port) as (lean_pid, lean_port):
         direct, proxied = await sockets_inside(pid, (port, NGINX_PORT))
-        before = cpu_ms(server_pid), cpu_ms(nginx_worker)
+        before = cpu_ms(server_pid), cpu_ms(nginx_worker), cpu_ms(lean_pid)
         async with (
             LeanClient(sock=direct) as straight,
             LeanClient("127.0.0.1", gateway.port) as through_gateway,
             LeanClient(sock=proxied) as through_nginx,
+            LeanClient("127.0.0.1", lean_port) as through_lean,
         ):
             paths = (
                 (straight, inside, samples["direct"]),
                 (through_gateway, gateway, samples["gateway"]),
                 (through_nginx, inside, samples["nginx"]),
+                (through_lean, inside, samples["lean_proxy"]),
             )
             for _ in range(CALLS):
                 for client, target, into in paths:
@@ -99,7 +108,11 @@ async def interleaved(instance_id: str, gateway: Target, tmp: Path, server_pid: 
                     status, _ = await client.request("POST", target.path, WHOAMI, headers)
                     into.append((time.perf_counter() - started) * 1000)
                     assert status == 200, status
-        cpu = {"gateway": cpu_ms(server_pid) - before[0], "nginx": cpu_ms(nginx_worker) - before[1]}
+        cpu = {
+            "gateway": cpu_ms(server_pid) - before[0],
+            "nginx": cpu_ms(nginx_worker) - before[1],
+            "lean_proxy": cpu_ms(lean_pid) - before[2],
+        }
     return Samples({path: ms[CALLS // 10 :] for path, ms in samples.items()}, cpu)
 
 
@@ -147,6 +160,23 @@ def nginx_inside(pid: int, port: int, tmp: Path) -> Iterator[int]:
         stop_process(proc)
 
 
+@contextlib.contextmanager
+def lean_proxy(pid: int, port: int) -> Iterator[tuple[int, int]]:
+    """bench/lean_proxy.py on a free host port, forwarding to `port` in the network namespace of
+    process `pid`; yields (its pid, its port); stopped by pid."""
+    listen = free_port()
+    argv = [sys.executable, "-m", "bench.lean_proxy", str(pid), str(port), str(listen)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    try:
+        ready = proc.stdout.readline() if proc.stdout is not None else b""
+        assert ready == b"ready\n", "the lean proxy did not start"
+        yield proc.pid, listen
+    finally:
+        stop_process(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def nginx_worker(master: subprocess.Popen[bytes]) -> int:
     deadline = time.monotonic() + 5
     while not (workers := children(master.pid)):
@@ -181,9 +211,11 @@ def measure(client: httpx.Client, server: BenchServer, function: str, suffix: st
     emit(NAME, f"tool_call{suffix}_p99_ms", percentile(ms["gateway"], 99), "ms", percentile(ms["direct"], 99))
     emit(NAME, f"tool_call{suffix}_nginx_p50_ms", nginx_p50, "ms", direct)
     emit(NAME, f"tool_call{suffix}_gateway_vs_nginx_p50", gateway_p50, "ms", nginx_p50)
+    emit(NAME, f"tool_call{suffix}_lean_proxy_p50_ms", median(ms["lean_proxy"]), "ms", direct)
     gateway_cpu, nginx_cpu = samples.cpu_ms["gateway"] / calls, samples.cpu_ms["nginx"] / calls
     emit(NAME, f"cpu_per_call{suffix}_nginx_ms", nginx_cpu, "ms")
     emit(NAME, f"cpu_per_call{suffix}_gateway_ms", gateway_cpu, "ms", nginx_cpu)
+    emit(NAME, f"cpu_per_call{suffix}_lean_proxy_ms", samples.cpu_ms["lean_proxy"] / calls, "ms")
 
 
 def measure_sdk_client(server: BenchServer, function: str, tmp: Path) -> None:
