@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from agentcell.cli.main import cli as main
-from agentcell.client import AsyncAgentcell, AsyncSandbox, NotFoundError
+from agentcell.client import Agentcell, AsyncAgentcell, AsyncSandbox, InvalidArgumentError, NotFoundError
 from agentcell.errors import Conflict
 from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.clock import FakeClock
@@ -110,6 +110,39 @@ def test_bad_input_is_refused_with_what_to_change(api: httpx.Client, sandbox: st
     assert api.delete(f"/v1/snapshots/{snap.json()['id']}").status_code == 204
 
 
+def test_snapshots_are_listed_a_page_at_a_time(server_url: str, api: httpx.Client, sandbox: str) -> None:
+    """`GET /v1/snapshots` answers `limit` of them at most, oldest first, with the `next_token` of
+    the next page (null on the last); the SDK's `list` follows the pages to the end, `list_page`
+    gets one; a bad limit or a token the server did not issue is a 400 saying what to send."""
+    taken = [api.post(f"/v1/sandboxes/{sandbox}/snapshots").json()["id"] for _ in range(3)]
+    try:
+        first = api.get("/v1/snapshots", params={"sandbox_id": sandbox, "limit": 2}).json()
+        assert [s["id"] for s in first["snapshots"]] == taken[:2] and first["next_token"]
+        params = {"sandbox_id": sandbox, "limit": 2, "next_token": first["next_token"]}
+        last = api.get("/v1/snapshots", params=params).json()
+        assert [s["id"] for s in last["snapshots"]] == taken[2:] and last["next_token"] is None
+        assert api.get("/v1/snapshots", params={"sandbox_id": sandbox}).json()["next_token"] is None
+
+        with Agentcell(api_url=server_url) as client:
+            assert [s.id for s in client.snapshots.list(sandbox_id=sandbox, page_size=1)] == taken
+            page = client.snapshots.list_page(sandbox_id=sandbox, limit=1, next_token=first["next_token"])
+            assert [s.id for s in page.snapshots] == taken[2:] and page.next_token is None
+            with pytest.raises(InvalidArgumentError, match="limit"):
+                client.snapshots.list(page_size=0)
+
+        for limit in ("0", "-1", "101", str(10**30), "ten"):
+            _refused(api.get("/v1/snapshots", params={"limit": limit}), 400, "limit: ", repr(limit))
+        for token in ("garbage!", "bm9wZQ==", ""):  # "" is no token: the first page
+            reply = api.get("/v1/snapshots", params={"sandbox_id": sandbox, "next_token": token})
+            if token:
+                _refused(reply, 400, "next_token is not one this server issued", "none for the first page")
+            else:
+                assert [s["id"] for s in reply.json()["snapshots"]] == taken
+    finally:
+        for snapshot_id in taken:
+            api.delete(f"/v1/snapshots/{snapshot_id}")
+
+
 def test_another_tenant_finds_none_of_it_and_a_read_key_only_reads(
     api: httpx.Client, sandbox: str, shared_server: ServerProcess
 ) -> None:
@@ -119,7 +152,7 @@ def test_another_tenant_finds_none_of_it_and_a_read_key_only_reads(
     try:
         key = api.post(f"/v1/tenants/{tenant}/keys", json={"scopes": ["*"]}).json()["key"]
         with httpx.Client(base_url=shared_server.url, timeout=60, headers={"x-api-key": key}) as other:
-            assert other.get("/v1/snapshots").json() == {"snapshots": []}
+            assert other.get("/v1/snapshots").json() == {"snapshots": [], "next_token": None}
             _refused(other.get(f"/v1/snapshots/{snap['id']}"), 404, "not found")
             _refused(other.delete(f"/v1/snapshots/{snap['id']}"), 404, "not found")
             _refused(other.post("/v1/sandboxes", json={"snapshot": snap["id"]}), 404, "not found")

@@ -154,7 +154,17 @@ class SandboxSnapshots:
             and sandbox_id in (None, s.record.sandbox_id)
             and name in (None, s.record.name, s.id)
         ]
-        return sorted(found, key=lambda s: (s.record.created_at, s.id))
+        return sorted(found, key=_order)
+
+    def find_page(
+        self, sandbox_id: str | None, name: str | None, limit: int, after: tuple[float, str] | None
+    ) -> tuple[list[SandboxSnapshot], bool]:
+        """At most `limit` of `find`'s snapshots, those after the (created_at, id) `after` when
+        given (the last of the page before), and whether more follow."""
+        found = self.find(sandbox_id, name)
+        if after is not None:
+            found = [s for s in found if _order(s) > after]
+        return found[:limit], len(found) > limit
 
     def needs_template(self, name: str) -> str | None:
         """TemplateDependent: the snapshots (of any tenant) whose sandboxes start from `name`."""
@@ -349,6 +359,10 @@ class SandboxSnapshots:
                 f"at its quota of {quota}, so no snapshot can be taken; delete snapshots or "
                 "workspaces it no longer needs, or raise the quota"
             )
+
+
+def _order(snapshot: SandboxSnapshot) -> tuple[float, str]:
+    return snapshot.record.created_at, snapshot.id
 
 
 class _LeftForTheSweep(Exception):
