@@ -22,7 +22,7 @@ from agentcell.client import Agentcell, AsyncAgentcell, AsyncSandbox, InvalidArg
 from agentcell.errors import Conflict
 from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.clock import FakeClock
-from agentcell.server.meta.records import UnfinishedSaveRecord
+from agentcell.server.meta.records import SandboxSnapshotRecord, UnfinishedSaveRecord
 from agentcell.server.meta.sqlite import SqliteMetaStore
 from agentcell.server.sandbox.fake import FakeDriver
 from agentcell.server.scheduler.sandbox_pause import SandboxPauses
@@ -273,3 +273,65 @@ async def test_the_keeper_names_snapshots_as_snapshots(
     assert await store.unfinished_saves("n") == []
     assert (tmp_path / "objects" / kept.record.storage_path / "leftover").exists()
     assert not (tmp_path / "objects" / "default/_snapshots/snap_00-aa").exists()
+
+
+@contextlib.asynccontextmanager
+async def _running(snapshots: SandboxSnapshots) -> AsyncIterator[SandboxSnapshots]:
+    """Its sandbox service running (stopped after, with the driver's sandboxes)."""
+    started = asyncio.Event()
+    runner = asyncio.create_task(snapshots._sandboxes.run(3600, started))
+    await started.wait()
+    try:
+        yield snapshots
+    finally:
+        await snapshots._sandboxes.aclose()
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await snapshots._driver.aclose()
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _home(snapshots: SandboxSnapshots, sandbox_id: str) -> dict[str, int]:
+    listed = await snapshots._sandboxes.files(sandbox_id).list("/home/user")
+    return {entry.name: entry.size for entry in listed}
+
+
+class ParkedMeta(SqliteMetaStore):
+    """A meta store whose first write of a snapshot's record waits for `go` (`parked` set)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.parked, self.go = asyncio.Event(), asyncio.Event()
+
+    async def put_sandbox_snapshot(self, record: SandboxSnapshotRecord) -> None:
+        self.parked.set()
+        await self.go.wait()
+        await super().put_sandbox_snapshot(record)
+
+
+async def test_a_snapshots_files_are_held_before_its_workspace_row_is_listed(tmp_path: Path) -> None:
+    """Between a snapshot's workspace row (which GET /v1/workspaces lists) and its own record, the
+    workspaces API cannot delete its files: they were deleted from under the snapshot before."""
+    store = ParkedMeta(tmp_path / "meta.db")
+    await store.open()
+    try:
+        async with _running(_snapshots_on(store, tmp_path / "objects")) as snapshots:
+            sandbox = await snapshots._sandboxes.create(SandboxCreate())
+            await snapshots._sandboxes.files(sandbox.id).write("/home/user/kept.txt", _one(b"kept"))
+            taking = asyncio.create_task(snapshots.take(sandbox.id))
+            await store.parked.wait()
+            [row] = await store.workspaces("default")
+            try:
+                with pytest.raises(Conflict, match="holds the files of snapshot snap_"):
+                    await snapshots._keeper.delete(row.path)
+            finally:
+                store.go.set()
+                snap = await taking
+            copy = await snapshots.start(snap.id)
+            assert await _home(snapshots, copy.id) == {"kept.txt": 4}
+    finally:
+        await store.aclose()

@@ -192,7 +192,6 @@ class SandboxSnapshots:
             if replaced is not None:
                 self._keeper.unclaim(replaced.workspace, snapshot_id)
                 await self._drop_files(replaced.record.storage_path)
-            self._keeper.adopt(snapshot.workspace, snapshot_id, holder="snapshot")
         log.info("sandbox %s: snapshot %s taken", sandbox_id, snapshot_id)
         return snapshot
 
@@ -208,7 +207,6 @@ class SandboxSnapshots:
             workspace = _workspace(tenant, snapshot_id, path, sandbox.request)
             async with self._keeper.saving(workspace, SNAPSHOT_SAVE):
                 info = await self._save_frozen(sandbox, path)
-                await self._keeper.put_record(workspace, info)
                 record = SandboxSnapshotRecord(
                     id=snapshot_id,
                     tenant=tenant,
@@ -218,9 +216,21 @@ class SandboxSnapshots:
                     storage_path=path,
                     created_at=self._clock.now(),
                 )
-                await self._store.put_sandbox_snapshot(record)
+                await self._record(workspace, info, record)
         snapshot = self._by_id[snapshot_id] = SandboxSnapshot(record, sandbox.request)
         return snapshot
+
+    async def _record(self, workspace: Workspace, info: SnapshotInfo, record: SandboxSnapshotRecord) -> None:
+        """The workspace row, then the snapshot's record. The path is held for the snapshot before
+        its row is written: DELETE /v1/workspaces, which lists that row at once, must never find
+        the files unheld and delete them from under the record that follows."""
+        self._keeper.adopt(workspace, record.id, holder="snapshot")
+        try:
+            await self._keeper.put_record(workspace, info)
+            await self._store.put_sandbox_snapshot(record)
+        except BaseException:
+            self._keeper.unclaim(workspace, record.id)
+            raise
 
     async def delete(self, snapshot_id: str) -> None:
         """Delete the caller's snapshot, its files and its records. Raises NotFound."""
