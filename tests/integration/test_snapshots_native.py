@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -211,11 +212,14 @@ def test_the_cli_takes_lists_starts_forks_and_deletes(
 # -- the workspace keeper's words for snapshots (a fake driver: no server needed) --------------------
 
 
-def _snapshots_on(store: SqliteMetaStore, objects: Path) -> SandboxSnapshots:
-    """SandboxSnapshots over a FakeDriver, `store` and a local object store at `objects`: a new
-    keeper on the same stores is a new run of the node (whose marks are then an earlier run's)."""
+def _snapshots_on(
+    store: SqliteMetaStore, objects: Path, object_store: LocalObjectStore | None = None
+) -> SandboxSnapshots:
+    """SandboxSnapshots over a FakeDriver, `store` and a local object store at `objects` (or
+    `object_store`): a new keeper on the same stores is a new run of the node (whose marks are then
+    an earlier run's)."""
     driver, clock = FakeDriver(objects.parent / "sandboxes"), FakeClock()
-    snapshots = Snapshots(LocalObjectStore(objects), clock)
+    snapshots = Snapshots(object_store or LocalObjectStore(objects), clock)
     keeper = WorkspaceKeeper(driver, snapshots, store, clock, quota_bytes=lambda _: None, node="n")
     service = SandboxService(driver, clock, max_sandboxes=4, pids_max=64, stop_grace_s=0.1)
     pauses = SandboxPauses(service, driver, snapshots, store, keeper, clock)
@@ -291,6 +295,21 @@ async def _running(snapshots: SandboxSnapshots) -> AsyncIterator[SandboxSnapshot
         await snapshots._driver.aclose()
 
 
+class ParkedStore(LocalObjectStore):
+    """A local store whose first upload of a large file's chunk waits for `go`: a save stopped
+    half-way, after its walk of the files, with `parked` set."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.parked, self.go = asyncio.Event(), asyncio.Event()
+
+    async def put(self, key: str, data: bytes) -> None:
+        if "/blobs/" in key and not self.go.is_set():
+            self.parked.set()
+            await self.go.wait()
+        await super().put(key, data)
+
+
 async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
@@ -298,6 +317,59 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
 async def _home(snapshots: SandboxSnapshots, sandbox_id: str) -> dict[str, int]:
     listed = await snapshots._sandboxes.files(sandbox_id).list("/home/user")
     return {entry.name: entry.size for entry in listed}
+
+
+async def test_a_rename_through_the_api_waits_for_the_snapshot_being_taken(
+    store: SqliteMetaStore, tmp_path: Path
+) -> None:
+    """A file renamed through the files API while a snapshot is saved is in the snapshot under its
+    old name and in the sandbox under its new one: the rename waits for the save (which walked the
+    files before reading them: a rename meanwhile left the file under neither name in it)."""
+    objects = ParkedStore(tmp_path / "objects")
+    async with _running(_snapshots_on(store, tmp_path / "objects", objects)) as snapshots:
+        sandbox = await snapshots._sandboxes.create(SandboxCreate())
+        files = snapshots._sandboxes.files(sandbox.id)
+        for name in ("a.bin", "b.bin"):  # large files, read after the walk in this order
+            await files.write(f"/home/user/{name}", _one(os.urandom(2 << 20)))
+        taking = asyncio.create_task(snapshots.take(sandbox.id))
+        await objects.parked.wait()  # a.bin is being uploaded; b.bin is still to be read
+        renaming = asyncio.create_task(files.rename("/home/user/b.bin", "/home/user/c.bin"))
+        for _ in range(50):  # a rename that does not wait is done by then (no bound on one that does)
+            if renaming.done():
+                break
+            await asyncio.sleep(0.01)
+        objects.go.set()
+        snap = await taking
+        await renaming
+        assert await _home(snapshots, sandbox.id) == {"a.bin": 2 << 20, "c.bin": 2 << 20}
+        copy = await snapshots.start(snap.id)
+        assert await _home(snapshots, copy.id) == {"a.bin": 2 << 20, "b.bin": 2 << 20}
+
+
+async def test_a_write_streaming_when_a_snapshot_is_taken_lands_after_it(
+    store: SqliteMetaStore, tmp_path: Path
+) -> None:
+    """A snapshot does not wait for an upload still streaming (its body fills a temp file, never
+    part of a snapshot): the snapshot is taken without the file, which the write then commits."""
+    async with _running(_snapshots_on(store, tmp_path / "objects")) as snapshots:
+        sandbox = await snapshots._sandboxes.create(SandboxCreate())
+        files = snapshots._sandboxes.files(sandbox.id)
+        streaming, more = asyncio.Event(), asyncio.Event()
+
+        async def slow_body() -> AsyncIterator[bytes]:
+            yield b"first half, "
+            streaming.set()
+            await more.wait()
+            yield b"second half"
+
+        writing = asyncio.create_task(files.write("/home/user/late.txt", slow_body()))
+        await streaming.wait()
+        snap = await snapshots.take(sandbox.id)
+        more.set()
+        assert (await writing).size == len(b"first half, second half")
+        assert await _home(snapshots, sandbox.id) == {"late.txt": 23}
+        copy = await snapshots.start(snap.id)
+        assert await _home(snapshots, copy.id) == {}
 
 
 class ParkedMeta(SqliteMetaStore):

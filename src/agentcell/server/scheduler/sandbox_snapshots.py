@@ -4,7 +4,8 @@ A snapshot keeps what a pause keeps, the files of `/home/user` (the Snapshots ma
 workspaces), with the sandbox's request (template, env, resources, network). Memory is not saved:
 a sandbox started from a snapshot runs none of the source's processes or kernels. The source keeps
 running, its id and deadline untouched; it is frozen (cgroup freezer) only while its files are
-read, so the snapshot is point-in-time for its own processes, and thawed after, whatever happened.
+read, so the snapshot is point-in-time for its own processes, and thawed after, whatever happened;
+changes through its files API meanwhile wait for the save to end (scheduler/file_changes.py).
 
 A snapshot is stored under its own path `{tenant}/_snapshots/{id}-{version}` (a new one at every
 save: a path is written once and only restored from after, which the Snapshots' change-time
@@ -333,15 +334,18 @@ class SandboxSnapshots:
         return sandbox
 
     async def _save_frozen(self, sandbox: Sandbox, path: str) -> SnapshotInfo:
-        """Its files while its processes are frozen (a file rewritten meanwhile is one version in
-        the snapshot, never a mix); thawed after, whatever happened."""
-        frozen = await self._driver.freeze(sandbox.id)
-        try:
-            return await save_home(self._driver, self._snapshots, sandbox.id, path)
-        finally:
-            if frozen:
-                with contextlib.suppress(NotFound):  # ended meanwhile by a door that takes no lock
-                    await self._driver.thaw(sandbox.id)
+        """Its files while its processes are frozen and changes through its API wait (a file
+        rewritten meanwhile is one version in the snapshot, never a mix, and the snapshot is one
+        point in time for the API's changes too: those answered before it are in it, those made
+        after are not, none half); thawed after, whatever happened."""
+        async with sandbox.file_changes.held():
+            frozen = await self._driver.freeze(sandbox.id)
+            try:
+                return await save_home(self._driver, self._snapshots, sandbox.id, path)
+            finally:
+                if frozen:
+                    with contextlib.suppress(NotFound):  # ended meanwhile by a door that takes no lock
+                        await self._driver.thaw(sandbox.id)
 
     async def _restore(self, sandbox: Sandbox, path: str, what: str) -> None:
         try:
