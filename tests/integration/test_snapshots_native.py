@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,11 +19,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from agentcell.cli.main import cli as main
-from agentcell.client import AsyncAgentcell, AsyncSandbox, NotFoundError
+from agentcell.client import Agentcell, AsyncAgentcell, AsyncSandbox, InvalidArgumentError, NotFoundError
 from agentcell.errors import Conflict
 from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.clock import FakeClock
-from agentcell.server.meta.records import UnfinishedSaveRecord
+from agentcell.server.meta.records import SandboxSnapshotRecord, UnfinishedSaveRecord
 from agentcell.server.meta.sqlite import SqliteMetaStore
 from agentcell.server.sandbox.fake import FakeDriver
 from agentcell.server.scheduler.sandbox_pause import SandboxPauses
@@ -110,6 +111,39 @@ def test_bad_input_is_refused_with_what_to_change(api: httpx.Client, sandbox: st
     assert api.delete(f"/v1/snapshots/{snap.json()['id']}").status_code == 204
 
 
+def test_snapshots_are_listed_a_page_at_a_time(server_url: str, api: httpx.Client, sandbox: str) -> None:
+    """`GET /v1/snapshots` answers `limit` of them at most, oldest first, with the `next_token` of
+    the next page (null on the last); the SDK's `list` follows the pages to the end, `list_page`
+    gets one; a bad limit or a token the server did not issue is a 400 saying what to send."""
+    taken = [api.post(f"/v1/sandboxes/{sandbox}/snapshots").json()["id"] for _ in range(3)]
+    try:
+        first = api.get("/v1/snapshots", params={"sandbox_id": sandbox, "limit": 2}).json()
+        assert [s["id"] for s in first["snapshots"]] == taken[:2] and first["next_token"]
+        params = {"sandbox_id": sandbox, "limit": 2, "next_token": first["next_token"]}
+        last = api.get("/v1/snapshots", params=params).json()
+        assert [s["id"] for s in last["snapshots"]] == taken[2:] and last["next_token"] is None
+        assert api.get("/v1/snapshots", params={"sandbox_id": sandbox}).json()["next_token"] is None
+
+        with Agentcell(api_url=server_url) as client:
+            assert [s.id for s in client.snapshots.list(sandbox_id=sandbox, page_size=1)] == taken
+            page = client.snapshots.list_page(sandbox_id=sandbox, limit=1, next_token=first["next_token"])
+            assert [s.id for s in page.snapshots] == taken[2:] and page.next_token is None
+            with pytest.raises(InvalidArgumentError, match="limit"):
+                client.snapshots.list(page_size=0)
+
+        for limit in ("0", "-1", "101", str(10**30), "ten"):
+            _refused(api.get("/v1/snapshots", params={"limit": limit}), 400, "limit: ", repr(limit))
+        for token in ("garbage!", "bm9wZQ==", ""):  # "" is no token: the first page
+            reply = api.get("/v1/snapshots", params={"sandbox_id": sandbox, "next_token": token})
+            if token:
+                _refused(reply, 400, "next_token is not one this server issued", "none for the first page")
+            else:
+                assert [s["id"] for s in reply.json()["snapshots"]] == taken
+    finally:
+        for snapshot_id in taken:
+            api.delete(f"/v1/snapshots/{snapshot_id}")
+
+
 def test_another_tenant_finds_none_of_it_and_a_read_key_only_reads(
     api: httpx.Client, sandbox: str, shared_server: ServerProcess
 ) -> None:
@@ -119,7 +153,7 @@ def test_another_tenant_finds_none_of_it_and_a_read_key_only_reads(
     try:
         key = api.post(f"/v1/tenants/{tenant}/keys", json={"scopes": ["*"]}).json()["key"]
         with httpx.Client(base_url=shared_server.url, timeout=60, headers={"x-api-key": key}) as other:
-            assert other.get("/v1/snapshots").json() == {"snapshots": []}
+            assert other.get("/v1/snapshots").json() == {"snapshots": [], "next_token": None}
             _refused(other.get(f"/v1/snapshots/{snap['id']}"), 404, "not found")
             _refused(other.delete(f"/v1/snapshots/{snap['id']}"), 404, "not found")
             _refused(other.post("/v1/sandboxes", json={"snapshot": snap["id"]}), 404, "not found")
@@ -178,11 +212,14 @@ def test_the_cli_takes_lists_starts_forks_and_deletes(
 # -- the workspace keeper's words for snapshots (a fake driver: no server needed) --------------------
 
 
-def _snapshots_on(store: SqliteMetaStore, objects: Path) -> SandboxSnapshots:
-    """SandboxSnapshots over a FakeDriver, `store` and a local object store at `objects`: a new
-    keeper on the same stores is a new run of the node (whose marks are then an earlier run's)."""
+def _snapshots_on(
+    store: SqliteMetaStore, objects: Path, object_store: LocalObjectStore | None = None
+) -> SandboxSnapshots:
+    """SandboxSnapshots over a FakeDriver, `store` and a local object store at `objects` (or
+    `object_store`): a new keeper on the same stores is a new run of the node (whose marks are then
+    an earlier run's)."""
     driver, clock = FakeDriver(objects.parent / "sandboxes"), FakeClock()
-    snapshots = Snapshots(LocalObjectStore(objects), clock)
+    snapshots = Snapshots(object_store or LocalObjectStore(objects), clock)
     keeper = WorkspaceKeeper(driver, snapshots, store, clock, quota_bytes=lambda _: None, node="n")
     service = SandboxService(driver, clock, max_sandboxes=4, pids_max=64, stop_grace_s=0.1)
     pauses = SandboxPauses(service, driver, snapshots, store, keeper, clock)
@@ -240,3 +277,133 @@ async def test_the_keeper_names_snapshots_as_snapshots(
     assert await store.unfinished_saves("n") == []
     assert (tmp_path / "objects" / kept.record.storage_path / "leftover").exists()
     assert not (tmp_path / "objects" / "default/_snapshots/snap_00-aa").exists()
+
+
+@contextlib.asynccontextmanager
+async def _running(snapshots: SandboxSnapshots) -> AsyncIterator[SandboxSnapshots]:
+    """Its sandbox service running (stopped after, with the driver's sandboxes)."""
+    started = asyncio.Event()
+    runner = asyncio.create_task(snapshots._sandboxes.run(3600, started))
+    await started.wait()
+    try:
+        yield snapshots
+    finally:
+        await snapshots._sandboxes.aclose()
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await snapshots._driver.aclose()
+
+
+class ParkedStore(LocalObjectStore):
+    """A local store whose first upload of a large file's chunk waits for `go`: a save stopped
+    half-way, after its walk of the files, with `parked` set."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.parked, self.go = asyncio.Event(), asyncio.Event()
+
+    async def put(self, key: str, data: bytes) -> None:
+        if "/blobs/" in key and not self.go.is_set():
+            self.parked.set()
+            await self.go.wait()
+        await super().put(key, data)
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _home(snapshots: SandboxSnapshots, sandbox_id: str) -> dict[str, int]:
+    listed = await snapshots._sandboxes.files(sandbox_id).list("/home/user")
+    return {entry.name: entry.size for entry in listed}
+
+
+async def test_a_rename_through_the_api_waits_for_the_snapshot_being_taken(
+    store: SqliteMetaStore, tmp_path: Path
+) -> None:
+    """A file renamed through the files API while a snapshot is saved is in the snapshot under its
+    old name and in the sandbox under its new one: the rename waits for the save (which walked the
+    files before reading them: a rename meanwhile left the file under neither name in it)."""
+    objects = ParkedStore(tmp_path / "objects")
+    async with _running(_snapshots_on(store, tmp_path / "objects", objects)) as snapshots:
+        sandbox = await snapshots._sandboxes.create(SandboxCreate())
+        files = snapshots._sandboxes.files(sandbox.id)
+        for name in ("a.bin", "b.bin"):  # large files, read after the walk in this order
+            await files.write(f"/home/user/{name}", _one(os.urandom(2 << 20)))
+        taking = asyncio.create_task(snapshots.take(sandbox.id))
+        await objects.parked.wait()  # a.bin is being uploaded; b.bin is still to be read
+        renaming = asyncio.create_task(files.rename("/home/user/b.bin", "/home/user/c.bin"))
+        for _ in range(50):  # a rename that does not wait is done by then (no bound on one that does)
+            if renaming.done():
+                break
+            await asyncio.sleep(0.01)
+        objects.go.set()
+        snap = await taking
+        await renaming
+        assert await _home(snapshots, sandbox.id) == {"a.bin": 2 << 20, "c.bin": 2 << 20}
+        copy = await snapshots.start(snap.id)
+        assert await _home(snapshots, copy.id) == {"a.bin": 2 << 20, "b.bin": 2 << 20}
+
+
+async def test_a_write_streaming_when_a_snapshot_is_taken_lands_after_it(
+    store: SqliteMetaStore, tmp_path: Path
+) -> None:
+    """A snapshot does not wait for an upload still streaming (its body fills a temp file, never
+    part of a snapshot): the snapshot is taken without the file, which the write then commits."""
+    async with _running(_snapshots_on(store, tmp_path / "objects")) as snapshots:
+        sandbox = await snapshots._sandboxes.create(SandboxCreate())
+        files = snapshots._sandboxes.files(sandbox.id)
+        streaming, more = asyncio.Event(), asyncio.Event()
+
+        async def slow_body() -> AsyncIterator[bytes]:
+            yield b"first half, "
+            streaming.set()
+            await more.wait()
+            yield b"second half"
+
+        writing = asyncio.create_task(files.write("/home/user/late.txt", slow_body()))
+        await streaming.wait()
+        snap = await snapshots.take(sandbox.id)
+        more.set()
+        assert (await writing).size == len(b"first half, second half")
+        assert await _home(snapshots, sandbox.id) == {"late.txt": 23}
+        copy = await snapshots.start(snap.id)
+        assert await _home(snapshots, copy.id) == {}
+
+
+class ParkedMeta(SqliteMetaStore):
+    """A meta store whose first write of a snapshot's record waits for `go` (`parked` set)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.parked, self.go = asyncio.Event(), asyncio.Event()
+
+    async def put_sandbox_snapshot(self, record: SandboxSnapshotRecord) -> None:
+        self.parked.set()
+        await self.go.wait()
+        await super().put_sandbox_snapshot(record)
+
+
+async def test_a_snapshots_files_are_held_before_its_workspace_row_is_listed(tmp_path: Path) -> None:
+    """Between a snapshot's workspace row (which GET /v1/workspaces lists) and its own record, the
+    workspaces API cannot delete its files: they were deleted from under the snapshot before."""
+    store = ParkedMeta(tmp_path / "meta.db")
+    await store.open()
+    try:
+        async with _running(_snapshots_on(store, tmp_path / "objects")) as snapshots:
+            sandbox = await snapshots._sandboxes.create(SandboxCreate())
+            await snapshots._sandboxes.files(sandbox.id).write("/home/user/kept.txt", _one(b"kept"))
+            taking = asyncio.create_task(snapshots.take(sandbox.id))
+            await store.parked.wait()
+            [row] = await store.workspaces("default")
+            try:
+                with pytest.raises(Conflict, match="holds the files of snapshot snap_"):
+                    await snapshots._keeper.delete(row.path)
+            finally:
+                store.go.set()
+                snap = await taking
+            copy = await snapshots.start(snap.id)
+            assert await _home(snapshots, copy.id) == {"kept.txt": 4}
+    finally:
+        await store.aclose()

@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from agentcell.cli.main import cli
 from tests.conftest import AUTH, ServerFactory
 from tests.integration.conftest import deploy
 
@@ -144,6 +146,55 @@ def test_a_paused_sandboxs_workspace_names_the_sandbox(api: httpx.Client) -> Non
     finally:
         assert api.delete(f"/v1/sandboxes/{sandbox_id}").status_code == 204
     assert api.get(f"/v1/workspaces/{path}").status_code == 404
+
+
+def test_a_snapshots_files_name_the_snapshot_and_count_as_stored(api: httpx.Client, server_url: str) -> None:
+    """A sandbox snapshot's stored files list with its `snapshot_id` (and, as a paused sandbox's,
+    the same id as `session_id` for older clients); they are the tenant's stored bytes, which its
+    storage quota counts; deleting them here is refused, pointing at DELETE /v1/snapshots, and
+    they go with the snapshot."""
+    tenant = "wsnap-" + uuid.uuid4().hex[:8]
+    ok(api.post("/v1/tenants", json={"name": tenant}))
+    key = ok(api.post(f"/v1/tenants/{tenant}/keys", json={"scopes": ["*"]}))["key"]
+    try:
+        with httpx.Client(base_url=server_url, timeout=60, headers={"x-api-key": key}) as mine:
+            _snapshot_listed_and_held(mine, api, tenant, server_url, key)
+    finally:
+        api.delete(f"/v1/tenants/{tenant}")
+
+
+def _snapshot_listed_and_held(
+    mine: httpx.Client, admin: httpx.Client, tenant: str, url: str, key: str
+) -> None:
+    sandbox_id = ok(mine.post("/v1/sandboxes", json={"timeout_s": 60}))["id"]
+    try:
+        ok(
+            mine.put(
+                f"/v1/sandboxes/{sandbox_id}/files", params={"path": "kept.bin"}, content=os.urandom(2 << 20)
+            )
+        )
+        snapshot_id = ok(mine.post(f"/v1/sandboxes/{sandbox_id}/snapshots"))["id"]
+        listing = ok(mine.get("/v1/workspaces"))
+        [row] = listing["workspaces"]
+        assert row["storage_path"].startswith(f"{tenant}/_snapshots/{snapshot_id}-")
+        assert (row["snapshot_id"], row["session_id"], row["sandbox_id"]) == (snapshot_id, snapshot_id, None)
+        assert listing["stored_bytes"] == row["stored_bytes"] >= 2 << 20
+        ok(admin.patch(f"/v1/tenants/{tenant}", json={"quotas": {"max_storage_mb": 1}}))
+        over = mine.post(f"/v1/sandboxes/{sandbox_id}/snapshots")
+        assert over.status_code == 429 and f"stores {row['stored_bytes']} bytes" in over.json()["message"]
+        table = CliRunner().invoke(cli, ["--url", url, "--api-key", key, "workspace", "ls"])
+        assert table.exit_code == 0 and f"snapshot {snapshot_id}" in table.stdout, table.output
+    finally:
+        assert mine.delete(f"/v1/sandboxes/{sandbox_id}").status_code == 204
+    path = row["storage_path"]
+    assert ok(mine.get(f"/v1/workspaces/{path}"))["snapshot_id"] == snapshot_id
+    refused = mine.delete(f"/v1/workspaces/{path}")
+    assert refused.status_code == 409, refused.text
+    assert f"delete the snapshot instead (DELETE /v1/snapshots/{snapshot_id})" in refused.json()["message"]
+    assert ok(mine.get(f"/v1/snapshots/{snapshot_id}"))["id"] == snapshot_id
+    assert mine.delete(f"/v1/snapshots/{snapshot_id}").status_code == 204
+    assert mine.get(f"/v1/workspaces/{path}").status_code == 404
+    assert ok(mine.get("/v1/workspaces"))["stored_bytes"] == 0
 
 
 def test_restore_hook_runs_after_the_files_are_back(api: httpx.Client, make_fn: MakeFn) -> None:

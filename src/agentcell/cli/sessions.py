@@ -16,7 +16,7 @@ from agentcell.cli.context import CliError, Connection, parse_pairs, pass_connec
 from agentcell.cli.durations import duration_option, format_duration
 from agentcell.cli.output import echo_json, json_always_option, json_option
 from agentcell.cli.table import render_table
-from agentcell.client import SessionInfo
+from agentcell.client import SessionInfo, WorkspaceInfo
 from agentcell.protocol.sessions import SessionState
 
 metadata_option = click.option(
@@ -170,14 +170,23 @@ def list_workspaces(conn: Connection, as_json: bool) -> None:
             w.storage_path,
             str(w.stored_bytes),
             str(w.last_snapshot.seq) if w.last_snapshot else "-",
-            w.session_id or "-",
+            _user(w),
             w.error or "",
         )
         for w in listing.workspaces
     ]
-    click.echo(render_table(("PATH", "BYTES", "SNAPSHOT", "SESSION", "ERROR"), rows))
+    click.echo(render_table(("PATH", "BYTES", "SNAPSHOT", "USED BY", "ERROR"), rows))
     quota = "unlimited" if listing.quota_bytes is None else f"{listing.quota_bytes} bytes"
     click.echo(f"tenant {listing.tenant}: {listing.stored_bytes} bytes stored, quota {quota}")
+
+
+def _user(workspace: WorkspaceInfo) -> str:
+    """What holds the workspace: a live session (its id), a paused sandbox or a sandbox snapshot."""
+    if workspace.snapshot_id is not None:
+        return f"snapshot {workspace.snapshot_id}"
+    if workspace.sandbox_id is not None:
+        return f"paused sandbox {workspace.sandbox_id}"
+    return workspace.session_id or "-"
 
 
 @workspace_group.command("rm")

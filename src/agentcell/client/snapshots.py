@@ -64,13 +64,33 @@ class AsyncSnapshots:
         return await take_snapshot(self._api, sandbox_id, name)
 
     async def list(
-        self, *, sandbox_id: str | None = None, name: str | None = None
+        self, *, sandbox_id: str | None = None, name: str | None = None, page_size: int | None = None
     ) -> builtins.list[SandboxSnapshotInfo]:
-        """The tenant's snapshots, oldest first; of one sandbox, or with one name, when given."""
-        given = {"sandbox_id": sandbox_id, "name": name}
-        params: Params = {key: value for key, value in given.items() if value}
-        found = await self._api.call_model(SandboxSnapshotList, "GET", "/v1/snapshots", params=params)
-        return found.snapshots
+        """All of the tenant's snapshots, oldest first; of one sandbox, or with one name, when
+        given. Fetched a page of `page_size` at a time (None: the server's largest, 100);
+        `list_page` gets one page."""
+        found: builtins.list[SandboxSnapshotInfo] = []
+        token: str | None = None
+        while True:
+            page = await self.list_page(sandbox_id=sandbox_id, name=name, limit=page_size, next_token=token)
+            found += page.snapshots
+            if page.next_token is None:
+                return found
+            token = page.next_token
+
+    async def list_page(
+        self,
+        *,
+        sandbox_id: str | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+        next_token: str | None = None,
+    ) -> SandboxSnapshotList:
+        """One page of at most `limit` (1-100; None: 100) of them; pass its `next_token` to get the
+        next page (it is None on the last)."""
+        given = {"sandbox_id": sandbox_id, "name": name, "limit": limit, "next_token": next_token}
+        params: Params = {key: value for key, value in given.items() if value is not None and value != ""}
+        return await self._api.call_model(SandboxSnapshotList, "GET", "/v1/snapshots", params=params)
 
     async def get(self, snapshot_id: str) -> SandboxSnapshotInfo:
         """NotFoundError if there is none of this id (or it is another tenant's)."""

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from agentcell.protocol.code import CodeContextInfo
     from agentcell.protocol.commands import CommandEvent, ProcessInfo
     from agentcell.protocol.files import FileEntry
-    from agentcell.protocol.snapshots import SandboxSnapshotInfo
+    from agentcell.protocol.snapshots import SandboxSnapshotInfo, SandboxSnapshotList
 
 
 class CommandHandle:
@@ -506,9 +506,21 @@ class Snapshots:
         return self._portal.run(self._core.create(sandbox_id, name=name))
 
     def list(
-        self, *, sandbox_id: str | None = None, name: str | None = None
+        self, *, sandbox_id: str | None = None, name: str | None = None, page_size: int | None = None
     ) -> builtins.list[SandboxSnapshotInfo]:
-        return self._portal.run(self._core.list(sandbox_id=sandbox_id, name=name))
+        return self._portal.run(self._core.list(sandbox_id=sandbox_id, name=name, page_size=page_size))
+
+    def list_page(
+        self,
+        *,
+        sandbox_id: str | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+        next_token: str | None = None,
+    ) -> SandboxSnapshotList:
+        return self._portal.run(
+            self._core.list_page(sandbox_id=sandbox_id, name=name, limit=limit, next_token=next_token)
+        )
 
     def get(self, snapshot_id: str) -> SandboxSnapshotInfo:
         return self._portal.run(self._core.get(snapshot_id))

@@ -12,6 +12,8 @@ from pydantic import Field, StringConstraints
 from agentcell.protocol.common import ErrorEnvelope, ReplyModel, WireModel
 from agentcell.protocol.sandboxes import MAX_FORKS, MAX_TIMEOUT_S, SandboxInfo
 
+MAX_SNAPSHOT_PAGE = 100
+"""the most snapshots one page of `GET /v1/snapshots` holds (and its default `limit`)"""
 SnapshotName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 """letters, digits and ._:/- starting with a letter or digit (the server says so when not)"""
 
@@ -36,7 +38,12 @@ class SandboxSnapshotInfo(ReplyModel):
 
 
 class SandboxSnapshotList(ReplyModel):
+    """One page of the tenant's snapshots, oldest first."""
+
     snapshots: list[SandboxSnapshotInfo]
+    next_token: str | None = Field(
+        default=None, description="the `next_token` that gets the next page; null: this is the last"
+    )
 
 
 class SandboxFork(WireModel):

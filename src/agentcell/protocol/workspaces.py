@@ -27,11 +27,17 @@ class WorkspaceInfo(ReplyModel):
     error: str | None = Field(default=None, description="why the last restore or snapshot failed")
     session_id: str | None = Field(
         default=None,
-        description="the live session using it; for a paused sandbox's workspace, that sandbox's id "
-        "(as `sandbox_id`; kept for older clients, which read a non-null value as 'in use')",
+        description="the live session using it; for a paused sandbox's or a snapshot's files, the "
+        "id of that sandbox or snapshot (as `sandbox_id` or `snapshot_id`; kept for older clients, "
+        "which read a non-null value as 'in use')",
     )
     sandbox_id: str | None = Field(
-        default=None, description="the paused sandbox whose /home/user this is (null: a session workspace)"
+        default=None, description="the paused sandbox whose /home/user this is (null: not a paused sandbox's)"
+    )
+    snapshot_id: str | None = Field(
+        default=None,
+        description="the sandbox snapshot whose files these are (null: not a snapshot's); "
+        "deleted with it, through /v1/snapshots",
     )
 
 

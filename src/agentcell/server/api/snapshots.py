@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query, Response
 from agentcell.errors import AgentcellError
 from agentcell.protocol.common import ErrorEnvelope
 from agentcell.protocol.snapshots import (
+    MAX_SNAPSHOT_PAGE,
     ForkList,
     ForkOutcome,
     SandboxFork,
@@ -26,6 +27,7 @@ from agentcell.protocol.snapshots import (
 from agentcell.server.api.deps import Snapshots, Traffic
 from agentcell.server.api.errors import request_id_var
 from agentcell.server.api.lean import lean
+from agentcell.server.api.paging import after_token, page_token
 from agentcell.server.api.sandboxes import answer
 from agentcell.server.scheduler.sandbox_snapshots import SandboxSnapshot
 from agentcell.server.scheduler.sandboxes import Sandbox
@@ -64,10 +66,17 @@ async def list_snapshots(
     snapshots: Snapshots,
     sandbox_id: Annotated[str | None, Query(max_length=128, description="taken of this sandbox")] = None,
     name: Annotated[str | None, Query(max_length=128, description="with this name (or id)")] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_SNAPSHOT_PAGE, description="at most this many")
+    ] = MAX_SNAPSHOT_PAGE,
+    next_token: Annotated[str | None, Query(description="the page after the one that gave it")] = None,
 ) -> SandboxSnapshotList:
-    """The caller's snapshots, oldest first."""
-    found = snapshots.find(sandbox_id or None, name or None)
-    return SandboxSnapshotList(snapshots=[snapshot_info(s) for s in found])
+    """The caller's snapshots, oldest first, a page of `limit`; the answer's `next_token` (null
+    on the last page) gets the next one."""
+    after = after_token(next_token, "next_token") if next_token else None
+    page, more = snapshots.find_page(sandbox_id or None, name or None, limit, after)
+    token = page_token(page[-1].record.created_at, page[-1].id) if more else None
+    return SandboxSnapshotList(snapshots=[snapshot_info(s) for s in page], next_token=token)
 
 
 @router.get("/v1/snapshots/{snapshot_id}")

@@ -1,4 +1,10 @@
-"""/v1/workspaces: the tenant's stored session workspaces, their snapshots and usage."""
+"""/v1/workspaces: the tenant's stored workspaces, their snapshots and usage.
+
+Besides session workspaces, it lists the stored files of paused sandboxes (`_sandboxes`) and of
+sandbox snapshots (`_snapshots`), each named as what it is: they are stored and counted as
+workspaces (the storage quota, usage rows and `stored_bytes` add them up), but they are held by
+their sandbox or snapshot and cannot be deleted here (409, saying what to delete instead).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from agentcell.server.api.deps import Workspaces
 from agentcell.server.auth.principal import current_tenant
 from agentcell.server.meta.records import WorkspaceRecord
 from agentcell.server.scheduler.sandbox_pause import SANDBOXES_SEGMENT
+from agentcell.server.scheduler.sandbox_snapshots import SNAPSHOTS_SEGMENT
 from agentcell.server.storage import snapshots
 
 router = APIRouter(tags=["workspaces"])
@@ -29,7 +36,8 @@ def snapshot_reply(info: snapshots.SnapshotInfo) -> SnapshotInfo:
 
 
 def _workspace_info(record: WorkspaceRecord, user: str | None) -> WorkspaceInfo:
-    """`user`: the id that holds the workspace, a live session's or a paused sandbox's."""
+    """`user`: the id that holds the workspace, a live session's, a paused sandbox's or a
+    snapshot's (the last two are also named as what they are)."""
     last = None
     if record.seq:
         stored = (record.files, record.logical_bytes, record.uploaded_bytes, record.stored_bytes)
@@ -43,6 +51,7 @@ def _workspace_info(record: WorkspaceRecord, user: str | None) -> WorkspaceInfo:
         error=record.error,
         session_id=user,
         sandbox_id=record.key if record.function == SANDBOXES_SEGMENT else None,
+        snapshot_id=record.key if record.function == SNAPSHOTS_SEGMENT else None,
     )
 
 

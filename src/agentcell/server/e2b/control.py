@@ -10,7 +10,6 @@ running one answers 200.
 
 from __future__ import annotations
 
-import base64
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from agentcell.errors import AgentcellError, Conflict, InvalidArgument
 from agentcell.protocol.egress import NetworkPolicy
 from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.api.lean import lean
+from agentcell.server.api.paging import after_token, page_token
 from agentcell.server.auth.principal import current_or_none
 from agentcell.server.e2b.errors import NotImplementedE2b, status_and_message
 from agentcell.server.e2b.models import (
@@ -242,19 +242,7 @@ def _parse_time(text: str | None) -> float | None:
 
 
 def _token(sandbox: Sandbox) -> str:
-    return _page_token(sandbox.created_at, sandbox.id)
-
-
-def _page_token(created_at: float, item_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at!r}|{item_id}".encode()).decode()
-
-
-def _after_token(token: str) -> tuple[float, str]:
-    try:
-        created, sandbox_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
-        return float(created), sandbox_id
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument("nextToken is not one this server issued") from None
+    return page_token(sandbox.created_at, sandbox.id)
 
 
 def _filtered(
@@ -300,7 +288,7 @@ async def list_sandboxes(
     if order == "desc":
         found.reverse()
     if next_token:
-        mark = _after_token(next_token)
+        mark = after_token(next_token, "nextToken")
         found = [
             s
             for s in found
@@ -396,13 +384,10 @@ async def list_snapshots(
     next_token: Annotated[str | None, Query(alias="nextToken")] = None,
 ) -> JSONResponse:
     """The caller's snapshots, oldest first, a page of `limit` (the next named by `x-next-token`)."""
-    found = snapshots(request).find(sandbox_id or None, name or None)
-    if next_token:
-        mark = _after_token(next_token)
-        found = [s for s in found if (s.record.created_at, s.id) > mark]
-    page, rest = found[:limit], found[limit:]
-    last = page[-1] if rest else None
-    headers = {NEXT_TOKEN_HEADER: _page_token(last.record.created_at, last.id)} if last else {}
+    after = after_token(next_token, "nextToken") if next_token else None
+    page, more = snapshots(request).find_page(sandbox_id or None, name or None, limit, after)
+    last = page[-1] if more else None
+    headers = {NEXT_TOKEN_HEADER: page_token(last.record.created_at, last.id)} if last else {}
     return JSONResponse([_snapshot_reply(s) for s in page], headers=headers)
 
 

@@ -4,7 +4,8 @@ A snapshot keeps what a pause keeps, the files of `/home/user` (the Snapshots ma
 workspaces), with the sandbox's request (template, env, resources, network). Memory is not saved:
 a sandbox started from a snapshot runs none of the source's processes or kernels. The source keeps
 running, its id and deadline untouched; it is frozen (cgroup freezer) only while its files are
-read, so the snapshot is point-in-time for its own processes, and thawed after, whatever happened.
+read, so the snapshot is point-in-time for its own processes, and thawed after, whatever happened;
+changes through its files API meanwhile wait for the save to end (scheduler/file_changes.py).
 
 A snapshot is stored under its own path `{tenant}/_snapshots/{id}-{version}` (a new one at every
 save: a path is written once and only restored from after, which the Snapshots' change-time
@@ -154,7 +155,17 @@ class SandboxSnapshots:
             and sandbox_id in (None, s.record.sandbox_id)
             and name in (None, s.record.name, s.id)
         ]
-        return sorted(found, key=lambda s: (s.record.created_at, s.id))
+        return sorted(found, key=_order)
+
+    def find_page(
+        self, sandbox_id: str | None, name: str | None, limit: int, after: tuple[float, str] | None
+    ) -> tuple[list[SandboxSnapshot], bool]:
+        """At most `limit` of `find`'s snapshots, those after the (created_at, id) `after` when
+        given (the last of the page before), and whether more follow."""
+        found = self.find(sandbox_id, name)
+        if after is not None:
+            found = [s for s in found if _order(s) > after]
+        return found[:limit], len(found) > limit
 
     def needs_template(self, name: str) -> str | None:
         """TemplateDependent: the snapshots (of any tenant) whose sandboxes start from `name`."""
@@ -182,7 +193,6 @@ class SandboxSnapshots:
             if replaced is not None:
                 self._keeper.unclaim(replaced.workspace, snapshot_id)
                 await self._drop_files(replaced.record.storage_path)
-            self._keeper.adopt(snapshot.workspace, snapshot_id, holder="snapshot")
         log.info("sandbox %s: snapshot %s taken", sandbox_id, snapshot_id)
         return snapshot
 
@@ -198,7 +208,6 @@ class SandboxSnapshots:
             workspace = _workspace(tenant, snapshot_id, path, sandbox.request)
             async with self._keeper.saving(workspace, SNAPSHOT_SAVE):
                 info = await self._save_frozen(sandbox, path)
-                await self._keeper.put_record(workspace, info)
                 record = SandboxSnapshotRecord(
                     id=snapshot_id,
                     tenant=tenant,
@@ -208,9 +217,21 @@ class SandboxSnapshots:
                     storage_path=path,
                     created_at=self._clock.now(),
                 )
-                await self._store.put_sandbox_snapshot(record)
+                await self._record(workspace, info, record)
         snapshot = self._by_id[snapshot_id] = SandboxSnapshot(record, sandbox.request)
         return snapshot
+
+    async def _record(self, workspace: Workspace, info: SnapshotInfo, record: SandboxSnapshotRecord) -> None:
+        """The workspace row, then the snapshot's record. The path is held for the snapshot before
+        its row is written: DELETE /v1/workspaces, which lists that row at once, must never find
+        the files unheld and delete them from under the record that follows."""
+        self._keeper.adopt(workspace, record.id, holder="snapshot")
+        try:
+            await self._keeper.put_record(workspace, info)
+            await self._store.put_sandbox_snapshot(record)
+        except BaseException:
+            self._keeper.unclaim(workspace, record.id)
+            raise
 
     async def delete(self, snapshot_id: str) -> None:
         """Delete the caller's snapshot, its files and its records. Raises NotFound."""
@@ -313,15 +334,18 @@ class SandboxSnapshots:
         return sandbox
 
     async def _save_frozen(self, sandbox: Sandbox, path: str) -> SnapshotInfo:
-        """Its files while its processes are frozen (a file rewritten meanwhile is one version in
-        the snapshot, never a mix); thawed after, whatever happened."""
-        frozen = await self._driver.freeze(sandbox.id)
-        try:
-            return await save_home(self._driver, self._snapshots, sandbox.id, path)
-        finally:
-            if frozen:
-                with contextlib.suppress(NotFound):  # ended meanwhile by a door that takes no lock
-                    await self._driver.thaw(sandbox.id)
+        """Its files while its processes are frozen and changes through its API wait (a file
+        rewritten meanwhile is one version in the snapshot, never a mix, and the snapshot is one
+        point in time for the API's changes too: those answered before it are in it, those made
+        after are not, none half); thawed after, whatever happened."""
+        async with sandbox.file_changes.held():
+            frozen = await self._driver.freeze(sandbox.id)
+            try:
+                return await save_home(self._driver, self._snapshots, sandbox.id, path)
+            finally:
+                if frozen:
+                    with contextlib.suppress(NotFound):  # ended meanwhile by a door that takes no lock
+                        await self._driver.thaw(sandbox.id)
 
     async def _restore(self, sandbox: Sandbox, path: str, what: str) -> None:
         try:
@@ -349,6 +373,10 @@ class SandboxSnapshots:
                 f"at its quota of {quota}, so no snapshot can be taken; delete snapshots or "
                 "workspaces it no longer needs, or raise the quota"
             )
+
+
+def _order(snapshot: SandboxSnapshot) -> tuple[float, str]:
+    return snapshot.record.created_at, snapshot.id
 
 
 class _LeftForTheSweep(Exception):

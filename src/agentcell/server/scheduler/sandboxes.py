@@ -34,6 +34,7 @@ from agentcell.server.sandbox.driver import (
     SandboxFiles,
     SandboxSpec,
 )
+from agentcell.server.scheduler.file_changes import FileChanges, WriteChange
 from agentcell.server.scheduler.metering import (
     ActivityMeter,
     LiveUsage,
@@ -79,6 +80,8 @@ class Sandbox:
     started_at: float = 0.0  # this run's (a resume keeps created_at)
     state: SandboxState = "running"
     pausing: bool = False  # its files are being saved: writes from now on would miss the snapshot
+    file_changes: FileChanges = field(default_factory=FileChanges)
+    """held by a snapshot of it while it saves: API changes to its files wait (file_changes.py)"""
 
     @property
     def is_running(self) -> bool:
@@ -516,7 +519,9 @@ class SandboxService:
 class LiveFiles:
     """A running sandbox's files, for its API: a write that its end or its pause overtakes fails
     with NotRunning (409) instead of answering 200 for a file that went with the instance, or that
-    its snapshot does not hold. It also stops reading the upload as soon as that happens."""
+    its snapshot does not hold. It also stops reading the upload as soon as that happens. Changes
+    wait while a snapshot of the sandbox is saved (FileChanges): they come after it, never half
+    in it."""
 
     def __init__(self, files: SandboxFiles, sandbox: Sandbox) -> None:
         self._files = files
@@ -539,23 +544,36 @@ class LiveFiles:
         return self._files.read(path, chunk_bytes)
 
     async def write(self, path: str, chunks: AsyncIterable[bytes]) -> FileStat:
-        written = await self._files.write(path, self._while_live(chunks))
+        change = WriteChange(self._sandbox.file_changes)
+        await change.enter()  # its start: the driver makes the temp file and its directories
+        try:
+            written = await self._files.write(path, self._while_live(chunks, change))
+        finally:
+            change.leave()
         self._check_live()
         return written
 
     async def make_dir(self, path: str) -> FileStat:
-        return await self._files.make_dir(path)
+        async with self._sandbox.file_changes.change():
+            return await self._files.make_dir(path)
 
     async def remove(self, path: str) -> None:
-        await self._files.remove(path)
+        async with self._sandbox.file_changes.change():
+            await self._files.remove(path)
 
     async def rename(self, src: str, dst: str) -> FileStat:
-        return await self._files.rename(src, dst)
+        async with self._sandbox.file_changes.change():
+            return await self._files.rename(src, dst)
 
-    async def _while_live(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    async def _while_live(self, chunks: AsyncIterable[bytes], change: WriteChange) -> AsyncIterator[bytes]:
+        """The body, outside the gate (it fills a temp file); when it has all been given, the
+        write's turn for its commit, which the driver makes next."""
+        change.leave()
         async for chunk in chunks:
             self._check_live()
             yield chunk
+        await change.enter()
+        self._check_live()
 
     def _check_live(self) -> None:
         sandbox = self._sandbox
