@@ -8,8 +8,9 @@ import sys
 import click
 
 from agentcell.cli.context import Connection, parse_pairs, pass_connection
-from agentcell.cli.execute import _exit_on_interrupt, _relay, read_piped_stdin
+from agentcell.cli.execute import _exit_on_interrupt, read_piped_stdin
 from agentcell.cli.output import echo_json, json_option, to_plain
+from agentcell.cli.stdio import relay
 from agentcell.client.code import Execution
 from agentcell.protocol.code import DEFAULT_TIMEOUT_S, LANGUAGES
 
@@ -60,8 +61,8 @@ def run_code(
             language=language,
             env=env,
             timeout_s=limit_s,
-            on_stdout=None if as_json else lambda text: _relay(sys.stdout, text),
-            on_stderr=None if as_json else lambda text: _relay(sys.stderr, text),
+            on_stdout=None if as_json else lambda text: relay(sys.stdout, text),
+            on_stderr=None if as_json else lambda text: relay(sys.stderr, text),
         )
     if as_json:
         echo_json({"text": execution.text, **to_plain(execution)})

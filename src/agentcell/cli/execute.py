@@ -6,12 +6,12 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from typing import BinaryIO, TextIO
 
 import click
 
 from agentcell.cli.context import CliError, Connection, parse_pairs, pass_connection
 from agentcell.cli.output import echo_json, json_option
+from agentcell.cli.stdio import StdinNotText, piped_stdin, relay, stdin_text
 from agentcell.client.commands import FOREGROUND_TIMEOUT_S
 
 
@@ -57,8 +57,8 @@ def execute(
             cwd=cwd,
             stdin=stdin,
             timeout_s=limit_s,
-            on_stdout=None if as_json else lambda data: _relay(sys.stdout, data),
-            on_stderr=None if as_json else lambda data: _relay(sys.stderr, data),
+            on_stdout=None if as_json else lambda data: relay(sys.stdout, data),
+            on_stderr=None if as_json else lambda data: relay(sys.stderr, data),
         )
     if as_json:
         echo_json(result)
@@ -78,21 +78,8 @@ def _exit_on_interrupt() -> Iterator[None]:
 
 
 def read_piped_stdin() -> str | None:
-    if sys.stdin is None or sys.stdin.closed or sys.stdin.isatty():
-        return None
-    data = sys.stdin.buffer.read()
+    data = piped_stdin()
     try:
-        return data.decode()
-    except UnicodeDecodeError:
-        raise CliError(
-            "stdin is not UTF-8 text; pass a file with `agentcell cp` instead, or use -n"
-        ) from None
-
-
-def _relay(stream: TextIO, data: str) -> None:
-    buffer: BinaryIO | None = getattr(stream, "buffer", None)
-    if buffer is not None:
-        buffer.write(data.encode(errors="surrogateescape"))
-        buffer.flush()
-    else:  # a replaced stream without bytes underneath (e.g. click's test runner)
-        click.echo(data, nl=False, file=stream)
+        return None if data is None else stdin_text(data)
+    except StdinNotText as exc:
+        raise CliError(str(exc)) from None

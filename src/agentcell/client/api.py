@@ -172,7 +172,7 @@ class ApiClient:
         limit_s = self.config.request_timeout_s
         timeout = httpx.Timeout(limit_s)
         if wait_forever:
-            timeout = httpx.Timeout(limit_s, read=None if run_limit_s is None else run_limit_s + limit_s)
+            timeout = httpx.Timeout(limit_s, read=self.config.silence_limit_s(run_limit_s))
         with self.translating_errors():
             request = self._http.build_request(method, path, json=json, params=params, timeout=timeout)
             response = await self._http.send(request, stream=True)

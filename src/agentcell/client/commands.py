@@ -13,6 +13,8 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
 from agentcell.client.api import ApiClient, parse_model, request_body, segment
+from agentcell.client.command_wire import FOREGROUND_TIMEOUT_S as FOREGROUND_TIMEOUT_S  # (its public name)
+from agentcell.client.command_wire import command_fields
 from agentcell.client.errors import NotFoundError
 
 # The wire models of commands (and client.events, built on them) are imported by the functions
@@ -21,7 +23,6 @@ if TYPE_CHECKING:
     from agentcell.client.events import CommandResult, OutputCallback
     from agentcell.protocol.commands import CommandEvent, ProcessInfo
 
-FOREGROUND_TIMEOUT_S: Final = 60.0
 Signal = str | int
 """A signal by name ("SIGTERM") or number (15)."""
 
@@ -297,8 +298,4 @@ def command_body(
 
     if timeout_s is DEFAULT:
         timeout_s = None if background else FOREGROUND_TIMEOUT_S
-    fields: dict[str, Any] = {"cmd": cmd} if isinstance(cmd, str) else {"argv": list(cmd)}
-    fields |= {"background": background, "timeout_s": timeout_s}
-    optional = {"env": dict(env) if env else None, "cwd": cwd, "stdin": stdin}
-    fields |= {name: value for name, value in optional.items() if value is not None}
-    return request_body(CommandRequest, fields)
+    return request_body(CommandRequest, command_fields(cmd, background, env, cwd, timeout_s, stdin))

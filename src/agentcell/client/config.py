@@ -39,6 +39,12 @@ class ClientConfig:
         timeout_s = DEFAULT_REQUEST_TIMEOUT_S if request_timeout_s is None else request_timeout_s
         return cls(api_url=url.rstrip("/"), api_key=key or None, request_timeout_s=timeout_s)
 
+    def silence_limit_s(self, run_limit_s: float | None) -> float | None:
+        """How long a command's output stream may go without a byte: as long as the command may
+        run (`run_limit_s`; None: no limit, and no bound here either), then `request_timeout_s`
+        for its end to arrive."""
+        return None if run_limit_s is None else run_limit_s + self.request_timeout_s
+
 
 def require_http_url(url: str, source: str) -> None:
     """InvalidArgumentError, before anything is sent, for a URL httpx could not use."""

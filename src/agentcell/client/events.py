@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from agentcell.client.errors import CommandExitError, ProtocolError
+from agentcell.client.command_wire import not_an_event, stream_without_end
+from agentcell.client.errors import CommandExitError
 from agentcell.protocol.commands import COMMAND_EVENT, CommandEvent, EndEvent, OutputEvent, StartEvent
 
 OutputCallback = Callable[[str], object]
@@ -55,16 +56,11 @@ async def parse_events(lines: AsyncIterable[str]) -> AsyncIterator[CommandEvent]
         try:
             event = COMMAND_EVENT.validate_json(line)
         except ValidationError:
-            raise ProtocolError(
-                f"the command stream sent a line that is not an event: {line[:200]!r}"
-            ) from None
+            raise not_an_event(line) from None
         yield event
         if isinstance(event, EndEvent):
             return
-    raise ProtocolError(
-        "the command stream ended without its 'end' event (the server or the connection stopped "
-        "early); the command's exit code is unknown and it may still be running"
-    )
+    raise stream_without_end()
 
 
 async def collect(
@@ -85,7 +81,7 @@ async def collect(
             await _call(on_stdout if is_stdout else on_stderr, event.data)
         else:
             return _result(event, "".join(stdout), "".join(stderr), start)
-    raise ProtocolError("the command stream ended without its 'end' event")
+    raise stream_without_end()
 
 
 def _result(end: EndEvent, stdout: str, stderr: str, start: StartEvent | None) -> CommandResult:
