@@ -32,3 +32,4 @@ async def test_a_pause_whose_record_cannot_be_written_thaws_the_sandbox(world: W
     running = world.service.running(sandbox.id)
     assert (running.state, running.pausing, world.driver.frozen) == ("running", False, set())
     assert world.pauses.paused(sandbox.id) is None
+    assert world.keeper.user_of(f"default/_sandboxes/{sandbox.id}") is None  # its hold was let go

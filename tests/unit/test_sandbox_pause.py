@@ -18,6 +18,7 @@ from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.auth.principal import Principal, acting_as
 from agentcell.server.clock import FakeClock
 from agentcell.server.interpreter.contexts import Interpreter
+from agentcell.server.meta.records import PausedSandboxRecord
 from agentcell.server.meta.sqlite import SqliteMetaStore
 from agentcell.server.sandbox.fake import FakeDriver
 from agentcell.server.scheduler.sandbox_metrics import SandboxMetrics, _cpu_pct
@@ -171,6 +172,34 @@ async def test_paused_sandboxes_are_reloaded_and_their_workspace_cannot_be_delet
         await world.keeper.delete(f"default/_sandboxes/{sandbox.id}")
     await restarted.kill(sandbox.id)
     await world.keeper.delete(f"default/_sandboxes/{sandbox.id}")  # no longer claimed
+
+
+async def test_a_paused_sandboxs_files_are_held_before_its_workspace_row_is_written(world: World) -> None:
+    """Between the pause's workspace row (which GET /v1/workspaces lists at once) and the paused
+    sandbox's record, the workspaces API cannot delete its files: it could, from under the pause,
+    and the sandbox was then paused without them."""
+    sandbox = await world.service.create(SandboxCreate())
+    await write(world, sandbox.id, "/home/user/kept.txt", b"kept")
+    parked, go = asyncio.Event(), asyncio.Event()
+    put_paused_sandbox = world.store.put_paused_sandbox
+
+    async def held(record: PausedSandboxRecord) -> None:
+        parked.set()
+        await go.wait()
+        await put_paused_sandbox(record)
+
+    world.store.put_paused_sandbox = held  # type: ignore[method-assign]
+    pausing = asyncio.create_task(world.pauses.pause(sandbox.id))
+    await parked.wait()
+    [row] = await world.store.workspaces(None)
+    try:
+        with pytest.raises(Conflict, match=f"files of paused sandbox {sandbox.id}; resume it or kill it"):
+            await world.keeper.delete(row.path)
+    finally:
+        go.set()
+        await pausing
+    await world.pauses.resume(sandbox.id)
+    assert await read(world, sandbox.id, "/home/user/kept.txt") == b"kept"
 
 
 async def test_a_missing_snapshot_fails_the_resume_and_the_sandbox_stays_paused(world: World) -> None:

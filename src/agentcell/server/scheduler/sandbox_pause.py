@@ -349,17 +349,14 @@ class SandboxPauses:
                 await self._driver.thaw(sandbox.id)
             raise
         paused = self._paused[sandbox.id] = _from_record(record)
-        self._keeper.adopt(paused.workspace, sandbox.id, paused_sandbox=True)
         with contextlib.suppress(NotFound):  # ended meanwhile by a door that takes no lock (MCP)
             await self._sandboxes.kill(sandbox.id)
         log.info("sandbox %s paused: %d files, %d bytes stored", sandbox.id, info.files, info.stored_bytes)
         return paused
 
     async def _save(self, sandbox: Sandbox, path: str) -> tuple[SnapshotInfo, PausedSandboxRecord]:
-        """The snapshot of the sandbox's home, its workspace row, then the paused sandbox's record
-        (written after its snapshot: never one without)."""
+        """The snapshot of the sandbox's home, then its records (`_record`)."""
         info = await save_home(self._driver, self._snapshots, sandbox.id, path)
-        await self._keeper.put_record(_workspace(sandbox, path), info)
         now = self._clock.now()
         record = PausedSandboxRecord(
             id=sandbox.id,
@@ -371,8 +368,21 @@ class SandboxPauses:
             keep_until=now + self._retention_s,
             labels_json=json.dumps(self.labeller(sandbox) if self.labeller is not None else {}),
         )
-        await self._store.put_paused_sandbox(record)
+        await self._record(_workspace(sandbox, path), info, record)
         return info, record
+
+    async def _record(self, workspace: Workspace, info: SnapshotInfo, record: PausedSandboxRecord) -> None:
+        """The workspace row, then the paused sandbox's record (written after its snapshot: never
+        one without). The path is held for the paused sandbox before its row is written: DELETE
+        /v1/workspaces, which lists that row at once, must never find the files unheld and delete
+        them from under the record that follows. A failure lets go of it (the sandbox runs on)."""
+        self._keeper.adopt(workspace, record.id, paused_sandbox=True)
+        try:
+            await self._keeper.put_record(workspace, info)
+            await self._store.put_paused_sandbox(record)
+        except BaseException:
+            self._keeper.unclaim(workspace, record.id)
+            raise
 
     async def _restore(self, sandbox: Sandbox, path: str) -> None:
         try:
