@@ -9,7 +9,11 @@ it before the sandbox is handed back; the snapshot is then deleted.
 
 The snapshot is point-in-time: the sandbox's processes are frozen (cgroup freezer) from just
 before it is taken until the instance is stopped, so a file rewritten in place while the sandbox
-pauses comes back as one version of it, never a mix; a pause that fails thaws them again.
+pauses comes back as one version of it, never a mix; a pause that fails thaws them again. It is
+point-in-time for the files API too: the pause holds the sandbox's FileChanges gate while it saves
+(scheduler/file_changes.py), so the changes in flight finish before the save lists the files, and
+those that begin once the pause has begun fail (409, LiveFiles) rather than wait for an instance
+about to stop.
 
 A paused sandbox holds no instance, cores or memory (it does not count against the node's
 `max_sandboxes` or the tenant's sandbox quotas). Its stored bytes count against the tenant's storage
@@ -338,11 +342,12 @@ class SandboxPauses:
 
     async def _pause_marked(self, sandbox: Sandbox) -> PausedSandbox:
         path = storage_path(sandbox.tenant, sandbox.id)
-        sandbox.pausing = True  # API writes finishing from now on fail: the snapshot may miss them
+        sandbox.pausing = True  # API file changes beginning from now on fail: the save may miss them
         frozen = False
         try:
-            frozen = await self._driver.freeze(sandbox.id)  # its files hold still until it stops
-            info, record = await self._save(sandbox, path)
+            async with sandbox.file_changes.held():  # those in flight finish before the save lists the files
+                frozen = await self._driver.freeze(sandbox.id)  # its files hold still until it stops
+                info, record = await self._save(sandbox, path)
         except BaseException:  # the snapshot, its workspace row or the paused record failed
             sandbox.pausing = False  # the sandbox keeps running
             if frozen:

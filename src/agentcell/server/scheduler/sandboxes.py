@@ -521,7 +521,9 @@ class LiveFiles:
     with NotRunning (409) instead of answering 200 for a file that went with the instance, or that
     its snapshot does not hold. It also stops reading the upload as soon as that happens. Changes
     wait while a snapshot of the sandbox is saved (FileChanges): they come after it, never half
-    in it."""
+    in it. A pause holds the same gate, so the changes in flight finish before it saves; those
+    that begin after it did (a write's start or commit, mkdir, rename, remove) fail instead of
+    waiting: the instance stops after the save, so they would have nowhere to land."""
 
     def __init__(self, files: SandboxFiles, sandbox: Sandbox) -> None:
         self._files = files
@@ -545,41 +547,63 @@ class LiveFiles:
 
     async def write(self, path: str, chunks: AsyncIterable[bytes]) -> FileStat:
         change = WriteChange(self._sandbox.file_changes)
-        await change.enter()  # its start: the driver makes the temp file and its directories
         try:
+            await self._write_turn(change)  # its start: the driver makes the temp file and its directories
             written = await self._files.write(path, self._while_live(chunks, change))
         finally:
             change.leave()
-        self._check_live()
+        self._check_ended(_WRITE_UNDONE)  # its commit was in before any pause began: the pause saved it
         return written
 
     async def make_dir(self, path: str) -> FileStat:
-        async with self._sandbox.file_changes.change():
+        async with self._change(f", so directory {path} was not made; make it"):
             return await self._files.make_dir(path)
 
     async def remove(self, path: str) -> None:
-        async with self._sandbox.file_changes.change():
+        async with self._change(f", so {path} was not removed; remove it"):
             await self._files.remove(path)
 
     async def rename(self, src: str, dst: str) -> FileStat:
-        async with self._sandbox.file_changes.change():
+        async with self._change(f", so {src} was not renamed; rename it"):
             return await self._files.rename(src, dst)
+
+    @contextlib.asynccontextmanager
+    async def _change(self, undone: str) -> AsyncIterator[None]:
+        """One change, its turn at the gate; refused (`undone`) when the sandbox is pausing or
+        ended, both before it waits for its turn and once it has it."""
+        self._check_live(undone)
+        async with self._sandbox.file_changes.change():
+            self._check_live(undone)
+            yield
+
+    async def _write_turn(self, change: WriteChange) -> None:
+        """A write's turn at the gate, for its start or its commit, refused as `_change` is."""
+        self._check_live(_WRITE_UNDONE)
+        await change.enter()
+        self._check_live(_WRITE_UNDONE)
 
     async def _while_live(self, chunks: AsyncIterable[bytes], change: WriteChange) -> AsyncIterator[bytes]:
         """The body, outside the gate (it fills a temp file); when it has all been given, the
         write's turn for its commit, which the driver makes next."""
         change.leave()
         async for chunk in chunks:
-            self._check_live()
+            self._check_live(_WRITE_UNDONE)
             yield chunk
-        await change.enter()
-        self._check_live()
+        await self._write_turn(change)
 
-    def _check_live(self) -> None:
-        sandbox = self._sandbox
-        if not sandbox.is_running:
-            happened = "was paused" if sandbox.pausing else "ended"
-            raise NotRunning(
-                f"sandbox {sandbox.id} {happened} while the file was written, so it was not kept; "
-                "write it again once the sandbox runs"
-            )
+    def _check_live(self, undone: str) -> None:
+        """Refuse a change once the sandbox is pausing or ended; `undone` follows "sandbox … was
+        paused" (or "ended") in the error: what was not done, and what to do again."""
+        if self._sandbox.pausing:
+            raise self._not_running("was paused", undone)
+        self._check_ended(undone)
+
+    def _check_ended(self, undone: str) -> None:
+        if self._sandbox.state != "running":
+            raise self._not_running("ended", undone)
+
+    def _not_running(self, happened: str, undone: str) -> NotRunning:
+        return NotRunning(f"sandbox {self._sandbox.id} {happened}{undone} again once the sandbox runs")
+
+
+_WRITE_UNDONE = " while the file was written, so it was not kept; write it"
