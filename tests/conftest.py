@@ -272,12 +272,7 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
 
 @pytest.fixture(scope="session")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    # A timed-out run is interrupted, and its kernel restarted only if it has not stopped within the
-    # grace: tests that assert "interrupted, state kept" need more than the default 2 s on a loaded
-    # CI machine (the interrupt is itself a command in the sandbox).
-    server = ServerProcess(
-        tmp_path_factory.mktemp("server") / "state", env={"AGENTCELL_CODE_INTERRUPT_GRACE_S": "10"}
-    )
+    server = ServerProcess(tmp_path_factory.mktemp("server") / "state")
     yield server
     code = server.stop()
     assert code == 0, f"server exited with {code}:\n{server.log()}"

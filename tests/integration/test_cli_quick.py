@@ -257,11 +257,14 @@ def test_a_plain_exec_streams_live(server_url: str, rest_sandbox: str, api: http
 
 @pytest.mark.parametrize("entry", [RUN_ENTRY, FULL_ENTRY], ids=["quick", "full"])
 def test_ctrl_c_during_an_exec_exits_130(server_url: str, rest_sandbox: str, entry: str) -> None:
-    """As a shell does, and the same through both paths."""
+    """As a shell does, and the same through both paths. The CLI runs as from a terminal: with
+    Python's own ^C handler, even when these tests run as a background job (whose children start
+    with SIGINT ignored, and rightly go on past a ^C)."""
+    interactive = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
     argv = [
         sys.executable,
         "-c",
-        entry,
+        interactive + entry,
         "--url",
         server_url,
         "exec",

@@ -137,3 +137,27 @@ async def test_nul_bytes_cannot_smuggle_options(linux_driver: LinuxDriver, sandb
         await linux_driver.exec(sandbox, ExecSpec(argv=["true"], cwd="x\0--cgroup-procs\0/tmp/x"))
     with pytest.raises(InvalidArgument, match="NUL"):
         await linux_driver.exec(sandbox, ExecSpec(argv=["echo", "a\0b"]))
+
+
+IGNORED_BY_A_BACKGROUND_JOB = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
+
+
+async def test_signals_the_server_ignores_are_not_ignored_in_a_sandbox(
+    tmp_path: Path, prebuilt_helper: Path
+) -> None:
+    """A server started as a background job or under nohup ignores SIGINT, SIGQUIT or SIGHUP, and
+    exec keeps an ignored signal ignored: the sandbox's programs (its init, a command, one it
+    starts) must still get them at their defaults, or ^C and a code run's interrupt do nothing."""
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in IGNORED_BY_A_BACKGROUND_JOB}
+    try:
+        driver = make_driver(tmp_path / "state", prebuilt_helper)  # its spawner starts below
+        try:
+            await driver.start(SandboxSpec(sandbox_id="background"))
+            status = await run(driver, "background", ["sh", "-c", "cat /proc/1/status /proc/self/status"])
+        finally:
+            await driver.aclose()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    ignored = [line.split()[1] for line in status.stdout.splitlines() if line.startswith("SigIgn:")]
+    assert ignored == ["0000000000000000", "0000000000000000"], status

@@ -1287,6 +1287,15 @@ static int serve_one(void) {
     return 1;
 }
 
+/* Signals the server was started with ignored (a background job's SIGINT and SIGQUIT, nohup's
+ * SIGHUP) would stay ignored in every process of every sandbox, since exec keeps an ignored
+ * disposition: a terminal's ^C, a code run's interrupt, a user's `kill -INT` would do nothing there.
+ * So every signal starts at its default in the spawner, and in all it forks. */
+static void reset_signal_dispositions(void) {
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP) signal(sig, SIG_DFL); /* (EINVAL for libc's own: fine) */
+}
+
 static int cmd_serve(int argc, char **argv) {
     if (argc != 4 || strcmp(argv[0], "--sock-fd") || strcmp(argv[2], "--parent"))
         die("usage: acell-helper serve --sock-fd N --parent PID");
@@ -1296,6 +1305,7 @@ static int cmd_serve(int argc, char **argv) {
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); /* the spawner never outlives its node */
     if (getppid() != (pid_t)parse_ull(argv[3], "--parent")) return 0;
     set_oom_score_adj("-1000");
+    reset_signal_dispositions();
     struct sched_param batch = {.sched_priority = 0};
     sched_setscheduler(0, SCHED_BATCH, &batch);
     sigset_t set;
