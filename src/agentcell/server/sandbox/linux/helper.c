@@ -1288,12 +1288,26 @@ static int serve_one(void) {
 }
 
 /* Signals the server was started with ignored (a background job's SIGINT and SIGQUIT, nohup's
- * SIGHUP) would stay ignored in every process of every sandbox, since exec keeps an ignored
- * disposition: a terminal's ^C, a code run's interrupt, a user's `kill -INT` would do nothing there.
- * So every signal starts at its default in the spawner, and in all it forks. */
-static void reset_signal_dispositions(void) {
-    for (int sig = 1; sig < NSIG; sig++)
-        if (sig != SIGKILL && sig != SIGSTOP) signal(sig, SIG_DFL); /* (EINVAL for libc's own: fine) */
+ * SIGHUP, whatever a supervisor left) would stay ignored in every process of every sandbox, since
+ * exec keeps an ignored disposition: a terminal's ^C, a code run's interrupt, a user's `kill -INT`
+ * would do nothing there. So the spawner sets each ignored signal back to its default, for itself
+ * and all it forks. By system call: libc's sigaction refuses the real-time signals it keeps for
+ * itself, which a parent may have ignored as well. */
+struct kernel_sigaction {
+    void (*handler)(int);
+    unsigned long flags;
+    void (*restorer)(void);
+    unsigned long mask;
+};
+
+static void reset_ignored_signals(void) {
+    for (int sig = 1; sig <= 64; sig++) {
+        struct kernel_sigaction now, dfl;
+        memset(&now, 0, sizeof now);
+        memset(&dfl, 0, sizeof dfl); /* SIG_DFL, no flags, nothing blocked */
+        if (syscall(SYS_rt_sigaction, sig, NULL, &now, sizeof now.mask) == 0 && now.handler == SIG_IGN)
+            syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof dfl.mask);
+    }
 }
 
 static int cmd_serve(int argc, char **argv) {
@@ -1305,7 +1319,7 @@ static int cmd_serve(int argc, char **argv) {
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); /* the spawner never outlives its node */
     if (getppid() != (pid_t)parse_ull(argv[3], "--parent")) return 0;
     set_oom_score_adj("-1000");
-    reset_signal_dispositions();
+    reset_ignored_signals();
     struct sched_param batch = {.sched_priority = 0};
     sched_setscheduler(0, SCHED_BATCH, &batch);
     sigset_t set;
