@@ -133,16 +133,18 @@ def test_a_proxy_in_the_environment_is_left_to_the_sdk(server_url: str, run_tag:
     assert (code, err) == (0, "") and out.startswith("sbx_") and "httpx" in modules
 
 
-def test_a_connection_lost_after_the_request_is_an_error_not_a_second_create() -> None:
-    """The sandbox may exist: nothing is sent again."""
+@contextlib.contextmanager
+def answering_once(answer: bytes) -> Iterator[tuple[str, list[bytes]]]:
+    """A server (its URL) that reads one request, sends `answer` (may be nothing) and closes, then
+    waits a second for a second connection; yields the requests it got, complete once left."""
     requests: list[bytes] = []
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
 
         def serve() -> None:
             listener.settimeout(30)
             with listener.accept()[0] as conn:
                 requests.append(conn.recv(65536))
+                conn.sendall(answer)
             listener.settimeout(1)
             try:
                 listener.accept()[0].close()
@@ -152,8 +154,16 @@ def test_a_connection_lost_after_the_request_is_an_error_not_a_second_create() -
 
         server = threading.Thread(target=serve)
         server.start()
+        try:
+            yield f"http://127.0.0.1:{listener.getsockname()[1]}", requests
+        finally:
+            server.join()
+
+
+def test_a_connection_lost_after_the_request_is_an_error_not_a_second_create() -> None:
+    """The sandbox may exist: nothing is sent again."""
+    with answering_once(b"") as (url, requests):
         code, out, err, _ = agentcell("--url", url, "sandbox", "create", env={"AGENTCELL_API_KEY": "k"})
-        server.join()
     assert len(requests) == 1 and requests[0].startswith(b"POST /v1/sandboxes HTTP/1.0\r\n")
     assert (code, out) == (1, "")
     lost = "the server closed the connection without answering"
@@ -292,29 +302,12 @@ def test_a_proxy_in_the_environment_sends_an_exec_through_the_sdk(server_url: st
 
 def test_a_command_stream_cut_short_is_an_error_not_a_second_run() -> None:
     """The command may have run, or still run: the SDK's error, and nothing is sent again."""
-    requests: list[bytes] = []
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-
-        def serve() -> None:
-            listener.settimeout(30)
-            with listener.accept()[0] as conn:
-                requests.append(conn.recv(65536))
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n"
-                    b'{"type":"start","process_id":"proc_1","pid":2}\n{"type":"stdout","data":"partial"}\n'
-                )
-            listener.settimeout(1)
-            try:
-                listener.accept()[0].close()
-                requests.append(b"a second connection")
-            except TimeoutError:
-                pass
-
-        server = threading.Thread(target=serve)
-        server.start()
+    cut_short = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n"
+        b'{"type":"start","process_id":"proc_1","pid":2}\n{"type":"stdout","data":"partial"}\n'
+    )
+    with answering_once(cut_short) as (url, requests):
         ran = run_cli(RUN_ENTRY, "--url", url, "exec", "sbx_1", "--", "true", env={"AGENTCELL_API_KEY": "k"})
-        server.join()
     assert len(requests) == 1 and requests[0].startswith(b"POST /v1/sandboxes/sbx_1/commands HTTP/1.0\r\n")
     assert ran[:3] == (1, b"partial", f"error: {stream_without_end()}\n".encode())
 
