@@ -246,15 +246,23 @@ def test_a_refused_exec_hands_the_piped_stdin_it_read_to_the_full_command(
     assert ran[:3] == (0, b"read once", b"") and "httpx" in ran.modules
 
 
+def exec_process(entry: str, server_url: str, sandbox_id: str, command: str) -> subprocess.Popen[bytes]:
+    """`agentcell exec` through `entry` as a running process, its stdout and stderr piped."""
+    argv = [sys.executable, "-c", entry, "--url", server_url, "exec", sandbox_id, "--", command]
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=without_proxies(os.environ),
+    )
+
+
 def test_a_plain_exec_streams_live(server_url: str, rest_sandbox: str, api: httpx.Client) -> None:
     """The first line reaches our stdout while the command cannot have ended: it waits for a file
     that is made only once that line was read."""
     waits = "echo first; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo second >&2; echo third"
-    argv = [sys.executable, "-c", RUN_ENTRY, "--url", server_url, "exec", rest_sandbox, "--", waits]
-    env = without_proxies(os.environ)
-    with subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-    ) as proc:
+    with exec_process(RUN_ENTRY, server_url, rest_sandbox, waits) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         assert proc.stdout.readline() == b"first\n"
         made = api.post(f"/v1/sandboxes/{rest_sandbox}/commands", json={"cmd": "touch /tmp/go"})
@@ -271,21 +279,7 @@ def test_ctrl_c_during_an_exec_exits_130(server_url: str, rest_sandbox: str, ent
     Python's own ^C handler, even when these tests run as a background job (whose children start
     with SIGINT ignored, and rightly go on past a ^C)."""
     interactive = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
-    argv = [
-        sys.executable,
-        "-c",
-        interactive + entry,
-        "--url",
-        server_url,
-        "exec",
-        rest_sandbox,
-        "--",
-        "echo first; sleep 60",
-    ]
-    env = without_proxies(os.environ)
-    with subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-    ) as proc:
+    with exec_process(interactive + entry, server_url, rest_sandbox, "echo first; sleep 60") as proc:
         assert proc.stdout is not None and proc.stderr is not None
         assert proc.stdout.readline() == b"first\n"
         proc.send_signal(signal.SIGINT)

@@ -240,21 +240,11 @@ async def test_the_keeper_names_snapshots_as_snapshots(
     """Deleting a snapshot's workspace is refused naming the snapshot; after a restart, the mark a
     recorded snapshot left goes (its files kept), and an unrecorded snapshot's and a fork's
     leftovers are deleted, each said as what it was (never "a pause", nor "the next save")."""
-    snapshots = _snapshots_on(store, tmp_path / "objects")
-    started = asyncio.Event()
-    runner = asyncio.create_task(snapshots._sandboxes.run(3600, started))
-    await started.wait()
-    try:
+    async with _running(_snapshots_on(store, tmp_path / "objects")) as snapshots:
         sandbox = await snapshots._sandboxes.create(SandboxCreate())
         kept = await snapshots.take(sandbox.id)
         with pytest.raises(Conflict, match=f"holds the files of snapshot {kept.id}; delete the snapshot"):
             await snapshots._keeper.delete(kept.record.storage_path)
-    finally:
-        await snapshots._sandboxes.aclose()
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
-        await snapshots._driver.aclose()
     for path, kind in (
         (kept.record.storage_path, "snapshot"),  # killed after its record, before the mark went
         ("default/_snapshots/snap_00-aa", "snapshot"),  # killed before its record

@@ -33,6 +33,7 @@ import os
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 from pydantic import ValidationError
@@ -360,7 +361,7 @@ class SandboxPauses:
         return paused
 
     async def _save(self, sandbox: Sandbox, path: str) -> tuple[SnapshotInfo, PausedSandboxRecord]:
-        """The snapshot of the sandbox's home, then its records (`_record`)."""
+        """The snapshot of the sandbox's home, then its records (`WorkspaceKeeper.put_held_record`)."""
         info = await save_home(self._driver, self._snapshots, sandbox.id, path)
         now = self._clock.now()
         record = PausedSandboxRecord(
@@ -373,21 +374,12 @@ class SandboxPauses:
             keep_until=now + self._retention_s,
             labels_json=json.dumps(self.labeller(sandbox) if self.labeller is not None else {}),
         )
-        await self._record(_workspace(sandbox, path), info, record)
+        # (written after its snapshot, never one without; a failure lets go of its files: it runs on)
+        put_paused = partial(self._store.put_paused_sandbox, record)
+        await self._keeper.put_held_record(
+            _workspace(sandbox, path), info, record.id, "paused sandbox", put_paused
+        )
         return info, record
-
-    async def _record(self, workspace: Workspace, info: SnapshotInfo, record: PausedSandboxRecord) -> None:
-        """The workspace row, then the paused sandbox's record (written after its snapshot: never
-        one without). The path is held for the paused sandbox before its row is written: DELETE
-        /v1/workspaces, which lists that row at once, must never find the files unheld and delete
-        them from under the record that follows. A failure lets go of it (the sandbox runs on)."""
-        self._keeper.adopt(workspace, record.id, paused_sandbox=True)
-        try:
-            await self._keeper.put_record(workspace, info)
-            await self._store.put_paused_sandbox(record)
-        except BaseException:
-            self._keeper.unclaim(workspace, record.id)
-            raise
 
     async def _restore(self, sandbox: Sandbox, path: str) -> None:
         try:

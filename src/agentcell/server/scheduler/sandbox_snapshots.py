@@ -28,6 +28,7 @@ import secrets
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from pydantic import ValidationError
 
@@ -217,21 +218,10 @@ class SandboxSnapshots:
                     storage_path=path,
                     created_at=self._clock.now(),
                 )
-                await self._record(workspace, info, record)
+                put_snapshot = partial(self._store.put_sandbox_snapshot, record)
+                await self._keeper.put_held_record(workspace, info, snapshot_id, "snapshot", put_snapshot)
         snapshot = self._by_id[snapshot_id] = SandboxSnapshot(record, sandbox.request)
         return snapshot
-
-    async def _record(self, workspace: Workspace, info: SnapshotInfo, record: SandboxSnapshotRecord) -> None:
-        """The workspace row, then the snapshot's record. The path is held for the snapshot before
-        its row is written: DELETE /v1/workspaces, which lists that row at once, must never find
-        the files unheld and delete them from under the record that follows."""
-        self._keeper.adopt(workspace, record.id, holder="snapshot")
-        try:
-            await self._keeper.put_record(workspace, info)
-            await self._store.put_sandbox_snapshot(record)
-        except BaseException:
-            self._keeper.unclaim(workspace, record.id)
-            raise
 
     async def delete(self, snapshot_id: str) -> None:
         """Delete the caller's snapshot, its files and its records. Raises NotFound."""

@@ -241,6 +241,26 @@ class WorkspaceKeeper:
             await self.put_record(workspace, info, None)
         return info
 
+    async def put_held_record(
+        self,
+        workspace: Workspace,
+        info: SnapshotInfo,
+        holder_id: str,
+        holder: Holder,
+        then: Callable[[], Awaitable[None]],
+    ) -> None:
+        """The row of files that `holder_id` (a paused sandbox, a snapshot) holds from now on,
+        then `then` (its own record). They are held before the row is written: DELETE
+        /v1/workspaces, which lists the row at once, must never find them unheld and delete them
+        from under the record that follows. A failure lets go of them."""
+        self.adopt(workspace, holder_id, holder=holder)
+        try:
+            await self.put_record(workspace, info)
+            await then()
+        except BaseException:
+            self.unclaim(workspace, holder_id)
+            raise
+
     async def put_record(self, workspace: Workspace, info: SnapshotInfo, error: str | None = None) -> None:
         """The workspace's row, for its snapshot `info` (a session's, a paused sandbox's, a
         sandbox snapshot's)."""
