@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -144,10 +145,12 @@ async def test_api_key_is_sent_as_bearer_and_found_in_the_environment(
     )
 
 
-async def test_no_api_key_sends_no_authorization(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without a key nothing is sent; the URL defaults to http://127.0.0.1:8700."""
+async def test_no_api_key_sends_no_authorization(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without a key nothing is sent; the URL defaults to http://127.0.0.1:8700. (The state dir
+    points at an empty directory: a server on this host may have written its admin key.)"""
     monkeypatch.delenv("AGENTCELL_API_KEY", raising=False)
     monkeypatch.delenv("AGENTCELL_URL", raising=False)
+    monkeypatch.setenv("AGENTCELL_STATE_DIR", str(tmp_path))
     config = ClientConfig.resolve()
     assert config.api_url == "http://127.0.0.1:8700" and config.api_key is None
     seen: list[httpx.Request] = []
