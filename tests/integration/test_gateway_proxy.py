@@ -85,6 +85,37 @@ class NowaitRouter(StaticRouter):
         return self.route_now(head)
 
 
+class PinningRouter(StaticRouter):
+    """Answers on the task-free path with a `reuse` on each Forward (a warm session's pin, as the
+    scheduler's router makes one): records which path routed each request, and in what order
+    each was leased (`on_routed`) and given back (`on_complete`)."""
+
+    def __init__(self, upstream: UpstreamAddress) -> None:
+        super().__init__(upstream)
+        self.events: list[str] = []
+
+    def route_nowait(self, head: RequestHead) -> Route | None:
+        self.events.append("routed")
+        return self._pinned()
+
+    def _pinned(self) -> Forward:
+        return Forward(
+            self.upstream,
+            on_complete=self._complete,
+            on_routed=lambda: self.events.append("leased"),
+            reuse=self._reuse,
+        )
+
+    def _reuse(self, head: RequestHead) -> Route | None:
+        if head.raw_path != b"/echo":  # (inputs other than the pinned ones)
+            return None
+        self.events.append("reused")
+        return self._pinned()
+
+    def _complete(self, status: int, bytes_in: int, bytes_out: int, duration_s: float) -> None:
+        self.events.append(f"done {status}")
+
+
 class SlowRouter(StaticRouter):
     """Takes its time (a cold start); records whether it was cancelled."""
 
@@ -533,6 +564,32 @@ async def test_upstream_connection_is_reused_across_requests(tmp_path: Path) -> 
             await client.aclose()
         assert len(state.clients) == 1, state.clients
         assert server.pool.idle_count() == 1
+
+
+async def test_a_forward_s_reuse_routes_its_connection_s_next_request(tmp_path: Path) -> None:
+    """The connection asks the last Forward's `reuse` first; when that declines, the router routes
+    (and its new Forward pins the connection again). A new connection starts unpinned. Each
+    request's `on_routed` runs once, before its `on_complete`."""
+    state = AppState()
+    async with uvicorn_upstream(state) as upstream:
+        router = PinningRouter(upstream)
+        async with running_gateway(router) as (_, address):
+            client = await Client.connect(address)
+            for target in ("/echo", "/echo", "/echo?other=1", "/other", "/echo"):
+                assert (await client.request("GET", target)).status == 200
+            other = await Client.connect(address)
+            assert (await other.request("GET", "/echo")).status == 200
+            await client.aclose()
+            await other.aclose()
+    one = ["leased", "done 200"]
+    assert router.events == [
+        *("routed", *one),
+        *("reused", *one),
+        *("reused", *one),  # (the query is not the pin's business: the path is)
+        *("routed", *one),
+        *("reused", *one),
+        *("routed", *one),
+    ]
 
 
 async def test_head_request_then_keep_alive(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ import functools
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
@@ -48,7 +49,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from agentcell.server.gateway.exchange import NEW, Exchange
 from agentcell.server.gateway.headers import NAME_CACHE, PLAIN, header_index, name_info, respond_bytes
-from agentcell.server.gateway.route import RequestHead, new_request_id
+from agentcell.server.gateway.route import RequestHead, Route, new_request_id
 from agentcell.server.gateway.upstream import queued_bytes
 
 if TYPE_CHECKING:
@@ -122,6 +123,8 @@ class ClientConnection(asyncio.Protocol):
         self._exchanges: deque[Exchange] = deque()
         self._parsing: Exchange | None = None  # the exchange whose body the parser is reading
         self._tunnel: Exchange | None = None
+        # the last Forward's `reuse`: how its next request may be routed without the router
+        self.pin: Callable[[RequestHead], Route | None] | None = None
         self._upgraded = False  # the parser stopped at an upgrade request
         self._read_blocked = 0
         self.out: list[bytes] = []

@@ -145,6 +145,13 @@ class Exchange:
             self.keep_alive = False
             self._fail(405, "invalid_argument", "CONNECT is not supported: this is not a forward proxy")
         else:
+            pin = conn.pin
+            if pin is not None:
+                route = pin(self.head)
+                if route is not None:
+                    self._on_route(route)
+                    return
+                conn.pin = None
             route_nowait = self.server.route_nowait
             if route_nowait is not None:
                 try:
@@ -184,6 +191,7 @@ class Exchange:
     def _on_route(self, route: Route) -> None:
         self.route = route
         if isinstance(route, Forward):
+            self.conn.pin = route.reuse
             if route.timeout_s is not None:
                 self.timeout_s = route.timeout_s
                 self._extend_deadline()
@@ -196,6 +204,8 @@ class Exchange:
                 self._attach(upstream)
             else:
                 self._connect(route.upstream)
+            if route.on_routed is not None:  # (no answer can have come yet: it needs a read)
+                route.on_routed()
         elif isinstance(route, Respond):
             self._respond(route)
         else:

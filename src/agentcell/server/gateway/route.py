@@ -159,6 +159,12 @@ class Forward:
     explain_loss: Callable[[], str | None] | None = None
     """why the upstream was lost before it answered, when the integrator knows better than the
     engine (its instance was stopped on purpose); None keeps the engine's own words"""
+    on_routed: Callable[[], None] | None = None
+    """called once the request is on its way (its head written upstream, or its connection
+    begun), in the same callback as its routing: what need not delay the request's first byte"""
+    reuse: Callable[[RequestHead], Forward | Respond | None] | None = None
+    """the route of the client connection's next request, when the router can tell it cheaply
+    (a warm session's pin): the engine calls it first for that request; None means "route it"."""
 
 
 @dataclass(slots=True)

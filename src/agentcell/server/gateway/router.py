@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 
 from agentcell.errors import AgentcellError, NotFound, NotRunning
@@ -143,13 +144,43 @@ class GatewayRouter:
         return Forward(SocketUpstream(f"e2b:{found.sandbox_id}:{found.port}", connect))
 
     def route_nowait(self, head: RequestHead) -> Route | None:
-        """The warm path: a bound session on a ready instance, answered with no task or await."""
+        """The warm path: a bound session on a ready instance, answered with no task or await.
+
+        Its Forward carries a `WarmPin` (unless requests are traced, each with spans of its own):
+        the client connection's next request with the same routing inputs reuses the route."""
         resolved = self._resolve(head)
         if not isinstance(resolved, tuple):
             return resolved
         target, affinity, key = resolved
         lease = self._scheduler.route_warm(target.name, key)
-        return None if lease is None else self._forward(lease, affinity, target, head)
+        if lease is None:
+            return None
+        forward = self._forward(lease, affinity, target, head)
+        if key is not None and self._telemetry.tracing is None:
+            again = replace(forward, on_routed=partial(self._scheduler.acquire, lease))
+            forward.reuse = again.reuse = WarmPin(self, head, _key_header(affinity), key, lease, again).reuse
+        return forward
+
+    def reuse_warm(self, pin: WarmPin, head: RequestHead) -> Route | None:
+        """`pin`'s route again, for a request with its routing inputs (see `WarmPin`): the key is
+        checked (it may have been revoked; its tenant's rate applies) and the session must still
+        be what `route_warm` would lease; None when anything changed (the full route then says
+        what). The Forward leases the session once the request is on its way (`on_routed`)."""
+        if self._auth is not None and self._auth.required:
+            x_api_key, authorization = head.header(b"x-api-key"), head.header(b"authorization")
+            try:
+                self._auth.check(
+                    x_api_key.decode("latin-1") if x_api_key else None,
+                    authorization.decode("latin-1") if authorization else None,
+                    "invoke",
+                )
+            except AgentcellError as exc:
+                self._telemetry.error(exc.code)
+                return domain_error(exc, head.request_id)
+        lease = pin.lease
+        if lease.function.config is not pin.config or not self._scheduler.still_warm(lease, pin.key):
+            return None
+        return pin.forward
 
     async def route(self, head: RequestHead) -> Route:
         resolved = self._resolve(head)
@@ -281,6 +312,63 @@ class GatewayRouter:
             self._scheduler.end_mcp_session(lease)  # a legacy SSE session lives as long as its stream
         else:
             self._scheduler.release_unnamed(lease)
+
+
+class WarmPin:
+    """One warm route and the inputs it was decided from: the method, the path, and the headers
+    `_resolve` reads (Host, the affinity's key header, Cookie, and the two that may carry an API
+    key). A later request on the same client connection with the same inputs is routed by
+    `GatewayRouter.reuse_warm`, which skips parsing the function target and the session key and
+    making a Forward: the bulk of a warm request's routing. The same Forward serves each such
+    request: its lease (function, instance, session) is the one `route_warm` would make, taken
+    by `on_routed` and given back by `on_complete`."""
+
+    __slots__ = (
+        "_router",
+        "config",
+        "forward",
+        "index",
+        "inputs",
+        "key",
+        "key_header",
+        "lease",
+        "method",
+        "path",
+    )
+
+    def __init__(
+        self,
+        router: GatewayRouter,
+        head: RequestHead,
+        key_header: bytes,
+        key: str,
+        lease: Lease,
+        forward: Forward,
+    ) -> None:
+        self._router = router
+        self.method = head.method
+        self.path = head.raw_path
+        self.index = head.index  # (shared by requests with the same headers: see header_index)
+        self.key_header = key_header
+        self.inputs = _routing_inputs(head.index, key_header)
+        self.key = key
+        self.lease = lease
+        self.config = lease.function.config
+        self.forward = forward
+
+    def reuse(self, head: RequestHead) -> Route | None:
+        """The pinned route for `head` if its routing inputs are the pinned ones, else None."""
+        if head.method != self.method or head.raw_path != self.path:
+            return None
+        index = head.index
+        if index is not self.index and _routing_inputs(index, self.key_header) != self.inputs:
+            return None
+        return self._router.reuse_warm(self, head)
+
+
+def _routing_inputs(index: Mapping[bytes, bytes], key_header: bytes) -> tuple[bytes | None, ...]:
+    get = index.get
+    return (get(b"host"), get(key_header), get(b"cookie"), get(b"x-api-key"), get(b"authorization"))
 
 
 def _stopped_or_none(lease: Lease) -> str | None:

@@ -402,10 +402,32 @@ class Scheduler:
         instance = fn.instances.get(session.instance_id or "")
         if instance is None or not instance.is_ready:
             return None
+        lease = Lease(fn, instance, session)
+        self.acquire(lease)
+        return lease
+
+    def still_warm(self, lease: Lease, key: str) -> bool:
+        """Whether `route_warm(name, key)` would lease what `lease` holds again: its function (not
+        redeployed since: `config` unchanged), session and instance, all still serving."""
+        fn, session, instance = lease.function, lease.session, lease.instance
+        return (
+            self._accepting
+            and self._functions.get(fn.name) is fn
+            and session is not None
+            and fn.sessions.get(key) is session
+            and session.state != "ended"
+            and not session.is_closing
+            and session.instance_id == instance.id
+            and fn.instances.get(instance.id) is instance
+            and instance.is_ready
+        )
+
+    def acquire(self, lease: Lease) -> None:
+        """A request starts on the lease's session and instance (`release` ends it)."""
         now = self._clock.now()
-        session.acquire(now)
-        instance.begin(now)
-        return Lease(fn, instance, session)
+        if lease.session is not None:
+            lease.session.acquire(now)
+        lease.instance.begin(now)
 
     def release(self, lease: Lease) -> None:
         now = self._clock.now()

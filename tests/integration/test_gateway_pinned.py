@@ -1,0 +1,108 @@
+"""A client connection pinned to a warm session (`router.WarmPin`) on the real server: every
+request on it is still routed by its own inputs, and whatever ended or changed behind the pin
+(the session, the function's deploy, the instance) is seen by the very next request.
+
+Each test speaks over one keep-alive connection (`max_connections=1`) and sends a key at least
+three times in a row: the first request binds the session, the second (the warm path) pins the
+connection, the third and later go through the pin."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import AUTH
+from tests.integration.conftest import deploy
+
+ECHO = {"cmd": "python3 app.py", "idle_timeout_s": 600}
+SESSION = "x-agentcell-session-id"
+
+
+@pytest.fixture
+def one_connection(server_url: str) -> Iterator[httpx.Client]:
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    with httpx.Client(base_url=server_url, timeout=60, headers=AUTH, limits=limits) as client:
+        yield client
+
+
+@pytest.fixture
+def fn(api: httpx.Client) -> Iterator[str]:
+    name = "pin-" + uuid.uuid4().hex[:8]
+    reply = deploy(api, name, ECHO)
+    assert reply.status_code == 200, reply.text
+    yield name
+    api.delete(f"/v1/functions/{name}")
+
+
+def whoami(client: httpx.Client, fn: str, key: str, header: str = SESSION) -> httpx.Response:
+    return client.get(f"/fn/{fn}/whoami", headers={header: key})
+
+
+def test_each_request_on_a_pinned_connection_reaches_its_own_session(
+    one_connection: httpx.Client, fn: str
+) -> None:
+    """Keys change under a pin in every way a client may change them: another key, a key then
+    back, the same key on another path, another method."""
+    instances: dict[str, set[str]] = {"alice": set(), "bob": set()}
+    for key in ("alice",) * 4 + ("bob",) * 4 + ("alice", "bob") * 3 + ("alice",) * 3:
+        reply = whoami(one_connection, fn, key)
+        assert reply.status_code == 200, reply.text
+        instances[key].add(reply.json()["instance"])
+    assert len(instances["alice"]) == len(instances["bob"]) == 1
+    assert instances["alice"] != instances["bob"]
+    echoed = one_connection.post(f"/fn/{fn}/echo", content=b"x" * 10, headers={SESSION: "alice"})
+    assert echoed.status_code == 200 and echoed.json()["bytes"] == 10
+    assert whoami(one_connection, fn, "alice").json()["instance"] in instances["alice"]
+    assert whoami(one_connection, fn, "bob").json()["instance"] in instances["bob"]
+
+
+def test_a_deleted_session_is_never_reached_through_the_pin(
+    one_connection: httpx.Client, api: httpx.Client, fn: str
+) -> None:
+    """Its exclusive instance is destroyed with it: the next request of the key starts afresh."""
+    before = [whoami(one_connection, fn, "gone").json() for _ in range(3)]
+    assert len({b["instance"] for b in before}) == 1
+    sessions = api.get(f"/v1/functions/{fn}/sessions").json()["sessions"]
+    session = next(s for s in sessions if s["key"] == "gone")
+    assert api.delete(f"/v1/sessions/{session['id']}").status_code == 204
+    after = whoami(one_connection, fn, "gone")
+    assert after.status_code == 200, after.text
+    assert after.json()["instance"] != before[0]["instance"] and after.json()["count"] == 1
+
+
+def test_a_redeploy_that_changes_the_affinity_header_is_followed_at_once(
+    one_connection: httpx.Client, api: httpx.Client, fn: str
+) -> None:
+    """Behind the pin the function now reads its key from another header: the old header is just
+    a header, so the request has no key and gets a new session, with its key given back."""
+    first = {whoami(one_connection, fn, "k1").json()["instance"] for _ in range(3)}
+    assert deploy(api, fn, {**ECHO, "affinity": {"kind": "header", "header": "x-user"}}).status_code == 200
+    reply = whoami(one_connection, fn, "k1")
+    assert reply.status_code == 200, reply.text
+    issued = reply.headers.get("x-user")
+    assert issued is not None and issued.startswith("ses_"), reply.headers
+    assert reply.json()["instance"] not in first
+    assert whoami(one_connection, fn, issued, header="x-user").json()["instance"] == reply.json()["instance"]
+
+
+def test_an_instance_that_died_is_never_reached_through_the_pin(
+    one_connection: httpx.Client, api: httpx.Client, fn: str
+) -> None:
+    """Its session ends (instance_failed) and the key's next request starts a new one. (The crash
+    is asked for on another connection: the pinned one's next request is the same as before.)"""
+    answers = [whoami(one_connection, fn, "dies").json() for _ in range(3)]
+    first = answers[0]
+    assert len({a["instance"] for a in answers}) == 1
+    crashed = api.get(f"/fn/{fn}/crash", headers={SESSION: "dies"})
+    assert crashed.status_code in (200, 502), crashed.text
+    session = f"/v1/functions/{fn}/sessions"
+    deadline = time.monotonic() + 10
+    while any(s["key"] == "dies" for s in api.get(session).json()["sessions"]):
+        assert time.monotonic() < deadline, "the session outlived its instance"
+        time.sleep(0.05)
+    again = whoami(one_connection, fn, "dies")
+    assert again.status_code == 200 and again.json()["instance"] != first["instance"], again.text
