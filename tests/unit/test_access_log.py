@@ -83,14 +83,28 @@ async def test_lines_wait_for_the_flush_interval_then_go_out_together() -> None:
     log.close()
 
 
-async def test_a_full_buffer_is_written_at_once() -> None:
+async def test_a_full_batch_is_written_at_once() -> None:
     stream = io.StringIO()
     log = AccessLog(stream, "text")
-    long_path = "/" + "p" * 1000
-    for _ in range(access_log.FLUSH_BYTES // 1000 + 1):
-        log.write(**{**FIELDS, "path": long_path})
-    assert len(stream.getvalue()) >= access_log.FLUSH_BYTES
+    for _ in range(access_log.FLUSH_LINES - 1):
+        log.write(**FIELDS)
+    assert stream.getvalue() == ""
+    log.write(**FIELDS)
+    assert len(stream.getvalue().splitlines()) == access_log.FLUSH_LINES
     log.close()
+
+
+async def test_each_line_carries_the_time_its_request_was_logged_not_written() -> None:
+    """Lines are formatted when their batch is written: each keeps its own request's time."""
+    stream = io.StringIO()
+    times = iter([NOW, NOW + 1.5])
+    log = AccessLog(stream, "text", clock=lambda: next(times))
+    log.write(**FIELDS)
+    log.write(**{**FIELDS, "request_id": "req_2"})
+    log.close()
+    first, second = stream.getvalue().splitlines()
+    assert first.split(" INFO ")[0].endswith(",250") and second.split(" INFO ")[0].endswith(",750")
+    assert first.split(" INFO ")[0][:19] != second.split(" INFO ")[0][:19]
 
 
 async def test_nothing_is_written_when_the_access_logger_is_off(access_level: logging.Logger) -> None:

@@ -3,9 +3,12 @@ batches.
 
 Through `logging`, a line cost 9 to 11 µs of the event loop's time (the caller's frame looked up, a
 LogRecord with thread and process names, `strftime`, a flush to stderr per line): a third of the
-gateway's own hop for a small function request, at the default level. Here a line is one f-string
-with a timestamp prefix cached per second, appended to a buffer that is written out every
-FLUSH_S or once it holds FLUSH_BYTES, whichever comes first, and at `close()`.
+gateway's own hop for a small function request, at the default level. Here a request's fields are
+kept as they are (a tuple) and made into lines when the batch is written out: every FLUSH_S, or
+once FLUSH_LINES wait, whichever comes first, and at `close()`. Formatting one line is an
+f-string with a timestamp prefix cached per second; done for a whole batch at once it runs with
+warm caches, off every request's path (it was a tenth of the gateway's CPU under load, formatted
+per request).
 
 Lines look like the other log lines (same time format, level, logger name, and the request,
 session and instance ids in the same place) and honour the level of the `agentcell.access`
@@ -26,7 +29,11 @@ from agentcell.server.observability.logs import LogFormat
 
 LOGGER = "agentcell.access"
 FLUSH_S = 0.05
-FLUSH_BYTES = 64 << 10
+FLUSH_LINES = 512
+
+
+_Entry = tuple[float, str, str, str, int, float, int, int, str | None, str | None, str | None]
+"""when, request id, method, path, status, duration in ms, bytes in and out, function, session, instance"""
 
 
 class AccessLog:
@@ -36,11 +43,10 @@ class AccessLog:
         self, stream: TextIO, fmt: LogFormat = "text", clock: Callable[[], float] = time.time
     ) -> None:
         self._stream = stream
-        self._json = fmt == "json"
+        self._format = self._json_line if fmt == "json" else self._text_line
         self._clock = clock
         self._logger = logging.getLogger(LOGGER)
-        self._buffer: list[str] = []
-        self._size = 0
+        self._entries: list[_Entry] = []
         self._timer: asyncio.TimerHandle | None = None
         self._second = -1
         self._second_text = ""
@@ -60,22 +66,23 @@ class AccessLog:
     ) -> None:
         if not self._logger.isEnabledFor(logging.INFO):
             return
-        now = self._clock()
-        request = f'"{method} {path}" {status} {duration_ms:.1f}ms in={bytes_in} out={bytes_out}'
-        if self._json:
-            line = (
-                f'{{"time": "{self._json_time(now)}", "level": "info", "logger": "{LOGGER}", '
-                f'"message": {json_string(request)}, "request_id": {json_string(request_id)}, '
-                f'"function": {_json_or_null(function)}, "session": {_json_or_null(session)}, '
-                f'"instance": {_json_or_null(instance)}, "status": {status}, '
-                f'"duration_ms": {duration_ms:.3f}, "bytes_in": {bytes_in}, "bytes_out": {bytes_out}}}\n'
+        entries = self._entries
+        entries.append(
+            (
+                self._clock(),
+                request_id,
+                method,
+                path,
+                status,
+                duration_ms,
+                bytes_in,
+                bytes_out,
+                function,
+                session,
+                instance,
             )
-        else:
-            ids = f"[{request_id} {session or '-'} {instance or '-'}]"
-            line = f"{self._text_time(now)} INFO {LOGGER} {ids}: {request} fn={function or '-'}\n"
-        self._buffer.append(line)
-        self._size += len(line)
-        if self._size >= FLUSH_BYTES:
+        )
+        if len(entries) >= FLUSH_LINES:
             self.flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
@@ -84,14 +91,56 @@ class AccessLog:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._buffer:
+        if not self._entries:
             return
-        text, self._buffer, self._size = "".join(self._buffer), [], 0
+        entries, self._entries = self._entries, []
+        text = "".join(map(self._format, entries))
         try:
             self._stream.write(text)
             self._stream.flush()
         except (OSError, ValueError):  # a closed or broken stderr: the lines are lost, not the server
             pass
+
+    def _text_line(self, entry: _Entry) -> str:
+        (
+            now,
+            request_id,
+            method,
+            path,
+            status,
+            duration_ms,
+            bytes_in,
+            bytes_out,
+            function,
+            session,
+            instance,
+        ) = entry
+        request = f'"{method} {path}" {status} {duration_ms:.1f}ms in={bytes_in} out={bytes_out}'
+        ids = f"[{request_id} {session or '-'} {instance or '-'}]"
+        return f"{self._text_time(now)} INFO {LOGGER} {ids}: {request} fn={function or '-'}\n"
+
+    def _json_line(self, entry: _Entry) -> str:
+        (
+            now,
+            request_id,
+            method,
+            path,
+            status,
+            duration_ms,
+            bytes_in,
+            bytes_out,
+            function,
+            session,
+            instance,
+        ) = entry
+        request = f'"{method} {path}" {status} {duration_ms:.1f}ms in={bytes_in} out={bytes_out}'
+        return (
+            f'{{"time": "{self._json_time(now)}", "level": "info", "logger": "{LOGGER}", '
+            f'"message": {json_string(request)}, "request_id": {json_string(request_id)}, '
+            f'"function": {_json_or_null(function)}, "session": {_json_or_null(session)}, '
+            f'"instance": {_json_or_null(instance)}, "status": {status}, '
+            f'"duration_ms": {duration_ms:.3f}, "bytes_in": {bytes_in}, "bytes_out": {bytes_out}}}\n'
+        )
 
     def close(self) -> None:
         self.flush()
