@@ -60,6 +60,30 @@ def test_each_request_on_a_pinned_connection_reaches_its_own_session(
     assert whoami(one_connection, fn, "bob").json()["instance"] in instances["bob"]
 
 
+def test_a_pinned_connection_follows_the_path_to_its_function_and_route(
+    one_connection: httpx.Client, api: httpx.Client, fn: str
+) -> None:
+    """The pin holds for other paths of the same function (each reaches the instance as sent, its
+    `/fn/{name}` removed), and not for another function's path, nor for one whose name merely
+    starts with the pinned one's."""
+    mine = {whoami(one_connection, fn, "p1").json()["instance"] for _ in range(3)}
+    for path in ("/whoami", "/whoami?x=1", "", "/", "/whoami", "/nope/deeper"):
+        reply = one_connection.get(f"/fn/{fn}{path}", headers={SESSION: "p1"})
+        assert reply.json()["path"] == (path or "/"), reply.text  # (404 for all but /whoami)
+        assert reply.status_code == 200 if path.startswith("/whoami") else 404
+        if reply.status_code == 200:
+            assert reply.json()["instance"] in mine
+    other = fn + "x"
+    assert deploy(api, other, ECHO).status_code == 200
+    try:
+        for _ in range(3):
+            theirs = whoami(one_connection, other, "p1")
+            assert theirs.status_code == 200 and theirs.json()["instance"] not in mine, theirs.text
+        assert whoami(one_connection, fn, "p1").json()["instance"] in mine
+    finally:
+        api.delete(f"/v1/functions/{other}")
+
+
 def test_a_deleted_session_is_never_reached_through_the_pin(
     one_connection: httpx.Client, api: httpx.Client, fn: str
 ) -> None:

@@ -157,8 +157,7 @@ class GatewayRouter:
             return None
         forward = self._forward(lease, affinity, target, head)
         if key is not None and self._telemetry.tracing is None:
-            again = replace(forward, on_routed=partial(self._scheduler.acquire, lease))
-            forward.reuse = again.reuse = WarmPin(self, head, _key_header(affinity), key, lease, again).reuse
+            forward.reuse = WarmPin(self, head, target, _key_header(affinity), key, lease, forward).reuse
         return forward
 
     def reuse_warm(self, pin: WarmPin, head: RequestHead) -> Route | None:
@@ -180,7 +179,7 @@ class GatewayRouter:
         lease = pin.lease
         if lease.function.config is not pin.config or not self._scheduler.still_warm(lease, pin.key):
             return None
-        return pin.forward
+        return pin.again(self._scheduler.acquire)
 
     async def route(self, head: RequestHead) -> Route:
         resolved = self._resolve(head)
@@ -315,24 +314,26 @@ class GatewayRouter:
 
 
 class WarmPin:
-    """One warm route and the inputs it was decided from: the method, the path, and the headers
-    `_resolve` reads (Host, the affinity's key header, Cookie, and the two that may carry an API
-    key). A later request on the same client connection with the same inputs is routed by
-    `GatewayRouter.reuse_warm`, which skips parsing the function target and the session key and
-    making a Forward: the bulk of a warm request's routing. The same Forward serves each such
-    request: its lease (function, instance, session) is the one `route_warm` would make, taken
-    by `on_routed` and given back by `on_complete`."""
+    """One warm route and the inputs it was decided from: the method, the function the path names,
+    and the headers `_resolve` reads (Host, the affinity's key header, Cookie, and the two that may
+    carry an API key). A later request on the same client connection with the same inputs is
+    routed by `GatewayRouter.reuse_warm`, which skips parsing the function target and the session
+    key and making a Forward: the bulk of a warm request's routing. One Forward serves each such
+    request (a copy when its path differs): its lease (function, instance, session) is the one
+    `route_warm` would make, taken by `on_routed` and given back by `on_complete`."""
 
     __slots__ = (
+        "_again",
         "_router",
         "config",
-        "forward",
+        "first",
         "index",
         "inputs",
         "key",
         "key_header",
         "lease",
         "method",
+        "mount",
         "path",
     )
 
@@ -340,30 +341,51 @@ class WarmPin:
         self,
         router: GatewayRouter,
         head: RequestHead,
+        target: FunctionTarget,
         key_header: bytes,
         key: str,
         lease: Lease,
-        forward: Forward,
+        first: Forward,
     ) -> None:
         self._router = router
         self.method = head.method
         self.path = head.raw_path
+        self.mount = target.mount
         self.index = head.index  # (shared by requests with the same headers: see header_index)
+        self.inputs: tuple[bytes | None, ...] | None = None  # the index's routing inputs, when asked
         self.key_header = key_header
-        self.inputs = _routing_inputs(head.index, key_header)
         self.key = key
         self.lease = lease
         self.config = lease.function.config
-        self.forward = forward
+        self.first = first
+        self._again: Forward | None = None
 
     def reuse(self, head: RequestHead) -> Route | None:
         """The pinned route for `head` if its routing inputs are the pinned ones, else None."""
-        if head.method != self.method or head.raw_path != self.path:
+        if head.method != self.method:  # (the completion callback is bound to it)
             return None
         index = head.index
-        if index is not self.index and _routing_inputs(index, self.key_header) != self.inputs:
+        if index is not self.index:
+            if self.inputs is None:
+                self.inputs = _routing_inputs(self.index, self.key_header)
+            if _routing_inputs(index, self.key_header) != self.inputs:
+                return None
+        path = head.raw_path
+        if path == self.path:
+            return self._router.reuse_warm(self, head)
+        mount = self.mount  # (empty when the Host named the function: any path is its own)
+        if mount and not (path.startswith(mount) and (len(path) == len(mount) or path[len(mount)] == 0x2F)):
             return None
-        return self._router.reuse_warm(self, head)
+        route = self._router.reuse_warm(self, head)
+        return (
+            replace(route, rewrite_path=path[len(mount) :] or b"/") if isinstance(route, Forward) else route
+        )
+
+    def again(self, acquire: Callable[[Lease], None]) -> Forward:
+        """The pinned Forward for a later request: it leases the session once on its way."""
+        if self._again is None:
+            self._again = replace(self.first, on_routed=partial(acquire, self.lease), reuse=self.reuse)
+        return self._again
 
 
 def _routing_inputs(index: Mapping[bytes, bytes], key_header: bytes) -> tuple[bytes | None, ...]:
