@@ -100,7 +100,10 @@ def test_a_client_that_does_not_read_a_flood_costs_the_server_little(
         wait_for_file(raw, sandbox, "/tmp/flooded")
         grown = rss_bytes(shared_server) - before
         body = b"".join(reply.iter_bytes())
-    assert grown < FLOOD_MIB * MIB // 4, f"the server grew {grown / MIB:.0f} MiB for {FLOOD_MIB} MiB printed"
+    # Its IOPUB_HWM messages of 1 MiB, and their copies on the way out that the allocator keeps:
+    # 9-28 MiB measured here (this bound was a quarter, and a test run under load passed it);
+    # holding the flood, as the server did, is all of it.
+    assert grown < FLOOD_MIB * MIB // 2, f"the server grew {grown / MIB:.0f} MiB for {FLOOD_MIB} MiB printed"
     end = json.loads(body.splitlines()[-1])
     assert end["status"] == "ok" and end["truncated_bytes"] > 0, end
 
