@@ -107,6 +107,8 @@ class PinningRouter(StaticRouter):
         )
 
     def _reuse(self, head: RequestHead) -> Route | None:
+        if head.raw_path == b"/boom":
+            raise RuntimeError("the pin broke")
         if head.raw_path != b"/echo":  # (inputs other than the pinned ones)
             return None
         self.events.append("reused")
@@ -569,7 +571,8 @@ async def test_upstream_connection_is_reused_across_requests(tmp_path: Path) -> 
 async def test_a_forward_s_reuse_routes_its_connection_s_next_request(tmp_path: Path) -> None:
     """The connection asks the last Forward's `reuse` first; when that declines, the router routes
     (and its new Forward pins the connection again). A new connection starts unpinned. Each
-    request's `on_routed` runs once, before its `on_complete`."""
+    request's `on_routed` runs once, before its `on_complete`. A pin that fails is a router that
+    failed: a 500 envelope, and the connection goes on."""
     state = AppState()
     async with uvicorn_upstream(state) as upstream:
         router = PinningRouter(upstream)
@@ -577,6 +580,9 @@ async def test_a_forward_s_reuse_routes_its_connection_s_next_request(tmp_path: 
             client = await Client.connect(address)
             for target in ("/echo", "/echo", "/echo?other=1", "/other", "/echo"):
                 assert (await client.request("GET", target)).status == 200
+            broken = await client.request("GET", "/boom")
+            assert broken.status == 500 and broken.json()["code"] == "internal", broken.body
+            assert (await client.request("GET", "/echo")).status == 200
             other = await Client.connect(address)
             assert (await other.request("GET", "/echo")).status == 200
             await client.aclose()
@@ -588,6 +594,7 @@ async def test_a_forward_s_reuse_routes_its_connection_s_next_request(tmp_path: 
         *("reused", *one),  # (the query is not the pin's business: the path is)
         *("routed", *one),
         *("reused", *one),
+        *("reused", *one),  # (after the failed pin: it is still the connection's)
         *("routed", *one),
     ]
 

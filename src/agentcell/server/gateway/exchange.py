@@ -145,26 +145,30 @@ class Exchange:
             self.keep_alive = False
             self._fail(405, "invalid_argument", "CONNECT is not supported: this is not a forward proxy")
         else:
-            pin = conn.pin
-            if pin is not None:
-                route = pin(self.head)
-                if route is not None:
-                    self._on_route(route)
-                    return
-                conn.pin = None
-            route_nowait = self.server.route_nowait
-            if route_nowait is not None:
-                try:
-                    route = route_nowait(self.head)
-                except Exception as exc:
-                    self._on_router_error(exc)
-                    return
-                if route is not None:
-                    self._on_route(route)
-                    return
+            try:
+                route = self._route_now()
+            except Exception as exc:
+                self._on_router_error(exc)
+                return
+            if route is not None:
+                self._on_route(route)
+                return
             task = self.conn.loop.create_task(self.server.router.route(self.head))
             self.task = task
             task.add_done_callback(self._on_routed)
+
+    def _route_now(self) -> Route | None:
+        """The route without a task, when it can be had: the connection's pin (the last Forward's
+        `reuse`), else the router's `route_nowait`; None means it must be awaited."""
+        conn = self.conn
+        pin = conn.pin
+        if pin is not None:
+            route = pin(self.head)
+            if route is not None:
+                return route
+            conn.pin = None
+        route_nowait = self.server.route_nowait
+        return None if route_nowait is None else route_nowait(self.head)
 
     def _on_routed(self, task: asyncio.Task[Route]) -> None:
         self.task = None

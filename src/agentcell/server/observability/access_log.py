@@ -43,7 +43,7 @@ class AccessLog:
         self, stream: TextIO, fmt: LogFormat = "text", clock: Callable[[], float] = time.time
     ) -> None:
         self._stream = stream
-        self._format = self._json_line if fmt == "json" else self._text_line
+        self._json = fmt == "json"
         self._clock = clock
         self._logger = logging.getLogger(LOGGER)
         self._entries: list[_Entry] = []
@@ -94,14 +94,14 @@ class AccessLog:
         if not self._entries:
             return
         entries, self._entries = self._entries, []
-        text = "".join(map(self._format, entries))
+        text = "".join(map(self._line, entries))
         try:
             self._stream.write(text)
             self._stream.flush()
         except (OSError, ValueError):  # a closed or broken stderr: the lines are lost, not the server
             pass
 
-    def _text_line(self, entry: _Entry) -> str:
+    def _line(self, entry: _Entry) -> str:
         (
             now,
             request_id,
@@ -116,24 +116,9 @@ class AccessLog:
             instance,
         ) = entry
         request = f'"{method} {path}" {status} {duration_ms:.1f}ms in={bytes_in} out={bytes_out}'
-        ids = f"[{request_id} {session or '-'} {instance or '-'}]"
-        return f"{self._text_time(now)} INFO {LOGGER} {ids}: {request} fn={function or '-'}\n"
-
-    def _json_line(self, entry: _Entry) -> str:
-        (
-            now,
-            request_id,
-            method,
-            path,
-            status,
-            duration_ms,
-            bytes_in,
-            bytes_out,
-            function,
-            session,
-            instance,
-        ) = entry
-        request = f'"{method} {path}" {status} {duration_ms:.1f}ms in={bytes_in} out={bytes_out}'
+        if not self._json:
+            ids = f"[{request_id} {session or '-'} {instance or '-'}]"
+            return f"{self._text_time(now)} INFO {LOGGER} {ids}: {request} fn={function or '-'}\n"
         return (
             f'{{"time": "{self._json_time(now)}", "level": "info", "logger": "{LOGGER}", '
             f'"message": {json_string(request)}, "request_id": {json_string(request_id)}, '
