@@ -26,6 +26,7 @@ from websockets.sync.client import connect as ws_connect
 from agentcell.server.sandbox.linux.driver import node_id_for
 from tests.conftest import AUTH, ServerFactory, ServerProcess
 from tests.integration.conftest import deploy
+from tests.unit.test_metrics import parse
 
 KEY = "x-agentcell-session-id"
 ECHO: dict[str, Any] = {"cmd": "python3 app.py", "idle_timeout_s": 600}
@@ -217,6 +218,19 @@ def test_stateless_function_scales_from_zero_out_by_concurrency_and_back(
     assert all(KEY not in r.headers for r in replies)  # no sessions for affinity none
     assert len({r.json()["instance"] for r in replies}) == 2
     assert max(counts) == 2
+
+
+def test_a_stateless_request_with_room_is_routed_without_waiting(api: httpx.Client, make_fn: MakeFn) -> None:
+    """Once an instance is ready, `affinity: none` requests take the gateway's task-free path
+    (`Scheduler.route_free`), as a warm session's do: only the awaiting route records the
+    `first_byte` start phase, so its count grows by the cold request alone."""
+    fn = make_fn({**ECHO, "affinity": {"kind": "none"}, "concurrency_per_instance": 4})
+    phase = 'agentcell_start_phase_duration_seconds_count{phase="first_byte"}'
+    before = parse(api.get("/metrics").text).get(phase, 0)
+    replies = [get(api, fn, "/whoami") for _ in range(6)]
+    assert [r.status_code for r in replies] == [200] * 6
+    assert len({r.json()["instance"] for r in replies}) == 1
+    assert parse(api.get("/metrics").text)[phase] == before + 1
 
 
 def test_stateless_instances_scale_back_to_zero_when_idle(api: httpx.Client, make_fn: MakeFn) -> None:

@@ -82,6 +82,30 @@ async def test_stateless_scales_from_zero_out_by_concurrency_and_back_to_zero(
     assert len(live(h)) == 1
 
 
+async def test_a_stateless_request_with_room_is_leased_without_awaiting(h: Harness, archive: Path) -> None:
+    """`route_free` (the gateway's task-free path) leases the least busy ready instance with room,
+    as `route` would; it gives None (route then scales out or queues) when there is none, while
+    other requests wait their turn, and for a function with sessions."""
+    await h.deploy(archive, **NONE, concurrency_per_instance=2, max_instances=1)
+    assert h.scheduler.route_free("echo") is None  # from zero: only `route` starts one
+    first = await h.scheduler.route("echo", None)
+    second = h.scheduler.route_free("echo")
+    assert second is not None and second.instance is first.instance and second.session is None
+    assert first.instance.in_flight == 2 and h.scheduler.route_free("echo") is None  # full
+    waiting = asyncio.create_task(h.scheduler.route("echo", None))
+    await asyncio.sleep(0.05)
+    h.scheduler.release(first)
+    assert h.scheduler.route_free("echo") is None  # the queued request's turn, not a newcomer's
+    h.scheduler.release(await asyncio.wait_for(waiting, 2))
+    h.scheduler.release(second)
+    again = h.scheduler.route_free("echo")
+    assert again is not None and again.instance is first.instance
+    h.scheduler.release(again)
+    assert first.instance.in_flight == 0
+    await h.deploy(archive)  # sessions (header affinity) from now on
+    assert h.scheduler.route_free("echo") is None
+
+
 async def test_a_burst_starts_instances_in_parallel_but_never_too_many(h: Harness, archive: Path) -> None:
     """Four concurrent requests, one each per instance, max 3: exactly three instances start at
     once (not one after another, and not one per request); the fourth gets a freed one."""

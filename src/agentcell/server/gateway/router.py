@@ -152,6 +152,9 @@ class GatewayRouter:
         if not isinstance(resolved, tuple):
             return resolved
         target, affinity, key = resolved
+        if affinity.kind == "none":
+            lease = self._scheduler.route_free(target.name)
+            return None if lease is None else self._forward(lease, affinity, target, head)
         lease = self._scheduler.route_warm(target.name, key)
         if lease is None:
             return None

@@ -406,6 +406,21 @@ class Scheduler:
         self.acquire(lease)
         return lease
 
+    def route_free(self, name: str) -> Lease | None:
+        """`affinity: none` without awaiting: a lease on the least busy ready instance with room,
+        None when `route` would have to scale out, queue or fail (or others already wait)."""
+        fn = self._functions.get(name)
+        if fn is None or fn.deleted or fn.waiting or not self._accepting or fn.config.affinity.kind != "none":
+            return None
+        instance = free_instance(fn)
+        return None if instance is None else self._lease_stateless(fn, instance)
+
+    def _lease_stateless(self, fn: FunctionState, instance: Instance) -> Lease:
+        now = self._clock.now()
+        instance.begin(now)
+        instance.stateless.begin(now)  # its sessions' idle time meanwhile is lent to it
+        return Lease(fn, instance, None)
+
     def still_warm(self, lease: Lease, key: str) -> bool:
         """Whether `route_warm(name, key)` would lease what `lease` holds again: its function (not
         redeployed since: `config` unchanged), session and instance, all still serving."""
@@ -483,10 +498,7 @@ class Scheduler:
             _require_live(fn)
             instance = free_instance(fn)
             if instance is not None:
-                now = self._clock.now()
-                instance.begin(now)
-                instance.stateless.begin(now)  # its sessions' idle time meanwhile is lent to it
-                return Lease(fn, instance, None)
+                return self._lease_stateless(fn, instance)
             if launched is not None and launched.failure is not None:
                 raise Unavailable(
                     f"could not start an instance of {_shown(fn.name)}: {launched.failure}", retry_after_s=1
