@@ -19,6 +19,7 @@ from agentcell.protocol.common import STATUS_BY_CODE
 from agentcell.protocol.functions import Affinity
 from agentcell.server.auth.access import RequestAuth
 from agentcell.server.auth.names import qualify
+from agentcell.server.auth.principal import Principal
 from agentcell.server.gateway import e2b, mcp
 from agentcell.server.gateway.asgi import serves_in_process
 from agentcell.server.gateway.e2b import SandboxPorts
@@ -117,14 +118,19 @@ class GatewayRouter:
         the header that carried the key is not forwarded to the instance."""
         if self._auth is None or not self._auth.required:
             return target
+        principal = self._invoker(head)
+        drop = X_API_KEY if head.header(b"x-api-key") else AUTHORIZATION
+        return FunctionTarget(qualify(principal.tenant, target.name), target.path, target.mount, drop)
+
+    def _invoker(self, head: RequestHead) -> Principal:
+        """Whose key the request carries, once it may `invoke` (its tenant's rate taken)."""
+        assert self._auth is not None
         x_api_key, authorization = head.header(b"x-api-key"), head.header(b"authorization")
-        principal = self._auth.check(
+        return self._auth.check(
             x_api_key.decode("latin-1") if x_api_key else None,
             authorization.decode("latin-1") if authorization else None,
             "invoke",
         )
-        drop = X_API_KEY if x_api_key else AUTHORIZATION
-        return FunctionTarget(qualify(principal.tenant, target.name), target.path, target.mount, drop)
 
     def _e2b_route(self, head: RequestHead) -> Route | None:
         """`Host: {port}-{sandboxId}.{e2b domain}`: envd and the code interpreter are served by the
@@ -169,13 +175,8 @@ class GatewayRouter:
         be what `route_warm` would lease; None when anything changed (the full route then says
         what). The Forward leases the session once the request is on its way (`on_routed`)."""
         if self._auth is not None and self._auth.required:
-            x_api_key, authorization = head.header(b"x-api-key"), head.header(b"authorization")
             try:
-                self._auth.check(
-                    x_api_key.decode("latin-1") if x_api_key else None,
-                    authorization.decode("latin-1") if authorization else None,
-                    "invoke",
-                )
+                self._invoker(head)
             except AgentcellError as exc:
                 self._telemetry.error(exc.code)
                 return domain_error(exc, head.request_id)

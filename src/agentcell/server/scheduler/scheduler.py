@@ -333,10 +333,9 @@ class Scheduler:
         instance = fn.instances.get(session.instance_id or "")
         if instance is None or not instance.is_ready:
             raise Unavailable(f"session {session.key}'s instance is not available; retry", retry_after_s=1)
-        now = self._clock.now()
-        session.acquire(now)
-        instance.begin(now)
-        return Lease(fn, instance, session, issued)
+        lease = Lease(fn, instance, session, issued)
+        self.acquire(lease)
+        return lease
 
     async def route_stateless(self, name: str) -> Lease:
         """A request that belongs to no session (MCP's modern era): any instance with room."""
@@ -422,8 +421,9 @@ class Scheduler:
         return Lease(fn, instance, None)
 
     def still_warm(self, lease: Lease, key: str) -> bool:
-        """Whether `route_warm(name, key)` would lease what `lease` holds again: its function (not
-        redeployed since: `config` unchanged), session and instance, all still serving."""
+        """Whether `route_warm(name, key)` would lease what `lease` holds again: its function,
+        session and instance, all still serving (whether the function was redeployed since is
+        the caller's to tell: its config object changes)."""
         fn, session, instance = lease.function, lease.session, lease.instance
         return (
             self._accepting
