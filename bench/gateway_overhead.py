@@ -21,6 +21,9 @@ Two upstreams, one after the other:
 - `function`: a FastAPI endpoint answering a pydantic model as JSON, the shape most deployed
   Python functions have (request parsing, validation, serialization). Suffix `_function`.
 
+A last pair of runs goes through the product's whole path, a real server and a function's
+warm session in its sandbox (`bench/gateway_session.py`; suffixes `_session`, `_session_bare`).
+
 The machine has two cores shared by wrk, the upstream and the proxy, so absolute figures move
 with whatever else runs; compare within one run. With the `raw` upstream the three processes
 need more than two cores: every extra hop (nginx included) takes CPU from both ends.
@@ -46,7 +49,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,8 +289,16 @@ class WrkResult:
     cpu_ms_per_request: float = 0.0  # of the process answering (upstream, gateway or nginx worker)
 
 
-def run_wrk(url: str, duration_s: float, connections: int = 50) -> WrkResult:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency", url]
+def run_wrk(
+    url: str,
+    duration_s: float,
+    connections: int = 50,
+    *,
+    prefix: Sequence[str] = (),
+    extra: Sequence[str] = (),
+) -> WrkResult:
+    """`prefix`: what wrk runs under (nsenter); `extra`: more wrk arguments (headers)."""
+    argv = [*prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency", *extra, url]
     out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
@@ -404,12 +415,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--stream-mib", type=int, default=512)
     args = parser.parse_args(argv or [])
+    from bench.gateway_session import run_session  # it builds on this module's tools
+
     ensure_tools()
     with tempfile.TemporaryDirectory(prefix="bench-gw-") as tmp_name:
         tmp = Path(tmp_name)
         run_against("raw", tmp, args.rounds, args.duration_s, args.stream_mib)
         run_against("typical", tmp, args.rounds, args.duration_s, 0)
         run_against("function", tmp, args.rounds, args.duration_s, 0)
+        run_session(tmp, args.rounds, args.duration_s)
 
 
 def run_against(upstream_kind: str, tmp: Path, rounds: int, duration_s: float, stream_mib: int) -> None:

@@ -486,10 +486,18 @@ static void load_seccomp(void) {
 
 /* ------------------------------------------------------------------ privileges */
 
+/* Empty the bounding set (while still root): nothing exec'd later can regain a capability. A
+ * drop replaces the process's credentials, so each one still held is dropped alone: the
+ * spawner empties its set once at start (it execs nothing), and the processes it forks for
+ * every command find nothing left to drop. */
+static void empty_bounding_set(void) {
+    int held;
+    for (int cap = 0; (held = prctl(PR_CAPBSET_READ, cap, 0, 0, 0)) >= 0; cap++)
+        if (held && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) die_errno("drop capability %d", cap);
+}
+
 static void drop_privileges(void) {
-    /* Empty the bounding set while still root: nothing exec'd later can regain a capability. */
-    for (int cap = 0; prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0; cap++) {
-    }
+    empty_bounding_set();
     if (setgroups(0, NULL) < 0) die_errno("setgroups");
     if (setresgid(SANDBOX_GID, SANDBOX_GID, SANDBOX_GID) < 0) die_errno("setresgid");
     if (setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID) < 0) die_errno("setresuid");
@@ -1319,6 +1327,7 @@ static int cmd_serve(int argc, char **argv) {
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); /* the spawner never outlives its node */
     if (getppid() != (pid_t)parse_ull(argv[3], "--parent")) return 0;
     set_oom_score_adj("-1000");
+    empty_bounding_set();
     reset_ignored_signals();
     struct sched_param batch = {.sched_priority = 0};
     sched_setscheduler(0, SCHED_BATCH, &batch);
