@@ -7,11 +7,13 @@ of a function instance in its sandbox, every wrk connection sending the same ses
 baselines reach the same instance from inside its network namespace (`nsenter --net`, as root):
 wrk straight to its port (`direct`), and wrk through Debian's nginx started in that namespace
 as a plain reverse proxy (`nginx`). The instance runs on Debian's python3 (the sandbox sees the
-host's /usr, not the server's venv), one of two servers:
+host's /usr, not the server's venv):
 - `_session`: the standard library's ThreadingHTTPServer, as a function without dependencies
   is written;
 - `_session_bare`: a bare asyncio protocol answering a fixed reply (~15 us of CPU per request),
-  the worst case for any proxy: the hop costs several times what the answer does.
+  the worst case for any proxy: the hop costs several times what the answer does;
+- `_stateless_bare`: the same server in a function with affinity `none` (a published service,
+  held to one instance here), so requests take the stateless warm path (`Scheduler.route_free`).
 CPU per request is the instance cgroup's (cpuacct), the server process's and the nginx worker's.
 """
 
@@ -25,6 +27,7 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -92,15 +95,29 @@ async def main():
 asyncio.run(main())
 """
 
-APPS = {"_session": STDLIB_APP, "_session_bare": BARE_APP}
-"""the instance's server, by metric suffix"""
+
+@dataclass(frozen=True)
+class Variant:
+    suffix: str
+    """of its metrics"""
+    app: bytes
+    """the instance's server"""
+    stateless: bool = False
+    """affinity `none` (a published service: one instance here) instead of a header session"""
+
+
+VARIANTS = (
+    Variant("_session", STDLIB_APP),
+    Variant("_session_bare", BARE_APP),
+    Variant("_stateless_bare", BARE_APP, stateless=True),
+)
 
 
 def run_session(tmp: Path, rounds: int, duration_s: float) -> None:
     with BenchServer() as server, httpx.Client(base_url=server.url, timeout=60) as client:
-        for suffix, app in APPS.items():
-            function = FUNCTION + suffix.replace("_", "-")
-            instance_id = _deploy_and_bind(client, function, app)
+        for variant in VARIANTS:
+            function = FUNCTION + variant.suffix.replace("_", "-")
+            instance_id = _deploy_and_answer(client, function, variant, server.tmp / "state")
             netns = f"--net=/proc/{_init_pid(server.tmp / 'state', instance_id)}/ns/net"
             with _nginx_in(netns, tmp) as (nginx_port, nginx_worker):
                 inside = ["nsenter", netns]
@@ -114,36 +131,43 @@ def run_session(tmp: Path, rounds: int, duration_s: float) -> None:
                     "gateway": functools.partial(cpu_ms, server.pid),
                     "nginx": functools.partial(cpu_ms, nginx_worker),
                 }
-                results, single = _measure(targets, cpu, rounds, duration_s, suffix)
-            _report(results, single, suffix)
+                headers = [] if variant.stateless else ["-H", f"{HEADER}: {SESSION}"]
+                results, single = _measure(targets, cpu, rounds, duration_s, variant.suffix, headers)
+            _report(results, single, variant.suffix)
 
 
-def _deploy_and_bind(client: httpx.Client, function: str, app: bytes) -> str:
-    """Deploy the function with header affinity, open the bench's session: its instance id."""
+def _deploy_and_answer(client: httpx.Client, function: str, variant: Variant, state_dir: Path) -> str:
+    """Deploy the function, open the bench's session (or, stateless, let its one instance
+    start), check that it answers: its instance's id."""
     code = io.BytesIO()
     with tarfile.open(fileobj=code, mode="w:gz") as tar:
         info = tarfile.TarInfo("app.py")
-        info.size = len(app)
-        tar.addfile(info, io.BytesIO(app))
-    config = {
-        "cmd": "python3 app.py",
-        "affinity": {"kind": "header"},
-        "port": INSTANCE_PORT,
-        "idle_timeout_s": 3600,
-    }
+        info.size = len(variant.app)
+        tar.addfile(info, io.BytesIO(variant.app))
+    config: dict[str, object] = {"cmd": "python3 app.py", "port": INSTANCE_PORT, "idle_timeout_s": 3600}
+    if variant.stateless:
+        config |= {"affinity": {"kind": "none"}, "max_instances": 1}
     files: dict[str, tuple[str | None, bytes | str]] = {
         "config": (None, json.dumps(config)),
         "code": ("code.tar.gz", code.getvalue()),
     }
+    instances_before = _instance_ids(state_dir)
     deployed = client.put(f"/v1/functions/{function}", files=files)
     assert deployed.status_code in (200, 201), deployed.text
-    reply = client.post(f"/v1/functions/{function}/sessions", json={"key": SESSION})
-    reply.raise_for_status()
-    instance_id: str | None = reply.json()["instance_id"]
-    assert instance_id, reply.text
-    answer = client.get(f"/fn/{function}/", headers={HEADER: SESSION})
+    headers = {}
+    if not variant.stateless:
+        reply = client.post(f"/v1/functions/{function}/sessions", json={"key": SESSION})
+        reply.raise_for_status()
+        headers[HEADER] = SESSION
+    answer = client.get(f"/fn/{function}/", headers=headers)
     assert answer.status_code == 200 and answer.content == b"hello, world\n", answer.text
-    return instance_id
+    started = _instance_ids(state_dir) - instances_before
+    assert len(started) == 1, f"{function} started {len(started)} instances, not one: {started}"
+    return started.pop()
+
+
+def _instance_ids(state_dir: Path) -> set[str]:
+    return {path.stem for path in state_dir.rglob("instances/*.json")}
 
 
 def _init_pid(state_dir: Path, instance_id: str) -> int:
@@ -187,8 +211,8 @@ def _measure(
     rounds: int,
     duration_s: float,
     suffix: str,
+    headers: list[str],
 ) -> tuple[dict[str, list[WrkResult]], dict[str, list[WrkResult]]]:
-    headers = ["-H", f"{HEADER}: {SESSION}"]
     for name, (prefix, url) in targets.items():
         run_wrk(url, 1, prefix=prefix, extra=headers)
         progress(f"warmed up {name}{suffix}")

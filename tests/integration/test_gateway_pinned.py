@@ -17,9 +17,11 @@ import pytest
 
 from tests.conftest import AUTH
 from tests.integration.conftest import deploy
+from tests.unit.test_metrics import parse
 
 ECHO = {"cmd": "python3 app.py", "idle_timeout_s": 600}
 SESSION = "x-agentcell-session-id"
+FIRST_BYTE = 'agentcell_start_phase_duration_seconds_count{phase="first_byte"}'
 
 
 @pytest.fixture
@@ -130,3 +132,82 @@ def test_an_instance_that_died_is_never_reached_through_the_pin(
         time.sleep(0.05)
     again = whoami(one_connection, fn, "dies")
     assert again.status_code == 200 and again.json()["instance"] != first["instance"], again.text
+
+
+# -- a stateless function's pin (`affinity: none`): the routing is kept, the instance picked anew
+
+
+@pytest.fixture
+def stateless(api: httpx.Client) -> Iterator[str]:
+    """One instance taking one request at a time: whether it has room is always plain."""
+    name = "pinfree-" + uuid.uuid4().hex[:8]
+    config = {**ECHO, "affinity": {"kind": "none"}, "concurrency_per_instance": 1, "max_instances": 1}
+    reply = deploy(api, name, config)
+    assert reply.status_code == 200, reply.text
+    yield name
+    api.delete(f"/v1/functions/{name}")
+
+
+def test_a_stateless_pin_never_reaches_an_instance_without_room(
+    one_connection: httpx.Client, api: httpx.Client, server_url: str, stateless: str
+) -> None:
+    """While another client's stream holds the instance's one place, the pinned connection's
+    request is not sent to it through the pin: it waits its turn on the awaiting route (which
+    alone records the `first_byte` phase), and is answered by the same instance afterwards."""
+    first = {one_connection.get(f"/fn/{stateless}/whoami").json()["instance"] for _ in range(3)}
+    assert len(first) == 1
+    before = parse(api.get("/metrics").text).get(FIRST_BYTE, 0)
+    with (
+        httpx.Client(base_url=server_url, headers=AUTH, timeout=60) as other,
+        other.stream("GET", f"/fn/{stateless}/sse") as stream,
+    ):
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith("data")), "no first event"
+        reply = one_connection.get(f"/fn/{stateless}/whoami")  # (the stream is still on its way)
+        assert sum(line.startswith("data") for line in lines) == 2
+    assert reply.status_code == 200 and reply.json()["instance"] in first, reply.text
+    assert parse(api.get("/metrics").text)[FIRST_BYTE] == before + 1
+
+
+def test_a_stateless_pin_follows_a_redeploy_at_once(
+    one_connection: httpx.Client, api: httpx.Client, stateless: str
+) -> None:
+    """The old version's instance takes no new request: the pinned connection's next one starts
+    on the new version, as a new connection's would."""
+    first = {one_connection.get(f"/fn/{stateless}/whoami").json()["instance"] for _ in range(3)}
+    config = {**ECHO, "affinity": {"kind": "none"}, "env": {"VERSION": "2"}}
+    assert deploy(api, stateless, config).status_code == 200
+    after = one_connection.get(f"/fn/{stateless}/whoami")
+    assert after.status_code == 200 and after.json()["instance"] not in first, after.text
+    fresh = api.get(f"/fn/{stateless}/whoami")
+    assert fresh.json()["instance"] == after.json()["instance"]
+
+
+def test_a_stateless_pin_moves_with_the_pick_and_keeps_each_path(
+    one_connection: httpx.Client, api: httpx.Client, server_url: str
+) -> None:
+    """Two warm instances, one request each at a time: the pinned connection's instance (the
+    first, the pick when both are idle) is taken by another client's stream, so its next request
+    is picked the other one, and so is the one after it, each reaching its own path."""
+    name = "pinmove-" + uuid.uuid4().hex[:8]
+    config = {**ECHO, "affinity": {"kind": "none"}, "concurrency_per_instance": 1}
+    assert deploy(api, name, {**config, "max_instances": 2, "min_warm": 2}).status_code == 200
+    try:
+        deadline = time.monotonic() + 30
+        while api.get(f"/v1/functions/{name}").json()["warm_instances"] < 2:
+            assert time.monotonic() < deadline, "the two warm instances never came up"
+            time.sleep(0.05)
+        pinned = {one_connection.get(f"/fn/{name}/whoami").json()["instance"] for _ in range(3)}
+        with (
+            httpx.Client(base_url=server_url, headers=AUTH, timeout=60) as other,
+            other.stream("GET", f"/fn/{name}/sse") as stream,
+        ):
+            lines = stream.iter_lines()  # (held: a dropped iterator would close the stream)
+            assert next(line for line in lines if line.startswith("data")), "no first event"
+            moved = [one_connection.get(f"/fn/{name}/whoami", params={"n": "2"}).json() for _ in range(2)]
+            assert sum(line.startswith("data") for line in lines) == 2
+        assert len(pinned) == 1 and moved[0]["instance"] not in pinned, (pinned, moved)
+        assert moved[0]["instance"] == moved[1]["instance"]
+        assert [m["path"] for m in moved] == ["/whoami?n=2"] * 2
+    finally:
+        api.delete(f"/v1/functions/{name}")

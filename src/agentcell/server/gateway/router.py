@@ -150,7 +150,8 @@ class GatewayRouter:
         return Forward(SocketUpstream(f"e2b:{found.sandbox_id}:{found.port}", connect))
 
     def route_nowait(self, head: RequestHead) -> Route | None:
-        """The warm path: a bound session on a ready instance, answered with no task or await.
+        """The warm path: a bound session on a ready instance, or a stateless function's ready
+        instance with room, answered with no task or await.
 
         Its Forward carries a `WarmPin` (unless requests are traced, each with spans of its own):
         the client connection's next request with the same routing inputs reuses the route."""
@@ -159,21 +160,22 @@ class GatewayRouter:
             return resolved
         target, affinity, key = resolved
         if affinity.kind == "none":
-            lease = self._scheduler.route_free(target.name)
-            return None if lease is None else self._forward(lease, affinity, target, head)
-        lease = self._scheduler.route_warm(target.name, key)
+            lease, key = self._scheduler.route_free(target.name), None  # (picked per request)
+        else:
+            lease = self._scheduler.route_warm(target.name, key)
         if lease is None:
             return None
         forward = self._forward(lease, affinity, target, head)
-        if key is not None and self._telemetry.tracing is None:
+        if self._telemetry.tracing is None:
             forward.reuse = WarmPin(self, head, target, _key_header(affinity), key, lease, forward).reuse
         return forward
 
     def reuse_warm(self, pin: WarmPin, head: RequestHead) -> Route | None:
         """`pin`'s route again, for a request with its routing inputs (see `WarmPin`): the key is
         checked (it may have been revoked; its tenant's rate applies) and the session must still
-        be what `route_warm` would lease; None when anything changed (the full route then says
-        what). The Forward leases the session once the request is on its way (`on_routed`)."""
+        be what `route_warm` would lease (a stateless pin's instance is picked again); None when
+        anything changed (the full route then says what). The Forward leases the session once
+        the request is on its way (`on_routed`)."""
         if self._auth is not None and self._auth.required:
             try:
                 self._invoker(head)
@@ -181,9 +183,26 @@ class GatewayRouter:
                 self._telemetry.error(exc.code)
                 return domain_error(exc, head.request_id)
         lease = pin.lease
-        if lease.function.config is not pin.config or not self._scheduler.still_warm(lease, pin.key):
+        if lease.function.config is not pin.config:
+            return None
+        if pin.key is None:
+            return self._reuse_free(pin)
+        if not self._scheduler.still_warm(lease, pin.key):
             return None
         return pin.again(self._scheduler.acquire)
+
+    def _reuse_free(self, pin: WarmPin) -> Forward | None:
+        """A stateless pin (`affinity: none`): the instance is picked again as `route_free` picks
+        it (the least busy with room), so a pinned connection spreads as the others do. The
+        pinned Forward serves when the pick is its instance; another pick is given back, and the
+        full route makes the request's Forward (and a new pin)."""
+        lease = self._scheduler.route_free(pin.lease.function.name)
+        if lease is None:
+            return None
+        if lease.instance is not pin.lease.instance:
+            self._scheduler.release(lease)
+            return None
+        return pin.first  # (its lease names the same function and instance, and no session)
 
     async def route(self, head: RequestHead) -> Route:
         resolved = self._resolve(head)
@@ -324,7 +343,9 @@ class WarmPin:
     routed by `GatewayRouter.reuse_warm`, which skips parsing the function target and the session
     key and making a Forward: the bulk of a warm request's routing. One Forward serves each such
     request (a copy when its path differs): its lease (function, instance, session) is the one
-    `route_warm` would make, taken by `on_routed` and given back by `on_complete`."""
+    `route_warm` would make, taken by `on_routed` and given back by `on_complete`. A stateless
+    function's pin (`key` None) keeps only the routing: each request's instance is picked by
+    `route_free`, and the first Forward serves again while the pick is its instance."""
 
     __slots__ = (
         "_again",
@@ -347,7 +368,7 @@ class WarmPin:
         head: RequestHead,
         target: FunctionTarget,
         key_header: bytes,
-        key: str,
+        key: str | None,
         lease: Lease,
         first: Forward,
     ) -> None:
@@ -359,6 +380,7 @@ class WarmPin:
         self.inputs: tuple[bytes | None, ...] | None = None  # the index's routing inputs, when asked
         self.key_header = key_header
         self.key = key
+        """None: a stateless function's (`affinity: none`), whose instance is picked per request"""
         self.lease = lease
         self.config = lease.function.config
         self.first = first
