@@ -21,8 +21,9 @@ Two upstreams, one after the other:
 - `function`: a FastAPI endpoint answering a pydantic model as JSON, the shape most deployed
   Python functions have (request parsing, validation, serialization). Suffix `_function`.
 
-A last pair of runs goes through the product's whole path, a real server and a function's
-warm session in its sandbox (`bench/gateway_session.py`; suffixes `_session`, `_session_bare`).
+The last runs go through the product's whole path, a real server and a deployed function's
+warm instance in its sandbox (`bench/gateway_session.py`; suffixes `_session`, `_session_bare`,
+`_stateless_bare`).
 
 The machine has two cores shared by wrk, the upstream and the proxy, so absolute figures move
 with whatever else runs; compare within one run. With the `raw` upstream the three processes

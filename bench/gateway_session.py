@@ -1,13 +1,13 @@
-"""gateway_overhead through the product's path: a warm session of a deployed function.
+"""gateway_overhead through the product's path: a deployed function's warm instance.
 
 `gateway_overhead`'s other runs put the gateway's proxy engine (with a one-line router) in front
 of an upstream on the host. This one measures what a user gets: a real server (its
-`GatewayRouter`: header affinity, the session's pin, the access log, usage metering) in front
-of a function instance in its sandbox, every wrk connection sending the same session id. The
-baselines reach the same instance from inside its network namespace (`nsenter --net`, as root):
-wrk straight to its port (`direct`), and wrk through Debian's nginx started in that namespace
-as a plain reverse proxy (`nginx`). The instance runs on Debian's python3 (the sandbox sees the
-host's /usr, not the server's venv):
+`GatewayRouter`: the affinity, the connection's pin, the access log, usage metering) in front
+of a function instance in its sandbox, every wrk connection sending the same session id (none
+when the function is stateless). The baselines reach the same instance from inside its network
+namespace (`nsenter --net`, as root): wrk straight to its port (`direct`), and wrk through
+Debian's nginx started in that namespace as a plain reverse proxy (`nginx`). The instance runs
+on Debian's python3 (the sandbox sees the host's /usr, not the server's venv):
 - `_session`: the standard library's ThreadingHTTPServer, as a function without dependencies
   is written;
 - `_session_bare`: a bare asyncio protocol answering a fixed reply (~15 us of CPU per request),
