@@ -19,7 +19,9 @@ import pytest
 from tests.conftest import TEST_API_KEY, ServerProcess
 
 MAX_EXAMPLES = 10
-TIME_BUDGET_S = 100
+TIME_BUDGET_S = 70
+"""the run ends at it: every operation (66) is tested well before, the rest is random fuzzing
+(6,343 cases at 70 s, 7,837 at 100 s on 2026-11-24; cut to keep CI under its 25 minutes)"""
 SEED = 20261122
 SLOW_ANSWERS = ("Read timed out",)
 
