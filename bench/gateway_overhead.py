@@ -373,14 +373,19 @@ def measure(
     report(results, single, streams)
 
 
-def report_load(results: dict[str, list[WrkResult]], suffix: str = "") -> None:
+def report_rps(results: dict[str, list[WrkResult]], suffix: str) -> None:
+    """Median req/s of each target, the proxies' against direct, the gateway's against nginx."""
     rps = {name: median([r.rps for r in rs]) for name, rs in results.items()}
-    p50 = {name: median([r.p50_ms for r in rs]) for name, rs in results.items()}
-    p99 = {name: median([r.p99_ms for r in rs]) for name, rs in results.items()}
     emit(BENCH, f"rps_direct{suffix}", rps["direct"], "per_s")
     emit(BENCH, f"rps_gateway{suffix}", rps["gateway"], "per_s", rps["direct"])
     emit(BENCH, f"rps_nginx{suffix}", rps["nginx"], "per_s", rps["direct"])
     emit(BENCH, f"rps_gateway_vs_nginx{suffix}", rps["gateway"], "per_s", rps["nginx"])
+
+
+def report_load(results: dict[str, list[WrkResult]], suffix: str = "") -> None:
+    report_rps(results, suffix)
+    p50 = {name: median([r.p50_ms for r in rs]) for name, rs in results.items()}
+    p99 = {name: median([r.p99_ms for r in rs]) for name, rs in results.items()}
     for name in ("direct", "gateway", "nginx"):
         base = None if name == "direct" else p50["direct"]
         emit(BENCH, f"p50_{name}{suffix}_ms", p50[name], "ms", base)

@@ -38,6 +38,7 @@ from bench.gateway_overhead import (
     WrkResult,
     free_port,
     nginx_binary,
+    report_rps,
     run_wrk,
     stop_process,
 )
@@ -233,13 +234,9 @@ def _measure(
 
 
 def _report(results: dict[str, list[WrkResult]], single: dict[str, list[WrkResult]], suffix: str) -> None:
-    rps = {name: median([r.rps for r in rs]) for name, rs in results.items()}
+    report_rps(results, suffix)
     cpu = {name: median([r.cpu_ms_per_request for r in rs]) for name, rs in results.items()}
     one = {name: median([r.p50_ms for r in rs]) for name, rs in single.items()}
-    emit(BENCH, f"rps_direct{suffix}", rps["direct"], "per_s")
-    emit(BENCH, f"rps_gateway{suffix}", rps["gateway"], "per_s", rps["direct"])
-    emit(BENCH, f"rps_nginx{suffix}", rps["nginx"], "per_s", rps["direct"])
-    emit(BENCH, f"rps_gateway_vs_nginx{suffix}", rps["gateway"], "per_s", rps["nginx"])
     for name in ("direct", "gateway", "nginx"):
         base = None if name == "direct" else one["direct"]
         emit(BENCH, f"p50_c1_{name}{suffix}_ms", one[name], "ms", base)
