@@ -3,8 +3,8 @@
 Two servers in one run: with the sandbox pool off (AGENTCELL_SANDBOX_POOL=0: every create spawns,
 the honest cold figure) and with a pool sized for the burst (every create of a round claims a
 pre-started instance; the bench waits for the pool to refill between rounds). Each: sequential
-p50/p95/p99 and 50 at once (p50/p99), plus the CPU the server process and the spawner (with its
-workers) spent per sandbox in the concurrent rounds. Baselines: a raw namespace spawn of `true`
+p50/p95/p99 and 50 at once (p50/p99), plus the CPU the server process and the whole node spent per
+sandbox in the concurrent rounds. Baselines: a raw namespace spawn of `true`
 (unshare) for the sequential figures, and for the concurrent ones 50 such spawns started at once
 (the kernel's share of a burst on this machine, from the start of the burst to each exit); the
 pooled figures are also compared with the pool-off ones of the same run. A third server runs with
@@ -19,11 +19,10 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from bench.baselines import UNSHARE, burst_ms, samples_ms
 from bench.client import LeanClient
-from bench.procs import children, cpu_ms
+from bench.procs import cpu_ms, node_busy_ms, own_cpu_ms
 from bench.report import emit, median, percentile, progress
 from bench.server import BenchServer, pool_gauges
 
@@ -43,8 +42,9 @@ class Figures:
     concurrent: list[float] = field(default_factory=list)
     server_cpu_ms: float = 0.0
     """server process CPU per sandbox in the concurrent rounds (create + first exec)"""
-    spawner_cpu_ms: float = 0.0
-    """spawner + its workers' CPU per sandbox in the same rounds"""
+    node_cpu_ms: float = 0.0
+    """the whole machine's CPU per sandbox in the same rounds, but for this bench's own: the
+    server, the spawner and its workers, each sandbox's init and command, kernel threads"""
     create_only: list[float] = field(default_factory=list)
     """50 creates at once without the exec (pool off): the create's share of a burst"""
 
@@ -86,26 +86,19 @@ async def wait_pool_full(client: LeanClient, size: int | None = None) -> None:
     await asyncio.sleep(0.2)  # let the last refill's spawner work settle
 
 
-def spawner_pid(server_pid: int) -> int:
-    for child in children(server_pid):
-        if "acell-helper" in Path(f"/proc/{child}/cmdline").read_text():
-            return child
-    raise AssertionError("no spawner found under the server")
-
-
 async def burst(
-    clients: list[LeanClient], server: int, spawner: int, *, run: bool = True
+    clients: list[LeanClient], server: int, *, run: bool = True
 ) -> tuple[list[float], float, float]:
     """50 create + first exec (or only the creates) at once: their latencies, and the server's and
-    the spawner's CPU (ms) until the last one finished; then the sandboxes are killed."""
-    before = cpu_ms(server, children=False), cpu_ms(spawner, children=True)
+    the node's CPU (ms) until the last one finished; then the sandboxes are killed."""
+    before = cpu_ms(server, children=False), node_busy_ms() - own_cpu_ms()
     results = await asyncio.gather(*(create_and_exec(c, run=run) for c in clients))
     server_ms = cpu_ms(server, children=False) - before[0]
-    spawner_ms = cpu_ms(spawner, children=True) - before[1]
+    node_ms = node_busy_ms() - own_cpu_ms() - before[1]
     await asyncio.gather(
         *(c.request("DELETE", f"/v1/sandboxes/{s}") for c, (_, s) in zip(clients, results, strict=True))
     )
-    return [ms for ms, _ in results], server_ms, spawner_ms
+    return [ms for ms, _ in results], server_ms, node_ms
 
 
 async def measure(server: BenchServer, pool: int) -> Figures:
@@ -121,21 +114,20 @@ async def measure(server: BenchServer, pool: int) -> Figures:
             for _ in range(3):
                 await cycle(clients[0])
             figures.sequential = [await cycle(clients[0]) for _ in range(RUNS)]
-        spawner = spawner_pid(server.pid)
-        server_ms = spawner_ms = 0.0
+        server_ms = node_ms = 0.0
         for _ in range(ROUNDS):
             if pool:
                 await wait_pool_full(clients[0], pool)
-            latencies, server_round_ms, spawner_round_ms = await burst(clients, server.pid, spawner)
+            latencies, server_round_ms, node_round_ms = await burst(clients, server.pid)
             figures.concurrent += latencies
             server_ms += server_round_ms
-            spawner_ms += spawner_round_ms
+            node_ms += node_round_ms
         figures.server_cpu_ms = server_ms / (ROUNDS * CONCURRENT)
-        figures.spawner_cpu_ms = spawner_ms / (ROUNDS * CONCURRENT)
+        figures.node_cpu_ms = node_ms / (ROUNDS * CONCURRENT)
         if not pool:
             for _ in range(ROUNDS):
                 await asyncio.sleep(0.5)  # the last round's instances are being stopped
-                figures.create_only += (await burst(clients, server.pid, spawner, run=False))[0]
+                figures.create_only += (await burst(clients, server.pid, run=False))[0]
         return figures
     finally:
         for client in clients:
@@ -157,13 +149,12 @@ async def default_pool_bursts(server: BenchServer) -> tuple[list[float], list[fl
     try:
         for _ in range(3):
             await cycle(clients[0])
-        spawner = spawner_pid(server.pid)
         await wait_pool_full(clients[0])
-        first, _, _ = await burst(clients, server.pid, spawner)
+        first, _, _ = await burst(clients, server.pid)
         later: list[float] = []
         for _ in range(ROUNDS):
             await wait_pool_full(clients[0])
-            later += (await burst(clients, server.pid, spawner))[0]
+            later += (await burst(clients, server.pid))[0]
         return first, later
     finally:
         for client in clients:
@@ -195,13 +186,13 @@ def main() -> None:
     emit(NAME, "concurrent50_create_only_p50_ms", median(cold.create_only), "ms", burst_p50)
     emit(NAME, "concurrent50_create_only_p99_ms", percentile(cold.create_only, 99), "ms", burst_p99)
     emit(NAME, "concurrent50_server_cpu_per_sandbox_ms", cold.server_cpu_ms, "ms")
-    emit(NAME, "concurrent50_spawner_cpu_per_sandbox_ms", cold.spawner_cpu_ms, "ms")
+    emit(NAME, "concurrent50_node_cpu_per_sandbox_ms", cold.node_cpu_ms, "ms")
     cold_p50, cold_p99 = median(cold.concurrent), percentile(cold.concurrent, 99)
     emit(NAME, "pool_sequential_p50_ms", median(warm.sequential), "ms", median(cold.sequential))
     emit(NAME, "pool_concurrent50_p50_ms", median(warm.concurrent), "ms", cold_p50)
     emit(NAME, "pool_concurrent50_p99_ms", percentile(warm.concurrent, 99), "ms", cold_p99)
     emit(NAME, "pool_concurrent50_server_cpu_per_sandbox_ms", warm.server_cpu_ms, "ms", cold.server_cpu_ms)
-    emit(NAME, "pool_concurrent50_spawner_cpu_per_sandbox_ms", warm.spawner_cpu_ms, "ms", cold.spawner_cpu_ms)
+    emit(NAME, "pool_concurrent50_node_cpu_per_sandbox_ms", warm.node_cpu_ms, "ms", cold.node_cpu_ms)
     emit(NAME, "default_pool_first_burst_p99_ms", percentile(default_first, 99), "ms", cold_p99)
     emit(NAME, "default_pool_later_bursts_p50_ms", median(default_later), "ms", cold_p50)
     emit(NAME, "default_pool_later_bursts_p99_ms", percentile(default_later, 99), "ms", cold_p99)

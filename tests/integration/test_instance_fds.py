@@ -1,7 +1,8 @@
 """What a running function instance costs the server in file descriptors once it has served a
-request: its init's pidfd, its server process's control pipe and the gateway's pooled connection
-to it, no more (command_budget.FDS_PER_SANDBOX counts a slot at 2, the mix of sandboxes at 1 and
-instances). Its server process runs on /dev/null: it writes its own log (was: three pipes more)."""
+request: its init's pidfd, its command channel to the init (which reports its server process's
+exit there) and the gateway's pooled connection to it, no more (command_budget.FDS_PER_SANDBOX
+counts a slot at 2, the mix of sandboxes and instances). Its server process runs on /dev/null:
+it writes its own log (was: three pipes more)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def test_an_instance_costs_the_server_at_most_its_slots_fds_and_still_logs(
         instances = {serve(api, fn, f"session-{i}") for i in range(INSTANCES)}
         held = settled_fds(server.proc.pid) - before
         assert len(instances) == INSTANCES
-        # each: its init's pidfd, its server's control pipe, the gateway's pooled connection to it
+        # each: its init's pidfd, its command channel, the gateway's pooled connection to it
         assert held <= INSTANCES * FDS_PER_USED_INSTANCE, f"{held / INSTANCES:.2f} fds per instance"
         log = api.get(f"/fn/{fn}/file", params={"path": "/tmp/agentcell-server.log"}, headers=session_0)
         assert log.status_code == 200, log.text

@@ -127,6 +127,15 @@ async def sandbox(linux_driver: LinuxDriver) -> str:
     return "sbx-1"
 
 
+def through_workers(driver: LinuxDriver, sandbox_id: str) -> None:
+    """Start the instance's commands through exec workers from now on, as an adopted instance's
+    are (the init of one this driver spawned starts them)."""
+    instance = driver._instances[sandbox_id]
+    assert instance.target.channel is not None
+    instance.target.channel.close()
+    instance.target = replace(instance.target, channel=None)
+
+
 @pytest.fixture
 def host_sleeper() -> Iterator[int]:
     """A host process (not in any sandbox) that sandboxes must not be able to touch."""

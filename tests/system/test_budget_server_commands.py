@@ -67,9 +67,10 @@ def run(api: httpx.Client, base: str, cmd: str) -> tuple[int, str]:
 
 def test_the_server_raises_its_limit_and_sandboxes_get_their_own(server_factory: ServerFactory) -> None:
     """Started with soft 4096 under a higher hard limit, the server runs with soft = hard (the
-    hard one raised to 1 MiB fds where it may), and says so in its log; a command, and the
-    sandbox's init, run with 1024 / 65536 (the hard one capped by the server's, when the server may
-    not raise it), and a command may raise its soft limit up to that hard one, not past it."""
+    hard one raised to 1 MiB fds where it may), and says so in its log; a command runs with 1024 /
+    65536 (the hard one capped by the server's, when the server may not raise it), and may raise its
+    soft limit up to that hard one, not past it. The sandbox's init has the same hard limit and its
+    soft one raised to it: it holds a control pipe per command it starts."""
     with lowered_soft_limit(4096) as inherited_hard:
         server = server_factory(env={"AGENTCELL_SANDBOX_POOL": "0"})
     hard = expected_server_hard(inherited_hard)
@@ -83,7 +84,7 @@ def test_the_server_raises_its_limit_and_sandboxes_get_their_own(server_factory:
         assert code == 0, output
         soft_seen, hard_seen, init_line = output.splitlines()
         assert (int(soft_seen), int(hard_seen)) == (SANDBOX_NOFILE[0], sandbox_hard)
-        assert init_line.split()[3:5] == [str(SANDBOX_NOFILE[0]), str(sandbox_hard)], init_line
+        assert init_line.split()[3:5] == [str(sandbox_hard), str(sandbox_hard)], init_line
         code, output = run(api, base, f"ulimit -Sn {sandbox_hard} && ulimit -Sn && ulimit -Hn {hard + 1}")
         assert code != 0 and output.startswith(f"{sandbox_hard}\n"), output
 
@@ -142,8 +143,9 @@ def exec_workers(server_pid: int) -> list[str]:
 
 
 def test_refused_starts_leave_no_descriptor_or_worker_behind(server_factory: ServerFactory) -> None:
-    """Starts refused for a bad cwd (by the worker, in the sandbox) or past the server-wide budget
-    (before any worker) give back every fd they opened, and leave no worker process."""
+    """Starts refused for a bad cwd (by the sandbox's init, which starts commands) or past the
+    server-wide budget (before the init is asked) give back every fd they opened, and leave no
+    process behind: no exec worker at all (the init started the sleeper too)."""
     server = server_factory(env={"AGENTCELL_SANDBOX_POOL": "0", "AGENTCELL_MAX_COMMANDS": "1"})
     fds = Path(f"/proc/{server.proc.pid}/fd")
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as api:
@@ -157,4 +159,4 @@ def test_refused_starts_leave_no_descriptor_or_worker_behind(server_factory: Ser
         for _ in range(30):
             assert api.post(f"{base}/commands", json={"cmd": "true"}).status_code == 503
         assert len(list(fds.iterdir())) <= before + 5  # the sleeper's pipes, pidfd and control pipe
-        assert len(exec_workers(server.proc.pid)) == 1  # the sleeper's
+        assert exec_workers(server.proc.pid) == []

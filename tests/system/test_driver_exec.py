@@ -228,12 +228,12 @@ def dead_process_pidfd() -> tuple[int, int]:
 
 
 async def test_exec_into_a_dead_init_is_not_running(linux_driver: LinuxDriver, sandbox: str) -> None:
-    """The helper enters through the node's pidfd of the init: once that process is gone, even a
-    recycled pid cannot take the command anywhere else."""
+    """An exec worker (an adopted instance's commands) enters through the node's pidfd of the
+    init: once that process is gone, even a recycled pid cannot take the command anywhere else."""
     pid, pidfd = dead_process_pidfd()
     try:
         alive = linux_driver._instances[sandbox].target
-        target = dataclasses.replace(alive, init_pid=pid, init_pidfd=pidfd)
+        target = dataclasses.replace(alive, init_pid=pid, init_pidfd=pidfd, channel=None)
         with pytest.raises(NotRunning, match="gone"):
             await start_process(target, ["true"], "/", {})
     finally:

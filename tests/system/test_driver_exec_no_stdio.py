@@ -1,5 +1,6 @@
 """Commands started without stdio (ExecSpec.stdio=False, a function instance's server): /dev/null
-in and out inside the sandbox, and of the node's fds only the worker's control pipe held."""
+in and out inside the sandbox, and none of the node's fds held (the init reports the exit on the
+instance's channel; a worker's command holds its control pipe)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from agentcell.errors import InvalidArgument
 from agentcell.server.sandbox.driver import ExecSpec, TerminalSize
 from agentcell.server.sandbox.linux.driver import LinuxDriver
-from tests.system.conftest import run
+from tests.system.conftest import run, through_workers
 
 pytestmark = pytest.mark.system
 
@@ -39,13 +40,17 @@ async def test_its_stdio_is_the_sandboxs_dev_null(linux_driver: LinuxDriver, san
 
 
 @pytest.mark.usefixtures("steady_fds")
-async def test_the_node_holds_only_its_control_pipe_and_signals_still_reach_it(
-    linux_driver: LinuxDriver, sandbox: str
+@pytest.mark.parametrize("by_worker", [False, True], ids=["by-init", "by-worker"])
+async def test_the_node_holds_no_fd_but_a_workers_control_pipe_and_signals_still_reach_it(
+    linux_driver: LinuxDriver, sandbox: str, by_worker: bool
 ) -> None:
+    if by_worker:
+        through_workers(linux_driver, sandbox)
     await run(linux_driver, sandbox, ["true"])  # the spawner and its socket exist from here on
     before = open_fds()
     sleepers = [await linux_driver.exec(sandbox, no_stdio("exec sleep 600")) for _ in range(4)]
-    assert open_fds() - before == len(sleepers)  # one each: no stdio pipes, no pidfd held
+    # no stdio pipes, no pidfd held; a worker's control pipe
+    assert open_fds() - before == (len(sleepers) if by_worker else 0)
     for sleeper in sleepers:
         sleeper.send_signal(signal.SIGTERM)
     statuses = await asyncio.wait_for(asyncio.gather(*(s.wait() for s in sleepers)), 30)

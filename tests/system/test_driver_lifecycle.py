@@ -13,7 +13,7 @@ import pytest
 from agentcell.errors import Conflict, Internal, Unavailable
 from agentcell.server.sandbox.driver import ExecSpec, SandboxSpec
 from agentcell.server.sandbox.linux.driver import LinuxDriver
-from tests.system.conftest import CGROUP_ROOT, is_running, make_driver, node_leftovers, run
+from tests.system.conftest import CGROUP_ROOT, is_running, make_driver, node_leftovers, run, through_workers
 
 pytestmark = pytest.mark.system
 
@@ -162,6 +162,7 @@ async def test_stop_reaps_a_command_whose_helper_was_killed(linux_driver: LinuxD
     """A command whose helper is SIGKILLed from outside dies too (parent-death signal) and is
     re-parented to us; nobody waits for it. A dying init waits until its namespace is reaped, so
     stop must reap such a zombie itself rather than wait out its timeouts (it took 11 s)."""
+    through_workers(linux_driver, sandbox)
     process = await linux_driver.exec(sandbox, ExecSpec(argv=["sleep", "300"]))
     os.kill(process.helper_pid, 9)
     await asyncio.sleep(0.2)

@@ -19,7 +19,7 @@ from agentcell.server.sandbox.driver import ExecSpec, SandboxSpec
 from agentcell.server.sandbox.linux.driver import LinuxDriver
 from agentcell.server.sandbox.linux.process import wait_readable
 from agentcell.server.sandbox.linux.spawner import UNREPORTED_WORKER_S
-from tests.system.conftest import is_running, make_driver, run
+from tests.system.conftest import is_running, make_driver, run, through_workers
 
 pytestmark = pytest.mark.system
 
@@ -91,6 +91,7 @@ async def test_commands_outlive_a_killed_spawner(
 ) -> None:
     """Running commands keep their streams and exit status; the next exec starts a new spawner
     and the orphaned workers are reaped by the driver."""
+    through_workers(linux_driver, sandbox)
     process = await linux_driver.exec(sandbox, ExecSpec(argv=["sh", "-c", "sleep 0.5; echo done; exit 3"]))
     spawner = linux_driver.spawner_pid()
     assert spawner is not None

@@ -21,19 +21,22 @@ from agentcell.server.egress.node import total_connection_limit
 from agentcell.server.settings import Settings, soft_open_files
 
 FDS_PER_COMMAND = 4
-"""server fds one running command holds: its stdin, stdout and stderr pipes and the worker's control
-pipe (measured: 4.0 per background `sleep`, 5.0 while each also held its pidfd, now opened only to
-signal it); a terminal holds its master instead of the three pipes"""
+"""server fds one running command holds at most: its stdin, stdout and stderr pipes (3.0 per
+background `sleep` its sandbox's init started, which reports its exit on the instance's channel),
+and the worker's control pipe for one an exec worker started (an adopted instance's: 4.0; 5.0
+while each also held its pidfd, now opened only to signal it); a terminal holds its master instead
+of the three pipes"""
 FDS_PER_SANDBOX = 2
 """server fds one slot of the node (a sandbox or a function instance) is counted at. A sandbox
-holds its init's pidfd (measured: 1.0 per idle sandbox), and one more while a file transfer runs. A
-function instance holds its init's pidfd and its server process's control pipe (that process runs
-on /dev/null, ExecSpec.stdio; measured: 2.15 per instance with 20 instances, 3.15 once each has
-served a request and the gateway pools a keep-alive connection to it, closed after 4 s idle;
-before, 5.15 and 6.15). Counted at 2, the mix a node runs: at 3, this machine's 20,000 fds (root
-without CAP_SYS_RESOURCE) would leave the command budget at its floor of 64 with the default 4,000
-slots; a node full of instances that were all just used would lack ~4,000 fds, about the
-commands' share."""
+holds its init's pidfd and its command channel to the init (2.0 per idle sandbox; 1.0 before the
+init started commands), and one more while a file transfer runs. A function instance holds the
+same two (its server process runs on /dev/null, ExecSpec.stdio, and reports its exit on the
+channel; measured with a control pipe instead of the channel: 2.15 per instance with 20 instances,
+3.15 once each has served a request and the gateway pools a keep-alive connection to it, closed
+after 4 s idle; before, 5.15 and 6.15). Counted at 2, the mix a node runs: at 3, this machine's
+20,000 fds (root without CAP_SYS_RESOURCE) would leave the command budget at its floor of 64 with
+the default 4,000 slots; a node full of instances that were all just used would lack ~4,000 fds,
+about the commands' share."""
 FDS_PER_PROXIED_CONNECTION = 2
 """server fds one connection through the egress proxy holds: the sandbox's end and the upstream"""
 FDS_RESERVED = 1024

@@ -49,6 +49,7 @@ from agentcell.server.sandbox.driver import (
 from agentcell.server.sandbox.linux.build import helper_path
 from agentcell.server.sandbox.linux.cgroups import CgroupLimits, CgroupPlan, Cgroups, open_cgroups
 from agentcell.server.sandbox.linux.fscalls import IN_ROOT, RESOLVE_NO_SYMLINKS, openat2, resize_tmpfs
+from agentcell.server.sandbox.linux.init_channel import InitChannel
 from agentcell.server.sandbox.linux.netns import NetnsSockets
 from agentcell.server.sandbox.linux.process import (
     ControlPipe,
@@ -552,15 +553,24 @@ class LinuxDriver:
         args += ["--etc-skel", str(host.rootfs.etc_skel), "--root-mnt", str(host.rootfs.root_mnt)]
         args += ["--hostname", hostname, "--state-file", str(self._state_file(spec.sandbox_id))]
         args += _bind_args(spec.mounts)
-        init = await _run_spawn_worker(host.spawner, spec.sandbox_id, args)
+        ours, theirs = InitChannel.pair()
+        try:
+            init = await _run_spawn_worker(host.spawner, spec.sandbox_id, args, theirs.fileno())
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        channel = InitChannel(ours)
         pidfd = os.pidfd_open(init.pid)  # safe: an orphaned init is our child until we reap it
         env = {**self._egress.env(spec.egress), **spec.env}
         try:
-            instance = self._make_instance(host, spec.sandbox_id, pidfd, hostname, env, init)
+            instance = self._make_instance(host, spec.sandbox_id, pidfd, hostname, env, init, channel)
             instance.egress, instance.disk_bytes = spec.egress, spec.disk_bytes
             await self._attach_egress(instance)
             self._write_state(instance, init.start_ticks)
         except BaseException:
+            channel.close()
             os.close(pidfd)
             raise
         return instance
@@ -573,10 +583,12 @@ class LinuxDriver:
         hostname: str,
         env: dict[str, str],
         init: _Init | None = None,
+        channel: InitChannel | None = None,
     ) -> _Instance:
-        """For a start, `init` is what the spawn worker reported; adopt() reads /proc instead."""
+        """For a start, `init` is what the spawn worker reported and `channel` the init's command
+        socket; adopt() reads /proc instead, and has no channel."""
         init_pid = _pid_of(pidfd) if init is None else init.pid
-        target = Target(host.spawner, init_pid, pidfd, host.cgroups.procs_files(sandbox_id))
+        target = Target(host.spawner, init_pid, pidfd, host.cgroups.procs_files(sandbox_id), channel)
         return _Instance(sandbox_id, pidfd, target, hostname, env)
 
     async def _attach_egress(self, instance: _Instance) -> None:
@@ -678,6 +690,8 @@ class LinuxDriver:
     def _forget(self, instance: _Instance) -> None:
         """Drop the instance from the table and wake its wait_exited() callers."""
         asyncio.get_running_loop().remove_reader(instance.pidfd)
+        if instance.target.channel is not None:
+            instance.target.channel.close()
         if instance.exited is not None and not instance.exited.done():
             instance.exited.set_result(None)
         self._instances.pop(instance.sandbox_id, None)
@@ -788,13 +802,14 @@ class _Init:
     """field 22 of /proc/<pid>/stat: with the pid, it names one process for good"""
 
 
-async def _run_spawn_worker(spawner: Spawner, sandbox_id: str, args: list[str]) -> _Init:
-    """Start the instance's init through a spawn worker; return it once it is ready."""
+async def _run_spawn_worker(spawner: Spawner, sandbox_id: str, args: list[str], init_sock: int) -> _Init:
+    """Start the instance's init through a spawn worker, with init_sock as its end of the command
+    socket; return it once it is ready."""
     ctl_read, ctl_write = os.pipe2(os.O_CLOEXEC)
     control = ControlPipe(ctl_read)
     try:
         try:
-            worker = await spawner.run("spawn", args, (ctl_write,))
+            worker = await spawner.run("spawn", args, (ctl_write, init_sock))
         finally:
             os.close(ctl_write)
         try:

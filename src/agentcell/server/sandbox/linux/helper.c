@@ -10,17 +10,20 @@
  *
  *   spawn --cgroup-root DIR... --cgroup-dir DIR... --cgroup-set[-opt] FILE VALUE...
  *         --cgroup-procs P... --disk-bytes N --etc-skel DIR --root-mnt DIR --hostname H
- *         [--state-file F] [--bind SRC DST | --bind-ro SRC DST]...     fds: control
+ *         [--state-file F] [--bind SRC DST | --bind-ro SRC DST]...
+ *                                              fds: control [, the init's end of the node's socket]
  *       Starts one sandbox: makes its cgroups and writes their limits, joins them, clones into new
  *       pid/mnt/net/ipc/uts/cgroup namespaces, builds the root filesystem, drops to the sandbox
- *       user and stays as PID 1 (reaping zombies, nothing else). Once it is ready, writes
+ *       user and stays as PID 1 (reaping zombies, and forking the commands the node asks for on
+ *       its socket: see "init: commands"). Once it is ready, writes
  *       "<init host pid> <init start time in ticks>" to the control fd;
  *       "conflict <dir>" if a cgroup exists, or "error <reason>". An empty --state-file (mode
  *       0600) is created for the node to fill: a new inode on a busy ext4 costs ~0.4 ms.
  *
  *   exec --pid P --cgroup-procs P... --cwd DIR [--tty 1]   fds: stdin, stdout, stderr, control,
  *                                                         command memfd, the init's pidfd
- *       Runs one command in a running sandbox. Writes "<host pid> <sandbox pid>\n" and later
+ *       Runs one command in a running sandbox (one whose init has no socket from this node: an
+ *       adopted one). Writes "<host pid> <sandbox pid>\n" and later
  *       "exit <code> <signal>\n" (or "error <reason>\n") to the control fd; "error cwd <errno>"
  *       if the sandbox user cannot enter DIR (the command never ran). With --tty, stdin
  *       is a terminal (a pty slave of the sandbox's devpts, opened by the node): it becomes the
@@ -217,6 +220,16 @@ static void limit_open_files(void) {
     rl.rlim_cur = rl.rlim_max < SANDBOX_NOFILE_SOFT ? rl.rlim_max : SANDBOX_NOFILE_SOFT;
     if (rl.rlim_max > SANDBOX_NOFILE_HARD) rl.rlim_max = SANDBOX_NOFILE_HARD;
     if (setrlimit(RLIMIT_NOFILE, &rl) < 0) die_errno("setrlimit nofile");
+}
+
+/* The init holds a control fd per running command, so its own soft limit goes up to the hard one;
+ * each command it forks gets the sandbox's back (command_child). */
+static struct rlimit sandbox_nofile = {SANDBOX_NOFILE_SOFT, SANDBOX_NOFILE_HARD};
+
+static void raise_own_nofile(void) {
+    if (getrlimit(RLIMIT_NOFILE, &sandbox_nofile) < 0) return;
+    struct rlimit own = {sandbox_nofile.rlim_max, sandbox_nofile.rlim_max};
+    setrlimit(RLIMIT_NOFILE, &own);
 }
 
 /* 1 if the running kernel is at least major.minor. */
@@ -508,6 +521,37 @@ static void confine(void) {
     load_seccomp();
 }
 
+/* A reply's text: vsnprintf, cut to what fits. */
+static size_t format_line(char *line, size_t size, const char *fmt, va_list ap) {
+    int n = vsnprintf(line, size, fmt, ap);
+    return n < 0 ? 0 : (size_t)n >= size ? size - 1 : (size_t)n;
+}
+
+/* The next message on a node's socket, with at most max_fds fds (its SCM_RIGHTS) into fds:
+ * its length, 0 at end of file (the node left), -1 if recvmsg failed (EAGAIN: none is waiting).
+ * A message too long, with too many fds or with fds alone has *truncated set: it is malformed. */
+static ssize_t receive_request(int sock, char *buf, size_t size, int *fds, int max_fds, int *nfds,
+                               int *truncated) {
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(sizeof(int) * MAX_REQUEST_FDS)];
+    } control;
+    struct iovec iov = {buf, size};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+                         .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)max_fds)};
+    *nfds = 0;
+    ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n < 0) return -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < count && *nfds < max_fds; i++)
+            memcpy(&fds[(*nfds)++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+    }
+    *truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0 || (n == 0 && *nfds > 0);
+    return n == 0 && *nfds > 0 ? 1 : n; /* fds alone: malformed, not the end of file */
+}
+
 /* ------------------------------------------------------------------ spawn: root filesystem */
 
 struct bind {
@@ -699,22 +743,8 @@ static void bring_up_loopback(void) {
 
 /* ------------------------------------------------------------------ spawn: init */
 
-/* PID 1: reap whatever is orphaned to us. A SIGTERM from outside the sandbox (si_pid 0) is passed
- * on to every process; the same signal from inside is ignored, so the user cannot stop the
- * instance by accident. The node ends the instance by SIGKILLing this process. */
-__attribute__((noreturn)) static void run_init(void) {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGCHLD);
-    sigaddset(&set, SIGTERM);
-    for (;;) {
-        siginfo_t si;
-        int sig = sigwaitinfo(&set, &si);
-        if (sig == SIGTERM && si.si_pid == 0) kill(-1, SIGTERM);
-        while (waitpid(-1, NULL, WNOHANG) > 0) {
-        }
-    }
-}
+/* PID 1's loop (see "init: commands" below). */
+__attribute__((noreturn)) static void run_init(int sock, int sfd);
 
 /* The spawner's command line (set by main): the host path of this binary and the server's pid. */
 static char *args_area;
@@ -731,7 +761,7 @@ static void rename_as_init(void) {
     prctl(PR_SET_NAME, name, 0, 0, 0);
 }
 
-__attribute__((noreturn)) static void init_child(const struct spawn_opts *o, int ready_fd) {
+__attribute__((noreturn)) static void init_child(const struct spawn_opts *o, int ready_fd, int node_sock) {
     /* Until ready, the init dies with the spawn process, so a failed start leaves nothing. */
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     err_style = ERR_READY_PIPE;
@@ -741,7 +771,9 @@ __attribute__((noreturn)) static void init_child(const struct spawn_opts *o, int
     if (devnull < 0) die_errno("open /dev/null");
     for (int fd = 0; fd < 3; fd++) dup2(devnull, fd); /* never hold the caller's pipes open */
     close(devnull);
-    close_other_fds(&ready_fd, 1); /* the worker's control fd: an init never execs, so CLOEXEC won't */
+    /* The worker's control fd goes: an init never execs, so CLOEXEC won't close it. */
+    int keep[2] = {ready_fd < node_sock ? ready_fd : node_sock, ready_fd < node_sock ? node_sock : ready_fd};
+    close_other_fds(node_sock < 0 ? &ready_fd : keep, node_sock < 0 ? 1 : 2);
     set_sandbox_rlimits();
     set_oom_score_adj("-1000"); /* an OOM in the sandbox should kill user code, not PID 1 */
     rename_as_init();
@@ -750,6 +782,8 @@ __attribute__((noreturn)) static void init_child(const struct spawn_opts *o, int
     sigaddset(&set, SIGCHLD);
     sigaddset(&set, SIGTERM);
     sigprocmask(SIG_BLOCK, &set, NULL);
+    int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0) die_errno("signalfd");
     build_root(o);
     enter_root();
     if (sethostname(o->hostname, strlen(o->hostname)) < 0) die_errno("sethostname");
@@ -757,9 +791,10 @@ __attribute__((noreturn)) static void init_child(const struct spawn_opts *o, int
     umask(022);
     confine();
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); /* the user may not ptrace or read PID 1's memory */
+    raise_own_nofile();
     write_all(ready_fd, "K", 1);
     close(ready_fd);
-    run_init();
+    run_init(node_sock, sfd);
 }
 
 static int under(const char *path, const char *dir) {
@@ -895,11 +930,14 @@ static void create_state_file(const char *path) {
     close(fd);
 }
 
-static int run_spawn(int argc, char **argv, int ctl_fd) {
+/* node_sock: the init's end of the node's command socket, or -1 (commands then go through exec
+ * workers only). */
+static int run_spawn(int argc, char **argv, int ctl_fd, int node_sock) {
     struct spawn_opts o;
     int pipefd[2];
     err_fd = ctl_fd;
-    close_other_fds(&ctl_fd, 1);
+    int keep[2] = {ctl_fd < node_sock ? ctl_fd : node_sock, ctl_fd < node_sock ? node_sock : ctl_fd};
+    close_other_fds(node_sock < 0 ? &ctl_fd : keep, node_sock < 0 ? 1 : 2);
     parse_spawn(argc, argv, &o);
     create_cgroups(&o);
     join_cgroups(o.cgroups, o.ncgroups);
@@ -911,9 +949,10 @@ static int run_spawn(int argc, char **argv, int ctl_fd) {
     if (pid < 0) die_errno("clone");
     if (pid == 0) {
         close(pipefd[0]);
-        init_child(&o, pipefd[1]);
+        init_child(&o, pipefd[1], node_sock);
     }
     close(pipefd[1]);
+    if (node_sock >= 0) close(node_sock); /* the init's alone: its end of file means the node left */
     char buf[600];
     ssize_t n;
     do n = read(pipefd[0], buf, sizeof buf - 1);
@@ -1181,6 +1220,209 @@ static int run_exec(int argc, char **argv, const int *fds) {
     return forward_until_exit(child, &set, o.ctl_fd);
 }
 
+/* ------------------------------------------------------------------ init: commands
+ *
+ * PID 1 reaps whatever is orphaned to it. A SIGTERM from outside the sandbox (pid 0 as the sandbox
+ * sees it) is passed on to every process; the same signal from inside is ignored, so the user
+ * cannot stop the instance by accident. The node ends the instance by SIGKILLing this process.
+ *
+ * It also starts the node's commands, when the node gave it a socket at spawn (SOCK_SEQPACKET):
+ * it is already in the sandbox's namespaces and cgroups, unprivileged and under seccomp, so a fork
+ * of it needs none of an exec worker's joins, setns, privilege drop and filter load (docs/design.md
+ * has what that saves). A request is "<id>\0exec\0<cwd>\0<tty 0|1>\0" with stdin, stdout,
+ * stderr and the command memfd attached. The answer is "S <id> <pid>" with a pidfd of the command
+ * attached (the node reads its host pid there), or "F <id> <reason>" ("cwd <errno>" if the sandbox
+ * user cannot enter cwd: the command never ran). Once the command has exited the init sends
+ * "X <id> <code> <signal>", before it reaps it (as an exec worker writes its exit line): while no
+ * X has come, a pidfd the node opens from the pid names the command. A command holds no fd of the
+ * node's but its stdio. At the socket's end of file (the node is gone, or released the instance)
+ * the init stops taking requests; its commands run on, as a worker's do when its node dies (a
+ * function instance's server keeps its memory for the next server, which adopts the instance and
+ * runs its commands through workers). */
+
+/* The NUL-terminated strings of a request, at most max of them; -1 if malformed. */
+static int split_request(char *buf, size_t len, char **args, int max) {
+    if (len == 0 || buf[len - 1] != 0) return -1;
+    int n = 0;
+    for (size_t i = 0; i < len; i += strlen(buf + i) + 1) {
+        if (n >= max) return -1;
+        args[n++] = buf + i;
+    }
+    args[n] = NULL;
+    return n;
+}
+
+static int is_request_id(const char *s) {
+    size_t n = strlen(s);
+    return n > 0 && n < 20 && strspn(s, "0123456789") == n;
+}
+
+struct command {
+    pid_t pid;
+    char id[20];
+};
+static struct command *commands;
+static size_t ncommands, commands_cap;
+static int command_sock = -1; /* the init's end of the node's socket; -1 once the node left */
+
+static void reply_node(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void reply_node(int fd, const char *fmt, ...) {
+    char line[600];
+    va_list ap;
+    va_start(ap, fmt);
+    size_t n = format_line(line, sizeof line, fmt, ap);
+    va_end(ap);
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(sizeof(int))];
+    } control;
+    struct iovec iov = {line, n};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (fd >= 0) {
+        msg.msg_control = control.space;
+        msg.msg_controllen = sizeof control.space;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    }
+    while (sendmsg(command_sock, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+    }
+}
+
+static int track_command(pid_t pid, const char *id) {
+    if (ncommands == commands_cap) {
+        size_t cap = commands_cap ? commands_cap * 2 : 16;
+        struct command *grown = realloc(commands, cap * sizeof *grown);
+        if (!grown) return -1;
+        commands = grown;
+        commands_cap = cap;
+    }
+    commands[ncommands].pid = pid;
+    snprintf(commands[ncommands++].id, sizeof commands->id, "%s", id);
+    return 0;
+}
+
+/* The exit report of a tracked command; then it is forgotten. */
+static void command_exited(pid_t pid, const siginfo_t *si) {
+    for (size_t i = 0; i < ncommands; i++) {
+        if (commands[i].pid != pid) continue;
+        int signo = si->si_code == CLD_EXITED ? 0 : si->si_status;
+        reply_node(-1, "X %s %d %d", commands[i].id, signo ? 128 + signo : si->si_status, signo);
+        commands[i] = commands[--ncommands];
+        return;
+    }
+}
+
+static void reap_children(void) {
+    for (;;) {
+        siginfo_t si;
+        memset(&si, 0, sizeof si);
+        if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid == 0) return;
+        command_exited(si.si_pid, &si); /* its line first: until reaped, its pid is its own */
+        waitid(P_PID, (id_t)si.si_pid, &si, WEXITED);
+    }
+}
+
+__attribute__((noreturn)) static void command_child(const char *cwd, int tty, const int *fds, int report_fd) {
+    err_style = ERR_STDERR;
+    err_fd = 2;
+    err_code = EXIT_SETUP;
+    for (int fd = 0; fd < 3; fd++)
+        if (dup2(fds[fd], fd) < 0) _exit(EXIT_SETUP);
+    struct exec_opts o;
+    memset(&o, 0, sizeof o);
+    o.cmd_fd = fds[3];
+    int keep[2] = {report_fd < o.cmd_fd ? report_fd : o.cmd_fd, report_fd < o.cmd_fd ? o.cmd_fd : report_fd};
+    close_other_fds(keep, 2); /* the node's socket, the signalfd */
+    read_command(&o);
+    setrlimit(RLIMIT_NOFILE, &sandbox_nofile);
+    set_oom_score_adj("0"); /* the init's -1000 is for the init only */
+    if (setsid() < 0) die_errno("setsid");
+    if (tty && ioctl(0, TIOCSCTTY, 0) < 0) die_errno("controlling terminal");
+    int cwd_errno = chdir(cwd) < 0 ? errno : 0;
+    write_all(report_fd, (const char *)&cwd_errno, sizeof cwd_errno);
+    close(report_fd);
+    if (cwd_errno) _exit(EXIT_NOTFOUND);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    environ = o.env;
+    execvp(o.argv[0], o.argv);
+    exec_failed(o.argv[0]);
+}
+
+/* fds: stdin, stdout, stderr, command memfd (the caller closes them). */
+static void start_command(const char *id, const char *cwd, int tty, const int *fds) {
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) < 0) {
+        reply_node(-1, "F %s pipe: %s", id, strerror(errno));
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) command_child(cwd, tty, fds, report[1]);
+    int fork_errno = errno;
+    close(report[1]);
+    int cwd_errno = 0;
+    ssize_t n = -1;
+    if (pid > 0) {
+        do n = read(report[0], &cwd_errno, sizeof cwd_errno);
+        while (n < 0 && errno == EINTR);
+    }
+    close(report[0]);
+    if (n != sizeof cwd_errno) cwd_errno = 0; /* it died first: its exit status tells why */
+    int pidfd = pid > 0 && !cwd_errno ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+    if (pid < 0)
+        reply_node(-1, "F %s fork: %s", id, strerror(fork_errno));
+    else if (cwd_errno)
+        reply_node(-1, "F %s cwd %d", id, cwd_errno); /* it exits; reaped as an orphan */
+    else if (pidfd < 0 || track_command(pid, id) < 0) {
+        kill(pid, SIGKILL);
+        reply_node(-1, "F %s %s", id, pidfd < 0 ? "pidfd_open failed" : "out of memory");
+    } else {
+        reply_node(pidfd, "S %s %d", id, pid);
+    }
+    if (pidfd >= 0) close(pidfd);
+}
+
+/* One request; 0 once the node is gone. */
+static int serve_node(void) {
+    static char buf[8192];
+    int fds[4], nfds, truncated;
+    ssize_t n = receive_request(command_sock, buf, sizeof buf, fds, 4, &nfds, &truncated);
+    if (n == 0) return 0;
+    if (n < 0) return errno == EINTR || errno == EAGAIN;
+    char *args[5] = {0};
+    int nargs = truncated ? -1 : split_request(buf, (size_t)n, args, 4);
+    const char *id = nargs >= 1 && is_request_id(args[0]) ? args[0] : "0";
+    if (nargs == 4 && !strcmp(args[1], "exec") && nfds == 4 && strcmp(id, "0"))
+        start_command(id, args[2], !strcmp(args[3], "1"), fds);
+    else
+        reply_node(-1, "F %s malformed request", id);
+    for (int i = 0; i < nfds; i++) close(fds[i]);
+    return 1;
+}
+
+__attribute__((noreturn)) static void run_init(int sock, int sfd) {
+    command_sock = sock;
+    struct pollfd p[2] = {{.fd = sfd, .events = POLLIN}, {.fd = command_sock, .events = POLLIN}};
+    for (;;) {
+        if (poll(p, 2, -1) < 0) continue;
+        if (p[0].revents) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) == sizeof si)
+                if (si.ssi_signo == SIGTERM && si.ssi_pid == 0) kill(-1, SIGTERM);
+            reap_children();
+        }
+        if (p[1].revents && !serve_node()) {
+            close(command_sock);
+            command_sock = p[1].fd = -1;
+            ncommands = 0; /* nobody to report to */
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ serve: the node's spawner */
 
 static int server_sock = -1;
@@ -1190,10 +1432,9 @@ static void reply(const char *fmt, ...) {
     char line[600];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line, fmt, ap);
+    size_t n = format_line(line, sizeof line, fmt, ap);
     va_end(ap);
-    if (n >= (int)sizeof line) n = (int)sizeof line - 1;
-    while (send(server_sock, line, (size_t)n, MSG_NOSIGNAL) < 0) {
+    while (send(server_sock, line, n, MSG_NOSIGNAL) < 0) {
         if (errno == EINTR) continue;
         _exit(errno == EPIPE || errno == ECONNRESET ? 0 : 1); /* the node is gone */
     }
@@ -1208,7 +1449,7 @@ __attribute__((noreturn)) static void run_worker(const char *op, int argc, char 
     struct sched_param normal = {.sched_priority = 0};
     sched_setscheduler(0, SCHED_OTHER, &normal);
     err_style = ERR_CTL;
-    if (!strcmp(op, "spawn") && nfds == 1) _exit(run_spawn(argc, argv, fds[0]));
+    if (!strcmp(op, "spawn") && (nfds == 1 || nfds == 2)) _exit(run_spawn(argc, argv, fds[0], nfds == 2 ? fds[1] : -1));
     if (!strcmp(op, "exec") && nfds == 6) {
         for (int fd = 0; fd < 3; fd++)
             if (dup2(fds[fd], fd) < 0) _exit(EXIT_SETUP);
@@ -1226,25 +1467,9 @@ static void kill_worker(int argc, char **argv) {
     if (pid > 0 && waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0) kill(pid, sig);
 }
 
-static int split_request(char *buf, size_t len, char **args) {
-    if (len == 0 || buf[len - 1] != 0) return -1;
-    int n = 0;
-    for (size_t i = 0; i < len; i += strlen(buf + i) + 1) {
-        if (n >= MAX_REQUEST_ARGS) return -1;
-        args[n++] = buf + i;
-    }
-    args[n] = NULL;
-    return n;
-}
-
-static int is_request_id(const char *s) {
-    size_t n = strlen(s);
-    return n > 0 && n < 20 && strspn(s, "0123456789") == n;
-}
-
 static void handle_request(char *buf, size_t len, int *fds, int nfds) {
     static char *args[MAX_REQUEST_ARGS + 1];
-    int n = split_request(buf, len, args);
+    int n = split_request(buf, len, args, MAX_REQUEST_ARGS);
     const char *id = n >= 1 && is_request_id(args[0]) ? args[0] : "0";
     if (n >= 2 && !strcmp(args[1], "kill")) {
         kill_worker(n - 2, args + 2);
@@ -1273,25 +1498,11 @@ static void reap_workers(void) {
 /* One request; 0 at end of file (the node closed its end). */
 static int serve_one(void) {
     static char buf[MAX_REQUEST];
-    union {
-        struct cmsghdr align;
-        char space[CMSG_SPACE(sizeof(int) * MAX_REQUEST_FDS)];
-    } control;
-    struct iovec iov = {buf, sizeof buf};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
-                         .msg_controllen = sizeof control.space};
-    ssize_t n = recvmsg(server_sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    int fds[MAX_REQUEST_FDS], nfds, truncated;
+    ssize_t n = receive_request(server_sock, buf, sizeof buf, fds, MAX_REQUEST_FDS, &nfds, &truncated);
+    if (n == 0) return 0;
     if (n < 0) return errno == EINTR || errno == EAGAIN;
-    int fds[MAX_REQUEST_FDS], nfds = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        for (int i = 0; i < count && nfds < MAX_REQUEST_FDS; i++)
-            memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-    }
-    if (n == 0 && nfds == 0) return 0;
-    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) n = 0; /* answered as malformed */
-    handle_request(buf, (size_t)n, fds, nfds);
+    handle_request(buf, truncated ? 0 : (size_t)n, fds, nfds); /* (length 0: malformed) */
     return 1;
 }
 

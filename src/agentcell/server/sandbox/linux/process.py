@@ -1,11 +1,15 @@
-"""One command running in a sandbox: the node side of an exec worker (see spawner.py).
+"""One command running in a sandbox: the node side of its start, by the instance's init or by an
+exec worker.
 
-The spawner forks the worker; the command is the worker's child, inside the sandbox. The worker
-reports on a control pipe: `<host pid> <sandbox pid>` once forked (and in its working directory),
-`exit <code> <signal>` when the command ends, or `error <reason>` if it could not start it
-(`error cwd <errno>`: the sandbox user cannot enter the working directory). The command's stdin,
-stdout and stderr are pipes made here and handed to the worker, one pseudo-terminal (pty.py)
-whose master stays here, or /dev/null (nothing stays here); its argv and env travel on a memfd.
+An instance the node spawned has an InitChannel (init_channel.py): its init forks the command and
+answers with its pids; the control pipe then gets only the exit line. Otherwise (an instance
+adopted from an earlier server) the spawner forks an exec worker (spawner.py) whose child, inside
+the sandbox, is the command. The worker reports on the control pipe: `<host pid> <sandbox pid>`
+once forked (and in its working directory), `exit <code> <signal>` when the command ends, or
+`error <reason>` if it could not start it (`error cwd <errno>`: the sandbox user cannot enter the
+working directory). The command's stdin, stdout and stderr are pipes made here and handed to the
+init or the worker, one pseudo-terminal (pty.py) whose master stays here, or /dev/null (nothing
+stays here); its argv and env travel on a memfd.
 """
 
 from __future__ import annotations
@@ -13,15 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import os
 import select
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, TypeAlias
 
 from agentcell.errors import Internal, InvalidArgument, NotRunning, QuotaExceeded
 from agentcell.server.sandbox.driver import ExitStatus, TerminalSize
+from agentcell.server.sandbox.linux.init_channel import InitChannel, StartRefused
 from agentcell.server.sandbox.linux.pty import Terminal, open_terminal
 from agentcell.server.sandbox.linux.spawner import Spawner, Worker
 
@@ -46,6 +52,8 @@ class Target:
     init_pidfd: int
     """the node's pidfd of the init: the worker enters through it, so a recycled pid is harmless"""
     procs_files: Sequence[str]
+    channel: InitChannel | None = None
+    """the init's command socket, for an instance this node spawned"""
 
 
 async def start_process(
@@ -66,16 +74,46 @@ async def start_process(
     if terminal is not None and not stdio:
         raise InvalidArgument("a command on a terminal has its stdio there: drop stdio=False")
     command_fd = _command_memfd(argv, env)
-    ctl_read, ctl_write = os.pipe2(os.O_CLOEXEC)
-    control = ControlPipe(ctl_read)
     try:
         pipes = _stdio_of(target, terminal, stdio)
     except BaseException:
-        control.close()
-        os.close(ctl_write)
         os.close(command_fd)
         raise
-    args = _exec_args(target, cwd) + (["--tty", "1"] if terminal is not None else [])
+    start = _start_by_init if target.channel is not None and not target.channel.closed else _start_by_worker
+    return await start(target, terminal is not None, _Where(cwd, sandbox_id), pipes, command_fd)
+
+
+_Pipes: TypeAlias = "_StdioPipes | _TerminalFds | _NullStdio"
+
+
+async def _start_by_init(
+    target: Target, tty: bool, where: _Where, pipes: _Pipes, command_fd: int
+) -> LinuxProcess:
+    assert target.channel is not None
+    try:
+        forked = await target.channel.start(where.cwd, tty, (*pipes.theirs, command_fd))
+    except BaseException as error:
+        pipes.close_ours()
+        if isinstance(error, StartRefused):
+            raise _start_error(error.reason, target, where) from None
+        raise
+    finally:
+        pipes.close_theirs()
+        os.close(command_fd)
+    try:
+        kill = functools.partial(signal.pidfd_send_signal, forked.pidfd, signal.SIGKILL)
+        streams = await _connect(pipes, forked.exit, kill)
+    finally:
+        os.close(forked.pidfd)
+    return LinuxProcess(_ForkedByInit(target.init_pid), streams, forked.exit, forked.host_pid, forked.pid)
+
+
+async def _start_by_worker(
+    target: Target, tty: bool, where: _Where, pipes: _Pipes, command_fd: int
+) -> LinuxProcess:
+    ctl_read, ctl_write = os.pipe2(os.O_CLOEXEC)
+    control = ControlPipe(ctl_read)
+    args = _exec_args(target, where.cwd) + (["--tty", "1"] if tty else [])
     try:
         fds = (*pipes.theirs, ctl_write, command_fd, target.init_pidfd)
         worker = await target.spawner.run("exec", args, fds)
@@ -87,21 +125,34 @@ async def start_process(
         pipes.close_theirs()
         os.close(ctl_write)
         os.close(command_fd)
-    streams: _Streams | None = None
+    streams = await _connect(pipes, control, worker.kill)
     try:
-        streams = await pipes.connect()
-        host_pid, pid = await _read_started(control, worker, target, _Where(cwd, sandbox_id))
+        host_pid, pid = await _read_started(control, worker, target, where)
     except BaseException:
         control.close()
         worker.kill()
-        if streams is None:
-            pipes.close_ours()
-        elif streams.stdin is not None:
-            streams.stdin.close()  # the read pipes close themselves at EOF, now that it is dead
-        elif streams.terminal is not None:
-            streams.terminal.hang_up_later()
+        _close_streams(streams)
         raise
     return LinuxProcess(worker, streams, control, host_pid, pid)
+
+
+async def _connect(pipes: _Pipes, control: Control, kill: Callable[[], None]) -> _Streams:
+    """The node's ends of the command's stdio as streams; the command is killed if that fails."""
+    try:
+        return await pipes.connect()
+    except BaseException:
+        control.close()
+        with contextlib.suppress(ProcessLookupError):
+            kill()
+        pipes.close_ours()
+        raise
+
+
+def _close_streams(streams: _Streams) -> None:
+    if streams.stdin is not None:
+        streams.stdin.close()  # the read pipes close themselves at EOF, now that it is dead
+    elif streams.terminal is not None:
+        streams.terminal.hang_up_later()
 
 
 def _stdio_of(
@@ -292,13 +343,18 @@ async def _read_started(
         return int(fields[0]), int(fields[1])
     returncode = await worker.wait()
     reason = line.removeprefix("error ").strip() or f"the helper exited with {returncode}"
+    raise _start_error(reason, target, where)
+
+
+def _start_error(reason: str, target: Target, where: _Where) -> Exception:
+    """The error for a command that did not start, from the reason its worker or the init gave."""
     if (bad_cwd := where.cwd_error(reason)) is not None:
-        raise bad_cwd
+        return bad_cwd
     if "is gone" in reason:
-        raise NotRunning(f"the sandbox is not running: {reason}")
+        return NotRunning(f"the sandbox is not running: {reason}")
     if _is_out_of_processes(reason):
-        raise QuotaExceeded(_out_of_processes_message(target))
-    raise Internal(f"could not start the command in the sandbox: {reason}")
+        return QuotaExceeded(_out_of_processes_message(target))
+    return Internal(f"could not start the command in the sandbox: {reason}")
 
 
 def _is_out_of_processes(reason: str) -> bool:
@@ -327,11 +383,13 @@ def _pids_max(target: Target) -> int | None:
     return None
 
 
-def _open_pidfd(host_pid: int, control: ControlPipe) -> int | None:
+def _open_pidfd(host_pid: int, control: Control) -> int | None:
     """A pidfd for the command, or None once it has ended. The worker reaps the command only after
     writing its exit line, so while no line is waiting the pid is still the command's: a pidfd
     opened first cannot name a process that took the pid over later. (The caller must not have
     read the exit line already.)"""
+    if host_pid <= 0:  # reaped before its start was answered
+        return None
     try:
         fd = os.pidfd_open(host_pid)
     except ProcessLookupError:
@@ -375,6 +433,17 @@ def _forget_frames(err: BaseException) -> None:
     err.__traceback__ = None
 
 
+class Control(Protocol):
+    """Where a command's exit is reported: an exec worker's control pipe (ControlPipe) or the
+    init's channel (InitExit), read as lines: `exit <code> <signal>`, then "" (end of file)."""
+
+    async def readline(self) -> str: ...
+    def has_more(self) -> bool:
+        """True if a line (or end of file) is waiting to be read."""
+
+    def close(self) -> None: ...
+
+
 class ControlPipe:
     """Line reader over a worker's control pipe, without a transport or protocol object."""
 
@@ -411,14 +480,38 @@ class ControlPipe:
             self._fd = None
 
 
+class _Helper(Protocol):
+    """What a command's process knows of the helper that started it and reports its exit."""
+
+    pid: int
+    returncode: int | None
+    """None while the helper runs"""
+
+    async def wait(self) -> int: ...
+
+
+class _ForkedByInit:
+    """The helper of a command the init forked: the init itself, not a process of the node's (so
+    never `running` as a helper is). A control pipe that closes without an exit line means the
+    init died: the sandbox was killed, and the command with it."""
+
+    returncode: int | None = -signal.SIGKILL
+
+    def __init__(self, init_pid: int) -> None:
+        self.pid = init_pid
+
+    async def wait(self) -> int:
+        return -signal.SIGKILL
+
+
 class LinuxProcess:
     """`SandboxProcess` for a command started by `start_process`."""
 
     def __init__(
         self,
-        worker: Worker,
+        worker: _Helper,
         streams: _Streams,
-        control: ControlPipe,
+        control: Control,
         host_pid: int,
         pid: int,
     ) -> None:
@@ -507,7 +600,8 @@ class LinuxProcess:
         else:
             # The worker died before the command did (SIGKILLed from outside): the command got
             # SIGKILL from its parent-death signal and was re-parented to us, the subreaper.
-            await self._reap_orphaned_command()
+            if isinstance(self._worker, Worker):
+                await self._reap_orphaned_command()
             signo = -returncode if returncode < 0 else None
             status = ExitStatus(code=128 + signo if signo else returncode, signal=signo)
         self._control.close()

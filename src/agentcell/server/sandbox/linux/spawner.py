@@ -87,14 +87,14 @@ class Spawner:
 
     async def run(self, op: str, args: Sequence[str], fds: Sequence[int]) -> Worker:
         """Fork a worker for op with args and a copy of fds; the caller keeps (and closes) fds."""
-        payload = _encode([str(self._next_id), op, *args])
+        payload = encode_request([str(self._next_id), op, *args])
         link = self._connect()
         request_id, self._next_id = self._next_id, self._next_id + 1
         return await link.request(request_id, payload, fds)
 
     def kill(self, worker: Worker, signum: int) -> None:
         if self._link is not None and not self._link.closed:
-            self._link.send_now(_encode(["0", "kill", str(worker.pid), str(int(signum))]))
+            self._link.send_now(encode_request(["0", "kill", str(worker.pid), str(int(signum))]))
 
     @property
     def pid(self) -> int | None:
@@ -310,7 +310,7 @@ def _returncode(result: os.waitid_result) -> int:
     return result.si_status if result.si_code == os.CLD_EXITED else -result.si_status
 
 
-def _encode(strings: Sequence[str]) -> bytes:
+def encode_request(strings: Sequence[str]) -> bytes:
     payload = ("\0".join(strings) + "\0").encode()
     if payload.count(b"\0") != len(strings):  # a NUL inside a string would split it in two
         raise InvalidArgument(f"arguments and paths may not contain NUL bytes: {strings[:3]!r}...")
