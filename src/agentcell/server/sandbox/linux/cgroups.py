@@ -165,21 +165,20 @@ def _v1_mounts() -> dict[str, Path]:
     return found
 
 
-def _read_int(path: Path, default: int = 0) -> int:
+def _read_int(path: str | Path, default: int = 0) -> int:
     try:
-        return int(path.read_text().split()[0])
+        with open(path, "rb") as f:
+            return int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         return default
 
 
-def _read_pids(files: Iterable[Path]) -> list[int]:
-    pids: set[int] = set()
-    for f in files:
-        try:
-            pids.update(int(p) for p in f.read_text().split())
-        except FileNotFoundError:
-            continue
-    return sorted(pids)
+def _read_pids(path: str) -> list[int]:
+    try:
+        with open(path, "rb") as f:
+            return sorted(int(p) for p in f.read().split())
+    except FileNotFoundError:
+        return []
 
 
 def _kill(pids: Iterable[int]) -> int:
@@ -200,8 +199,9 @@ class _Tree:
         self._roots = list(dict.fromkeys(roots))  # co-mounted controllers share a root
         self._root_names = tuple(str(root) for root in self._roots)  # plain strings: on every start
 
-    def _dirs(self, sandbox_id: str) -> list[Path]:
-        return [root / sandbox_id for root in self._roots]
+    def _dirs(self, sandbox_id: str) -> list[str]:
+        # plain strings, as on every start: each stop builds these several times
+        return [f"{root}/{sandbox_id}" for root in self._root_names]
 
     def _plan(
         self, sandbox_id: str, limits: list[tuple[str, str]], optional: list[tuple[str, str]]
@@ -241,10 +241,14 @@ class _Tree:
         return [f"{root}/{sandbox_id}/cgroup.procs" for root in self._root_names]
 
     def exists(self, sandbox_id: str) -> bool:
-        return any(d.is_dir() for d in self._dirs(sandbox_id))
+        return any(os.path.isdir(d) for d in self._dirs(sandbox_id))
 
     def pids(self, sandbox_id: str) -> list[int]:
-        return _read_pids(d / "cgroup.procs" for d in self._dirs(sandbox_id))
+        # One hierarchy is enough: every process that enters an instance joins its hierarchies in
+        # the plan's order (`procs_files`) and never leaves one, so the first holds every process
+        # that is in any of them. A stop reads this three times, and a cgroup file took ~50 µs to
+        # open here (bench/RESULTS.md, session 18).
+        return _read_pids(f"{self._root_names[0]}/{sandbox_id}/cgroup.procs")
 
     def kill_all(self, sandbox_id: str) -> int:
         return _kill(self.pids(sandbox_id))
@@ -253,7 +257,7 @@ class _Tree:
         gone = True
         for d in self._dirs(sandbox_id):
             try:
-                d.rmdir()
+                os.rmdir(d)
             except FileNotFoundError:
                 continue
             except OSError as e:
@@ -287,8 +291,8 @@ class CgroupsV1(_Tree):
         super().__init__(list(roots.values()))
         self._by_controller = roots
 
-    def _dir(self, controller: str, sandbox_id: str) -> Path:
-        return self._by_controller[controller] / sandbox_id
+    def _dir(self, controller: str, sandbox_id: str) -> str:
+        return f"{self._by_controller[controller]}/{sandbox_id}"
 
     def procs_files(self, sandbox_id: str) -> list[str]:
         # `tasks`, not `cgroup.procs`: a thread that moves itself ("0") through `tasks` skips the
@@ -312,10 +316,10 @@ class CgroupsV1(_Tree):
     def usage(self, sandbox_id: str) -> ResourceUsage:
         memory = self._dir("memory", sandbox_id)
         return ResourceUsage(
-            cpu_ns=_read_int(self._dir("cpuacct", sandbox_id) / "cpuacct.usage"),
-            memory_bytes=_read_int(memory / "memory.usage_in_bytes"),
-            memory_peak_bytes=_read_int(memory / "memory.max_usage_in_bytes"),
-            pids=_read_int(self._dir("pids", sandbox_id) / "pids.current"),
+            cpu_ns=_read_int(f"{self._dir('cpuacct', sandbox_id)}/cpuacct.usage"),
+            memory_bytes=_read_int(f"{memory}/memory.usage_in_bytes"),
+            memory_peak_bytes=_read_int(f"{memory}/memory.max_usage_in_bytes"),
+            pids=_read_int(f"{self._dir('pids', sandbox_id)}/pids.current"),
         )
 
     def set_limits(self, sandbox_id: str, limits: CgroupLimits) -> None:
@@ -331,7 +335,8 @@ class CgroupsV1(_Tree):
     def _freezer_state(self, sandbox_id: str, state: str) -> None:
         if "freezer" not in self._by_controller:
             raise Unavailable("this host has no v1 freezer hierarchy mounted")
-        (self._dir("freezer", sandbox_id) / "freezer.state").write_text(state)
+        with open(f"{self._dir('freezer', sandbox_id)}/freezer.state", "w") as f:
+            f.write(state)
 
     @property
     def can_freeze(self) -> bool:
@@ -343,7 +348,8 @@ class CgroupsV1(_Tree):
     def is_frozen(self, sandbox_id: str) -> bool:
         if not self.can_freeze:
             return False
-        return (self._dir("freezer", sandbox_id) / "freezer.state").read_text().strip() == "FROZEN"
+        with open(f"{self._dir('freezer', sandbox_id)}/freezer.state", "rb") as f:
+            return f.read().strip() == b"FROZEN"
 
     def thaw(self, sandbox_id: str) -> None:
         self._freezer_state(sandbox_id, "THAWED")

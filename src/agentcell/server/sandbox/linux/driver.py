@@ -351,7 +351,7 @@ class LinuxDriver:
         for sandbox_id in set(host.cgroups.list_ids()) - set(self._instances) - self._released:
             host.cgroups.kill_all(sandbox_id)
             await _wait_until(lambda: host.cgroups.remove(sandbox_id), KILL_TIMEOUT_S)  # noqa: B023
-            self._state_file(sandbox_id).unlink(missing_ok=True)  # its worker made it, empty
+            self._remove_state(sandbox_id)  # its worker made it, empty
         for leftover in self._instances_dir().glob(".*.tmp"):  # state files of older versions
             leftover.unlink(missing_ok=True)
 
@@ -551,7 +551,7 @@ class LinuxDriver:
         hostname = _hostname(spec.sandbox_id)
         args = [*cgroups.helper_args(), "--disk-bytes", str(tmpfs_bytes(spec.disk_bytes, spec.memory_bytes))]
         args += ["--etc-skel", str(host.rootfs.etc_skel), "--root-mnt", str(host.rootfs.root_mnt)]
-        args += ["--hostname", hostname, "--state-file", str(self._state_file(spec.sandbox_id))]
+        args += ["--hostname", hostname, "--state-file", self._state_file(spec.sandbox_id)]
         args += _bind_args(spec.mounts)
         ours, theirs = InitChannel.pair()
         try:
@@ -663,7 +663,7 @@ class LinuxDriver:
                 os.close(pidfd)
         if not await _wait_until(lambda: host.cgroups.remove(sandbox_id), KILL_TIMEOUT_S):
             raise Internal(f"the cgroups of sandbox {sandbox_id} could not be removed")
-        self._state_file(sandbox_id).unlink(missing_ok=True)
+        self._remove_state(sandbox_id)
 
     async def _kill_and_reap(self, host: _Host, sandbox_id: str) -> None:
         strays: dict[int, int] = {}  # pid -> pidfd, for sandbox processes that may be our children
@@ -728,8 +728,12 @@ class LinuxDriver:
     def _instances_dir(self) -> Path:
         return self._state_dir / "instances"
 
-    def _state_file(self, sandbox_id: str) -> Path:
-        return self._instances_dir() / f"{sandbox_id}.json"
+    def _state_file(self, sandbox_id: str) -> str:
+        return f"{self._state_dir}/instances/{sandbox_id}.json"  # a str: on every start and stop
+
+    def _remove_state(self, sandbox_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._state_file(sandbox_id))
 
     def _write_state(self, instance: _Instance, init_start_ticks: int) -> None:
         """Mode 0600: the env may hold the user's secrets. The spawn worker has made the file,
@@ -755,7 +759,8 @@ class LinuxDriver:
 
     def _read_state(self, sandbox_id: str) -> dict[str, Any] | None:
         try:
-            record = json.loads(self._state_file(sandbox_id).read_text())
+            with open(self._state_file(sandbox_id), "rb") as f:
+                record = json.loads(f.read())
         except (OSError, ValueError):
             return None
         return record if isinstance(record, dict) else None
