@@ -42,6 +42,7 @@ from agentcell.server.scheduler.metering import (
     Resources,
     UsageLedger,
     cpu_since,
+    taking_turns,
     usage_row,
 )
 from agentcell.server.scheduler.node_capacity import NodeCapacity
@@ -447,8 +448,9 @@ class SandboxService:
 
     async def meter_once(self) -> int:
         """Write every running sandbox's usage since it was last metered to the ledger."""
-        for sandbox in self._running():
-            await self._meter(sandbox)
+        async for sandbox in taking_turns(self._running()):
+            if sandbox.state == "running":  # (its end, meanwhile, metered it last)
+                await self._meter(sandbox)
         return await self._ledger.write() if self._ledger is not None else 0
 
     async def live_usage(self) -> LiveUsage:
@@ -456,7 +458,7 @@ class SandboxService:
         moving a CPU mark (CPU from each running sandbox's cgroup counter, read here)."""
         if self._ledger is None:
             return lambda: []
-        counters = {s.id: await self._counters(s) for s in self._running()}
+        counters = {s.id: await self._counters(s) async for s in taking_turns(self._running())}
 
         def rows() -> list[UsageRecord]:
             now = self._clock.now()

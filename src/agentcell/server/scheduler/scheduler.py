@@ -49,6 +49,7 @@ from agentcell.server.scheduler.metering import (
     UsageLedger,
     cpu_since,
     instance_rows,
+    taking_turns,
 )
 from agentcell.server.scheduler.node_capacity import NodeCapacity, NodeFull
 from agentcell.server.scheduler.placement import find_room, free_instance, idle_instances, needs_instance
@@ -1005,8 +1006,8 @@ class Scheduler:
         """Write every live instance's usage since it was last metered (and stored workspaces'
         bytes) to the ledger. Returns how many rows were written."""
         self._metered_at = now
-        for fn in list(self._functions.values()):
-            for instance in [i for i in fn.instances.values() if i.is_ready]:
+        async for fn, instance in taking_turns(self._ready_instances()):
+            if instance.is_ready:  # (a stop, meanwhile, metered it last)
                 await self._meter(fn, instance)
         self._ledger.add(await self._keeper.storage_usage(now))
         return await self._ledger.write()
@@ -1024,7 +1025,7 @@ class Scheduler:
         """The rows `meter_once` would write now, made when called, without taking a meter:
         CPU from each ready instance's cgroup counter read here, stored bytes read here."""
         counters: dict[str, ResourceUsage] = {}
-        for _, instance in self._ready_instances():
+        async for _, instance in taking_turns(self._ready_instances()):
             with contextlib.suppress(AgentcellError):  # gone meanwhile: no CPU, its time still counts
                 counters[instance.id] = await self._manager.usage(instance)
         stored = await self._store.workspaces(None)

@@ -1,0 +1,112 @@
+"""Metering reads every live sandbox's cgroup counters (four file reads each on Linux): on a node of
+a thousand sandboxes, reading them all in one turn of the event loop held every request for 180 ms
+once a minute. The reads now take turns with the rest of the loop's work, and every row is still
+written once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from agentcell.protocol.sandboxes import SandboxCreate
+from agentcell.server.sandbox.driver import ResourceUsage
+from agentcell.server.scheduler.metering import READS_PER_TURN, UsageLedger
+from agentcell.server.scheduler.sandboxes import SandboxService
+from tests.unit.test_scheduler import Harness
+
+SANDBOXES = 4 * READS_PER_TURN + 1
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[tuple[Harness, SandboxService, list[str]]]:
+    h = Harness(tmp_path)
+    await h.start()
+    ledger = UsageLedger(h.store)
+    service = SandboxService(
+        h.driver, h.clock, max_sandboxes=SANDBOXES, pids_max=64, stop_grace_s=0.1, ledger=ledger
+    )
+    started = asyncio.Event()
+    task = asyncio.create_task(service.run(3600, started))
+    await started.wait()
+    ids = [(await service.create(SandboxCreate(timeout_s=600))).id for _ in range(SANDBOXES)]
+    yield h, service, ids
+    await service.aclose()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await h.stop()
+    await h.driver.aclose()
+
+
+async def loop_turns_during_reads(h: Harness, metering: Callable[[], Awaitable[object]]) -> int:
+    """How many turns other work got between the first and the last counter read of `metering`."""
+    turns = 0
+
+    async def other_work() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    seen: list[int] = []
+    read = h.driver.usage
+
+    async def counted_read(sandbox_id: str) -> ResourceUsage:
+        seen.append(turns)
+        return await read(sandbox_id)
+
+    h.driver.usage = counted_read  # type: ignore[method-assign]
+    worker = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    try:
+        await metering()
+    finally:
+        worker.cancel()
+        h.driver.usage = read  # type: ignore[method-assign]
+    assert len(seen) == SANDBOXES, "every live sandbox's counters are read once"
+    return seen[-1] - seen[0]
+
+
+async def test_the_periodic_metering_takes_turns_and_writes_every_row(
+    service: tuple[Harness, SandboxService, list[str]],
+) -> None:
+    h, sandboxes, _ = service
+    h.clock.advance(30)
+    before = len(await h.store.usage(None, 0, h.clock.now() + 1))
+    turns = await loop_turns_during_reads(h, sandboxes.meter_once)
+    assert turns >= SANDBOXES // READS_PER_TURN
+    rows = await h.store.usage(None, 0, h.clock.now() + 1)
+    assert len(rows) - before == SANDBOXES
+
+
+async def test_a_usage_read_takes_turns(service: tuple[Harness, SandboxService, list[str]]) -> None:
+    h, sandboxes, _ = service
+    assert await loop_turns_during_reads(h, sandboxes.live_usage) >= SANDBOXES // READS_PER_TURN
+
+
+async def test_a_sandbox_ended_while_the_others_are_read_is_billed_once(
+    service: tuple[Harness, SandboxService, list[str]],
+) -> None:
+    h, sandboxes, ids = service
+    h.clock.advance(30)
+    last = ids[-1]
+    read = h.driver.usage
+
+    async def read_then_end_the_last(sandbox_id: str) -> ResourceUsage:
+        used = await read(sandbox_id)
+        if sandbox_id == ids[0]:
+            await sandboxes.kill(last)
+            h.clock.advance(5)  # time it is no longer running, which no row may bill
+        return used
+
+    h.driver.usage = read_then_end_the_last  # type: ignore[method-assign]
+    try:
+        await sandboxes.meter_once()
+    finally:
+        h.driver.usage = read  # type: ignore[method-assign]
+    rows = [r for r in await h.store.usage(None, 0, h.clock.now() + 1) if r.sandbox_id == last]
+    assert sum(r.active_s + r.idle_s for r in rows) == pytest.approx(30, abs=0.01)
