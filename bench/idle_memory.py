@@ -3,6 +3,10 @@ sandboxes this machine holds (2000 are created and must all answer).
 
 Memory is measured as the drop in MemAvailable (kernel objects, tmpfs, cgroups, the init process
 and the server's own growth all count), against 200 bare `unshare … sleep` namespace sandboxes.
+
+While the 2000 are idle, a client asks `/healthz` every 5 ms through several metering passes (the
+server meters every USAGE_INTERVAL_S here, every 60 s by default; a pass reads each sandbox's cgroup
+counters): the slowest and the p99 answer, against the same pings before any sandbox existed.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import time
 import httpx
 
 from bench.baselines import UNSHARE
-from bench.report import emit, progress
+from bench.report import emit, percentile, progress
 from bench.server import BenchServer
 
 NAME = "idle_memory"
 COUNT = 200
 CAPACITY = int(os.environ.get("BENCH_IDLE_CAPACITY", "2000"))
+USAGE_INTERVAL_S = 4
+PING_S = 3 * USAGE_INTERVAL_S
 
 
 def mem_available_mb() -> float:
@@ -84,18 +90,32 @@ async def kill_all(client: httpx.AsyncClient, ids: list[str]) -> None:
     await asyncio.gather(*(kill(s) for s in ids))
 
 
-async def measure(url: str) -> tuple[float, int]:
+async def pings_ms(client: httpx.AsyncClient) -> list[float]:
+    """A GET /healthz every 5 ms for PING_S: each one's round trip (ms)."""
+    samples: list[float] = []
+    deadline = time.monotonic() + PING_S
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        (await client.get("/healthz")).raise_for_status()
+        samples.append((time.perf_counter() - started) * 1000)
+        await asyncio.sleep(0.005)
+    return samples
+
+
+async def measure(url: str) -> tuple[float, int, list[float], list[float]]:
     limits = httpx.Limits(max_connections=20)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
         await kill_all(client, await create_many(client, 10))  # warm the server's code paths
+        empty = await pings_ms(client)
         before = settle()
         ids = await create_many(client, COUNT)
         per_sandbox = (before - settle()) / COUNT
         progress(f"{NAME}: {per_sandbox:.2f} MB each; now {CAPACITY} idle sandboxes")
         ids += await create_many(client, CAPACITY - COUNT)
+        full = await pings_ms(client)
         answered = len(ids) if await all_answer(client, ids) else 0
         await kill_all(client, ids)
-        return per_sandbox, answered
+        return per_sandbox, answered, empty, full
 
 
 def main() -> None:
@@ -103,11 +123,14 @@ def main() -> None:
     baseline = baseline_mb_each()
     # The pool off: its idle sandboxes would be started before the memory is first read and then
     # claimed, so they would not count.
-    with BenchServer(AGENTCELL_MAX_SANDBOXES=str(CAPACITY + 10), AGENTCELL_SANDBOX_POOL="0") as server:
-        per_sandbox, answered = asyncio.run(measure(server.url))
+    env = {"AGENTCELL_USAGE_INTERVAL_S": str(USAGE_INTERVAL_S)}
+    with BenchServer(AGENTCELL_MAX_SANDBOXES=str(CAPACITY + 10), AGENTCELL_SANDBOX_POOL="0", **env) as server:
+        per_sandbox, answered, empty, full = asyncio.run(measure(server.url))
     emit(NAME, "platform_mb_per_idle_sandbox", per_sandbox, "MB", baseline)
     emit(NAME, "idle_sandboxes_all_answering", answered, "count", None)
     emit(NAME, "idle_sandboxes_fitting_24gib", 24 * 1024 / max(per_sandbox, 0.01), "count", None)
+    emit(NAME, f"request_max_ms_{CAPACITY}_idle_metered", max(full), "ms", max(empty))
+    emit(NAME, f"request_p99_ms_{CAPACITY}_idle_metered", percentile(full, 99), "ms", percentile(empty, 99))
 
 
 if __name__ == "__main__":
