@@ -159,18 +159,17 @@ class InitChannel:
             self._answer(message.decode(errors="replace").split(" ", 2), pidfds)
 
     def _answer(self, fields: list[str], pidfds: list[int]) -> None:
-        if fields[0] == "X" and len(fields) == 3 and fields[1].isdigit():
-            exited = self._running.pop(int(fields[1]), None)
+        request_id = int(fields[1]) if len(fields) == 3 and fields[1].isdigit() else None
+        if fields[0] == "X" and request_id is not None:
+            exited = self._running.pop(request_id, None)
             if exited is not None:
                 exited.report(f"exit {fields[2]}")
             return
-        known = len(fields) == 3 and fields[1].isdigit()
-        answered = self._waiting.get(int(fields[1])) if known else None
+        answered = self._waiting.get(request_id) if request_id is not None else None
         if answered is not None and answered.done():
             answered = None
-        if fields[0] == "S" and known and fields[2].isdigit() and len(pidfds) == 1:
+        if fields[0] == "S" and request_id is not None and fields[2].isdigit() and len(pidfds) == 1:
             if answered is not None:
-                request_id = int(fields[1])
                 self._running[request_id] = exit_ = InitExit(self, request_id)
                 answered.set_result(Forked(_host_pid(pidfds[0]), int(fields[2]), pidfds[0], exit_))
                 return
