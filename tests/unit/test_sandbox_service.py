@@ -221,3 +221,31 @@ async def test_a_private_create_is_private_before_its_id_is_answered(
     assert not service.traffic.is_private(public.id)
     assert not service.traffic.admits(private.id, None)
     assert service.traffic.admits(private.id, service.traffic.token(private.id).encode())
+
+
+async def test_a_slow_stop_at_the_timeout_holds_no_other_sandbox_past_its_own(
+    env: tuple[SandboxService, FakeDriver, FakeClock],
+) -> None:
+    """Expired sandboxes are stopped side by side: one whose stop takes its whole grace (a command
+    that ignores SIGTERM) does not keep the next one running, and billed, past its deadline."""
+    service, driver, clock = env
+    slow = await service.create(SandboxCreate(timeout_s=10))
+    quick = await service.create(SandboxCreate(timeout_s=10))
+    release = asyncio.Event()
+    stop = driver.stop
+
+    async def stop_waiting_for_the_slow_one(sandbox_id: str, grace_s: float = 2.0) -> None:
+        if sandbox_id == slow.id:
+            await release.wait()
+        await stop(sandbox_id, grace_s)
+
+    driver.stop = stop_waiting_for_the_slow_one  # type: ignore[method-assign]
+    clock.advance(10)
+    expiring = asyncio.create_task(service.expire_once(clock.now()))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    with pytest.raises(NotFound):
+        service.get(quick.id)
+    assert service.get(slow.id).state == "stopping" and not expiring.done()
+    release.set()
+    assert sorted(await expiring) == sorted([slow.id, quick.id])
