@@ -223,11 +223,13 @@ async def test_a_private_create_is_private_before_its_id_is_answered(
     assert service.traffic.admits(private.id, service.traffic.token(private.id).encode())
 
 
-async def test_a_slow_stop_at_the_timeout_holds_no_other_sandbox_past_its_own(
-    env: tuple[SandboxService, FakeDriver, FakeClock],
+@pytest.mark.parametrize("ending", ["timeout", "shutdown"])
+async def test_a_slow_stop_holds_no_other_sandbox(
+    env: tuple[SandboxService, FakeDriver, FakeClock], ending: str
 ) -> None:
-    """Expired sandboxes are stopped side by side: one whose stop takes its whole grace (a command
-    that ignores SIGTERM) does not keep the next one running, and billed, past its deadline."""
+    """Sandboxes that expire together, or that a shutdown ends, are stopped side by side: one whose
+    stop takes its whole grace (a command that ignores SIGTERM) does not keep the next one
+    running, and billed, past its deadline, nor a shutdown waiting for their sum."""
     service, driver, clock = env
     slow = await service.create(SandboxCreate(timeout_s=10))
     quick = await service.create(SandboxCreate(timeout_s=10))
@@ -241,11 +243,17 @@ async def test_a_slow_stop_at_the_timeout_holds_no_other_sandbox_past_its_own(
 
     driver.stop = stop_waiting_for_the_slow_one  # type: ignore[method-assign]
     clock.advance(10)
-    expiring = asyncio.create_task(service.expire_once(clock.now()))
-    for _ in range(50):
-        await asyncio.sleep(0)
-    with pytest.raises(NotFound):
-        service.get(quick.id)
-    assert service.get(slow.id).state == "stopping" and not expiring.done()
-    release.set()
-    assert sorted(await expiring) == sorted([slow.id, quick.id])
+    ends = service.expire_once(clock.now()) if ending == "timeout" else service.aclose()
+    ending_task = asyncio.create_task(ends)
+    try:
+        for _ in range(50):
+            await asyncio.sleep(0)
+        with pytest.raises(NotFound):
+            service.get(quick.id)
+        assert service.get(slow.id).state == "stopping" and not ending_task.done()
+    finally:
+        release.set()
+    await ending_task
+    for sandbox in (slow, quick):
+        with pytest.raises(NotFound):
+            service.get(sandbox.id)

@@ -53,11 +53,12 @@ from agentcell.server.templates.service import ResolvedTemplate, TemplateService
 
 log = logging.getLogger(__name__)
 
-EXPIRING_AT_ONCE = 16
-"""sandboxes whose timeout is carried out at once: a stop may take its grace (SIGTERM, then
-SIGKILL) and a pause an upload, and neither may keep the next sandbox running, and billed, past
-its own deadline (one at a time, the last of ten whose command ignored SIGTERM ended 20.8 s
-after its deadline, the first 2.8 s; side by side, all 2.8 s: bench/RESULTS.md, session 18)"""
+ENDING_AT_ONCE = 16
+"""sandboxes ended at once at their timeouts and at shutdown: a stop may take its grace (SIGTERM,
+then SIGKILL) and a pause an upload, and neither may hold the next sandbox, running and billed.
+One at a time, the last of ten whose command ignored SIGTERM ended 20.8 s after its deadline (the
+first 2.8 s), and a server with ten of them took 20.3 s to shut down (bench/RESULTS.md, session
+18)."""
 
 STOPPED_UNDER_COMMAND = "the sandbox stopped while the command ran (killed, paused or past its timeout)"
 
@@ -187,9 +188,12 @@ class SandboxService:
                     await self.meter_once()
 
     async def aclose(self) -> None:
-        """Kill every sandbox (server shutdown)."""
-        for sandbox in list(self._sandboxes.values()):
-            await self._end(sandbox)
+        """Kill every sandbox (server shutdown), ENDING_AT_ONCE at a time; the first failure is
+        raised once every sandbox's end has been tried."""
+        ends = await _side_by_side(list(self._sandboxes.values()), self._end)
+        for outcome in ends:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     # -- sandboxes --------------------------------------------------------------------------------
 
@@ -365,16 +369,10 @@ class SandboxService:
         await self._end(self.get(sandbox_id))
 
     async def expire_once(self, now: float) -> list[str]:
-        """End every sandbox whose deadline has passed, EXPIRING_AT_ONCE at a time. Returns their
+        """End every sandbox whose deadline has passed, ENDING_AT_ONCE at a time. Returns their
         ids."""
         expired = [s for s in list(self._sandboxes.values()) if s.state == "running" and s.expires_at <= now]
-        room = asyncio.Semaphore(EXPIRING_AT_ONCE)
-
-        async def expire(sandbox: Sandbox) -> None:
-            async with room:
-                await self._expire(sandbox)
-
-        await asyncio.gather(*(expire(sandbox) for sandbox in expired))
+        await _side_by_side(expired, self._expire)
         self._telemetry.reaped("sandbox_timeout", len(expired))
         return [s.id for s in expired]
 
@@ -624,3 +622,16 @@ class LiveFiles:
 
 
 _WRITE_UNDONE = " while the file was written, so it was not kept; write it"
+
+
+async def _side_by_side(
+    sandboxes: list[Sandbox], end: Callable[[Sandbox], Awaitable[None]]
+) -> list[BaseException | None]:
+    """`end` each sandbox, ENDING_AT_ONCE at a time; each one's outcome (None or its exception)."""
+    room = asyncio.Semaphore(ENDING_AT_ONCE)
+
+    async def one(sandbox: Sandbox) -> None:
+        async with room:
+            await end(sandbox)
+
+    return await asyncio.gather(*(one(sandbox) for sandbox in sandboxes), return_exceptions=True)
