@@ -62,6 +62,19 @@ def _free_port_pair() -> int:
     raise RuntimeError("no free port pair found for weed")
 
 
+def _free_ports(flags: tuple[str, ...]) -> dict[str, int]:
+    """A free port pair per flag, no port the same as another's grpc twin: weed refuses to start
+    when one flag's port is what it derives as another's grpc port (it failed CI once so)."""
+    ports: dict[str, int] = {}
+    taken: set[int] = set()
+    while len(ports) < len(flags):
+        port = _free_port_pair()
+        if port not in taken and port + GRPC_OFFSET not in taken:
+            taken.update((port, port + GRPC_OFFSET))
+            ports[flags[len(ports)]] = port
+    return ports
+
+
 def _is_free(port: int) -> bool:
     with socket.socket() as sock:
         try:
@@ -92,7 +105,7 @@ class S3Server:
 
     def __enter__(self) -> S3Server:
         self._dir = Path(tempfile.mkdtemp(prefix="agentcell-weed-"))
-        ports = {flag: _free_port_pair() for flag in PORT_FLAGS}
+        ports = _free_ports(PORT_FLAGS)
         self._ports = [*ports.values()]
         self.endpoint = f"http://127.0.0.1:{ports['s3.port']}"
         argv = [weed_binary(), f"-logdir={self._dir}", "mini", f"-dir={self._dir / 'data'}"]
