@@ -21,6 +21,8 @@ MAX_FORKS = 20
 """sandboxes one fork starts at most"""
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
+MAX_SANDBOX_PAGE = 100
+"""the most sandboxes one page of `GET /v1/sandboxes` holds (and its default `limit`)"""
 
 
 MIN_KERNEL_MEMORY_MB = 128
@@ -129,4 +131,9 @@ class SandboxInfo(ReplyModel):
 
 
 class SandboxList(ReplyModel):
+    """One page of the sandboxes the key's tenant has, live and paused, oldest first."""
+
     sandboxes: list[SandboxInfo]
+    next_token: str | None = Field(
+        default=None, description="the `next_token` that gets the next page; null: this is the last"
+    )

@@ -29,7 +29,8 @@ from agentcell.errors import AgentcellError
 from agentcell.protocol.code import CodeRun
 from agentcell.protocol.commands import CommandRequest
 from agentcell.protocol.files import wire_text
-from agentcell.protocol.sandboxes import SandboxCreate, SandboxTimeout
+from agentcell.protocol.sandboxes import MAX_SANDBOX_PAGE, SandboxCreate, SandboxTimeout
+from agentcell.server.api.sandboxes import sandbox_page
 from agentcell.server.auth.principal import current_or_none
 from agentcell.server.interpreter.context import CodeContext
 from agentcell.server.scheduler.sandbox_pause import SandboxPauses
@@ -91,9 +92,11 @@ def build_mcp_server(sandboxes: SandboxService, pauses: SandboxPauses) -> MCPSer
         return sandbox.info().model_dump(mode="json")
 
     @tool()
-    async def list_sandboxes() -> list[dict[str, Any]]:
-        """Running sandboxes."""
-        return [s.info().model_dump(mode="json") for s in sandboxes.find({}, "running")]
+    async def list_sandboxes(next_token: str | None = None) -> dict[str, Any]:
+        """Running sandboxes, oldest first, 100 at a time: pass the answer's next_token (null on
+        the last page) to get the next 100."""
+        page, token = sandbox_page(pauses, {}, "running", MAX_SANDBOX_PAGE, next_token)
+        return {"sandboxes": [s.info().model_dump(mode="json") for s in page], "next_token": token}
 
     @tool()
     async def kill_sandbox(sandbox_id: str) -> str:

@@ -26,6 +26,7 @@ survive a server restart (running ones do not).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
@@ -77,6 +78,11 @@ TIMEOUT_PAUSE_RETRY_S = 30.0
 
 def storage_path(tenant: str, sandbox_id: str) -> str:
     return f"{tenant}/{SANDBOXES_SEGMENT}/{sandbox_id}"
+
+
+def _order(sandbox: Sandbox) -> tuple[float, str]:
+    """The order of lists and their pages: oldest first, ids breaking ties."""
+    return sandbox.created_at, sandbox.id
 
 
 def _visible(sandbox: Sandbox) -> bool:
@@ -198,7 +204,20 @@ class SandboxPauses:
                 for p in self._paused.values()
                 if _visible(p.sandbox) and p.sandbox.matches(metadata, None)
             ]
-        return sorted(found, key=lambda s: (s.created_at, s.id))
+        return sorted(found, key=_order)
+
+    def find_page(
+        self,
+        metadata: dict[str, str],
+        state: SandboxState | None,
+        limit: int,
+        after: tuple[float, str] | None,
+    ) -> tuple[list[Sandbox], bool]:
+        """At most `limit` of `find`'s sandboxes, those after the (created_at, id) `after` when
+        given (the last of the page before, which may have ended since), and whether more follow."""
+        found = self.find(metadata, state)
+        start = bisect.bisect_right(found, after, key=_order) if after is not None else 0
+        return found[start : start + limit], len(found) > start + limit
 
     # -- pause, resume, kill ---------------------------------------------------------------------
 
