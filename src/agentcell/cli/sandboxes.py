@@ -141,7 +141,7 @@ def _network(egress: str | None, allow: tuple[str, ...]) -> NetworkPolicy | None
 @json_option
 @pass_connection
 def list_sandboxes(conn: Connection, metadata: dict[str, str], state: str | None, as_json: bool) -> None:
-    """List sandboxes (those whose metadata matches every --metadata K=V)."""
+    """List all sandboxes, oldest first (those whose metadata matches every --metadata K=V)."""
     wanted = cast(SandboxState | None, state)
     found = Sandbox.list(metadata=metadata, state=wanted, api_url=conn.api_url, api_key=conn.api_key)
     if as_json:

@@ -34,7 +34,7 @@ def snapshot_group() -> None:
 @json_option
 @pass_connection
 def list_snapshots(conn: Connection, sandbox_id: str | None, name: str | None, as_json: bool) -> None:
-    """List the tenant's snapshots, oldest first."""
+    """List all the tenant's snapshots, oldest first."""
     found = _call(conn, lambda snapshots: snapshots.list(sandbox_id=sandbox_id, name=name))
     if as_json:
         echo_json(found)

@@ -55,6 +55,23 @@ def network_body(network: NetworkPolicy | Mapping[str, Any] | str | None) -> Any
     return network
 
 
+async def _list_page(
+    api: ApiClient,
+    metadata: Mapping[str, str] | None,
+    state: SandboxState | None,
+    limit: int | None,
+    next_token: str | None,
+) -> SandboxList:
+    given = {
+        "metadata": [f"{k}={v}" for k, v in (metadata or {}).items()],
+        "state": state,
+        "limit": limit,
+        "next_token": next_token,
+    }
+    params: Params = {name: value for name, value in given.items() if value not in (None, "", [])}
+    return await api.call_model(SandboxList, "GET", "/v1/sandboxes", params=params)
+
+
 class SandboxOpening(Generic[S]):
     """A sandbox being created or connected to: awaitable, and an async context manager that
     kills the sandbox on exit."""
@@ -222,13 +239,42 @@ class AsyncSandbox:
         api_key: str | None = None,
         request_timeout_s: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        page_size: int | None = None,
     ) -> builtins.list[SandboxInfo]:
-        """Sandboxes whose metadata has every given key=value (and in `state`, when given)."""
-        given = {"metadata": [f"{k}={v}" for k, v in (metadata or {}).items()], "state": state}
-        params: Params = {name: value for name, value in given.items() if value}
+        """All sandboxes whose metadata has every given key=value (and in `state`, when given),
+        oldest first. Fetched a page of `page_size` at a time (None: the server's largest, 100);
+        `list_page` gets one page."""
+        api = ApiClient(ClientConfig.resolve(api_url, api_key, request_timeout_s), transport=transport)
+        found: builtins.list[SandboxInfo] = []
+        token: str | None = None
+        try:
+            while True:
+                page = await _list_page(api, metadata, state, page_size, token)
+                found += page.sandboxes
+                if page.next_token is None:
+                    return found
+                token = page.next_token
+        finally:
+            await api.aclose()
+
+    @staticmethod
+    async def list_page(
+        *,
+        metadata: Mapping[str, str] | None = None,
+        state: SandboxState | None = None,
+        limit: int | None = None,
+        next_token: str | None = None,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        request_timeout_s: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> SandboxList:
+        """One page of at most `limit` (1-100; None: 100) of them; pass its `next_token` to get the
+        next page (it is None on the last). A sandbox started or ended between two pages neither
+        shifts nor repeats the next."""
         api = ApiClient(ClientConfig.resolve(api_url, api_key, request_timeout_s), transport=transport)
         try:
-            return (await api.call_model(SandboxList, "GET", "/v1/sandboxes", params=params)).sandboxes
+            return await _list_page(api, metadata, state, limit, next_token)
         finally:
             await api.aclose()
 

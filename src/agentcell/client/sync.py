@@ -8,9 +8,9 @@ the SDK's loop thread while the calling thread waits; they must not call back in
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from agentcell.client.code import DEFAULT_CODE_TIMEOUT_S
 from agentcell.client.commands import (
@@ -25,7 +25,7 @@ from agentcell.client.errors import AgentcellAPIError
 from agentcell.client.portal import EventLoopThread
 from agentcell.client.sandbox import AsyncSandbox, SandboxOpening
 from agentcell.protocol.egress import NetworkPolicy
-from agentcell.protocol.sandboxes import PortsAccess, SandboxInfo, SandboxState
+from agentcell.protocol.sandboxes import PortsAccess, SandboxInfo, SandboxList, SandboxState
 
 # only named in annotations: the parts' wire models are imported when a part is first used
 if TYPE_CHECKING:
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from agentcell.protocol.commands import CommandEvent, ProcessInfo
     from agentcell.protocol.files import FileEntry
     from agentcell.protocol.snapshots import SandboxSnapshotInfo, SandboxSnapshotList
+
+T = TypeVar("T")
 
 
 class CommandHandle:
@@ -386,21 +388,44 @@ class Sandbox:
         api_key: str | None = None,
         request_timeout_s: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        page_size: int | None = None,
     ) -> builtins.list[SandboxInfo]:
-        portal = EventLoopThread()
-        try:
-            return portal.run(
-                AsyncSandbox.list(
-                    metadata=metadata,
-                    state=state,
-                    api_url=api_url,
-                    api_key=api_key,
-                    request_timeout_s=request_timeout_s,
-                    transport=transport,
-                )
+        return _run_alone(
+            AsyncSandbox.list(
+                metadata=metadata,
+                state=state,
+                api_url=api_url,
+                api_key=api_key,
+                request_timeout_s=request_timeout_s,
+                transport=transport,
+                page_size=page_size,
             )
-        finally:
-            portal.close()
+        )
+
+    @staticmethod
+    def list_page(
+        *,
+        metadata: Mapping[str, str] | None = None,
+        state: SandboxState | None = None,
+        limit: int | None = None,
+        next_token: str | None = None,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        request_timeout_s: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> SandboxList:
+        return _run_alone(
+            AsyncSandbox.list_page(
+                metadata=metadata,
+                state=state,
+                limit=limit,
+                next_token=next_token,
+                api_url=api_url,
+                api_key=api_key,
+                request_timeout_s=request_timeout_s,
+                transport=transport,
+            )
+        )
 
     def get_info(self) -> SandboxInfo:
         return self._portal.run(self._core.get_info())
@@ -531,3 +556,12 @@ class Snapshots:
 
 async def _awaited(opening: SandboxOpening[AsyncSandbox]) -> AsyncSandbox:
     return await opening
+
+
+def _run_alone(coro: Coroutine[Any, Any, T]) -> T:
+    """`coro` on a loop thread of its own, closed after (a static call that has no sandbox's)."""
+    portal = EventLoopThread()
+    try:
+        return portal.run(coro)
+    finally:
+        portal.close()
