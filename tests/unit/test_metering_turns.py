@@ -6,7 +6,6 @@ written once."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.sandbox.driver import ResourceUsage
 from agentcell.server.scheduler.metering import READS_PER_TURN, UsageLedger
 from agentcell.server.scheduler.sandboxes import SandboxService
+from tests.unit.conftest import running
 from tests.unit.test_scheduler import Harness
 
 SANDBOXES = 4 * READS_PER_TURN + 1
@@ -29,15 +29,9 @@ async def service(tmp_path: Path) -> AsyncIterator[tuple[Harness, SandboxService
     service = SandboxService(
         h.driver, h.clock, max_sandboxes=SANDBOXES, pids_max=64, stop_grace_s=0.1, ledger=ledger
     )
-    started = asyncio.Event()
-    task = asyncio.create_task(service.run(3600, started))
-    await started.wait()
-    ids = [(await service.create(SandboxCreate(timeout_s=600))).id for _ in range(SANDBOXES)]
-    yield h, service, ids
-    await service.aclose()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with running(service):
+        ids = [(await service.create(SandboxCreate(timeout_s=600))).id for _ in range(SANDBOXES)]
+        yield h, service, ids
     await h.stop()
     await h.driver.aclose()
 
