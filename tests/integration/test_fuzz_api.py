@@ -19,10 +19,10 @@ import pytest
 from tests.conftest import TEST_API_KEY, ServerProcess
 
 MAX_EXAMPLES = 10
-TIME_BUDGET_S = 45
-"""the run ends at it: every operation (66) is tested within its first seconds (the test checks
-that none is left out), the rest is random fuzzing (6,343 cases at 70 s, 7,837 at 100 s on
-2026-11-24; cut to keep CI under its 25 minutes, which it neared at 24.5 in a slow phase)"""
+TIME_BUDGET_S = 30
+"""the run ends at it: every operation (66) is tested within its first seconds (all 66 by 4 s; the
+test checks that none is left out), the rest is random fuzzing (2,251 cases at 30 s, 6,343 at 70 s,
+7,837 at 100 s on 2026-11-24; cut to keep CI under its 25 minutes: it takes ~21, 24.5 when slow)"""
 SEED = 20261122
 SLOW_ANSWERS = ("Read timed out",)
 
@@ -62,10 +62,14 @@ def operations(server: ServerProcess) -> set[str]:
 
 
 def operations_tested(reports: Path) -> set[str]:
+    """Operations with at least one case run. The report lists every operation, the skipped too:
+    when the budget runs out first, the rest still get a test case, marked `<skipped>` ("Time limit
+    reached"), and schemathesis drops that mark only from operations it went on to test."""
     return {
         str(case.get("name"))
         for report in reports.glob("*.xml")
         for case in ET.parse(report).getroot().iter("testcase")
+        if case.find("skipped") is None
     }
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,20 +14,15 @@ from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.clock import FakeClock
 from agentcell.server.sandbox.fake import FakeDriver
 from agentcell.server.scheduler.sandboxes import SandboxService
+from tests.unit.conftest import running
 
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[tuple[SandboxService, FakeDriver, FakeClock]]:
     driver, clock = FakeDriver(tmp_path), FakeClock()
     service = SandboxService(driver, clock, max_sandboxes=3, pids_max=64, stop_grace_s=0.1)
-    started = asyncio.Event()
-    task = asyncio.create_task(service.run(3600, started))
-    await started.wait()
-    yield service, driver, clock
-    await service.aclose()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with running(service):
+        yield service, driver, clock
     await driver.aclose()
 
 

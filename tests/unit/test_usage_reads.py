@@ -4,8 +4,6 @@ counting, nothing lost), and rows queued by an ending are in the answer before t
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from agentcell.protocol.sessions import SessionCreate
 from agentcell.server.meta.records import UsageRecord
 from agentcell.server.scheduler.metering import ActivityMeter, UsageLedger
 from agentcell.server.scheduler.sandboxes import SandboxService
+from tests.unit.conftest import running
 from tests.unit.test_scheduler import Harness
 
 
@@ -93,14 +92,8 @@ async def test_a_read_asks_for_its_tenant_and_window_only(h: Harness) -> None:
 async def sandboxes(h: Harness) -> AsyncIterator[tuple[SandboxService, UsageLedger]]:
     ledger = UsageLedger(h.store)
     service = SandboxService(h.driver, h.clock, max_sandboxes=2, pids_max=64, stop_grace_s=0.1, ledger=ledger)
-    started = asyncio.Event()
-    task = asyncio.create_task(service.run(3600, started))
-    await started.wait()
-    yield service, ledger
-    await service.aclose()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with running(service):
+        yield service, ledger
 
 
 async def test_a_live_sandbox_is_read_up_to_now_without_a_write(
