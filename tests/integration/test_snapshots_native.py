@@ -33,6 +33,7 @@ from agentcell.server.scheduler.workspaces import WorkspaceKeeper
 from agentcell.server.storage.local import LocalObjectStore
 from agentcell.server.storage.snapshots import Snapshots
 from tests.conftest import ServerProcess
+from tests.service_loop import running
 
 
 async def test_a_snapshot_starts_sandboxes_with_the_files_of_then_and_forks_have_those_of_now(
@@ -272,16 +273,10 @@ async def test_the_keeper_names_snapshots_as_snapshots(
 @contextlib.asynccontextmanager
 async def _running(snapshots: SandboxSnapshots) -> AsyncIterator[SandboxSnapshots]:
     """Its sandbox service running (stopped after, with the driver's sandboxes)."""
-    started = asyncio.Event()
-    runner = asyncio.create_task(snapshots._sandboxes.run(3600, started))
-    await started.wait()
     try:
-        yield snapshots
+        async with running(snapshots._sandboxes):
+            yield snapshots
     finally:
-        await snapshots._sandboxes.aclose()
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
         await snapshots._driver.aclose()
 
 

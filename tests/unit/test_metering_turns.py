@@ -17,7 +17,7 @@ from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.sandbox.driver import ResourceUsage
 from agentcell.server.scheduler.metering import READS_PER_TURN, UsageLedger
 from agentcell.server.scheduler.sandboxes import SandboxService
-from tests.unit.conftest import running
+from tests.service_loop import running
 from tests.unit.test_scheduler import Harness
 
 SANDBOXES = 4 * READS_PER_TURN + 1

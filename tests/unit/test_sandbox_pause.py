@@ -27,6 +27,7 @@ from agentcell.server.scheduler.sandboxes import SandboxService
 from agentcell.server.scheduler.workspaces import WorkspaceKeeper
 from agentcell.server.storage.local import LocalObjectStore
 from agentcell.server.storage.snapshots import Snapshots
+from tests.service_loop import running
 from tests.unit.test_scheduler_save_failures import SwitchedStore
 
 RETENTION_S = 3600.0
@@ -73,14 +74,8 @@ async def built_world(tmp_path: Path, code: bool = False) -> AsyncIterator[World
         driver, clock, max_sandboxes=4, pids_max=64, stop_grace_s=0.1, interpreter=interpreter
     )
     pauses = SandboxPauses(service, driver, snapshots, store, keeper, clock, retention_s=RETENTION_S)
-    started = asyncio.Event()
-    task = asyncio.create_task(service.run(3600, started))
-    await started.wait()
-    yield World(service, pauses, driver, clock, store, keeper, snapshots, tmp_path / "objects", quota)
-    await service.aclose()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with running(service):
+        yield World(service, pauses, driver, clock, store, keeper, snapshots, tmp_path / "objects", quota)
     if interpreter is not None:
         await interpreter.aclose()
     await driver.aclose()

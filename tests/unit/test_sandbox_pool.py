@@ -19,6 +19,7 @@ from agentcell.server.sandbox.driver import SandboxSpec
 from agentcell.server.sandbox.fake import FakeDriver
 from agentcell.server.scheduler.sandbox_pool import BURST_MEMORY_S, QUIET_S, SandboxPool, default_spec
 from agentcell.server.scheduler.sandboxes import SandboxService, new_sandbox_id
+from tests.service_loop import running
 
 PIDS = 64
 
@@ -102,33 +103,29 @@ async def running_service(
     service = SandboxService(
         driver, clock, max_sandboxes=max_sandboxes, pids_max=PIDS, stop_grace_s=0.1, pool=pool
     )
-    started = asyncio.Event()
-    task = asyncio.create_task(service.run(3600, started))
-    await started.wait()
-    pool_started = asyncio.Event()
-    pool_task = asyncio.create_task(pool.run(pool_started)) if pool_loop else None
-    if pool_task is not None:
-        await pool_started.wait()
     try:
-        yield Env(service, pool, driver, clock, registry)
+        async with running(service):
+            pool_started = asyncio.Event()
+            pool_task = asyncio.create_task(pool.run(pool_started)) if pool_loop else None
+            if pool_task is not None:
+                await pool_started.wait()
+            try:
+                yield Env(service, pool, driver, clock, registry)
+            finally:
+                if pool_task is not None:
+                    pool_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pool_task
+                await pool.aclose()
     finally:
-        if pool_task is not None:
-            pool_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pool_task
-        await pool.aclose()
-        await service.aclose()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await driver.aclose()
 
 
 @pytest.fixture
 async def env() -> AsyncIterator[Env]:
     """A pool of 3 that never grows."""
-    async with running_service(3) as running:
-        yield running
+    async with running_service(3) as built:
+        yield built
 
 
 async def test_a_default_create_claims_a_pooled_instance_and_keeps_its_id(env: Env) -> None:
@@ -323,8 +320,8 @@ async def test_an_instance_that_cannot_take_the_limits_is_dropped_and_the_create
 @pytest.fixture
 async def growing() -> AsyncIterator[Env]:
     """A pool of 2 that may grow to 6 for bursts."""
-    async with running_service(2, max_size=6) as running:
-        yield running
+    async with running_service(2, max_size=6) as built:
+        yield built
 
 
 async def burst(env: Env, count: int, request: SandboxCreate | None = None) -> list[str]:

@@ -14,7 +14,7 @@ from agentcell.protocol.sandboxes import SandboxCreate
 from agentcell.server.clock import FakeClock
 from agentcell.server.sandbox.fake import FakeDriver
 from agentcell.server.scheduler.sandboxes import SandboxService
-from tests.unit.conftest import running
+from tests.service_loop import running
 
 
 @pytest.fixture

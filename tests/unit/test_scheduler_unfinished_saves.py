@@ -29,6 +29,7 @@ from agentcell.server.scheduler.sandboxes import SandboxService
 from agentcell.server.scheduler.workspaces import Workspace, WorkspaceKeeper
 from agentcell.server.storage.local import LocalObjectStore
 from agentcell.server.storage.snapshots import Snapshots
+from tests.service_loop import running
 
 NODE = "node-a"
 MiB = 1 << 20
@@ -112,14 +113,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     keeper = WorkspaceKeeper(driver, snapshots, store, clock, quota_bytes=no_quota, node=NODE)
     service = SandboxService(driver, clock, max_sandboxes=8, pids_max=64, stop_grace_s=0.1)
     pauses = SandboxPauses(service, driver, snapshots, store, keeper, clock)
-    started = asyncio.Event()
-    task = asyncio.create_task(service.run(3600, started))
-    await started.wait()
-    yield World(tmp_path, driver, clock, store, objects, service, keeper, pauses)
-    await service.aclose()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with running(service):
+        yield World(tmp_path, driver, clock, store, objects, service, keeper, pauses)
     await driver.aclose()
     await store.aclose()
 

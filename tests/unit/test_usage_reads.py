@@ -15,7 +15,7 @@ from agentcell.protocol.sessions import SessionCreate
 from agentcell.server.meta.records import UsageRecord
 from agentcell.server.scheduler.metering import ActivityMeter, UsageLedger
 from agentcell.server.scheduler.sandboxes import SandboxService
-from tests.unit.conftest import running
+from tests.service_loop import running
 from tests.unit.test_scheduler import Harness
 
 
