@@ -7,6 +7,8 @@ and the server's own growth all count), against 200 bare `unshare … sleep` nam
 While the 2000 are idle, a client asks `/healthz` every 5 ms through several metering passes (the
 server meters every USAGE_INTERVAL_S here, every 60 s by default; a pass reads each sandbox's cgroup
 counters): the slowest and the p99 answer, against the same pings before any sandbox existed.
+Then `GET /v1/sandboxes` with the 2000: its first page and a walk of every page (median of
+LIST_ROUNDS), against a `/healthz` answered on the same connection at the same time.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import asyncio
 import os
 import subprocess
 import time
+from typing import Any
 
 import httpx
 
 from bench.baselines import UNSHARE
-from bench.report import emit, percentile, progress
+from bench.report import emit, median, percentile, progress
 from bench.server import BenchServer
 
 NAME = "idle_memory"
@@ -27,6 +30,7 @@ COUNT = 200
 CAPACITY = int(os.environ.get("BENCH_IDLE_CAPACITY", "2000"))
 USAGE_INTERVAL_S = 4
 PING_S = 3 * USAGE_INTERVAL_S
+LIST_ROUNDS = 10
 
 
 def mem_available_mb() -> float:
@@ -102,7 +106,29 @@ async def pings_ms(client: httpx.AsyncClient) -> list[float]:
     return samples
 
 
-async def measure(url: str) -> tuple[float, int, list[float], list[float]]:
+async def timed_ms(client: httpx.AsyncClient, path: str) -> tuple[float, dict[str, Any]]:
+    started = time.perf_counter()
+    reply = await client.get(path)
+    reply.raise_for_status()
+    return (time.perf_counter() - started) * 1000, reply.json()
+
+
+async def listing_ms(client: httpx.AsyncClient) -> tuple[float, float, float]:
+    """Medians over LIST_ROUNDS: the first page of `GET /v1/sandboxes`, a walk of all its pages,
+    and a `/healthz` (the baseline)."""
+    first, walks, health = [], [], []
+    for _ in range(LIST_ROUNDS):
+        health.append((await timed_ms(client, "/healthz"))[0])
+        took, page = await timed_ms(client, "/v1/sandboxes")
+        first.append(took)
+        while page["next_token"] is not None:
+            more, page = await timed_ms(client, f"/v1/sandboxes?next_token={page['next_token']}")
+            took += more
+        walks.append(took)
+    return median(first), median(walks), median(health)
+
+
+async def measure(url: str) -> tuple[float, int, list[float], list[float], tuple[float, float, float]]:
     limits = httpx.Limits(max_connections=20)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
         await kill_all(client, await create_many(client, 10))  # warm the server's code paths
@@ -113,9 +139,10 @@ async def measure(url: str) -> tuple[float, int, list[float], list[float]]:
         progress(f"{NAME}: {per_sandbox:.2f} MB each; now {CAPACITY} idle sandboxes")
         ids += await create_many(client, CAPACITY - COUNT)
         full = await pings_ms(client)
+        listing = await listing_ms(client)
         answered = len(ids) if await all_answer(client, ids) else 0
         await kill_all(client, ids)
-        return per_sandbox, answered, empty, full
+        return per_sandbox, answered, empty, full, listing
 
 
 def main() -> None:
@@ -125,12 +152,14 @@ def main() -> None:
     # claimed, so they would not count.
     env = {"AGENTCELL_USAGE_INTERVAL_S": str(USAGE_INTERVAL_S)}
     with BenchServer(AGENTCELL_MAX_SANDBOXES=str(CAPACITY + 10), AGENTCELL_SANDBOX_POOL="0", **env) as server:
-        per_sandbox, answered, empty, full = asyncio.run(measure(server.url))
+        per_sandbox, answered, empty, full, (first_page, walk, health) = asyncio.run(measure(server.url))
     emit(NAME, "platform_mb_per_idle_sandbox", per_sandbox, "MB", baseline)
     emit(NAME, "idle_sandboxes_all_answering", answered, "count", None)
     emit(NAME, "idle_sandboxes_fitting_24gib", 24 * 1024 / max(per_sandbox, 0.01), "count", None)
     emit(NAME, f"request_max_ms_{CAPACITY}_idle_metered", max(full), "ms", max(empty))
     emit(NAME, f"request_p99_ms_{CAPACITY}_idle_metered", percentile(full, 99), "ms", percentile(empty, 99))
+    emit(NAME, f"list_first_page_ms_{CAPACITY}_idle", first_page, "ms", health)
+    emit(NAME, f"list_all_pages_ms_{CAPACITY}_idle", walk, "ms", health)
 
 
 if __name__ == "__main__":
