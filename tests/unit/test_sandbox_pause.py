@@ -59,9 +59,9 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def built_world(tmp_path: Path, code: bool = False) -> AsyncIterator[World]:
-    """A sandbox service on the fake driver with pauses over a local object store; with `code`,
-    a code interpreter too."""
+async def built_world(tmp_path: Path, code: bool = False, max_sandboxes: int = 4) -> AsyncIterator[World]:
+    """A sandbox service on the fake driver (running at most `max_sandboxes`) with pauses over a
+    local object store; with `code`, a code interpreter too."""
     driver, clock = FakeDriver(tmp_path / "sandboxes"), FakeClock()
     interpreter = Interpreter(driver, clock) if code else None
     store = SqliteMetaStore(tmp_path / "meta.db")
@@ -71,7 +71,7 @@ async def built_world(tmp_path: Path, code: bool = False) -> AsyncIterator[World
     quota: list[int | None] = [None]
     keeper = WorkspaceKeeper(driver, snapshots, store, clock, quota_bytes=lambda _: quota[0])
     service = SandboxService(
-        driver, clock, max_sandboxes=4, pids_max=64, stop_grace_s=0.1, interpreter=interpreter
+        driver, clock, max_sandboxes=max_sandboxes, pids_max=64, stop_grace_s=0.1, interpreter=interpreter
     )
     pauses = SandboxPauses(service, driver, snapshots, store, keeper, clock, retention_s=RETENTION_S)
     async with running(service):

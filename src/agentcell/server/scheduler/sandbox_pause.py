@@ -26,13 +26,14 @@ survive a server restart (running ones do not).
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
+import heapq
+import itertools
 import json
 import logging
 import os
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -53,6 +54,7 @@ from agentcell.server.clock import Clock
 from agentcell.server.meta.records import PausedSandboxRecord
 from agentcell.server.meta.store import MetaStore
 from agentcell.server.sandbox.driver import SANDBOX_HOME, WRITE_TEMPS, SandboxDriver, SandboxFiles
+from agentcell.server.scheduler.sandbox_order import OrderKey, SandboxOrder, order_key
 from agentcell.server.scheduler.sandboxes import Sandbox, SandboxService
 from agentcell.server.scheduler.workspaces import (
     PAUSE_SAVE,
@@ -78,11 +80,6 @@ TIMEOUT_PAUSE_RETRY_S = 30.0
 
 def storage_path(tenant: str, sandbox_id: str) -> str:
     return f"{tenant}/{SANDBOXES_SEGMENT}/{sandbox_id}"
-
-
-def _order(sandbox: Sandbox) -> tuple[float, str]:
-    """The order of lists and their pages: oldest first, ids breaking ties."""
-    return sandbox.created_at, sandbox.id
 
 
 def _visible(sandbox: Sandbox) -> bool:
@@ -132,6 +129,8 @@ class SandboxPauses:
         self._timeout_pause_retry_s = timeout_pause_retry_s
         self._timeout_pause_failures: dict[str, int] = {}
         self._paused: dict[str, PausedSandbox] = {}
+        self._paused_order: SandboxOrder[Sandbox] = SandboxOrder()
+        """`_paused` in the order of lists, changed with it"""
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.labeller: Callable[[Sandbox], dict[str, str]] | None = None
         """What an API layer keeps with a sandbox it pauses (the E2B template name), or None."""
@@ -153,6 +152,7 @@ class SandboxPauses:
                 log.warning("paused sandbox %s: its record is unreadable, skipped: %s", record.id, exc)
                 continue
             self._paused[record.id] = paused
+            self._paused_order.add(paused.sandbox)
             self._keeper.adopt(paused.workspace, record.id, paused_sandbox=True)
         return len(self._paused)
 
@@ -195,29 +195,43 @@ class SandboxPauses:
         return f"needed by {paused} paused sandbox(es) to resume (delete them first)" if paused else None
 
     def find(self, metadata: dict[str, str], state: SandboxState | None = None) -> list[Sandbox]:
-        """Live and paused sandboxes the caller may see, oldest first."""
-        live = [] if state == "paused" else self._sandboxes.find(metadata, state)
-        found = [s for s in live if s.id not in self._paused]
-        if state in (None, "paused"):
-            found += [
-                p.sandbox
-                for p in self._paused.values()
-                if _visible(p.sandbox) and p.sandbox.matches(metadata, None)
-            ]
-        return sorted(found, key=_order)
+        """Live and paused sandboxes the caller may see, oldest first, ids breaking ties."""
+        live, paused = self._found_after(metadata, state, None)
+        return sorted(itertools.chain(live, paused), key=order_key)  # two sorted runs: merged in C
 
     def find_page(
         self,
         metadata: dict[str, str],
         state: SandboxState | None,
         limit: int,
-        after: tuple[float, str] | None,
+        after: OrderKey | None,
     ) -> tuple[list[Sandbox], bool]:
         """At most `limit` of `find`'s sandboxes, those after the (created_at, id) `after` when
-        given (the last of the page before, which may have ended since), and whether more follow."""
-        found = self.find(metadata, state)
-        start = bisect.bisect_right(found, after, key=_order) if after is not None else 0
-        return found[start : start + limit], len(found) > start + limit
+        given (the last of the page before, which may have ended since), and whether more follow.
+        Reads from its place on only as far as it finds `limit` + 1 (all, when a filter finds fewer)."""
+        live, paused = self._found_after(metadata, state, after)
+        found = list(itertools.islice(heapq.merge(live, paused, key=order_key), limit + 1))
+        return found[:limit], len(found) > limit
+
+    def _found_after(
+        self, metadata: dict[str, str], state: SandboxState | None, after: OrderKey | None
+    ) -> tuple[Iterable[Sandbox], Iterable[Sandbox]]:
+        """`find`'s live sandboxes and its paused ones from the first past `after`, each in order,
+        found as they are taken. A sandbox being paused or resumed is in both registries for a
+        moment: it is listed as paused."""
+        live: Iterable[Sandbox] = []
+        if state != "paused":
+            found = self._sandboxes.find_after(metadata, state, after)
+            live = (s for s in found if s.id not in self._paused)
+        paused: Iterable[Sandbox] = []
+        if state in (None, "paused"):
+            paused = self._paused_after(metadata, after)
+        return live, paused
+
+    def _paused_after(self, metadata: dict[str, str], after: OrderKey | None) -> Iterator[Sandbox]:
+        for sandbox in self._paused_order.after(after):
+            if _visible(sandbox) and sandbox.matches(metadata, None):
+                yield sandbox
 
     # -- pause, resume, kill ---------------------------------------------------------------------
 
@@ -374,6 +388,7 @@ class SandboxPauses:
                 await self._driver.thaw(sandbox.id)
             raise
         paused = self._paused[sandbox.id] = _from_record(record)
+        self._paused_order.add(paused.sandbox)
         with contextlib.suppress(NotFound):  # ended meanwhile by a door that takes no lock (MCP)
             await self._sandboxes.kill(sandbox.id)
         log.info("sandbox %s paused: %d files, %d bytes stored", sandbox.id, info.files, info.stored_bytes)
@@ -427,7 +442,8 @@ class SandboxPauses:
         await self._store.delete_workspace(path)
         await self._store.delete_paused_sandbox(paused.sandbox.id)
         self._keeper.unclaim(paused.workspace, paused.sandbox.id)
-        self._paused.pop(paused.sandbox.id, None)
+        if self._paused.pop(paused.sandbox.id, None) is not None:
+            self._paused_order.discard(paused.sandbox)
 
     async def _check_quota(self, tenant: str) -> None:
         if over := await self._keeper.over_quota(tenant):

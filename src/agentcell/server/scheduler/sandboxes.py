@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -47,6 +47,7 @@ from agentcell.server.scheduler.metering import (
 )
 from agentcell.server.scheduler.node_capacity import NodeCapacity
 from agentcell.server.scheduler.processes import CommandLimits, Event, ManagedProcess, ProcessTable
+from agentcell.server.scheduler.sandbox_order import OrderKey, SandboxOrder
 from agentcell.server.scheduler.sandbox_pool import SandboxPool
 from agentcell.server.scheduler.traffic import PrivateTraffic
 from agentcell.server.templates.service import ResolvedTemplate, TemplateService
@@ -160,6 +161,8 @@ class SandboxService:
         self._pids_max = pids_max
         self._grace_s = stop_grace_s
         self._sandboxes: dict[str, Sandbox] = {}
+        self._order: SandboxOrder[Sandbox] = SandboxOrder()
+        """`_sandboxes` in the order of lists, changed with it"""
         self._tasks: asyncio.TaskGroup | None = None
         self.on_timeout: Callable[[Sandbox], Awaitable[bool]] | None = None
         """Called for a sandbox past its deadline; True: it was dealt with (paused), do not kill it."""
@@ -220,6 +223,7 @@ class SandboxService:
         if request.ports == "private":  # before its id can be known: every create-like path comes here
             self.traffic.restrict(sandbox.id)
         self._sandboxes[sandbox.id] = sandbox
+        self._order.add(sandbox)
         self._watch(sandbox)
         if request.code_kernel:
             await self._prestart_kernel(sandbox)
@@ -360,6 +364,16 @@ class SandboxService:
         found = [s for s in self._sandboxes.values() if s.matches(metadata, state) and _visible(s)]
         return sorted(found, key=lambda s: s.created_at)
 
+    def find_after(
+        self, metadata: dict[str, str], state: SandboxState | None, after: OrderKey | None
+    ) -> Iterator[Sandbox]:
+        """`find`'s sandboxes, ids breaking ties, from the first past (created_at, id) `after` when
+        given; found as they are taken, so that a page reads only as far as it lists (finish with
+        it before the next await: `SandboxOrder.after`)."""
+        for sandbox in self._order.after(after):
+            if sandbox.matches(metadata, state) and _visible(sandbox):
+                yield sandbox
+
     def set_timeout(self, sandbox_id: str, timeout_s: int) -> Sandbox:
         sandbox = self.running(sandbox_id)
         sandbox.expires_at = self._clock.now() + timeout_s
@@ -398,6 +412,7 @@ class SandboxService:
         finally:
             sandbox.state = "ended"
             if self._sandboxes.pop(sandbox.id, None) is not None:
+                self._order.discard(sandbox)
                 self._unhold(sandbox)
             log.info("sandbox %s ended", sandbox.id)
 
