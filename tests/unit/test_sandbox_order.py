@@ -1,7 +1,8 @@
 """The order of sandbox lists and their pages (SandboxOrder, `SandboxPauses.find_page`), on the
 FakeDriver with pauses over a local object store and a FakeClock: oldest first, ids breaking ties;
 a page goes on from the last of the page before even when that one has ended; paused, resumed and
-reloaded sandboxes keep their place; filters and tenants apply all along a walk."""
+reloaded sandboxes keep their place, one being resumed is listed once and one stopping as stopping;
+filters and tenants apply all along a walk."""
 
 from __future__ import annotations
 
@@ -77,12 +78,14 @@ def test_an_order_goes_on_after_a_key_that_has_left() -> None:
 
 def test_an_order_holds_a_sandbox_once_and_discards_only_what_is_in() -> None:
     order: SandboxOrder[Item] = SandboxOrder()
-    a, b = Item("a", 1.0), Item("b", 1.0)
+    a, b, c = Item("a", 1.0), Item("b", 1.0), Item("c", 1.0)
     order.add(a)
+    order.add(c)
     order.add(a)
-    order.discard(b)
-    assert [i.id for i in order.after(None)] == ["a"]
+    order.discard(b)  # its place is c's
+    assert [i.id for i in order.after(None)] == ["a", "c"]
     order.discard(a)
+    order.discard(c)
     assert len(order) == 0
 
 
@@ -130,6 +133,28 @@ async def test_paused_sandboxes_reloaded_after_a_restart_keep_their_place(world:
     await restarted.load()
     assert walk(restarted, 2) == [[a.id, b.id], [c.id]]
     assert [s.state for s in restarted.find({})] == ["running", "paused", "running"]
+
+
+async def test_a_sandbox_stopping_is_listed_as_stopping_not_as_running(world: World) -> None:
+    a, b = await create(world), await create(world)
+    stopping, release = asyncio.Event(), asyncio.Event()
+    stop = world.driver.stop
+
+    async def held(*args: Any, **kwargs: Any) -> None:
+        stopping.set()
+        await release.wait()
+        await stop(*args, **kwargs)
+
+    world.driver.stop = held  # type: ignore[method-assign]
+    killing = asyncio.create_task(world.pauses.kill(a.id))
+    await stopping.wait()
+    try:
+        assert [(s.id, s.state) for s in world.pauses.find({})] == [(a.id, "stopping"), (b.id, "running")]
+        assert walk(world.pauses, 1, state="running") == [[b.id]]
+    finally:
+        release.set()
+        await killing
+    assert walk(world.pauses, 1) == [[b.id]]
 
 
 @contextlib.asynccontextmanager
