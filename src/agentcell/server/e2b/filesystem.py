@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import posixpath
@@ -14,7 +13,7 @@ from agentcell.protocol.files import wire_text
 from agentcell.server.e2b.connect import RpcError
 from agentcell.server.e2b.entries import entry_info
 from agentcell.server.e2b.registry import E2bRegistry
-from agentcell.server.e2b.watch import POLL_INTERVAL_S, Watcher
+from agentcell.server.e2b.watch import Watcher
 from agentcell.server.sandbox.driver import FileStat, SandboxFiles
 from agentcell.server.scheduler.sandboxes import Sandbox
 
@@ -142,20 +141,20 @@ class FilesystemService:
     async def watch_dir(self, sandbox: Sandbox, message: Message) -> AsyncIterator[Message]:
         watcher = Watcher(self._files(sandbox), _path(message), bool(message.get("recursive")))
         await watcher.start()
-        return self._watch_stream(watcher)
+        return self._watch_stream(sandbox, watcher)
 
-    async def _watch_stream(self, watcher: Watcher) -> AsyncIterator[Message]:
-        yield {"start": {}}  # WatchDirResponse's oneof sits at the top level
-        quiet_s = 0.0
-        while True:
-            await asyncio.sleep(POLL_INTERVAL_S)
-            try:
-                events = await watcher.changes()
-            except NotFound:
-                raise RpcError("not_found", "the watched directory was removed") from None
-            for event in _events(events):
-                yield {"filesystem": event}
-            quiet_s = 0.0 if events else quiet_s + POLL_INTERVAL_S
-            if quiet_s >= STREAM_KEEPALIVE_S:
-                quiet_s = 0.0
-                yield {"keepalive": {}}
+    async def _watch_stream(self, sandbox: Sandbox, watcher: Watcher) -> AsyncIterator[Message]:
+        try:
+            yield {"start": {}}  # WatchDirResponse's oneof sits at the top level
+            while sandbox.state == "running":
+                await watcher.wait(STREAM_KEEPALIVE_S)
+                try:
+                    events = await watcher.changes()
+                except NotFound:
+                    raise RpcError("not_found", "the watched directory was removed") from None
+                for event in _events(events):
+                    yield {"filesystem": event}
+                if not events:
+                    yield {"keepalive": {}}
+        finally:
+            watcher.close()
