@@ -251,6 +251,20 @@ def test_watch_dir_sees_create_write_remove(sbx: Sandbox) -> None:
         sbx.files.watch_dir("not_there")
 
 
+def test_watch_dir_sees_what_a_command_does_even_undone_at_once(sbx: Sandbox) -> None:
+    sbx.files.make_dir("seen")
+    handle = sbx.files.watch_dir("seen")
+    sbx.commands.run("cd seen && : > a && chmod 600 a && mv a b && rm b")
+    assert [(e.name, e.type) for e in handle.get_new_events()] == [
+        ("a", FilesystemEventType.CREATE),
+        ("a", FilesystemEventType.CHMOD),
+        ("a", FilesystemEventType.RENAME),
+        ("b", FilesystemEventType.CREATE),
+        ("b", FilesystemEventType.REMOVE),
+    ]
+    handle.stop()
+
+
 # -- code interpreter ------------------------------------------------------------------------------
 
 
