@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agentcell.errors import NotFound
 from agentcell.protocol.code import CodeEndEvent, CodeResultEvent
 from agentcell.server.e2b import connect
 from agentcell.server.e2b.connect import RpcError
@@ -135,6 +136,14 @@ async def test_watcher_reports_create_write_remove(tmp_path: Path) -> None:
         ("sub/new.txt", "EVENT_TYPE_CREATE"),
         ("sub/new.txt", "EVENT_TYPE_WRITE"),
         ("keep.txt", "EVENT_TYPE_WRITE"),
+        ("keep.txt", "EVENT_TYPE_CHMOD"),
     ]
     (home / "keep.txt").unlink()
     assert await watcher.changes() == [{"name": "keep.txt", "type": "EVENT_TYPE_REMOVE"}]
+    (home / "sub" / "new.txt").unlink()
+    (home / "sub").rmdir()
+    home.rmdir()
+    assert [e["name"] for e in await watcher.changes()] == ["sub/new.txt", "sub"]
+    with pytest.raises(NotFound, match="is gone"):
+        await watcher.changes()
+    watcher.close()
