@@ -92,6 +92,7 @@ SETTLE_S = 1.0
 """how long killed processes and helpers get to leave the cgroup before SIGKILL rounds"""
 KILL_TIMEOUT_S = 10.0
 SPAWN_TIMEOUT_S = 30.0
+INSTANCES_DIR = "instances"  # under the state dir: one state file per instance
 FREEZE_TIMEOUT_S = 5.0
 """how long `freeze` waits for every process to stop (one in uninterruptible sleep delays it)"""
 RESERVED_MOUNT_TARGETS = (
@@ -726,10 +727,10 @@ class LinuxDriver:
         return instance.exited
 
     def _instances_dir(self) -> Path:
-        return self._state_dir / "instances"
+        return self._state_dir / INSTANCES_DIR
 
     def _state_file(self, sandbox_id: str) -> str:
-        return f"{self._state_dir}/instances/{sandbox_id}.json"  # a str: on every start and stop
+        return f"{self._state_dir}/{INSTANCES_DIR}/{sandbox_id}.json"  # a str: on every start and stop
 
     def _remove_state(self, sandbox_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
