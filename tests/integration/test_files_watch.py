@@ -9,6 +9,8 @@ import itertools
 import json
 import os
 import re
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +22,7 @@ import pytest
 from agentcell.client import AsyncSandbox, FileEvent, Sandbox
 from agentcell.server.scheduler.watch_streams import MAX_WATCHES
 from tests.conftest import ServerProcess
+from tests.integration.test_cli import AGENTCELL
 
 RUN = {"suite": "test_files_watch", "run": uuid.uuid4().hex[:12]}
 DEADLINE_S = 30.0
@@ -173,3 +176,22 @@ def test_the_route_is_in_openapi_with_its_parameters(api: httpx.Client) -> None:
     assert {"sandbox_id", "path", "recursive"} <= set(parameters)
     assert parameters["recursive"]["description"] and parameters["path"]["description"]
     assert "application/x-ndjson" in operation["responses"]["200"]["content"]
+
+
+def test_the_cli_prints_each_change_until_interrupted(
+    server_url: str, api: httpx.Client, rest_sandbox: str
+) -> None:
+    """`agentcell watch ID:DIR` prints `create  NAME` for a file made there; Ctrl-C ends it (130)."""
+    loop = "mkdir -p d; i=0; while :; do i=$((i+1)); : > d/f$i; sleep 0.2; done"
+    started = api.post(f"/v1/sandboxes/{rest_sandbox}/commands", json={"cmd": loop, "background": True})
+    assert started.status_code == 201, started.text
+    assert wait_for(
+        lambda: api.get(f"/v1/sandboxes/{rest_sandbox}/files/stat", params={"path": "d"}).is_success
+    )
+    argv = [AGENTCELL, "--url", server_url, "watch", f"{rest_sandbox}:d", "--recursive"]
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True) as cli:
+        assert cli.stdout is not None
+        line = cli.stdout.readline()
+        os.kill(cli.pid, signal.SIGINT)
+        assert cli.wait() == 130
+    assert re.fullmatch(r"create  f\d+\n", line), line
