@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agentcell.cli.cp import Remote, parse_location
 from agentcell.cli.main import cli
 from agentcell.cli.progress import Progress, human_bytes
+from agentcell.cli.remote import Remote, parse_location
 from agentcell.cli.sandboxes import format_table
 from agentcell.cli.serve import server_flags
 from agentcell.client import SandboxInfo

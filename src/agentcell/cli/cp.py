@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -23,25 +21,11 @@ import click
 from agentcell.cli.context import CliError, Connection, pass_connection
 from agentcell.cli.output import echo_json, json_option
 from agentcell.cli.progress import Progress
+from agentcell.cli.remote import Remote, parse_location
 from agentcell.client import NotFoundError, Sandbox
 from agentcell.protocol.files import FileEntry
 
-REMOTE = re.compile(r"(?P<sandbox_id>[A-Za-z0-9][A-Za-z0-9_.-]*):(?P<path>.*)", re.DOTALL)
 CHUNK_BYTES = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class Remote:
-    sandbox_id: str
-    path: str
-
-
-def parse_location(text: str) -> Remote | Path:
-    """`ID:PATH` is in a sandbox; anything else (write `./a:b` for a local name with a colon) is local."""
-    match = REMOTE.fullmatch(text)
-    if match is None:
-        return Path(text)
-    return Remote(match["sandbox_id"], match["path"] or "/home/user")
 
 
 @click.command("cp")

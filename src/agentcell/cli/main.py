@@ -34,6 +34,11 @@ SUBCOMMANDS = (
     ),
     Subcommand("cp", "cp:copy", "Copy SOURCE to DESTINATION; exactly one of them is SANDBOX_ID:PATH."),
     Subcommand(
+        "watch",
+        "watch:watch",
+        "Print each change to SANDBOX_ID:DIR as it happens, one line each: `create  a/b.txt`.",
+    ),
+    Subcommand(
         "fn", "functions:function_group", "Deploy, list, inspect and delete functions (served at /fn/NAME/)."
     ),
     Subcommand(

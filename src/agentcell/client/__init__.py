@@ -50,12 +50,13 @@ if TYPE_CHECKING:
         WorkspaceCorruptError,
     )
     from agentcell.client.events import CommandResult
+    from agentcell.client.file_watch import AsyncFileWatch, FileEvent
     from agentcell.client.files import AsyncFiles
     from agentcell.client.functions import AsyncFunctions, HookSpec
     from agentcell.client.sandbox import AsyncSandbox, SandboxOpening
     from agentcell.client.sessions import AsyncSessions, AsyncWorkspaces
     from agentcell.client.snapshots import AsyncSnapshots
-    from agentcell.client.sync import CommandHandle, Commands, Files, Sandbox, Snapshots
+    from agentcell.client.sync import CommandHandle, Commands, Files, FileWatch, Sandbox, Snapshots
     from agentcell.client.sync_agentcell import Agentcell, Functions, Sessions, Workspaces
     from agentcell.client.sync_templates import Templates
     from agentcell.client.templates import AsyncTemplates, TemplateBuildError, load_recipe
@@ -101,12 +102,13 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "WorkspaceCorruptError",
     ),
     "agentcell.client.events": ("CommandResult",),
+    "agentcell.client.file_watch": ("AsyncFileWatch", "FileEvent"),
     "agentcell.client.files": ("AsyncFiles",),
     "agentcell.client.functions": ("AsyncFunctions", "HookSpec"),
     "agentcell.client.sandbox": ("AsyncSandbox", "SandboxOpening"),
     "agentcell.client.sessions": ("AsyncSessions", "AsyncWorkspaces"),
     "agentcell.client.snapshots": ("AsyncSnapshots",),
-    "agentcell.client.sync": ("CommandHandle", "Commands", "Files", "Sandbox", "Snapshots"),
+    "agentcell.client.sync": ("CommandHandle", "Commands", "FileWatch", "Files", "Sandbox", "Snapshots"),
     "agentcell.client.sync_agentcell": ("Agentcell", "Functions", "Sessions", "Workspaces"),
     "agentcell.client.sync_templates": ("Templates",),
     "agentcell.client.templates": ("AsyncTemplates", "TemplateBuildError", "load_recipe"),
@@ -136,6 +138,7 @@ __all__ = [
     "AsyncAgentcell",
     "AsyncCommandHandle",
     "AsyncCommands",
+    "AsyncFileWatch",
     "AsyncFiles",
     "AsyncFunctions",
     "AsyncSandbox",
@@ -157,6 +160,8 @@ __all__ = [
     "Execution",
     "ExecutionError",
     "FileEntry",
+    "FileEvent",
+    "FileWatch",
     "Files",
     "FunctionConfig",
     "FunctionInfo",

@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING
 
 from agentcell.client.api import ApiClient, Params, parse_model, request_body, segment
 from agentcell.client.errors import NotFoundError
+from agentcell.client.file_watch import AsyncFileWatch
 from agentcell.client.transfer import (
     LocalPath,
     ProgressCallback,
@@ -109,6 +110,15 @@ class AsyncFiles:
     async def remove(self, path: str) -> None:
         """Remove a file, symlink or whole directory tree."""
         await self._api.call("DELETE", self._base, params={"path": path})
+
+    def watch(self, path: str, *, recursive: bool = False) -> AsyncFileWatch:
+        """The changes to the directory `path` (and, `recursive`, below it) as FileEvents, as they
+        happen, until it is removed or moved or the sandbox ends: `async for event in
+        sbx.files.watch(path)`, or, so that nothing done after the watch opens is missed,
+        `async with sbx.files.watch(path) as watch:` then `async for event in watch`. See
+        client/file_watch.py."""
+        params: Params = {"path": path, "recursive": "true" if recursive else "false"}
+        return AsyncFileWatch(self._api, self._base, params)
 
     async def upload(
         self,

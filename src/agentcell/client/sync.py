@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from agentcell.client.code import Callback, ContextRef, Execution
     from agentcell.client.events import CommandResult, OutputCallback
+    from agentcell.client.file_watch import AsyncFileWatch, FileEvent
     from agentcell.client.files import AsyncFiles
     from agentcell.client.snapshots import AsyncSnapshots
     from agentcell.client.transfer import LocalPath, ProgressCallback, WriteData
@@ -199,6 +200,46 @@ class Commands:
         self._portal.run(self._core.send_stdin(process, data, close=close))
 
 
+class FileWatch:
+    """A directory watch (see AsyncFileWatch): `for event in watch` until the directory or the
+    sandbox goes; leaving the loop closes it, and so do `with` and `close()`. `with` opens it
+    first, so that nothing done inside the block is missed."""
+
+    def __init__(self, core: AsyncFileWatch, portal: EventLoopThread) -> None:
+        self._core = core
+        self._portal = portal
+
+    @property
+    def path(self) -> str | None:
+        return self._core.path
+
+    @property
+    def overflowed(self) -> bool:
+        return self._core.overflowed
+
+    @property
+    def ended(self) -> str | None:
+        return self._core.ended
+
+    def start(self) -> FileWatch:
+        self._portal.run(self._core.start())
+        return self
+
+    def __iter__(self) -> Iterator[FileEvent]:
+        return self._portal.iterate(self._core)
+
+    def close(self) -> None:
+        self._portal.run(self._core.aclose())
+
+    def __enter__(self) -> FileWatch:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
 class Files:
     """`sandbox.files` (see AsyncFiles)."""
 
@@ -235,6 +276,10 @@ class Files:
 
     def remove(self, path: str) -> None:
         self._portal.run(self._core.remove(path))
+
+    def watch(self, path: str, *, recursive: bool = False) -> FileWatch:
+        """See AsyncFiles.watch: `for event in sbx.files.watch(path)`, or `with ... as watch:`."""
+        return FileWatch(self._core.watch(path, recursive=recursive), self._portal)
 
     def upload(
         self,

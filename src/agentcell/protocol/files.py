@@ -9,9 +9,9 @@ command in the sandbox) or renamed there. Archives carry names as the exact byte
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, TypeAdapter, field_validator
 
 from agentcell.protocol.commands import SandboxPath
 from agentcell.protocol.common import ReplyModel, WireModel
@@ -60,3 +60,63 @@ class Rename(WireModel):
 
 class WriteResult(ReplyModel):
     entries: list[FileEntry] = Field(default_factory=list)
+
+
+# -- watches: GET .../files/watch answers NDJSON lines, each one of these (`type` tells which) ----
+
+WatchEventKind = Literal["create", "write", "remove", "rename", "chmod"]
+
+
+class WatchStart(ReplyModel):
+    """The first line: the watch is open; later changes are all reported."""
+
+    type: Literal["start"] = "start"
+    path: str
+    """the watched directory, absolute"""
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _as_wire_text(cls, value: object) -> object:
+        return wire_text(value) if isinstance(value, str) else value
+
+
+class WatchEvent(ReplyModel):
+    """One change: `create` (made, or moved in), `write`, `remove`, `rename` (moved away; its new
+    name, if in the tree, comes as a `create`) or `chmod` (mode, owner or times changed)."""
+
+    type: Literal["event"] = "event"
+    kind: WatchEventKind
+    name: str
+    """relative to the watched directory"""
+    path: str
+    """absolute"""
+
+    @field_validator("name", "path", mode="before")
+    @classmethod
+    def _as_wire_text(cls, value: object) -> object:
+        return wire_text(value) if isinstance(value, str) else value
+
+
+class WatchOverflow(ReplyModel):
+    """Sent once: changes were dropped (too many unread); list the directory to catch up."""
+
+    type: Literal["overflow"] = "overflow"
+
+
+class WatchKeepalive(ReplyModel):
+    """Sent after a quiet while, so that proxies keep the stream open."""
+
+    type: Literal["keepalive"] = "keepalive"
+
+
+class WatchEnd(ReplyModel):
+    """The last line: why the watch ended (its directory removed or moved, its sandbox ended)."""
+
+    type: Literal["end"] = "end"
+    reason: str
+
+
+WatchLine = Annotated[
+    WatchStart | WatchEvent | WatchOverflow | WatchKeepalive | WatchEnd, Field(discriminator="type")
+]
+WATCH_LINE: TypeAdapter[WatchLine] = TypeAdapter(WatchLine)

@@ -52,6 +52,7 @@ from agentcell.server.scheduler.sandboxes import SandboxService, new_sandbox_id
 from agentcell.server.scheduler.scheduler import Scheduler, SchedulerLimits
 from agentcell.server.scheduler.terminals import TerminalService
 from agentcell.server.scheduler.usage import PriceTable
+from agentcell.server.scheduler.watch_streams import WatchStreams
 from agentcell.server.scheduler.workspaces import WorkspaceKeeper
 from agentcell.server.settings import Settings
 from agentcell.server.storage.objects import ObjectStore, open_object_store
@@ -304,6 +305,7 @@ def create_app(
     app.state.sandboxes = sandbox_service
     app.state.pauses = pauses
     app.state.terminals = terminals
+    app.state.watches = WatchStreams(sandbox_service)  # the native API's (api/files.py)
     e2b = e2b_app(sandbox_service, clock, pauses, sandbox_metrics, terminals)
     e2b.control.state.snapshots = sandbox_snapshots  # E2B's snapshots and fork
     app.state.snapshots = sandbox_snapshots  # the native API's (api/snapshots.py)

@@ -14,6 +14,7 @@ from agentcell.server.scheduler.sandbox_snapshots import SandboxSnapshots
 from agentcell.server.scheduler.sandboxes import SandboxService
 from agentcell.server.scheduler.scheduler import Scheduler as FunctionScheduler
 from agentcell.server.scheduler.traffic import PrivateTraffic
+from agentcell.server.scheduler.watch_streams import WatchStreams
 from agentcell.server.scheduler.workspaces import WorkspaceKeeper
 
 
@@ -64,3 +65,11 @@ async def _workspaces(request: Request) -> WorkspaceKeeper:
 
 
 Workspaces = Annotated[WorkspaceKeeper, Depends(_workspaces)]
+
+
+async def _watches(request: Request) -> WatchStreams:
+    watches: WatchStreams = request.app.state.watches
+    return watches
+
+
+Watches = Annotated[WatchStreams, Depends(_watches)]

@@ -1,4 +1,5 @@
-"""/v1/sandboxes/{id}/files: streamed read and write, upload, archive, stat, list, mkdir, rename, remove."""
+"""/v1/sandboxes/{id}/files: streamed read and write, upload, archive, stat, list, mkdir, rename, remove,
+watch."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request, Response
 
 from agentcell.errors import InvalidArgument
-from agentcell.protocol.files import FileEntry, FileList, MakeDir, Rename, wire_text
+from agentcell.protocol.files import FileEntry, FileList, MakeDir, Rename, WatchLine, wire_text
 from agentcell.server.api.archive import archive_entries, tar_stream
-from agentcell.server.api.deps import Sandboxes
+from agentcell.server.api.deps import Sandboxes, Watches
 from agentcell.server.api.multipart import filename_of, multipart_files
 from agentcell.server.api.streaming import StreamingResponse
 from agentcell.server.sandbox.driver import FileStat
@@ -22,6 +23,7 @@ PathQuery = Annotated[
     str, Query(min_length=1, max_length=4096, description="absolute, or relative to /home/user")
 ]
 MAX_UPLOAD_FILES = 10000
+NDJSON = "application/x-ndjson"
 
 
 def entry(stat: FileStat) -> FileEntry:
@@ -111,6 +113,35 @@ async def list_files(
     sandbox_id: str, path: PathQuery, sandboxes: Sandboxes, depth: Annotated[int, Query(ge=1, le=16)] = 1
 ) -> FileList:
     return FileList(entries=[entry(s) for s in await sandboxes.files(sandbox_id).list(path, depth)])
+
+
+@router.get(
+    "/watch",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {NDJSON: {}},
+            "description": "One JSON object a line: `start` (the watched directory), then `event`s (kind, "
+            "name relative to it, absolute path), `overflow` once if changes were dropped, `keepalive` "
+            "after 15 s without one, and a last `end` (reason) when the directory or the sandbox goes",
+        }
+    },
+)
+async def watch_dir(
+    sandbox_id: str,
+    path: PathQuery,
+    watches: Watches,
+    recursive: Annotated[bool, Query(description="also watch the directories below it")] = False,
+) -> StreamingResponse:
+    """Changes to a directory as they happen, until the client leaves or the `end`. 400 for a
+    file, 404 for a missing directory, 429 `quota_exceeded` past 32 watches of one sandbox."""
+    lines = ndjson_batches(await watches.open(sandbox_id, path, recursive))
+    return StreamingResponse(lines, media_type=NDJSON, headers={"cache-control": "no-store"})
+
+
+async def ndjson_batches(batches: AsyncIterator[list[WatchLine]]) -> AsyncIterator[bytes]:
+    async for batch in batches:
+        yield b"".join(line.model_dump_json().encode() + b"\n" for line in batch)
 
 
 @router.post("/mkdir")

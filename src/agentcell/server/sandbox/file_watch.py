@@ -159,6 +159,11 @@ class FileWatch:
             raise
         return watch
 
+    @property
+    def path(self) -> str:
+        """the watched directory, absolute (as its sandbox sees it)"""
+        return self._root
+
     def take(self) -> list[FileEvent]:
         """The events so far, oldest first; the queue is empty after."""
         self._on_readable()  # (what the kernel holds: the loop may not have read it yet)
