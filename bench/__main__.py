@@ -29,6 +29,7 @@ ALL = [
     "pty_rtt",
     "sandbox_pause",
     "cli_start",
+    "file_watch",
 ]
 
 

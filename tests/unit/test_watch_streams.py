@@ -1,5 +1,5 @@
 """A watch stream's lines after its `start` (scheduler/watch_streams.py), over a real FileWatch of
-a temp dir (as tests/unit/test_file_watch.py has it) and a Sandbox record whose state the test sets:
+a temp dir (as tests/unit/test_file_watch.py has it) and a Sandbox record the test stops:
 the `end` when the sandbox stops though inotify says nothing, the keepalive of a quiet stream, the
 one `overflow`."""
 
@@ -40,7 +40,6 @@ def sandbox() -> Sandbox:
 
 @pytest.fixture(autouse=True)
 def short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watch_streams, "STATE_CHECK_S", 0.01)
     monkeypatch.setattr(watch_streams, "KEEPALIVE_S", 0.05)
 
 
@@ -48,9 +47,10 @@ async def test_a_sandbox_that_stops_ends_the_stream_though_inotify_says_nothing(
     root: Path, watch: FileWatch, sandbox: Sandbox
 ) -> None:
     (root / "home/user/w/f").write_text("x")
-    lines = watch_streams._changes(watch, sandbox)
+    watch.end_when(sandbox.stopping, SANDBOX_ENDED)
+    lines = watch_streams._changes(watch)
     first = await anext(lines)
-    sandbox.state = "stopping"
+    sandbox.stopping.set()
     rest: list[WatchLine] = [line async for batch in lines for line in batch]
     assert first[0] == WatchEvent(kind="create", name="f", path="/home/user/w/f")
     assert [line for line in rest if not isinstance(line, WatchKeepalive | WatchEvent)] == [
@@ -59,7 +59,7 @@ async def test_a_sandbox_that_stops_ends_the_stream_though_inotify_says_nothing(
 
 
 async def test_a_quiet_stream_sends_keepalives(watch: FileWatch, sandbox: Sandbox) -> None:
-    lines = watch_streams._changes(watch, sandbox)
+    lines = watch_streams._changes(watch)
     assert await anext(lines) == [WatchKeepalive()]
     assert await anext(lines) == [WatchKeepalive()]
     await lines.aclose()
@@ -71,7 +71,7 @@ async def test_dropped_changes_are_told_once(
     monkeypatch.setattr(file_watch, "MAX_PENDING", 2)
     for name in "abcde":
         (root / "home/user/w" / name).touch()
-    lines = watch_streams._changes(watch, sandbox)
+    lines = watch_streams._changes(watch)
     first = await anext(lines)
     (root / "home/user/w/later").touch()
     second = await anext(lines)

@@ -141,13 +141,16 @@ class FilesystemService:
     async def watch_dir(self, sandbox: Sandbox, message: Message) -> AsyncIterator[Message]:
         watcher = Watcher(self._files(sandbox), _path(message), bool(message.get("recursive")))
         await watcher.start()
+        watcher.end_when(sandbox.stopping, "its sandbox stopped")
         return self._watch_stream(sandbox, watcher)
 
     async def _watch_stream(self, sandbox: Sandbox, watcher: Watcher) -> AsyncIterator[Message]:
         try:
             yield {"start": {}}  # WatchDirResponse's oneof sits at the top level
-            while sandbox.state == "running":
+            while True:
                 await watcher.wait(STREAM_KEEPALIVE_S)
+                if sandbox.state != "running":
+                    return  # (envd's stream ends with its sandbox)
                 try:
                     events = await watcher.changes()
                 except NotFound:

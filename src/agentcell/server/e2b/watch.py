@@ -6,6 +6,7 @@ directory). A watcher whose directory was removed answers NotFound once its last
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from typing import Any
 
@@ -32,6 +33,10 @@ class Watcher:
         self._watch = await FileWatch.open(self._files, self._path, recursive=self._recursive)
         if self.closed:  # (closed while starting)
             self._watch.close()
+
+    def end_when(self, event: asyncio.Event, reason: str) -> None:
+        """Stop watching once `event` is set (FileWatch.end_when)."""
+        self._started().end_when(event, reason)
 
     async def wait(self, timeout_s: float) -> None:
         """Until a change is waiting or the directory went, or `timeout_s` passed."""

@@ -33,8 +33,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from agentcell.errors import InvalidArgument, QuotaExceeded, Unavailable
-from agentcell.server.sandbox.driver import WRITE_TEMP_PREFIX, SandboxFiles
+from agentcell.errors import InvalidArgument, PayloadTooLarge, QuotaExceeded, Unavailable
+from agentcell.server.sandbox.driver import WRITE_TEMP_PREFIX, FileStat, SandboxFiles
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class FileWatch:
         self._write_move = -1  # the cookie of a files-API write's temp file being renamed, or -1
         self._pending: deque[FileEvent] = deque()
         self._ready = asyncio.Event()
-        self._adding: set[asyncio.Task[None]] = set()
+        self._adding: set[asyncio.Task[None]] = set()  # watches being added; `end_when`
         self.overflowed = False
         self.ended: str | None = None
         """why the watch ended (its directory removed or moved, its sandbox stopped), or None"""
@@ -148,12 +148,7 @@ class FileWatch:
             raise InvalidArgument(f"{path} is not a directory; watch a directory")
         watch = cls(files, stat.path, recursive)
         try:
-            unwatched = [""]
-            while unwatched:
-                relative = unwatched.pop()
-                subdirectories = await watch._add(relative, report=False)
-                if recursive and relative.count("/") < MAX_DEPTH - 1:
-                    unwatched += subdirectories
+            await (watch._add_tree() if recursive else watch._add("", report=False))
         except BaseException:
             watch.close()
             raise
@@ -182,6 +177,23 @@ class FileWatch:
         except TimeoutError:
             pass
 
+    def end_when(self, event: asyncio.Event, reason: str) -> None:
+        """End the watch (`ended` = `reason`) once `event` is set (its sandbox stopping: the
+        kernel says nothing while something else still holds the sandbox's filesystem)."""
+        task = self._loop.create_task(self._end_on(event, reason))
+        self._adding.add(task)
+        task.add_done_callback(self._adding.discard)
+
+    async def _end_on(self, event: asyncio.Event, reason: str) -> None:
+        await event.wait()
+        self.end(reason)
+
+    def end(self, reason: str) -> None:
+        """The watch is over (`ended` = `reason`, unless it ended already): `wait` returns at once."""
+        if self.ended is None:
+            self.ended = reason
+        self._ready.set()
+
     def close(self) -> None:
         if self._fd < 0:
             return
@@ -190,9 +202,7 @@ class FileWatch:
         self._loop.remove_reader(self._fd)
         os.close(self._fd)
         self._fd = -1
-        if self.ended is None:
-            self.ended = "closed"
-        self._ready.set()
+        self.end("closed")
 
     # --- watches --------------------------------------------------------------------------------
 
@@ -202,22 +212,64 @@ class FileWatch:
         makes): the subdirectories found, relative. With `report` (a directory made under a
         recursive watch, watched only once its `create` is read) the entries found are reported
         as made, so nothing made in it before its watch began goes unseen."""
+        wd = await self._watch(relative)
+        if wd is None:
+            return []
+        return self._learn(wd, relative, await self._files.list(self._absolute(relative), 1), report)
+
+    async def _add_tree(self) -> None:
+        """Watch the root and every folder below it, down to MAX_DEPTH levels. One listing of the
+        tree names the folders and their entries (one per folder took three times as long); a
+        folder that cannot be watched (gone again, unreadable) is left out."""
+        root = await self._watch("")
+        try:
+            listed = await self._files.list(self._root, MAX_DEPTH)
+        except PayloadTooLarge as exc:
+            raise PayloadTooLarge(
+                f"{self._root} is too large to watch recursively ({exc}); watch a folder in it"
+            ) from None
+        prefix = self._root.rstrip("/") + "/"
+        held: dict[str, list[FileStat]] = {"": []}
+        for entry in listed:
+            relative = entry.path.removeprefix(prefix)
+            held.setdefault(relative.rpartition("/")[0], []).append(entry)
+            if entry.type == "dir":
+                held.setdefault(relative, [])
+        if root is not None:
+            self._learn(root, "", held.pop(""), report=False)
+        for relative, entries in held.items():
+            try:
+                wd = await self._watch(relative)
+            except Exception as exc:
+                log.debug("watch of %s: cannot watch %s: %s", self._root, relative, exc)
+                continue
+            if wd is not None:
+                self._learn(wd, relative, entries, report=False)
+
+    async def _watch(self, relative: str) -> int | None:
+        """Add the watch of one folder (relative to the root) through a confined open of it: its
+        watch descriptor, or None when it is not watched (the bound, or the watch closed)."""
         if relative and len(self._dirs) >= MAX_DIRECTORIES:
             log.info("watch of %s: %s not watched (over %d)", self._root, relative, MAX_DIRECTORIES)
-            return []
+            return None
         fd = await self._files.open_dir(self._absolute(relative))
         try:
             if self._fd < 0:
-                return []
+                return None
             wd = int(_libc.inotify_add_watch(self._fd, f"/proc/self/fd/{fd}".encode(), WATCH_MASK))
             if wd < 0:
                 raise _inotify_error("inotify_add_watch")
-            self._dirs[wd] = relative
-            names = self._names.setdefault(wd, set())
         finally:
             os.close(fd)
+        self._dirs[wd] = relative
+        self._names.setdefault(wd, set())
+        return wd
+
+    def _learn(self, wd: int, relative: str, entries: list[FileStat], report: bool) -> list[str]:
+        """Remember a watched folder's entries (reported as made when `report`): its subfolders."""
+        names = self._names[wd]
         subdirectories: list[str] = []
-        for entry in await self._files.list(self._absolute(relative), 1):
+        for entry in entries:
             if entry.name in names or entry.name.startswith(WRITE_TEMP_PREFIX):
                 continue
             names.add(entry.name)
@@ -311,7 +363,7 @@ class FileWatch:
             _libc.inotify_rm_watch(self._fd, event.wd)  # tree, it is watched again by its `create`
         if not directory:
             stopped = event.mask & IN_UNMOUNT
-            self._end("its sandbox stopped" if stopped else "its directory was removed or moved")
+            self.end("its sandbox stopped" if stopped else "its directory was removed or moved")
 
     def _queue(self, event: FileEvent) -> None:
         pending = self._pending
@@ -321,11 +373,6 @@ class FileWatch:
             self.overflowed = True
             return
         pending.append(event)
-
-    def _end(self, reason: str) -> None:
-        if self.ended is None:
-            self.ended = reason
-        self._ready.set()
 
 
 def _joined(directory: str, name: str) -> str:

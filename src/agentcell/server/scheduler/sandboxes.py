@@ -91,6 +91,8 @@ class Sandbox:
     pausing: bool = False  # its files are being saved: writes from now on would miss the snapshot
     file_changes: FileChanges = field(default_factory=FileChanges)
     """held by a snapshot of it while it saves: API changes to its files wait (file_changes.py)"""
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    """set once it stops running (killed, paused, past its timeout): what waits on it ends"""
 
     @property
     def is_running(self) -> bool:
@@ -404,6 +406,7 @@ class SandboxService:
             return
         await self._meter(sandbox)
         sandbox.state = "stopping"
+        sandbox.stopping.set()
         try:
             await self._driver.stop(sandbox.id, self._grace_s)
             await sandbox.processes.aclose()

@@ -1,11 +1,11 @@
 """WatchStreams: the native API's directory watches (GET .../files/watch), at most MAX_WATCHES per
 sandbox, each a stream of typed lines that always ends in one `end`.
 
-A stream is a `FileWatch` (inotify, opened through the sandbox's confined file access) read in
-short waits: between two, the stream checks that its sandbox still runs, so that a kill, a pause
-or a timeout ends it within STATE_CHECK_S even when inotify says nothing (a sandbox's files may
-outlive its instance). Whatever ends a stream (its `end`, the client leaving, the server stopping)
-closes its watch and gives its place back.
+A stream is a `FileWatch` (inotify, opened through the sandbox's confined file access) that also
+ends when its sandbox stops running (`Sandbox.stopping`), so that a kill, a pause or a timeout ends
+it at once even when inotify says nothing (a sandbox's files may outlive its instance). A quiet
+stream costs nothing until its keepalive. Whatever ends a stream (its `end`, the client leaving,
+the server stopping) closes its watch and gives its place back.
 """
 
 from __future__ import annotations
@@ -24,15 +24,13 @@ from agentcell.protocol.files import (
     WatchStart,
 )
 from agentcell.server.sandbox.file_watch import FileEvent, FileWatch
-from agentcell.server.scheduler.sandboxes import Sandbox, SandboxService
+from agentcell.server.scheduler.sandboxes import SandboxService
 
 MAX_WATCHES = 32
 """watch streams one sandbox holds at once: each holds an inotify instance (the node has 128 per
 user by default) and a watch per directory it covers"""
 KEEPALIVE_S = 15.0
 """a quiet stream sends a `keepalive` this often, so that proxies keep it open"""
-STATE_CHECK_S = 0.5
-"""how often a stream checks that its sandbox still runs"""
 SANDBOX_ENDED = "its sandbox ended (killed, paused or past its timeout)"
 
 Batches = AsyncGenerator[list[WatchLine], None]
@@ -66,9 +64,10 @@ class WatchStreams:
         self._take_place(sandbox.id)
         try:
             watch = await FileWatch.open(files, path, recursive=recursive)
+            watch.end_when(sandbox.stopping, SANDBOX_ENDED)
             try:
                 yield [WatchStart(path=watch.path)]
-                async for batch in _changes(watch, sandbox):
+                async for batch in _changes(watch):
                     yield batch
             finally:
                 watch.close()
@@ -87,20 +86,19 @@ class WatchStreams:
             self._held[sandbox_id] = held
 
 
-async def _changes(watch: FileWatch, sandbox: Sandbox) -> Batches:
+async def _changes(watch: FileWatch) -> Batches:
     """The lines after the `start`, up to and including the `end`."""
     loop = asyncio.get_running_loop()
     told_overflow = False
     quiet_since = loop.time()
     while True:
-        await watch.wait(STATE_CHECK_S)
+        await watch.wait(max(0.0, quiet_since + KEEPALIVE_S - loop.time()))
         batch: list[WatchLine] = [_event_line(watch.path, event) for event in watch.take()]
         if watch.overflowed and not told_overflow:
             told_overflow = True
             batch.append(WatchOverflow())
-        ended = watch.ended or (None if sandbox.state == "running" else SANDBOX_ENDED)
-        if ended is not None:
-            yield [*batch, WatchEnd(reason=ended)]
+        if watch.ended is not None:
+            yield [*batch, WatchEnd(reason=watch.ended)]
             return
         if batch:
             quiet_since = loop.time()
