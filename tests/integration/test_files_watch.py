@@ -181,7 +181,9 @@ def test_the_route_is_in_openapi_with_its_parameters(api: httpx.Client) -> None:
 def test_the_cli_prints_each_change_until_interrupted(
     server_url: str, api: httpx.Client, rest_sandbox: str
 ) -> None:
-    """`agentcell watch ID:DIR` prints `create  NAME` for a file made there; Ctrl-C ends it (130)."""
+    """`agentcell watch ID:DIR` prints `create  NAME` for a file made there; Ctrl-C ends it (130).
+    The CLI runs as from a terminal, with Python's own ^C handler: a background job's children
+    (these tests run as one in CI) start with SIGINT ignored, and rightly go on past a ^C."""
     loop = "mkdir -p d; i=0; while :; do i=$((i+1)); : > d/f$i; sleep 0.2; done"
     started = api.post(f"/v1/sandboxes/{rest_sandbox}/commands", json={"cmd": loop, "background": True})
     assert started.status_code == 201, started.text
@@ -189,9 +191,15 @@ def test_the_cli_prints_each_change_until_interrupted(
         lambda: api.get(f"/v1/sandboxes/{rest_sandbox}/files/stat", params={"path": "d"}).is_success
     )
     argv = [AGENTCELL, "--url", server_url, "watch", f"{rest_sandbox}:d", "--recursive"]
-    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True) as cli:
+    with subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, preexec_fn=_default_sigint
+    ) as cli:
         assert cli.stdout is not None
         line = cli.stdout.readline()
         os.kill(cli.pid, signal.SIGINT)
         assert cli.wait() == 130
     assert re.fullmatch(r"create  f\d+\n", line), line
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (Python then installs its KeyboardInterrupt)

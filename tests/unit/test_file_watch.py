@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import struct
@@ -160,9 +161,20 @@ async def test_past_the_queue_bound_events_are_dropped_and_said_so(
 
 
 async def test_close_releases_the_inotify_descriptor(files: RootedFiles) -> None:
-    before = len(os.listdir("/proc/self/fd"))
+    before = inotify_fds()
     watch = await FileWatch.open(files, "w")
+    assert len(inotify_fds() - before) == 1
     watch.close()
     watch.close()
-    assert len(os.listdir("/proc/self/fd")) == before
+    assert inotify_fds() == before
     assert watch.ended == "closed"
+
+
+def inotify_fds() -> set[str]:
+    """This process's inotify descriptors (counting all of its fds would count other tests' too)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # (the listing's own, closed since)
+            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify":
+                found.add(fd)
+    return found
