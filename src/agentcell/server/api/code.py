@@ -17,11 +17,10 @@ from agentcell.protocol.code import (
     CodeRun,
 )
 from agentcell.server.api.deps import Sandboxes
-from agentcell.server.api.streaming import StreamingResponse
+from agentcell.server.api.streaming import NDJSON, StreamingResponse
 from agentcell.server.interpreter.execution import CodeEventModel
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/code", tags=["code"])
-NDJSON = "application/x-ndjson"
 
 
 COALESCE_S = 0.05

@@ -20,12 +20,11 @@ from agentcell.protocol.commands import (
 )
 from agentcell.server.api.deps import Sandboxes
 from agentcell.server.api.lean import lean
-from agentcell.server.api.streaming import StreamingResponse
+from agentcell.server.api.streaming import NDJSON, StreamingResponse
 from agentcell.server.scheduler.processes import Event
 from agentcell.server.scheduler.terminals import TerminalService
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["commands"])
-NDJSON = "application/x-ndjson"
 
 
 async def _terminals(request: Request) -> TerminalService:

@@ -15,7 +15,7 @@ from agentcell.protocol.files import FileEntry, FileList, MakeDir, Rename, Watch
 from agentcell.server.api.archive import archive_entries, tar_stream
 from agentcell.server.api.deps import Sandboxes, Watches
 from agentcell.server.api.multipart import filename_of, multipart_files
-from agentcell.server.api.streaming import StreamingResponse
+from agentcell.server.api.streaming import NDJSON, StreamingResponse
 from agentcell.server.sandbox.driver import FileStat
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
@@ -23,7 +23,6 @@ PathQuery = Annotated[
     str, Query(min_length=1, max_length=4096, description="absolute, or relative to /home/user")
 ]
 MAX_UPLOAD_FILES = 10000
-NDJSON = "application/x-ndjson"
 
 
 def entry(stat: FileStat) -> FileEntry:

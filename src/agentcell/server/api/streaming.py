@@ -14,6 +14,9 @@ import asyncio
 from starlette import responses
 from starlette.types import Receive, Scope, Send
 
+NDJSON = "application/x-ndjson"
+"""the media type of every stream of JSON lines (commands, code, builds, watches)"""
+
 
 class StreamingResponse(responses.StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

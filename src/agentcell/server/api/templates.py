@@ -8,12 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from agentcell.protocol.templates import TemplateBuildInfo, TemplateBuildRequest, TemplateInfo, TemplateList
-from agentcell.server.api.streaming import StreamingResponse
+from agentcell.server.api.streaming import NDJSON, StreamingResponse
 from agentcell.server.templates.buildlog import Event
 from agentcell.server.templates.service import TemplateService
 
 router = APIRouter(tags=["templates"])
-NDJSON = "application/x-ndjson"
 
 
 async def _templates(request: Request) -> TemplateService:
