@@ -24,10 +24,10 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 
+from agentcell.server.sandbox.file_watch import IN_CREATE, IN_MOVED_TO, IN_NONBLOCK
 from bench.procs import cpu_ms
 from bench.report import emit, median, progress
 from bench.server import BenchServer
@@ -37,7 +37,6 @@ FOLDERS, FILES = 200, 10
 ROUNDS = 40
 WATCHES = 32
 IDLE_S = 5.0
-IN_CREATE, IN_MOVED_TO, IN_NONBLOCK = 0x100, 0x80, os.O_NONBLOCK
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -94,7 +93,7 @@ async def measure(server: BenchServer) -> None:
         )
         reply = await client.post(f"/v1/sandboxes/{sandbox}/commands", json={"argv": ["sh", "-c", make]})
         assert b'"exit_code":0' in reply.content, reply.text
-        init_pid = init_pid_of(server, sandbox)
+        init_pid = server.init_pid(sandbox)
         host_dir = f"/proc/{init_pid}/root/home/user/t/d0"
 
         progress(f"{NAME}: event latency, {ROUNDS} writes each way")
@@ -135,13 +134,6 @@ async def cpu_per_s(server: BenchServer) -> float:
     before = cpu_ms(server.pid)
     await asyncio.sleep(IDLE_S)
     return (cpu_ms(server.pid) - before) / IDLE_S
-
-
-def init_pid_of(server: BenchServer, sandbox: str) -> int:
-    found = list(Path(server.tmp / "state").rglob(f"{sandbox}.json"))
-    assert len(found) == 1, f"no single state file for {sandbox}: {found}"
-    pid: int = json.loads(found[0].read_text())["init_pid"]
-    return pid
 
 
 def main() -> None:

@@ -119,7 +119,7 @@ def run_session(tmp: Path, rounds: int, duration_s: float) -> None:
         for variant in VARIANTS:
             function = FUNCTION + variant.suffix.replace("_", "-")
             instance_id = _deploy_and_answer(client, function, variant, server.tmp / "state")
-            netns = f"--net=/proc/{_init_pid(server.tmp / 'state', instance_id)}/ns/net"
+            netns = f"--net=/proc/{server.init_pid(instance_id)}/ns/net"
             with _nginx_in(netns, tmp) as (nginx_port, nginx_worker):
                 inside = ["nsenter", netns]
                 targets = {
@@ -169,13 +169,6 @@ def _deploy_and_answer(client: httpx.Client, function: str, variant: Variant, st
 
 def _instance_ids(state_dir: Path) -> set[str]:
     return {path.stem for path in state_dir.rglob("instances/*.json")}
-
-
-def _init_pid(state_dir: Path, instance_id: str) -> int:
-    found = list(state_dir.rglob(f"{instance_id}.json"))
-    assert len(found) == 1, f"no single state file for instance {instance_id}: {found}"
-    pid: int = json.loads(found[0].read_text())["init_pid"]
-    return pid
 
 
 def _cgroup_cpu_ms(instance_id: str) -> float:

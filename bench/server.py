@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -91,6 +92,13 @@ class BenchServer:
         except urllib.error.HTTPError:  # metrics off
             return {}
         return pool_gauges(text)
+
+    def init_pid(self, instance_id: str) -> int:
+        """The host pid of a running sandbox's (or function instance's) init, from its state file."""
+        found = list((self.tmp / "state").rglob(f"{instance_id}.json"))
+        assert len(found) == 1, f"no single state file for instance {instance_id}: {found}"
+        pid: int = json.loads(found[0].read_text())["init_pid"]
+        return pid
 
     @property
     def pid(self) -> int:

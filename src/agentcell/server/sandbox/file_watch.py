@@ -133,7 +133,7 @@ class FileWatch:
         self._write_move = -1  # the cookie of a files-API write's temp file being renamed, or -1
         self._pending: deque[FileEvent] = deque()
         self._ready = asyncio.Event()
-        self._adding: set[asyncio.Task[None]] = set()  # watches being added; `end_when`
+        self._tasks: set[asyncio.Task[None]] = set()  # watches being added, and `end_when`'s
         self.overflowed = False
         self.ended: str | None = None
         """why the watch ended (its directory removed or moved, its sandbox stopped), or None"""
@@ -181,8 +181,8 @@ class FileWatch:
         """End the watch (`ended` = `reason`) once `event` is set (its sandbox stopping: the
         kernel says nothing while something else still holds the sandbox's filesystem)."""
         task = self._loop.create_task(self._end_on(event, reason))
-        self._adding.add(task)
-        task.add_done_callback(self._adding.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _end_on(self, event: asyncio.Event, reason: str) -> None:
         await event.wait()
@@ -197,7 +197,7 @@ class FileWatch:
     def close(self) -> None:
         if self._fd < 0:
             return
-        for task in self._adding:
+        for task in self._tasks:
             task.cancel()
         self._loop.remove_reader(self._fd)
         os.close(self._fd)
@@ -289,8 +289,8 @@ class FileWatch:
         if relative.count("/") >= MAX_DEPTH - 1:
             return
         task = self._loop.create_task(self._add_reporting(relative))
-        self._adding.add(task)
-        task.add_done_callback(self._adding.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _add_reporting(self, relative: str) -> None:
         try:
