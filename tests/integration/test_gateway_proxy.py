@@ -149,6 +149,7 @@ async def running_gateway(
     finally:
         await server.aclose(drain_timeout_s=2)
         assert server.connection_count == 0, "client connections left open"
+        assert server.exchanges_in_flight == 0, "exchanges never finished"
 
 
 # --- upstreams --------------------------------------------------------------------------------

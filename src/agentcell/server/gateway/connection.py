@@ -128,6 +128,7 @@ class ClientConnection(asyncio.Protocol):
         self._upgraded = False  # the parser stopped at an upgrade request
         self._read_blocked = 0
         self.out: list[bytes] = []
+        self.flush_due = False  # in the server's list of connections to write out this turn
         self._closed = False
         self._idle_since = self.loop.time()
         self._timer: asyncio.TimerHandle | None = None
@@ -396,11 +397,19 @@ class ClientConnection(asyncio.Protocol):
     # --- used by exchanges --------------------------------------------------------------------
 
     def queue(self, data: bytes) -> None:
-        """Buffer bytes for the client (as does appending to `out`); `flush()` writes them at the
-        end of each upstream read, so a small response leaves in one write."""
+        """Buffer bytes for the client (as does appending to `out`); `flush()` has them written,
+        so a small response leaves in one write."""
         self.out.append(data)
 
+    def flush_soon(self) -> None:
+        """Have what is queued written at the end of this turn of the event loop, with the other
+        connections' (`GatewayServer.flush_soon`): for the end of an answer, whose size one
+        upstream read bounds."""
+        if self.out and not self.flush_due:
+            self.flush_due = self.server.flush_soon(self)
+
     def flush(self) -> None:
+        self.flush_due = False
         out = self.out
         if not out:
             return

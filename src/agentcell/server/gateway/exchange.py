@@ -110,6 +110,7 @@ class Exchange:
         self.preset = preset
         self.request_complete = False
         self.state = NEW
+        self.server.exchanges_in_flight += 1
         self.started = time.monotonic()
         self.timeout_s = self.server.request_timeout_s
         self.deadline = math.inf
@@ -314,15 +315,20 @@ class Exchange:
         if self.state == DONE:
             return
         self.state = DONE
+        self.server.exchanges_in_flight -= 1
         self.deadline = math.inf
         route = self.route
         if (route is not None and route.on_complete is not None) or self.server.access_log is not None:
-            self._report(route)
+            if self.conn.flush_due:  # (the answer is written at the end of this turn: report after)
+                self.server.report_soon(self)
+            else:
+                self.report()
         if not client_gone:
             self.conn.on_exchange_done(self)
 
-    def _report(self, route: Route | None) -> None:
+    def report(self) -> None:
         """Run the route's on_complete and the access-log hook; their failures are only logged."""
+        route = self.route
         duration = time.monotonic() - self.started
         if route is not None and route.on_complete is not None:
             self._call_on_complete(route, duration)
@@ -559,16 +565,18 @@ class Exchange:
             self.conn.out.append(data)
 
     def on_response_flush(self) -> None:
-        self.conn.flush()
+        if self.state != DONE:  # (once done, its last bytes wait for the end of the turn)
+            self.conn.flush()
 
     def on_response_complete(self, keep_alive: bool) -> None:
         if self.state != STREAMING:
             return
         if self.framing == Framing.CHUNKED:
             self.conn.queue(b"0\r\n\r\n")
-        # The client gets the end of its answer now, before the bookkeeping (the route's
-        # on_complete, metering, the access line) runs: none of that is on its critical path.
-        self.conn.flush()
+        # The end of the answer is written at the end of this turn, with the other connections'
+        # (see GatewayServer.flush_soon), and the bookkeeping (the route's on_complete, metering,
+        # the access line) after it (see _finish): none of it is on the answer's critical path.
+        self.conn.flush_soon()
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             if keep_alive and self.request_complete:
@@ -592,7 +600,7 @@ class Exchange:
         elif state == STREAMING and self.until_close:
             if self.framing == Framing.CHUNKED:
                 self.conn.queue(b"0\r\n\r\n")
-            self.conn.flush()
+            self.conn.flush_soon()
             self.keep_alive = self.keep_alive and self.request_complete
             self._finish()
         elif state in (STREAMING, TUNNEL):

@@ -24,6 +24,7 @@ from types import TracebackType
 
 from agentcell.server.gateway.asgi import AppCall
 from agentcell.server.gateway.connection import ClientConnection
+from agentcell.server.gateway.exchange import Exchange
 from agentcell.server.gateway.headers import error_envelope
 from agentcell.server.gateway.route import AccessLog, ErrorResponder, RequestHead, Route, Router
 from agentcell.server.gateway.upstream import UpstreamPool
@@ -114,6 +115,9 @@ class GatewayServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[asyncio.Server] = []
         self._connections: set[ClientConnection] = set()
+        self._to_flush: list[ClientConnection] = []
+        self.exchanges_in_flight = 0  # requests read and not yet answered, on all connections
+        self._to_report: list[Exchange] = []  # exchanges whose answers are in _to_flush
         self._per_client: dict[str, int] = {}  # open connections by peer address (when capped)
         self._refused = 0  # connections refused since the last warning about it
         self._refused_logged_at = -math.inf
@@ -232,6 +236,41 @@ class GatewayServer:
         task = self.loop.create_task(call.run())
         self._app_calls.add(task)
         task.add_done_callback(self._app_calls.discard)
+
+    def flush_soon(self, conn: ClientConnection) -> bool:
+        """Write `conn`'s queued bytes (the end of an answer) at the end of this turn of the loop,
+        with the other answers that end in it; True if they wait for it, False if written now.
+
+        Each write to a client whose process sleeps wakes it, which on a VM costs the writer
+        more than the write itself; writes made back to back wake it once. But waiting for the
+        end of the turn costs a callback per turn, as much as one answer gains from it, so an
+        answer that nothing else is in flight beside is written at once. Measured with wrk
+        against a trivial upstream, side by side with writing each answer at once: at 50
+        connections 16% less gateway CPU per request and 23% more requests/s; at one connection
+        no difference (see bench/RESULTS.md, session 21)."""
+        to_flush = self._to_flush
+        if self.exchanges_in_flight <= 1 and not to_flush:
+            conn.flush()
+            return False
+        to_flush.append(conn)
+        if len(to_flush) == 1:
+            self.loop.call_soon(self._flush_all)
+        return True
+
+    def report_soon(self, exchange: Exchange) -> None:
+        """Run an exchange's bookkeeping once its answer, waiting in a `flush_soon`, is written."""
+        self._to_report.append(exchange)
+
+    def _flush_all(self) -> None:
+        to_flush, self._to_flush = self._to_flush, []
+        for conn in to_flush:
+            try:
+                conn.flush()
+            except Exception:  # (one connection's failure must not hold back the others' bytes)
+                log.exception("writing to %s failed", conn.client)
+        to_report, self._to_report = self._to_report, []
+        for exchange in to_report:
+            exchange.report()
 
     def _new_connection(self) -> ClientConnection:
         return ClientConnection(self)
