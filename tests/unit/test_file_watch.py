@@ -9,12 +9,14 @@ import os
 import stat
 import struct
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from agentcell.errors import InvalidArgument, NotFound
 from agentcell.server.sandbox import file_watch
+from agentcell.server.sandbox.driver import FileStat
 from agentcell.server.sandbox.file_watch import (
     IN_CREATE,
     IN_ISDIR,
@@ -115,6 +117,40 @@ async def test_a_recursive_watch_sees_a_tree_made_at_once(root: Path, files: Roo
         ("a/b/c/deep.txt", "create"),
         ("a/b/c/deep.txt", "write"),
     } <= seen
+
+
+class FilesMakingDuringListing(RootedFiles):
+    """Makes a file in the folder it lists as its listing ends, and lists it: as a process in
+    the sandbox could while a late folder's watch begins, the event left unread by the loop."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(str(root), uid=None, gid=None)
+        self.host_root = root
+        self.make_in: str | None = None
+
+    async def list(self, path: str, depth: int = 1) -> list[FileStat]:
+        listed = await super().list(path, depth)
+        if self.make_in is not None and path.endswith(self.make_in):
+            made = self.host_root / path.lstrip("/") / "made_meanwhile.txt"
+            made.write_text("")  # (and no await until the listing is read: the event waits)
+            listed.append(FileStat(f"{path}/{made.name}", made.name, "file", 0, 0o644, datetime.now(UTC)))
+        return listed
+
+
+async def test_a_file_made_while_a_late_folder_is_listed_is_reported_once(root: Path) -> None:
+    """Its `create` comes both from inotify (the folder's watch had begun) and from the listing
+    that reports what the folder held: it is reported once."""
+    files = FilesMakingDuringListing(root)
+    watch = await FileWatch.open(files, "w", recursive=True)
+    try:
+        files.make_in = "/w/late"
+        (root / "home/user/w/late").mkdir()
+        seen = await events_until(watch, 2)
+        await asyncio.sleep(0.2)  # (a duplicate would come from the kernel's queue, read later)
+        seen += [(e.name, e.kind) for e in watch.take()]
+    finally:
+        watch.close()
+    assert seen == [("late", "create"), ("late/made_meanwhile.txt", "create")]
 
 
 async def test_a_flat_watch_does_not_report_inside_subdirectories(root: Path, files: RootedFiles) -> None:

@@ -215,7 +215,11 @@ class FileWatch:
         wd = await self._watch(relative)
         if wd is None:
             return []
-        return self._learn(wd, relative, await self._files.list(self._absolute(relative), 1), report)
+        entries = await self._files.list(self._absolute(relative), 1)
+        # An entry made since the watch began is in the listing, and its `create` in the kernel's
+        # queue: read that first (no await until it is learnt), or it would be reported twice.
+        self._on_readable()
+        return self._learn(wd, relative, entries, report)
 
     async def _add_tree(self) -> None:
         """Watch the root and every folder below it, down to MAX_DEPTH levels. One listing of the
