@@ -17,7 +17,7 @@ from agentcell.protocol.code import (
     CodeRun,
 )
 from agentcell.server.api.deps import Sandboxes
-from agentcell.server.api.streaming import NDJSON, StreamingResponse
+from agentcell.server.api.streaming import NDJSON, StreamingResponse, json_line
 from agentcell.server.interpreter.execution import CodeEventModel
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/code", tags=["code"])
@@ -25,10 +25,6 @@ router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/code", tags=["code"])
 
 COALESCE_S = 0.05
 """an execution that ends within this window is answered in one body (no chunked stream)"""
-
-
-def line(event: CodeEventModel) -> bytes:
-    return event.model_dump_json().encode() + b"\n"
 
 
 async def first_events(
@@ -53,7 +49,7 @@ async def first_events(
             event = task.result()
         except StopAsyncIteration:
             return lines, None
-        lines.append(line(event))
+        lines.append(json_line(event))
         if event.type == "end":
             return lines, None
 
@@ -65,11 +61,11 @@ async def rest_of(
         if head:
             yield b"".join(head)
         try:
-            yield line(await pending)
+            yield json_line(await pending)
         except StopAsyncIteration:
             return
         async for event in events:
-            yield line(event)
+            yield json_line(event)
 
 
 @router.post(

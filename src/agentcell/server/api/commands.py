@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import weakref
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -20,7 +19,7 @@ from agentcell.protocol.commands import (
 )
 from agentcell.server.api.deps import Sandboxes
 from agentcell.server.api.lean import lean
-from agentcell.server.api.streaming import NDJSON, StreamingResponse
+from agentcell.server.api.streaming import NDJSON, StreamingResponse, ndjson, ndjson_batches
 from agentcell.server.scheduler.processes import Event
 from agentcell.server.scheduler.terminals import TerminalService
 
@@ -35,11 +34,6 @@ async def _terminals(request: Request) -> TerminalService:
 Terminals = Annotated[TerminalService, Depends(_terminals)]
 
 
-async def ndjson(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
-    async for event in events:
-        yield event.model_dump_json().encode() + b"\n"
-
-
 _LINES: weakref.WeakKeyDictionary[Event, bytes] = weakref.WeakKeyDictionary()
 """each followed event's NDJSON line, encoded once for all its followers (a flood's output events
 are 64 KiB each, and encoding them again for every follower was most of what a follower cost);
@@ -51,12 +45,6 @@ def ndjson_line(event: Event) -> bytes:
     if line is None:
         line = _LINES[event] = event.model_dump_json().encode() + b"\n"
     return line
-
-
-async def ndjson_batches(batches: AsyncIterator[list[Event]]) -> AsyncIterator[bytes]:
-    """One chunk (one write) per batch of events: a follower that fell behind catches up in one."""
-    async for batch in batches:
-        yield b"".join(ndjson_line(event) for event in batch)
 
 
 @router.post(
@@ -90,7 +78,7 @@ async def list_processes(sandbox_id: str, sandboxes: Sandboxes) -> ProcessList:
 async def follow_process(sandbox_id: str, process_id: str, sandboxes: Sandboxes) -> StreamingResponse:
     """429 `quota_exceeded` past MAX_FOLLOWERS readers of the process at once."""
     batches = sandboxes.process(sandbox_id, process_id).follow()
-    return StreamingResponse(ndjson_batches(batches), media_type=NDJSON)
+    return StreamingResponse(ndjson_batches(batches, ndjson_line), media_type=NDJSON)
 
 
 @router.post("/processes/{process_id}/stdin", status_code=204)

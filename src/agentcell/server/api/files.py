@@ -11,11 +11,11 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request, Response
 
 from agentcell.errors import InvalidArgument
-from agentcell.protocol.files import FileEntry, FileList, MakeDir, Rename, WatchLine, wire_text
+from agentcell.protocol.files import FileEntry, FileList, MakeDir, Rename, wire_text
 from agentcell.server.api.archive import archive_entries, tar_stream
 from agentcell.server.api.deps import Sandboxes, Watches
 from agentcell.server.api.multipart import filename_of, multipart_files
-from agentcell.server.api.streaming import NDJSON, StreamingResponse
+from agentcell.server.api.streaming import NDJSON, StreamingResponse, ndjson_batches
 from agentcell.server.sandbox.driver import FileStat
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
@@ -136,11 +136,6 @@ async def watch_dir(
     file, 404 for a missing directory, 429 `quota_exceeded` past 32 watches of one sandbox."""
     lines = ndjson_batches(await watches.open(sandbox_id, path, recursive))
     return StreamingResponse(lines, media_type=NDJSON, headers={"cache-control": "no-store"})
-
-
-async def ndjson_batches(batches: AsyncIterator[list[WatchLine]]) -> AsyncIterator[bytes]:
-    async for batch in batches:
-        yield b"".join(line.model_dump_json().encode() + b"\n" for line in batch)
 
 
 @router.post("/mkdir")

@@ -10,12 +10,35 @@ Starlette's, 19-28 µs with this one.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
+from pydantic import BaseModel
 from starlette import responses
 from starlette.types import Receive, Scope, Send
 
 NDJSON = "application/x-ndjson"
 """the media type of every stream of JSON lines (commands, code, builds, watches)"""
+
+Line = TypeVar("Line", bound=BaseModel)
+
+
+def json_line(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode() + b"\n"
+
+
+async def ndjson(items: AsyncIterator[Line]) -> AsyncIterator[bytes]:
+    """One JSON line (and one chunk) per item."""
+    async for item in items:
+        yield json_line(item)
+
+
+async def ndjson_batches(
+    batches: AsyncIterator[list[Line]], encode: Callable[[Line], bytes] = json_line
+) -> AsyncIterator[bytes]:
+    """One chunk (one write) per batch of lines: a follower that fell behind catches up in one."""
+    async for batch in batches:
+        yield b"".join(map(encode, batch))
 
 
 class StreamingResponse(responses.StreamingResponse):

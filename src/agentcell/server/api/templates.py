@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from agentcell.protocol.templates import TemplateBuildInfo, TemplateBuildRequest, TemplateInfo, TemplateList
-from agentcell.server.api.streaming import NDJSON, StreamingResponse
-from agentcell.server.templates.buildlog import Event
+from agentcell.server.api.streaming import NDJSON, StreamingResponse, ndjson
 from agentcell.server.templates.service import TemplateService
 
 router = APIRouter(tags=["templates"])
@@ -21,11 +19,6 @@ async def _templates(request: Request) -> TemplateService:
 
 
 Templates = Annotated[TemplateService, Depends(_templates)]
-
-
-async def ndjson(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
-    async for event in events:
-        yield event.model_dump_json().encode() + b"\n"
 
 
 @router.post("/v1/templates", status_code=202)
