@@ -98,6 +98,13 @@ async def test_a_files_api_write_is_a_create_and_write_then_a_write(
     assert await events_until(watched, 1) == [("new.txt", "write")]  # the temp file never shows
 
 
+async def test_take_has_what_the_kernel_holds_before_the_loop_read_it(root: Path, watched: FileWatch) -> None:
+    """E2B's `get_new_events` polls with `take()`: a change made just before it is in the answer,
+    though the loop has not had a turn to read the watch's descriptor."""
+    (root / "home/user/w/now.txt").write_text("")
+    assert [(e.name, e.kind) for e in watched.take()] == [("now.txt", "create")]
+
+
 async def test_a_recursive_watch_sees_a_tree_made_at_once(root: Path, files: RootedFiles) -> None:
     (root / "home/user/w/old").mkdir()
     watch = await FileWatch.open(files, "w", recursive=True)
