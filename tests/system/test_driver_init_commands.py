@@ -5,6 +5,7 @@ closes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 
@@ -82,8 +83,19 @@ async def test_a_running_command_holds_no_server_fd_but_its_stdio(
 ) -> None:
     """Its exit comes over the instance's channel: no control pipe per command (a worker's has one)."""
     await run(linux_driver, sandbox, ["true"])  # whatever the loop opens once is not counted
-    before = len(os.listdir("/proc/self/fd"))
+    before = open_fds()
     process = await linux_driver.exec(sandbox, ExecSpec(argv=["sleep", "30"]))
-    assert len(os.listdir("/proc/self/fd")) - before == 3  # its stdin, stdout and stderr pipes
+    # (by number and target, so that an fd something else closed meanwhile is not counted)
+    opened = open_fds() - before
+    assert [target.split(":")[0] for _, target in opened] == ["pipe"] * 3, opened  # its stdio
     process.send_signal(signal.SIGKILL)
     assert (await asyncio.wait_for(process.wait(), 10)).signal == signal.SIGKILL
+
+
+def open_fds() -> set[tuple[str, str]]:
+    """This process's open file descriptors, each with what it points to."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # (the listing's own, closed by now)
+            found.add((fd, os.readlink(f"/proc/self/fd/{fd}")))
+    return found
