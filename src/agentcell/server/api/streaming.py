@@ -1,4 +1,5 @@
-"""StreamingResponse: Starlette's, watching for the client's disconnect with one plain task.
+"""Streamed answers: the JSON-lines encoders every stream uses, and a StreamingResponse (Starlette's,
+watching for the client's disconnect with one plain task).
 
 Under ASGI HTTP before 2.4 (the gateway's in-process calls and uvicorn both speak 2.3) Starlette
 runs each streaming response in an anyio task group, to stop the stream when the client leaves,
