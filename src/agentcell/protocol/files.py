@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, TypeAdapter, field_validator
+from pydantic import BeforeValidator, Field, TypeAdapter
 
 from agentcell.protocol.commands import SandboxPath
 from agentcell.protocol.common import ReplyModel, WireModel
@@ -30,19 +30,22 @@ def wire_text(name: str) -> str:
     return raw.decode("utf-8", "replace")
 
 
+def _as_wire_text(value: object) -> object:
+    return wire_text(value) if isinstance(value, str) else value
+
+
+WireText = Annotated[str, BeforeValidator(_as_wire_text)]
+"""a file name or path, as valid Unicode on the wire (see `wire_text`)"""
+
+
 class FileEntry(ReplyModel):
-    path: str
-    name: str
+    path: WireText
+    name: WireText
     type: FileType
     size: int
     mode: int
     mtime: datetime
-    symlink_target: str | None = None
-
-    @field_validator("path", "name", "symlink_target", mode="before")
-    @classmethod
-    def _as_wire_text(cls, value: object) -> object:
-        return wire_text(value) if isinstance(value, str) else value
+    symlink_target: WireText | None = None
 
 
 class FileList(ReplyModel):
@@ -71,13 +74,8 @@ class WatchStart(ReplyModel):
     """The first line: the watch is open; later changes are all reported."""
 
     type: Literal["start"] = "start"
-    path: str
+    path: WireText
     """the watched directory, absolute"""
-
-    @field_validator("path", mode="before")
-    @classmethod
-    def _as_wire_text(cls, value: object) -> object:
-        return wire_text(value) if isinstance(value, str) else value
 
 
 class WatchEvent(ReplyModel):
@@ -86,15 +84,10 @@ class WatchEvent(ReplyModel):
 
     type: Literal["event"] = "event"
     kind: WatchEventKind
-    name: str
+    name: WireText
     """relative to the watched directory"""
-    path: str
+    path: WireText
     """absolute"""
-
-    @field_validator("name", "path", mode="before")
-    @classmethod
-    def _as_wire_text(cls, value: object) -> object:
-        return wire_text(value) if isinstance(value, str) else value
 
 
 class WatchOverflow(ReplyModel):
