@@ -9,6 +9,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 from e2b import (
     ALL_TRAFFIC,
@@ -79,13 +80,17 @@ def test_list_is_newest_first_unless_asked(make_sandbox: Callable[..., Sandbox])
     assert [s.sandbox_id for s in ascending] == [older.sandbox_id, newer.sandbox_id]
 
 
-def test_deny_all_traffic_is_no_network_and_other_denials_are_refused(
-    make_sandbox: Callable[..., Sandbox],
+def test_deny_all_traffic_is_no_network_and_other_denials_narrow_open(
+    make_sandbox: Callable[..., Sandbox], api: httpx.Client
 ) -> None:
     closed = make_sandbox(network=SandboxNetworkOpts(deny_out=[ALL_TRAFFIC]))
     assert closed.get_info().allow_internet_access is False
-    with pytest.raises(SandboxException, match=r"400: network\.denyOut takes only"):
-        make_sandbox(network=SandboxNetworkOpts(deny_out=["8.8.8.8"]))
+    narrowed = make_sandbox(network=SandboxNetworkOpts(deny_out=["8.8.8.8", "10.0.0.0/8"]))
+    assert narrowed.get_info().allow_internet_access is True
+    network = api.get(f"/v1/sandboxes/{narrowed.sandbox_id}").json()["network"]
+    assert network == {"egress": "open", "allow": [], "deny": ["8.8.8.8", "10.0.0.0/8"]}
+    with pytest.raises(SandboxException, match=r"400: .*deny\[0\]: 'example\.com' is a name"):
+        make_sandbox(network=SandboxNetworkOpts(deny_out=["example.com"]))
 
 
 def test_symlinks_report_their_target(code_sandbox: CodeSandbox) -> None:

@@ -64,17 +64,12 @@ async def test_nothing_outlives_stop(linux_driver: LinuxDriver) -> None:
 
 
 async def test_stop_lets_processes_exit_on_sigterm(linux_driver: LinuxDriver, sandbox: str) -> None:
+    handler = "import signal, time; signal.signal(15, lambda *a: exit(7)); print('ready', flush=True)"
     process = await linux_driver.exec(
-        sandbox,
-        ExecSpec(
-            argv=[
-                "python3",
-                "-c",
-                "import signal, time; signal.signal(15, lambda *a: exit(7)); time.sleep(100)",
-            ]
-        ),
+        sandbox, ExecSpec(argv=["python3", "-c", handler + "; time.sleep(100)"])
     )
-    await asyncio.sleep(0.3)  # let python install its handler
+    # python has its handler once it says so (however slowly a loaded machine starts it)
+    assert await asyncio.wait_for(process.stdout.readline(), 30) == b"ready\n"
     await linux_driver.stop(sandbox, grace_s=5)
     assert (await process.wait()).code == 7
 

@@ -175,12 +175,24 @@ async def test_a_restarted_server_serves_the_adopted_sandbox_its_policy(
 ) -> None:
     one, two = host_servers
     sid = await start(linux_driver, "egress-adopt", "allowlist", [f"127.0.0.1:{one}"])
-    await linux_driver.egress.detach(sid)  # the old server's listener dies with it
-    restarted = make_driver(linux_driver.state_dir, prebuilt_helper)
+    await assert_adopted_with_its_policy(linux_driver, prebuilt_helper, sid, (one, "one"), two)
+
+
+async def assert_adopted_with_its_policy(
+    driver: LinuxDriver, helper: Path, sid: str, reached: tuple[int, str], refused: int
+) -> None:
+    """A restarted server (the old one's listener died with it) adopts `sid`, whose proxy then
+    reaches the host server `reached` (port, name) and refuses port `refused`."""
+    await driver.egress.detach(sid)
+    restarted = make_driver(driver.state_dir, helper)
     try:
         assert await restarted.adopt(sid) is True
-        assert (await curl(restarted, sid, f"http://127.0.0.1:{one}/"))[:2] == ("hello from one\n", "200")
-        assert (await curl(restarted, sid, f"http://127.0.0.1:{two}/"))[1] == "403"
+        port, name = reached
+        assert (await curl(restarted, sid, f"http://127.0.0.1:{port}/"))[:2] == (
+            f"hello from {name}\n",
+            "200",
+        )
+        assert (await curl(restarted, sid, f"http://127.0.0.1:{refused}/"))[1] == "403"
         await restarted.stop(sid)
     finally:
         await restarted.aclose()

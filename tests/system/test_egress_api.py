@@ -149,7 +149,7 @@ def test_the_cli_sets_the_policy(server_url: str, host_server: int) -> None:
     assert created.returncode == 0, created.stderr
     info = json.loads(created.stdout)
     try:
-        assert info["network"] == {"egress": "allowlist", "allow": [f"127.0.0.1:{host_server}"]}
+        assert info["network"] == {"egress": "allowlist", "allow": [f"127.0.0.1:{host_server}"], "deny": []}
         fetched = agentcell(
             server_url,
             "exec",

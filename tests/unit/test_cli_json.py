@@ -104,7 +104,7 @@ def test_durations_have_a_ceiling_when_asked() -> None:
         (["sandbox", "create", "--memory-mb", "8"], "'--memory-mb': 8 is not in the range x>=32"),
         (["fn", "deploy", ".", "--name", "x", "--cmd", "a", "--memory-mb", "8"], "'--memory-mb'"),
         (["sandbox", "create", "--disk-mb", "0"], "'--disk-mb'"),
-        (["sandbox", "create", "--allow", "bad::dest"], "'--egress' / '--allow': allow[0]"),
+        (["sandbox", "create", "--allow", "bad::dest"], "'--egress' / '--allow' / '--deny': allow[0]"),
         (["sandbox", "create", "--egress", "allowlist"], "needs at least one allow entry"),
         (["exec", "sbx_1", "--timeout", "-5", "--", "true"], "'--timeout'"),
         (["run-code", "sbx_1", "--timeout", "-1", "1"], "'--timeout'"),

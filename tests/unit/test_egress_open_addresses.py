@@ -94,3 +94,25 @@ async def test_an_allowlist_naming_loopback_still_reaches_it(origin_port: int) -
 @pytest.mark.parametrize("address", ["198.51.100.7", "203.0.113.9", "8.8.8.8", "2001:db8::1", "2606:4700::1"])
 def test_public_addresses_are_not_internal(address: str) -> None:
     assert internal_reason(ipaddress.ip_address(address)) is None
+
+
+@pytest.mark.parametrize(
+    ("request_text", "why"),
+    [
+        ("GET http://203.0.113.9/ HTTP/1.1\r\nHost: x\r\n\r\n", b"egress to 203.0.113.9:80 is denied"),
+        ("CONNECT 203.0.113.9:443 HTTP/1.1\r\n\r\n", b"egress to 203.0.113.9:443 is denied"),
+        ("CONNECT 0xcb.0.113.9:443 HTTP/1.1\r\n\r\n", b"(that is 203.0.113.9, in a deny entry)"),
+        ("CONNECT [::ffff:203.0.113.9]:443 HTTP/1.1\r\n\r\n", b"egress to ::ffff:203.0.113.9:443 is denied"),
+        ("CONNECT [2001:db8::1]:443 HTTP/1.1\r\n\r\n", b"egress to 2001:db8::1:443 is denied"),
+    ],
+)
+async def test_open_refuses_its_deny_entries_however_spelled(request_text: str, why: bytes) -> None:
+    """(Documentation addresses: had a request been let through, it would have gone nowhere.)"""
+    proxy, port = await open_proxy(NetworkPolicy(egress="open", deny=["203.0.113.0/24", "[2001:db8::1]:443"]))
+    try:
+        reply = await ask(port, request_text)
+        assert reply.startswith(b"HTTP/1.1 403 ") and why in reply, reply
+        assert b"network policy: open (except 203.0.113.0/24, [2001:db8::1]:443)" in reply, reply
+        assert proxy.open_connections == 0
+    finally:
+        await proxy.aclose()

@@ -86,6 +86,21 @@ def test_none_and_open() -> None:
     assert opened.allows_name("anything.test", 1) and opened.has_proxy and opened.describe() == "open"
 
 
+def test_open_with_deny_entries_refuses_those_addresses_only() -> None:
+    opened = EgressPolicy.from_wire(
+        NetworkPolicy(egress="open", deny=["203.0.113.0/24", "[2001:db8::1]:443"])
+    )
+    assert not opened.allows_address(ipaddress.ip_address("203.0.113.9"), 80)
+    assert not opened.allows_name("203.0.113.9", 80)  # an address written as the name
+    assert not opened.allows_address(ipaddress.ip_address("2001:db8::1"), 443)
+    assert opened.allows_address(ipaddress.ip_address("2001:db8::1"), 80)  # only :443 is denied
+    assert opened.allows_address(ipaddress.ip_address("198.51.100.7"), 80)
+    assert opened.allows_name("example.test", 443)  # a name: its addresses are checked once resolved
+    assert opened.describe() == "open (except 203.0.113.0/24, [2001:db8::1]:443)"
+    assert EgressPolicy.from_record(opened.to_record()) == opened
+    assert EgressPolicy.from_record({"kind": "open", "allow": []}) == EgressPolicy("open")  # (older records)
+
+
 def test_records_round_trip_and_bad_records_are_none() -> None:
     rules = policy("*.example.com", "10.0.0.0/8:443")
     assert EgressPolicy.from_record(rules.to_record()) == rules
@@ -107,6 +122,12 @@ def test_describe_names_the_entries() -> None:
         ({"egress": "open", "allow": ["a.test"]}, "only used with egress 'allowlist'"),
         ({"egress": "allowlist", "allow": ["ok.test", "10.0.0.0/33"]}, "allow[1]: '10.0.0.0/33'"),
         ({"egress": "none", "extra": 1}, "Extra inputs are not permitted"),
+        ({"egress": "open", "deny": ["example.com"]}, "deny[0]: 'example.com' is a name"),
+        ({"egress": "open", "deny": ["10.0.0.0/33"]}, "deny[0]: '10.0.0.0/33'"),
+        (
+            {"egress": "allowlist", "allow": ["a.test"], "deny": ["10.0.0.1"]},
+            "deny entries narrow egress 'open'",
+        ),
     ],
 )
 def test_the_wire_model_refuses_bad_policies(body: dict[str, object], message: str) -> None:

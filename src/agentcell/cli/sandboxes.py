@@ -33,6 +33,9 @@ def sandbox_group() -> None:
     """Create, list, inspect and end sandboxes."""
 
 
+DENY_HELP = "Repeatable: an IP or CIDR (optional :port) the open internet excludes; implies --egress open."
+
+
 @sandbox_group.command("create")
 @click.option("--template", default=None, help="Template name (server default: base).")
 @click.option(
@@ -59,6 +62,13 @@ def sandbox_group() -> None:
     help="At the timeout: end the sandbox (default) or pause it (its /home/user kept).",
 )
 @click.option(
+    "--auto-resume",
+    is_flag=True,
+    default=None,
+    help="With --on-timeout pause: resume the paused sandbox when work reaches it (a command, "
+    "code, files, a request to its ports).",
+)
+@click.option(
     "--egress",
     type=click.Choice(["none", "allowlist", "open"]),
     default=None,
@@ -70,6 +80,7 @@ def sandbox_group() -> None:
     metavar="DEST",
     help="Repeatable: host, *.domain, IP or CIDR, each with an optional :port.",
 )
+@click.option("--deny", multiple=True, metavar="ADDR", help=DENY_HELP)
 @click.option(
     "--ports",
     type=click.Choice(["public", "private"]),
@@ -77,6 +88,12 @@ def sandbox_group() -> None:
     help="Who reaches its ports' {port}-{id}.{domain} hosts: anyone (default), or only requests "
     "with its traffic token (printed on stderr; --json: traffic_token) in the "
     "e2b-traffic-access-token header.",
+)
+@click.option(
+    "--ports-host",
+    default=None,
+    metavar="HOST",
+    help="The Host header requests to its ports arrive with, e.g. 'localhost:${PORT}' (dev servers).",
 )
 @json_option
 @pass_connection
@@ -91,9 +108,12 @@ def create(
     disk_mb: int | None,
     timeout_s: int | None,
     on_timeout: str | None,
+    auto_resume: bool | None,
     egress: str | None,
     allow: tuple[str, ...],
+    deny: tuple[str, ...],
     ports: str | None,
+    ports_host: str | None,
     as_json: bool,
 ) -> None:
     """Start a sandbox and print its id (--json: its details)."""
@@ -101,7 +121,7 @@ def create(
         raise click.UsageError(
             "give --template or --snapshot, not both: a sandbox from a snapshot runs the snapshot's template"
         )
-    network = _network(egress, allow)
+    network = _network(egress, allow, deny)
     sandbox = Sandbox.create(
         template,
         env=env,
@@ -111,8 +131,10 @@ def create(
         disk_mb=disk_mb,
         timeout_s=timeout_s,
         on_timeout=cast(Literal["kill", "pause"] | None, on_timeout),
+        auto_resume=auto_resume,
         network=network,
         ports=cast(PortsAccess | None, ports),
+        ports_host=ports_host,
         snapshot=snapshot,
         api_url=conn.api_url,
         api_key=conn.api_key,
@@ -126,13 +148,13 @@ def create(
         click.echo(f"traffic token: {sandbox.info.traffic_token}", err=True)
 
 
-def _network(egress: str | None, allow: tuple[str, ...]) -> NetworkPolicy | None:
-    """The egress policy of --egress and --allow (which implies allowlist), checked here so that a
-    bad entry is a usage error."""
-    if egress is None and not allow:
+def _network(egress: str | None, allow: tuple[str, ...], deny: tuple[str, ...]) -> NetworkPolicy | None:
+    """The egress policy of --egress, --allow (which implies allowlist) and --deny (which implies
+    open), checked here so that a bad entry is a usage error."""
+    if egress is None and not allow and not deny:
         return None
-    fields = {"egress": egress or "allowlist", "allow": list(allow)}
-    return validate_options(NetworkPolicy, fields, "--egress", "--allow")
+    fields = {"egress": egress or ("open" if deny else "allowlist"), "allow": list(allow), "deny": list(deny)}
+    return validate_options(NetworkPolicy, fields, "--egress", "--allow", "--deny")
 
 
 @sandbox_group.command("ls")
@@ -181,6 +203,39 @@ def set_timeout(conn: Connection, sandbox_id: str, timeout_s: int, as_json: bool
     with conn.sandbox(sandbox_id) as sandbox:
         info = sandbox.set_timeout(timeout_s)
     _echo_end_time(info, as_json)
+
+
+@sandbox_group.command("network")
+@click.argument("sandbox_id")
+@click.option(
+    "--egress",
+    type=click.Choice(["none", "allowlist", "open"]),
+    default=None,
+    help="The new egress policy. --allow implies allowlist.",
+)
+@click.option("--allow", multiple=True, metavar="DEST", help="Repeatable: host, *.domain, IP or CIDR[:port].")
+@click.option("--deny", multiple=True, metavar="ADDR", help=DENY_HELP)
+@json_option
+@pass_connection
+def set_network(
+    conn: Connection,
+    sandbox_id: str,
+    egress: str | None,
+    allow: tuple[str, ...],
+    deny: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Replace a running sandbox's egress policy now (connections it no longer allows are cut);
+    prints nothing (--json: its details)."""
+    network = _network(egress, allow, deny)
+    if network is None:
+        raise click.UsageError(
+            "give the new policy: --egress none|open, --allow DEST or --deny ADDR (repeatable)"
+        )
+    with conn.sandbox(sandbox_id) as sandbox:
+        info = sandbox.update_network(network)
+    if as_json:
+        echo_json(info)
 
 
 @sandbox_group.command("pause")

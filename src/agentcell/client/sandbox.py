@@ -133,7 +133,9 @@ class AsyncSandbox:
         network: NetworkPolicy | Mapping[str, Any] | str | None = None,
         code_kernel: bool | None = None,
         on_timeout: Literal["kill", "pause"] | None = None,
+        auto_resume: bool | None = None,
         ports: PortsAccess | None = None,
+        ports_host: str | None = None,
         snapshot: str | None = None,
         api_url: str | None = None,
         api_key: str | None = None,
@@ -145,11 +147,15 @@ class AsyncSandbox:
         AGENTCELL_URL then http://127.0.0.1:8700; `api_key` to AGENTCELL_API_KEY. `network` is the
         egress policy: "none" (default), "open", or {"egress": "allowlist", "allow": [...]}.
         `code_kernel=True` starts the default Python kernel before returning (first run_code fast).
-        `on_timeout="pause"` pauses the sandbox at its timeout instead of ending it (see `pause`).
+        `on_timeout="pause"` pauses the sandbox at its timeout instead of ending it (see `pause`);
+        with `auto_resume=True` a paused sandbox resumes when work reaches it (a command, code, a
+        file operation, a request to one of its ports), running at least 5 minutes again.
         `ports="private"`: its ports' hosts (`{port}-{id}.{domain}`) answer only requests with
-        `info.traffic_token` in the `e2b-traffic-access-token` header. `snapshot` (a snapshot's id,
-        not with `template`) starts from a snapshot (`create_snapshot`): its template, resources,
-        env, network and /home/user files, the values given here over them (env merged)."""
+        `info.traffic_token` in the `e2b-traffic-access-token` header; `ports_host` is the Host
+        header those requests arrive with (`"localhost:${PORT}"`: what dev servers accept).
+        `snapshot` (a snapshot's id, not with `template`) starts from a snapshot
+        (`create_snapshot`): its template, resources, env, network and /home/user files, the
+        values given here over them (env merged)."""
         given = {
             "template": template,
             "env": env,
@@ -161,7 +167,9 @@ class AsyncSandbox:
             "network": network_body(network),
             "code_kernel": code_kernel,
             "on_timeout": on_timeout,
+            "auto_resume": auto_resume,
             "ports": ports,
+            "ports_host": ports_host,
             "snapshot": snapshot,
         }
         body = request_body(SandboxCreate, {k: v for k, v in given.items() if v is not None})
@@ -293,6 +301,14 @@ class AsyncSandbox:
         """End the sandbox `timeout_s` seconds from now (sooner or later than before)."""
         body = request_body(SandboxTimeout, {"timeout_s": timeout_s})
         self.info = await self._api.call_model(SandboxInfo, "POST", f"{self._path}/timeout", json=body)
+        return self.info
+
+    async def update_network(self, network: NetworkPolicy | Mapping[str, Any] | str) -> SandboxInfo:
+        """Replace the running sandbox's egress policy at once ("none", "open", or {"egress":
+        "allowlist", "allow": [...]}): connections the new one refuses are cut; commands started
+        from now on get its proxy settings, running ones keep theirs."""
+        body = request_body(NetworkPolicy, network_body(network))
+        self.info = await self._api.call_model(SandboxInfo, "PUT", f"{self._path}/network", json=body)
         return self.info
 
     async def pause(self) -> SandboxInfo:

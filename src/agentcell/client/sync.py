@@ -337,7 +337,9 @@ class Sandbox:
         network: NetworkPolicy | Mapping[str, Any] | str | None = None,
         code_kernel: bool | None = None,
         on_timeout: Literal["kill", "pause"] | None = None,
+        auto_resume: bool | None = None,
         ports: PortsAccess | None = None,
+        ports_host: str | None = None,
         snapshot: str | None = None,
         api_url: str | None = None,
         api_key: str | None = None,
@@ -357,7 +359,9 @@ class Sandbox:
                 network=network,
                 code_kernel=code_kernel,
                 on_timeout=on_timeout,
+                auto_resume=auto_resume,
                 ports=ports,
+                ports_host=ports_host,
                 snapshot=snapshot,
                 api_url=api_url,
                 api_key=api_key,
@@ -480,6 +484,9 @@ class Sandbox:
 
     def set_timeout(self, timeout_s: int) -> SandboxInfo:
         return self._portal.run(self._core.set_timeout(timeout_s))
+
+    def update_network(self, network: NetworkPolicy | Mapping[str, Any] | str) -> SandboxInfo:
+        return self._portal.run(self._core.update_network(network))
 
     def run_code(
         self,

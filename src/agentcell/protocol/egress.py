@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -127,19 +128,30 @@ class NetworkPolicy(WireModel):
         max_length=MAX_ALLOW_ENTRIES,
         description="for allowlist: host names, '*.' wildcards, IPs or CIDRs, each with an optional ':port'",
     )
+    deny: list[Annotated[str, StringConstraints(min_length=1, max_length=300)]] = Field(
+        default_factory=list,
+        max_length=MAX_ALLOW_ENTRIES,
+        description="for open: IPs or CIDRs (each with an optional ':port') it may not reach, "
+        "whatever name leads there",
+    )
 
     @field_validator("allow")
     @classmethod
     def _entries_parse(cls, allow: list[str]) -> list[str]:
-        problems = []
-        for index, text in enumerate(allow):
-            try:
-                parse_allow_entry(text)
-            except ValueError as e:
-                problems.append(f"allow[{index}]: {e}")
-        if problems:
-            raise ValueError("; ".join(problems[:8]))
-        return [text.strip() for text in allow]
+        return _checked("allow", allow, parse_allow_entry)
+
+    @field_validator("deny")
+    @classmethod
+    def _deny_entries_are_addresses(cls, deny: list[str]) -> list[str]:
+        return _checked("deny", deny, _parse_deny_entry)
+
+    @model_validator(mode="after")
+    def _deny_fits_kind(self) -> NetworkPolicy:
+        if self.deny and self.egress != "open":
+            raise ValueError(
+                f"deny entries narrow egress 'open'; {self.egress!r} already denies what it does not allow"
+            )
+        return self
 
     @model_validator(mode="after")
     def _allow_fits_kind(self) -> NetworkPolicy:
@@ -151,3 +163,26 @@ class NetworkPolicy(WireModel):
 
     def entries(self) -> tuple[AllowEntry, ...]:
         return tuple(parse_allow_entry(text) for text in self.allow)
+
+    def denied(self) -> tuple[AllowEntry, ...]:
+        return tuple(parse_allow_entry(text) for text in self.deny)
+
+
+def _parse_deny_entry(text: str) -> AllowEntry:
+    entry = parse_allow_entry(text)
+    if entry.network is None:
+        raise ValueError(f"{text!r} is a name; deny entries are IPs or CIDRs (a name could resolve anywhere)")
+    return entry
+
+
+def _checked(field: str, texts: list[str], parse: Callable[[str], AllowEntry]) -> list[str]:
+    """The entries stripped, once each parses; else a ValueError naming each bad one (8 at most)."""
+    problems = []
+    for index, text in enumerate(texts):
+        try:
+            parse(text)
+        except ValueError as e:
+            problems.append(f"{field}[{index}]: {e}")
+    if problems:
+        raise ValueError("; ".join(problems[:8]))
+    return [text.strip() for text in texts]

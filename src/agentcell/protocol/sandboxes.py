@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from agentcell.protocol.common import NoNul, ReplyModel, WireModel
 from agentcell.protocol.egress import NetworkPolicy
@@ -21,6 +22,13 @@ MAX_FORKS = 20
 """sandboxes one fork starts at most"""
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
+PORT_PLACEHOLDER = "${PORT}"
+PortsHost = Annotated[str, StringConstraints(min_length=1, max_length=260)]
+_PORTS_HOST = re.compile(r"(?:[A-Za-z0-9.\-:\[\]]|\$\{PORT\})+")
+"""a Host header value: a name or address, an optional port, `${PORT}` anywhere for the port"""
+AUTO_RESUME_MIN_TIMEOUT_S = 300
+"""a sandbox resumed by work reaching it runs at least this long (E2B's five minutes), else its own
+timeout: the clock starts at the resume"""
 MAX_SANDBOX_PAGE = 100
 """the most sandboxes one page of `GET /v1/sandboxes` holds (and its default `limit`)"""
 
@@ -61,10 +69,22 @@ class SandboxCreate(WireModel):
     on_timeout: Literal["kill", "pause"] = Field(
         default="kill", description="at its timeout the sandbox ends (kill) or is paused (/home/user kept)"
     )
+    auto_resume: bool = Field(
+        default=False,
+        description="resume the sandbox when paused, once work reaches it: a command, code, a file "
+        "operation or a request to one of its ports (its timeout then at least "
+        "AUTO_RESUME_MIN_TIMEOUT_S); needs on_timeout 'pause'",
+    )
     ports: PortsAccess = Field(
         default="public",
         description="public: its ports' hosts answer anyone; private: only requests carrying its "
         "traffic_token (in the create answer) in the e2b-traffic-access-token header",
+    )
+    ports_host: PortsHost | None = Field(
+        default=None,
+        description="the Host header requests to its ports arrive with, in place of the gateway's "
+        "{port}-{id}.{domain} (which X-Forwarded-Host keeps); ${PORT} is the port: "
+        "'localhost:${PORT}' satisfies dev servers that accept only their own name",
     )
     snapshot: SnapshotId | None = Field(
         default=None,
@@ -83,6 +103,25 @@ class SandboxCreate(WireModel):
             raise ValueError(
                 "give template or snapshot, not both: a sandbox started from a snapshot runs the "
                 "template of the sandbox the snapshot was taken of"
+            )
+        return self
+
+    @field_validator("ports_host")
+    @classmethod
+    def _a_host(cls, host: str | None) -> str | None:
+        if host is not None and not _PORTS_HOST.fullmatch(host):
+            raise ValueError(
+                "ports_host is a Host header: a name or address with an optional :port, and "
+                f"{PORT_PLACEHOLDER} for the port (as 'localhost:{PORT_PLACEHOLDER}'), got {host[:80]!r}"
+            )
+        return host
+
+    @model_validator(mode="after")
+    def _resumes_only_if_paused(self) -> SandboxCreate:
+        if self.auto_resume and self.on_timeout != "pause":
+            raise ValueError(
+                "auto_resume needs on_timeout 'pause': a sandbox that is killed at its timeout "
+                "has nothing to resume"
             )
         return self
 
@@ -121,6 +160,9 @@ class SandboxInfo(ReplyModel):
     disk_mb: int
     network: NetworkPolicy = Field(default_factory=NetworkPolicy)
     ports: PortsAccess = "public"
+    ports_host: str | None = None
+    on_timeout: Literal["kill", "pause"] = "kill"
+    auto_resume: bool = False
     traffic_token: str | None = Field(
         default=None,
         description="a private sandbox's token for its ports, to keys that may write to it (create, "

@@ -309,7 +309,7 @@ def create_app(
     e2b = e2b_app(sandbox_service, clock, pauses, sandbox_metrics, terminals)
     e2b.control.state.snapshots = sandbox_snapshots  # E2B's snapshots and fork
     app.state.snapshots = sandbox_snapshots  # the native API's (api/snapshots.py)
-    app.state.e2b_ports = E2bPorts(sandbox_service, driver, settings.e2b_domain, sandbox_service.traffic)
+    app.state.e2b_ports = E2bPorts(sandbox_service, pauses, driver, settings.e2b_domain)
     app.state.scheduler = scheduler
     app.state.node_egress = node_egress_of(driver)  # main.py protects the ports it binds
     app.state.workspaces = workspaces

@@ -18,12 +18,29 @@ from agentcell.server.scheduler.watch_streams import WatchStreams
 from agentcell.server.scheduler.workspaces import WorkspaceKeeper
 
 
-async def _sandboxes(request: Request) -> SandboxService:
+async def _service(request: Request) -> SandboxService:
     service: SandboxService = request.app.state.sandboxes
     return service
 
 
+async def _wake(request: Request) -> None:
+    """Work in the sandbox the path names (if any): a paused one created with `auto_resume` is
+    resumed first (SandboxPauses.wake)."""
+    sandbox_id = request.path_params.get("sandbox_id")
+    if sandbox_id is not None:
+        pauses: SandboxPauses = request.app.state.pauses
+        await pauses.wake(sandbox_id)
+
+
+async def _sandboxes(request: Request) -> SandboxService:
+    await _wake(request)
+    return await _service(request)
+
+
 Sandboxes = Annotated[SandboxService, Depends(_sandboxes)]
+"""for work in a sandbox (commands, code, files): a paused one with `auto_resume` wakes"""
+SandboxControl = Annotated[SandboxService, Depends(_service)]
+"""for what changes a sandbox from outside (its timeout): a paused one stays paused"""
 
 
 async def _pauses(request: Request) -> SandboxPauses:
@@ -68,6 +85,7 @@ Workspaces = Annotated[WorkspaceKeeper, Depends(_workspaces)]
 
 
 async def _watches(request: Request) -> WatchStreams:
+    await _wake(request)  # (a watch is work in it: E2B's watch_dir wakes it too)
     watches: WatchStreams = request.app.state.watches
     return watches
 

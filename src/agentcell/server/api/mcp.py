@@ -28,8 +28,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agentcell.errors import AgentcellError
 from agentcell.protocol.code import CodeRun
 from agentcell.protocol.commands import CommandRequest
+from agentcell.protocol.egress import NetworkPolicy
 from agentcell.protocol.files import wire_text
-from agentcell.protocol.sandboxes import MAX_SANDBOX_PAGE, SandboxCreate, SandboxTimeout
+from agentcell.protocol.sandboxes import MAX_SANDBOX_PAGE, SandboxCreate, SandboxResume, SandboxTimeout
 from agentcell.server.api.sandboxes import sandbox_page
 from agentcell.server.auth.principal import current_or_none
 from agentcell.server.interpreter.context import CodeContext
@@ -86,16 +87,58 @@ def build_mcp_server(sandboxes: SandboxService, pauses: SandboxPauses) -> MCPSer
         return register
 
     @tool()
-    async def create_sandbox(template: str = "base", timeout_s: int = 300) -> dict[str, Any]:
-        """Start a sandbox (user `user`, home /home/user); it ends after timeout_s unless renewed."""
-        sandbox = await sandboxes.create(SandboxCreate(template=template, timeout_s=timeout_s))
-        return sandbox.info().model_dump(mode="json")
+    async def create_sandbox(
+        template: str = "base",
+        timeout_s: int = 300,
+        pause_at_timeout: bool = False,
+        auto_resume: bool = False,
+        egress: str = "none",
+        allow: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Start a sandbox (user `user`, home /home/user); it ends after timeout_s unless renewed.
+        pause_at_timeout: it is paused instead (its /home/user kept, its processes ended);
+        auto_resume (with pause_at_timeout): a paused sandbox resumes by itself when a tool
+        works in it. egress: its network, "none" (default), "open" (the public internet, for pip
+        and npm installs) or "allowlist" (only the hosts in allow, e.g. ["pypi.org"])."""
+        request = SandboxCreate(
+            template=template,
+            timeout_s=timeout_s,
+            on_timeout="pause" if pause_at_timeout else "kill",
+            auto_resume=auto_resume,
+            network=_network(egress, allow, None),
+        )
+        return (await sandboxes.create(request)).info().model_dump(mode="json")
 
     @tool()
-    async def list_sandboxes(next_token: str | None = None) -> dict[str, Any]:
-        """Running sandboxes, oldest first, 100 at a time: pass the answer's next_token (null on
-        the last page) to get the next 100."""
-        page, token = sandbox_page(pauses, {}, "running", MAX_SANDBOX_PAGE, next_token)
+    async def set_sandbox_network(
+        sandbox_id: str, egress: str, allow: list[str] | None = None, deny: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Replace a running sandbox's network now: egress "none", "open" (deny: IPs or CIDRs it
+        still may not reach) or "allowlist" (allow: hosts, *.domains, IPs or CIDRs, each with an
+        optional :port). Connections the new policy does not allow are cut."""
+        network = _network(egress, allow, deny)
+        return (await sandboxes.set_network(sandbox_id, network)).info().model_dump(mode="json")
+
+    @tool()
+    async def pause_sandbox(sandbox_id: str) -> dict[str, Any]:
+        """Save the sandbox's /home/user and stop it: it costs nothing while paused, and its
+        processes end. resume_sandbox starts it again with its files."""
+        return (await pauses.pause(sandbox_id)).sandbox.info().model_dump(mode="json")
+
+    @tool()
+    async def resume_sandbox(sandbox_id: str, timeout_s: int | None = None) -> dict[str, Any]:
+        """Start a paused sandbox again, same id, its /home/user restored (timeout_s: its new
+        timeout, else the one it was created with)."""
+        valid = SandboxResume(timeout_s=timeout_s)  # (as the REST route: 1 s to 7 days)
+        return (await pauses.resume(sandbox_id, valid.timeout_s)).info().model_dump(mode="json")
+
+    @tool()
+    async def list_sandboxes(next_token: str | None = None, paused: bool = False) -> dict[str, Any]:
+        """Running sandboxes (paused ones with paused=true), oldest first, 100 at a time: pass the
+        answer's next_token (null on the last page) to get the next 100."""
+        page, token = sandbox_page(
+            pauses, {}, "paused" if paused else "running", MAX_SANDBOX_PAGE, next_token
+        )
         return {"sandboxes": [s.info().model_dump(mode="json") for s in page], "next_token": token}
 
     @tool()
@@ -114,6 +157,7 @@ def build_mcp_server(sandboxes: SandboxService, pauses: SandboxPauses) -> MCPSer
     async def run_command(sandbox_id: str, command: str, timeout_s: float = 60) -> dict[str, Any]:
         """Run a bash command in the sandbox; returns its stdout, stderr and exit code."""
         request = CommandRequest(cmd=command, timeout_s=timeout_s)
+        await pauses.wake(sandbox_id)
         process = await sandboxes.start_process(sandbox_id, request)
         out = {"stdout": HeadAndTail(MAX_OUTPUT_CHARS), "stderr": HeadAndTail(MAX_OUTPUT_CHARS)}
         result: dict[str, Any] = {}
@@ -132,6 +176,7 @@ def build_mcp_server(sandboxes: SandboxService, pauses: SandboxPauses) -> MCPSer
         """Run code in the sandbox's stateful context of `language` (python, javascript, bash):
         variables survive between calls; charts come back as images."""
         request = CodeRun(code=code, language=language, timeout_s=timeout_s)
+        await pauses.wake(sandbox_id)
         context = await sandboxes.code(sandbox_id).for_run(request)
         await context.ensure_started()
         return await _run_code(context, request)
@@ -139,6 +184,7 @@ def build_mcp_server(sandboxes: SandboxService, pauses: SandboxPauses) -> MCPSer
     @tool()
     async def read_file(sandbox_id: str, path: str) -> Content:
         """A file's content: text, or an image for png/jpeg/gif/webp (at most 4 MiB)."""
+        await pauses.wake(sandbox_id)
         data = await _read(sandboxes.files(sandbox_id).read(path))
         kind = IMAGE_TYPES.get(path.rsplit(".", 1)[-1].lower())
         if kind is not None:
@@ -148,12 +194,14 @@ def build_mcp_server(sandboxes: SandboxService, pauses: SandboxPauses) -> MCPSer
     @tool()
     async def write_file(sandbox_id: str, path: str, text: str) -> dict[str, Any]:
         """Create or replace a text file (parents are made); a request holds at most 4 MiB."""
+        await pauses.wake(sandbox_id)
         entry = await sandboxes.files(sandbox_id).write(path, _one(text.encode()))
         return {"path": entry.path, "size": entry.size}
 
     @tool()
     async def list_files(sandbox_id: str, path: str = "/home/user", depth: int = 1) -> list[dict[str, Any]]:
         """Entries under a directory (depth 1..16)."""
+        await pauses.wake(sandbox_id)
         entries = await sandboxes.files(sandbox_id).list(path, depth)
         return [{"path": wire_text(e.path), "type": e.type, "size": e.size} for e in entries]
 
@@ -351,3 +399,7 @@ async def _read(chunks: AsyncIterable[bytes]) -> bytes:
 
 async def _one(data: bytes) -> AsyncIterable[bytes]:
     yield data
+
+
+def _network(egress: str, allow: list[str] | None, deny: list[str] | None) -> NetworkPolicy:
+    return NetworkPolicy.model_validate({"egress": egress, "allow": allow or [], "deny": deny or []})

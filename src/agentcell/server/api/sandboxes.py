@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import ValidationError
 
 from agentcell.errors import Conflict, InvalidArgument
+from agentcell.protocol.egress import NetworkPolicy
 from agentcell.protocol.sandboxes import (
     MAX_SANDBOX_PAGE,
     SandboxCreate,
@@ -23,7 +24,7 @@ from agentcell.protocol.sandboxes import (
     SandboxState,
     SandboxTimeout,
 )
-from agentcell.server.api.deps import Pauses, Sandboxes, Snapshots, Traffic
+from agentcell.server.api.deps import Pauses, SandboxControl, Sandboxes, Snapshots, Traffic
 from agentcell.server.api.errors import describe_validation
 from agentcell.server.api.lean import lean
 from agentcell.server.api.paging import after_token, page_token
@@ -141,11 +142,20 @@ async def get_sandbox(sandbox_id: str, pauses: Pauses, traffic: Traffic) -> Sand
 @router.post("/{sandbox_id}/timeout")
 @lean
 async def set_sandbox_timeout(
-    sandbox_id: str, body: SandboxTimeout, sandboxes: Sandboxes, pauses: Pauses, traffic: Traffic
+    sandbox_id: str, body: SandboxTimeout, sandboxes: SandboxControl, pauses: Pauses, traffic: Traffic
 ) -> SandboxInfo:
     if pauses.paused(sandbox_id) is not None:
         raise Conflict(f"sandbox {sandbox_id} is paused; resume it first (POST .../resume takes a timeout_s)")
     return answer(sandboxes.set_timeout(sandbox_id, body.timeout_s), traffic)
+
+
+@router.put("/{sandbox_id}/network")
+async def set_sandbox_network(
+    sandbox_id: str, body: NetworkPolicy, sandboxes: SandboxControl, traffic: Traffic
+) -> SandboxInfo:
+    """Replace a running sandbox's egress policy at once: connections its old policy allowed and
+    the new one does not are cut; commands started from now on get the new proxy settings."""
+    return answer(await sandboxes.set_network(sandbox_id, body), traffic)
 
 
 @router.post("/{sandbox_id}/pause")

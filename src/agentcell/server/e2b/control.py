@@ -26,10 +26,13 @@ from agentcell.server.api.paging import after_token, page_token
 from agentcell.server.auth.principal import current_or_none
 from agentcell.server.e2b.errors import NotImplementedE2b, status_and_message
 from agentcell.server.e2b.models import (
+    ALL_TRAFFIC,
     CLIENT_ID,
     ENVD_VERSION,
     ConnectE2b,
     ForkE2b,
+    NetworkE2b,
+    NetworkUpdateE2b,
     PauseE2b,
     SandboxCreateE2b,
     SnapshotE2b,
@@ -94,9 +97,16 @@ def detail_reply(reg: E2bRegistry, sandbox: Sandbox) -> dict[str, Any]:
         **listed_reply(reg, sandbox),
         **token,
         "allowInternetAccess": sandbox.request.network.egress != "none",
-        "lifecycle": {"onTimeout": sandbox.request.on_timeout, "autoResume": False},
-        "network": {"allowPublicTraffic": reg.allows_public_traffic(sandbox)},
+        "lifecycle": {"onTimeout": sandbox.request.on_timeout, "autoResume": sandbox.request.auto_resume},
+        "network": _network_reply(reg, sandbox),
     }
+
+
+def _network_reply(reg: E2bRegistry, sandbox: Sandbox) -> dict[str, Any]:
+    reply: dict[str, Any] = {"allowPublicTraffic": reg.allows_public_traffic(sandbox)}
+    if sandbox.request.ports_host is not None:
+        reply["maskRequestHost"] = sandbox.request.ports_host
+    return reply
 
 
 def _may_drive() -> bool:
@@ -106,15 +116,21 @@ def _may_drive() -> bool:
     return principal is None or principal.allows(DRIVE_SCOPE)
 
 
-def _network(body: SandboxCreateE2b) -> NetworkPolicy:
+def _network(allow_out: list[str], deny_out: list[str], allow_internet_access: bool | None) -> NetworkPolicy:
     """E2B's default is internet access on: `open` (through the node's egress proxy), unless the
     request says `allow_internet_access: false`, denies all traffic (`denyOut: [ALL_TRAFFIC]`) or
-    names an allowlist (which, as on E2B, takes precedence over the deny)."""
-    if body.network and body.network.allow_out:
-        return NetworkPolicy(egress="allowlist", allow=body.network.allow_out)
-    if body.allow_internet_access is False or (body.network and body.network.deny_out):
+    names an allowlist (which, as on E2B, takes precedence over the deny); other `denyOut`
+    entries are what `open` may not reach."""
+    if allow_out:
+        return NetworkPolicy(egress="allowlist", allow=allow_out)
+    if allow_internet_access is False or ALL_TRAFFIC in deny_out:
         return NetworkPolicy()
-    return NetworkPolicy(egress="open")
+    return NetworkPolicy(egress="open", deny=deny_out)
+
+
+def _created_network(body: SandboxCreateE2b) -> NetworkPolicy:
+    network = body.network or NetworkE2b()
+    return _network(network.allow_out, network.deny_out, body.allow_internet_access)
 
 
 def _create_request(body: SandboxCreateE2b) -> SandboxCreate:
@@ -127,9 +143,11 @@ def _create_request(body: SandboxCreateE2b) -> SandboxCreate:
             "timeout_s": body.timeout,
             "metadata": body.metadata,
             "env": body.env_vars,
-            "network": _network(body),
+            "network": _created_network(body),
             "on_timeout": "pause" if body.auto_pause else "kill",
+            "auto_resume": body.resumes_itself,
             "ports": "private" if body.network and body.network.allow_public_traffic is False else "public",
+            "ports_host": body.network.mask_request_host if body.network else None,
         }
     )
 
@@ -198,6 +216,18 @@ async def kill_sandbox(request: Request, sandbox_id: str) -> Response:
 async def set_timeout(request: Request, sandbox_id: str, body: TimeoutE2b) -> Response:
     reg = registry(request)
     reg.sandboxes.set_timeout(_live(reg, sandbox_id).id, body.timeout)
+    return Response(status_code=204)
+
+
+@router.put("/sandboxes/{sandbox_id}/network", status_code=204)
+async def update_network(request: Request, sandbox_id: str, body: NetworkUpdateE2b) -> Response:
+    """The running sandbox's egress rules replaced at once (`Sandbox.update_network`)."""
+    reason = body.unsupported()
+    if reason:
+        raise InvalidArgument(reason)
+    network = _network(body.allow_out, body.deny_out, body.allow_internet_access)
+    reg = registry(request)
+    await reg.sandboxes.set_network(_live(reg, sandbox_id).id, network)
     return Response(status_code=204)
 
 
@@ -353,7 +383,9 @@ def _from_snapshot(body: SandboxCreateE2b) -> Callable[[SandboxCreate], SandboxC
                 "metadata": body.metadata,
                 "env": {**taken.env, **body.env_vars},
                 "on_timeout": "pause" if body.auto_pause else "kill",
+                "auto_resume": body.resumes_itself,
                 "ports": "private" if private else taken.ports,
+                "ports_host": (body.network and body.network.mask_request_host) or taken.ports_host,
             }
         )
 
@@ -422,7 +454,6 @@ def _fork_reply(reg: E2bRegistry, fork: Sandbox | AgentcellError, template_id: s
     return {"sandbox": sandbox_reply(reg, fork)}
 
 
-UNSUPPORTED = (("PUT", "/sandboxes/{sandbox_id}/network", "changing a running sandbox's network"),)
 CLOUD_ONLY = ("/templates", "/v2/templates", "/v3/templates", "/snapshots", "/volumes", "/secrets")
 
 
@@ -433,8 +464,6 @@ def _refuse(feature: str) -> Callable[[], Awaitable[Response]]:
     return refuse
 
 
-for _method, _path, _feature in UNSUPPORTED:
-    router.add_api_route(_path, _refuse(_feature), methods=[_method], include_in_schema=False)
 for _prefix in CLOUD_ONLY:
     router.add_api_route(
         _prefix + "{rest:path}",

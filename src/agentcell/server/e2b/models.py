@@ -34,6 +34,7 @@ class NetworkE2b(E2bRequest):
     allow_out: list[str] = Field(default_factory=list, alias="allowOut")
     deny_out: list[str] = Field(default_factory=list, alias="denyOut")
     allow_public_traffic: bool | None = Field(default=None, alias="allowPublicTraffic")
+    mask_request_host: str | None = Field(default=None, alias="maskRequestHost")
 
 
 class AutoResumeE2b(E2bRequest):
@@ -55,22 +56,21 @@ class SandboxCreateE2b(E2bRequest):
     mcp: dict[str, Any] | None = None
     volume_mounts: list[dict[str, Any]] | None = Field(default=None, alias="volumeMounts")
 
+    @property
+    def resumes_itself(self) -> bool:
+        return self.auto_resume is not None and self.auto_resume.enabled
+
     def unsupported(self) -> str | None:
         """Why agentcell cannot honour this request as asked, or None."""
-        if self.auto_resume is not None and self.auto_resume.enabled:
+        if self.resumes_itself and not self.auto_pause:
             return (
-                "autoResume is not available: resume a paused sandbox with Sandbox.connect(id) "
-                "(agentcell does not resume one on in-sandbox traffic)"
+                "autoResume needs autoPause: only a sandbox paused at its timeout can resume; "
+                "create it with lifecycle={'on_timeout': 'pause', 'auto_resume': True}"
             )
         if self.mcp:
             return "the MCP gateway is an E2B-cloud feature; agentcell serves MCP at /mcp instead"
         if self.volume_mounts:
             return "volume mounts are not available on agentcell's E2B API"
-        if self.network and any(entry != ALL_TRAFFIC for entry in self.network.deny_out):
-            return (
-                f"network.denyOut takes only {ALL_TRAFFIC!r} (all traffic) on agentcell; name what "
-                "may be reached in network.allowOut (an allowlist) instead"
-            )
         return None
 
 
@@ -86,6 +86,25 @@ class PauseE2b(E2bRequest):
 
     memory: bool | None = None
     require_healthy_guest: bool | None = Field(default=None, alias="requireHealthyGuest")
+
+
+class NetworkUpdateE2b(E2bRequest):
+    """`PUT /sandboxes/{id}/network`: the new egress rules, replacing the old (omitted: cleared)."""
+
+    allow_out: list[str] = Field(default_factory=list, alias="allowOut")
+    deny_out: list[str] = Field(default_factory=list, alias="denyOut")
+    allow_internet_access: bool | None = Field(default=None, alias="allowInternetAccess")
+    dns_servers: list[str] | None = Field(default=None, alias="dnsServers")
+    """ignored: a sandbox's names are resolved by the node's egress proxy, not by DNS servers"""
+    egress_proxy: dict[str, Any] | None = Field(default=None, alias="egressProxy")
+    rules: dict[str, Any] | None = None
+
+    def unsupported(self) -> str | None:
+        if self.egress_proxy:
+            return "egressProxy is an E2B-cloud feature: agentcell's sandboxes go out through its own proxy"
+        if self.rules:
+            return "per-domain transform rules are an E2B-cloud feature, not available on agentcell"
+        return None
 
 
 class TimeoutE2b(E2bRequest):

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 
 from fastapi import APIRouter, FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from agentcell.errors import AgentcellError
 from agentcell.server.api.lean import install_lean_routes
 from agentcell.server.api.observability import FASTAPI_TELEMETRY_OFF
 from agentcell.server.auth.principal import acting_as
 from agentcell.server.clock import Clock
 from agentcell.server.e2b import control, envd, interpreter
-from agentcell.server.e2b.errors import install_control, install_envd, install_interpreter
+from agentcell.server.e2b.errors import (
+    envd_error,
+    install_control,
+    install_envd,
+    install_interpreter,
+    interpreter_error,
+)
 from agentcell.server.e2b.registry import E2bRegistry
 from agentcell.server.e2b.target import (
     ENVD_PORT,
@@ -34,6 +44,8 @@ from agentcell.server.scheduler.sandbox_metrics import SandboxMetrics
 from agentcell.server.scheduler.sandbox_pause import SandboxPauses
 from agentcell.server.scheduler.sandboxes import SandboxService
 from agentcell.server.scheduler.terminals import TerminalService
+
+ErrorRender = Callable[[Request, Exception], Response]
 
 PREFIX = "/e2b"
 API_KEY_HEADERS = (b"x-api-key", b"authorization")
@@ -81,14 +93,35 @@ class E2bMount:
             await self.control(scope, await _buffered(receive), send)
         elif target.port == ENVD_PORT:
             with acting_as(None):  # authorized by the sandbox's token, whatever its tenant
-                await self.envd({**scope, SCOPE_KEY: target}, receive, send)
+                if await self._woken(scope, receive, send, target, envd_error):
+                    await self.envd({**scope, SCOPE_KEY: target}, receive, send)
         elif target.port == JUPYTER_PORT:
             with acting_as(None), contextlib.suppress(interpreter.StreamBroken):
-                await self.interpreter({**scope, SCOPE_KEY: target}, receive, send)
+                if await self._woken(scope, receive, send, target, interpreter_error):
+                    await self.interpreter({**scope, SCOPE_KEY: target}, receive, send)
         else:
             await _drain(receive)
             message = f"The sandbox {target.sandbox_id} port {target.port} is not open through this path"
             await _reply(send, 502, {"code": 502, "message": message, "sandboxId": target.sandbox_id})
+
+    async def _woken(
+        self, scope: Scope, receive: Receive, send: Send, target: Target, render: ErrorRender
+    ) -> bool:
+        """Resume the paused sandbox an envd or code interpreter call is for, if it was created
+        with `auto_resume` and the call carries one of its tokens (any other call goes on to its
+        own checks). False when the resume failed: the call was answered why, in `render`'s shape."""
+        sandbox_id = target.sandbox_id
+        if not sandbox_id or self.registry.pauses.paused(sandbox_id) is None:
+            return True
+        if not self.registry.drives(sandbox_id, dict(scope["headers"])):
+            return True
+        try:
+            await self.registry.pauses.wake(sandbox_id)
+        except AgentcellError as exc:
+            await _drain(receive)
+            await render(Request(scope), exc)(scope, receive, send)
+            return False
+        return True
 
     @staticmethod
     def _resolve(scope: Scope) -> tuple[Scope, Target | None]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from agentcell.errors import NotFound
 from agentcell.server.clock import Clock
+from agentcell.server.e2b.target import ACCESS_TOKEN_HEADER, TRAFFIC_TOKEN_HEADER
 from agentcell.server.scheduler.sandbox_metrics import SandboxMetrics
 from agentcell.server.scheduler.sandbox_pause import PausedSandbox, SandboxPauses
 from agentcell.server.scheduler.sandboxes import Sandbox, SandboxService
@@ -95,6 +96,15 @@ class E2bRegistry:
 
     def is_token(self, sandbox_id: str, given: str | None) -> bool:
         return given is not None and hmac.compare_digest(self.token(sandbox_id), given)
+
+    def drives(self, sandbox_id: str, headers: dict[bytes, bytes]) -> bool:
+        """Whether a call's headers carry the sandbox's envd access token, or its traffic access
+        token (which the code interpreter's context calls carry alone)."""
+        envd = headers.get(ACCESS_TOKEN_HEADER.encode())
+        traffic = headers.get(TRAFFIC_TOKEN_HEADER.encode())
+        return (envd is not None and self.is_token(sandbox_id, envd.decode("latin-1"))) or (
+            traffic is not None and self.traffic.is_token(sandbox_id, traffic.decode("latin-1"))
+        )
 
     def _restrict_resumed(self, paused: PausedSandbox) -> None:
         """SandboxPauses.resuming: a private sandbox is private again before it runs (after a

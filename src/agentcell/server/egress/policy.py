@@ -14,22 +14,26 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 class EgressPolicy:
     kind: EgressKind = "none"
     entries: tuple[AllowEntry, ...] = ()
+    denied: tuple[AllowEntry, ...] = ()
+    """for `open`: addresses and networks it may not reach"""
 
     @classmethod
     def from_wire(cls, policy: NetworkPolicy) -> EgressPolicy:
-        return cls(policy.egress, policy.entries())
+        return cls(policy.egress, policy.entries(), policy.denied())
 
     @classmethod
     def from_record(cls, record: object) -> EgressPolicy:
         """From `to_record()` output (a state file); anything unreadable is `none`."""
         if not isinstance(record, dict) or record.get("kind") not in ("allowlist", "open"):
             return cls()
-        allow = record.get("allow")
-        texts = allow if isinstance(allow, list) else []
-        return cls(record["kind"], tuple(parse_allow_entry(str(t)) for t in texts))
+        return cls(record["kind"], _entries(record.get("allow")), _entries(record.get("deny")))
 
     def to_record(self) -> dict[str, object]:
-        return {"kind": self.kind, "allow": [e.text for e in self.entries]}
+        return {
+            "kind": self.kind,
+            "allow": [e.text for e in self.entries],
+            "deny": [e.text for e in self.denied],
+        }
 
     @property
     def has_proxy(self) -> bool:
@@ -39,25 +43,35 @@ class EgressPolicy:
     def allows_name(self, name: str, port: int) -> bool:
         """May the sandbox reach `name:port`? An IP literal is matched as an address; a name is
         matched before it is resolved, so a denied name is never looked up. (`open` allows every
-        name here; the proxy refuses what it resolves to if that is not the public internet.)"""
-        if self.kind != "allowlist":
-            return self.kind == "open"
+        name here; the proxy refuses what it resolves to if that is not the public internet, or
+        is denied.)"""
+        if self.kind == "none":
+            return False
         address = parse_address(name)
         if address is not None:
             return self.allows_address(address, port)
-        return any(e.matches_name(name, port) for e in self.entries)
+        return self.kind == "open" or any(e.matches_name(name, port) for e in self.entries)
 
     def allows_address(self, address: IPAddress, port: int) -> bool:
-        if self.kind != "allowlist":
-            return self.kind == "open"
-        return any(e.matches_address(address, port) for e in self.entries)
+        if self.kind == "open":
+            return not any(e.matches_address(address, port) for e in self.denied)
+        return self.kind == "allowlist" and any(e.matches_address(address, port) for e in self.entries)
 
     def describe(self) -> str:
-        if self.kind != "allowlist":
-            return self.kind
-        shown = ", ".join(e.text for e in self.entries[:10])
-        more = f" and {len(self.entries) - 10} more" if len(self.entries) > 10 else ""
-        return f"allowlist ({shown}{more})"
+        if self.kind == "allowlist":
+            return f"allowlist ({_shown(self.entries)})"
+        if self.kind == "open" and self.denied:
+            return f"open (except {_shown(self.denied)})"
+        return self.kind
+
+
+def _shown(entries: tuple[AllowEntry, ...]) -> str:
+    shown = ", ".join(e.text for e in entries[:10])
+    return shown + (f" and {len(entries) - 10} more" if len(entries) > 10 else "")
+
+
+def _entries(texts: object) -> tuple[AllowEntry, ...]:
+    return tuple(parse_allow_entry(str(t)) for t in texts) if isinstance(texts, list) else ()
 
 
 def parse_address(host: str) -> IPAddress | None:

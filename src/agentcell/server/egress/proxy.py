@@ -343,11 +343,15 @@ def check_public(
 ) -> None:
     """`open` reaches the public internet, not the node: an address of the host, of loopback,
     link-local, multicast or a private network is refused, whether written literally (in any
-    spelling: it is checked once parsed or resolved) or reached through a name."""
+    spelling: it is checked once parsed or resolved) or reached through a name; so is one in a
+    `deny` entry of the policy (a name is refused if any of its addresses is)."""
     if policy.kind != "open":
         return
     literal = parse_address(host)
     for address in addresses:
+        if not policy.allows_address(address, port):
+            that = "" if literal is not None and str(address) == host.strip("[]") else f"that is {address}, "
+            raise deny(sandbox_id, policy, f"{host}:{port} ({that}in a deny entry)")
         reason = internal_reason(address)
         if reason is None:
             continue

@@ -38,7 +38,9 @@ class SandboxPorts(Protocol):
     domain: bytes | None
     """lowercase; None turns host routing off"""
 
-    def is_running(self, sandbox_id: str) -> bool: ...
+    def is_reachable(self, sandbox_id: str) -> bool:
+        """Whether the sandbox runs, or is paused and resumes when reached (`connect` resumes it)."""
+        ...
 
     def admits(self, sandbox_id: str, token: bytes | None) -> bool:
         """Whether a request that carries `token` (the `e2b-traffic-access-token` header, None when
@@ -48,6 +50,10 @@ class SandboxPorts(Protocol):
 
     async def connect(self, sandbox_id: str, port: int) -> socket.socket:
         """A connected socket to 127.0.0.1:port inside the sandbox (ConnectionRefusedError if closed)."""
+        ...
+
+    def host_header(self, sandbox_id: str, port: int) -> bytes | None:
+        """The Host header requests to this port are to arrive with, or None to keep the client's."""
         ...
 
 
@@ -82,8 +88,8 @@ def gone_body(target: SandboxPort) -> bytes:
 
 def refusal(ports: SandboxPorts, target: SandboxPort, token: bytes | None) -> Respond | None:
     """The answer for a request that may not reach `target`'s port, or None to forward it: 502 for
-    a sandbox that is not running, 403 for a private one without its traffic access token."""
-    if not ports.is_running(target.sandbox_id):
+    a sandbox that is not reachable, 403 for a private one without its traffic access token."""
+    if not ports.is_reachable(target.sandbox_id):
         return Respond(502, [JSON], gone_body(target))
     if not ports.admits(target.sandbox_id, token):
         return Respond(403, [JSON], refused_body(target, token is not None))

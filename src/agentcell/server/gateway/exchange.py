@@ -259,6 +259,7 @@ class Exchange:
                 proto=self.server.proto,
                 trust_forwarded=self.server.trust_forwarded,
                 drop=route.drop_headers,
+                host=route.host,
             )
             self.replay = [request_head]
             self.replay_size = len(request_head)

@@ -127,13 +127,14 @@ def upstream_request_head(
     proto: bytes,
     trust_forwarded: bool,
     drop: frozenset[bytes] = frozenset(),
+    host: bytes | None = None,
 ) -> bytes:
     """The request head the gateway sends upstream (always HTTP/1.1, keep-alive).
 
     X-Forwarded-For gets the client address (appended to the client's value only when the
     gateway trusts forwarded headers, i.e. sits behind another proxy); X-Forwarded-Proto and
     X-Forwarded-Host describe the request as the gateway received it; X-Request-Id carries the
-    request's id.
+    request's id. `host`, when given, replaces the client's Host header (X-Forwarded-Host keeps it).
     """
     key = (tuple(head.headers), head.client, proto, trust_forwarded, drop)
     fields = _REQUEST_FIELDS.get(key)
@@ -142,6 +143,8 @@ def upstream_request_head(
         _remember(_REQUEST_FIELDS, key, fields, head.headers)
     target = path + b"?" + head.query if head.query else path
     out = [head.method, b" ", target, b" HTTP/1.1\r\n", fields, b"x-request-id: ", head.request_id.encode()]
+    if host is not None:
+        out += (b"\r\nhost: ", host)
     if chunked:
         out.append(b"\r\ntransfer-encoding: chunked")
     if upgrade is not None:

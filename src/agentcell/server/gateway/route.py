@@ -156,6 +156,9 @@ class Forward:
     body_filter: Callable[[bytes], bytes] | None = None
     drop_headers: frozenset[bytes] = frozenset()
     """request headers (lowercase names) not sent upstream, e.g. the caller's agentcell API key"""
+    host: bytes | None = None
+    """the Host header sent upstream in place of the client's (which X-Forwarded-Host keeps);
+    `drop_headers` must then name `host`"""
     explain_loss: Callable[[], str | None] | None = None
     """why the upstream was lost before it answered, when the integrator knows better than the
     engine (its instance was stopped on purpose); None keeps the engine's own words"""

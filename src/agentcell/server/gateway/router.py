@@ -64,6 +64,7 @@ def domain_error(exc: AgentcellError, request_id: str) -> Respond:
 
 
 X_API_KEY = frozenset({b"x-api-key"})
+HOST = frozenset({b"host"})
 AUTHORIZATION = frozenset({b"authorization"})
 
 
@@ -147,7 +148,9 @@ class GatewayRouter:
         if refused is not None:
             return refused
         connect = partial(self._e2b.connect, found.sandbox_id, found.port)
-        return Forward(SocketUpstream(f"e2b:{found.sandbox_id}:{found.port}", connect))
+        upstream = SocketUpstream(f"e2b:{found.sandbox_id}:{found.port}", connect)
+        host = self._e2b.host_header(found.sandbox_id, found.port)
+        return Forward(upstream) if host is None else Forward(upstream, drop_headers=HOST, host=host)
 
     def route_nowait(self, head: RequestHead) -> Route | None:
         """The warm path: a bound session on a ready instance, or a stateless function's ready

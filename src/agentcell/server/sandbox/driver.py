@@ -206,6 +206,11 @@ class SandboxDriver(Protocol):
         instance to the request that claims it). Raises NotFound."""
         ...
 
+    async def set_egress(self, sandbox_id: str, egress: EgressPolicy) -> None:
+        """Replace a running instance's egress policy (its network's way out) at once: what it
+        reached under the old one and the new one refuses is cut. Raises NotFound."""
+        ...
+
     async def freeze(self, sandbox_id: str) -> bool:
         """Stop every process of a running instance where it stands (the cgroup freezer) and
         return once all have stopped, so that its files hold still while they are snapshotted.

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from agentcell.errors import InvalidArgument, NotFound
+from agentcell.server.egress.policy import EgressPolicy
 from agentcell.server.sandbox.driver import (
     ExecSpec,
     ExitStatus,
@@ -144,6 +145,11 @@ class FakeDriver:
         self._specs[sandbox_id] = replace(
             spec, cpu_millis=cpu_millis, memory_bytes=memory_bytes, pids_max=pids_max
         )
+
+    async def set_egress(self, sandbox_id: str, egress: EgressPolicy) -> None:
+        """No network here: the instance's recorded spec carries the new policy."""
+        self._require(sandbox_id)
+        self._specs[sandbox_id] = replace(self._specs[sandbox_id], egress=egress)
 
     async def freeze(self, sandbox_id: str) -> bool:
         """Nothing is stopped here; `frozen` records it (tests)."""

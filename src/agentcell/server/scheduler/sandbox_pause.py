@@ -48,7 +48,7 @@ from agentcell.errors import (
     Unavailable,
     WorkspaceCorrupt,
 )
-from agentcell.protocol.sandboxes import SandboxCreate, SandboxState
+from agentcell.protocol.sandboxes import AUTO_RESUME_MIN_TIMEOUT_S, SandboxCreate, SandboxState
 from agentcell.server.auth.principal import Principal, acting_as, current_or_none
 from agentcell.server.clock import Clock
 from agentcell.server.meta.records import PausedSandboxRecord
@@ -294,6 +294,19 @@ class SandboxPauses:
             why,
         )
         return True
+
+    async def wake(self, sandbox_id: str) -> None:
+        """Work has reached sandbox `sandbox_id` (a command, code, a file operation, a request to
+        one of its ports): resume it first if it is paused and was created with `auto_resume`.
+        Its timeout is then its own, but at least AUTO_RESUME_MIN_TIMEOUT_S. Anything else is left
+        as it is, for the work's own lookup to answer (not found, paused, not running). Raises
+        what `resume` raises: the work cannot be done on a sandbox that would not start."""
+        paused = self.paused(sandbox_id)
+        if paused is None or not paused.sandbox.request.auto_resume:
+            return
+        log.info("sandbox %s: work reached it while paused: resuming it (auto_resume)", sandbox_id)
+        timeout_s = max(AUTO_RESUME_MIN_TIMEOUT_S, paused.sandbox.request.timeout_s)
+        await self.resume(sandbox_id, timeout_s, running_ok=True)
 
     async def resume(
         self, sandbox_id: str, timeout_s: int | None = None, *, running_ok: bool = False

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from agentcell.errors import AgentcellError, InvalidArgument, NotFound, NotRunning, Unavailable
 from agentcell.protocol.commands import CommandRequest, EndEvent
+from agentcell.protocol.egress import NetworkPolicy
 from agentcell.protocol.sandboxes import SandboxCreate, SandboxInfo, SandboxState
 from agentcell.server.auth.names import DEFAULT_TENANT
 from agentcell.server.auth.principal import acting_as, current_or_none
@@ -115,6 +116,9 @@ class Sandbox:
             memory_mb=req.memory_mb,
             disk_mb=req.disk_mb,
             network=req.network,
+            ports_host=req.ports_host,
+            on_timeout=req.on_timeout,
+            auto_resume=req.auto_resume,
             created_at=datetime.fromtimestamp(self.created_at, UTC),
             expires_at=datetime.fromtimestamp(self.expires_at, UTC),
         )
@@ -379,6 +383,14 @@ class SandboxService:
     def set_timeout(self, sandbox_id: str, timeout_s: int) -> Sandbox:
         sandbox = self.running(sandbox_id)
         sandbox.expires_at = self._clock.now() + timeout_s
+        return sandbox
+
+    async def set_network(self, sandbox_id: str, network: NetworkPolicy) -> Sandbox:
+        """Replace a running sandbox's network policy at once (the driver cuts what the new one
+        refuses); its request keeps it, so a pause and resume or a snapshot carries it on."""
+        sandbox = self.taking_work(sandbox_id)
+        await self._driver.set_egress(sandbox.id, EgressPolicy.from_wire(network))
+        sandbox.request = sandbox.request.model_copy(update={"network": network})
         return sandbox
 
     async def kill(self, sandbox_id: str) -> None:

@@ -395,6 +395,20 @@ class LinuxDriver:
         self._resize_root(instance, tmpfs_bytes(disk_bytes, memory_bytes))
         self._host.cgroups.set_limits(sandbox_id, CgroupLimits(memory_bytes, cpu_millis, pids_max))
 
+    async def set_egress(self, sandbox_id: str, egress: EgressPolicy) -> None:
+        """The new policy replaces the old at once: the proxy's connections made under the old one
+        are closed with its listener, and a listener opens again if the new one has a proxy.
+        Commands started from now on get its proxy environment; running ones keep what they had
+        (with the proxy gone, theirs leads nowhere)."""
+        instance = self._get(sandbox_id)
+        old_env = self._egress.env(instance.egress)
+        given = {k: v for k, v in instance.env.items() if old_env.get(k) != v}  # (the user's own)
+        await self._egress.detach(sandbox_id)
+        instance.egress, instance.env = egress, {**self._egress.env(egress), **given}
+        await self._attach_egress(instance)
+        # (so that a restarted server's adopt serves the new policy)
+        self._rewrite_state(sandbox_id, {"env": instance.env, "egress": egress.to_record()})
+
     def _resize_root(self, instance: _Instance, size_bytes: int) -> None:
         fd = os.open(f"/proc/{instance.init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -641,7 +655,16 @@ class LinuxDriver:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(instance.pidfd, signal.SIGTERM)
         allowed = {instance.init_pid} | instance.helper_pids()
-        await _wait_until(lambda: set(cgroups.pids(sandbox_id)) <= allowed, grace_s)
+        channel = instance.target.channel
+
+        def settled() -> bool:
+            # Gone from the cgroup is not enough: the init must also have said how each of its
+            # commands ended, or its SIGKILL loses that (a command that exited 7 on SIGTERM was
+            # reported killed, under load).
+            reported = channel is None or channel.closed or not channel.unreported
+            return reported and set(cgroups.pids(sandbox_id)) <= allowed
+
+        await _wait_until(settled, grace_s)
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(instance.pidfd, signal.SIGKILL)
         await _wait_for_init(asyncio.shield(self._exit_future(instance)), SETTLE_S)
@@ -757,6 +780,15 @@ class LinuxDriver:
         fd = os.open(self._state_file(instance.sandbox_id), flags, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(json.dumps(record).encode())
+
+    def _rewrite_state(self, sandbox_id: str, fields: dict[str, Any]) -> None:
+        """Change some fields of a written record (none when it cannot be read)."""
+        record = self._read_state(sandbox_id)
+        if record is None:
+            return
+        flags = os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+        with os.fdopen(os.open(self._state_file(sandbox_id), flags), "wb") as f:
+            f.write(json.dumps(record | fields).encode())
 
     def _read_state(self, sandbox_id: str) -> dict[str, Any] | None:
         try:

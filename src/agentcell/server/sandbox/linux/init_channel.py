@@ -158,6 +158,12 @@ class InitChannel:
                 return
             self._answer(message.decode(errors="replace").split(" ", 2), pidfds)
 
+    @property
+    def unreported(self) -> int:
+        """Commands it started whose exit it has not reported yet (running, or exited a moment
+        ago: a command leaves its cgroup before its init has reaped it and said how it ended)."""
+        return len(self._running)
+
     def _answer(self, fields: list[str], pidfds: list[int]) -> None:
         request_id = int(fields[1]) if len(fields) == 3 and fields[1].isdigit() else None
         if fields[0] == "X" and request_id is not None:
