@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agentcell.server.scheduler.watch_streams import KEEPALIVE_S
 from tests.conftest import TEST_API_KEY, ServerProcess
 
 MAX_EXAMPLES = 10
@@ -25,6 +26,10 @@ test checks that none is left out), the rest is random fuzzing (2,251 cases at 3
 7,837 at 100 s on 2026-11-24; cut to keep CI under its 25 minutes: it takes ~21, 24.5 when slow)"""
 SEED = 20261122
 SLOW_ANSWERS = ("Read timed out",)
+REQUEST_TIMEOUT_S = KEEPALIVE_S / 2
+"""below a watch stream's keepalive: schemathesis's timeout is between two reads, so a valid watch
+(which never ends by itself) would otherwise hold the run forever (it did, once a new operation
+moved the seed's cases onto one)"""
 
 
 def schemathesis(server: ServerProcess, reports: Path) -> subprocess.CompletedProcess[str]:
@@ -40,7 +45,7 @@ def schemathesis(server: ServerProcess, reports: Path) -> subprocess.CompletedPr
         f"--seed={SEED}",
         "--no-shrink",
         "--workers=1",
-        "--request-timeout=20",
+        f"--request-timeout={REQUEST_TIMEOUT_S}",
         "--phases=examples,coverage,fuzzing",
         "--report=junit",
         f"--report-dir={reports}",
