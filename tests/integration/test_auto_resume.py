@@ -1,10 +1,11 @@
 """Auto-resume: a sandbox created with E2B's `lifecycle={"on_timeout": "pause", "auto_resume":
 True}` (agentcell's `on_timeout: pause` + `auto_resume: true`) resumes when paused as soon as work
-reaches it — an envd or code interpreter call carrying its token, a command, file or code call of
-agentcell's API or its MCP server, a request to one of its ports — with its files, and runs at least
-5 minutes from the resume. Calls without its token, and what only controls it (its timeout, its
-info), leave it paused; so does a private sandbox's port request without its traffic token, after
-a server restart too (SandboxPauses.wake, E2bPorts)."""
+reaches it — an envd or code interpreter call carrying its token or a signed file URL of its, a
+command, file or code call of agentcell's API or its MCP server, a request to one of its ports —
+with its files, and runs at least 5 minutes from the resume. Calls without its token (or with a
+bad or expired signature), and what only controls it (its timeout, its info), leave it paused; so
+does a private sandbox's port request without its traffic token, after a server restart too
+(SandboxPauses.wake, E2bPorts)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,40 @@ def test_e2b_calls_without_the_sandboxs_token_leave_it_paused(e2b_env: str) -> N
                 refused = client.get("/files", params={"path": "/home/user/x"}, headers={**envd, **token})
                 assert refused.status_code in (401, 502), refused.text
         assert E2bSandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED
+    finally:
+        sbx.kill()
+
+
+def test_e2b_signed_file_urls_resume_it_and_bad_or_expired_ones_do_not(e2b_env: str) -> None:
+    """A download or upload link is all a browser holds: its valid signature is work reaching the
+    sandbox, whether the URL names it (by the sandbox header) or not (as the SDK builds them with
+    E2B_SANDBOX_URL, where the signature must find it among the paused)."""
+    sbx = E2bSandbox.create(timeout=60, lifecycle=RESUMING, secure=True)  # type: ignore[arg-type]
+    try:
+        sbx.files.write("notes.txt", "kept")
+        assert sbx.pause() is True
+        url = sbx.download_url("notes.txt", use_signature_expiration=60)
+        expired = sbx.download_url("notes.txt", use_signature_expiration=-1)
+        for refused in (url.replace("signature=v1_", "signature=v1_x"), expired):
+            assert httpx.get(refused, timeout=30).status_code in (401, 502)
+        wrong_operation = sbx.upload_url("notes.txt").replace("/files?", "/files?x=1&")
+        assert httpx.get(wrong_operation, timeout=30).status_code in (401, 502)  # signed to write
+        assert E2bSandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED
+
+        got = httpx.get(url, timeout=30)
+        assert (got.status_code, got.text) == (200, "kept")
+        assert E2bSandbox.get_info(sbx.sandbox_id).state == SandboxState.RUNNING
+
+        assert sbx.pause() is True
+        sent = httpx.post(sbx.upload_url("up.txt"), files={"file": ("up.txt", b"sent")}, timeout=30)
+        assert sent.status_code == 200, sent.text
+        assert sbx.files.read("up.txt") == "sent"
+
+        assert sbx.pause() is True
+        by_id = {"E2b-Sandbox-Id": sbx.sandbox_id}
+        query = url.partition("?")[2]
+        got = httpx.get(f"{e2b_env}/e2b/files?{query}", headers=by_id, timeout=30)
+        assert (got.status_code, got.text) == (200, "kept")
     finally:
         sbx.kill()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hashlib
 import hmac
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -225,12 +224,6 @@ def _unsupported_codec(media: str, expected: str) -> Response:
 # -- /files and /health ----------------------------------------------------------------------------
 
 
-def signature_of(path: str, operation: str, user: str, token: str, expiration: str | None) -> str:
-    raw = f"{path}:{operation}:{user}:{token}" + (f":{expiration}" if expiration else "")
-    digest = hashlib.sha256(raw.encode()).digest()
-    return "v1_" + base64.b64encode(digest).rstrip(b"=").decode()
-
-
 def file_sandbox(request: Request, path: str, operation: str) -> Sandbox:
     """The sandbox of a /files request: by access token, or by a signed URL's signature."""
     query = request.query_params
@@ -243,12 +236,12 @@ def file_sandbox(request: Request, path: str, operation: str) -> Sandbox:
     expiration = query.get("signature_expiration")
     user = query.get("username", "")
     for sandbox in candidates:
-        expected = signature_of(path, operation, user, registry.token(sandbox.id), expiration)
+        expected = registry.file_signature(sandbox.id, path, operation, user, expiration)
         if hmac.compare_digest(expected, signature):
             break
     else:
         raise Unauthenticated("the file URL's signature does not match (or its sandbox has ended)")
-    if expiration and (not expiration.isdigit() or int(expiration) < registry.clock.now()):
+    if registry.expired(expiration):
         raise Unauthenticated("signature is already expired")  # envd's words
     return sandbox
 

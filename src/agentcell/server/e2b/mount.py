@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 
 from fastapi import APIRouter, FastAPI
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -49,6 +50,8 @@ ErrorRender = Callable[[Request, Exception], Response]
 
 PREFIX = "/e2b"
 API_KEY_HEADERS = (b"x-api-key", b"authorization")
+FILE_OPERATIONS = {"GET": "read", "POST": "write"}
+"""what a signed /files URL is signed for, by the method that uses it"""
 
 
 def _part(registry: E2bRegistry, *routers: APIRouter, terminals: TerminalService | None = None) -> FastAPI:
@@ -110,10 +113,10 @@ class E2bMount:
         """Resume the paused sandbox an envd or code interpreter call is for, if it was created
         with `auto_resume` and the call carries one of its tokens (any other call goes on to its
         own checks). False when the resume failed: the call was answered why, in `render`'s shape."""
-        sandbox_id = target.sandbox_id
+        sandbox_id = target.sandbox_id or self._paused_signer(scope)
         if not sandbox_id or self.registry.pauses.paused(sandbox_id) is None:
             return True
-        if not self.registry.drives(sandbox_id, dict(scope["headers"])):
+        if not self._carries_a_token(scope, sandbox_id):
             return True
         try:
             await self.registry.pauses.wake(sandbox_id)
@@ -122,6 +125,25 @@ class E2bMount:
             await render(Request(scope), exc)(scope, receive, send)
             return False
         return True
+
+    def _carries_a_token(self, scope: Scope, sandbox_id: str) -> bool:
+        """One of the sandbox's tokens in the headers, or a signed file URL of it (a download
+        link handed to a browser carries nothing else)."""
+        if self.registry.drives(sandbox_id, dict(scope["headers"])):
+            return True
+        signed = _signed_file_call(scope)
+        return signed is not None and self.registry.signs(sandbox_id, *signed)
+
+    def _paused_signer(self, scope: Scope) -> str:
+        """The paused auto-resume sandbox whose signature a file URL naming no sandbox carries
+        (as the SDK builds them with E2B_SANDBOX_URL), or ''."""
+        signed = _signed_file_call(scope)
+        if signed is None:
+            return ""
+        for sandbox in self.registry.pauses.find({}, "paused"):
+            if sandbox.request.auto_resume and self.registry.signs(sandbox.id, *signed):
+                return sandbox.id
+        return ""
 
     @staticmethod
     def _resolve(scope: Scope) -> tuple[Scope, Target | None]:
@@ -144,6 +166,15 @@ class E2bMount:
     def _has_api_key(scope: Scope) -> bool:
         headers = dict(scope["headers"])
         return any(headers.get(name, b"").strip() for name in API_KEY_HEADERS)
+
+
+def _signed_file_call(scope: Scope) -> tuple[QueryParams, str] | None:
+    """A /files call's query and the operation a signature in it must be for, or None."""
+    operation = FILE_OPERATIONS.get(scope["method"])
+    if operation is None or scope["path"] != scope.get("root_path", "") + "/files":
+        return None
+    query = QueryParams(scope["query_string"])
+    return (query, operation) if "signature" in query else None
 
 
 async def _buffered(receive: Receive) -> Receive:

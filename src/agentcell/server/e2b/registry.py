@@ -12,9 +12,11 @@ and this registry makes it private again on every resume, whoever asks for it
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -96,6 +98,29 @@ class E2bRegistry:
 
     def is_token(self, sandbox_id: str, given: str | None) -> bool:
         return given is not None and hmac.compare_digest(self.token(sandbox_id), given)
+
+    def file_signature(
+        self, sandbox_id: str, path: str, operation: str, user: str, expiration: str | None
+    ) -> str:
+        """E2B's v1 signature of a file URL: it lets whoever holds it `read` or `write` one path."""
+        token = self.token(sandbox_id)
+        raw = f"{path}:{operation}:{user}:{token}" + (f":{expiration}" if expiration else "")
+        digest = hashlib.sha256(raw.encode()).digest()
+        return "v1_" + base64.b64encode(digest).rstrip(b"=").decode()
+
+    def signs(self, sandbox_id: str, query: Mapping[str, str], operation: str) -> bool:
+        """Whether a /files URL's query carries a signature of the sandbox's for `operation`, not
+        expired."""
+        signature = query.get("signature")
+        if signature is None:
+            return False
+        expiration = query.get("signature_expiration")
+        path, user = query.get("path", ""), query.get("username", "")
+        expected = self.file_signature(sandbox_id, path, operation, user, expiration)
+        return hmac.compare_digest(expected, signature) and not self.expired(expiration)
+
+    def expired(self, expiration: str | None) -> bool:
+        return expiration is not None and (not expiration.isdigit() or int(expiration) < self.clock.now())
 
     def drives(self, sandbox_id: str, headers: dict[bytes, bytes]) -> bool:
         """Whether a call's headers carry the sandbox's envd access token, or its traffic access
