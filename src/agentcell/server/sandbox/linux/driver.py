@@ -401,11 +401,17 @@ class LinuxDriver:
         Commands started from now on get its proxy environment; running ones keep what they had
         (with the proxy gone, theirs leads nowhere)."""
         instance = self._get(sandbox_id)
-        old_env = self._egress.env(instance.egress)
-        given = {k: v for k, v in instance.env.items() if old_env.get(k) != v}  # (the user's own)
+        old_egress, old_env = instance.egress, instance.env
+        proxy_env = self._egress.env(old_egress)
+        given = {k: v for k, v in old_env.items() if proxy_env.get(k) != v}  # (the user's own)
         await self._egress.detach(sandbox_id)
         instance.egress, instance.env = egress, {**self._egress.env(egress), **given}
-        await self._attach_egress(instance)
+        try:
+            await self._attach_egress(instance)
+        except Exception:
+            instance.egress, instance.env = old_egress, old_env  # the old policy stays, as its record says
+            await self._reattach_egress(instance)
+            raise
         # (so that a restarted server's adopt serves the new policy)
         self._rewrite_state(sandbox_id, {"env": instance.env, "egress": egress.to_record()})
 
@@ -614,12 +620,18 @@ class LinuxDriver:
         try:
             listener = await self._netns.listen(instance.pidfd, port)
         except OSError as e:
+            if e.errno == errno.EADDRINUSE:  # (only a process of the sandbox's own can hold it)
+                raise Conflict(
+                    f"a process in sandbox {instance.sandbox_id} listens on 127.0.0.1:{port}, the port of "
+                    "its egress proxy: stop it, then set the network policy again"
+                ) from e
             raise Internal(f"cannot open the egress proxy of sandbox {instance.sandbox_id}: {e}") from e
         await self._egress.attach(instance.sandbox_id, instance.egress, listener)
 
     async def _reattach_egress(self, instance: _Instance) -> None:
-        """After a restart: the old server's listener died with it. Failing here fails closed (the
-        sandbox keeps running with no way out), so it is logged, not raised."""
+        """After a restart (the old server's listener died with it), or a new policy's failed
+        attach. Failing here fails closed (the sandbox keeps running with no way out), so it is
+        logged, not raised."""
         try:
             await self._attach_egress(instance)
         except Exception as e:
