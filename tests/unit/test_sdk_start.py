@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from agentcell.client import code as client_code
 from agentcell.client.api import ApiClient, tls_verification
 from agentcell.client.code import DEFAULT_CODE_TIMEOUT_S
 from agentcell.client.config import ClientConfig
+from agentcell.protocol import code as protocol_code
 from agentcell.protocol.code import DEFAULT_TIMEOUT_S
+from agentcell.server.interpreter.sources import runtime_source
 from tests.conftest import TEST_API_KEY
 
 PARTS = (
@@ -87,6 +90,15 @@ def test_the_sdk_does_not_import_the_httpx_command_line() -> None:
 def test_the_code_default_timeout_is_the_servers() -> None:
     """client.code keeps its own copy (so that sandbox signatures need no wire model): the same value."""
     assert DEFAULT_CODE_TIMEOUT_S == DEFAULT_TIMEOUT_S
+
+
+def test_the_rich_result_types_are_the_kernels() -> None:
+    """The kernel's source (which runs in the sandbox and imports nothing of ours) and the SDK
+    each name the table and chart MIME types: the protocol's."""
+    kernel = runtime_source("rich_output.py")
+    for name, mime in (("TABLE_MIME", protocol_code.TABLE_MIME), ("CHART_MIME", protocol_code.CHART_MIME)):
+        assert f'{name} = "{mime}"' in kernel
+        assert getattr(client_code, name) == mime
 
 
 def config(url: str) -> ClientConfig:

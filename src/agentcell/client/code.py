@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 DEFAULT_CODE_TIMEOUT_S = 60.0
 """`run_code`'s default timeout (agentcell.protocol.code.DEFAULT_TIMEOUT_S, the server's too)."""
+TABLE_MIME = "application/vnd.agentcell.table+json"
+CHART_MIME = "application/vnd.agentcell.chart+json"
+"""(agentcell.protocol.code's, as the kernel sends them)"""
 Callback = Callable[[Any], object]
 """Called with each stdout/stderr chunk (str), Result or ExecutionError; plain or async."""
 ContextRef: TypeAlias = "CodeContextInfo | str"
@@ -83,6 +86,19 @@ class Result:
     @property
     def javascript(self) -> str | None:
         return self._get("application/javascript")
+
+    @property
+    def table(self) -> dict[str, list[Any]] | None:
+        """A pandas DataFrame's columns, `{"column": [value, ...]}` (frames up to 50,000 cells)."""
+        value = self.data.get(TABLE_MIME)
+        return value if isinstance(value, dict) else None
+
+    @property
+    def chart(self) -> dict[str, Any] | None:
+        """A matplotlib figure's data (`type`: line, scatter, bar, pie, superchart or unknown; then
+        `title`, `elements` and, for 2D charts, labels, units, ticks and scales), as E2B's."""
+        value = self.data.get(CHART_MIME)
+        return value if isinstance(value, dict) else None
 
     def formats(self) -> list[str]:
         return sorted(self.data)

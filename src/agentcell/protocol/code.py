@@ -16,6 +16,11 @@ from agentcell.protocol.sandboxes import EnvName, EnvValue
 LANGUAGES = ("python", "javascript", "bash")
 ALIASES = {"py": "python", "python3": "python", "js": "javascript", "node": "javascript", "sh": "bash"}
 MAX_CODE_CHARS = 1 << 20
+TABLE_MIME = "application/vnd.agentcell.table+json"
+"""a result's pandas DataFrame as its columns, `{"column": [value, ...]}` (up to 50,000 cells)"""
+CHART_MIME = "application/vnd.agentcell.chart+json"
+"""a result's matplotlib figure as data: `line`, `scatter`, `bar`, `pie`, `superchart` or `unknown`,
+in the shape of E2B's `Result.chart`"""
 DEFAULT_TIMEOUT_S = 60.0
 
 
@@ -79,7 +84,7 @@ class CodeOutputEvent(ReplyModel):
 
 class CodeResultEvent(ReplyModel):
     """A MIME bundle: "text/plain", "text/html", "image/png" (base64), "image/svg+xml",
-    "application/json" (a JSON value), "text/markdown", …"""
+    "application/json" (a JSON value), "text/markdown", TABLE_MIME and CHART_MIME (JSON objects), …"""
 
     type: Literal["result"] = "result"
     data: dict[str, Any]

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agentcell.errors import NotFound, QuotaExceeded
 from agentcell.protocol.code import (
+    CHART_MIME,
+    TABLE_MIME,
     CodeContextCreate,
     CodeEndEvent,
     CodeErrorEvent,
@@ -50,6 +52,8 @@ MIME_FIELDS = {
     "application/json": "json",
     "application/javascript": "javascript",
     "e2b/chart": "chart",
+    CHART_MIME: "chart",
+    TABLE_MIME: "data",
 }
 
 

@@ -102,7 +102,7 @@ class JupyterKernel:
     async def _start(self) -> None:
         key = secrets.token_hex(32)
         self._session = JupyterSession(key.encode())
-        source = runtime_source("python_kernel.py")
+        source = runtime_source("rich_output.py") + runtime_source("python_kernel.py")
         argv = [PYTHON, "-c", source, self._prefix, key, str(self._max_message_bytes)]
         self._slots.take(KERNEL_SLOTS)
         process = await self._link.exec(ExecSpec(argv=argv, env=self._env, cwd=self._cwd))

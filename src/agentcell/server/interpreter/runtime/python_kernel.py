@@ -14,6 +14,8 @@ bound, and then serves. Changes to stock ipykernel, each measured (see docs/desi
   only: values travel as message data, never as generated source code;
 * text holding a lone surrogate (which UTF-8 cannot carry) is packed as JSON escapes instead of
   failing in the kernel, output lost (the server shows it as U+FFFD);
+* a DataFrame's columns and a figure's data are added to what displaying them shows
+  (rich_output.py, whose source comes first);
 * no message grows past MAX_MESSAGE_BYTES, the server's ZMQ_MAXMSGSIZE (one that did would cut the
   server's connection for good, and every later output of the kernel would be lost): stream text
   goes in chunks, and a result bundle too large is sent without its data, as
@@ -145,6 +147,7 @@ def main():
             "--IPKernelApp.quiet=True",
         ]
     )
+    install_rich_output(app.shell)  # noqa: F821 (rich_output.py's, which this source follows)
     os.write(ready, b"ready\n")
     os.close(ready)
     app.start()
