@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 from e2b_code_interpreter import Sandbox as E2bSandbox
-from e2b_code_interpreter.charts import BarChart, ChartType, LineChart, PieChart, ScaleType, SuperChart
+from e2b_code_interpreter.charts import (
+    BarChart,
+    BoxAndWhiskerChart,
+    ChartType,
+    LineChart,
+    PieChart,
+    ScaleType,
+    SuperChart,
+)
 
 from agentcell.client import Result, Sandbox
 from tests.conftest import ServerProcess
@@ -123,6 +131,36 @@ def test_bars_scatter_pie_and_several_axes(sbx: Sandbox) -> None:
     assert odd == {"type": "unknown", "title": "Heat", "elements": []}
 
 
+def test_box_plots_have_their_quartiles_whiskers_and_outliers(sbx: Sandbox) -> None:
+    data = "[[1, 2, 3, 4, 5, 20], [2, 3, 4, 5, 6]], labels=['a', 'b'], patch_artist=True"
+    upright = chart(sbx, f"ax.boxplot({data})\nax.set_ylabel('Latency (ms)')")
+    assert (upright["type"], upright["y_unit"]) == ("box_and_whisker", "ms")
+    assert upright["elements"] == [
+        {
+            "label": "a",
+            "min": 1,
+            "first_quartile": 2.25,
+            "median": 3.5,
+            "third_quartile": 4.75,
+            "max": 5,
+            "outliers": [20],
+        },
+        {
+            "label": "b",
+            "min": 2,
+            "first_quartile": 3,
+            "median": 4,
+            "third_quartile": 5,
+            "max": 6,
+            "outliers": [],
+        },
+    ]
+    sideways = chart(sbx, f"ax.boxplot({data}, vert=False)\nax.set_xlabel('Latency (ms)')")
+    assert sideways["elements"] == upright["elements"] and sideways["y_unit"] == "ms"
+    of_lines = chart(sbx, "ax.boxplot([[1, 2, 3]])")
+    assert of_lines["type"] == "line"  # (no patches: its lines, as E2B reads it)
+
+
 def test_a_figure_that_cannot_be_read_still_shows(sbx: Sandbox) -> None:
     """An extraction failure drops the chart only (here: a line whose x data is not a sequence
     of equal length, patched in after plotting)."""
@@ -149,6 +187,11 @@ def test_e2b_sdk_reads_them_as_its_data_and_typed_charts(e2b_env: str) -> None:
         assert isinstance(bars, BarChart) and [(b.label, b.value) for b in bars.elements] == [("a", 2)]
         pie = sandbox.run_code(PLOT + "ax.pie([1, 3])\nplt.show()").results[0].chart
         assert isinstance(pie, PieChart) and [p.angle for p in pie.elements] == [90.0, 270.0]
+        box = (
+            sandbox.run_code(PLOT + "ax.boxplot([[1, 2, 3]], patch_artist=True)\nplt.show()").results[0].chart
+        )
+        assert isinstance(box, BoxAndWhiskerChart)
+        assert (box.elements[0].first_quartile, box.elements[0].median, box.elements[0].max) == (1.5, 2, 3)
         two = (
             sandbox.run_code(
                 "import matplotlib.pyplot as plt\nfig, (a, b) = plt.subplots(2)\n"

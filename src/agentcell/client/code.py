@@ -95,8 +95,9 @@ class Result:
 
     @property
     def chart(self) -> dict[str, Any] | None:
-        """A matplotlib figure's data (`type`: line, scatter, bar, pie, superchart or unknown; then
-        `title`, `elements` and, for 2D charts, labels, units, ticks and scales), as E2B's."""
+        """A matplotlib figure's data (`type`: line, scatter, bar, pie, box_and_whisker, superchart or
+        unknown; then `title`, `elements` and, for 2D charts, labels, units, ticks and scales), as
+        E2B's."""
         value = self.data.get(CHART_MIME)
         return value if isinstance(value, dict) else None
 

@@ -19,8 +19,8 @@ MAX_CODE_CHARS = 1 << 20
 TABLE_MIME = "application/vnd.agentcell.table+json"
 """a result's pandas DataFrame as its columns, `{"column": [value, ...]}` (up to 50,000 cells)"""
 CHART_MIME = "application/vnd.agentcell.chart+json"
-"""a result's matplotlib figure as data: `line`, `scatter`, `bar`, `pie`, `superchart` or `unknown`,
-in the shape of E2B's `Result.chart`"""
+"""a result's matplotlib figure as data: `line`, `scatter`, `bar`, `pie`, `box_and_whisker`,
+`superchart` or `unknown`, in the shape of E2B's `Result.chart`"""
 DEFAULT_TIMEOUT_S = 60.0
 
 

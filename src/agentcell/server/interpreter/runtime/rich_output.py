@@ -6,9 +6,10 @@ source begins with this file's; `install_rich_output` is called once the shell e
   kernel's message bound and cost its text and HTML with it);
 * CHART_MIME, the data of a matplotlib figure (E2B's `Result.chart`): one chart per Axes, a
   `superchart` of them for several. A chart is `line` or `scatter` (its series' points, ticks and
-  scales), `bar` (one value per bar, by label and group), `pie` (each wedge's angle and radius) or
-  `unknown` (anything else: its title only; a box plot drawn with lines is a `line` chart of them,
-  as on E2B, one with `patch_artist` is `unknown`).
+  scales), `bar` (one value per bar, by label and group), `pie` (each wedge's angle and radius),
+  `box_and_whisker` (each box's quartiles, whiskers and outliers; a box plot drawn with
+  `patch_artist=True`: one drawn with lines only is a `line` chart of them, as on E2B) or `unknown`
+  (anything else: its title only).
 
 Both know their class by name, so neither pandas nor matplotlib is imported until the code
 does. A failure to extract leaves the format out, never the result.
@@ -99,7 +100,7 @@ def chart_of(figure):
 def axes_chart(ax):
     from matplotlib.collections import PathCollection
     from matplotlib.container import BarContainer
-    from matplotlib.patches import Wedge
+    from matplotlib.patches import PathPatch, Wedge
 
     lines = list(ax.get_lines())
     patches, collections = list(ax.patches), list(ax.collections)
@@ -108,6 +109,8 @@ def axes_chart(ax):
         return _pie(ax, patches)
     if bars and not lines and not collections and len(patches) == sum(len(c) for c in bars):
         return _bars(ax, bars)
+    if patches and not collections and all(isinstance(p, PathPatch) for p in patches):
+        return _boxes(ax, patches, lines)
     if collections and not lines and not patches and all(isinstance(c, PathCollection) for c in collections):
         return _points(ax, "scatter", [(c.get_label(), c.get_offsets()) for c in collections])
     if lines and not collections and not patches:
@@ -116,8 +119,12 @@ def axes_chart(ax):
     return {"type": "unknown", "title": ax.get_title() or None, "elements": []}
 
 
-def _labelled(ax, kind):
+def _labelled(ax, kind, sideways=False):
+    """The fields of every 2D chart. `sideways`: its labels are along y (horizontal bars or
+    boxes), which the chart names x, as for upright ones."""
     x_label, y_label = ax.get_xlabel() or None, ax.get_ylabel() or None
+    if sideways:
+        x_label, y_label = y_label, x_label
     return {
         "type": kind,
         "title": ax.get_title() or None,
@@ -187,10 +194,7 @@ def _scale(axis, ax):
 
 def _bars(ax, containers):
     horizontal = getattr(containers[0], "orientation", None) == "horizontal"
-    chart = _labelled(ax, "bar")
-    if horizontal:  # the labels are along y: they are the chart's x, as for upright bars
-        for a, b in (("x_label", "y_label"), ("x_unit", "y_unit")):
-            chart[a], chart[b] = chart[b], chart[a]
+    chart = _labelled(ax, "bar", horizontal)
     axis = ax.yaxis if horizontal else ax.xaxis
     elements = []
     for i, container in enumerate(containers):
@@ -205,6 +209,52 @@ def _bars(ax, containers):
             elements.append({"label": label, "group": group, "value": plain(value)})
     chart["elements"] = elements
     return chart
+
+
+def _boxes(ax, patches, lines):
+    """A box plot drawn with `patch_artist=True`: its boxes are patches (quartiles), its whiskers,
+    caps, medians and fliers lines. Upright unless its positions are along y (where `boxplot`
+    puts its fixed ticks)."""
+    from matplotlib.ticker import FixedLocator
+
+    sideways = isinstance(ax.yaxis.get_major_locator(), FixedLocator)
+    chart = _labelled(ax, "box_and_whisker", sideways)
+    position_axis = ax.yaxis if sideways else ax.xaxis
+    lines = [[(v, p) if sideways else (p, v) for p, v in line.get_xydata()] for line in lines]
+    ticks = list(position_axis.get_majorticklocs())
+    tick_labels = dict(zip(ticks, _tick_labels(position_axis, ticks), strict=True))
+    elements = []
+    for patch in patches:
+        corners = [(v, p) if sideways else (p, v) for p, v in patch.get_path().vertices]
+        left, right = min(p for p, _ in corners), max(p for p, _ in corners)
+        q1, q3 = min(v for _, v in corners), max(v for _, v in corners)
+        center = (left + right) / 2
+        label = next((text for tick, text in tick_labels.items() if math.isclose(tick, center)), str(center))
+        box = {"label": label, "min": q1, "first_quartile": q1}
+        box.update(median=None, third_quartile=q3, max=q3, outliers=[])
+        for points in lines:
+            _read_box_line(box, points, left, right, center)
+        elements.append({key: plain(value) if key != "outliers" else value for key, value in box.items()})
+    chart["elements"] = elements
+    return chart
+
+
+def _read_box_line(box, points, left, right, center):
+    """What one line of a box plot says of the box from `left` to `right`, if it is the box's."""
+    if not points:  # (the fliers of a box without outliers)
+        return
+    positions, values = [p for p, _ in points], [v for _, v in points]
+    q1, q3 = box["first_quartile"], box["third_quartile"]
+    on_center = all(math.isclose(p, center) for p in positions)
+    spans_the_box = math.isclose(min(positions), left) and math.isclose(max(positions), right)
+    if len(points) == 2 and values[0] == values[1] and spans_the_box and q1 <= values[0] <= q3:
+        box["median"] = values[0]  # (a cap is narrower, and outside the quartiles)
+    elif len(points) == 2 and on_center and max(values) <= q1:
+        box["min"] = min(values)
+    elif len(points) == 2 and on_center and min(values) >= q3:
+        box["max"] = max(values)
+    elif on_center:
+        box["outliers"] = [plain(v) for v in values]
 
 
 def _center(rect, horizontal):
