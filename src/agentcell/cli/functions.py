@@ -28,8 +28,18 @@ def function_group() -> None:
 
 
 @function_group.command("deploy")
-@click.argument("code", type=click.Path(exists=True, readable=True))
+@click.argument("code", type=click.Path(exists=True, readable=True), required=False)
 @click.option("--name", required=True, help="Function name: lowercase letters, digits, '-'.")
+@click.option(
+    "--from-sandbox",
+    "sandbox_id",
+    default=None,
+    metavar="SANDBOX_ID",
+    help="Instead of CODE: publish a directory of this running sandbox (--sandbox-path).",
+)
+@click.option(
+    "--sandbox-path", default=None, metavar="PATH", help="With --from-sandbox: the directory (/home/user)."
+)
 @click.option("--cmd", default=None, help="Serves HTTP on $PORT; run by bash in /code.")
 @click.option("--stdio", default=None, help="Instead of --cmd: a stdio MCP server, bridged to HTTP.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="$PORT (default 8080).")
@@ -80,21 +90,32 @@ def function_group() -> None:
 def deploy(
     conn: Connection,
     /,
-    code: str,
+    code: str | None,
     name: str,
+    sandbox_id: str | None,
+    sandbox_path: str | None,
     cmd: str | None,
     stdio: str | None,
     as_json: bool,
     **options: Any,
 ) -> None:
-    """Deploy CODE (a directory, or a .tar / .tar.gz of one) as a new version of function NAME.
-    Give --cmd (an HTTP server on $PORT) or --stdio (a stdio MCP server).
+    """Deploy CODE (a directory, or a .tar / .tar.gz of one) as a new version of function NAME,
+    or publish a directory of a sandbox (--from-sandbox). Give --cmd (an HTTP server on $PORT) or
+    --stdio (a stdio MCP server).
 
     Durations: 90, 90s, 15m, 6h, 2d, 1h30m.
     """
     if (cmd is None) == (stdio is None):
         raise click.UsageError("give --cmd (an HTTP server on $PORT) or --stdio (a stdio MCP server)")
+    if (code is None) == (sandbox_id is None):
+        raise click.UsageError("give CODE (a directory or archive) or --from-sandbox SANDBOX_ID")
+    if sandbox_path is not None and sandbox_id is None:
+        raise click.UsageError("--sandbox-path needs --from-sandbox")
     settings = _deploy_settings(options)
+    if sandbox_id is not None:
+        _publish(conn, sandbox_id, sandbox_path, name, {"cmd": cmd, "stdio": stdio, **settings}, as_json)
+        return
+    assert code is not None
     progress = DeployProgress()
     try:
         with conn.agentcell() as client:
@@ -114,6 +135,19 @@ def deploy(
         echo_json(info)
     else:
         click.echo(f"deployed {info.name} version {info.version}: {url}")
+
+
+def _publish(
+    conn: Connection, sandbox_id: str, path: str | None, name: str, settings: dict[str, Any], as_json: bool
+) -> None:
+    with conn.sandbox(sandbox_id) as sandbox:
+        info = sandbox.publish(name, **({"path": path} if path else {}), **settings)
+    with conn.agentcell() as client:
+        url = client.functions.url(info.name)
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(f"published {sandbox_id} as {info.name} version {info.version}: {url}")
 
 
 def _deploy_settings(options: dict[str, Any]) -> dict[str, Any]:

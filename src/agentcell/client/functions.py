@@ -84,7 +84,7 @@ class AsyncFunctions:
         x-agentcell-session-id, one session per instance, 6 h session TTL, 15 min idle timeout,
         no warm instances. `on_pack_progress` gets byte counts as files are packed (from a worker
         thread), `on_progress` as the archive is sent."""
-        given = {
+        settings = {
             "cmd": cmd,
             "stdio": stdio,
             "port": port,
@@ -93,7 +93,9 @@ class AsyncFunctions:
             "cpu": cpu,
             "memory_mb": memory_mb,
             "disk_mb": disk_mb,
-            "affinity": affinity_fields(affinity, session_header, cookie_name),
+            "affinity": affinity,
+            "session_header": session_header,
+            "cookie_name": cookie_name,
             "sessions_per_instance": sessions_per_instance,
             "session_ttl_s": session_ttl_s,
             "idle_timeout_s": idle_timeout_s,
@@ -101,14 +103,14 @@ class AsyncFunctions:
             "min_warm": min_warm,
             "max_instances": max_instances,
             "concurrency_per_instance": concurrency_per_instance,
-            "initialize": hook_fields(initialize),
-            "pre_stop": hook_fields(pre_stop),
+            "initialize": initialize,
+            "pre_stop": pre_stop,
             "ready_timeout_s": ready_timeout_s,
             "request_timeout_s": request_timeout_s,
             "metadata": metadata,
-            "workspace": workspace.model_dump(mode="json") if workspace is not None else None,
+            "workspace": workspace,
         }
-        body = request_body(FunctionConfig, {k: v for k, v in given.items() if v is not None})
+        body = request_body(FunctionConfig, config_fields(settings))
         return await self._upload(name, code, body, on_progress, on_pack_progress)
 
     async def deploy_config(
@@ -169,6 +171,18 @@ def check_name(name: str) -> None:
             "function name must be 1-63 lowercase letters, digits or '-', starting with a letter; "
             f"got {name!r}"
         ) from None
+
+
+def config_fields(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """FunctionConfig's fields from `deploy`'s keywords (`publish` takes them too); None is unset."""
+    given = dict(settings)
+    affinity = (given.pop(key, None) for key in ("affinity", "session_header", "cookie_name"))
+    given["affinity"] = affinity_fields(*affinity)
+    for hook in ("initialize", "pre_stop"):
+        given[hook] = hook_fields(given.get(hook))
+    if isinstance(workspace := given.get("workspace"), WorkspaceConfig):
+        given["workspace"] = workspace.model_dump(mode="json")
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def affinity_fields(

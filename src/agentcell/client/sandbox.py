@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from agentcell.client.code import Callback, ContextRef, Execution
     from agentcell.protocol.code import CodeContextInfo
+    from agentcell.protocol.functions import FunctionInfo
     from agentcell.protocol.snapshots import SandboxSnapshotInfo
 
 S = TypeVar("S", bound="AsyncSandbox")
@@ -310,6 +311,21 @@ class AsyncSandbox:
         body = request_body(NetworkPolicy, network_body(network))
         self.info = await self._api.call_model(SandboxInfo, "PUT", f"{self._path}/network", json=body)
         return self.info
+
+    async def publish(self, function: str, *, path: str = "/home/user", **settings: Any) -> FunctionInfo:
+        """Deploy `path`, a directory of this sandbox, as the next version of function `function`
+        (made if new), served by the gateway at `client.functions.url(function)`: its files become
+        the instances' read-only /code, where `cmd` runs with bash and serves HTTP on $PORT (or
+        `stdio` names a stdio MCP server). `settings` are `client.functions.deploy`'s keywords
+        (`cmd`, `env`, `min_warm`, `affinity`, ...); the template is the sandbox's unless given.
+        The sandbox runs on. The version remembers where it came from:
+        `info.config.published_from` (sandbox id, path, template, metadata, time)."""
+        from agentcell.client.functions import config_fields  # (its wire models, when first used)
+        from agentcell.protocol.functions import FunctionInfo, SandboxPublish
+
+        fields = {"function": function, "path": path, "config": config_fields(settings)}
+        body = request_body(SandboxPublish, fields)
+        return await self._api.call_model(FunctionInfo, "POST", f"{self._path}/publish", json=body)
 
     async def pause(self) -> SandboxInfo:
         """Save the sandbox's /home/user to object storage and stop it (state `paused`; its

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from agentcell.protocol.code import CodeContextInfo
     from agentcell.protocol.commands import CommandEvent, ProcessInfo
     from agentcell.protocol.files import FileEntry
+    from agentcell.protocol.functions import FunctionInfo
     from agentcell.protocol.snapshots import SandboxSnapshotInfo, SandboxSnapshotList
 
 T = TypeVar("T")
@@ -487,6 +488,9 @@ class Sandbox:
 
     def update_network(self, network: NetworkPolicy | Mapping[str, Any] | str) -> SandboxInfo:
         return self._portal.run(self._core.update_network(network))
+
+    def publish(self, function: str, *, path: str = "/home/user", **settings: Any) -> FunctionInfo:
+        return self._portal.run(self._core.publish(function, path=path, **settings))
 
     def run_code(
         self,

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
+from agentcell.protocol.commands import SandboxPath
 from agentcell.protocol.common import NoNul, ReplyModel, WireModel
 from agentcell.protocol.egress import NetworkPolicy
 from agentcell.protocol.sandboxes import (
@@ -64,6 +65,17 @@ class WorkspaceConfig(WireModel):
     )
 
 
+class PublishedFrom(WireModel):
+    """Where a version's code came from when a sandbox published it (POST
+    /v1/sandboxes/{id}/publish): set by the server, cleared by a deploy of uploaded code."""
+
+    sandbox_id: str = Field(max_length=64)
+    path: str = Field(max_length=4096, description="the directory whose files became /code")
+    template: TemplateName
+    sandbox_metadata: dict[MetaKey, MetaValue] = Field(default_factory=dict, max_length=64)
+    published_at: datetime
+
+
 class FunctionConfig(WireModel):
     cmd: Annotated[str, StringConstraints(min_length=1, max_length=65536), NoNul] | None = Field(
         default=None, description="serves HTTP on $PORT inside the instance; run by bash -c in /code"
@@ -100,6 +112,9 @@ class FunctionConfig(WireModel):
         default_factory=NetworkPolicy, description="egress: none (default), allowlist or open"
     )
     metadata: dict[MetaKey, MetaValue] = Field(default_factory=dict, max_length=64)
+    published_from: PublishedFrom | None = Field(
+        default=None, description="set by publish: the sandbox and directory of this version's code"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FunctionConfig:
@@ -115,6 +130,16 @@ class FunctionConfig(WireModel):
                 f"session key the client reuses, and affinity {self.affinity.kind!r} has none"
             )
         return self
+
+
+class SandboxPublish(WireModel):
+    """POST /v1/sandboxes/{id}/publish: a directory of a running sandbox becomes the next version
+    of function `function` (made if new), its files the read-only /code of the instances. `config`
+    as a deploy's; its `template`, when not given, is the sandbox's."""
+
+    function: FunctionName
+    path: SandboxPath = "/home/user"
+    config: FunctionConfig
 
 
 class FunctionInfo(ReplyModel):

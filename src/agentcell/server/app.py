@@ -12,17 +12,19 @@ from typing import Any
 from fastapi import FastAPI
 
 from agentcell import __version__
-from agentcell.server.api import code, commands, files, functions, sandboxes, sessions, usage
+from agentcell.server.api import code, commands, files, functions, publish, sandboxes, sessions, usage
 from agentcell.server.api import snapshots as snapshots_api
 from agentcell.server.api import templates as templates_api
 from agentcell.server.api import tenants as tenants_api
 from agentcell.server.api import workspaces as workspaces_api
 from agentcell.server.api.auth import AuthMiddleware, audited_actor
 from agentcell.server.api.errors import RequestIdMiddleware, install_error_handlers
+from agentcell.server.api.functions import uploads_dir
 from agentcell.server.api.lean import install_lean_routes
 from agentcell.server.api.limits import BodyLimitMiddleware
 from agentcell.server.api.mcp_lazy import LazyMcp
 from agentcell.server.api.observability import FASTAPI_TELEMETRY_OFF, install_observability
+from agentcell.server.api.publish import Publisher
 from agentcell.server.auth.access import RateLimiter, RequestAuth
 from agentcell.server.auth.quotas import QuotaGuard
 from agentcell.server.auth.tenants import TenantService
@@ -225,7 +227,6 @@ def create_app(
     sandbox_snapshots = SandboxSnapshots(sandbox_service, pauses, driver, snapshots, store, workspaces, clock)
     sandbox_metrics = SandboxMetrics(sandbox_service, driver, clock)
     terminals = TerminalService(driver, sandbox_service, clock)
-    mcp = LazyMcp(sandbox_service, pauses)  # built on the first /mcp request
     scheduler = Scheduler(
         driver,
         store,
@@ -321,9 +322,13 @@ def create_app(
     )
     app.state.templates = templates
     app.state.tenants = tenants
-    app.state.function_quota = FunctionQuota(  # tenants' max_functions and max_code_mb, at deploys
+    function_quota = FunctionQuota(  # tenants' max_functions and max_code_mb, at deploys
         settings.state_dir / "functions", tenants.quotas, lambda: [f.name for f in scheduler.functions()]
     )
+    app.state.function_quota = function_quota
+    publisher = Publisher(sandbox_service, scheduler, function_quota, uploads_dir(settings.state_dir), clock)
+    app.state.publisher = publisher
+    mcp = LazyMcp(sandbox_service, pauses, publisher)  # built on the first /mcp request
     limiter = RateLimiter(clock, lambda tenant: tenants.quotas(tenant).max_rps)
     request_auth = RequestAuth(tenants.ring, limiter, required=settings.auth == "keys")
     app.state.request_auth = request_auth
@@ -335,6 +340,7 @@ def create_app(
         code,
         files,
         functions,
+        publish,
         sessions,
         workspaces_api,
         templates_api,

@@ -16,8 +16,9 @@ import os
 import posixpath
 import tarfile
 from collections.abc import AsyncIterator
+from pathlib import PurePosixPath
 
-from agentcell.errors import NotFound, PayloadTooLarge, PermissionDenied
+from agentcell.errors import InvalidArgument, NotFound, PayloadTooLarge, PermissionDenied
 from agentcell.protocol.files import wire_text
 from agentcell.server.sandbox.driver import FileStat, SandboxFiles
 
@@ -57,6 +58,7 @@ async def archive_entries(files: SandboxFiles, root: FileStat, max_depth: int = 
     tree too large to list, or holding a file the user may not read, is a clean error rather than
     a broken stream)."""
     entries = [root] + (await _tree(files, root, max_depth) if root.type == "dir" else [])
+    await _check_depth(files, root, entries, max_depth)
     kept: list[FileStat] = []
     for start in range(0, len(entries), PROBES_AT_ONCE):
         batch = entries[start : start + PROBES_AT_ONCE]
@@ -81,6 +83,20 @@ async def _tree(files: SandboxFiles, root: FileStat, max_depth: int) -> list[Fil
         ) from None
 
 
+async def _check_depth(files: SandboxFiles, root: FileStat, entries: list[FileStat], max_depth: int) -> None:
+    """The listing stops `max_depth` levels down: a directory there that holds anything would be
+    archived empty, so the archive is refused instead."""
+    base = len(PurePosixPath(root.path).parts)
+    deepest = [e for e in entries if e.type == "dir" and len(PurePosixPath(e.path).parts) - base == max_depth]
+    for entry in deepest:
+        if await files.list(entry.path, 1):
+            raise InvalidArgument(
+                f"{wire_text(entry.path)} is {max_depth} levels below {wire_text(root.path)} and "
+                "holds more: archive a deeper directory on its own, or pack it inside the "
+                "sandbox (tar czf /tmp/out.tgz DIR)"
+            )
+
+
 async def _is_there(files: SandboxFiles, entry: FileStat) -> bool:
     """Open `entry` as the sandbox user: False if it is gone, PermissionDenied if unreadable."""
     try:
@@ -99,8 +115,12 @@ async def _is_there(files: SandboxFiles, entry: FileStat) -> bool:
     return True
 
 
-async def tar_stream(files: SandboxFiles, root: FileStat, entries: list[FileStat]) -> AsyncIterator[bytes]:
-    base = posixpath.dirname(root.path.rstrip("/")) or "/"
+async def tar_stream(
+    files: SandboxFiles, root: FileStat, entries: list[FileStat], *, contents_only: bool = False
+) -> AsyncIterator[bytes]:
+    """Names start with the root's own name, or (`contents_only`) at the root: `.`, then what it
+    holds."""
+    base = root.path if contents_only else posixpath.dirname(root.path.rstrip("/")) or "/"
     for entry in entries:
         if entry.type == "other":
             continue

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +22,7 @@ from agentcell.server.api.errors import describe_validation
 from agentcell.server.api.tenancy import function_name, is_mine, shown_function
 from agentcell.server.scheduler.code import room_bytes, short_of_disk
 from agentcell.server.scheduler.function_quota import FunctionQuota
+from agentcell.server.scheduler.scheduler import Scheduler as FunctionScheduler
 
 router = APIRouter(prefix="/v1/functions", tags=["functions"])
 MAX_ARCHIVE_BYTES = 512 << 20
@@ -69,23 +71,35 @@ def parse_config(raw: object) -> FunctionConfig:
 
 
 async def save_upload(upload: UploadFile, directory: Path, room: Callable[[Path], int] = room_bytes) -> Path:
-    """Copy the uploaded archive to a file of ours (bounded in size, and above the node's
-    free-space floor: `room`) for unpacking."""
+    """Copy the uploaded archive to a file of ours for unpacking (see save_archive)."""
+    return await save_archive(_read(upload), directory, room)
+
+
+async def _read(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(CHUNK_BYTES):
+        yield chunk
+
+
+async def save_archive(
+    chunks: AsyncIterator[bytes], directory: Path, room: Callable[[Path], int] = room_bytes
+) -> Path:
+    """An archive's bytes in a file of ours in `directory`, bounded in size (MAX_ARCHIVE_BYTES) and
+    by the node's free-space floor (`room`)."""
     fd, name = tempfile.mkstemp(dir=directory, suffix=".tar")
     try:
         with os.fdopen(fd, "wb") as out:
-            await _copy_upload(upload, out, room, directory)
+            await _copy(chunks, out, room, directory)
     except BaseException:
         os.unlink(name)
         raise
     return Path(name)
 
 
-async def _copy_upload(
-    upload: UploadFile, out: BinaryIO, room: Callable[[Path], int], directory: Path
+async def _copy(
+    chunks: AsyncIterator[bytes], out: BinaryIO, room: Callable[[Path], int], directory: Path
 ) -> None:
     size = 0
-    while chunk := await upload.read(CHUNK_BYTES):
+    async for chunk in chunks:
         size += len(chunk)
         if size > MAX_ARCHIVE_BYTES:
             raise PayloadTooLarge(f"code archive is larger than {MAX_ARCHIVE_BYTES >> 20} MiB")
@@ -159,11 +173,20 @@ async def deploy_function(name: str, request: Request, scheduler: Scheduler) -> 
                 "the 'code' part must be a file: a tar or tar.gz of the function's directory"
             )
         archive = await save_upload(code, uploads)
+    uploaded = config.model_copy(update={"published_from": None})  # (not a sandbox's code)
+    return await deploy_archive(function_quota(request), scheduler, qualified, uploaded, archive)
+
+
+async def deploy_archive(
+    quota: FunctionQuota, scheduler: FunctionScheduler, qualified: str, config: FunctionConfig, archive: Path
+) -> FunctionInfo:
+    """Deploy `archive` (removed afterwards) within the tenant's code budget."""
     try:
-        async with function_quota(request).deploying(qualified) as budget:
+        async with quota.deploying(qualified) as budget:
             return shown_function((await scheduler.deploy(qualified, config, archive, budget)).info())
     finally:
-        archive.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(archive)
 
 
 def function_quota(request: Request) -> FunctionQuota:

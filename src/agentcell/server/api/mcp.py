@@ -30,7 +30,9 @@ from agentcell.protocol.code import CodeRun
 from agentcell.protocol.commands import CommandRequest
 from agentcell.protocol.egress import NetworkPolicy
 from agentcell.protocol.files import wire_text
+from agentcell.protocol.functions import FunctionConfig, SandboxPublish
 from agentcell.protocol.sandboxes import MAX_SANDBOX_PAGE, SandboxCreate, SandboxResume, SandboxTimeout
+from agentcell.server.api.publish import Publisher
 from agentcell.server.api.sandboxes import sandbox_page
 from agentcell.server.auth.principal import current_or_none
 from agentcell.server.interpreter.context import CodeContext
@@ -63,7 +65,9 @@ ToolFn = Callable[..., Awaitable[Any]]
 Owner = tuple[str, str]
 
 
-def build_mcp_server(sandboxes: SandboxService, pauses: SandboxPauses) -> MCPServer[Any]:
+def build_mcp_server(
+    sandboxes: SandboxService, pauses: SandboxPauses, publisher: Publisher
+) -> MCPServer[Any]:
     server: MCPServer[Any] = MCPServer(
         "agentcell", instructions="Isolated Linux sandboxes: run commands and code, read and write files."
     )
@@ -204,6 +208,18 @@ def build_mcp_server(sandboxes: SandboxService, pauses: SandboxPauses) -> MCPSer
         await pauses.wake(sandbox_id)
         entries = await sandboxes.files(sandbox_id).list(path, depth)
         return [{"path": wire_text(e.path), "type": e.type, "size": e.size} for e in entries]
+
+    @tool()
+    async def publish_sandbox(
+        sandbox_id: str, function: str, command: str, path: str = "/home/user", port: int = 8080
+    ) -> dict[str, Any]:
+        """Publish what you built: deploy the directory `path` of the sandbox as function
+        `function` (a new version if it exists), a service at /fn/<function>/ that starts on
+        demand. `command` runs with bash in /code (a read-only copy of the directory's files)
+        and must serve HTTP on $PORT (port). The sandbox runs on, unchanged."""
+        await pauses.wake(sandbox_id)
+        request = SandboxPublish(function=function, path=path, config=FunctionConfig(cmd=command, port=port))
+        return (await publisher.publish(sandbox_id, request)).model_dump(mode="json")
 
     return server
 

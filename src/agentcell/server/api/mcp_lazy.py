@@ -26,15 +26,18 @@ from agentcell.server.scheduler.sandboxes import SandboxService
 if TYPE_CHECKING:
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
+    from agentcell.server.api.publish import Publisher
+
 MCP_PATH = "/mcp"
 
 
 class LazyMcp:
     """The `/mcp` endpoint (an ASGI app): builds the MCP server on first use, then serves it."""
 
-    def __init__(self, sandboxes: SandboxService, pauses: SandboxPauses) -> None:
+    def __init__(self, sandboxes: SandboxService, pauses: SandboxPauses, publisher: Publisher) -> None:
         self._sandboxes = sandboxes
         self._pauses = pauses
+        self._publisher = publisher
         self._app: ASGIApp | None = None
         self._starting = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -58,7 +61,7 @@ class LazyMcp:
             if self._app is None:
                 from agentcell.server.api import mcp  # the point of this module: not before now
 
-                server = mcp.build_mcp_server(self._sandboxes, self._pauses)
+                server = mcp.build_mcp_server(self._sandboxes, self._pauses, self._publisher)
                 routes = mcp.mcp_routes(server)
                 (app,) = [r.app for r in routes if isinstance(r, Route) and r.path == MCP_PATH]
                 running = asyncio.get_running_loop().create_future()
