@@ -79,6 +79,40 @@ def test_a_sandbox_directory_becomes_a_function_that_remembers_it(
     assert served(server_url, fn_name, "d") == "v3 from /code"
 
 
+GREETER = """
+import http.server, os, greeting
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = greeting.TEXT.encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+def test_packages_installed_at_run_time_go_with_the_code(server_url: str, fn_name: str) -> None:
+    """What `pip install` put in ~/.local (a module, and a script on PATH) is carried to
+    /code/.local and found there; `packages=False` leaves it behind."""
+    with Sandbox.create(api_url=server_url, timeout_s=300) as sandbox:
+        site = sandbox.commands.run("python3 -m site --user-site").stdout.strip()
+        assert site.startswith("/home/user/.local/")
+        sandbox.files.write(f"{site}/greeting.py", "TEXT = 'hello from a package'\n")
+        sandbox.files.write(".local/bin/serve-greeter", "#!/bin/sh\nexec python3 app.py\n")
+        sandbox.commands.run("chmod +x .local/bin/serve-greeter")
+        sandbox.files.write("greeter/app.py", GREETER)
+
+        info = sandbox.publish(fn_name, path="greeter", cmd="serve-greeter", env={"MINE": "1"})
+        assert info.config.env["PYTHONUSERBASE"] == "/code/.local" and info.config.env["MINE"] == "1"
+        assert info.config.env["PATH"].startswith("/code/.local/bin:")
+        assert "NODE_PATH" in info.config.env
+        assert served(server_url, fn_name, "p") == "hello from a package"
+
+        bare = sandbox.publish(fn_name, path="greeter", cmd="python3 app.py", packages=False)
+        assert "PYTHONUSERBASE" not in bare.config.env and bare.version == 2
+
+
 def test_bad_publishes_are_refused_with_what_to_change(
     server_url: str, built: Sandbox, fn_name: str, api: httpx.Client
 ) -> None:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,11 @@ def function_group() -> None:
 )
 @click.option(
     "--sandbox-path", default=None, metavar="PATH", help="With --from-sandbox: the directory (/home/user)."
+)
+@click.option(
+    "--packages/--no-packages",
+    default=True,
+    help="With --from-sandbox: carry ~/.local (run-time installs) along (default: yes).",
 )
 @click.option("--cmd", default=None, help="Serves HTTP on $PORT; run by bash in /code.")
 @click.option("--stdio", default=None, help="Instead of --cmd: a stdio MCP server, bridged to HTTP.")
@@ -94,6 +100,7 @@ def deploy(
     name: str,
     sandbox_id: str | None,
     sandbox_path: str | None,
+    packages: bool,
     cmd: str | None,
     stdio: str | None,
     as_json: bool,
@@ -109,11 +116,12 @@ def deploy(
         raise click.UsageError("give --cmd (an HTTP server on $PORT) or --stdio (a stdio MCP server)")
     if (code is None) == (sandbox_id is None):
         raise click.UsageError("give CODE (a directory or archive) or --from-sandbox SANDBOX_ID")
-    if sandbox_path is not None and sandbox_id is None:
-        raise click.UsageError("--sandbox-path needs --from-sandbox")
+    if (sandbox_path is not None or not packages) and sandbox_id is None:
+        raise click.UsageError("--sandbox-path and --no-packages need --from-sandbox")
     settings = _deploy_settings(options)
     if sandbox_id is not None:
-        _publish(conn, sandbox_id, sandbox_path, name, {"cmd": cmd, "stdio": stdio, **settings}, as_json)
+        settings = {"cmd": cmd, "stdio": stdio, **settings}
+        _publish(conn, sandbox_id, sandbox_path, packages, name, settings, as_json)
         return
     assert code is not None
     progress = DeployProgress()
@@ -138,10 +146,17 @@ def deploy(
 
 
 def _publish(
-    conn: Connection, sandbox_id: str, path: str | None, name: str, settings: dict[str, Any], as_json: bool
+    conn: Connection,
+    sandbox_id: str,
+    path: str | None,
+    packages: bool,
+    name: str,
+    settings: dict[str, Any],
+    as_json: bool,
 ) -> None:
     with conn.sandbox(sandbox_id) as sandbox:
-        info = sandbox.publish(name, **({"path": path} if path else {}), **settings)
+        publish = functools.partial(sandbox.publish, name, packages=packages)
+        info = publish(path=path, **settings) if path else publish(**settings)
     with conn.agentcell() as client:
         url = client.functions.url(info.name)
     if as_json:

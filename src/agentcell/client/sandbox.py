@@ -312,18 +312,22 @@ class AsyncSandbox:
         self.info = await self._api.call_model(SandboxInfo, "PUT", f"{self._path}/network", json=body)
         return self.info
 
-    async def publish(self, function: str, *, path: str = "/home/user", **settings: Any) -> FunctionInfo:
+    async def publish(
+        self, function: str, *, path: str = "/home/user", packages: bool = True, **settings: Any
+    ) -> FunctionInfo:
         """Deploy `path`, a directory of this sandbox, as the next version of function `function`
         (made if new), served by the gateway at `client.functions.url(function)`: its files become
         the instances' read-only /code, where `cmd` runs with bash and serves HTTP on $PORT (or
         `stdio` names a stdio MCP server). `settings` are `client.functions.deploy`'s keywords
         (`cmd`, `env`, `min_warm`, `affinity`, ...); the template is the sandbox's unless given.
-        The sandbox runs on. The version remembers where it came from:
-        `info.config.published_from` (sandbox id, path, template, metadata, time)."""
+        `packages`: what was installed at run time (~/.local: `pip install`, `npm -g`) goes
+        along, to /code/.local (PYTHONUSERBASE, PATH and NODE_PATH find it there). The sandbox
+        runs on. The version remembers where it came from: `info.config.published_from` (sandbox
+        id, path, template, metadata, time)."""
         from agentcell.client.functions import config_fields  # (its wire models, when first used)
         from agentcell.protocol.functions import FunctionInfo, SandboxPublish
 
-        fields = {"function": function, "path": path, "config": config_fields(settings)}
+        fields = {"function": function, "path": path, "packages": packages, "config": config_fields(settings)}
         body = request_body(SandboxPublish, fields)
         return await self._api.call_model(FunctionInfo, "POST", f"{self._path}/publish", json=body)
 

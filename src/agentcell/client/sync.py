@@ -489,8 +489,10 @@ class Sandbox:
     def update_network(self, network: NetworkPolicy | Mapping[str, Any] | str) -> SandboxInfo:
         return self._portal.run(self._core.update_network(network))
 
-    def publish(self, function: str, *, path: str = "/home/user", **settings: Any) -> FunctionInfo:
-        return self._portal.run(self._core.publish(function, path=path, **settings))
+    def publish(
+        self, function: str, *, path: str = "/home/user", packages: bool = True, **settings: Any
+    ) -> FunctionInfo:
+        return self._portal.run(self._core.publish(function, path=path, packages=packages, **settings))
 
     def run_code(
         self,

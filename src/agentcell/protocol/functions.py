@@ -140,6 +140,11 @@ class SandboxPublish(WireModel):
     function: FunctionName
     path: SandboxPath = "/home/user"
     config: FunctionConfig
+    packages: bool = Field(
+        default=True,
+        description="carry what was installed at run time (~/.local: pip, npm -g) to /code/.local, "
+        "found there through PYTHONUSERBASE, PATH and NODE_PATH",
+    )
 
 
 class FunctionInfo(ReplyModel):

@@ -15,7 +15,7 @@ import contextlib
 import os
 import posixpath
 import tarfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import PurePosixPath
 
 from agentcell.errors import InvalidArgument, NotFound, PayloadTooLarge, PermissionDenied
@@ -115,17 +115,23 @@ async def _is_there(files: SandboxFiles, entry: FileStat) -> bool:
     return True
 
 
-async def tar_stream(
+def tar_stream(
     files: SandboxFiles, root: FileStat, entries: list[FileStat], *, contents_only: bool = False
 ) -> AsyncIterator[bytes]:
     """Names start with the root's own name, or (`contents_only`) at the root: `.`, then what it
     holds."""
     base = root.path if contents_only else posixpath.dirname(root.path.rstrip("/")) or "/"
-    for entry in entries:
-        if entry.type == "other":
-            continue
-        yield _header(entry, posixpath.relpath(entry.path, base))
-        if entry.type == "file":
-            async for block in _file_blocks(files, entry):
-                yield block
+    return tar_of(files, [(base, entries)])
+
+
+async def tar_of(files: SandboxFiles, trees: Sequence[tuple[str, list[FileStat]]]) -> AsyncIterator[bytes]:
+    """One archive of several listed trees, each entry named relative to its tree's base."""
+    for base, entries in trees:
+        for entry in entries:
+            if entry.type == "other":
+                continue
+            yield _header(entry, posixpath.relpath(entry.path, base))
+            if entry.type == "file":
+                async for block in _file_blocks(files, entry):
+                    yield block
     yield bytes(2 * BLOCK)

@@ -10,24 +10,36 @@ the sandbox it came from (`config.published_from`). The sandbox runs on, untouch
 from __future__ import annotations
 
 import os
+import posixpath
 from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 
-from agentcell.errors import InvalidArgument, PayloadTooLarge
+from agentcell.errors import InvalidArgument, NotFound, PayloadTooLarge
 from agentcell.protocol.files import wire_text
 from agentcell.protocol.functions import FunctionConfig, FunctionInfo, PublishedFrom, SandboxPublish
-from agentcell.server.api.archive import archive_entries, tar_stream
+from agentcell.server.api.archive import archive_entries, tar_of
 from agentcell.server.api.deps import Sandboxes
 from agentcell.server.api.functions import MAX_ARCHIVE_BYTES, deploy_archive, save_archive
 from agentcell.server.api.tenancy import function_name
 from agentcell.server.clock import Clock
+from agentcell.server.sandbox.driver import SANDBOX_HOME, SANDBOX_PATH, FileStat, SandboxFiles
 from agentcell.server.scheduler.function_quota import FunctionQuota
+from agentcell.server.scheduler.lifecycle import CODE_DIR
 from agentcell.server.scheduler.sandboxes import Sandbox, SandboxService
 from agentcell.server.scheduler.scheduler import Scheduler as FunctionScheduler
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["functions"])
+PACKAGES = f"{SANDBOX_HOME}/.local"
+PACKAGES_ENV = {
+    "PYTHONUSERBASE": f"{CODE_DIR}/.local",
+    "PATH": f"{CODE_DIR}/.local/bin:{SANDBOX_PATH}",
+    "NODE_PATH": f"{CODE_DIR}/.local/lib/node_modules",
+}
+"""how a function finds the run-time installs published with its code"""
+Tree = tuple[str, list[FileStat]]
+"""a listed tree of the sandbox, and the directory its archive names are relative to"""
 
 
 class Publisher:
@@ -61,19 +73,43 @@ class Publisher:
                 f"{wire_text(root.path)} is not a directory: publish the directory that holds the "
                 "code (it becomes /code)"
             )
-        entries = await archive_entries(files, root)
+        trees: list[Tree] = [(root.path, await archive_entries(files, root))]
+        carried = request.packages and await self._carry_packages(files, root.path, trees)
         os.makedirs(self._uploads, exist_ok=True)
         try:
-            archive = await save_archive(tar_stream(files, root, entries, contents_only=True), self._uploads)
+            archive = await save_archive(tar_of(files, trees), self._uploads)
         except PayloadTooLarge:
             raise PayloadTooLarge(
-                f"{wire_text(root.path)} is larger than {MAX_ARCHIVE_BYTES >> 20} MiB: publish a "
-                "directory without its dependencies (install them at start-up, or build a template)"
+                f"{wire_text(root.path)} is larger than {MAX_ARCHIVE_BYTES >> 20} MiB as an archive"
+                f"{' with ~/.local' if carried else ''}: publish a smaller directory"
+                f"{', leave the packages out (packages: false)' if carried else ''} and install "
+                "dependencies at start-up, or build a template"
             ) from None
-        config = self._published_config(request, sandbox, root.path)
+        config = self._published_config(request, sandbox, root.path, carried)
         return await deploy_archive(self._quota, self._scheduler, qualified, config, archive)
 
-    def _published_config(self, request: SandboxPublish, sandbox: Sandbox, path: str) -> FunctionConfig:
+    @staticmethod
+    async def _carry_packages(files: SandboxFiles, root: str, trees: list[Tree]) -> bool:
+        """Add ~/.local (what `pip install` and `npm -g` put there) to the archive as `.local`,
+        unless the published directory holds it, or a `.local` of its own, already. Whether the
+        code has the packages at /code/.local."""
+        own = posixpath.join(root, ".local")
+        if root == SANDBOX_HOME:
+            return any(entry.path == PACKAGES for entry in trees[0][1])
+        if root.startswith(PACKAGES + "/") or any(entry.path == own for entry in trees[0][1]):
+            return False
+        try:
+            packages = await files.stat(PACKAGES)
+        except NotFound:
+            return False
+        if packages.type != "dir":
+            return False
+        trees.append((SANDBOX_HOME, await archive_entries(files, packages)))
+        return True
+
+    def _published_config(
+        self, request: SandboxPublish, sandbox: Sandbox, path: str, packages: bool
+    ) -> FunctionConfig:
         created = sandbox.request
         source = PublishedFrom(
             sandbox_id=sandbox.id,
@@ -83,6 +119,8 @@ class Publisher:
             published_at=datetime.fromtimestamp(self._clock.now(), UTC),
         )
         update: dict[str, object] = {"published_from": source}
+        if packages:  # (a variable the config sets itself is left as it is)
+            update["env"] = {**PACKAGES_ENV, **request.config.env}
         if "template" not in request.config.model_fields_set:
             update["template"] = created.template  # (what the code was built and tried on)
         return request.config.model_copy(update=update)

@@ -18,6 +18,8 @@ from agentcell.server.egress.policy import NO_EGRESS, EgressPolicy
 SANDBOX_USER = "user"
 SANDBOX_UID = 1000
 SANDBOX_HOME = "/home/user"
+SANDBOX_PATH = f"{SANDBOX_HOME}/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""a sandbox's base PATH: run-time installs (`pip install`, `npm -g`: ~/.local) first"""
 
 
 @dataclass(frozen=True, slots=True)

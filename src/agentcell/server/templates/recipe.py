@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentcell.protocol.templates import BUILD_DIR, TEMPLATE_ROOT, Recipe
+from agentcell.server.sandbox.driver import SANDBOX_PATH
 
-SYSTEM_PATH = "/home/user/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SYSTEM_PATH = SANDBOX_PATH
 """the base PATH of a sandbox (run-time installs in ~/.local first), after the template's dirs"""
 PYTHON_DIR = f"{TEMPLATE_ROOT}/python"
 NODE_DIR = f"{TEMPLATE_ROOT}/node"

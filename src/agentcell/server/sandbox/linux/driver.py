@@ -38,6 +38,7 @@ from agentcell.server.egress.node import EgressConfig, NodeEgress
 from agentcell.server.egress.policy import NO_EGRESS, EgressPolicy
 from agentcell.server.sandbox.driver import (
     SANDBOX_HOME,
+    SANDBOX_PATH,
     SANDBOX_UID,
     SANDBOX_USER,
     ExecSpec,
@@ -66,7 +67,7 @@ log = logging.getLogger(__name__)
 
 SANDBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 BASE_ENV = {
-    "PATH": f"{SANDBOX_HOME}/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "PATH": SANDBOX_PATH,
     "HOME": SANDBOX_HOME,
     "USER": SANDBOX_USER,
     "LOGNAME": SANDBOX_USER,
