@@ -235,7 +235,32 @@ def test_a_request_to_its_port_resumes_it_and_a_private_one_only_with_its_token(
     assert port_request(again, private.sandbox_id).status_code == 403
     assert state(again, private.sandbox_id) == "paused"
     resumed = httpx.post(f"{again.url}/v1/sandboxes/{private.sandbox_id}/resume", headers=ADMIN)
-    new_token = resumed.json()["traffic_token"]
+    assert resumed.json()["traffic_token"] == token  # the node's key outlived the restart
     httpx.post(f"{again.url}/v1/sandboxes/{private.sandbox_id}/pause", headers=ADMIN).raise_for_status()
-    assert port_request(again, private.sandbox_id, new_token).status_code == 502
+    assert port_request(again, private.sandbox_id, token).status_code == 502  # the old token wakes it
     assert state(again, private.sandbox_id) == "running"
+
+
+def test_tokens_and_signed_urls_from_before_a_restart_still_wake_it(server_factory: ServerFactory) -> None:
+    """A client's sandbox handle outlives a server restart: its envd access token and a signed URL
+    it made keep working on the next server, and wake the sandbox paused meanwhile."""
+    first = server_factory()
+    with sdk_pointed_at(first.url):
+        sbx = E2bSandbox.create(timeout=60, lifecycle=RESUMING, secure=True)  # type: ignore[arg-type]
+        sbx.files.write("notes.txt", "kept")
+        token, url = sbx._envd_access_token, sbx.download_url("notes.txt", use_signature_expiration=600)
+        assert token is not None and sbx.pause() is True
+    first.stop()
+    again = server_factory(first.state_dir)
+    envd = {"E2b-Sandbox-Id": sbx.sandbox_id, "X-Access-Token": token}
+    read = httpx.get(
+        f"{again.url}/e2b/files", params={"path": "/home/user/notes.txt"}, headers=envd, timeout=60
+    )
+    assert (read.status_code, read.text) == (200, "kept")
+    assert state(again, sbx.sandbox_id) == "running"
+    httpx.post(f"{again.url}/v1/sandboxes/{sbx.sandbox_id}/pause", headers=ADMIN).raise_for_status()
+    signed = httpx.get(
+        f"{again.url}/e2b/files?{url.partition('?')[2]}", headers={"E2b-Sandbox-Id": sbx.sandbox_id}
+    )
+    assert (signed.status_code, signed.text) == (200, "kept")
+    httpx.delete(f"{again.url}/v1/sandboxes/{sbx.sandbox_id}", headers=ADMIN)

@@ -38,6 +38,7 @@ from agentcell.server.interpreter.contexts import Interpreter
 from agentcell.server.meta.history import HistoryRetention
 from agentcell.server.meta.sqlite import SqliteMetaStore
 from agentcell.server.meta.store import MetaStore
+from agentcell.server.node_secrets import node_secret
 from agentcell.server.observability.audit import AuditLog
 from agentcell.server.observability.telemetry import Telemetry, build_telemetry
 from agentcell.server.sandbox.driver import SandboxDriver
@@ -214,6 +215,7 @@ def create_app(
             settings.sandbox_max_stdin_bytes,
             server=command_budget,
         ),
+        traffic_secret=node_secret(settings.state_dir, "traffic-token-key"),
     )
     pauses = SandboxPauses(
         sandbox_service,
@@ -307,7 +309,8 @@ def create_app(
     app.state.pauses = pauses
     app.state.terminals = terminals
     app.state.watches = WatchStreams(sandbox_service)  # the native API's (api/files.py)
-    e2b = e2b_app(sandbox_service, clock, pauses, sandbox_metrics, terminals)
+    envd_secret = node_secret(settings.state_dir, "envd-token-key")
+    e2b = e2b_app(sandbox_service, clock, pauses, sandbox_metrics, terminals, envd_secret)
     e2b.control.state.snapshots = sandbox_snapshots  # E2B's snapshots and fork
     app.state.snapshots = sandbox_snapshots  # the native API's (api/snapshots.py)
     app.state.e2b_ports = E2bPorts(sandbox_service, pauses, driver, settings.e2b_domain)

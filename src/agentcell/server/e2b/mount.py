@@ -74,8 +74,9 @@ class E2bMount:
         pauses: SandboxPauses,
         metrics: SandboxMetrics,
         terminals: TerminalService | None = None,
+        envd_secret: bytes | None = None,
     ) -> None:
-        self.registry = E2bRegistry(sandboxes, clock, pauses, metrics)
+        self.registry = E2bRegistry(sandboxes, clock, pauses, metrics, envd_secret)
         self.control = _part(self.registry, control.router)
         self.envd = _part(self.registry, envd.router, terminals=terminals)
         self.interpreter = _part(self.registry, interpreter.router)
@@ -221,6 +222,7 @@ def e2b_app(
     pauses: SandboxPauses,
     metrics: SandboxMetrics,
     terminals: TerminalService | None = None,
+    envd_secret: bytes | None = None,
 ) -> E2bMount:
     """The mount; its `registry.traffic` is what the gateway's E2bPorts checks private sandboxes by."""
-    return E2bMount(sandboxes, clock, pauses, metrics, terminals)
+    return E2bMount(sandboxes, clock, pauses, metrics, terminals, envd_secret)

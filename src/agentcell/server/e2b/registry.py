@@ -78,13 +78,15 @@ class E2bRegistry:
         clock: Clock,
         pauses: SandboxPauses,
         metrics: SandboxMetrics,
+        envd_secret: bytes | None = None,
     ) -> None:
+        """`envd_secret` derives the envd access tokens (a random one when not given)."""
         self.sandboxes = sandboxes
         self.pauses = pauses
         self.metrics = metrics
         self.clock = clock
         self._extras: dict[str, Extras] = {}
-        self._envd_secret = secrets.token_bytes(32)
+        self._envd_secret = envd_secret or secrets.token_bytes(32)
         self.traffic = sandboxes.traffic
         """the private sandboxes of every API (the native one's too): the gateway checks by it"""
         pauses.labeller = self._labels

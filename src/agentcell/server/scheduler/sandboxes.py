@@ -147,9 +147,11 @@ class SandboxService:
         command_limits: CommandLimits | None = None,
         capacity: NodeCapacity | None = None,
         max_sandboxes: int | None = None,
+        traffic_secret: bytes | None = None,
     ) -> None:
         """`capacity`: the node's, shared with the function scheduler (app.py); without it the
-        service has one of `max_sandboxes` (unlimited: None) to itself."""
+        service has one of `max_sandboxes` (unlimited: None) to itself. `traffic_secret` derives
+        the traffic access tokens (a random one when not given)."""
         self._driver = driver
         self._pool = pool
         self._command_limits = command_limits or CommandLimits()
@@ -174,7 +176,7 @@ class SandboxService:
         """Called for a sandbox past its deadline; True: it was dealt with (paused), do not kill it."""
         self.is_paused: Callable[[str], bool] = lambda sandbox_id: False
         """Whether the caller's sandbox of this id is paused (set by scheduler/sandbox_pause.py)."""
-        self.traffic = PrivateTraffic(self._live_or_paused)
+        self.traffic = PrivateTraffic(self._live_or_paused, traffic_secret)
         """the private sandboxes (every API's), which the gateway checks each port request by"""
 
     # -- lifecycle of the service ---------------------------------------------------------------

@@ -8,9 +8,9 @@ sandbox's host, `{port}-{sandboxId}.{domain}`, reaches a port only with the sand
 (49983) and the code interpreter (49999) are not checked here, as on E2B: they take the sandbox's
 envd access token themselves (e2b/registry.py), never this one.
 
-Tokens are derived (HMAC of the sandbox id under a per-server secret), so a sandbox has the same one
-from its create through pauses and resumes, until the server restarts (a new secret: the resume's
-answer has the new token). Private sandboxes live in memory only. SandboxService owns this and makes
+Tokens are derived (HMAC of the sandbox id under the node's secret, kept in the state directory:
+node_secrets.py), so a sandbox has the same one from its create through pauses, resumes and
+server restarts. Private sandboxes live in memory only. SandboxService owns this and makes
 a sandbox created private (every create, fork, snapshot start and resume goes through its
 `create`) private here before its id or its ports can be reached; the E2B registry's resume hook
 (SandboxPauses.resuming) also restricts a sandbox paused before `ports` existed, whose paused
