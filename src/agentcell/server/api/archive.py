@@ -115,13 +115,9 @@ async def _is_there(files: SandboxFiles, entry: FileStat) -> bool:
     return True
 
 
-def tar_stream(
-    files: SandboxFiles, root: FileStat, entries: list[FileStat], *, contents_only: bool = False
-) -> AsyncIterator[bytes]:
-    """Names start with the root's own name, or (`contents_only`) at the root: `.`, then what it
-    holds."""
-    base = root.path if contents_only else posixpath.dirname(root.path.rstrip("/")) or "/"
-    return tar_of(files, [(base, entries)])
+def tar_stream(files: SandboxFiles, root: FileStat, entries: list[FileStat]) -> AsyncIterator[bytes]:
+    """The archive of `root`, its names starting with the root's own name."""
+    return tar_of(files, [(posixpath.dirname(root.path.rstrip("/")) or "/", entries)])
 
 
 async def tar_of(files: SandboxFiles, trees: Sequence[tuple[str, list[FileStat]]]) -> AsyncIterator[bytes]:

@@ -96,7 +96,8 @@ class Publisher:
         own = posixpath.join(root, ".local")
         if root == SANDBOX_HOME:
             return any(entry.path == PACKAGES for entry in trees[0][1])
-        if root.startswith(PACKAGES + "/") or any(entry.path == own for entry in trees[0][1]):
+        inside = root == PACKAGES or root.startswith(PACKAGES + "/")
+        if inside or any(entry.path == own for entry in trees[0][1]):
             return False
         try:
             packages = await files.stat(PACKAGES)

@@ -200,10 +200,7 @@ def _bars(ax, containers):
     for i, container in enumerate(containers):
         group = _series_label(container.get_label(), "Group", i)
         rects = list(container)
-        centers = [
-            r.get_y() + r.get_height() / 2 if horizontal else r.get_x() + r.get_width() / 2 for r in rects
-        ]
-        labels = _tick_labels(axis, centers)
+        labels = _tick_labels(axis, [_center(rect, horizontal) for rect in rects])
         for label, rect in zip(labels, rects, strict=True):
             value = rect.get_width() if horizontal else rect.get_height()
             elements.append({"label": label, "group": group, "value": plain(value)})
