@@ -131,6 +131,7 @@ def test_bad_publishes_are_refused_with_what_to_change(
         "extra" in refused(400, {**good, "config": {"cmd": "x", "published_from": None, "bogus": 1}}).lower()
     )
     refused(404, good, sandbox_id="sbx_0000000000000000")
+    assert "publish the directory of the project itself" in refused(413, {**good, "path": "/usr"})
     deep = "app/deep/" + "/".join(str(level) for level in range(15))  # 16 levels below app/
     built.commands.run(f"mkdir -p {deep} && touch {deep}/x")
     assert "16 levels below /home/user/app and holds more" in refused(400, good)  # not cut silently

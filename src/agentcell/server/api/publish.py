@@ -73,7 +73,13 @@ class Publisher:
                 f"{wire_text(root.path)} is not a directory: publish the directory that holds the "
                 "code (it becomes /code)"
             )
-        trees: list[Tree] = [(root.path, await archive_entries(files, root))]
+        try:
+            trees: list[Tree] = [(root.path, await archive_entries(files, root))]
+        except PayloadTooLarge:  # (its advice is a download's)
+            raise PayloadTooLarge(
+                f"{wire_text(root.path)} holds more entries than one archive may (the listing "
+                "limit): publish the directory of the project itself"
+            ) from None
         carried = request.packages and await self._carry_packages(files, root.path, trees)
         os.makedirs(self._uploads, exist_ok=True)
         try:
