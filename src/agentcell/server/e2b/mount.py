@@ -52,6 +52,8 @@ PREFIX = "/e2b"
 API_KEY_HEADERS = (b"x-api-key", b"authorization")
 FILE_OPERATIONS = {"GET": "read", "POST": "write"}
 """what a signed /files URL is signed for, by the method that uses it"""
+SignedCall = tuple[QueryParams, str]
+"""a signed /files call's query, and the operation its signature must be for"""
 
 
 def _part(registry: E2bRegistry, *routers: APIRouter, terminals: TerminalService | None = None) -> FastAPI:
@@ -114,10 +116,13 @@ class E2bMount:
         """Resume the paused sandbox an envd or code interpreter call is for, if it was created
         with `auto_resume` and the call carries one of its tokens (any other call goes on to its
         own checks). False when the resume failed: the call was answered why, in `render`'s shape."""
-        sandbox_id = target.sandbox_id or self._paused_signer(scope)
+        if target.sandbox_id and self.registry.pauses.paused(target.sandbox_id) is None:
+            return True  # (every call to a running sandbox: nothing more is read)
+        signed = _signed_file_call(scope)
+        sandbox_id = target.sandbox_id or self._paused_signer(signed)
         if not sandbox_id or self.registry.pauses.paused(sandbox_id) is None:
             return True
-        if not self._carries_a_token(scope, sandbox_id):
+        if not self._carries_a_token(scope, sandbox_id, signed):
             return True
         try:
             await self.registry.pauses.wake(sandbox_id)
@@ -127,18 +132,16 @@ class E2bMount:
             return False
         return True
 
-    def _carries_a_token(self, scope: Scope, sandbox_id: str) -> bool:
+    def _carries_a_token(self, scope: Scope, sandbox_id: str, signed: SignedCall | None) -> bool:
         """One of the sandbox's tokens in the headers, or a signed file URL of it (a download
         link handed to a browser carries nothing else)."""
         if self.registry.drives(sandbox_id, dict(scope["headers"])):
             return True
-        signed = _signed_file_call(scope)
         return signed is not None and self.registry.signs(sandbox_id, *signed)
 
-    def _paused_signer(self, scope: Scope) -> str:
+    def _paused_signer(self, signed: SignedCall | None) -> str:
         """The paused auto-resume sandbox whose signature a file URL naming no sandbox carries
         (as the SDK builds them with E2B_SANDBOX_URL), or ''."""
-        signed = _signed_file_call(scope)
         if signed is None:
             return ""
         for sandbox in self.registry.pauses.find({}, "paused"):
@@ -169,7 +172,7 @@ class E2bMount:
         return any(headers.get(name, b"").strip() for name in API_KEY_HEADERS)
 
 
-def _signed_file_call(scope: Scope) -> tuple[QueryParams, str] | None:
+def _signed_file_call(scope: Scope) -> SignedCall | None:
     """A /files call's query and the operation a signature in it must be for, or None."""
     operation = FILE_OPERATIONS.get(scope["method"])
     if operation is None or scope["path"] != scope.get("root_path", "") + "/files":

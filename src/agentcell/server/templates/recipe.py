@@ -16,8 +16,6 @@ from pathlib import Path
 from agentcell.protocol.templates import BUILD_DIR, TEMPLATE_ROOT, Recipe
 from agentcell.server.sandbox.driver import SANDBOX_PATH
 
-SYSTEM_PATH = SANDBOX_PATH
-"""the base PATH of a sandbox (run-time installs in ~/.local first), after the template's dirs"""
 PYTHON_DIR = f"{TEMPLATE_ROOT}/python"
 NODE_DIR = f"{TEMPLATE_ROOT}/node"
 APT_DIR = f"{TEMPLATE_ROOT}/apt"
@@ -109,7 +107,7 @@ def template_env(recipe: Recipe, layer_dirs: Collection[str] | None = None) -> d
     for name, dirs in LAYER_PATHS.items():
         present = [f"{TEMPLATE_ROOT}/{d}" for d in dirs if layer_dirs is None or d in layer_dirs]
         if name == "PATH":
-            present.append(SYSTEM_PATH)
+            present.append(SANDBOX_PATH)  # (the sandbox's own, after the template's dirs)
         if present:
             env[name] = ":".join(present)
     return {**env, **recipe.env}
