@@ -8,7 +8,9 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup run test test-unit lint bench clean
 
-setup: $(STAMP)
+GATEWAY_BUILD := src/agentcell/server/gateway/compiled.json
+
+setup: $(STAMP) $(GATEWAY_BUILD)
 
 $(STAMP): pyproject.toml scripts/setup-system.sh
 	sh scripts/setup-system.sh
@@ -16,6 +18,10 @@ $(STAMP): pyproject.toml scripts/setup-system.sh
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[server,client,cli,dev]'
 	rm -f $(VENV)/.installed-*; touch $@
+
+# the gateway's hot modules, compiled by mypyc (skipped, with a note, where no C compiler is)
+$(GATEWAY_BUILD): $(STAMP) scripts/compile_gateway.py $(wildcard src/agentcell/server/gateway/*.py)
+	$(BIN)/python scripts/compile_gateway.py
 
 run: setup
 	$(BIN)/agentcell serve
@@ -36,4 +42,4 @@ bench: setup
 	$(BIN)/python -m bench $(ONLY)
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) build src/*.egg-info src/agentcell/server/gateway/*.so $(GATEWAY_BUILD)

@@ -12,6 +12,10 @@ p50 is mostly queueing, so the hop's own latency is also measured with one conne
 worker) spent per request during the wrk rounds, from /proc: far steadier than req/s when
 something else runs on the machine.
 
+The gateway runs its compiled build (`scripts/compile_gateway.py`, made by `make setup`); with
+the `raw` upstream the same gateway also runs from its sources (AGENTCELL_PURE_PYTHON=1, target
+`gateway_source`), interleaved with the others, so what compiling gains is measured in the run.
+
 Two upstreams, one after the other:
 - `raw`: a bare ASGI callable (~22 us of CPU per request here), the worst case for any proxy:
   the hop costs about as much CPU as the upstream itself. Metrics without a suffix.
@@ -55,7 +59,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentcell.server.gateway import BUILD
 from agentcell.server.gateway.http1 import Forward, GatewayServer, RequestHead, Respond, Route, TcpUpstream
+from agentcell.server.gateway.native import PURE_PYTHON_ENV
 from bench.procs import children, cpu_ms
 from bench.report import emit, median, progress
 
@@ -211,10 +217,12 @@ def _which(tool: str) -> str | None:
 
 
 @contextlib.contextmanager
-def running(name: str, argv: list[str], ready_url: str, log_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running(
+    name: str, argv: list[str], ready_url: str, log_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start a process, wait until `ready_url` answers 200, stop it by pid on exit."""
     log = (log_dir / f"{name}.log").open("wb")
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_ready(name, proc, ready_url, log_dir)
         yield proc
@@ -397,6 +405,13 @@ def report_load(results: dict[str, list[WrkResult]], suffix: str = "") -> None:
     emit(BENCH, f"cpu_per_request_upstream{suffix}_ms", cpu["direct"], "ms")
     emit(BENCH, f"cpu_per_request_nginx{suffix}_ms", cpu["nginx"], "ms", cpu["direct"])
     emit(BENCH, f"cpu_per_request_gateway{suffix}_ms", cpu["gateway"], "ms", cpu["nginx"])
+    if "gateway_source" in results:
+        rps = {name: median([r.rps for r in rs]) for name, rs in results.items()}
+        emit(BENCH, f"rps_gateway_source{suffix}", rps["gateway_source"], "per_s", rps["direct"])
+        emit(BENCH, f"rps_gateway_vs_source{suffix}", rps["gateway"], "per_s", rps["gateway_source"])
+        source_cpu = cpu["gateway_source"]
+        emit(BENCH, f"cpu_per_request_gateway_source{suffix}_ms", source_cpu, "ms", cpu["nginx"])
+        emit(BENCH, f"cpu_per_request_gateway_vs_source{suffix}_ms", cpu["gateway"], "ms", source_cpu)
 
 
 def report(
@@ -448,6 +463,18 @@ def run_against(upstream_kind: str, tmp: Path, rounds: int, duration_s: float, s
         gateway_proc = stack.enter_context(
             running("gateway", gateway, f"http://127.0.0.1:{gateway_port}/", tmp)
         )
+        targets = {"direct": upstream_port, "gateway": gateway_port}
+        pids = {"direct": upstream_proc.pid, "gateway": gateway_proc.pid}
+        progress(f"the gateway runs its {BUILD} build")
+        if upstream_kind == "raw":  # the same gateway run from its sources: what compiling it gains
+            source_port = free_port()
+            source = [python, "-m", "bench.gateway_overhead", "--serve-gateway", str(source_port)]
+            source += ["--upstream-port", str(upstream_port)]
+            pure = {**os.environ, PURE_PYTHON_ENV: "1"}
+            source_proc = stack.enter_context(
+                running("gateway-source", source, f"http://127.0.0.1:{source_port}/", tmp, pure)
+            )
+            targets["gateway_source"], pids["gateway_source"] = source_port, source_proc.pid
         conf = tmp / "nginx.conf"
         conf.write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port, upstream_port=upstream_port, extra=""))
         nginx = [
@@ -460,10 +487,8 @@ def run_against(upstream_kind: str, tmp: Path, rounds: int, duration_s: float, s
             str(tmp / "nginx-error.log"),
         ]
         nginx_proc = stack.enter_context(running("nginx", nginx, f"http://127.0.0.1:{nginx_port}/", tmp))
-        targets = {"direct": upstream_port, "gateway": gateway_port, "nginx": nginx_port}
+        targets["nginx"], pids["nginx"] = nginx_port, children(nginx_proc.pid)[0]
         suffix = "" if upstream_kind == "raw" else f"_{upstream_kind}"
-        nginx_worker = children(nginx_proc.pid)[0]
-        pids = {"direct": upstream_proc.pid, "gateway": gateway_proc.pid, "nginx": nginx_worker}
         measure(targets, pids, rounds, duration_s, stream_mib, suffix)
 
 

@@ -5,6 +5,9 @@ need=""
 command -v gcc >/dev/null 2>&1 || need="$need gcc libc6-dev"
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/aarch64-linux-gnu/libc.a ] || need="$need libc6-dev"
 command -v python3.11 >/dev/null 2>&1 || need="$need python3.11 python3.11-venv"
+# the gateway's hot modules are compiled by mypyc (scripts/compile_gateway.py): Python's headers
+python3.11 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+  >/dev/null 2>&1 || need="$need python3.11-dev"
 [ -x /usr/bin/python3 ] || need="$need python3"
 [ -x /usr/bin/node ] || need="$need nodejs"
 # egress tests run curl inside sandboxes

@@ -160,7 +160,9 @@ class GatewayServer:
         """Where the server listens: (host, port) for TCP, the path for Unix sockets."""
         found: list[tuple[str, int] | str] = []
         for listener in self._listeners:
-            for sock in listener.sockets:
+            # (uvloop's `sockets` is a list where typeshed says tuple: compiled, the tuple is checked)
+            sockets: list[socket.socket] = list(getattr(listener, "sockets"))  # noqa: B009
+            for sock in sockets:
                 name = sock.getsockname()
                 found.append(name if isinstance(name, str) else (name[0], name[1]))
         return found
