@@ -1,11 +1,13 @@
 """Compile the gateway's hot modules with mypyc, in place, and record what was compiled.
 
 The gateway's data plane is plain typed Python; compiled by mypyc (as mypy and black ship) it
-spends about 40% less CPU per proxied request. The extension modules land next to their sources
-(`src/agentcell/server/gateway/*.so`, ignored by git), with `compiled.json` recording each
-source's SHA-256: `agentcell.server.gateway` loads the sources instead when any of them changed
-since, or when AGENTCELL_PURE_PYTHON is set (see `gateway/native.py`). Without a C compiler or
-the Python headers this prints why and leaves the sources to run as they are.
+spends about 30% less CPU per proxied request (40% less of its Python work). The extension
+modules land next to their sources (`src/agentcell/server/gateway/*.so`, ignored by git), with
+`compiled.json` recording each source's SHA-256: `agentcell.server.gateway` loads the sources
+instead when any of them changed since, or when AGENTCELL_PURE_PYTHON is set (see
+`gateway/native.py`). Without a C compiler or the Python headers, or when mypyc fails, this
+prints why and leaves the sources to run as they are (`tests/integration/test_gateway_build.py`
+fails then, so CI does not miss it).
 
     python scripts/compile_gateway.py          # build (skipped when compiled.json is current)
     python scripts/compile_gateway.py --clean  # remove what a build left
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -52,11 +53,9 @@ def clean() -> None:
 
 
 def why_not_buildable() -> str | None:
-    if (
-        shutil.which(sysconfig.get_config_var("CC").split()[0] if sysconfig.get_config_var("CC") else "cc")
-        is None
-    ):
-        return "no C compiler"
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler ({compiler})"
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
         return "no Python headers (Python.h)"
     try:
@@ -89,8 +88,9 @@ def build() -> int:
     if done.returncode != 0:
         clean()
         print(done.stdout[-4000:], done.stderr[-4000:], sep="\n", file=sys.stderr)
+        # (not fatal: the server runs on the sources; CI's test_gateway_build.py fails on it)
         print("compile_gateway: mypyc failed (above); the gateway runs as plain Python", file=sys.stderr)
-        return 1
+        return 0
     MANIFEST.write_text(json.dumps(wanted, indent=1) + "\n")
     return 0
 
@@ -99,5 +99,4 @@ if __name__ == "__main__":
     if "--clean" in sys.argv[1:]:
         clean()
         sys.exit(0)
-    os.environ.pop("AGENTCELL_PURE_PYTHON", None)
     sys.exit(build())
