@@ -388,6 +388,9 @@ def report_rps(results: dict[str, list[WrkResult]], suffix: str) -> None:
     emit(BENCH, f"rps_gateway{suffix}", rps["gateway"], "per_s", rps["direct"])
     emit(BENCH, f"rps_nginx{suffix}", rps["nginx"], "per_s", rps["direct"])
     emit(BENCH, f"rps_gateway_vs_nginx{suffix}", rps["gateway"], "per_s", rps["nginx"])
+    if "gateway_source" in rps:
+        emit(BENCH, f"rps_gateway_source{suffix}", rps["gateway_source"], "per_s", rps["direct"])
+        emit(BENCH, f"rps_gateway_vs_source{suffix}", rps["gateway"], "per_s", rps["gateway_source"])
 
 
 def report_load(results: dict[str, list[WrkResult]], suffix: str = "") -> None:
@@ -405,10 +408,7 @@ def report_load(results: dict[str, list[WrkResult]], suffix: str = "") -> None:
     emit(BENCH, f"cpu_per_request_upstream{suffix}_ms", cpu["direct"], "ms")
     emit(BENCH, f"cpu_per_request_nginx{suffix}_ms", cpu["nginx"], "ms", cpu["direct"])
     emit(BENCH, f"cpu_per_request_gateway{suffix}_ms", cpu["gateway"], "ms", cpu["nginx"])
-    if "gateway_source" in results:
-        rps = {name: median([r.rps for r in rs]) for name, rs in results.items()}
-        emit(BENCH, f"rps_gateway_source{suffix}", rps["gateway_source"], "per_s", rps["direct"])
-        emit(BENCH, f"rps_gateway_vs_source{suffix}", rps["gateway"], "per_s", rps["gateway_source"])
+    if "gateway_source" in cpu:
         source_cpu = cpu["gateway_source"]
         emit(BENCH, f"cpu_per_request_gateway_source{suffix}_ms", source_cpu, "ms", cpu["nginx"])
         emit(BENCH, f"cpu_per_request_gateway_vs_source{suffix}_ms", cpu["gateway"], "ms", source_cpu)

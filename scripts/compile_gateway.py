@@ -4,7 +4,7 @@ The gateway's data plane is plain typed Python; compiled by mypyc (as mypy and b
 spends about 30% less CPU per proxied request (40% less of its Python work). The extension
 modules land next to their sources (`src/agentcell/server/gateway/*.so`, ignored by git), with
 `compiled.json` recording each source's SHA-256: `agentcell.server.gateway` loads the sources
-instead when any of them changed since, or when AGENTCELL_PURE_PYTHON is set (see
+instead when any of them changed since, or when AGENTCELL_PURE_PYTHON=1 (see
 `gateway/native.py`). Without a C compiler or the Python headers, or when mypyc fails, this
 prints why and leaves the sources to run as they are (`tests/integration/test_gateway_build.py`
 fails then, so CI does not miss it).
@@ -44,7 +44,7 @@ def wanted_manifest() -> dict[str, object]:
 
 
 def built_files() -> list[Path]:
-    return [*PACKAGE.glob("*.so"), *PACKAGE.glob("*.pyd"), MANIFEST]
+    return [*PACKAGE.glob("*.so"), MANIFEST]
 
 
 def clean() -> None:

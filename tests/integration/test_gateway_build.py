@@ -49,6 +49,7 @@ def test_agentcell_pure_python_runs_the_sources() -> None:
     (build, connection, exchange), _ = _probe(_env(AGENTCELL_PURE_PYTHON="1"))
     assert build == "source"
     assert connection == str(PACKAGE / "connection.py") and exchange == str(PACKAGE / "exchange.py")
+    assert _probe(_env(AGENTCELL_PURE_PYTHON="0"))[0][0] == "compiled"  # (0 means off, not on)
 
 
 def test_a_source_edited_since_the_build_has_all_of_them_run_from_source(tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ place and writes `compiled.json`: each module's name and its source's SHA-256. A
 module next to a `.py` is what Python imports, so an edit to a compiled module's source would be
 silently ignored; `use_sources_when_stale()` (called as this package is imported, before any of
 its modules) has every module of the build imported from its source instead when any source
-changed since the build, or when AGENTCELL_PURE_PYTHON is set. All or none: compiled modules call
-each other's classes natively and refuse instances of their interpreted twins.
+changed since the build, or when AGENTCELL_PURE_PYTHON=1 (0 or empty: off). All or none:
+compiled modules call each other's classes natively and refuse instances of their interpreted
+twins.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def use_sources_when_stale() -> str:
     state, sources = build_state()
     if state == "none":
         return "source"
-    if state == "stale" or os.environ.get(PURE_PYTHON_ENV):
+    if state == "stale" or os.environ.get(PURE_PYTHON_ENV, "0") not in ("", "0"):
         if not any(isinstance(finder, SourceFinder) for finder in sys.meta_path):
             sys.meta_path.insert(0, SourceFinder(sources))
         if state == "stale":
