@@ -28,6 +28,8 @@ client that took nothing for the whole timeout is dropped (its requests end as i
 and so is one that never reads what was left to send when its connection closes; an upstream
 that took nothing gets its request 504 (or cut off, if its response began). Nothing of this runs
 on a connection whose writes never pause.
+A read that is exactly one request head without a body, byte for byte one parsed before (see
+`KnownRequest`), is not parsed again: the same request is made from what the parser made of it.
 A connection past the server's connection caps is answered 503 and closed before it is read.
 A client's FIN or reset cancels its requests in flight (their upstream connections are closed).
 After answering a request whose body was not read to the end, the connection lingers (FIN sent,
@@ -62,7 +64,8 @@ WRITE_LOW_WATER = 256 * 1024
 LINGER_S = 2.0
 LINGER_BYTES = 8 * 1024 * 1024
 MAX_PIPELINED = 64  # requests queued on one connection; past that, it closes after answering them
-
+KNOWN_REQUESTS = 1024  # request heads remembered (the memo is emptied when full)
+KNOWN_REQUEST_BYTES = 4096  # a larger head is always parsed
 
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 _ONE_HOST = "an HTTP/1.1 request needs exactly one Host header"
@@ -82,6 +85,28 @@ class _BadHead(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class KnownRequest:
+    """A request head without a body, as the parser made it of a read that held nothing else.
+
+    The parser holds nothing from one request to the next, so a read of the same bytes at the
+    start of a request parses the same: the request is made from this instead (with the
+    connection's own client address, and a request id of its own)."""
+
+    __slots__ = ("headers", "index", "keep_alive", "method", "path", "query", "version")
+
+    def __init__(self, head: RequestHead, keep_alive: bool) -> None:
+        self.method = head.method
+        self.path = head.raw_path
+        self.query = head.query
+        self.headers = head.headers
+        self.index = head.index
+        self.version = head.http_version
+        self.keep_alive = keep_alive  # what the parser said (the server may be draining since)
+
+
+_KNOWN: dict[bytes, KnownRequest] = {}
 
 
 class WriteStall:
@@ -149,6 +174,9 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         self._head_raw = 0  # bytes of reads wholly inside a head or a body's framing (see below)
         self._linger_left = -1  # >= 0: closing after a response to an unfinished request
+        self._in_message = False  # the parser has begun a request it has not ended
+        self._heads = 0  # request heads parsed in the current read
+        self._keep_alive = False  # what the parser said of the last head (before it forgets it)
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -179,6 +207,10 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._read_blocked & self.STOPPED:
             return
+        fresh = not self._in_message
+        if fresh and self._replay_known(data):
+            return
+        self._heads = 0
         was_in_head = self._in_head
         parsing = self._parsing  # a request whose body is being read
         body_seen = parsing.bytes_in if parsing is not None else 0
@@ -197,6 +229,8 @@ class ClientConnection(asyncio.Protocol):
                 self._body_waited(self._parsing)
             elif self._in_head or not self._exchanges:  # a head (or its method) is unfinished
                 self._begin_head()
+            elif fresh and self._heads == 1 and not self._in_message:
+                self._remember_request(data)
         except HttpParserUpgrade as exc:
             self._upgraded = True
             rest = data[exc.args[0] :]
@@ -207,6 +241,38 @@ class ClientConnection(asyncio.Protocol):
         exchanges = self._exchanges
         if exchanges and exchanges[0].state == NEW:
             exchanges[0].start()
+
+    def _replay_known(self, data: bytes) -> bool:
+        """Make the request of a read that is a known head (see `KnownRequest`), as the parser's
+        callbacks would have; False (nothing done) if it is not one."""
+        known = _KNOWN.get(data)
+        if known is None or len(self._exchanges) >= MAX_PIPELINED:
+            return False
+        head = RequestHead(
+            known.method, known.path, known.query, known.headers, known.index, self.client, known.version
+        )
+        exchange = Exchange(self, head, keep_alive=known.keep_alive and not self.server.draining)
+        exchange.request_complete = True
+        self._head_raw = 0
+        self._body_since = 0.0
+        exchanges = self._exchanges
+        exchanges.append(exchange)
+        if len(exchanges) > 1:
+            self.set_read_blocked(self.PIPELINE, True)
+        if exchanges[0].state == NEW:
+            exchanges[0].start()
+        return True
+
+    def _remember_request(self, data: bytes) -> None:
+        """The read held one request, whole, and nothing of another: keep it if it is all head.
+
+        (A request with a body ends past its head's blank line; an upgrade or CONNECT stops the
+        parser with an exception, so it never gets here.)"""
+        if len(data) > KNOWN_REQUEST_BYTES or data.find(b"\r\n\r\n") != len(data) - 4:
+            return
+        if len(_KNOWN) >= KNOWN_REQUESTS:
+            _KNOWN.clear()
+        _KNOWN[data] = KnownRequest(self._exchanges[-1].head, self._keep_alive)
 
     def _begin_head(self) -> None:
         """A read left a request head unfinished: start its clock, unless already started."""
@@ -285,6 +351,9 @@ class ClientConnection(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        self._in_message = True
+
     def on_url(self, url: bytes) -> None:
         self._in_head = True
         self._url += url
@@ -320,6 +389,7 @@ class ClientConnection(asyncio.Protocol):
             path, headers = _origin_form(path, headers)
             index = header_index(headers)
         head = RequestHead(method, path, query, headers, index, self.client, version)
+        self._heads += 1
         self._url = b""  # ready for the next head
         self._headers = []
         self._head_bytes = self._head_raw = 0
@@ -331,13 +401,12 @@ class ClientConnection(asyncio.Protocol):
             # The parser hands what follows an upgrade head to the tunnel, never as its body: the
             # upstream would wait for a body that does not come, and read the next request as it.
             raise _BadHead(400, "an Upgrade request cannot have a body; send it without one")
+        self._keep_alive = parser.should_keep_alive()
         exchange = Exchange(
             self,
             head,
             # (RFC 9112 §6.1: a chunked HTTP/1.0 request is framed by a guess; never reuse it)
-            keep_alive=parser.should_keep_alive()
-            and not self.server.draining
-            and not (chunked and version == b"1.0"),
+            keep_alive=self._keep_alive and not self.server.draining and not (chunked and version == b"1.0"),
             chunked=chunked,
             upgrade=upgrade,
         )
@@ -351,6 +420,7 @@ class ClientConnection(asyncio.Protocol):
             self._parsing.on_request_body(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         parsing, self._parsing = self._parsing, None
         if parsing is not None:
             parsing.on_request_complete()
