@@ -165,13 +165,12 @@ def serve_gateway(port: int, upstream_port: int) -> None:
     and an access line per request (to its log file) as the server does at its default level."""
     import uvloop
 
-    from agentcell.server.main import access_logger, tune_garbage_collector
-    from agentcell.server.observability.access_log import AccessLog
+    from agentcell.server.main import gateway_access_log, tune_garbage_collector
     from agentcell.server.observability.logs import setup_logging
 
     async def run() -> None:
-        access = AccessLog(setup_logging("info").stream)
-        server = GatewayServer(_WarmRouter(upstream_port), access_log=access_logger(access))
+        access = gateway_access_log(setup_logging("info").stream, "text")
+        server = GatewayServer(_WarmRouter(upstream_port), access_log=access.add)
         await server.start("127.0.0.1", port)
         tune_garbage_collector()
         stop = asyncio.Event()

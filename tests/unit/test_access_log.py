@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agentcell.server.observability import access_log, logs
-from agentcell.server.observability.access_log import AccessLog
+from agentcell.server.observability.access_log import AccessFields, AccessLog
 
 NOW = 1_795_000_000.25
 FIELDS: dict[str, Any] = {
@@ -27,6 +27,10 @@ FIELDS: dict[str, Any] = {
     "session": "ses_1",
     "instance": "ins_1",
 }
+
+
+def fields(**changes: Any) -> AccessFields:
+    return tuple({**FIELDS, **changes}.values())
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +51,8 @@ def as_logging_writes_it(formatter: logging.Formatter, message: str) -> str:
 
 async def test_a_text_line_is_what_the_log_formatter_writes() -> None:
     stream = io.StringIO()
-    log = AccessLog(stream, "text", clock=lambda: NOW)
-    log.write(**FIELDS)
+    log = AccessLog[AccessFields](stream, "text", clock=lambda: NOW)
+    log.add(fields())
     log.close()
     message = '"POST /fn/chat/ask" 200 1.2ms in=10 out=20 fn=chat'
     assert stream.getvalue() == as_logging_writes_it(logging.Formatter(logs.TEXT_FORMAT), message) + "\n"
@@ -56,8 +60,8 @@ async def test_a_text_line_is_what_the_log_formatter_writes() -> None:
 
 async def test_a_json_line_carries_every_field_and_escapes_the_path() -> None:
     stream = io.StringIO()
-    log = AccessLog(stream, "json", clock=lambda: NOW)
-    log.write(**{**FIELDS, "path": '/fn/chat/"quoted"\\é', "session": None})
+    log = AccessLog[AccessFields](stream, "json", clock=lambda: NOW)
+    log.add(fields(path='/fn/chat/"quoted"\\é', session=None))
     log.close()
     line = json.loads(stream.getvalue())
     expected_time = json.loads(as_logging_writes_it(logs.JsonFormatter(), "x"))["time"]
@@ -74,9 +78,9 @@ async def test_a_json_line_carries_every_field_and_escapes_the_path() -> None:
 
 async def test_lines_wait_for_the_flush_interval_then_go_out_together() -> None:
     stream = io.StringIO()
-    log = AccessLog(stream, "text")
-    log.write(**FIELDS)
-    log.write(**{**FIELDS, "request_id": "req_2"})
+    log = AccessLog[AccessFields](stream, "text")
+    log.add(fields())
+    log.add(fields(request_id="req_2"))
     assert stream.getvalue() == ""
     await asyncio.sleep(access_log.FLUSH_S * 3)
     assert [line.split("[")[1].split()[0] for line in stream.getvalue().splitlines()] == ["req_1", "req_2"]
@@ -85,11 +89,11 @@ async def test_lines_wait_for_the_flush_interval_then_go_out_together() -> None:
 
 async def test_a_full_batch_is_written_at_once() -> None:
     stream = io.StringIO()
-    log = AccessLog(stream, "text")
+    log = AccessLog[AccessFields](stream, "text")
     for _ in range(access_log.FLUSH_LINES - 1):
-        log.write(**FIELDS)
+        log.add(fields())
     assert stream.getvalue() == ""
-    log.write(**FIELDS)
+    log.add(fields())
     assert len(stream.getvalue().splitlines()) == access_log.FLUSH_LINES
     log.close()
 
@@ -98,9 +102,9 @@ async def test_each_line_carries_the_time_its_request_was_logged_not_written() -
     """Lines are formatted when their batch is written: each keeps its own request's time."""
     stream = io.StringIO()
     times = iter([NOW, NOW + 1.5])
-    log = AccessLog(stream, "text", clock=lambda: next(times))
-    log.write(**FIELDS)
-    log.write(**{**FIELDS, "request_id": "req_2"})
+    log = AccessLog[AccessFields](stream, "text", clock=lambda: next(times))
+    log.add(fields())
+    log.add(fields(request_id="req_2"))
     log.close()
     first, second = stream.getvalue().splitlines()
     assert first.split(" INFO ")[0].endswith(",250") and second.split(" INFO ")[0].endswith(",750")
@@ -110,17 +114,17 @@ async def test_each_line_carries_the_time_its_request_was_logged_not_written() -
 async def test_nothing_is_written_when_the_access_logger_is_off(access_level: logging.Logger) -> None:
     access_level.setLevel(logging.WARNING)
     stream = io.StringIO()
-    log = AccessLog(stream, "text")
-    log.write(**FIELDS)
+    log = AccessLog[AccessFields](stream, "text")
+    log.add(fields())
     log.close()
     assert stream.getvalue() == ""
 
 
 async def test_a_closed_stream_loses_the_lines_not_the_caller() -> None:
     stream = io.StringIO()
-    log = AccessLog(stream, "text")
-    log.write(**FIELDS)
+    log = AccessLog[AccessFields](stream, "text")
+    log.add(fields())
     stream.close()
     log.close()  # no exception
-    log.write(**FIELDS)
+    log.add(fields())
     log.close()

@@ -17,6 +17,7 @@ import resource
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 import uvicorn
 import uvloop
@@ -28,8 +29,8 @@ from agentcell.server.egress.node import NodeEgress
 from agentcell.server.gateway.route import AccessRecord, UnixUpstream
 from agentcell.server.gateway.router import GatewayRouter
 from agentcell.server.gateway.server import GatewayServer
-from agentcell.server.observability.access_log import AccessLog
-from agentcell.server.observability.logs import setup_logging
+from agentcell.server.observability.access_log import AccessFields, AccessLog
+from agentcell.server.observability.logs import LogFormat, setup_logging
 from agentcell.server.scheduler.command_budget import MIN_COMMANDS, server_command_limit_of
 from agentcell.server.scheduler.sandboxes import SandboxService
 from agentcell.server.settings import Settings
@@ -56,26 +57,27 @@ def parse_overrides(argv: list[str] | None) -> dict[str, object]:
 _NO_CONTEXT: dict[str, str] = {}
 
 
-def access_logger(access: AccessLog) -> Callable[[AccessRecord], None]:
-    """The gateway's access hook: a request's record, as the access log's fields."""
+def access_fields(record: AccessRecord) -> AccessFields:
+    """What the access line of a gateway record says (read when its batch is written)."""
+    ctx = record.context or _NO_CONTEXT
+    head = record.head
+    return (
+        head.request_id,
+        head.method.decode(),
+        head.raw_path.decode("latin-1")[:200],
+        record.status,
+        record.duration_s * 1000,
+        record.bytes_in,
+        record.bytes_out,
+        ctx.get("function"),
+        ctx.get("session"),
+        ctx.get("instance"),
+    )
 
-    def log_access(record: AccessRecord) -> None:
-        ctx = record.context or _NO_CONTEXT
-        head = record.head
-        access.write(  # (positionally: ~0.2 µs less per request than by keyword)
-            head.request_id,
-            head.method.decode(),
-            head.raw_path.decode("latin-1")[:200],
-            record.status,
-            record.duration_s * 1000,
-            record.bytes_in,
-            record.bytes_out,
-            ctx.get("function"),
-            ctx.get("session"),
-            ctx.get("instance"),
-        )
 
-    return log_access
+def gateway_access_log(stream: TextIO, fmt: LogFormat) -> AccessLog[AccessRecord]:
+    """The gateway's access log: its hook is `add`, which keeps each record as it is."""
+    return AccessLog(stream, fmt, fields=access_fields)
 
 
 SHUTTING_DOWN = "the server is shutting down"
@@ -190,7 +192,7 @@ def protect_own_ports(egress: NodeEgress | None, gateway: GatewayServer) -> None
         egress.protect_ports(ports)
 
 
-async def run(settings: Settings, access: AccessLog) -> None:
+async def run(settings: Settings, access: AccessLog[AccessRecord]) -> None:
     log_open_file_budget(settings, raise_open_file_limit())
     remove_stale_uploads(settings.state_dir)
     app = create_app(settings)
@@ -235,7 +237,7 @@ async def run(settings: Settings, access: AccessLog) -> None:
         send_timeout_s=settings.send_timeout_s,
         max_connections=settings.connection_limit(),
         max_connections_per_client=settings.max_connections_per_client,
-        access_log=access_logger(access),
+        access_log=access.add,
     )
     await gateway.start(settings.host, settings.port)
     protect_own_ports(app.state.node_egress, gateway)
@@ -263,4 +265,4 @@ def serve(argv: list[str] | None = None) -> None:
     settings = Settings(**parse_overrides(argv))  # type: ignore[arg-type]
     handler = setup_logging(settings.log_level, settings.log_format, {"request_id": request_id_var})
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    uvloop.run(run(settings, AccessLog(handler.stream, settings.log_format)))
+    uvloop.run(run(settings, gateway_access_log(handler.stream, settings.log_format)))

@@ -17,8 +17,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from agentcell.server.gateway.asgi import AppCall, http_scope
 from agentcell.server.gateway.headers import (
@@ -30,7 +30,6 @@ from agentcell.server.gateway.headers import (
     upstream_request_head,
 )
 from agentcell.server.gateway.route import (
-    AccessRecord,
     AppUpstream,
     Forward,
     RequestHead,
@@ -64,6 +63,7 @@ class Exchange:
         "bytes_out",
         "conn",
         "deadline",
+        "duration_s",
         "framing",
         "head",
         "is_head",
@@ -112,6 +112,7 @@ class Exchange:
         self.state = NEW
         self.server.exchanges_in_flight += 1
         self.started = time.monotonic()
+        self.duration_s = 0.0  # once done (see `report`)
         self.timeout_s = self.server.request_timeout_s
         self.deadline = math.inf
         self.bytes_in = 0
@@ -335,12 +336,17 @@ class Exchange:
             self._call_on_complete(route, duration)
         access_log = self.server.access_log
         if access_log is not None:
-            context = route.context if route is not None else None
-            record = AccessRecord(self.head, self.status, duration, self.bytes_in, self.bytes_out, context)
+            self.duration_s = duration
             try:
-                access_log(record)
+                access_log(self)  # (the exchange is its own AccessRecord: it is done)
             except Exception:
                 log.exception("access log hook failed")
+
+    @property
+    def context(self) -> Mapping[str, Any] | None:
+        """The route's context, for the access log (see `AccessRecord`)."""
+        route = self.route
+        return route.context if route is not None else None
 
     def _call_on_complete(self, route: Route, duration: float) -> None:
         assert route.on_complete is not None

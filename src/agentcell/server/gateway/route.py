@@ -208,16 +208,27 @@ class NowaitRouter(Router, Protocol):
     def route_nowait(self, head: RequestHead) -> Route | None: ...
 
 
-@dataclass(slots=True)  # (not frozen: a frozen dataclass's __init__ costs ~0.5 µs more per request)
-class AccessRecord:
-    """What the access-log hook receives once per request."""
+class AccessRecord(Protocol):
+    """What the access-log hook receives once per request: the engine's own record of the
+    exchange, which does not change once handed over (a hook may keep it to read later)."""
 
-    head: RequestHead
-    status: int
-    duration_s: float
-    bytes_in: int
-    bytes_out: int
-    context: Mapping[str, Any] | None = field(default=None)
+    @property
+    def head(self) -> RequestHead: ...
+    @property
+    def status(self) -> int:
+        """The status the client received; 499 if it went away before a response head."""
+
+    @property
+    def duration_s(self) -> float:
+        """From the end of the request head to the end of the exchange."""
+
+    @property
+    def bytes_in(self) -> int: ...
+    @property
+    def bytes_out(self) -> int: ...
+    @property
+    def context(self) -> Mapping[str, Any] | None:
+        """The route's context (None if the request was never routed)."""
 
 
 AccessLog = Callable[[AccessRecord], None]

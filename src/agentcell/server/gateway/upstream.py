@@ -27,7 +27,7 @@ from typing import Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-from agentcell.server.gateway.route import TcpUpstream, UnixUpstream, UpstreamAddress
+from agentcell.server.gateway.route import SocketUpstream, TcpUpstream, UnixUpstream, UpstreamAddress
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,17 @@ def _content_length(headers: tuple[tuple[bytes, bytes], ...]) -> int:
     return length
 
 
+def pool_key(address: UpstreamAddress) -> tuple[object, ...]:
+    """What makes two addresses equal for pooling (a SocketUpstream's key alone): the idle
+    connections of one are the other's. (A tuple, not the address: an address's dataclass hash
+    runs as Python code, twice per request.)"""
+    if isinstance(address, SocketUpstream):
+        return (SocketUpstream, address.key)
+    if isinstance(address, TcpUpstream):
+        return (TcpUpstream, address.host, address.port)
+    return (UnixUpstream, address.path)
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection to an upstream."""
 
@@ -95,6 +106,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.loop = loop
         self.address = address
+        self.pool_key = pool_key(address)
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
         self.requests = 0  # requests started on this connection (> 1: it was reused)
@@ -360,13 +372,13 @@ class UpstreamPool:
     def __init__(self, *, idle_timeout_s: float = 4.0, max_idle_per_address: int = 64) -> None:
         self.idle_timeout_s = idle_timeout_s
         self.max_idle_per_address = max_idle_per_address
-        self._idle: dict[UpstreamAddress, list[UpstreamConnection]] = {}
+        self._idle: dict[tuple[object, ...], list[UpstreamConnection]] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
 
     def take_idle(self, address: UpstreamAddress) -> UpstreamConnection | None:
         """The most recently released live connection to `address`, if any."""
-        idle = self._idle.get(address)
+        idle = self._idle.get(pool_key(address))
         while idle:
             conn = idle.pop()
             if not conn.is_closed:
@@ -395,7 +407,7 @@ class UpstreamPool:
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
-        idle = self._idle.setdefault(conn.address, [])
+        idle = self._idle.setdefault(conn.pool_key, [])
         if self._closed or conn.is_closed or len(idle) >= self.max_idle_per_address:
             conn.close()
             return
@@ -407,13 +419,13 @@ class UpstreamPool:
 
     def discard(self, conn: UpstreamConnection) -> None:
         """An idle connection closed by its upstream."""
-        idle = self._idle.get(conn.address)
+        idle = self._idle.get(conn.pool_key)
         if idle and conn in idle:
             idle.remove(conn)
 
     def idle_count(self, address: UpstreamAddress | None = None) -> int:
         if address is not None:
-            return len(self._idle.get(address, ()))
+            return len(self._idle.get(pool_key(address), ()))
         return sum(len(v) for v in self._idle.values())
 
     def close(self) -> None:
@@ -432,15 +444,15 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()  # (a timer callback: once per idle_timeout_s / 2)
         expired_before = loop.time() - self.idle_timeout_s
         oldest = math.inf
-        for address, idle in list(self._idle.items()):
+        for key, idle in list(self._idle.items()):
             keep = [c for c in idle if c.idle_since > expired_before and not c.is_closed]
             for conn in idle:
                 if conn not in keep:
                     conn.close()
             if keep:
-                self._idle[address] = keep
+                self._idle[key] = keep
                 oldest = min(oldest, keep[0].idle_since)
             else:
-                del self._idle[address]
+                del self._idle[key]
         if oldest != math.inf:
             self._sweep = loop.call_later(self.idle_timeout_s / 2, self._sweep_once)
