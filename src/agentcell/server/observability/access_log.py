@@ -59,7 +59,6 @@ class AccessLog(Generic[Entry]):
         fields: Callable[[Entry], AccessFields] = _as_given,
     ) -> None:
         self._stream = stream
-        self._json = fmt == "json"
         self._clock = clock
         self._fields = fields
         self._logger = logging.getLogger(LOGGER)
@@ -67,6 +66,9 @@ class AccessLog(Generic[Entry]):
         self._timer: asyncio.TimerHandle | None = None
         self._second = -1
         self._second_text = ""
+        self._ms = -1
+        self._ms_text = ""
+        self._line = self._json_line if fmt == "json" else self._text_line
 
     def add(self, entry: Entry) -> None:
         """Log one request (the logger's level is checked once per batch)."""
@@ -93,15 +95,31 @@ class AccessLog(Generic[Entry]):
         except (OSError, ValueError):  # a closed or broken stderr: the lines are lost, not the server
             pass
 
-    def _line(self, timed: tuple[float, Entry]) -> str:
+    def _text_line(self, timed: tuple[float, Entry]) -> str:
+        now, entry = timed
+        request_id, method, path, status, duration_ms, bytes_in, bytes_out, function, session, instance = (
+            self._fields(entry)
+        )
+        return _TEXT_LINE % (
+            self._text_time(now),
+            request_id,
+            session or "-",
+            instance or "-",
+            method,
+            path,
+            status,
+            duration_ms,
+            bytes_in,
+            bytes_out,
+            function or "-",
+        )
+
+    def _json_line(self, timed: tuple[float, Entry]) -> str:
         now, entry = timed
         request_id, method, path, status, duration_ms, bytes_in, bytes_out, function, session, instance = (
             self._fields(entry)
         )
         request = f'"{method} {path}" {status} {duration_ms:.1f}ms in={bytes_in} out={bytes_out}'
-        if not self._json:
-            ids = f"[{request_id} {session or '-'} {instance or '-'}]"
-            return f"{self._text_time(now)} INFO {LOGGER} {ids}: {request} fn={function or '-'}\n"
         return (
             f'{{"time": "{self._json_time(now)}", "level": "info", "logger": "{LOGGER}", '
             f'"message": {json_string(request)}, "request_id": {json_string(request_id)}, '
@@ -114,14 +132,16 @@ class AccessLog(Generic[Entry]):
         self.flush()
 
     def _text_time(self, now: float) -> str:
-        """As logging.Formatter writes asctime: local time, milliseconds after a comma."""
-        second = int(now)
-        if second != self._second:
-            self._second, self._second_text = (
-                second,
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)),
-            )
-        return f"{self._second_text},{int((now - second) * 1000):03d}"
+        """As logging.Formatter writes asctime: local time, milliseconds after a comma (made
+        once per millisecond: under load, dozens of lines share one)."""
+        ms = int(now * 1000)
+        if ms != self._ms:
+            second = ms // 1000
+            if second != self._second:
+                self._second = second
+                self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._ms, self._ms_text = ms, f"{self._second_text},{ms - second * 1000:03d}"
+        return self._ms_text
 
     def _json_time(self, now: float) -> str:
         """As the JSON formatter writes it: UTC, ISO 8601, milliseconds."""
@@ -130,6 +150,10 @@ class AccessLog(Generic[Entry]):
             self._second = second
             self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         return f"{self._second_text}.{int((now - second) * 1000):03d}+00:00"
+
+
+_TEXT_LINE = f'%s INFO {LOGGER} [%s %s %s]: "%s %s" %d %.1fms in=%d out=%d fn=%s\n'
+"""(one `%` for the whole line: a third cheaper than f-strings)"""
 
 
 def _json_or_null(value: str | None) -> str:
