@@ -76,7 +76,7 @@ class FakeDriver:
         (self._root / spec.sandbox_id / "home" / "user").mkdir(parents=True)
         self._running[spec.sandbox_id] = asyncio.Event()
         self._procs[spec.sandbox_id] = []
-        self._ports[spec.sandbox_id] = _free_port()
+        self._ports[spec.sandbox_id] = _free_port(set(self._ports.values()))
         self._specs[spec.sandbox_id] = spec
         self.started.append(spec)
 
@@ -226,8 +226,12 @@ def _at_eof() -> asyncio.StreamReader:
     return reader
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _free_port(taken: set[int]) -> int:
+    """A port free now and not another fake sandbox's (the kernel may hand a port just closed out
+    again: two instances on one port, the second's server exits once the first answered for it)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in taken:
+            return port
