@@ -130,12 +130,42 @@ async def test_pipelined_and_split_known_heads_are_parsed(tmp_path: Path) -> Non
         await client.aclose()
 
 
-async def test_requests_with_a_body_are_always_parsed(tmp_path: Path) -> None:
+async def test_a_request_with_a_body_is_made_from_its_known_head_with_its_own_body(tmp_path: Path) -> None:
     target = f"/body/{token()}"
+    head = f"POST {target} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 6\r\n\r\n".encode()
     async with RawUpstream(echo_request) as up, running_gateway(StaticRouter(up.address)) as (_, address):
         client = await Client.connect(address)
-        replies = [await client.request("POST", target, f"body {n}".encode()) for n in range(3)]
-        bodies = [reply.json()["body"] for reply in replies]
+        bodies = []
+        for n in range(4):
+            client.send(head + f"body {n}".encode())
+            bodies.append((await client.reply()).json()["body"])
+        client.send(head)  # the known head, its body in a later read
+        await client.writer.drain()
+        await asyncio.sleep(0.05)
+        client.send(b"later!")
+        bodies.append((await client.reply()).json()["body"])
+        for _ in range(2):  # a body and a blank line after it (which the parser skips)
+            client.send(head + b"crlf!!\r\n")
+            bodies.append((await client.reply()).json()["body"])
+        client.send(head + b"short")  # a body shorter than its Content-Length says: it waits
+        await client.writer.drain()
+        await asyncio.sleep(0.05)
+        client.send(b"!")
+        bodies.append((await client.reply()).json()["body"])
+        await client.aclose()
+    assert head in connection._KNOWN, "the repeated head was never remembered"
+    assert bodies == ["body 0", "body 1", "body 2", "body 3", "later!", "crlf!!", "crlf!!", "short!"]
+
+
+async def test_chunked_request_bodies_are_always_parsed(tmp_path: Path) -> None:
+    target = f"/chunked/{token()}"
+    head = f"POST {target} HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    async with RawUpstream(echo_request) as up, running_gateway(StaticRouter(up.address)) as (_, address):
+        client = await Client.connect(address)
+        bodies = []
+        for n in range(3):
+            client.send(head + b"6\r\nbody %d\r\n0\r\n\r\n" % n)
+            bodies.append((await client.reply()).json()["body"])
         await client.aclose()
     assert bodies == ["body 0", "body 1", "body 2"]
     assert not any(target.encode() in key for key in connection._KNOWN)

@@ -28,8 +28,8 @@ client that took nothing for the whole timeout is dropped (its requests end as i
 and so is one that never reads what was left to send when its connection closes; an upstream
 that took nothing gets its request 504 (or cut off, if its response began). Nothing of this runs
 on a connection whose writes never pause.
-A read that is exactly one request head without a body, byte for byte one parsed before (see
-`KnownRequest`), is not parsed again: the same request is made from what the parser made of it.
+A read that is exactly one whole request whose head is byte for byte one parsed before (see
+`KnownRequest`) is not parsed again: the request is made from what the parser made of the head.
 A connection past the server's connection caps is answered 503 and closed before it is read.
 A client's FIN or reset cancels its requests in flight (their upstream connections are closed).
 After answering a request whose body was not read to the end, the connection lingers (FIN sent,
@@ -88,15 +88,17 @@ class _BadHead(Exception):
 
 
 class KnownRequest:
-    """A request head without a body, as the parser made it of a read that held nothing else.
+    """A request head as the parser made it of a read that held that request whole (its body, if
+    any, framed by Content-Length) and nothing else.
 
-    The parser holds nothing from one request to the next, so a read of the same bytes at the
-    start of a request parses the same: the request is made from this instead (with the
-    connection's own client address, and a request id of its own)."""
+    The parser holds nothing from one request to the next, so a read of the same head at the
+    start of a request, followed by exactly `length` body bytes, parses the same: the request is
+    made from this instead (with the connection's own client address, a request id of its own,
+    and its own body)."""
 
-    __slots__ = ("headers", "index", "keep_alive", "method", "path", "query", "version")
+    __slots__ = ("headers", "index", "keep_alive", "length", "method", "path", "query", "version")
 
-    def __init__(self, head: RequestHead, keep_alive: bool) -> None:
+    def __init__(self, head: RequestHead, keep_alive: bool, length: int) -> None:
         self.method = head.method
         self.path = head.raw_path
         self.query = head.query
@@ -104,6 +106,7 @@ class KnownRequest:
         self.index = head.index
         self.version = head.http_version
         self.keep_alive = keep_alive  # what the parser said (the server may be draining since)
+        self.length = length  # of the body
 
 
 _KNOWN: dict[bytes, KnownRequest] = {}
@@ -243,15 +246,18 @@ class ClientConnection(asyncio.Protocol):
             exchanges[0].start()
 
     def _replay_known(self, data: bytes) -> bool:
-        """Make the request of a read that is a known head (see `KnownRequest`), as the parser's
-        callbacks would have; False (nothing done) if it is not one."""
-        known = _KNOWN.get(data)
-        if known is None or len(self._exchanges) >= MAX_PIPELINED:
+        """Make the request of a read that is a known head and its body (see `KnownRequest`), as
+        the parser's callbacks would have; False (nothing done) if it is not one."""
+        end = data.find(b"\r\n\r\n") + 4
+        known = _KNOWN.get(data[:end]) if 4 <= end <= KNOWN_REQUEST_BYTES else None
+        if known is None or len(data) - end != known.length or len(self._exchanges) >= MAX_PIPELINED:
             return False
         head = RequestHead(
             known.method, known.path, known.query, known.headers, known.index, self.client, known.version
         )
         exchange = Exchange(self, head, keep_alive=known.keep_alive and not self.server.draining)
+        if known.length:
+            exchange.on_request_body(data[end:])
         exchange.request_complete = True
         self._head_raw = 0
         self._body_since = 0.0
@@ -264,15 +270,20 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def _remember_request(self, data: bytes) -> None:
-        """The read held one request, whole, and nothing of another: keep it if it is all head.
-
-        (A request with a body ends past its head's blank line; an upgrade or CONNECT stops the
-        parser with an exception, so it never gets here.)"""
-        if len(data) > KNOWN_REQUEST_BYTES or data.find(b"\r\n\r\n") != len(data) - 4:
+        """The read held one request, whole, and nothing of another: keep its head if the rest
+        of the read is its body, as its Content-Length says (a chunked body is always parsed;
+        an upgrade or CONNECT stops the parser with an exception, so it never gets here)."""
+        end = data.find(b"\r\n\r\n") + 4
+        head = self._exchanges[-1].head
+        index = head.index
+        declared = index.get(b"content-length", b"0")
+        if end > KNOWN_REQUEST_BYTES or b"transfer-encoding" in index or not declared.isdigit():
+            return
+        if int(declared) != len(data) - end:
             return
         if len(_KNOWN) >= KNOWN_REQUESTS:
             _KNOWN.clear()
-        _KNOWN[data] = KnownRequest(self._exchanges[-1].head, self._keep_alive)
+        _KNOWN[data[:end]] = KnownRequest(head, self._keep_alive, len(data) - end)
 
     def _begin_head(self) -> None:
         """A read left a request head unfinished: start its clock, unless already started."""
