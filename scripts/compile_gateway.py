@@ -26,7 +26,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = SRC / "agentcell" / "server" / "gateway"
-MODULES = ("connection", "exchange", "headers", "server", "upstream")
+MODULES = ("connection", "exchange", "headers", "request_head", "server", "upstream")
 """what runs per request; the rest of the gateway (routing, keys, ASGI calls) stays interpreted"""
 GROUP = "agentcell.server.gateway.compiled"
 MANIFEST = PACKAGE / "compiled.json"
@@ -84,6 +84,7 @@ def build() -> int:
             f"setup(ext_modules=mypycify({paths!r}, group_name={GROUP!r}, target_dir={tmp + '/c'!r}))\n"
         )
         argv = [sys.executable, str(setup), "-q", "build_ext", "--inplace", "--build-temp", tmp + "/o"]
+        argv += ["--build-lib", tmp + "/lib"]  # (else setuptools leaves src/build behind)
         done = subprocess.run(argv, cwd=SRC, capture_output=True, text=True)
     if done.returncode != 0:
         clean()

@@ -190,7 +190,7 @@ class Bridge:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # head and body are two writes: no 40 ms delayed-ACK stall
+    disable_nagle_algorithm = True  # an event stream's head and events are separate writes
     bridge: Bridge
 
     def log_message(self, *args: object) -> None:
@@ -206,8 +206,10 @@ class Handler(BaseHTTPRequestHandler):
         if body is not None:
             self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        # Head and body in one write: one segment, one wake-up of whoever reads it (the gateway
+        # then gets a whole response in one read; end_headers() would write the head alone).
+        self._headers_buffer.append(b"\r\n" + data)  # type: ignore[attr-defined]
+        self.flush_headers()
 
     def _error(self, status: int, message: str, code: int = -32600) -> None:
         self._reply(status, {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}})
