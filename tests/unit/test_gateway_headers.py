@@ -85,14 +85,14 @@ def test_responses_with_the_same_headers_get_their_own_request_id_and_connection
 
 
 def test_the_memo_stays_bounded_and_skips_large_heads() -> None:
-    for i in range(headers._MEMO_SIZE + 10):
+    for i in range(headers.MEMO_SIZE + 10):
         _upstream(_head("10.0.0.1", "r", hdrs=((b"Host", b"h%d" % i),)))
-    assert 0 < len(headers._REQUEST_FIELDS) <= headers._MEMO_SIZE
-    big = ((b"Host", b"h"), (b"X-Big", b"v" * (headers._MEMO_BYTES + 1)))
+    assert 0 < len(headers._REQUEST_FIELDS) <= headers.MEMO_SIZE
+    big = ((b"Host", b"h"), (b"X-Big", b"v" * (headers.MEMO_BYTES + 1)))
     headers._REQUEST_FIELDS.clear()
     assert b"X-Big: " in _upstream(_head("10.0.0.1", "r", hdrs=big))
     assert not headers._REQUEST_FIELDS
     headers._RESPONSE_PLANS.clear()
-    hop = [(b"content-length", b"0"), (b"Connection", b"x-big"), (b"x-big", b"v" * (headers._MEMO_BYTES + 1))]
+    hop = [(b"content-length", b"0"), (b"Connection", b"x-big"), (b"x-big", b"v" * (headers.MEMO_BYTES + 1))]
     head, *_ = plan_response(200, hop, no_body=False, client_http10=False, keep_alive=True, extra=())
     assert b"x-big" not in head and not headers._RESPONSE_PLANS  # dropped, and not kept by its key

@@ -50,7 +50,15 @@ from typing import TYPE_CHECKING, cast
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from agentcell.server.gateway.exchange import NEW, Exchange
-from agentcell.server.gateway.headers import NAME_CACHE, PLAIN, header_index, name_info, respond_bytes
+from agentcell.server.gateway.headers import (
+    MEMO_BYTES,
+    NAME_CACHE,
+    PLAIN,
+    header_index,
+    name_info,
+    remember,
+    respond_bytes,
+)
 from agentcell.server.gateway.route import RequestHead, Route, new_request_id
 from agentcell.server.gateway.upstream import queued_bytes
 
@@ -64,8 +72,6 @@ WRITE_LOW_WATER = 256 * 1024
 LINGER_S = 2.0
 LINGER_BYTES = 8 * 1024 * 1024
 MAX_PIPELINED = 64  # requests queued on one connection; past that, it closes after answering them
-KNOWN_REQUESTS = 1024  # request heads remembered (the memo is emptied when full)
-KNOWN_REQUEST_BYTES = 4096  # a larger head is always parsed
 
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 _ONE_HOST = "an HTTP/1.1 request needs exactly one Host header"
@@ -96,15 +102,10 @@ class KnownRequest:
     made from this instead (with the connection's own client address, a request id of its own,
     and its own body)."""
 
-    __slots__ = ("headers", "index", "keep_alive", "length", "method", "path", "query", "version")
+    __slots__ = ("head", "keep_alive", "length")
 
     def __init__(self, head: RequestHead, keep_alive: bool, length: int) -> None:
-        self.method = head.method
-        self.path = head.raw_path
-        self.query = head.query
-        self.headers = head.headers
-        self.index = head.index
-        self.version = head.http_version
+        self.head = head  # the first one's (its request id and client are not reused)
         self.keep_alive = keep_alive  # what the parser said (the server may be draining since)
         self.length = length  # of the body
 
@@ -249,11 +250,12 @@ class ClientConnection(asyncio.Protocol):
         """Make the request of a read that is a known head and its body (see `KnownRequest`), as
         the parser's callbacks would have; False (nothing done) if it is not one."""
         end = data.find(b"\r\n\r\n") + 4
-        known = _KNOWN.get(data[:end]) if 4 <= end <= KNOWN_REQUEST_BYTES else None
+        known = _KNOWN.get(data[:end]) if 4 <= end <= MEMO_BYTES else None
         if known is None or len(data) - end != known.length or len(self._exchanges) >= MAX_PIPELINED:
             return False
+        was = known.head
         head = RequestHead(
-            known.method, known.path, known.query, known.headers, known.index, self.client, known.version
+            was.method, was.raw_path, was.query, was.headers, was.index, self.client, was.http_version
         )
         exchange = Exchange(self, head, keep_alive=known.keep_alive and not self.server.draining)
         if known.length:
@@ -277,13 +279,9 @@ class ClientConnection(asyncio.Protocol):
         head = self._exchanges[-1].head
         index = head.index
         declared = index.get(b"content-length", b"0")
-        if end > KNOWN_REQUEST_BYTES or b"transfer-encoding" in index or not declared.isdigit():
+        if b"transfer-encoding" in index or not declared.isdigit() or int(declared) != len(data) - end:
             return
-        if int(declared) != len(data) - end:
-            return
-        if len(_KNOWN) >= KNOWN_REQUESTS:
-            _KNOWN.clear()
-        _KNOWN[data[:end]] = KnownRequest(head, self._keep_alive, len(data) - end)
+        remember(_KNOWN, data[:end], KnownRequest(head, self._keep_alive, len(data) - end), end)
 
     def _begin_head(self) -> None:
         """A read left a request head unfinished: start its clock, unless already started."""

@@ -82,7 +82,7 @@ def header_index(headers: tuple[tuple[bytes, bytes], ...]) -> Mapping[bytes, byt
             lname = (NAME_CACHE.get(name) or name_info(name))[0]
             seen = index.get(lname)
             index[lname] = value if seen is None else seen + (b"; " if lname == b"cookie" else b", ") + value
-        _remember(_INDEXES, headers, index, headers)
+        remember(_INDEXES, headers, index, _size(headers))
     return index
 
 
@@ -140,7 +140,7 @@ def upstream_request_head(
     fields = _REQUEST_FIELDS.get(key)
     if fields is None:
         fields = _forwarded_fields(head, proto=proto, trust_forwarded=trust_forwarded, drop=drop)
-        _remember(_REQUEST_FIELDS, key, fields, head.headers)
+        remember(_REQUEST_FIELDS, key, fields, _size(head.headers))
     target = path + b"?" + head.query if head.query else path
     out = [head.method, b" ", target, b" HTTP/1.1\r\n", fields, b"x-request-id: ", head.request_id.encode()]
     if host is not None:
@@ -156,25 +156,28 @@ def upstream_request_head(
 # Clients send the same headers request after request (on a keep-alive connection, from one SDK),
 # and upstreams answer with the same ones (their `date` changes once a second): the rewritten
 # header lines are kept by the exact headers they came from, which skips the per-header work
-# (a third of the gateway's Python per request). Only small heads are kept, at most _MEMO_SIZE
-# of each kind (the memo is emptied when full).
-_MEMO_SIZE = 1024
-_MEMO_BYTES = 4096
+# (a third of the gateway's Python per request). Only small heads are kept, at most MEMO_SIZE
+# of each kind (the memo is emptied when full); the known heads of `connection` and `upstream`
+# are kept the same way.
+MEMO_SIZE = 1024
+MEMO_BYTES = 4096
 _INDEXES: dict[object, Mapping[bytes, bytes]] = {}
 _REQUEST_FIELDS: dict[object, bytes] = {}
 _RESPONSE_PLANS: dict[object, tuple[bytes, Framing, bool, bool, int, bool]] = {}
 
 
-def _remember(
-    memo: dict[object, Any], key: object, value: Any, headers: Sequence[tuple[bytes, bytes]]
-) -> None:
-    """Keep `value` under `key` unless the `headers` it holds are larger than _MEMO_BYTES (a
-    client's or a function's big headers never stay in memory)."""
-    if sum(len(n) + len(v) for n, v in headers) > _MEMO_BYTES:
+def remember(memo: dict[Any, Any], key: object, value: Any, size: int) -> None:
+    """Keep `value` under `key` unless what it holds is `size` bytes over MEMO_BYTES (a client's
+    or a function's big headers never stay in memory); a full memo is emptied first."""
+    if size > MEMO_BYTES:
         return
-    if len(memo) >= _MEMO_SIZE:
+    if len(memo) >= MEMO_SIZE:
         memo.clear()
     memo[key] = value
+
+
+def _size(headers: Sequence[tuple[bytes, bytes]]) -> int:
+    return sum(len(n) + len(v) for n, v in headers)
 
 
 def _forwarded_fields(
@@ -222,7 +225,7 @@ def plan_response(
     plan = _RESPONSE_PLANS.get(key)
     if plan is None:
         plan = _plan_response(status, headers, no_body, client_http10, keep_alive, extra)
-        _remember(_RESPONSE_PLANS, key, plan, headers)
+        remember(_RESPONSE_PLANS, key, plan, _size(headers))
     fields, framing, keep_alive, until_close, length, has_request_id = plan
     end = _connection_line(keep_alive, client_http10)
     if request_id and not has_request_id:

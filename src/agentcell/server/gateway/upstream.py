@@ -27,6 +27,14 @@ from typing import Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from agentcell.server.gateway.headers import (
+    CONTENT_LENGTH,
+    MEMO_BYTES,
+    NAME_CACHE,
+    TRANSFER_ENCODING,
+    name_info,
+    remember,
+)
 from agentcell.server.gateway.route import SocketUpstream, TcpUpstream, UnixUpstream, UpstreamAddress
 
 log = logging.getLogger(__name__)
@@ -34,8 +42,6 @@ log = logging.getLogger(__name__)
 WRITE_HIGH_WATER = 1024 * 1024
 WRITE_LOW_WATER = 256 * 1024
 MAX_FIELD_BYTES = 256 * 1024  # a response head, or trailers, read before it is refused
-KNOWN_HEADS = 1024  # response heads remembered (the memo is emptied when full)
-KNOWN_HEAD_BYTES = 4096  # a larger head is always parsed
 
 
 class ResponseSink(Protocol):
@@ -74,14 +80,14 @@ class KnownHead:
 _KNOWN: dict[bytes, KnownHead] = {}
 
 
-def _content_length(headers: tuple[tuple[bytes, bytes], ...]) -> int:
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
     """The one Content-Length of a head with no Transfer-Encoding, or -1."""
     length = -1
     for name, value in headers:
-        lname = name.lower()
-        if lname == b"transfer-encoding" or (lname == b"content-length" and length >= 0):
+        kind = (NAME_CACHE.get(name) or name_info(name))[1]
+        if kind == TRANSFER_ENCODING or (kind == CONTENT_LENGTH and length >= 0):
             return -1
-        if lname == b"content-length":
+        if kind == CONTENT_LENGTH:
             if not value.isdigit():
                 return -1
             length = int(value)
@@ -129,7 +135,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._body_left = 0
         self._in_message = False  # the parser has begun a response it has not ended
         self._heads = 0  # response heads parsed in the current read
-        self._head: tuple[int, tuple[tuple[bytes, bytes], ...]] | None = None  # the last one parsed
+        self._head: tuple[int, list[tuple[bytes, bytes]]] | None = None  # the last one parsed
         self._keep_alive = False  # what the parser said of the last response it ended
 
     # --- asyncio.Protocol -------------------------------------------------------------------
@@ -184,7 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Hand `data` to the sink as the parser would have, if it is one whole response whose
         head is known; False (nothing done) otherwise."""
         end = data.find(b"\r\n\r\n") + 4
-        known = _KNOWN.get(data[:end]) if 4 <= end <= KNOWN_HEAD_BYTES else None
+        known = _KNOWN.get(data[:end]) if 4 <= end <= MEMO_BYTES else None
         if known is None or len(data) - end != known.length:
             return False
         self._status = known.status
@@ -205,11 +211,10 @@ class UpstreamConnection(asyncio.Protocol):
         the connection or none at all, and a HEAD's answer, are always parsed)."""
         head = self._head
         end = data.find(b"\r\n\r\n") + 4
-        if head is None or end > KNOWN_HEAD_BYTES or len(data) - end != _content_length(head[1]):
+        if head is None or len(data) - end != _content_length(head[1]):
             return
-        if len(_KNOWN) >= KNOWN_HEADS:
-            _KNOWN.clear()
-        _KNOWN[data[:end]] = KnownHead(head[0], head[1], len(data) - end, self._keep_alive)
+        known = KnownHead(head[0], tuple(head[1]), len(data) - end, self._keep_alive)
+        remember(_KNOWN, data[:end], known, end)
 
     def _pass_body(self, sink: ResponseSink, data: bytes) -> None:
         left = self._body_left
@@ -265,7 +270,7 @@ class UpstreamConnection(asyncio.Protocol):
         headers, self._headers = self._headers, []
         self._body_seen = 0
         self._heads += 1
-        self._head = (status, tuple(headers))  # (before the sink sees them, as they came)
+        self._head = (status, headers)  # (sinks read headers, never change them)
         if self.sink is None:
             return
         self.sink.on_response_head(status, headers)
