@@ -109,3 +109,21 @@ def test_bad_input_is_a_usage_error_or_an_error_line(server_url: str) -> None:
         1,
         "error: function 'no-such-fn' not found; deploy it first\n",
     )
+
+
+def test_a_stdio_mcp_server_deploys_with_its_process_policy(server_url: str) -> None:
+    name = "mcp-cli-" + uuid.uuid4().hex[:8]
+    fixture = str(Path(ECHO_FN).parent / "mcp_stdio")
+    out = ok(
+        server_url, "fn", "deploy", fixture, "--name", name, "--stdio", "python3 server.py",
+        "--affinity", "mcp", "--stdio-process", "shared", "--sessions-per-instance", "4", "--json",
+    )  # fmt: skip
+    try:
+        config = json.loads(out)["config"]
+        assert (config["stdio"], config["stdio_process"]) == ("python3 server.py", "shared")
+    finally:
+        agentcell(server_url, "fn", "rm", name)
+    refused = agentcell(
+        server_url, "fn", "deploy", fixture, "--name", name, "--cmd", "y", "--stdio-process", "shared"
+    )
+    assert refused.returncode == 1 and "stdio_process applies to a stdio MCP server" in refused.stderr

@@ -168,6 +168,8 @@ def test_bad_input_gets_envelopes(api: httpx.Client, fn: str) -> None:
         ({"cmd": "x", "min_warm": 5, "max_instances": 2}, "min_warm"),
         ({"cmd": "x", "affinity": {"kind": "sticky"}}, "affinity"),
         ({}, "cmd"),
+        ({"cmd": "x", "stdio_process": "shared"}, "stdio_process applies to a stdio MCP server"),
+        ({"stdio": "x", "stdio_process": "pooled"}, "stdio_process"),
     ]
     for config, needle in bad_configs:
         reply = deploy(api, "bad-config", config)

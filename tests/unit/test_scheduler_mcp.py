@@ -78,3 +78,16 @@ async def test_ending_an_mcp_session_frees_its_exclusive_instance(h: Harness) ->
     assert h.scheduler.function("echo").instances == {}  # exclusive: destroyed with its session
     with pytest.raises(NotFound):
         await h.scheduler.route("echo", "bye")
+
+
+async def test_an_instance_started_for_a_stateless_request_takes_a_session_next(
+    h: Harness, archive: Path
+) -> None:
+    await h.scheduler.deploy(
+        "solo", FunctionConfig(cmd="python3 app.py", **{**MCP, "max_instances": 1}), archive
+    )
+    stateless = await h.scheduler.route_stateless("solo")
+    h.scheduler.release(stateless)
+    session = await asyncio.wait_for(h.scheduler.route_new_mcp_session("solo"), 5)
+    assert session.instance is stateless.instance  # not a wait for an instance that never frees
+    h.scheduler.release(session)

@@ -48,6 +48,12 @@ def function_group() -> None:
 )
 @click.option("--cmd", default=None, help="Serves HTTP on $PORT; run by bash in /code.")
 @click.option("--stdio", default=None, help="Instead of --cmd: a stdio MCP server, bridged to HTTP.")
+@click.option(
+    "--stdio-process",
+    type=click.Choice(["session", "shared"]),
+    default=None,
+    help="With --stdio: a server process per MCP session (default), or one shared per instance.",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="$PORT (default 8080).")
 @click.option("--template", default=None, help="What instances start from (default base); see `template ls`.")
 @click.option("--env", "env", multiple=True, callback=parse_pairs, metavar="K=V", help="Repeatable.")

@@ -26,6 +26,7 @@ from agentcell.protocol.functions import (
     FunctionList,
     FunctionName,
     Hook,
+    StdioProcess,
     WorkspaceConfig,
 )
 
@@ -51,6 +52,7 @@ class AsyncFunctions:
         *,
         cmd: str | None = None,
         stdio: str | None = None,
+        stdio_process: StdioProcess | None = None,
         port: int | None = None,
         template: str | None = None,
         env: Mapping[str, str] | None = None,
@@ -79,7 +81,8 @@ class AsyncFunctions:
         """Deploy `code` (a directory, packed on the fly, or a .tar / .tar.gz of one) as a new
         version of function `name`, created if new. `cmd` runs with bash in /code, the read-only
         code, and must serve HTTP on $PORT; or `stdio` names a stdio MCP server, which agentcell
-        serves over Streamable HTTP and legacy SSE (one process per MCP session). Unset values
+        serves over Streamable HTTP and legacy SSE (a process per MCP session, or with
+        `stdio_process="shared"` one per instance for all its sessions). Unset values
         take the server's defaults (see FunctionConfig): affinity "header" on
         x-agentcell-session-id, one session per instance, 6 h session TTL, 15 min idle timeout,
         no warm instances. `on_pack_progress` gets byte counts as files are packed (from a worker
@@ -87,6 +90,7 @@ class AsyncFunctions:
         settings = {
             "cmd": cmd,
             "stdio": stdio,
+            "stdio_process": stdio_process,
             "port": port,
             "template": template,
             "env": env,

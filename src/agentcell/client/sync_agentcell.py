@@ -24,7 +24,13 @@ from agentcell.client.sync_templates import Templates
 from agentcell.client.tenants import AsyncTenants
 from agentcell.client.transfer import LocalPath, ProgressCallback
 from agentcell.client.usage import AsyncUsage
-from agentcell.protocol.functions import AffinityKind, FunctionConfig, FunctionInfo, WorkspaceConfig
+from agentcell.protocol.functions import (
+    AffinityKind,
+    FunctionConfig,
+    FunctionInfo,
+    StdioProcess,
+    WorkspaceConfig,
+)
 from agentcell.protocol.sessions import SessionInfo, SessionState
 from agentcell.protocol.tenants import KeyCreated, KeyInfo, TenantInfo, TenantQuotas
 from agentcell.protocol.usage import UsageGrouping, UsageReport
@@ -48,6 +54,7 @@ class Functions:
         *,
         cmd: str | None = None,
         stdio: str | None = None,
+        stdio_process: StdioProcess | None = None,
         port: int | None = None,
         template: str | None = None,
         env: Mapping[str, str] | None = None,
@@ -80,6 +87,7 @@ class Functions:
                 code,
                 cmd=cmd,
                 stdio=stdio,
+                stdio_process=stdio_process,
                 port=port,
                 template=template,
                 env=env,

@@ -23,6 +23,7 @@ from agentcell.protocol.sandboxes import (
 FunctionName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$", to_lower=True)]
 AffinityKind = Literal["header", "cookie", "mcp", "none"]
+StdioProcess = Literal["session", "shared"]
 
 DEFAULT_SESSION_HEADER = "x-agentcell-session-id"
 DEFAULT_SESSION_COOKIE = "agentcell_session"
@@ -83,7 +84,12 @@ class FunctionConfig(WireModel):
     stdio: Annotated[str, StringConstraints(min_length=1, max_length=65536), NoNul] | None = Field(
         default=None,
         description="instead of cmd: a stdio MCP server (bash -c in /code), served over Streamable HTTP "
-        "and legacy SSE by a bridge, one process per MCP session",
+        "and legacy SSE by a bridge (see stdio_process)",
+    )
+    stdio_process: StdioProcess = Field(
+        default="session",
+        description="with stdio: session, a server process per MCP session; shared, one per instance "
+        "for all its sessions (started once; the server sees one client)",
     )
     port: int = Field(default=8080, ge=1, le=65535, description="the value of $PORT")
     template: TemplateName = Field(
@@ -124,6 +130,8 @@ class FunctionConfig(WireModel):
             )
         if (self.cmd is None) == (self.stdio is None):
             raise ValueError("give exactly one of cmd (an HTTP server) and stdio (a stdio MCP server)")
+        if self.stdio is None and self.stdio_process != "session":
+            raise ValueError("stdio_process applies to a stdio MCP server: give stdio, or drop stdio_process")
         if self.workspace.persist and self.affinity.kind not in ("header", "cookie"):
             raise ValueError(
                 "workspace.persist needs affinity header or cookie: workspaces are found again by a "

@@ -56,7 +56,11 @@ def _bridge_mounts(config: FunctionConfig) -> tuple[Mount, ...]:
 def _server_env(config: FunctionConfig) -> dict[str, str]:
     """What the server command runs: the function's own, or the MCP bridge around its stdio one."""
     if config.stdio is not None:
-        return {"AGENTCELL_CMD": BRIDGE_CMD, "AGENTCELL_STDIO": config.stdio}
+        return {
+            "AGENTCELL_CMD": BRIDGE_CMD,
+            "AGENTCELL_STDIO": config.stdio,
+            "AGENTCELL_STDIO_PROCESS": config.stdio_process,
+        }
     assert config.cmd is not None
     return {"AGENTCELL_CMD": config.cmd}
 

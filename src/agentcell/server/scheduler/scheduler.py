@@ -450,6 +450,8 @@ class Scheduler:
         lease.instance.end(now)
         if lease.session is None:
             lease.instance.stateless.end(now)
+            if self._is_spare(lease.function, lease.instance):
+                lease.function.warm.append(lease.instance)  # launched for requests of no session
         elif lease.session.state != "ended":
             lease.session.release(now)
         if lease.function.waiting:

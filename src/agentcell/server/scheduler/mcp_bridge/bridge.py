@@ -1,5 +1,6 @@
 """The stdio MCP bridge: runs inside a function instance (Debian's python3, standard library only)
-and serves a stdio MCP server over HTTP on $PORT, one server process per MCP session.
+and serves a stdio MCP server over HTTP on $PORT: one server process per MCP session, or one for
+all the instance's sessions when $AGENTCELL_STDIO_PROCESS is `shared` (see `SharedProcess`).
 
 * Streamable HTTP (handshake era), at any path but /sse and /messages: `initialize` without a
   session starts a process and answers with its `Mcp-Session-Id`; later POSTs carry the id and get
@@ -7,7 +8,7 @@ and serves a stdio MCP server over HTTP on $PORT, one server process per MCP ses
   the session's server-to-client event stream, resumable with `Last-Event-ID` (a new GET replaces
   the one open); `DELETE` ends it.
 * Modern era (a protocol version after the handshake era's, no session): each POST is answered by
-  a process of its own, which then ends.
+  a process of its own, which then ends (or by the shared process).
 * Legacy HTTP+SSE: `GET /sse` starts a process and streams an `endpoint` event, then every message
   the process writes; `POST /messages/?session_id=…` feeds it (202).
 
@@ -16,14 +17,17 @@ The command comes from $AGENTCELL_STDIO and runs with bash in /code, like a func
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlparse
 
 HISTORY = 1000  # events kept per session for Last-Event-ID replay
@@ -33,17 +37,28 @@ MAX_LINE = 8192  # a chunk-size or trailer line
 LEGACY_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 
 Message = dict[str, Any]
+BRIDGE_INIT: Message = {
+    "jsonrpc": "2.0",
+    "id": "agentcell-bridge-initialize",
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "agentcell-mcp-bridge", "version": "1"},
+    },
+}
+"""what the bridge sends a shared process no session has initialized, for a modern-era request"""
 
 
 class SessionGone(Exception):
     """The session's stdio server process has exited: the session is over."""
 
 
-class Session:
-    """One stdio server process and the routing of what it writes."""
+class StdioProcess:
+    """A stdio MCP server process: newline-delimited JSON-RPC written to it; each message it writes
+    is handed to `receive`, and `exited` runs once its output has ended."""
 
     def __init__(self, command: str) -> None:
-        self.id = uuid.uuid4().hex
         self.process = subprocess.Popen(
             ["/bin/bash", "-c", command],
             cwd="/code" if os.path.isdir("/code") else None,
@@ -51,27 +66,65 @@ class Session:
             stdout=subprocess.PIPE,
             stderr=sys.stderr,
         )
+        self._write_lock = threading.Lock()  # one line at a time: several sessions write
+
+    def start(self, receive: Callable[[Any], None], exited: Callable[[], None]) -> None:
+        threading.Thread(target=self._read, args=(receive, exited), daemon=True).start()
+
+    def write(self, message: Any) -> None:
+        """Write one JSON-RPC message (or batch); SessionGone when the process has exited."""
+        assert self.process.stdin is not None
+        line = json.dumps(message).encode() + b"\n"
+        try:
+            with self._write_lock:
+                self.process.stdin.write(line)
+                self.process.stdin.flush()
+        except (OSError, ValueError) as exc:  # a broken pipe, or stdin already closed
+            raise SessionGone("the stdio MCP server exited") from exc
+
+    @property
+    def has_exited(self) -> bool:
+        return self.process.poll() is not None
+
+    def _read(self, receive: Callable[[Any], None], exited: Callable[[], None]) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                print(f"bridge: not JSON from the stdio server: {line[:200]!r}", file=sys.stderr)
+                continue
+            receive(message)
+        exited()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Session:
+    """One MCP session on a stdio server process: the responses its requests wait for, and the
+    events (everything else the server sends it) of its GET stream."""
+
+    def __init__(self, process: StdioProcess) -> None:
+        self.id = uuid.uuid4().hex
+        self.process = process
         self.lock = threading.Condition()
         self.waiting: dict[str, Message | None] = {}  # request id → its response, when it came
         self.events: list[tuple[int, bytes]] = []  # (event id, JSON) for the GET stream
         self.next_event = 1
         self.stream = 0  # the newest GET stream's number: an older one ends when a newer starts
         self.closed = False
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def send(self, message: Message | list[Message]) -> None:
-        """Write to the process; SessionGone when it has exited."""
-        assert self.process.stdin is not None
-        try:
-            self.process.stdin.write(json.dumps(message).encode() + b"\n")
-            self.process.stdin.flush()
-        except (OSError, ValueError) as exc:  # a broken pipe, or stdin already closed
-            raise SessionGone("the stdio MCP server exited") from exc
 
     @property
     def is_over(self) -> bool:
         """The process exited (or the session was closed): nothing can reach it any more."""
-        return self.closed or self.process.poll() is not None
+        return self.closed or self.process.has_exited
 
     def expect(self, ids: list[str]) -> None:
         with self.lock:
@@ -111,23 +164,11 @@ class Session:
     def _newest(self) -> int:
         return self.events[-1][0] if self.events else 0
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                print(f"bridge: not JSON from the stdio server: {line[:200]!r}", file=sys.stderr)
-                continue
-            self._route(message)
+    def deliver(self, message: Any) -> None:
+        """A message from the server: the response a request waits for, else an event."""
         with self.lock:
-            self.closed = True
-            self.lock.notify_all()
-
-    def _route(self, message: Message) -> None:
-        with self.lock:
-            key = _id_key(message.get("id"))
-            is_response = "method" not in message and key is not None
+            key = _id_key(message.get("id")) if isinstance(message, dict) else None
+            is_response = isinstance(message, dict) and "method" not in message and key is not None
             if is_response and key in self.waiting:
                 self.waiting[key] = message
             else:
@@ -136,17 +177,10 @@ class Session:
                 del self.events[:-HISTORY]
             self.lock.notify_all()
 
-    def close(self) -> None:
+    def end(self) -> None:
         with self.lock:
             self.closed = True
             self.lock.notify_all()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def _chunk_size(line: bytes) -> int:
@@ -160,17 +194,280 @@ def _id_key(request_id: object) -> str | None:
     return None if request_id is None else json.dumps(request_id)
 
 
-class Bridge:
+class OwnProcesses:
+    """`session` (the default): every MCP session has a stdio server process of its own, which
+    ends with it; nothing is shared between sessions."""
+
     def __init__(self, command: str) -> None:
         self.command = command
+
+    def open(self) -> Session:
+        process = StdioProcess(self.command)
+        session = Session(process)
+        process.start(session.deliver, session.end)
+        return session
+
+    open_stateless = open
+
+    def send(self, session: Session, body: Any) -> None:
+        session.process.write(body)
+
+    def detach(self, session: Session) -> None:
+        session.process.stop()
+
+
+Renumbered = dict[int, tuple[Session, Any]]
+"""an id (or progress token) the bridge gave a message → (the session concerned, its own)"""
+Deliveries = list[tuple[Session, Any]]
+"""the sessions a message of the server goes to, each with its copy"""
+
+
+class SharedProcess:
+    """`shared`: every MCP session of the instance talks to one stdio server process, started by
+    the first and again after it exits, so a server that is slow to start (npx …) starts once.
+
+    The server sees one client. The first `initialize` is forwarded and its answer kept to answer
+    the later sessions' own (their `notifications/initialized` is not repeated); request ids and
+    progress tokens are renumbered so that the sessions' own cannot clash, and each answer goes
+    back, under its own id, to the session that asked. A request of the server (roots, sampling,
+    elicitation) goes to the session it most likely works for (see `_asker`: a guess, as stdio
+    does not say; a server that asks its client things while serving concurrent sessions belongs
+    in `session` mode); its other notifications go to every session. The server's own state
+    (what one session's tools did) is the same for all of them."""
+
+    def __init__(self, command: str, spawn: Callable[[str], StdioProcess] = StdioProcess) -> None:
+        self.command = command
+        self.spawn = spawn
+        self.lock = threading.Lock()
+        self.process: StdioProcess | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sessions: list[Session] = []  # oldest first
+        self.asked: Renumbered = {}  # our id of a session's request → (the session, its id)
+        self.server_asked: Renumbered = {}  # our id of the server's request → (the session asked, its id)
+        self.tokens: Renumbered = {}  # our progress token → (the session, its token)
+        self.served: set[int] = set()  # our ids of requests the server has asked a session for
+        self.init_id: int | None = None  # our id of the initialize forwarded, until answered
+        self.init_waiting: list[tuple[Session, Any]] = []  # sessions (and ids) waiting for its answer
+        self.init_result: Any = None
+        self.initialized_sent = False
+        self.ids = itertools.count(1)
+
+    def open(self) -> Session:
+        with self.lock:
+            if self.process is None or self.process.has_exited:
+                self._start()
+            assert self.process is not None
+            session = Session(self.process)
+            self.sessions.append(session)
+            return session
+
+    def open_stateless(self) -> Session:
+        """A session for one modern-era request: the process is initialized first if no session
+        has done it (by the bridge, as a client of the newest handshake-era version)."""
+        session = self.open()
+        with self.lock:
+            ready = self.init_result is not None
+        if not ready:
+            key = _id_key(BRIDGE_INIT["id"])
+            assert key is not None
+            session.expect([key])
+            self.send(session, BRIDGE_INIT)
+            answer = session.responses([key])[0]
+            if "result" not in answer:
+                self.detach(session)
+                raise ConnectionError(f"the stdio MCP server refused to initialize: {answer.get('error')}")
+            self.send(session, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return session
+
+    def _start(self) -> None:
+        for session in self.sessions:
+            session.end()  # their process has exited
+        self._reset()
+        process = self.spawn(self.command)
+        self.process = process
+        process.start(lambda message: self._receive(process, message), lambda: self._exited(process))
+
+    def send(self, session: Session, body: Any) -> None:
+        messages = body if isinstance(body, list) else [body]
+        with self.lock:
+            if session.process is not self.process or session not in self.sessions:
+                raise SessionGone("the stdio MCP server exited")
+            forward, local = [], []
+            for message in messages:
+                out, answer = self._outgoing(session, message)
+                if out is not None:
+                    forward.append(out)
+                if answer is not None:
+                    local.append(answer)
+        for answer in local:
+            session.deliver(answer)
+        if forward:
+            session.process.write(forward if isinstance(body, list) else forward[0])
+
+    def _outgoing(self, session: Session, message: Any) -> tuple[Any, Message | None]:
+        """(what to write to the server for a session's message, or None; an answer made here)."""
+        if not isinstance(message, dict):
+            return message, None
+        method, request_id = message.get("method"), cast(Any, message.get("id"))
+        if method is None:  # a response to a request of the server
+            entry = self.server_asked.get(request_id) if isinstance(request_id, int) else None
+            if entry is None or entry[0] is not session:
+                return None, None
+            del self.server_asked[request_id]
+            return {**message, "id": entry[1]}, None
+        if request_id is None:
+            return self._notification(session, method, message), None
+        if method == "initialize":
+            return self._initialize(session, message)
+        ours = next(self.ids)
+        self.asked[ours] = (session, request_id)
+        return {**message, "id": ours, **self._progress_token(session, message, ours)}, None
+
+    def _initialize(self, session: Session, message: Message) -> tuple[Any, Message | None]:
+        if self.init_result is not None:
+            return None, {"jsonrpc": "2.0", "id": message["id"], "result": self.init_result}
+        self.init_waiting.append((session, message["id"]))
+        if self.init_id is not None:
+            return None, None  # answered with the first's
+        self.init_id = next(self.ids)
+        return {**message, "id": self.init_id}, None
+
+    def _notification(self, session: Session, method: str, message: Message) -> Message | None:
+        if method == "notifications/initialized":
+            if self.initialized_sent:
+                return None
+            self.initialized_sent = True
+            return message
+        if method == "notifications/cancelled":
+            params = message.get("params") or {}
+            asked = params.get("requestId")
+            ours = next((o for o, (s, t) in self.asked.items() if s is session and t == asked), None)
+            return None if ours is None else {**message, "params": {**params, "requestId": ours}}
+        return message
+
+    def _progress_token(self, session: Session, message: Message, ours: int) -> dict[str, Any]:
+        params: Any = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if not isinstance(meta, dict) or "progressToken" not in meta:
+            return {}
+        self.tokens[ours] = (session, meta["progressToken"])
+        return {"params": {**params, "_meta": {**meta, "progressToken": ours}}}
+
+    def _receive(self, process: StdioProcess, message: Any) -> None:
+        with self.lock:
+            if process is not self.process:
+                return
+            deliveries, reply = self._incoming(message)
+        for session, out in deliveries:
+            session.deliver(out)
+        if reply is not None:
+            with contextlib.suppress(SessionGone):
+                process.write(reply)
+
+    def _incoming(self, message: Any) -> tuple[Deliveries, Message | None]:
+        """(the sessions a server's message goes to, each with its copy; a reply to the server)."""
+        if not isinstance(message, dict):
+            return [], None
+        method, request_id = message.get("method"), cast(Any, message.get("id"))
+        if method is None:
+            return self._response(request_id, message), None
+        if request_id is not None:
+            return self._server_request(request_id, message)
+        params: Any = message.get("params") or {}
+        if method == "notifications/progress":
+            return _renamed(message, "progressToken", self.tokens.get(params.get("progressToken"))), None
+        if method == "notifications/cancelled":
+            return _renamed(message, "requestId", self.server_asked.pop(params.get("requestId"), None)), None
+        return [(session, message) for session in self.sessions], None
+
+    def _response(self, request_id: Any, message: Message) -> Deliveries:
+        if not isinstance(request_id, int):
+            return []
+        if request_id == self.init_id:
+            self.init_id, waiting, self.init_waiting = None, self.init_waiting, []
+            if "result" in message:
+                self.init_result = message["result"]
+            return [(session, {**message, "id": theirs}) for session, theirs in waiting]
+        entry = self.asked.pop(request_id, None)
+        self.tokens.pop(request_id, None)
+        self.served.discard(request_id)
+        return [] if entry is None else [(entry[0], {**message, "id": entry[1]})]
+
+    def _server_request(self, request_id: Any, message: Message) -> tuple[Deliveries, Message | None]:
+        to = self._asker()
+        if to is None:
+            error = {"code": -32603, "message": "no MCP client is connected to answer"}
+            return [], {"jsonrpc": "2.0", "id": request_id, "error": error}
+        ours = next(self.ids)
+        self.server_asked[ours] = (to, request_id)
+        return [(to, {**message, "id": ours})], None
+
+    def _asker(self) -> Session | None:
+        """Whom a request of the server is for (stdio says nothing of it): the session of the
+        longest waiting request for which the server has asked nothing yet, else of the longest
+        waiting one, else the newest session."""
+        unserved = next((ours for ours in self.asked if ours not in self.served), None)
+        if unserved is not None:
+            self.served.add(unserved)
+            return self.asked[unserved][0]
+        if self.asked:
+            return next(iter(self.asked.values()))[0]
+        return self.sessions[-1] if self.sessions else None
+
+    def _exited(self, process: StdioProcess) -> None:
+        with self.lock:
+            if process is not self.process:
+                return
+            sessions, self.sessions = self.sessions, []
+        for session in sessions:
+            session.end()
+
+    def detach(self, session: Session) -> None:
+        with self.lock:
+            if session not in self.sessions:
+                return
+            self.sessions.remove(session)
+            for table in (self.asked, self.tokens):
+                for ours in [ours for ours, (s, _) in table.items() if s is session]:
+                    del table[ours]
+                    self.served.discard(ours)
+            self.init_waiting = [(s, theirs) for s, theirs in self.init_waiting if s is not session]
+            orphaned = [ours for ours, (s, _) in self.server_asked.items() if s is session]
+            unanswered = [self.server_asked.pop(ours)[1] for ours in orphaned]
+        for request_id in unanswered:  # the server would wait for them for ever
+            error = {"code": -32603, "message": "the MCP session that was asked has ended"}
+            with contextlib.suppress(SessionGone):
+                session.process.write({"jsonrpc": "2.0", "id": request_id, "error": error})
+
+
+def _renamed(message: Message, name: str, entry: tuple[Session, Any] | None) -> Deliveries:
+    """The server's notification for the session `entry` names, with its param `name` as it knows it."""
+    if entry is None:
+        return []
+    session, theirs = entry
+    return [(session, {**message, "params": {**(message.get("params") or {}), name: theirs}})]
+
+
+class Bridge:
+    def __init__(self, channel: OwnProcesses | SharedProcess) -> None:
+        self.channel = channel
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
 
     def open(self) -> Session:
-        session = Session(self.command)
+        session = self.channel.open()
         with self.lock:
             self.sessions[session.id] = session
         return session
+
+    def open_stateless(self) -> Session:
+        """A session for one modern-era request, never named to the client (close it after)."""
+        return self.channel.open_stateless()
+
+    def send(self, session: Session, body: Any) -> None:
+        self.channel.send(session, body)
 
     def get(self, session_id: str | None) -> Session | None:
         """The live session of that id; None when there is none, or its process has exited (the
@@ -185,7 +482,8 @@ class Bridge:
     def close(self, session: Session) -> None:
         with self.lock:
             self.sessions.pop(session.id, None)
-        session.close()
+        self.channel.detach(session)
+        session.end()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -303,13 +601,17 @@ class Handler(BaseHTTPRequestHandler):
         return version is not None and version.strip() not in LEGACY_VERSIONS
 
     def _stateless_post(self, body: Any, messages: list[Message]) -> None:
-        """A modern-era request needs no session: a process of its own answers it (no state
-        is shared between requests or clients, and no request id can clash), then ends."""
-        session = Session(self.bridge.command)
+        """A modern-era request needs no session: a session of its own answers it, then ends (on a
+        process of its own unless the process is shared: then no id can clash either)."""
+        try:
+            session = self.bridge.open_stateless()
+        except (SessionGone, ConnectionError) as exc:
+            self._error(502, str(exc), -32603)
+            return
         try:
             self._exchange(session, body, messages, is_new=True, session_header=False)
         finally:
-            session.close()
+            self.bridge.close(session)
 
     def _exchange(
         self, session: Session, body: Any, messages: list[Message], is_new: bool, session_header: bool = True
@@ -319,7 +621,7 @@ class Handler(BaseHTTPRequestHandler):
         ids = [key for m in messages if "method" in m and (key := _id_key(m.get("id"))) is not None]
         session.expect(ids)
         try:
-            session.send(body)
+            self.bridge.send(session, body)
             answers = session.responses(ids) if ids else []
         except (SessionGone, ConnectionError) as exc:
             if not session.is_over:
@@ -370,7 +672,7 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404 if session_id else 400, "unknown or missing session_id")
             return
         try:
-            session.send(body)
+            self.bridge.send(session, body)
         except SessionGone as exc:
             self.bridge.close(session)
             self._error(404, str(exc))
@@ -382,7 +684,10 @@ def main() -> None:
     command = os.environ.get("AGENTCELL_STDIO")
     if not command:
         sys.exit("bridge: $AGENTCELL_STDIO names no command")
-    Handler.bridge = Bridge(command)
+    sharing = os.environ.get("AGENTCELL_STDIO_PROCESS", "session")
+    if sharing not in ("session", "shared"):
+        sys.exit(f"bridge: $AGENTCELL_STDIO_PROCESS is {sharing!r}: session or shared")
+    Handler.bridge = Bridge(SharedProcess(command) if sharing == "shared" else OwnProcesses(command))
     server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
     server.daemon_threads = True
     server.serve_forever()
