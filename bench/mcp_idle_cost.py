@@ -46,9 +46,9 @@ def main() -> None:
         instances = sum(f["instances"] for f in listed)
         after_mb, after_procs = rss_mb(server.proc.pid), process_count(server.proc.pid)
     emit(NAME, "server_memory_mb", after_mb, "MB", before_mb)
-    emit(NAME, "memory_per_function_kb", (after_mb - before_mb) * 1024 / FUNCTIONS, "KB", None)
-    emit(NAME, "processes_added", after_procs - before_procs, "processes", None)
-    emit(NAME, "instances", instances, "instances", None)
+    emit(NAME, "memory_per_function_mb", (after_mb - before_mb) / FUNCTIONS, "MB", None)
+    emit(NAME, "processes_added", after_procs - before_procs, "count", None)
+    emit(NAME, "instances", instances, "count", None)
 
 
 if __name__ == "__main__":
