@@ -5,6 +5,7 @@ sessions are isolated, unknown sessions answer 404, modern-era requests need no 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -182,6 +183,41 @@ def test_a_get_stream_resumes_on_the_same_instance_with_last_event_id(api: httpx
     assert len(instances) == 1  # the replay came from the instance that holds the session
     assert api.delete(url, headers=session).status_code == 200
     assert api.post(url, json=INIT | {"id": 9}, headers=headers).status_code == 404
+
+
+async def test_the_sdk_client_resumes_a_get_stream_the_bridge_ended(
+    api: httpx.Client, server_url: str
+) -> None:
+    """The bridge ends GET streams after 1 s (MCP's SSE polling); the official client comes back
+    with Last-Event-ID each time and gets every notification once, in order, from one instance."""
+    resumed_from: list[str] = []
+    notes: list[Any] = []
+
+    async def record(request: Any) -> None:
+        if request.method == "GET" and "last-event-id" in request.headers:
+            resumed_from.append(request.headers["last-event-id"])
+
+    async def logged(params: Any) -> None:
+        notes.append(params.data)
+
+    config = {**MCP_FN, "env": {"AGENTCELL_MCP_STREAM_MAX_S": "1"}}
+    with deployed(api, "mcpr-", config) as fn:
+        async with create_mcp_http_client(headers=AUTH) as http:
+            http.event_hooks = {"request": [record], "response": []}
+            transport = streamable_http_client(f"{server_url}/fn/{fn}/mcp", http_client=http)
+            async with Client(transport, mode="legacy", logging_callback=logged) as client:
+                sent, deadline = 0, time.monotonic() + 3.5  # three stream ends, and the gaps after them
+                while time.monotonic() < deadline:
+                    await tool(client, "notify", count=1, tag=sent)
+                    sent += 1
+                    await asyncio.sleep(0.02)
+                for _ in range(100):
+                    if len(notes) >= sent:
+                        break
+                    await asyncio.sleep(0.05)
+    assert [note["tag"] for note in notes] == list(range(sent))  # none lost, none twice
+    assert len(resumed_from) >= 2, resumed_from
+    assert len({note["instance"] for note in notes}) == 1
 
 
 def test_a_stdio_session_whose_process_exited_answers_404(api: httpx.Client, mcp_fn: str) -> None:

@@ -6,7 +6,9 @@ all the instance's sessions when $AGENTCELL_STDIO_PROCESS is `shared` (see `Shar
   session starts a process and answers with its `Mcp-Session-Id`; later POSTs carry the id and get
   the JSON-RPC responses to their requests as JSON (202 for notifications); `GET` with the id is
   the session's server-to-client event stream, resumable with `Last-Event-ID` (a new GET replaces
-  the one open); `DELETE` ends it.
+  the one open; with $AGENTCELL_MCP_STREAM_MAX_S set, the bridge ends it after that many seconds,
+  after a `retry` hint, and the client resumes it: MCP's SSE polling, for whatever between them
+  cuts long streams); `DELETE` ends it.
 * Modern era (a protocol version after the handshake era's, no session): each POST is answered by
   a process of its own, which then ends (or by the shared process).
 * Legacy HTTP+SSE: `GET /sse` starts a process and streams an `endpoint` event, then every message
@@ -24,6 +26,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +36,7 @@ from urllib.parse import parse_qs, urlparse
 HISTORY = 1000  # events kept per session for Last-Event-ID replay
 RESPONSE_TIMEOUT_S = 300.0
 STREAM_POLL_S = 15.0  # a comment line this often keeps idle streams alive
+RETRY_MS = 100  # how soon a client reconnects to a GET stream the bridge ended
 MAX_LINE = 8192  # a chunk-size or trailer line
 LEGACY_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 
@@ -490,6 +494,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # an event stream's head and events are separate writes
     bridge: Bridge
+    stream_max_s = 0.0  # a GET stream's longest life (0: none)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -641,12 +646,21 @@ class Handler(BaseHTTPRequestHandler):
         stream = session.new_stream()
         try:
             self._start_stream()
-            self._pump(session, last, stream)
+            limit = self.stream_max_s
+            self._pump(session, last, stream, time.monotonic() + limit if limit > 0 else None)
+            if limit > 0:  # ended by the limit (or by a newer stream): how soon to come back
+                self.wfile.write(f"retry: {RETRY_MS}\n\n".encode())
+                self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def _pump(self, session: Session, last: int, stream: int) -> None:
-        while (events := session.events_after(last, STREAM_POLL_S, stream)) is not None:
+    def _pump(self, session: Session, last: int, stream: int, deadline: float | None = None) -> None:
+        """Write the session's events after `last` as they come, until the session or stream
+        ends, or at `deadline` (monotonic)."""
+        while True:
+            wait = STREAM_POLL_S if deadline is None else min(STREAM_POLL_S, deadline - time.monotonic())
+            if wait <= 0 or (events := session.events_after(last, wait, stream)) is None:
+                return
             if not events:
                 self.wfile.write(b": keep-alive\n\n")
                 self.wfile.flush()
@@ -688,6 +702,10 @@ def main() -> None:
     if sharing not in ("session", "shared"):
         sys.exit(f"bridge: $AGENTCELL_STDIO_PROCESS is {sharing!r}: session or shared")
     Handler.bridge = Bridge(SharedProcess(command) if sharing == "shared" else OwnProcesses(command))
+    try:
+        Handler.stream_max_s = float(os.environ.get("AGENTCELL_MCP_STREAM_MAX_S") or 0)
+    except ValueError:
+        sys.exit("bridge: $AGENTCELL_MCP_STREAM_MAX_S is not a number of seconds")
     server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
     server.daemon_threads = True
     server.serve_forever()
