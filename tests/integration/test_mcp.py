@@ -261,6 +261,36 @@ def test_unknown_and_malformed_session_ids(api: httpx.Client, mcp_fn: str) -> No
     assert api.post(f"/fn/{mcp_fn}/messages/?session_id=nope", json={}).status_code == 404
 
 
+def test_bad_input_to_a_stdio_server_is_a_json_rpc_error_and_loses_nothing(
+    api: httpx.Client, mcp_fn: str
+) -> None:
+    url = f"/fn/{mcp_fn}/mcp"
+    init = api.post(url, json=INIT, headers=JSON_AND_SSE)
+    session = {**JSON_AND_SSE, "mcp-session-id": init.headers["mcp-session-id"]}
+    api.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
+    remember = {"name": "remember", "arguments": {"text": "kept"}}
+    api.post(
+        url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": remember}, headers=session
+    )
+    garbage = api.post(url, content=b"{not json", headers={**session, "content-type": "application/json"})
+    assert garbage.status_code == 400 and garbage.json()["error"]["code"] == -32700, garbage.text
+    for body in (b"[]", b"42"):
+        refused = api.post(url, content=body, headers={**session, "content-type": "application/json"})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == -32600, refused.text
+    huge = b'{"jsonrpc": "2.0", "id": 3, "method": "ping", "params": {"x": "' + b"a" * (17 << 20) + b'"}}'
+    oversized = api.post(url, content=huge, headers={**session, "content-type": "application/json"})
+    assert oversized.status_code == 413, oversized.text[:200]
+    assert "at most 16777216" in oversized.json()["error"]["message"]
+    again = api.post(url, content=b"[1]" * 1000, headers={**session, "content-type": "application/json"})
+    assert again.status_code == 400, again.text  # the connection after it is not eaten by the refusal
+    with deployed(api, "mcpf-", MCP_FN) as other:  # a session id of another function is unknown there
+        foreign = api.post(f"/fn/{other}/mcp", json=INIT | {"id": 4}, headers=session)
+        assert foreign.status_code == 404, foreign.text
+    recall = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "recall"}}
+    kept = api.post(url, json=recall, headers=session)
+    assert kept.status_code == 200 and json.loads(kept.json()["result"]["content"][0]["text"]) == ["kept"]
+
+
 def test_failed_requests_without_a_session_bind_nothing(api: httpx.Client, http_mcp_fn: str) -> None:
     """The server puts an Mcp-Session-Id even on its 400s: only a 2xx initialize names a session,
     so failed requests hold neither a session nor an instance once answered."""

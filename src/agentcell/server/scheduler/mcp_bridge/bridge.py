@@ -38,6 +38,9 @@ RESPONSE_TIMEOUT_S = 300.0
 STREAM_POLL_S = 15.0  # a comment line this often keeps idle streams alive
 RETRY_MS = 100  # how soon a client reconnects to a GET stream the bridge ended
 MAX_LINE = 8192  # a chunk-size or trailer line
+MAX_BODY = 16 << 20  # a request's JSON-RPC message (or batch), in bytes
+DRAIN_MAX = 256 << 20  # of a refused body, read (and dropped) after the answer
+DRAIN_IDLE_S = 1.0
 LEGACY_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 
 Message = dict[str, Any]
@@ -52,6 +55,10 @@ BRIDGE_INIT: Message = {
     },
 }
 """what the bridge sends a shared process no session has initialized, for a modern-era request"""
+
+
+class BodyTooLarge(Exception):
+    """A request body past MAX_BODY: refused unread."""
 
 
 class SessionGone(Exception):
@@ -519,16 +526,32 @@ class Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> Any:
         """The request's JSON body, sized by Content-Length or sent chunked; ValueError when it
-        is not JSON (or its chunked framing is broken)."""
+        is not JSON (or its chunked framing is broken), BodyTooLarge past MAX_BODY."""
         if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
             data = self._chunked_body()
         else:
-            data = self.rfile.read(int(self.headers.get("content-length") or 0))
+            length = int(self.headers.get("content-length") or 0)
+            if length > MAX_BODY:
+                raise BodyTooLarge(f"the message is {length} bytes; at most {MAX_BODY} are taken")
+            data = self.rfile.read(length)
         return json.loads(data or b"null")
 
+    def _drain(self) -> None:
+        """Read (and drop) what the client still sends of a refused body, up to DRAIN_MAX and
+        while it keeps coming: closing a socket with bytes unread resets the connection, and the
+        answer just sent could be lost with it."""
+        self.connection.settimeout(DRAIN_IDLE_S)
+        left = DRAIN_MAX
+        with contextlib.suppress(OSError):
+            while left > 0 and (chunk := self.rfile.read1(min(left, 1 << 16))):
+                left -= len(chunk)
+
     def _chunked_body(self) -> bytes:
-        chunks = []
+        chunks, total = [], 0
         while (size := _chunk_size(self.rfile.readline(MAX_LINE))) > 0:
+            total += size
+            if total > MAX_BODY:
+                raise BodyTooLarge(f"the message is over {MAX_BODY} bytes, the most taken")
             chunks.append(self.rfile.read(size))
             self.rfile.readline(MAX_LINE)  # the CRLF after the chunk
         while self.rfile.readline(MAX_LINE) not in (b"\r\n", b"\n", b""):
@@ -553,6 +576,12 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         try:
             body = self._body()
+        except BodyTooLarge as exc:
+            self.close_connection = True
+            error = {"code": -32600, "message": f"{exc}: send less per request"}
+            self._reply(413, {"jsonrpc": "2.0", "id": None, "error": error}, {"connection": "close"})
+            self._drain()
+            return
         except ValueError:
             self._error(400, "the body is not JSON", -32700)
             return
