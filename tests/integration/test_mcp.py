@@ -291,6 +291,29 @@ def test_bad_input_to_a_stdio_server_is_a_json_rpc_error_and_loses_nothing(
     assert kept.status_code == 200 and json.loads(kept.json()["result"]["content"][0]["text"]) == ["kept"]
 
 
+@pytest.mark.parametrize("limits", [{"idle_timeout_s": 1}, {"session_ttl_s": 2}])
+def test_an_expired_mcp_session_answers_404_and_a_new_one_starts(
+    api: httpx.Client, limits: dict[str, int]
+) -> None:
+    """Idle timeout and TTL end an MCP session like any other; its id then answers 404 (the MCP
+    answer that makes a client initialize again), never a new session under the old id."""
+    with deployed(api, "mcpx-", {**MCP_FN, "min_warm": 0, **limits}) as fn:
+        url = f"/fn/{fn}/mcp"
+        init = api.post(url, json=INIT, headers=JSON_AND_SSE)
+        session = {**JSON_AND_SSE, "mcp-session-id": init.headers["mcp-session-id"]}
+        whoami = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami"}}
+
+        def expired() -> bool:
+            reply = api.post(url, json=whoami, headers=session)  # (keeps it busy: only the TTL ends it)
+            assert reply.status_code in (200, 404), reply.text
+            return reply.status_code == 404
+
+        wait_for(expired if "session_ttl_s" in limits else lambda: not live_keys(api, fn), timeout_s=15)
+        gone = api.post(url, json=whoami, headers=session)
+        assert gone.status_code == 404 and "initialize" in gone.json()["message"], gone.text
+        assert api.post(url, json=INIT, headers=JSON_AND_SSE).status_code == 200
+
+
 def test_failed_requests_without_a_session_bind_nothing(api: httpx.Client, http_mcp_fn: str) -> None:
     """The server puts an Mcp-Session-Id even on its 400s: only a 2xx initialize names a session,
     so failed requests hold neither a session nor an instance once answered."""
