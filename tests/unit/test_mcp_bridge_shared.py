@@ -1,11 +1,12 @@
 """The shared stdio process's renumbering (mcp_bridge.SharedProcess) against a fake process: what
 the server is sent for each session's messages, and which session gets each of its messages.
 The whole path, with a real process and the official client, is tests/integration/
-test_mcp_stdio_shared.py."""
+test_mcp_stdio_shared.py. Also: a batch a real process writes is handed on message by message."""
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -147,3 +148,14 @@ def test_the_process_exiting_ends_every_session_and_the_next_starts_another(shar
         shared.send(alice, request(1))
     carol = shared.open()
     assert process_of(shared) is not first and not carol.is_over
+
+
+def test_a_batch_the_server_writes_is_handed_on_message_by_message() -> None:
+    answers = '[{"jsonrpc": "2.0", "id": 1, "result": {}}, {"jsonrpc": "2.0", "id": 2, "result": {}}]'
+    process = StdioProcess(f"echo '{answers}'")
+    received: list[Any] = []
+    ended = threading.Event()
+    process.start(received.append, ended.set)
+    assert ended.wait(10)
+    assert [message["id"] for message in received] == [1, 2]
+    process.stop()

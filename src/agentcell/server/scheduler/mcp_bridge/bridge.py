@@ -67,7 +67,7 @@ class SessionGone(Exception):
 
 class StdioProcess:
     """A stdio MCP server process: newline-delimited JSON-RPC written to it; each message it writes
-    is handed to `receive`, and `exited` runs once its output has ended."""
+    (each of a batch) is handed to `receive`, and `exited` runs once its output has ended."""
 
     def __init__(self, command: str) -> None:
         self.process = subprocess.Popen(
@@ -105,7 +105,9 @@ class StdioProcess:
             except ValueError:
                 print(f"bridge: not JSON from the stdio server: {line[:200]!r}", file=sys.stderr)
                 continue
-            receive(message)
+            for item in message if isinstance(message, list) else [message]:
+                receive(item)  # a batch's answers each go where their request waits
+        self.process.stdout.close()
         exited()
 
     def stop(self) -> None:
@@ -116,6 +118,9 @@ class StdioProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        with contextlib.suppress(OSError), self._write_lock:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
 
 
 class Session:
