@@ -159,3 +159,19 @@ def test_a_batch_the_server_writes_is_handed_on_message_by_message() -> None:
     assert ended.wait(10)
     assert [message["id"] for message in received] == [1, 2]
     process.stop()
+
+
+class RefusingProcess(FakeProcess):
+    """A server that answers `initialize` with an error."""
+
+    def write(self, message: Any) -> None:
+        super().write(message)
+        if message.get("method") == "initialize":
+            self.say({"jsonrpc": "2.0", "id": message["id"], "error": {"code": -32600, "message": "no"}})
+
+
+def test_a_process_that_refuses_the_bridge_s_initialize_keeps_no_session() -> None:
+    shared = SharedProcess("server", spawn=cast(Callable[[str], StdioProcess], RefusingProcess))
+    with pytest.raises(ConnectionError, match="refused to initialize"):
+        shared.open_stateless()
+    assert shared.sessions == []

@@ -285,16 +285,20 @@ class SharedProcess:
         session = self.open()
         with self.lock:
             ready = self.init_result is not None
-        if not ready:
-            key = _id_key(BRIDGE_INIT["id"])
-            assert key is not None
+        if ready:
+            return session
+        key = _id_key(BRIDGE_INIT["id"])
+        assert key is not None
+        try:
             session.expect([key])
             self.send(session, BRIDGE_INIT)
             answer = session.responses([key])[0]
             if "result" not in answer:
-                self.detach(session)
                 raise ConnectionError(f"the stdio MCP server refused to initialize: {answer.get('error')}")
             self.send(session, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        except BaseException:
+            self.detach(session)
+            raise
         return session
 
     def _start(self) -> None:
