@@ -143,6 +143,22 @@ async def test_errors_name_the_problem(client: AsyncAgentcell, new_name: Callabl
     await client.functions.deploy(name, ECHO_FN, cmd="python3 app.py", affinity="none")
     with pytest.raises(InvalidArgumentError, match="affinity 'none'"):
         await client.sessions.create(name)
+    with pytest.raises(InvalidArgumentError, match="stdio_process applies to a stdio MCP server"):
+        await client.functions.deploy(name, ECHO_FN, cmd="python3 app.py", stdio_process="shared")
+
+
+async def test_a_stdio_mcp_server_with_a_shared_process(
+    client: AsyncAgentcell, new_name: Callable[[str], str]
+) -> None:
+    name = new_name("mcp")
+    info = await client.functions.deploy(
+        name, ECHO_FN.parent / "mcp_stdio", stdio="python3 server.py", stdio_process="shared", affinity="mcp"
+    )
+    assert (info.config.stdio, info.config.stdio_process, info.config.cmd) == (
+        "python3 server.py",
+        "shared",
+        None,
+    )
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from agentcell.protocol.functions import (
     FunctionList,
     FunctionName,
     Hook,
-    StdioProcess,
+    StdioProcessMode,
     WorkspaceConfig,
 )
 
@@ -52,7 +52,7 @@ class AsyncFunctions:
         *,
         cmd: str | None = None,
         stdio: str | None = None,
-        stdio_process: StdioProcess | None = None,
+        stdio_process: StdioProcessMode | None = None,
         port: int | None = None,
         template: str | None = None,
         env: Mapping[str, str] | None = None,

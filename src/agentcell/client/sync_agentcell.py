@@ -28,7 +28,7 @@ from agentcell.protocol.functions import (
     AffinityKind,
     FunctionConfig,
     FunctionInfo,
-    StdioProcess,
+    StdioProcessMode,
     WorkspaceConfig,
 )
 from agentcell.protocol.sessions import SessionInfo, SessionState
@@ -54,7 +54,7 @@ class Functions:
         *,
         cmd: str | None = None,
         stdio: str | None = None,
-        stdio_process: StdioProcess | None = None,
+        stdio_process: StdioProcessMode | None = None,
         port: int | None = None,
         template: str | None = None,
         env: Mapping[str, str] | None = None,

@@ -23,7 +23,7 @@ from agentcell.protocol.sandboxes import (
 FunctionName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$", to_lower=True)]
 AffinityKind = Literal["header", "cookie", "mcp", "none"]
-StdioProcess = Literal["session", "shared"]
+StdioProcessMode = Literal["session", "shared"]
 
 DEFAULT_SESSION_HEADER = "x-agentcell-session-id"
 DEFAULT_SESSION_COOKIE = "agentcell_session"
@@ -86,7 +86,7 @@ class FunctionConfig(WireModel):
         description="instead of cmd: a stdio MCP server (bash -c in /code), served over Streamable HTTP "
         "and legacy SSE by a bridge (see stdio_process)",
     )
-    stdio_process: StdioProcess = Field(
+    stdio_process: StdioProcessMode = Field(
         default="session",
         description="with stdio: session, a server process per MCP session; shared, one per instance "
         "for all its sessions (started once; the server sees one client)",
