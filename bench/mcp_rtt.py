@@ -10,6 +10,11 @@ keep-alive connection with a lean client, the two paths interleaved call by call
 - the SDK server called with the official `mcp` client instead of the lean one, as an agent calls
   a tool (`tool_call_sdk_client_*`, bench/mcp_sdk_client.py).
 
+Issue 8's "at most 1.2 times direct" is read on the SDK server lines (what a deployed MCP server is, and
+what the target's anchor, AgentCore/FC hosting MCP servers, hosts); the fixture's line is the
+worst case, where nginx and a bytes-only Python proxy miss 1.2 too (bench/RESULTS.md, session
+26): it is the gateway-vs-nginx regression line.
+
 A third path, interleaved with the other two: Debian's nginx as a plain reverse proxy, run inside
 the instance's network namespace (`tool_call[_sdk]_nginx_p50_ms`): the same hop made by the
 reference proxy, so the machine's share of the hop's cost (on this VM a cross-CPU wake-up is a VM
