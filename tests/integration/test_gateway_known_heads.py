@@ -12,9 +12,10 @@ on uvloop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,25 @@ import uvloop
 from agentcell.server.gateway import connection, upstream
 from tests.integration.test_gateway_proxy import (
     Client,
+    Handler,
     RawUpstream,
     StaticRouter,
     raw_response,
     read_request,
     running_gateway,
 )
+
+
+@contextlib.asynccontextmanager
+async def gateway_client(handler: Handler) -> AsyncIterator[tuple[RawUpstream, Client]]:
+    """The gateway in front of a scripted upstream answering with `handler`, and a client
+    connection to the gateway (closed after)."""
+    async with RawUpstream(handler) as up, running_gateway(StaticRouter(up.address)) as (_, address):
+        client = await Client.connect(address)
+        try:
+            yield up, client
+        finally:
+            await client.aclose()
 
 
 def token() -> str:
@@ -56,13 +70,11 @@ def request_bytes(target: str, *headers: str, version: str = "1.1") -> bytes:
 
 async def test_a_repeated_request_is_made_from_its_known_head(tmp_path: Path) -> None:
     raw = request_bytes(f"/known/{token()}?q=1", "Accept: */*")
-    async with RawUpstream(echo_request) as up, running_gateway(StaticRouter(up.address)) as (_, address):
-        client = await Client.connect(address)
+    async with gateway_client(echo_request) as (_up, client):
         replies = []
         for _ in range(5):
             client.send(raw)
             replies.append(await client.reply())
-        await client.aclose()
     assert raw in connection._KNOWN, "the repeated head was never remembered: the fast path did not run"
     seen = [reply.json() for reply in replies]
     assert all(reply.status == 200 for reply in replies)
@@ -108,8 +120,7 @@ async def test_a_known_http10_request_is_answered_as_http10(tmp_path: Path) -> N
 
 async def test_pipelined_and_split_known_heads_are_parsed(tmp_path: Path) -> None:
     raw = request_bytes(f"/pipe/{token()}")
-    async with RawUpstream(echo_request) as up, running_gateway(StaticRouter(up.address)) as (_, address):
-        client = await Client.connect(address)
+    async with gateway_client(echo_request) as (_up, client):
         client.send(raw)
         assert (await client.reply()).status == 200
         assert raw in connection._KNOWN
@@ -127,14 +138,12 @@ async def test_pipelined_and_split_known_heads_are_parsed(tmp_path: Path) -> Non
         await asyncio.sleep(0.05)
         client.send(raw[10:])
         assert (await client.reply()).json()["target"].startswith("/pipe/")
-        await client.aclose()
 
 
 async def test_a_request_with_a_body_is_made_from_its_known_head_with_its_own_body(tmp_path: Path) -> None:
     target = f"/body/{token()}"
     head = f"POST {target} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 6\r\n\r\n".encode()
-    async with RawUpstream(echo_request) as up, running_gateway(StaticRouter(up.address)) as (_, address):
-        client = await Client.connect(address)
+    async with gateway_client(echo_request) as (_up, client):
         bodies = []
         for n in range(4):
             client.send(head + f"body {n}".encode())
@@ -152,7 +161,6 @@ async def test_a_request_with_a_body_is_made_from_its_known_head_with_its_own_bo
         await asyncio.sleep(0.05)
         client.send(b"!")
         bodies.append((await client.reply()).json()["body"])
-        await client.aclose()
     assert head in connection._KNOWN, "the repeated head was never remembered"
     assert bodies == ["body 0", "body 1", "body 2", "body 3", "later!", "crlf!!", "crlf!!", "short!"]
 
@@ -160,21 +168,18 @@ async def test_a_request_with_a_body_is_made_from_its_known_head_with_its_own_bo
 async def test_chunked_request_bodies_are_always_parsed(tmp_path: Path) -> None:
     target = f"/chunked/{token()}"
     head = f"POST {target} HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
-    async with RawUpstream(echo_request) as up, running_gateway(StaticRouter(up.address)) as (_, address):
-        client = await Client.connect(address)
+    async with gateway_client(echo_request) as (_up, client):
         bodies = []
         for n in range(3):
             client.send(head + b"6\r\nbody %d\r\n0\r\n\r\n" % n)
             bodies.append((await client.reply()).json()["body"])
-        await client.aclose()
     assert bodies == ["body 0", "body 1", "body 2"]
     assert not any(target.encode() in key for key in connection._KNOWN)
 
 
 async def test_a_body_that_repeats_a_known_head_is_a_body(tmp_path: Path) -> None:
     raw = request_bytes(f"/smuggled/{token()}")
-    async with RawUpstream(echo_request) as up, running_gateway(StaticRouter(up.address)) as (_, address):
-        client = await Client.connect(address)
+    async with gateway_client(echo_request) as (_up, client):
         client.send(raw)
         assert (await client.reply()).status == 200
         assert raw in connection._KNOWN
@@ -185,7 +190,6 @@ async def test_a_body_that_repeats_a_known_head_is_a_body(tmp_path: Path) -> Non
         carrier = (await client.reply()).json()
         client.send(request_bytes("/next"))
         following = (await client.reply()).json()
-        await client.aclose()
     assert carrier["target"] == "/carrier" and carrier["body"] == raw.decode()
     assert following["target"] == "/next", "the body was taken for a request"
 
@@ -208,10 +212,8 @@ async def test_a_known_response_head_carries_each_response_s_own_body(tmp_path: 
     mark = f"x-test: {token()}".encode()
     head_of = raw_response(200, b"body-000", mark).partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
     numbered = answer_with(lambda n: raw_response(200, b"body-%03d" % n, mark))
-    async with RawUpstream(numbered) as up, running_gateway(StaticRouter(up.address)) as (_, address):
-        client = await Client.connect(address)
+    async with gateway_client(numbered) as (_up, client):
         replies = [await client.request("GET", "/numbered") for _ in range(5)]
-        await client.aclose()
     assert head_of in upstream._KNOWN, "the repeated response head was never remembered"
     assert [bytes(reply.body) for reply in replies] == [b"body-%03d" % n for n in range(5)]
     assert all(reply.header(b"x-test") == mark.split(b": ")[1] for reply in replies)
@@ -221,10 +223,8 @@ async def test_a_known_response_head_carries_each_response_s_own_body(tmp_path: 
 async def test_a_known_response_head_that_closes_is_not_pooled(tmp_path: Path) -> None:
     mark = f"x-test: {token()}".encode()
     closing = answer_with(lambda _: raw_response(200, b"bye", b"connection: close", mark))
-    async with RawUpstream(closing) as up, running_gateway(StaticRouter(up.address)) as (_, address):
-        client = await Client.connect(address)
+    async with gateway_client(closing) as (up, client):
         replies = [await client.request("GET", "/closing") for _ in range(4)]
-        await client.aclose()
     assert [bytes(reply.body) for reply in replies] == [b"bye"] * 4
     assert up.accepted == 4, "a response that said `connection: close` had its connection reused"
 
@@ -238,14 +238,12 @@ async def test_a_head_request_after_a_known_response(tmp_path: Path) -> None:
             writer.write(full if request.method != b"HEAD" else raw_response(200, b"0123456789", mark)[:-10])
             await writer.drain()
 
-    async with RawUpstream(handler) as up, running_gateway(StaticRouter(up.address)) as (_, address):
-        client = await Client.connect(address)
+    async with gateway_client(handler) as (up, client):
         assert (await client.request("GET", "/")).status == 200
         assert (await client.request("GET", "/")).status == 200
         client.send(b"HEAD / HTTP/1.1\r\nHost: gw.test\r\n\r\n")  # (the client's parser would want a body)
         head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 10)
         after = await client.request("GET", "/")
-        await client.aclose()
     assert full.partition(b"\r\n\r\n")[0] + b"\r\n\r\n" in upstream._KNOWN
     assert head.startswith(b"HTTP/1.1 200 ") and b"content-length: 10\r\n" in head.lower(), head
     assert after.status == 200 and not after.body
@@ -255,10 +253,8 @@ async def test_a_head_request_after_a_known_response(tmp_path: Path) -> None:
 async def test_two_answers_in_one_read_are_refused_after_a_known_head(tmp_path: Path) -> None:
     one = raw_response(200, b"once", f"x-test: {token()}".encode())
     twice = answer_with(lambda _: one, lambda _: one + one, lambda _: one)
-    async with RawUpstream(twice) as up, running_gateway(StaticRouter(up.address)) as (_, address):
-        client = await Client.connect(address)
+    async with gateway_client(twice) as (up, client):
         replies = [await client.request("GET", "/twice") for _ in range(3)]
-        await client.aclose()
     # the extra answer never reached a client
     assert [bytes(reply.body) for reply in replies] == [b"once"] * 3
     assert up.accepted == 2, "the connection that answered twice was used again"
@@ -281,10 +277,8 @@ async def test_chunked_and_split_responses_are_parsed(tmp_path: Path) -> None:
             await writer.drain()
             n += 1
 
-    async with RawUpstream(handler) as up, running_gateway(StaticRouter(up.address)) as (_, address):
-        client = await Client.connect(address)
+    async with gateway_client(handler) as (_up, client):
         bodies = [bytes((await client.request("GET", "/mixed")).body) for _ in range(6)]
-        await client.aclose()
     assert bodies == [b"hello", b"split"] * 3
     assert not any(mark in key for key in upstream._KNOWN), "a chunked or split response was remembered"
 
@@ -308,12 +302,10 @@ async def test_a_response_body_that_repeats_a_known_response_is_a_body(tmp_path:
             await writer.drain()
             n += 1
 
-    async with RawUpstream(handler) as up, running_gateway(StaticRouter(up.address)) as (_, address):
-        client = await Client.connect(address)
+    async with gateway_client(handler) as (_up, client):
         assert [bytes((await client.request("GET", "/")).body) for _ in range(2)] == [b"inner"] * 2
         assert known.partition(b"\r\n\r\n")[0] + b"\r\n\r\n" in upstream._KNOWN
         outer = await client.request("GET", "/")
-        await client.aclose()
     assert bytes(outer.body) == known, "a chunk of a response was taken for a response"
 
 
