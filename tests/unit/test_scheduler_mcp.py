@@ -88,6 +88,7 @@ async def test_an_instance_started_for_a_stateless_request_takes_a_session_next(
     )
     stateless = await h.scheduler.route_stateless("solo")
     h.scheduler.release(stateless)
+    h.scheduler.release_unnamed(stateless)  # as the gateway does after a request of no session
     session = await asyncio.wait_for(h.scheduler.route_new_mcp_session("solo"), 5)
     assert session.instance is stateless.instance  # not a wait for an instance that never frees
     h.scheduler.release(session)

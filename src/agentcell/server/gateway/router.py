@@ -231,7 +231,8 @@ class GatewayRouter:
         succeeds (`mcp.SessionNaming`); else the session is given back when the request ends."""
         if mcp.is_stateless(head):
             lease = await self._scheduler.route_stateless(target.name)
-            return self._forward(lease, affinity, target, head)
+            on_complete = partial(self._complete_unnamed, lease, False)  # gives the instance back
+            return self._forward(lease, affinity, target, head, on_complete=on_complete)
         lease = await self._scheduler.route_new_mcp_session(target.name)
         sse_stream = head.method == b"GET"
         naming = mcp.SessionNaming(head.method, partial(self._scheduler.name_mcp_session, lease))

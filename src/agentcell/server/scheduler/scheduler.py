@@ -375,20 +375,28 @@ class Scheduler:
             self._spawn(self._end_session(lease.session, "deleted"), f"end {lease.session.id}")
 
     def release_unnamed(self, lease: Lease) -> None:
-        """After the request: a session the instance never named was not a session at all; its
-        instance goes back to the pool untouched (nothing stateful happened there)."""
+        """After an MCP request without a session id: a session the instance never named was not
+        a session at all; its instance goes back to the pool untouched (nothing stateful happened
+        there). So does an instance that served a request of no session (the modern era: it may
+        have been started for it, and a session may want it next)."""
         session, fn = lease.session, lease.function
-        if session is None or not session.unnamed or session.has_ended or session.in_flight:
+        if session is None:
+            self._give_back(fn, lease.instance)
+            return
+        if not session.unnamed or session.has_ended or session.in_flight:
             return
         session.end("deleted")
         self._quotas.release(split(fn.name)[0], "session")
         fn.sessions.pop(session.key, None)
         self._sessions.pop(session.id, None)
         lease.instance.sessions.discard(session.id)
-        if self._is_spare(fn, lease.instance):
-            fn.warm.append(lease.instance)
-        fn.notify_capacity()
+        self._give_back(fn, lease.instance)
         self._spawn(self._store.put_session(session.record()), f"end {session.id}")
+
+    def _give_back(self, fn: FunctionState, instance: Instance) -> None:
+        if self._is_spare(fn, instance):
+            fn.warm.append(instance)
+        fn.notify_capacity()
 
     def route_warm(self, name: str, key: str | None) -> Lease | None:
         """The warm path without awaiting: a lease when `key`'s session is bound to a ready
@@ -450,8 +458,6 @@ class Scheduler:
         lease.instance.end(now)
         if lease.session is None:
             lease.instance.stateless.end(now)
-            if self._is_spare(lease.function, lease.instance):
-                lease.function.warm.append(lease.instance)  # launched for requests of no session
         elif lease.session.state != "ended":
             lease.session.release(now)
         if lease.function.waiting:
