@@ -170,6 +170,8 @@ def test_bad_input_gets_envelopes(api: httpx.Client, fn: str) -> None:
         ({}, "cmd"),
         ({"cmd": "x", "stdio_process": "shared"}, "stdio_process applies to a stdio MCP server"),
         ({"stdio": "x", "stdio_process": "pooled"}, "stdio_process"),
+        ({"stdio": "x", "env": {"AGENTCELL_MCP_STREAM_MAX_S": "soon"}}, "give seconds, a number"),
+        ({"stdio": "x", "env": {"AGENTCELL_MCP_STREAM_MAX_S": "-1"}}, "AGENTCELL_MCP_STREAM_MAX_S"),
     ]
     for config, needle in bad_configs:
         reply = deploy(api, "bad-config", config)

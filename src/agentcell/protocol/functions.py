@@ -24,6 +24,16 @@ FunctionName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$", to_lower=True)]
 AffinityKind = Literal["header", "cookie", "mcp", "none"]
 StdioProcessMode = Literal["session", "shared"]
+STREAM_MAX_ENV = "AGENTCELL_MCP_STREAM_MAX_S"
+"""read by the stdio bridge: how long a GET stream lasts before the client resumes it"""
+
+
+def _is_seconds(text: str) -> bool:
+    try:
+        return float(text) >= 0
+    except ValueError:
+        return False
+
 
 DEFAULT_SESSION_HEADER = "x-agentcell-session-id"
 DEFAULT_SESSION_COOKIE = "agentcell_session"
@@ -132,6 +142,9 @@ class FunctionConfig(WireModel):
             raise ValueError("give exactly one of cmd (an HTTP server) and stdio (a stdio MCP server)")
         if self.stdio is None and self.stdio_process != "session":
             raise ValueError("stdio_process applies to a stdio MCP server: give stdio, or drop stdio_process")
+        stream_max = self.env.get(STREAM_MAX_ENV)
+        if stream_max is not None and not _is_seconds(stream_max):
+            raise ValueError(f"env {STREAM_MAX_ENV} is {stream_max!r}: give seconds, a number (0: no limit)")
         if self.workspace.persist and self.affinity.kind not in ("header", "cookie"):
             raise ValueError(
                 "workspace.persist needs affinity header or cookie: workspaces are found again by a "
