@@ -58,7 +58,7 @@ BRIDGE_INIT: Message = {
 
 
 class BodyTooLarge(Exception):
-    """A request body past MAX_BODY: refused unread."""
+    """A request body past MAX_BODY: refused (what follows is read and dropped, see `_drain`)."""
 
 
 class SessionGone(Exception):
